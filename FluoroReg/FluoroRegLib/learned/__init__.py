@@ -1,0 +1,1 @@
+"""Learned FluoroReg methods (separate issue)."""

@@ -1,0 +1,20 @@
+"""SurgicalReg2D3DLib: the shared, Qt-free core of the SlicerSurgicalReg2D3D extension.
+
+Every registration module (FluoroReg, LiverLaparoReg, USSliceReg) builds on these parts:
+
+- ``errors``     the exception types every bad input is reported with
+- ``progress``   progress callbacks and cancellation for long loops
+- ``poses``      4x4 rigid transforms, SE(3) exp/log, rotation parametrisations, distances
+- ``cameras``    pinhole (+ OpenCV distortion) and X-ray cone-beam cameras
+- ``scene``      a real MRML scene with module logics (slicer-core) for use outside Slicer
+- ``nodes``      MRML node <-> numpy/torch adapters; ``io``: file reading and writing
+- ``similarity`` NCC, gradient NCC, masked local NCC
+- ``optimize``   Levenberg-Marquardt, Adam loop, EPnP + RANSAC
+- ``metrics``    mTRE, SMSR, rotation/translation errors, reprojection errors, Dice
+- ``device``     CPU/GPU choice and seeding; ``models``: the registry of bundled weights
+
+Heavy dependencies (torch, cv2, vtk/slicer) are imported by the submodules that need them,
+so ``import SurgicalReg2D3DLib`` itself is cheap.
+"""
+
+__version__ = "0.1.0"
