@@ -1,0 +1,174 @@
+"""Mesh silhouette rendering in plain torch: a soft (differentiable) and an exact hard mask.
+
+Geometry: mesh vertices (model frame, mm) are mapped by ``model_to_camera`` into the OpenCV
+camera frame and projected *with lens distortion* by
+:meth:`LiverLaparoRegLib.camera.LaparoCamera.project`; each triangle is then drawn with
+straight edges between its projected vertices (distortion is exact at the vertices and
+linearised inside a triangle, a sub-pixel effect for meshes with faces of a few pixels).
+
+Pixel ``(row v, column u)`` has its centre at image coordinates ``(u, v)``.
+
+Rasterisation visits, for every face, only the pixels of the face's own bounding box
+(grown by ``4 sigma`` for the soft mask): the (face, pixel) pairs are enumerated as a
+ragged list with ``repeat_interleave`` so no fixed tiles and no per-pixel loop over faces.
+
+Soft silhouette (SoftRas-style): for a face ``f`` and pixel ``p`` let ``d(f, p)`` be the
+signed distance in pixels from ``p`` to the projected triangle (positive inside). Then
+``P(f, p) = sigmoid(d / sigma)`` and the silhouette is the probabilistic union
+``S(p) = 1 - prod_f (1 - P(f, p)) = 1 - exp(-sum_f softplus(d / sigma))``, differentiable
+w.r.t. vertex positions (and so w.r.t. the pose). Faces with a vertex closer than
+``near`` mm (or behind the camera) are skipped.
+
+Hard mask: a pixel is inside when its centre lies inside (or on an edge of) at least one
+projected triangle, the same test as the soft mask with ``sigma -> 0``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from SurgicalReg2D3DLib.errors import InputError
+
+from .camera import LaparoCamera
+
+#: Above this many (face, pixel) pairs, rendering is refused (memory guard, ~ 1.5 GB).
+MAX_PAIRS = 12_000_000
+
+
+def project_vertices(vertices: torch.Tensor, model_to_camera: torch.Tensor,
+                     camera: LaparoCamera) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Vertices ``(V, 3)`` or ``(B, V, 3)`` (model mm), poses ``(4, 4)`` or ``(B, 4, 4)``.
+
+    Returns ``uv (B, V, 2)`` pixels and depth ``z (B, V)`` mm in the camera frame.
+    """
+    if model_to_camera.dim() == 2:
+        model_to_camera = model_to_camera[None]
+    if vertices.dim() == 2:
+        vertices = vertices[None]
+    pc = vertices @ model_to_camera[:, :3, :3].transpose(1, 2) + model_to_camera[:, None, :3, 3]
+    uv, z = camera.project(pc, return_depth=True)
+    return uv, z
+
+
+def _face_pairs(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, height: int,
+                width: int, margin: float, near: float):
+    """Enumerate (batch, face, pixel) pairs inside each face's grown pixel box.
+
+    Returns ``tri (P, 3, 2)`` triangle corners, ``pix (P, 2)`` pixel centres ``(u, v)``
+    and ``flat (P,)`` indices into a flattened ``(B, H, W)`` image.
+    """
+    B = uv.shape[0]
+    tri_all = uv[:, faces]                                # (B, F, 3, 2)
+    z_all = z[:, faces]                                   # (B, F, 3)
+    with torch.no_grad():
+        lo = tri_all.amin(2) - margin                     # (B, F, 2)
+        hi = tri_all.amax(2) + margin
+        x0 = torch.ceil(lo[..., 0]).clamp(min=0)
+        y0 = torch.ceil(lo[..., 1]).clamp(min=0)
+        x1 = torch.floor(hi[..., 0]).clamp(max=width - 1)
+        y1 = torch.floor(hi[..., 1]).clamp(max=height - 1)
+        e1 = tri_all[:, :, 1] - tri_all[:, :, 0]
+        e2 = tri_all[:, :, 2] - tri_all[:, :, 0]
+        area2 = e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]
+        ok = ((z_all > near).all(-1) & (area2.abs() > 1e-9) & torch.isfinite(lo).all(-1)
+              & torch.isfinite(hi).all(-1) & (x1 >= x0) & (y1 >= y0))
+        bw = torch.where(ok, x1 - x0 + 1, torch.zeros_like(x0)).long()
+        bh = torch.where(ok, y1 - y0 + 1, torch.zeros_like(y0)).long()
+        counts = (bw * bh).reshape(-1)                     # (B*F,)
+        total = int(counts.sum())
+        if total > MAX_PAIRS:
+            raise InputError(f"mesh rendering: {total} face-pixel pairs exceed the limit "
+                             f"{MAX_PAIRS}; render at a smaller image scale")
+        bf = torch.repeat_interleave(torch.arange(counts.numel(), device=uv.device), counts)
+        start = torch.cumsum(counts, 0) - counts
+        local = torch.arange(total, device=uv.device) - start[bf]
+        bw_f = bw.reshape(-1)[bf]
+        px = x0.reshape(-1)[bf].long() + local % bw_f
+        py = y0.reshape(-1)[bf].long() + torch.div(local, bw_f, rounding_mode="floor")
+        b_idx = torch.div(bf, faces.shape[0], rounding_mode="floor")
+        flat = (b_idx * height + py) * width + px
+    tri = tri_all.reshape(-1, 3, 2)[bf]                    # (P, 3, 2), differentiable
+    pix = torch.stack([px, py], 1).to(uv.dtype)
+    return tri, pix, flat, B
+
+
+def _signed_distance(tri: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+    """Signed distance (px) from pixel centres ``(P, 2)`` to triangles ``(P, 3, 2)``."""
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    e1, e2 = b - a, c - a
+    orient = torch.sign(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).detach()
+    inside = torch.ones_like(orient, dtype=torch.bool)
+    seg = []
+    for p0, p1 in ((a, b), (b, c), (c, a)):
+        e = p1 - p0
+        w = pix - p0
+        cross = (e[:, 0] * w[:, 1] - e[:, 1] * w[:, 0]) * orient
+        inside = inside & (cross >= 0)
+        t = ((w * e).sum(1) / (e * e).sum(1).clamp(min=1e-12)).clamp(0, 1)
+        diff = w - t[:, None] * e
+        seg.append(torch.sqrt((diff * diff).sum(1) + 1e-12))
+    dmin = torch.stack(seg, 1).amin(1)
+    return torch.where(inside, dmin, -dmin)
+
+
+def soft_silhouette(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, height: int,
+                    width: int, sigma: float = 1.0, near: float = 1.0) -> torch.Tensor:
+    """Soft silhouette ``(B, H, W)`` in [0, 1] from projected vertices.
+
+    ``uv (B, V, 2)`` pixels, ``z (B, V)`` depths (mm), ``faces (F, 3)`` long. ``sigma`` is
+    the edge blur in pixels.
+    """
+    if not sigma > 0:
+        raise InputError(f"soft silhouette: sigma must be positive, got {sigma}")
+    tri, pix, flat, B = _face_pairs(uv, z, faces, height, width, 4.0 * sigma, near)
+    d = _signed_distance(tri, pix)
+    acc = torch.zeros(B * height * width, dtype=uv.dtype, device=uv.device)
+    acc = acc.index_add(0, flat, F.softplus(d / sigma))
+    return (1.0 - torch.exp(-acc)).reshape(B, height, width)
+
+
+def hard_mask(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, height: int,
+              width: int, near: float = 1.0) -> torch.Tensor:
+    """Exact binary silhouette ``(B, H, W)`` bool: pixel centres inside any triangle."""
+    with torch.no_grad():
+        tri, pix, flat, B = _face_pairs(uv, z, faces, height, width, 0.0, near)
+        d = _signed_distance(tri, pix)
+        out = torch.zeros(B * height * width, dtype=torch.bool, device=uv.device)
+        out[flat[d >= 0]] = True
+    return out.reshape(B, height, width)
+
+
+def render_mask(vertices, faces, model_to_camera, camera: LaparoCamera, soft: bool = False,
+                sigma: float = 1.0, near: float = 1.0, device: Optional[torch.device] = None):
+    """Convenience: numpy or torch mesh + pose(s) -> mask ``(B, H, W)`` (torch).
+
+    ``vertices (V, 3)`` model mm, ``faces (F, 3)``, ``model_to_camera (4, 4)`` or
+    ``(B, 4, 4)``. Soft masks are float (differentiable when inputs require grad), hard
+    masks bool.
+    """
+    if device is None:
+        device = vertices.device if isinstance(vertices, torch.Tensor) else torch.device("cpu")
+    v = torch.as_tensor(vertices, dtype=torch.float64, device=device) \
+        if not isinstance(vertices, torch.Tensor) else vertices
+    f = torch.as_tensor(np.asarray(faces) if not isinstance(faces, torch.Tensor) else faces,
+                        dtype=torch.long, device=device)
+    T = torch.as_tensor(model_to_camera, dtype=v.dtype, device=device) \
+        if not isinstance(model_to_camera, torch.Tensor) else model_to_camera
+    uv, z = project_vertices(v, T, camera)
+    if soft:
+        return soft_silhouette(uv, z, f, camera.height, camera.width, sigma, near)
+    return hard_mask(uv, z, f, camera.height, camera.width, near)
+
+
+def mesh_outline_uv(vertices: np.ndarray, faces: np.ndarray, model_to_camera: np.ndarray,
+                    camera: LaparoCamera):
+    """Outline of the rendered silhouette as a list of ``(N, 2)`` pixel polylines (cv2)."""
+    import cv2  # noqa: PLC0415
+
+    m = render_mask(vertices, faces, model_to_camera, camera)[0].numpy().astype(np.uint8)
+    cnts, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return [c.reshape(-1, 2).astype(float) for c in cnts if len(c) >= 3]
