@@ -43,7 +43,8 @@ def test_volume_round_trip_exact_geometry_and_values(ctx):
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), array)
     np.testing.assert_allclose(node.GetSpacing(), [0.7, 1.3, 2.5], rtol=1e-12)
     np.testing.assert_allclose(node.GetOrigin(), [-12.0, 40.5, 7.25], atol=1e-12)
-    directions = np.array(node.GetIJKToRASDirections())
+    directions = np.zeros((3, 3))
+    node.GetIJKToRASDirections(directions)
     np.testing.assert_allclose(directions, _rotation([1, 2, 3], 33.0), atol=1e-12)
     assert node.GetDisplayNode() is not None
     np.testing.assert_array_equal(array, array_before)  # input not modified
@@ -168,10 +169,14 @@ def test_model_round_trip_and_frames(ctx):
     node = nodes.model_to_node(ctx, vertices, faces, "tetra")
     assert node.GetDisplayNode() is not None
     np.testing.assert_array_equal(slicer.util.arrayFromModelPoints(node), vertices)
-    ids = slicer.util.arrayFromModelPolyIds(node).reshape(-1, 4)
+    legacy = vtk.vtkIdTypeArray()
+    node.GetPolyData().GetPolys().ExportLegacyFormat(legacy)
+    ids = np.array([legacy.GetValue(i) for i in range(legacy.GetNumberOfValues())]).reshape(-1, 4)
     np.testing.assert_array_equal(ids[:, 0], 3)
     np.testing.assert_array_equal(ids[:, 1:], faces)
+    mtime = node.GetMTime()
     v, f = nodes.model_from_node(node, "tetra")
+    assert node.GetMTime() == mtime
     assert v.dtype == np.float64 and f.dtype == np.int64
     np.testing.assert_array_equal(v, vertices)
     np.testing.assert_array_equal(f, faces)

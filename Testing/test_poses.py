@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.linalg import expm, logm, polar
+from numpy.testing import assert_allclose
 from scipy.spatial.transform import Rotation
 
 from SurgicalReg2D3DLib import poses as P
@@ -70,19 +71,19 @@ def test_make_pose_invert_compose_apply_against_numpy():
     R = torch.tensor(T_np[:, :3, :3])
     t = torch.tensor(T_np[:, :3, 3])
     T = P.make_pose(R, t)
-    np.testing.assert_allclose(T.numpy(), T_np, atol=1e-15)
-    np.testing.assert_allclose(P.invert_pose(T).numpy(), np.linalg.inv(T_np), atol=1e-12)
+    assert_allclose(T.numpy(), T_np, atol=1e-15)
+    assert_allclose(P.invert_pose(T).numpy(), np.linalg.inv(T_np), atol=1e-12)
 
     # compose(b_to_c, a_to_b) == a_to_c == b_to_c @ a_to_b
     a_to_b, b_to_c = T_np[0], T_np[1]
-    np.testing.assert_allclose(P.compose(b_to_c, a_to_b).numpy(), b_to_c @ a_to_b, atol=1e-12)
-    np.testing.assert_allclose(P.compose(T_np[0], T_np[1], T_np[2]).numpy(),
+    assert_allclose(P.compose(b_to_c, a_to_b).numpy(), b_to_c @ a_to_b, atol=1e-12)
+    assert_allclose(P.compose(T_np[0], T_np[1], T_np[2]).numpy(),
                                T_np[0] @ T_np[1] @ T_np[2], atol=1e-11)
 
     pts = np.random.default_rng(2).normal(size=(4, 7, 3)) * 30
     hom = np.concatenate([pts, np.ones((4, 7, 1))], axis=-1)
     expected = np.einsum("bij,bnj->bni", T_np, hom)[..., :3]
-    np.testing.assert_allclose(P.apply_pose(T, torch.tensor(pts)).numpy(), expected, atol=1e-11)
+    assert_allclose(P.apply_pose(T, torch.tensor(pts)).numpy(), expected, atol=1e-11)
 
 
 def test_batch_broadcasting_shapes():
@@ -110,11 +111,13 @@ def test_shape_errors_name_the_input():
         P.quaternion_to_matrix([1.0, 0.0, 0.0])
     with pytest.raises(InputError, match=r"^compose: expected at least one pose"):
         P.compose()
-    with pytest.raises(InputError, match=r"^R1: expected shape \(\.\.\., 3, 3\) or \(\.\.\., 4, 4\)"):
+    with pytest.raises(InputError,
+                       match=r"^R1: expected shape \(\.\.\., 3, 3\) or \(\.\.\., 4, 4\)"):
         P.rotation_angle_rad(torch.eye(2), torch.eye(3))
     with pytest.raises(InputError, match=r"^characteristic_length_mm: expected a positive number"):
         P.pose_to_so4(torch.eye(4), 0.0)
-    with pytest.raises(InputError, match=r"^radius_mm: expected a positive number \(mm\), got nan"):
+    with pytest.raises(InputError,
+                       match=r"^radius_mm: expected a positive number \(mm\), got nan"):
         P.double_geodesic(torch.eye(4), torch.eye(4), float("nan"))
 
 
@@ -148,22 +151,22 @@ def test_hat_is_cross_product_and_vee_inverts_it():
     rng = np.random.default_rng(5)
     w, p = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
     W = P.hat(torch.tensor(w))
-    np.testing.assert_allclose((W @ torch.tensor(p)[..., None])[..., 0].numpy(),
+    assert_allclose((W @ torch.tensor(p)[..., None])[..., 0].numpy(),
                                np.cross(w, p), atol=1e-14)
-    np.testing.assert_allclose(P.vee(W).numpy(), w, atol=0)
+    assert_allclose(P.vee(W).numpy(), w, atol=0)
     xi = rng.normal(size=6)
-    np.testing.assert_allclose(P.hat(torch.tensor(xi)).numpy(), twist_matrix_np(xi), atol=0)
-    np.testing.assert_allclose(P.vee(P.hat(torch.tensor(xi))).numpy(), xi, atol=0)
+    assert_allclose(P.hat(torch.tensor(xi)).numpy(), twist_matrix_np(xi), atol=0)
+    assert_allclose(P.vee(P.hat(torch.tensor(xi))).numpy(), xi, atol=0)
 
 
 def test_so3_exp_log_against_scipy():
     rots = random_rotations(50, seed=6)
     rotvec = torch.tensor(rots.as_rotvec())
-    np.testing.assert_allclose(P.so3_exp(rotvec).numpy(), rots.as_matrix(), atol=1e-13)
-    np.testing.assert_allclose(P.axis_angle_to_matrix(rotvec).numpy(), rots.as_matrix(), atol=1e-13)
-    np.testing.assert_allclose(P.so3_log(torch.tensor(rots.as_matrix())).numpy(),
+    assert_allclose(P.so3_exp(rotvec).numpy(), rots.as_matrix(), atol=1e-13)
+    assert_allclose(P.axis_angle_to_matrix(rotvec).numpy(), rots.as_matrix(), atol=1e-13)
+    assert_allclose(P.so3_log(torch.tensor(rots.as_matrix())).numpy(),
                                rots.as_rotvec(), atol=1e-12)
-    np.testing.assert_allclose(P.matrix_to_axis_angle(rots.as_matrix()).numpy(),
+    assert_allclose(P.matrix_to_axis_angle(rots.as_matrix()).numpy(),
                                rots.as_rotvec(), atol=1e-12)
 
 
@@ -173,8 +176,8 @@ def test_so3_log_near_identity_and_near_pi(angle):
     axis = np.array([0.3, -0.8, 0.5]) / np.linalg.norm([0.3, -0.8, 0.5])
     R = Rotation.from_rotvec(axis * angle)
     w = P.so3_log(torch.tensor(R.as_matrix()))
-    np.testing.assert_allclose(w.numpy(), axis * angle, atol=1e-12, rtol=1e-9)
-    np.testing.assert_allclose(P.so3_exp(w).numpy(), R.as_matrix(), atol=1e-14)
+    assert_allclose(w.numpy(), axis * angle, atol=1e-12, rtol=1e-9)
+    assert_allclose(P.so3_exp(w).numpy(), R.as_matrix(), atol=1e-14)
 
 
 def test_so3_log_at_exactly_pi_gives_pi_about_the_axis_up_to_sign():
@@ -192,11 +195,11 @@ def test_se3_exp_matches_expm_of_twist_matrix():
     xis[1, :3] *= 1e-6  # near identity rotation
     out = P.se3_exp(torch.tensor(xis)).numpy()
     for xi, T in zip(xis, out):
-        np.testing.assert_allclose(T, expm(twist_matrix_np(xi)), atol=1e-10)
+        assert_allclose(T, expm(twist_matrix_np(xi)), atol=1e-10)
     # The translation is V v, not v (a split exp would fail here).
     xi = np.array([0.0, 0.0, math.pi / 2, 10.0, 0.0, 0.0])
     T = P.se3_exp(torch.tensor(xi)).numpy()
-    np.testing.assert_allclose(T[:3, 3], [20 / math.pi, 20 / math.pi, 0.0], atol=1e-12)
+    assert_allclose(T[:3, 3], [20 / math.pi, 20 / math.pi, 0.0], atol=1e-12)
 
 
 def test_se3_log_matches_logm_and_round_trips():
@@ -204,9 +207,9 @@ def test_se3_log_matches_logm_and_round_trips():
     xi = P.se3_log(torch.tensor(T_np)).numpy()
     for T, x in zip(T_np, xi):
         L = np.real(logm(T))
-        np.testing.assert_allclose(x, [L[2, 1], L[0, 2], L[1, 0], L[0, 3], L[1, 3], L[2, 3]],
+        assert_allclose(x, [L[2, 1], L[0, 2], L[1, 0], L[0, 3], L[1, 3], L[2, 3]],
                                    atol=1e-8)
-    np.testing.assert_allclose(P.se3_exp(torch.tensor(xi)).numpy(), T_np, atol=1e-11)
+    assert_allclose(P.se3_exp(torch.tensor(xi)).numpy(), T_np, atol=1e-11)
 
 
 @pytest.mark.parametrize("angle", [0.0, 1e-9, 0.03, 0.1, 1.0, math.pi - 1e-4])
@@ -216,8 +219,41 @@ def test_se3_round_trip_float32_and_float64(angle):
     for dtype, tol in ((F64, 1e-10), (torch.float32, 2e-4)):
         T = P.se3_exp(torch.tensor(xi, dtype=dtype))
         assert T.dtype == dtype
-        np.testing.assert_allclose(T.double().numpy(), expm(twist_matrix_np(xi)), atol=tol)
-        np.testing.assert_allclose(P.se3_log(T).double().numpy(), xi, atol=tol * 10)
+        assert_allclose(T.double().numpy(), expm(twist_matrix_np(xi)), atol=tol)
+        assert_allclose(P.se3_log(T).double().numpy(), xi, atol=tol * 10)
+
+
+@pytest.mark.parametrize("angle", [1e-3, 0.049, 0.051, 0.199, 0.201, 1.0])
+def test_se3_exp_precision_against_mpmath_expm(angle):
+    """Full-precision check around the Taylor/closed-form switches (0.05 in float64,
+    0.2 in float32), with a large translation to expose errors in the V matrix."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    axis = np.array([2.0, 3.0, -6.0]) / 7.0
+    xi = np.concatenate([axis * angle, [4000.0, -2500.0, 1000.0]])
+    ref = np.array(mpmath.expm(mpmath.matrix(twist_matrix_np(xi).tolist())).tolist(), dtype=float)
+    T64 = P.se3_exp(torch.tensor(xi)).numpy()
+    assert_allclose(T64[:3, :3], ref[:3, :3], atol=2e-16, rtol=0)
+    assert_allclose(T64[:3, 3], ref[:3, 3], atol=5000 * 4e-16, rtol=0)
+    T32 = P.se3_exp(torch.tensor(xi, dtype=torch.float32)).double().numpy()
+    assert_allclose(T32[:3, :3], ref[:3, :3], atol=3e-7, rtol=0)
+    assert_allclose(T32[:3, 3], ref[:3, 3], atol=5000 * 3e-7, rtol=0)
+    xi_back = P.se3_log(torch.tensor(ref)).numpy()
+    assert_allclose(xi_back, xi, atol=5000 * 1e-15, rtol=0)
+
+
+@pytest.mark.parametrize("angle", [1e-4, 0.049, 0.051, 0.199, 0.201, math.pi - 1e-3])
+def test_float32_jacobians_match_float64(angle):
+    """No catastrophic cancellation in the float32 gradients near 0, the switches and pi."""
+    from torch.autograd.functional import jacobian
+
+    axis = torch.tensor([0.6, 0.0, 0.8], dtype=F64)
+    xi = torch.cat([axis * angle, torch.tensor([10.0, -20.0, 5.0], dtype=F64)])
+    T = P.se3_exp(xi)
+    for fn, x in ((P.se3_exp, xi), (P.se3_log, T)):
+        J64 = jacobian(fn, x)
+        J32 = jacobian(fn, x.float()).double()
+        assert float((J32 - J64).abs().max() / J64.abs().max()) < 2e-6
 
 
 def test_gradcheck_se3_exp_random_identity_and_near_pi():
@@ -266,11 +302,11 @@ def test_quaternions_against_scipy():
     q_ref = rots.as_quat(scalar_first=True)
     q_ref *= np.where(q_ref[:, :1] < 0, -1.0, 1.0)
     q = P.matrix_to_quaternion(torch.tensor(rots.as_matrix()))
-    np.testing.assert_allclose(q.numpy(), q_ref, atol=1e-14)
+    assert_allclose(q.numpy(), q_ref, atol=1e-14)
     assert (q[:, 0] >= 0).all()
     # quaternion_to_matrix normalises and ignores the sign of q
     scaled = -3.0 * torch.tensor(rots.as_quat(scalar_first=True))
-    np.testing.assert_allclose(P.quaternion_to_matrix(scaled).numpy(), rots.as_matrix(), atol=1e-14)
+    assert_allclose(P.quaternion_to_matrix(scaled).numpy(), rots.as_matrix(), atol=1e-14)
 
 
 @pytest.mark.parametrize("angle", [math.pi, math.pi - 1e-8, 1e-10])
@@ -286,9 +322,9 @@ def test_matrix_to_quaternion_near_pi_and_identity(angle):
 def test_euler_against_scipy(convention):
     rots = random_rotations(40, seed=11)
     angles = rots.as_euler(convention)
-    np.testing.assert_allclose(P.euler_to_matrix(torch.tensor(angles), convention).numpy(),
+    assert_allclose(P.euler_to_matrix(torch.tensor(angles), convention).numpy(),
                                rots.as_matrix(), atol=1e-14)
-    np.testing.assert_allclose(P.matrix_to_euler(torch.tensor(rots.as_matrix()), convention).numpy(),
+    assert_allclose(P.matrix_to_euler(torch.tensor(rots.as_matrix()), convention).numpy(),
                                angles, atol=1e-12)
 
 
@@ -297,13 +333,13 @@ def test_euler_zyx_is_yaw_pitch_roll_and_gimbal_lock_round_trips():
     Rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
     Ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
     Rx = np.array([[1, 0, 0], [0, math.cos(c), -math.sin(c)], [0, math.sin(c), math.cos(c)]])
-    np.testing.assert_allclose(P.euler_to_matrix([a, b, c], "ZYX").numpy(), Rz @ Ry @ Rx, atol=1e-15)
-    np.testing.assert_allclose(P.euler_to_matrix([c, b, a], "XYZ").numpy(), Rx @ Ry @ Rz, atol=1e-15)
+    assert_allclose(P.euler_to_matrix([a, b, c], "ZYX").numpy(), Rz @ Ry @ Rx, atol=1e-15)
+    assert_allclose(P.euler_to_matrix([c, b, a], "XYZ").numpy(), Rx @ Ry @ Rz, atol=1e-15)
     for convention in ("ZYX", "XYZ"):
         R = P.euler_to_matrix([0.7, math.pi / 2, -0.2], convention)
         angles = P.matrix_to_euler(R, convention)
         assert abs(angles[1].item() - math.pi / 2) < 1e-7 and angles[2].item() == 0.0
-        np.testing.assert_allclose(P.euler_to_matrix(angles, convention).numpy(), R.numpy(), atol=1e-7)
+        assert_allclose(P.euler_to_matrix(angles, convention).numpy(), R.numpy(), atol=1e-7)
     with pytest.raises(InputError, match=r"^convention: only Tait-Bryan conventions"):
         P.euler_to_matrix([0.0, 0.0, 0.0], "ZXZ")
     with pytest.raises(InputError, match=r"^convention: expected three axis letters"):
@@ -313,8 +349,8 @@ def test_euler_zyx_is_yaw_pitch_roll_and_gimbal_lock_round_trips():
 def test_rotation_6d_convention_and_gram_schmidt_against_qr():
     rots = random_rotations(10, seed=12).as_matrix()
     d6 = P.matrix_to_rotation_6d(torch.tensor(rots))
-    np.testing.assert_allclose(d6.numpy(), np.concatenate([rots[:, :, 0], rots[:, :, 1]], -1), atol=0)
-    np.testing.assert_allclose(P.rotation_6d_to_matrix(d6).numpy(), rots, atol=1e-14)
+    assert_allclose(d6.numpy(), np.concatenate([rots[:, :, 0], rots[:, :, 1]], -1), atol=0)
+    assert_allclose(P.rotation_6d_to_matrix(d6).numpy(), rots, atol=1e-14)
     # Unnormalised, non-orthogonal input: the first two columns equal numpy's QR factor
     # (signs fixed so that diag(r) > 0), the third completes a right-handed frame.
     a = np.random.default_rng(13).normal(size=(10, 3, 2))
@@ -322,8 +358,8 @@ def test_rotation_6d_convention_and_gram_schmidt_against_qr():
     for Ri, ai in zip(R, a):
         q, r = np.linalg.qr(ai)
         q = q * np.sign(np.diag(r))
-        np.testing.assert_allclose(Ri[:, :2], q, atol=1e-13)
-        np.testing.assert_allclose(Ri.T @ Ri, np.eye(3), atol=1e-13)
+        assert_allclose(Ri[:, :2], q, atol=1e-13)
+        assert_allclose(Ri.T @ Ri, np.eye(3), atol=1e-13)
         assert abs(np.linalg.det(Ri) - 1) < 1e-13
 
 
@@ -358,8 +394,8 @@ def test_lps_ras_conversion_against_simpleitk():
         pts_ras = P.lps_to_ras_points(torch.tensor(pts_lps))
         mapped_ras = P.apply_pose(T_ras, pts_ras)
         expected_lps = np.array([tx.TransformPoint(tuple(p)) for p in pts_lps])
-        np.testing.assert_allclose(P.ras_to_lps_points(mapped_ras).numpy(), expected_lps, atol=1e-10)
-        np.testing.assert_allclose(P.ras_to_lps_matrix(T_ras).numpy(), _itk_matrix_lps(tx), atol=0)
+        assert_allclose(P.ras_to_lps_points(mapped_ras).numpy(), expected_lps, atol=1e-10)
+        assert_allclose(P.ras_to_lps_matrix(T_ras).numpy(), _itk_matrix_lps(tx), atol=0)
     F = P.RAS_FROM_LPS.numpy()
     np.testing.assert_array_equal(F, np.diag([-1.0, -1.0, 1.0, 1.0]))
     np.testing.assert_array_equal(P.lps_to_ras_points(torch.tensor([[1.0, 2.0, 3.0]])).numpy(),
@@ -378,12 +414,12 @@ def test_pose_to_so4_is_the_polar_factor():
         M = T.copy()
         M[:3, 3] /= L
         U_ref, _ = polar(M, side="right")
-        np.testing.assert_allclose(Ui, U_ref, atol=1e-12)
+        assert_allclose(Ui, U_ref, atol=1e-12)
         assert abs(np.linalg.det(Ui) - 1) < 1e-12
     T = torch.tensor(T_np[:2], requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: P.pose_to_so4(x, 30.0), (T,))
     # identity pose -> identity (SVD-based polar factors have NaN gradients there; ours not)
-    np.testing.assert_allclose(P.pose_to_so4(torch.eye(4, dtype=F64), 10.0).numpy(), np.eye(4), atol=0)
+    assert_allclose(P.pose_to_so4(torch.eye(4, dtype=F64), 10.0).numpy(), np.eye(4), atol=0)
 
 
 def test_so4_distance_closed_forms():
@@ -409,8 +445,8 @@ def test_rotation_angle_against_scipy_and_near_pi():
     r1, r2 = random_rotations(30, seed=17), random_rotations(30, seed=18)
     ref = (r1.inv() * r2).magnitude()
     out = P.rotation_angle_rad(torch.tensor(r1.as_matrix()), torch.tensor(r2.as_matrix())).numpy()
-    np.testing.assert_allclose(out, ref, atol=1e-13)
-    np.testing.assert_allclose(P.rotation_angle_deg(r1.as_matrix(), r2.as_matrix()).numpy(),
+    assert_allclose(out, ref, atol=1e-13)
+    assert_allclose(P.rotation_angle_deg(r1.as_matrix(), r2.as_matrix()).numpy(),
                                np.degrees(ref), atol=1e-11)
     for angle in (math.pi, math.pi - 1e-9, 1e-9):
         R = Rotation.from_rotvec([0.0, angle, 0.0]).as_matrix()
@@ -454,13 +490,14 @@ def test_check_rigid_accepts_rigid_and_returns_float64():
     before = T.copy()
     out = P.check_rigid(T, "CT pose")
     assert isinstance(out, torch.Tensor) and out.dtype == F64
-    np.testing.assert_allclose(out.numpy(), T, atol=0)
+    assert_allclose(out.numpy(), T, atol=0)
     np.testing.assert_array_equal(T, before)
     assert P.check_rigid(torch.eye(4).expand(2, 3, 4, 4), "poses").shape == (2, 3, 4, 4)
 
 
 def test_check_rigid_error_messages():
-    with pytest.raises(GeometryError, match=r"^moving_to_fixed: expected a 4x4 matrix, got shape \(3, 4\)$"):
+    with pytest.raises(GeometryError,
+                       match=r"^moving_to_fixed: expected a 4x4 matrix, got shape \(3, 4\)$"):
         P.check_rigid(np.zeros((3, 4)), "moving_to_fixed")
     bad = np.eye(4)
     bad[0, 3] = np.nan
@@ -468,11 +505,14 @@ def test_check_rigid_error_messages():
         P.check_rigid(bad, "moving_to_fixed")
     bad = np.eye(4)
     bad[3, 0] = 0.5
-    with pytest.raises(GeometryError, match=r"^T: last row must be \(0, 0, 0, 1\), got \(0\.5, 0, 0, 1\)$"):
+    with pytest.raises(GeometryError,
+                       match=r"^T: last row must be \(0, 0, 0, 1\), got \(0\.5, 0, 0, 1\)$"):
         P.check_rigid(bad, "T")
-    with pytest.raises(GeometryError, match=r"^T: rotation part has determinant -1 < 0, a reflection"):
+    with pytest.raises(GeometryError,
+                       match=r"^T: rotation part has determinant -1 < 0, a reflection"):
         P.check_rigid(np.diag([1.0, 1.0, -1.0, 1.0]), "T")
-    with pytest.raises(GeometryError, match=r"^T: rotation part is not orthonormal .* scale or shear$"):
+    with pytest.raises(GeometryError,
+                       match=r"^T: rotation part is not orthonormal .* scale or shear$"):
         P.check_rigid(np.diag([1.01, 1.0, 1.0, 1.0]), "T")
     shear = np.eye(4)
     shear[0, 1] = 0.01
@@ -482,7 +522,8 @@ def test_check_rigid_error_messages():
     P.check_rigid(shear, "T")
     batch = np.tile(np.eye(4), (2, 3, 1, 1))
     batch[1, 2, 2, 2] = np.inf
-    with pytest.raises(GeometryError, match=r"^poses: contains NaN or infinite values \(at index \(1, 2\)\)$"):
+    with pytest.raises(GeometryError,
+                       match=r"^poses: contains NaN or infinite values \(at index \(1, 2\)\)$"):
         P.check_rigid(batch, "poses")
     with pytest.raises(GeometryError, match=r"^T: expected numbers"):
         P.check_rigid([["a"] * 4] * 4, "T")

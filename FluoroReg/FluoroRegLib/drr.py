@@ -274,7 +274,8 @@ def _siddon_chunk(mu_flat: torch.Tensor, shape, source: torch.Tensor, direction:
 
 def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear",
                n_samples: Optional[int] = None, max_elements: int = 1 << 22,
-               checkpoint_chunks: Optional[bool] = None) -> torch.Tensor:
+               checkpoint_chunks: Optional[bool] = None,
+               grad_elements_limit: int = 1 << 27) -> torch.Tensor:
     """Render DRRs (line integrals of attenuation, dimensionless) for a batch of poses.
 
     ``volume``: :class:`DRRVolume`; ``camera``: X-ray camera (core ``XRayCamera`` or this
@@ -282,6 +283,10 @@ def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear
     -> camera mm; a tensor with ``requires_grad`` gives pose gradients).
     ``method``: ``"trilinear"`` (``n_samples`` per ray; default ``1.5 x`` the volume's
     largest dimension) or ``"siddon"`` (exact). Returns (B, H, W) on the volume's device.
+
+    Memory: rays are processed in chunks of about ``max_elements`` samples; with pose
+    gradients, chunks are check-pointed (``checkpoint_chunks``, default: only when more
+    than ``grad_elements_limit`` samples would be kept for the backward pass).
     """
     if method not in METHODS:
         raise InputError(f"DRR method: expected one of {METHODS}, got {method!r}")
@@ -300,7 +305,11 @@ def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear
     n_rays = direction.shape[1]
     chunk = max(1, int(max_elements // max(1, per_ray * b)))
     need_grad = torch.is_grad_enabled() and pose.requires_grad
-    use_ckpt = need_grad if checkpoint_chunks is None else checkpoint_chunks
+    if checkpoint_chunks is None:
+        # Check-pointing re-runs each chunk in the backward pass (and is slow to record on
+        # the CPU), so it is only worth it when the saved activations would be large.
+        checkpoint_chunks = need_grad and b * n_rays * per_ray > grad_elements_limit
+    use_ckpt = checkpoint_chunks
     if method == "trilinear":
         mu5 = volume.mu[None, None]
         fn = lambda s, d, l: _trilinear_chunk(mu5, s, d, l, n_samples)  # noqa: E731

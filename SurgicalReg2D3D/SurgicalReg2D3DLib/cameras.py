@@ -287,8 +287,13 @@ def undistort_normalized(xy_distorted: torch.Tensor, dist: Sequence[float],
     every step is below ``tolerance`` (normalised units). This converges to the same
     solution as OpenCV's fixed-point iteration (``cv2.undistortPoints`` with enough
     iterations) but in fewer steps, and also where that iteration diverges (strong
-    barrel distortion at image corners). Points outside the region where the distortion
-    model is invertible may come back as NaN.
+    barrel distortion at image corners).
+
+    A polynomial distortion model is invertible only up to the radius where the distorted
+    radius stops growing (for the P2ILF calibration, distorted radius ~0.875 in normalised
+    units, i.e. the corners of the 1920x1080 frame have no inverse at all). Points that
+    have no inverse on that physical branch (no convergence, or a solution where the
+    Jacobian determinant is not positive) come back as NaN, never as a wrong finite value.
 
     Args:
         xy_distorted: (..., 2) distorted normalised coordinates.
@@ -310,7 +315,15 @@ def undistort_normalized(xy_distorted: torch.Tensor, dist: Sequence[float],
         xy = xy - step
         if not bool((step.detach().abs() > tolerance).any()):
             break
-    return xy
+    # Keep only true inverses on the physical (monotonic) branch of the model.
+    with torch.no_grad():
+        residual = (distort_normalized(xy, dist) - xy_distorted).abs().amax(dim=-1)
+        a, b, c, d = _distortion_jacobian(xy, dist)
+        limit = 100 * torch.finfo(xy.dtype).eps * (1 + xy_distorted.abs().amax(dim=-1))
+        valid = (residual <= limit) & (a * d - b * c > 0)
+    if bool(valid.all()):
+        return xy
+    return torch.where(valid[..., None], xy, torch.full_like(xy, float("nan")))
 
 
 # --------------------------------------------------------------------------------------
@@ -837,11 +850,11 @@ class XRayCamera:
         if isinstance(path_or_dataset, pydicom.Dataset):
             ds, where = path_or_dataset, "DICOM dataset"
         elif isinstance(path_or_dataset, (str, Path)):
-            where = f"'{path_or_dataset}'"
+            where = f"DICOM file '{path_or_dataset}'"
             try:
                 ds = pydicom.dcmread(str(path_or_dataset), stop_before_pixels=True)
             except Exception as exc:  # pydicom raises many types for bad files
-                raise FileReadError(f"{_XRAY} DICOM file: cannot read {where}: "
+                raise FileReadError(f"{_XRAY} DICOM file: cannot read '{path_or_dataset}': "
                                     f"{exc}") from None
         else:
             raise InputError(f"{_XRAY}: expected a DICOM path or pydicom Dataset, got "
@@ -850,19 +863,19 @@ class XRayCamera:
         def tag(keyword: str, number: str) -> Any:
             value = ds.get(keyword)
             if value is None or value == "":
-                raise GeometryError(f"{_XRAY}: DICOM {where} has no {keyword} {number}")
+                raise GeometryError(f"{_XRAY}: {where} has no {keyword} {number}")
             return value
 
         sdd = tag("DistanceSourceToDetector", "(0018,1110)")
         if ds.get("ImagerPixelSpacing") not in (None, ""):
             spacing = ds.ImagerPixelSpacing
         elif ds.get("PixelSpacing") not in (None, ""):
-            warnings.warn(f"{_XRAY}: DICOM {where} has no ImagerPixelSpacing (0018,1164); "
+            warnings.warn(f"{_XRAY}: {where} has no ImagerPixelSpacing (0018,1164); "
                           f"using PixelSpacing (0028,0030), which may be calibrated to the "
                           f"patient plane rather than the detector", stacklevel=2)
             spacing = ds.PixelSpacing
         else:
-            raise GeometryError(f"{_XRAY}: DICOM {where} has no ImagerPixelSpacing "
+            raise GeometryError(f"{_XRAY}: {where} has no ImagerPixelSpacing "
                                 f"(0018,1164) (nor PixelSpacing (0028,0030))")
         if len(spacing) != 2:
             raise GeometryError(f"{_XRAY}: DICOM pixel spacing must have 2 values, got "

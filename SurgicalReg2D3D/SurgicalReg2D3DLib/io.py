@@ -12,8 +12,10 @@ Coordinate conventions (see ``docs/architecture.md``):
   ``ijk_to_ras = diag(-1, -1, 1, 1) @ ijk_to_lps``.
 - 2D images (:func:`load_image2d`): a single-slice volume; array row 0 (``j = 0``) is the
   first row stored in the file (the top row of a PNG/JPG), column 0 (``i = 0``) the first
-  column. Geometry is the file's (PNG/JPG/BMP: origin 0, spacing 1, identity direction in
-  LPS, so ``ijk_to_ras = diag(-1, -1, 1, 1)``).
+  column. Geometry is the file's as SimpleITK reads it, LPS converted to RAS (PNG/JPG/BMP:
+  origin 0, identity direction in LPS, so ``ijk_to_ras = diag(-sx, -sy, 1, 1)``; the
+  spacing comes from the file's DPI metadata when present, e.g. 0.3528 mm for 72 dpi,
+  else 1). Registration code should use pixel indices, not this spacing.
 - Meshes: a mesh file has no frame; Slicer assumes LPS unless the file says otherwise
   (Slicer writes a ``SPACE=`` comment into VTK/VTP/STL/OBJ/PLY files). With
   :func:`load_model` ``coordinate_system="LPS"`` (Slicer's default) the node's RAS

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Union
 
 import numpy as np
 import torch
@@ -170,7 +170,8 @@ def levenberg_marquardt(
         x0: ``(B, P)`` initial parameters (tensor or numpy; numpy becomes float64).
         max_iter: maximum number of iterations (Jacobian evaluations).
         lambda_init, lambda_up, lambda_down: damping start value and factors.
-        tol_step, tol_cost: stopping tolerances (see above).
+        tol_step, tol_cost: stopping tolerances (see above); raised to 4 machine epsilons
+            of ``x0``'s dtype if smaller (so float32 problems can converge).
         jacobian: ``"autograd"`` (forward-mode AD, see :func:`jacobian_forward`),
             ``"finite"`` (central differences, for non-differentiable residuals) or a
             callable ``x -> J`` of shape ``(B, R, P)``.
@@ -216,6 +217,10 @@ def levenberg_marquardt(
 
     B, P = x0.shape
     x = x0.detach().clone()
+    # Tolerances below the working precision could never be met (e.g. float32 inputs).
+    resolution = 4.0 * torch.finfo(x.dtype).eps
+    tol_step = max(tol_step, resolution)
+    tol_cost = max(tol_cost, resolution)
     r = _residual(residual_fn, x, B)
     if not bool(torch.isfinite(r).all()):
         raise InputError("residual_fn: returned NaN or infinite values at x0")

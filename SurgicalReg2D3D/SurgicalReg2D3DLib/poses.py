@@ -92,7 +92,8 @@ RAS_FROM_LPS = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float
 # Conversion and shape helpers
 # ----------------------------------------------------------------------------------------
 
-def as_tensor(x, dtype: Optional[torch.dtype] = None, device=None, name: str = "input") -> torch.Tensor:
+def as_tensor(x, dtype: Optional[torch.dtype] = None, device=None,
+              name: str = "input") -> torch.Tensor:
     """Return ``x`` (tensor, numpy array, list, number) as a floating-point torch tensor.
 
     A floating-point tensor is returned as it is (no copy) unless ``dtype``/``device`` ask
@@ -107,7 +108,8 @@ def as_tensor(x, dtype: Optional[torch.dtype] = None, device=None, name: str = "
             arr = np.asarray(x)
         except Exception as exc:  # ragged nested lists and the like
             raise InputError(f"{name}: cannot be converted to a numeric array ({exc})") from None
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        numeric = np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+        if arr.dtype == object or not numeric:
             raise InputError(f"{name}: expected numbers, got an array of dtype {arr.dtype}")
         if np.iscomplexobj(arr):
             raise InputError(f"{name}: expected real numbers, got complex values")
@@ -435,7 +437,7 @@ def matrix_to_quaternion(R) -> torch.Tensor:
                        1 - r00 + r11 - r22, 1 - r00 - r11 + r22], dim=-1)
     # Clamping at 0.25 never touches the chosen candidate (>= 1) and keeps the others'
     # sqrt and divisions finite, so their (discarded) gradients are not NaN.
-    two_abs = torch.sqrt(sq4.clamp_min(0.0))  # 2 |q_i|
+    two_abs = torch.sqrt(sq4.clamp_min(0.25))  # 2 |q_i|
     cands = torch.stack([
         torch.stack([sq4[..., 0], r21 - r12, r02 - r20, r10 - r01], dim=-1),
         torch.stack([r21 - r12, sq4[..., 1], r10 + r01, r02 + r20], dim=-1),
@@ -477,13 +479,18 @@ def so3_log(R) -> torch.Tensor:
 
 
 def matrix_to_axis_angle(R) -> torch.Tensor:
-    """Rotation vectors ``axis * angle (..., 3)`` of rotations ``(..., 3, 3)``; = :func:`so3_log`."""
+    """Rotation vectors ``axis * angle (..., 3)`` of rotations ``(..., 3, 3)``.
+
+    The same as :func:`so3_log`.
+    """
     (R,) = _prepare([(R, "R", (3, 3), 2)])
     return so3_log(R)
 
 
 def se3_log(T) -> torch.Tensor:
-    """Twists ``xi = (omega, v) (..., 6)`` of rigid poses ``(..., 4, 4)``; inverse of :func:`se3_exp`.
+    """Twists ``xi = (omega, v) (..., 6)`` of rigid poses ``(..., 4, 4)``.
+
+    The inverse of :func:`se3_exp`.
 
     ``omega = so3_log(R)`` and ``v = V^-1 t`` with
     ``V^-1 = I - W / 2 + D W^2``, ``D = (1 - (theta/2) cot(theta/2)) / theta^2``.
@@ -561,17 +568,20 @@ def euler_to_matrix(angles, convention: str = "ZYX") -> torch.Tensor:
 
 
 def matrix_to_euler(R, convention: str = "ZYX") -> torch.Tensor:
-    """Euler angles ``(..., 3)`` (rad) of rotations ``(..., 3, 3)``; inverse of :func:`euler_to_matrix`.
+    """Euler angles ``(..., 3)`` (rad) of rotations ``(..., 3, 3)``.
+
+    The inverse of :func:`euler_to_matrix`, same ``convention`` argument.
 
     The first and last angles are in (-pi, pi], the middle one in [-pi/2, pi/2]. At gimbal
     lock (middle angle +-pi/2) the last intrinsic angle is set to 0 (scipy does the same).
+    Gradients are not defined at gimbal lock itself (the angles are not unique there).
     """
     axes, extrinsic = _parse_convention(convention)
     (R,) = _prepare([(R, "R", (3, 3), 2)])
     i, j, k = axes
     # +1 for cyclic orders (XYZ, YZX, ZXY), -1 for the others.
     e = 1.0 if (j - i) % 3 == 1 else -1.0
-    cos_b = torch.sqrt(R[..., i, i] ** 2 + R[..., i, j] ** 2)
+    cos_b = _safe_norm(torch.stack([R[..., i, i], R[..., i, j]], dim=-1), dim=-1)
     b = torch.atan2(e * R[..., i, k], cos_b)
     a = torch.atan2(-e * R[..., j, k], R[..., k, k])
     c = torch.atan2(-e * R[..., i, j], R[..., i, i])
@@ -607,7 +617,10 @@ def rotation_6d_to_matrix(d6) -> torch.Tensor:
 
 
 def matrix_to_rotation_6d(R) -> torch.Tensor:
-    """6D vectors ``(R[:, 0], R[:, 1]) (..., 6)`` (first two columns) of rotations ``(..., 3, 3)``."""
+    """6D vectors ``(R[:, 0], R[:, 1]) (..., 6)`` of rotations ``(..., 3, 3)``.
+
+    The first two COLUMNS of ``R``, the convention of :func:`rotation_6d_to_matrix`.
+    """
     (R,) = _prepare([(R, "R", (3, 3), 2)])
     return torch.cat([R[..., :, 0], R[..., :, 1]], dim=-1)
 
@@ -658,7 +671,9 @@ def pose_to_so4(T, characteristic_length_mm: float) -> torch.Tensor:
 
 
 def so4_distance(T1, T2, characteristic_length_mm: float) -> torch.Tensor:
-    """``|| pose_to_so4(T1, L) - pose_to_so4(T2, L) ||_F`` for poses ``(..., 4, 4)``; shape ``(...)``.
+    """``|| pose_to_so4(T1, L) - pose_to_so4(T2, L) ||_F`` for poses ``(..., 4, 4)``.
+
+    Returns shape ``(...)``.
 
     Equal to ``|| I - U1 U2^T ||_F``, the metric of Larochelle et al. (2007); unitless.
     """

@@ -56,6 +56,9 @@ class SceneContext:
             app_logic.GetColorLogic().AddDefaultColorNodes()
             app_logic.SetSliceLogics(vtk.vtkCollection())
             app_logic.SetViewLogics(vtk.vtkCollection())
+            # Volume display nodes look their colour table up through the "Colors" logic.
+            app_logic.SetModuleLogic("Colors", app_logic.GetColorLogic())
+            self._logics["Colors"] = app_logic.GetColorLogic()
             for module_name, class_name in _LOGIC_CLASSES.items():
                 logic = getattr(slicer, class_name)()
                 logic.SetMRMLApplicationLogic(app_logic)

@@ -23,9 +23,16 @@ _EPS = 1e-3
 
 
 def _box(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Sum over a ``window x window`` neighbourhood, ``(B, h, w)`` -> ``(B, h, w)``."""
-    return F.avg_pool2d(x[:, None], window, stride=1, padding=window // 2,
-                        count_include_pad=True)[:, 0] * (window * window)
+    """Sum over a ``window x window`` neighbourhood (zero padding), ``(B, h, w)`` -> same.
+
+    Two cumulative sums (an integral image), much faster on CPU than a stride-1 pooling.
+    """
+    r = window // 2
+    p = F.pad(x, (r + 1, r, r + 1, r))
+    c = p.cumsum(-1)
+    c = c[..., window:] - c[..., :-window]
+    c = c.cumsum(-2)
+    return c[..., window:, :] - c[..., :-window, :]
 
 
 def local_normalise(x: torch.Tensor, mask: torch.Tensor, window: int) -> torch.Tensor:
@@ -40,6 +47,37 @@ def local_normalise(x: torch.Tensor, mask: torch.Tensor, window: int) -> torch.T
         mu = _box(x * m, window) / count
         var = (_box(x * x * m, window) / count - mu * mu).clamp_min(0.0)
     return (x - mu) / torch.sqrt(var + _EPS) * m
+
+
+def local_normalise_jvp(x: torch.Tensor, tangents: torch.Tensor, mask: torch.Tensor,
+                        window: int):
+    """:func:`local_normalise` and its directional derivatives (analytic, no autograd).
+
+    ``x`` ``(B, h, w)``, ``tangents`` ``(B, P, h, w)`` -> ``(n (B, h, w), dn (B, P, h, w))``
+    where ``dn[:, p]`` is the derivative of ``n`` along ``tangents[:, p]``.
+    """
+    m = mask.to(x.dtype)
+    B, P, h, w = tangents.shape
+    mt = tangents * m[:, None]
+    if window <= 0:
+        count = m.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
+        mu = (x * m).sum(dim=(1, 2), keepdim=True) / count
+        var = (((x - mu) ** 2) * m).sum(dim=(1, 2), keepdim=True) / count
+        dmu = mt.sum(dim=(2, 3), keepdim=True) / count[:, None]
+        dvar = 2 * (mt * (x - mu)[:, None]).sum(dim=(2, 3), keepdim=True) / count[:, None]
+    else:
+        count = _box(m, window).clamp_min(1.0)
+        mu = _box(x * m, window) / count
+        var = (_box(x * x * m, window) / count - mu * mu).clamp_min(0.0)
+        boxed = _box(torch.cat([mt, mt * x[:, None]], dim=1).reshape(-1, h, w), window)
+        boxed = boxed.reshape(B, 2 * P, h, w) / count[:, None]
+        dmu = boxed[:, :P]
+        dvar = 2 * boxed[:, P:] - 2 * mu[:, None] * dmu
+    inv_sd = 1.0 / torch.sqrt(var + _EPS)
+    n = (x - mu) * inv_sd * m
+    dn = ((tangents - dmu) - (x - mu)[:, None] * dvar * (0.5 * inv_sd * inv_sd)[:, None]) \
+        * (inv_sd * m)[:, None]
+    return n, dn
 
 
 def masked_lncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,

@@ -34,7 +34,7 @@ from SurgicalReg2D3DLib.optimize import levenberg_marquardt
 from SurgicalReg2D3DLib.poses import se3_exp
 from SurgicalReg2D3DLib.progress import check_cancel, report
 
-from .lncc import local_normalise, masked_lncc
+from .lncc import local_normalise, local_normalise_jvp, masked_lncc
 from .slicing import (PreparedVolume, downsample_frame, fan_mask, plane_pixels,
                       prepare_volume, slice_volume)
 
@@ -315,30 +315,29 @@ class SliceRegistrar:
             js = torch.cat([torch.linalg.cross(q, grad, dim=-1), grad], dim=-1)  # (B,h,w,6)
             n = mask.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
             nf = local_normalise(fd, mask, level.window)
-
-            def norm_s(z):
-                return local_normalise(z, mask, level.window)
-
-            ns, jn = torch.func.vmap(
-                lambda t: torch.func.jvp(norm_s, (s,), (t,)), in_dims=-1, out_dims=-1
-            )(js)
-            ns = ns[..., 0]
+            ns = local_normalise(s, mask, level.window)
             r = ((nf - ns) / torch.sqrt(n)).reshape(B, -1)
-            J = (-jn / torch.sqrt(n)[..., None]).reshape(B, -1, 6)
-            cache.append((x.detach().clone(), J.double()))
+            # The Jacobian is only needed where LM accepts the step: keep what it needs.
+            cache.append((x.detach().clone(), (s, js, mask, n)))
             del cache[:-3]
             return r.double()
+
+        def jacobian_of(saved) -> torch.Tensor:
+            s, js, mask, n = saved
+            _, jn = local_normalise_jvp(s, js.permute(0, 3, 1, 2), mask, level.window)
+            return (-jn.permute(0, 2, 3, 1) / torch.sqrt(n)[..., None]).reshape(B, -1, 6)
 
         def jacobian(x: torch.Tensor) -> torch.Tensor:
             out = torch.zeros(B, h * w, 6, dtype=torch.float64, device=x.device)
             todo = torch.ones(B, dtype=torch.bool, device=x.device)
-            for xc, Jc in reversed(cache):
+            for xc, saved in reversed(cache):
                 hit = todo & (xc == x).all(dim=1)
-                out[hit] = Jc[hit]
+                if bool(hit.any()):
+                    out[hit] = jacobian_of(saved)[hit].double()
                 todo &= ~hit
             if bool(todo.any()):
                 evaluate(x)
-                out[todo] = cache[-1][1][todo]
+                out[todo] = jacobian_of(cache[-1][1])[todo].double()
             return out
 
         x0 = torch.zeros(B, 6, dtype=torch.float64, device=self.device)

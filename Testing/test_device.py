@@ -1,0 +1,61 @@
+"""Tests of SurgicalReg2D3DLib.device."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from SurgicalReg2D3DLib.device import ENV_VAR, choose_device, default_dtype, describe_device, seed_everything
+from SurgicalReg2D3DLib.errors import InputError
+
+
+def test_choose_device_cpu_auto_and_env(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert choose_device("cpu") == torch.device("cpu")
+    assert choose_device(torch.device("cpu")) == torch.device("cpu")
+    auto = choose_device()
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv(ENV_VAR, "cpu")
+    assert choose_device() == torch.device("cpu")
+    monkeypatch.setenv(ENV_VAR, "quantum")
+    with pytest.raises(InputError, match=r"^device \(SURGREG_DEVICE\): unknown device 'quantum'"):
+        choose_device()
+    with pytest.raises(InputError, match=r"^device: unknown device 'tpu'"):
+        choose_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(InputError, match=r"^device: 'cuda' was requested but CUDA is not available"):
+        choose_device("cuda")
+    monkeypatch.setenv(ENV_VAR, "cuda:0")
+    with pytest.raises(InputError, match=r"^device \(SURGREG_DEVICE\): 'cuda:0' was requested"):
+        choose_device()
+
+
+def test_seed_everything_reproducible():
+    seed_everything(123)
+    a = (random.random(), np.random.rand(3), torch.rand(3), torch.randn(2, 2))
+    seed_everything(123)
+    b = (random.random(), np.random.rand(3), torch.rand(3), torch.randn(2, 2))
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
+    assert torch.equal(a[2], b[2]) and torch.equal(a[3], b[3])
+    seed_everything(124)
+    assert not torch.equal(torch.rand(3), a[2])
+    with pytest.raises(InputError, match=r"^seed: must be an integer in \[0, 2\*\*32 - 1\], got -1$"):
+        seed_everything(-1)
+
+
+def test_describe_device_and_dtype(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    info = describe_device("cpu")
+    assert info["device"] == "cpu"
+    assert info["torch"] == torch.__version__
+    assert info["threads"] == torch.get_num_threads()
+    assert info["cuda_available"] == torch.cuda.is_available()
+    assert default_dtype() == torch.float32
