@@ -304,13 +304,13 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
                 r = prob.residuals(y * scale)
                 loss = 0.5 * (r ** 2).sum()
                 loss.backward()
-                if float(loss) < best[0]:
-                    best = (float(loss), y.detach().clone())
+                if float(loss.detach()) < best[0]:
+                    best = (float(loss.detach()), y.detach().clone())
                 opt.step()
                 history.append({"level": li, "factor": factor, "iteration": it + 1,
-                                "loss": float(loss)})
+                                "loss": float(loss.detach())})
                 report(sub, (it + 1) / iterations, f"level {li + 1}/{len(levels)} iteration "
-                       f"{it + 1}: 1 - similarity = {float(loss):.4f}")
+                       f"{it + 1}: 1 - similarity = {float(loss.detach()):.4f}")
             x = best[1] * scale
         with torch.no_grad():
             current = prob.pose(x)[0].cpu().numpy()

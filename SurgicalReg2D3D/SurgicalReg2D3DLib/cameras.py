@@ -290,10 +290,11 @@ def undistort_normalized(xy_distorted: torch.Tensor, dist: Sequence[float],
     barrel distortion at image corners).
 
     A polynomial distortion model is invertible only up to the radius where the distorted
-    radius stops growing (for the P2ILF calibration, distorted radius ~0.875 in normalised
+    radius stops growing (for the P2ILF calibration, distorted radius ~0.88 in normalised
     units, i.e. the corners of the 1920x1080 frame have no inverse at all). Points that
     have no inverse on that physical branch (no convergence, or a solution where the
-    Jacobian determinant is not positive) come back as NaN, never as a wrong finite value.
+    radial factor or the Jacobian determinant is not positive, i.e. a point folded over
+    the centre) come back as NaN, never as a wrong finite value.
 
     Args:
         xy_distorted: (..., 2) distorted normalised coordinates.
@@ -320,7 +321,10 @@ def undistort_normalized(xy_distorted: torch.Tensor, dist: Sequence[float],
         residual = (distort_normalized(xy, dist) - xy_distorted).abs().amax(dim=-1)
         a, b, c, d = _distortion_jacobian(xy, dist)
         limit = 100 * torch.finfo(xy.dtype).eps * (1 + xy_distorted.abs().amax(dim=-1))
-        valid = (residual <= limit) & (a * d - b * c > 0)
+        k1, k2, _, _, k3, k4, k5, k6 = _full_coefficients(dist)[:8]
+        r2 = (xy * xy).sum(dim=-1)
+        radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+        valid = (residual <= limit) & (a * d - b * c > 0) & (radial > 0)
     if bool(valid.all()):
         return xy
     return torch.where(valid[..., None], xy, torch.full_like(xy, float("nan")))
