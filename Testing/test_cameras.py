@@ -90,6 +90,9 @@ def test_pinhole_project_batched_and_differentiable():
     torch.testing.assert_close(pixels.detach().reshape(12, 2), flat)
     assert torch.autograd.gradcheck(camera.project, (points,))
     assert torch.equal(points.detach(), before)  # input untouched
+    single = camera.project(points.detach().float())
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), pixels.detach(), atol=1e-3, rtol=0)
 
 
 def test_pinhole_skew_analytic():

@@ -462,7 +462,8 @@ class PinholeCamera:
     def pixel_rays(self, device: Any = None, dtype: torch.dtype = torch.float32
                    ) -> torch.Tensor:
         """Unit directions (H, W, 3) from the camera centre through every pixel centre,
-        lens distortion removed (pixel ``(i, j)`` = column i, row j)."""
+        lens distortion removed (``[j, i]`` = column i, row j). Pixels where the distortion
+        model has no inverse (see :func:`undistort_normalized`) are NaN."""
         v, u = torch.meshgrid(torch.arange(self.height, device=device, dtype=dtype),
                               torch.arange(self.width, device=device, dtype=dtype),
                               indexing="ij")

@@ -93,6 +93,9 @@ def jacobian_forward(residual_fn: Callable[[torch.Tensor], torch.Tensor], x: tor
     custom autograd functions without a forward derivative) fall back to a loop over the
     ``P`` columns with ``torch.autograd.functional.jvp`` (the double-backward trick, which
     works for any function reverse-mode autograd supports, at about twice the cost).
+
+    Note: torch initialises forward-mode AD lazily; the first call in a process takes a few
+    seconds (one-time), later calls take milliseconds.
     """
     B, P = x.shape
     basis = torch.eye(P, dtype=x.dtype, device=x.device)[:, None, :].expand(P, B, P).contiguous()
