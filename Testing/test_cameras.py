@@ -142,6 +142,9 @@ def test_pinhole_back_project_inverts_cv2_projection(p2ilf):
     pixels = cv2_project(p2ilf, points)
     back = p2ilf.back_project(pixels, points[:, 2]).numpy()
     np.testing.assert_allclose(back, points, atol=1e-6, rtol=0)
+    # gradients flow through the iterative undistortion (unrolled Newton steps)
+    some = torch.tensor(pixels[:4], requires_grad=True)
+    assert torch.autograd.gradcheck(lambda p: p2ilf.back_project(p, 80.0), (some,))
 
 
 def test_pinhole_pixel_rays():

@@ -75,6 +75,7 @@ class RegistrationResult:
     history: List[Dict[str, float]]
     time_s: float
     metrics: Dict[str, float] = field(default_factory=dict)
+    outputs: Dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = {"ct_to_camera": self.ct_to_camera.tolist(),

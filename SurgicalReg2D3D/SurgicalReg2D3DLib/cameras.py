@@ -755,8 +755,10 @@ class XRayCamera:
         """
         cx, cy = self.principal_point
         sx, sy = self.pixel_spacing_mm
-        y = (torch.arange(self.height, device=device, dtype=torch.float64) - cy) * sy
-        x = (torch.arange(self.width, device=device, dtype=torch.float64) - cx) * sx
+        # float64 for the grid where the device has it (Apple MPS has no float64)
+        work = torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64
+        y = (torch.arange(self.height, device=device, dtype=work) - cy) * sy
+        x = (torch.arange(self.width, device=device, dtype=work) - cx) * sx
         yy, xx = torch.meshgrid(y, x, indexing="ij")
         zz = torch.full_like(xx, self.source_to_detector_mm)
         return torch.stack((xx, yy, zz), dim=-1).to(dtype)
@@ -764,7 +766,9 @@ class XRayCamera:
     def pixel_rays(self, device: Any = None, dtype: torch.dtype = torch.float32
                    ) -> torch.Tensor:
         """Unit directions (H, W, 3) from the source (origin) to every pixel centre."""
-        points = self.detector_points(device=device, dtype=torch.float64)
+        points = self.detector_points(device=device, dtype=torch.float64
+                                      if torch.device(device or "cpu").type != "mps"
+                                      else torch.float32)
         return (points / torch.linalg.vector_norm(points, dim=-1, keepdim=True)).to(dtype)
 
     def check_image_shape(self, shape: Sequence[int], name: str = _XRAY) -> None:

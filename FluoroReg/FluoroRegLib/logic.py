@@ -1,0 +1,214 @@
+"""Entry points of FluoroReg that the Slicer module, the command line and the demo call.
+
+- :func:`register_arrays`: CT array + X-ray images + cameras + start pose(s) -> result;
+- :func:`register_nodes`: the same on MRML nodes (CT volume node, single-slice X-ray
+  volume nodes, initial transform node), writing a linear transform node
+  (``ct_to_camera``: CT RAS -> camera of view 0) and a DRR volume node that overlays the
+  first X-ray node in the slice views.
+
+Methods are looked up in :data:`METHODS` (name -> function), so that other packages (the
+learned methods) can add theirs with :func:`register_method`. A method function has the
+signature ``fn(volume, views, init_ct_to_camera, progress=None, cancel=None, **options)
+-> RegistrationResult`` (see :mod:`.refine`).
+
+Multi-view: every X-ray has its own camera; the relative C-arm motion between views is
+taken from the initial poses (``camera0_to_view = init[k] @ inv(init[0])``) and held
+fixed, so only the CT's pose is solved.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from SurgicalReg2D3DLib.errors import GeometryError, InputError
+
+from .geometry import camera_parameters, look_at_pose
+from .refine import RegistrationResult, XRayView, check_pose, pose_errors, register_intensity
+
+MethodFn = Callable[..., RegistrationResult]
+
+
+def _intensity(similarity: str, optimizer: str) -> MethodFn:
+    def run(volume, views, init, progress=None, cancel=None, **options):
+        return register_intensity(volume, views, init, similarity=similarity,
+                                  optimizer=optimizer, progress=progress, cancel=cancel,
+                                  **options)
+
+    run.__doc__ = f"Intensity-based registration: {similarity} with {optimizer}."
+    return run
+
+
+def _ppc(volume, views, init, progress=None, cancel=None, **options):
+    from .ppc import register_ppc  # noqa: PLC0415
+
+    return register_ppc(volume, views, init, progress=progress, cancel=cancel, **options)
+
+
+#: method name -> function. "ncc"/"gradncc" use Levenberg-Marquardt; "*-adam" are the
+#: first-order baselines; "ppc" is point-to-plane correspondence.
+METHODS: Dict[str, MethodFn] = {
+    "ncc": _intensity("ncc", "lm"),
+    "gradncc": _intensity("gradncc", "lm"),
+    "ncc-adam": _intensity("ncc", "adam"),
+    "gradncc-adam": _intensity("gradncc", "adam"),
+    "ppc": _ppc,
+}
+
+
+def register_method(name: str, fn: MethodFn) -> None:
+    """Add (or replace) a registration method, e.g. from the learned-methods package."""
+    if not name or not callable(fn):
+        raise InputError(f"method: need a name and a callable, got {name!r}, {fn!r}")
+    METHODS[name] = fn
+
+
+def available_methods() -> List[str]:
+    """Method names in registry order (what the GUI and the CLI offer)."""
+    try:  # the learned package registers its methods on import, when present
+        from . import learned  # noqa: F401, PLC0415
+    except ImportError:
+        pass
+    return list(METHODS)
+
+
+def default_initial_pose(volume, camera, view: str = "AP") -> np.ndarray:
+    """A start ``ct_to_camera``: the CT centre on the central ray at 60% of the
+    source-to-detector distance, standard AP (or LAT) orientation."""
+    p = camera_parameters(camera)
+    return look_at_pose(volume.center_ras(), view, 0.6 * p.f)
+
+
+def make_views(images: Sequence, cameras: Sequence, init_poses: Sequence) -> tuple:
+    """Views with fixed relative C-arm motion from the initial poses; returns
+    ``(views, init_ct_to_camera_of_view_0)``."""
+    if len(images) == 0:
+        raise InputError("X-ray images: at least one image is needed")
+    if len(cameras) != len(images):
+        raise InputError(f"X-ray geometry: {len(images)} X-ray images but {len(cameras)} "
+                         "geometries; give one geometry per image")
+    if len(init_poses) != len(images):
+        raise InputError(f"initial pose: {len(images)} X-ray images but {len(init_poses)} "
+                         "initial ct_to_camera matrices; give one per view")
+    names = ["initial ct_to_camera"] if len(images) == 1 else \
+        [f"initial ct_to_camera of view {k + 1}" for k in range(len(images))]
+    poses = [check_pose(p, n) for p, n in zip(init_poses, names)]
+    inv0 = np.linalg.inv(poses[0])
+    views = [XRayView(img, cam, pose @ inv0) for img, cam, pose in zip(images, cameras, poses)]
+    return views, poses[0]
+
+
+def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, cameras: Sequence,
+                    init_poses: Optional[Sequence] = None, method: str = "ncc",
+                    labels: Optional[np.ndarray] = None, label_subset=None,
+                    landmarks_ras: Optional[np.ndarray] = None,
+                    true_ct_to_camera: Optional[np.ndarray] = None, device=None,
+                    progress=None, cancel=None, **options) -> RegistrationResult:
+    """Register a CT (HU array (K, J, I), ``ijk_to_ras``) to X-ray images (H, W).
+
+    ``init_poses``: one ``ct_to_camera`` per image (default for one image: an AP view,
+    see :func:`default_initial_pose`). ``options`` go to the method (``levels``,
+    ``iterations``, ``n_samples``, ``drr_method``...). With ``landmarks_ras`` and
+    ``true_ct_to_camera`` the result's metrics hold mTRE and the other errors.
+    """
+    from .drr import DRRVolume  # noqa: PLC0415
+
+    names = available_methods()
+    if method not in METHODS:
+        raise InputError(f"method: expected one of {names}, got {method!r}")
+    volume = DRRVolume.from_hu(hu, ijk_to_ras, labels=labels, label_subset=label_subset,
+                               device=device)
+    if len(cameras) != len(images):
+        raise InputError(f"X-ray geometry: {len(images)} X-ray images but {len(cameras)} "
+                         "geometries; give one geometry per image")
+    if init_poses is None:
+        if len(images) > 1:
+            raise InputError("initial pose: multi-view registration needs one initial "
+                             "ct_to_camera per view (they fix the relative C-arm motion)")
+        init_poses = [default_initial_pose(volume, cameras[0])]
+    views, init = make_views(images, cameras, init_poses)
+    result = METHODS[method](volume, views, init, progress=progress, cancel=cancel, **options)
+    result.method = method
+    if landmarks_ras is not None and true_ct_to_camera is not None:
+        truth = check_pose(true_ct_to_camera, "true ct_to_camera")
+        result.metrics.update(pose_errors(result.ct_to_camera, truth,
+                                          np.asarray(landmarks_ras, float), cameras[0]))
+    return result
+
+
+def register_nodes(ctx, ct_node, xray_nodes, cameras, init_transform_nodes=None,
+                   method: str = "ncc", output_transform_node=None, drr_node=None,
+                   fiducials_node=None, true_transform_node=None, progress=None, cancel=None,
+                   **options) -> RegistrationResult:
+    """Node-level registration (the Slicer module's logic).
+
+    ``ct_node``: scalar volume node (HU); ``xray_nodes``: single-slice scalar volume
+    nodes (one per view; pixel values attenuation-bright); ``cameras``: one
+    ``XRayCamera`` per X-ray; ``init_transform_nodes``: linear transform nodes (or 4x4
+    arrays) holding each view's initial ``ct_to_camera`` (default: AP view for one
+    X-ray). Writes ``output_transform_node`` (created when None) with the result
+    ``ct_to_camera`` of view 0 and ``drr_node`` (created when None): the DRR at the final
+    pose with the first X-ray node's geometry, so the two overlay in slice views.
+    ``fiducials_node`` (markups on the CT) and ``true_transform_node`` give the mTRE.
+    Input nodes are not modified.
+    """
+    from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
+
+    from .drr import DRRVolume, render_drr  # noqa: PLC0415
+
+    if ct_node is None:
+        raise InputError("CT volume: no volume selected")
+    ct = nodes.volume_from_node(ct_node, name="CT volume")
+    if ct.array.ndim != 3:
+        raise InputError(f"CT volume: expected a scalar volume, got shape {ct.array.shape}")
+    if not xray_nodes:
+        raise InputError("X-ray images: no X-ray image selected")
+    images, xray_geometries = [], []
+    for k, node in enumerate(xray_nodes):
+        name = "X-ray image" if len(xray_nodes) == 1 else f"X-ray image {k + 1}"
+        if node is None:
+            raise InputError(f"{name}: no image selected")
+        try:
+            img, m = nodes.image2d_from_node(node, name=name)
+        except InputError as exc:
+            if "expected a 2D image" in str(exc):
+                raise InputError(f"{name}: expected a 2D image, got a 3D volume") from None
+            raise
+        if img.ndim == 3:
+            img = img[..., :3].astype(float) @ np.array([0.299, 0.587, 0.114])
+        images.append(img.astype(np.float32))
+        xray_geometries.append(m)
+    init_poses = None
+    if init_transform_nodes:
+        init_poses = [np.asarray(t, float) if isinstance(t, (np.ndarray, list)) else
+                      nodes.matrix_from_transform_node(t, name="initial transform")
+                      for t in init_transform_nodes]
+    landmarks = truth = None
+    if fiducials_node is not None and true_transform_node is not None:
+        landmarks = nodes.points_from_markups(fiducials_node, name="fiducials")
+        truth = nodes.matrix_from_transform_node(true_transform_node, name="true transform")
+    result = register_arrays(ct.array.astype(np.float32), ct.ijk_to_ras, images, list(cameras),
+                             init_poses, method=method, landmarks_ras=landmarks,
+                             true_ct_to_camera=truth, progress=progress, cancel=cancel,
+                             **options)
+    out = nodes.matrix_to_transform_node(ctx, result.ct_to_camera, "FluoroReg ct_to_camera",
+                                         node=output_transform_node)
+    volume = DRRVolume.from_hu(ct.array.astype(np.float32), ct.ijk_to_ras)
+    drr = render_drr(volume, cameras[0], result.ct_to_camera)[0].detach().cpu().numpy()
+    drr_out = nodes.volume_to_node(ctx, drr[None].astype(np.float32), xray_geometries[0],
+                                   "FluoroReg DRR", node=drr_node)
+    result.outputs["output_transform_node"] = out.GetID()
+    result.outputs["drr_node"] = drr_out.GetID()
+    return result
+
+
+def check_views_and_geometries(n_xrays: int, n_geometries: int) -> None:
+    """Raise the error for a count mismatch between X-ray images and geometries."""
+    if n_xrays != n_geometries:
+        raise InputError(f"X-ray geometry: {n_xrays} X-ray images but {n_geometries} "
+                         "geometries; give one geometry per image")
+
+
+__all__ = ["METHODS", "register_method", "available_methods", "register_arrays",
+           "register_nodes", "default_initial_pose", "make_views", "GeometryError"]
