@@ -16,7 +16,7 @@ import slicer.util
 import vtk
 
 from SurgicalReg2D3DLib import io, nodes
-from SurgicalReg2D3DLib.errors import FileReadError, InputError
+from SurgicalReg2D3DLib.errors import FileReadError, GeometryError, InputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -84,6 +84,92 @@ def test_volume_file_node_array_node_file_keeps_geometry(ctx, sample_data, tmp_p
         np.testing.assert_allclose(back.ijk_to_ras, data.ijk_to_ras @ shift, atol=1e-4)
     assert cropped.GetMTime() == mtime  # saving does not touch the node
     assert cropped.GetStorageNode() is None
+
+
+def test_volume_file_node_tensor_node_file_keeps_geometry(ctx, sample_data, tmp_path):
+    """Real CT: file -> node -> torch tensor (on the chosen device) -> node -> file.
+
+    References: SimpleITK's reading of the original file and SimpleITK's own crop of it.
+    """
+    import SimpleITK as sitk
+    import torch
+
+    from SurgicalReg2D3DLib.device import choose_device
+
+    path = sample_data / "ct" / "thorax_aorta_ct_cropped.nii.gz"
+    digest = _sha(path)
+    data = nodes.volume_from_node(io.load_volume(ctx, path, name="ct"), "CT")
+    device = choose_device()
+    tensor = data.to_tensor(device)
+    ijk_to_ras = data.ijk_to_ras_tensor(device)
+    assert tensor.dtype == torch.int16 and tensor.device.type == device.type
+    assert tuple(tensor.shape) == (164, 126, 120)
+    assert ijk_to_ras.dtype == torch.float64 and tuple(ijk_to_ras.shape) == (4, 4)
+    reference = sitk.ReadImage(str(path))
+
+    # the whole volume, straight back from the tensor
+    whole = nodes.volume_to_node(ctx, tensor, ijk_to_ras, "ct from tensor")
+    out = io.save_volume(whole, tmp_path / "whole.nrrd", compress=False)
+    written = sitk.ReadImage(str(out))
+    assert written.GetSize() == reference.GetSize()
+    assert written.GetPixelID() == reference.GetPixelID()
+    np.testing.assert_allclose(written.GetOrigin(), reference.GetOrigin(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(written.GetSpacing(), reference.GetSpacing(), rtol=1e-12)
+    np.testing.assert_allclose(written.GetDirection(), reference.GetDirection(), atol=1e-12)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(written),
+                                  sitk.GetArrayViewFromImage(reference))
+
+    # a crop done in torch (voxels and geometry) against SimpleITK's crop of the file
+    k0, j0, i0 = 90, 20, 33
+    crop = tensor[k0:k0 + 10, j0:j0 + 14, i0:i0 + 12].to(torch.float32)
+    shift = torch.eye(4, dtype=torch.float64, device=device)
+    shift[:3, 3] = torch.tensor([i0, j0, k0], dtype=torch.float64)
+    node = nodes.volume_to_node(ctx, crop, ijk_to_ras @ shift, "ct crop")
+    for suffix in (".nii.gz", ".mha"):
+        out = io.save_volume(node, tmp_path / f"crop{suffix}")
+        written = sitk.ReadImage(str(out))
+        expected = reference[i0:i0 + 12, j0:j0 + 14, k0:k0 + 10]
+        assert written.GetSize() == expected.GetSize() == (12, 14, 10)
+        np.testing.assert_allclose(written.GetOrigin(), expected.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(written.GetSpacing(), expected.GetSpacing(), rtol=1e-6)
+        np.testing.assert_allclose(written.GetDirection(), expected.GetDirection(), atol=1e-6)
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(written),
+                                      sitk.GetArrayViewFromImage(expected).astype(np.float32))
+    # the tensor is a copy: changing it changes neither the VolumeData nor the file
+    tensor.zero_()
+    assert int(np.abs(data.array).max()) > 0
+    assert _sha(path) == digest
+
+
+def test_volume_file_geometry_errors(ctx, tmp_path):
+    """Hand-written NRRD headers (synthetic) with zero spacing and a sheared direction."""
+    def write(name, directions):
+        header = ("NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\n"
+                  f"sizes: 2 3 4\nspace directions: {directions}\nkinds: domain domain "
+                  "domain\nendian: little\nencoding: raw\nspace origin: (0,0,0)\n\n")
+        path = tmp_path / name
+        path.write_bytes(header.encode() + np.arange(24, dtype="<i2").tobytes())
+        return path
+
+    zero = write("zero.nrrd", "(1,0,0) (0,0,0) (0,0,1)")
+    digest = _sha(zero)
+    n_nodes = ctx.scene.GetNumberOfNodes()
+    with pytest.raises(GeometryError, match=r"^volume file: spacing must be positive, got "
+                                            r"\(1, 0, 1\): .*zero\.nrrd$"):
+        io.load_volume(ctx, zero)
+    assert _sha(zero) == digest and ctx.scene.GetNumberOfNodes() == n_nodes
+    shear = write("shear.nrrd", "(1,0,0) (0.5,1,0) (0,0,1)")
+    with pytest.raises(GeometryError, match=r"^volume file: direction matrix is not "
+                                            r"orthonormal: .*shear\.nrrd$"):
+        io.load_volume(ctx, shear)
+    # SimpleITK agrees that the file says so
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(shear))
+    reader.ReadImageInformation()
+    d = np.array(reader.GetDirection()).reshape(3, 3)
+    assert abs(d[:, 0] @ d[:, 1]) > 0.1
 
 
 def test_oblique_volume_round_trips_through_nrrd(ctx, tmp_path):
@@ -340,6 +426,24 @@ def test_model_errors(ctx, tmp_path):
     obj.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
     with pytest.raises(InputError, match="^mesh file: mesh has no triangles: "):
         io.load_mesh_arrays(obj)
+    # an empty model: a valid VTK file with no points, and a points-only mesh
+    empty = tmp_path / "empty.vtk"
+    writer = vtk.vtkPolyDataWriter()
+    writer.SetInputData(vtk.vtkPolyData())
+    writer.SetFileName(str(empty))
+    writer.Write()
+    digest = _sha(empty)
+    with pytest.raises(FileReadError, match=r"^model file: cannot read mesh \(corrupt or "
+                                            r"empty\): .*empty\.vtk"):
+        io.load_model(ctx, empty)
+    with pytest.raises(FileReadError, match=r"^mesh file: cannot read mesh \(corrupt or "
+                                            r"empty\): .*empty\.vtk$"):
+        io.load_mesh_arrays(empty)
+    assert _sha(empty) == digest
+    points_only = io.load_model(ctx, obj, name="points only")
+    with pytest.raises(InputError, match="^liver model: model 'points only' has no "
+                                         "triangles$"):
+        nodes.model_from_node(points_only, "liver model")
 
 
 # ----------------------------------------------------------------------------- transforms

@@ -83,6 +83,36 @@ def test_volume_to_node_updates_given_node_and_accepts_torch(ctx):
     np.testing.assert_allclose(node.GetSpacing(), [2, 2, 3])
 
 
+def test_volume_data_to_tensor_dtypes_devices_and_copies(ctx):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    for dtype, torch_dtype in [(np.int16, torch.int16), (np.uint8, torch.uint8),
+                               (np.uint16, torch.int32), (np.float32, torch.float32),
+                               (np.float64, torch.float64)]:
+        array = (rng.random((3, 4, 5)) * 200).astype(dtype)
+        node = nodes.volume_to_node(ctx, array, _oblique_ijk_to_ras(), "v")
+        data = nodes.volume_from_node(node, "v")
+        tensor = data.to_tensor()
+        assert tensor.dtype == torch_dtype and tuple(tensor.shape) == (3, 4, 5)
+        np.testing.assert_array_equal(tensor.numpy(), slicer.util.arrayFromVolume(node))
+        tensor.fill_(7)  # a copy: the VolumeData and the node keep their voxels
+        np.testing.assert_array_equal(data.array, array)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), array)
+    as_float = data.to_tensor("cpu", torch.float32)
+    assert as_float.dtype == torch.float32 and as_float.device.type == "cpu"
+    m = data.ijk_to_ras_tensor()
+    assert m.dtype == torch.float64
+    vmatrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(vmatrix)
+    np.testing.assert_allclose(m.numpy() @ [1, 2, 3, 1], vmatrix.MultiplyPoint((1, 2, 3, 1)),
+                               atol=1e-12)
+    # vector volumes keep their component axis last
+    rgb = rng.integers(0, 255, size=(1, 4, 6, 3)).astype(np.uint8)
+    vec = nodes.volume_from_node(nodes.volume_to_node(ctx, rgb, np.eye(4), "rgb"), "rgb",
+                                 require_3d=False)
+    np.testing.assert_array_equal(vec.to_tensor().numpy(), rgb)
+
+
 def test_vector_volume_and_image2d(ctx):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 255, size=(1, 8, 12, 3)).astype(np.uint8)
@@ -128,6 +158,12 @@ def test_volume_errors(ctx):
     bad.SetSpacing(1.0, 0.0, 2.0)
     with pytest.raises(GeometryError, match=r"^CT: spacing must be positive, got \(1, 0, 2\)$"):
         nodes.volume_from_node(bad, "CT")
+    bad.SetSpacing(1.0, -1.5, 2.0)
+    with pytest.raises(GeometryError, match=r"^CT: spacing must be positive, got "
+                                            r"\(1, -1.5, 2\)$"):
+        nodes.volume_from_node(bad, "CT")
+    with pytest.raises(GeometryError, match=r"^CT: spacing must be positive"):
+        nodes.labelmap_from_node(bad, "CT")
     bad.SetSpacing(1.0, 1.0, 1.0)
     bad.SetIJKToRASDirections(1, 0.5, 0, 0, 1, 0, 0, 0, 1)  # shear
     with pytest.raises(GeometryError, match="^CT: direction matrix is not orthonormal$"):
@@ -316,6 +352,20 @@ def test_transform_errors(ctx):
         nodes.matrix_to_transform_node(ctx, bad, "pose")
     with pytest.raises(GeometryError, match=r"^pose: matrix is singular \(determinant 0\)$"):
         nodes.matrix_to_transform_node(ctx, np.diag([1.0, 0.0, 1.0, 1.0]), "pose")
+    nan = np.eye(4)
+    nan[1, 3] = np.nan
+    n_nodes = ctx.scene.GetNumberOfNodes()
+    with pytest.raises(GeometryError, match="^pose: matrix contains NaN or infinite values$"):
+        nodes.matrix_to_transform_node(ctx, nan, "pose")
+    assert ctx.scene.GetNumberOfNodes() == n_nodes  # no half-made node left behind
+    # a transform node that someone filled with NaN: rejected, and left as it is
+    holder = nodes.matrix_to_transform_node(ctx, np.eye(4), "holder")
+    holder.SetMatrixTransformToParent(nodes.numpy_to_vtk_matrix(nan))
+    mtime = holder.GetMTime()
+    with pytest.raises(GeometryError, match="^initial pose: matrix contains NaN or infinite "
+                                            "values$"):
+        nodes.matrix_from_transform_node(holder, "initial pose", require_rigid=True)
+    assert holder.GetMTime() == mtime
 
 
 # ----------------------------------------------------------------------------- markups
@@ -393,6 +443,39 @@ def test_frames_to_sequence_moves_frame_with_its_transform(ctx):
                                    atol=1e-9)
 
 
+def test_frames_from_sequence_matches_mrml_transform_chain(ctx):
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 255, size=(3, 5, 6)).astype(np.uint8)
+    mats = []
+    for t in range(3):
+        m = np.eye(4)
+        m[:3, :3] = _rotation([1, 0, 1], 15.0 * t) * [0.2, 0.25, 1.0]  # anisotropic pixels
+        m[:3, 3] = [-3.0 * t, 4.0, 1.5 * t]
+        mats.append(m)
+    image_seq, transform_seq, browser = nodes.frames_to_sequence(ctx, frames, mats, "sweep")
+    got_frames, image_to_reference = nodes.frames_from_sequence(image_seq, transform_seq)
+    np.testing.assert_array_equal(got_frames, frames)
+    assert image_to_reference.shape == (3, 4, 4)
+    for t in range(3):
+        browser.SetSelectedItemNumber(t)
+        ctx.logic("Sequences").UpdateProxyNodesFromSequences(browser)
+        proxy = browser.GetProxyNode(image_seq)
+        ijk_to_ras = vtk.vtkMatrix4x4()
+        proxy.GetIJKToRASMatrix(ijk_to_ras)
+        to_world = vtk.vtkGeneralTransform()
+        proxy.GetParentTransformNode().GetTransformToWorld(to_world)
+        for col, row in [(0, 0), (5, 4), (2, 3)]:
+            local = ijk_to_ras.MultiplyPoint((col, row, 0, 1))[:3]
+            np.testing.assert_allclose((image_to_reference[t] @ [col, row, 0, 1])[:3],
+                                       to_world.TransformPoint(local), atol=1e-9)
+    # without transforms: each frame's own ijk_to_ras (identity here)
+    _, plain = nodes.frames_from_sequence(image_seq)
+    np.testing.assert_allclose(plain, np.tile(np.eye(4), (3, 1, 1)))
+    empty = ctx.add_node("vtkMRMLSequenceNode", "nothing")
+    with pytest.raises(InputError, match="^sweep: sequence 'nothing' has no frames$"):
+        nodes.frames_from_sequence(empty, name="sweep")
+
+
 def test_sequence_errors(ctx):
     with pytest.raises(InputError, match=r"^sweep: expected 2 image_to_reference matrices "
                                          r"\(T, 4, 4\), got shape \(3, 4, 4\)$"):
@@ -402,3 +485,151 @@ def test_sequence_errors(ctx):
         nodes.frames_to_sequence(ctx, np.zeros((4, 5)), [np.eye(4)], "sweep")
     with pytest.raises(InputError, match="^sequence: expected a sequence node"):
         nodes.sequence_items(ctx.add_node("vtkMRMLModelNode", "m"))
+
+
+# ----------------------------------------------------------------------------- segmentations
+def _sphere_polydata(center, radius):
+    sphere = vtk.vtkSphereSource()
+    sphere.SetCenter(*center)
+    sphere.SetRadius(radius)
+    sphere.SetThetaResolution(48)
+    sphere.SetPhiResolution(48)
+    sphere.Update()
+    return sphere.GetOutput()
+
+
+def test_segmentation_to_labelmap_rasterises_spheres_on_an_oblique_grid(ctx):
+    """Two synthetic spheres (closed surfaces) on an oblique CT-like grid, checked against
+    the analytic distance of every voxel centre to the sphere centres."""
+    centers = {"ball": np.array([3.0, -2.0, 5.0]), "vertebra": np.array([-6.0, 4.0, -3.0])}
+    radii = {"ball": 4.0, "vertebra": 3.0}
+    segmentation = ctx.add_node("vtkMRMLSegmentationNode", "spine")
+    segmentation.SetSourceRepresentationToClosedSurface()  # as a model-based segmentation
+    for name in ("ball", "vertebra"):
+        segmentation.AddSegmentFromClosedSurfaceRepresentation(
+            _sphere_polydata(centers[name], radii[name]), name, [1.0, 0.0, 0.0])
+    ijk_to_ras = np.eye(4)
+    spacing = np.array([0.8, 0.9, 1.0])
+    ijk_to_ras[:3, :3] = _rotation([1, 1, 2], 20.0) * spacing
+    ijk_to_ras[:3, 3] = [-14.0, -12.0, -13.0]
+    reference = nodes.volume_to_node(ctx, np.zeros((28, 30, 32), np.int16), ijk_to_ras, "CT")
+    mtime = segmentation.GetMTime()
+    representation = segmentation.GetSegmentation().GetSourceRepresentationName()
+    assert not segmentation.GetSegmentation().ContainsRepresentation("Binary labelmap")
+
+    labelmap = nodes.segmentation_to_labelmap(ctx, segmentation, reference)
+    assert labelmap.IsA("vtkMRMLLabelMapVolumeNode") and labelmap.GetName() == "spine labels"
+    data = nodes.labelmap_from_node(labelmap, "spine labels")
+    assert data.array.dtype == np.int32 and data.array.shape == (28, 30, 32)
+    np.testing.assert_allclose(data.ijk_to_ras, ijk_to_ras, atol=1e-6)
+    # voxel centres in RAS, from the reference node's own VTK matrix
+    vmatrix = vtk.vtkMatrix4x4()
+    reference.GetIJKToRASMatrix(vmatrix)
+    k, j, i = np.meshgrid(*[np.arange(n) for n in (28, 30, 32)], indexing="ij")
+    ijk1 = np.stack([i, j, k, np.ones_like(i)], -1).reshape(-1, 4).astype(float)
+    ras = (ijk1 @ nodes.vtk_matrix_to_numpy(vmatrix).T)[:, :3].reshape(28, 30, 32, 3)
+    half_diagonal = 0.5 * np.linalg.norm(spacing)
+    for label, name in ((1, "ball"), (2, "vertebra")):
+        distance = np.linalg.norm(ras - centers[name], axis=-1)
+        inside = data.array == label
+        assert np.all(inside[distance < radii[name] - half_diagonal])
+        assert not np.any(inside[distance > radii[name] + half_diagonal])
+        volume = inside.sum() * np.prod(spacing)
+        assert volume == pytest.approx(4.0 / 3.0 * np.pi * radii[name] ** 3, rel=0.06)
+    # the input segmentation is not modified (no binary labelmap added to it)
+    assert segmentation.GetMTime() == mtime
+    assert segmentation.GetSegmentation().GetSourceRepresentationName() == representation
+    assert not segmentation.GetSegmentation().ContainsRepresentation("Binary labelmap")
+    assert ctx.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1
+
+    # a parent transform of the segmentation moves the spheres (RAS +5 mm along x)
+    shift = np.eye(4)
+    shift[0, 3] = 5.0
+    segmentation.SetAndObserveTransformNodeID(
+        nodes.matrix_to_transform_node(ctx, shift, "segmentation_to_ras").GetID())
+    moved = nodes.labelmap_from_node(nodes.segmentation_to_labelmap(ctx, segmentation,
+                                                                    reference)).array
+    distance = np.linalg.norm(ras - (centers["ball"] + [5.0, 0.0, 0.0]), axis=-1)
+    assert np.all(moved[distance < radii["ball"] - half_diagonal] == 1)
+    assert not np.any(moved[distance > radii["ball"] + half_diagonal] == 1)
+    segmentation.SetAndObserveTransformNodeID(None)
+
+    # one segment, chosen by name, into a given node: label 1, the other sphere is gone
+    only = nodes.segment_ids(segmentation, names=["vertebra"])
+    assert only == [nodes.segment_ids(segmentation)[1]]
+    same = nodes.segmentation_to_labelmap(ctx, segmentation, reference, segment_ids=only,
+                                          node=labelmap)
+    assert same is labelmap
+    vertebra = nodes.labelmap_from_node(labelmap).array
+    assert set(np.unique(vertebra)) == {0, 1}
+    np.testing.assert_array_equal(vertebra == 1, data.array == 2)
+
+
+def test_labelmap_segmentation_round_trip_on_a_shifted_grid(ctx):
+    """Synthetic labels -> segmentation -> label map on a grid shifted by whole voxels:
+    the result is the numpy-shifted label array (labels renumbered in segment order)."""
+    labels = np.zeros((6, 7, 8), np.int16)
+    labels[1:3, 2:4, 3:6] = 5
+    labels[4, 1:6, 1:7] = 9
+    m = np.diag([0.5, 0.7, 2.0, 1.0])
+    m[:3, 3] = [1.0, 2.0, 3.0]
+    labelmap = nodes.volume_to_node(ctx, labels, m, "labels",
+                                    node_class="vtkMRMLLabelMapVolumeNode")
+    mtime = labelmap.GetMTime()
+    segmentation = nodes.labelmap_to_segmentation(ctx, labelmap, "seg")
+    assert labelmap.GetMTime() == mtime
+    ids = nodes.segment_ids(segmentation)
+    assert len(ids) == 2
+    # a reference grid moved by (+2, -1, +1) voxels along (i, j, k)
+    shifted = m.copy()
+    shifted[:3, 3] += m[:3, :3] @ [2, -1, 1]
+    reference = nodes.volume_to_node(ctx, np.zeros((6, 7, 8), np.uint8), shifted, "ref")
+    out = nodes.labelmap_from_node(nodes.segmentation_to_labelmap(ctx, segmentation,
+                                                                  reference))
+    expected = np.zeros_like(labels)
+    expected[:-1, 1:, :-2] = labels[1:, :-1, 2:]  # voxel (i, j, k) of ref = (i+2, j-1, k+1)
+    renumbered = np.select([expected == 5, expected == 9], [1, 2], 0)
+    np.testing.assert_array_equal(out.array, renumbered)
+    np.testing.assert_allclose(out.ijk_to_ras, shifted, atol=1e-9)
+    # a label subset of a label map
+    np.testing.assert_array_equal(nodes.labelmap_from_node(labelmap, labels=[9]).array,
+                                  np.where(labels == 9, 9, 0))
+
+
+def test_segmentation_errors(ctx):
+    segmentation = ctx.add_node("vtkMRMLSegmentationNode", "empty seg")
+    segmentation.SetSourceRepresentationToClosedSurface()
+    reference = nodes.volume_to_node(ctx, np.zeros((3, 4, 5), np.int16), np.eye(4), "CT")
+    with pytest.raises(InputError, match="^segmentation: segmentation 'empty seg' has no "
+                                         "segments$"):
+        nodes.segmentation_to_labelmap(ctx, segmentation, reference)
+    segmentation.AddSegmentFromClosedSurfaceRepresentation(
+        _sphere_polydata((1, 1, 1), 1.0), "ball", [1.0, 0.0, 0.0])
+    with pytest.raises(InputError, match="^segmentation: no segment with ID 'nope' in "
+                                         "'empty seg'$"):
+        nodes.segmentation_to_labelmap(ctx, segmentation, reference, segment_ids=["nope"])
+    with pytest.raises(InputError, match=r"^spine: no segment named 'L1' in 'empty seg' "
+                                         r"\(segments: \['ball'\]\)$"):
+        nodes.segment_ids(segmentation, names=["L1"], name="spine")
+    no_image = ctx.add_node("vtkMRMLScalarVolumeNode", "no image")
+    with pytest.raises(InputError, match="^reference volume: volume node 'no image' has no "
+                                         "image data$"):
+        nodes.segmentation_to_labelmap(ctx, segmentation, no_image)
+    with pytest.raises(InputError, match=r"^segmentation: expected a segmentation node "
+                                         r"\(vtkMRMLSegmentationNode\), got "
+                                         r"vtkMRMLScalarVolumeNode$"):
+        nodes.segmentation_to_labelmap(ctx, reference, reference)
+    fractional = nodes.volume_to_node(ctx, np.full((2, 3, 4), 1.5, np.float32), np.eye(4), "f")
+    with pytest.raises(InputError, match=r"^labels: label values must be whole numbers "
+                                         r"\(volume node 'f' has fractional voxels\)$"):
+        nodes.labelmap_from_node(fractional, "labels")
+    rgb = nodes.volume_to_node(ctx, np.zeros((2, 3, 4, 3), np.uint8), np.eye(4), "rgb")
+    with pytest.raises(InputError, match="^labels: expected a single-component label map, "
+                                         "got 3 components per voxel$"):
+        nodes.labelmap_from_node(rgb, "labels")
+    model = ctx.add_node("vtkMRMLModelNode", "m")
+    with pytest.raises(InputError, match=r"^labels: expected a label map node "
+                                         r"\(vtkMRMLScalarVolumeNode\), got vtkMRMLModelNode$"):
+        nodes.labelmap_from_node(model, "labels")
+    with pytest.raises(InputError, match="^label map: expected a label map node"):
+        nodes.labelmap_to_segmentation(ctx, reference)

@@ -18,24 +18,29 @@ def _smooth_image(rng, h=32, w=40):
 
 
 def _brute_lncc(a, b, mask, k, min_support=0.5, eps=1e-10):
-    """Reference masked LNCC by explicit loops over pixels and windows (numpy)."""
+    """Reference masked LNCC by explicit loops over pixels and windows (numpy).
+
+    ``k`` is a width or ``(kh, kw)``; a window of width ``w`` covers offsets
+    ``-(w // 2) .. w - 1 - w // 2`` (centred when ``w`` is odd).
+    """
+    kh, kw = (k, k) if np.isscalar(k) else k
     h, w = a.shape
-    r = k // 2
     values = []
     for y in range(h):
         for x in range(w):
             if not mask[y, x]:
                 continue
-            ys, xs = slice(max(0, y - r), y + r + 1), slice(max(0, x - r), x + r + 1)
+            ys = slice(max(0, y - kh // 2), y + kh - kh // 2)
+            xs = slice(max(0, x - kw // 2), x + kw - kw // 2)
             sel = mask[ys, xs] > 0
             n = sel.sum()
-            if n < max(2.0, min_support * k * k):
+            if n < max(2.0, min_support * kh * kw):
                 continue
             wa, wb = a[ys, xs][sel], b[ys, xs][sel]
             da, db = wa - wa.mean(), wb - wb.mean()
             va, vb = (da * da).mean(), (db * db).mean()
             values.append((da * db).mean() / np.sqrt(max(va * vb, eps)))
-    return float(np.mean(values))
+    return float(np.mean(values)) if values else 0.0
 
 
 def test_ncc_self_negative_and_affine_invariance():
@@ -123,9 +128,9 @@ def test_gradient_ncc_mask_is_eroded():
     assert gradient_ncc(a, b, mask=mask).item() == pytest.approx(np.mean(want), abs=1e-12)
 
 
-@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("k", [3, 4, 7, (3, 6), (1, 5)], ids=str)
 def test_masked_lncc_matches_brute_force(k):
-    rng = np.random.default_rng(10 + k)
+    rng = np.random.default_rng(10 + int(np.sum(k)))
     a = _smooth_image(rng, 14, 17)
     b = np.tanh(a) + 0.3 * rng.normal(size=a.shape)
     mask = np.ones_like(a, dtype=bool)
@@ -137,6 +142,30 @@ def test_masked_lncc_matches_brute_force(k):
     # Without a mask: the whole image (windows clipped at the border).
     got_full = masked_lncc(a, b, kernel_size=k).item()
     assert got_full == pytest.approx(_brute_lncc(a, b, np.ones_like(mask), k), abs=1e-10)
+
+
+def test_masked_lncc_batched_with_different_overlap_masks():
+    """Each batch item has its own mask: a fan-shaped US sector, a DRR-like overlap
+    rectangle and a sparse random set; every item equals its own brute-force value."""
+    rng = np.random.default_rng(21)
+    h, w = 18, 20
+    a = np.stack([_smooth_image(rng, h, w) for _ in range(3)])
+    b = a + 0.5 * rng.normal(size=a.shape)
+    yy, xx = np.mgrid[0:h, 0:w]
+    angle = np.degrees(np.arctan2(xx - w / 2, yy + 4.0))
+    fan = (np.hypot(yy + 4.0, xx - w / 2) < 20) & (np.abs(angle) < 35)
+    overlap = np.zeros((h, w), bool)
+    overlap[3:15, 6:19] = True
+    sparse = rng.random((h, w)) > 0.4
+    masks = np.stack([fan, overlap, sparse])
+    got = masked_lncc(torch.from_numpy(a), torch.from_numpy(b), mask=torch.from_numpy(masks),
+                      kernel_size=5)
+    want = [_brute_lncc(a[i], b[i], masks[i], 5) for i in range(3)]
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-10)
+    # the same items one at a time (batch items are independent)
+    for i in range(3):
+        one = masked_lncc(a[i], b[i], mask=masks[i], kernel_size=5).item()
+        assert one == pytest.approx(want[i], abs=1e-10)
 
 
 def test_masked_lncc_properties_and_3d():
@@ -154,12 +183,14 @@ def test_masked_lncc_properties_and_3d():
 
 def test_gradients_gradcheck_float64():
     rng = np.random.default_rng(6)
-    a = torch.from_numpy(rng.normal(size=(2, 1, 7, 8))).requires_grad_(True)
-    b = torch.from_numpy(rng.normal(size=(2, 1, 7, 8))).requires_grad_(True)
-    mask = torch.from_numpy(rng.random((2, 1, 7, 8)) > 0.2)
+    a = torch.from_numpy(rng.normal(size=(2, 1, 5, 6))).requires_grad_(True)
+    b = torch.from_numpy(rng.normal(size=(2, 1, 5, 6))).requires_grad_(True)
+    mask = torch.from_numpy(rng.random((2, 1, 5, 6)) > 0.2)
     assert torch.autograd.gradcheck(lambda x, y: ncc(x, y, mask=mask), (a, b))
     assert torch.autograd.gradcheck(lambda x, y: gradient_ncc(x, y), (a, b))
     assert torch.autograd.gradcheck(lambda x, y: masked_lncc(x, y, mask=mask, kernel_size=3), (a, b))
+    assert torch.autograd.gradcheck(
+        lambda x, y: masked_lncc(x, y, mask=mask, kernel_size=(2, 3), min_support=0.3), (a, b))
 
 
 def test_multiscale_equal_weights():
@@ -185,8 +216,15 @@ def test_validation_messages():
     bad[2, 3] = float("nan")
     with pytest.raises(InputError, match=r"^similarity: image b contains NaN or infinite values$"):
         masked_lncc(torch.rand(8, 8), bad)
-    with pytest.raises(InputError, match=r"^kernel_size: must be an odd integer >= 3, got 4$"):
-        masked_lncc(torch.rand(8, 8), torch.rand(8, 8), kernel_size=4)
+    with pytest.raises(InputError, match=r"^kernel_size: the window must hold at least 2 "
+                                         r"pixels, got 1$"):
+        masked_lncc(torch.rand(8, 8), torch.rand(8, 8), kernel_size=1)
+    with pytest.raises(InputError, match=r"^kernel_size: must be an integer >= 2 or 2 "
+                                         r"integers >= 1 \(one per spatial dimension\), "
+                                         r"got \(3, 3, 3\)$"):
+        masked_lncc(torch.rand(8, 8), torch.rand(8, 8), kernel_size=(3, 3, 3))
+    with pytest.raises(InputError, match=r"^kernel_size: must be an integer >= 2 .* got 2\.5$"):
+        masked_lncc(torch.rand(8, 8), torch.rand(8, 8), kernel_size=2.5)
     with pytest.raises(InputError, match=r"^mask: shape \(8,9\) does not match the images \(8,8\)"):
         ncc(torch.rand(8, 8), torch.rand(8, 8), mask=torch.ones(8, 9))
     with pytest.raises(InputError, match=r"^similarity: images are empty"):

@@ -139,8 +139,8 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
 
 def register_nodes(ctx, ct_node, xray_nodes, cameras, init_transform_nodes=None,
                    method: str = "ncc", output_transform_node=None, drr_node=None,
-                   fiducials_node=None, true_transform_node=None, progress=None, cancel=None,
-                   **options) -> RegistrationResult:
+                   fiducials_node=None, true_transform_node=None, negative_log: bool = False,
+                   progress=None, cancel=None, **options) -> RegistrationResult:
     """Node-level registration (the Slicer module's logic).
 
     ``ct_node``: scalar volume node (HU); ``xray_nodes``: single-slice scalar volume
@@ -151,6 +151,7 @@ def register_nodes(ctx, ct_node, xray_nodes, cameras, init_transform_nodes=None,
     ``ct_to_camera`` of view 0 and ``drr_node`` (created when None): the DRR at the final
     pose with the first X-ray node's geometry, so the two overlay in slice views.
     ``fiducials_node`` (markups on the CT) and ``true_transform_node`` give the mTRE.
+    ``negative_log``: the X-rays are raw detector counts (``-log(I / I0)`` is applied).
     Input nodes are not modified.
     """
     from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
@@ -177,6 +178,10 @@ def register_nodes(ctx, ct_node, xray_nodes, cameras, init_transform_nodes=None,
             raise
         if img.ndim == 3:
             img = img[..., :3].astype(float) @ np.array([0.299, 0.587, 0.114])
+        if negative_log:
+            from .xray_io import negative_log as _neglog  # noqa: PLC0415
+
+            img = _neglog(img, name=name)
         images.append(img.astype(np.float32))
         xray_geometries.append(m)
     init_poses = None
@@ -201,6 +206,38 @@ def register_nodes(ctx, ct_node, xray_nodes, cameras, init_transform_nodes=None,
     result.outputs["output_transform_node"] = out.GetID()
     result.outputs["drr_node"] = drr_out.GetID()
     return result
+
+
+GEOMETRY_ATTRIBUTE = "FluoroReg.Geometry"
+
+
+def camera_for_xray_node(node, geometry_path=None, name: str = "X-ray image"):
+    """The camera of an X-ray node: from ``geometry_path`` (JSON) when given, else from
+    the node attribute ``FluoroReg.Geometry`` (geometry JSON text, set by
+    :func:`set_node_geometry`)."""
+    from .geometry import load_geometry  # noqa: PLC0415
+
+    if geometry_path:
+        return load_geometry(geometry_path)
+    text = node.GetAttribute(GEOMETRY_ATTRIBUTE) if node is not None else None
+    if not text:
+        label = node.GetName() if node is not None else "?"
+        raise GeometryError(f"X-ray geometry: missing for {name.lower()} '{label}'; choose a "
+                            "geometry JSON file")
+    import json  # noqa: PLC0415
+
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise GeometryError(f"X-ray geometry: attribute {GEOMETRY_ATTRIBUTE} is not JSON: {exc}") from None
+    return load_geometry(data)
+
+
+def set_node_geometry(node, camera) -> None:
+    """Store a camera on an X-ray node (attribute ``FluoroReg.Geometry``, JSON text)."""
+    import json  # noqa: PLC0415
+
+    node.SetAttribute(GEOMETRY_ATTRIBUTE, json.dumps(camera.to_dict()))
 
 
 def check_views_and_geometries(n_xrays: int, n_geometries: int) -> None:

@@ -92,7 +92,8 @@ def choose_device(prefer: Optional[Union[str, torch.device]] = None) -> torch.de
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> int:
-    """Seed Python's ``random``, numpy's global generator and torch (CPU and all GPUs).
+    """Seed Python's ``random``, numpy's global generator, torch (CPU and all GPUs) and
+    OpenCV's global generator (``cv2.setRNGSeed``, when OpenCV is installed).
 
     Args:
         seed: integer in [0, 2**32 - 1].
@@ -109,6 +110,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> int:
     torch.manual_seed(seed)  # also seeds every CUDA device
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+    try:
+        import cv2  # noqa: PLC0415
+    except ImportError:  # OpenCV is optional here
+        cv2 = None
+    if cv2 is not None:
+        cv2.setRNGSeed(seed % 2**31)
     if deterministic:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False

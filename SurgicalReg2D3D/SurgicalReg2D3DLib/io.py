@@ -106,6 +106,22 @@ def _sitk_image_info(path: Path, what: str):
     return reader
 
 
+def _check_header_geometry(reader, what: str, path: Path) -> None:
+    """GeometryError for a file whose header has zero/negative spacing or a direction
+    matrix that is not orthonormal (checked on SimpleITK's header, before MRML reads it)."""
+    from .errors import GeometryError  # noqa: PLC0415
+
+    dim = reader.GetDimension()
+    spacing = np.array(reader.GetSpacing(), dtype=np.float64)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0.0):
+        raise GeometryError(f"{what}: spacing must be positive, got "
+                            f"({', '.join(f'{v:g}' for v in spacing)}): {path}")
+    direction = np.array(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction,
+                                                             np.eye(dim), atol=1e-4):
+        raise GeometryError(f"{what}: direction matrix is not orthonormal: {path}")
+
+
 def sitk_ijk_to_lps(image) -> np.ndarray:
     """float64 (4, 4) index -> LPS of a 2D or 3D SimpleITK image (2D: k axis = +S, 1 mm)."""
     dim = image.GetDimension()
@@ -145,6 +161,7 @@ def load_volume(ctx, path, name: Optional[str] = None):
     if reader.GetDimension() > 3:
         raise InputError(f"{what}: expected a 3D volume, got a {reader.GetDimension()}D "
                          f"image: {p}")
+    _check_header_geometry(reader, what, p)
     import slicer  # noqa: PLC0415
     import vtk  # noqa: PLC0415
 
@@ -241,6 +258,7 @@ def load_image2d(ctx, path, name: Optional[str] = None):
     if components not in (1, 2, 3, 4):
         raise InputError(f"{what}: expected a grayscale or RGB(A) image, got "
                          f"{components} components per pixel: {p}")
+    _check_header_geometry(reader, what, p)
     try:
         image = reader.Execute()
     except RuntimeError:

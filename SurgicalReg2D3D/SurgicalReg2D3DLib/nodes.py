@@ -170,6 +170,36 @@ class VolumeData:
         """float64 (4, 4) mapping ``(i, j, k, 1)`` to LPS mm (ITK/DICOM convention)."""
         return LPS_TO_RAS @ self.ijk_to_ras
 
+    def to_tensor(self, device=None, dtype=None):
+        """The voxels as a new torch tensor ``(K, J, I)`` or ``(K, J, I, C)`` (a copy).
+
+        Args:
+            device: torch device (default CPU), e.g. ``device.choose_device()``.
+            dtype: torch dtype; ``None`` keeps the voxel type where torch has it
+                (uint16 -> int32 and uint32 -> int64, both exact).
+
+        The geometry stays in :attr:`ijk_to_ras` (see :meth:`ijk_to_ras_tensor`);
+        ``volume_to_node(ctx, tensor, data.ijk_to_ras, ...)`` puts the tensor back.
+        """
+        import torch  # noqa: PLC0415
+
+        arr = self.array
+        widen = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64,
+                 np.dtype(np.uint64): np.int64}
+        if dtype is None and arr.dtype in widen:
+            if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+                raise InputError("volume: uint64 voxel values too large for a torch tensor")
+            arr = arr.astype(widen[arr.dtype])
+        tensor = torch.tensor(np.ascontiguousarray(arr))  # always a copy
+        return tensor.to(device=device, dtype=dtype) if (device is not None or
+                                                          dtype is not None) else tensor
+
+    def ijk_to_ras_tensor(self, device=None, dtype=None):
+        """:attr:`ijk_to_ras` as a torch tensor (4, 4), float64 unless ``dtype`` says."""
+        import torch  # noqa: PLC0415
+
+        return torch.tensor(self.ijk_to_ras, dtype=dtype or torch.float64, device=device)
+
 
 def _image_array(node, name: str) -> np.ndarray:
     """Copy of a volume node's voxels, shape (K, J, I) or (K, J, I, C)."""
@@ -701,9 +731,210 @@ def frames_to_sequence(ctx, frames, image_to_reference, name: str):
     return image_seq, transform_seq, browser
 
 
+def frames_from_sequence(image_sequence, transform_sequence=None, name: str = "sequence"
+                         ) -> Tuple[np.ndarray, np.ndarray]:
+    """Frames and per-frame geometry of a sequence of 2D images (the reverse of
+    :func:`frames_to_sequence`; also reads sequences loaded in Slicer).
+
+    Args:
+        image_sequence: ``vtkMRMLSequenceNode`` of single-slice volume nodes.
+        transform_sequence: optional ``vtkMRMLSequenceNode`` of linear transforms,
+            matched to the frames by index value (e.g. a tracker's ``image_to_reference``).
+        name: the input's name, used in error messages.
+
+    Returns:
+        ``(frames, image_to_reference)``: ``frames`` (T, H, W) or (T, H, W, C) (a copy),
+        ``image_to_reference`` float64 (T, 4, 4) mapping pixel ``(col, row, 0, 1)`` of
+        frame ``t`` to the reference frame: ``to_parent[t] @ ijk_to_ras[t]`` (just
+        ``ijk_to_ras[t]`` without a transform sequence).
+    """
+    _check_node(image_sequence, "vtkMRMLSequenceNode", name, "sequence")
+    n = image_sequence.GetNumberOfDataNodes()
+    if n == 0:
+        raise InputError(f"{name}: sequence '{_node_label(image_sequence)}' has no frames")
+    if transform_sequence is not None:
+        _check_node(transform_sequence, "vtkMRMLSequenceNode", f"{name} transforms",
+                    "sequence")
+    frames, matrices = [], []
+    for t in range(n):
+        item = image_sequence.GetNthDataNode(t)
+        if item is None or not item.IsA("vtkMRMLVolumeNode"):
+            raise InputError(f"{name}: item {t} of sequence '{_node_label(image_sequence)}' "
+                             "is not a volume node")
+        image, ijk_to_ras = image2d_from_node(item, f"{name} frame {t}")
+        m = ijk_to_ras
+        if transform_sequence is not None:
+            value = image_sequence.GetNthIndexValue(t)
+            transform = transform_sequence.GetDataNodeAtValue(value)
+            if transform is None:
+                raise InputError(f"{name}: no transform for frame {t} (index value "
+                                 f"{value!r}) in '{_node_label(transform_sequence)}'")
+            m = matrix_from_transform_node(transform, f"{name} transform {t}") @ ijk_to_ras
+        frames.append(image)
+        matrices.append(m)
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise InputError(f"{name}: frames have different sizes {sorted(shapes)}")
+    return np.stack(frames), np.stack(matrices)
+
+
 def sequence_items(sequence_node, name: str = "sequence") -> list:
     """The data nodes of a sequence, in item order (they live in the sequence's own
     internal scene: read them, do not modify them)."""
     _check_node(sequence_node, "vtkMRMLSequenceNode", name, "sequence")
     return [sequence_node.GetNthDataNode(i)
             for i in range(sequence_node.GetNumberOfDataNodes())]
+
+
+# --------------------------------------------------------------------------------------
+# label maps and segmentations
+# --------------------------------------------------------------------------------------
+def labelmap_from_node(node, name: str = "label map", labels: Optional[Sequence[int]] = None
+                       ) -> VolumeData:
+    """Integer labels and geometry of a label map (or integer scalar) volume node (a copy).
+
+    Args:
+        node: a ``vtkMRMLLabelMapVolumeNode``, or a scalar volume whose voxels are whole
+            numbers (float voxels with a fractional part are an error).
+        name: the input's name, used in error messages.
+        labels: if given, only these label values are kept (others become 0), e.g. the
+            label of one vertebra for a DRR of that vertebra alone.
+
+    Returns:
+        :class:`VolumeData` with an int32 ``array`` (K, J, I) and ``ijk_to_ras`` (4, 4),
+        in the node's local RAS frame.
+    """
+    _check_node(node, "vtkMRMLScalarVolumeNode", name, "label map")
+    data = volume_from_node(node, name, require_3d=False)
+    if data.array.ndim != 3:
+        raise InputError(f"{name}: expected a single-component label map, got "
+                         f"{data.num_components} components per voxel")
+    arr = data.array
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.mod(arr, 1) == 0):
+            raise InputError(f"{name}: label values must be whole numbers "
+                             f"(volume node '{_node_label(node)}' has fractional voxels)")
+    if arr.size and (arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max):
+        raise InputError(f"{name}: label values do not fit in int32")
+    arr = arr.astype(np.int32)
+    if labels is not None:
+        wanted = _to_numpy(labels, f"{name} labels").reshape(-1)
+        if wanted.size == 0:
+            raise InputError(f"{name}: empty list of labels to keep")
+        if not np.issubdtype(wanted.dtype, np.integer):
+            raise InputError(f"{name}: labels must be integers, got {wanted.tolist()}")
+        arr = np.where(np.isin(arr, wanted), arr, 0).astype(np.int32)
+    return VolumeData(array=arr, ijk_to_ras=data.ijk_to_ras)
+
+
+def segment_ids(segmentation_node, names: Optional[Sequence[str]] = None,
+                name: str = "segmentation") -> List[str]:
+    """IDs of a segmentation's segments, in order; or of the segments called ``names``."""
+    _check_node(segmentation_node, "vtkMRMLSegmentationNode", name, "segmentation")
+    segmentation = segmentation_node.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    if names is None:
+        return ids
+    if isinstance(names, str):
+        names = [names]
+    by_name = {segmentation.GetSegment(sid).GetName(): sid for sid in ids}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise InputError(f"{name}: no segment named {missing[0]!r} in "
+                         f"'{_node_label(segmentation_node)}' (segments: {sorted(by_name)})")
+    return [by_name[n] for n in names]
+
+
+def segmentation_to_labelmap(ctx, segmentation_node, reference_volume_node,
+                             segment_ids: Optional[Sequence[str]] = None,
+                             name: Optional[str] = None, node=None):
+    """Rasterise segments into a label map on the voxel grid of a reference volume.
+
+    Uses the Segmentations logic (``ExportSegmentsToLabelmapNode``) on a copy of the
+    segmentation, so segments stored as closed surfaces are converted (directly on the
+    reference grid) without adding a representation to ``segmentation_node`` (input
+    nodes are never modified). Segments stored as binary label maps are resampled onto the
+    reference grid (nearest neighbour). A parent transform of the segmentation is applied.
+
+    Args:
+        ctx: the :class:`SceneContext`.
+        segmentation_node: a ``vtkMRMLSegmentationNode``.
+        reference_volume_node: the volume (e.g. the CT) whose geometry the label map gets:
+            same (K, J, I) size and ``ijk_to_ras``.
+        segment_ids: the segments to export (default: all, in order); segment
+            ``segment_ids[n]`` gets label ``n + 1``, background is 0. Use
+            :func:`segment_ids` to find IDs by segment name.
+        name: name of the new label map node (default: the segmentation's name + " labels").
+        node: an existing ``vtkMRMLLabelMapVolumeNode`` to overwrite.
+
+    Returns:
+        the ``vtkMRMLLabelMapVolumeNode``; read it with :func:`labelmap_from_node`.
+    """
+    import slicer  # noqa: PLC0415
+    import vtk  # noqa: PLC0415
+
+    what = "segmentation"
+    _check_node(segmentation_node, "vtkMRMLSegmentationNode", what, "segmentation")
+    label = _node_label(segmentation_node)
+    all_ids = [segmentation_node.GetSegmentation().GetNthSegmentID(i) for i in
+               range(segmentation_node.GetSegmentation().GetNumberOfSegments())]
+    if not all_ids:
+        raise InputError(f"{what}: segmentation '{label}' has no segments")
+    ids = all_ids if segment_ids is None else (
+        [segment_ids] if isinstance(segment_ids, str) else [str(s) for s in segment_ids])
+    if not ids:
+        raise InputError(f"{what}: empty list of segment IDs")
+    unknown = [s for s in ids if s not in all_ids]
+    if unknown:
+        raise InputError(f"{what}: no segment with ID {unknown[0]!r} in '{label}'")
+    reference_name = "reference volume"
+    _check_node(reference_volume_node, "vtkMRMLVolumeNode", reference_name, "volume")
+    _image_array(reference_volume_node, reference_name)  # raises if it has no image data
+    _check_volume_geometry(reference_volume_node, reference_name)
+    if node is None:
+        node = ctx.add_node("vtkMRMLLabelMapVolumeNode", name or f"{label} labels")
+    else:
+        _check_node(node, "vtkMRMLLabelMapVolumeNode", name or "label map", "label map")
+
+    copy = slicer.vtkMRMLSegmentationNode()
+    copy.SetName(f"{label} (copy)")
+    ctx.scene.AddNode(copy)
+    try:
+        copy.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
+        copy.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
+        if not copy.GetSegmentation().ContainsRepresentation("Binary labelmap"):
+            # closed surfaces are rasterised straight onto the reference grid
+            copy.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+        id_array = vtk.vtkStringArray()
+        for sid in ids:
+            id_array.InsertNextValue(sid)
+        ok = ctx.logic("Segmentations").ExportSegmentsToLabelmapNode(
+            copy, id_array, node, reference_volume_node)
+    finally:
+        ctx.scene.RemoveNode(copy)
+    if not ok or node.GetImageData() is None:
+        raise InputError(f"{what}: cannot export segmentation '{label}' to a label map")
+    _ensure_volume_display(ctx, node)
+    return node
+
+
+def labelmap_to_segmentation(ctx, labelmap_node, name: Optional[str] = None, node=None):
+    """Import a label map as a segmentation (one segment per non-zero label value).
+
+    The label map node is not modified. Returns the ``vtkMRMLSegmentationNode`` (new, or
+    ``node`` with the segments added).
+    """
+    what = "label map"
+    _check_node(labelmap_node, "vtkMRMLLabelMapVolumeNode", what, "label map")
+    labelmap_from_node(labelmap_node, what)  # validates image data and geometry
+    if node is None:
+        node = ctx.add_node("vtkMRMLSegmentationNode",
+                            name or f"{_node_label(labelmap_node)} segmentation")
+    else:
+        _check_node(node, "vtkMRMLSegmentationNode", name or "segmentation", "segmentation")
+    if not ctx.logic("Segmentations").ImportLabelmapToSegmentationNode(labelmap_node, node):
+        raise InputError(f"{what}: cannot import '{_node_label(labelmap_node)}' into a "
+                         "segmentation")
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node

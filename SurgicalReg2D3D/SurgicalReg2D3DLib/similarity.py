@@ -212,28 +212,57 @@ def gradient_ncc(a, b, mask=None, eps: float = DEFAULT_EPS) -> torch.Tensor:
     return 0.5 * (score_x + score_y)
 
 
-def _box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean over a centred ``k``-wide box (zero padding), same spatial size as ``x``."""
-    if x.dim() == 4:
-        return F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=True)
-    return F.avg_pool3d(x, k, stride=1, padding=k // 2, count_include_pad=True)
+def _box_mean(x: torch.Tensor, k) -> torch.Tensor:
+    """Mean over a ``k``-wide box (zero padding), same spatial size as ``x``.
+
+    ``k`` is an int or one width per spatial dimension. An odd width ``k`` is centred
+    (offsets ``-k//2 .. k//2``); an even one covers offsets ``-k//2 .. k//2 - 1``.
+    """
+    nd = x.dim() - 2
+    ks = (int(k),) * nd if isinstance(k, (int, np.integer)) else tuple(int(v) for v in k)
+    pad = []
+    for width in reversed(ks):  # F.pad wants the last dimension first
+        pad += [width // 2, width - 1 - width // 2]
+    xp = F.pad(x, pad)
+    if nd == 2:
+        return F.avg_pool2d(xp, ks, stride=1)
+    return F.avg_pool3d(xp, ks, stride=1)
+
+
+def _kernel_sizes(kernel_size, ndim: int):
+    """Validate ``kernel_size`` (int or one int per spatial dim); tuple of ``ndim`` ints."""
+    def _is_int(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if _is_int(kernel_size):
+        sizes = (int(kernel_size),) * ndim
+    elif isinstance(kernel_size, (tuple, list)) and len(kernel_size) == ndim \
+            and all(_is_int(v) for v in kernel_size):
+        sizes = tuple(int(v) for v in kernel_size)
+    else:
+        raise InputError(f"kernel_size: must be an integer >= 2 or {ndim} integers >= 1 "
+                         f"(one per spatial dimension), got {kernel_size!r}")
+    if min(sizes) < 1 or int(np.prod(sizes)) < 2:
+        raise InputError(f"kernel_size: the window must hold at least 2 pixels, got "
+                         f"{kernel_size!r}")
+    return sizes
 
 
 def masked_lncc(
     a,
     b,
     mask=None,
-    kernel_size: int = 9,
+    kernel_size=9,
     eps: float = DEFAULT_EPS,
     min_support: float = 0.5,
 ) -> torch.Tensor:
     """Local normalised cross-correlation with a box window, restricted to a mask.
 
     For every selected pixel ``p`` (``mask[p] > 0``) the correlation coefficient of ``a``
-    and ``b`` is computed over the pixels of the ``kernel_size`` box centred on ``p`` that
+    and ``b`` is computed over the pixels of the ``kernel_size`` box around ``p`` that
     are selected and inside the image (only those enter the window means and variances).
     The result of an item is the mean of these local coefficients over the selected
-    pixels whose window holds at least ``min_support * kernel_size**ndim`` selected pixels
+    pixels whose window holds at least ``min_support * window size`` selected pixels
     (and at least 2). Channels are treated separately and averaged. An item with no such
     pixel scores 0. Windows whose variance product is below ``eps`` (flat regions)
     contribute 0.
@@ -244,25 +273,24 @@ def masked_lncc(
 
     Args:
         a, b: ``(H, W)``, ``(B, H, W)``, ``(B, C, H, W)`` or 3D ``(B, C, D, H, W)``.
-        mask: optional overlap/validity mask, image shape or ``(B, 1, ...)``; treated as
-            binary (non-zero = selected).
-        kernel_size: odd window width in pixels (>= 3).
+        mask: optional overlap/validity mask of any shape of selected pixels, image shape
+            or ``(B, 1, ...)``; treated as binary (non-zero = selected).
+        kernel_size: window width in pixels, the same along every axis (an int >= 2), or
+            one width per spatial axis, e.g. ``(5, 9)`` for ``(H, W)``. An odd width is
+            centred on ``p``; an even width ``k`` covers offsets ``-k//2 .. k//2 - 1``.
         eps: lower bound of the local variance product.
         min_support: fraction in (0, 1] of the window that must be selected.
 
     Returns:
         ``(B,)`` tensor in [-1, 1].
     """
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) \
-            or kernel_size < 3 or kernel_size % 2 == 0:
-        raise InputError(f"kernel_size: must be an odd integer >= 3, got {kernel_size!r}")
-    kernel_size = int(kernel_size)
     if not (0.0 < float(min_support) <= 1.0):
         raise InputError(f"min_support: must be in (0, 1], got {min_support!r}")
     ta, tb, m = _prepare(a, b, mask, "masked_lncc", allow_3d=True)
-    sel = (m > 0).to(ta.dtype).expand_as(ta)
     ndim = ta.dim() - 2
-    window = kernel_size**ndim
+    sizes = _kernel_sizes(kernel_size, ndim)
+    sel = (m > 0).to(ta.dtype).expand_as(ta)
+    window = int(np.prod(sizes))
     B, C = ta.shape[:2]
     spatial = tuple(ta.shape[2:])
 
@@ -274,7 +302,7 @@ def masked_lncc(
     tb = tb - ((sel * tb).sum(dim=dims, keepdim=True) / cnt).detach()
     # One pooling call for all statistics: stack them along the channel axis.
     stats = torch.cat([sel, sel * ta, sel * tb, sel * ta * ta, sel * tb * tb, sel * ta * tb], dim=1)
-    means = _box_mean(stats, kernel_size) * window  # window sums
+    means = _box_mean(stats, sizes) * window  # window sums
     n, sa, sb, saa, sbb, sab = means.view((B, 6, C) + spatial).unbind(dim=1)
     n_safe = n.clamp_min(1.0)
     mu_a, mu_b = sa / n_safe, sb / n_safe

@@ -430,59 +430,23 @@ def read_reference_volume(path) -> ReferenceVolume:
     return ReferenceVolume(array=np.ascontiguousarray(array), ijk_to_reference=m, path=path)
 
 
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
 def load_sequence_to_mrml(ctx, seq: TrackedSequence, chain: ReferenceChain,
                           name: str = "USFrames"):
-    """Load a sweep into the scene: a volume sequence, a transform sequence and a browser.
+    """Load a sweep into the scene as a browsable volume + transform sequence.
 
-    Each usable frame (``chain.indices``) becomes a single-slice scalar volume whose
-    ``ijk_to_ras`` is identity and whose parent transform node carries
-    ``image_to_ras = diag(-1, -1, 1, 1) @ image_to_reference`` (the reference frame is
-    LPS-named, see the module docstring), so the frame moves in the 3D view as the browser
-    plays. Returns ``(volume_sequence_node, transform_sequence_node, browser_node)``. Uses ``SurgicalReg2D3DLib.nodes.frames_to_sequence`` when
-    the core provides it, else this module's own MRML code.
+    The usable frames (``chain.indices``) go through ``SurgicalReg2D3DLib.nodes.
+    frames_to_sequence``; each frame's "to parent" matrix is
+    ``image_to_ras = LPS_TO_RAS @ image_to_reference`` (the reference frame is LPS-named,
+    see the module docstring), so the frame lies on the volume loaded by Slicer from the
+    PLUS ``.mha`` as the browser plays. Returns ``(image_sequence, transform_sequence,
+    browser)``.
     """
-    import slicer  # noqa: PLC0415
-    import vtk  # noqa: PLC0415
-    from vtk.util import numpy_support  # noqa: PLC0415
+    from SurgicalReg2D3DLib.nodes import frames_to_sequence  # noqa: PLC0415
 
-    scene = ctx.scene
-    vol_seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name}_images")
-    tfm_seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name}_ImageToReference")
-    vol_seq.SetIndexName("time")
-    vol_seq.SetIndexUnit("s")
-    tfm_seq.SetIndexName("time")
-    tfm_seq.SetIndexUnit("s")
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
-    for k, i in enumerate(chain.indices):
-        ts = seq.timestamps[i]
-        index_value = f"{ts:.6f}" if np.isfinite(ts) else str(int(i))
-        frame = seq.images[i]
-        img = vtk.vtkImageData()
-        img.SetDimensions(frame.shape[1], frame.shape[0], 1)
-        flat = np.ascontiguousarray(frame).reshape(-1)
-        vtk_arr = numpy_support.numpy_to_vtk(flat, deep=True)
-        img.GetPointData().SetScalars(vtk_arr)
-        vol = slicer.vtkMRMLScalarVolumeNode()
-        vol.SetName(f"{name}_{int(i):04d}")
-        vol.SetAndObserveImageData(img)
-        vol_seq.SetDataNodeAtValue(vol, index_value)
-        tfm = slicer.vtkMRMLLinearTransformNode()
-        tfm.SetName(f"{name}_ImageToReference_{int(i):04d}")
-        mat = vtk.vtkMatrix4x4()
-        image_to_ras = lps_to_ras @ chain.image_to_reference[k]
-        for r in range(4):
-            for c in range(4):
-                mat.SetElement(r, c, float(image_to_ras[r, c]))
-        tfm.SetMatrixTransformToParent(mat)
-        tfm_seq.SetDataNodeAtValue(tfm, index_value)
-    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name}_browser")
-    browser.SetAndObserveMasterSequenceNodeID(vol_seq.GetID())
-    browser.AddSynchronizedSequenceNode(tfm_seq.GetID())
-    browser.SetSelectedItemNumber(0)
-    seq_logic = ctx.logic("Sequences")
-    seq_logic.UpdateProxyNodesFromSequences(browser)
-    vol_proxy = browser.GetProxyNode(vol_seq)
-    tfm_proxy = browser.GetProxyNode(tfm_seq)
-    if vol_proxy is not None and tfm_proxy is not None:
-        vol_proxy.SetAndObserveTransformNodeID(tfm_proxy.GetID())
-    return vol_seq, tfm_seq, browser
+    if len(chain.indices) == 0:
+        raise InputError(f"sequence {name}: no usable frame (all transforms INVALID)")
+    image_to_ras = np.einsum("ij,njk->nik", LPS_TO_RAS, chain.image_to_reference)
+    return frames_to_sequence(ctx, seq.images[chain.indices], image_to_ras, name)

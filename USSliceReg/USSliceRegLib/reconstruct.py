@@ -3,10 +3,11 @@
 As PLUS's ``vtkVolumeReconstructor`` with ``Interpolation="NEAREST_NEIGHBOR"`` and
 ``CompoundingMode="MEAN"``: every (fan) pixel of every frame is mapped to reference mm by
 its ``image_to_reference``, rounded to the nearest voxel of the output grid and averaged
-there; voxels no pixel reached are then filled from the mean of their filled neighbours in
-a growing ``3 x 3 x 3`` window (a simple stand-in for PLUS's hole filling), at most
-``fill_iterations`` times, so that gaps between frames are closed but the empty space
-outside the sweep stays empty.
+there. Holes are then filled, a simple stand-in for PLUS's "stick" hole filling: an empty
+voxel that has filled voxels on *both* sides along one of the grid axes within
+``fill_radius`` voxels lies in a gap between frames and gets the linear interpolation of
+the two nearest filled voxels along the shortest such stick; the empty space around the
+sweep stays empty (0).
 
 The grid: ``ijk_to_reference`` (axis-aligned with the reference frame unless given) and
 shape ``(K, J, I)``, either given or the bounding box of the frames' fans plus a margin.
@@ -54,8 +55,45 @@ def bounding_grid(image_to_reference: np.ndarray, fan: np.ndarray, spacing_mm: f
     return m, (int(size[2]), int(size[1]), int(size[0]))
 
 
+def _shift(x: torch.Tensor, axis: int, r: int) -> torch.Tensor:
+    """``y[n] = x[n - r]`` along ``axis`` (zeros where ``n - r`` is outside)."""
+    n = x.shape[axis]
+    if abs(r) >= n:
+        return torch.zeros_like(x)
+    pad = torch.zeros_like(x.narrow(axis, 0, abs(r)))
+    if r > 0:
+        return torch.cat([pad, x.narrow(axis, 0, n - r)], dim=axis)
+    return torch.cat([x.narrow(axis, -r, n + r), pad], dim=axis)
+
+
+def _fill_holes(vol: torch.Tensor, filled: torch.Tensor, radius: int):
+    """Stick filling: an empty voxel with filled voxels on both sides along a grid axis,
+    each within ``radius``, gets the linear interpolation of the two nearest ones (the
+    shortest such stick over the three axes wins)."""
+    out = vol.clone()
+    best = torch.full(vol.shape, float("inf"), dtype=vol.dtype, device=vol.device)
+    for axis in range(3):
+        ends = []
+        for sign in (1, -1):  # +1: the voxel at n - r (before), -1: at n + r (after)
+            dist = torch.full(vol.shape, float("inf"), dtype=vol.dtype, device=vol.device)
+            val = torch.zeros_like(vol)
+            for r in range(radius, 0, -1):  # nearest last, so it overwrites farther ones
+                f = _shift(filled, axis, sign * r)
+                dist = torch.where(f, torch.full_like(dist, r), dist)
+                val = torch.where(f, _shift(vol, axis, sign * r), val)
+            ends.append((dist, val))
+        (db, vb), (da, va) = ends
+        length = db + da
+        use = (~filled) & torch.isfinite(length) & (length < best)
+        interp = (vb * da + va * db) / torch.where(torch.isfinite(length), length,
+                                                     torch.ones_like(length))
+        out = torch.where(use, interp, out)
+        best = torch.where(use, length, best)
+    return out, filled | torch.isfinite(best)
+
+
 def reconstruct_volume(frames, image_to_reference, fan=None, spacing_mm: float = 0.5,
-                       ijk_to_reference=None, shape=None, fill_iterations: int = 3,
+                       ijk_to_reference=None, shape=None, fill_radius: int = 3,
                        pixel_step: int = 1, max_voxels: int = 64_000_000, device=None,
                        progress=None, cancel=None) -> Reconstruction:
     """Compound frames ``(N, H, W)`` at poses ``(N, 4, 4)`` into a volume.
@@ -114,14 +152,9 @@ def reconstruct_volume(frames, image_to_reference, fan=None, spacing_mm: float =
     hit = cnt > 0
     vol = torch.where(hit, acc / cnt.clamp_min(1), torch.zeros_like(acc)).view(K, J, I)
     filled = hit.view(K, J, I)
-    kernel = torch.ones(1, 1, 3, 3, 3, dtype=torch.float64, device=device)
-    for _ in range(fill_iterations):
+    if fill_radius > 0:
         check_cancel(cancel, "volume reconstruction")
-        s = F.conv3d((vol * filled)[None, None], kernel, padding=1)[0, 0]
-        c = F.conv3d(filled.double()[None, None], kernel, padding=1)[0, 0]
-        grow = (~filled) & (c >= 3)  # at least 3 filled neighbours: a gap, not the outside
-        vol = torch.where(grow, s / c.clamp_min(1), vol)
-        filled = filled | grow
+        vol, filled = _fill_holes(vol, filled, fill_radius)
     report(progress, 1.0, "reconstruction done")
     return Reconstruction(array=vol.float().cpu().numpy(), ijk_to_reference=np.asarray(
         ijk_to_reference, dtype=float), filled=filled.cpu().numpy(),

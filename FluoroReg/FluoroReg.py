@@ -1,0 +1,336 @@
+"""FluoroReg: register a preoperative CT to intraoperative X-ray / fluoroscopy images.
+
+Thin Slicer shell: the GUI is wired here; all the work is in ``FluoroRegLib`` (Qt-free,
+also used by the ``surgreg fluoro`` command line).
+"""
+
+import logging
+import os
+from typing import Annotated, Optional
+
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.util import VTKObservationMixin
+from slicer import (
+    vtkMRMLLinearTransformNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLScalarVolumeNode,
+)
+
+#: Registration methods offered in the GUI (``FluoroRegLib.logic.METHODS`` keys; the
+#: learned-methods issue adds its names here and to the registry).
+METHOD_CHOICES = ["ncc", "gradncc", "ncc-adam", "gradncc-adam", "ppc"]
+
+
+class FluoroReg(ScriptedLoadableModule):
+    """Module description (Slicer 5.x scripted module)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("FluoroReg")
+        self.parent.categories = ["Registration.SurgicalReg2D3D"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SlicerSurgicalReg2D3D developers"]
+        self.parent.helpText = _(
+            "Register a CT to one or more X-ray images (CT-to-X-ray 2D/3D registration). "
+            "Choose the CT, the X-ray image(s) with their cone-beam geometry (JSON), an "
+            "initial pose (a linear transform holding ct_to_camera: CT RAS mm to the C-arm "
+            "camera, origin at the source, +z towards the detector) and a method: NCC or "
+            "gradient NCC optimised with Levenberg-Marquardt on a resolution pyramid (or "
+            "an Adam baseline), or point-to-plane correspondence (ppc). The result is a "
+            "transform node and a DRR at the final pose shown over the X-ray.")
+        self.parent.acknowledgementText = _(
+            "Part of the SlicerSurgicalReg2D3D extension. The sample CT is from the "
+            "TotalSegmentator data set (CC BY 4.0); X-rays in the self-test are simulated.")
+
+
+@parameterNodeWrapper
+class FluoroRegParameterNode:
+    """Inputs, options and outputs of the module."""
+
+    ctVolume: vtkMRMLScalarVolumeNode
+    xrayVolume: vtkMRMLScalarVolumeNode
+    xrayVolume2: vtkMRMLScalarVolumeNode
+    initialTransform: vtkMRMLLinearTransformNode
+    initialTransform2: vtkMRMLLinearTransformNode
+    method: Annotated[str, Choice(METHOD_CHOICES)] = "ncc"
+    negativeLog: bool = False
+    iterations: int = 20
+    fiducials: vtkMRMLMarkupsFiducialNode
+    trueTransform: vtkMRMLLinearTransformNode
+    outputTransform: vtkMRMLLinearTransformNode
+    drrVolume: vtkMRMLScalarVolumeNode
+
+
+class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """GUI: selects inputs, runs the logic with progress and Cancel, shows results."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._cancelToken = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/FluoroReg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.geometryPathLineEdit.nameFilters = ["Geometry JSON (*.json)"]
+        self.ui.geometry2PathLineEdit.nameFilters = ["Geometry JSON (*.json)"]
+        self.ui.resultsTable.horizontalHeader().setStretchLastSection(True)
+
+        self.logic = FluoroRegLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.defaultPoseButton.connect("clicked(bool)", self.onDefaultPoseButton)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.ctVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.ctVolume = first
+
+    def setParameterNode(self, inputParameterNode: Optional[FluoroRegParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        ready = bool(self._parameterNode and self._parameterNode.ctVolume
+                     and self._parameterNode.xrayVolume)
+        self.ui.applyButton.enabled = ready and self._cancelToken is None
+        self.ui.applyButton.toolTip = (_("Register the CT to the X-ray image(s)") if ready
+                                       else _("Select a CT volume and an X-ray image"))
+
+    # -- actions -----------------------------------------------------------------------
+    def onDefaultPoseButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Cannot set the initial pose."), waitCursor=True):
+            p = self._parameterNode
+            node = p.initialTransform or slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLLinearTransformNode", "FluoroReg initial ct_to_camera")
+            p.initialTransform = node
+            self.logic.setDefaultInitialPose(p.ctVolume, p.xrayVolume,
+                                             self.ui.geometryPathLineEdit.currentPath, node)
+
+    def onCancelButton(self) -> None:
+        if self._cancelToken is not None:
+            self._cancelToken.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = message
+        slicer.app.processEvents()  # keeps the Cancel button responsive
+
+    def onApplyButton(self) -> None:
+        from SurgicalReg2D3DLib.errors import CancelledError
+        from SurgicalReg2D3DLib.progress import CancelToken
+
+        p = self._parameterNode
+        self._cancelToken = CancelToken()
+        self.ui.cancelButton.enabled = True
+        self._checkCanApply()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
+                result = self.logic.process(
+                    p.ctVolume,
+                    [p.xrayVolume] + ([p.xrayVolume2] if p.xrayVolume2 else []),
+                    [self.ui.geometryPathLineEdit.currentPath]
+                    + ([self.ui.geometry2PathLineEdit.currentPath] if p.xrayVolume2 else []),
+                    [p.initialTransform, p.initialTransform2] if p.xrayVolume2 else
+                    ([p.initialTransform] if p.initialTransform else None),
+                    method=p.method, negativeLog=p.negativeLog, iterations=p.iterations,
+                    outputTransform=p.outputTransform, drrVolume=p.drrVolume,
+                    fiducials=p.fiducials, trueTransform=p.trueTransform,
+                    progress=self._progress, cancel=self._cancelToken)
+                self._showResult(result)
+        except CancelledError:
+            self.ui.statusLabel.text = _("Registration cancelled; inputs unchanged.")
+        finally:
+            self._cancelToken = None
+            self.ui.cancelButton.enabled = False
+            self._checkCanApply()
+
+    def _showResult(self, result) -> None:
+        p = self._parameterNode
+        p.outputTransform = slicer.mrmlScene.GetNodeByID(result.outputs["output_transform_node"])
+        p.drrVolume = slicer.mrmlScene.GetNodeByID(result.outputs["drr_node"])
+        rows = [("method", result.method), ("similarity", f"{result.similarity:.4f}"),
+                ("iterations", str(len(result.history))), ("time (s)", f"{result.time_s:.1f}")]
+        rows += [(k, f"{v:.3f}") for k, v in result.metrics.items()]
+        self.ui.resultsTable.setRowCount(len(rows))
+        import qt
+        for r, (key, value) in enumerate(rows):
+            self.ui.resultsTable.setItem(r, 0, qt.QTableWidgetItem(key))
+            self.ui.resultsTable.setItem(r, 1, qt.QTableWidgetItem(value))
+        # X-ray in the background, DRR blended over it.
+        slicer.util.setSliceViewerLayers(background=p.xrayVolume, foreground=p.drrVolume,
+                                         foregroundOpacity=0.5, fit=True)
+        self.logic.showConvergence(result)
+        self.ui.statusLabel.text = _("Done.")
+
+
+class FluoroRegLogic(ScriptedLoadableModuleLogic):
+    """Delegates to ``FluoroRegLib.logic``; no computation here."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return FluoroRegParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def _context():
+        from SurgicalReg2D3DLib.scene import SceneContext
+
+        return SceneContext.from_slicer()
+
+    def setDefaultInitialPose(self, ctVolume, xrayVolume, geometryPath, transformNode):
+        from FluoroRegLib import logic
+        from FluoroRegLib.drr import DRRVolume
+        from SurgicalReg2D3DLib import nodes
+        from SurgicalReg2D3DLib.errors import InputError
+
+        if ctVolume is None or xrayVolume is None:
+            raise InputError("CT volume: select a CT and an X-ray image first")
+        ct = nodes.volume_from_node(ctVolume, name="CT volume")
+        camera = logic.camera_for_xray_node(xrayVolume, geometryPath)
+        pose = logic.default_initial_pose(DRRVolume.from_hu(ct.array, ct.ijk_to_ras), camera)
+        nodes.matrix_to_transform_node(self._context(), pose, "initial transform", node=transformNode)
+
+    def process(self, ctVolume, xrayVolumes, geometryPaths, initialTransforms=None,
+                method="ncc", negativeLog=False, iterations=20, outputTransform=None,
+                drrVolume=None, fiducials=None, trueTransform=None, progress=None, cancel=None):
+        """Run the registration (see ``FluoroRegLib.logic.register_nodes``)."""
+        from FluoroRegLib import logic
+
+        cameras = [logic.camera_for_xray_node(node, path,
+                                              "X-ray image" if len(xrayVolumes) == 1 else f"X-ray image {k + 1}")
+                   for k, (node, path) in enumerate(zip(xrayVolumes, geometryPaths))]
+        return logic.register_nodes(
+            self._context(), ctVolume, xrayVolumes, cameras, initialTransforms, method=method,
+            output_transform_node=outputTransform, drr_node=drrVolume, fiducials_node=fiducials,
+            true_transform_node=trueTransform, negative_log=negativeLog,
+            iterations=iterations, progress=progress, cancel=cancel)
+
+    def showConvergence(self, result):
+        """Convergence (1 - similarity per iteration) as a table + plot in the layout."""
+        tableNode = slicer.mrmlScene.GetFirstNodeByName("FluoroReg convergence") or \
+            slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "FluoroReg convergence")
+        import numpy as np
+
+        losses = np.array([h["loss"] for h in result.history], dtype=float)
+        slicer.util.updateTableFromArray(tableNode, np.c_[np.arange(1, len(losses) + 1), losses],
+                                         ["iteration", "1 - similarity"])
+        series = slicer.mrmlScene.GetFirstNodeByName("FluoroReg loss") or \
+            slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", "FluoroReg loss")
+        series.SetAndObserveTableNodeID(tableNode.GetID())
+        series.SetXColumnName("iteration")
+        series.SetYColumnName("1 - similarity")
+        series.SetPlotType(series.PlotTypeScatter)
+        chart = slicer.mrmlScene.GetFirstNodeByName("FluoroReg convergence chart") or \
+            slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "FluoroReg convergence chart")
+        chart.SetAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetXAxisTitle("iteration")
+        chart.SetYAxisTitle("1 - similarity")
+        slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+
+class FluoroRegTest(ScriptedLoadableModuleTest):
+    """Loads the shipped CT, simulates an X-ray at a known pose, registers, checks mTRE."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_FluoroReg_simulated_xray()
+
+    def test_FluoroReg_simulated_xray(self):
+        import numpy as np
+
+        from FluoroRegLib import logic as fluoro_logic
+        from FluoroRegLib.drr import DRRVolume
+        from FluoroRegLib.geometry import make_camera
+        from FluoroRegLib.simulate import downsample_ct, mtre_np, sample_landmarks, simulate_case
+        from SurgicalReg2D3DLib import nodes
+
+        self.delayDisplay("Loading the sample CT")
+        moduleDir = os.path.dirname(slicer.util.modulePath("FluoroReg"))
+        candidates = [os.path.join(moduleDir, "..", "Resources", "SampleData", "ct",
+                                   "thorax_aorta_ct_cropped.nii.gz")]
+        path = next((c for c in candidates if os.path.exists(c)), None)
+        if path is None:
+            logging.warning("FluoroReg self-test: sample CT not found; skipped")
+            return
+        ctNode = slicer.util.loadVolume(path)
+        ct = nodes.volume_from_node(ctNode, name="CT volume")
+        hu, m = downsample_ct(ct.array.astype(np.float32), ct.ijk_to_ras, 2)
+        ctx = FluoroRegLogic._context()
+        smallCt = nodes.volume_to_node(ctx, hu, m, "CT 3 mm")
+
+        self.delayDisplay("Simulating an X-ray (synthetic) at a known pose")
+        volume = DRRVolume.from_hu(hu, m)
+        camera = make_camera(1000.0, (5.0, 5.0), (48, 48))
+        landmarks = sample_landmarks(hu, m, 20, seed=0)
+        case = simulate_case(volume, camera, np.random.default_rng(1), landmarks,
+                             mtre_range_mm=(10, 20), rotation_range_deg=(5, 10))
+        xrayNode = nodes.image2d_to_node(ctx, case.images[0], "simulated X-ray")
+        fluoro_logic.set_node_geometry(xrayNode, camera)
+        initNode = nodes.matrix_to_transform_node(ctx, case.init_ct_to_camera[0], "initial")
+        trueNode = nodes.matrix_to_transform_node(ctx, case.true_ct_to_camera[0], "truth")
+        fiducials = nodes.points_to_markups(ctx, landmarks, "landmarks")
+
+        self.delayDisplay("Registering")
+        result = FluoroRegLogic().process(smallCt, [xrayNode], [""], [initNode], method="ncc",
+                                          iterations=10, fiducials=fiducials,
+                                          trueTransform=trueNode)
+        error = mtre_np(result.ct_to_camera, case.true_ct_to_camera[0], landmarks)
+        self.assertLess(error, 3.0)
+        self.assertAlmostEqual(result.metrics["mtre_mm"], error, places=6)
+        self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(result.outputs["drr_node"]))
+        self.delayDisplay(f"Test passed: mTRE {case.initial_mtre_mm:.1f} -> {error:.2f} mm")

@@ -1,0 +1,294 @@
+"""``surgreg fluoro ...``: CT-to-X-ray registration from the command line.
+
+``surgreg fluoro register --ct CT --xray IMG [--xray IMG ...] --geometry G.json
+[--geometry G2.json ...] [--init INIT.json] [--method ncc|gradncc|ppc|...] --out OUT.json``
+    Several ``--xray`` = multi-view; one ``--geometry`` per ``--xray`` in the same order
+    (may be left out for DICOM images that carry the geometry). ``INIT.json``/``OUT.json``:
+    ``{"ct_to_camera": 4x4}`` (CT RAS mm -> camera mm) or, multi-view,
+    ``{"views": [{"ct_to_camera": 4x4}, ...]}``; OUT.json adds ``similarity``, ``time_s``,
+    ``iterations`` and ``method``.
+
+``surgreg fluoro simulate --ct CT --out DIR [--cases N] [--views AP,LAT] ...``
+    SYNTHETIC evaluation cases: random poses, start offsets with an mTRE in a range,
+    simulated X-ray effects; one folder per case plus ``cases.json``.
+
+``surgreg fluoro bench --cases DIR [--methods ncc,gradncc] [--out DIR]``
+    Runs methods on simulated cases; prints SMSR and median/75th/95th percentile mTRE
+    and the time per case; writes ``bench.csv``, ``summary.json`` and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+from SurgicalReg2D3DLib.errors import FileReadError, InputError
+
+
+def _floats(text: str) -> List[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _method_options(args) -> dict:
+    opts = {}
+    if getattr(args, "levels", None):
+        opts["levels"] = args.levels
+    if getattr(args, "iterations", None):
+        opts["iterations"] = args.iterations
+    if getattr(args, "n_samples", None):
+        opts["n_samples"] = args.n_samples
+    if getattr(args, "drr_method", None):
+        opts["drr_method"] = args.drr_method
+    return opts
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from .logic import available_methods, register_arrays  # noqa: PLC0415
+    from .simulate import read_ct  # noqa: PLC0415
+    from .xray_io import load_xray, read_pose_json, write_pose_json  # noqa: PLC0415
+
+    xrays = args.xray
+    geometries = args.geometry or []
+    if geometries and len(geometries) != len(xrays):
+        raise InputError(f"X-ray geometry: {len(xrays)} X-ray images but {len(geometries)} "
+                         "geometries; give one --geometry per --xray")
+    if args.method not in available_methods():
+        raise InputError(f"method: expected one of {available_methods()}, got {args.method!r}")
+    hu, ijk_to_ras = read_ct(args.ct)
+    images, cameras = [], []
+    for k, path in enumerate(xrays):
+        name = "X-ray image" if len(xrays) == 1 else f"X-ray image {k + 1}"
+        img, cam = load_xray(path, geometries[k] if geometries else None,
+                             negative_log_raw=args.negative_log, name=name)
+        images.append(img)
+        cameras.append(cam)
+    init = read_pose_json(args.init) if args.init else None
+    if init is not None and len(init) != len(xrays):
+        raise InputError(f"initial pose: {len(xrays)} X-ray images but {len(init)} initial "
+                         "ct_to_camera matrices in " + Path(args.init).name)
+    result = register_arrays(hu, ijk_to_ras, images, cameras, init, method=args.method,
+                             device=args.device, **_method_options(args))
+    extra = {"similarity": result.similarity, "method": args.method,
+             "time_s": round(result.time_s, 3), "iterations": len(result.history),
+             "convergence": [h["loss"] for h in result.history]}
+    write_pose_json(args.out, result.views_ct_to_camera, extra)
+    print(f"[fluoro] {args.method}: similarity {result.similarity:.4f} after "
+          f"{len(result.history)} iterations in {result.time_s:.1f} s -> {args.out}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .drr import DRRVolume  # noqa: PLC0415
+    from .geometry import make_camera  # noqa: PLC0415
+    from .simulate import downsample_ct, read_ct, sample_landmarks, simulate_case  # noqa: PLC0415
+    from .xray_io import save_xray, write_pose_json  # noqa: PLC0415
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    hu, m = read_ct(args.ct)
+    if args.downsample > 1:
+        hu, m = downsample_ct(hu, m, args.downsample)
+    volume = DRRVolume.from_hu(hu, m)
+    if args.cases < 1:
+        raise InputError(f"cases: must be >= 1, got {args.cases}")
+    if not (0 <= args.mtre_min <= args.mtre_max):
+        raise InputError(f"mtre range: expected 0 <= min <= max, got {args.mtre_min}, {args.mtre_max}")
+    camera = make_camera(args.sdd, (args.spacing, args.spacing), (args.size, args.size))
+    landmarks = sample_landmarks(hu, m, args.landmarks, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    views = [v.strip().upper() for v in args.views.split(",") if v.strip()]
+    index = {"synthetic": True, "ct": str(Path(args.ct).resolve()),
+             "downsample": args.downsample, "views": views, "cases": []}
+    for c in range(args.cases):
+        case = simulate_case(volume, camera, rng, landmarks, views=views,
+                             mtre_range_mm=(args.mtre_min, args.mtre_max),
+                             rotation_range_deg=(args.rot_min, args.rot_max),
+                             source_to_center_mm=args.distance,
+                             effects={"photons": args.photons})
+        folder = out / f"case_{c:03d}"
+        folder.mkdir(exist_ok=True)
+        files = []
+        for k, (img, cam) in enumerate(zip(case.images, case.cameras)):
+            save_xray(img, cam, folder / f"xray_{k}.nrrd", folder / f"geometry_{k}.json")
+            files.append({"xray": f"xray_{k}.nrrd", "geometry": f"geometry_{k}.json"})
+        write_pose_json(folder / "init.json", case.init_ct_to_camera)
+        write_pose_json(folder / "truth.json", case.true_ct_to_camera)
+        (folder / "landmarks.json").write_text(json.dumps(
+            {"frame": "CT RAS mm", "points": case.landmarks_ras.tolist()}))
+        index["cases"].append({"folder": folder.name, "views": files,
+                               "initial_mtre_mm": case.initial_mtre_mm})
+        print(f"[fluoro] case {c}: initial mTRE {case.initial_mtre_mm:.1f} mm (synthetic)")
+    (out / "cases.json").write_text(json.dumps(index, indent=2))
+    return 0
+
+
+def run_bench(cases_dir: Path, methods: List[str], out_dir: Path, n_views: int = 0,
+              threshold_mm: float = 1.0, max_cases: int = 0, options: dict = None,
+              ct_path=None, progress_print: bool = True) -> dict:
+    """Run ``methods`` on the cases of ``surgreg fluoro simulate``; returns the summary."""
+    from SurgicalReg2D3DLib.metrics import summarize  # noqa: PLC0415
+
+    from .logic import register_arrays  # noqa: PLC0415
+    from .simulate import downsample_ct, read_ct  # noqa: PLC0415
+    from .xray_io import load_xray, read_pose_json  # noqa: PLC0415
+
+    index_path = Path(cases_dir) / "cases.json"
+    if not index_path.is_file():
+        raise FileReadError(f"cases: no cases.json in {cases_dir} (run 'surgreg fluoro simulate')")
+    index = json.loads(index_path.read_text())
+    hu, m = read_ct(ct_path or index["ct"])
+    if index.get("downsample", 1) > 1:
+        hu, m = downsample_ct(hu, m, index["downsample"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    cases = index["cases"][: max_cases or None]
+    for method in methods:
+        for case in cases:
+            folder = Path(cases_dir) / case["folder"]
+            k_views = len(case["views"]) if n_views <= 0 else min(n_views, len(case["views"]))
+            imgs, cams = [], []
+            for v in case["views"][:k_views]:
+                img, cam = load_xray(folder / v["xray"], folder / v["geometry"])
+                imgs.append(img)
+                cams.append(cam)
+            init = read_pose_json(folder / "init.json")[:k_views]
+            truth = read_pose_json(folder / "truth.json", "true pose")[0]
+            lm = np.array(json.loads((folder / "landmarks.json").read_text())["points"])
+            res = register_arrays(hu, m, imgs, cams, init, method=method, landmarks_ras=lm,
+                                  true_ct_to_camera=truth, **(options or {}))
+            row = {"method": method, "views": k_views, "case": case["folder"],
+                   "initial_mtre_mm": case["initial_mtre_mm"], "time_s": res.time_s,
+                   "similarity": res.similarity, **res.metrics}
+            rows.append(row)
+            if progress_print:
+                print(f"[fluoro bench] {method} {k_views}-view {case['folder']}: mTRE "
+                      f"{case['initial_mtre_mm']:.1f} -> {res.metrics['mtre_mm']:.2f} mm "
+                      f"({res.time_s:.1f} s)", flush=True)
+    with open(out_dir / "bench.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {"synthetic": True, "threshold_mm": threshold_mm,
+               "metric_note": "mtre = 3D landmark error (primary); mpe = mean projection "
+                              "error on the detector; mrpd = mean re-projection distance; "
+                              "dgeo = double geodesic (radius SDD/2)", "methods": {}}
+    for method in methods:
+        sel = [r for r in rows if r["method"] == method]
+        s = summarize([r["mtre_mm"] for r in sel], threshold=threshold_mm)
+        s.update(time_s=float(np.mean([r["time_s"] for r in sel])),
+                 mpe_mm_median=float(np.median([r["mpe_mm"] for r in sel])),
+                 mrpd_mm_median=float(np.median([r["mrpd_mm"] for r in sel])),
+                 dgeo_mm_median=float(np.median([r["dgeo_mm"] for r in sel])))
+        summary["methods"][method] = s
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    _bench_plots(rows, methods, out_dir)
+    return summary
+
+
+def _bench_plots(rows, methods, out_dir: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    data = [[r["mtre_mm"] for r in rows if r["method"] == m] for m in methods]
+    axes[0].boxplot(data)
+    axes[0].set_xticks(range(1, len(methods) + 1), methods)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("final mTRE (mm, 3D)")
+    for m in methods:
+        sel = [r for r in rows if r["method"] == m]
+        axes[1].scatter([r["initial_mtre_mm"] for r in sel], [r["mtre_mm"] for r in sel], label=m, s=12)
+    axes[1].set_xlabel("initial mTRE (mm)")
+    axes[1].set_ylabel("final mTRE (mm)")
+    axes[1].set_yscale("log")
+    axes[1].legend()
+    fig.suptitle("FluoroReg on simulated (synthetic) X-rays")
+    fig.tight_layout()
+    fig.savefig(out_dir / "bench.png", dpi=100)
+    plt.close(fig)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    summary = run_bench(Path(args.cases), methods, Path(args.out), n_views=args.views,
+                        threshold_mm=args.success_mm, max_cases=args.max_cases,
+                        options=_method_options(args))
+    print(f"\nSMSR = share of cases with 3D mTRE < {args.success_mm} mm (synthetic cases)")
+    print(f"{'method':16s} {'n':>4s} {'SMSR%':>7s} {'median':>8s} {'p75':>8s} {'p95':>8s} "
+          f"{'mPE mm':>8s} {'mRPD mm':>8s} {'dgeo mm':>8s} {'s/case':>7s}")
+    for m, s in summary["methods"].items():
+        print(f"{m:16s} {s['n']:4d} {s['smsr']:7.1f} {s['median']:8.3f} {s['p75']:8.3f} "
+              f"{s['p95']:8.3f} {s['mpe_mm_median']:8.3f} {s['mrpd_mm_median']:8.3f} "
+              f"{s['dgeo_mm_median']:8.3f} {s['time_s']:7.2f}")
+    return 0
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--levels", type=_floats, help="pyramid downsampling factors, e.g. 4,2,1")
+    p.add_argument("--iterations", type=int, help="iterations per pyramid level")
+    p.add_argument("--n-samples", dest="n_samples", type=int, help="DRR samples per ray")
+    p.add_argument("--drr-method", dest="drr_method", choices=["trilinear", "siddon"])
+
+
+def register_cli(subparsers) -> None:
+    """Add ``fluoro`` with ``register``, ``simulate`` and ``bench`` to ``surgreg``."""
+    fluoro = subparsers.add_parser("fluoro", help="CT to X-ray registration (FluoroReg)")
+    sub = fluoro.add_subparsers(dest="fluoro_command", metavar="COMMAND")
+    fluoro.set_defaults(func=lambda args: (fluoro.print_help(), 2)[1])
+
+    reg = sub.add_parser("register", help="register a CT to one or more X-ray images")
+    reg.add_argument("--ct", required=True, help="CT volume file (NIfTI/NRRD/MHA) or DICOM folder")
+    reg.add_argument("--xray", required=True, action="append",
+                     help="X-ray image (DICOM, NRRD, MHA, PNG...); repeat for multi-view")
+    reg.add_argument("--geometry", action="append",
+                     help="geometry JSON per --xray (optional for DICOM with geometry tags)")
+    reg.add_argument("--init", help="INIT.json with the initial ct_to_camera (per view)")
+    reg.add_argument("--method", default="ncc", help="ncc, gradncc, ncc-adam, gradncc-adam, ppc...")
+    reg.add_argument("--out", required=True, help="OUT.json with the result")
+    reg.add_argument("--negative-log", action="store_true",
+                     help="the images are raw detector counts: apply -log(I / I0)")
+    reg.add_argument("--device", default=None, help="torch device (default: CPU)")
+    _add_method_options(reg)
+    reg.set_defaults(func=cmd_register)
+
+    sim = sub.add_parser("simulate", help="make simulated (synthetic) evaluation cases from a CT")
+    sim.add_argument("--ct", required=True)
+    sim.add_argument("--out", required=True, help="output folder")
+    sim.add_argument("--cases", type=int, default=10)
+    sim.add_argument("--views", default="AP", help="AP, LAT or AP,LAT (multi-view)")
+    sim.add_argument("--size", type=int, default=128, help="image size (pixels, square)")
+    sim.add_argument("--spacing", type=float, default=2.0, help="detector pixel spacing (mm)")
+    sim.add_argument("--sdd", type=float, default=1000.0, help="source-to-detector distance (mm)")
+    sim.add_argument("--distance", type=float, default=600.0, help="source-to-CT-centre distance (mm)")
+    sim.add_argument("--mtre-min", dest="mtre_min", type=float, default=0.0)
+    sim.add_argument("--mtre-max", dest="mtre_max", type=float, default=45.0)
+    sim.add_argument("--rot-min", dest="rot_min", type=float, default=5.0, help="start rotation (deg)")
+    sim.add_argument("--rot-max", dest="rot_max", type=float, default=15.0)
+    sim.add_argument("--photons", type=float, default=1e4, help="unattenuated photons per pixel")
+    sim.add_argument("--landmarks", type=int, default=20, help="landmarks for mTRE")
+    sim.add_argument("--downsample", type=int, default=1, help="CT block-average factor")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=cmd_simulate)
+
+    bench = sub.add_parser("bench", help="run methods on simulated cases: SMSR, mTRE, time")
+    bench.add_argument("--cases", required=True, help="folder made by 'fluoro simulate'")
+    bench.add_argument("--methods", default="ncc,gradncc")
+    bench.add_argument("--views", type=int, default=0, help="views to use (0 = all)")
+    bench.add_argument("--out", default="fluoro-bench")
+    bench.add_argument("--success-mm", dest="success_mm", type=float, default=1.0,
+                       help="mTRE threshold of a successful registration (SMSR)")
+    bench.add_argument("--max-cases", dest="max_cases", type=int, default=0)
+    _add_method_options(bench)
+    bench.set_defaults(func=cmd_bench)

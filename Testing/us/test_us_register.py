@@ -1,0 +1,210 @@
+"""USSliceReg registration, reconstruction and temporal mode.
+
+Synthetic ground truth (a smooth random volume, frames sampled from it by scipy at known
+poses) and the shipped real spine sweep (ground truth = the tracked chain; the volume is
+rebuilt without the tested frame).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+from SurgicalReg2D3DLib.errors import CancelledError, GeometryError, InputError
+from SurgicalReg2D3DLib.progress import CancelToken
+from USSliceRegLib.methods import make_method
+from USSliceRegLib.reconstruct import reconstruct_volume
+from USSliceRegLib.register import (Level, RegistrationConfig, SliceRegistrar,
+                                    perturb_about_point, pose_errors, random_perturbations)
+from USSliceRegLib.temporal import LiveRegistration, register_sequence
+
+SYN_CONFIG = RegistrationConfig(levels=(Level(4, 0, 15, 1.0), Level(2, 5, 15, 0.0)))
+H, W = 48, 64
+
+
+def _synthetic_volume():
+    """Synthetic: smooth random texture, 40^3 voxels of 1 mm, reference = ijk + (-20)."""
+    rng = np.random.default_rng(0)
+    vol = gaussian_filter(rng.random((40, 40, 40)), 1.5)
+    vol = (vol - vol.min()) / (vol.max() - vol.min()) * 200 + 20
+    ijk_to_ref = np.eye(4)
+    ijk_to_ref[:3, 3] = -20.0
+    return vol.astype(np.float32), ijk_to_ref
+
+
+def _pose(angles_deg, centre):
+    from scipy.spatial.transform import Rotation
+
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix() @ np.diag(
+        [0.5, 0.5, 0.5])
+    T[:3, 3] = np.asarray(centre) - T[:3, :3] @ np.array([W / 2, H / 2, 0.0])
+    return T
+
+
+def _frame(vol, ijk_to_ref, image_to_ref):
+    rr, cc = np.mgrid[0:H, 0:W]
+    pix = np.stack([cc.ravel(), rr.ravel(), 0 * cc.ravel(), 1 + 0 * cc.ravel()]).astype(float)
+    ijk = np.linalg.inv(ijk_to_ref) @ image_to_ref @ pix
+    return map_coordinates(vol.astype(float), ijk[[2, 1, 0]], order=1).reshape(H, W)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    vol, ijk = _synthetic_volume()
+    truths = [_pose([90 + 5 * k, 10 * k, 0], [0, 2 * k - 3, 1.0]) for k in range(4)]
+    frames = np.stack([_frame(vol, ijk, t) for t in truths])
+    return vol, ijk, truths, frames
+
+
+@pytest.mark.parametrize("method", ["lncc", "sitk"])
+def test_recovers_known_pose_synthetic(synthetic, method):
+    vol, ijk, truths, frames = synthetic
+    fn = make_method(method, vol, ijk, (H, W), np.ones((H, W), bool), config=SYN_CONFIG)
+    centre = np.array([W / 2, H / 2, 0, 1.0])
+    twists = np.array([[0.04, -0.03, 0.02, 2.0, -1.5, 1.0], [-0.03, 0.05, 0.0, -1.0, 2.0, -2.0]])
+    starts = np.stack([perturb_about_point(truths[k], twists[k], centre) for k in range(2)])
+    for k in range(2):
+        r0, t0 = pose_errors(starts[k], truths[k], centre)
+        assert r0 > 3 and t0 > 2.5
+    results = fn(frames[:2], starts)
+    for k, res in enumerate(results):
+        rot, tra = pose_errors(res.image_to_reference, truths[k], centre)
+        tol = 0.2 if method == "lncc" else 0.6
+        assert rot < tol and tra < tol, (method, rot, tra)
+        np.testing.assert_allclose(res.correction @ starts[k], res.image_to_reference, atol=1e-9)
+        assert res.lncc > res.lncc_start
+
+
+def test_pose_errors_analytic():
+    T = _pose([0, 0, 0], [0, 0, 0])
+    P = np.eye(4)
+    P[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]  # 90 deg about z through the origin
+    rot, tra = pose_errors(P @ T, T, np.array([W / 2 + 20, H / 2, 0, 1]))
+    assert rot == pytest.approx(90.0)
+    assert tra == pytest.approx(np.hypot(10, 10))  # point at (10, 0, 0) mm goes to (0, 10, 0)
+    tw = random_perturbations(200, 10, 10, seed=1)
+    assert np.degrees(np.linalg.norm(tw[:, :3], axis=1)).max() <= 10
+    assert np.linalg.norm(tw[:, 3:], axis=1).max() <= 10
+
+
+def test_temporal_initialisation_and_live(synthetic):
+    """A constant tracking offset (synthetic 'patient motion'): the 2nd frame starts from
+    the 1st frame's correction, so it starts (much) closer than without temporal init."""
+    vol, ijk, truths, frames = synthetic
+    fn = make_method("lncc", vol, ijk, (H, W), np.ones((H, W), bool), config=SYN_CONFIG)
+    offset = np.eye(4)
+    offset[:3, 3] = [2.0, -2.0, 1.5]
+    tracked = np.stack([np.linalg.inv(offset) @ t for t in truths[:3]])
+    seq_t = register_sequence(fn, frames[:3], tracked, temporal=True)
+    seq_n = register_sequence(fn, frames[:3], tracked, temporal=False)
+    for res in seq_t + seq_n:
+        np.testing.assert_allclose(res.correction, offset, atol=0.05)
+    assert seq_t[1].lncc_start > 0.95 > seq_n[1].lncc_start
+    live = LiveRegistration(fn)
+    r1 = live.update(frames[0], tracked[0])
+    r2 = live.update(frames[1], tracked[1])
+    assert live.count == 2 and r2.lncc_start > 0.95
+    np.testing.assert_allclose(live.correction, r2.correction)
+    np.testing.assert_allclose(r1.correction, offset, atol=0.05)
+
+
+def test_cancel(synthetic):
+    vol, ijk, truths, frames = synthetic
+    fn = make_method("lncc", vol, ijk, (H, W), np.ones((H, W), bool), config=SYN_CONFIG)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(CancelledError):
+        register_sequence(fn, frames[:2], np.stack(truths[:2]), cancel=token)
+
+
+def test_bad_inputs(synthetic):
+    vol, ijk, truths, frames = synthetic
+    reg = SliceRegistrar(vol, ijk, (H, W), np.ones((H, W), bool), config=SYN_CONFIG)
+    far = truths[0].copy()
+    far[:3, 3] += 100
+    with pytest.raises(GeometryError, match=r"^US frame 0: no overlap with the volume at the "
+                                            r"start pose \(0% of the fan"):
+        reg.register(frames[:1], far[None])
+    huge = truths[0].copy()
+    huge[:3, :3] *= 50  # calibration in the wrong units
+    with pytest.raises(GeometryError, match=r"^US frame: field of view \(\d+ mm across the fan\) "
+                                            r"is larger than twice the volume's extent"):
+        reg.register(frames[:1], huge[None])
+    with pytest.raises(InputError, match=r"^US volume: expected a 3D volume \(K, J, I\), got "
+                                         r"shape \(40, 40\)"):
+        SliceRegistrar(vol[0], ijk, (H, W))
+    with pytest.raises(InputError, match=r"^start image_to_reference: contains NaN or inf"):
+        reg.register(frames[:1], np.full((1, 4, 4), np.nan))
+    with pytest.raises(InputError, match=r"^US frame: shape \(40, 64\) differs from the "
+                                         r"registrar's \(48, 64\)"):
+        reg.register(frames[:1, :40], truths[0][None])
+    with pytest.raises(InputError, match=r"^method: unknown 'nope'; choose one of lncc, sitk"):
+        make_method("nope", vol, ijk, (H, W), None)
+
+
+def test_reconstruction_of_synthetic_sweep(synthetic):
+    """Frames sampled at known poses compound back to the volume they came from."""
+    vol, ijk, _, _ = synthetic
+    poses = [_pose([90, 0, 0], [0, y, 0]) for y in np.arange(-6, 6.1, 0.5)]
+    frames = np.stack([_frame(vol, ijk, t) for t in poses])
+    rec = reconstruct_volume(frames, np.stack(poses), spacing_mm=1.0, fill_radius=2)
+    kk, jj, ii = np.indices(rec.array.shape)
+    centres = np.einsum("ab,bkji->akji", rec.ijk_to_reference,
+                        np.stack([ii, jj, kk, np.ones_like(ii)]))[:3]
+    swept = (np.abs(centres[0]) < 15.5) & (np.abs(centres[1]) < 5.5) & (np.abs(centres[2]) < 11.5)
+    outside = (np.abs(centres[0]) > 17) | (np.abs(centres[1]) > 7) | (np.abs(centres[2]) > 13)
+    assert rec.filled[swept].mean() > 0.99  # gaps between frames are filled
+    assert not rec.filled[outside].any()  # nothing is invented around the sweep
+    k, j, i = np.nonzero(rec.filled)
+    ref = rec.ijk_to_reference @ np.stack([i, j, k, np.ones_like(i)])
+    truth = map_coordinates(vol.astype(float), (np.linalg.inv(ijk) @ ref)[[2, 1, 0]], order=1)
+    err = np.abs(rec.array[rec.filled] - truth)
+    # Nearest-neighbour placement moves a pixel by up to half a voxel diagonal (0.87 mm):
+    # small errors relative to the 200-unit intensity range, high correlation.
+    corr = np.corrcoef(rec.array[rec.filled], truth)[0, 1]
+    assert np.median(err) < 5.0 and corr > 0.97, (np.median(err), corr)
+    with pytest.raises(InputError, match=r"^image_to_reference: contains NaN or inf"):
+        reconstruct_volume(frames[:1], np.full((1, 4, 4), np.nan))
+
+
+@pytest.fixture(scope="module")
+def spine(sample_data):
+    from USSliceRegLib.plus_io import image_to_reference_chain, read_calibration, read_sequence
+    from USSliceRegLib.slicing import fan_mask
+
+    d = sample_data / "ultrasound"
+    seq = read_sequence(d / "SpinePhantomFreehand.igs.mha")
+    chain = image_to_reference_chain(
+        seq, read_calibration(d / "PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml"))
+    return seq, chain, fan_mask(seq.images)
+
+
+def test_reconstruction_matches_plus_volume(spine, sample_data):
+    """Our compounding of the real sweep on PLUS's grid correlates with PLUS's own volume."""
+    from USSliceRegLib.plus_io import read_reference_volume
+
+    seq, chain, fan = spine
+    plus = read_reference_volume(sample_data / "ultrasound" / "SpinePhantomFreehandReconstructed.mha")
+    rec = reconstruct_volume(seq.images, chain.image_to_reference, fan, pixel_step=4,
+                             ijk_to_reference=plus.ijk_to_reference, shape=plus.array.shape)
+    both = rec.filled & (plus.array > 0)
+    assert both.sum() > 0.8 * (plus.array > 0).sum()
+    assert np.corrcoef(rec.array[both], plus.array[both])[0, 1] > 0.9
+
+
+def test_real_held_out_frame(spine):
+    """Frame 7 of the real sweep, volume rebuilt without it, start 6 mm / 6 deg off."""
+    seq, chain, fan = spine
+    train = [i for i in range(21) if i != 7]
+    rec = reconstruct_volume(seq.images[train], chain.image_to_reference[train], fan,
+                             pixel_step=4, fill_radius=4)
+    fn = make_method("lncc", rec.array, rec.ijk_to_reference, seq.frame_shape, fan,
+                     volume_mask=rec.filled)
+    centre = fn.registrar.fan_centre_px
+    tw = np.array([np.radians(6.0) / np.sqrt(3)] * 3 + [6.0 / np.sqrt(3)] * 3)
+    start = perturb_about_point(chain.image_to_reference[7], tw, centre)
+    res = fn(seq.images[7][None], start[None])[0]
+    rot, tra = pose_errors(res.image_to_reference, chain.image_to_reference[7], centre)
+    assert rot < 2.0 and tra < 1.5, (rot, tra)

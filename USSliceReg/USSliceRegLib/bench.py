@@ -1,0 +1,213 @@
+"""Accuracy / speed benchmark of the slice-to-volume methods on a tracked sweep.
+
+Protocol (``surgreg us bench``, ``benchmarks/us_bench.py``, the demo):
+
+1. Ground truth = the tracked chain ``image_to_reference`` of each test frame (the same
+   poses PLUS used to reconstruct the shipped volume; they are consistent with it to
+   about 0.98 NCC).
+2. Volume: ``holdout="loo"`` reconstructs, for every test frame, a volume from all the
+   *other* frames (pixel nearest neighbour, :mod:`reconstruct`), so the test frame never
+   contributed to the volume it is registered to (honest); ``"alternate"`` reconstructs
+   once from the even frames and tests odd frames; ``"none"`` uses the given volume
+   (e.g. PLUS's reconstruction from all frames: optimistic, labelled as such).
+3. Start = ground truth perturbed by a random rigid motion about the fan centre:
+   rotation angle uniform in [0, max_deg] about a random axis, translation length uniform
+   in [0, max_mm] along a random direction (fixed seed). Starts whose fan leaves the
+   volume's data (< 10 % overlap) are redrawn (up to 20 times), then the frame is dropped.
+4. Each method registers each frame alone (the live use case); the time per frame is the
+   wall time of that call, not counting volume preparation (reported apart).
+5. Errors (:func:`register.pose_errors`): rotation angle of ``estimate @ inv(truth)`` and
+   displacement of the fan centre, in mm.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from SurgicalReg2D3DLib.errors import InputError
+from SurgicalReg2D3DLib.progress import check_cancel, report
+
+from .methods import make_method
+from .plus_io import image_to_reference_chain, read_calibration, read_reference_volume, \
+    read_sequence
+from .reconstruct import reconstruct_volume
+from .register import RegistrationConfig, perturb_about_point, pose_errors, \
+    random_perturbations
+from .slicing import fan_mask
+
+
+def default_paths():
+    """The shipped spine phantom sweep, its calibration and PLUS's reconstruction."""
+    from SurgicalReg2D3DLib.paths import sample_data_path  # noqa: PLC0415
+
+    return (sample_data_path("ultrasound/SpinePhantomFreehand.igs.mha"),
+            sample_data_path("ultrasound/PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml"),
+            sample_data_path("ultrasound/SpinePhantomFreehandReconstructed.mha"))
+
+
+def run_bench(sequence_path=None, calibration_path=None, volume_path=None,
+              holdout: str = "loo", frames: Optional[Sequence[int]] = None,
+              max_mm: float = 10.0, max_deg: float = 10.0, seed: int = 0,
+              methods: Sequence[str] = ("lncc", "sitk"), out_dir=None,
+              config: Optional[RegistrationConfig] = None, recon_pixel_step: int = 3,
+              progress=None, cancel=None, verbose: bool = False) -> dict:
+    """Run the protocol above; returns a summary dict (and writes CSV/PNG to ``out_dir``)."""
+    if holdout not in ("loo", "alternate", "none"):
+        raise InputError(f"holdout: expected 'loo', 'alternate' or 'none', got {holdout!r}")
+    if max_mm < 0 or max_deg < 0 or max_deg > 90:
+        raise InputError(f"perturbation: need 0 <= max_mm and 0 <= max_deg <= 90, got "
+                         f"{max_mm}, {max_deg}")
+    d_seq, d_cal, d_vol = default_paths() if sequence_path is None else (None, None, None)
+    seq = read_sequence(sequence_path or d_seq)
+    cal = read_calibration(calibration_path or d_cal)
+    chain = image_to_reference_chain(seq, cal)
+    truth = {int(i): chain.image_to_reference[k] for k, i in enumerate(chain.indices)}
+    usable = [int(i) for i in chain.indices]
+    fan = fan_mask(seq.images[chain.indices])
+    rows, cols = np.nonzero(fan)
+    centre_px = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
+    if frames is None:
+        if holdout == "alternate":
+            frames = usable[1::2]
+        else:  # interior frames: the sweep's ends have little volume around them
+            n = len(usable)
+            frames = usable[max(1, n // 7): n - max(1, n // 7)]
+    frames = [int(f) for f in frames if int(f) in truth]
+    if not frames:
+        raise InputError("frames: none of the requested frames is usable")
+    rng_twists = random_perturbations(len(frames) * 21, max_mm, max_deg, seed=seed)
+    rows_out: List[dict] = []
+    prep_s: Dict[str, List[float]] = {m: [] for m in methods}
+
+    def build(volume_array, ijk, mask):
+        built = {}
+        for m in methods:
+            t = time.perf_counter()
+            built[m] = make_method(m, volume_array, ijk, seq.frame_shape, fan,
+                                   volume_mask=mask, config=config)
+            prep_s[m].append(time.perf_counter() - t)
+        return built
+
+    shared = None
+    if holdout == "none":
+        vol = read_reference_volume(volume_path or d_vol)
+        shared = build(vol.array, vol.ijk_to_reference, None)
+    elif holdout == "alternate":
+        train = [i for i in usable if i not in set(frames)]
+        rec = reconstruct_volume(seq.images[train], np.stack([truth[i] for i in train]), fan,
+                                 pixel_step=recon_pixel_step, fill_radius=4)
+        shared = build(rec.array, rec.ijk_to_reference, rec.filled)
+    for n, i in enumerate(frames):
+        check_cancel(cancel, "US benchmark")
+        if shared is None:
+            train = [j for j in usable if j != i]
+            rec = reconstruct_volume(seq.images[train], np.stack([truth[j] for j in train]),
+                                     fan, pixel_step=recon_pixel_step, fill_radius=4)
+            built = build(rec.array, rec.ijk_to_reference, rec.filled)
+        else:
+            built = shared
+        checker = next(iter(built.values())).registrar
+        start = None
+        for attempt in range(21):
+            tw = rng_twists[n * 21 + attempt]
+            cand = perturb_about_point(truth[i], tw, centre_px)
+            if checker.overlap(cand[None])[0] >= checker.config.min_overlap:
+                start = cand
+                break
+        if start is None:
+            continue
+        r0, t0 = pose_errors(start, truth[i], centre_px)
+        for m, fn in built.items():
+            t = time.perf_counter()
+            res = fn(seq.images[i][None], start[None], indices=[i])[0]
+            ms = 1000 * (time.perf_counter() - t)
+            r1, t1 = pose_errors(res.image_to_reference, truth[i], centre_px)
+            rows_out.append({"frame": i, "method": m, "start_rotation_deg": r0,
+                             "start_translation_mm": t0, "rotation_deg": r1,
+                             "translation_mm": t1, "ms": ms, "lncc_start": res.lncc_start,
+                             "lncc": res.lncc})
+            if verbose:
+                print(f"frame {i:3d} {m:5s} start {r0:5.2f} deg {t0:5.2f} mm -> {r1:5.2f} deg "
+                      f"{t1:5.2f} mm  {ms:7.1f} ms", flush=True)
+        report(progress, (n + 1) / len(frames), f"frame {i}")
+    summary = summarise(rows_out, methods)
+    summary.update({"holdout": holdout, "max_mm": max_mm, "max_deg": max_deg, "seed": seed,
+                    "frames": frames, "volume_preparation_s": {
+                        m: float(np.mean(v)) if v else None for m, v in prep_s.items()}})
+    if out_dir is not None:
+        write_outputs(Path(out_dir), rows_out, summary)
+    summary["rows"] = rows_out
+    return summary
+
+
+def summarise(rows: List[dict], methods: Sequence[str]) -> dict:
+    out: dict = {"methods": {}}
+    for m in methods:
+        rr = [r for r in rows if r["method"] == m]
+        if not rr:
+            continue
+        rot = np.array([r["rotation_deg"] for r in rr])
+        tra = np.array([r["translation_mm"] for r in rr])
+        ms = np.array([r["ms"] for r in rr])
+        out["methods"][m] = {
+            "frames": len(rr),
+            "mean_rotation_deg": float(rot.mean()), "median_rotation_deg": float(np.median(rot)),
+            "mean_translation_mm": float(tra.mean()),
+            "median_translation_mm": float(np.median(tra)),
+            "success_rate_2mm_2deg": float(np.mean((rot <= 2) & (tra <= 2))),
+            "mean_ms_per_frame": float(ms.mean()), "median_ms_per_frame": float(np.median(ms)),
+        }
+    start = [r for r in rows if r["method"] == (methods[0] if methods else None)]
+    if start:
+        out["start"] = {
+            "mean_rotation_deg": float(np.mean([r["start_rotation_deg"] for r in start])),
+            "mean_translation_mm": float(np.mean([r["start_translation_mm"] for r in start]))}
+    ms = out["methods"]
+    if "lncc" in ms and "sitk" in ms:
+        out["speedup_lncc_vs_sitk"] = ms["sitk"]["mean_ms_per_frame"] / \
+            ms["lncc"]["mean_ms_per_frame"]
+    return out
+
+
+def write_outputs(out_dir: Path, rows: List[dict], summary: dict) -> None:
+    """``us_bench.csv`` (one row per frame and method) and ``us_bench.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rows:
+        with open(out_dir / "us_bench.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for m in summary["methods"]:
+        rr = [r for r in rows if r["method"] == m]
+        f = [r["frame"] for r in rr]
+        axes[0].plot(f, [r["translation_mm"] for r in rr], "o-", label=m)
+        axes[1].plot(f, [r["rotation_deg"] for r in rr], "o-", label=m)
+        axes[2].plot(f, [r["ms"] for r in rr], "o-", label=m)
+    first = [r for r in rows if r["method"] == next(iter(summary["methods"]), None)]
+    axes[0].plot([r["frame"] for r in first], [r["start_translation_mm"] for r in first],
+                 "x:", color="grey", label="start")
+    axes[1].plot([r["frame"] for r in first], [r["start_rotation_deg"] for r in first],
+                 "x:", color="grey", label="start")
+    for ax, t in zip(axes, ("translation error (mm)", "rotation error (deg)",
+                            "time per frame (ms)")):
+        ax.set_xlabel("frame")
+        ax.set_title(t)
+        ax.grid(alpha=0.3)
+    axes[2].set_yscale("log")
+    axes[0].legend()
+    fig.suptitle(f"USSliceReg benchmark (hold-out: {summary['holdout']}, starts up to "
+                 f"{summary['max_mm']} mm / {summary['max_deg']} deg)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "us_bench.png", dpi=90)
+    plt.close(fig)

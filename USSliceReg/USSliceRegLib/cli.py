@@ -1,0 +1,107 @@
+"""``surgreg us``: the USSliceReg command line.
+
+``surgreg us register --volume VOL --sequence SEQ [--calibration XML] [--init INIT.json]
+[--method lncc|sitk|...] [--temporal | --no-temporal] --out OUT.json``
+    registers every usable frame of a PLUS tracked sequence to a 3D US volume. INIT/OUT:
+    ``{"frames": [{"index": i, "image_to_reference": 4x4}, ...]}`` (pixel ``(col, row, 0,
+    1)`` -> volume reference mm); OUT adds ``time_s``, ``similarity`` (masked LNCC),
+    ``correction`` and the start pose per frame, and the skipped frames.
+
+``surgreg us bench [--holdout loo|alternate|none] [--max-mm 10] [--max-deg 10] ...``
+    perturbs tracked poses, registers, prints mean/median errors and ms per frame for each
+    method, writes ``us_bench.csv`` and ``us_bench.png`` (see :mod:`bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .methods import METHODS
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from .logic import load_inputs, read_init_json, register_tracked, summary_line  # noqa
+
+    volume, seq, chain = load_inputs(args.volume, args.sequence, args.calibration)
+    init = read_init_json(args.init) if args.init else None
+    frames = [int(f) for f in args.frames.split(",")] if args.frames else None
+
+    def progress(fraction, message):
+        if not args.quiet:
+            print(f"\r[{100 * fraction:5.1f}%] {message:60s}", end="", flush=True)
+
+    reg = register_tracked(volume, seq, chain, method=args.method, init=init,
+                           temporal=args.temporal, frames=frames, progress=progress)
+    if not args.quiet:
+        print()
+    for i, why in reg.skipped:
+        print(f"skipped frame {i}: {why}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(reg.to_json(), indent=1))
+    print(summary_line(reg))
+    print(f"written {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench  # noqa: PLC0415
+
+    frames = [int(f) for f in args.frames.split(",")] if args.frames else None
+    summary = run_bench(sequence_path=args.sequence, calibration_path=args.calibration,
+                        volume_path=args.volume, holdout=args.holdout, frames=frames,
+                        max_mm=args.max_mm, max_deg=args.max_deg, seed=args.seed,
+                        methods=args.methods, out_dir=args.out_dir, verbose=True)
+    print(f"hold-out: {summary['holdout']}; starts up to {args.max_mm} mm / {args.max_deg} deg; "
+          f"start error mean {summary['start']['mean_translation_mm']:.2f} mm / "
+          f"{summary['start']['mean_rotation_deg']:.2f} deg")
+    for m, s in summary["methods"].items():
+        print(f"{m:6s} frames {s['frames']:3d}  translation mean {s['mean_translation_mm']:.2f} "
+              f"median {s['median_translation_mm']:.2f} mm  rotation mean "
+              f"{s['mean_rotation_deg']:.2f} median {s['median_rotation_deg']:.2f} deg  "
+              f"{s['mean_ms_per_frame']:.0f} ms/frame")
+    if "speedup_lncc_vs_sitk" in summary:
+        print(f"lncc is {summary['speedup_lncc_vs_sitk']:.1f}x faster than the SimpleITK "
+              "baseline (same run)")
+    print(f"written {Path(args.out_dir) / 'us_bench.csv'}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add ``us`` with ``register`` and ``bench`` to the ``surgreg`` parser."""
+    us = subparsers.add_parser("us", help="USSliceReg: 2D ultrasound frames to a 3D US volume")
+    sub = us.add_subparsers(dest="us_command", metavar="COMMAND")
+    us.set_defaults(func=lambda args: (us.print_help(), 2)[1])
+
+    reg = sub.add_parser("register", help="register a tracked sequence to a volume")
+    reg.add_argument("--volume", required=True, help="3D US volume (.mha/.nrrd, PLUS reference frame)")
+    reg.add_argument("--sequence", required=True, help="PLUS tracked sequence (.igs.mha, .igs.nrrd, .seq.nrrd)")
+    reg.add_argument("--calibration", help="PLUS device-set XML with the Image->Probe transform")
+    reg.add_argument("--init", help="INIT.json start poses (default: the tracked chain)")
+    reg.add_argument("--method", default="lncc", choices=sorted(METHODS),
+                     help="registration method (default lncc)")
+    group = reg.add_mutually_exclusive_group()
+    group.add_argument("--temporal", dest="temporal", action="store_true", default=None,
+                       help="start each frame from the previous correction (default without --init)")
+    group.add_argument("--no-temporal", dest="temporal", action="store_false",
+                       help="each frame starts from its own pose (default with --init)")
+    reg.add_argument("--frames", help="comma-separated frame numbers (default all usable)")
+    reg.add_argument("--out", required=True, help="OUT.json")
+    reg.add_argument("--quiet", action="store_true")
+    reg.set_defaults(func=cmd_register)
+
+    bench = sub.add_parser("bench", help="accuracy/speed benchmark with perturbed starts")
+    bench.add_argument("--sequence", help="default: the shipped spine phantom sweep")
+    bench.add_argument("--calibration", help="default: the shipped spine phantom XML")
+    bench.add_argument("--volume", help="volume for --holdout none (default: PLUS's reconstruction)")
+    bench.add_argument("--holdout", default="loo", choices=["loo", "alternate", "none"],
+                       help="loo: volume rebuilt without each test frame (default)")
+    bench.add_argument("--frames", help="comma-separated test frames (default: interior frames)")
+    bench.add_argument("--max-mm", type=float, default=10.0)
+    bench.add_argument("--max-deg", type=float, default=10.0)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--methods", nargs="+", default=["lncc", "sitk"], choices=sorted(METHODS))
+    bench.add_argument("--out-dir", default="us-bench")
+    bench.set_defaults(func=cmd_bench)

@@ -1,0 +1,313 @@
+"""Entry points of USSliceReg shared by the Slicer module, the console and the CLI.
+
+File level (PLUS files, the reference frame of :mod:`plus_io`):
+    ``load_inputs`` -> ``register_tracked`` -> ``SequenceRegistration.to_json``.
+Node level (a Slicer scene, everything in RAS):
+    ``register_nodes`` (a browsable frame sequence) and ``LiveNodeRegistration`` (one frame
+    node at a time, updating one correction transform node).
+
+Correction = ``tracked_reference_to_reference`` (``_ras`` in the node-level API): the rigid
+4x4 that moves the tracked frame onto the volume, ``image_to_X = correction @
+tracked_image_to_X``. Inputs (files, nodes, arrays) are never modified.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from SurgicalReg2D3DLib.errors import FileReadError, InputError
+from SurgicalReg2D3DLib.progress import report, sub_progress
+
+from .methods import METHODS, make_method
+from .plus_io import (ReferenceChain, ReferenceVolume, TrackedSequence,
+                      image_to_reference_chain, read_calibration, read_reference_volume,
+                      read_sequence)
+from .register import FrameResult, RegistrationConfig, pose_errors
+from .slicing import fan_mask
+from .temporal import LiveRegistration, register_sequence
+
+
+@dataclass
+class SequenceRegistration:
+    """Results of a sweep: ``indices[n]`` is the sequence frame number of ``results[n]``."""
+
+    method: str
+    temporal: bool
+    indices: List[int]
+    results: List[FrameResult]
+    skipped: List[Tuple[int, str]] = field(default_factory=list)
+    fan_centre_px: Optional[np.ndarray] = None
+
+    def to_json(self) -> dict:
+        """The ``OUT.json`` of ``surgreg us register`` (matrices as row lists)."""
+        frames = []
+        for i, r in zip(self.indices, self.results):
+            frames.append({
+                "index": int(i),
+                "image_to_reference": np.asarray(r.image_to_reference).tolist(),
+                "start_image_to_reference": np.asarray(r.start_image_to_reference).tolist(),
+                "correction": np.asarray(r.correction).tolist(),
+                "time_s": float(r.seconds),
+                "similarity": float(r.lncc),
+                "similarity_start": float(r.lncc_start),
+            })
+        return {"method": self.method, "temporal": self.temporal, "frames": frames,
+                "skipped": [{"index": int(i), "reason": why} for i, why in self.skipped],
+                "similarity_metric": "masked LNCC (window 7 px at 1/8 resolution)"}
+
+    def errors(self, truth: Dict[int, np.ndarray]) -> dict:
+        """Rotation (deg) / translation (mm, at the fan centre) errors vs ground truth
+        ``{frame index: image_to_reference}``; frames without a truth are left out."""
+        rot, tra = [], []
+        for i, r in zip(self.indices, self.results):
+            if i in truth:
+                a, t = pose_errors(r.image_to_reference, truth[i], self.fan_centre_px)
+                rot.append(a)
+                tra.append(t)
+        if not rot:
+            return {}
+        return {"rotation_deg": rot, "translation_mm": tra,
+                "mean_rotation_deg": float(np.mean(rot)),
+                "mean_translation_mm": float(np.mean(tra)),
+                "median_rotation_deg": float(np.median(rot)),
+                "median_translation_mm": float(np.median(tra))}
+
+
+def load_inputs(volume_path, sequence_path, calibration_path=None
+                ) -> Tuple[ReferenceVolume, TrackedSequence, ReferenceChain]:
+    """Read the volume, the tracked sweep and the calibration; build the chain.
+
+    Without ``calibration_path`` the sequence itself must carry an ``ImageToProbe`` (or
+    ``ImageToReference``) transform, else :class:`InputError` asks for the XML.
+    """
+    volume = read_reference_volume(volume_path)
+    seq = read_sequence(sequence_path)
+    if calibration_path is not None:
+        image_to_probe = read_calibration(calibration_path)
+    elif "ImageToReference" in seq.transforms:
+        return volume, seq, _chain_from_image_to_reference(seq)
+    elif "ImageToProbe" in seq.transforms:
+        image_to_probe = seq.transforms["ImageToProbe"][0]
+    else:
+        raise InputError(f"calibration: missing; {Path(sequence_path).name} has no "
+                         "ImageToProbe transform, pass the PLUS device-set XML "
+                         "(--calibration) with <Transform From=\"Image\" To=\"Probe\">")
+    return volume, seq, image_to_reference_chain(seq, image_to_probe)
+
+
+def _chain_from_image_to_reference(seq: TrackedSequence) -> ReferenceChain:
+    mats, idx, skipped = [], [], []
+    for i in range(seq.num_frames):
+        if not seq.statuses["ImageToReference"][i]:
+            skipped.append((i, "ImageToReference status INVALID"))
+            continue
+        m = seq.transforms["ImageToReference"][i]
+        if not np.all(np.isfinite(m)):
+            raise InputError(f"sequence: frame {i} ImageToReferenceTransform contains NaN")
+        mats.append(m)
+        idx.append(i)
+    return ReferenceChain(np.stack(mats) if mats else np.zeros((0, 4, 4)),
+                          np.array(idx, dtype=int), skipped)
+
+
+def read_init_json(path) -> Dict[int, np.ndarray]:
+    """``{"frames": [{"index": i, "image_to_reference": 4x4}, ...]}`` -> ``{i: 4x4}``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise FileReadError(f"init file {path}: cannot read ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise FileReadError(f"init file {path}: not valid JSON ({exc})") from None
+    frames = data.get("frames") if isinstance(data, dict) else None
+    if not isinstance(frames, list):
+        raise InputError(f"init file {path.name}: expected {{\"frames\": [...]}}")
+    out = {}
+    for k, f in enumerate(frames):
+        try:
+            m = np.asarray(f["image_to_reference"], dtype=float)
+            i = int(f["index"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"init file {path.name}: frame entry {k} needs 'index' and "
+                             "'image_to_reference'") from None
+        if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+            raise InputError(f"init file {path.name}: frame {i} image_to_reference must be "
+                             "a finite 4x4")
+        out[i] = m
+    return out
+
+
+def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: ReferenceChain,
+                     method: str = "lncc", init: Optional[Dict[int, np.ndarray]] = None,
+                     temporal: Optional[bool] = None, frames: Optional[Sequence[int]] = None,
+                     config: Optional[RegistrationConfig] = None, fan=None,
+                     volume_mask=None, device=None, progress=None,
+                     cancel=None) -> SequenceRegistration:
+    """Register the usable frames of a tracked sweep to ``volume``.
+
+    Starts: ``init[i]`` where given, else the tracked chain. ``temporal`` defaults to True
+    without ``init`` and False with it (the CLI contract). ``frames`` restricts to some
+    sequence frame numbers. Frames skipped by the chain (INVALID status) are reported in
+    the result's ``skipped``.
+    """
+    if method not in METHODS:
+        raise InputError(f"method: unknown {method!r}; choose one of {', '.join(METHODS)}")
+    if temporal is None:
+        temporal = init is None
+    usable = {int(i): k for k, i in enumerate(chain.indices)}
+    skipped = list(chain.skipped)
+    wanted = list(chain.indices) if frames is None else [int(i) for i in frames]
+    for i in wanted:
+        if i not in usable and not any(i == s for s, _ in skipped):
+            raise InputError(f"frames: {i} is not a frame of the sequence "
+                             f"(0..{seq.num_frames - 1})")
+    indices = [i for i in wanted if i in usable]
+    if not indices:
+        raise InputError("sequence: no usable frame to register "
+                         f"({len(skipped)} skipped for INVALID status)")
+    if init is not None:
+        missing = [i for i in indices if i not in init]
+        if missing and len(missing) == len(indices):
+            raise InputError("init file: has none of the frames to register "
+                             f"(e.g. {missing[0]})")
+    if fan is None:
+        fan = fan_mask(seq.images[chain.indices])
+    starts = np.stack([init[i] if init is not None and i in init
+                       else chain.image_to_reference[usable[i]] for i in indices])
+    report(progress, 0.02, "preparing the volume")
+    fn = make_method(method, volume.array, volume.ijk_to_reference, seq.frame_shape, fan,
+                     volume_mask=volume_mask, config=config, device=device)
+    results = register_sequence(fn, seq.images[indices], starts, temporal=temporal,
+                                indices=indices, progress=sub_progress(progress, 0.05, 1.0),
+                                cancel=cancel)
+    rows, cols = np.nonzero(fan)
+    return SequenceRegistration(method=method, temporal=temporal, indices=indices,
+                                results=results, skipped=skipped,
+                                fan_centre_px=np.array([cols.mean(), rows.mean(), 0.0, 1.0]))
+
+
+# ----------------------------------------------------------------------------- MRML level
+def _frames_from_sequences(image_sequence, transform_sequence):
+    from SurgicalReg2D3DLib.nodes import (image2d_from_node,  # noqa: PLC0415
+                                          matrix_from_transform_node, sequence_items)
+
+    images = sequence_items(image_sequence, "US frame sequence")
+    tfms = sequence_items(transform_sequence, "US transform sequence")
+    if not images:
+        raise InputError("US frame sequence: has no frames")
+    if len(tfms) != len(images):
+        raise InputError(f"US transform sequence: has {len(tfms)} transforms for "
+                         f"{len(images)} frames (a sequence without transforms?)")
+    frames, poses = [], []
+    for k, (img, tfm) in enumerate(zip(images, tfms)):
+        arr, ijk_to_ras = image2d_from_node(img, f"US frame {k}")
+        if arr.ndim == 3:
+            arr = arr[..., :3].mean(axis=-1)
+        m = matrix_from_transform_node(tfm, f"US frame {k} transform")
+        if not np.all(np.isfinite(m)):
+            raise InputError(f"US frame {k} transform: contains NaN")
+        # Pixel (col, row) -> node IJK -> node RAS -> parent (the frame's transform).
+        poses.append(m @ ijk_to_ras)
+        frames.append(arr)
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise InputError(f"US frame sequence: frames have different sizes {sorted(shapes)}")
+    return np.stack(frames), np.stack(poses)
+
+
+def _volume_arrays(volume_node):
+    from SurgicalReg2D3DLib.nodes import volume_from_node  # noqa: PLC0415
+
+    vol = volume_from_node(volume_node, "US volume", require_3d=True)
+    if vol.array.ndim != 3:
+        raise InputError("US volume: expected a scalar volume")
+    return vol.array, vol.ijk_to_ras
+
+
+def register_nodes(ctx, volume_node, image_sequence, transform_sequence, method: str = "lncc",
+                   temporal: bool = True, browser=None, output_name: str = "USCorrection",
+                   config: Optional[RegistrationConfig] = None, progress=None, cancel=None):
+    """Register every frame of a browsable sweep (as made by ``load_sequence_to_mrml``).
+
+    Returns ``(SequenceRegistration, correction_sequence)``: a new sequence of linear
+    transform nodes (``tracked_ras_to_ras`` per frame), synchronised with ``browser`` when
+    given. Frames and volume nodes are not modified.
+    """
+    from SurgicalReg2D3DLib.nodes import numpy_to_vtk_matrix  # noqa: PLC0415
+    import slicer  # noqa: PLC0415
+
+    array, ijk_to_ras = _volume_arrays(volume_node)
+    frames, poses = _frames_from_sequences(image_sequence, transform_sequence)
+    fan = fan_mask(frames)
+    fn = make_method(method, array, ijk_to_ras, frames.shape[1:], fan, config=config)
+    results = register_sequence(fn, frames, poses, temporal=temporal, progress=progress,
+                                cancel=cancel)
+    out = ctx.add_node("vtkMRMLSequenceNode", output_name)
+    out.SetIndexName(image_sequence.GetIndexName())
+    out.SetIndexUnit(image_sequence.GetIndexUnit())
+    for k, r in enumerate(results):
+        t = slicer.vtkMRMLLinearTransformNode()
+        t.SetName(f"{output_name} {k}")
+        t.SetMatrixTransformToParent(numpy_to_vtk_matrix(r.correction))
+        out.SetDataNodeAtValue(t, image_sequence.GetNthIndexValue(k))
+    if browser is not None:
+        browser.AddSynchronizedSequenceNodeID(out.GetID())
+    rows, cols = np.nonzero(fan)
+    reg = SequenceRegistration(method=method, temporal=temporal,
+                               indices=list(range(len(results))), results=results,
+                               fan_centre_px=np.array([cols.mean(), rows.mean(), 0, 1.0]))
+    return reg, out
+
+
+class LiveNodeRegistration:
+    """Live mode on nodes: each :meth:`update` registers the current frame node and writes
+    the correction into ``correction_node`` (a linear transform node, ``tracked_ras_to_ras``).
+
+    The widget calls :meth:`update` from a sequence-browser or image-node observer.
+    """
+
+    def __init__(self, ctx, volume_node, frame_shape, fan=None, method: str = "lncc",
+                 correction_node=None, config: Optional[RegistrationConfig] = None):
+        array, ijk_to_ras = _volume_arrays(volume_node)
+        if fan is None:
+            fan = np.ones(tuple(frame_shape), dtype=bool)
+        self.ctx = ctx
+        self.live = LiveRegistration(make_method(method, array, ijk_to_ras, frame_shape, fan,
+                                                 config=config))
+        self.correction_node = correction_node or ctx.add_node(
+            "vtkMRMLLinearTransformNode", "USLiveCorrection")
+
+    def update(self, frame_node, tracked_image_to_ras=None) -> FrameResult:
+        """Register ``frame_node`` (single-slice volume). Its pose is
+        ``tracked_image_to_ras`` if given, else its parent transform @ its ijk_to_ras."""
+        from SurgicalReg2D3DLib.nodes import (image2d_from_node,  # noqa: PLC0415
+                                              matrix_to_transform_node, world_matrix)
+
+        arr, ijk_to_ras = image2d_from_node(frame_node, "US live frame")
+        if arr.ndim == 3:
+            arr = arr[..., :3].mean(axis=-1)
+        if tracked_image_to_ras is None:
+            tracked_image_to_ras = world_matrix(frame_node, "US live frame") @ ijk_to_ras
+        res = self.live.update(arr, tracked_image_to_ras)
+        matrix_to_transform_node(self.ctx, res.correction, "USLiveCorrection",
+                                 node=self.correction_node)
+        return res
+
+
+def summary_line(reg: SequenceRegistration) -> str:
+    """One line for logs: frames, mean LNCC before/after, ms per frame."""
+    if not reg.results:
+        return "no frame registered"
+    ms = 1000 * float(np.mean([r.seconds for r in reg.results]))
+    a = float(np.mean([r.lncc_start for r in reg.results]))
+    b = float(np.mean([r.lncc for r in reg.results]))
+    return (f"{len(reg.results)} frames ({len(reg.skipped)} skipped), LNCC {a:.3f} -> "
+            f"{b:.3f}, {ms:.0f} ms/frame ({reg.method}"
+            f"{', temporal' if reg.temporal else ''})")
+
+

