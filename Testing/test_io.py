@@ -197,6 +197,30 @@ def test_oblique_volume_round_trips_through_nrrd(ctx, tmp_path):
     np.testing.assert_allclose(LPS_TO_RAS @ _sitk_matrix(image), ijk_to_ras, atol=1e-9)
 
 
+def test_left_handed_file_keeps_every_voxel_at_its_physical_position(ctx, tmp_path):
+    """A synthetic left-handed volume: MRML reverses its slice axis, SimpleITK does not;
+    each voxel's LPS position (SimpleITK's TransformIndexToPhysicalPoint) still holds the
+    same value in the node."""
+    import SimpleITK as sitk
+
+    array = np.random.default_rng(8).integers(0, 1000, (4, 5, 6)).astype(np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.5, 0.75, 2.0))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    image.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, 1))  # det = -1
+    path = tmp_path / "left_handed.nrrd"
+    sitk.WriteImage(image, str(path))
+    data = nodes.volume_from_node(io.load_volume(ctx, path), "left-handed")
+    assert np.linalg.det(data.direction) > 0
+    k, j, i = np.meshgrid(*[np.arange(n) for n in array.shape], indexing="ij")
+    lps = np.array([image.TransformIndexToPhysicalPoint((int(a), int(b), int(c)))
+                    for a, b, c in zip(i.ravel(), j.ravel(), k.ravel())])
+    ijk = np.linalg.solve(data.ijk_to_lps, np.c_[lps, np.ones(len(lps))].T)[:3].T
+    np.testing.assert_allclose(ijk, np.round(ijk), atol=1e-6)
+    ii, jj, kk = np.round(ijk).astype(int).T
+    np.testing.assert_array_equal(data.array[kk, jj, ii], array.ravel())
+
+
 def test_load_ultrasound_mha_volume(ctx, sample_data):
     import SimpleITK as sitk
 

@@ -119,6 +119,8 @@ def test_smsr_percentiles_summarize():
     assert p == pytest.approx({"p50": np.percentile(fin, 50), "p75": np.percentile(fin, 75),
                                "p95": np.percentile(fin, 95)})
     assert p["p50"] == 1.0
+    # by hand (linear interpolation of the 5 sorted finite errors at rank q/100 * 4)
+    assert p["p75"] == pytest.approx(1.5) and p["p95"] == pytest.approx(1.5 + 0.8 * 1.5)
     s = summarize(e, threshold=2.0)
     assert s["n"] == 6 and s["n_failed"] == 1
     assert s["mean"] == pytest.approx(6.9 / 5) and s["std"] == pytest.approx(np.std(fin))
@@ -173,3 +175,30 @@ def test_dice():
     assert dice(a[0], np.zeros((4, 4))).item() == 0.0
     with pytest.raises(InputError, match=r"^mask_b: expected the shape of mask_a \(2, 4, 4\), got \(4, 4\)$"):
         dice(a, b[0])
+
+
+def test_metrics_do_not_modify_their_inputs():
+    rng = np.random.default_rng(4)
+    R = Rotation.from_rotvec([0.1, -0.2, 0.05]).as_matrix()
+    T_true = _pose(np.eye(3), [1.0, 2.0, 300.0])
+    T_est_np = _pose(R, [1.5, 2.0, 298.0])
+    T_est = torch.from_numpy(T_est_np.copy())
+    points = rng.uniform(-20, 20, (6, 3))
+    K = np.array([[800.0, 0, 320], [0, 800.0, 240], [0, 0, 1]])
+    uv_a, uv_b = rng.uniform(0, 500, (6, 2)), rng.uniform(0, 500, (6, 2))
+    masks = (rng.random((2, 5, 5)) > 0.5, rng.random((2, 5, 5)) > 0.5)
+    errors = np.array([0.5, np.nan, 2.0, 0.1])
+    inputs = [T_true, T_est_np, points, K, uv_a, uv_b, masks[0], masks[1], errors]
+    copies = [x.copy() for x in inputs]
+    tensor_copy = T_est.clone()
+    mtre(T_est, T_true, points)
+    mean_projection_error(K, T_est_np, T_true, points, pixel_spacing_mm=0.3)
+    reprojection_distance_mm(T_est, T_true, points)
+    rotation_error_deg(T_est, T_true)
+    translation_error_mm(T_est_np, T_true)
+    reprojection_error_px(uv_a, uv_b)
+    dice(masks[0], masks[1], batched=True)
+    summarize(errors)
+    for x, c in zip(inputs, copies):
+        np.testing.assert_array_equal(x, c)
+    assert torch.equal(T_est, tensor_copy)

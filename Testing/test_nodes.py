@@ -120,6 +120,11 @@ def test_vector_volume_and_image2d(ctx):
     assert node.IsA("vtkMRMLVectorVolumeNode")
     assert node.GetImageData().GetNumberOfScalarComponents() == 3
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), rgb)
+    mtime = node.GetMTime()
+    image, ijk_to_ras = nodes.image2d_from_node(node, "frame")
+    assert node.GetMTime() == mtime
+    image[:] = 0  # a copy: the node keeps its pixels
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), rgb)
     image, ijk_to_ras = nodes.image2d_from_node(node, "frame")
     assert image.shape == (8, 12, 3)
     np.testing.assert_array_equal(image, rgb[0])
@@ -380,7 +385,9 @@ def test_markups_round_trip(ctx, kind, class_name):
                                    labels=["a", "b", "c"])
     assert node.GetClassName() == class_name
     np.testing.assert_array_equal(slicer.util.arrayFromMarkupsControlPoints(node), points)
+    mtime = node.GetMTime()
     np.testing.assert_array_equal(nodes.points_from_markups(node, "landmarks"), points)
+    assert node.GetMTime() == mtime  # reading does not modify the node
     assert nodes.markups_labels(node) == ["a", "b", "c"]
     # overwrite in place with fewer points
     same = nodes.points_to_markups(ctx, points[:2] * 2, "landmarks", kind=kind, node=node)

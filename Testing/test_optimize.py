@@ -283,7 +283,10 @@ def _synthetic_pnp(n=40, outlier_fraction=0.3, seed=0):
 
 def test_epnp_ransac_recovers_pose_with_outliers():
     pts, uv, K, R, t, out_idx = _synthetic_pnp()
+    inputs = [pts.copy(), uv.copy(), K.copy()]
     res = epnp_ransac(pts, uv, K)
+    for x, c in zip((pts, uv, K), inputs):
+        np.testing.assert_array_equal(x, c)  # inputs untouched
     T = res.model_to_camera
     angle = np.degrees(Rotation.from_matrix(T[:3, :3].T @ R).magnitude())
     assert angle < 1e-3

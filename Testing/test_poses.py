@@ -527,3 +527,22 @@ def test_check_rigid_error_messages():
         P.check_rigid(batch, "poses")
     with pytest.raises(GeometryError, match=r"^T: expected numbers"):
         P.check_rigid([["a"] * 4] * 4, "T")
+
+
+def test_distances_are_batched_and_differentiable():
+    """gradcheck of every geodesic distance on a (2, 3) batch, and batch = loop."""
+    T1 = torch.tensor(random_poses_np(6, seed=30, t_scale=20.0).reshape(2, 3, 4, 4))
+    T2 = torch.tensor(random_poses_np(6, seed=31, t_scale=20.0).reshape(2, 3, 4, 4))
+    fns = {
+        "so4": lambda a, b: P.so4_distance(a, b, 50.0),
+        "angle": P.rotation_angle_rad,
+        "se3_log": lambda a, b: P.se3_log_distance(a, b, rotation_length_mm=40.0),
+        "double_geodesic": lambda a, b: P.double_geodesic(a, b, 500.0)[2],
+    }
+    for name, fn in fns.items():
+        batch = fn(T1, T2)
+        assert batch.shape == (2, 3), name
+        loop = torch.stack([fn(T1[i, j], T2[i, j]) for i in range(2) for j in range(3)])
+        torch.testing.assert_close(batch.reshape(-1), loop, atol=1e-12, rtol=0)
+        a = T1[0, :2].clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda x: fn(x, T2[0, :2]), (a,)), name

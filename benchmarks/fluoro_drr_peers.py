@@ -235,10 +235,11 @@ class Case:
         self.render = build_renderer(name, volume, camera, n_samples)
         self.pose0 = torch.as_tensor(pose0, dtype=torch.float32, device=self.dev)
         self.se3_exp = se3_exp
-        gen = torch.Generator().manual_seed(0)
-        p = camera.size_px
-        # A fixed random weighting, so the loss depends on every pixel differently.
-        self.weights = torch.rand((p[1], p[0]), generator=gen).to(self.dev)
+        w, h = camera.size_px
+        # A smooth fixed weighting (a ramp), so the loss depends on where the anatomy is
+        # projected and its pose gradient is well conditioned (comparable across renderers).
+        v, u = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        self.weights = (1.0 + 0.5 * u + 0.25 * v).to(self.dev)
 
     def pose(self, xi):
         """ct_to_camera = exp(xi) @ pose0 (xi: 3 rotation + 3 translation, camera frame)."""
@@ -277,27 +278,40 @@ def timed(fn, dev) -> float:
 # --------------------------------------------------------------------------------------
 # memory probe (fresh subprocess per configuration)
 # --------------------------------------------------------------------------------------
-def _rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (Linux: ru_maxrss in KiB)."""
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / 1024.0 if sys.platform != "darwin" else kib / 2 ** 20
-
-
-def _current_rss_mib() -> float:
+def _status_mib(field: str) -> Optional[float]:
+    """``VmRSS`` / ``VmHWM`` (peak) of this process from /proc/self/status, MiB (Linux)."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
     except OSError:
-        return _rss_mib()
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def memory_probe(args) -> dict:
-    """Run in a fresh process: one configuration, warm-up excluded from nothing.
+    """Run in a fresh process: peak memory of one configuration's renders.
 
-    Returns the resident memory before the first render and the peak afterwards (CPU),
-    or the peak CUDA allocation (GPU). Imports of all peers happen before the baseline,
-    so the difference is what the rendering itself needs.
+    CPU: after loading the CT and building the renderer, the peak-RSS counter is reset
+    (``/proc/self/clear_refs``) and the resident size taken as the baseline; two calls
+    follow (the first includes any lazy initialisation) and the peak (``VmHWM``, the
+    counter behind ``ru_maxrss``) minus the baseline is reported. Where the counter cannot
+    be reset, ``ru_maxrss`` after minus before is used (a lower bound if loading peaked
+    higher). GPU: ``torch.cuda.max_memory_allocated`` minus the allocation before.
     """
+    import gc  # noqa: PLC0415
+
     import torch  # noqa: PLC0415
 
     torch.set_num_threads(args.threads)
@@ -305,22 +319,30 @@ def memory_probe(args) -> dict:
     camera = make_camera(args.probe_size)
     case = Case(args.probe_renderer, volume, camera, base_pose(volume), args.n_samples)
     fn = case.forward if args.probe_mode == "forward" else case.forward_backward
+    gc.collect()
     if volume.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2 ** 20
         fn()
+        fn()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
         return {"baseline_mib": base, "peak_mib": peak, "delta_mib": peak - base,
                 "kind": "cuda max_memory_allocated"}
-    base_now = _current_rss_mib()
-    base_peak = _rss_mib()
+    reset = _reset_peak_rss()
+    base = _status_mib("VmRSS")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     fn()
     fn()
-    peak = _rss_mib()
-    return {"baseline_mib": base_now, "peak_mib": peak, "delta_mib": peak - max(base_now, 0.0),
-            "baseline_peak_mib": base_peak, "kind": "ru_maxrss"}
+    if reset and base is not None:
+        peak = _status_mib("VmHWM")
+        kind = "VmHWM (peak RSS, reset before the renders) - VmRSS before"
+    else:
+        base = before
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        kind = "ru_maxrss after - before"
+    return {"baseline_mib": base, "peak_mib": peak, "delta_mib": peak - base, "kind": kind}
 
 
 def run_memory_probes(args, names, sizes) -> dict:
@@ -353,29 +375,64 @@ def image_difference(a: np.ndarray, b: np.ndarray) -> dict:
             "ref_max": float(np.abs(b).max())}
 
 
-def agreement(cases: Dict[str, Case], pose0: np.ndarray) -> dict:
-    """Each renderer vs its reference at the same pose, and at a shifted pose."""
+def pad_with_air(volume, voxels: int = 2):
+    """The volume with ``voxels`` layers of zero attenuation around it (same RAS placement).
+
+    Renderers disagree on what lies just outside the voxel-edge box (ours clamps to the
+    border voxel up to the box; the peers fade to zero over half a voxel beyond it), which
+    matters where the CT is cut through the body. With air around the volume that
+    convention has no effect, so any remaining difference is geometry or sampling.
+    """
+    import torch  # noqa: PLC0415
+
+    from FluoroRegLib.drr import DRRVolume  # noqa: PLC0415
+
+    mu = torch.nn.functional.pad(volume.mu, (voxels,) * 6)
+    m = np.array(volume.ijk_to_ras, dtype=np.float64)
+    m[:3, 3] = (m @ np.array([-voxels, -voxels, -voxels, 1.0]))[:3]
+    return DRRVolume.from_mu(mu, m, device=volume.device)
+
+
+def pose_gradient(case: Case) -> np.ndarray:
+    return case.forward_backward().detach().cpu().numpy().astype(np.float64)
+
+
+def agreement(volume, camera, pose0: np.ndarray, names, n_samples: int) -> dict:
+    """Each renderer vs its reference at the same pose and at a shifted pose, on the CT
+    as shipped and padded with air; plus the pose gradients' relative difference."""
     import torch  # noqa: PLC0415
 
     shifted = perturbed_pose(pose0)
-    imgs, imgs_shift = {}, {}
-    for name, case in cases.items():
-        with torch.no_grad():
-            imgs[name] = case.render(case.pose0).cpu().numpy()
-            imgs_shift[name] = case.render(
-                torch.as_tensor(shifted, dtype=torch.float32, device=case.dev)).cpu().numpy()
     out = {}
-    for name in cases:
-        ref = REFERENCE[name]
-        if ref not in imgs:
-            continue
-        out[name] = {"reference": ref, "same_pose": image_difference(imgs[name], imgs[ref]),
-                     "shifted_pose": image_difference(imgs_shift[name], imgs[ref])}
-    # Our two integrators against each other, for scale.
-    if "ours-trilinear" in imgs and "ours-siddon" in imgs:
-        out["ours-trilinear vs ours-siddon"] = {
-            "reference": "ours-siddon",
-            "same_pose": image_difference(imgs["ours-trilinear"], imgs["ours-siddon"])}
+    for variant, vol in (("as_shipped", volume), ("air_padded", pad_with_air(volume))):
+        imgs, imgs_shift, grads = {}, {}, {}
+        for name in names:
+            case = Case(name, vol, camera, pose0, n_samples)
+            with torch.no_grad():
+                imgs[name] = case.render(case.pose0).cpu().numpy()
+                imgs_shift[name] = case.render(
+                    torch.as_tensor(shifted, dtype=torch.float32, device=case.dev)).cpu().numpy()
+            grads[name] = pose_gradient(case)
+        res = {}
+        for name in names:
+            ref = REFERENCE[name]
+            if ref not in imgs or ref == name:
+                continue
+            g, gr = grads[name], grads[ref]
+            res[name] = {"reference": ref,
+                         "same_pose": image_difference(imgs[name], imgs[ref]),
+                         "shifted_pose": image_difference(imgs_shift[name], imgs[ref]),
+                         "grad": g.tolist(), "grad_reference": gr.tolist(),
+                         "grad_rel_diff": float(np.linalg.norm(g - gr) /
+                                                max(np.linalg.norm(gr), 1e-30))}
+        if "ours-trilinear" in imgs and "ours-siddon" in imgs:
+            g, gr = grads["ours-trilinear"], grads["ours-siddon"]
+            res["ours-trilinear vs ours-siddon"] = {
+                "reference": "ours-siddon",
+                "same_pose": image_difference(imgs["ours-trilinear"], imgs["ours-siddon"]),
+                "grad": g.tolist(), "grad_reference": gr.tolist(),
+                "grad_rel_diff": float(np.linalg.norm(g - gr) / max(np.linalg.norm(gr), 1e-30))}
+        out[variant] = res
     return out
 
 
@@ -394,13 +451,15 @@ def prepare_volume(device: str):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
-    ap.add_argument("--repeats", type=int, default=5, help="timed calls per case (median)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None,
+                    help="detector sizes in pixels (default 128 256)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed calls per case (median; default 5)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    ap.add_argument("--n-samples", type=int, default=256,
-                    help="samples per ray of the trilinear renderers")
+    ap.add_argument("--n-samples", type=int, default=None,
+                    help="samples per ray of the trilinear renderers (default 256)")
     ap.add_argument("--renderers", nargs="+", default=list(RENDERERS), choices=RENDERERS)
     ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     ap.add_argument("--quick", action="store_true",
@@ -410,8 +469,11 @@ def parse_args(argv=None):
     ap.add_argument("--_probe", nargs=3, metavar=("RENDERER", "SIZE", "MODE"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.quick:
-        args.sizes, args.repeats, args.n_samples = [64, 128], 2, 64
+    quick = {"sizes": [64, 128], "repeats": 2, "n_samples": 64}
+    full = {"sizes": [128, 256], "repeats": 5, "n_samples": 256}
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:  # explicit options win over --quick
+            setattr(args, key, value)
     if args._probe:
         args.probe_renderer, args.probe_size, args.probe_mode = \
             args._probe[0], int(args._probe[1]), args._probe[2]
@@ -440,12 +502,13 @@ def write_markdown(res: dict, path: Path) -> str:
               f"- Trilinear renderers: {res['n_samples']} samples per ray; Siddon: exact.",
               f"- Times: median of {res['repeats']} calls after {res['warmup']} warm-up "
               "call(s), in ms. Forward under `torch.no_grad()`; forward+backward = render at "
-              "`exp(xi) @ pose` and back-propagate a weighted pixel mean to the 6 pose "
+              "`exp(xi) @ pose` and back-propagate a ramp-weighted pixel mean to the 6 pose "
               "parameters `xi`.",
               "- Ratio = peer time / our time with the same integrator (trilinear peers vs "
               "`ours-trilinear`, Siddon peer vs `ours-siddon`); > 1 means we are faster.",
-              "- Memory: peak resident memory (ru_maxrss) of a fresh process per "
-              "configuration minus its resident memory just before the first render, MiB.", ""]
+              "- Memory: in a fresh process per configuration, peak resident memory during two "
+              "calls (kernel peak-RSS counter VmHWM, the one behind ru_maxrss, reset after "
+              "loading) minus the resident memory just before them, MiB.", ""]
     unavailable = {k: v for k, v in res["unavailable"].items() if v}
     if unavailable:
         lines += ["Unavailable renderers: " + "; ".join(f"{k} ({v})" for k, v in
@@ -466,18 +529,24 @@ def write_markdown(res: dict, path: Path) -> str:
               "Differences are in line-integral units (mu * mm, dimensionless); `max rel` is "
               "the max abs difference over the reference image's maximum. `shifted` compares "
               "the peer at a pose moved by 2 mm and turned 1 deg with our image at the "
-              "original pose: a geometry mismatch would look like this.", "",
-              "| size | renderer | reference | ref max | max abs | mean abs | max rel | "
-              "shifted max abs | shifted max rel |", "|---|---|---|---|---|---|---|---|---|"]
-    for size, agree in res["agreement"].items():
-        for name, a in agree.items():
-            if name == a["reference"]:
-                continue
-            s = a["same_pose"]
-            sh = a.get("shifted_pose")
-            lines.append(f"| {size} | {name} | {a['reference']} | {s['ref_max']:.3f} | "
-                         f"{s['max_abs']:.4f} | {s['mean_abs']:.5f} | {s['max_rel']:.4f} | "
-                         + (f"{sh['max_abs']:.3f} | {sh['max_rel']:.3f} |" if sh else "- | - |"))
+              "original pose: a geometry mismatch would look like this. `grad rel` = "
+              "|g - g_ref| / |g_ref| of the 6 pose-parameter gradients of the timed loss. "
+              "`as_shipped`: the CT as it is (cut through the body at its faces); "
+              "`air_padded`: the same CT with 2 voxels of air around it, which removes the "
+              "renderers' different conventions just outside the volume box.", "",
+              "| size | CT | renderer | reference | ref max | max abs | mean abs | max rel | "
+              "shifted max abs | shifted max rel | grad rel |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size, variants in res["agreement"].items():
+        for variant, agree in variants.items():
+            for name, a in agree.items():
+                s = a["same_pose"]
+                sh = a.get("shifted_pose")
+                lines.append(
+                    f"| {size} | {variant} | {name} | {a['reference']} | {s['ref_max']:.3f} | "
+                    f"{s['max_abs']:.4f} | {s['mean_abs']:.5f} | {s['max_rel']:.4f} | "
+                    + (f"{sh['max_abs']:.3f} | {sh['max_rel']:.3f} | " if sh else "- | - | ")
+                    + f"{a['grad_rel_diff']:.3f} |")
     lines += ["", "Command: `" + res["command"] + "`", ""]
     text = "\n".join(lines)
     path.write_text(text)
@@ -513,11 +582,13 @@ def main(argv=None):
     agree = {}
     for size in args.sizes:
         camera = make_camera(size)
+        agree[size] = agreement(volume, camera, pose0, names, args.n_samples)
+        for variant, res in agree[size].items():
+            for n, a in res.items():
+                print(f"[{size}] {variant} {n} vs {a['reference']}: same pose "
+                      f"{a['same_pose']}; shifted {a.get('shifted_pose')}; grad rel diff "
+                      f"{a['grad_rel_diff']:.3g}", flush=True)
         cases = {n: Case(n, volume, camera, pose0, args.n_samples) for n in names}
-        agree[size] = agreement(cases, pose0)
-        for n, a in agree[size].items():
-            print(f"[{size}] {n} vs {a['reference']}: same pose {a['same_pose']}; "
-                  f"shifted {a.get('shifted_pose')}", flush=True)
         for mode in ("forward", "forward_backward"):
             for _ in range(args.warmup):
                 for n in names:

@@ -225,15 +225,16 @@ def _trilinear_chunk(mu5: torch.Tensor, source: torch.Tensor, direction: torch.T
     """Line integrals (B, P) of a chunk of rays by mid-point sampling + grid_sample."""
     _, _, k, j, i = mu5.shape
     dims = torch.tensor([i, j, k], device=source.device, dtype=source.dtype)
-    low = torch.full_like(dims, -0.5)
-    high = dims - 0.5
-    t_in, t_out = ray_box_intersection(source, direction, low, high)
+    t_in, t_out = ray_box_intersection(source, direction, torch.full_like(dims, -0.5), dims - 0.5)
     span = (t_out - t_in).clamp(min=0.0)  # (B, P)
     frac = (torch.arange(n_samples, device=source.device, dtype=source.dtype) + 0.5) / n_samples
     t = t_in.unsqueeze(-1) + span.unsqueeze(-1) * frac  # (B, P, N)
-    pts = source[:, None, None, :] + t.unsqueeze(-1) * direction.unsqueeze(2)  # (B, P, N, 3)
-    # align_corners=True: index 0 -> -1, index (n - 1) -> +1.
-    grid = pts * (2.0 / (dims - 1)) - 1.0
+    # Work directly in grid_sample's normalised coordinates (align_corners=True: index 0
+    # -> -1, index n - 1 -> +1), so that only one (B, P, N, 3) tensor is made.
+    scale = 2.0 / (dims - 1)
+    src_g = source * scale - 1.0
+    dir_g = direction * scale
+    grid = torch.addcmul(src_g[:, None, None, :], t.unsqueeze(-1), dir_g.unsqueeze(2))
     b, p, n, _ = grid.shape
     values = F.grid_sample(mu5, grid.reshape(1, 1, b * p, n, 3).to(mu5.dtype), mode="bilinear",
                            padding_mode="border", align_corners=True)
@@ -242,33 +243,37 @@ def _trilinear_chunk(mu5: torch.Tensor, source: torch.Tensor, direction: torch.T
     return values.sum(-1) * step_mm
 
 
-def _siddon_chunk(mu_flat: torch.Tensor, shape, source: torch.Tensor, direction: torch.Tensor,
+def _siddon_chunk(mu5: torch.Tensor, source: torch.Tensor, direction: torch.Tensor,
                   length_mm: torch.Tensor) -> torch.Tensor:
-    """Exact line integrals (B, P) through voxels (piecewise constant) for a chunk of rays."""
-    k, j, i = shape
+    """Exact line integrals (B, P) through voxels (piecewise constant) for a chunk of rays.
+
+    The ray parameters of all voxel-plane crossings are clipped to the ray's part inside
+    the volume and sorted; each segment's voxel is found from its mid-point (nearest
+    lookup) and weighted by the segment length. Gradients flow through the lengths.
+    """
+    _, _, k, j, i = mu5.shape
     dev, dt = source.device, source.dtype
     dims = torch.tensor([i, j, k], device=dev, dtype=dt)
     t_in, t_out = ray_box_intersection(source, direction, torch.full_like(dims, -0.5), dims - 0.5)
+    t_out = torch.maximum(t_in, t_out)  # rays that miss: empty interval
     alphas = []
     for axis, n in enumerate((i, j, k)):
         planes = torch.arange(n + 1, device=dev, dtype=dt) - 0.5  # voxel edges
         d = direction[..., axis:axis + 1]
-        safe = torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
-        a = (planes - source[:, None, axis:axis + 1]) / safe  # (B, P, n+1)
-        alphas.append(a)
+        inv = 1.0 / torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
+        alphas.append((planes - source[:, None, axis:axis + 1]) * inv)  # (B, P, n + 1)
     a = torch.cat(alphas + [t_in.unsqueeze(-1), t_out.unsqueeze(-1)], dim=-1)
-    a = torch.minimum(torch.maximum(a, t_in.unsqueeze(-1)), torch.maximum(t_in, t_out).unsqueeze(-1))
+    a = torch.minimum(torch.maximum(a, t_in.unsqueeze(-1)), t_out.unsqueeze(-1))
     a, _ = torch.sort(a, dim=-1)
-    seg = a[..., 1:] - a[..., :-1]  # (B, P, M)
-    mid = 0.5 * (a[..., 1:] + a[..., :-1])
+    seg = a[..., 1:] - a[..., :-1]  # (B, P, M), parameter units
     with torch.no_grad():
-        pos = source[:, None, None, :] + mid.unsqueeze(-1) * direction.unsqueeze(2)
-        idx = torch.floor(pos + 0.5).long()
-        idx[..., 0].clamp_(0, i - 1)
-        idx[..., 1].clamp_(0, j - 1)
-        idx[..., 2].clamp_(0, k - 1)
-        flat = (idx[..., 2] * j + idx[..., 1]) * i + idx[..., 0]
-    values = mu_flat[flat.reshape(-1)].reshape(flat.shape).to(dt)
+        scale = 2.0 / (dims - 1)
+        mid = 0.5 * (a[..., 1:] + a[..., :-1])
+        grid = torch.addcmul((source * scale - 1.0)[:, None, None, :], mid.unsqueeze(-1),
+                             (direction * scale).unsqueeze(2))
+        b, p, m, _ = grid.shape
+        values = F.grid_sample(mu5, grid.reshape(1, 1, b * p, m, 3).to(mu5.dtype), mode="nearest",
+                               padding_mode="border", align_corners=True).reshape(b, p, m).to(dt)
     return (values * seg).sum(-1) * length_mm.unsqueeze(0)
 
 
@@ -314,8 +319,8 @@ def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear
         mu5 = volume.mu[None, None]
         fn = lambda s, d, l: _trilinear_chunk(mu5, s, d, l, n_samples)  # noqa: E731
     else:
-        mu_flat = volume.mu.reshape(-1)
-        fn = lambda s, d, l: _siddon_chunk(mu_flat, volume.shape, s, d, l)  # noqa: E731
+        mu5 = volume.mu[None, None]
+        fn = lambda s, d, l: _siddon_chunk(mu5, s, d, l)  # noqa: E731
     outs = []
     for start in range(0, n_rays, chunk):
         sl = slice(start, start + chunk)

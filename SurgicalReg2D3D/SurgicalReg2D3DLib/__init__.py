@@ -7,7 +7,9 @@ Every registration module (FluoroReg, LiverLaparoReg, USSliceReg) builds on thes
 - ``poses``      4x4 rigid transforms, SE(3) exp/log, rotation parametrisations, distances
 - ``cameras``    pinhole (+ OpenCV distortion) and X-ray cone-beam cameras
 - ``scene``      a real MRML scene with module logics (slicer-core) for use outside Slicer
-- ``nodes``      MRML node <-> numpy/torch adapters; ``io``: file reading and writing
+- ``nodes``      MRML node <-> numpy/torch adapters (volumes, 2D images, models,
+                 transforms, markups, sequences, label maps, segmentations)
+- ``io``         file reading and writing through MRML storage nodes / SimpleITK
 - ``similarity`` NCC, gradient NCC, masked local NCC
 - ``optimize``   Levenberg-Marquardt, Adam loop, EPnP + RANSAC
 - ``metrics``    mTRE, SMSR, rotation/translation errors, reprojection errors, Dice

@@ -149,7 +149,13 @@ def load_volume(ctx, path, name: Optional[str] = None):
 
     Returns a ``vtkMRMLScalarVolumeNode`` (``vtkMRMLVectorVolumeNode`` for multi-component
     voxels) in RAS. A 2D image (one slice) is an :class:`InputError`; use
-    :func:`load_image2d`. For a DICOM folder use :func:`load_dicom_series`.
+    :func:`load_image2d`. For a DICOM folder use :func:`load_dicom_series`. Zero or
+    negative spacing and a non-orthonormal direction matrix in the header are a
+    :class:`GeometryError`.
+
+    A file whose index axes are left-handed (``det(direction) < 0``) is stored by MRML
+    with its slice axis reversed (right-handed ``ijk_to_ras``): the voxel indices then
+    differ from SimpleITK's, but every voxel keeps its physical position and value.
     """
     what = "volume file"
     p = _existing_file(path, what)

@@ -1,4 +1,5 @@
-"""MRML node <-> numpy adapters (volumes, 2D images, models, transforms, markups, sequences).
+"""MRML node <-> numpy/torch adapters (volumes, 2D images, models, transforms, markups,
+sequences, label maps and segmentations).
 
 Every ``*_from_node`` function returns *copies* (numpy arrays, float64 4x4 matrices); the
 node is never modified. Every ``*_to_node`` function creates a new node in the
@@ -16,6 +17,12 @@ Frames (see ``docs/architecture.md``):
   x and y, which gives the coordinates of a mesh file read as LPS (Slicer's default).
 - Transforms: MRML stores ``child_to_parent`` ("to parent") matrices;
   :func:`matrix_from_transform_node` returns that.
+- Torch: :meth:`VolumeData.to_tensor` gives the voxels as a tensor on any device and
+  ``volume_to_node`` takes tensors back, so file -> node -> tensor -> node -> file keeps
+  the geometry exactly.
+- Segmentations: :func:`segmentation_to_labelmap` rasterises segments on a reference
+  volume's grid (the one exception to "local frame": Slicer applies the segmentation's
+  parent transform); :func:`labelmap_from_node` reads integer labels.
 """
 
 from __future__ import annotations

@@ -208,3 +208,13 @@ def test_real_held_out_frame(spine):
     res = fn(seq.images[7][None], start[None])[0]
     rot, tra = pose_errors(res.image_to_reference, chain.image_to_reference[7], centre)
     assert rot < 2.0 and tra < 1.5, (rot, tra)
+
+
+def test_twist_exp_matches_core_se3_exp():
+    import torch
+
+    from SurgicalReg2D3DLib.poses import se3_exp
+    from USSliceRegLib.register import _twist_exp
+
+    x = torch.tensor(random_perturbations(5, 10, 30, seed=3))
+    torch.testing.assert_close(_twist_exp(x), se3_exp(x), atol=1e-10, rtol=1e-10)

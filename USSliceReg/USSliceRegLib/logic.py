@@ -192,6 +192,29 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
 
 
 # ----------------------------------------------------------------------------- MRML level
+def load_sweep_to_scene(ctx, sequence_path, calibration_path=None, name: Optional[str] = None):
+    """Read a PLUS sweep (+ calibration) and load its usable frames as a browsable
+    sequence (frames in RAS, see ``plus_io.load_sequence_to_mrml``).
+
+    Returns ``(browser, skipped)`` with ``skipped = [(frame, reason), ...]``.
+    """
+    from .plus_io import load_sequence_to_mrml  # noqa: PLC0415
+
+    seq = read_sequence(sequence_path)
+    if calibration_path:
+        chain = image_to_reference_chain(seq, read_calibration(calibration_path))
+    elif "ImageToReference" in seq.transforms:
+        chain = _chain_from_image_to_reference(seq)
+    elif "ImageToProbe" in seq.transforms:
+        chain = image_to_reference_chain(seq, seq.transforms["ImageToProbe"][0])
+    else:
+        raise InputError(f"calibration: missing; {Path(sequence_path).name} has no "
+                         "ImageToProbe transform, give the PLUS device-set XML")
+    stem = Path(sequence_path).name.split(".")[0]
+    _img, _tfm, browser = load_sequence_to_mrml(ctx, seq, chain, name or stem)
+    return browser, list(chain.skipped)
+
+
 def _frames_from_sequences(image_sequence, transform_sequence):
     from SurgicalReg2D3DLib.nodes import (image2d_from_node,  # noqa: PLC0415
                                           matrix_from_transform_node, sequence_items)
@@ -311,3 +334,65 @@ def summary_line(reg: SequenceRegistration) -> str:
             f"{', temporal' if reg.temporal else ''})")
 
 
+
+
+def results_to_table(ctx, reg: SequenceRegistration, name: str = "USRegistrationResults",
+                     truth: Optional[Dict[int, np.ndarray]] = None):
+    """A table node (one row per frame: LNCC before/after, ms, correction size, errors
+    when ``truth`` is given) and a plot chart of per-frame correction/error and latency.
+
+    Returns ``(table_node, chart_node)``.
+    """
+    import vtk  # noqa: PLC0415
+
+    table = ctx.add_node("vtkMRMLTableNode", name)
+    errs = reg.errors(truth) if truth else {}
+    cols = {"frame": [float(i) for i in reg.indices],
+            "lncc_start": [r.lncc_start for r in reg.results],
+            "lncc": [r.lncc for r in reg.results],
+            "ms": [1000 * r.seconds for r in reg.results],
+            "correction_mm": [], "correction_deg": []}
+    centre = reg.fan_centre_px if reg.fan_centre_px is not None else np.array([0, 0, 0, 1.0])
+    for r in reg.results:
+        a, t = pose_errors(r.image_to_reference, r.start_image_to_reference, centre)
+        cols["correction_deg"].append(a)
+        cols["correction_mm"].append(t)
+    if errs:
+        cols["error_deg"] = errs["rotation_deg"]
+        cols["error_mm"] = errs["translation_mm"]
+    for key, values in cols.items():
+        arr = vtk.vtkDoubleArray()
+        arr.SetName(key)
+        for v in values:
+            arr.InsertNextValue(float(v))
+        table.AddColumn(arr)
+    chart = ctx.add_node("vtkMRMLPlotChartNode", f"{name} chart")
+    chart.SetTitle("USSliceReg: per-frame correction/error and latency")
+    chart.SetXAxisTitle("frame")
+    for key in ("error_mm" if errs else "correction_mm", "ms"):
+        series = ctx.add_node("vtkMRMLPlotSeriesNode", f"{name} {key}")
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName("frame")
+        series.SetYColumnName(key)
+        series.SetPlotType(series.PlotTypeScatter)
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return table, chart
+
+
+def reslice_to_frame_node(ctx, volume_node, image_to_ras, frame_shape, name: str = "USResliced",
+                          node=None):
+    """The volume resampled on a frame's plane, as a single-slice volume node with the same
+    pixel grid as the frame (``ijk_to_ras`` = ``image_to_ras``), for overlay on the frame.
+    Only the plane's points are sampled. Returns the node (new, or ``node`` updated)."""
+    import torch  # noqa: PLC0415
+
+    from SurgicalReg2D3DLib.nodes import volume_to_node  # noqa: PLC0415
+    from .slicing import prepare_volume, slice_volume  # noqa: PLC0415
+
+    array, ijk_to_ras = _volume_arrays(volume_node)
+    vol = prepare_volume(array, ijk_to_ras)
+    vals, inside = slice_volume(vol, torch.as_tensor(np.asarray(image_to_ras, float)).float(),
+                                tuple(frame_shape), channels=1)
+    sl = (vals[0, 0] * inside[0]).numpy()
+    return volume_to_node(ctx, sl[None].astype(np.float32), np.asarray(image_to_ras, float),
+                          name, node=node)

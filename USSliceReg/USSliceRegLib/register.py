@@ -31,7 +31,6 @@ import torch
 
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 from SurgicalReg2D3DLib.optimize import levenberg_marquardt
-from SurgicalReg2D3DLib.poses import se3_exp
 from SurgicalReg2D3DLib.progress import check_cancel, report
 
 from .lncc import local_normalise, local_normalise_jvp, masked_lncc
@@ -42,19 +41,25 @@ from .slicing import (PreparedVolume, downsample_frame, fan_mask, plane_pixels,
 @dataclass
 class Level:
     """One pyramid level: frame downsampling ``step``, LNCC ``window`` (downsampled px,
-    0 = global NCC), LM ``max_iter`` and Gaussian smoothing of the volume (voxels)."""
+    0 = global NCC), LM ``max_iter``, Gaussian smoothing of the volume (voxels) and whether
+    rotations are refined (a translation-only stage first widens the capture range)."""
 
     step: int
     window: int
     max_iter: int
     sigma_vox: float = 0.0
+    rotations: bool = True  # False: translation only (a first, robust stage)
 
 
 @dataclass
 class RegistrationConfig:
     """Settings of :class:`SliceRegistrar` (defaults tuned on the spine phantom sweep)."""
 
-    levels: Tuple[Level, ...] = (Level(16, 0, 12, 1.5), Level(8, 7, 12, 0.7))
+    levels: Tuple[Level, ...] = (Level(16, 5, 10, 2.0, rotations=False),
+                                 Level(16, 5, 15, 2.0), Level(8, 7, 12, 1.0))
+    #: True: fan pixels outside the volume keep a residual (no gain from leaving the
+    #: volume); False: the residual covers the overlap only.
+    penalise_lost_overlap: bool = True
     slab_mm: float = 0.0
     slab_samples: int = 1
     min_overlap: float = 0.1
@@ -105,6 +110,20 @@ def _poses_tensor(poses, name: str, n: int) -> torch.Tensor:
     if abs(float(torch.linalg.det(t[:, :3, :3]).abs().min())) < 1e-12:
         raise GeometryError(f"{name}: singular matrix")
     return t
+
+
+def _twist_exp(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 6)`` twists ``(omega, v)`` -> ``(B, 4, 4)`` = ``expm(hat(x))``.
+
+    Same result as ``SurgicalReg2D3DLib.poses.se3_exp`` (checked in the tests), via
+    ``torch.linalg.matrix_exp``: cheaper in this hot loop (no input checks).
+    """
+    hat = torch.zeros(x.shape[0], 4, 4, dtype=x.dtype, device=x.device)
+    wx, wy, wz = x[:, 0], x[:, 1], x[:, 2]
+    hat[:, 0, 1], hat[:, 0, 2], hat[:, 1, 2] = -wz, wy, -wx
+    hat[:, 1, 0], hat[:, 2, 0], hat[:, 2, 1] = wz, -wy, wx
+    hat[:, :3, 3] = x[:, 3:]
+    return torch.linalg.matrix_exp(hat)
 
 
 def _translation(c: torch.Tensor) -> torch.Tensor:
@@ -297,9 +316,12 @@ class SliceRegistrar:
         Tc_inv = _translation(-centre)
         pix = plane_pixels(self.frame_shape, level.step, device=self.device, dtype=dtype)
         cache: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        fan_f = fan.to(dtype).expand(B, h, w)
+        n_fan = fan_f.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
+        nf = local_normalise(fd, fan_f, level.window)
 
         def poses_of(x: torch.Tensor) -> torch.Tensor:
-            return Tc @ se3_exp(x) @ Tc_inv @ base
+            return Tc @ _twist_exp(x) @ Tc_inv @ base
 
         def evaluate(x: torch.Tensor) -> torch.Tensor:
             poses = poses_of(x)
@@ -313,10 +335,16 @@ class SliceRegistrar:
             q = pts - centre.to(dtype)[:, None, None, :]
             # d p / d(omega, v) = [-[q]x, I]  =>  d s / d omega = q x g, d s / d v = g.
             js = torch.cat([torch.linalg.cross(q, grad, dim=-1), grad], dim=-1)  # (B,h,w,6)
-            n = mask.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
-            nf = local_normalise(fd, mask, level.window)
+            # Fixed pixel set (the fan) and fixed normalisation: fan pixels outside the
+            # overlap keep their residual n_f (as if uncorrelated), so the optimiser gains
+            # nothing by sliding the frame out of the volume.
             ns = local_normalise(s, mask, level.window)
-            r = ((nf - ns) / torch.sqrt(n)).reshape(B, -1)
+            if self.config.penalise_lost_overlap:
+                n = n_fan
+                r = ((nf - ns) * fan_f / torch.sqrt(n)).reshape(B, -1)
+            else:
+                n = mask.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
+                r = ((local_normalise(fd, mask, level.window) - ns) / torch.sqrt(n)).reshape(B, -1)
             # The Jacobian is only needed where LM accepts the step: keep what it needs.
             cache.append((x.detach().clone(), (s, js, mask, n)))
             del cache[:-3]
@@ -325,7 +353,10 @@ class SliceRegistrar:
         def jacobian_of(saved) -> torch.Tensor:
             s, js, mask, n = saved
             _, jn = local_normalise_jvp(s, js.permute(0, 3, 1, 2), mask, level.window)
-            return (-jn.permute(0, 2, 3, 1) / torch.sqrt(n)[..., None]).reshape(B, -1, 6)
+            J = (-jn.permute(0, 2, 3, 1) / torch.sqrt(n)[..., None]).reshape(B, -1, 6)
+            if not level.rotations:
+                J = torch.cat([torch.zeros_like(J[..., :3]), J[..., 3:]], dim=-1)
+            return J
 
         def jacobian(x: torch.Tensor) -> torch.Tensor:
             out = torch.zeros(B, h * w, 6, dtype=torch.float64, device=x.device)
@@ -345,7 +376,7 @@ class SliceRegistrar:
                                   lambda_init=self.config.lambda_init, lambda_up=4.0,
                                   lambda_down=0.3, tol_step=1e-5, tol_cost=1e-5,
                                   jacobian=jacobian, cancel=cancel)
-        corr = Tc @ se3_exp(res.x) @ Tc_inv @ corr0
+        corr = Tc @ _twist_exp(res.x) @ Tc_inv @ corr0
         return corr, res
 
 

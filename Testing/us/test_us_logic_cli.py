@@ -1,0 +1,158 @@
+"""USSliceReg node-level logic (real MRML scene) and the ``surgreg us`` command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import map_coordinates
+
+from SurgicalReg2D3DLib.errors import InputError
+
+from test_us_register import SYN_CONFIG, H, W, _frame, _pose, _synthetic_volume
+
+
+@pytest.fixture()
+def synthetic_scene(ctx):
+    """Synthetic: the smooth test volume as a node, 3 frames with a tracking offset."""
+    from SurgicalReg2D3DLib.nodes import frames_to_sequence, volume_to_node
+
+    vol, ijk = _synthetic_volume()
+    truths = [_pose([90 + 5 * k, 10 * k, 0], [0, 2 * k - 3, 1.0]) for k in range(3)]
+    frames = np.stack([_frame(vol, ijk, t) for t in truths]).astype(np.float32)
+    offset = np.eye(4)
+    offset[:3, 3] = [1.5, -1.0, 1.0]
+    tracked = np.stack([np.linalg.inv(offset) @ t for t in truths])
+    volume_node = volume_to_node(ctx, vol, ijk, "synthetic US volume")
+    img_seq, tfm_seq, browser = frames_to_sequence(ctx, frames, tracked, "synthetic sweep")
+    return volume_node, img_seq, tfm_seq, browser, offset, frames, tracked, vol, ijk
+
+
+def test_register_nodes_writes_correction_sequence(ctx, synthetic_scene):
+    from USSliceRegLib.logic import register_nodes, results_to_table
+
+    volume_node, img_seq, tfm_seq, browser, offset, *_ = synthetic_scene
+    reg, corrections = register_nodes(ctx, volume_node, img_seq, tfm_seq, config=SYN_CONFIG,
+                                      browser=browser)
+    assert corrections.GetNumberOfDataNodes() == 3
+    assert browser.IsSynchronizedSequenceNode(corrections.GetID())
+    from SurgicalReg2D3DLib.nodes import matrix_from_transform_node
+
+    for k in range(3):
+        np.testing.assert_allclose(matrix_from_transform_node(corrections.GetNthDataNode(k)),
+                                   offset, atol=0.05)
+    table, chart = results_to_table(ctx, reg)
+    assert table.GetNumberOfRows() == 3 and chart.GetNumberOfPlotSeriesNodes() == 2
+    assert table.GetTable().GetColumnByName("lncc").GetValue(0) > 0.95
+
+
+def test_live_node_registration(ctx, synthetic_scene):
+    from SurgicalReg2D3DLib.nodes import matrix_from_transform_node
+    from USSliceRegLib.logic import LiveNodeRegistration
+
+    volume_node, img_seq, tfm_seq, browser, offset, frames, tracked, *_ = synthetic_scene
+    live = LiveNodeRegistration(ctx, volume_node, (H, W), config=SYN_CONFIG)
+    for item in range(2):
+        browser.SetSelectedItemNumber(item)
+        frame_node = browser.GetProxyNode(img_seq)
+        res = live.update(frame_node, tracked[item])
+    np.testing.assert_allclose(matrix_from_transform_node(live.correction_node), offset, atol=0.05)
+    assert res.lncc_start > 0.95  # the 2nd frame started from the 1st frame's correction
+
+
+def test_reslice_to_frame_node(ctx, synthetic_scene):
+    from SurgicalReg2D3DLib.nodes import image2d_from_node
+    from USSliceRegLib.logic import reslice_to_frame_node
+
+    volume_node, *_, vol, ijk = synthetic_scene
+    pose = _pose([90, 0, 0], [0, 0, 0])
+    node = reslice_to_frame_node(ctx, volume_node, pose, (H, W))
+    img, ijk_to_ras = image2d_from_node(node)
+    np.testing.assert_allclose(ijk_to_ras, pose, atol=1e-6)
+    np.testing.assert_allclose(img, _frame(vol, ijk, pose), atol=1e-3)
+
+
+def test_sequence_without_transforms_node_level(ctx, synthetic_scene):
+    from USSliceRegLib.logic import register_nodes
+
+    volume_node, img_seq, *_ = synthetic_scene
+    empty = ctx.add_node("vtkMRMLSequenceNode", "no transforms")
+    with pytest.raises(InputError, match=r"^US transform sequence: has 0 transforms for 3 frames"):
+        register_nodes(ctx, volume_node, img_seq, empty)
+
+
+def test_load_sweep_to_scene_and_missing_calibration(ctx, sample_data):
+    from USSliceRegLib.logic import load_sweep_to_scene
+
+    seq = sample_data / "ultrasound" / "SpinePhantomFreehand.igs.mha"
+    xml = sample_data / "ultrasound" / "PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml"
+    browser, skipped = load_sweep_to_scene(ctx, seq, xml)
+    assert browser.GetNumberOfItems() == 21 and skipped == []
+    with pytest.raises(InputError, match=r"^calibration: missing; SpinePhantomFreehand.igs.mha "
+                                         r"has no ImageToProbe transform"):
+        load_sweep_to_scene(ctx, seq, None)
+
+
+# ------------------------------------------------------------------------------ CLI
+def _us(tmp_path):
+    d = __import__("conftest").SAMPLE_DATA / "ultrasound"
+    return (d / "SpinePhantomFreehandReconstructed.mha", d / "SpinePhantomFreehand.igs.mha",
+            d / "PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml")
+
+
+def test_cli_register_contract(tmp_path, capsys):
+    from SurgicalReg2D3DLib.cli import main
+    from USSliceRegLib.plus_io import image_to_reference_chain, read_calibration, read_sequence
+    from USSliceRegLib.register import pose_errors
+
+    vol, seq, xml = _us(tmp_path)
+    chain = image_to_reference_chain(read_sequence(seq), read_calibration(xml))
+    # INIT: frame 8 shifted by 2 mm; the other frame starts from its tracked pose.
+    init_pose = chain.image_to_reference[8].copy()
+    init_pose[:3, 3] += [2.0, 0.0, 0.0]
+    init = tmp_path / "init.json"
+    init.write_text(json.dumps({"frames": [{"index": 8, "image_to_reference": init_pose.tolist()}]}))
+    out = tmp_path / "out.json"
+    rc = main(["us", "register", "--volume", str(vol), "--sequence", str(seq), "--calibration",
+               str(xml), "--init", str(init), "--frames", "8", "--out", str(out), "--quiet"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["temporal"] is False and data["method"] == "lncc"
+    f = data["frames"][0]
+    assert f["index"] == 8 and set(f) >= {"image_to_reference", "time_s", "similarity"}
+    np.testing.assert_allclose(f["start_image_to_reference"], init_pose)
+    # The 2 mm shift is undone (to within 1 mm at the fan centre) against PLUS's volume.
+    centre = np.array([410.0, 300.0, 0.0, 1.0])
+    _, t_start = pose_errors(init_pose, chain.image_to_reference[8], centre)
+    _, t_end = pose_errors(np.array(f["image_to_reference"]), chain.image_to_reference[8], centre)
+    assert t_start == pytest.approx(2.0) and t_end < 1.0
+
+
+def test_cli_errors(tmp_path, capsys):
+    from SurgicalReg2D3DLib.cli import main
+
+    vol, seq, xml = _us(tmp_path)
+    rc = main(["us", "register", "--volume", str(vol), "--sequence", str(seq),
+               "--out", str(tmp_path / "o.json")])
+    assert rc == 2
+    assert "surgreg: error: calibration: missing; SpinePhantomFreehand.igs.mha has no " \
+           "ImageToProbe transform" in capsys.readouterr().err
+    bad = tmp_path / "init.json"
+    bad.write_text("{not json")
+    rc = main(["us", "register", "--volume", str(vol), "--sequence", str(seq), "--calibration",
+               str(xml), "--init", str(bad), "--out", str(tmp_path / "o.json")])
+    assert rc == 2 and "error: init file" in capsys.readouterr().err
+
+
+def test_cli_bench_writes_csv(tmp_path, capsys):
+    from SurgicalReg2D3DLib.cli import main
+
+    rc = main(["us", "bench", "--holdout", "alternate", "--frames", "7", "--methods", "lncc",
+               "--max-mm", "3", "--max-deg", "3", "--out-dir", str(tmp_path)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "lncc   frames   1" in text and "ms/frame" in text
+    rows = (tmp_path / "us_bench.csv").read_text().splitlines()
+    assert rows[0].startswith("frame,method,start_rotation_deg") and len(rows) == 2
+    assert (tmp_path / "us_bench.png").stat().st_size > 1000

@@ -1,0 +1,357 @@
+"""USSliceReg: keep a 3D ultrasound volume aligned with live 2D ultrasound frames.
+
+Thin Slicer shell: the GUI is wired here; all the work is in ``USSliceRegLib`` (Qt-free,
+also used by the ``surgreg us`` command line).
+"""
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.util import VTKObservationMixin
+from slicer import (
+    vtkMRMLLinearTransformNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSequenceBrowserNode,
+)
+
+#: Methods offered in the GUI (keys of ``USSliceRegLib.methods.METHODS``; the learned
+#: method issue adds its name here and to the registry).
+METHOD_CHOICES = ["lncc", "sitk"]
+
+
+class USSliceReg(ScriptedLoadableModule):
+    """Module description (Slicer 5.x scripted module)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("USSliceReg")
+        self.parent.categories = ["Registration.SurgicalReg2D3D"]
+        self.parent.dependencies = ["Sequences"]
+        self.parent.contributors = ["SlicerSurgicalReg2D3D developers"]
+        self.parent.helpText = _(
+            "Register tracked 2D ultrasound frames to a 3D ultrasound volume (slice-to-volume)."
+            " Load a PLUS tracked sequence (.igs.mha/.igs.nrrd/.seq.nrrd) with its device-set"
+            " XML (ImageToProbe calibration): frames with INVALID tracking status are skipped"
+            " and reported. Choose the volume and the sequence browser, a method (masked LNCC"
+            " with Levenberg-Marquardt, or a SimpleITK baseline) and run: every frame gets a"
+            " correction transform (tracked RAS to volume RAS), stored as a sequence"
+            " synchronised with the browser, with a table and plot of per-frame similarity,"
+            " correction and latency. 'Live' follows the browser (or incoming frames) and"
+            " updates one correction transform per frame.")
+        self.parent.acknowledgementText = _(
+            "Part of the SlicerSurgicalReg2D3D extension. Sample ultrasound data: PLUS toolkit"
+            " (BSD 3-Clause), www.plustoolkit.org.")
+
+
+@parameterNodeWrapper
+class USSliceRegParameterNode:
+    """Inputs, options and outputs of the module."""
+
+    usVolume: vtkMRMLScalarVolumeNode
+    frameBrowser: vtkMRMLSequenceBrowserNode
+    sequenceFile: Path
+    calibrationFile: Path
+    method: Annotated[str, Choice(METHOD_CHOICES)] = "lncc"
+    temporal: bool = True
+    live: bool = False
+    correctionTransform: vtkMRMLLinearTransformNode
+
+
+class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """GUI: selects inputs, runs the logic with progress and Cancel, live mode, results."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._cancelToken = None
+        self._live = None
+        self._liveBrowser = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/USSliceReg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = USSliceRegLogic()
+
+        self.ui.methodComboBox.clear()
+        for name in METHOD_CHOICES:
+            self.ui.methodComboBox.addItem(name)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.loadPlusButton.connect("clicked(bool)", self.onLoadPlus)
+        self.ui.applyButton.connect("clicked(bool)", self.onApply)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.liveCheckBox.connect("toggled(bool)", self.onLiveToggled)
+        self.ui.cancelButton.enabled = False
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._stopLive()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._stopLive()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.usVolume:
+            node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if node:
+                self._parameterNode.usVolume = node
+
+    def setParameterNode(self, inputParameterNode: Optional[USSliceRegParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        ok = bool(p and p.usVolume and p.frameBrowser)
+        self.ui.applyButton.enabled = ok and self._cancelToken is None
+        self.ui.applyButton.toolTip = _("Register all frames") if ok else _(
+            "Select the 3D US volume and the frame sequence browser")
+        self.ui.liveCheckBox.enabled = ok
+
+    # ----------------------------------------------------------------- actions
+    def onLoadPlus(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the PLUS sequence."), waitCursor=True):
+            browser, skipped = self.logic.loadPlusSequence(
+                str(p.sequenceFile), str(p.calibrationFile) if p.calibrationFile else None)
+            p.frameBrowser = browser
+            msg = _("Loaded {n} frames.").format(n=browser.GetNumberOfItems())
+            if skipped:
+                msg += " " + _("Skipped {n} frame(s) with INVALID status: {f}").format(
+                    n=len(skipped), f=", ".join(str(i) for i, _why in skipped))
+            self.ui.resultLabel.text = msg
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.progressBar.format = f"%p% {message}"
+        slicer.app.processEvents()
+
+    def onApply(self) -> None:
+        from SurgicalReg2D3DLib.progress import CancelToken
+
+        p = self._parameterNode
+        self._cancelToken = CancelToken()
+        self.ui.cancelButton.enabled = True
+        self.ui.applyButton.enabled = False
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
+                reg, correctionSequence, chart = self.logic.registerBrowser(
+                    p.usVolume, p.frameBrowser, method=p.method, temporal=p.temporal,
+                    progress=self._progress, cancel=self._cancelToken)
+                from USSliceRegLib.logic import summary_line
+
+                self.ui.resultLabel.text = summary_line(reg)
+                slicer.modules.plots.logic().ShowChartInLayout(chart)
+        finally:
+            self._cancelToken = None
+            self.ui.cancelButton.enabled = False
+            self._checkCanApply()
+
+    def onCancel(self) -> None:
+        if self._cancelToken is not None:
+            self._cancelToken.cancel()
+
+    # ----------------------------------------------------------------- live mode
+    def onLiveToggled(self, on: bool) -> None:
+        if not on:
+            self._stopLive()
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Cannot start live mode."), waitCursor=True):
+            if not p.correctionTransform:
+                p.correctionTransform = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLLinearTransformNode", "USLiveCorrection")
+            self._live = self.logic.startLive(p.usVolume, p.frameBrowser, p.method,
+                                              p.correctionTransform)
+            self._liveBrowser = p.frameBrowser
+            self.addObserver(self._liveBrowser, vtk.vtkCommand.ModifiedEvent, self.onLiveFrame)
+            self.onLiveFrame()
+            return
+        self.ui.liveCheckBox.checked = False
+
+    def onLiveFrame(self, caller=None, event=None) -> None:
+        if self._live is None:
+            return
+        try:
+            res = self.logic.updateLive(self._live, self._liveBrowser)
+        except Exception as error:  # keep the GUI alive; show why and stop
+            logging.error(f"USSliceReg live update failed: {error}")
+            self.ui.liveCheckBox.checked = False
+            return
+        if res is not None:
+            self.ui.resultLabel.text = _("Live: frame {n}, LNCC {a:.3f} -> {b:.3f}, {ms:.0f} ms").format(
+                n=self._live.live.count, a=res.lncc_start, b=res.lncc, ms=1000 * res.seconds)
+
+    def _stopLive(self) -> None:
+        if self._liveBrowser is not None:
+            self.removeObserver(self._liveBrowser, vtk.vtkCommand.ModifiedEvent, self.onLiveFrame)
+        self._live = None
+        self._liveBrowser = None
+
+
+class USSliceRegLogic(ScriptedLoadableModuleLogic):
+    """Delegates to ``USSliceRegLib``; usable from the Python console."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._lastItem = None
+
+    def getParameterNode(self):
+        return USSliceRegParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def _ctx():
+        from SurgicalReg2D3DLib.scene import SceneContext
+
+        return SceneContext.from_slicer()
+
+    def loadPlusSequence(self, sequencePath, calibrationPath=None, name=None):
+        """Load a PLUS tracked sequence; returns ``(browser, skipped_frames)``."""
+        from USSliceRegLib.logic import load_sweep_to_scene
+
+        return load_sweep_to_scene(self._ctx(), sequencePath, calibrationPath, name=name)
+
+    @staticmethod
+    def _sequences(browser):
+        from SurgicalReg2D3DLib.errors import InputError
+
+        images = browser.GetMasterSequenceNode() if browser else None
+        transforms = None
+        if browser is not None:
+            for i in range(browser.GetNumberOfSynchronizedSequenceNodes()):
+                seq = browser.GetNthSynchronizedSequenceNode(i)
+                item = seq.GetNthDataNode(0) if seq.GetNumberOfDataNodes() else None
+                if item is not None and item.IsA("vtkMRMLLinearTransformNode") \
+                        and not seq.GetName().startswith("USCorrection"):
+                    transforms = seq
+                    break
+        if images is None or transforms is None:
+            raise InputError("US frame sequence: the browser needs a frame sequence and a "
+                             "synchronised transform sequence (a sequence without transforms?)")
+        return images, transforms
+
+    def registerBrowser(self, volumeNode, browser, method="lncc", temporal=True, progress=None,
+                        cancel=None):
+        """Register all frames of ``browser``; returns ``(registration, corrections, chart)``."""
+        from USSliceRegLib.logic import register_nodes, results_to_table
+
+        ctx = self._ctx()
+        images, transforms = self._sequences(browser)
+        reg, corrections = register_nodes(ctx, volumeNode, images, transforms, method=method,
+                                          temporal=temporal, browser=browser,
+                                          progress=progress, cancel=cancel)
+        _table, chart = results_to_table(ctx, reg)
+        return reg, corrections, chart
+
+    def startLive(self, volumeNode, browser, method, correctionNode):
+        from USSliceRegLib.logic import LiveNodeRegistration
+        from SurgicalReg2D3DLib.nodes import image2d_from_node
+        from USSliceRegLib.slicing import fan_mask
+
+        images, _transforms = self._sequences(browser)
+        frame, _m = image2d_from_node(images.GetNthDataNode(0), "US frame")
+        frames = [image2d_from_node(images.GetNthDataNode(i), "US frame")[0]
+                  for i in range(0, images.GetNumberOfDataNodes(),
+                                 max(1, images.GetNumberOfDataNodes() // 10))]
+        self._lastItem = None
+        return LiveNodeRegistration(self._ctx(), volumeNode, frame.shape[:2],
+                                    fan=fan_mask(frames), method=method,
+                                    correction_node=correctionNode)
+
+    def updateLive(self, live, browser):
+        """Register the browser's current frame (once per item)."""
+        from SurgicalReg2D3DLib.nodes import image2d_from_node, matrix_from_transform_node
+
+        item = browser.GetSelectedItemNumber()
+        if item == self._lastItem:
+            return None
+        self._lastItem = item
+        images, transforms = self._sequences(browser)
+        frameNode = browser.GetProxyNode(images)
+        tfmNode = browser.GetProxyNode(transforms)
+        _arr, ijk_to_ras = image2d_from_node(frameNode, "US live frame")
+        tracked = matrix_from_transform_node(tfmNode, "US frame transform") @ ijk_to_ras
+        return live.update(frameNode, tracked)
+
+
+class USSliceRegTest(ScriptedLoadableModuleTest):
+    """Self-test on the bundled PLUS spine phantom sweep."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_RegisterShippedSweep()
+
+    def test_RegisterShippedSweep(self):
+        import numpy as np
+
+        from SurgicalReg2D3DLib.paths import sample_data_path
+        from SurgicalReg2D3DLib.io import load_volume
+
+        self.delayDisplay("Loading the PLUS spine phantom sweep")
+        logic = USSliceRegLogic()
+        ctx = logic._ctx()
+        volume = load_volume(ctx, sample_data_path("ultrasound/SpinePhantomFreehandReconstructed.mha"))
+        browser, skipped = logic.loadPlusSequence(
+            sample_data_path("ultrasound/SpinePhantomFreehand.igs.mha"),
+            sample_data_path("ultrasound/PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml"))
+        self.assertEqual(browser.GetNumberOfItems(), 21)
+        self.assertEqual(skipped, [])
+        self.delayDisplay("Registering (frames start at the tracked pose)")
+        reg, corrections, _chart = logic.registerBrowser(volume, browser, method="lncc")
+        self.assertEqual(corrections.GetNumberOfDataNodes(), 21)
+        # The tracked poses are the ones PLUS reconstructed the volume with: the correction
+        # must stay small and the similarity must not drop.
+        from USSliceRegLib.register import pose_errors
+
+        moved = [pose_errors(r.image_to_reference, r.start_image_to_reference,
+                             reg.fan_centre_px) for r in reg.results]
+        self.assertLess(float(np.median([m[1] for m in moved])), 3.0)
+        self.assertLess(float(np.median([m[0] for m in moved])), 3.0)
+        self.assertGreaterEqual(np.mean([r.lncc for r in reg.results]),
+                                np.mean([r.lncc_start for r in reg.results]) - 1e-3)
+        self.delayDisplay("Test passed")
