@@ -28,7 +28,7 @@ from slicer import (
 
 #: Registration methods offered in the GUI (``FluoroRegLib.logic.METHODS`` keys; the
 #: learned-methods issue adds its names here and to the registry).
-METHOD_CHOICES = ["ncc", "gradncc", "ncc-adam", "gradncc-adam", "ppc"]
+METHOD_CHOICES = ["ncc", "gradncc", "ncc-adam", "gradncc-adam", "ppc", "ncc-multiview"]
 
 
 class FluoroReg(ScriptedLoadableModule):
@@ -176,20 +176,22 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
         try:
             with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-                result = self.logic.process(
-                    p.ctVolume,
-                    [p.xrayVolume] + ([p.xrayVolume2] if p.xrayVolume2 else []),
-                    [self.ui.geometryPathLineEdit.currentPath]
-                    + ([self.ui.geometry2PathLineEdit.currentPath] if p.xrayVolume2 else []),
-                    [p.initialTransform, p.initialTransform2] if p.xrayVolume2 else
-                    ([p.initialTransform] if p.initialTransform else None),
-                    method=p.method, negativeLog=p.negativeLog, iterations=p.iterations,
-                    outputTransform=p.outputTransform, drrVolume=p.drrVolume,
-                    fiducials=p.fiducials, trueTransform=p.trueTransform,
-                    progress=self._progress, cancel=self._cancelToken)
+                try:
+                    result = self.logic.process(
+                        p.ctVolume,
+                        [p.xrayVolume] + ([p.xrayVolume2] if p.xrayVolume2 else []),
+                        [self.ui.geometryPathLineEdit.currentPath]
+                        + ([self.ui.geometry2PathLineEdit.currentPath] if p.xrayVolume2 else []),
+                        [p.initialTransform, p.initialTransform2] if p.xrayVolume2 else
+                        ([p.initialTransform] if p.initialTransform else None),
+                        method=p.method, negativeLog=p.negativeLog, iterations=p.iterations,
+                        outputTransform=p.outputTransform, drrVolume=p.drrVolume,
+                        fiducials=p.fiducials, trueTransform=p.trueTransform,
+                        progress=self._progress, cancel=self._cancelToken)
+                except CancelledError:
+                    self.ui.statusLabel.text = _("Registration cancelled; inputs unchanged.")
+                    return
                 self._showResult(result)
-        except CancelledError:
-            self.ui.statusLabel.text = _("Registration cancelled; inputs unchanged.")
         finally:
             self._cancelToken = None
             self.ui.cancelButton.enabled = False

@@ -184,6 +184,7 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
                 self.ui.resultLabel.text = summary_line(reg)
                 slicer.modules.plots.logic().ShowChartInLayout(chart)
+                self.logic.showOverlay(p.usVolume, p.frameBrowser, reg)
         finally:
             self._cancelToken = None
             self.ui.cancelButton.enabled = False
@@ -284,6 +285,27 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
                                           progress=progress, cancel=cancel)
         _table, chart = results_to_table(ctx, reg)
         return reg, corrections, chart
+
+    def showOverlay(self, volumeNode, browser, registration, item=None):
+        """Reslice the volume on the (corrected) plane of the browser's current frame and
+        show it over the frame in the Red slice view."""
+        from SurgicalReg2D3DLib.nodes import image2d_from_node
+        from USSliceRegLib.logic import reslice_to_frame_node
+
+        item = browser.GetSelectedItemNumber() if item is None else item
+        images, _transforms = self._sequences(browser)
+        frameNode = browser.GetProxyNode(images)
+        frame, _m = image2d_from_node(frameNode, "US frame")
+        result = registration.results[item]
+        node = slicer.mrmlScene.GetFirstNodeByName("USResliced")
+        node = reslice_to_frame_node(self._ctx(), volumeNode, result.image_to_reference,
+                                     frame.shape[:2], "USResliced", node=node)
+        slicer.util.setSliceViewerLayers(background=frameNode, foreground=node,
+                                         foregroundOpacity=0.5, fit=True)
+        sliceLogic = slicer.app.layoutManager().sliceWidget("Red").sliceLogic()
+        sliceLogic.GetSliceNode().RotateToVolumePlane(frameNode)
+        sliceLogic.FitSliceToAll()
+        return node
 
     def startLive(self, volumeNode, browser, method, correctionNode):
         from USSliceRegLib.logic import LiveNodeRegistration

@@ -489,7 +489,10 @@ def write_markdown(res: dict, path: Path) -> str:
     env = res["environment"]
     lines += [f"- Date (UTC): {res['date_utc']}; host: {env['machine']}; device: {env['device']}; "
               f"torch {env['torch']}, {env['threads']} torch thread(s), "
-              f"{env['cpu_count']} CPU cores visible.",
+              f"{env['cpu_count']} CPU cores visible; diffdrr {env['diffdrr']}, "
+              f"nanodrr {env['nanodrr']}.",
+              f"- Our renderer: `{res['ours']['file']}` sha256 {res['ours']['sha256_12']}... "
+              f"(modified {res['ours']['mtime_utc']} UTC).",
               f"- Load average (1/5/15 min) at start {env['loadavg_start']}, at end "
               f"{env['loadavg_end']}: the machine was shared with other jobs; renderers are "
               "interleaved inside each repeat so that contention affects them alike.",
@@ -627,8 +630,19 @@ def main(argv=None):
         except md.PackageNotFoundError:
             return None
 
+    import hashlib  # noqa: PLC0415
+
+    import FluoroRegLib.drr as drr_module  # noqa: PLC0415
+
+    drr_file = Path(drr_module.__file__)
     res = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        # drr.py evolves: identify the version that was timed.
+        "ours": {"file": str(drr_file.relative_to(REPO)) if drr_file.is_relative_to(REPO)
+                 else str(drr_file),
+                 "sha256_12": hashlib.sha256(drr_file.read_bytes()).hexdigest()[:12],
+                 "mtime_utc": time.strftime("%Y-%m-%d %H:%M:%S",
+                                            time.gmtime(drr_file.stat().st_mtime))},
         "command": " ".join([Path(sys.executable).name, "benchmarks/fluoro_drr_peers.py"]
                             + (argv if argv is not None else sys.argv[1:])),
         "environment": {"machine": platform.machine() + " " + platform.processor(),

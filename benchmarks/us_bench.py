@@ -35,7 +35,11 @@ def main() -> int:
     parser.add_argument("--max-deg", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=["lncc", "sitk"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: the LNCC loop is many small ops; more threads "
+                             "only add synchronisation on a 2-core machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     frames = [int(f) for f in args.frames.split(",")] if args.frames else None
     t0 = time.perf_counter()
     s = run_bench(holdout=args.holdout, frames=frames, max_mm=args.max_mm,

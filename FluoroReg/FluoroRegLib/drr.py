@@ -247,23 +247,22 @@ def _siddon_chunk(mu5: torch.Tensor, source: torch.Tensor, direction: torch.Tens
                   length_mm: torch.Tensor) -> torch.Tensor:
     """Exact line integrals (B, P) through voxels (piecewise constant) for a chunk of rays.
 
-    The ray parameters of all voxel-plane crossings are clipped to the ray's part inside
-    the volume and sorted; each segment's voxel is found from its mid-point (nearest
-    lookup) and weighted by the segment length. Gradients flow through the lengths.
+    The ray parameters of all voxel-plane crossings (clipped to the source-to-detector
+    segment ``[0, 1]``) are sorted; each segment's voxel is looked up at its mid-point
+    (nearest, zero outside the volume, so segments outside contribute nothing) and
+    weighted by the segment length. Gradients flow through the lengths.
     """
     _, _, k, j, i = mu5.shape
     dev, dt = source.device, source.dtype
     dims = torch.tensor([i, j, k], device=dev, dtype=dt)
-    t_in, t_out = ray_box_intersection(source, direction, torch.full_like(dims, -0.5), dims - 0.5)
-    t_out = torch.maximum(t_in, t_out)  # rays that miss: empty interval
-    alphas = []
+    b, p = direction.shape[:2]
+    alphas = [torch.zeros(b, p, 1, device=dev, dtype=dt), torch.ones(b, p, 1, device=dev, dtype=dt)]
     for axis, n in enumerate((i, j, k)):
         planes = torch.arange(n + 1, device=dev, dtype=dt) - 0.5  # voxel edges
         d = direction[..., axis:axis + 1]
         inv = 1.0 / torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
         alphas.append((planes - source[:, None, axis:axis + 1]) * inv)  # (B, P, n + 1)
-    a = torch.cat(alphas + [t_in.unsqueeze(-1), t_out.unsqueeze(-1)], dim=-1)
-    a = torch.minimum(torch.maximum(a, t_in.unsqueeze(-1)), t_out.unsqueeze(-1))
+    a = torch.cat(alphas, dim=-1).clamp(0.0, 1.0)
     a, _ = torch.sort(a, dim=-1)
     seg = a[..., 1:] - a[..., :-1]  # (B, P, M), parameter units
     with torch.no_grad():
@@ -271,9 +270,9 @@ def _siddon_chunk(mu5: torch.Tensor, source: torch.Tensor, direction: torch.Tens
         mid = 0.5 * (a[..., 1:] + a[..., :-1])
         grid = torch.addcmul((source * scale - 1.0)[:, None, None, :], mid.unsqueeze(-1),
                              (direction * scale).unsqueeze(2))
-        b, p, m, _ = grid.shape
+        m = grid.shape[2]
         values = F.grid_sample(mu5, grid.reshape(1, 1, b * p, m, 3).to(mu5.dtype), mode="nearest",
-                               padding_mode="border", align_corners=True).reshape(b, p, m).to(dt)
+                               padding_mode="zeros", align_corners=True).reshape(b, p, m).to(dt)
     return (values * seg).sum(-1) * length_mm.unsqueeze(0)
 
 

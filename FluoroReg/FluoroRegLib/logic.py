@@ -46,14 +46,23 @@ def _ppc(volume, views, init, progress=None, cancel=None, **options):
     return register_ppc(volume, views, init, progress=progress, cancel=cancel, **options)
 
 
+def _ncc_multiview(volume, views, init, progress=None, cancel=None, **options):
+    from .multiview import register_multiview  # noqa: PLC0415
+
+    return register_multiview(volume, views, init, method="ncc", progress=progress,
+                              cancel=cancel, **options)
+
+
 #: method name -> function. "ncc"/"gradncc" use Levenberg-Marquardt; "*-adam" are the
-#: first-order baselines; "ppc" is point-to-plane correspondence.
+#: first-order baselines; "ppc" is point-to-plane correspondence; "ncc-multiview" adds
+#: per-view registration and a cross-view consistency check before the joint solve.
 METHODS: Dict[str, MethodFn] = {
     "ncc": _intensity("ncc", "lm"),
     "gradncc": _intensity("gradncc", "lm"),
     "ncc-adam": _intensity("ncc", "adam"),
     "gradncc-adam": _intensity("gradncc", "adam"),
     "ppc": _ppc,
+    "ncc-multiview": _ncc_multiview,
 }
 
 

@@ -70,3 +70,38 @@ def test_ppc_is_reachable_through_the_method_registry(ct3mm):
     assert res.method == "ppc"
     assert res.metrics["mtre_mm"] < 1.5
     assert len(res.views_ct_to_camera) == 2
+
+
+def test_average_poses_matches_scipy_rotation_mean():
+    from scipy.spatial.transform import Rotation
+
+    from FluoroRegLib.multiview import average_poses
+
+    rng = np.random.default_rng(0)
+    base = Rotation.from_rotvec([0.3, -0.2, 0.5])
+    rots = [base * Rotation.from_rotvec(rng.normal(scale=0.05, size=3)) for _ in range(5)]
+    poses = []
+    for r in rots:
+        p = np.eye(4)
+        p[:3, :3] = r.as_matrix()
+        p[:3, 3] = rng.normal(size=3) * 10
+        poses.append(p)
+    avg = average_poses(poses)
+    ref = Rotation.concatenate(rots).mean().as_matrix()  # chordal L2 mean (quaternions)
+    np.testing.assert_allclose(avg[:3, :3], ref, atol=2e-4)
+    np.testing.assert_allclose(avg[:3, 3], np.mean([p[:3, 3] for p in poses], axis=0))
+    np.testing.assert_allclose(avg[:3, :3] @ avg[:3, :3].T, np.eye(3), atol=1e-12)
+
+
+def test_multiview_method_reports_view_consistency(ct3mm):
+    hu, m, vol, lm = ct3mm
+    cam = make_camera(1000.0, (6.0, 6.0), (40, 40))
+    case = simulate_case(vol, cam, np.random.default_rng(5), lm, views=("AP", "LAT"),
+                         mtre_range_mm=(5, 10), rotation_range_deg=(2, 5))
+    res = register_arrays(hu, m, case.images, case.cameras, case.init_ct_to_camera,
+                          method="ncc-multiview", levels=(1,), iterations=6, n_samples=48,
+                          per_view_levels=(1,), landmarks_ras=lm,
+                          true_ct_to_camera=case.true_ct_to_camera[0])
+    assert res.metrics["mtre_mm"] < 2.0
+    assert 0 <= res.metrics["view_disagreement_mm"] < 20
+    assert res.metrics["views_kept"] == 2

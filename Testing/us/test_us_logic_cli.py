@@ -62,15 +62,19 @@ def test_live_node_registration(ctx, synthetic_scene):
 
 
 def test_reslice_to_frame_node(ctx, synthetic_scene):
-    from SurgicalReg2D3DLib.nodes import image2d_from_node
+    from SurgicalReg2D3DLib.nodes import image2d_from_node, world_matrix
     from USSliceRegLib.logic import reslice_to_frame_node
 
     volume_node, *_, vol, ijk = synthetic_scene
     pose = _pose([90, 0, 0], [0, 0, 0])
+    pose[:3, 1] += 0.05 * pose[:3, 0]  # a skewed calibration, as real US ones are
     node = reslice_to_frame_node(ctx, volume_node, pose, (H, W))
     img, ijk_to_ras = image2d_from_node(node)
-    np.testing.assert_allclose(ijk_to_ras, pose, atol=1e-6)
+    np.testing.assert_allclose(world_matrix(node) @ ijk_to_ras, pose, atol=1e-6)
     np.testing.assert_allclose(img, _frame(vol, ijk, pose), atol=1e-3)
+    again = reslice_to_frame_node(ctx, volume_node, _pose([90, 0, 0], [0, 1, 0]), (H, W),
+                                  node=node)
+    assert again is node and world_matrix(node)[1, 3] != pose[1, 3]
 
 
 def test_sequence_without_transforms_node_level(ctx, synthetic_scene):

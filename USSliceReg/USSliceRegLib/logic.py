@@ -381,18 +381,26 @@ def results_to_table(ctx, reg: SequenceRegistration, name: str = "USRegistration
 
 def reslice_to_frame_node(ctx, volume_node, image_to_ras, frame_shape, name: str = "USResliced",
                           node=None):
-    """The volume resampled on a frame's plane, as a single-slice volume node with the same
-    pixel grid as the frame (``ijk_to_ras`` = ``image_to_ras``), for overlay on the frame.
-    Only the plane's points are sampled. Returns the node (new, or ``node`` updated)."""
+    """The volume resampled on a frame's plane, for overlay on the frame.
+
+    A single-slice volume node with the frame's pixel grid: ``ijk_to_ras`` identity under
+    a parent transform node holding ``image_to_ras`` (which may carry skew, as the US
+    calibration does), exactly as the frames of ``frames_to_sequence``. Only the plane's
+    points are sampled. Returns the node (new, or ``node`` updated).
+    """
     import torch  # noqa: PLC0415
 
-    from SurgicalReg2D3DLib.nodes import volume_to_node  # noqa: PLC0415
+    from SurgicalReg2D3DLib.nodes import matrix_to_transform_node, volume_to_node  # noqa
     from .slicing import prepare_volume, slice_volume  # noqa: PLC0415
 
     array, ijk_to_ras = _volume_arrays(volume_node)
+    pose = np.asarray(image_to_ras, dtype=float)
     vol = prepare_volume(array, ijk_to_ras)
-    vals, inside = slice_volume(vol, torch.as_tensor(np.asarray(image_to_ras, float)).float(),
-                                tuple(frame_shape), channels=1)
+    vals, inside = slice_volume(vol, torch.as_tensor(pose).float(), tuple(frame_shape),
+                                channels=1)
     sl = (vals[0, 0] * inside[0]).numpy()
-    return volume_to_node(ctx, sl[None].astype(np.float32), np.asarray(image_to_ras, float),
-                          name, node=node)
+    node = volume_to_node(ctx, sl[None].astype(np.float32), np.eye(4), name, node=node)
+    parent = node.GetParentTransformNode()
+    parent = matrix_to_transform_node(ctx, pose, f"{name} image_to_ras", node=parent)
+    node.SetAndObserveTransformNodeID(parent.GetID())
+    return node

@@ -49,17 +49,27 @@ class Level:
     max_iter: int
     sigma_vox: float = 0.0
     rotations: bool = True  # False: translation only (a first, robust stage)
+    data_mask: bool = True  # False: empty voxels count as black (edges of the sweep help)
 
 
 @dataclass
 class RegistrationConfig:
     """Settings of :class:`SliceRegistrar` (defaults tuned on the spine phantom sweep)."""
 
-    levels: Tuple[Level, ...] = (Level(16, 5, 10, 2.0, rotations=False),
-                                 Level(16, 5, 15, 2.0), Level(8, 7, 12, 1.0))
+    # Translation first, then 6 DoF, with global NCC on the smoothed volume where empty
+    # voxels count as black (widest capture range), then masked LNCC at 1/8 resolution.
+    levels: Tuple[Level, ...] = (Level(32, 0, 10, 3.0, rotations=False, data_mask=False),
+                                 Level(16, 0, 15, 2.0, data_mask=False),
+                                 Level(8, 7, 12, 1.0))
     #: True: fan pixels outside the volume keep a residual (no gain from leaving the
     #: volume); False: the residual covers the overlap only.
     penalise_lost_overlap: bool = True
+    #: LM stops a level when an accepted step lowers the cost by less than this fraction.
+    tol_cost: float = 1e-3
+    tol_step: float = 1e-4
+    #: First-level extra starts shifted by +-these mm along the plane normal (the
+    #: elevational direction, least constrained by one frame); the best cost wins.
+    normal_starts: Tuple[float, ...] = (4.0,)
     slab_mm: float = 0.0
     slab_samples: int = 1
     min_overlap: float = 0.1
@@ -284,13 +294,22 @@ class SliceRegistrar:
         n_levels = len(self.config.levels)
         for li, level in enumerate(self.config.levels):
             check_cancel(cancel, "US registration")
-            corr, res = self._refine_level(f, starts_t, corr, level, cancel)
+            if li == 0 and self.config.normal_starts:
+                corr, res = self._multi_start_level(f, starts_t, corr, level, cancel)
+            else:
+                corr, res = self._refine_level(f, starts_t, corr, level, cancel)
             total_iter += res.iterations
             for b in range(B):
                 history[b].extend(float(c) for c in res.history[:, b])
             report(progress, (li + 1) / n_levels, f"US registration level {li + 1}/{n_levels}")
         final = corr @ starts_t
         lncc_final = self.similarity(f, final, first.step, first.window)
+        # Safety: a frame whose similarity got worse (a diverged search) keeps its start.
+        worse = torch.as_tensor(lncc_final < lncc_start, device=self.device)
+        if bool(worse.any()):
+            corr = torch.where(worse[:, None, None], corr0, corr)
+            final = corr @ starts_t
+            lncc_final = np.where(lncc_final < lncc_start, lncc_start, lncc_final)
         seconds = (time.perf_counter() - t0) / B
         out = []
         for b in range(B):
@@ -302,6 +321,28 @@ class SliceRegistrar:
                 overlap=float(overlap0[b]), iterations=total_iter, seconds=seconds,
                 history=history[b]))
         return out
+
+    def _multi_start_level(self, frames, starts, corr0, level: Level, cancel):
+        """First level from several starts shifted along the plane normal (the direction
+        the frame content constrains least); each frame keeps its lowest-cost result."""
+        offsets = [0.0] + [o for d in self.config.normal_starts for o in (d, -d)]
+        S, B = len(offsets), frames.shape[0]
+        base = corr0 @ starts
+        normal = torch.linalg.cross(base[:, :3, 0], base[:, :3, 1])
+        normal = normal / normal.norm(dim=-1, keepdim=True)
+        shifted = []
+        for o in offsets:
+            shifted.append(_translation(o * normal) @ corr0)
+        corr_all = torch.cat(shifted)  # (S * B, 4, 4), start-major
+        corr, res = self._refine_level(frames.repeat(S, 1, 1), starts.repeat(S, 1, 1),
+                                       corr_all, level, cancel)
+        cost = res.cost.view(S, B)
+        best = cost.argmin(dim=0)  # (B,)
+        pick = best * B + torch.arange(B, device=best.device)
+        res.cost = res.cost[pick]
+        res.history = res.history[:, pick]
+        res.x = res.x[pick]
+        return corr[pick], res
 
     def _refine_level(self, frames: torch.Tensor, starts: torch.Tensor, corr0: torch.Tensor,
                       level: Level, cancel):
@@ -327,7 +368,8 @@ class SliceRegistrar:
             poses = poses_of(x)
             vals, inside = slice_volume(vol, poses.to(dtype), self.frame_shape, step=level.step,
                                         slab_mm=self.config.slab_mm,
-                                        slab_samples=self.config.slab_samples)
+                                        slab_samples=self.config.slab_samples,
+                                        use_data_mask=level.data_mask)
             mask = (inside & fan).to(dtype)
             s = vals[:, 0]
             grad = vals[:, 2:5].permute(0, 2, 3, 1)  # (B, h, w, 3) d s / d p_reference
@@ -374,7 +416,8 @@ class SliceRegistrar:
         x0 = torch.zeros(B, 6, dtype=torch.float64, device=self.device)
         res = levenberg_marquardt(evaluate, x0, max_iter=level.max_iter,
                                   lambda_init=self.config.lambda_init, lambda_up=4.0,
-                                  lambda_down=0.3, tol_step=1e-5, tol_cost=1e-5,
+                                  lambda_down=0.3, tol_step=self.config.tol_step,
+                                  tol_cost=self.config.tol_cost,
                                   jacobian=jacobian, cancel=cancel)
         corr = Tc @ _twist_exp(res.x) @ Tc_inv @ corr0
         return corr, res

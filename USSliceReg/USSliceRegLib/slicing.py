@@ -166,7 +166,8 @@ def plane_points_reference(image_to_reference: torch.Tensor, pixels: torch.Tenso
 
 
 def slice_volume(volume: PreparedVolume, image_to_reference, frame_shape, step: int = 1,
-                 slab_mm: float = 0.0, slab_samples: int = 1, channels: Optional[int] = None):
+                 slab_mm: float = 0.0, slab_samples: int = 1, channels: Optional[int] = None,
+                 use_data_mask: bool = True):
     """Resample ``volume`` on the frame plane(s) at ``image_to_reference``.
 
     Parameters
@@ -178,6 +179,8 @@ def slice_volume(volume: PreparedVolume, image_to_reference, frame_shape, step: 
     slab_mm, slab_samples : a thin slab of total thickness ``slab_mm`` sampled at
         ``slab_samples`` offsets along the plane normal and averaged.
     channels : how many channels of ``volume.data`` to return (default all).
+    use_data_mask : False: ``inside`` only tests the voxel grid (empty voxels count as
+        intensity 0, as image-registration toolkits do).
 
     Returns
     -------
@@ -208,7 +211,8 @@ def slice_volume(volume: PreparedVolume, image_to_reference, frame_shape, step: 
                             padding_mode="zeros", align_corners=True)  # (1, C, B*S, h, w)
     sampled = sampled[0].reshape(-1, B, S, h, w).mean(dim=2).permute(1, 0, 2, 3)
     in_grid = ((ijk >= 0) & (ijk <= size)).all(dim=-1).all(dim=1)  # (B, h, w)
-    inside = in_grid & (sampled[:, 1] > 0.5) if sampled.shape[1] > 1 else in_grid
+    use = use_data_mask and sampled.shape[1] > 1
+    inside = in_grid & (sampled[:, 1] > 0.5) if use else in_grid
     return sampled, inside
 
 
