@@ -250,9 +250,10 @@ class FluoroRegLogic(ScriptedLoadableModuleLogic):
         """Run the registration (see ``FluoroRegLib.logic.register_nodes``)."""
         from FluoroRegLib import logic
 
-        cameras = [logic.camera_for_xray_node(node, path,
-                                              "X-ray image" if len(xrayVolumes) == 1 else f"X-ray image {k + 1}")
-                   for k, (node, path) in enumerate(zip(xrayVolumes, geometryPaths))]
+        names = (["X-ray image"] if len(xrayVolumes) == 1 else
+                 [f"X-ray image {k + 1}" for k in range(len(xrayVolumes))])
+        cameras = [logic.camera_for_xray_node(node, path, name)
+                   for node, path, name in zip(xrayVolumes, geometryPaths, names)]
         return logic.register_nodes(
             self._context(), ctVolume, xrayVolumes, cameras, initialTransforms, method=method,
             output_transform_node=outputTransform, drr_node=drrVolume, fiducials_node=fiducials,

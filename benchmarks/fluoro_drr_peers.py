@@ -508,7 +508,9 @@ def write_markdown(res: dict, path: Path) -> str:
               "`exp(xi) @ pose` and back-propagate a ramp-weighted pixel mean to the 6 pose "
               "parameters `xi`.",
               "- Ratio = peer time / our time with the same integrator (trilinear peers vs "
-              "`ours-trilinear`, Siddon peer vs `ours-siddon`); > 1 means we are faster.",
+              "`ours-trilinear`, Siddon peer vs `ours-siddon`); > 1 means we are faster. "
+              "It is the median over repeats of the ratio within one repeat (the calls are "
+              "interleaved, so both ran under similar load), with its range over repeats.",
               "- Memory: in a fresh process per configuration, peak resident memory during two "
               "calls (kernel peak-RSS counter VmHWM, the one behind ru_maxrss, reset after "
               "loading) minus the resident memory just before them, MiB.", ""]
@@ -516,18 +518,25 @@ def write_markdown(res: dict, path: Path) -> str:
     if unavailable:
         lines += ["Unavailable renderers: " + "; ".join(f"{k} ({v})" for k, v in
                                                         unavailable.items()), ""]
-    lines += ["| size | renderer | fwd ms | fwd ratio | fwd+bwd ms | fwd+bwd ratio | "
-              "fwd mem MiB | fwd+bwd mem MiB |", "|---|---|---|---|---|---|---|---|"]
-    for row in res["table"]:
-        def r(x):
-            return "n/a" if x is None else f"{x:.2f}"
+    lines += ["| size | renderer | fwd ms (min) | fwd ratio [range] | fwd+bwd ms (min) | "
+              "fwd+bwd ratio [range] | fwd mem MiB | fwd+bwd mem MiB |",
+              "|---|---|---|---|---|---|---|---|"]
 
-        def m(x):
-            return "n/a" if x is None else f"{x:.0f}"
-        lines.append(f"| {row['size']} | {row['renderer']} | {fmt_ms(row['forward_s'])} | "
-                     f"{r(row['forward_ratio'])} | {fmt_ms(row['forward_backward_s'])} | "
-                     f"{r(row['forward_backward_ratio'])} | {m(row['forward_mem_mib'])} | "
-                     f"{m(row['forward_backward_mem_mib'])} |")
+    def ratio(row, mode):
+        r = row[f"{mode}_ratio"]
+        if r is None:
+            return "-"
+        lo, hi = row[f"{mode}_ratio_range"]
+        return f"**{r:.2f}** [{lo:.2f}-{hi:.2f}]"
+
+    def mem(x):
+        return "n/a" if x is None else f"{x:.0f}"
+    for row in res["table"]:
+        lines.append(f"| {row['size']} | {row['renderer']} | {fmt_ms(row['forward_s'])} "
+                     f"({fmt_ms(row['forward_min_s'])}) | {ratio(row, 'forward')} | "
+                     f"{fmt_ms(row['forward_backward_s'])} ({fmt_ms(row['forward_backward_min_s'])})"
+                     f" | {ratio(row, 'forward_backward')} | {mem(row['forward_mem_mib'])} | "
+                     f"{mem(row['forward_backward_mem_mib'])} |")
     lines += ["", "## Agreement with our renderer (same geometry, same volume, no scaling)", "",
               "Differences are in line-integral units (mu * mm, dimensionless); `max rel` is "
               "the max abs difference over the reference image's maximum. `shifted` compares "
@@ -612,12 +621,21 @@ def main(argv=None):
         for n in names:
             row = {"size": size, "renderer": n}
             for mode in ("forward", "forward_backward"):
-                med = statistics.median(times[f"{n}|{size}|{mode}"])
-                ref = statistics.median(times[f"{REFERENCE[n]}|{size}|{mode}"]) \
-                    if f"{REFERENCE[n]}|{size}|{mode}" in times else None
-                row[f"{mode}_s"] = med
-                row[f"{mode}_all_s"] = times[f"{n}|{size}|{mode}"]
-                row[f"{mode}_ratio"] = None if ref is None or n == REFERENCE[n] else med / ref
+                mine = times[f"{n}|{size}|{mode}"]
+                ref = times.get(f"{REFERENCE[n]}|{size}|{mode}")
+                row[f"{mode}_s"] = statistics.median(mine)
+                row[f"{mode}_min_s"] = min(mine)
+                row[f"{mode}_all_s"] = mine
+                if ref is None or n == REFERENCE[n]:
+                    row[f"{mode}_ratio"] = row[f"{mode}_ratio_range"] = None
+                else:
+                    # Calls are interleaved, so repeat r of both ran under similar load:
+                    # the median of the per-repeat ratios is robust to load swings.
+                    paired = [a / b for a, b in zip(mine, ref)]
+                    row[f"{mode}_ratio"] = statistics.median(paired)
+                    row[f"{mode}_ratio_range"] = [min(paired), max(paired)]
+                    row[f"{mode}_ratio_of_medians"] = statistics.median(mine) / \
+                        statistics.median(ref)
                 mem = memory.get(f"{n}|{size}|{mode}", {})
                 row[f"{mode}_mem_mib"] = mem.get("delta_mib")
             table.append(row)

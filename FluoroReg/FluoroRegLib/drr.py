@@ -33,7 +33,7 @@ the backward pass too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
@@ -277,7 +277,7 @@ def _siddon_chunk(mu5: torch.Tensor, source: torch.Tensor, direction: torch.Tens
 
 
 def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear",
-               n_samples: Optional[int] = None, max_elements: int = 1 << 22,
+               n_samples: Optional[int] = None, max_elements: int = 1 << 25,
                checkpoint_chunks: Optional[bool] = None,
                grad_elements_limit: int = 1 << 27) -> torch.Tensor:
     """Render DRRs (line integrals of attenuation, dimensionless) for a batch of poses.

@@ -6,7 +6,6 @@ X-ray images here are SYNTHETIC (simulated from the shipped real CT, or small ar
 import json
 
 import numpy as np
-import pydicom
 import pytest
 import SimpleITK as sitk
 import torch

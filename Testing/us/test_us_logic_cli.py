@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from scipy.ndimage import map_coordinates
 
 from SurgicalReg2D3DLib.errors import InputError
 

@@ -16,11 +16,10 @@ shape ``(K, J, I)``, either given or the bounding box of the frames' fans plus a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from SurgicalReg2D3DLib.errors import InputError
 from SurgicalReg2D3DLib.progress import check_cancel, report

@@ -34,8 +34,8 @@ from SurgicalReg2D3DLib.optimize import levenberg_marquardt
 from SurgicalReg2D3DLib.progress import check_cancel, report
 
 from .lncc import local_normalise, local_normalise_jvp, masked_lncc
-from .slicing import (PreparedVolume, downsample_frame, fan_mask, plane_pixels,
-                      prepare_volume, slice_volume)
+from .slicing import (PreparedVolume, downsample_frame, plane_pixels, prepare_volume,
+                      slice_volume)
 
 
 @dataclass
@@ -180,6 +180,16 @@ class SliceRegistrar:
         if not fan.any():
             raise InputError("US fan mask: empty (no valid pixel)")
         self.fan = fan
+        # Work on the fan's bounding box only (about half of a PLUS frame): internal
+        # "cropped image" pixel (c, r) is full pixel (c + c0, r + r0).
+        rows, cols = np.nonzero(fan)
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        self._crop = (slice(int(r0), int(r1)), slice(int(c0), int(c1)))
+        self._shape = (int(r1 - r0), int(c1 - c0))
+        self._fan_c = fan[self._crop]
+        offset = np.eye(4)
+        offset[:2, 3] = [c0, r0]
+        self._offset = torch.as_tensor(offset, device=self.device)
         mask = vol_np > 0 if volume_mask is None else np.asarray(volume_mask, dtype=bool)
         self._volumes: Dict[float, PreparedVolume] = {}
         for level in self.config.levels:
@@ -200,13 +210,14 @@ class SliceRegistrar:
         # Fan centre in image pixels (rotation centre of the increments).
         rows, cols = np.nonzero(fan)
         self.fan_centre_px = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
+        self._centre_c = self.fan_centre_px - np.array([c0, r0, 0.0, 0.0])
         ref = next(iter(self._volumes.values()))
         self._check_fov(ref)
 
     # ------------------------------------------------------------------ helpers
     def _fan_level(self, step: int) -> torch.Tensor:
         if step not in self._fans:
-            f = downsample_frame(torch.as_tensor(self.fan.astype(np.float32)), step)
+            f = downsample_frame(torch.as_tensor(self._fan_c.astype(np.float32)), step)
             self._fans[step] = (f > 0.999).to(self.device)
         return self._fans[step]
 
@@ -221,28 +232,35 @@ class SliceRegistrar:
         pts = corners @ np.asarray(image_to_reference, dtype=float).T
         return float(np.linalg.norm(pts[1, :3] - pts[0, :3]))
 
-    def centre_reference(self, image_to_reference: torch.Tensor) -> torch.Tensor:
-        c = torch.as_tensor(self.fan_centre_px, dtype=image_to_reference.dtype,
-                            device=image_to_reference.device)
-        return (image_to_reference @ c)[..., :3]
+    def _to_cropped(self, image_to_reference: torch.Tensor) -> torch.Tensor:
+        """Full-frame ``image_to_reference`` -> the cropped-frame one."""
+        return image_to_reference @ self._offset.to(image_to_reference.dtype)
+
+    def _centre_reference(self, image_to_reference_c: torch.Tensor) -> torch.Tensor:
+        """Fan centre in reference mm for cropped-frame poses ``(B, 4, 4)``."""
+        c = torch.as_tensor(self._centre_c, dtype=image_to_reference_c.dtype,
+                            device=image_to_reference_c.device)
+        return (image_to_reference_c @ c)[..., :3]
 
     def overlap(self, image_to_reference, step: int = 8) -> np.ndarray:
         """Fraction ``(B,)`` of the (downsampled) fan inside the volume's data."""
         vol = next(iter(self._volumes.values()))
         poses = _poses_tensor(image_to_reference, "image_to_reference",
                               np.shape(image_to_reference)[0] if np.ndim(image_to_reference) == 3
-                              else 1).to(self.device, torch.float32)
-        _, inside = slice_volume(vol, poses, self.frame_shape, step=step, channels=2)
+                              else 1).to(self.device)
+        poses = self._to_cropped(poses).float()
+        _, inside = slice_volume(vol, poses, self._shape, step=step, channels=2)
         fan = self._fan_level(step)
         return ((inside & fan).sum(dim=(1, 2)).float() / fan.sum().float()).cpu().numpy()
 
     def similarity(self, frames, image_to_reference, step: int = 8, window: int = 7):
         """Masked LNCC ``(B,)`` of frames and slices at the given poses (overlap only)."""
         f = _frames_tensor(frames, self.frame_shape).to(self.device)
+        f = f[(slice(None),) + self._crop]
         poses = _poses_tensor(image_to_reference, "image_to_reference", f.shape[0])
         vol = self._volumes[min(self._volumes)]
-        vals, inside = slice_volume(vol, poses.to(self.device, torch.float32),
-                                    self.frame_shape, step=step, slab_mm=self.config.slab_mm,
+        vals, inside = slice_volume(vol, self._to_cropped(poses.to(self.device)).float(),
+                                    self._shape, step=step, slab_mm=self.config.slab_mm,
                                     slab_samples=self.config.slab_samples, channels=2)
         fd = downsample_frame(f, step)
         mask = inside & self._fan_level(step)
@@ -289,15 +307,17 @@ class SliceRegistrar:
         first = self.config.levels[-1]
         lncc_start = self.similarity(f, init_poses, first.step, first.window)
         corr = corr0.clone()
+        f_c = f[(slice(None),) + self._crop]
+        starts_c = self._to_cropped(starts_t)
         history: List[List[float]] = [[] for _ in range(B)]
         total_iter = 0
         n_levels = len(self.config.levels)
         for li, level in enumerate(self.config.levels):
             check_cancel(cancel, "US registration")
             if li == 0 and self.config.normal_starts:
-                corr, res = self._multi_start_level(f, starts_t, corr, level, cancel)
+                corr, res = self._multi_start_level(f_c, starts_c, corr, level, cancel)
             else:
-                corr, res = self._refine_level(f, starts_t, corr, level, cancel)
+                corr, res = self._refine_level(f_c, starts_c, corr, level, cancel)
             total_iter += res.iterations
             for b in range(B):
                 history[b].extend(float(c) for c in res.history[:, b])
@@ -352,10 +372,10 @@ class SliceRegistrar:
         fan = self._fan_level(level.step)
         B, h, w = fd.shape
         base = (corr0 @ starts)  # (B, 4, 4) float64
-        centre = self.centre_reference(base)  # (B, 3)
+        centre = self._centre_reference(base)  # (B, 3)
         Tc = _translation(centre)
         Tc_inv = _translation(-centre)
-        pix = plane_pixels(self.frame_shape, level.step, device=self.device, dtype=dtype)
+        pix = plane_pixels(self._shape, level.step, device=self.device, dtype=dtype)
         cache: List[Tuple[torch.Tensor, torch.Tensor]] = []
         fan_f = fan.to(dtype).expand(B, h, w)
         n_fan = fan_f.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
@@ -366,7 +386,7 @@ class SliceRegistrar:
 
         def evaluate(x: torch.Tensor) -> torch.Tensor:
             poses = poses_of(x)
-            vals, inside = slice_volume(vol, poses.to(dtype), self.frame_shape, step=level.step,
+            vals, inside = slice_volume(vol, poses.to(dtype), self._shape, step=level.step,
                                         slab_mm=self.config.slab_mm,
                                         slab_samples=self.config.slab_samples,
                                         use_data_mask=level.data_mask)

@@ -16,7 +16,7 @@ nearest rotation (SVD) and the column norms as pixel spacing, noted in the resul
 from __future__ import annotations
 
 import time
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 
