@@ -226,3 +226,35 @@ def test_find_sample_dataset():
     assert paths.find_sample_dataset("SurgRegThoraxCT").files == ("ct/thorax_aorta_ct_cropped.nii.gz",)
     with pytest.raises(InputError, match=r"^sample name: unknown sample data set 'X'"):
         paths.find_sample_dataset("X")
+
+
+def test_sample_datasets_load_with_their_declared_file_types(ctx):
+    """Each registered data set loads through the core I/O the way the hub loads it, and
+    matches an independent reader (SimpleITK header, OpenCV image, VTK legacy reader)."""
+    import cv2
+    import SimpleITK as sitk
+    import vtk
+
+    from SurgicalReg2D3DLib import io
+
+    image_suffixes = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+    for dataset in paths.SAMPLE_DATASETS:
+        for relative, node_name, file_type in zip(dataset.files, dataset.node_names,
+                                                  dataset.file_types):
+            path = paths.sample_data_path(relative)
+            if file_type == "ModelFile":
+                node = io.load_model(ctx, path, coordinate_system="LPS", name=node_name)
+                reader = vtk.vtkPolyDataReader()
+                reader.SetFileName(str(path))
+                reader.Update()
+                assert node.GetPolyData().GetNumberOfPoints() == reader.GetOutput().GetNumberOfPoints() > 0
+            elif path.suffix.lower() in image_suffixes:
+                assert file_type == "VolumeFile"
+                node = io.load_image2d(ctx, path, name=node_name)
+                height, width = cv2.imread(str(path)).shape[:2]
+                assert node.GetImageData().GetDimensions() == (width, height, 1)
+            else:
+                assert file_type == "VolumeFile"
+                node = io.load_volume(ctx, path, name=node_name)
+                assert node.GetImageData().GetDimensions() == sitk.ReadImage(str(path)).GetSize()
+            assert node.GetName() == node_name

@@ -154,8 +154,9 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onLoadPlus(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to load the PLUS sequence."), waitCursor=True):
+            calibration = str(p.calibrationFile) if p.calibrationFile else ""
             browser, skipped = self.logic.loadPlusSequence(
-                str(p.sequenceFile), str(p.calibrationFile) if p.calibrationFile else None)
+                str(p.sequenceFile), calibration if calibration not in ("", ".") else None)
             p.frameBrowser = browser
             msg = _("Loaded {n} frames.").format(n=browser.GetNumberOfItems())
             if skipped:
@@ -256,22 +257,9 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _sequences(browser):
-        from SurgicalReg2D3DLib.errors import InputError
+        from USSliceRegLib.logic import browser_sequences
 
-        images = browser.GetMasterSequenceNode() if browser else None
-        transforms = None
-        if browser is not None:
-            for i in range(browser.GetNumberOfSynchronizedSequenceNodes()):
-                seq = browser.GetNthSynchronizedSequenceNode(i)
-                item = seq.GetNthDataNode(0) if seq.GetNumberOfDataNodes() else None
-                if item is not None and item.IsA("vtkMRMLLinearTransformNode") \
-                        and not seq.GetName().startswith("USCorrection"):
-                    transforms = seq
-                    break
-        if images is None or transforms is None:
-            raise InputError("US frame sequence: the browser needs a frame sequence and a "
-                             "synchronised transform sequence (a sequence without transforms?)")
-        return images, transforms
+        return browser_sequences(browser)
 
     def registerBrowser(self, volumeNode, browser, method="lncc", temporal=True, progress=None,
                         cancel=None):

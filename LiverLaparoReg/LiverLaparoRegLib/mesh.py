@@ -2,9 +2,8 @@
 
 A :class:`MeshData` holds ``vertices (V, 3)`` in the *model* frame (millimetres, the
 coordinates exactly as stored in the file, no LPS/RAS flip) and ``faces (F, 3)`` vertex
-indices. Reading uses VTK readers (``.ply .obj .vtk .vtp .stl``); non-triangle polygons are
-triangulated. This is a private fallback of the module until the core
-``SurgicalReg2D3DLib.io.load_mesh_arrays`` exists.
+indices. Reading goes through the core ``SurgicalReg2D3DLib.io.load_mesh_arrays``; this module
+adds the scale check (degenerate meshes) and writing in the model frame.
 """
 
 from __future__ import annotations
@@ -59,89 +58,41 @@ def validate_mesh(mesh: MeshData, name: str = "mesh", min_extent_mm: float = 1.0
     return mesh
 
 
-def polydata_to_mesh(polydata, name: str = "mesh") -> MeshData:
-    """``vtkPolyData`` -> :class:`MeshData` (polygons triangulated, lines/verts dropped)."""
+def mesh_to_polydata(mesh: MeshData):
+    """:class:`MeshData` -> ``vtkPolyData`` (triangles, model-frame coordinates)."""
+    from SurgicalReg2D3DLib.nodes import polydata_from_arrays  # noqa: PLC0415
+
+    return polydata_from_arrays(mesh.vertices, mesh.faces)
+
+
+def decimate(mesh: MeshData, target_faces: int = 1000) -> MeshData:
+    """A coarser copy (VTK quadric decimation) with about ``target_faces`` faces, for fast
+    silhouette optimisation; the input is returned unchanged when already small enough.
+    Vertex order is NOT kept (use it only for rendering)."""
     import vtk  # noqa: PLC0415
     from vtk.util.numpy_support import vtk_to_numpy  # noqa: PLC0415
 
-    if polydata is None or polydata.GetNumberOfPoints() == 0:
-        raise InputError(f"{name}: mesh has no points")
-    tri = vtk.vtkTriangleFilter()
-    tri.SetInputData(polydata)
-    tri.PassVertsOff()
-    tri.PassLinesOff()
-    tri.Update()
-    out = tri.GetOutput()
-    verts = vtk_to_numpy(polydata.GetPoints().GetData()).astype(np.float64)
-    if out.GetNumberOfPolys() == 0:
-        return MeshData(verts, np.zeros((0, 3), np.int64), name)
-    conn = vtk_to_numpy(out.GetPolys().GetConnectivityArray()).astype(np.int64)
-    if out.GetNumberOfPoints() != polydata.GetNumberOfPoints():
-        verts = vtk_to_numpy(out.GetPoints().GetData()).astype(np.float64)
-    return MeshData(verts, conn.reshape(-1, 3), name)
-
-
-def mesh_to_polydata(mesh: MeshData):
-    """:class:`MeshData` -> ``vtkPolyData`` with triangle polys."""
-    import vtk  # noqa: PLC0415
-    from vtk.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray  # noqa: PLC0415
-
-    pts = vtk.vtkPoints()
-    pts.SetData(numpy_to_vtk(np.ascontiguousarray(mesh.vertices, dtype=np.float64), deep=True))
-    f = np.asarray(mesh.faces, dtype=np.int64)
-    offsets = np.arange(0, 3 * f.shape[0] + 1, 3, dtype=np.int64)
-    cells = vtk.vtkCellArray()
-    cells.SetData(numpy_to_vtkIdTypeArray(offsets, deep=True),
-                  numpy_to_vtkIdTypeArray(np.ascontiguousarray(f.ravel()), deep=True))
-    pd = vtk.vtkPolyData()
-    pd.SetPoints(pts)
-    pd.SetPolys(cells)
-    return pd
+    n = mesh.faces.shape[0]
+    if n <= target_faces:
+        return mesh
+    dec = vtk.vtkQuadricDecimation()
+    dec.SetInputData(mesh_to_polydata(mesh))
+    dec.SetTargetReduction(1.0 - target_faces / n)
+    dec.Update()
+    out = dec.GetOutput()
+    v = vtk_to_numpy(out.GetPoints().GetData()).astype(np.float64)
+    f = vtk_to_numpy(out.GetPolys().GetConnectivityArray()).astype(np.int64).reshape(-1, 3)
+    return MeshData(v, f, mesh.name)
 
 
 def load_mesh(path: PathLike, name: str = "mesh", validate: bool = True) -> MeshData:
-    """Read a mesh file; vertex coordinates as in the file (model frame, mm)."""
-    import vtk  # noqa: PLC0415
+    """Read a mesh file (core ``io.load_mesh_arrays``): vertex coordinates exactly as in
+    the file (model frame, mm, no LPS/RAS flip), OBJ vertex order kept."""
+    from SurgicalReg2D3DLib.io import load_mesh_arrays  # noqa: PLC0415
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileReadError(f"{name}: file not found: {path}")
-    if path.suffix.lower() == ".obj":
-        mesh = _read_obj(path, name)
-        return validate_mesh(mesh, name) if validate else mesh
-    reader_name = _READERS.get(path.suffix.lower())
-    if reader_name is None:
-        raise FileReadError(f"{name}: unsupported mesh format {path.suffix!r} "
-                            f"(use one of {', '.join(sorted(_READERS))})")
-    reader = getattr(vtk, reader_name)()
-    reader.SetFileName(str(path))
-    reader.Update()
-    pd = reader.GetOutput()
-    if pd is None or pd.GetNumberOfPoints() == 0:
-        raise FileReadError(f"{name}: cannot read a mesh from {path}")
-    mesh = polydata_to_mesh(pd, name)
+    v, f = load_mesh_arrays(path, name=name)
+    mesh = MeshData(v, f, name)
     return validate_mesh(mesh, name) if validate else mesh
-
-
-def _read_obj(path: Path, name: str) -> MeshData:
-    """Wavefront OBJ keeping the file's ``v`` order (``vtkOBJReader`` splits vertices that
-    carry several normals or texture coordinates, which breaks vertex-index contours)."""
-    verts, faces = [], []
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("v "):
-                    verts.append([float(t) for t in line.split()[1:4]])
-                elif line.startswith("f "):
-                    idx = [int(t.split("/")[0]) for t in line.split()[1:]]
-                    idx = [i - 1 if i > 0 else len(verts) + i for i in idx]
-                    faces.extend([idx[0], idx[k], idx[k + 1]] for k in range(1, len(idx) - 1))
-    except (OSError, ValueError, IndexError) as exc:
-        raise FileReadError(f"{name}: cannot read OBJ file {path} ({exc})") from None
-    if not verts:
-        raise FileReadError(f"{name}: no vertices in {path}")
-    return MeshData(np.asarray(verts, dtype=np.float64),
-                    np.asarray(faces, dtype=np.int64).reshape(-1, 3), name)
 
 
 def save_mesh(mesh: MeshData, path: PathLike) -> Path:

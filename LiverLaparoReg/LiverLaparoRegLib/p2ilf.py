@@ -13,7 +13,7 @@ vertex order)::
 
 Labels are ``Ridge`` (anterior ridge), ``Ligament`` (falciform ligament) and
 ``Silhouette`` (occluding contour; 2D only in practice). The camera JSON is read by
-:meth:`LiverLaparoRegLib.camera.LaparoCamera.from_p2ilf_json`.
+:meth:`SurgicalReg2D3DLib.cameras.PinholeCamera.from_p2ilf_json` (see ``camera.py``).
 """
 
 from __future__ import annotations

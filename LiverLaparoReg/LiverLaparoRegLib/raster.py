@@ -2,7 +2,7 @@
 
 Geometry: mesh vertices (model frame, mm) are mapped by ``model_to_camera`` into the OpenCV
 camera frame and projected *with lens distortion* by
-:meth:`LiverLaparoRegLib.camera.LaparoCamera.project`; each triangle is then drawn with
+:meth:`SurgicalReg2D3DLib.cameras.PinholeCamera.project`; each triangle is then drawn with
 straight edges between its projected vertices (distortion is exact at the vertices and
 linearised inside a triangle, a sub-pixel effect for meshes with faces of a few pixels).
 
@@ -12,12 +12,14 @@ Rasterisation visits, for every face, only the pixels of the face's own bounding
 (grown by ``4 sigma`` for the soft mask): the (face, pixel) pairs are enumerated as a
 ragged list with ``repeat_interleave`` so no fixed tiles and no per-pixel loop over faces.
 
-Soft silhouette (SoftRas-style): for a face ``f`` and pixel ``p`` let ``d(f, p)`` be the
-signed distance in pixels from ``p`` to the projected triangle (positive inside). Then
-``P(f, p) = sigmoid(d / sigma)`` and the silhouette is the probabilistic union
-``S(p) = 1 - prod_f (1 - P(f, p)) = 1 - exp(-sum_f softplus(d / sigma))``, differentiable
-w.r.t. vertex positions (and so w.r.t. the pose). Faces with a vertex closer than
-``near`` mm (or behind the camera) are skipped.
+Soft silhouette: for a face ``f`` and pixel ``p`` let ``d(f, p)`` be the signed distance
+in pixels from ``p`` to the projected triangle (positive inside). ``D(p) = max_f d(f, p)``
+is, outside the mesh, exactly minus the distance to the union of the triangles, so
+``S(p) = sigmoid(D(p) / sigma)`` blurs the true outline symmetrically (a probabilistic
+union ``1 - prod(1 - sigmoid(d / sigma))`` would fatten the outline where several
+surface layers overlap, biasing the depth). ``S`` is differentiable w.r.t. the vertex
+positions (and so the pose) through the maximising face of each pixel. Faces with a
+vertex closer than ``near`` mm (or behind the camera) are skipped.
 
 Hard mask: a pixel is inside when its centre lies inside (or on an edge of) at least one
 projected triangle, the same test as the soft mask with ``sigma -> 0``.
@@ -29,18 +31,16 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from SurgicalReg2D3DLib.cameras import PinholeCamera
 from SurgicalReg2D3DLib.errors import InputError
-
-from .camera import LaparoCamera
 
 #: Above this many (face, pixel) pairs, rendering is refused (memory guard, ~ 1.5 GB).
 MAX_PAIRS = 12_000_000
 
 
 def project_vertices(vertices: torch.Tensor, model_to_camera: torch.Tensor,
-                     camera: LaparoCamera) -> Tuple[torch.Tensor, torch.Tensor]:
+                     camera: PinholeCamera) -> Tuple[torch.Tensor, torch.Tensor]:
     """Vertices ``(V, 3)`` or ``(B, V, 3)`` (model mm), poses ``(4, 4)`` or ``(B, 4, 4)``.
 
     Returns ``uv (B, V, 2)`` pixels and depth ``z (B, V)`` mm in the camera frame.
@@ -50,7 +50,10 @@ def project_vertices(vertices: torch.Tensor, model_to_camera: torch.Tensor,
     if vertices.dim() == 2:
         vertices = vertices[None]
     pc = vertices @ model_to_camera[:, :3, :3].transpose(1, 2) + model_to_camera[:, None, :3, 3]
-    uv, z = camera.project(pc, return_depth=True)
+    z = pc[..., 2]
+    # Keep points behind / on the camera plane finite; their faces are skipped (near).
+    pc = torch.cat([pc[..., :2], z.clamp(min=1e-6)[..., None]], dim=-1)
+    uv = camera.project(pc)
     return uv, z
 
 
@@ -124,11 +127,11 @@ def soft_silhouette(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, heig
     """
     if not sigma > 0:
         raise InputError(f"soft silhouette: sigma must be positive, got {sigma}")
-    tri, pix, flat, B = _face_pairs(uv, z, faces, height, width, 4.0 * sigma, near)
+    tri, pix, flat, B = _face_pairs(uv, z, faces, height, width, 3.0 * sigma, near)
     d = _signed_distance(tri, pix)
-    acc = torch.zeros(B * height * width, dtype=uv.dtype, device=uv.device)
-    acc = acc.index_add(0, flat, F.softplus(d / sigma))
-    return (1.0 - torch.exp(-acc)).reshape(B, height, width)
+    far = torch.full((B * height * width,), -1e4, dtype=uv.dtype, device=uv.device)
+    dmax = far.scatter_reduce(0, flat, d, reduce="amax", include_self=True)
+    return torch.sigmoid(dmax / sigma).reshape(B, height, width)
 
 
 def hard_mask(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, height: int,
@@ -142,7 +145,7 @@ def hard_mask(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, height: in
     return out.reshape(B, height, width)
 
 
-def render_mask(vertices, faces, model_to_camera, camera: LaparoCamera, soft: bool = False,
+def render_mask(vertices, faces, model_to_camera, camera: PinholeCamera, soft: bool = False,
                 sigma: float = 1.0, near: float = 1.0, device: Optional[torch.device] = None):
     """Convenience: numpy or torch mesh + pose(s) -> mask ``(B, H, W)`` (torch).
 
@@ -165,7 +168,7 @@ def render_mask(vertices, faces, model_to_camera, camera: LaparoCamera, soft: bo
 
 
 def mesh_outline_uv(vertices: np.ndarray, faces: np.ndarray, model_to_camera: np.ndarray,
-                    camera: LaparoCamera):
+                    camera: PinholeCamera):
     """Outline of the rendered silhouette as a list of ``(N, 2)`` pixel polylines (cv2)."""
     import cv2  # noqa: PLC0415
 

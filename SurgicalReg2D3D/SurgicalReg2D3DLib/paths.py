@@ -94,7 +94,7 @@ class SampleDataset:
     node_names: Tuple[str, ...]
     file_types: Tuple[str, ...]
     licence: str
-    thumbnail: str  # icon file name in Resources/Icons
+    thumbnail: str  # icon file name in the hub's Resources/Icons (make_icons.py)
 
 
 SAMPLE_DATASETS: Tuple[SampleDataset, ...] = (
@@ -105,7 +105,7 @@ SAMPLE_DATASETS: Tuple[SampleDataset, ...] = (
         node_names=("SurgRegThoraxCT",),
         file_types=("VolumeFile",),
         licence="ct/LICENSE-TotalSegmentator",
-        thumbnail="FluoroReg.png",
+        thumbnail="SurgRegThoraxCT.png",
     ),
     SampleDataset(
         sample_name="SurgRegLiverModel",
@@ -115,7 +115,7 @@ SAMPLE_DATASETS: Tuple[SampleDataset, ...] = (
         node_names=("SurgRegLiverModel", "SurgRegLaparoscopicFrame"),
         file_types=("ModelFile", "VolumeFile"),
         licence="liver_sksurgery/LICENSE",
-        thumbnail="LiverLaparoReg.png",
+        thumbnail="SurgRegLiverModel.png",
     ),
     SampleDataset(
         sample_name="SurgRegSpineUSVolume",
@@ -125,7 +125,7 @@ SAMPLE_DATASETS: Tuple[SampleDataset, ...] = (
         node_names=("SurgRegSpineUSVolume",),
         file_types=("VolumeFile",),
         licence="ultrasound/LICENSE",
-        thumbnail="USSliceReg.png",
+        thumbnail="SurgRegSpineUSVolume.png",
     ),
 )
 

@@ -248,3 +248,13 @@ def test_cli_bad_inputs(cli_case, capsys, tmp_path):
                           str(tmp_path / "o.json")] + one + geo, capsys)
     assert rc == 2 and "CT volume: all voxels have the same value (7)" in stderr
     assert "method: expected one of" in err(one + geo + ["--method", "magic"])
+
+
+def test_quick_demo_writes_pictures_and_improves_mtre(tmp_path):
+    from FluoroRegLib.demo import run_demo
+
+    metrics = run_demo(tmp_path, quick=True)
+    assert metrics["synthetic_xrays"] is True
+    assert (tmp_path / "fluoro_overlay.png").stat().st_size > 1000
+    assert (tmp_path / "fluoro_convergence.png").stat().st_size > 1000
+    assert metrics["1view"]["mtre_mm"] < 0.3 * metrics["initial_mtre_mm"]

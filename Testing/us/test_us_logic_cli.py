@@ -46,6 +46,19 @@ def test_register_nodes_writes_correction_sequence(ctx, synthetic_scene):
     assert table.GetTable().GetColumnByName("lncc").GetValue(0) > 0.95
 
 
+def test_browser_sequences(ctx, synthetic_scene):
+    from USSliceRegLib.logic import browser_sequences
+
+    _volume_node, img_seq, tfm_seq, browser, *_ = synthetic_scene
+    images, transforms = browser_sequences(browser)
+    assert images is img_seq and transforms is tfm_seq
+    lonely = ctx.add_node("vtkMRMLSequenceBrowserNode", "frames only")
+    lonely.SetAndObserveMasterSequenceNodeID(img_seq.GetID())
+    with pytest.raises(InputError, match=r"^US frame sequence: the browser needs a frame "
+                                         r"sequence and a synchronised transform sequence"):
+        browser_sequences(lonely)
+
+
 def test_live_node_registration(ctx, synthetic_scene):
     from SurgicalReg2D3DLib.nodes import matrix_from_transform_node
     from USSliceRegLib.logic import LiveNodeRegistration
@@ -98,18 +111,18 @@ def test_load_sweep_to_scene_and_missing_calibration(ctx, sample_data):
 
 
 # ------------------------------------------------------------------------------ CLI
-def _us(tmp_path):
-    d = __import__("conftest").SAMPLE_DATA / "ultrasound"
+def _us(sample_data):
+    d = sample_data / "ultrasound"
     return (d / "SpinePhantomFreehandReconstructed.mha", d / "SpinePhantomFreehand.igs.mha",
             d / "PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml")
 
 
-def test_cli_register_contract(tmp_path, capsys):
+def test_cli_register_contract(tmp_path, sample_data, capsys):
     from SurgicalReg2D3DLib.cli import main
     from USSliceRegLib.plus_io import image_to_reference_chain, read_calibration, read_sequence
     from USSliceRegLib.register import pose_errors
 
-    vol, seq, xml = _us(tmp_path)
+    vol, seq, xml = _us(sample_data)
     chain = image_to_reference_chain(read_sequence(seq), read_calibration(xml))
     # INIT: frame 8 shifted by 2 mm; the other frame starts from its tracked pose.
     init_pose = chain.image_to_reference[8].copy()
@@ -132,10 +145,10 @@ def test_cli_register_contract(tmp_path, capsys):
     assert t_start == pytest.approx(2.0) and t_end < 1.0
 
 
-def test_cli_errors(tmp_path, capsys):
+def test_cli_errors(tmp_path, sample_data, capsys):
     from SurgicalReg2D3DLib.cli import main
 
-    vol, seq, xml = _us(tmp_path)
+    vol, seq, xml = _us(sample_data)
     rc = main(["us", "register", "--volume", str(vol), "--sequence", str(seq),
                "--out", str(tmp_path / "o.json")])
     assert rc == 2

@@ -252,6 +252,31 @@ def _volume_arrays(volume_node):
     return vol.array, vol.ijk_to_ras
 
 
+def browser_sequences(browser):
+    """``(frame_sequence, transform_sequence)`` of a sequence browser: its master sequence
+    (the frames) and the first synchronised sequence of linear transforms that is not a
+    correction sequence made by this module. Raises :class:`InputError` when missing."""
+    import vtk  # noqa: PLC0415
+
+    if browser is None:
+        raise InputError("US frame sequence: no sequence browser given")
+    images = browser.GetMasterSequenceNode()
+    synced = vtk.vtkCollection()
+    browser.GetSynchronizedSequenceNodes(synced, False)
+    transforms = None
+    for i in range(synced.GetNumberOfItems()):
+        seq = synced.GetItemAsObject(i)
+        item = seq.GetNthDataNode(0) if seq.GetNumberOfDataNodes() else None
+        if item is not None and item.IsA("vtkMRMLLinearTransformNode") \
+                and not seq.GetName().startswith("USCorrection"):
+            transforms = seq
+            break
+    if images is None or transforms is None:
+        raise InputError("US frame sequence: the browser needs a frame sequence and a "
+                         "synchronised transform sequence (a sequence without transforms?)")
+    return images, transforms
+
+
 def register_nodes(ctx, volume_node, image_sequence, transform_sequence, method: str = "lncc",
                    temporal: bool = True, browser=None, output_name: str = "USCorrection",
                    config: Optional[RegistrationConfig] = None, progress=None, cancel=None):

@@ -4,7 +4,7 @@ The unknown is a rigid *correction* of the tracked pose, expressed in the volume
 reference frame and applied on the left::
 
     image_to_reference = correction @ start_image_to_reference,
-    correction = Tc @ se3_exp(x) @ inv(Tc) @ correction_init,
+    correction = Tc @ expm(hat(x)) @ inv(Tc) @ correction_init,
 
 where ``x = (omega, v)`` (rad, mm) and ``Tc`` translates to the centre of the frame's fan
 in reference mm, so rotations turn about the frame rather than the far-away reference
@@ -12,11 +12,22 @@ origin. ``correction`` is a ``tracked_reference_to_reference`` 4x4: it maps wher
 tracking says a point is to where the volume says it is.
 
 Cost: ``0.5 * ||r||^2 ~ 1 - LNCC`` with ``r`` the difference of the locally normalised
-frame and slice over the overlap (fan mask and in-volume mask, see :mod:`lncc`),
-minimised by ``SurgicalReg2D3DLib.optimize.levenberg_marquardt`` over a small pyramid of
-downsampled frames, batched over frames. The Jacobian is analytic: the volume gradient
-(precomputed, sampled with the intensities in one ``grid_sample``) times the derivative of
-the plane points, pushed through the normalisation with forward-mode AD.
+frame and slice on the fan pixels (fan pixels outside the volume keep their residual, so
+leaving the volume never pays; see :mod:`lncc`), minimised by
+``SurgicalReg2D3DLib.optimize.levenberg_marquardt``, batched over frames, on the fan's
+bounding box. Default pyramid (:class:`RegistrationConfig`):
+
+1. 1/32 resolution, translation only, global NCC on a smoothed volume whose empty voxels
+   count as black, from three starts (the given one and +-4 mm along the plane normal, the
+   direction one frame constrains least); the lowest cost wins;
+2. 1/16, 6 DoF, same metric;
+3. 1/8 (about 0.65 mm pixels), 6 DoF, masked LNCC (7 x 7 window) on the voxels that hold
+   data.
+
+A frame whose final LNCC is below its start keeps its start (a diverged search is never
+returned). The Jacobian is analytic: the volume gradient (precomputed, sampled with the
+intensities in one ``grid_sample``) times the derivative of the plane points, pushed
+through the local normalisation (:func:`lncc.local_normalise_jvp`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,138 @@
+"""P2ILF-style evaluation metrics of a liver-to-frame registration (numpy, scipy).
+
+All 2D quantities are pixels ``(u, v)`` = (column, row); 3D quantities are mm.
+
+- :func:`hausdorff_px`: symmetric Hausdorff distance between two 2D point sets.
+- :func:`reprojection_errors`: the P2ILF reprojection error: for each contour class
+  (Ridge, Ligament, Silhouette) the symmetric Hausdorff distance between the projected 3D
+  contours (mesh vertices posed by ``model_to_camera`` and projected with the camera,
+  polylines densified to ``step_px``) and the annotated 2D contours of that class.
+- :func:`chamfer_mm`: symmetric (mean of both directions) chamfer distance in 3D.
+- :func:`contour_prf`: precision / recall / Dice(F1) of a predicted 2D contour against a
+  reference one at a pixel tolerance.
+- :func:`mask_dice`, :func:`pose_errors`: rendered-mask Dice and rotation / translation
+  errors (core ``SurgicalReg2D3DLib.metrics``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from SurgicalReg2D3DLib import metrics as core_metrics
+from SurgicalReg2D3DLib.errors import InputError
+
+from .p2ilf import Contour2D, Contour3D, group_by_label
+
+
+def _points(p, name: str, dim: int) -> np.ndarray:
+    a = np.asarray(p, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != dim or a.shape[0] == 0:
+        raise InputError(f"{name}: expected a non-empty (N, {dim}) array, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{name}: contains NaN or infinite values")
+    return a
+
+
+def densify_polyline(points: np.ndarray, step: float = 1.0) -> np.ndarray:
+    """Insert points along each segment of an ordered polyline ``(N, D)`` so that
+    consecutive samples are at most ``step`` apart (original points kept)."""
+    p = np.asarray(points, dtype=np.float64)
+    if p.shape[0] < 2:
+        return p.copy()
+    out = [p[:1]]
+    for a, b in zip(p[:-1], p[1:]):
+        n = max(1, int(np.ceil(np.linalg.norm(b - a) / step)))
+        t = np.arange(1, n + 1)[:, None] / n
+        out.append(a + t * (b - a))
+    return np.concatenate(out, 0)
+
+
+def directed_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each point of ``a (N, D)`` its distance to the nearest point of ``b (M, D)``."""
+    return cKDTree(b).query(a)[0]
+
+
+def hausdorff_px(a, b) -> float:
+    """Symmetric Hausdorff distance between 2D point sets ``a (N, 2)``, ``b (M, 2)``."""
+    a = _points(a, "points a", 2)
+    b = _points(b, "points b", 2)
+    return float(max(directed_distances(a, b).max(), directed_distances(b, a).max()))
+
+
+def chamfer_mm(a, b) -> float:
+    """Symmetric chamfer distance (mean of the two mean nearest distances), ``(N, 3)``."""
+    a = _points(a, "points a", 3)
+    b = _points(b, "points b", 3)
+    return float(0.5 * (directed_distances(a, b).mean() + directed_distances(b, a).mean()))
+
+
+def contour_prf(predicted, reference, tolerance_px: float = 10.0) -> Dict[str, float]:
+    """Precision (predicted points within ``tolerance_px`` of the reference), recall
+    (reference points within the tolerance of the prediction) and their harmonic mean
+    (``dice``, equal to the F1 score), for point sets ``(N, 2)`` / ``(M, 2)``."""
+    if not tolerance_px > 0:
+        raise InputError(f"tolerance: must be positive, got {tolerance_px}")
+    p = _points(predicted, "predicted contour", 2)
+    r = _points(reference, "reference contour", 2)
+    precision = float((directed_distances(p, r) <= tolerance_px).mean())
+    recall = float((directed_distances(r, p) <= tolerance_px).mean())
+    dice = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return {"precision": precision, "recall": recall, "dice": dice}
+
+
+def project_contours_3d(contours3d: Sequence[Contour3D], vertices: np.ndarray,
+                        model_to_camera: np.ndarray, camera) -> list:
+    """3D contours -> ``Contour2D`` list: vertices posed and projected (camera distortion
+    included), in the same order."""
+    v = np.asarray(vertices, dtype=np.float64)
+    T = np.asarray(model_to_camera, dtype=np.float64)
+    out = []
+    for c in contours3d:
+        pc = v[c.vertices] @ T[:3, :3].T + T[:3, 3]
+        out.append(Contour2D(c.label, camera.project(pc).detach().cpu().numpy()))
+    return out
+
+
+def reprojection_errors(contours2d: Sequence[Contour2D], contours3d: Sequence[Contour3D],
+                        vertices: np.ndarray, model_to_camera: np.ndarray, camera,
+                        step_px: float = 1.0, tolerance_px: float = 10.0) -> Dict[str, dict]:
+    """Per-class P2ILF reprojection metrics.
+
+    For every label present in both lists: ``hausdorff_px`` (symmetric, all curves of the
+    class pooled, each curve densified to ``step_px``), ``mean_px`` (mean of the two mean
+    nearest distances) and the contour precision / recall / Dice at ``tolerance_px``.
+    Returns ``{label: {...}}`` plus ``"all"`` = mean Hausdorff over the classes.
+    """
+    proj = group_by_label(project_contours_3d(contours3d, vertices, model_to_camera, camera))
+    ref = group_by_label(contours2d)
+    out: Dict[str, dict] = {}
+    for label in proj:
+        if label not in ref:
+            continue
+        p = np.concatenate([densify_polyline(c.points, step_px) for c in proj[label]])
+        r = np.concatenate([densify_polyline(c.points, step_px) for c in ref[label]])
+        d_pr, d_rp = directed_distances(p, r), directed_distances(r, p)
+        entry = {"hausdorff_px": float(max(d_pr.max(), d_rp.max())),
+                 "mean_px": float(0.5 * (d_pr.mean() + d_rp.mean()))}
+        entry.update(contour_prf(p, r, tolerance_px))
+        out[label] = entry
+    if out:
+        out["all"] = {"hausdorff_px": float(np.mean([e["hausdorff_px"] for e in out.values()])),
+                      "mean_px": float(np.mean([e["mean_px"] for e in out.values()]))}
+    return out
+
+
+def mask_dice(mask_a, mask_b) -> float:
+    """Dice of two binary masks of the same shape (core ``metrics.dice``)."""
+    return float(core_metrics.dice(mask_a, mask_b))
+
+
+def pose_errors(model_to_camera_est, model_to_camera_true) -> Dict[str, float]:
+    """Rotation error (deg) and translation error (mm) between two model-to-camera poses."""
+    a = np.asarray(model_to_camera_est, dtype=np.float64)
+    b = np.asarray(model_to_camera_true, dtype=np.float64)
+    return {"rotation_deg": float(core_metrics.rotation_error_deg(a[:3, :3], b[:3, :3])),
+            "translation_mm": float(core_metrics.translation_error_mm(a[:3, 3], b[:3, 3]))}

@@ -1,0 +1,184 @@
+"""Rigid registration from matched landmark curves: arc-length correspondences + EPnP.
+
+Given P2ILF-style 2D contours (image polylines, px) and 3D contours (mesh vertex paths)
+with labels, every 2D curve is matched to a 3D curve of the same label. The matching
+(which curve goes with which when a label has several) and each curve's direction are
+unknown, so all hypotheses are tried (at most ``max_hypotheses``): for each, both curves
+are resampled at ``n_per_curve`` points equally spaced in arc length (the 3D curve after
+projection-free resampling in 3D, the 2D curve in the image), EPnP + RANSAC (core
+``optimize.epnp_ransac``, OpenCV) gives a pose, and the hypothesis with the smallest
+mean curve-to-curve distance (projected 3D curve vs 2D curve, nearest point) wins.
+
+The winning pose is then refined by iterated closest points in the image: 3D curve
+samples are re-paired with the nearest 2D curve samples and the reprojection error is
+minimised (``cv2.solvePnPRefineLM``), which fixes the arc-length assumption when a 2D
+curve shows only part of its 3D curve. An optional silhouette refinement follows when a
+mask is given (see :mod:`.silhouette`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from SurgicalReg2D3DLib.errors import InputError
+from SurgicalReg2D3DLib.progress import check_cancel, report
+
+from .metrics import densify_polyline, directed_distances
+from .p2ilf import Contour2D, Contour3D, group_by_label
+from .synthetic import resample_curve
+
+
+@dataclass
+class PnPRegistration:
+    """Result of :func:`register_pnp` (``model_to_camera`` maps model mm to camera mm)."""
+
+    model_to_camera: np.ndarray
+    curve_distance_px: float
+    n_hypotheses: int
+    pairs: List[tuple] = field(default_factory=list)   # (2D index, 3D index, reversed)
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def _hypotheses(c2: Sequence[Contour2D], c3: Sequence[Contour3D], max_hypotheses: int):
+    """Yield lists of (i2, i3, reversed) pairings, same label, each curve used once."""
+    g2 = {}
+    g3 = {}
+    for i, c in enumerate(c2):
+        g2.setdefault(c.label, []).append(i)
+    for j, c in enumerate(c3):
+        g3.setdefault(c.label, []).append(j)
+    per_label = []
+    for label, idx2 in g2.items():
+        idx3 = g3.get(label, [])
+        if not idx3:
+            continue
+        options = []
+        k = min(len(idx2), len(idx3))
+        for sub2 in itertools.combinations(idx2, k):
+            for perm3 in itertools.permutations(idx3, k):
+                options.append(list(zip(sub2, perm3)))
+        per_label.append(options)
+    if not per_label:
+        return
+    count = 0
+    for combo in itertools.product(*per_label):
+        pairs = [p for group in combo for p in group]
+        for flips in itertools.product((False, True), repeat=len(pairs)):
+            if count >= max_hypotheses:
+                return
+            count += 1
+            yield [(a, b, f) for (a, b), f in zip(pairs, flips)]
+
+
+def curve_distance_px(model_to_camera, camera, curves3d_pts, curves2d_pts) -> float:
+    """Mean symmetric nearest distance (px) between projected 3D curves and 2D curves,
+    averaged over the pairs. ``inf`` when a curve point is behind the camera."""
+    T = np.asarray(model_to_camera)
+    total = []
+    for p3, p2 in zip(curves3d_pts, curves2d_pts):
+        pc = p3 @ T[:3, :3].T + T[:3, 3]
+        if np.any(pc[:, 2] <= 1e-3):
+            return float("inf")
+        uv = camera.project(pc).numpy()
+        total.append(0.5 * (directed_distances(uv, p2).mean() + directed_distances(p2, uv).mean()))
+    return float(np.mean(total))
+
+
+def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
+                 contours3d: Sequence[Contour3D], n_per_curve: int = 40,
+                 ransac_px: Optional[float] = None, icp_iterations: int = 10,
+                 max_hypotheses: int = 256, progress=None, cancel=None) -> PnPRegistration:
+    """Pose from matched landmark curves (see the module docstring).
+
+    ``vertices (V, 3)`` model mm; contours already validated (``p2ilf.validate_*``).
+    Raises ``InputError`` when no label is shared by the 2D and 3D contours or fewer than
+    4 correspondences result.
+    """
+    import cv2  # noqa: PLC0415
+    from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    v = np.asarray(vertices, dtype=np.float64)
+    K, dist = camera.K, camera.dist_coeffs if camera.has_distortion else np.zeros(5)
+    if ransac_px is None:
+        ransac_px = 0.02 * float(np.hypot(camera.width, camera.height))
+    c3_pts = [densify_polyline(v[c.vertices], 0.5) for c in contours3d]
+    c2_pts = [densify_polyline(c.points, 1.0) for c in contours2d]
+    hyps = list(_hypotheses(contours2d, contours3d, max_hypotheses))
+    if not hyps:
+        labels2 = sorted(group_by_label(contours2d))
+        labels3 = sorted(group_by_label(contours3d))
+        raise InputError(f"contours: no label is shared by the 2D contours {labels2} and the "
+                         f"3D contours {labels3}")
+    best = None
+    for h_i, pairs in enumerate(hyps):
+        check_cancel(cancel, "PnP hypotheses")
+        report(progress, 0.8 * h_i / len(hyps), f"PnP hypothesis {h_i + 1}/{len(hyps)}")
+        p3, p2 = [], []
+        for a, b, flip in pairs:
+            s3 = resample_curve(c3_pts[b], n_per_curve)
+            s2 = resample_curve(c2_pts[a], n_per_curve)
+            p3.append(s3)
+            p2.append(s2[::-1] if flip else s2)
+        p3, p2 = np.concatenate(p3), np.concatenate(p2)
+        try:
+            res = epnp_ransac(p3, p2, K, dist, reprojection_px=ransac_px, iterations=200,
+                              min_inliers=max(6, len(p3) // 5))
+        except InputError:
+            continue
+        score = curve_distance_px(res.model_to_camera, camera,
+                                  [c3_pts[b] for _, b, _ in pairs],
+                                  [c2_pts[a] for a, _, _ in pairs])
+        if best is None or score < best[0]:
+            best = (score, res.model_to_camera, pairs)
+    if best is None:
+        raise InputError("contours: EPnP found no pose for any curve matching; check that the "
+                         "2D and 3D contours describe the same landmarks")
+    t1 = time.perf_counter()
+    score, T, pairs = best
+    # Iterated closest points in the image (reprojection refinement).
+    p3_all = [c3_pts[b] for _, b, _ in pairs]
+    p2_all = [c2_pts[a] for a, _, _ in pairs]
+    rvec, _ = cv2.Rodrigues(T[:3, :3])
+    tvec = T[:3, 3].reshape(3, 1).copy()
+    for it in range(icp_iterations):
+        check_cancel(cancel, "PnP refinement")
+        src, dst = [], []
+        for p3, p2 in zip(p3_all, p2_all):
+            uv, _ = cv2.projectPoints(p3, rvec, tvec, K, dist)
+            uv = uv.reshape(-1, 2)
+            d, j = _nearest(uv, p2)
+            keep = d <= max(3.0 * np.median(d), 2.0)
+            src.append(p3[keep])
+            dst.append(p2[j[keep]])
+            # and the other direction: every 2D sample pulls its nearest projected sample
+            d2, i3 = _nearest(p2, uv)
+            keep2 = d2 <= max(3.0 * np.median(d2), 2.0)
+            src.append(p3[i3[keep2]])
+            dst.append(p2[keep2])
+        src, dst = np.concatenate(src), np.concatenate(dst)
+        if len(src) < 4:
+            break
+        rvec, tvec = cv2.solvePnPRefineLM(src, dst, K, dist, rvec, tvec)
+    R, _ = cv2.Rodrigues(rvec)
+    T_ref = np.eye(4)
+    T_ref[:3, :3] = R
+    T_ref[:3, 3] = tvec.ravel()
+    score_ref = curve_distance_px(T_ref, camera, p3_all, p2_all)
+    if score_ref <= score:
+        T, score = T_ref, score_ref
+    report(progress, 1.0, "PnP done")
+    return PnPRegistration(T, score, len(hyps), pairs,
+                           {"hypotheses_s": t1 - t0, "refine_s": time.perf_counter() - t1})
+
+
+def _nearest(a: np.ndarray, b: np.ndarray):
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
+    d, j = cKDTree(b).query(a)
+    return d, j

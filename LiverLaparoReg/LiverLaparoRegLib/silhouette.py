@@ -1,0 +1,118 @@
+"""Rigid pose refinement from the liver mask only (differentiable silhouette rendering).
+
+From an initial ``model_to_camera`` the pose is updated as
+``model_to_camera = increment(params) @ initial`` with ``params = (omega[3] rad,
+t[3] mm)`` a rotation about the posed mesh centroid (camera frame, so rotation and
+translation are decoupled) followed by a translation. The loss is the soft Dice
+``1 - 2 sum(S M) / (sum S + sum M)`` between the soft silhouette ``S`` (:mod:`.raster`,
+sigma in pixels of the current level) and the target mask ``M``, optimised with Adam on
+a coarse-to-fine pyramid (the mask area-averaged to ``1 / factor`` of its size, the
+camera scaled with ``PinholeCamera.scaled(factor)``). The best pose of the last level is
+kept. Everything runs on the device of ``vertices`` if it is a tensor (else CPU).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from SurgicalReg2D3DLib.errors import InputError
+from SurgicalReg2D3DLib.poses import axis_angle_to_matrix
+from SurgicalReg2D3DLib.progress import check_cancel, report
+
+from .raster import project_vertices, soft_silhouette
+
+
+@dataclass
+class SilhouetteResult:
+    """Result of :func:`refine_silhouette`."""
+
+    model_to_camera: np.ndarray
+    soft_dice: float
+    history: List[float] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def increment_pose(params: torch.Tensor, pivot: torch.Tensor) -> torch.Tensor:
+    """4x4 camera-frame increment: rotate by ``params[:3]`` about ``pivot (3,)``, then
+    translate by ``params[3:]`` (mm). Differentiable."""
+    R = axis_angle_to_matrix(params[:3])
+    t = params[3:] + pivot - R @ pivot
+    top = torch.cat([R, t[:, None]], 1)
+    bottom = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=params.dtype, device=params.device)
+    return torch.cat([top, bottom], 0)
+
+
+def downsample_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Area-average a ``(H, W)`` mask to ``(height, width)`` (values in [0, 1])."""
+    m = mask.to(torch.float64)[None, None]
+    return F.adaptive_avg_pool2d(m, (height, width))[0, 0]
+
+
+def soft_dice_loss(s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return 1.0 - 2.0 * (s * m).sum() / (s.sum() + m.sum()).clamp(min=1e-9)
+
+
+def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
+                      factors: Sequence[float] = (8.0, 4.0), iterations: Sequence[int] = (60, 40),
+                      sigma_px: float = 1.0, lr_rad: float = 0.01, lr_mm: float = 1.0,
+                      progress=None, cancel=None) -> SilhouetteResult:
+    """Refine ``model_to_camera_init`` so the rendered silhouette matches ``mask (H, W)``.
+
+    ``factors``: downsampling factor of each pyramid level (coarse first), relative to
+    the camera / mask size; ``iterations``: Adam steps per level.
+    """
+    t0 = time.perf_counter()
+    device = vertices.device if isinstance(vertices, torch.Tensor) else torch.device("cpu")
+    v = torch.as_tensor(np.asarray(vertices) if not isinstance(vertices, torch.Tensor) else vertices,
+                        dtype=torch.float64, device=device)
+    f = torch.as_tensor(np.asarray(faces), dtype=torch.long, device=device)
+    m_full = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask,
+                             device=device) != 0
+    if tuple(m_full.shape) != (camera.height, camera.width):
+        raise InputError(f"mask: size {m_full.shape[1]}x{m_full.shape[0]} does not match the "
+                         f"camera size {camera.width}x{camera.height}")
+    if not bool(m_full.any()):
+        raise InputError("mask: the liver mask is empty")
+    if len(factors) != len(iterations):
+        raise InputError("silhouette levels: factors and iterations must have the same length")
+    T0 = torch.as_tensor(np.asarray(model_to_camera_init, dtype=np.float64), device=device)
+    pivot = (v @ T0[:3, :3].T + T0[:3, 3]).mean(0).detach()
+    params = torch.zeros(6, dtype=torch.float64, device=device)
+    history: List[float] = []
+    total = max(1, sum(iterations))
+    done = 0
+    best_loss, best_params = float("inf"), params.clone()
+    for level, (factor, n_it) in enumerate(zip(factors, iterations)):
+        cam = camera.scaled(factor) if factor != 1 else camera
+        target = downsample_mask(m_full, cam.height, cam.width)
+        rot = params[:3].clone().requires_grad_(True)
+        trans = params[3:].clone().requires_grad_(True)
+        opt = torch.optim.Adam([{"params": [rot], "lr": lr_rad},
+                                {"params": [trans], "lr": lr_mm}])
+        best_loss = float("inf")
+        for it in range(n_it):
+            check_cancel(cancel, "silhouette refinement")
+            opt.zero_grad()
+            p = torch.cat([rot, trans])
+            T = increment_pose(p, pivot) @ T0
+            uv, z = project_vertices(v, T, cam)
+            s = soft_silhouette(uv, z, f, cam.height, cam.width, sigma=sigma_px)[0]
+            loss = soft_dice_loss(s, target)
+            lv = float(loss.detach())
+            history.append(lv)
+            if lv < best_loss:
+                best_loss, best_params = lv, p.detach().clone()
+            loss.backward()
+            opt.step()
+            done += 1
+            report(progress, done / total, f"silhouette level {level + 1}: loss {lv:.4f}")
+        params = best_params.clone()
+    T_best = (increment_pose(best_params, pivot) @ T0).detach().cpu().numpy()
+    return SilhouetteResult(T_best, 1.0 - best_loss, history,
+                            {"silhouette_s": time.perf_counter() - t0})

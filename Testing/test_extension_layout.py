@@ -1,0 +1,145 @@
+"""Layout of the Slicer extension: CMake files, module files, icons, sample-data licences.
+
+Slicer itself is not available here, so the CMake files are checked as text (the commands
+a Slicer extension needs), icons are checked from their PNG header bytes, and the sample
+data resolver is run on a copy of the installed folder layout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ("SurgicalReg2D3D", "FluoroReg", "LiverLaparoReg", "USSliceReg")
+SAMPLE_DATA = ROOT / "Resources" / "SampleData"
+
+
+def _cmake_text(path: Path) -> str:
+    """CMake source without comments (``#`` to end of line)."""
+    return "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+
+
+def _png_size(path: Path):
+    """(width, height) from the PNG signature and IHDR chunk (PNG spec, section 11.2.2)."""
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG file"
+    assert data[12:16] == b"IHDR", f"{path}: first chunk is not IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_root_cmakelists_declares_the_extension():
+    text = _cmake_text(ROOT / "CMakeLists.txt")
+    assert re.search(r"cmake_minimum_required\(VERSION 3\.\d+", text)
+    assert re.search(r"^project\(SlicerSurgicalReg2D3D\)", text, re.M)
+    for var in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",
+                "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS",
+                "EXTENSION_DEPENDS"):
+        match = re.search(rf'set\({var} "([^"]*)"\)', text)
+        assert match and match.group(1).strip(), f"{var} is not set"
+    assert 'set(EXTENSION_CATEGORY "Registration")' in text
+    assert 'set(EXTENSION_DEPENDS "NA")' in text
+    assert "https://github.com/SlicerSurgicalReg2D3D/SlicerSurgicalReg2D3D" in text
+    order = [m.group(1) for m in re.finditer(r"add_subdirectory\((\w+)\)", text)]
+    assert order == list(MODULES)
+    expected_sequence = ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                         "add_subdirectory(SurgicalReg2D3D)",
+                         "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+                         "include(${Slicer_EXTENSION_CPACK})"]
+    positions = [text.find(s) for s in expected_sequence]
+    assert -1 not in positions, dict(zip(expected_sequence, positions))
+    assert positions == sorted(positions)
+    # The icon URL points at the hub icon that exists in the repository.
+    icon_url = re.search(r'set\(EXTENSION_ICONURL "([^"]*)"\)', text).group(1)
+    assert icon_url.endswith("/SurgicalReg2D3D/Resources/Icons/SurgicalReg2D3D.png")
+    assert (ROOT / "SurgicalReg2D3D" / "Resources" / "Icons" / "SurgicalReg2D3D.png").is_file()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_cmakelists_builds_a_scripted_module(module):
+    text = _cmake_text(ROOT / module / "CMakeLists.txt")
+    assert f"set(MODULE_NAME {module})" in text
+    call = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", text, re.S)
+    assert call, "slicerMacroBuildScriptedModule is not called"
+    args = call.group(1).split()
+    assert args[:2] == ["NAME", "${MODULE_NAME}"]
+    assert "WITH_GENERIC_TESTS" in args
+    assert args[args.index("SCRIPTS") + 1] == "${MODULE_PYTHON_SCRIPTS}"
+    assert args[args.index("RESOURCES") + 1] == "${MODULE_PYTHON_RESOURCES}"
+    # What the scripts / resources lists are made of.
+    assert re.search(r"set\(MODULE_PYTHON_SCRIPTS\s+\$\{MODULE_NAME\}\.py\s+\$\{MODULE_LIB_SCRIPTS\}", text)
+    assert "${CMAKE_CURRENT_SOURCE_DIR}/${MODULE_NAME}Lib/*.py" in text
+    for pattern in ("Resources/Icons/*.png", "Resources/UI/*.ui", "${MODULE_NAME}Lib/*.json"):
+        assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/{pattern}" in text, pattern
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_has_py_ui_icon_and_lib(module):
+    folder = ROOT / module
+    missing = [str(p.relative_to(ROOT)) for p in (
+        folder / f"{module}.py",
+        folder / "Resources" / "UI" / f"{module}.ui",
+        folder / "Resources" / "Icons" / f"{module}.png",
+        folder / f"{module}Lib" / "__init__.py",
+    ) if not p.is_file()]
+    assert missing == [], f"missing files: {missing}"
+    assert _png_size(folder / "Resources" / "Icons" / f"{module}.png") == (128, 128)
+
+
+def test_module_icons_are_distinct():
+    icons = [(ROOT / m / "Resources" / "Icons" / f"{m}.png").read_bytes() for m in MODULES]
+    assert len(set(icons)) == len(MODULES)
+
+
+def test_every_sample_data_folder_has_a_licence():
+    folders = sorted(p for p in SAMPLE_DATA.iterdir() if p.is_dir())
+    assert [f.name for f in folders] == ["ct", "liver_sksurgery", "p2ilf", "ultrasound"]
+    for folder in folders:
+        licences = [p for p in folder.iterdir() if p.is_file() and p.name.startswith("LICENSE")]
+        assert licences, f"{folder.relative_to(ROOT)} has no LICENSE file"
+        assert all(p.stat().st_size > 500 for p in licences), licences
+    assert (SAMPLE_DATA / "README.md").is_file()
+
+
+def test_hub_cmake_installs_sample_data_where_paths_looks():
+    """The hub CMake installs Resources/SampleData next to the installed module files, and
+    SurgicalReg2D3DLib.paths finds it there (simulated installed tree, fresh interpreter)."""
+    text = _cmake_text(ROOT / "SurgicalReg2D3D" / "CMakeLists.txt")
+    assert "${CMAKE_CURRENT_SOURCE_DIR}/../Resources/SampleData" in text
+    assert re.search(r"install\(DIRECTORY \$\{SURGREG_SAMPLE_DATA_DIR\}\s+DESTINATION "
+                     r"\$\{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR\}/Resources", text)
+    # The build tree gets the same copy (Slicer run from the build folder).
+    assert re.search(r"file\(COPY \$\{SURGREG_SAMPLE_DATA_DIR\}\s+DESTINATION "
+                     r"\$\{CMAKE_BINARY_DIR\}/\$\{Slicer_QTSCRIPTEDMODULES_LIB_DIR\}/Resources", text)
+
+
+def test_paths_finds_sample_data_in_installed_layout(tmp_path):
+    """Scripts are installed to <qt-scripted-modules>/SurgicalReg2D3DLib and
+    install(DIRECTORY .../SampleData DESTINATION <qt-scripted-modules>/Resources) copies the
+    folder itself, so the data is at <qt-scripted-modules>/Resources/SampleData. Rebuild that
+    layout and ask paths.py, imported from the copy in a fresh interpreter."""
+    installed = tmp_path / "lib" / "Slicer-5.8" / "qt-scripted-modules"
+    lib = installed / "SurgicalReg2D3DLib"
+    lib.mkdir(parents=True)
+    for name in ("__init__.py", "errors.py", "paths.py"):
+        shutil.copy(ROOT / "SurgicalReg2D3D" / "SurgicalReg2D3DLib" / name, lib / name)
+    data = installed / "Resources" / "SampleData" / "ct"
+    data.mkdir(parents=True)
+    (data / "thorax_aorta_ct_cropped.nii.gz").write_bytes(b"placeholder for the test")
+    code = ("import SurgicalReg2D3DLib.paths as p; print(p.__file__); "
+            "print(p.sample_data_dir()); print(p.sample_data_path('ct/thorax_aorta_ct_cropped.nii.gz'))")
+    env = dict(os.environ, PYTHONPATH=str(installed))
+    env.pop("SURGREG_SAMPLE_DATA", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, text=True,
+                         capture_output=True, check=True).stdout.split("\n")
+    assert Path(out[0]) == lib / "paths.py"  # the copy was imported, not the source tree
+    assert Path(out[1]) == (installed / "Resources" / "SampleData").resolve()
+    assert Path(out[2]) == (data / "thorax_aorta_ct_cropped.nii.gz").resolve()
