@@ -282,15 +282,17 @@ def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear
                grad_elements_limit: int = 1 << 27) -> torch.Tensor:
     """Render DRRs (line integrals of attenuation, dimensionless) for a batch of poses.
 
-    ``volume``: :class:`DRRVolume`; ``camera``: X-ray camera (core ``XRayCamera`` or this
-    package's fallback); ``ct_to_camera``: (4, 4) or (B, 4, 4) numpy/tensor (CT RAS mm
+    ``volume``: :class:`DRRVolume`; ``camera``: ``SurgicalReg2D3DLib.cameras.XRayCamera``
+    (use ``camera.scaled(f)`` for a coarser pyramid level); ``ct_to_camera``: (4, 4) or (B, 4, 4) numpy/tensor (CT RAS mm
     -> camera mm; a tensor with ``requires_grad`` gives pose gradients).
     ``method``: ``"trilinear"`` (``n_samples`` per ray; default ``1.5 x`` the volume's
     largest dimension) or ``"siddon"`` (exact). Returns (B, H, W) on the volume's device.
 
-    Memory: rays are processed in chunks of about ``max_elements`` samples; with pose
-    gradients, chunks are check-pointed (``checkpoint_chunks``, default: only when more
-    than ``grad_elements_limit`` samples would be kept for the backward pass).
+    Memory: rays are processed in chunks of about ``max_elements`` floats of work space
+    (samples x 4 for trilinear, plane crossings x 6 for Siddon); with pose gradients,
+    chunks are check-pointed (``checkpoint_chunks``, default: only when more than
+    ``grad_elements_limit`` floats would be kept for the backward pass). The volume is
+    never copied per pose or per chunk.
     """
     if method not in METHODS:
         raise InputError(f"DRR method: expected one of {METHODS}, got {method!r}")

@@ -77,7 +77,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {key:12s} {value}")
     print("Device")
     for key, value in info["device"].items():
-        print(f"  {key:12s} {value}")
+        if key not in info["versions"]:  # versions are listed above
+            print(f"  {key:17s} {value}")
     print(f"Bundled models ({len(info['models'])})")
     for model in info["models"]:
         print(f"  {model.get('name')}  [{model.get('module')}]  {model.get('description', '')}")
@@ -162,7 +163,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="surgreg", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="surgreg",
+        description="Intraoperative 2D/3D registration (SlicerSurgicalReg2D3D) outside Slicer.")
     parser.add_argument("--version", action="version", version=f"surgreg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
 

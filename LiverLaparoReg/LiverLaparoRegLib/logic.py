@@ -1,0 +1,240 @@
+"""LiverLaparoReg entry points: method choice, array-level and node-level registration.
+
+Frames: ``model`` = the mesh file's coordinates (mm, as in the file); ``camera`` = OpenCV
+laparoscope frame (x right, y down, z forward, mm). The result pose is
+``model_to_camera``. Images are ``(H, W)`` or ``(H, W, 3)`` arrays, row 0 = the top of
+the file; masks ``(H, W)`` non-zero = liver.
+
+Methods (registry :data:`METHODS`, name -> function; learned methods can be added here):
+
+- ``pnp``: landmark curves -> EPnP + RANSAC + image ICP (:mod:`.pnp`), then silhouette
+  refinement when a mask is given;
+- ``silhouette``: mask-only refinement from an initial pose (:mod:`.silhouette`).
+
+Without ``method`` the best the inputs allow is chosen (:func:`choose_method`): contours
+-> ``pnp``; mask + initial pose -> ``silhouette``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from SurgicalReg2D3DLib.errors import GeometryError, InputError
+from SurgicalReg2D3DLib.progress import report, sub_progress
+
+from . import metrics as lmetrics
+from .camera import as_camera, check_image_size
+from .mesh import MeshData, decimate, validate_mesh
+from .p2ilf import Contour2D, Contour3D, validate_contours_2d, validate_contours_3d
+
+
+@dataclass
+class LaparoResult:
+    """Registration result; ``model_to_camera`` maps model mm to camera mm (OpenCV)."""
+
+    model_to_camera: np.ndarray
+    method: str
+    metrics: Dict[str, object] = field(default_factory=dict)
+    timings: Dict[str, float] = field(default_factory=dict)
+    history: List[float] = field(default_factory=list)
+    deformed_vertices: Optional[np.ndarray] = None     # (V, 3) model frame, when non-rigid
+
+    def to_dict(self) -> dict:
+        return {"model_to_camera": np.asarray(self.model_to_camera).tolist(),
+                "method": self.method, "metrics": self.metrics, "timing": self.timings}
+
+
+def _check_pose(T, name: str) -> np.ndarray:
+    from SurgicalReg2D3DLib.poses import check_rigid  # noqa: PLC0415
+
+    try:
+        return check_rigid(np.asarray(T, dtype=np.float64), name).cpu().numpy()
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise GeometryError(f"{name}: not a 4x4 rigid matrix ({exc})") from None
+
+
+def choose_method(has_contours: bool, has_mask: bool, has_init: bool) -> str:
+    """The best method the inputs allow (see the module docstring)."""
+    if has_contours:
+        return "pnp"
+    if has_mask and has_init:
+        return "silhouette"
+    raise InputError("inputs: registration needs 2D + 3D contours, or a liver mask and an "
+                     "initial pose")
+
+
+def _run_pnp(ctx: dict, progress=None, cancel=None):
+    from .pnp import register_pnp  # noqa: PLC0415
+
+    if not ctx["contours2d"] or not ctx["contours3d"]:
+        raise InputError("contours: method 'pnp' needs 2D and 3D contours")
+    r = register_pnp(ctx["mesh"].vertices, ctx["camera"], ctx["contours2d"], ctx["contours3d"],
+                     progress=sub_progress(progress, 0.0, 0.5 if ctx["mask"] is not None else 1.0),
+                     cancel=cancel)
+    T, timings, history = r.model_to_camera, dict(r.timings), []
+    if ctx["mask"] is not None:
+        ctx = dict(ctx, init=T)
+        T, t2, history = _run_silhouette(ctx, sub_progress(progress, 0.5, 1.0), cancel)
+        timings.update(t2)
+    return T, timings, history
+
+
+def _run_silhouette(ctx: dict, progress=None, cancel=None):
+    from .silhouette import refine_silhouette  # noqa: PLC0415
+
+    if ctx["mask"] is None or ctx["init"] is None:
+        raise InputError("mask: method 'silhouette' needs a liver mask and an initial pose")
+    cam = ctx["camera"]
+    # pyramid: coarsest level about 96 px wide, finest about 192 px wide
+    f_fine = max(1.0, cam.width / 192.0)
+    coarse = decimate(ctx["mesh"], 800)
+    r = refine_silhouette(coarse.vertices, coarse.faces, cam, ctx["mask"], ctx["init"],
+                          factors=(2 * f_fine, f_fine), iterations=(40, 25), sigma_px=0.7,
+                          progress=progress, cancel=cancel)
+    return r.model_to_camera, dict(r.timings), r.history
+
+
+#: method name -> function(ctx dict, progress, cancel) -> (model_to_camera, timings, history)
+METHODS: Dict[str, Callable] = {"pnp": _run_pnp, "silhouette": _run_silhouette}
+
+
+def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
+             mask: Optional[np.ndarray] = None,
+             contours2d: Optional[Sequence[Contour2D]] = None,
+             contours3d: Optional[Sequence[Contour3D]] = None,
+             init: Optional[np.ndarray] = None, method: Optional[str] = None,
+             nonrigid: bool = False, ground_truth: Optional[np.ndarray] = None,
+             progress=None, cancel=None) -> LaparoResult:
+    """Register ``mesh`` (model frame, mm) to a laparoscopic frame.
+
+    Validates every input first (messages start with the input's name), runs the chosen
+    method and computes the metrics: P2ILF reprojection errors (when contours are given),
+    mask Dice (when a mask is given), rotation / translation errors (when
+    ``ground_truth`` model_to_camera is given). Inputs are not modified.
+    """
+    t0 = time.perf_counter()
+    mesh = validate_mesh(mesh, "mesh")
+    camera = as_camera(camera)
+    if image is not None:
+        check_image_size(np.shape(image), camera, "image")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.ndim != 2:
+            raise InputError(f"mask: expected a 2D (H, W) mask, got shape {mask.shape}")
+        if mask.shape != (camera.height, camera.width):
+            raise InputError(f"mask: size {mask.shape[1]}x{mask.shape[0]} does not match the "
+                             f"camera size {camera.width}x{camera.height}")
+        if not mask.any():
+            raise InputError("mask: the liver mask is empty")
+        mask = mask != 0
+    if (contours2d is None) != (contours3d is None) or (contours2d is not None and (
+            len(contours2d) == 0 or len(contours3d) == 0)):
+        raise InputError("contours: both 2D and 3D contours are needed (non-empty)")
+    if contours2d is not None:
+        contours2d = validate_contours_2d(contours2d, "2D contours")
+        contours3d = validate_contours_3d(contours3d, len(mesh.vertices), "3D contours")
+    if init is not None:
+        init = _check_pose(init, "initial pose")
+    if ground_truth is not None:
+        ground_truth = _check_pose(ground_truth, "ground truth pose")
+    if method is None:
+        method = choose_method(contours2d is not None, mask is not None, init is not None)
+    if method not in METHODS:
+        raise InputError(f"method: unknown method {method!r} (available: "
+                         f"{', '.join(sorted(METHODS))})")
+    if nonrigid and init is None and contours2d is None:
+        raise InputError("nonrigid: a non-rigid registration needs a rigid pose first "
+                         "(give an initial pose or contours)")
+    ctx = {"mesh": mesh, "camera": camera, "mask": mask, "contours2d": contours2d,
+           "contours3d": contours3d, "init": init}
+    report(progress, 0.0, f"LiverLaparoReg: {method}")
+    T, timings, history = METHODS[method](ctx, sub_progress(progress, 0.0, 0.9), cancel)
+    timings["rigid_s"] = time.perf_counter() - t0
+    result = LaparoResult(np.asarray(T, dtype=np.float64), method, timings=timings,
+                          history=list(history))
+    if nonrigid:
+        from .nonrigid import deform  # noqa: PLC0415
+
+        t1 = time.perf_counter()
+        d = deform(mesh, camera, result.model_to_camera, mask=mask, contours2d=contours2d,
+                   contours3d=contours3d, progress=sub_progress(progress, 0.9, 1.0),
+                   cancel=cancel)
+        result.deformed_vertices = d.vertices
+        result.timings["nonrigid_s"] = time.perf_counter() - t1
+    result.metrics = evaluate(mesh, camera, result.model_to_camera, mask, contours2d,
+                              contours3d, ground_truth, result.deformed_vertices)
+    result.timings["total_s"] = time.perf_counter() - t0
+    report(progress, 1.0, "LiverLaparoReg: done")
+    return result
+
+
+def evaluate(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None,
+             contours3d=None, ground_truth=None, deformed_vertices=None) -> dict:
+    """Metrics of a pose (see :func:`register`)."""
+    from .raster import render_mask  # noqa: PLC0415
+
+    verts = mesh.vertices if deformed_vertices is None else deformed_vertices
+    out: Dict[str, object] = {}
+    if contours2d and contours3d:
+        out["reprojection"] = lmetrics.reprojection_errors(contours2d, contours3d, verts,
+                                                           model_to_camera, camera)
+    if mask is not None:
+        scale = max(1.0, camera.width / 480.0)      # evaluate at <= 480 px wide
+        cam = camera.scaled(scale) if scale > 1 else camera
+        rendered = render_mask(verts, mesh.faces, model_to_camera, cam)[0].numpy()
+        import torch  # noqa: PLC0415
+        from .silhouette import downsample_mask  # noqa: PLC0415
+
+        m = downsample_mask(torch.as_tensor(mask), cam.height, cam.width).numpy() >= 0.5
+        out["mask_dice"] = lmetrics.mask_dice(rendered, m)
+        out["mask_dice_size"] = [cam.width, cam.height]
+    if ground_truth is not None:
+        out.update(lmetrics.pose_errors(model_to_camera, ground_truth))
+    return out
+
+
+# ----------------------------------------------------------------------------- nodes
+def register_nodes(ctx, model_node, camera, frame_node=None, mask_node=None,
+                   contours2d=None, contours3d=None, init_transform_node=None,
+                   method: Optional[str] = None, nonrigid: bool = False,
+                   output_transform_node=None, output_model_node=None,
+                   progress=None, cancel=None) -> LaparoResult:
+    """Node-level entry point (Slicer logic and tests).
+
+    ``model_node``: the liver model. Its stored RAS points are flipped back to LPS, which
+    gives the file coordinates for models loaded with Slicer's default (LPS) convention;
+    that is the ``model`` frame. The result goes into ``output_transform_node`` (created
+    when None) as ``model_to_camera`` and, when non-rigid, the deformed mesh (model frame,
+    again stored as LPS -> RAS) into ``output_model_node``. Input nodes are not modified.
+    """
+    from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
+
+    v, f = nodes.model_from_node(model_node, "mesh", frame="LPS")
+    mesh = MeshData(v, f, "mesh")
+    image = None
+    if frame_node is not None:
+        image, _ = nodes.image2d_from_node(frame_node, "image")
+    mask = None
+    if mask_node is not None:
+        mask, _ = nodes.image2d_from_node(mask_node, "mask")
+        if mask.ndim == 3:
+            mask = mask.max(axis=2)
+    init = None
+    if init_transform_node is not None:
+        init = nodes.matrix_from_transform_node(init_transform_node, "initial pose",
+                                                require_rigid=True)
+    result = register(mesh, camera, image=image, mask=mask, contours2d=contours2d,
+                      contours3d=contours3d, init=init, method=method, nonrigid=nonrigid,
+                      progress=progress, cancel=cancel)
+    nodes.matrix_to_transform_node(ctx, result.model_to_camera, "model_to_camera",
+                                   node=output_transform_node)
+    if result.deformed_vertices is not None:
+        nodes.model_to_node(ctx, result.deformed_vertices, mesh.faces, "deformed liver",
+                            node=output_model_node, frame="LPS")
+    return result
