@@ -65,7 +65,14 @@ def test_root_cmakelists_declares_the_extension():
 @pytest.mark.parametrize("module", MODULES)
 def test_module_cmakelists_builds_a_scripted_module(module):
     text = _cmake_text(ROOT / module / "CMakeLists.txt")
-    assert f"set(MODULE_NAME {module})" in text
+    assert f"surgreg_add_scripted_module({module})" in text
+    root = _cmake_text(ROOT / "CMakeLists.txt")
+    assert root.find("include(SurgRegScriptedModule)") < root.find("add_subdirectory(SurgicalReg2D3D)")
+
+
+def test_shared_cmake_macro_builds_a_scripted_module():
+    text = _cmake_text(ROOT / "CMake" / "SurgRegScriptedModule.cmake")
+    assert "macro(surgreg_add_scripted_module MODULE_NAME)" in text
     call = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", text, re.S)
     assert call, "slicerMacroBuildScriptedModule is not called"
     args = call.group(1).split()

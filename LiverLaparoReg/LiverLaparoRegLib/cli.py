@@ -1,0 +1,134 @@
+"""``surgreg laparo ...`` command line (registered by ``SurgicalReg2D3DLib.cli``).
+
+``surgreg laparo register --mesh MESH --image IMG --camera CAM [--distortion D.txt]
+[--mask MASK] [--contours2d C2.json --contours3d C3.json] [--init INIT.json]
+[--method pnp|silhouette] [--nonrigid] [--deformed-mesh OUT.vtk] [--ground-truth GT]
+--out OUT.json``
+
+``INIT.json`` / ``OUT.json`` hold ``{"model_to_camera": 4x4}`` (mesh mm -> OpenCV camera
+mm). ``OUT.json`` adds ``method``, ``metrics`` and ``timing``; next to it the P2ILF
+outputs are written: ``<stem>_mesh_camera.obj`` (mesh in the camera frame, same vertex
+order), ``<stem>_contours2d.json`` (projected 3D contours) and ``<stem>_contours3d.json``.
+
+``surgreg laparo bench [--mesh MESH ...] [--quick]`` prints px error, Dice, rotation and
+translation errors on synthetic renders and on the shipped real P2ILF case.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from SurgicalReg2D3DLib.errors import FileReadError, InputError
+
+
+def read_pose_json(path, name: str = "initial pose") -> np.ndarray:
+    """``{"model_to_camera": 4x4}`` -> (4, 4) float64."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileReadError(f"{name}: file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+        T = np.asarray(data["model_to_camera"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FileReadError(f"{name}: {path} is not a {{\"model_to_camera\": 4x4}} JSON file "
+                            f"({exc})") from None
+    if T.shape != (4, 4):
+        raise InputError(f"{name}: model_to_camera must be 4x4, got shape {T.shape}")
+    return T
+
+
+def read_image(path, name: str = "image") -> np.ndarray:
+    """PNG/JPG/BMP -> ``(H, W)`` or ``(H, W, 3)`` RGB uint8 (row 0 = top of the file)."""
+    import cv2  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileReadError(f"{name}: file not found: {path}")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise FileReadError(f"{name}: cannot read an image from {path}")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+    return img
+
+
+def run_register(args) -> int:
+    from .camera import load_camera  # noqa: PLC0415
+    from .logic import register  # noqa: PLC0415
+    from .mesh import MeshData, load_mesh, save_mesh  # noqa: PLC0415
+    from .metrics import project_contours_3d  # noqa: PLC0415
+    from .p2ilf import read_contours_2d, read_contours_3d, write_contours_2d, \
+        write_contours_3d  # noqa: PLC0415
+
+    mesh = load_mesh(args.mesh, "mesh")
+    image = read_image(args.image, "image")
+    camera = load_camera(args.camera, width=image.shape[1], height=image.shape[0],
+                         distortion_path=args.distortion)
+    mask = None
+    if args.mask:
+        mask = read_image(args.mask, "mask")
+        mask = (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
+    if (args.contours2d is None) != (args.contours3d is None):
+        raise InputError("contours: give both --contours2d and --contours3d")
+    c2 = read_contours_2d(args.contours2d) if args.contours2d else None
+    c3 = read_contours_3d(args.contours3d, len(mesh.vertices)) if args.contours3d else None
+    init = read_pose_json(args.init) if args.init else None
+    gt = read_pose_json(args.ground_truth, "ground truth pose") if args.ground_truth else None
+    result = register(mesh, camera, image=image, mask=mask, contours2d=c2, contours3d=c3,
+                      init=init, method=args.method, nonrigid=args.nonrigid, ground_truth=gt)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result.to_dict(), indent=2))
+    T = result.model_to_camera
+    verts = mesh.vertices if result.deformed_vertices is None else result.deformed_vertices
+    save_mesh(MeshData(verts @ T[:3, :3].T + T[:3, 3], mesh.faces),
+              out.with_name(out.stem + "_mesh_camera.obj"))
+    if c3:
+        write_contours_3d(c3, out.with_name(out.stem + "_contours3d.json"))
+        write_contours_2d(project_contours_3d(c3, verts, T, camera),
+                          out.with_name(out.stem + "_contours2d.json"))
+    if args.deformed_mesh:
+        save_mesh(MeshData(verts, mesh.faces), args.deformed_mesh)
+    print(json.dumps({"method": result.method, "metrics": result.metrics,
+                      "total_s": round(result.timings.get("total_s", 0.0), 3)}))
+    return 0
+
+
+def run_bench(args) -> int:
+    from .bench import run_bench as _bench  # noqa: PLC0415
+
+    rows = _bench(meshes=args.mesh, quick=args.quick, seed=args.seed)
+    for row in rows:
+        print(json.dumps(row))
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add ``laparo`` with ``register`` and ``bench`` to a ``surgreg`` subparsers object."""
+    p = subparsers.add_parser("laparo", help="liver model to laparoscopic frame (LiverLaparoReg)")
+    sub = p.add_subparsers(dest="laparo_command", required=True)
+    r = sub.add_parser("register", help="register a liver mesh to a frame")
+    r.add_argument("--mesh", required=True, help="liver mesh (.obj .ply .vtk .vtp .stl), mm")
+    r.add_argument("--image", required=True, help="frame (PNG/JPG/BMP)")
+    r.add_argument("--camera", required=True,
+                   help="P2ILF camera JSON or a 3x3 intrinsics text file")
+    r.add_argument("--distortion", default=None, help="distortion text file (with a 3x3 file)")
+    r.add_argument("--mask", default=None, help="liver mask image (non-zero = liver)")
+    r.add_argument("--contours2d", default=None, help="P2ILF 2D contour JSON")
+    r.add_argument("--contours3d", default=None, help="P2ILF 3D contour JSON")
+    r.add_argument("--init", default=None, help='{"model_to_camera": 4x4} JSON')
+    r.add_argument("--method", default=None, choices=None,
+                   help="pnp | silhouette (default: chosen from the inputs)")
+    r.add_argument("--nonrigid", action="store_true", help="non-rigid refinement")
+    r.add_argument("--deformed-mesh", default=None, help="write the deformed mesh here")
+    r.add_argument("--ground-truth", default=None, help="ground-truth pose JSON for metrics")
+    r.add_argument("--out", required=True, help="output JSON")
+    r.set_defaults(func=run_register)
+    b = sub.add_parser("bench", help="accuracy and timing on synthetic and shipped cases")
+    b.add_argument("--mesh", action="append", default=None, help="mesh(es) for synthetic cases")
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=run_bench)
