@@ -21,8 +21,10 @@ from SurgicalReg2D3DLib.cameras import PinholeCamera
 
 
 def sample_data_dir() -> Path:
-    """``Resources/SampleData`` of this checkout / extension."""
-    return Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
+    """``Resources/SampleData`` (core ``paths.sample_data_dir``)."""
+    from SurgicalReg2D3DLib.paths import sample_data_dir as _dir  # noqa: PLC0415
+
+    return Path(_dir())
 
 
 def default_meshes() -> List[Path]:
@@ -70,7 +72,7 @@ def real_p2ilf_case():
 
 def run_bench(meshes: Optional[Sequence] = None, quick: bool = False, seed: int = 0) -> List[dict]:
     from . import synthetic  # noqa: PLC0415
-    from .logic import register  # noqa: PLC0415
+    from .logic import evaluate, register  # noqa: PLC0415
     from .mesh import load_mesh  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
@@ -91,19 +93,23 @@ def run_bench(meshes: Optional[Sequence] = None, quick: bool = False, seed: int 
                          "seconds": round(time.perf_counter() - t, 3),
                          "reprojection_hausdorff_px": round(r.metrics["reprojection"]["all"]["hausdorff_px"], 2),
                          "rotation_deg": round(r.metrics["rotation_deg"], 3),
-                         "translation_mm": round(r.metrics["translation_mm"], 3)})
+                         "translation_mm": round(r.metrics["translation_mm"], 3),
+                         "centroid_error_mm": round(r.metrics["centroid_error_mm"], 3)})
             if quick:
                 continue
             from .raster import render_mask  # noqa: PLC0415
 
             mask = render_mask(mesh.vertices, mesh.faces, T, small)[0].numpy()
             T0 = perturb(T, mesh.vertices, 4.0, 10.0, rng)
+            d_init = evaluate(mesh, small, T0, mask=mask)["mask_dice"]
             r0 = register(mesh, small, mask=mask, init=T0, method="silhouette", ground_truth=T)
             rows.append({"case": f"synthetic {Path(path).name} pose {k}", "method": "silhouette",
                          "seconds": round(r0.timings["total_s"], 3),
                          "dice": round(r0.metrics["mask_dice"], 4),
                          "rotation_deg": round(r0.metrics["rotation_deg"], 3),
-                         "translation_mm": round(r0.metrics["translation_mm"], 3)})
+                         "translation_mm": round(r0.metrics["translation_mm"], 3),
+                         "centroid_error_mm": round(r0.metrics["centroid_error_mm"], 3),
+                         "initial_dice": round(float(d_init), 4)})
     mesh, cam_real, c2, c3 = real_p2ilf_case()
     t = time.perf_counter()
     r = register(mesh, cam_real, contours2d=c2, contours3d=c3, method="pnp")

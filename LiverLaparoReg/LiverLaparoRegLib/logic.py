@@ -195,7 +195,7 @@ def evaluate(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None
         out["mask_dice"] = lmetrics.mask_dice(rendered, m)
         out["mask_dice_size"] = [cam.width, cam.height]
     if ground_truth is not None:
-        out.update(lmetrics.pose_errors(model_to_camera, ground_truth))
+        out.update(lmetrics.pose_errors(model_to_camera, ground_truth, mesh.vertices.mean(0)))
     return out
 
 
@@ -209,13 +209,16 @@ def register_nodes(ctx, model_node, camera, frame_node=None, mask_node=None,
 
     ``model_node``: the liver model. Its stored RAS points are flipped back to LPS, which
     gives the file coordinates for models loaded with Slicer's default (LPS) convention;
-    that is the ``model`` frame. The result goes into ``output_transform_node`` (created
+    that is the ``model`` frame. Slicer's OBJ reader splits vertices (one per face corner),
+    which breaks P2ILF vertex-index contours: when the node's vertex count differs from its
+    file's, the file is read with ``io.load_mesh_arrays`` instead (exact file order). The
+    result goes into ``output_transform_node`` (created
     when None) as ``model_to_camera`` and, when non-rigid, the deformed mesh (model frame,
     again stored as LPS -> RAS) into ``output_model_node``. Input nodes are not modified.
     """
     from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
 
-    v, f = nodes.model_from_node(model_node, "mesh", frame="LPS")
+    v, f = model_mesh_arrays(model_node)
     mesh = MeshData(v, f, "mesh")
     image = None
     if frame_node is not None:
@@ -238,3 +241,48 @@ def register_nodes(ctx, model_node, camera, frame_node=None, mask_node=None,
         nodes.model_to_node(ctx, result.deformed_vertices, mesh.faces, "deformed liver",
                             node=output_model_node, frame="LPS")
     return result
+
+
+def model_mesh_arrays(model_node):
+    """``(vertices (V, 3), faces (F, 3))`` of a model node in the model frame (file
+    coordinates; see :func:`register_nodes` about OBJ files)."""
+    from SurgicalReg2D3DLib import io, nodes  # noqa: PLC0415
+
+    v, f = nodes.model_from_node(model_node, "mesh", frame="LPS")
+    storage = model_node.GetStorageNode()
+    path = storage.GetFileName() if storage is not None else None
+    if path and path.lower().endswith(".obj"):
+        import os  # noqa: PLC0415
+
+        if os.path.isfile(path):
+            fv, ff = io.load_mesh_arrays(path, "mesh")
+            if fv.shape[0] != v.shape[0]:
+                return fv, ff
+    return v, f
+
+
+def contours_to_markups(ctx, contours2d=None, contours3d=None, vertices=None,
+                        frame_ijk_to_ras=None, prefix: str = "") -> list:
+    """P2ILF contours as Markups curve nodes (one per contour, named ``<label> 2D k`` /
+    ``<label> 3D k``).
+
+    2D contours lie on the frame: pixel ``(u, v)`` -> RAS ``frame_ijk_to_ras @ (u, v, 0, 1)``
+    (identity when None). 3D contours lie on the model: the mesh ``vertices`` (model frame
+    = file coordinates, read by Slicer as LPS) are flipped to RAS like the model node.
+    """
+    from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
+
+    out = []
+    M = np.eye(4) if frame_ijk_to_ras is None else np.asarray(frame_ijk_to_ras, dtype=np.float64)
+    for k, c in enumerate(contours2d or ()):
+        p = np.c_[c.points, np.zeros(len(c.points)), np.ones(len(c.points))] @ M.T
+        out.append(nodes.points_to_markups(ctx, p[:, :3], f"{prefix}{c.label} 2D {k}",
+                                           kind="curve"))
+    if contours3d:
+        if vertices is None:
+            raise InputError("3D contours: the mesh vertices are needed to place them")
+        for k, c in enumerate(contours3d):
+            p = np.asarray(vertices, dtype=np.float64)[c.vertices] * [-1.0, -1.0, 1.0]
+            out.append(nodes.points_to_markups(ctx, p, f"{prefix}{c.label} 3D {k}",
+                                               kind="curve"))
+    return out

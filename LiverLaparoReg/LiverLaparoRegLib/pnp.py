@@ -4,10 +4,11 @@ Given P2ILF-style 2D contours (image polylines, px) and 3D contours (mesh vertex
 with labels, every 2D curve is matched to a 3D curve of the same label. The matching
 (which curve goes with which when a label has several) and each curve's direction are
 unknown, so all hypotheses are tried (at most ``max_hypotheses``): for each, both curves
-are resampled at ``n_per_curve`` points equally spaced in arc length (the 3D curve after
-projection-free resampling in 3D, the 2D curve in the image), EPnP + RANSAC (core
-``optimize.epnp_ransac``, OpenCV) gives a pose, and the hypothesis with the smallest
-mean curve-to-curve distance (projected 3D curve vs 2D curve, nearest point) wins.
+are resampled at ``n_per_curve`` points equally spaced in arc length (the 3D curve in 3D,
+the 2D curve in the image), plain EPnP (OpenCV) gives a pose, and the hypothesis with the
+smallest mean curve-to-curve distance (projected 3D curve vs 2D curve, nearest point)
+wins; EPnP + RANSAC (core ``optimize.epnp_ransac``) is then run on the winner's
+correspondences and kept when it lowers that distance.
 
 The winning pose is then refined by iterated closest points in the image: 3D curve
 samples are re-paired with the nearest 2D curve samples and the reprojection error is
@@ -107,7 +108,8 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
     K, dist = camera.K, camera.dist_coeffs if camera.has_distortion else np.zeros(5)
     if ransac_px is None:
         ransac_px = 0.02 * float(np.hypot(camera.width, camera.height))
-    c3_pts = [densify_polyline(v[c.vertices], 0.5) for c in contours3d]
+    step_mm = max(0.25, float(np.ptp(v, axis=0).max()) / 400.0)
+    c3_pts = [densify_polyline(v[c.vertices], step_mm) for c in contours3d]
     c2_pts = [densify_polyline(c.points, 1.0) for c in contours2d]
     hyps = list(_hypotheses(contours2d, contours3d, max_hypotheses))
     if not hyps:
@@ -119,26 +121,32 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
     for h_i, pairs in enumerate(hyps):
         check_cancel(cancel, "PnP hypotheses")
         report(progress, 0.8 * h_i / len(hyps), f"PnP hypothesis {h_i + 1}/{len(hyps)}")
-        p3, p2 = [], []
-        for a, b, flip in pairs:
-            s3 = resample_curve(c3_pts[b], n_per_curve)
-            s2 = resample_curve(c2_pts[a], n_per_curve)
-            p3.append(s3)
-            p2.append(s2[::-1] if flip else s2)
-        p3, p2 = np.concatenate(p3), np.concatenate(p2)
-        try:
-            res = epnp_ransac(p3, p2, K, dist, reprojection_px=ransac_px, iterations=200,
-                              min_inliers=max(6, len(p3) // 5))
-        except InputError:
+        p3, p2 = _samples(pairs, c3_pts, c2_pts, n_per_curve)
+        # fast screening: plain EPnP on all samples (RANSAC only for the winner)
+        ok, rvec, tvec = cv2.solvePnP(p3, p2, K, dist, flags=cv2.SOLVEPNP_EPNP)
+        if not ok or not np.all(np.isfinite(tvec)):
             continue
-        score = curve_distance_px(res.model_to_camera, camera,
-                                  [c3_pts[b] for _, b, _ in pairs],
+        T_h = np.eye(4)
+        T_h[:3, :3] = cv2.Rodrigues(rvec)[0]
+        T_h[:3, 3] = tvec.ravel()
+        score = curve_distance_px(T_h, camera, [c3_pts[b] for _, b, _ in pairs],
                                   [c2_pts[a] for a, _, _ in pairs])
         if best is None or score < best[0]:
-            best = (score, res.model_to_camera, pairs)
+            best = (score, T_h, pairs)
     if best is None:
         raise InputError("contours: EPnP found no pose for any curve matching; check that the "
                          "2D and 3D contours describe the same landmarks")
+    pairs = best[2]
+    p3, p2 = _samples(pairs, c3_pts, c2_pts, n_per_curve)
+    try:
+        res = epnp_ransac(p3, p2, K, dist, reprojection_px=ransac_px, iterations=200,
+                          min_inliers=max(6, len(p3) // 5))
+        score = curve_distance_px(res.model_to_camera, camera, [c3_pts[b] for _, b, _ in pairs],
+                                  [c2_pts[a] for a, _, _ in pairs])
+        if score < best[0]:
+            best = (score, res.model_to_camera, pairs)
+    except InputError:
+        pass
     t1 = time.perf_counter()
     score, T, pairs = best
     # Iterated closest points in the image (reprojection refinement).
@@ -175,6 +183,16 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
     report(progress, 1.0, "PnP done")
     return PnPRegistration(T, score, len(hyps), pairs,
                            {"hypotheses_s": t1 - t0, "refine_s": time.perf_counter() - t1})
+
+
+def _samples(pairs, c3_pts, c2_pts, n_per_curve):
+    """Arc-length aligned samples ``(P, 3)`` and ``(P, 2)`` of the paired curves."""
+    p3, p2 = [], []
+    for a, b, flip in pairs:
+        p3.append(resample_curve(c3_pts[b], n_per_curve))
+        s2 = resample_curve(c2_pts[a], n_per_curve)
+        p2.append(s2[::-1] if flip else s2)
+    return np.ascontiguousarray(np.concatenate(p3)), np.ascontiguousarray(np.concatenate(p2))
 
 
 def _nearest(a: np.ndarray, b: np.ndarray):

@@ -118,6 +118,18 @@ def _signed_distance(tri: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, dmin, -dmin)
 
 
+def _inside(tri: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+    """Pixel centres ``(P, 2)`` inside (or on an edge of) triangles ``(P, 3, 2)``: the
+    three edge functions have the triangle's orientation sign (or are zero)."""
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    orient = torch.sign((b - a)[:, 0] * (c - a)[:, 1] - (b - a)[:, 1] * (c - a)[:, 0])
+    inside = torch.ones_like(orient, dtype=torch.bool)
+    for p0, p1 in ((a, b), (b, c), (c, a)):
+        cross = ((p1 - p0)[:, 0] * (pix - p0)[:, 1] - (p1 - p0)[:, 1] * (pix - p0)[:, 0])
+        inside &= cross * orient >= 0
+    return inside
+
+
 def soft_silhouette(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, height: int,
                     width: int, sigma: float = 1.0, near: float = 1.0) -> torch.Tensor:
     """Soft silhouette ``(B, H, W)`` in [0, 1] from projected vertices.
@@ -139,9 +151,8 @@ def hard_mask(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, height: in
     """Exact binary silhouette ``(B, H, W)`` bool: pixel centres inside any triangle."""
     with torch.no_grad():
         tri, pix, flat, B = _face_pairs(uv, z, faces, height, width, 0.0, near)
-        d = _signed_distance(tri, pix)
         out = torch.zeros(B * height * width, dtype=torch.bool, device=uv.device)
-        out[flat[d >= 0]] = True
+        out[flat[_inside(tri, pix)]] = True
     return out.reshape(B, height, width)
 
 

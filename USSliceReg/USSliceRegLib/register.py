@@ -3,19 +3,19 @@
 The unknown is a rigid *correction* of the tracked pose, expressed in the volume's
 reference frame and applied on the left::
 
-    image_to_reference = correction @ start_image_to_reference,
-    correction = Tc @ expm(hat(x)) @ inv(Tc) @ correction_init,
+    image_to_reference = correction @ start_image_to_reference.
 
-where ``x = (omega, v)`` (rad, mm) and ``Tc`` translates to the centre of the frame's fan
-in reference mm, so rotations turn about the frame rather than the far-away reference
-origin. ``correction`` is a ``tracked_reference_to_reference`` 4x4: it maps where the
-tracking says a point is to where the volume says it is.
+``correction`` is a ``tracked_reference_to_reference`` 4x4: it maps where the tracking says
+a point is to where the volume says it is. It is refined on the manifold: every
+Levenberg-Marquardt step ``x = (omega, v)`` (rad, mm) is composed on the left,
+``correction <- S(x) @ correction`` with ``S(x)`` = rotation ``exp(hat(omega))`` about the
+centre ``c`` of the frame's fan (reference mm) followed by the translation ``v``, so the
+Jacobian is always taken at ``x = 0`` where it is exact:
+``d p / d(omega, v) = [-[p - c]_x, I]``.
 
-Cost: ``0.5 * ||r||^2 ~ 1 - LNCC`` with ``r`` the difference of the locally normalised
-frame and slice on the fan pixels (fan pixels outside the volume keep their residual, so
-leaving the volume never pays; see :mod:`lncc`), minimised by
-``SurgicalReg2D3DLib.optimize.levenberg_marquardt``, batched over frames, on the fan's
-bounding box. Default pyramid (:class:`RegistrationConfig`):
+Cost: ``0.5 * ||r||^2 ~ 1 - NCC`` with ``r`` the difference of the normalised frame and
+slice on the fan pixels (fan pixels outside the volume keep their residual, so leaving the
+volume never pays; see :mod:`lncc`). Default pyramid (:class:`RegistrationConfig`):
 
 1. 1/32 resolution, translation only, global NCC on a smoothed volume whose empty voxels
    count as black, from three starts (the given one and +-4 mm along the plane normal, the
@@ -24,10 +24,19 @@ bounding box. Default pyramid (:class:`RegistrationConfig`):
 3. 1/8 (about 0.65 mm pixels), 6 DoF, masked LNCC (7 x 7 window) on the voxels that hold
    data.
 
+Speed (the live case registers one frame at a time, so per-call overhead matters more than
+arithmetic): levels with a global metric sample only the fan's pixels (a sparse point
+list); the LNCC level samples the fan's bounding box (the window needs a grid). Every
+evaluation samples intensity, data mask and the precomputed volume gradient in one
+``grid_sample`` and returns the cost together with the normal equations ``J^T J``,
+``J^T r`` (analytic Jacobian, pushed through the normalisation with
+:func:`lncc.local_normalise_jvp`); the LM loop is a lean batched one written for 6
+parameters. ``tracking=True`` (temporal mode: the start already carries the previous
+frame's correction) runs :attr:`RegistrationConfig.tracking_levels` instead (no coarse
+translation search, no multi-start).
+
 A frame whose final LNCC is below its start keeps its start (a diverged search is never
-returned). The Jacobian is analytic: the volume gradient (precomputed, sampled with the
-intensities in one ``grid_sample``) times the derivative of the plane points, pushed
-through the local normalisation (:func:`lncc.local_normalise_jvp`).
+returned).
 """
 
 from __future__ import annotations
@@ -39,12 +48,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
-from SurgicalReg2D3DLib.optimize import levenberg_marquardt
 from SurgicalReg2D3DLib.progress import check_cancel, report
 
-from .lncc import local_normalise, local_normalise_jvp, masked_lncc
+from .lncc import _EPS, _box, local_normalise, masked_lncc
 from .slicing import (PreparedVolume, downsample_frame, plane_pixels, prepare_volume,
                       slice_volume)
 
@@ -72,11 +81,16 @@ class RegistrationConfig:
     levels: Tuple[Level, ...] = (Level(32, 0, 10, 3.0, rotations=False, data_mask=False),
                                  Level(16, 0, 15, 2.0, data_mask=False),
                                  Level(8, 7, 12, 1.0))
+    #: Levels used with ``tracking=True`` (temporal mode: the start already holds the
+    #: previous frame's correction, so it is close): no translation search, no multi-start.
+    tracking_levels: Tuple[Level, ...] = (Level(16, 0, 8, 2.0, data_mask=False),
+                                          Level(8, 7, 8, 1.0))
     #: True: fan pixels outside the volume keep a residual (no gain from leaving the
     #: volume); False: the residual covers the overlap only.
     penalise_lost_overlap: bool = True
     #: LM stops a level when an accepted step lowers the cost by less than this fraction.
     tol_cost: float = 1e-3
+    #: ... or when the step moves the fan by less than this (mm and rad * 100 mm).
     tol_step: float = 1e-4
     #: First-level extra starts shifted by +-these mm along the plane normal (the
     #: elevational direction, least constrained by one frame); the best cost wins.
@@ -113,8 +127,9 @@ def _frames_tensor(frames, frame_shape=None) -> torch.Tensor:
     if frame_shape is not None and tuple(t.shape[1:]) != tuple(frame_shape):
         raise InputError(f"US frame: shape {tuple(t.shape[1:])} differs from the registrar's "
                          f"{tuple(frame_shape)}")
+    floating = t.is_floating_point()
     t = t.float()
-    if not torch.isfinite(t).all():
+    if floating and not torch.isfinite(t).all():  # integer pixels are always finite
         raise InputError("US frame: contains NaN or inf")
     return t
 
@@ -133,25 +148,29 @@ def _poses_tensor(poses, name: str, n: int) -> torch.Tensor:
     return t
 
 
-def _twist_exp(x: torch.Tensor) -> torch.Tensor:
-    """``(B, 6)`` twists ``(omega, v)`` -> ``(B, 4, 4)`` = ``expm(hat(x))``.
-
-    Same result as ``SurgicalReg2D3DLib.poses.se3_exp`` (checked in the tests), via
-    ``torch.linalg.matrix_exp``: cheaper in this hot loop (no input checks).
-    """
-    hat = torch.zeros(x.shape[0], 4, 4, dtype=x.dtype, device=x.device)
-    wx, wy, wz = x[:, 0], x[:, 1], x[:, 2]
-    hat[:, 0, 1], hat[:, 0, 2], hat[:, 1, 2] = -wz, wy, -wx
-    hat[:, 1, 0], hat[:, 2, 0], hat[:, 2, 1] = wz, -wy, wx
-    hat[:, :3, 3] = x[:, 3:]
-    return torch.linalg.matrix_exp(hat)
-
-
 def _translation(c: torch.Tensor) -> torch.Tensor:
     """``(B, 3)`` -> ``(B, 4, 4)`` pure translations."""
     T = torch.eye(4, dtype=c.dtype, device=c.device).repeat(c.shape[0], 1, 1)
     T[:, :3, 3] = c
     return T
+
+
+@dataclass
+class _LevelGeometry:
+    """Sampling points of one level in cropped-frame pixels.
+
+    ``pix`` ``(N, 4)`` homogeneous ``(col, row, 0, 1)``; ``grid_shape`` ``(h, w)`` when the
+    points are the full downsampled bounding box (LNCC needs neighbours), else ``None``
+    and ``index`` ``(N,)`` picks the fan pixels out of the flattened ``(h, w)`` image.
+    ``fan`` ``(N,)`` float, 1 on the fan.
+    """
+
+    pix: torch.Tensor
+    pixT: torch.Tensor
+    index: Optional[torch.Tensor]
+    grid_shape: Tuple[int, int]
+    fan: torch.Tensor
+    dense: bool
 
 
 class SliceRegistrar:
@@ -198,12 +217,14 @@ class SliceRegistrar:
         self._crop = (slice(int(r0), int(r1)), slice(int(c0), int(c1)))
         self._shape = (int(r1 - r0), int(c1 - c0))
         self._fan_c = fan[self._crop]
+        self._fan_corners = np.array([[c0, r0, 0, 1], [c1 - 1, r1 - 1, 0, 1]], dtype=float)
         offset = np.eye(4)
         offset[:2, 3] = [c0, r0]
         self._offset = torch.as_tensor(offset, device=self.device)
         mask = vol_np > 0 if volume_mask is None else np.asarray(volume_mask, dtype=bool)
         self._volumes: Dict[float, PreparedVolume] = {}
-        for level in self.config.levels:
+        all_levels = tuple(self.config.levels) + tuple(self.config.tracking_levels or ())
+        for level in all_levels:
             if level.sigma_vox not in self._volumes:
                 v = vol_np.astype(np.float32)
                 if level.sigma_vox > 0:
@@ -215,14 +236,23 @@ class SliceRegistrar:
                 self._volumes[level.sigma_vox] = prepare_volume(
                     v, ijk_to_reference, volume_mask=mask, with_gradient=True,
                     device=self.device)
+        ref = next(iter(self._volumes.values()))
+        # reference mm -> grid_sample's normalised coordinates (x = i, y = j, z = k in
+        # [-1, 1], align_corners=True), as one (3, 4) matrix.
+        K, J, I = ref.shape
+        size = torch.tensor([I - 1, J - 1, K - 1], dtype=torch.float64)
+        r2i = torch.linalg.inv(torch.as_tensor(np.asarray(ijk_to_reference, dtype=np.float64)))
+        to_grid = (2.0 / size)[:, None] * r2i[:3, :]
+        to_grid[:, 3] -= 1.0
+        self._reference_to_grid = to_grid.to(self.device)
+        self._reference_to_grid_np = to_grid.numpy()
         self._fans = {}
-        for level in self.config.levels:
+        self._geometry: Dict[Tuple[int, bool], _LevelGeometry] = {}
+        for level in all_levels:
             self._fan_level(level.step)
         # Fan centre in image pixels (rotation centre of the increments).
-        rows, cols = np.nonzero(fan)
         self.fan_centre_px = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
         self._centre_c = self.fan_centre_px - np.array([c0, r0, 0.0, 0.0])
-        ref = next(iter(self._volumes.values()))
         self._check_fov(ref)
 
     # ------------------------------------------------------------------ helpers
@@ -232,15 +262,33 @@ class SliceRegistrar:
             self._fans[step] = (f > 0.999).to(self.device)
         return self._fans[step]
 
+    def _level_geometry(self, step: int, dense: bool) -> _LevelGeometry:
+        """Sampling points of a level (cached): the fan's pixels (sparse) or the whole
+        downsampled bounding box (dense, for windowed LNCC)."""
+        key = (step, dense)
+        if key not in self._geometry:
+            fan = self._fan_level(step)
+            h, w = fan.shape
+            pix = plane_pixels(self._shape, step, device=self.device,
+                               dtype=torch.float32).reshape(-1, 4)
+            fan_flat = fan.reshape(-1)
+            index = None
+            if not dense:
+                index = torch.nonzero(fan_flat).flatten()
+                pix = pix[index]
+                fan_flat = fan_flat[index]
+            self._geometry[key] = _LevelGeometry(pix=pix.contiguous(), pixT=pix.T.contiguous(),
+                                                 index=index,
+                                                 grid_shape=(h, w),
+                                                 fan=fan_flat.to(torch.float32), dense=dense)
+        return self._geometry[key]
+
     def _check_fov(self, vol: PreparedVolume) -> None:
         """Reject a frame plane far larger than the volume (nothing sensible to match)."""
         self._vol_extent = float(np.linalg.norm(np.ptp(vol.bounds_reference(), axis=0)))
 
     def frame_extent_mm(self, image_to_reference: np.ndarray) -> float:
-        rows, cols = np.nonzero(self.fan)
-        corners = np.array([[cols.min(), rows.min(), 0, 1], [cols.max(), rows.max(), 0, 1]],
-                           dtype=float)
-        pts = corners @ np.asarray(image_to_reference, dtype=float).T
+        pts = self._fan_corners @ np.asarray(image_to_reference, dtype=float).T
         return float(np.linalg.norm(pts[1, :3] - pts[0, :3]))
 
     def _to_cropped(self, image_to_reference: torch.Tensor) -> torch.Tensor:
@@ -253,16 +301,31 @@ class SliceRegistrar:
                             device=image_to_reference_c.device)
         return (image_to_reference_c @ c)[..., :3]
 
+    def _sample(self, vol: PreparedVolume, poses_c: torch.Tensor, geo: _LevelGeometry,
+                channels: Optional[int] = None):
+        """Sample ``vol`` at the level's points for cropped-frame poses ``(B, 4, 4)``
+        float64. Returns ``values (C, B, N)`` and ``in_grid (B, N)`` bool."""
+        data = vol.data if channels is None else vol.data[:, :channels]
+        G = (self._reference_to_grid @ poses_c).to(torch.float32)  # (B, 3, 4)
+        grid = torch.matmul(geo.pix, G.transpose(1, 2))  # (B, N, 3)
+        B, N = grid.shape[:2]
+        vals = F.grid_sample(data, grid.view(1, B, N, 1, 3), mode="bilinear",
+                             padding_mode="zeros", align_corners=True)
+        in_grid = (grid.abs() <= 1.0).all(dim=-1)
+        return vals.reshape(data.shape[1], B, N), in_grid
+
     def overlap(self, image_to_reference, step: int = 8) -> np.ndarray:
         """Fraction ``(B,)`` of the (downsampled) fan inside the volume's data."""
+        n = np.shape(image_to_reference)[0] if np.ndim(image_to_reference) == 3 else 1
+        poses = _poses_tensor(image_to_reference, "image_to_reference", n).to(self.device)
+        return self._overlap_c(self._to_cropped(poses), step).cpu().numpy()
+
+    def _overlap_c(self, poses_c: torch.Tensor, step: int) -> torch.Tensor:
         vol = next(iter(self._volumes.values()))
-        poses = _poses_tensor(image_to_reference, "image_to_reference",
-                              np.shape(image_to_reference)[0] if np.ndim(image_to_reference) == 3
-                              else 1).to(self.device)
-        poses = self._to_cropped(poses).float()
-        _, inside = slice_volume(vol, poses, self._shape, step=step, channels=2)
-        fan = self._fan_level(step)
-        return ((inside & fan).sum(dim=(1, 2)).float() / fan.sum().float()).cpu().numpy()
+        geo = self._level_geometry(step, dense=False)
+        vals, in_grid = self._sample(vol, poses_c, geo, channels=2)
+        inside = in_grid & (vals[1] > 0.5)
+        return inside.sum(dim=1).float() / max(1, geo.pix.shape[0])
 
     def similarity(self, frames, image_to_reference, step: int = 8, window: int = 7):
         """Masked LNCC ``(B,)`` of frames and slices at the given poses (overlap only)."""
@@ -275,9 +338,17 @@ class SliceRegistrar:
                                     slab_samples=self.config.slab_samples, channels=2)
         fd = downsample_frame(f, step)
         mask = inside & self._fan_level(step)
-        if window <= 0:
-            return masked_lncc(fd, vals[:, 0], mask, 0).cpu().numpy()
-        return masked_lncc(fd, vals[:, 0], mask, window).cpu().numpy()
+        return masked_lncc(fd, vals[:, 0], mask, max(0, window)).cpu().numpy()
+
+    def _similarity_c(self, fd: torch.Tensor, poses_c: torch.Tensor, step: int,
+                      window: int) -> torch.Tensor:
+        """:meth:`similarity` for cropped, downsampled frames ``(B, h, w)`` (no checks)."""
+        vol = self._volumes[min(self._volumes)]
+        geo = self._level_geometry(step, dense=True)
+        vals, in_grid = self._sample(vol, poses_c, geo, channels=2)
+        B = fd.shape[0]
+        mask = (in_grid & (vals[1] > 0.5) & (geo.fan > 0)).view(B, *geo.grid_shape)
+        return masked_lncc(fd, vals[0].view(B, *geo.grid_shape), mask, max(0, window))
 
     # ------------------------------------------------------------------ registration
     def validate_starts(self, starts: torch.Tensor, indices: Sequence[int]) -> np.ndarray:
@@ -287,7 +358,7 @@ class SliceRegistrar:
                 f"US frame: field of view ({ext:.0f} mm across the fan) is larger than twice "
                 f"the volume's extent ({self._vol_extent:.0f} mm); check the calibration "
                 "units (mm per pixel)")
-        ov = self.overlap(starts.cpu().numpy())
+        ov = self._overlap_c(self._to_cropped(starts.to(self.device)), 8).cpu().numpy()
         bad = [(int(i), float(o)) for i, o in zip(indices, ov) if o < self.config.min_overlap]
         if bad:
             i, o = bad[0]
@@ -298,10 +369,12 @@ class SliceRegistrar:
         return ov
 
     def register(self, frames, starts, init_corrections=None, indices=None,
-                 progress=None, cancel=None) -> List[FrameResult]:
+                 progress=None, cancel=None, tracking: bool = False) -> List[FrameResult]:
         """Refine ``starts`` ``(B, 4, 4)`` for ``frames`` ``(B, H, W)``, all in one batch.
 
         ``init_corrections`` ``(B, 4, 4)`` (default identity) are applied before refining.
+        ``tracking``: the start is already close (temporal mode, the previous frame's
+        correction): run :attr:`RegistrationConfig.tracking_levels`.
         Returns one :class:`FrameResult` per frame. Inputs are not modified.
         """
         t0 = time.perf_counter()
@@ -315,143 +388,260 @@ class SliceRegistrar:
             corr0 = _poses_tensor(init_corrections, "initial correction", B).to(self.device)
         init_poses = corr0 @ starts_t
         overlap0 = self.validate_starts(init_poses, indices)
-        first = self.config.levels[-1]
-        lncc_start = self.similarity(f, init_poses, first.step, first.window)
-        corr = corr0.clone()
+        levels = tuple(self.config.tracking_levels) if tracking and \
+            self.config.tracking_levels else tuple(self.config.levels)
+        last = levels[-1]
         f_c = f[(slice(None),) + self._crop]
         starts_c = self._to_cropped(starts_t)
+        pyramid = {lv.step: downsample_frame(f_c, lv.step) for lv in levels}
+        lncc_start = self._similarity_c(pyramid[last.step], corr0 @ starts_c, last.step,
+                                        last.window)
+        starts_np = starts_c.cpu().numpy()
+        corr = corr0.cpu().numpy()
         history: List[List[float]] = [[] for _ in range(B)]
         total_iter = 0
-        n_levels = len(self.config.levels)
-        for li, level in enumerate(self.config.levels):
+        for li, level in enumerate(levels):
             check_cancel(cancel, "US registration")
-            if li == 0 and self.config.normal_starts:
-                corr, res = self._multi_start_level(f_c, starts_c, corr, level, cancel)
+            fd = pyramid[level.step]
+            if li == 0 and self.config.normal_starts and not tracking:
+                corr, hist, it = self._multi_start_level(fd, starts_np, corr, level, cancel)
             else:
-                corr, res = self._refine_level(f_c, starts_c, corr, level, cancel)
-            total_iter += res.iterations
+                corr, _, hist, it = self._refine_level(fd, starts_np, corr, level, cancel)
+            total_iter += it
             for b in range(B):
-                history[b].extend(float(c) for c in res.history[:, b])
-            report(progress, (li + 1) / n_levels, f"US registration level {li + 1}/{n_levels}")
-        final = corr @ starts_t
-        lncc_final = self.similarity(f, final, first.step, first.window)
+                history[b].extend(float(c) for c in hist[:, b])
+            report(progress, (li + 1) / len(levels),
+                   f"US registration level {li + 1}/{len(levels)}")
+        corr = torch.as_tensor(corr, device=self.device)
+        lncc_final = self._similarity_c(pyramid[last.step], corr @ starts_c, last.step,
+                                        last.window)
         # Safety: a frame whose similarity got worse (a diverged search) keeps its start.
-        worse = torch.as_tensor(lncc_final < lncc_start, device=self.device)
+        worse = lncc_final < lncc_start
         if bool(worse.any()):
             corr = torch.where(worse[:, None, None], corr0, corr)
-            final = corr @ starts_t
-            lncc_final = np.where(lncc_final < lncc_start, lncc_start, lncc_final)
+            lncc_final = torch.where(worse, lncc_start, lncc_final)
+        final = corr @ starts_t
         seconds = (time.perf_counter() - t0) / B
-        out = []
-        for b in range(B):
-            out.append(FrameResult(
-                start_image_to_reference=starts_t[b].cpu().numpy(),
-                image_to_reference=final[b].cpu().numpy(),
-                correction=corr[b].cpu().numpy(),
-                lncc_start=float(lncc_start[b]), lncc=float(lncc_final[b]),
-                overlap=float(overlap0[b]), iterations=total_iter, seconds=seconds,
-                history=history[b]))
-        return out
+        lncc_start, lncc_final = lncc_start.cpu().numpy(), lncc_final.cpu().numpy()
+        start_np, final_np, corr_np = starts_t.cpu().numpy(), final.cpu().numpy(), \
+            corr.cpu().numpy()
+        return [FrameResult(
+            start_image_to_reference=start_np[b], image_to_reference=final_np[b],
+            correction=corr_np[b], lncc_start=float(lncc_start[b]), lncc=float(lncc_final[b]),
+            overlap=float(overlap0[b]), iterations=total_iter, seconds=seconds,
+            history=history[b]) for b in range(B)]
 
-    def _multi_start_level(self, frames, starts, corr0, level: Level, cancel):
+    def _multi_start_level(self, fd, starts, corr0, level: Level, cancel):
         """First level from several starts shifted along the plane normal (the direction
         the frame content constrains least); each frame keeps its lowest-cost result."""
         offsets = [0.0] + [o for d in self.config.normal_starts for o in (d, -d)]
-        S, B = len(offsets), frames.shape[0]
+        S, B = len(offsets), fd.shape[0]
         base = corr0 @ starts
-        normal = torch.linalg.cross(base[:, :3, 0], base[:, :3, 1])
-        normal = normal / normal.norm(dim=-1, keepdim=True)
+        normal = np.cross(base[:, :3, 0], base[:, :3, 1])
+        normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
         shifted = []
         for o in offsets:
-            shifted.append(_translation(o * normal) @ corr0)
-        corr_all = torch.cat(shifted)  # (S * B, 4, 4), start-major
-        corr, res = self._refine_level(frames.repeat(S, 1, 1), starts.repeat(S, 1, 1),
-                                       corr_all, level, cancel)
-        cost = res.cost.view(S, B)
-        best = cost.argmin(dim=0)  # (B,)
-        pick = best * B + torch.arange(B, device=best.device)
-        res.cost = res.cost[pick]
-        res.history = res.history[:, pick]
-        res.x = res.x[pick]
-        return corr[pick], res
+            T = np.tile(np.eye(4), (B, 1, 1))
+            T[:, :3, 3] = o * normal
+            shifted.append(T @ corr0)
+        corr, cost, hist, it = self._refine_level(fd.repeat(S, 1, 1), np.tile(starts, (S, 1, 1)),
+                                                  np.concatenate(shifted), level, cancel)
+        pick = cost.reshape(S, B).argmin(axis=0) * B + np.arange(B)  # start-major
+        return corr[pick], hist[:, pick], it
 
-    def _refine_level(self, frames: torch.Tensor, starts: torch.Tensor, corr0: torch.Tensor,
-                      level: Level, cancel):
+    def _evaluate(self, level: Level, geo: _LevelGeometry, poses_c: np.ndarray,
+                  centre: np.ndarray, frame: Tuple[torch.Tensor, torch.Tensor],
+                  raw: Optional[torch.Tensor]):
+        """Cost ``(B,)`` (float64 numpy) at cropped-frame poses ``poses_c`` ``(B, 4, 4)``.
+
+        ``centre`` ``(B, 3)``: rotation centre of the LM steps (reference mm); ``frame`` =
+        the normalised frame on the level's points ``(B, N)`` and ``1 / sqrt(count)``
+        ``(B, 1)``; ``raw`` the frame on the points when the overlap is not penalised
+        (normalised on the overlap at every evaluation instead). Also returns what
+        :meth:`_normal_equations` needs (the Jacobian is only built for accepted steps).
+        """
         vol = self._volumes[level.sigma_vox]
-        dtype = torch.float32
-        fd = downsample_frame(frames, level.step)  # (B, h, w)
-        fan = self._fan_level(level.step)
-        B, h, w = fd.shape
-        base = (corr0 @ starts)  # (B, 4, 4) float64
-        centre = self._centre_reference(base)  # (B, 3)
-        Tc = _translation(centre)
-        Tc_inv = _translation(-centre)
-        pix = plane_pixels(self._shape, level.step, device=self.device, dtype=dtype)
-        cache: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        fan_f = fan.to(dtype).expand(B, h, w)
-        n_fan = fan_f.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
-        nf = local_normalise(fd, fan_f, level.window)
+        # One (B, 6, 4) matrix maps the level's pixels to grid_sample coordinates (rows
+        # 0-2) and to reference mm relative to the rotation centre (rows 3-5).
+        rel = poses_c[:, :3, :].copy()
+        rel[:, :, 3] -= centre
+        M = np.concatenate([self._reference_to_grid_np @ poses_c, rel], axis=1)
+        M = torch.as_tensor(M, dtype=torch.float32, device=self.device)
+        gq = torch.matmul(M, geo.pixT)  # (B, 6, N)
+        B, N = gq.shape[0], gq.shape[2]
+        grid = gq[:, :3].transpose(1, 2).contiguous()  # (B, N, 3)
+        vals = F.grid_sample(vol.data, grid.view(1, B, N, 1, 3), mode="bilinear",
+                             padding_mode="zeros", align_corners=True).reshape(-1, B, N)
+        inside = grid.abs().amax(dim=-1) <= 1.0
+        if level.data_mask:
+            inside = inside & (vals[1] > 0.5)
+        m = inside.to(torch.float32) * geo.fan
+        s = vals[0]  # (B, N)
+        nf, weight = frame
+        stats = None
+        if geo.dense:
+            # Local (window x window) statistics of the slice on the mask, three box sums
+            # in one call; kept for the Jacobian (same formulas as lncc.local_normalise).
+            h, w = geo.grid_shape
+            sm = s * m
+            sums = _box(torch.stack([m, sm, sm * s], dim=1).view(B * 3, h, w), level.window)
+            sums = sums.view(B, 3, N)
+            count = sums[:, 0].clamp_min(1.0)
+            mu = sums[:, 1] / count
+            d = s - mu
+            var = (sums[:, 2] / count - mu * mu).clamp_min(0.0)
+            inv_sd = torch.rsqrt(var + _EPS)
+            ns = d * inv_sd * m
+            stats = (count, d, inv_sd)
+            if raw is not None:
+                nf = local_normalise(raw.view(B, h, w), m.view(B, h, w), level.window).view(B, N)
+        else:
+            count = m.sum(dim=1, keepdim=True).clamp_min(1.0)
+            d = s - (s * m).sum(dim=1, keepdim=True) / count
+            inv_sd = torch.rsqrt((d * d * m).sum(dim=1, keepdim=True) / count + _EPS)
+            ns = d * inv_sd * m
+            stats = (count, d, inv_sd)
+            if raw is not None:
+                fdv = raw - (raw * m).sum(dim=1, keepdim=True) / count
+                nf = fdv * torch.rsqrt((fdv * fdv * m).sum(dim=1, keepdim=True) / count
+                                       + _EPS) * m
+        if raw is not None:
+            weight = torch.rsqrt(m.sum(dim=1, keepdim=True).clamp_min(1.0))
+        r = (nf - ns) * weight  # (B, N)
+        cost = 0.5 * (r * r).sum(dim=1)
+        return cost.double().cpu().numpy(), (vals, gq, m, r, weight, stats)
 
-        def poses_of(x: torch.Tensor) -> torch.Tensor:
-            return Tc @ _twist_exp(x) @ Tc_inv @ base
+    def _normal_equations(self, level: Level, geo: _LevelGeometry, saved):
+        """``J^T J`` ``(B, 6, 6)`` and ``J^T r`` ``(B, 6)`` (float64 numpy) of an
+        evaluation, ``J`` = d r / d(omega, v) (analytic)."""
+        vals, gq, m, r, weight, stats = saved
+        B, N = r.shape
+        g = vals[2:5]  # (3, B, N) volume gradient in reference mm
+        q = gq[:, 3:]  # (B, 3, N) points relative to the rotation centre
+        # d p / d(omega, v) = [-[q]_x, I]  =>  d s / d omega = q x g, d s / d v = g.
+        js = torch.stack([q[:, 1] * g[2] - q[:, 2] * g[1], q[:, 2] * g[0] - q[:, 0] * g[2],
+                          q[:, 0] * g[1] - q[:, 1] * g[0], g[0], g[1], g[2]], dim=1)
+        if not level.rotations:
+            js = js[:, 3:]
+        P = js.shape[1]
+        count, d, inv_sd = stats
+        mjs = js * m[:, None]
+        if geo.dense:  # derivative of lncc.local_normalise (see local_normalise_jvp)
+            h, w = geo.grid_shape
+            boxed = _box(torch.cat([mjs, mjs * vals[0][:, None]], dim=1).view(-1, h, w),
+                         level.window).view(B, 2 * P, N) / count[:, None]
+            dmu = boxed[:, :P]
+            # var = E[s^2] - mu^2  =>  d var = 2 E[s js] - 2 mu d mu  (mu = s - d).
+            dvar = 2.0 * boxed[:, P:] - 2.0 * (vals[0] - d)[:, None] * dmu
+            dn = (js - dmu - d[:, None] * dvar * (0.5 * inv_sd * inv_sd)[:, None]) \
+                * (inv_sd * m)[:, None]
+        else:
+            dmu = mjs.sum(dim=2, keepdim=True) / count[:, None]
+            dvar = 2.0 * (mjs * d[:, None]).sum(dim=2, keepdim=True) / count[:, None]
+            dn = (js - dmu - d[:, None] * dvar * (0.5 * inv_sd * inv_sd)[:, None]) \
+                * (inv_sd * m)[:, None]
+        J = dn * (-weight[:, None])  # (B, P, N)
+        JtJ = torch.bmm(J, J.transpose(1, 2)).double().cpu().numpy()
+        Jtr = torch.bmm(J, r[:, :, None])[:, :, 0].double().cpu().numpy()
+        if not level.rotations:  # pad to 6 parameters; the rotation steps solve to 0
+            full = np.zeros((B, 6, 6))
+            full[:, :3, :3] = np.eye(3)
+            full[:, 3:, 3:] = JtJ
+            JtJ, Jtr = full, np.concatenate([np.zeros((B, 3)), Jtr], axis=1)
+        return JtJ, Jtr
 
-        def evaluate(x: torch.Tensor) -> torch.Tensor:
-            poses = poses_of(x)
-            vals, inside = slice_volume(vol, poses.to(dtype), self._shape, step=level.step,
-                                        slab_mm=self.config.slab_mm,
-                                        slab_samples=self.config.slab_samples,
-                                        use_data_mask=level.data_mask)
-            mask = (inside & fan).to(dtype)
-            s = vals[:, 0]
-            grad = vals[:, 2:5].permute(0, 2, 3, 1)  # (B, h, w, 3) d s / d p_reference
-            pts = torch.einsum("bij,hwj->bhwi", poses[:, :3, :].to(dtype), pix)
-            q = pts - centre.to(dtype)[:, None, None, :]
-            # d p / d(omega, v) = [-[q]x, I]  =>  d s / d omega = q x g, d s / d v = g.
-            js = torch.cat([torch.linalg.cross(q, grad, dim=-1), grad], dim=-1)  # (B,h,w,6)
-            # Fixed pixel set (the fan) and fixed normalisation: fan pixels outside the
-            # overlap keep their residual n_f (as if uncorrelated), so the optimiser gains
-            # nothing by sliding the frame out of the volume.
-            ns = local_normalise(s, mask, level.window)
-            if self.config.penalise_lost_overlap:
-                n = n_fan
-                r = ((nf - ns) * fan_f / torch.sqrt(n)).reshape(B, -1)
-            else:
-                n = mask.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
-                r = ((local_normalise(fd, mask, level.window) - ns) / torch.sqrt(n)).reshape(B, -1)
-            # The Jacobian is only needed where LM accepts the step: keep what it needs.
-            cache.append((x.detach().clone(), (s, js, mask, n)))
-            del cache[:-3]
-            return r.double()
+    def _refine_level(self, fd: torch.Tensor, starts: np.ndarray, corr0: np.ndarray,
+                      level: Level, cancel):
+        """Batched Levenberg-Marquardt on one level.
 
-        def jacobian_of(saved) -> torch.Tensor:
-            s, js, mask, n = saved
-            _, jn = local_normalise_jvp(s, js.permute(0, 3, 1, 2), mask, level.window)
-            J = (-jn.permute(0, 2, 3, 1) / torch.sqrt(n)[..., None]).reshape(B, -1, 6)
-            if not level.rotations:
-                J = torch.cat([torch.zeros_like(J[..., :3]), J[..., 3:]], dim=-1)
-            return J
+        ``fd`` ``(B, h, w)`` cropped frames at the level's step (torch), ``starts``
+        ``(B, 4, 4)`` cropped tracked poses, ``corr0`` ``(B, 4, 4)`` corrections to start
+        from (float64 numpy). The 6 x 6 bookkeeping is float64 numpy (tiny; the sampling
+        and normalisation stay in torch on the volume's device). Returns
+        ``(correction (B, 4, 4), cost (B,), history (iterations + 1, B), iterations)``.
+        """
+        cfg = self.config
+        dense = level.window > 0
+        geo = self._level_geometry(level.step, dense)
+        B = fd.shape[0]
+        flat = fd.reshape(B, -1)
+        raw = None
+        if dense:
+            fan_img = geo.fan.view(1, *geo.grid_shape).expand(B, -1, -1)
+            nf = local_normalise(fd, fan_img, level.window).reshape(B, -1)
+            if not cfg.penalise_lost_overlap:
+                raw = flat
+        else:
+            vals = flat[:, geo.index]
+            mu = vals.mean(dim=1, keepdim=True)
+            nf = (vals - mu) * torch.rsqrt(((vals - mu) ** 2).mean(dim=1, keepdim=True) + _EPS)
+            if not cfg.penalise_lost_overlap:
+                raw = vals
+        weight = torch.full((B, 1), 1.0 / math.sqrt(max(1.0, float(geo.fan.sum()))),
+                            device=fd.device)
+        frame = (nf, weight)
+        corr = corr0.copy()
+        centre = (corr @ starts @ self._centre_c)[:, :3]  # (B, 3), fixed for the level
 
-        def jacobian(x: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros(B, h * w, 6, dtype=torch.float64, device=x.device)
-            todo = torch.ones(B, dtype=torch.bool, device=x.device)
-            for xc, saved in reversed(cache):
-                hit = todo & (xc == x).all(dim=1)
-                if bool(hit.any()):
-                    out[hit] = jacobian_of(saved)[hit].double()
-                todo &= ~hit
-            if bool(todo.any()):
-                evaluate(x)
-                out[todo] = jacobian_of(cache[-1][1])[todo].double()
-            return out
+        def evaluate(c):
+            return self._evaluate(level, geo, c @ starts, centre, frame, raw)
 
-        x0 = torch.zeros(B, 6, dtype=torch.float64, device=self.device)
-        res = levenberg_marquardt(evaluate, x0, max_iter=level.max_iter,
-                                  lambda_init=self.config.lambda_init, lambda_up=4.0,
-                                  lambda_down=0.3, tol_step=self.config.tol_step,
-                                  tol_cost=self.config.tol_cost,
-                                  jacobian=jacobian, cancel=cancel)
-        corr = Tc @ _twist_exp(res.x) @ Tc_inv @ corr0
-        return corr, res
+        cost, saved = evaluate(corr)
+        JtJ, Jtr = self._normal_equations(level, geo, saved)
+        lam = np.full(B, cfg.lambda_init)
+        active = np.ones(B, dtype=bool)
+        history = [cost]
+        eye = np.eye(6)
+        scale_x = np.array([100.0] * 3 + [1.0] * 3)  # tol_step: rotations at 100 mm
+        it = 0
+        for it in range(1, level.max_iter + 1):
+            check_cancel(cancel, "US registration")
+            diag = np.diagonal(JtJ, axis1=1, axis2=2)
+            floor = 1e-12 * np.maximum(diag.max(axis=1, keepdims=True), 1e-30)
+            A = JtJ + (lam[:, None] * np.maximum(diag, floor))[:, :, None] * eye
+            try:
+                dx = -np.linalg.solve(A, Jtr[:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:
+                dx = -np.linalg.lstsq(A[0], Jtr[0], rcond=None)[0][None] if B == 1 else \
+                    -np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(A, Jtr)])
+            ok = active & np.isfinite(dx).all(axis=1)
+            dx[~ok] = 0.0
+            corr_try = _step_matrix_np(dx, centre) @ corr
+            cost_t, saved_t = evaluate(corr_try)
+            better = ok & np.isfinite(cost_t) & (cost_t < cost)
+            small_decrease = better & (cost - cost_t <= cfg.tol_cost * cost)
+            small_step = ok & (np.linalg.norm(dx * scale_x, axis=1) <= cfg.tol_step)
+            if better.any():
+                JtJ_t, Jtr_t = self._normal_equations(level, geo, saved_t)
+                corr[better], cost[better] = corr_try[better], cost_t[better]
+                JtJ[better], Jtr[better] = JtJ_t[better], Jtr_t[better]
+            lam = np.where(better, lam * 0.3, lam * 4.0)
+            history.append(cost.copy())
+            active &= ~small_decrease & ~small_step & (lam < 1e8)
+            if not active.any():
+                break
+        return corr, cost, np.stack(history), it
+
+
+def _step_matrix_np(x: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """``S(x)`` ``(B, 4, 4)``: rotate by ``x[:, :3]`` (Rodrigues) about ``centre``
+    ``(B, 3)``, then translate by ``x[:, 3:]`` (reference mm). float64 numpy."""
+    w = x[:, :3]
+    t2 = (w * w).sum(axis=1)
+    t = np.sqrt(t2)
+    small = t < 1e-4
+    ts = np.where(small, 1.0, t)
+    a = np.where(small, 1.0 - t2 / 6.0, np.sin(ts) / ts)
+    b = np.where(small, 0.5 - t2 / 24.0, (1.0 - np.cos(ts)) / (ts * ts))
+    K = np.zeros((x.shape[0], 3, 3))
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
+    K[:, 1, 0], K[:, 2, 0], K[:, 2, 1] = w[:, 2], -w[:, 1], w[:, 0]
+    R = np.eye(3) + a[:, None, None] * K + b[:, None, None] * (K @ K)
+    S = np.zeros((x.shape[0], 4, 4))
+    S[:, :3, :3] = R
+    S[:, :3, 3] = centre - np.einsum("bij,bj->bi", R, centre) + x[:, 3:]
+    S[:, 3, 3] = 1.0
+    return S
 
 
 # ---------------------------------------------------------------------------- metrics
