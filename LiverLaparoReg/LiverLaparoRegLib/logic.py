@@ -42,6 +42,9 @@ class LaparoResult:
     timings: Dict[str, float] = field(default_factory=dict)
     history: List[float] = field(default_factory=list)
     deformed_vertices: Optional[np.ndarray] = None     # (V, 3) model frame, when non-rigid
+    #: the non-rigid ``nonrigid.Deformation``; ``deformation.apply(points)`` moves vessels
+    #: and tumours (model frame) with the liver
+    deformation: Optional[object] = None
 
     def to_dict(self) -> dict:
         return {"model_to_camera": np.asarray(self.model_to_camera).tolist(),
@@ -166,6 +169,7 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
                    contours3d=contours3d, progress=sub_progress(progress, 0.9, 1.0),
                    cancel=cancel)
         result.deformed_vertices = d.vertices
+        result.deformation = d
         result.timings["nonrigid_s"] = time.perf_counter() - t1
     result.metrics = evaluate(mesh, camera, result.model_to_camera, mask, contours2d,
                               contours3d, ground_truth, result.deformed_vertices)

@@ -17,7 +17,7 @@ The rigid ``model_to_camera`` pose is kept fixed (the non-rigid run needs it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ def _displace(p, centres, weights, radius):
 
 
 def deform(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None,
-           contours3d=None, n_controls: int = 16, iterations: int = 40,
+           contours3d=None, n_controls: int = 16, iterations: int = 30,
            isometry_weight: float = 10.0, landmark_weight: float = 1.0,
            scale: Optional[float] = None, progress=None, cancel=None) -> Deformation:
     """Optimise the deformation (see the module docstring). Returns a :class:`Deformation`

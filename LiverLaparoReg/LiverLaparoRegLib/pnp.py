@@ -7,13 +7,12 @@ unknown, so all hypotheses are tried (at most ``max_hypotheses``): for each, bot
 are resampled at ``n_per_curve`` points equally spaced in arc length (the 3D curve in 3D,
 the 2D curve in the image), plain EPnP (OpenCV) gives a pose, and the hypothesis with the
 smallest mean curve-to-curve distance (projected 3D curve vs 2D curve, nearest point)
-wins; EPnP + RANSAC (core ``optimize.epnp_ransac``) is then run on the winner's
-correspondences and kept when it lowers that distance.
-
-The winning pose is then refined by iterated closest points in the image: 3D curve
-samples are re-paired with the nearest 2D curve samples and the reprojection error is
-minimised (``cv2.solvePnPRefineLM``), which fixes the arc-length assumption when a 2D
-curve shows only part of its 3D curve. An optional silhouette refinement follows when a
+ranks the hypotheses. For the ``top_k`` best, EPnP + RANSAC (core
+``optimize.epnp_ransac``) is run on the same correspondences, and both poses are refined
+by iterated closest points in the image (3D curve samples re-paired with the nearest 2D
+curve samples, reprojection error minimised with ``cv2.solvePnPRefineLM``), which fixes
+the arc-length assumption when a 2D curve shows only part of its 3D curve. The pose with
+the smallest curve distance wins. An optional silhouette refinement follows when a
 mask is given (see :mod:`.silhouette`).
 """
 
@@ -92,11 +91,17 @@ def curve_distance_px(model_to_camera, camera, curves3d_pts, curves2d_pts) -> fl
 
 def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
                  contours3d: Sequence[Contour3D], n_per_curve: int = 40,
-                 ransac_px: Optional[float] = None, icp_iterations: int = 10,
-                 max_hypotheses: int = 256, progress=None, cancel=None) -> PnPRegistration:
+                 ransac_px: Optional[float] = None, icp_iterations: int = 8,
+                 max_hypotheses: int = 256, top_k: int = 2, faces=None,
+                 progress=None, cancel=None) -> PnPRegistration:
     """Pose from matched landmark curves (see the module docstring).
 
     ``vertices (V, 3)`` model mm; contours already validated (``p2ilf.validate_*``).
+    With ``faces (F, 3)``, 2D ``Silhouette`` contours (which have no 3D counterpart) also
+    take part in the image ICP: each of their samples is paired with the nearest
+    projected occluding-contour point of the mesh at the current pose. A 2D curve that
+    touches the image border is matched one way only (2D -> 3D), as its 3D curve may
+    extend outside the frame.
     Raises ``InputError`` when no label is shared by the 2D and 3D contours or fewer than
     4 correspondences result.
     """
@@ -117,54 +122,120 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
         labels3 = sorted(group_by_label(contours3d))
         raise InputError(f"contours: no label is shared by the 2D contours {labels2} and the "
                          f"3D contours {labels3}")
-    best = None
+    screened = []
     for h_i, pairs in enumerate(hyps):
         check_cancel(cancel, "PnP hypotheses")
-        report(progress, 0.8 * h_i / len(hyps), f"PnP hypothesis {h_i + 1}/{len(hyps)}")
+        report(progress, 0.6 * h_i / len(hyps), f"PnP hypothesis {h_i + 1}/{len(hyps)}")
         p3, p2 = _samples(pairs, c3_pts, c2_pts, n_per_curve)
-        # fast screening: plain EPnP on all samples (RANSAC only for the winner)
+        # fast screening: plain EPnP on all samples
         ok, rvec, tvec = cv2.solvePnP(p3, p2, K, dist, flags=cv2.SOLVEPNP_EPNP)
         if not ok or not np.all(np.isfinite(tvec)):
             continue
         T_h = np.eye(4)
         T_h[:3, :3] = cv2.Rodrigues(rvec)[0]
         T_h[:3, 3] = tvec.ravel()
-        score = curve_distance_px(T_h, camera, [c3_pts[b] for _, b, _ in pairs],
-                                  [c2_pts[a] for a, _, _ in pairs])
-        if best is None or score < best[0]:
-            best = (score, T_h, pairs)
-    if best is None:
+        screened.append((_score(T_h, camera, pairs, c3_pts, c2_pts), h_i, T_h, pairs))
+    if not screened:
         raise InputError("contours: EPnP found no pose for any curve matching; check that the "
                          "2D and 3D contours describe the same landmarks")
-    pairs = best[2]
-    p3, p2 = _samples(pairs, c3_pts, c2_pts, n_per_curve)
-    try:
-        res = epnp_ransac(p3, p2, K, dist, reprojection_px=ransac_px, iterations=200,
-                          min_inliers=max(6, len(p3) // 5))
-        score = curve_distance_px(res.model_to_camera, camera, [c3_pts[b] for _, b, _ in pairs],
-                                  [c2_pts[a] for a, _, _ in pairs])
-        if score < best[0]:
-            best = (score, res.model_to_camera, pairs)
-    except InputError:
-        pass
     t1 = time.perf_counter()
+    screened.sort(key=lambda item: item[0])
+    sil2d = [densify_polyline(c.points, 1.0) for c in contours2d if c.label == "Silhouette"]
+    sil2d = np.concatenate(sil2d) if (sil2d and faces is not None) else None
+    border = 10.0
+
+    def touches_border(p):
+        return bool(np.any((p[:, 0] < border) | (p[:, 1] < border)
+                           | (p[:, 0] > camera.width - 1 - border)
+                           | (p[:, 1] > camera.height - 1 - border)))
+
+    best = None
+    for k, (score, _, T_h, pairs) in enumerate(screened[:top_k]):
+        check_cancel(cancel, "PnP refinement")
+        report(progress, 0.6 + 0.4 * k / min(top_k, len(screened)), "PnP refinement")
+        candidates = [T_h]
+        p3, p2 = _samples(pairs, c3_pts, c2_pts, n_per_curve)
+        try:
+            candidates.append(epnp_ransac(p3, p2, K, dist, reprojection_px=ransac_px,
+                                          iterations=200,
+                                          min_inliers=max(6, len(p3) // 5)).model_to_camera)
+        except InputError:
+            pass
+        p3_all = [c3_pts[b] for _, b, _ in pairs]
+        p2_all = [c2_pts[a] for a, _, _ in pairs]
+        one_way = [touches_border(p) for p in p2_all]
+        for T_c in candidates:
+            T_r = _icp(T_c, p3_all, p2_all, K, dist, icp_iterations, one_way,
+                       sil2d, None if sil2d is None else (v, np.asarray(faces)))
+            for T_x in (T_c, T_r):
+                s_x = _score(T_x, camera, pairs, c3_pts, c2_pts)
+                if best is None or s_x < best[0]:
+                    best = (s_x, T_x, pairs)
     score, T, pairs = best
-    # Iterated closest points in the image (reprojection refinement).
-    p3_all = [c3_pts[b] for _, b, _ in pairs]
-    p2_all = [c2_pts[a] for a, _, _ in pairs]
+    report(progress, 1.0, "PnP done")
+    return PnPRegistration(T, score, len(hyps), pairs,
+                           {"hypotheses_s": t1 - t0, "refine_s": time.perf_counter() - t1})
+
+
+def _score(T, camera, pairs, c3_pts, c2_pts) -> float:
+    return curve_distance_px(T, camera, [c3_pts[b] for _, b, _ in pairs],
+                             [c2_pts[a] for a, _, _ in pairs])
+
+
+def occluding_contour_points(vertices: np.ndarray, faces: np.ndarray,
+                             model_to_camera: np.ndarray) -> np.ndarray:
+    """Midpoints ``(M, 3)`` (model frame) of the mesh edges shared by a front-facing and
+    a back-facing triangle as seen from the camera centre at ``model_to_camera``: the
+    occluding contour (contour generator) whose projection contains the silhouette."""
+    T = np.asarray(model_to_camera)
+    pc = vertices @ T[:3, :3].T + T[:3, 3]
+    a, b, c = pc[faces[:, 0]], pc[faces[:, 1]], pc[faces[:, 2]]
+    front = (np.cross(b - a, c - a) * ((a + b + c) / 3.0)).sum(1) < 0
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    f_of_e = np.tile(np.arange(len(faces)), 3)
+    key = np.sort(e, axis=1)
+    order = np.lexsort((key[:, 1], key[:, 0]))
+    key, f_sorted = key[order], f_of_e[order]
+    same = np.all(key[1:] == key[:-1], axis=1)
+    i = np.nonzero(same)[0]
+    mixed = front[f_sorted[i]] != front[f_sorted[i + 1]]
+    edges = key[i[mixed]]
+    return 0.5 * (vertices[edges[:, 0]] + vertices[edges[:, 1]])
+
+
+def _icp(T, p3_all, p2_all, K, dist, iterations: int, one_way=None, sil2d=None,
+         mesh=None) -> np.ndarray:
+    """Iterated closest points in the image: re-pair projected 3D curve samples with
+    their nearest 2D samples (both directions unless ``one_way``; outliers beyond 3x the
+    median dropped), silhouette samples ``sil2d`` with the projected occluding contour of
+    ``mesh = (vertices, faces)``, and minimise the reprojection error
+    (``cv2.solvePnPRefineLM``)."""
+    import cv2  # noqa: PLC0415
+
     rvec, _ = cv2.Rodrigues(T[:3, :3])
     tvec = T[:3, 3].reshape(3, 1).copy()
-    for it in range(icp_iterations):
-        check_cancel(cancel, "PnP refinement")
+    one_way = one_way or [False] * len(p3_all)
+    for _ in range(iterations):
         src, dst = [], []
-        for p3, p2 in zip(p3_all, p2_all):
+        if sil2d is not None:
+            Tc = np.eye(4)
+            Tc[:3, :3] = cv2.Rodrigues(rvec)[0]
+            Tc[:3, 3] = np.asarray(tvec).ravel()
+            occ = occluding_contour_points(mesh[0], mesh[1], Tc)
+            if len(occ) >= 4:
+                uv, _ = cv2.projectPoints(occ, rvec, tvec, K, dist)
+                d2, i3 = _nearest(sil2d, uv.reshape(-1, 2))
+                keep2 = d2 <= max(3.0 * np.median(d2), 2.0)
+                src.append(occ[i3[keep2]])
+                dst.append(sil2d[keep2])
+        for p3, p2, ow in zip(p3_all, p2_all, one_way):
             uv, _ = cv2.projectPoints(p3, rvec, tvec, K, dist)
             uv = uv.reshape(-1, 2)
-            d, j = _nearest(uv, p2)
-            keep = d <= max(3.0 * np.median(d), 2.0)
-            src.append(p3[keep])
-            dst.append(p2[j[keep]])
-            # and the other direction: every 2D sample pulls its nearest projected sample
+            if not ow:
+                d, j = _nearest(uv, p2)
+                keep = d <= max(3.0 * np.median(d), 2.0)
+                src.append(p3[keep])
+                dst.append(p2[j[keep]])
             d2, i3 = _nearest(p2, uv)
             keep2 = d2 <= max(3.0 * np.median(d2), 2.0)
             src.append(p3[i3[keep2]])
@@ -173,16 +244,10 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
         if len(src) < 4:
             break
         rvec, tvec = cv2.solvePnPRefineLM(src, dst, K, dist, rvec, tvec)
-    R, _ = cv2.Rodrigues(rvec)
-    T_ref = np.eye(4)
-    T_ref[:3, :3] = R
-    T_ref[:3, 3] = tvec.ravel()
-    score_ref = curve_distance_px(T_ref, camera, p3_all, p2_all)
-    if score_ref <= score:
-        T, score = T_ref, score_ref
-    report(progress, 1.0, "PnP done")
-    return PnPRegistration(T, score, len(hyps), pairs,
-                           {"hypotheses_s": t1 - t0, "refine_s": time.perf_counter() - t1})
+    out = np.eye(4)
+    out[:3, :3] = cv2.Rodrigues(rvec)[0]
+    out[:3, 3] = np.asarray(tvec).ravel()
+    return out
 
 
 def _samples(pairs, c3_pts, c2_pts, n_per_curve):

@@ -100,21 +100,24 @@ def _face_pairs(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, height: 
 
 
 def _signed_distance(tri: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
-    """Signed distance (px) from pixel centres ``(P, 2)`` to triangles ``(P, 3, 2)``."""
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    e1, e2 = b - a, c - a
-    orient = torch.sign(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).detach()
+    """Signed distance (px) from pixel centres ``(P, 2)`` to triangles ``(P, 3, 2)``
+    (positive inside). Written with explicit x / y components (no small reductions)."""
+    px, py = pix[:, 0], pix[:, 1]
+    xs = [tri[:, k, 0] for k in range(3)]
+    ys = [tri[:, k, 1] for k in range(3)]
+    orient = torch.sign((xs[1] - xs[0]) * (ys[2] - ys[0])
+                        - (ys[1] - ys[0]) * (xs[2] - xs[0])).detach()
     inside = torch.ones_like(orient, dtype=torch.bool)
-    seg = []
-    for p0, p1 in ((a, b), (b, c), (c, a)):
-        e = p1 - p0
-        w = pix - p0
-        cross = (e[:, 0] * w[:, 1] - e[:, 1] * w[:, 0]) * orient
-        inside = inside & (cross >= 0)
-        t = ((w * e).sum(1) / (e * e).sum(1).clamp(min=1e-12)).clamp(0, 1)
-        diff = w - t[:, None] * e
-        seg.append(torch.sqrt((diff * diff).sum(1) + 1e-12))
-    dmin = torch.stack(seg, 1).amin(1)
+    dmin2 = None
+    for i, j in ((0, 1), (1, 2), (2, 0)):
+        ex, ey = xs[j] - xs[i], ys[j] - ys[i]
+        wx, wy = px - xs[i], py - ys[i]
+        inside = inside & ((ex * wy - ey * wx) * orient >= 0)
+        t = ((wx * ex + wy * ey) / (ex * ex + ey * ey).clamp(min=1e-12)).clamp(0, 1)
+        dx, dy = wx - t * ex, wy - t * ey
+        d2 = dx * dx + dy * dy
+        dmin2 = d2 if dmin2 is None else torch.minimum(dmin2, d2)
+    dmin = torch.sqrt(dmin2 + 1e-12)
     return torch.where(inside, dmin, -dmin)
 
 

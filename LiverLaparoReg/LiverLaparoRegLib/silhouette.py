@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ def increment_pose(params: torch.Tensor, pivot: torch.Tensor) -> torch.Tensor:
 
 def downsample_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Area-average a ``(H, W)`` mask to ``(height, width)`` (values in [0, 1])."""
-    m = mask.to(torch.float64)[None, None]
+    m = mask.to(torch.float32)[None, None]
     return F.adaptive_avg_pool2d(m, (height, width))[0, 0]
 
 
@@ -61,16 +61,20 @@ def soft_dice_loss(s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
                       factors: Sequence[float] = (8.0, 4.0), iterations: Sequence[int] = (60, 40),
                       sigma_px: float = 1.0, lr_rad: float = 0.01, lr_mm: float = 1.0,
+                      patience: int = 8, min_delta: float = 1e-4,
                       progress=None, cancel=None) -> SilhouetteResult:
     """Refine ``model_to_camera_init`` so the rendered silhouette matches ``mask (H, W)``.
 
     ``factors``: downsampling factor of each pyramid level (coarse first), relative to
-    the camera / mask size; ``iterations``: Adam steps per level.
+    the camera / mask size; ``iterations``: at most this many Adam steps per level; a
+    level stops early when the loss has not improved by ``min_delta`` for ``patience``
+    steps.
     """
     t0 = time.perf_counter()
     device = vertices.device if isinstance(vertices, torch.Tensor) else torch.device("cpu")
+    # float32 rendering (pixel precision is ample), pose algebra in float64
     v = torch.as_tensor(np.asarray(vertices) if not isinstance(vertices, torch.Tensor) else vertices,
-                        dtype=torch.float64, device=device)
+                        dtype=torch.float32, device=device)
     f = torch.as_tensor(np.asarray(faces), dtype=torch.long, device=device)
     m_full = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask,
                              device=device) != 0
@@ -82,7 +86,7 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
     if len(factors) != len(iterations):
         raise InputError("silhouette levels: factors and iterations must have the same length")
     T0 = torch.as_tensor(np.asarray(model_to_camera_init, dtype=np.float64), device=device)
-    pivot = (v @ T0[:3, :3].T + T0[:3, 3]).mean(0).detach()
+    pivot = (v.double() @ T0[:3, :3].T + T0[:3, 3]).mean(0).detach()
     params = torch.zeros(6, dtype=torch.float64, device=device)
     history: List[float] = []
     total = max(1, sum(iterations))
@@ -96,18 +100,26 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
         opt = torch.optim.Adam([{"params": [rot], "lr": lr_rad},
                                 {"params": [trans], "lr": lr_mm}])
         best_loss = float("inf")
+        since_best = 0
         for it in range(n_it):
             check_cancel(cancel, "silhouette refinement")
             opt.zero_grad()
             p = torch.cat([rot, trans])
             T = increment_pose(p, pivot) @ T0
-            uv, z = project_vertices(v, T, cam)
+            uv, z = project_vertices(v, T.float(), cam)
             s = soft_silhouette(uv, z, f, cam.height, cam.width, sigma=sigma_px)[0]
             loss = soft_dice_loss(s, target)
             lv = float(loss.detach())
             history.append(lv)
+            if lv < best_loss - min_delta:
+                since_best = 0
+            else:
+                since_best += 1
             if lv < best_loss:
                 best_loss, best_params = lv, p.detach().clone()
+            if since_best >= patience:
+                done += n_it - it - 1
+                break
             loss.backward()
             opt.step()
             done += 1

@@ -137,8 +137,13 @@ def test_cli_silhouette_nonrigid_with_init_and_mask(tmp_path, sample_data):
     assert args.func(args) == 0
     res = json.loads(out.read_text())
     assert res["method"] == "silhouette"
-    assert res["metrics"]["centroid_error_mm"] < 0.5 * np.linalg.norm([6.0, -4.0])
-    assert res["metrics"]["mask_dice"] > 0.95
+    # the image-plane (x, y) error of the liver centre drops from 7.2 mm to below 1.5 mm;
+    # depth is weakly observable at 96 px (1 % of 600 mm = 0.5 px of outline), not checked
+    c = mesh.vertices.mean(0)
+    Te = np.asarray(res["model_to_camera"])
+    lateral = (Te[:3, :3] @ c + Te[:3, 3] - T[:3, :3] @ c - T[:3, 3])[:2]
+    assert np.linalg.norm(lateral) < 1.5
+    assert res["metrics"]["mask_dice"] > 0.97              # initial pose: 0.943
     deformed = load_mesh(tmp_path / "deformed.vtk")
     assert deformed.vertices.shape == mesh.vertices.shape
     assert "nonrigid_s" in res["timing"]

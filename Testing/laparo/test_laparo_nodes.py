@@ -3,7 +3,7 @@
 import numpy as np
 
 from SurgicalReg2D3DLib import io, nodes
-from LiverLaparoRegLib import logic, metrics, p2ilf, synthetic
+from LiverLaparoRegLib import logic, metrics, p2ilf
 from LiverLaparoRegLib.camera import load_camera
 from LiverLaparoRegLib.mesh import load_mesh
 

@@ -77,3 +77,26 @@ def test_silhouette_refinement_improves_dice(p2ilf_mesh):
     assert d1 > d0 + 0.02
     assert metrics.pose_errors(r.model_to_camera, T)["translation_mm"] < \
         metrics.pose_errors(T0, T)["translation_mm"]
+
+
+def test_occluding_contour_of_a_sphere_is_the_analytic_circle():
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    src = vtk.vtkSphereSource()
+    src.SetRadius(50.0)
+    src.SetThetaResolution(120)
+    src.SetPhiResolution(120)
+    src.Update()
+    pd = src.GetOutput()
+    v = vtk_to_numpy(pd.GetPoints().GetData()).astype(float)
+    f = vtk_to_numpy(pd.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    T = np.eye(4)
+    T[:3, 3] = [0.0, 0.0, 300.0]
+    occ = pnp.occluding_contour_points(v, f, T)
+    assert len(occ) > 50
+    cam = PinholeCamera(fx=500.0, fy=500.0, cx=0.0, cy=0.0, width=640, height=480)
+    uv = cam.project(occ + T[:3, 3]).numpy()
+    expected = 500.0 * np.tan(np.arcsin(50.0 / 300.0))     # 84.5 px
+    r = np.linalg.norm(uv, axis=1)
+    assert np.abs(r - expected).max() < 0.02 * expected

@@ -43,10 +43,20 @@ def local_normalise(x: torch.Tensor, mask: torch.Tensor, window: int) -> torch.T
         mu = (x * m).sum(dim=(1, 2), keepdim=True) / count
         var = (((x - mu) ** 2) * m).sum(dim=(1, 2), keepdim=True) / count
     else:
+        x = _centre(x, m)
         count = _box(m, window).clamp_min(1.0)
         mu = _box(x * m, window) / count
         var = (_box(x * x * m, window) / count - mu * mu).clamp_min(0.0)
     return (x - mu) / torch.sqrt(var + _EPS) * m
+
+
+def _centre(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``x`` minus its masked mean per image ``(B, h, w)``. The result of the local
+    normalisation does not change, but the box sums of ``x^2`` (cumulative sums in
+    float32) no longer cancel catastrophically in ``E[x^2] - mu^2`` for images with a
+    large offset (e.g. 500 +- 2)."""
+    mean = (x * m).sum(dim=(-2, -1), keepdim=True) / m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    return x - mean
 
 
 def local_normalise_jvp(x: torch.Tensor, tangents: torch.Tensor, mask: torch.Tensor,
@@ -66,6 +76,7 @@ def local_normalise_jvp(x: torch.Tensor, tangents: torch.Tensor, mask: torch.Ten
         dmu = mt.sum(dim=(2, 3), keepdim=True) / count[:, None]
         dvar = 2 * (mt * (x - mu)[:, None]).sum(dim=(2, 3), keepdim=True) / count[:, None]
     else:
+        x = _centre(x, m)
         count = _box(m, window).clamp_min(1.0)
         mu = _box(x * m, window) / count
         var = (_box(x * x * m, window) / count - mu * mu).clamp_min(0.0)

@@ -3,10 +3,12 @@
 A *method factory* takes the volume and the sweep geometry once and returns a callable
 
     method(frames (B, H, W), starts (B, 4, 4), init_corrections=None (B, 4, 4),
-           indices=None, cancel=None) -> List[FrameResult]
+           indices=None, cancel=None, tracking=False) -> List[FrameResult]
 
 that registers frames whose tracked ``image_to_reference`` is ``starts``, optionally after
-applying ``init_corrections`` on the left (temporal initialisation). Both 4x4s and the
+applying ``init_corrections`` on the left (temporal initialisation). ``tracking=True``
+says the start is already close (the previous frame's correction in a stream): a method
+may then use a shorter search (the LNCC method runs its ``tracking_levels``). Both 4x4s and the
 volume's ``ijk_to_reference`` must be in the same millimetre frame (the PLUS reference
 frame, or Slicer RAS: the methods do not care which).
 
@@ -31,9 +33,10 @@ def make_lncc(volume, ijk_to_reference, frame_shape, fan, volume_mask=None,
     registrar = SliceRegistrar(volume, ijk_to_reference, frame_shape, fan, config=config,
                                device=device, volume_mask=volume_mask)
 
-    def method(frames, starts, init_corrections=None, indices=None, cancel=None):
+    def method(frames, starts, init_corrections=None, indices=None, cancel=None,
+               tracking=False):
         return registrar.register(frames, starts, init_corrections=init_corrections,
-                                  indices=indices, cancel=cancel)
+                                  indices=indices, cancel=cancel, tracking=tracking)
 
     method.registrar = registrar
     return method
@@ -53,7 +56,8 @@ def make_sitk(volume, ijk_to_reference, frame_shape, fan, volume_mask=None, conf
     checker = SliceRegistrar(vol, ijk_to_reference, frame_shape, fan,
                              config=config, volume_mask=volume_mask)
 
-    def method(frames, starts, init_corrections=None, indices=None, cancel=None):
+    def method(frames, starts, init_corrections=None, indices=None, cancel=None,
+               tracking=False):  # tracking: same search either way
         frames = np.asarray(frames)
         starts = np.asarray(starts, dtype=float).reshape(-1, 4, 4)
         if init_corrections is not None:

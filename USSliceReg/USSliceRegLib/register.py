@@ -32,8 +32,8 @@ evaluation samples intensity, data mask and the precomputed volume gradient in o
 ``J^T r`` (analytic Jacobian, pushed through the normalisation with
 :func:`lncc.local_normalise_jvp`); the LM loop is a lean batched one written for 6
 parameters. ``tracking=True`` (temporal mode: the start already carries the previous
-frame's correction) runs :attr:`RegistrationConfig.tracking_levels` instead (no coarse
-translation search, no multi-start).
+frame's correction) runs :attr:`RegistrationConfig.tracking_levels` instead (by default
+the finest level only, no multi-start).
 
 A frame whose final LNCC is below its start keeps its start (a diverged search is never
 returned).
@@ -82,14 +82,17 @@ class RegistrationConfig:
                                  Level(16, 0, 15, 2.0, data_mask=False),
                                  Level(8, 7, 12, 1.0))
     #: Levels used with ``tracking=True`` (temporal mode: the start already holds the
-    #: previous frame's correction, so it is close): no translation search, no multi-start.
-    tracking_levels: Tuple[Level, ...] = (Level(16, 0, 8, 2.0, data_mask=False),
-                                          Level(8, 7, 8, 1.0))
+    #: previous frame's correction, so it is close); no multi-start either. ``None``: the
+    #: finest level only.
+    tracking_levels: Optional[Tuple[Level, ...]] = None
     #: True: fan pixels outside the volume keep a residual (no gain from leaving the
     #: volume); False: the residual covers the overlap only.
     penalise_lost_overlap: bool = True
     #: LM stops a level when an accepted step lowers the cost by less than this fraction.
     tol_cost: float = 1e-3
+    #: ... the same for the coarser levels (looser values save iterations but cost
+    #: accuracy on the spine sweep: 3e-3 lost one held-out frame of fifteen).
+    tol_cost_coarse: float = 1e-3
     #: ... or when the step moves the fan by less than this (mm and rad * 100 mm).
     tol_step: float = 1e-4
     #: First-level extra starts shifted by +-these mm along the plane normal (the
@@ -223,7 +226,7 @@ class SliceRegistrar:
         self._offset = torch.as_tensor(offset, device=self.device)
         mask = vol_np > 0 if volume_mask is None else np.asarray(volume_mask, dtype=bool)
         self._volumes: Dict[float, PreparedVolume] = {}
-        all_levels = tuple(self.config.levels) + tuple(self.config.tracking_levels or ())
+        all_levels = tuple(self.config.levels) + self._tracking_levels()
         for level in all_levels:
             if level.sigma_vox not in self._volumes:
                 v = vol_np.astype(np.float32)
@@ -256,6 +259,11 @@ class SliceRegistrar:
         self._check_fov(ref)
 
     # ------------------------------------------------------------------ helpers
+    def _tracking_levels(self) -> Tuple[Level, ...]:
+        if self.config.tracking_levels:
+            return tuple(self.config.tracking_levels)
+        return tuple(self.config.levels[-1:])
+
     def _fan_level(self, step: int) -> torch.Tensor:
         if step not in self._fans:
             f = downsample_frame(torch.as_tensor(self._fan_c.astype(np.float32)), step)
@@ -342,23 +350,35 @@ class SliceRegistrar:
 
     def _similarity_c(self, fd: torch.Tensor, poses_c: torch.Tensor, step: int,
                       window: int) -> torch.Tensor:
-        """:meth:`similarity` for cropped, downsampled frames ``(B, h, w)`` (no checks)."""
+        """:meth:`similarity` for cropped, downsampled frames ``(B, h, w)`` (no checks),
+        and the fraction ``(B,)`` of the fan inside the volume's data (numpy)."""
         vol = self._volumes[min(self._volumes)]
         geo = self._level_geometry(step, dense=True)
         vals, in_grid = self._sample(vol, poses_c, geo, channels=2)
         B = fd.shape[0]
-        mask = (in_grid & (vals[1] > 0.5) & (geo.fan > 0)).view(B, *geo.grid_shape)
-        return masked_lncc(fd, vals[0].view(B, *geo.grid_shape), mask, max(0, window))
+        inside = in_grid & (vals[1] > 0.5) & (geo.fan > 0)
+        overlap = (inside.sum(dim=1).float() / geo.fan.sum().clamp_min(1.0)).cpu().numpy()
+        mask = inside.view(B, *geo.grid_shape)
+        return masked_lncc(fd, vals[0].view(B, *geo.grid_shape), mask, max(0, window)), overlap
 
     # ------------------------------------------------------------------ registration
     def validate_starts(self, starts: torch.Tensor, indices: Sequence[int]) -> np.ndarray:
+        """Raise :class:`GeometryError` for a field of view far larger than the volume or a
+        start whose fan barely overlaps the volume's data; returns the overlaps ``(B,)``."""
+        self._check_fov_of(starts)
+        ov = self._overlap_c(self._to_cropped(starts.to(self.device)), 8).cpu().numpy()
+        self._check_overlap(ov, indices)
+        return ov
+
+    def _check_fov_of(self, starts: torch.Tensor) -> None:
         ext = self.frame_extent_mm(starts[0].cpu().numpy())
         if ext > 2.0 * self._vol_extent:
             raise GeometryError(
                 f"US frame: field of view ({ext:.0f} mm across the fan) is larger than twice "
                 f"the volume's extent ({self._vol_extent:.0f} mm); check the calibration "
                 "units (mm per pixel)")
-        ov = self._overlap_c(self._to_cropped(starts.to(self.device)), 8).cpu().numpy()
+
+    def _check_overlap(self, ov: np.ndarray, indices: Sequence[int]) -> None:
         bad = [(int(i), float(o)) for i, o in zip(indices, ov) if o < self.config.min_overlap]
         if bad:
             i, o = bad[0]
@@ -366,8 +386,8 @@ class SliceRegistrar:
                 f"US frame {i}: no overlap with the volume at the start pose ({100 * o:.0f}% "
                 f"of the fan inside the volume's data, need {100 * self.config.min_overlap:.0f}%)"
                 f"; {len(bad)} frame(s) affected")
-        return ov
 
+    @torch.inference_mode()  # no autograd bookkeeping: the Jacobian is analytic
     def register(self, frames, starts, init_corrections=None, indices=None,
                  progress=None, cancel=None, tracking: bool = False) -> List[FrameResult]:
         """Refine ``starts`` ``(B, 4, 4)`` for ``frames`` ``(B, H, W)``, all in one batch.
@@ -387,15 +407,17 @@ class SliceRegistrar:
         else:
             corr0 = _poses_tensor(init_corrections, "initial correction", B).to(self.device)
         init_poses = corr0 @ starts_t
-        overlap0 = self.validate_starts(init_poses, indices)
-        levels = tuple(self.config.tracking_levels) if tracking and \
-            self.config.tracking_levels else tuple(self.config.levels)
+        self._check_fov_of(init_poses)
+        levels = self._tracking_levels() if tracking else tuple(self.config.levels)
         last = levels[-1]
         f_c = f[(slice(None),) + self._crop]
         starts_c = self._to_cropped(starts_t)
-        pyramid = {lv.step: downsample_frame(f_c, lv.step) for lv in levels}
-        lncc_start = self._similarity_c(pyramid[last.step], corr0 @ starts_c, last.step,
-                                        last.window)
+        pyramid = _pyramid(f_c, [lv.step for lv in levels])
+        # One sampling at the finest level: overlap check (at that level's step) and the
+        # start LNCC of the final safety test.
+        lncc_start, overlap0 = self._similarity_c(pyramid[last.step], corr0 @ starts_c,
+                                                  last.step, last.window)
+        self._check_overlap(overlap0, indices)
         starts_np = starts_c.cpu().numpy()
         corr = corr0.cpu().numpy()
         history: List[List[float]] = [[] for _ in range(B)]
@@ -404,17 +426,19 @@ class SliceRegistrar:
             check_cancel(cancel, "US registration")
             fd = pyramid[level.step]
             if li == 0 and self.config.normal_starts and not tracking:
-                corr, hist, it = self._multi_start_level(fd, starts_np, corr, level, cancel)
+                corr, hist, it = self._multi_start_level(fd, starts_np, corr, level, cancel,
+                                                         li == len(levels) - 1)
             else:
-                corr, _, hist, it = self._refine_level(fd, starts_np, corr, level, cancel)
+                corr, _, hist, it = self._refine_level(fd, starts_np, corr, level, cancel,
+                                                       li == len(levels) - 1)
             total_iter += it
             for b in range(B):
                 history[b].extend(float(c) for c in hist[:, b])
             report(progress, (li + 1) / len(levels),
                    f"US registration level {li + 1}/{len(levels)}")
         corr = torch.as_tensor(corr, device=self.device)
-        lncc_final = self._similarity_c(pyramid[last.step], corr @ starts_c, last.step,
-                                        last.window)
+        lncc_final, _ = self._similarity_c(pyramid[last.step], corr @ starts_c, last.step,
+                                           last.window)
         # Safety: a frame whose similarity got worse (a diverged search) keeps its start.
         worse = lncc_final < lncc_start
         if bool(worse.any()):
@@ -431,7 +455,7 @@ class SliceRegistrar:
             overlap=float(overlap0[b]), iterations=total_iter, seconds=seconds,
             history=history[b]) for b in range(B)]
 
-    def _multi_start_level(self, fd, starts, corr0, level: Level, cancel):
+    def _multi_start_level(self, fd, starts, corr0, level: Level, cancel, finest: bool):
         """First level from several starts shifted along the plane normal (the direction
         the frame content constrains least); each frame keeps its lowest-cost result."""
         offsets = [0.0] + [o for d in self.config.normal_starts for o in (d, -d)]
@@ -445,7 +469,8 @@ class SliceRegistrar:
             T[:, :3, 3] = o * normal
             shifted.append(T @ corr0)
         corr, cost, hist, it = self._refine_level(fd.repeat(S, 1, 1), np.tile(starts, (S, 1, 1)),
-                                                  np.concatenate(shifted), level, cancel)
+                                                  np.concatenate(shifted), level, cancel,
+                                                  finest)
         pick = cost.reshape(S, B).argmin(axis=0) * B + np.arange(B)  # start-major
         return corr[pick], hist[:, pick], it
 
@@ -483,6 +508,8 @@ class SliceRegistrar:
             # Local (window x window) statistics of the slice on the mask, three box sums
             # in one call; kept for the Jacobian (same formulas as lncc.local_normalise).
             h, w = geo.grid_shape
+            # Centred first: float32 box sums of s^2 would cancel in E[s^2] - mu^2.
+            s = s - (s * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
             sm = s * m
             sums = _box(torch.stack([m, sm, sm * s], dim=1).view(B * 3, h, w), level.window)
             sums = sums.view(B, 3, N)
@@ -509,12 +536,12 @@ class SliceRegistrar:
             weight = torch.rsqrt(m.sum(dim=1, keepdim=True).clamp_min(1.0))
         r = (nf - ns) * weight  # (B, N)
         cost = 0.5 * (r * r).sum(dim=1)
-        return cost.double().cpu().numpy(), (vals, gq, m, r, weight, stats)
+        return cost.double().cpu().numpy(), (vals, s, gq, m, r, weight, stats)
 
     def _normal_equations(self, level: Level, geo: _LevelGeometry, saved):
         """``J^T J`` ``(B, 6, 6)`` and ``J^T r`` ``(B, 6)`` (float64 numpy) of an
         evaluation, ``J`` = d r / d(omega, v) (analytic)."""
-        vals, gq, m, r, weight, stats = saved
+        vals, s, gq, m, r, weight, stats = saved
         B, N = r.shape
         g = vals[2:5]  # (3, B, N) volume gradient in reference mm
         q = gq[:, 3:]  # (B, 3, N) points relative to the rotation centre
@@ -528,11 +555,11 @@ class SliceRegistrar:
         mjs = js * m[:, None]
         if geo.dense:  # derivative of lncc.local_normalise (see local_normalise_jvp)
             h, w = geo.grid_shape
-            boxed = _box(torch.cat([mjs, mjs * vals[0][:, None]], dim=1).view(-1, h, w),
+            boxed = _box(torch.cat([mjs, mjs * s[:, None]], dim=1).view(-1, h, w),
                          level.window).view(B, 2 * P, N) / count[:, None]
             dmu = boxed[:, :P]
             # var = E[s^2] - mu^2  =>  d var = 2 E[s js] - 2 mu d mu  (mu = s - d).
-            dvar = 2.0 * boxed[:, P:] - 2.0 * (vals[0] - d)[:, None] * dmu
+            dvar = 2.0 * boxed[:, P:] - 2.0 * (s - d)[:, None] * dmu
             dn = (js - dmu - d[:, None] * dvar * (0.5 * inv_sd * inv_sd)[:, None]) \
                 * (inv_sd * m)[:, None]
         else:
@@ -551,16 +578,18 @@ class SliceRegistrar:
         return JtJ, Jtr
 
     def _refine_level(self, fd: torch.Tensor, starts: np.ndarray, corr0: np.ndarray,
-                      level: Level, cancel):
+                      level: Level, cancel, finest: bool = True):
         """Batched Levenberg-Marquardt on one level.
 
         ``fd`` ``(B, h, w)`` cropped frames at the level's step (torch), ``starts``
         ``(B, 4, 4)`` cropped tracked poses, ``corr0`` ``(B, 4, 4)`` corrections to start
-        from (float64 numpy). The 6 x 6 bookkeeping is float64 numpy (tiny; the sampling
+        from (float64 numpy); ``finest``: use ``tol_cost`` (else ``tol_cost_coarse``).
+        The 6 x 6 bookkeeping is float64 numpy (tiny; the sampling
         and normalisation stay in torch on the volume's device). Returns
         ``(correction (B, 4, 4), cost (B,), history (iterations + 1, B), iterations)``.
         """
         cfg = self.config
+        tol_cost = cfg.tol_cost if finest else max(cfg.tol_cost, cfg.tol_cost_coarse)
         dense = level.window > 0
         geo = self._level_geometry(level.step, dense)
         B = fd.shape[0]
@@ -590,7 +619,7 @@ class SliceRegistrar:
         JtJ, Jtr = self._normal_equations(level, geo, saved)
         lam = np.full(B, cfg.lambda_init)
         active = np.ones(B, dtype=bool)
-        history = [cost]
+        history = [cost.copy()]
         eye = np.eye(6)
         scale_x = np.array([100.0] * 3 + [1.0] * 3)  # tol_step: rotations at 100 mm
         it = 0
@@ -606,10 +635,19 @@ class SliceRegistrar:
                     -np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(A, Jtr)])
             ok = active & np.isfinite(dx).all(axis=1)
             dx[~ok] = 0.0
+            # Decrease predicted by the linear model; a converged item (e.g. a tracking
+            # start that is already right) stops here without trying the step.
+            predicted = -(Jtr * dx).sum(axis=1) - 0.5 * np.einsum("bi,bij,bj->b", dx, JtJ, dx)
+            flat_model = ok & (predicted <= 0.25 * tol_cost * cost)
+            active &= ~flat_model
+            ok &= ~flat_model
+            dx[~ok] = 0.0
+            if not active.any():
+                break
             corr_try = _step_matrix_np(dx, centre) @ corr
             cost_t, saved_t = evaluate(corr_try)
             better = ok & np.isfinite(cost_t) & (cost_t < cost)
-            small_decrease = better & (cost - cost_t <= cfg.tol_cost * cost)
+            small_decrease = better & (cost - cost_t <= tol_cost * cost)
             small_step = ok & (np.linalg.norm(dx * scale_x, axis=1) <= cfg.tol_step)
             if better.any():
                 JtJ_t, Jtr_t = self._normal_equations(level, geo, saved_t)
@@ -621,6 +659,17 @@ class SliceRegistrar:
             if not active.any():
                 break
         return corr, cost, np.stack(history), it
+
+
+def _pyramid(frames: torch.Tensor, steps: Sequence[int]) -> Dict[int, torch.Tensor]:
+    """Block means ``{step: (B, H // step, W // step)}`` of ``frames`` ``(B, H, W)``; a
+    step that is a multiple of a smaller one is pooled from it (same block means)."""
+    out: Dict[int, torch.Tensor] = {}
+    for step in sorted(set(steps)):
+        base = max((s for s in out if step % s == 0), default=None)
+        out[step] = downsample_frame(frames, step) if base is None else \
+            downsample_frame(out[base], step // base)
+    return out
 
 
 def _step_matrix_np(x: np.ndarray, centre: np.ndarray) -> np.ndarray:

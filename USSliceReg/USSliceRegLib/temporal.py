@@ -2,7 +2,9 @@
 
 Breathing and patient motion change slowly, so the correction found for frame ``t - 1``
 (``tracked_reference_to_reference``, see :mod:`register`) is the best guess for frame
-``t``: with ``temporal=True`` frame ``t`` starts at ``correction[t-1] @ tracked[t]``.
+``t``: with ``temporal=True`` frame ``t`` starts at ``correction[t-1] @ tracked[t]`` and,
+from the second frame on, is registered with ``tracking=True`` (the LNCC method then skips
+its coarse translation search and multi-start: lower latency per live frame).
 Without it, frames are independent and registered in batches.
 
 :class:`LiveRegistration` is the hook for live use (a sequence browser or an incoming image
@@ -44,7 +46,7 @@ def register_sequence(method, frames, starts, temporal: bool = True, batch_size:
         for t in range(n):
             check_cancel(cancel, "US sequence registration")
             res = method(frames[t:t + 1], starts[t:t + 1], init_corrections=correction[None],
-                         indices=indices[t:t + 1], cancel=cancel)[0]
+                         indices=indices[t:t + 1], cancel=cancel, tracking=t > 0)[0]
             correction = res.correction
             results.append(res)
             report(progress, (t + 1) / n, f"frame {indices[t]} ({t + 1}/{n})")
@@ -87,7 +89,7 @@ class LiveRegistration:
         if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
             raise InputError("tracked image_to_reference: expected a finite 4x4 matrix")
         res = self.method(frame[None], pose[None], init_corrections=self.correction[None],
-                          indices=[self.count])[0]
+                          indices=[self.count], tracking=self.count > 0)[0]
         self.correction = res.correction
         self.count += 1
         self.last = res
