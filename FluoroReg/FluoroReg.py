@@ -50,7 +50,7 @@ class FluoroReg(ScriptedLoadableModule):
             "transform node and a DRR at the final pose shown over the X-ray.")
         self.parent.acknowledgementText = _(
             "Part of the SlicerSurgicalReg2D3D extension. The sample CT is from the "
-            "TotalSegmentator data set (CC BY 4.0); X-rays in the self-test are simulated.")
+            "TotalSegmentator repository (Apache-2.0; Wasserthal et al., Radiology: AI 2023); X-rays in the self-test are simulated.")
 
 
 @parameterNodeWrapper

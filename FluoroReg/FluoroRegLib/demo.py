@@ -56,8 +56,8 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     landmarks = sample_landmarks(hu, m, 20, seed=0)
     case = simulate_case(volume, camera, np.random.default_rng(7), landmarks,
                          views=("AP", "LAT"), mtre_range_mm=(10, 20), rotation_range_deg=(5, 10))
-    options = {"levels": (2, 1), "iterations": 8 if quick else 10,
-               "n_samples": 64 if quick else 128}
+    options = {"levels": (2, 1), "iterations": 8,
+               "n_samples": 64 if quick else 96}
     results = {}
     for n_views in ((1,) if quick else (1, 2)):
         res = register_arrays(hu, m, case.images[:n_views], case.cameras[:n_views],

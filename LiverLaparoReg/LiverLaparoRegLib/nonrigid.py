@@ -84,6 +84,7 @@ def deform(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None,
         from .silhouette import downsample_mask, soft_dice_loss  # noqa: PLC0415
 
         target = downsample_mask(torch.as_tensor(np.asarray(mask) != 0), cam.height, cam.width)
+        target = target.float()
     lm = []
     if contours2d and contours3d:
         by2 = {}
@@ -103,7 +104,8 @@ def deform(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None,
         opt.zero_grad()
         loss = torch.zeros((), dtype=torch.float64)
         if target is not None:
-            uv, z = project_vertices(_displace(vc, centres, w, radius), T, cam)
+            # float32 rendering (pixel precision is ample), deformation in float64
+            uv, z = project_vertices(_displace(vc, centres, w, radius).float(), T.float(), cam)
             s = soft_silhouette(uv, z, fc, cam.height, cam.width, sigma=0.7)[0]
             loss = loss + soft_dice_loss(s, target)
         for p3, p2 in lm:

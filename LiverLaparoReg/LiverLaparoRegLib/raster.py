@@ -9,7 +9,7 @@ linearised inside a triangle, a sub-pixel effect for meshes with faces of a few 
 Pixel ``(row v, column u)`` has its centre at image coordinates ``(u, v)``.
 
 Rasterisation visits, for every face, only the pixels of the face's own bounding box
-(grown by ``4 sigma`` for the soft mask): the (face, pixel) pairs are enumerated as a
+(grown by ``3 sigma`` for the soft mask): the (face, pixel) pairs are enumerated as a
 ragged list with ``repeat_interleave`` so no fixed tiles and no per-pixel loop over faces.
 
 Soft silhouette: for a face ``f`` and pixel ``p`` let ``d(f, p)`` be the signed distance

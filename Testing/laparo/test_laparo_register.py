@@ -100,3 +100,28 @@ def test_occluding_contour_of_a_sphere_is_the_analytic_circle():
     expected = 500.0 * np.tan(np.arcsin(50.0 / 300.0))     # 84.5 px
     r = np.linalg.norm(uv, axis=1)
     assert np.abs(r - expected).max() < 0.02 * expected
+
+
+def test_cancel_progress_and_inputs_unchanged(p2ilf_mesh):
+    from SurgicalReg2D3DLib.errors import CancelledError
+    from SurgicalReg2D3DLib.progress import CancelToken
+    from LiverLaparoRegLib.logic import register
+
+    cam = PinholeCamera(fx=800.0, fy=800.0, cx=319.5, cy=239.5, width=640, height=480)
+    T = _pose(p2ilf_mesh, (10, 20, 30), 450.0)
+    case = synthetic.make_case(p2ilf_mesh, cam, T, render=False)
+    v_before = p2ilf_mesh.vertices.copy()
+    pts_before = [c.points.copy() for c in case.contours2d]
+    seen = []
+    r = register(p2ilf_mesh, cam, contours2d=case.contours2d, contours3d=case.contours3d,
+                 progress=lambda f, msg="": seen.append(f))
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and all(0 <= f <= 1 for f in seen)
+    assert metrics.pose_errors(r.model_to_camera, T)["rotation_deg"] < 5.0
+    np.testing.assert_array_equal(p2ilf_mesh.vertices, v_before)
+    for c, p in zip(case.contours2d, pts_before):
+        np.testing.assert_array_equal(c.points, p)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(CancelledError):
+        register(p2ilf_mesh, cam, contours2d=case.contours2d, contours3d=case.contours3d,
+                 cancel=token)

@@ -150,3 +150,40 @@ def test_lncc_properties_and_jvp():
             assert torch.allclose(dn[:, p], fd, atol=1e-5)
     b = torch.tensor(rng.random((2, 24, 30)))
     assert float(masked_lncc(a, b, mask, 7).abs().max()) < 0.2  # independent noise
+
+
+def test_local_normalise_with_large_offset_matches_float64_reference():
+    """A frame like 500 +- 2 (float32): the box sums must not cancel. Reference: scipy
+    uniform_filter in float64 (zero padding, window counts from the mask)."""
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(7)
+    x = 500.0 + 2.0 * rng.standard_normal((2, 40, 50))
+    mask = np.ones_like(x, dtype=bool)
+    mask[:, :, :6] = False
+    w = 7
+    m = mask.astype(float)
+
+    def box(a):
+        return uniform_filter(a, size=(1, w, w), mode="constant") * w * w
+
+    count = np.maximum(box(m), 1.0)
+    mu = box(x * m) / count
+    var = box(x * x * m) / count - mu * mu  # float64: no cancellation at this magnitude
+    ref = (x - mu) / np.sqrt(var + 1e-3) * m
+    out = local_normalise(torch.as_tensor(x, dtype=torch.float32),
+                          torch.as_tensor(mask), w).double().numpy()
+    np.testing.assert_allclose(out, ref, atol=2e-3)
+
+
+def test_pyramid_is_block_means():
+    """Chained pooling (16 from 8, 32 from 16) equals direct block means (numpy)."""
+    from USSliceRegLib.register import _pyramid
+
+    rng = np.random.default_rng(2)
+    f = rng.random((2, 131, 97)).astype(np.float32) * 255
+    pyr = _pyramid(torch.as_tensor(f), [32, 8, 16, 3])
+    for step in (3, 8, 16, 32):
+        h, w = 131 // step, 97 // step
+        ref = f[:, :h * step, :w * step].reshape(2, h, step, w, step).mean(axis=(2, 4))
+        np.testing.assert_allclose(pyr[step].numpy(), ref, rtol=1e-5, atol=1e-3)

@@ -55,8 +55,8 @@ def _centre(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     normalisation does not change, but the box sums of ``x^2`` (cumulative sums in
     float32) no longer cancel catastrophically in ``E[x^2] - mu^2`` for images with a
     large offset (e.g. 500 +- 2)."""
-    mean = (x * m).sum(dim=(-2, -1), keepdim=True) / m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
-    return x - mean
+    count = m.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    return x - (x * m).sum(dim=(-2, -1), keepdim=True) / count
 
 
 def local_normalise_jvp(x: torch.Tensor, tangents: torch.Tensor, mask: torch.Tensor,

@@ -27,13 +27,17 @@ volume never pays; see :mod:`lncc`). Default pyramid (:class:`RegistrationConfig
 Speed (the live case registers one frame at a time, so per-call overhead matters more than
 arithmetic): levels with a global metric sample only the fan's pixels (a sparse point
 list); the LNCC level samples the fan's bounding box (the window needs a grid). Every
-evaluation samples intensity, data mask and the precomputed volume gradient in one
-``grid_sample`` and returns the cost together with the normal equations ``J^T J``,
-``J^T r`` (analytic Jacobian, pushed through the normalisation with
-:func:`lncc.local_normalise_jvp`); the LM loop is a lean batched one written for 6
-parameters. ``tracking=True`` (temporal mode: the start already carries the previous
-frame's correction) runs :attr:`RegistrationConfig.tracking_levels` instead (by default
-the finest level only, no multi-start).
+evaluation maps the pixels with one ``(B, 6, 4)`` matrix (grid coordinates and points
+about the centre), samples intensity, data mask and the precomputed volume gradient in one
+``grid_sample`` and returns the cost; the analytic normal equations ``J^T J``, ``J^T r``
+(the chain of :func:`lncc.local_normalise_jvp`, reusing the evaluation's local statistics)
+are only formed for accepted steps. The LM loop keeps its 6 x 6 bookkeeping in float64
+numpy (tiny; the heavy work stays in torch on the volume's device), runs under
+``torch.inference_mode`` and stops an item when the decrease predicted by the linear model
+is negligible, so an already-registered start costs one evaluation. ``tracking=True``
+(temporal mode: the start already carries the previous frame's correction) runs
+:attr:`RegistrationConfig.tracking_levels` instead (by default the finest level only, no
+multi-start).
 
 A frame whose final LNCC is below its start keeps its start (a diverged search is never
 returned).
@@ -149,13 +153,6 @@ def _poses_tensor(poses, name: str, n: int) -> torch.Tensor:
     if abs(float(torch.linalg.det(t[:, :3, :3]).abs().min())) < 1e-12:
         raise GeometryError(f"{name}: singular matrix")
     return t
-
-
-def _translation(c: torch.Tensor) -> torch.Tensor:
-    """``(B, 3)`` -> ``(B, 4, 4)`` pure translations."""
-    T = torch.eye(4, dtype=c.dtype, device=c.device).repeat(c.shape[0], 1, 1)
-    T[:, :3, 3] = c
-    return T
 
 
 @dataclass
