@@ -1,7 +1,9 @@
 """FluoroReg accuracy on simulated (SYNTHETIC) X-rays of the shipped CT: SMSR and mTRE.
 
-    OMP_NUM_THREADS=2 python benchmarks/fluoro_accuracy.py [--cases 10] [--size 96]
-        [--methods ncc gradncc ncc-adam ppc] [--views 1 2] [--out fluoro-accuracy]
+    OMP_NUM_THREADS=1 python benchmarks/fluoro_accuracy.py run [--cases 20] [--size 96]
+        [--methods ppc gradncc] [--views 1 2] [--seed 0] [--out fluoro-accuracy]
+    python benchmarks/fluoro_accuracy.py report [--out fluoro-accuracy]
+        [--results benchmarks/results]
 
 Cases: random C-arm poses around an AP view (+ a lateral second view at a fixed C-arm
 motion), starts with a 3D mTRE in ``--mtre-range`` (default 10-30 mm) and a rotation of
@@ -11,14 +13,20 @@ noise and detector blur; registration uses the CT block-averaged by
 ``--register-downsample`` (default 2, i.e. 3 mm) and trilinear DRRs, so the images are
 not a copy of what the optimiser renders.
 
-Reported per method and number of views:
-- SMSR: % of cases with 3D mTRE < ``--success-mm`` (default 1 mm);
+``run`` appends one CSV row per finished case to ``<out>/accuracy.csv`` (a cut-off run
+still gives numbers; a re-run skips the (method, views, case) rows already there), so
+several processes with different ``--methods`` may share one output folder. The cases are
+generated once per (seed, n, size) and cached in ``<out>/cases_*.pkl``.
+
+``report`` summarises the CSV per method and number of views:
+- SMSR: % of cases with 3D mTRE < ``--success-mm`` (default 1 mm), with a 95% Wilson
+  interval;
 - mTRE (primary): mean 3D distance of 20 CT landmarks (bone surface + body) between the
   estimated and true pose, median / 75th / 95th percentile;
-- mPE: mean projection error on the detector (mm), mRPD: mean re-projection distance
-  (mm), dgeo: double geodesic distance (radius SDD / 2) — different measures that
-  published tables often mix up;
-- time per case (s).
+- mPE: mean projection error on the detector of view 0 (px and mm), mRPD: mean
+  re-projection distance (mm), dgeo: double geodesic distance (radius SDD / 2) —
+  different measures that published tables often mix up;
+- seconds per case and the 1-minute load average while the case ran (shared machine).
 """
 
 from __future__ import annotations
@@ -26,7 +34,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import os
+import pickle
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,97 +46,220 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "FluoroReg"), str(ROOT / "SurgicalReg2D3D")]
 CT = ROOT / "Resources" / "SampleData" / "ct" / "thorax_aorta_ct_cropped.nii.gz"
+FIELDS = ["method", "views", "case", "seed", "size", "initial_mtre_mm", "mtre_mm", "mpe_px",
+          "mpe_mm", "mrpd_mm", "dgeo_rot_mm", "dgeo_trans_mm", "dgeo_mm", "rot_deg",
+          "trans_mm", "time_s", "load1", "threads", "error"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=10)
-    ap.add_argument("--size", type=int, default=96, help="image size (px)")
-    ap.add_argument("--fov-mm", type=float, default=300.0, help="detector width (mm)")
-    ap.add_argument("--methods", nargs="+", default=["ncc", "gradncc", "ncc-adam", "ppc"])
-    ap.add_argument("--views", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--mtre-range", type=float, nargs=2, default=[10.0, 30.0])
-    ap.add_argument("--rot-range", type=float, nargs=2, default=[5.0, 15.0])
-    ap.add_argument("--register-downsample", type=int, default=2)
-    ap.add_argument("--iterations", type=int, default=15)
-    ap.add_argument("--success-mm", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="fluoro-accuracy")
-    args = ap.parse_args()
+def wilson(k: int, n: int, z: float = 1.96):
+    """95% Wilson score interval (in %) of a proportion k / n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return 100 * max(0.0, mid - half), 100 * min(1.0, mid + half)
 
-    import torch
 
+def make_cases(args, out: Path):
+    """The synthetic cases (cached); returns (cases, landmarks, reg_hu, reg_m, setup)."""
     from FluoroRegLib.drr import DRRVolume
     from FluoroRegLib.geometry import make_camera
-    from FluoroRegLib.logic import register_arrays
     from FluoroRegLib.simulate import downsample_ct, read_ct, sample_landmarks, simulate_case
-    from SurgicalReg2D3DLib.metrics import summarize
 
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     hu, m = read_ct(CT)
-    sim_volume = DRRVolume.from_hu(hu, m)
     reg_hu, reg_m = downsample_ct(hu, m, args.register_downsample)
+    cache = out / f"cases_seed{args.seed}_n{args.cases}_px{args.size}.pkl"
+    if cache.exists():
+        with open(cache, "rb") as fh:
+            cases, landmarks, setup = pickle.load(fh)
+        return cases, landmarks, reg_hu, reg_m, setup
+    sim_volume = DRRVolume.from_hu(hu, m)
     landmarks = sample_landmarks(hu, m, 20, seed=args.seed)
     spacing = args.fov_mm / args.size
     camera = make_camera(1000.0, (spacing, spacing), (args.size, args.size))
     rng = np.random.default_rng(args.seed)
+    effects = {"photons": 2e4}
     cases = [simulate_case(sim_volume, camera, rng, landmarks, views=("AP", "LAT"),
                            mtre_range_mm=tuple(args.mtre_range),
                            rotation_range_deg=tuple(args.rot_range),
-                           effects={"photons": 2e4}) for _ in range(args.cases)]
+                           effects=effects) for _ in range(args.cases)]
+    setup = {"synthetic": True, "ct": str(CT.relative_to(ROOT)),
+             "ct_shape_kji": list(hu.shape),
+             "ct_spacing_mm": [float(s) for s in np.linalg.norm(m[:3, :3], axis=0)],
+             "register_downsample": args.register_downsample,
+             "source_to_detector_mm": 1000.0, "source_to_ct_centre_mm": 600.0,
+             "detector_px": [args.size, args.size], "pixel_mm": spacing,
+             "views": ["AP", "LAT"], "effects": effects, "seed": args.seed,
+             "n_cases": args.cases, "mtre_range_mm": list(args.mtre_range),
+             "rot_range_deg": list(args.rot_range), "n_landmarks": len(landmarks),
+             "simulation_drr": "siddon (full-resolution CT)", "registration_drr": "trilinear"}
+    tmp = cache.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump((cases, landmarks, setup), fh)
+    os.replace(tmp, cache)
+    return cases, landmarks, reg_hu, reg_m, setup
+
+
+def cmd_run(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from FluoroRegLib.logic import register_arrays
+    from FluoroRegLib.ppc import register_hybrid_methods
+
+    register_hybrid_methods()
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cases, landmarks, reg_hu, reg_m, setup = make_cases(args, out)
+    (out / f"setup_seed{args.seed}.json").write_text(json.dumps(setup, indent=2))
     print(f"{len(cases)} synthetic cases, {args.size} px, initial mTRE "
           f"{np.median([c.initial_mtre_mm for c in cases]):.1f} mm (median)", flush=True)
+    csv_path = out / "accuracy.csv"
+    done = set()
+    if csv_path.exists():
+        with open(csv_path) as fh:
+            done = {(r["method"], int(r["views"]), int(r["case"]), int(r["seed"]), int(r["size"]))
+                    for r in csv.DictReader(fh)}
     options = {"levels": (4, 2, 1), "iterations": args.iterations}
-    rows = []
     for method in args.methods:
         for n_views in args.views:
             for ci, case in enumerate(cases):
+                if (method, n_views, ci, args.seed, args.size) in done:
+                    continue
                 opts = dict(options)
                 if method.endswith("adam"):
                     opts["iterations"] = 3 * args.iterations
+                if method.startswith("ppc+"):  # hybrid: PPC as "ppc", then 2 finer levels
+                    opts = {"ppc_levels": (4, 2, 1), "ppc_iterations": args.iterations,
+                            "levels": (2, 1), "iterations": args.iterations}
+                row = {"method": method, "views": n_views, "case": ci, "seed": args.seed,
+                       "size": args.size, "initial_mtre_mm": case.initial_mtre_mm,
+                       "threads": args.threads}
+                t0 = time.perf_counter()
                 try:
-                    res = register_arrays(reg_hu, reg_m, case.images[:n_views], case.cameras[:n_views],
+                    res = register_arrays(reg_hu, reg_m, case.images[:n_views],
+                                          case.cameras[:n_views],
                                           case.init_ct_to_camera[:n_views], method=method,
                                           landmarks_ras=landmarks,
                                           true_ct_to_camera=case.true_ct_to_camera[0], **opts)
-                    row = {"method": method, "views": n_views, "case": ci,
-                           "initial_mtre_mm": case.initial_mtre_mm, "time_s": res.time_s,
-                           **res.metrics}
+                    row.update(res.metrics, time_s=res.time_s)
                 except Exception as exc:  # noqa: BLE001 - a failed case counts as failure
-                    row = {"method": method, "views": n_views, "case": ci,
-                           "initial_mtre_mm": case.initial_mtre_mm, "time_s": float("nan"),
-                           "mtre_mm": float("nan"), "error": str(exc)}
-                rows.append(row)
-                print(f"  {method:10s} {n_views}-view case {ci}: {case.initial_mtre_mm:5.1f} -> "
-                      f"{row['mtre_mm']:.3f} mm ({row['time_s']:.1f} s)", flush=True)
-    keys = sorted({k for r in rows for k in r})
-    with open(out / "accuracy.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"\nSMSR = % of cases with 3D mTRE < {args.success_mm} mm; errors in mm; synthetic X-rays")
-    print(f"{'method':10s} {'views':>5s} {'SMSR':>6s} {'median':>7s} {'p75':>7s} {'p95':>7s} "
-          f"{'mPE':>6s} {'mRPD':>6s} {'dgeo':>6s} {'s/case':>7s}")
-    summary = {}
-    for method in args.methods:
-        for n_views in args.views:
-            sel = [r for r in rows if r["method"] == method and r["views"] == n_views]
-            s = summarize([r["mtre_mm"] for r in sel], threshold=args.success_mm)
+                    row.update(mtre_mm=float("nan"), time_s=time.perf_counter() - t0,
+                               error=str(exc)[:200])
+                row["load1"] = os.getloadavg()[0]
+                new = not csv_path.exists()
+                with open(csv_path, "a", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+                    if new:
+                        writer.writeheader()
+                    writer.writerow(row)
+                print(f"  {method:12s} {n_views}-view case {ci}: {case.initial_mtre_mm:5.1f} -> "
+                      f"{row['mtre_mm']:.3f} mm ({row['time_s']:.1f} s, load "
+                      f"{row['load1']:.1f})", flush=True)
 
-            def med(key):
-                vals = [r[key] for r in sel if key in r and np.isfinite(r[key])]
-                return float(np.median(vals)) if vals else float("nan")
 
-            s.update(mpe_mm=med("mpe_mm"), mrpd_mm=med("mrpd_mm"), dgeo_mm=med("dgeo_mm"),
-                     time_s=med("time_s"))
-            summary[f"{method}/{n_views}"] = s
-            print(f"{method:10s} {n_views:5d} {s['smsr']:6.1f} {s['median']:7.3f} {s['p75']:7.3f} "
-                  f"{s['p95']:7.3f} {s['mpe_mm']:6.3f} {s['mrpd_mm']:6.3f} {s['dgeo_mm']:6.3f} "
-                  f"{s['time_s']:7.1f}")
-    (out / "summary.json").write_text(json.dumps({"synthetic": True, "args": vars(args),
-                                                  "summary": summary}, indent=2))
+def _f(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def summarise(rows, success_mm: float):
+    """Per (method, views): the table rows (dicts)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["method"], int(r["views"])), []).append(r)
+    table = []
+    for (method, views), sel in sorted(groups.items()):
+        mtre = np.array([_f(r["mtre_mm"]) for r in sel])
+        mtre_fail = np.where(np.isfinite(mtre), mtre, np.inf)  # errors count as failures
+        k, n = int((mtre_fail < success_mm).sum()), len(sel)
+        lo, hi = wilson(k, n)
+
+        def med(key):
+            v = np.array([_f(r.get(key)) for r in sel])
+            v = v[np.isfinite(v)]
+            return float(np.median(v)) if len(v) else float("nan")
+
+        p50, p75, p95 = (float(np.percentile(mtre_fail, q)) for q in (50, 75, 95))
+        table.append({"method": method, "views": views, "n": n, "successes": k,
+                      "smsr": 100.0 * k / n, "smsr_wilson95": [lo, hi],
+                      "mtre_median": p50, "mtre_p75": p75, "mtre_p95": p95,
+                      "mtre_median_success": float(np.median(mtre_fail[mtre_fail < success_mm]))
+                      if k else float("nan"),
+                      "mpe_px": med("mpe_px"), "mpe_mm": med("mpe_mm"), "mrpd_mm": med("mrpd_mm"),
+                      "dgeo_mm": med("dgeo_mm"), "rot_deg": med("rot_deg"),
+                      "initial_mtre_median": med("initial_mtre_mm"),
+                      "time_s": med("time_s"), "load1": med("load1"),
+                      "errors": sum(1 for r in sel if r.get("error")),
+                      "failed_cases": [int(r["case"]) for r, e in zip(sel, mtre_fail)
+                                       if not e < success_mm]})
+    return table
+
+
+def cmd_report(args) -> None:
+    out = Path(args.out)
+    with open(out / "accuracy.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    table = summarise(rows, args.success_mm)
+    fmt = lambda x: "inf" if x == float("inf") else f"{x:.3f}"  # noqa: E731
+    print(f"SMSR = % of cases with 3D mTRE < {args.success_mm} mm; synthetic X-rays")
+    print(f"{'method':14s} {'views':>5s} {'n':>3s} {'SMSR':>6s} {'Wilson95':>13s} {'median':>7s} "
+          f"{'p75':>7s} {'p95':>7s} {'mPEpx':>6s} {'mPEmm':>6s} {'mRPD':>6s} {'dgeo':>6s} "
+          f"{'s/case':>7s} {'load':>5s}")
+    for t in table:
+        lo, hi = t["smsr_wilson95"]
+        print(f"{t['method']:14s} {t['views']:5d} {t['n']:3d} {t['smsr']:6.1f} "
+              f"{lo:5.1f}-{hi:5.1f}  {fmt(t['mtre_median']):>7s} {fmt(t['mtre_p75']):>7s} "
+              f"{fmt(t['mtre_p95']):>7s} {t['mpe_px']:6.3f} {t['mpe_mm']:6.3f} "
+              f"{t['mrpd_mm']:6.3f} {t['dgeo_mm']:6.3f} {t['time_s']:7.1f} {t['load1']:5.1f}")
+    if args.results:
+        res = Path(args.results)
+        res.mkdir(parents=True, exist_ok=True)
+        setups = [json.loads(p.read_text()) for p in sorted(out.glob("setup_seed*.json"))]
+        (res / "fluoro_accuracy.json").write_text(json.dumps(
+            {"synthetic": True, "success_mm": args.success_mm, "setup": setups,
+             "summary": table}, indent=2, default=float))
+        with open(res / "fluoro_accuracy.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=FIELDS)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: r.get(k, "") for k in FIELDS})
+        print(f"wrote {res / 'fluoro_accuracy.json'} and {res / 'fluoro_accuracy.csv'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd")
+    run = sub.add_parser("run")
+    run.add_argument("--cases", type=int, default=20)
+    run.add_argument("--size", type=int, default=96, help="image size (px)")
+    run.add_argument("--fov-mm", type=float, default=300.0, help="detector width (mm)")
+    run.add_argument("--methods", nargs="+", default=["ppc", "gradncc"])
+    run.add_argument("--views", type=int, nargs="+", default=[1, 2])
+    run.add_argument("--mtre-range", type=float, nargs=2, default=[10.0, 30.0])
+    run.add_argument("--rot-range", type=float, nargs=2, default=[5.0, 15.0])
+    run.add_argument("--register-downsample", type=int, default=2)
+    run.add_argument("--iterations", type=int, default=15)
+    run.add_argument("--threads", type=int, default=1, help="torch threads")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", default="fluoro-accuracy")
+    rep = sub.add_parser("report")
+    rep.add_argument("--out", default="fluoro-accuracy")
+    rep.add_argument("--success-mm", type=float, default=1.0)
+    rep.add_argument("--results", default=str(ROOT / "benchmarks" / "results"),
+                     help="write fluoro_accuracy.{json,csv} here ('' = do not)")
+    args = ap.parse_args()
+    if args.cmd == "run":
+        cmd_run(args)
+    elif args.cmd == "report":
+        cmd_report(args)
+    else:
+        ap.print_help()
 
 
 if __name__ == "__main__":

@@ -259,3 +259,49 @@ def register_ppc(volume, views: Sequence[XRayView], init_ct_to_camera,
     report(progress, 1.0, "PPC registration done")
     return RegistrationResult(current, views_pose, float(np.mean(sims)), "ppc", history,
                               time.perf_counter() - start)
+
+
+def register_ppc_intensity(volume, views: Sequence[XRayView], init_ct_to_camera,
+                           similarity: str = "gradncc", ppc_levels: Sequence[float] = (2, 1),
+                           ppc_iterations: int = 15, levels: Sequence[float] = (2, 1),
+                           iterations: int = 15, progress=None, cancel=None,
+                           **options) -> RegistrationResult:
+    """Hybrid: PPC (wide capture range, contour-based) then intensity refinement
+    (``similarity`` = ``"gradncc"`` or ``"ncc"`` with Levenberg-Marquardt) from the PPC
+    pose, on the finer pyramid ``levels`` only (PPC already removed the large error).
+
+    Same inputs as :func:`register_ppc`; ``options`` (``drr_method``, ``n_samples``) go
+    to both stages. The result's ``history`` holds both stages (``stage`` key).
+    """
+    from SurgicalReg2D3DLib.progress import sub_progress  # noqa: PLC0415
+
+    from .refine import register_intensity  # noqa: PLC0415
+
+    start = time.perf_counter()
+    common = {k: options[k] for k in ("drr_method", "n_samples") if k in options}
+    first = register_ppc(volume, views, init_ct_to_camera, levels=ppc_levels,
+                         iterations=ppc_iterations, progress=sub_progress(progress, 0.0, 0.4),
+                         cancel=cancel, **common)
+    second = register_intensity(volume, views, first.ct_to_camera, similarity=similarity,
+                                optimizer="lm", levels=levels, iterations=iterations,
+                                progress=sub_progress(progress, 0.4, 1.0), cancel=cancel,
+                                **common)
+    history = [dict(h, stage="ppc") for h in first.history] + \
+        [dict(h, stage=similarity) for h in second.history]
+    return RegistrationResult(second.ct_to_camera, second.views_ct_to_camera,
+                              second.similarity, f"ppc+{similarity}", history,
+                              time.perf_counter() - start)
+
+
+def register_hybrid_methods() -> None:
+    """Add ``"ppc+gradncc"`` and ``"ppc+ncc"`` to ``logic.METHODS`` (idempotent)."""
+    from .logic import register_method  # noqa: PLC0415
+
+    for sim in ("gradncc", "ncc"):
+        def run(volume, views, init, progress=None, cancel=None, _sim=sim, **options):
+            options.pop("similarity", None)
+            return register_ppc_intensity(volume, views, init, similarity=_sim,
+                                          progress=progress, cancel=cancel, **options)
+
+        run.__doc__ = f"PPC followed by {sim} Levenberg-Marquardt refinement."
+        register_method(f"ppc+{sim}", run)

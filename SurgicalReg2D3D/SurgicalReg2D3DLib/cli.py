@@ -116,8 +116,9 @@ def run_demo(out_dir: Path, modules: Optional[List[str]] = None, quick: bool = F
 
 def _report_markdown(report: dict) -> str:
     lines = [f"# SlicerSurgicalReg2D3D demo report (version {report['surgreg']})", ""]
-    lines.append("All X-ray images in the FluoroReg part are simulated from a real CT (synthetic).")
-    lines.append("")
+    if "FluoroReg" in report["modules"]:
+        lines.append("All X-ray images in the FluoroReg part are simulated from a real CT (synthetic).")
+        lines.append("")
     for module_name, entry in report["modules"].items():
         lines.append(f"## {module_name}")
         if entry.get("status") != "ok":
