@@ -275,8 +275,10 @@ def register_ppc_intensity(volume, views: Sequence[XRayView], init_ct_to_camera,
     """
     from SurgicalReg2D3DLib.progress import sub_progress  # noqa: PLC0415
 
-    from .refine import register_intensity  # noqa: PLC0415
+    from .refine import SIMILARITIES, register_intensity  # noqa: PLC0415
 
+    if similarity not in SIMILARITIES:  # checked before the (slower) PPC stage
+        raise InputError(f"similarity: expected one of {SIMILARITIES}, got {similarity!r}")
     start = time.perf_counter()
     common = {k: options[k] for k in ("drr_method", "n_samples") if k in options}
     first = register_ppc(volume, views, init_ct_to_camera, levels=ppc_levels,

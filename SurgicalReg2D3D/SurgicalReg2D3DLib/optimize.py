@@ -94,6 +94,10 @@ def jacobian_forward(residual_fn: Callable[[torch.Tensor], torch.Tensor], x: tor
     ``P`` columns with ``torch.autograd.functional.jvp`` (the double-backward trick, which
     works for any function reverse-mode autograd supports, at about twice the cost).
 
+    Not every operator has a forward derivative: ``grid_sample`` (DRRs, volume slicing)
+    has none, so such residuals use ``jacobian="finite"`` or their own callable (FluoroReg
+    renders the 6 perturbed poses in one batch).
+
     Note: torch initialises forward-mode AD lazily; the first call in a process takes a few
     seconds (one-time), later calls take milliseconds.
     """
