@@ -259,8 +259,9 @@ def markdown(table, setups, rows, success_mm: float) -> str:
             f"- Starts: random rotation {st['rot_range_deg'][0]:g}-{st['rot_range_deg'][1]:g} deg "
             f"about the CT centre plus a translation scaled so the initial 3D mTRE is uniform in "
             f"{st['mtre_range_mm'][0]:g}-{st['mtre_range_mm'][1]:g} mm.",
-            f"- Seed {st['seed']}; {st['n_cases']} cases generated (the same cases for every "
-            f"method); {st['n_landmarks']} landmarks sampled in the CT (bone surface + body).",
+            f"- Seed {st['seed']}: cases are drawn one after the other from one random stream, "
+            "so case i is the same in every run and every method runs on cases 0..n-1 (n per "
+            f"row below); {st['n_landmarks']} landmarks sampled in the CT (bone surface + body).",
             ""]
     lines += [
         "## Measures (named, not mixed)", "",

@@ -36,8 +36,8 @@ numpy (tiny; the heavy work stays in torch on the volume's device), runs under
 ``torch.inference_mode`` and stops an item when the decrease predicted by the linear model
 is negligible, so an already-registered start costs one evaluation. ``tracking=True``
 (temporal mode: the start already carries the previous frame's correction) runs
-:attr:`RegistrationConfig.tracking_levels` instead (by default the finest level only, no
-multi-start).
+:attr:`RegistrationConfig.tracking_levels` instead (by default the finest level only, at
+most 5 iterations, no multi-start).
 
 A frame whose final LNCC is below its start keeps its start (a diverged search is never
 returned).
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -87,7 +87,7 @@ class RegistrationConfig:
                                  Level(8, 7, 12, 1.0))
     #: Levels used with ``tracking=True`` (temporal mode: the start already holds the
     #: previous frame's correction, so it is close); no multi-start either. ``None``: the
-    #: finest level only.
+    #: finest level only, at most 5 iterations (the live latency budget).
     tracking_levels: Optional[Tuple[Level, ...]] = None
     #: True: fan pixels outside the volume keep a residual (no gain from leaving the
     #: volume); False: the residual covers the overlap only.
@@ -259,7 +259,8 @@ class SliceRegistrar:
     def _tracking_levels(self) -> Tuple[Level, ...]:
         if self.config.tracking_levels:
             return tuple(self.config.tracking_levels)
-        return tuple(self.config.levels[-1:])
+        last = self.config.levels[-1]
+        return (replace(last, max_iter=min(last.max_iter, 5)),)
 
     def _fan_level(self, step: int) -> torch.Tensor:
         if step not in self._fans:
