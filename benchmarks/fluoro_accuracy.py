@@ -243,7 +243,8 @@ def markdown(table, setups, rows, success_mm: float) -> str:
     if st:
         lines += [
             f"- CT: `{st['ct']}` (real, shipped sample data), array (K, J, I) = "
-            f"{tuple(st['ct_shape_kji'])}, spacing {', '.join(f'{s:.2f}' for s in st['ct_spacing_mm'])} mm. "
+            f"{tuple(st['ct_shape_kji'])}, spacing "
+            f"{', '.join(f'{s:.2f}' for s in st['ct_spacing_mm'])} mm. "
             f"X-rays are simulated from it with the exact Siddon integrator at full resolution; "
             f"registration uses the CT block-averaged x{st['register_downsample']} and trilinear "
             "DRRs (so the optimiser never renders the exact images it is compared with).",

@@ -14,6 +14,16 @@ curve samples, reprojection error minimised with ``cv2.solvePnPRefineLM``), whic
 the arc-length assumption when a 2D curve shows only part of its 3D curve. The pose with
 the smallest curve distance wins. An optional silhouette refinement follows when a
 mask is given (see :mod:`.silhouette`).
+
+Partial curves (``subcurves=True``): real annotations (P2ILF) often list a 3D curve
+that covers only part of its 2D curve, or the reverse, so end-to-end arc-length pairing
+is wrong. For the best hypotheses a coordinate search over sub-interval hypotheses is run
+(each pair: which fraction ``[s0, s1]`` of the 2D curve, or of the 3D curve, the other
+curve spans), every candidate scored by a robust (truncated) symmetric curve distance
+after EPnP; the winners are then refined by the image ICP, and the final pose is the one
+with the smallest robust distance (poses that put a mesh vertex behind the camera are
+skipped). With ``faces`` the 3D curves are densified along mesh-edge geodesics (Dijkstra)
+instead of straight chords.
 """
 
 from __future__ import annotations
@@ -92,8 +102,8 @@ def curve_distance_px(model_to_camera, camera, curves3d_pts, curves2d_pts) -> fl
 def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
                  contours3d: Sequence[Contour3D], n_per_curve: int = 40,
                  ransac_px: Optional[float] = None, icp_iterations: int = 8,
-                 max_hypotheses: int = 256, top_k: int = 2, faces=None,
-                 progress=None, cancel=None) -> PnPRegistration:
+                 max_hypotheses: int = 256, top_k: int = 4, faces=None,
+                 subcurves: bool = True, progress=None, cancel=None) -> PnPRegistration:
     """Pose from matched landmark curves (see the module docstring).
 
     ``vertices (V, 3)`` model mm; contours already validated (``p2ilf.validate_*``).
@@ -106,6 +116,7 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
     4 correspondences result.
     """
     import cv2  # noqa: PLC0415
+    from scipy.spatial import cKDTree  # noqa: PLC0415
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -114,7 +125,11 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
     if ransac_px is None:
         ransac_px = 0.02 * float(np.hypot(camera.width, camera.height))
     step_mm = max(0.25, float(np.ptp(v, axis=0).max()) / 400.0)
-    c3_pts = [densify_polyline(v[c.vertices], step_mm) for c in contours3d]
+    if faces is not None:
+        c3_pts = [densify_polyline(v[geodesic_vertex_path(v, np.asarray(faces), c.vertices)],
+                                   step_mm) for c in contours3d]
+    else:
+        c3_pts = [densify_polyline(v[c.vertices], step_mm) for c in contours3d]
     c2_pts = [densify_polyline(c.points, 1.0) for c in contours2d]
     hyps = list(_hypotheses(contours2d, contours3d, max_hypotheses))
     if not hyps:
@@ -149,12 +164,20 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
                            | (p[:, 0] > camera.width - 1 - border)
                            | (p[:, 1] > camera.height - 1 - border)))
 
+    tau = 0.05 * float(np.hypot(camera.width, camera.height))
+    trees = [cKDTree(p) for p in c2_pts] if subcurves else None
     best = None
     for k, (score, _, T_h, pairs) in enumerate(screened[:top_k]):
         check_cancel(cancel, "PnP refinement")
         report(progress, 0.6 + 0.4 * k / min(top_k, len(screened)), "PnP refinement")
         candidates = [T_h]
-        p3, p2 = _samples(pairs, c3_pts, c2_pts, n_per_curve)
+        intervals = None
+        if subcurves:
+            T_s, intervals = _subcurve_search(pairs, c3_pts, c2_pts, n_per_curve, camera,
+                                              K, dist, tau, trees=trees)
+            if T_s is not None:
+                candidates.append(T_s)
+        p3, p2 = _samples(pairs, c3_pts, c2_pts, n_per_curve, intervals)
         try:
             candidates.append(epnp_ransac(p3, p2, K, dist, reprojection_px=ransac_px,
                                           iterations=200,
@@ -168,13 +191,22 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
             T_r = _icp(T_c, p3_all, p2_all, K, dist, icp_iterations, one_way,
                        sil2d, None if sil2d is None else (v, np.asarray(faces)))
             for T_x in (T_c, T_r):
-                s_x = _score(T_x, camera, pairs, c3_pts, c2_pts)
+                if best is not None and _behind_camera(T_x, v):
+                    continue            # the camera cannot be inside/behind the organ
+                s_x = (_robust_score(T_x, camera, pairs, c3_pts, c2_pts, tau, trees) if subcurves
+                       else _score(T_x, camera, pairs, c3_pts, c2_pts))
                 if best is None or s_x < best[0]:
                     best = (s_x, T_x, pairs)
-    score, T, pairs = best
+    _, T, pairs = best
+    score = _score(T, camera, pairs, c3_pts, c2_pts)
     report(progress, 1.0, "PnP done")
     return PnPRegistration(T, score, len(hyps), pairs,
                            {"hypotheses_s": t1 - t0, "refine_s": time.perf_counter() - t1})
+
+
+def _behind_camera(T, vertices) -> bool:
+    """True when a mesh vertex is at or behind the camera plane (z <= 0)."""
+    return bool(np.any(vertices @ T[2, :3] + T[2, 3] <= 0.0))
 
 
 def _score(T, camera, pairs, c3_pts, c2_pts) -> float:
@@ -215,6 +247,9 @@ def _icp(T, p3_all, p2_all, K, dist, iterations: int, one_way=None, sil2d=None,
     rvec, _ = cv2.Rodrigues(T[:3, :3])
     tvec = T[:3, 3].reshape(3, 1).copy()
     one_way = one_way or [False] * len(p3_all)
+    # at most ~200 samples per curve: enough for the pose, keeps the LM cheap
+    p3_all = [np.ascontiguousarray(p[::max(1, len(p) // 200)]) for p in p3_all]
+    p2_all = [np.ascontiguousarray(p[::max(1, len(p) // 200)]) for p in p2_all]
     for _ in range(iterations):
         src, dst = [], []
         if sil2d is not None:
@@ -250,13 +285,125 @@ def _icp(T, p3_all, p2_all, K, dist, iterations: int, one_way=None, sil2d=None,
     return out
 
 
-def _samples(pairs, c3_pts, c2_pts, n_per_curve):
-    """Arc-length aligned samples ``(P, 3)`` and ``(P, 2)`` of the paired curves."""
+def geodesic_vertex_path(vertices: np.ndarray, faces: np.ndarray,
+                         listed: Sequence[int]) -> np.ndarray:
+    """Vertex indices of the mesh-edge path through the ``listed`` vertices in order,
+    consecutive listed vertices joined by their shortest edge path (Dijkstra on edge
+    lengths). Unconnected pairs are joined directly."""
+    from scipy.sparse import coo_matrix  # noqa: PLC0415
+    from scipy.sparse.csgraph import dijkstra  # noqa: PLC0415
+
+    listed = np.asarray(listed, dtype=np.int64)
+    if len(listed) < 2:
+        return listed.copy()
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    w = np.linalg.norm(vertices[e[:, 0]] - vertices[e[:, 1]], axis=1)
+    n = vertices.shape[0]
+    g = coo_matrix((np.r_[w, w], (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])),
+                   shape=(n, n)).tocsr()
+    _, pred = dijkstra(g, indices=listed[:-1], return_predecessors=True)
+    out = [int(listed[0])]
+    for k, (a, b) in enumerate(zip(listed[:-1], listed[1:])):
+        seg = [int(b)]
+        while seg[-1] != a and pred[k, seg[-1]] >= 0:
+            seg.append(int(pred[k, seg[-1]]))
+        if seg[-1] != a:       # not connected: straight chord
+            seg = [int(b)]
+        out.extend(seg[::-1][1:] if seg[-1] == a else seg)
+    return np.asarray(out, dtype=np.int64)
+
+
+_INTERVALS = ((0.0, 1.0), (0.0, 0.5), (0.25, 0.75), (0.5, 1.0), (0.0, 0.75), (0.25, 1.0),
+              (0.0, 0.33), (0.33, 0.67), (0.67, 1.0))
+
+
+def _robust_score(T, camera, pairs, c3_pts, c2_pts, tau: float, trees=None) -> float:
+    """Mean over pairs of the symmetric mean nearest distance (px), each distance
+    truncated at ``tau``; ``inf`` when a point is behind the camera. ``trees``: optional
+    cached ``cKDTree`` of each 2D curve (same indexing as ``c2_pts``)."""
+    import cv2  # noqa: PLC0415
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
+    rvec = cv2.Rodrigues(T[:3, :3])[0]
+    total = []
+    for a, b, _ in pairs:
+        if np.any(c3_pts[b] @ T[2, :3] + T[2, 3] <= 1e-3):
+            return float("inf")
+        uv = cv2.projectPoints(c3_pts[b], rvec, T[:3, 3], camera.K,
+                               camera.dist_coeffs if camera.has_distortion else None)[0]
+        uv = uv.reshape(-1, 2)
+        tree2 = trees[a] if trees is not None else cKDTree(c2_pts[a])
+        d1 = np.minimum(tree2.query(uv)[0], tau).mean()
+        d2 = np.minimum(cKDTree(uv).query(c2_pts[a])[0], tau).mean()
+        total.append(0.5 * (d1 + d2))
+    return float(np.mean(total))
+
+
+def _subcurve_search(pairs, c3_pts, c2_pts, n_per_curve, camera, K, dist, tau,
+                     rounds: int = 2, trees=None):
+    """Coordinate search over sub-interval hypotheses (see the module docstring).
+
+    Per pair, an interval is ``(side, s0, s1)``: the other curve spans the arc-length
+    fraction ``[s0, s1]`` of the 2D curve (side 2) or of the 3D curve (side 3).
+    Returns ``(best pose or None, intervals)``."""
+    import cv2  # noqa: PLC0415
+
+    options = [(2, s0, s1) for s0, s1 in _INTERVALS] + \
+        [(3, s0, s1) for s0, s1 in _INTERVALS[1:]]
+    current = [(2, 0.0, 1.0)] * len(pairs)
+    best = (float("inf"), None)
+
+    def evaluate(intervals):
+        p3, p2 = _samples(pairs, c3_pts, c2_pts, n_per_curve, intervals)
+        ok, rvec, tvec = cv2.solvePnP(p3, p2, K, dist, flags=cv2.SOLVEPNP_EPNP)
+        if not ok or not np.all(np.isfinite(tvec)):
+            return float("inf"), None
+        T = np.eye(4)
+        T[:3, :3] = cv2.Rodrigues(rvec)[0]
+        T[:3, 3] = tvec.ravel()
+        return _robust_score(T, camera, pairs, c3_pts, c2_pts, tau, trees), T
+
+    best = evaluate(current)
+    for _ in range(rounds):
+        changed = False
+        for i in range(len(pairs)):
+            for opt in options:
+                if opt == current[i]:
+                    continue
+                trial = list(current)
+                trial[i] = opt
+                s, T = evaluate(trial)
+                if s < best[0]:
+                    best, current, changed = (s, T), trial, True
+        if not changed:
+            break
+    return best[1], current
+
+
+def _sub(points, s0, s1):
+    """The part of an ordered polyline between arc-length fractions ``s0`` and ``s1``."""
+    if s0 <= 0.0 and s1 >= 1.0:
+        return points
+    s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
+    if s[-1] <= 0:
+        return points
+    t = np.linspace(s0 * s[-1], s1 * s[-1], max(2, len(points)))
+    return np.stack([np.interp(t, s, points[:, d]) for d in range(points.shape[1])], 1)
+
+
+def _samples(pairs, c3_pts, c2_pts, n_per_curve, intervals=None):
+    """Arc-length aligned samples ``(P, 3)`` and ``(P, 2)`` of the paired curves
+    (optionally on sub-intervals, see :func:`_subcurve_search`)."""
     p3, p2 = [], []
-    for a, b, flip in pairs:
-        p3.append(resample_curve(c3_pts[b], n_per_curve))
-        s2 = resample_curve(c2_pts[a], n_per_curve)
-        p2.append(s2[::-1] if flip else s2)
+    intervals = intervals or [(2, 0.0, 1.0)] * len(pairs)
+    for (a, b, flip), (side, s0, s1) in zip(pairs, intervals):
+        c3, c2 = c3_pts[b], (c2_pts[a][::-1] if flip else c2_pts[a])
+        if side == 2:
+            c2 = _sub(c2, s0, s1)
+        else:
+            c3 = _sub(c3, s0, s1)
+        p3.append(resample_curve(c3, n_per_curve))
+        p2.append(resample_curve(c2, n_per_curve))
     return np.ascontiguousarray(np.concatenate(p3)), np.ascontiguousarray(np.concatenate(p2))
 
 
