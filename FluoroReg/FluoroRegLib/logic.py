@@ -73,6 +73,12 @@ def register_method(name: str, fn: MethodFn) -> None:
     METHODS[name] = fn
 
 
+# The hybrid "ppc+gradncc" / "ppc+ncc" (PPC, then intensity refinement) lives in ppc.py.
+from .ppc import register_hybrid_methods  # noqa: E402
+
+register_hybrid_methods()
+
+
 def available_methods() -> List[str]:
     """Method names in registry order (what the GUI and the CLI offer)."""
     try:  # the learned package registers its methods on import, when present
