@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
+from SurgicalReg2D3DLib.poses import invert_pose
 
 from .geometry import camera_parameters, detector_points
 
@@ -169,17 +170,6 @@ def _as_pose_batch(ct_to_camera, device, dtype=torch.float32) -> torch.Tensor:
     return pose
 
 
-def _rigid_inverse(pose: torch.Tensor) -> torch.Tensor:
-    """Inverse of (B, 4, 4) rigid transforms (differentiable)."""
-    r = pose[:, :3, :3]
-    t = pose[:, :3, 3:]
-    rt = r.transpose(1, 2)
-    top = torch.cat([rt, -rt @ t], dim=2)
-    bottom = torch.zeros_like(pose[:, 3:, :])
-    bottom[:, 0, 3] = 1.0
-    return torch.cat([top, bottom], dim=1)
-
-
 def rays_in_ijk(volume: DRRVolume, camera, ct_to_camera, pixel_points: Optional[torch.Tensor] = None):
     """Source positions and ray vectors in IJK.
 
@@ -192,7 +182,7 @@ def rays_in_ijk(volume: DRRVolume, camera, ct_to_camera, pixel_points: Optional[
     if pixel_points is None:
         pixel_points = detector_points(camera, device=dev).reshape(-1, 3)
     ras_to_ijk = torch.as_tensor(np.linalg.inv(volume.ijk_to_ras), device=dev, dtype=torch.float32)
-    camera_to_ijk = ras_to_ijk.unsqueeze(0) @ _rigid_inverse(pose)  # (B, 4, 4)
+    camera_to_ijk = ras_to_ijk.unsqueeze(0) @ invert_pose(pose)  # (B, 4, 4)
     source_ijk = camera_to_ijk[:, :3, 3]
     direction_ijk = pixel_points.unsqueeze(0) @ camera_to_ijk[:, :3, :3].transpose(1, 2)
     return source_ijk, direction_ijk, pixel_points.norm(dim=-1)

@@ -74,15 +74,8 @@ def detector_points(camera, device=None, dtype=None):
     """``(H, W, 3)`` camera-frame positions (mm) of the pixel centres, all at ``z = f``."""
     import torch  # noqa: PLC0415
 
-    p = camera_parameters(camera)
-    dtype = dtype or torch.float32
-    u = torch.arange(p.width, device=device, dtype=dtype)
-    v = torch.arange(p.height, device=device, dtype=dtype)
-    vv, uu = torch.meshgrid(v, u, indexing="ij")
-    x = (uu - p.cx) * p.sx
-    y = (vv - p.cy) * p.sy
-    z = torch.full_like(x, p.f)
-    return torch.stack([x, y, z], dim=-1)
+    camera_parameters(camera)  # validates the camera type
+    return camera.detector_points(device=device, dtype=dtype or torch.float32)
 
 
 def project_points(camera, points_camera):

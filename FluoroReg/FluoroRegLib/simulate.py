@@ -28,10 +28,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from SurgicalReg2D3DLib.errors import FileReadError, InputError
+from SurgicalReg2D3DLib.nodes import LPS_TO_RAS
 
 from .geometry import look_at_pose
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def read_ct(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarray]:

@@ -49,16 +49,21 @@ _COORDINATE_SYSTEMS = ("LPS", "RAS")
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
-def _existing_file(path, what: str) -> Path:
-    """``path`` as an absolute Path; FileReadError if it is not an existing file."""
+def _existing_path(path, what: str, folder: bool = False) -> Path:
+    """``path`` as an absolute Path; FileReadError unless it is an existing file (folder)."""
+    kind = "folder" if folder else "file"
     if path is None or str(path) == "":
-        raise FileReadError(f"{what}: no file name given")
+        raise FileReadError(f"{what}: no {'folder' if folder else 'file name'} given")
     p = Path(path).expanduser()
     if not p.exists():
         raise FileReadError(f"{what}: file not found: {p}")
-    if not p.is_file():
-        raise FileReadError(f"{what}: not a file: {p}")
+    if not (p.is_dir() if folder else p.is_file()):
+        raise FileReadError(f"{what}: not a {kind}: {p}")
     return p.resolve()
+
+
+def _existing_file(path, what: str) -> Path:
+    return _existing_path(path, what)
 
 
 def _output_file(path, what: str) -> Path:
@@ -213,14 +218,7 @@ def load_dicom_series(ctx, directory, name: Optional[str] = None):
     import SimpleITK as sitk  # noqa: PLC0415
 
     what = "DICOM folder"
-    if directory is None or str(directory) == "":
-        raise FileReadError(f"{what}: no folder given")
-    d = Path(directory).expanduser()
-    if not d.exists():
-        raise FileReadError(f"{what}: file not found: {d}")
-    if not d.is_dir():
-        raise FileReadError(f"{what}: not a folder: {d}")
-    d = d.resolve()
+    d = _existing_path(directory, what, folder=True)
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d))
     if not series_ids:
         raise FileReadError(f"{what}: no DICOM series found in {d}")

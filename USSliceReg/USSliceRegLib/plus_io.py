@@ -42,6 +42,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from SurgicalReg2D3DLib.errors import FileReadError, GeometryError, InputError
+from SurgicalReg2D3DLib.nodes import LPS_TO_RAS
 
 _META_TYPES = {
     "MET_UCHAR": np.uint8, "MET_CHAR": np.int8, "MET_USHORT": np.uint16,
@@ -430,7 +431,6 @@ def read_reference_volume(path) -> ReferenceVolume:
     return ReferenceVolume(array=np.ascontiguousarray(array), ijk_to_reference=m, path=path)
 
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def load_sequence_to_mrml(ctx, seq: TrackedSequence, chain: ReferenceChain,
