@@ -28,7 +28,7 @@ from slicer import (
 
 #: Registration methods offered in the GUI (``FluoroRegLib.logic.METHODS`` keys; the
 #: learned-methods issue adds its names here and to the registry).
-METHOD_CHOICES = ["ncc", "gradncc", "ncc-adam", "gradncc-adam", "ppc", "ppc+gradncc", "ppc+ncc", "ncc-multiview"]
+METHOD_CHOICES = ["ncc", "gradncc", "ncc-adam", "gradncc-adam", "ppc", "ppc+gradncc", "ppc+ncc", "ncc-multiview", "gradncc-multiview"]
 
 
 class FluoroReg(ScriptedLoadableModule):

@@ -48,7 +48,8 @@ sys.path[:0] = [str(ROOT / "FluoroReg"), str(ROOT / "SurgicalReg2D3D")]
 CT = ROOT / "Resources" / "SampleData" / "ct" / "thorax_aorta_ct_cropped.nii.gz"
 FIELDS = ["method", "views", "case", "seed", "size", "initial_mtre_mm", "mtre_mm", "mpe_px",
           "mpe_mm", "mrpd_mm", "dgeo_rot_mm", "dgeo_trans_mm", "dgeo_mm", "rot_deg",
-          "trans_mm", "time_s", "load1", "threads", "error"]
+          "trans_mm", "time_s", "load1", "threads", "error", "view_disagreement_before_mm",
+          "view_disagreement_after_mm"]
 
 
 def wilson(k: int, n: int, z: float = 1.96):
@@ -66,11 +67,12 @@ def make_cases(args, out: Path):
     """The synthetic cases (cached); returns (cases, landmarks, reg_hu, reg_m, setup)."""
     from FluoroRegLib.drr import DRRVolume
     from FluoroRegLib.geometry import make_camera
-    from FluoroRegLib.simulate import downsample_ct, read_ct, sample_landmarks, simulate_case
+    from FluoroRegLib.simulate import downsample_ct, read_ct, sample_landmarks, simulate_cases
 
     hu, m = read_ct(CT)
     reg_hu, reg_m = downsample_ct(hu, m, args.register_downsample)
-    cache = out / f"cases_seed{args.seed}_n{args.cases}_px{args.size}.pkl"
+    # v2: per-case random streams (simulate.case_generators), not one shared stream.
+    cache = out / f"cases_v2_seed{args.seed}_n{args.cases}_px{args.size}.pkl"
     if cache.exists():
         with open(cache, "rb") as fh:
             cases, landmarks, setup = pickle.load(fh)
@@ -79,12 +81,10 @@ def make_cases(args, out: Path):
     landmarks = sample_landmarks(hu, m, 20, seed=args.seed)
     spacing = args.fov_mm / args.size
     camera = make_camera(1000.0, (spacing, spacing), (args.size, args.size))
-    rng = np.random.default_rng(args.seed)
     effects = {"photons": 2e4}
-    cases = [simulate_case(sim_volume, camera, rng, landmarks, views=("AP", "LAT"),
-                           mtre_range_mm=tuple(args.mtre_range),
-                           rotation_range_deg=tuple(args.rot_range),
-                           effects=effects) for _ in range(args.cases)]
+    cases = simulate_cases(sim_volume, camera, landmarks, args.cases, seed=args.seed,
+                           views=("AP", "LAT"), mtre_range_mm=tuple(args.mtre_range),
+                           rotation_range_deg=tuple(args.rot_range), effects=effects)
     setup = {"synthetic": True, "ct": str(CT.relative_to(ROOT)),
              "ct_shape_kji": list(hu.shape),
              "ct_spacing_mm": [float(s) for s in np.linalg.norm(m[:3, :3], axis=0)],
@@ -94,12 +94,32 @@ def make_cases(args, out: Path):
              "views": ["AP", "LAT"], "effects": effects, "seed": args.seed,
              "n_cases": args.cases, "mtre_range_mm": list(args.mtre_range),
              "rot_range_deg": list(args.rot_range), "n_landmarks": len(landmarks),
-             "simulation_drr": "siddon (full-resolution CT)", "registration_drr": "trilinear"}
+             "simulation_drr": "siddon (full-resolution CT)", "registration_drr": "trilinear",
+             "case_streams": "per case: SeedSequence(seed, spawn_key=(i,)) -> pose, noise"}
     tmp = cache.with_suffix(".tmp")
     with open(tmp, "wb") as fh:
         pickle.dump((cases, landmarks, setup), fh)
     os.replace(tmp, cache)
     return cases, landmarks, reg_hu, reg_m, setup
+
+
+def _upgrade_header(csv_path: Path) -> None:
+    """Rewrite an existing CSV whose header lacks newer FIELDS (appended at the end, so
+    rows written by an older version still parse)."""
+    if not csv_path.exists():
+        return
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or rows[0] == FIELDS:
+        return
+    if rows[0] != FIELDS[: len(rows[0])]:
+        raise SystemExit(f"{csv_path}: unexpected header {rows[0]}")
+    tmp = csv_path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(FIELDS)
+        writer.writerows(rows[1:])
+    os.replace(tmp, csv_path)
 
 
 def cmd_run(args) -> None:
@@ -118,6 +138,7 @@ def cmd_run(args) -> None:
     print(f"{len(cases)} synthetic cases, {args.size} px, initial mTRE "
           f"{np.median([c.initial_mtre_mm for c in cases]):.1f} mm (median)", flush=True)
     csv_path = out / "accuracy.csv"
+    _upgrade_header(csv_path)
     done = set()
     if csv_path.exists():
         with open(csv_path) as fh:
@@ -135,6 +156,12 @@ def cmd_run(args) -> None:
                 if method.startswith("ppc+"):  # hybrid: PPC as "ppc", then 2 finer levels
                     opts = {"ppc_levels": (4, 2, 1), "ppc_iterations": args.iterations,
                             "levels": (2, 1), "iterations": args.iterations}
+                if method.endswith("-multiview"):
+                    if n_views < 2:
+                        continue  # multi-view methods are run two-view only
+                    # per-view (4) + consistency (4, 2), then the joint refinement (2, 1)
+                    opts = {"per_view_levels": (4, 2), "levels": (2, 1),
+                            "iterations": args.iterations}
                 row = {"method": method, "views": n_views, "case": ci, "seed": args.seed,
                        "size": args.size, "initial_mtre_mm": case.initial_mtre_mm,
                        "threads": args.threads}
@@ -195,6 +222,8 @@ def summarise(rows, success_mm: float):
                       "dgeo_mm": med("dgeo_mm"), "rot_deg": med("rot_deg"),
                       "initial_mtre_median": med("initial_mtre_mm"),
                       "time_s": med("time_s"), "load1": med("load1"),
+                      "disagreement_before_mm": med("view_disagreement_before_mm"),
+                      "disagreement_after_mm": med("view_disagreement_after_mm"),
                       "errors": sum(1 for r in sel if r.get("error")),
                       "failed_cases": [int(r["case"]) for r, e in zip(sel, mtre_fail)
                                        if not e < success_mm]})
@@ -260,9 +289,11 @@ def markdown(table, setups, rows, success_mm: float) -> str:
             f"- Starts: random rotation {st['rot_range_deg'][0]:g}-{st['rot_range_deg'][1]:g} deg "
             f"about the CT centre plus a translation scaled so the initial 3D mTRE is uniform in "
             f"{st['mtre_range_mm'][0]:g}-{st['mtre_range_mm'][1]:g} mm.",
-            f"- Seed {st['seed']}: cases are drawn one after the other from one random stream, "
-            "so case i is the same in every run and every method runs on cases 0..n-1 (n per "
-            f"row below); {st['n_landmarks']} landmarks sampled in the CT (bone surface + body).",
+            f"- Seed {st['seed']}: case i has its own random streams (`simulate.case_generators`: "
+            "`SeedSequence(seed)` child i, split into a pose/start stream and a noise stream), "
+            "so its poses depend only on (seed, i) and every method runs on the same cases "
+            f"0..n-1 (n per row below); {st['n_landmarks']} landmarks sampled in the CT "
+            "(bone surface + body).",
             ""]
     lines += [
         "## Measures (named, not mixed)", "",
@@ -290,6 +321,17 @@ def markdown(table, setups, rows, success_mm: float) -> str:
             f"{fmt(t['mtre_median'])} | {fmt(t['mtre_p75'])} | {fmt(t['mtre_p95'])} | "
             f"{t['mpe_px']:.3f} | {t['mpe_mm']:.3f} | {t['mrpd_mm']:.3f} | {t['dgeo_mm']:.3f} | "
             f"{t['time_s']:.1f} | {t['load1']:.1f} | {t['failed_cases'] or '-'} |")
+    mv = [t for t in table if np.isfinite(t["disagreement_after_mm"])]
+    if mv:
+        lines += ["", "Multi-view methods: spread of the per-view CT pose estimates (mean "
+                  "distance of the CT box corners between the view-1 and view-2 estimates, "
+                  "median over cases) after the independent per-view stage (before) and "
+                  "after the stage with the cross-view consistency term (after):", "",
+                  "| method | views | n | disagreement before mm | after mm |",
+                  "|---|---|---|---|---|"]
+        for t in mv:
+            lines.append(f"| {t['method']} | {t['views']} | {t['n']} | "
+                         f"{t['disagreement_before_mm']:.2f} | {t['disagreement_after_mm']:.3f} |")
     lines += ["", "## Target", "",
               "Issue target: SMSR >= 90% and median 3D mTRE < 0.5 mm for the best method.", ""]
     lines += ["With n cases all successful the Wilson lower bound is 83.9% for n = 20 and "

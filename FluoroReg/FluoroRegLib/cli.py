@@ -79,6 +79,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     extra = {"similarity": result.similarity, "method": args.method,
              "time_s": round(result.time_s, 3), "iterations": len(result.history),
              "convergence": [h["loss"] for h in result.history]}
+    if result.metrics:  # e.g. the multi-view methods' view_disagreement_before/after_mm
+        extra["metrics"] = {k: float(v) for k, v in result.metrics.items()}
     write_pose_json(args.out, result.views_ct_to_camera, extra)
     print(f"[fluoro] {args.method}: similarity {result.similarity:.4f} after "
           f"{len(result.history)} iterations in {result.time_s:.1f} s -> {args.out}")
@@ -88,7 +90,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .drr import DRRVolume  # noqa: PLC0415
     from .geometry import make_camera  # noqa: PLC0415
-    from .simulate import downsample_ct, read_ct, sample_landmarks, simulate_case  # noqa: PLC0415
+    from .simulate import (case_generators, downsample_ct, read_ct,  # noqa: PLC0415
+                           sample_landmarks, simulate_case)
     from .xray_io import save_xray, write_pose_json  # noqa: PLC0415
 
     out = Path(args.out)
@@ -103,12 +106,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise InputError(f"mtre range: expected 0 <= min <= max, got {args.mtre_min}, {args.mtre_max}")
     camera = make_camera(args.sdd, (args.spacing, args.spacing), (args.size, args.size))
     landmarks = sample_landmarks(hu, m, args.landmarks, seed=args.seed)
-    rng = np.random.default_rng(args.seed)
     views = [v.strip().upper() for v in args.views.split(",") if v.strip()]
     index = {"synthetic": True, "ct": str(Path(args.ct).resolve()),
-             "downsample": args.downsample, "views": views, "cases": []}
+             "downsample": args.downsample, "views": views, "seed": args.seed,
+             "case_streams": "case c: SeedSequence(seed, spawn_key=(c,)) -> pose, noise",
+             "cases": []}
     for c in range(args.cases):
-        case = simulate_case(volume, camera, rng, landmarks, views=views,
+        pose_rng, noise_rng = case_generators(args.seed, c)  # case c depends on (seed, c) only
+        case = simulate_case(volume, camera, pose_rng, landmarks, views=views, noise_rng=noise_rng,
                              mtre_range_mm=(args.mtre_min, args.mtre_max),
                              rotation_range_deg=(args.rot_min, args.rot_max),
                              source_to_center_mm=args.distance,
@@ -254,7 +259,7 @@ def register_cli(subparsers) -> None:
     reg.add_argument("--geometry", action="append",
                      help="geometry JSON per --xray (optional for DICOM with geometry tags)")
     reg.add_argument("--init", help="INIT.json with the initial ct_to_camera (per view)")
-    reg.add_argument("--method", default="ncc", help="ncc, gradncc, ncc-adam, gradncc-adam, ppc, ppc+gradncc (best two-view), ppc+ncc, ncc-multiview")
+    reg.add_argument("--method", default="ncc", help="ncc, gradncc, ncc-adam, gradncc-adam, ppc, ppc+gradncc (best two-view), ppc+ncc, ncc-multiview, gradncc-multiview")
     reg.add_argument("--out", required=True, help="OUT.json with the result")
     reg.add_argument("--negative-log", action="store_true",
                      help="the images are raw detector counts: apply -log(I / I0)")

@@ -46,23 +46,30 @@ def _ppc(volume, views, init, progress=None, cancel=None, **options):
     return register_ppc(volume, views, init, progress=progress, cancel=cancel, **options)
 
 
-def _ncc_multiview(volume, views, init, progress=None, cancel=None, **options):
-    from .multiview import register_multiview  # noqa: PLC0415
+def _multiview(similarity: str) -> MethodFn:
+    def run(volume, views, init, progress=None, cancel=None, **options):
+        from .multiview import register_multiview  # noqa: PLC0415
 
-    return register_multiview(volume, views, init, method="ncc", progress=progress,
-                              cancel=cancel, **options)
+        return register_multiview(volume, views, init, method=similarity, progress=progress,
+                                  cancel=cancel, **options)
+
+    run.__doc__ = (f"Multi-view {similarity}: per-view estimates coupled by cross-view "
+                   "pose consistency, then the joint one-pose refinement.")
+    return run
 
 
 #: method name -> function. "ncc"/"gradncc" use Levenberg-Marquardt; "*-adam" are the
-#: first-order baselines; "ppc" is point-to-plane correspondence; "ncc-multiview" adds
-#: per-view registration and a cross-view consistency check before the joint solve.
+#: first-order baselines; "ppc" is point-to-plane correspondence; "*-multiview" solve
+#: per-view estimates with a cross-view pose-consistency term, then the joint one-pose
+#: refinement (:mod:`.multiview`).
 METHODS: Dict[str, MethodFn] = {
     "ncc": _intensity("ncc", "lm"),
     "gradncc": _intensity("gradncc", "lm"),
     "ncc-adam": _intensity("ncc", "adam"),
     "gradncc-adam": _intensity("gradncc", "adam"),
     "ppc": _ppc,
-    "ncc-multiview": _ncc_multiview,
+    "ncc-multiview": _multiview("ncc"),
+    "gradncc-multiview": _multiview("gradncc"),
 }
 
 

@@ -15,6 +15,13 @@ X-ray effects (:func:`xray_effects`), applied to the DRR line integrals ``L``:
 4. an intensity remapping ``a * x**gamma + b`` of the negative-log image (vendor
    post-processing), which NCC ignores in its affine part.
 
+Reproducibility: :func:`simulate_cases` gives case ``i`` its own random generators,
+derived from ``(seed, i)`` only (:func:`case_generators`): one for the true pose and the
+start, one for the image noise. numpy's Poisson sampler draws a data-dependent number of
+random numbers, so with one shared stream a last-bit change of the DRR would change every
+later case; with the split streams the poses of case ``i`` depend only on ``(seed, i)``,
+and the case is the same whether it is generated alone or as part of ``n`` cases.
+
 Frames: ``ct_to_camera`` maps CT RAS mm to the X-ray camera (origin at the source, +z to
 the detector); landmarks are CT RAS mm.
 """
@@ -223,16 +230,33 @@ class SimulatedCase:
         return mtre_np(self.init_ct_to_camera[0], self.true_ct_to_camera[0], self.landmarks_ras)
 
 
+def case_generators(seed: int, index: int) -> Tuple[np.random.Generator, np.random.Generator]:
+    """``(pose_rng, noise_rng)`` of case ``index`` of a simulation with ``seed``.
+
+    Both come from ``np.random.SeedSequence(seed).spawn(...)[index]`` (built directly from
+    its spawn key, so they do not depend on how many cases are made), split once more into
+    a pose/start stream and an image-noise stream.
+    """
+    if int(index) < 0:
+        raise InputError(f"case index: must be >= 0, got {index}")
+    case_seq = np.random.SeedSequence(int(seed), spawn_key=(int(index),))
+    pose_seq, noise_seq = case_seq.spawn(2)
+    return np.random.default_rng(pose_seq), np.random.default_rng(noise_seq)
+
+
 def simulate_case(volume, camera, rng: np.random.Generator, landmarks_ras: np.ndarray,
                   views: Sequence[str] = ("AP",), mtre_range_mm=(10.0, 30.0),
                   rotation_range_deg=(5.0, 15.0), source_to_center_mm: float = 600.0,
                   effects: Optional[dict] = None, drr_method: str = "siddon",
-                  n_samples: Optional[int] = None) -> SimulatedCase:
+                  n_samples: Optional[int] = None,
+                  noise_rng: Optional[np.random.Generator] = None) -> SimulatedCase:
     """One synthetic case: random true pose near the first view, further views at fixed
     C-arm angles from it (e.g. ``("AP", "LAT")``), a random start with an mTRE in
     ``mtre_range_mm``, and images rendered with X-ray effects.
 
-    ``volume``: a :class:`~FluoroRegLib.drr.DRRVolume`.
+    ``volume``: a :class:`~FluoroRegLib.drr.DRRVolume`. ``rng`` draws the poses;
+    ``noise_rng`` the image noise (default: ``rng`` too, which makes later draws depend
+    on the image content — use :func:`simulate_cases` for reproducible sets).
     """
     import torch  # noqa: PLC0415
 
@@ -255,9 +279,32 @@ def simulate_case(volume, camera, rng: np.random.Generator, landmarks_ras: np.nd
     with torch.no_grad():
         for pose in trues:
             L = render_drr(volume, camera, pose, method=drr_method, n_samples=n_samples)[0]
-            images.append(xray_effects(L.cpu().numpy(), rng, **effects))
+            images.append(xray_effects(L.cpu().numpy(),
+                                       rng if noise_rng is None else noise_rng, **effects))
     info = {"synthetic": True, "views": list(views), "drr_method": drr_method,
             "effects": effects}
     case = SimulatedCase(images, [camera] * len(views), trues, inits, np.asarray(landmarks_ras), info)
     case.info["initial_mtre_mm"] = case.initial_mtre_mm
     return case
+
+
+def simulate_cases(volume, camera, landmarks_ras: np.ndarray, n_cases: int, seed: int = 0,
+                   first_case: int = 0, progress=None, **kwargs) -> List[SimulatedCase]:
+    """Cases ``first_case .. first_case + n_cases - 1`` of the simulation with ``seed``.
+
+    Case ``i`` uses :func:`case_generators` ``(seed, i)``, so its true and initial poses
+    depend only on ``(seed, i)`` (not on the noise settings, the DRR's last bits or the
+    number of cases), and its noise only on ``(seed, i)`` and the image. ``kwargs`` go
+    to :func:`simulate_case`. ``progress(fraction, message)`` is called after each case.
+    """
+    if int(n_cases) < 1:
+        raise InputError(f"cases: must be >= 1, got {n_cases}")
+    cases = []
+    for i in range(int(first_case), int(first_case) + int(n_cases)):
+        pose_rng, noise_rng = case_generators(seed, i)
+        case = simulate_case(volume, camera, pose_rng, landmarks_ras, noise_rng=noise_rng, **kwargs)
+        case.info.update(seed=int(seed), case_index=i)
+        cases.append(case)
+        if progress is not None:
+            progress(len(cases) / int(n_cases), f"case {i}")
+    return cases

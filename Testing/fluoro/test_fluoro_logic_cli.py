@@ -197,6 +197,53 @@ def test_cli_simulate_and_register_two_views(cli_case, capsys, tmp_path):
     np.testing.assert_allclose(np.array(result["views"][1]["ct_to_camera"]), rel @ est, atol=1e-6)
 
 
+def test_cli_multiview_method_writes_views_and_disagreement(cli_case, capsys, tmp_path):
+    ct, cases = cli_case
+    c = cases / "case_000"
+    out = tmp_path / "mv.json"
+    rc, stdout, stderr = _run(["fluoro", "register", "--ct", str(ct), "--xray", str(c / "xray_0.nrrd"),
+                               "--xray", str(c / "xray_1.nrrd"), "--geometry", str(c / "geometry_0.json"),
+                               "--geometry", str(c / "geometry_1.json"), "--init", str(c / "init.json"),
+                               "--method", "gradncc-multiview", "--out", str(out), "--levels", "1",
+                               "--iterations", "5", "--n-samples", "64"], capsys)
+    assert rc == 0, stderr
+    result = json.loads(out.read_text())
+    assert result["method"] == "gradncc-multiview" and len(result["views"]) == 2
+    assert result["time_s"] > 0 and -1.0 <= result["similarity"] <= 1.0
+    m = result["metrics"]
+    assert m["view_disagreement_after_mm"] < m["view_disagreement_before_mm"]
+    truth = np.array(json.loads((c / "truth.json").read_text())["ct_to_camera"])
+    init = np.array(json.loads((c / "init.json").read_text())["ct_to_camera"])
+    lm = np.array(json.loads((c / "landmarks.json").read_text())["points"])
+    assert mtre_np(np.array(result["ct_to_camera"]), truth, lm) < 0.3 * mtre_np(init, truth, lm)
+
+
+def test_cli_bench_prints_and_writes_summary(cli_case, capsys, tmp_path):
+    import csv
+
+    _, cases = cli_case
+    out = tmp_path / "bench"
+    rc, stdout, stderr = _run(["fluoro", "bench", "--cases", str(cases), "--methods", "ppc,ncc",
+                               "--views", "2", "--out", str(out), "--levels", "1",
+                               "--iterations", "4", "--n-samples", "64"], capsys)
+    assert rc == 0, stderr
+    with open(out / "bench.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["views"], r["case"]) for r in rows] == [
+        ("ppc", "2", "case_000"), ("ncc", "2", "case_000")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["synthetic"] is True
+    assert (out / "bench.png").stat().st_size > 1000
+    # The printed table agrees with the per-case CSV (one case: median = its mTRE).
+    for r in rows:
+        s = summary["methods"][r["method"]]
+        assert s["n"] == 1 and s["median"] == pytest.approx(float(r["mtre_mm"]))
+        assert s["smsr"] == (100.0 if float(r["mtre_mm"]) < 1.0 else 0.0)
+        line = next(ln for ln in stdout.splitlines() if ln.startswith(r["method"] + " "))
+        assert f"{s['median']:8.3f}" in line and f"{s['smsr']:7.1f}" in line
+    assert "SMSR = share of cases with 3D mTRE < 1.0 mm" in stdout
+
+
 def test_cli_bad_inputs(cli_case, capsys, tmp_path):
     ct, cases = cli_case
     c = cases / "case_000"

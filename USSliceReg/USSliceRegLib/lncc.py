@@ -93,9 +93,24 @@ def local_normalise_jvp(x: torch.Tensor, tangents: torch.Tensor, mask: torch.Ten
 
 def masked_lncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,
                 window: int = 9) -> torch.Tensor:
-    """Masked LNCC ``(B,)`` in [-1, 1] of images ``a`` and ``b`` ``(B, h, w)``."""
-    na = local_normalise(a, mask, window)
-    nb = local_normalise(b, mask, window)
+    """Masked LNCC ``(B,)`` in [-1, 1] of images ``a`` and ``b`` ``(B, h, w)``.
+
+    Both images are normalised as by :func:`local_normalise` (the five box sums of the
+    two images share one :func:`_box` call)."""
+    if window <= 0:
+        na = local_normalise(a, mask, window)
+        nb = local_normalise(b, mask, window)
+    else:
+        m = mask.to(a.dtype)
+        a, b = _centre(a, m), _centre(b, m)
+        am, bm = a * m, b * m
+        B, h, w = a.shape
+        sums = _box(torch.stack([m, am, am * a, bm, bm * b], dim=1).view(B * 5, h, w),
+                    window).view(B, 5, h, w)
+        mom = sums[:, 1:] / sums[:, :1].clamp_min(1.0)
+        mu_a, mu_b = mom[:, 0], mom[:, 2]
+        na = (a - mu_a) * torch.rsqrt((mom[:, 1] - mu_a * mu_a).clamp_min(0.0) + _EPS) * m
+        nb = (b - mu_b) * torch.rsqrt((mom[:, 3] - mu_b * mu_b).clamp_min(0.0) + _EPS) * m
     num = (na * nb).sum(dim=(1, 2))
     den = torch.sqrt((na * na).sum(dim=(1, 2)) * (nb * nb).sum(dim=(1, 2))).clamp_min(1e-12)
     return num / den

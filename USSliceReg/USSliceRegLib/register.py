@@ -106,6 +106,9 @@ class RegistrationConfig:
     slab_samples: int = 1
     min_overlap: float = 0.1
     lambda_init: float = 1e-2
+    #: An item stops after this many consecutive rejected LM steps (at a minimum the
+    #: steps keep failing on interpolation noise while the damping grows).
+    max_rejections: int = 2
 
 
 @dataclass
@@ -123,7 +126,8 @@ class FrameResult:
     history: List[float] = field(default_factory=list)
 
 
-def _frames_tensor(frames, frame_shape=None) -> torch.Tensor:
+def _frames_tensor(frames, frame_shape=None, crop=None) -> torch.Tensor:
+    """Frames as a float32 tensor ``(B, H, W)`` (or only their ``crop`` window), checked."""
     t = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
     if t.ndim == 2:
         t = t[None]
@@ -134,11 +138,11 @@ def _frames_tensor(frames, frame_shape=None) -> torch.Tensor:
     if frame_shape is not None and tuple(t.shape[1:]) != tuple(frame_shape):
         raise InputError(f"US frame: shape {tuple(t.shape[1:])} differs from the registrar's "
                          f"{tuple(frame_shape)}")
-    floating = t.is_floating_point()
-    t = t.float()
-    if floating and not torch.isfinite(t).all():  # integer pixels are always finite
+    if t.is_floating_point() and not torch.isfinite(t).all():  # integers are always finite
         raise InputError("US frame: contains NaN or inf")
-    return t
+    if crop is not None:
+        t = t[(slice(None),) + tuple(crop)]
+    return t.float()
 
 
 def _poses_tensor(poses, name: str, n: int) -> torch.Tensor:
@@ -150,7 +154,7 @@ def _poses_tensor(poses, name: str, n: int) -> torch.Tensor:
         raise InputError(f"{name}: expected ({n}, 4, 4), got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
         raise InputError(f"{name}: contains NaN or inf")
-    if abs(float(torch.linalg.det(t[:, :3, :3]).abs().min())) < 1e-12:
+    if float(np.abs(np.linalg.det(t[:, :3, :3].cpu().numpy())).min()) < 1e-12:
         raise GeometryError(f"{name}: singular matrix")
     return t
 
@@ -159,18 +163,26 @@ def _poses_tensor(poses, name: str, n: int) -> torch.Tensor:
 class _LevelGeometry:
     """Sampling points of one level in cropped-frame pixels.
 
-    ``pix`` ``(N, 4)`` homogeneous ``(col, row, 0, 1)``; ``grid_shape`` ``(h, w)`` when the
-    points are the full downsampled bounding box (LNCC needs neighbours), else ``None``
-    and ``index`` ``(N,)`` picks the fan pixels out of the flattened ``(h, w)`` image.
-    ``fan`` ``(N,)`` float, 1 on the fan.
+    ``pix`` ``(N, 4)`` homogeneous ``(col, row, 0, 1)`` (``pixT`` its transpose); ``feat`` ``(3, 1, N)`` the same
+    points relative to the fan centre, ``(col - cc, row - rc, 1)`` (the Jacobian's
+    pixel factors, see :meth:`SliceRegistrar._step_basis`). ``dense``: the points are the
+    whole downsampled bounding box ``grid_shape`` ``(h, w)`` (windowed LNCC needs
+    neighbours), else ``index`` ``(N,)`` picks the fan's pixels out of the flattened
+    ``(h, w)`` image. ``fan`` ``(N,)`` float, 1 on the fan.
     """
 
     pix: torch.Tensor
     pixT: torch.Tensor
+    feat: torch.Tensor
     index: Optional[torch.Tensor]
     grid_shape: Tuple[int, int]
     fan: torch.Tensor
     dense: bool
+
+
+# Rows of the Gram matrix of the global-NCC levels (see SliceRegistrar._evaluate_global):
+# z = [pixel factor (x) volume gradient (9), slice s, 1, frame f].
+_Y, _S, _ONE, _F = slice(0, 9), 9, 10, 11
 
 
 class SliceRegistrar:
@@ -183,6 +195,7 @@ class SliceRegistrar:
     fan : ``(H, W)`` bool valid-area mask (default: whole frame).
     config : :class:`RegistrationConfig`.
     device : torch device (default: the volume's, else CPU).
+    volume_mask : ``(K, J, I)`` bool, voxels that hold data (default: volume > 0).
     """
 
     def __init__(self, volume, ijk_to_reference, frame_shape, fan=None,
@@ -222,38 +235,47 @@ class SliceRegistrar:
         offset[:2, 3] = [c0, r0]
         self._offset = torch.as_tensor(offset, device=self.device)
         mask = vol_np > 0 if volume_mask is None else np.asarray(volume_mask, dtype=bool)
-        self._volumes: Dict[float, PreparedVolume] = {}
+        # The volume as given (intensity and data mask): overlap, similarity, display.
+        self.volume = prepare_volume(vol_np.astype(np.float32), ijk_to_reference,
+                                     volume_mask=mask, device=self.device)
+        # One volume per (smoothing, data mask) of the levels: intensity minus the mean of
+        # the data (NCC ignores offsets; keeps float32 sums of s^2 from cancelling),
+        # support (the data mask, or 1 on the whole grid when empty voxels count as
+        # black), gradient in reference mm.
+        self._volumes: Dict[Tuple[float, bool], PreparedVolume] = {}
         all_levels = tuple(self.config.levels) + self._tracking_levels()
         for level in all_levels:
-            if level.sigma_vox not in self._volumes:
-                v = vol_np.astype(np.float32)
-                if level.sigma_vox > 0:
-                    # Normalised convolution: smooth data and mask, so empty voxels do not
-                    # darken the edge of the swept region.
-                    num = ndimage.gaussian_filter(v * mask, level.sigma_vox)
-                    den = ndimage.gaussian_filter(mask.astype(np.float32), level.sigma_vox)
-                    v = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
-                self._volumes[level.sigma_vox] = prepare_volume(
-                    v, ijk_to_reference, volume_mask=mask, with_gradient=True,
-                    device=self.device)
-        ref = next(iter(self._volumes.values()))
+            key = (level.sigma_vox, level.data_mask)
+            if key in self._volumes:
+                continue
+            v = vol_np.astype(np.float32)
+            if level.sigma_vox > 0:
+                # Normalised convolution: smooth data and mask, so empty voxels do not
+                # darken the edge of the swept region.
+                num = ndimage.gaussian_filter(v * mask, level.sigma_vox)
+                den = ndimage.gaussian_filter(mask.astype(np.float32), level.sigma_vox)
+                v = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
+            v = (v - v[mask].mean()).astype(np.float32)
+            support = mask if level.data_mask else np.ones_like(mask)
+            self._volumes[key] = prepare_volume(v, ijk_to_reference, volume_mask=support,
+                                                with_gradient=True, device=self.device)
         # reference mm -> grid_sample's normalised coordinates (x = i, y = j, z = k in
         # [-1, 1], align_corners=True), as one (3, 4) matrix.
-        K, J, I = ref.shape
+        K, J, I = self.volume.shape
         size = torch.tensor([I - 1, J - 1, K - 1], dtype=torch.float64)
         r2i = torch.linalg.inv(torch.as_tensor(np.asarray(ijk_to_reference, dtype=np.float64)))
         to_grid = (2.0 / size)[:, None] * r2i[:3, :]
         to_grid[:, 3] -= 1.0
         self._reference_to_grid = to_grid.to(self.device)
         self._reference_to_grid_np = to_grid.numpy()
-        self._fans = {}
-        self._geometry: Dict[Tuple[int, bool], _LevelGeometry] = {}
-        for level in all_levels:
-            self._fan_level(level.step)
         # Fan centre in image pixels (rotation centre of the increments).
         self.fan_centre_px = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
         self._centre_c = self.fan_centre_px - np.array([c0, r0, 0.0, 0.0])
-        self._check_fov(ref)
+        self._fans = {}
+        self._geometry: Dict[Tuple[int, bool], _LevelGeometry] = {}
+        for level in all_levels:
+            self._level_geometry(level.step, level.window > 0)
+        self._check_fov(self.volume)
 
     # ------------------------------------------------------------------ helpers
     def _tracking_levels(self) -> Tuple[Level, ...]:
@@ -283,10 +305,12 @@ class SliceRegistrar:
                 index = torch.nonzero(fan_flat).flatten()
                 pix = pix[index]
                 fan_flat = fan_flat[index]
-            self._geometry[key] = _LevelGeometry(pix=pix.contiguous(), pixT=pix.T.contiguous(),
-                                                 index=index,
-                                                 grid_shape=(h, w),
-                                                 fan=fan_flat.to(torch.float32), dense=dense)
+            feat = pix[:, [0, 1, 3]].T.clone()
+            feat[:2] -= torch.as_tensor(self._centre_c[:2, None], dtype=torch.float32,
+                                        device=self.device)
+            self._geometry[key] = _LevelGeometry(
+                pix=pix.contiguous(), pixT=pix.T.contiguous(), feat=feat.view(3, 1, -1).contiguous(), index=index,
+                grid_shape=(h, w), fan=fan_flat.to(torch.float32), dense=dense)
         return self._geometry[key]
 
     def _check_fov(self, vol: PreparedVolume) -> None:
@@ -307,64 +331,79 @@ class SliceRegistrar:
                             device=image_to_reference_c.device)
         return (image_to_reference_c @ c)[..., :3]
 
-    def _sample(self, vol: PreparedVolume, poses_c: torch.Tensor, geo: _LevelGeometry,
-                channels: Optional[int] = None):
+    def _sample(self, vol: PreparedVolume, poses_c, geo: _LevelGeometry,
+                channels: Optional[int] = None) -> torch.Tensor:
         """Sample ``vol`` at the level's points for cropped-frame poses ``(B, 4, 4)``
-        float64. Returns ``values (C, B, N)`` and ``in_grid (B, N)`` bool."""
+        (float64 numpy or torch). Returns ``values (C, B, N)``; points off the voxel grid
+        read 0 in every channel (zero padding), so the support channel tells them apart."""
         data = vol.data if channels is None else vol.data[:, :channels]
-        G = (self._reference_to_grid @ poses_c).to(torch.float32)  # (B, 3, 4)
-        grid = torch.matmul(geo.pix, G.transpose(1, 2))  # (B, N, 3)
+        G = self._reference_to_grid_np @ np.asarray(poses_c) if isinstance(poses_c, np.ndarray) \
+            else (self._reference_to_grid @ poses_c).cpu().numpy()
+        G = torch.as_tensor(G, dtype=torch.float32, device=self.device)
+        grid = torch.matmul(G, geo.pixT).transpose(1, 2)  # (B, N, 3) (a view)
         B, N = grid.shape[:2]
-        vals = F.grid_sample(data, grid.view(1, B, N, 1, 3), mode="bilinear",
+        vals = F.grid_sample(data, grid[None, :, :, None], mode="bilinear",
                              padding_mode="zeros", align_corners=True)
-        in_grid = (grid.abs() <= 1.0).all(dim=-1)
-        return vals.reshape(data.shape[1], B, N), in_grid
+        return vals.view(data.shape[1], B, N)
 
     def overlap(self, image_to_reference, step: int = 8) -> np.ndarray:
         """Fraction ``(B,)`` of the (downsampled) fan inside the volume's data."""
         n = np.shape(image_to_reference)[0] if np.ndim(image_to_reference) == 3 else 1
         poses = _poses_tensor(image_to_reference, "image_to_reference", n).to(self.device)
-        return self._overlap_c(self._to_cropped(poses), step).cpu().numpy()
+        return self._overlap_c(self._to_cropped(poses), step)
 
-    def _overlap_c(self, poses_c: torch.Tensor, step: int) -> torch.Tensor:
-        vol = next(iter(self._volumes.values()))
+    def _overlap_c(self, poses_c: torch.Tensor, step: int) -> np.ndarray:
         geo = self._level_geometry(step, dense=False)
-        vals, in_grid = self._sample(vol, poses_c, geo, channels=2)
-        inside = in_grid & (vals[1] > 0.5)
-        return inside.sum(dim=1).float() / max(1, geo.pix.shape[0])
+        vals = self._sample(self.volume, poses_c, geo, channels=2)
+        return ((vals[1] > 0.5).sum(dim=1).double() / max(1, geo.pix.shape[0])).cpu().numpy()
+
+    def slice_volume(self, image_to_reference, step: int = 4):
+        """The volume (as given) resampled on the frame plane: ``(values (B, h, w),
+        inside (B, h, w) bool)`` for full-frame poses ``(B, 4, 4)`` (display, checks)."""
+        n = np.shape(image_to_reference)[0] if np.ndim(image_to_reference) == 3 else 1
+        poses = _poses_tensor(image_to_reference, "image_to_reference", n).to(self.device)
+        vals, inside = slice_volume(self.volume, poses.float(), self.frame_shape, step=step,
+                                    channels=2)
+        return vals[:, 0], inside
 
     def similarity(self, frames, image_to_reference, step: int = 8, window: int = 7):
         """Masked LNCC ``(B,)`` of frames and slices at the given poses (overlap only)."""
         f = _frames_tensor(frames, self.frame_shape).to(self.device)
         f = f[(slice(None),) + self._crop]
         poses = _poses_tensor(image_to_reference, "image_to_reference", f.shape[0])
-        vol = self._volumes[min(self._volumes)]
-        vals, inside = slice_volume(vol, self._to_cropped(poses.to(self.device)).float(),
+        vals, inside = slice_volume(self.volume, self._to_cropped(poses.to(self.device)).float(),
                                     self._shape, step=step, slab_mm=self.config.slab_mm,
                                     slab_samples=self.config.slab_samples, channels=2)
         fd = downsample_frame(f, step)
         mask = inside & self._fan_level(step)
         return masked_lncc(fd, vals[:, 0], mask, max(0, window)).cpu().numpy()
 
-    def _similarity_c(self, fd: torch.Tensor, poses_c: torch.Tensor, step: int,
-                      window: int) -> torch.Tensor:
-        """:meth:`similarity` for cropped, downsampled frames ``(B, h, w)`` (no checks),
-        and the fraction ``(B,)`` of the fan inside the volume's data (numpy)."""
-        vol = self._volumes[min(self._volumes)]
+    def _slice_c(self, poses_c, step: int) -> Tuple[torch.Tensor, np.ndarray]:
+        """The volume (as given) on the level's whole grid at cropped-frame poses
+        ``(B, 4, 4)``: ``values (2, B, N)`` (intensity, data mask) and the fraction ``(B,)``
+        of the fan inside the volume's data."""
         geo = self._level_geometry(step, dense=True)
-        vals, in_grid = self._sample(vol, poses_c, geo, channels=2)
+        vals = self._sample(self.volume, poses_c, geo, channels=2)
+        inside = (vals[1] > 0.5).to(vals.dtype) * geo.fan
+        overlap = inside.sum(dim=1).double() / float(geo.fan.sum().clamp_min(1.0))
+        return vals, overlap.cpu().numpy()
+
+    def _similarity_c(self, fd: torch.Tensor, vals: torch.Tensor, step: int,
+                      window: int) -> np.ndarray:
+        """:meth:`similarity` ``(B,)`` of cropped, downsampled frames ``fd`` ``(B, h, w)``
+        and their slices ``vals`` from :meth:`_slice_c`."""
+        geo = self._level_geometry(step, dense=True)
         B = fd.shape[0]
-        inside = in_grid & (vals[1] > 0.5) & (geo.fan > 0)
-        overlap = (inside.sum(dim=1).float() / geo.fan.sum().clamp_min(1.0)).cpu().numpy()
-        mask = inside.view(B, *geo.grid_shape)
-        return masked_lncc(fd, vals[0].view(B, *geo.grid_shape), mask, max(0, window)), overlap
+        mask = ((vals[1] > 0.5) & (geo.fan > 0)).view(B, *geo.grid_shape)
+        return masked_lncc(fd, vals[0].view(B, *geo.grid_shape), mask,
+                           max(0, window)).cpu().numpy()
 
     # ------------------------------------------------------------------ registration
     def validate_starts(self, starts: torch.Tensor, indices: Sequence[int]) -> np.ndarray:
         """Raise :class:`GeometryError` for a field of view far larger than the volume or a
         start whose fan barely overlaps the volume's data; returns the overlaps ``(B,)``."""
         self._check_fov_of(starts)
-        ov = self._overlap_c(self._to_cropped(starts.to(self.device)), 8).cpu().numpy()
+        ov = self._overlap_c(self._to_cropped(starts.to(self.device)), 8)
         self._check_overlap(ov, indices)
         return ov
 
@@ -396,28 +435,22 @@ class SliceRegistrar:
         Returns one :class:`FrameResult` per frame. Inputs are not modified.
         """
         t0 = time.perf_counter()
-        f = _frames_tensor(frames, self.frame_shape).to(self.device)
+        f = _frames_tensor(frames, self.frame_shape, self._crop).to(self.device)
         B = f.shape[0]
         indices = list(range(B)) if indices is None else list(indices)
         starts_t = _poses_tensor(starts, "start image_to_reference", B).to(self.device)
         if init_corrections is None:
-            corr0 = torch.eye(4, dtype=torch.float64, device=self.device).repeat(B, 1, 1)
+            corr0 = np.tile(np.eye(4), (B, 1, 1))
         else:
-            corr0 = _poses_tensor(init_corrections, "initial correction", B).to(self.device)
-        init_poses = corr0 @ starts_t
-        self._check_fov_of(init_poses)
+            corr0 = _poses_tensor(init_corrections, "initial correction", B).cpu().numpy()
+        starts_np = self._to_cropped(starts_t).cpu().numpy()
+        self._check_fov_of(torch.as_tensor(corr0 @ starts_t.cpu().numpy()))
         levels = self._tracking_levels() if tracking else tuple(self.config.levels)
         last = levels[-1]
-        f_c = f[(slice(None),) + self._crop]
-        starts_c = self._to_cropped(starts_t)
-        pyramid = _pyramid(f_c, [lv.step for lv in levels])
-        # One sampling at the finest level: overlap check (at that level's step) and the
-        # start LNCC of the final safety test.
-        lncc_start, overlap0 = self._similarity_c(pyramid[last.step], corr0 @ starts_c,
-                                                  last.step, last.window)
+        slice0, overlap0 = self._slice_c(corr0 @ starts_np, last.step)
         self._check_overlap(overlap0, indices)
-        starts_np = starts_c.cpu().numpy()
-        corr = corr0.cpu().numpy()
+        pyramid = _pyramid(f, [lv.step for lv in levels])
+        corr = corr0
         history: List[List[float]] = [[] for _ in range(B)]
         total_iter = 0
         for li, level in enumerate(levels):
@@ -434,22 +467,21 @@ class SliceRegistrar:
                 history[b].extend(float(c) for c in hist[:, b])
             report(progress, (li + 1) / len(levels),
                    f"US registration level {li + 1}/{len(levels)}")
-        corr = torch.as_tensor(corr, device=self.device)
-        lncc_final, _ = self._similarity_c(pyramid[last.step], corr @ starts_c, last.step,
-                                           last.window)
+        # Start and final similarity in one batch (masked LNCC on the overlap).
+        slice1, _ = self._slice_c(corr @ starts_np, last.step)
+        both = self._similarity_c(pyramid[last.step].repeat(2, 1, 1),
+                                  torch.cat([slice0, slice1], dim=1), last.step, last.window)
+        lncc_start, lncc_final = both[:B], both[B:]
         # Safety: a frame whose similarity got worse (a diverged search) keeps its start.
         worse = lncc_final < lncc_start
-        if bool(worse.any()):
-            corr = torch.where(worse[:, None, None], corr0, corr)
-            lncc_final = torch.where(worse, lncc_start, lncc_final)
-        final = corr @ starts_t
+        corr = np.where(worse[:, None, None], corr0, corr)
+        lncc_final = np.where(worse, lncc_start, lncc_final)
+        start_np = starts_t.cpu().numpy()
+        final_np = corr @ start_np
         seconds = (time.perf_counter() - t0) / B
-        lncc_start, lncc_final = lncc_start.cpu().numpy(), lncc_final.cpu().numpy()
-        start_np, final_np, corr_np = starts_t.cpu().numpy(), final.cpu().numpy(), \
-            corr.cpu().numpy()
         return [FrameResult(
             start_image_to_reference=start_np[b], image_to_reference=final_np[b],
-            correction=corr_np[b], lncc_start=float(lncc_start[b]), lncc=float(lncc_final[b]),
+            correction=corr[b], lncc_start=float(lncc_start[b]), lncc=float(lncc_final[b]),
             overlap=float(overlap0[b]), iterations=total_iter, seconds=seconds,
             history=history[b]) for b in range(B)]
 
@@ -472,107 +504,128 @@ class SliceRegistrar:
         pick = cost.reshape(S, B).argmin(axis=0) * B + np.arange(B)  # start-major
         return corr[pick], hist[:, pick], it
 
-    def _evaluate(self, level: Level, geo: _LevelGeometry, poses_c: np.ndarray,
-                  centre: np.ndarray, frame: Tuple[torch.Tensor, torch.Tensor],
-                  raw: Optional[torch.Tensor]):
-        """Cost ``(B,)`` (float64 numpy) at cropped-frame poses ``poses_c`` ``(B, 4, 4)``.
+    def _step_basis(self, poses_c: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        """``T`` ``(B, 6, 9)``: the derivative of a sampled intensity along the LM step
+        ``(omega, v)`` is ``T @ (feat (x) g)``, with ``g`` the volume gradient (reference
+        mm) and ``feat = (col - cc, row - rc, 1)`` the pixel relative to the fan centre
+        ``(cc, rc)`` (``(x)``: ``y[3 k + j] = feat[k] * g[j]``).
 
-        ``centre`` ``(B, 3)``: rotation centre of the LM steps (reference mm); ``frame`` =
-        the normalised frame on the level's points ``(B, N)`` and ``1 / sqrt(count)``
-        ``(B, 1)``; ``raw`` the frame on the points when the overlap is not penalised
-        (normalised on the overlap at every evaluation instead). Also returns what
-        :meth:`_normal_equations` needs (the Jacobian is only built for accepted steps).
+        About the rotation ``centre`` ``(B, 3)`` a pixel lies at
+        ``q = (col - cc) a + (row - rc) b + e`` (``a``, ``b``: the pose's column and row
+        axes, ``e``: the fan centre about ``centre``), and ``d s / d omega = q x g``,
+        ``d s / d v = g``; ``q x g = sum_k feat[k] [axis_k]_x g``.
         """
-        vol = self._volumes[level.sigma_vox]
-        # One (B, 6, 4) matrix maps the level's pixels to grid_sample coordinates (rows
-        # 0-2) and to reference mm relative to the rotation centre (rows 3-5).
-        rel = poses_c[:, :3, :].copy()
-        rel[:, :, 3] -= centre
-        M = np.concatenate([self._reference_to_grid_np @ poses_c, rel], axis=1)
-        M = torch.as_tensor(M, dtype=torch.float32, device=self.device)
-        gq = torch.matmul(M, geo.pixT)  # (B, 6, N)
-        B, N = gq.shape[0], gq.shape[2]
-        grid = gq[:, :3].transpose(1, 2).contiguous()  # (B, N, 3)
-        vals = F.grid_sample(vol.data, grid.view(1, B, N, 1, 3), mode="bilinear",
-                             padding_mode="zeros", align_corners=True).reshape(-1, B, N)
-        inside = grid.abs().amax(dim=-1) <= 1.0
-        if level.data_mask:
-            inside = inside & (vals[1] > 0.5)
-        m = inside.to(torch.float32) * geo.fan
-        s = vals[0]  # (B, N)
-        nf, weight = frame
-        stats = None
+        e = poses_c[:, :3, :] @ self._centre_c - centre
+        T = np.zeros((poses_c.shape[0], 6, 9))
+        for k, x in enumerate((poses_c[:, :3, 0], poses_c[:, :3, 1], e)):
+            T[:, 0, 3 * k + 1], T[:, 0, 3 * k + 2] = -x[:, 2], x[:, 1]
+            T[:, 1, 3 * k + 0], T[:, 1, 3 * k + 2] = x[:, 2], -x[:, 0]
+            T[:, 2, 3 * k + 0], T[:, 2, 3 * k + 1] = -x[:, 1], x[:, 0]
+        T[:, 3:, 6:] = np.eye(3)
+        return T
+
+    def _level_frame(self, fd: torch.Tensor, level: Level, geo: _LevelGeometry) -> "_Frame":
+        """The frame's side of the cost on a level (fixed while the pose changes)."""
+        B = fd.shape[0]
+        flat = fd.reshape(B, -1)
+        penalise = self.config.penalise_lost_overlap
+        n_fan = max(1.0, float(geo.fan.sum()))
         if geo.dense:
-            # Local (window x window) statistics of the slice on the mask, three box sums
-            # in one call; kept for the Jacobian (same formulas as lncc.local_normalise).
-            h, w = geo.grid_shape
-            # Centred first: float32 box sums of s^2 would cancel in E[s^2] - mu^2.
-            s = s - (s * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
-            sm = s * m
-            sums = _box(torch.stack([m, sm, sm * s], dim=1).view(B * 3, h, w), level.window)
-            sums = sums.view(B, 3, N)
-            count = sums[:, 0].clamp_min(1.0)
-            mu = sums[:, 1] / count
-            d = s - mu
-            var = (sums[:, 2] / count - mu * mu).clamp_min(0.0)
-            inv_sd = torch.rsqrt(var + _EPS)
-            ns = d * inv_sd * m
-            stats = (count, d, inv_sd)
-            if raw is not None:
-                nf = local_normalise(raw.view(B, h, w), m.view(B, h, w), level.window).view(B, N)
-        else:
-            count = m.sum(dim=1, keepdim=True).clamp_min(1.0)
-            d = s - (s * m).sum(dim=1, keepdim=True) / count
-            inv_sd = torch.rsqrt((d * d * m).sum(dim=1, keepdim=True) / count + _EPS)
-            ns = d * inv_sd * m
-            stats = (count, d, inv_sd)
-            if raw is not None:
-                fdv = raw - (raw * m).sum(dim=1, keepdim=True) / count
-                nf = fdv * torch.rsqrt((fdv * fdv * m).sum(dim=1, keepdim=True) / count
-                                       + _EPS) * m
-        if raw is not None:
+            fan_img = geo.fan.view(1, *geo.grid_shape).expand(B, -1, -1)
+            nf = local_normalise(fd, fan_img, level.window).reshape(B, -1)
+            return _Frame(nf=nf, raw=None if penalise else flat,
+                          weight=torch.full((B, 1), n_fan ** -0.5, device=fd.device))
+        vals = flat[:, geo.index]
+        if penalise:  # normalised once on the whole fan
+            mu = vals.mean(dim=1, keepdim=True)
+            f = (vals - mu) * torch.rsqrt(((vals - mu) ** 2).mean(dim=1, keepdim=True) + _EPS)
+            nf_sq = (f.double() ** 2).sum(dim=1).cpu().numpy()
+        else:  # normalised on the overlap at every evaluation (from the Gram matrix)
+            f = vals - vals.mean(dim=1, keepdim=True)
+            nf_sq = None
+        return _Frame(nf=f, raw=None, weight=None, nf_sq=nf_sq, w2=1.0 / n_fan,
+                      consts=torch.stack([torch.ones_like(f), f]))
+
+    def _evaluate(self, level: Level, geo: _LevelGeometry, poses_c: np.ndarray,
+                  centre: np.ndarray, frame: "_Frame"):
+        """Cost ``(B,)`` (float64 numpy) at cropped-frame poses ``poses_c`` ``(B, 4, 4)``
+        (float64 numpy), and what :meth:`_normal_equations` needs.
+
+        One ``grid_sample`` reads intensity, support and gradient at the level's points.
+        Global-NCC levels reduce everything (cost, ``J^T J``, ``J^T r``) to one Gram
+        matrix ``sum_n m z z^T`` of ``z = [feat (x) g, s, 1, f]`` (``(B, 12, 12)``, one
+        batched matmul; :func:`_global_ncc`); the LNCC level keeps its local statistics
+        for the Jacobian (only built for accepted steps). ``centre`` ``(B, 3)``: rotation
+        centre of the LM steps (reference mm).
+        """
+        vol = self._volumes[(level.sigma_vox, level.data_mask)]
+        vals = self._sample(vol, poses_c, geo)  # (5, B, N)
+        _, B, N = vals.shape
+        m = (vals[1] > 0.5).to(vals.dtype)
+        y = (geo.feat.view(3, 1, 1, N) * vals[2:5].view(1, 3, B, N)).view(9, B, N)
+        if not geo.dense:
+            z = torch.cat([y, vals[:1], frame.consts], dim=0)  # (12, B, N)
+            gram = torch.bmm((z * m).transpose(0, 1), z.permute(1, 2, 0))
+            gram = gram.double().cpu().numpy()
+            cost, terms = _global_ncc(gram, frame.nf_sq, frame.w2)
+            return cost, (gram, terms, poses_c, centre)
+        m = m * geo.fan
+        s = vals[0]
+        h, w = geo.grid_shape
+        # Local (window x window) statistics of the slice on the mask, three box sums in
+        # one call (same formulas as lncc.local_normalise; the volume is centred).
+        sm = s * m
+        sums = _box(torch.stack([m, sm, sm * s], dim=1).view(B * 3, h, w), level.window)
+        sums = sums.view(B, 3, N)
+        count = sums[:, 0].clamp_min(1.0)
+        mom = sums[:, 1:] / count[:, None]
+        mu = mom[:, 0]
+        d = s - mu
+        inv_sd = torch.rsqrt((mom[:, 1] - mu * mu).clamp_min(0.0) + _EPS)
+        ns = d * inv_sd * m
+        nf, weight = frame.nf, frame.weight
+        if frame.raw is not None:
+            nf = local_normalise(frame.raw.view(B, h, w), m.view(B, h, w),
+                                 level.window).view(B, N)
             weight = torch.rsqrt(m.sum(dim=1, keepdim=True).clamp_min(1.0))
         r = (nf - ns) * weight  # (B, N)
         cost = 0.5 * (r * r).sum(dim=1)
-        return cost.double().cpu().numpy(), (vals, s, gq, m, r, weight, stats)
+        return cost.double().cpu().numpy(), (y, s, m, r, weight, count, mu, d, inv_sd,
+                                              poses_c, centre)
 
     def _normal_equations(self, level: Level, geo: _LevelGeometry, saved):
         """``J^T J`` ``(B, 6, 6)`` and ``J^T r`` ``(B, 6)`` (float64 numpy) of an
         evaluation, ``J`` = d r / d(omega, v) (analytic)."""
-        vals, s, gq, m, r, weight, stats = saved
-        B, N = r.shape
-        g = vals[2:5]  # (3, B, N) volume gradient in reference mm
-        q = gq[:, 3:]  # (B, 3, N) points relative to the rotation centre
-        # d p / d(omega, v) = [-[q]_x, I]  =>  d s / d omega = q x g, d s / d v = g.
-        js = torch.stack([q[:, 1] * g[2] - q[:, 2] * g[1], q[:, 2] * g[0] - q[:, 0] * g[2],
-                          q[:, 0] * g[1] - q[:, 1] * g[0], g[0], g[1], g[2]], dim=1)
-        if not level.rotations:
-            js = js[:, 3:]
-        P = js.shape[1]
-        count, d, inv_sd = stats
-        mjs = js * m[:, None]
-        if geo.dense:  # derivative of lncc.local_normalise (see local_normalise_jvp)
-            h, w = geo.grid_shape
-            boxed = _box(torch.cat([mjs, mjs * s[:, None]], dim=1).view(-1, h, w),
-                         level.window).view(B, 2 * P, N) / count[:, None]
-            dmu = boxed[:, :P]
-            # var = E[s^2] - mu^2  =>  d var = 2 E[s js] - 2 mu d mu  (mu = s - d).
-            dvar = 2.0 * boxed[:, P:] - 2.0 * (s - d)[:, None] * dmu
-            dn = (js - dmu - d[:, None] * dvar * (0.5 * inv_sd * inv_sd)[:, None]) \
-                * (inv_sd * m)[:, None]
+        if not geo.dense:
+            gram, terms, poses_c, centre = saved
+            T = self._step_basis(poses_c, centre)
+            JtJ, Jtr = _global_ncc_normal_equations(gram, terms, T)
         else:
-            dmu = mjs.sum(dim=2, keepdim=True) / count[:, None]
-            dvar = 2.0 * (mjs * d[:, None]).sum(dim=2, keepdim=True) / count[:, None]
-            dn = (js - dmu - d[:, None] * dvar * (0.5 * inv_sd * inv_sd)[:, None]) \
-                * (inv_sd * m)[:, None]
-        J = dn * (-weight[:, None])  # (B, P, N)
-        JtJ = torch.bmm(J, J.transpose(1, 2)).double().cpu().numpy()
-        Jtr = torch.bmm(J, r[:, :, None])[:, :, 0].double().cpu().numpy()
-        if not level.rotations:  # pad to 6 parameters; the rotation steps solve to 0
-            full = np.zeros((B, 6, 6))
-            full[:, :3, :3] = np.eye(3)
-            full[:, 3:, 3:] = JtJ
-            JtJ, Jtr = full, np.concatenate([np.zeros((B, 3)), Jtr], axis=1)
+            y, s, m, r, weight, count, mu, d, inv_sd, poses_c, centre = saved
+            B, N = r.shape
+            h, w = geo.grid_shape
+            T = torch.as_tensor(self._step_basis(poses_c, centre), dtype=torch.float32,
+                                device=r.device)
+            js = torch.matmul(T, y.transpose(0, 1))  # (B, 6, N): d s / d(omega, v)
+            mjs = js * m[:, None]
+            boxed = _box(torch.cat([mjs, mjs * s[:, None]], dim=1).view(-1, h, w),
+                         level.window).view(B, 12, N)
+            # Derivative of lncc.local_normalise (see local_normalise_jvp): with
+            # dmu = box(m js) / count, dvar = 2 box(m s js) / count - 2 mu dmu,
+            # dn = (js - dmu - d dvar / (2 (var + eps))) inv_sd m and J = -weight dn, i.e.
+            # J = c1 js - c2 box(m js) - c3 box(m s js) with per-pixel c1, c2, c3.
+            c1 = -weight * inv_sd * m
+            k = inv_sd * inv_sd * d
+            c2 = c1 * (1.0 - k * mu) / count
+            c3 = c1 * k / count
+            J = js * c1[:, None] - boxed[:, :6] * c2[:, None] - boxed[:, 6:] * c3[:, None]
+            JtJ = torch.bmm(J, J.transpose(1, 2)).double().cpu().numpy()
+            Jtr = torch.bmm(J, r[:, :, None])[:, :, 0].double().cpu().numpy()
+        if not level.rotations:  # translation only: the rotation steps solve to 0
+            JtJ[:, :3, :] = 0.0
+            JtJ[:, :, :3] = 0.0
+            JtJ[:, :3, :3] = np.eye(3)
+            Jtr[:, :3] = 0.0
         return JtJ, Jtr
 
     def _refine_level(self, fd: torch.Tensor, starts: np.ndarray, corr0: np.ndarray,
@@ -582,40 +635,25 @@ class SliceRegistrar:
         ``fd`` ``(B, h, w)`` cropped frames at the level's step (torch), ``starts``
         ``(B, 4, 4)`` cropped tracked poses, ``corr0`` ``(B, 4, 4)`` corrections to start
         from (float64 numpy); ``finest``: use ``tol_cost`` (else ``tol_cost_coarse``).
-        The 6 x 6 bookkeeping is float64 numpy (tiny; the sampling
-        and normalisation stay in torch on the volume's device). Returns
+        The 6 x 6 bookkeeping is float64 numpy (tiny; the sampling and normalisation stay
+        in torch on the volume's device). Returns
         ``(correction (B, 4, 4), cost (B,), history (iterations + 1, B), iterations)``.
         """
         cfg = self.config
         tol_cost = cfg.tol_cost if finest else max(cfg.tol_cost, cfg.tol_cost_coarse)
-        dense = level.window > 0
-        geo = self._level_geometry(level.step, dense)
+        geo = self._level_geometry(level.step, level.window > 0)
         B = fd.shape[0]
-        flat = fd.reshape(B, -1)
-        raw = None
-        if dense:
-            fan_img = geo.fan.view(1, *geo.grid_shape).expand(B, -1, -1)
-            nf = local_normalise(fd, fan_img, level.window).reshape(B, -1)
-            if not cfg.penalise_lost_overlap:
-                raw = flat
-        else:
-            vals = flat[:, geo.index]
-            mu = vals.mean(dim=1, keepdim=True)
-            nf = (vals - mu) * torch.rsqrt(((vals - mu) ** 2).mean(dim=1, keepdim=True) + _EPS)
-            if not cfg.penalise_lost_overlap:
-                raw = vals
-        weight = torch.full((B, 1), 1.0 / math.sqrt(max(1.0, float(geo.fan.sum()))),
-                            device=fd.device)
-        frame = (nf, weight)
+        frame = self._level_frame(fd, level, geo)
         corr = corr0.copy()
         centre = (corr @ starts @ self._centre_c)[:, :3]  # (B, 3), fixed for the level
 
         def evaluate(c):
-            return self._evaluate(level, geo, c @ starts, centre, frame, raw)
+            return self._evaluate(level, geo, c @ starts, centre, frame)
 
         cost, saved = evaluate(corr)
         JtJ, Jtr = self._normal_equations(level, geo, saved)
         lam = np.full(B, cfg.lambda_init)
+        rejected = np.zeros(B, dtype=int)  # consecutive rejected steps
         active = np.ones(B, dtype=bool)
         history = [cost.copy()]
         eye = np.eye(6)
@@ -629,8 +667,7 @@ class SliceRegistrar:
             try:
                 dx = -np.linalg.solve(A, Jtr[:, :, None])[:, :, 0]
             except np.linalg.LinAlgError:
-                dx = -np.linalg.lstsq(A[0], Jtr[0], rcond=None)[0][None] if B == 1 else \
-                    -np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(A, Jtr)])
+                dx = -np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(A, Jtr)])
             ok = active & np.isfinite(dx).all(axis=1)
             dx[~ok] = 0.0
             # Decrease predicted by the linear model; a converged item (e.g. a tracking
@@ -652,11 +689,90 @@ class SliceRegistrar:
                 corr[better], cost[better] = corr_try[better], cost_t[better]
                 JtJ[better], Jtr[better] = JtJ_t[better], Jtr_t[better]
             lam = np.where(better, lam * 0.3, lam * 4.0)
+            rejected = np.where(better, 0, rejected + ok)
             history.append(cost.copy())
-            active &= ~small_decrease & ~small_step & (lam < 1e8)
+            active &= ~small_decrease & ~small_step & (lam < 1e8) \
+                & (rejected < cfg.max_rejections)
             if not active.any():
                 break
         return corr, cost, np.stack(history), it
+
+
+@dataclass
+class _Frame:
+    """The frame's side of a level's cost. Dense (LNCC) levels: ``nf`` ``(B, N)`` the
+    locally normalised frame, ``weight`` ``(B, 1)``, ``raw`` the frame when it is
+    normalised on the overlap at every evaluation. Global levels: ``consts``
+    ``(2, B, N)`` = ``[1, f]`` rows of the Gram matrix, ``nf_sq`` ``(B,)`` the sum of the
+    normalised frame's squares on the fan (``None``: normalise on the overlap instead),
+    ``w2`` the residual weight squared."""
+
+    nf: torch.Tensor
+    raw: Optional[torch.Tensor] = None
+    weight: Optional[torch.Tensor] = None
+    consts: Optional[torch.Tensor] = None
+    nf_sq: Optional[np.ndarray] = None
+    w2: float = 1.0
+
+
+def _global_ncc(G: np.ndarray, nf_sq: Optional[np.ndarray], w2: float):
+    """Cost ``(B,)`` of the global-NCC levels from the Gram matrix ``G`` ``(B, 12, 12)``
+    (rows ``_Y``, ``_S``, ``_ONE``, ``_F``; sums over the overlap ``m``), and the terms
+    :func:`_global_ncc_normal_equations` reuses.
+
+    ``r = sqrt(w2) * (nf - ns)`` on the fan with ``ns = m (s - mean) / sd`` (moments of
+    ``s`` on the overlap), ``nf`` the frame normalised on the fan (``nf_sq`` = its sum of
+    squares), or with ``nf_sq = None`` on the overlap (``w2 = 1 / count`` then).
+    """
+    c = np.maximum(G[:, _ONE, _ONE], 1.0)
+    mean_s = G[:, _S, _ONE] / c
+    var_s = np.maximum(G[:, _S, _S] / c - mean_s ** 2, 0.0)
+    inv_sd = 1.0 / np.sqrt(var_s + _EPS)
+    if nf_sq is None:  # nf = (f - mean_f) * inv_sdf on the overlap
+        mean_f = G[:, _F, _ONE] / c
+        var_f = np.maximum(G[:, _F, _F] / c - mean_f ** 2, 0.0)
+        inv_sdf = 1.0 / np.sqrt(var_f + _EPS)
+        s_nf = np.zeros_like(c)
+        s_snf = inv_sdf * (G[:, _S, _F] - mean_f * G[:, _S, _ONE])
+        nf_sq = c * var_f * inv_sdf ** 2
+        w2 = 1.0 / c
+    else:
+        mean_f, inv_sdf = None, None
+        s_nf, s_snf = G[:, _F, _ONE], G[:, _S, _F]
+    s_dnf = s_snf - mean_s * s_nf  # sum m d nf, d = s - mean_s
+    cost = 0.5 * w2 * (nf_sq - 2.0 * inv_sd * s_dnf + c * var_s * inv_sd ** 2)
+    return cost, (c, mean_s, var_s, inv_sd, s_nf, s_dnf, mean_f, inv_sdf, w2)
+
+
+def _global_ncc_normal_equations(G: np.ndarray, terms, T: np.ndarray):
+    """``J^T J`` ``(B, 6, 6)``, ``J^T r`` ``(B, 6)`` of :func:`_global_ncc` (exact) from
+    the same Gram matrix; ``T`` ``(B, 6, 9)`` maps its ``_Y`` rows to ``u = d s / dx``
+    (:meth:`SliceRegistrar._step_basis`).
+
+    With ``v = u - dmu - a d dvar`` (``dmu = sum m u / c``, ``dvar = 2 sum m u d / c``,
+    ``a = 1 / (2 (var + eps))``) the derivative of ``ns`` is ``inv_sd m v``, and since
+    ``sum m d = 0``, ``sum m d^2 = c var``:
+    ``sum m v v^T = U - c dmu dmu^T + (a^2 var - a) c dvar dvar^T`` (``U = sum m u u^T``).
+    """
+    c, mean_s, var_s, inv_sd, s_nf, s_dnf, mean_f, inv_sdf, w2 = terms
+    Tt = T.transpose(0, 2, 1)
+    U = T @ G[:, _Y, _Y] @ Tt
+    su = np.einsum("bpk,bk->bp", T, G[:, _Y, _ONE])
+    sus = np.einsum("bpk,bk->bp", T, G[:, _Y, _S])
+    suf = np.einsum("bpk,bk->bp", T, G[:, _Y, _F])
+    cc = c[:, None]
+    dmu = su / cc
+    dvar = 2.0 * (sus - mean_s[:, None] * su) / cc
+    a = 0.5 * inv_sd ** 2
+    k = ((a * a * var_s - a) * c)[:, None, None]
+    vv = U - cc[:, :, None] * dmu[:, :, None] * dmu[:, None, :] \
+        + k * dvar[:, :, None] * dvar[:, None, :]
+    JtJ = (w2 * inv_sd ** 2)[:, None, None] * vv
+    s_unf = suf if mean_f is None else inv_sdf[:, None] * (suf - mean_f[:, None] * su)
+    s_vnf = s_unf - dmu * s_nf[:, None] - (a * s_dnf)[:, None] * dvar
+    s_vd = dvar * (c * (0.5 - a * var_s))[:, None]
+    Jtr = -(w2 * inv_sd)[:, None] * (s_vnf - inv_sd[:, None] * s_vd)
+    return JtJ, Jtr
 
 
 def _pyramid(frames: torch.Tensor, steps: Sequence[int]) -> Dict[int, torch.Tensor]:
