@@ -7,7 +7,9 @@ This module only adds what the LiverLaparoReg inputs need:
 - :func:`load_camera`: one entry point for a P2ILF camera JSON or an OpenCV-style 3x3
   intrinsics text file (+ optional distortion file, + the image size it lacks);
 - :func:`as_camera`: accept a ``PinholeCamera`` or its ``to_dict()`` dictionary;
-- :func:`check_image_size`: the frame and the camera must have the same size.
+- :func:`check_image_size`: the frame and the camera must have the same size;
+- :func:`without_distortion`: the same intrinsics with no distortion (how the P2ILF
+  challenge's evaluation code projects: ``K`` only).
 
 About the shipped SciKit-Surgery intrinsics (``liver_sksurgery/liver/calib.left.intrinsics.txt``):
 ``fx = 1892``, ``fy = 945`` (about ``fx / 2``) and ``cy = 327``: the calibration was made
@@ -82,3 +84,9 @@ def check_image_size(shape: Sequence[int], camera: PinholeCamera, name: str) -> 
     if (h, w) != (camera.height, camera.width):
         raise InputError(f"{name}: image size {w}x{h} does not match the camera size "
                          f"{camera.width}x{camera.height}")
+
+
+def without_distortion(camera: PinholeCamera) -> PinholeCamera:
+    """The same pinhole intrinsics and size with no distortion coefficients."""
+    return PinholeCamera(fx=camera.fx, fy=camera.fy, cx=camera.cx, cy=camera.cy,
+                         width=camera.width, height=camera.height, skew=camera.skew)

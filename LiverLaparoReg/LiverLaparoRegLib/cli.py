@@ -3,7 +3,13 @@
 ``surgreg laparo register --mesh MESH --image IMG --camera CAM [--distortion D.txt]
 [--mask MASK] [--contours2d C2.json --contours3d C3.json] [--init INIT.json]
 [--method pnp|silhouette] [--nonrigid] [--deformed-mesh OUT.vtk] [--ground-truth GT]
---out OUT.json``
+[--structure VESSELS.vtk ...] [--no-distortion] --out OUT.json``
+
+``--structure`` (repeatable): vessels / tumours in the mesh's frame; with ``--nonrigid``
+each is deformed by the liver's deformation and written next to ``OUT.json`` as
+``<stem>_<structure stem>_deformed.vtk`` (model frame, same vertex order).
+``--no-distortion``: ignore the camera's distortion coefficients (the P2ILF challenge's
+own evaluation projects with ``K`` only; see ``docs/laparo.md``).
 
 ``INIT.json`` / ``OUT.json`` hold ``{"model_to_camera": 4x4}`` (mesh mm -> OpenCV camera
 mm). ``OUT.json`` adds ``method``, ``metrics`` and ``timing``; next to it the P2ILF
@@ -56,7 +62,7 @@ def read_image(path, name: str = "image") -> np.ndarray:
 
 
 def run_register(args) -> int:
-    from .camera import load_camera  # noqa: PLC0415
+    from .camera import load_camera, without_distortion  # noqa: PLC0415
     from .logic import register  # noqa: PLC0415
     from .mesh import MeshData, load_mesh, save_mesh  # noqa: PLC0415
     from .metrics import project_contours_3d  # noqa: PLC0415
@@ -64,9 +70,12 @@ def run_register(args) -> int:
         write_contours_3d  # noqa: PLC0415
 
     mesh = load_mesh(args.mesh, "mesh")
+    structures = [load_mesh(p, f"structure {Path(p).name}") for p in args.structure or ()]
     image = read_image(args.image, "image")
     camera = load_camera(args.camera, width=image.shape[1], height=image.shape[0],
                          distortion_path=args.distortion)
+    if args.no_distortion:
+        camera = without_distortion(camera)
     mask = None
     if args.mask:
         mask = read_image(args.mask, "mask")
@@ -78,7 +87,8 @@ def run_register(args) -> int:
     init = read_pose_json(args.init) if args.init else None
     gt = read_pose_json(args.ground_truth, "ground truth pose") if args.ground_truth else None
     result = register(mesh, camera, image=image, mask=mask, contours2d=c2, contours3d=c3,
-                      init=init, method=args.method, nonrigid=args.nonrigid, ground_truth=gt)
+                      init=init, method=args.method, nonrigid=args.nonrigid, ground_truth=gt,
+                      structures=structures)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result.to_dict(), indent=2))
@@ -92,6 +102,8 @@ def run_register(args) -> int:
                           out.with_name(out.stem + "_contours2d.json"))
     if args.deformed_mesh:
         save_mesh(MeshData(verts, mesh.faces), args.deformed_mesh)
+    for path, s in zip(args.structure or (), result.deformed_structures):
+        save_mesh(s, out.with_name(f"{out.stem}_{Path(path).stem}_deformed.vtk"))
     print(json.dumps({"method": result.method, "metrics": result.metrics,
                       "total_s": round(result.timings.get("total_s", 0.0), 3)}))
     return 0
@@ -125,6 +137,11 @@ def register_cli(subparsers) -> None:
     r.add_argument("--nonrigid", action="store_true", help="non-rigid refinement")
     r.add_argument("--deformed-mesh", default=None, help="write the deformed mesh here")
     r.add_argument("--ground-truth", default=None, help="ground-truth pose JSON for metrics")
+    r.add_argument("--structure", action="append", default=None,
+                   help="vessels / tumours mesh in the liver mesh's frame (repeatable); "
+                        "deformed with the liver when --nonrigid")
+    r.add_argument("--no-distortion", action="store_true",
+                   help="ignore the camera's distortion (project with K only)")
     r.add_argument("--out", required=True, help="output JSON")
     r.set_defaults(func=run_register)
     b = sub.add_parser("bench", help="accuracy and timing on synthetic and shipped cases")

@@ -45,6 +45,11 @@ class LaparoResult:
     #: the non-rigid ``nonrigid.Deformation``; ``deformation.apply(points)`` moves vessels
     #: and tumours (model frame) with the liver
     deformation: Optional[object] = None
+    #: deformed copies (model frame) of the extra structures (vessels, tumours) given to
+    #: :func:`register`, in the same order, when non-rigid; inputs are not modified
+    deformed_structures: List[MeshData] = field(default_factory=list)
+    #: node level only (:func:`register_nodes`): the model nodes holding them
+    structure_nodes: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"model_to_camera": np.asarray(self.model_to_camera).tolist(),
@@ -77,28 +82,48 @@ def _run_pnp(ctx: dict, progress=None, cancel=None):
 
     if not ctx["contours2d"] or not ctx["contours3d"]:
         raise InputError("contours: method 'pnp' needs 2D and 3D contours")
+    from .metrics import densify_polyline  # noqa: PLC0415
+
+    t0 = time.perf_counter()
     r = register_pnp(ctx["mesh"].vertices, ctx["camera"], ctx["contours2d"], ctx["contours3d"],
                      progress=sub_progress(progress, 0.0, 0.5 if ctx["mask"] is not None else 1.0),
                      cancel=cancel)
     T, timings, history = r.model_to_camera, dict(r.timings), []
+    timings["pnp_s"] = time.perf_counter() - t0
     if ctx["mask"] is not None:
+        # joint refinement: silhouette Dice + reprojection of the matched curves
+        v = ctx["mesh"].vertices
+        step = max(0.25, float(np.ptp(v, axis=0).max()) / 400.0)
+        curves = [(densify_polyline(v[ctx["contours3d"][b].vertices], step),
+                   ctx["contours2d"][a].points) for a, b, _ in r.pairs]
         ctx = dict(ctx, init=T)
-        T, t2, history = _run_silhouette(ctx, sub_progress(progress, 0.5, 1.0), cancel)
+        T, t2, history = _run_silhouette(ctx, sub_progress(progress, 0.5, 1.0), cancel,
+                                         contours=curves)
         timings.update(t2)
     return T, timings, history
 
 
-def _run_silhouette(ctx: dict, progress=None, cancel=None):
+#: silhouette refinement settings: finest pyramid level width (px; the coarse level is
+#: half of it), Adam steps per level, faces of the decimated rendering mesh
+SILHOUETTE_FINE_WIDTH = 160
+SILHOUETTE_ITERATIONS = (40, 20)
+SILHOUETTE_FACES = 600
+
+
+def _run_silhouette(ctx: dict, progress=None, cancel=None, contours=None):
     from .silhouette import refine_silhouette  # noqa: PLC0415
 
     if ctx["mask"] is None or ctx["init"] is None:
         raise InputError("mask: method 'silhouette' needs a liver mask and an initial pose")
     cam = ctx["camera"]
-    # pyramid: coarsest level about 96 px wide, finest about 192 px wide
-    f_fine = max(1.0, cam.width / 192.0)
-    coarse = decimate(ctx["mesh"], 800)
+    # pyramid: coarse level ~80 px wide, fine level ~160 px wide; the full mesh is kept
+    # for evaluation, a decimated copy (~600 faces) is rendered
+    f_fine = max(1.0, cam.width / SILHOUETTE_FINE_WIDTH)
+    coarse = decimate(ctx["mesh"], SILHOUETTE_FACES)
     r = refine_silhouette(coarse.vertices, coarse.faces, cam, ctx["mask"], ctx["init"],
-                          factors=(2 * f_fine, f_fine), iterations=(40, 25), sigma_px=0.7,
+                          factors=(2 * f_fine, f_fine), iterations=SILHOUETTE_ITERATIONS,
+                          sigma_px=0.7, patience=10, lr_rad=0.02, lr_mm=2.0,
+                          contours=contours,
                           progress=progress, cancel=cancel)
     return r.model_to_camera, dict(r.timings), r.history
 
@@ -113,8 +138,14 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
              contours3d: Optional[Sequence[Contour3D]] = None,
              init: Optional[np.ndarray] = None, method: Optional[str] = None,
              nonrigid: bool = False, ground_truth: Optional[np.ndarray] = None,
+             structures: Optional[Sequence[MeshData]] = None,
              progress=None, cancel=None) -> LaparoResult:
     """Register ``mesh`` (model frame, mm) to a laparoscopic frame.
+
+    ``structures``: optional extra meshes in the same model frame (vessels, tumours).
+    The rigid pose applies to them as to the liver; with ``nonrigid`` the liver's
+    deformation field is evaluated at their vertices and the deformed copies are
+    returned in ``result.deformed_structures`` (same order, same faces).
 
     Validates every input first (messages start with the input's name), runs the chosen
     method and computes the metrics: P2ILF reprojection errors (when contours are given),
@@ -142,6 +173,8 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
     if contours2d is not None:
         contours2d = validate_contours_2d(contours2d, "2D contours")
         contours3d = validate_contours_3d(contours3d, len(mesh.vertices), "3D contours")
+    structures = [validate_mesh(s, f"structure {k} ({s.name})")
+                  for k, s in enumerate(structures or ())]
     if init is not None:
         init = _check_pose(init, "initial pose")
     if ground_truth is not None:
@@ -170,6 +203,9 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
                    cancel=cancel)
         result.deformed_vertices = d.vertices
         result.deformation = d
+        # the same field moves vessels and tumours (copies; inputs untouched)
+        result.deformed_structures = [MeshData(d.apply(s.vertices), np.array(s.faces, copy=True),
+                                               s.name) for s in structures]
         result.timings["nonrigid_s"] = time.perf_counter() - t1
     result.metrics = evaluate(mesh, camera, result.model_to_camera, mask, contours2d,
                               contours3d, ground_truth, result.deformed_vertices)
@@ -208,8 +244,15 @@ def register_nodes(ctx, model_node, camera, frame_node=None, mask_node=None,
                    contours2d=None, contours3d=None, init_transform_node=None,
                    method: Optional[str] = None, nonrigid: bool = False,
                    output_transform_node=None, output_model_node=None,
+                   structure_nodes=None, output_structure_nodes=None,
                    progress=None, cancel=None) -> LaparoResult:
     """Node-level entry point (Slicer logic and tests).
+
+    ``structure_nodes``: optional model nodes of vessels / tumours (same convention as
+    ``model_node``). With ``nonrigid``, a deformed copy of each is written to the
+    matching node of ``output_structure_nodes`` (a list; a missing or None entry creates
+    a node named ``"<name> deformed"``); the created / filled nodes are returned in
+    ``result.structure_nodes``.
 
     ``model_node``: the liver model. Its stored RAS points are flipped back to LPS, which
     gives the file coordinates for models loaded with Slicer's default (LPS) convention;
@@ -236,14 +279,24 @@ def register_nodes(ctx, model_node, camera, frame_node=None, mask_node=None,
     if init_transform_node is not None:
         init = nodes.matrix_from_transform_node(init_transform_node, "initial pose",
                                                 require_rigid=True)
+    structures = []
+    for node in structure_nodes or ():
+        sv, sf = model_mesh_arrays(node)
+        structures.append(MeshData(sv, sf, node.GetName()))
     result = register(mesh, camera, image=image, mask=mask, contours2d=contours2d,
                       contours3d=contours3d, init=init, method=method, nonrigid=nonrigid,
-                      progress=progress, cancel=cancel)
+                      structures=structures, progress=progress, cancel=cancel)
     nodes.matrix_to_transform_node(ctx, result.model_to_camera, "model_to_camera",
                                    node=output_transform_node)
     if result.deformed_vertices is not None:
         nodes.model_to_node(ctx, result.deformed_vertices, mesh.faces, "deformed liver",
                             node=output_model_node, frame="LPS")
+    outs = list(output_structure_nodes or ())
+    result.structure_nodes = []
+    for k, s in enumerate(result.deformed_structures):
+        target = outs[k] if k < len(outs) else None
+        result.structure_nodes.append(nodes.model_to_node(
+            ctx, s.vertices, s.faces, f"{s.name} deformed", node=target, frame="LPS"))
     return result
 
 

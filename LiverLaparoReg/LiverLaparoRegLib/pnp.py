@@ -38,9 +38,10 @@ import numpy as np
 from SurgicalReg2D3DLib.errors import InputError
 from SurgicalReg2D3DLib.progress import check_cancel, report
 
+from scipy.spatial import cKDTree
+
 from .metrics import densify_polyline, directed_distances
 from .p2ilf import Contour2D, Contour3D, group_by_label
-from .synthetic import resample_curve
 
 
 @dataclass
@@ -101,9 +102,10 @@ def curve_distance_px(model_to_camera, camera, curves3d_pts, curves2d_pts) -> fl
 
 def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
                  contours3d: Sequence[Contour3D], n_per_curve: int = 40,
-                 ransac_px: Optional[float] = None, icp_iterations: int = 8,
-                 max_hypotheses: int = 256, top_k: int = 4, faces=None,
-                 subcurves: bool = True, progress=None, cancel=None) -> PnPRegistration:
+                 ransac_px: Optional[float] = None, icp_iterations: int = 20,
+                 max_hypotheses: int = 256, top_k: int = 2, faces=None,
+                 subcurves: bool = True, good_fraction: float = 0.004,
+                 progress=None, cancel=None) -> PnPRegistration:
     """Pose from matched landmark curves (see the module docstring).
 
     ``vertices (V, 3)`` model mm; contours already validated (``p2ilf.validate_*``).
@@ -112,18 +114,23 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
     projected occluding-contour point of the mesh at the current pose. A 2D curve that
     touches the image border is matched one way only (2D -> 3D), as its 3D curve may
     extend outside the frame.
+
+    Speed: every curve is parametrised by arc length once (:class:`_Curve`), scores use
+    ``n_score`` samples per curve, and when the best end-to-end hypothesis, after the
+    image ICP, already fits within ``good_fraction`` of the image diagonal (robust mean
+    distance) the sub-curve search is skipped.
     Raises ``InputError`` when no label is shared by the 2D and 3D contours or fewer than
     4 correspondences result.
     """
     import cv2  # noqa: PLC0415
-    from scipy.spatial import cKDTree  # noqa: PLC0415
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
 
     t0 = time.perf_counter()
     v = np.asarray(vertices, dtype=np.float64)
     K, dist = camera.K, camera.dist_coeffs if camera.has_distortion else np.zeros(5)
+    diag = float(np.hypot(camera.width, camera.height))
     if ransac_px is None:
-        ransac_px = 0.02 * float(np.hypot(camera.width, camera.height))
+        ransac_px = 0.02 * diag
     step_mm = max(0.25, float(np.ptp(v, axis=0).max()) / 400.0)
     if faces is not None:
         c3_pts = [densify_polyline(v[geodesic_vertex_path(v, np.asarray(faces), c.vertices)],
@@ -137,19 +144,18 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
         labels3 = sorted(group_by_label(contours3d))
         raise InputError(f"contours: no label is shared by the 2D contours {labels2} and the "
                          f"3D contours {labels3}")
+    tau = 0.05 * diag
+    sc = _Scorer(c3_pts, c2_pts, K, dist, tau)
     screened = []
     for h_i, pairs in enumerate(hyps):
         check_cancel(cancel, "PnP hypotheses")
-        report(progress, 0.6 * h_i / len(hyps), f"PnP hypothesis {h_i + 1}/{len(hyps)}")
-        p3, p2 = _samples(pairs, c3_pts, c2_pts, n_per_curve)
+        report(progress, 0.3 * h_i / len(hyps), f"PnP hypothesis {h_i + 1}/{len(hyps)}")
+        p3, p2 = sc.samples(pairs, n_per_curve)
         # fast screening: plain EPnP on all samples
-        ok, rvec, tvec = cv2.solvePnP(p3, p2, K, dist, flags=cv2.SOLVEPNP_EPNP)
-        if not ok or not np.all(np.isfinite(tvec)):
+        T_h = _epnp(cv2, p3, p2, K, dist)
+        if T_h is None:
             continue
-        T_h = np.eye(4)
-        T_h[:3, :3] = cv2.Rodrigues(rvec)[0]
-        T_h[:3, 3] = tvec.ravel()
-        screened.append((_score(T_h, camera, pairs, c3_pts, c2_pts), h_i, T_h, pairs))
+        screened.append((sc.mean_score(T_h, pairs), h_i, T_h, pairs))
     if not screened:
         raise InputError("contours: EPnP found no pose for any curve matching; check that the "
                          "2D and 3D contours describe the same landmarks")
@@ -164,26 +170,10 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
                            | (p[:, 0] > camera.width - 1 - border)
                            | (p[:, 1] > camera.height - 1 - border)))
 
-    tau = 0.05 * float(np.hypot(camera.width, camera.height))
-    trees = [cKDTree(p) for p in c2_pts] if subcurves else None
     best = None
-    for k, (score, _, T_h, pairs) in enumerate(screened[:top_k]):
-        check_cancel(cancel, "PnP refinement")
-        report(progress, 0.6 + 0.4 * k / min(top_k, len(screened)), "PnP refinement")
-        candidates = [T_h]
-        intervals = None
-        if subcurves:
-            T_s, intervals = _subcurve_search(pairs, c3_pts, c2_pts, n_per_curve, camera,
-                                              K, dist, tau, trees=trees)
-            if T_s is not None:
-                candidates.append(T_s)
-        p3, p2 = _samples(pairs, c3_pts, c2_pts, n_per_curve, intervals)
-        try:
-            candidates.append(epnp_ransac(p3, p2, K, dist, reprojection_px=ransac_px,
-                                          iterations=200,
-                                          min_inliers=max(6, len(p3) // 5)).model_to_camera)
-        except InputError:
-            pass
+
+    def consider(candidates, pairs):
+        nonlocal best
         p3_all = [c3_pts[b] for _, b, _ in pairs]
         p2_all = [c2_pts[a] for a, _, _ in pairs]
         one_way = [touches_border(p) for p in p2_all]
@@ -193,15 +183,128 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
             for T_x in (T_c, T_r):
                 if best is not None and _behind_camera(T_x, v):
                     continue            # the camera cannot be inside/behind the organ
-                s_x = (_robust_score(T_x, camera, pairs, c3_pts, c2_pts, tau, trees) if subcurves
-                       else _score(T_x, camera, pairs, c3_pts, c2_pts))
+                s_x = sc.robust_score(T_x, pairs) if subcurves else sc.mean_score(T_x, pairs)
                 if best is None or s_x < best[0]:
                     best = (s_x, T_x, pairs)
+
+    # end-to-end pairing of the best hypothesis first: often enough (full curves)
+    report(progress, 0.3, "PnP refinement")
+    consider([screened[0][2]], screened[0][3])
+    if not (subcurves and best[0] <= good_fraction * diag):
+        for k, (score, _, T_h, pairs) in enumerate(screened[:top_k]):
+            check_cancel(cancel, "PnP refinement")
+            report(progress, 0.3 + 0.7 * k / min(top_k, len(screened)), "PnP refinement")
+            candidates = [T_h] if k else []
+            intervals = None
+            if subcurves:
+                T_s, intervals = _subcurve_search(pairs, sc, n_per_curve, K, dist)
+                if T_s is not None:
+                    candidates.append(T_s)
+            p3, p2 = sc.samples(pairs, n_per_curve, intervals)
+            try:
+                candidates.append(epnp_ransac(p3, p2, K, dist, reprojection_px=ransac_px,
+                                              iterations=100,
+                                              min_inliers=max(6, len(p3) // 5)).model_to_camera)
+            except InputError:
+                pass
+            consider(candidates, pairs)
     _, T, pairs = best
     score = _score(T, camera, pairs, c3_pts, c2_pts)
     report(progress, 1.0, "PnP done")
     return PnPRegistration(T, score, len(hyps), pairs,
                            {"hypotheses_s": t1 - t0, "refine_s": time.perf_counter() - t1})
+
+
+def _epnp(cv2, p3, p2, K, dist):
+    """Plain EPnP -> 4x4 or None."""
+    ok, rvec, tvec = cv2.solvePnP(p3, p2, K, dist, flags=cv2.SOLVEPNP_EPNP)
+    if not ok or not np.all(np.isfinite(tvec)):
+        return None
+    T = np.eye(4)
+    T[:3, :3] = cv2.Rodrigues(rvec)[0]
+    T[:3, 3] = tvec.ravel()
+    return T
+
+
+class _Curve:
+    """An ordered polyline ``(N, D)`` parametrised by normalised arc length in [0, 1]."""
+
+    def __init__(self, points: np.ndarray):
+        self.points = np.asarray(points, dtype=np.float64)
+        s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(self.points, axis=0), axis=1))]
+        self.s = s / s[-1] if s[-1] > 0 else np.linspace(0.0, 1.0, len(s))
+
+    def sample(self, s0: float, s1: float, n: int, reverse: bool = False) -> np.ndarray:
+        """``n`` points equally spaced in arc length between fractions ``s0`` and ``s1``
+        (measured from the end when ``reverse``)."""
+        t = np.linspace(s0, s1, n)
+        if reverse:
+            t = 1.0 - t
+        j = np.clip(np.searchsorted(self.s, t, side="right") - 1, 0, len(self.s) - 2)
+        ds = self.s[j + 1] - self.s[j]
+        w = np.where(ds > 0, (t - self.s[j]) / np.where(ds > 0, ds, 1.0), 0.0)[:, None]
+        return self.points[j] * (1.0 - w) + self.points[j + 1] * w
+
+
+class _Scorer:
+    """Arc-length samples and cheap curve-distance scores for pose hypotheses.
+
+    ``c3_pts`` / ``c2_pts``: densified 3D (mm) and 2D (px) curves. Scores use
+    ``n_score`` samples per curve (k-d trees of the 2D samples built once)."""
+
+    def __init__(self, c3_pts, c2_pts, K, dist, tau: float, n_score: int = 120):
+        self.c3 = [_Curve(p) for p in c3_pts]
+        self.c2 = [_Curve(p) for p in c2_pts]
+        self.K, self.dist, self.tau = K, dist, tau
+        self.s3 = [c.sample(0.0, 1.0, n_score) for c in self.c3]
+        self.s2 = [c.sample(0.0, 1.0, n_score) for c in self.c2]
+        self.t2 = [cKDTree(p) for p in self.s2]
+
+    def samples(self, pairs, n: int, intervals=None):
+        """Arc-length aligned samples ``(P, 3)`` and ``(P, 2)`` of the paired curves,
+        optionally on sub-intervals ``(side, s0, s1)`` (see :func:`_subcurve_search`)."""
+        p3, p2 = [], []
+        intervals = intervals or [(2, 0.0, 1.0)] * len(pairs)
+        for (a, b, flip), (side, s0, s1) in zip(pairs, intervals):
+            r2 = (s0, s1) if side == 2 else (0.0, 1.0)
+            r3 = (s0, s1) if side == 3 else (0.0, 1.0)
+            p3.append(self.c3[b].sample(r3[0], r3[1], n))
+            p2.append(self.c2[a].sample(r2[0], r2[1], n, reverse=flip))
+        return np.ascontiguousarray(np.concatenate(p3)), np.ascontiguousarray(np.concatenate(p2))
+
+    def _distances(self, T, pairs):
+        """Per pair ``(d(proj 3D -> 2D), d(2D -> proj 3D))`` nearest distances, or None
+        when a sample is behind the camera."""
+        import cv2  # noqa: PLC0415
+
+        pts = np.concatenate([self.s3[b] for _, b, _ in pairs])
+        if np.any(pts @ T[2, :3] + T[2, 3] <= 1e-3):
+            return None
+        rvec = cv2.Rodrigues(T[:3, :3])[0]
+        uv = cv2.projectPoints(pts, rvec, T[:3, 3], self.K, self.dist)[0].reshape(-1, 2)
+        out, i = [], 0
+        for a, b, _ in pairs:
+            u = uv[i:i + len(self.s3[b])]
+            i += len(self.s3[b])
+            out.append((self.t2[a].query(u)[0], cKDTree(u).query(self.s2[a])[0]))
+        return out
+
+    def mean_score(self, T, pairs) -> float:
+        """Mean symmetric nearest distance (px) averaged over the pairs (``inf`` when a
+        curve point is behind the camera)."""
+        d = self._distances(T, pairs)
+        if d is None:
+            return float("inf")
+        return float(np.mean([0.5 * (d1.mean() + d2.mean()) for d1, d2 in d]))
+
+    def robust_score(self, T, pairs) -> float:
+        """As :meth:`mean_score`, each distance truncated at ``tau`` px."""
+        d = self._distances(T, pairs)
+        if d is None:
+            return float("inf")
+        t = self.tau
+        return float(np.mean([0.5 * (np.minimum(d1, t).mean() + np.minimum(d2, t).mean())
+                              for d1, d2 in d]))
 
 
 def _behind_camera(T, vertices) -> bool:
@@ -235,6 +338,10 @@ def occluding_contour_points(vertices: np.ndarray, faces: np.ndarray,
     return 0.5 * (vertices[edges[:, 0]] + vertices[edges[:, 1]])
 
 
+#: OpenCV LM stopping rule inside each ICP step (the ICP loop itself iterates)
+_LM_CRITERIA = (3, 10, 1e-10)      # cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS
+
+
 def _icp(T, p3_all, p2_all, K, dist, iterations: int, one_way=None, sil2d=None,
          mesh=None) -> np.ndarray:
     """Iterated closest points in the image: re-pair projected 3D curve samples with
@@ -247,10 +354,11 @@ def _icp(T, p3_all, p2_all, K, dist, iterations: int, one_way=None, sil2d=None,
     rvec, _ = cv2.Rodrigues(T[:3, :3])
     tvec = T[:3, 3].reshape(3, 1).copy()
     one_way = one_way or [False] * len(p3_all)
-    # at most ~200 samples per curve: enough for the pose, keeps the LM cheap
-    p3_all = [np.ascontiguousarray(p[::max(1, len(p) // 200)]) for p in p3_all]
-    p2_all = [np.ascontiguousarray(p[::max(1, len(p) // 200)]) for p in p2_all]
+    # at most ~64 samples per curve: enough for the pose, keeps the LM cheap
+    p3_all = [np.ascontiguousarray(p[::max(1, len(p) // 64)]) for p in p3_all]
+    p2_all = [np.ascontiguousarray(p[::max(1, len(p) // 64)]) for p in p2_all]
     for _ in range(iterations):
+        previous = np.r_[np.asarray(rvec).ravel(), np.asarray(tvec).ravel()]
         src, dst = [], []
         if sil2d is not None:
             Tc = np.eye(4)
@@ -278,7 +386,10 @@ def _icp(T, p3_all, p2_all, K, dist, iterations: int, one_way=None, sil2d=None,
         src, dst = np.concatenate(src), np.concatenate(dst)
         if len(src) < 4:
             break
-        rvec, tvec = cv2.solvePnPRefineLM(src, dst, K, dist, rvec, tvec)
+        rvec, tvec = cv2.solvePnPRefineLM(src, dst, K, dist, rvec, tvec, _LM_CRITERIA)
+        change = np.abs(np.r_[np.asarray(rvec).ravel(), np.asarray(tvec).ravel()] - previous)
+        if change[:3].max() < 1e-5 and change[3:].max() < 1e-3:
+            break                       # converged: the pairing no longer changes the pose
     out = np.eye(4)
     out[:3, :3] = cv2.Rodrigues(rvec)[0]
     out[:3, 3] = np.asarray(tvec).ravel()
@@ -317,51 +428,25 @@ _INTERVALS = ((0.0, 1.0), (0.0, 0.5), (0.25, 0.75), (0.5, 1.0), (0.0, 0.75), (0.
               (0.0, 0.33), (0.33, 0.67), (0.67, 1.0))
 
 
-def _robust_score(T, camera, pairs, c3_pts, c2_pts, tau: float, trees=None) -> float:
-    """Mean over pairs of the symmetric mean nearest distance (px), each distance
-    truncated at ``tau``; ``inf`` when a point is behind the camera. ``trees``: optional
-    cached ``cKDTree`` of each 2D curve (same indexing as ``c2_pts``)."""
-    import cv2  # noqa: PLC0415
-    from scipy.spatial import cKDTree  # noqa: PLC0415
-
-    rvec = cv2.Rodrigues(T[:3, :3])[0]
-    total = []
-    for a, b, _ in pairs:
-        if np.any(c3_pts[b] @ T[2, :3] + T[2, 3] <= 1e-3):
-            return float("inf")
-        uv = cv2.projectPoints(c3_pts[b], rvec, T[:3, 3], camera.K,
-                               camera.dist_coeffs if camera.has_distortion else None)[0]
-        uv = uv.reshape(-1, 2)
-        tree2 = trees[a] if trees is not None else cKDTree(c2_pts[a])
-        d1 = np.minimum(tree2.query(uv)[0], tau).mean()
-        d2 = np.minimum(cKDTree(uv).query(c2_pts[a])[0], tau).mean()
-        total.append(0.5 * (d1 + d2))
-    return float(np.mean(total))
-
-
-def _subcurve_search(pairs, c3_pts, c2_pts, n_per_curve, camera, K, dist, tau,
-                     rounds: int = 2, trees=None):
+def _subcurve_search(pairs, scorer: "_Scorer", n_per_curve, K, dist, rounds: int = 2):
     """Coordinate search over sub-interval hypotheses (see the module docstring).
 
     Per pair, an interval is ``(side, s0, s1)``: the other curve spans the arc-length
-    fraction ``[s0, s1]`` of the 2D curve (side 2) or of the 3D curve (side 3).
+    fraction ``[s0, s1]`` of the 2D curve (side 2) or of the 3D curve (side 3). Each
+    candidate is solved by plain EPnP and scored by :meth:`_Scorer.robust_score`.
     Returns ``(best pose or None, intervals)``."""
     import cv2  # noqa: PLC0415
 
     options = [(2, s0, s1) for s0, s1 in _INTERVALS] + \
         [(3, s0, s1) for s0, s1 in _INTERVALS[1:]]
     current = [(2, 0.0, 1.0)] * len(pairs)
-    best = (float("inf"), None)
 
     def evaluate(intervals):
-        p3, p2 = _samples(pairs, c3_pts, c2_pts, n_per_curve, intervals)
-        ok, rvec, tvec = cv2.solvePnP(p3, p2, K, dist, flags=cv2.SOLVEPNP_EPNP)
-        if not ok or not np.all(np.isfinite(tvec)):
+        p3, p2 = scorer.samples(pairs, n_per_curve, intervals)
+        T = _epnp(cv2, p3, p2, K, dist)
+        if T is None:
             return float("inf"), None
-        T = np.eye(4)
-        T[:3, :3] = cv2.Rodrigues(rvec)[0]
-        T[:3, 3] = tvec.ravel()
-        return _robust_score(T, camera, pairs, c3_pts, c2_pts, tau, trees), T
+        return scorer.robust_score(T, pairs), T
 
     best = evaluate(current)
     for _ in range(rounds):
@@ -378,33 +463,6 @@ def _subcurve_search(pairs, c3_pts, c2_pts, n_per_curve, camera, K, dist, tau,
         if not changed:
             break
     return best[1], current
-
-
-def _sub(points, s0, s1):
-    """The part of an ordered polyline between arc-length fractions ``s0`` and ``s1``."""
-    if s0 <= 0.0 and s1 >= 1.0:
-        return points
-    s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))]
-    if s[-1] <= 0:
-        return points
-    t = np.linspace(s0 * s[-1], s1 * s[-1], max(2, len(points)))
-    return np.stack([np.interp(t, s, points[:, d]) for d in range(points.shape[1])], 1)
-
-
-def _samples(pairs, c3_pts, c2_pts, n_per_curve, intervals=None):
-    """Arc-length aligned samples ``(P, 3)`` and ``(P, 2)`` of the paired curves
-    (optionally on sub-intervals, see :func:`_subcurve_search`)."""
-    p3, p2 = [], []
-    intervals = intervals or [(2, 0.0, 1.0)] * len(pairs)
-    for (a, b, flip), (side, s0, s1) in zip(pairs, intervals):
-        c3, c2 = c3_pts[b], (c2_pts[a][::-1] if flip else c2_pts[a])
-        if side == 2:
-            c2 = _sub(c2, s0, s1)
-        else:
-            c3 = _sub(c3, s0, s1)
-        p3.append(resample_curve(c3, n_per_curve))
-        p2.append(resample_curve(c2, n_per_curve))
-    return np.ascontiguousarray(np.concatenate(p3)), np.ascontiguousarray(np.concatenate(p2))
 
 
 def _nearest(a: np.ndarray, b: np.ndarray):

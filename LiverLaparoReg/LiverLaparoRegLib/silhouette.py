@@ -9,6 +9,15 @@ sigma in pixels of the current level) and the target mask ``M``, optimised with 
 a coarse-to-fine pyramid (the mask area-averaged to ``1 / factor`` of its size, the
 camera scaled with ``PinholeCamera.scaled(factor)``). The best pose of the last level is
 kept. Everything runs on the device of ``vertices`` if it is a tensor (else CPU).
+
+The silhouette is rendered by :func:`.raster.soft_silhouette_band` (gradients only in a
+band around the outline, no seams inside): about 20-35 ms per step at 80-160 px on one
+CPU core with an ~600-face decimated mesh, so ~40 steps fit in well under a second.
+
+Joint refinement (after PnP): with ``contours`` = pairs of (3D curve samples, 2D curve
+samples) the loss adds ``contour_weight *`` the truncated symmetric mean nearest
+distance (px at full resolution, divided by the image diagonal) between the projected
+3D curves and the 2D curves, so the silhouette Dice cannot pull the landmarks away.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from SurgicalReg2D3DLib.errors import InputError
 from SurgicalReg2D3DLib.poses import axis_angle_to_matrix
 from SurgicalReg2D3DLib.progress import check_cancel, report
 
-from .raster import project_vertices, soft_silhouette
+from .raster import project_vertices, soft_silhouette_band
 
 
 @dataclass
@@ -61,14 +70,16 @@ def soft_dice_loss(s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
                       factors: Sequence[float] = (8.0, 4.0), iterations: Sequence[int] = (60, 40),
                       sigma_px: float = 1.0, lr_rad: float = 0.01, lr_mm: float = 1.0,
-                      patience: int = 8, min_delta: float = 1e-4,
+                      patience: int = 8, min_delta: float = 1e-4, contours=None,
+                      contour_weight: float = 10.0,
                       progress=None, cancel=None) -> SilhouetteResult:
     """Refine ``model_to_camera_init`` so the rendered silhouette matches ``mask (H, W)``.
 
     ``factors``: downsampling factor of each pyramid level (coarse first), relative to
     the camera / mask size; ``iterations``: at most this many Adam steps per level; a
     level stops early when the loss has not improved by ``min_delta`` for ``patience``
-    steps.
+    steps. ``contours``: optional list of ``(points3d (N, 3) model mm, points2d (M, 2)
+    px)`` curve pairs for the joint loss (see the module docstring).
     """
     t0 = time.perf_counter()
     device = vertices.device if isinstance(vertices, torch.Tensor) else torch.device("cpu")
@@ -88,6 +99,14 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
     T0 = torch.as_tensor(np.asarray(model_to_camera_init, dtype=np.float64), device=device)
     pivot = (v.double() @ T0[:3, :3].T + T0[:3, 3]).mean(0).detach()
     params = torch.zeros(6, dtype=torch.float64, device=device)
+    curves = []
+    for p3, p2 in contours or ():
+        p3 = np.asarray(p3, dtype=np.float64)
+        p2 = np.asarray(p2, dtype=np.float64)
+        curves.append((torch.as_tensor(p3[::max(1, len(p3) // 64)], device=device),
+                       torch.as_tensor(p2[::max(1, len(p2) // 64)], device=device)))
+    diag = float(np.hypot(camera.width, camera.height))
+    tau = 0.05 * diag
     history: List[float] = []
     total = max(1, sum(iterations))
     done = 0
@@ -107,8 +126,10 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
             p = torch.cat([rot, trans])
             T = increment_pose(p, pivot) @ T0
             uv, z = project_vertices(v, T.float(), cam)
-            s = soft_silhouette(uv, z, f, cam.height, cam.width, sigma=sigma_px)[0]
+            s = soft_silhouette_band(uv, z, f, cam.height, cam.width, sigma=sigma_px)[0]
             loss = soft_dice_loss(s, target)
+            if curves:
+                loss = loss + contour_weight * _curve_loss(curves, T, camera, tau) / diag
             lv = float(loss.detach())
             history.append(lv)
             if lv < best_loss - min_delta:
@@ -128,3 +149,14 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
     T_best = (increment_pose(best_params, pivot) @ T0).detach().cpu().numpy()
     return SilhouetteResult(T_best, 1.0 - best_loss, history,
                             {"silhouette_s": time.perf_counter() - t0})
+
+
+def _curve_loss(curves, model_to_camera, camera, tau: float) -> torch.Tensor:
+    """Mean over curve pairs of the symmetric mean nearest distance (px, each distance
+    truncated at ``tau``) between projected 3D samples and 2D samples."""
+    total = []
+    for p3, p2 in curves:
+        uv, _ = project_vertices(p3, model_to_camera, camera)
+        d = torch.cdist(uv[0], p2)
+        total.append(0.5 * (d.amin(1).clamp(max=tau).mean() + d.amin(0).clamp(max=tau).mean()))
+    return torch.stack(total).mean()

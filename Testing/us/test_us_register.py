@@ -233,40 +233,75 @@ def test_step_matrix_is_rotation_about_centre():
         np.testing.assert_allclose(S[k, 3], [0, 0, 0, 1])
 
 
-@pytest.mark.parametrize("level", [Level(4, 0, 1, 0.0), Level(2, 5, 1, 0.0),
-                                   Level(4, 0, 1, 0.0, rotations=False)])
-def test_analytic_normal_equations_match_finite_differences(synthetic, level):
-    """J^T r and J^T J of the analytic Jacobian (global NCC on the sparse fan points,
-    windowed LNCC on the grid, translation only) against central differences of the
-    residual under the same left steps S(x). A smoother volume than the fixture's, so
-    that the precomputed central-difference gradient is close to the interpolant's."""
+@pytest.mark.parametrize("level, penalise", [
+    (Level(4, 0, 1, 0.0), True), (Level(2, 5, 1, 0.0), True),
+    (Level(4, 0, 1, 0.0, rotations=False), True), (Level(4, 0, 1, 2.0, data_mask=False), True),
+    (Level(4, 0, 1, 0.0), False), (Level(2, 5, 1, 0.0), False)])
+def test_cost_and_normal_equations_match_independent_residual(synthetic, level, penalise):
+    """Cost, J^T r and J^T J of the registrar (global NCC from one Gram matrix on the fan
+    points, windowed LNCC on the grid, translation only, smoothed volume; the frame
+    normalised once on the fan, or on the overlap at every pose) against an independent
+    float64 residual: slice_volume on the plain volume, normalised on the overlap
+    (lncc.local_normalise for the window), and its central differences under the same left
+    steps S(x). A smoother volume than the fixture's, so that the precomputed
+    central-difference gradient is close to the interpolant's. The frame sits partly off
+    the volume (the overlap matters)."""
+    from scipy import ndimage
+
+    from USSliceRegLib.lncc import local_normalise
     from USSliceRegLib.register import _step_matrix_np
+    from USSliceRegLib.slicing import prepare_volume, slice_volume
 
     _, ijk, truths, _ = synthetic
     vol = gaussian_filter(np.random.default_rng(5).random((40, 40, 40)), 3.0) * 1000
     frames = np.stack([_frame(vol, ijk, t) for t in truths[:2]])
-    reg = SliceRegistrar(vol, ijk, (H, W), None, config=RegistrationConfig(levels=(level,)))
+    reg = SliceRegistrar(vol, ijk, (H, W), None, config=RegistrationConfig(
+        levels=(level,), penalise_lost_overlap=penalise))
     starts = reg._to_cropped(torch.as_tensor(truths[1])[None]).numpy()
+    np.testing.assert_array_equal(starts[0], truths[1])  # no fan: the crop is the frame
     corr = perturb_about_point(np.eye(4), [0.03, -0.02, 0.04, 1.0, -0.5, 0.8], [0, 0, 0, 1])[None]
+    off = corr.copy()
+    off[0, :3, 3] += [0.0, 0.0, 10.5]  # a strip of the frame leaves the volume
     geo = reg._level_geometry(level.step, level.window > 0)
-    fd = torch.as_tensor(frames[1:2], dtype=torch.float32)[:, reg._crop[0], reg._crop[1]]
-    fd = torch.nn.functional.avg_pool2d(fd[:, None], level.step)[:, 0]
-    from USSliceRegLib.lncc import local_normalise
-
-    if level.window:
-        nf = local_normalise(fd, torch.ones_like(fd), level.window).reshape(1, -1)
-    else:
-        v = fd.reshape(1, -1)[:, geo.index]
-        nf = (v - v.mean()) / torch.sqrt(v.var(unbiased=False) + 1e-3)
-    frame = (nf, torch.full((1, 1), 1.0 / np.sqrt(geo.pix.shape[0])))
+    fd = torch.nn.functional.avg_pool2d(torch.as_tensor(frames[1:2])[:, None], level.step)[:, 0]
     centre = (corr @ starts @ reg._centre_c)[:, :3]
+    ref_vol = vol if level.sigma_vox == 0 else ndimage.gaussian_filter(vol, level.sigma_vox)
+    plain = prepare_volume(ref_vol, ijk, dtype=torch.float64)
+    if level.window:
+        nf = local_normalise(fd, torch.ones_like(fd), level.window)[0]
+    else:
+        nf = (fd[0] - fd.mean()) / torch.sqrt(fd.var(unbiased=False) + 1e-3)
+    weight = 1.0 / np.sqrt(nf.numel())
 
-    def residual(x):
-        c, saved = reg._evaluate(level, geo, _step_matrix_np(x[None], centre) @ corr @ starts,
-                                 centre, frame, None)
-        return saved[4][0].double().numpy(), saved
+    def normalise(x, m):
+        if level.window:
+            return local_normalise(x[None], m[None], level.window)[0]
+        mu = (x * m).sum() / m.sum()
+        return (x - mu) / torch.sqrt(((x - mu) ** 2 * m).sum() / m.sum() + 1e-3) * m
 
-    r0, saved = residual(np.zeros(6))
+    def residual(x, c=corr):
+        pose = _step_matrix_np(x[None], centre) @ c @ starts
+        vals, inside = slice_volume(plain, pose, (H, W), step=level.step)
+        s, m = vals[0, 0], inside[0].double()
+        if penalise:  # every fan pixel keeps a residual, the frame normalised on the fan
+            return ((nf - normalise(s, m)) * weight).reshape(-1).numpy()
+        # overlap only: both normalised on it, weight 1 / sqrt(overlap)
+        return ((normalise(fd[0].double(), m) - normalise(s, m))
+                / torch.sqrt(m.sum())).reshape(-1).numpy()
+
+    frame = reg._level_frame(fd.float(), level, geo)
+    # Cost, also where part of the fan is off the volume (float32 sampling; scipy's vs.
+    # the registrar's normalised-convolution smoothing for the smoothed volume).
+    _, inside_off = slice_volume(plain, off @ starts, (H, W), step=level.step)
+    assert 0.5 < float(inside_off.double().mean()) < 0.95
+    for c in (corr, off):
+        r = residual(np.zeros(6), c)
+        cost, saved = reg._evaluate(level, geo, c @ starts, centre, frame)
+        assert cost[0] == pytest.approx(0.5 * r @ r, rel=1e-3 if level.sigma_vox == 0 else 2e-2)
+    # Normal equations where the fan lies inside (J does not model pixels entering or
+    # leaving the volume).
+    r0 = residual(np.zeros(6))
+    cost, saved = reg._evaluate(level, geo, corr @ starts, centre, frame)
     JtJ, Jtr = reg._normal_equations(level, geo, saved)
     eps = np.array([4e-3] * 3 + [0.1] * 3)
     free = range(6) if level.rotations else range(3, 6)
@@ -274,7 +309,7 @@ def test_analytic_normal_equations_match_finite_differences(synthetic, level):
     for k in free:
         e = np.zeros(6)
         e[k] = eps[k]
-        Jfd[:, k] = (residual(e)[0] - residual(-e)[0]) / (2 * eps[k])
+        Jfd[:, k] = (residual(e) - residual(-e)) / (2 * eps[k])
     g_fd = Jfd.T @ r0
     cos = g_fd @ Jtr[0] / np.linalg.norm(g_fd) / np.linalg.norm(Jtr[0])
     assert cos > 0.98, cos
@@ -286,3 +321,24 @@ def test_analytic_normal_equations_match_finite_differences(synthetic, level):
     assert np.all(d_an <= 1.1 * d_fd)
     if not level.rotations:
         assert np.all(Jtr[0, :3] == 0)
+
+
+def test_every_method_accepts_tracking(synthetic):
+    """The live / temporal path calls every registry method with ``tracking=``; each
+    accepts it and still registers (the LNCC method then runs its short search: the
+    finest level only, at most 5 LM iterations)."""
+    from USSliceRegLib.methods import METHODS
+
+    vol, ijk, truths, frames = synthetic
+    centre = np.array([W / 2, H / 2, 0, 1.0])
+    start = perturb_about_point(truths[0], [0.01, -0.01, 0.0, 0.5, -0.4, 0.3], centre)
+    assert set(METHODS) >= {"lncc", "sitk"}
+    for name in METHODS:
+        fn = make_method(name, vol, ijk, (H, W), np.ones((H, W), bool), config=SYN_CONFIG)
+        full = fn(frames[:1], start[None], tracking=False)[0]
+        short = fn(frames[:1], start[None], tracking=True)[0]
+        for res in (full, short):
+            rot, tra = pose_errors(res.image_to_reference, truths[0], centre)
+            assert rot < 0.6 and tra < 0.6, (name, rot, tra)
+        if name == "lncc":
+            assert short.iterations <= 5 < full.iterations

@@ -150,6 +150,14 @@ def test_lncc_properties_and_jvp():
             assert torch.allclose(dn[:, p], fd, atol=1e-5)
     b = torch.tensor(rng.random((2, 24, 30)))
     assert float(masked_lncc(a, b, mask, 7).abs().max()) < 0.2  # independent noise
+    # Same value as the definition through local_normalise (one shared box call inside).
+    c = a + 0.3 * b + 40.0
+    for w in (0, 5):
+        na, nc = local_normalise(a, mask, w), local_normalise(c, mask, w)
+        ref = (na * nc).sum(dim=(1, 2)) / torch.sqrt((na * na).sum(dim=(1, 2))
+                                                     * (nc * nc).sum(dim=(1, 2)))
+        torch.testing.assert_close(masked_lncc(a, c, mask, w), ref)
+        assert float(ref.min()) > 0.5
 
 
 def test_local_normalise_with_large_offset_matches_float64_reference():

@@ -46,14 +46,8 @@ def _overlay_figure(path: Path, seq, chain, frames, fan, volume, ijk, mask, seed
             ax = axes[row, col]
             ax.imshow(frame, cmap="gray")
             if pose is not None:
-                import torch  # noqa: PLC0415
-
-                from .slicing import slice_volume  # noqa: PLC0415
-
-                vol = reg._volumes[min(reg._volumes)]
-                vals, inside = slice_volume(vol, torch.as_tensor(pose[None]).float(),
-                                            seq.frame_shape, step=4, channels=2)
-                sl = np.where(inside[0].numpy(), vals[0, 0].numpy(), np.nan)
+                vals, inside = reg.slice_volume(pose[None], step=4)
+                sl = np.where(inside[0].numpy(), vals[0].numpy(), np.nan)
                 h, w = sl.shape
                 ax.imshow(sl, cmap="magma", alpha=0.45, extent=(-0.5, w * 4 - 0.5, h * 4 - 0.5,
                                                                 -0.5))

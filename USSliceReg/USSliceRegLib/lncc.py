@@ -44,9 +44,14 @@ def local_normalise(x: torch.Tensor, mask: torch.Tensor, window: int) -> torch.T
         var = (((x - mu) ** 2) * m).sum(dim=(1, 2), keepdim=True) / count
     else:
         x = _centre(x, m)
-        count = _box(m, window).clamp_min(1.0)
-        mu = _box(x * m, window) / count
-        var = (_box(x * x * m, window) / count - mu * mu).clamp_min(0.0)
+        m = m.expand_as(x)
+        xm = x * m
+        B, h, w = x.shape
+        sums = _box(torch.stack([m, xm, xm * x], dim=1).view(B * 3, h, w), window)
+        sums = sums.view(B, 3, h, w)
+        mom = sums[:, 1:] / sums[:, :1].clamp_min(1.0)  # E[x], E[x^2] on the window
+        mu = mom[:, 0]
+        var = (mom[:, 1] - mu * mu).clamp_min(0.0)
     return (x - mu) / torch.sqrt(var + _EPS) * m
 
 
@@ -101,7 +106,7 @@ def masked_lncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,
         na = local_normalise(a, mask, window)
         nb = local_normalise(b, mask, window)
     else:
-        m = mask.to(a.dtype)
+        m = mask.to(a.dtype).expand_as(a)
         a, b = _centre(a, m), _centre(b, m)
         am, bm = a * m, b * m
         B, h, w = a.shape

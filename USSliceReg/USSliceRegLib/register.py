@@ -17,27 +17,40 @@ Cost: ``0.5 * ||r||^2 ~ 1 - NCC`` with ``r`` the difference of the normalised fr
 slice on the fan pixels (fan pixels outside the volume keep their residual, so leaving the
 volume never pays; see :mod:`lncc`). Default pyramid (:class:`RegistrationConfig`):
 
-1. 1/32 resolution, translation only, global NCC on a smoothed volume whose empty voxels
-   count as black, from three starts (the given one and +-4 mm along the plane normal, the
-   direction one frame constrains least); the lowest cost wins;
+1. 1/32 resolution, translation only (at most 6 iterations), global NCC on a smoothed
+   volume whose empty voxels count as black, from three starts (the given one and +-4 mm
+   along the plane normal, the direction one frame constrains least); the lowest cost
+   wins;
 2. 1/16, 6 DoF, same metric;
 3. 1/8 (about 0.65 mm pixels), 6 DoF, masked LNCC (7 x 7 window) on the voxels that hold
    data.
 
-Speed (the live case registers one frame at a time, so per-call overhead matters more than
-arithmetic): levels with a global metric sample only the fan's pixels (a sparse point
-list); the LNCC level samples the fan's bounding box (the window needs a grid). Every
-evaluation maps the pixels with one ``(B, 6, 4)`` matrix (grid coordinates and points
-about the centre), samples intensity, data mask and the precomputed volume gradient in one
-``grid_sample`` and returns the cost; the analytic normal equations ``J^T J``, ``J^T r``
-(the chain of :func:`lncc.local_normalise_jvp`, reusing the evaluation's local statistics)
-are only formed for accepted steps. The LM loop keeps its 6 x 6 bookkeeping in float64
-numpy (tiny; the heavy work stays in torch on the volume's device), runs under
-``torch.inference_mode`` and stops an item when the decrease predicted by the linear model
-is negligible, so an already-registered start costs one evaluation. ``tracking=True``
-(temporal mode: the start already carries the previous frame's correction) runs
-:attr:`RegistrationConfig.tracking_levels` instead (by default the finest level only, at
-most 5 iterations, no multi-start).
+Speed (the live case registers one frame at a time, so the number of small operations per
+LM iteration matters more than arithmetic): levels with a global metric sample only the
+fan's pixels (a sparse point list); the LNCC level samples the fan's bounding box (the
+window needs a grid). Every evaluation samples intensity, support (data mask, or the voxel
+grid) and the precomputed volume gradient in one ``grid_sample`` of a ``(B, 3, 4)`` map of
+the pixels. The derivative of a sample along the step is ``T @ (feat (x) g)``
+(:meth:`SliceRegistrar._step_basis`: ``T`` ``(B, 6, 9)`` from the pose, ``feat`` the pixel
+about the fan centre, ``g`` the gradient), so
+
+* a global-NCC level reduces cost, ``J^T J`` and ``J^T r`` (exact) to one Gram matrix
+  ``sum m z z^T`` of ``z = [feat (x) g, s, 1, f]`` (``(B, 12, 12)``, one batched matmul),
+  the rest is float64 numpy on 12 x 12 matrices (:func:`_global_ncc`);
+* the LNCC level keeps its local statistics and forms the exact ``J`` (the chain of
+  :func:`lncc.local_normalise_jvp`, one box-filter call for 12 channels) for accepted
+  steps only.
+
+The LM loop keeps its 6 x 6 bookkeeping in float64 numpy (tiny; the heavy work stays in
+torch on the volume's device), runs under ``torch.inference_mode``, and stops an item when
+the decrease predicted by the linear model is negligible (an already-registered start costs
+one evaluation), when an accepted step gains little, or after
+:attr:`RegistrationConfig.max_rejections` rejected steps in a row (at the minimum, steps
+keep failing on interpolation noise). ``tracking=True`` (temporal mode: the start already
+carries the previous frame's correction) runs :attr:`RegistrationConfig.tracking_levels`
+instead (by default the finest level only, at most 5 iterations, no multi-start). Frames
+are cropped to the fan's bounding box before anything else; the overlap check and the
+start/final LNCC share two samplings of the volume as given.
 
 A frame whose final LNCC is below its start keeps its start (a diverged search is never
 returned).
@@ -82,7 +95,7 @@ class RegistrationConfig:
 
     # Translation first, then 6 DoF, with global NCC on the smoothed volume where empty
     # voxels count as black (widest capture range), then masked LNCC at 1/8 resolution.
-    levels: Tuple[Level, ...] = (Level(32, 0, 10, 3.0, rotations=False, data_mask=False),
+    levels: Tuple[Level, ...] = (Level(32, 0, 6, 3.0, rotations=False, data_mask=False),
                                  Level(16, 0, 15, 2.0, data_mask=False),
                                  Level(8, 7, 12, 1.0))
     #: Levels used with ``tracking=True`` (temporal mode: the start already holds the
@@ -163,11 +176,11 @@ def _poses_tensor(poses, name: str, n: int) -> torch.Tensor:
 class _LevelGeometry:
     """Sampling points of one level in cropped-frame pixels.
 
-    ``pix`` ``(N, 4)`` homogeneous ``(col, row, 0, 1)`` (``pixT`` its transpose); ``feat`` ``(3, 1, N)`` the same
-    points relative to the fan centre, ``(col - cc, row - rc, 1)`` (the Jacobian's
-    pixel factors, see :meth:`SliceRegistrar._step_basis`). ``dense``: the points are the
-    whole downsampled bounding box ``grid_shape`` ``(h, w)`` (windowed LNCC needs
-    neighbours), else ``index`` ``(N,)`` picks the fan's pixels out of the flattened
+    ``pix`` ``(N, 4)`` homogeneous ``(col, row, 0, 1)`` (``pixT`` its transpose); ``feat``
+    ``(3, 1, N)`` the same points relative to the fan centre, ``(col - cc, row - rc, 1)``
+    (the Jacobian's pixel factors, see :meth:`SliceRegistrar._step_basis`). ``dense``: the
+    points are the whole downsampled bounding box ``grid_shape`` ``(h, w)`` (windowed LNCC
+    needs neighbours), else ``index`` ``(N,)`` picks the fan's pixels out of the flattened
     ``(h, w)`` image. ``fan`` ``(N,)`` float, 1 on the fan.
     """
 
@@ -266,7 +279,6 @@ class SliceRegistrar:
         r2i = torch.linalg.inv(torch.as_tensor(np.asarray(ijk_to_reference, dtype=np.float64)))
         to_grid = (2.0 / size)[:, None] * r2i[:3, :]
         to_grid[:, 3] -= 1.0
-        self._reference_to_grid = to_grid.to(self.device)
         self._reference_to_grid_np = to_grid.numpy()
         # Fan centre in image pixels (rotation centre of the increments).
         self.fan_centre_px = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
@@ -309,7 +321,8 @@ class SliceRegistrar:
             feat[:2] -= torch.as_tensor(self._centre_c[:2, None], dtype=torch.float32,
                                         device=self.device)
             self._geometry[key] = _LevelGeometry(
-                pix=pix.contiguous(), pixT=pix.T.contiguous(), feat=feat.view(3, 1, -1).contiguous(), index=index,
+                pix=pix.contiguous(), pixT=pix.T.contiguous(),
+                feat=feat.view(3, 1, -1).contiguous(), index=index,
                 grid_shape=(h, w), fan=fan_flat.to(torch.float32), dense=dense)
         return self._geometry[key]
 
@@ -325,26 +338,24 @@ class SliceRegistrar:
         """Full-frame ``image_to_reference`` -> the cropped-frame one."""
         return image_to_reference @ self._offset.to(image_to_reference.dtype)
 
-    def _centre_reference(self, image_to_reference_c: torch.Tensor) -> torch.Tensor:
-        """Fan centre in reference mm for cropped-frame poses ``(B, 4, 4)``."""
-        c = torch.as_tensor(self._centre_c, dtype=image_to_reference_c.dtype,
-                            device=image_to_reference_c.device)
-        return (image_to_reference_c @ c)[..., :3]
-
     def _sample(self, vol: PreparedVolume, poses_c, geo: _LevelGeometry,
-                channels: Optional[int] = None) -> torch.Tensor:
+                channels: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Sample ``vol`` at the level's points for cropped-frame poses ``(B, 4, 4)``
-        (float64 numpy or torch). Returns ``values (C, B, N)``; points off the voxel grid
-        read 0 in every channel (zero padding), so the support channel tells them apart."""
+        (float64 numpy or torch). Returns ``values (C, B, N)`` and ``support (B, N)``
+        (float, 1 where the point lies on the voxel grid and the support channel, the
+        data mask or 1, is > 0.5)."""
         data = vol.data if channels is None else vol.data[:, :channels]
-        G = self._reference_to_grid_np @ np.asarray(poses_c) if isinstance(poses_c, np.ndarray) \
-            else (self._reference_to_grid @ poses_c).cpu().numpy()
-        G = torch.as_tensor(G, dtype=torch.float32, device=self.device)
-        grid = torch.matmul(G, geo.pixT).transpose(1, 2)  # (B, N, 3) (a view)
-        B, N = grid.shape[:2]
-        vals = F.grid_sample(data, grid[None, :, :, None], mode="bilinear",
+        if isinstance(poses_c, torch.Tensor):
+            poses_c = poses_c.cpu().numpy()
+        G = torch.as_tensor(self._reference_to_grid_np @ poses_c, dtype=torch.float32,
+                            device=self.device)
+        g3 = torch.matmul(G, geo.pixT)  # (B, 3, N) grid_sample coordinates
+        B, N = g3.shape[0], g3.shape[2]
+        vals = F.grid_sample(data, g3.transpose(1, 2)[None, :, :, None], mode="bilinear",
                              padding_mode="zeros", align_corners=True)
-        return vals.view(data.shape[1], B, N)
+        vals = vals.view(data.shape[1], B, N)
+        support = (g3.abs().amax(dim=1) <= 1.0) & (vals[1] > 0.5)
+        return vals, support.to(vals.dtype)
 
     def overlap(self, image_to_reference, step: int = 8) -> np.ndarray:
         """Fraction ``(B,)`` of the (downsampled) fan inside the volume's data."""
@@ -354,8 +365,8 @@ class SliceRegistrar:
 
     def _overlap_c(self, poses_c: torch.Tensor, step: int) -> np.ndarray:
         geo = self._level_geometry(step, dense=False)
-        vals = self._sample(self.volume, poses_c, geo, channels=2)
-        return ((vals[1] > 0.5).sum(dim=1).double() / max(1, geo.pix.shape[0])).cpu().numpy()
+        _, inside = self._sample(self.volume, poses_c, geo, channels=2)
+        return (inside.sum(dim=1).double() / max(1, geo.pix.shape[0])).cpu().numpy()
 
     def slice_volume(self, image_to_reference, step: int = 4):
         """The volume (as given) resampled on the frame plane: ``(values (B, h, w),
@@ -380,13 +391,13 @@ class SliceRegistrar:
 
     def _slice_c(self, poses_c, step: int) -> Tuple[torch.Tensor, np.ndarray]:
         """The volume (as given) on the level's whole grid at cropped-frame poses
-        ``(B, 4, 4)``: ``values (2, B, N)`` (intensity, data mask) and the fraction ``(B,)``
-        of the fan inside the volume's data."""
+        ``(B, 4, 4)``: ``(intensity, mask) (2, B, N)`` (mask: fan pixels inside the volume's
+        data) and the fraction ``(B,)`` of the fan inside the volume's data."""
         geo = self._level_geometry(step, dense=True)
-        vals = self._sample(self.volume, poses_c, geo, channels=2)
-        inside = (vals[1] > 0.5).to(vals.dtype) * geo.fan
-        overlap = inside.sum(dim=1).double() / float(geo.fan.sum().clamp_min(1.0))
-        return vals, overlap.cpu().numpy()
+        vals, inside = self._sample(self.volume, poses_c, geo, channels=2)
+        mask = inside * geo.fan
+        overlap = mask.sum(dim=1).double() / float(geo.fan.sum().clamp_min(1.0))
+        return torch.stack([vals[0], mask]), overlap.cpu().numpy()
 
     def _similarity_c(self, fd: torch.Tensor, vals: torch.Tensor, step: int,
                       window: int) -> np.ndarray:
@@ -394,7 +405,7 @@ class SliceRegistrar:
         and their slices ``vals`` from :meth:`_slice_c`."""
         geo = self._level_geometry(step, dense=True)
         B = fd.shape[0]
-        mask = ((vals[1] > 0.5) & (geo.fan > 0)).view(B, *geo.grid_shape)
+        mask = (vals[1] > 0.5).view(B, *geo.grid_shape)
         return masked_lncc(fd, vals[0].view(B, *geo.grid_shape), mask,
                            max(0, window)).cpu().numpy()
 
@@ -516,11 +527,9 @@ class SliceRegistrar:
         ``d s / d v = g``; ``q x g = sum_k feat[k] [axis_k]_x g``.
         """
         e = poses_c[:, :3, :] @ self._centre_c - centre
+        axes = np.stack([poses_c[:, :3, 0], poses_c[:, :3, 1], e], axis=1)  # (B, k, 3)
         T = np.zeros((poses_c.shape[0], 6, 9))
-        for k, x in enumerate((poses_c[:, :3, 0], poses_c[:, :3, 1], e)):
-            T[:, 0, 3 * k + 1], T[:, 0, 3 * k + 2] = -x[:, 2], x[:, 1]
-            T[:, 1, 3 * k + 0], T[:, 1, 3 * k + 2] = x[:, 2], -x[:, 0]
-            T[:, 2, 3 * k + 0], T[:, 2, 3 * k + 1] = -x[:, 1], x[:, 0]
+        T[:, :3] = _hat(axes).transpose(0, 2, 1, 3).reshape(-1, 3, 9)  # [axis_k]_x blocks
         T[:, 3:, 6:] = np.eye(3)
         return T
 
@@ -559,11 +568,10 @@ class SliceRegistrar:
         centre of the LM steps (reference mm).
         """
         vol = self._volumes[(level.sigma_vox, level.data_mask)]
-        vals = self._sample(vol, poses_c, geo)  # (5, B, N)
+        vals, m = self._sample(vol, poses_c, geo)  # (5, B, N), (B, N)
         _, B, N = vals.shape
-        m = (vals[1] > 0.5).to(vals.dtype)
-        y = (geo.feat.view(3, 1, 1, N) * vals[2:5].view(1, 3, B, N)).view(9, B, N)
         if not geo.dense:
+            y = (geo.feat.view(3, 1, 1, N) * vals[2:5].view(1, 3, B, N)).view(9, B, N)
             z = torch.cat([y, vals[:1], frame.consts], dim=0)  # (12, B, N)
             gram = torch.bmm((z * m).transpose(0, 1), z.permute(1, 2, 0))
             gram = gram.double().cpu().numpy()
@@ -590,7 +598,7 @@ class SliceRegistrar:
             weight = torch.rsqrt(m.sum(dim=1, keepdim=True).clamp_min(1.0))
         r = (nf - ns) * weight  # (B, N)
         cost = 0.5 * (r * r).sum(dim=1)
-        return cost.double().cpu().numpy(), (y, s, m, r, weight, count, mu, d, inv_sd,
+        return cost.double().cpu().numpy(), (vals, s, m, r, weight, count, mu, d, inv_sd,
                                               poses_c, centre)
 
     def _normal_equations(self, level: Level, geo: _LevelGeometry, saved):
@@ -601,11 +609,12 @@ class SliceRegistrar:
             T = self._step_basis(poses_c, centre)
             JtJ, Jtr = _global_ncc_normal_equations(gram, terms, T)
         else:
-            y, s, m, r, weight, count, mu, d, inv_sd, poses_c, centre = saved
+            vals, s, m, r, weight, count, mu, d, inv_sd, poses_c, centre = saved
             B, N = r.shape
             h, w = geo.grid_shape
             T = torch.as_tensor(self._step_basis(poses_c, centre), dtype=torch.float32,
                                 device=r.device)
+            y = (geo.feat.view(3, 1, 1, N) * vals[2:5].view(1, 3, B, N)).view(9, B, N)
             js = torch.matmul(T, y.transpose(0, 1))  # (B, 6, N): d s / d(omega, v)
             mjs = js * m[:, None]
             boxed = _box(torch.cat([mjs, mjs * s[:, None]], dim=1).view(-1, h, w),
@@ -662,17 +671,19 @@ class SliceRegistrar:
         for it in range(1, level.max_iter + 1):
             check_cancel(cancel, "US registration")
             diag = np.diagonal(JtJ, axis1=1, axis2=2)
-            floor = 1e-12 * np.maximum(diag.max(axis=1, keepdims=True), 1e-30)
-            A = JtJ + (lam[:, None] * np.maximum(diag, floor))[:, :, None] * eye
+            damp = lam[:, None] * np.maximum(diag, 1e-12 * diag.max(axis=1, keepdims=True)
+                                             + 1e-30)
+            A = JtJ + damp[:, :, None] * eye
             try:
                 dx = -np.linalg.solve(A, Jtr[:, :, None])[:, :, 0]
             except np.linalg.LinAlgError:
                 dx = -np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(A, Jtr)])
             ok = active & np.isfinite(dx).all(axis=1)
             dx[~ok] = 0.0
-            # Decrease predicted by the linear model; a converged item (e.g. a tracking
-            # start that is already right) stops here without trying the step.
-            predicted = -(Jtr * dx).sum(axis=1) - 0.5 * np.einsum("bi,bij,bj->b", dx, JtJ, dx)
+            # Decrease predicted by the linear model, -Jtr.dx - dx.JtJ.dx / 2, which is
+            # (-Jtr.dx + dx.damp.dx) / 2 since (JtJ + damp) dx = -Jtr; a converged item
+            # (e.g. a tracking start that is already right) stops without trying the step.
+            predicted = 0.5 * (dx * (damp * dx - Jtr)).sum(axis=1)
             flat_model = ok & (predicted <= 0.25 * tol_cost * cost)
             active &= ~flat_model
             ok &= ~flat_model
@@ -681,20 +692,27 @@ class SliceRegistrar:
                 break
             corr_try = _step_matrix_np(dx, centre) @ corr
             cost_t, saved_t = evaluate(corr_try)
-            better = ok & np.isfinite(cost_t) & (cost_t < cost)
+            better = ok & (cost_t < cost)  # NaN compares False
             small_decrease = better & (cost - cost_t <= tol_cost * cost)
-            small_step = ok & (np.linalg.norm(dx * scale_x, axis=1) <= cfg.tol_step)
-            if better.any():
-                JtJ_t, Jtr_t = self._normal_equations(level, geo, saved_t)
+            small_step = ok & (((dx * scale_x) ** 2).sum(axis=1) <= cfg.tol_step ** 2)
+            if better.all():
+                corr, cost = corr_try, cost_t
+            elif better.any():
                 corr[better], cost[better] = corr_try[better], cost_t[better]
-                JtJ[better], Jtr[better] = JtJ_t[better], Jtr_t[better]
             lam = np.where(better, lam * 0.3, lam * 4.0)
             rejected = np.where(better, 0, rejected + ok)
             history.append(cost.copy())
             active &= ~small_decrease & ~small_step & (lam < 1e8) \
                 & (rejected < cfg.max_rejections)
-            if not active.any():
+            if not active.any() or it == level.max_iter:
                 break
+            # Normal equations at the accepted poses, only for items that go on.
+            refresh = better & active
+            if refresh.all():
+                JtJ, Jtr = self._normal_equations(level, geo, saved_t)
+            elif refresh.any():
+                JtJ_t, Jtr_t = self._normal_equations(level, geo, saved_t)
+                JtJ[refresh], Jtr[refresh] = JtJ_t[refresh], Jtr_t[refresh]
         return corr, cost, np.stack(history), it
 
 
@@ -755,11 +773,13 @@ def _global_ncc_normal_equations(G: np.ndarray, terms, T: np.ndarray):
     ``sum m v v^T = U - c dmu dmu^T + (a^2 var - a) c dvar dvar^T`` (``U = sum m u u^T``).
     """
     c, mean_s, var_s, inv_sd, s_nf, s_dnf, mean_f, inv_sdf, w2 = terms
-    Tt = T.transpose(0, 2, 1)
-    U = T @ G[:, _Y, _Y] @ Tt
-    su = np.einsum("bpk,bk->bp", T, G[:, _Y, _ONE])
-    sus = np.einsum("bpk,bk->bp", T, G[:, _Y, _S])
-    suf = np.einsum("bpk,bk->bp", T, G[:, _Y, _F])
+    # One congruence maps the _Y rows to u: W = [T 0; 0 I] G [T 0; 0 I]^T holds
+    # U = sum m u u^T and the sums of m u, m u s, m u f in its first six rows.
+    Ta = np.zeros((T.shape[0], 9, 12))
+    Ta[:, :6, :9] = T
+    Ta[:, 6:, 9:] = np.eye(3)
+    Wm = Ta @ G @ Ta.transpose(0, 2, 1)
+    U, sus, su, suf = Wm[:, :6, :6], Wm[:, :6, 6], Wm[:, :6, 7], Wm[:, :6, 8]
     cc = c[:, None]
     dmu = su / cc
     dvar = 2.0 * (sus - mean_s[:, None] * su) / cc
@@ -786,23 +806,27 @@ def _pyramid(frames: torch.Tensor, steps: Sequence[int]) -> Dict[int, torch.Tens
     return out
 
 
+# [w]_x (the cross-product matrix) of w = (w0, w1, w2), flattened row-major:
+# [[0, -w2, w1], [w2, 0, -w0], [-w1, w0, 0]] = w[_HAT_IDX] * _HAT_SIGN.
+_HAT_IDX = np.array([0, 2, 1, 2, 0, 0, 1, 0, 0])
+_HAT_SIGN = np.array([0.0, -1.0, 1.0, 1.0, 0.0, -1.0, -1.0, 1.0, 0.0])
+
+
+def _hat(w: np.ndarray) -> np.ndarray:
+    """Cross-product matrices ``(..., 3, 3)`` of vectors ``w`` ``(..., 3)``."""
+    return (w[..., _HAT_IDX] * _HAT_SIGN).reshape(w.shape[:-1] + (3, 3))
+
+
 def _step_matrix_np(x: np.ndarray, centre: np.ndarray) -> np.ndarray:
     """``S(x)`` ``(B, 4, 4)``: rotate by ``x[:, :3]`` (Rodrigues) about ``centre``
     ``(B, 3)``, then translate by ``x[:, 3:]`` (reference mm). float64 numpy."""
-    w = x[:, :3]
-    t2 = (w * w).sum(axis=1)
-    t = np.sqrt(t2)
-    small = t < 1e-4
-    ts = np.where(small, 1.0, t)
-    a = np.where(small, 1.0 - t2 / 6.0, np.sin(ts) / ts)
-    b = np.where(small, 0.5 - t2 / 24.0, (1.0 - np.cos(ts)) / (ts * ts))
-    K = np.zeros((x.shape[0], 3, 3))
-    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
-    K[:, 1, 0], K[:, 2, 0], K[:, 2, 1] = w[:, 2], -w[:, 1], w[:, 0]
-    R = np.eye(3) + a[:, None, None] * K + b[:, None, None] * (K @ K)
+    t = np.sqrt((x[:, :3] ** 2).sum(axis=1))[:, None, None]
+    K = _hat(x[:, :3])
+    # sin(t) / t and (1 - cos t) / t^2 = sinc(t / 2)^2 / 2, exact at t = 0.
+    R = np.eye(3) + np.sinc(t / np.pi) * K + 0.5 * np.sinc(t / (2 * np.pi)) ** 2 * (K @ K)
     S = np.zeros((x.shape[0], 4, 4))
     S[:, :3, :3] = R
-    S[:, :3, 3] = centre - np.einsum("bij,bj->bi", R, centre) + x[:, 3:]
+    S[:, :3, 3] = centre - (R @ centre[:, :, None])[:, :, 0] + x[:, 3:]
     S[:, 3, 3] = 1.0
     return S
 
