@@ -173,6 +173,7 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         contours3dPath=self.ui.contours3dPathLineEdit.currentPath or None,
                         initialTransform=p.initialTransform, method=p.method,
                         nonrigid=p.nonrigid, outputTransform=p.outputTransform,
+                        structureNodes=list(self.ui.structuresSelector.checkedNodes()),
                         outputModel=p.outputModel, overlayVolume=p.overlayVolume,
                         progress=self._progress, cancel=self._cancelToken)
                 except CancelledError:
@@ -223,8 +224,13 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
     def process(self, modelNode, frameVolume, cameraPath, distortionPath=None, maskVolume=None,
                 contours2dPath=None, contours3dPath=None, initialTransform=None, method="auto",
                 nonrigid=False, outputTransform=None, outputModel=None, overlayVolume=None,
-                progress=None, cancel=None):
-        """Run the registration; returns ``(LaparoResult, {"transform", "model", "overlay"})``."""
+                structureNodes=None, progress=None, cancel=None):
+        """Run the registration; returns ``(LaparoResult, {"transform", "model", "overlay",
+        "structures"})``.
+
+        ``structureNodes``: optional vessel / tumour model nodes (liver model frame); with
+        ``nonrigid`` a deformed copy of each is created (inputs unchanged); all are drawn
+        on the overlay (deformed when available)."""
         from LiverLaparoRegLib import logic, p2ilf
         from LiverLaparoRegLib.camera import load_camera
         from LiverLaparoRegLib.overlay import overlay_image
@@ -247,15 +253,22 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
             contours2d=c2, contours3d=c3, init_transform_node=initialTransform,
             method=None if method == "auto" else method, nonrigid=nonrigid,
             output_transform_node=transform, output_model_node=outputModel,
-            progress=progress, cancel=cancel)
+            structure_nodes=structureNodes or None, progress=progress, cancel=cancel)
         verts = vertices if result.deformed_vertices is None else result.deformed_vertices
+        shown = {}
+        if result.deformed_structures:
+            shown = {s.name: s.vertices for s in result.deformed_structures}
+        else:
+            for node in structureNodes or ():
+                shown[node.GetName()] = logic.model_mesh_arrays(node)[0]
         picture = overlay_image(image, verts, faces, result.model_to_camera, camera,
-                                contours2d=c2 or ())
+                                structures=shown, contours2d=c2 or ())
         overlay = nodes.image2d_to_node(ctx, picture, "LiverLaparoReg overlay", node=overlayVolume)
         model = None
         if result.deformed_vertices is not None:
             model = outputModel or slicer.mrmlScene.GetFirstNodeByName("deformed liver")
-        return result, {"transform": transform, "model": model, "overlay": overlay}
+        return result, {"transform": transform, "model": model, "overlay": overlay,
+                        "structures": list(result.structure_nodes)}
 
 
 class LiverLaparoRegTest(ScriptedLoadableModuleTest):

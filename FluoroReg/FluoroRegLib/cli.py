@@ -259,7 +259,7 @@ def register_cli(subparsers) -> None:
     reg.add_argument("--geometry", action="append",
                      help="geometry JSON per --xray (optional for DICOM with geometry tags)")
     reg.add_argument("--init", help="INIT.json with the initial ct_to_camera (per view)")
-    reg.add_argument("--method", default="ncc", help="ncc, gradncc, ncc-adam, gradncc-adam, ppc, ppc+gradncc (best two-view), ppc+ncc, ncc-multiview, gradncc-multiview")
+    reg.add_argument("--method", default="ncc", help="ncc, gradncc, ncc-adam, gradncc-adam, ppc (best two-view in benchmarks/results/fluoro_accuracy.md), ppc+gradncc, ppc+ncc, ncc-multiview, gradncc-multiview")
     reg.add_argument("--out", required=True, help="OUT.json with the result")
     reg.add_argument("--negative-log", action="store_true",
                      help="the images are raw detector counts: apply -log(I / I0)")

@@ -104,10 +104,29 @@ def _run_pnp(ctx: dict, progress=None, cancel=None):
 
 
 #: silhouette refinement settings: finest pyramid level width (px; the coarse level is
-#: half of it), Adam steps per level, faces of the decimated rendering mesh
-SILHOUETTE_FINE_WIDTH = 160
-SILHOUETTE_ITERATIONS = (40, 20)
+#: half of it), Adam steps per level (mask only, from an initial pose), steps at the
+#: finest level only for the joint refinement after PnP (already close), faces of the
+#: decimated rendering mesh
+SILHOUETTE_FINE_WIDTH = 128
+SILHOUETTE_ITERATIONS = (40, 12)
+JOINT_ITERATIONS = 12
 SILHOUETTE_FACES = 600
+
+_DECIMATED: Dict[tuple, MeshData] = {}
+
+
+def decimated(mesh: MeshData, target_faces: int) -> MeshData:
+    """:func:`.mesh.decimate` with a small cache keyed by the mesh content, so that a
+    video (same mesh, frame after frame) pays the decimation once."""
+    import hashlib  # noqa: PLC0415
+
+    key = (hashlib.sha1(np.ascontiguousarray(mesh.vertices).tobytes()
+                        + np.ascontiguousarray(mesh.faces).tobytes()).hexdigest(), target_faces)
+    if key not in _DECIMATED:
+        if len(_DECIMATED) > 8:
+            _DECIMATED.clear()
+        _DECIMATED[key] = decimate(mesh, target_faces)
+    return _DECIMATED[key]
 
 
 def _run_silhouette(ctx: dict, progress=None, cancel=None, contours=None):
@@ -116,15 +135,19 @@ def _run_silhouette(ctx: dict, progress=None, cancel=None, contours=None):
     if ctx["mask"] is None or ctx["init"] is None:
         raise InputError("mask: method 'silhouette' needs a liver mask and an initial pose")
     cam = ctx["camera"]
-    # pyramid: coarse level ~80 px wide, fine level ~160 px wide; the full mesh is kept
-    # for evaluation, a decimated copy (~600 faces) is rendered
+    # pyramid: coarse level ~64 px wide, fine level ~128 px wide; the full mesh is kept
+    # for evaluation, a decimated copy (~600 faces) is rendered. After PnP (contours
+    # given) the pose is already close: the fine level only.
     f_fine = max(1.0, cam.width / SILHOUETTE_FINE_WIDTH)
-    coarse = decimate(ctx["mesh"], SILHOUETTE_FACES)
+    coarse = decimated(ctx["mesh"], SILHOUETTE_FACES)
+    if contours:
+        factors, iterations, patience = (f_fine,), (JOINT_ITERATIONS,), 5
+    else:
+        factors, iterations, patience = (2 * f_fine, f_fine), SILHOUETTE_ITERATIONS, 8
     r = refine_silhouette(coarse.vertices, coarse.faces, cam, ctx["mask"], ctx["init"],
-                          factors=(2 * f_fine, f_fine), iterations=SILHOUETTE_ITERATIONS,
-                          sigma_px=0.7, patience=10, lr_rad=0.02, lr_mm=2.0,
-                          contours=contours,
-                          progress=progress, cancel=cancel)
+                          factors=factors, iterations=iterations,
+                          sigma_px=0.7, patience=patience, lr_rad=0.01, lr_mm=1.0,
+                          contours=contours, progress=progress, cancel=cancel)
     return r.model_to_camera, dict(r.timings), r.history
 
 

@@ -7,6 +7,9 @@ All 2D quantities are pixels ``(u, v)`` = (column, row); 3D quantities are mm.
   (Ridge, Ligament, Silhouette) the symmetric Hausdorff distance between the projected 3D
   contours (mesh vertices posed by ``model_to_camera`` and projected with the camera,
   polylines densified to ``step_px``) and the annotated 2D contours of that class.
+- :func:`paired_reprojection_errors`: the challenge's own pairing: the k-th 2D contour of
+  a class with the k-th 3D contour of that class (file order, Silhouette skipped), one
+  Hausdorff distance per pair.
 - :func:`chamfer_mm`: symmetric (mean of both directions) chamfer distance in 3D.
 - :func:`contour_prf`: precision / recall / Dice(F1) of a predicted 2D contour against a
   reference one at a pixel tolerance.
@@ -42,12 +45,11 @@ def densify_polyline(points: np.ndarray, step: float = 1.0) -> np.ndarray:
     p = np.asarray(points, dtype=np.float64)
     if p.shape[0] < 2:
         return p.copy()
-    out = [p[:1]]
-    for a, b in zip(p[:-1], p[1:]):
-        n = max(1, int(np.ceil(np.linalg.norm(b - a) / step)))
-        t = np.arange(1, n + 1)[:, None] / n
-        out.append(a + t * (b - a))
-    return np.concatenate(out, 0)
+    seg = np.diff(p, axis=0)
+    n = np.maximum(1, np.ceil(np.linalg.norm(seg, axis=1) / step).astype(np.int64))
+    k = np.repeat(np.arange(len(seg)), n)                   # segment of each new point
+    t = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + 1) / np.repeat(n, n)
+    return np.concatenate([p[:1], p[k] + t[:, None] * seg[k]], 0)
 
 
 def directed_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -122,6 +124,43 @@ def reprojection_errors(contours2d: Sequence[Contour2D], contours3d: Sequence[Co
     if out:
         out["all"] = {"hausdorff_px": float(np.mean([e["hausdorff_px"] for e in out.values()])),
                       "mean_px": float(np.mean([e["mean_px"] for e in out.values()]))}
+    return out
+
+
+def paired_reprojection_errors(contours2d: Sequence[Contour2D], contours3d: Sequence[Contour3D],
+                               vertices: np.ndarray, model_to_camera: np.ndarray, camera,
+                               step_px: float = 1.0) -> Dict[str, object]:
+    """Per-pair reprojection error as the P2ILF evaluation script pairs the curves.
+
+    The challenge's files list each 2D contour with its 3D vertices; split into 2D and 3D
+    files, the k-th 2D contour of a label goes with the k-th 3D contour of that label
+    (``Silhouette`` has no 3D contour). For each pair: the symmetric Hausdorff distance
+    (px) between the projected 3D polyline and the 2D polyline (both densified to
+    ``step_px``). Returns ``{"pairs": [{"label", "index2d", "index3d", "hausdorff_px",
+    "mean_px"}, ...], "mean_hausdorff_px": ...}``. The challenge projects with ``K``
+    only; pass a camera without distortion to reproduce that.
+    """
+    proj = project_contours_3d(contours3d, vertices, model_to_camera, camera)
+    rank2: Dict[str, list] = {}
+    for i, c in enumerate(contours2d):
+        rank2.setdefault(c.label, []).append(i)
+    used: Dict[str, int] = {}
+    pairs = []
+    for j, c in enumerate(proj):
+        k = used.get(c.label, 0)
+        used[c.label] = k + 1
+        if k >= len(rank2.get(c.label, ())):
+            continue
+        i = rank2[c.label][k]
+        p = densify_polyline(c.points, step_px)
+        r = densify_polyline(contours2d[i].points, step_px)
+        d_pr, d_rp = directed_distances(p, r), directed_distances(r, p)
+        pairs.append({"label": c.label, "index2d": i, "index3d": j,
+                      "hausdorff_px": float(max(d_pr.max(), d_rp.max())),
+                      "mean_px": float(0.5 * (d_pr.mean() + d_rp.mean()))})
+    out: Dict[str, object] = {"pairs": pairs}
+    if pairs:
+        out["mean_hausdorff_px"] = float(np.mean([p["hausdorff_px"] for p in pairs]))
     return out
 
 

@@ -26,7 +26,7 @@ from SurgicalReg2D3DLib.errors import InputError
 from SurgicalReg2D3DLib.progress import check_cancel, report
 
 from .mesh import MeshData
-from .raster import project_vertices, soft_silhouette
+from .raster import project_vertices, soft_silhouette_band
 from .synthetic import farthest_point_indices
 
 
@@ -62,10 +62,10 @@ def deform(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None,
         raise InputError("nonrigid: a non-rigid registration needs a rigid pose first")
     if mask is None and not contours2d:
         raise InputError("nonrigid: needs a liver mask or 2D/3D contours")
-    from .mesh import decimate  # noqa: PLC0415
+    from .logic import decimated  # noqa: PLC0415
 
     v_full = torch.as_tensor(mesh.vertices, dtype=torch.float64)
-    coarse = decimate(mesh, 800)
+    coarse = decimated(mesh, 800)
     vc = torch.as_tensor(coarse.vertices, dtype=torch.float64)
     fc = torch.as_tensor(coarse.faces, dtype=torch.long)
     extent = float(np.ptp(mesh.vertices, axis=0).max())
@@ -106,7 +106,7 @@ def deform(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None,
         if target is not None:
             # float32 rendering (pixel precision is ample), deformation in float64
             uv, z = project_vertices(_displace(vc, centres, w, radius).float(), T.float(), cam)
-            s = soft_silhouette(uv, z, fc, cam.height, cam.width, sigma=0.7)[0]
+            s = soft_silhouette_band(uv, z, fc, cam.height, cam.width, sigma=0.7)[0]
             loss = loss + soft_dice_loss(s, target)
         for p3, p2 in lm:
             uv, _ = project_vertices(_displace(p3, centres, w, radius), T, camera)

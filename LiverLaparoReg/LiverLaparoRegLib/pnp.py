@@ -177,6 +177,9 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
         p3_all = [c3_pts[b] for _, b, _ in pairs]
         p2_all = [c2_pts[a] for a, _, _ in pairs]
         one_way = [touches_border(p) for p in p2_all]
+        if len(candidates) > 1:         # image ICP from the best-scoring candidate only
+            scores = [sc.robust_score(T_c, pairs) for T_c in candidates]
+            candidates = [candidates[int(np.argmin(scores))]]
         for T_c in candidates:
             T_r = _icp(T_c, p3_all, p2_all, K, dist, icp_iterations, one_way,
                        sil2d, None if sil2d is None else (v, np.asarray(faces)))
@@ -246,6 +249,21 @@ class _Curve:
         return self.points[j] * (1.0 - w) + self.points[j + 1] * w
 
 
+def fold_radius(dist) -> float:
+    """Normalised image radius ``r = |(x, y)| / z`` beyond which the radial distortion
+    ``r (1 + k1 r^2 + k2 r^4 + k3 r^6)`` stops increasing (``inf`` when it never does
+    for ``r <= 3``). Past it, points far outside the field of view project back into
+    the image, so poses that need such points are rejected. ``dist``: OpenCV order
+    ``(k1, k2, p1, p2[, k3])``."""
+    d = np.zeros(5) if dist is None else np.ravel(np.asarray(dist, dtype=np.float64))
+    k1, k2 = (d[0], d[1]) if d.size >= 2 else (0.0, 0.0)
+    k3 = d[4] if d.size >= 5 else 0.0
+    r = np.linspace(0.0, 3.0, 3001)
+    slope = 1 + 3 * k1 * r ** 2 + 5 * k2 * r ** 4 + 7 * k3 * r ** 6
+    bad = np.nonzero(slope <= 0)[0]
+    return float(r[bad[0]]) if bad.size else float("inf")
+
+
 class _Scorer:
     """Arc-length samples and cheap curve-distance scores for pose hypotheses.
 
@@ -259,6 +277,7 @@ class _Scorer:
         self.s3 = [c.sample(0.0, 1.0, n_score) for c in self.c3]
         self.s2 = [c.sample(0.0, 1.0, n_score) for c in self.c2]
         self.t2 = [cKDTree(p) for p in self.s2]
+        self.r_fold = fold_radius(dist)
 
     def samples(self, pairs, n: int, intervals=None):
         """Arc-length aligned samples ``(P, 3)`` and ``(P, 2)`` of the paired curves,
@@ -278,8 +297,12 @@ class _Scorer:
         import cv2  # noqa: PLC0415
 
         pts = np.concatenate([self.s3[b] for _, b, _ in pairs])
-        if np.any(pts @ T[2, :3] + T[2, 3] <= 1e-3):
+        pc = pts @ T[:3, :3].T + T[:3, 3]
+        if np.any(pc[:, 2] <= 1e-3):
             return None
+        if np.isfinite(self.r_fold) and np.any(
+                np.hypot(pc[:, 0], pc[:, 1]) > self.r_fold * pc[:, 2]):
+            return None             # beyond where the lens model folds back: not valid
         rvec = cv2.Rodrigues(T[:3, :3])[0]
         uv = cv2.projectPoints(pts, rvec, T[:3, 3], self.K, self.dist)[0].reshape(-1, 2)
         out, i = [], 0
@@ -357,6 +380,7 @@ def _icp(T, p3_all, p2_all, K, dist, iterations: int, one_way=None, sil2d=None,
     # at most ~64 samples per curve: enough for the pose, keeps the LM cheap
     p3_all = [np.ascontiguousarray(p[::max(1, len(p) // 64)]) for p in p3_all]
     p2_all = [np.ascontiguousarray(p[::max(1, len(p) // 64)]) for p in p2_all]
+    trees2 = [cKDTree(p) for p in p2_all]       # the 2D samples do not move
     for _ in range(iterations):
         previous = np.r_[np.asarray(rvec).ravel(), np.asarray(tvec).ravel()]
         src, dst = [], []
@@ -371,11 +395,11 @@ def _icp(T, p3_all, p2_all, K, dist, iterations: int, one_way=None, sil2d=None,
                 keep2 = d2 <= max(3.0 * np.median(d2), 2.0)
                 src.append(occ[i3[keep2]])
                 dst.append(sil2d[keep2])
-        for p3, p2, ow in zip(p3_all, p2_all, one_way):
+        for p3, p2, ow, tree2 in zip(p3_all, p2_all, one_way, trees2):
             uv, _ = cv2.projectPoints(p3, rvec, tvec, K, dist)
             uv = uv.reshape(-1, 2)
             if not ow:
-                d, j = _nearest(uv, p2)
+                d, j = tree2.query(uv)
                 keep = d <= max(3.0 * np.median(d), 2.0)
                 src.append(p3[keep])
                 dst.append(p2[j[keep]])

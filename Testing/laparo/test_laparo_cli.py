@@ -133,7 +133,7 @@ def test_cli_silhouette_nonrigid_with_init_and_mask(tmp_path, sample_data):
         str(tmp_path / "frame.png"), "--camera", str(tmp_path / "K.txt"), "--mask",
         str(tmp_path / "mask.png"), "--init", str(tmp_path / "init.json"), "--nonrigid",
         "--deformed-mesh", str(tmp_path / "deformed.vtk"), "--ground-truth",
-        str(tmp_path / "gt.json"), "--out", str(out)])
+        str(tmp_path / "gt.json"), "--structure", str(d / "liver_sub.ply"), "--out", str(out)])
     assert args.func(args) == 0
     res = json.loads(out.read_text())
     assert res["method"] == "silhouette"
@@ -146,4 +146,7 @@ def test_cli_silhouette_nonrigid_with_init_and_mask(tmp_path, sample_data):
     assert res["metrics"]["mask_dice"] > 0.97              # initial pose: 0.943
     deformed = load_mesh(tmp_path / "deformed.vtk")
     assert deformed.vertices.shape == mesh.vertices.shape
+    # the liver given again as a "structure" is deformed exactly as the liver itself
+    structure = load_mesh(tmp_path / "out_liver_sub_deformed.vtk")
+    np.testing.assert_allclose(structure.vertices, deformed.vertices, atol=1e-4)
     assert "nonrigid_s" in res["timing"]

@@ -203,3 +203,47 @@ def test_mesh_bad_inputs_and_roundtrip(sample_data, tmp_path):
     back = load_mesh(tmp_path / "m.vtk")
     np.testing.assert_allclose(back.vertices, m.vertices, atol=1e-4)
     np.testing.assert_array_equal(back.faces, m.faces)
+
+
+def test_paired_reprojection_errors_follow_the_challenge_pairing():
+    """Hand-made case: three straight 3D curves (horizontal lines in the image) and their
+    exact projections, listed as in the P2ILF files (2D: Ridge, Silhouette, Ridge,
+    Ligament; 3D: Ridge, Ridge, Ligament). Shifting the second 2D ridge by 7 px across
+    its line gives exactly 7 px for that pair only; swapping the ridge order shows the
+    pairing is by file order, not by nearest curve."""
+    from SurgicalReg2D3DLib.cameras import PinholeCamera
+    from LiverLaparoRegLib.metrics import paired_reprojection_errors
+    from LiverLaparoRegLib.p2ilf import Contour2D, Contour3D
+
+    cam = PinholeCamera(fx=100.0, fy=100.0, cx=50.0, cy=50.0, width=100, height=100)
+    x = np.linspace(-20.0, 20.0, 9)
+    lines = [np.c_[x, np.full(9, y), np.full(9, 100.0)] for y in (-20.0, 0.0, 20.0)]
+    vertices = np.concatenate(lines)
+    c3 = [Contour3D("Ridge", np.arange(0, 9)), Contour3D("Ridge", np.arange(9, 18)),
+          Contour3D("Ligament", np.arange(18, 27))]
+    uv = [cam.project(p).numpy() for p in lines]            # v = 30, 50, 70 px
+    sil = Contour2D("Silhouette", np.c_[np.arange(10.0), np.zeros(10)])
+    c2 = [Contour2D("Ridge", uv[0]), sil, Contour2D("Ridge", uv[1] + [0.0, 7.0]),
+          Contour2D("Ligament", uv[2])]
+    out = paired_reprojection_errors(c2, c3, vertices, np.eye(4), cam)
+    got = [(p["label"], p["index2d"], p["index3d"], round(p["hausdorff_px"], 6))
+           for p in out["pairs"]]
+    assert got == [("Ridge", 0, 0, 0.0), ("Ridge", 2, 1, 7.0), ("Ligament", 3, 2, 0.0)]
+    assert out["mean_hausdorff_px"] == pytest.approx(7.0 / 3.0)
+    swapped = [c2[2], sil, c2[0], c2[3]]                    # ridge curves in the other order
+    h = [p["hausdorff_px"] for p in paired_reprojection_errors(swapped, c3, vertices,
+                                                               np.eye(4), cam)["pairs"]]
+    assert h[0] == pytest.approx(27.0) and h[1] == pytest.approx(20.0)
+
+
+def test_without_distortion_keeps_intrinsics_and_drops_coefficients():
+    from SurgicalReg2D3DLib.cameras import PinholeCamera
+    from LiverLaparoRegLib.camera import without_distortion
+
+    cam = PinholeCamera(fx=900.0, fy=880.0, cx=300.0, cy=200.0, width=640, height=480,
+                        dist=(-0.2, 0.1, 0.0, 0.0, 0.0))
+    k = without_distortion(cam)
+    np.testing.assert_array_equal(k.K, cam.K)
+    assert (k.width, k.height) == (640, 480) and not k.has_distortion
+    p = np.array([[30.0, -20.0, 100.0]])
+    np.testing.assert_allclose(k.project(p).numpy(), [[900 * 0.3 + 300, 880 * -0.2 + 200]])

@@ -342,3 +342,13 @@ def test_every_method_accepts_tracking(synthetic):
             assert rot < 0.6 and tra < 0.6, (name, rot, tra)
         if name == "lncc":
             assert short.iterations <= 5 < full.iterations
+
+
+def test_resample_volume_gives_the_frame_at_its_pose(synthetic):
+    """The registrar's display / check slice of the volume as given (not the centred,
+    smoothed level volumes) reproduces a frame sampled by scipy at its true pose."""
+    vol, ijk, truths, frames = synthetic
+    reg = SliceRegistrar(vol, ijk, (H, W), None, config=SYN_CONFIG)
+    vals, inside = reg.resample_volume(np.stack(truths[:2]), step=1)
+    assert vals.shape == (2, H, W) and bool(inside.all())
+    np.testing.assert_allclose(vals.numpy(), frames[:2], atol=2e-3 * float(vol.max()))

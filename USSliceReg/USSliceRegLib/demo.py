@@ -46,7 +46,7 @@ def _overlay_figure(path: Path, seq, chain, frames, fan, volume, ijk, mask, seed
             ax = axes[row, col]
             ax.imshow(frame, cmap="gray")
             if pose is not None:
-                vals, inside = reg.slice_volume(pose[None], step=4)
+                vals, inside = reg.resample_volume(pose[None], step=4)
                 sl = np.where(inside[0].numpy(), vals[0].numpy(), np.nan)
                 h, w = sl.shape
                 ax.imshow(sl, cmap="magma", alpha=0.45, extent=(-0.5, w * 4 - 0.5, h * 4 - 0.5,

@@ -368,7 +368,7 @@ class SliceRegistrar:
         _, inside = self._sample(self.volume, poses_c, geo, channels=2)
         return (inside.sum(dim=1).double() / max(1, geo.pix.shape[0])).cpu().numpy()
 
-    def slice_volume(self, image_to_reference, step: int = 4):
+    def resample_volume(self, image_to_reference, step: int = 4):
         """The volume (as given) resampled on the frame plane: ``(values (B, h, w),
         inside (B, h, w) bool)`` for full-frame poses ``(B, 4, 4)`` (display, checks)."""
         n = np.shape(image_to_reference)[0] if np.ndim(image_to_reference) == 3 else 1
