@@ -29,31 +29,37 @@ ROOT = Path(__file__).resolve().parents[1]
 FINDING = """\
 ### Why the real-case reprojection error is large (investigation)
 
-1. **Distortion convention.** The P2ILF evaluation script
-   (`teamEvaluations/metric_reprejectionError.py` in the challenge repository) projects
-   the registered mesh with `K` only (`cv2.projectPoints(..., K, [])`): no distortion. The
-   shipped camera file has strong barrel distortion (k1 = -0.23, k2 = 0.34, k3 = -0.24:
-   about 15 % radial displacement at the image corners, where the first ridge curve lies).
-   Registering and evaluating with `K` only (`--no-distortion`) fits the annotations
-   much better (rows "K only" vs "camera file distortion" above): the 2D annotations
-   appear to be in the `K`-only image geometry the challenge evaluates in. This is the
-   clear fix we found; it is a convention of the data, so it is an option
-   (`surgreg laparo register --no-distortion`, `camera.without_distortion`), not a
-   silent default.
-2. **The 3D contours are short and sparse.** The 3D ridge / ridge / ligament curves are
+1. **The camera file's distortion cannot reach the annotations.** With the shipped
+   coefficients (k1 = -0.23, k2 = 0.34, k3 = -0.24, OpenCV order k1 k2 p1 p2 k3, as
+   the challenge's converter reads them) the radial map `r (1 + k1 r^2 + k2 r^4 +
+   k3 r^6)` stops increasing at r = 1.06 (`pnp.fold_radius`), where it reaches 0.88:
+   no 3D point can project farther than ~840 px from the principal point, yet the
+   annotated ligament reaches ~990 px (x = 1871, y = 537). Beyond the fold, points far
+   outside the field of view project back into the image; the previous 158 px figure
+   came from a pose that used this artefact (ligament vertices at 4-6 times the field
+   of view). PnP now ranks such poses last, which gives the larger but honest
+   "camera file distortion" row above.
+2. **The challenge evaluates with `K` only.** Its reprojection script
+   (`teamEvaluations/metric_reprejectionError.py` in the P2ILF repository) projects the
+   registered mesh with `cv2.projectPoints(..., K, [])`: no distortion. Registering
+   and evaluating with `K` only (`surgreg laparo register --no-distortion`,
+   `camera.without_distortion`) fits the annotations far better ("K only" row): the
+   2D annotations are consistent with the `K`-only geometry. This is the clear fix we
+   found; as it is a convention of the data it is an option, not a silent default.
+3. **The 3D contours are short and sparse.** The 3D ridge / ridge / ligament curves are
    4, 9 and 6 listed vertices spanning 24, 42 and 41 mm, while their 2D curves are 668,
-   793 and 401 px long. The 3D curves therefore cover only part of what the 2D curves
-   show (or the camera is very close: the solutions put the nearest vertex 0-20 mm from
-   the camera), and a symmetric Hausdorff distance counts the uncovered part in full,
-   whatever the pose. An exploratory global search (Powell from 25 random starts,
-   minimising the mean curve distance with `K` only; not part of this benchmark) found no
-   pose below about 75 px class-pooled Hausdorff, so most of the remaining error is a
-   property of the annotations, not of the optimiser.
-3. **Pairing.** The challenge pairs the k-th 2D contour of a class with the k-th 3D
+   793 and 401 px long. The 3D curves cover only part of what the 2D curves show (or
+   the camera is very close: the solutions put the nearest vertex 6-20 mm from the
+   camera), and a symmetric Hausdorff distance counts the uncovered part in full,
+   whatever the pose. An exploratory global search with `K` only (Powell from ~25
+   random starts minimising the mean curve distance; not part of this benchmark) found
+   no pose below about 75 px class-pooled Hausdorff, so most of the remaining "K only"
+   error is a property of the annotations, not of the optimiser.
+4. **Pairing.** The challenge pairs the k-th 2D contour of a class with the k-th 3D
    contour of that class (file order). Our hypothesis search found exactly that pairing
    without being told; the per-pair Hausdorff (the challenge's own number) is listed
    next to the class-pooled one.
-4. Not applicable here: 3D chamfer (the 3D contours are inputs, there is no 3D ground
+5. Not applicable here: 3D chamfer (the 3D contours are inputs; there is no 3D ground
    truth of the registered mesh for this case) and mask Dice (no liver mask is shipped
    for patient2_1).
 """

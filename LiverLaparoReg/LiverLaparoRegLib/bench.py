@@ -122,7 +122,8 @@ def synthetic_rows(mesh_path, n_poses: int, rng, quick: bool = False) -> List[di
             lat, dep = _centre_errors(r.model_to_camera, T, centre)
             row = {"case": f"synthetic {name} pose {k}", "method": method,
                    "seconds": _round(r.timings["rigid_s"]), "total_seconds": _round(dt),
-                   "total_cpu_seconds": _round(cpu), "rotation_deg": _round(r.metrics["rotation_deg"]),
+                   "total_cpu_seconds": _round(cpu),
+                   "rotation_deg": _round(r.metrics["rotation_deg"]),
                    "translation_mm": _round(r.metrics["translation_mm"]),
                    "centroid_error_mm": _round(r.metrics["centroid_error_mm"]),
                    "centre_lateral_mm": _round(lat), "centre_depth_mm": _round(dep)}
@@ -163,7 +164,8 @@ def synthetic_rows(mesh_path, n_poses: int, rng, quick: bool = False) -> List[di
                      "dice": _round(after["mask_dice"], 4),
                      "initial_dice": _round(before["mask_dice"], 4),
                      "reprojection_mean_px": _round(after["reprojection"]["all"]["mean_px"]),
-                     "initial_reprojection_mean_px": _round(before["reprojection"]["all"]["mean_px"]),
+                     "initial_reprojection_mean_px":
+                         _round(before["reprojection"]["all"]["mean_px"]),
                      "vertex_error_mm": _round(err1), "initial_vertex_error_mm": _round(err0)})
     return rows
 

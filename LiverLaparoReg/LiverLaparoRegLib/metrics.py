@@ -46,7 +46,12 @@ def densify_polyline(points: np.ndarray, step: float = 1.0) -> np.ndarray:
     if p.shape[0] < 2:
         return p.copy()
     seg = np.diff(p, axis=0)
-    n = np.maximum(1, np.ceil(np.linalg.norm(seg, axis=1) / step).astype(np.int64))
+    length = np.linalg.norm(seg, axis=1)
+    if not np.all(np.isfinite(length)):
+        raise InputError("polyline: points contain NaN or infinite values")
+    # at most ~1e6 samples (points projected far outside any image stay bounded)
+    step = max(step, float(length.sum()) / 1e6)
+    n = np.maximum(1, np.ceil(length / step).astype(np.int64))
     k = np.repeat(np.arange(len(seg)), n)                   # segment of each new point
     t = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + 1) / np.repeat(n, n)
     return np.concatenate([p[:1], p[k] + t[:, None] * seg[k]], 0)

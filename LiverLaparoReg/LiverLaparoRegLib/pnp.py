@@ -177,9 +177,9 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
         p3_all = [c3_pts[b] for _, b, _ in pairs]
         p2_all = [c2_pts[a] for a, _, _ in pairs]
         one_way = [touches_border(p) for p in p2_all]
-        if len(candidates) > 1:         # image ICP from the best-scoring candidate only
+        if len(candidates) > 2:         # image ICP from the two best-scoring candidates
             scores = [sc.robust_score(T_c, pairs) for T_c in candidates]
-            candidates = [candidates[int(np.argmin(scores))]]
+            candidates = [candidates[i] for i in np.argsort(scores)[:2]]
         for T_c in candidates:
             T_r = _icp(T_c, p3_all, p2_all, K, dist, icp_iterations, one_way,
                        sil2d, None if sil2d is None else (v, np.asarray(faces)))
@@ -249,11 +249,16 @@ class _Curve:
         return self.points[j] * (1.0 - w) + self.points[j + 1] * w
 
 
+#: added to the score of a pose that needs curve points beyond the lens model's fold
+#: radius: such poses rank after every valid one (but still above none at all)
+INVALID_PENALTY = 1e6
+
+
 def fold_radius(dist) -> float:
     """Normalised image radius ``r = |(x, y)| / z`` beyond which the radial distortion
     ``r (1 + k1 r^2 + k2 r^4 + k3 r^6)`` stops increasing (``inf`` when it never does
     for ``r <= 3``). Past it, points far outside the field of view project back into
-    the image, so poses that need such points are rejected. ``dist``: OpenCV order
+    the image, so poses that need such points are ranked last. ``dist``: OpenCV order
     ``(k1, k2, p1, p2[, k3])``."""
     d = np.zeros(5) if dist is None else np.ravel(np.asarray(dist, dtype=np.float64))
     k1, k2 = (d[0], d[1]) if d.size >= 2 else (0.0, 0.0)
@@ -292,17 +297,17 @@ class _Scorer:
         return np.ascontiguousarray(np.concatenate(p3)), np.ascontiguousarray(np.concatenate(p2))
 
     def _distances(self, T, pairs):
-        """Per pair ``(d(proj 3D -> 2D), d(2D -> proj 3D))`` nearest distances, or None
-        when a sample is behind the camera."""
+        """``(per pair (d(proj 3D -> 2D), d(2D -> proj 3D)) nearest distances, valid)``,
+        or ``(None, False)`` when a sample is behind the camera. ``valid`` is False when
+        a sample lies beyond the lens model's fold radius (:func:`fold_radius`)."""
         import cv2  # noqa: PLC0415
 
         pts = np.concatenate([self.s3[b] for _, b, _ in pairs])
         pc = pts @ T[:3, :3].T + T[:3, 3]
         if np.any(pc[:, 2] <= 1e-3):
-            return None
-        if np.isfinite(self.r_fold) and np.any(
-                np.hypot(pc[:, 0], pc[:, 1]) > self.r_fold * pc[:, 2]):
-            return None             # beyond where the lens model folds back: not valid
+            return None, False
+        valid = not (np.isfinite(self.r_fold) and np.any(
+            np.hypot(pc[:, 0], pc[:, 1]) > self.r_fold * pc[:, 2]))
         rvec = cv2.Rodrigues(T[:3, :3])[0]
         uv = cv2.projectPoints(pts, rvec, T[:3, 3], self.K, self.dist)[0].reshape(-1, 2)
         out, i = [], 0
@@ -310,24 +315,25 @@ class _Scorer:
             u = uv[i:i + len(self.s3[b])]
             i += len(self.s3[b])
             out.append((self.t2[a].query(u)[0], cKDTree(u).query(self.s2[a])[0]))
-        return out
+        return out, valid
 
     def mean_score(self, T, pairs) -> float:
         """Mean symmetric nearest distance (px) averaged over the pairs (``inf`` when a
         curve point is behind the camera)."""
-        d = self._distances(T, pairs)
+        d, valid = self._distances(T, pairs)
         if d is None:
             return float("inf")
-        return float(np.mean([0.5 * (d1.mean() + d2.mean()) for d1, d2 in d]))
+        return float(np.mean([0.5 * (d1.mean() + d2.mean()) for d1, d2 in d])) + \
+            (0.0 if valid else INVALID_PENALTY)
 
     def robust_score(self, T, pairs) -> float:
         """As :meth:`mean_score`, each distance truncated at ``tau`` px."""
-        d = self._distances(T, pairs)
+        d, valid = self._distances(T, pairs)
         if d is None:
             return float("inf")
         t = self.tau
         return float(np.mean([0.5 * (np.minimum(d1, t).mean() + np.minimum(d2, t).mean())
-                              for d1, d2 in d]))
+                              for d1, d2 in d])) + (0.0 if valid else INVALID_PENALTY)
 
 
 def _behind_camera(T, vertices) -> bool:

@@ -247,3 +247,18 @@ def test_without_distortion_keeps_intrinsics_and_drops_coefficients():
     assert (k.width, k.height) == (640, 480) and not k.has_distortion
     p = np.array([[30.0, -20.0, 100.0]])
     np.testing.assert_allclose(k.project(p).numpy(), [[900 * 0.3 + 300, 880 * -0.2 + 200]])
+
+
+def test_fold_radius_of_the_radial_distortion():
+    """r (1 + k1 r^2) stops increasing at r = sqrt(-1 / (3 k1)); no fold for mild
+    coefficients; the shipped P2ILF camera folds at r ~ 1.06, inside its 1920 x 1080
+    frame (its right edge is at r ~ 1.09)."""
+    from LiverLaparoRegLib.pnp import fold_radius
+
+    assert fold_radius((-0.3, 0.0, 0.0, 0.0)) == pytest.approx(np.sqrt(1 / 0.9), abs=2e-3)
+    assert fold_radius((-0.2, 0.1, 0.0, 0.0, 0.0)) == float("inf")
+    assert fold_radius(None) == float("inf")
+    k1, k2, k3 = -2.3184898303739043e-01, 3.4051349187505525e-01, -2.3860036358921605e-01
+    r = fold_radius((k1, k2, 0.0, 0.0, k3))
+    slope = lambda x: 1 + 3 * k1 * x ** 2 + 5 * k2 * x ** 4 + 7 * k3 * x ** 6  # noqa: E731
+    assert slope(r - 0.002) > 0 >= slope(r) and 1.0 < r < 1.1

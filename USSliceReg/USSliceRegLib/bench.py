@@ -25,6 +25,12 @@ Protocol (``surgreg us bench``, ``benchmarks/us_bench.py``, the demo):
 the odd frames streamed in order with one constant tracking error (a simulated patient
 shift); the first frame is registered with the full search, the next ones with
 ``tracking=True`` from the previous frame's correction.
+
+:func:`run_throughput_bench` measures offline sweep throughput (``surgreg us register
+--no-temporal``: independent frames registered in batches), not live latency: one volume
+from the even frames (a leave-one-out volume per frame cannot be batched), the odd
+held-out frames from the latency table's starts, several batch sizes, and the SimpleITK
+baseline one frame at a time on the same volume, frames and starts.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ def run_bench(sequence_path=None, calibration_path=None, volume_path=None,
         raise InputError("frames: none of the requested frames is usable")
     rng_twists = random_perturbations(len(frames) * 21, max_mm, max_deg, seed=seed)
     rows_out: List[dict] = []
+    starts_out: Dict[int, list] = {}  # frame -> start 4x4 (run_throughput_bench)
     prep_s: Dict[str, List[float]] = {m: [] for m in methods}
 
     def build(volume_array, ijk, mask):
@@ -130,6 +137,7 @@ def run_bench(sequence_path=None, calibration_path=None, volume_path=None,
                 break
         if start is None:
             continue
+        starts_out[i] = start.tolist()
         r0, t0 = pose_errors(start, truth[i], centre_px)
         for m, fn in built.items():
             walls, cpus = [], []
@@ -151,7 +159,7 @@ def run_bench(sequence_path=None, calibration_path=None, volume_path=None,
         report(progress, (n + 1) / len(frames), f"frame {i}")
     summary = summarise(rows_out, methods)
     summary.update({"holdout": holdout, "max_mm": max_mm, "max_deg": max_deg, "seed": seed,
-                    "frames": frames, "volume_preparation_s": {
+                    "frames": frames, "starts": starts_out, "volume_preparation_s": {
                         m: float(np.mean(v)) if v else None for m, v in prep_s.items()}})
     if out_dir is not None:
         write_outputs(Path(out_dir), rows_out, summary)
@@ -278,6 +286,152 @@ def run_stream_bench(max_mm: float = 10.0, max_deg: float = 10.0, seed: int = 0,
             "tracking_median_min_ms": float(np.median([r["ms_min"] for r in trk])),
             "first_frame_ms": out_rows[0].get("ms"),
             "lost_frames": [r["frame"] for r in out_rows if r["mode"].startswith("lost")]}
+
+
+def run_throughput_bench(starts: Dict[int, Sequence], frames: Optional[Sequence[int]] = None,
+                         batch_sizes: Sequence[int] = (1, 2, 4, 0), repeat_items: int = 3,
+                         methods: Sequence[str] = ("lncc", "sitk"), repeats: int = 1,
+                         config: Optional[RegistrationConfig] = None,
+                         recon_pixel_step: int = 3, verbose: bool = False) -> dict:
+    """Offline sweep throughput (``surgreg us register --no-temporal``), not live latency.
+
+    One volume is reconstructed from the sweep's even frames; the test frames are the odd
+    ones among ``starts`` (frame -> start ``image_to_reference`` 4x4, e.g. the latency
+    table's ``run_bench(...)["starts"]``, so the starts are the same) that this volume
+    covers (>= 50 % of the fan at the tracked pose, as in :func:`run_stream_bench`) and
+    whose start overlaps it (``min_overlap``); ``frames`` narrows them further. A volume
+    per frame (the latency table's leave-one-out protocol) cannot be batched, hence this
+    protocol, used for every method here.
+
+    The LNCC method registers all test frames with
+    ``temporal.register_sequence(..., temporal=False, batch_size=b)`` for every ``b`` of
+    ``batch_sizes`` (0: all frames in one call); the time per frame is the call's total
+    wall (and CPU) time divided by the number of frames (median over ``repeats`` runs).
+    ``repeat_items > 1`` adds one timing-only row: the same frames and starts repeated
+    ``repeat_items`` times in one batch (a longer sweep's batch; batched items are
+    independent, so each repeat gives the same poses). The SimpleITK baseline registers
+    the same frames from the same starts on the same volume one at a time (it does not
+    batch; ``register_sequence`` would loop over frames the same way). Errors as in
+    :func:`run_bench`; ``max_pose_change_vs_b1_mm`` is the largest difference of a
+    frame's pose from its batch-size-1 pose (mm, largest entry of the 4x4 difference
+    with the rotation part taken at 100 mm).
+    """
+    from .temporal import register_sequence  # noqa: PLC0415
+
+    if int(repeats) < 1:
+        raise InputError(f"repeats: expected >= 1, got {repeats}")
+    if not batch_sizes or any(int(b) < 0 for b in batch_sizes):
+        raise InputError(f"batch_sizes: expected sizes >= 1 (0 = all frames), got "
+                         f"{list(batch_sizes)}")
+    d_seq, d_cal, _ = default_paths()
+    seq = read_sequence(d_seq)
+    chain = image_to_reference_chain(seq, read_calibration(d_cal))
+    truth = {int(i): chain.image_to_reference[k] for k, i in enumerate(chain.indices)}
+    usable = [int(i) for i in chain.indices]
+    fan = fan_mask(seq.images[chain.indices])
+    rows, cols = np.nonzero(fan)
+    centre_px = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
+    train = usable[0::2]
+    starts = {int(k): np.asarray(v, dtype=float) for k, v in starts.items()}
+    candidates = sorted(i for i in starts if i in truth and i not in set(train))
+    if frames is not None:
+        candidates = [i for i in candidates if i in {int(f) for f in frames}]
+    if not candidates:
+        raise InputError("throughput: no odd (held-out) frame among the given starts")
+    rec = reconstruct_volume(seq.images[train], np.stack([truth[i] for i in train]), fan,
+                             pixel_step=recon_pixel_step, fill_radius=4)
+    built = {m: make_method(m, rec.array, rec.ijk_to_reference, seq.frame_shape, fan,
+                            volume_mask=rec.filled, config=config) for m in methods}
+    checker = next(iter(built.values())).registrar
+    cover = checker.overlap(np.stack([truth[i] for i in candidates]))
+    start_ov = checker.overlap(np.stack([starts[i] for i in candidates]))
+    test = [i for i, c, o in zip(candidates, cover, start_ov)
+            if c >= 0.5 and o >= checker.config.min_overlap]
+    skipped = [i for i in candidates if i not in test]
+    if not test:
+        raise InputError("throughput: no held-out frame lies in the even frames' volume")
+    n = len(test)
+    images = seq.images[test]
+    S = np.stack([starts[i] for i in test])
+
+    def errors(results):
+        e = np.array([pose_errors(r.image_to_reference, truth[i], centre_px)
+                      for r, i in zip(results, test)])
+        return {"mean_rotation_deg": float(e[:, 0].mean()),
+                "median_rotation_deg": float(np.median(e[:, 0])),
+                "mean_translation_mm": float(e[:, 1].mean()),
+                "median_translation_mm": float(np.median(e[:, 1])),
+                "success_rate_2mm_2deg": float(np.mean((e[:, 0] <= 2) & (e[:, 1] <= 2)))}
+
+    def timed(call):
+        walls, cpus, out = [], [], None
+        for _ in range(int(repeats)):
+            t, c = time.perf_counter(), time.process_time()
+            out = call()
+            walls.append(1000 * (time.perf_counter() - t))
+            cpus.append(1000 * (time.process_time() - c))
+        return out, float(np.median(walls)), float(np.min(walls)), float(np.median(cpus))
+
+    scale = np.ones((4, 4))
+    scale[:3, :3] = 100.0  # rotation entries at 100 mm
+    out_rows: List[dict] = []
+    poses_b1 = None
+    if "lncc" in built:
+        sizes = sorted({min(int(b) or n, n) for b in batch_sizes})  # 0 or > n: all frames
+        plan = [(b, 1) for b in sizes]
+        if int(repeat_items) > 1:
+            plan.append((n * int(repeat_items), int(repeat_items)))
+        for b, rep in plan:
+            imgs, ss = np.concatenate([images] * rep), np.concatenate([S] * rep)
+            res, wall, wall_min, cpu = timed(lambda: register_sequence(
+                built["lncc"], imgs, ss, temporal=False, batch_size=b))
+            items = n * rep
+            poses = np.stack([r.image_to_reference for r in res]).reshape(rep, n, 4, 4)
+            if poses_b1 is None and b == 1 and rep == 1:
+                poses_b1 = poses[0]
+            row = {"method": "lncc", "batch_size": min(b, items), "items": items,
+                   "repeated_items": rep > 1, "calls": -(-items // b),
+                   "total_ms": wall, "ms_per_frame": wall / items,
+                   "min_ms_per_frame": wall_min / items, "cpu_ms_per_frame": cpu / items}
+            row.update(errors(res[:n]))
+            if poses_b1 is not None:
+                row["max_pose_change_vs_b1_mm"] = float(np.abs(
+                    (poses - poses_b1[None]) * scale).max())
+            out_rows.append(row)
+            if verbose:
+                print(f"throughput lncc batch {row['batch_size']:3d} x {row['calls']} calls "
+                      f"({items} items): {row['ms_per_frame']:.1f} ms/frame "
+                      f"(CPU {row['cpu_ms_per_frame']:.1f}), {row['mean_translation_mm']:.2f} mm"
+                      f" / {row['mean_rotation_deg']:.2f} deg", flush=True)
+    for m, fn in built.items():
+        if m == "lncc":
+            continue
+        res, walls, cpus = [], [], []
+        for k in range(n):  # one frame at a time (the baseline does not batch)
+            r, wall, _, cpu = timed(lambda: fn(images[k:k + 1], S[k:k + 1],
+                                               indices=[test[k]])[0])
+            res.append(r)
+            walls.append(wall)
+            cpus.append(cpu)
+        row = {"method": m, "batch_size": 1, "items": n, "repeated_items": False, "calls": n,
+               "total_ms": float(np.sum(walls)), "ms_per_frame": float(np.mean(walls)),
+               "median_ms_per_frame": float(np.median(walls)),
+               "cpu_ms_per_frame": float(np.mean(cpus))}
+        row.update(errors(res))
+        out_rows.append(row)
+        if verbose:
+            print(f"throughput {m} one at a time: {row['ms_per_frame']:.1f} ms/frame "
+                  f"(CPU {row['cpu_ms_per_frame']:.1f}), {row['mean_translation_mm']:.2f} mm"
+                  f" / {row['mean_rotation_deg']:.2f} deg", flush=True)
+    base = next((r for r in out_rows if r["method"] == "sitk"), None)
+    if base is not None:
+        for r in out_rows:
+            if r["method"] == "lncc":
+                r["speedup_vs_sitk"] = base["ms_per_frame"] / r["ms_per_frame"]
+                r["cpu_speedup_vs_sitk"] = base["cpu_ms_per_frame"] / r["cpu_ms_per_frame"]
+    return {"protocol": "volume from the even frames, odd held-out frames, the latency "
+                        "table's starts", "train_frames": train, "frames": test,
+            "skipped_frames": skipped, "repeats": int(repeats), "rows": out_rows}
 
 
 def write_outputs(out_dir: Path, rows: List[dict], summary: dict) -> None:

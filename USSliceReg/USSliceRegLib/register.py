@@ -349,7 +349,10 @@ class SliceRegistrar:
             poses_c = poses_c.cpu().numpy()
         G = torch.as_tensor(self._reference_to_grid_np @ poses_c, dtype=torch.float32,
                             device=self.device)
-        g3 = torch.matmul(G, geo.pixT)  # (B, 3, N) grid_sample coordinates
+        # (B, 3, N) grid_sample coordinates. bmm, not a broadcast matmul: torch folds the
+        # latter into one (B * 3, 4) x (4, N) product whose rounding depends on B, and a
+        # batched item must get the same result as the frame registered alone.
+        g3 = torch.bmm(G, geo.pixT.expand(G.shape[0], -1, -1))
         B, N = g3.shape[0], g3.shape[2]
         vals = F.grid_sample(data, g3.transpose(1, 2)[None, :, :, None], mode="bilinear",
                              padding_mode="zeros", align_corners=True)
@@ -628,8 +631,16 @@ class SliceRegistrar:
             c2 = c1 * (1.0 - k * mu) / count
             c3 = c1 * k / count
             J = js * c1[:, None] - boxed[:, :6] * c2[:, None] - boxed[:, 6:] * c3[:, None]
-            JtJ = torch.bmm(J, J.transpose(1, 2)).double().cpu().numpy()
-            Jtr = torch.bmm(J, r[:, :, None])[:, :, 0].double().cpu().numpy()
+            # [J^T J | J^T r] (B, 6, 7) in one bmm on [J | r] zero-padded to N_pad points,
+            # a multiple of 16: every item then starts 64-byte aligned, as a frame
+            # registered alone does (float32 BLAS rounds differently at other
+            # alignments, and a 1-column bmm takes a matrix-vector path whose rounding
+            # depends on B): a batched item gets the same result as alone.
+            Jr = J.new_zeros(B, 7, -(-N // 16) * 16)
+            Jr[:, :6, :N] = J
+            Jr[:, 6, :N] = r
+            JJr = torch.bmm(Jr[:, :6], Jr.transpose(1, 2)).double().cpu().numpy()
+            JtJ, Jtr = JJr[:, :, :6], JJr[:, :, 6]
         if not level.rotations:  # translation only: the rotation steps solve to 0
             JtJ[:, :3, :] = 0.0
             JtJ[:, :, :3] = 0.0
