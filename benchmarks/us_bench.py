@@ -11,9 +11,11 @@ SimpleITK baseline measured in the same run. ``--stream`` adds the live (tempora
 --no-temporal``: the held-out frames registered in batches (``--batch-sizes``) in one call
 each, vs the SimpleITK baseline on the same frames, starts and volume
 (``USSliceRegLib.bench.run_throughput_bench``: one volume from the even frames, odd frames,
-because a leave-one-out volume per frame cannot be batched). Writes ``us_bench.csv``, ``us_bench.png`` and
-``us_bench_summary.json`` to ``--out-dir``; ``--results`` also writes ``us_bench.json`` and
-``us_bench.md`` there (``benchmarks/results``).
+because a leave-one-out volume per frame cannot be batched). Writes ``us_bench.csv``,
+``us_bench.png`` and ``us_bench_summary.json`` to ``--out-dir``; ``--results`` also writes
+``us_bench.json`` and ``us_bench.md`` there (``benchmarks/results``; the hand-added
+``previous_runs`` of an existing ``us_bench.json`` are kept, hand-written notes in
+``us_bench.md`` are not).
 
     flock /tmp/core1.lock taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/us_bench.py \\
         --repeats 3 --stream --results benchmarks/results

@@ -172,17 +172,24 @@ def _run(argv, capsys):
     return rc, captured.out, captured.err
 
 
+def _two_view_register_args(ct, case_dir, method, out, iterations, n_samples):
+    """`surgreg fluoro register` arguments for the two views of one simulated case folder."""
+    c = case_dir
+    return ["fluoro", "register", "--ct", str(ct), "--xray", str(c / "xray_0.nrrd"),
+            "--xray", str(c / "xray_1.nrrd"), "--geometry", str(c / "geometry_0.json"),
+            "--geometry", str(c / "geometry_1.json"), "--init", str(c / "init.json"),
+            "--method", method, "--out", str(out), "--levels", "1",
+            "--iterations", str(iterations), "--n-samples", str(n_samples)]
+
+
 def test_cli_simulate_and_register_two_views(cli_case, capsys, tmp_path):
     ct, cases = cli_case
     index = json.loads((cases / "cases.json").read_text())
     assert index["synthetic"] is True and len(index["cases"]) == 1
     c = cases / "case_000"
     out = tmp_path / "out.json"
-    rc, stdout, stderr = _run(["fluoro", "register", "--ct", str(ct), "--xray", str(c / "xray_0.nrrd"),
-                               "--xray", str(c / "xray_1.nrrd"), "--geometry", str(c / "geometry_0.json"),
-                               "--geometry", str(c / "geometry_1.json"), "--init", str(c / "init.json"),
-                               "--method", "ncc", "--out", str(out), "--levels", "1",
-                               "--iterations", "6", "--n-samples", "96"], capsys)
+    rc, stdout, stderr = _run(_two_view_register_args(ct, c, "ncc", out, iterations=6, n_samples=96),
+                              capsys)
     assert rc == 0, stderr
     result = json.loads(out.read_text())
     assert {"ct_to_camera", "views", "similarity", "time_s", "method"} <= set(result)
@@ -201,11 +208,8 @@ def test_cli_multiview_method_writes_views_and_disagreement(cli_case, capsys, tm
     ct, cases = cli_case
     c = cases / "case_000"
     out = tmp_path / "mv.json"
-    rc, stdout, stderr = _run(["fluoro", "register", "--ct", str(ct), "--xray", str(c / "xray_0.nrrd"),
-                               "--xray", str(c / "xray_1.nrrd"), "--geometry", str(c / "geometry_0.json"),
-                               "--geometry", str(c / "geometry_1.json"), "--init", str(c / "init.json"),
-                               "--method", "gradncc-multiview", "--out", str(out), "--levels", "1",
-                               "--iterations", "5", "--n-samples", "64"], capsys)
+    rc, stdout, stderr = _run(_two_view_register_args(ct, c, "gradncc-multiview", out, iterations=5,
+                                                      n_samples=64), capsys)
     assert rc == 0, stderr
     result = json.loads(out.read_text())
     assert result["method"] == "gradncc-multiview" and len(result["views"]) == 2

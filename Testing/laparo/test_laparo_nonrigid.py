@@ -11,14 +11,23 @@ from LiverLaparoRegLib import metrics, nonrigid, raster
 from LiverLaparoRegLib.mesh import load_mesh
 
 
-def test_nonrigid_improves_dice_and_deforms_structures_alike(sample_data):
+def _posed_liver(sample_data, stretch=(1.12, 0.92, 1.0), small=True):
+    """The real P2ILF liver at a fixed pose 450 mm in front of a pinhole camera (64 x 48
+    px when ``small``, else 640 x 480), and a SYNTHETIC copy stretched about its centre."""
     m = load_mesh(sample_data / "p2ilf" / "evaluation_GT" / "3d-liver-model.obj")
-    cam = PinholeCamera(fx=110.0, fy=110.0, cx=31.5, cy=23.5, width=64, height=48)
+    if small:
+        cam = PinholeCamera(fx=110.0, fy=110.0, cx=31.5, cy=23.5, width=64, height=48)
+    else:
+        cam = PinholeCamera(fx=800.0, fy=800.0, cx=319.5, cy=239.5, width=640, height=480)
     T = np.eye(4)
     T[:3, :3] = Rotation.from_euler("xyz", (20, -30, 10), degrees=True).as_matrix()
     T[:3, 3] = [0, 0, 450] - T[:3, :3] @ m.vertices.mean(0)
     c = m.vertices.mean(0)
-    warped = (m.vertices - c) * [1.12, 0.92, 1.0] + c
+    return m, cam, T, c, (m.vertices - c) * np.asarray(stretch) + c
+
+
+def test_nonrigid_improves_dice_and_deforms_structures_alike(sample_data):
+    m, cam, T, c, warped = _posed_liver(sample_data)
     mask = raster.render_mask(warped, m.faces, T, cam)[0].numpy()
     d0 = metrics.mask_dice(raster.render_mask(m.vertices, m.faces, T, cam)[0], mask)
     d = nonrigid.deform(m, cam, T, mask=mask, iterations=20)
@@ -36,13 +45,8 @@ def test_nonrigid_landmark_term_reduces_contour_error(sample_data):
     from LiverLaparoRegLib import synthetic
     from LiverLaparoRegLib.mesh import MeshData
 
-    m = load_mesh(sample_data / "p2ilf" / "evaluation_GT" / "3d-liver-model.obj")
-    cam = PinholeCamera(fx=800.0, fy=800.0, cx=319.5, cy=239.5, width=640, height=480)
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_euler("xyz", (20, -30, 10), degrees=True).as_matrix()
-    T[:3, 3] = [0, 0, 450] - T[:3, :3] @ m.vertices.mean(0)
-    c = m.vertices.mean(0)
-    warped = MeshData((m.vertices - c) * [1.1, 0.93, 1.0] + c, m.faces)
+    m, cam, T, c, stretched = _posed_liver(sample_data, (1.1, 0.93, 1.0), small=False)
+    warped = MeshData(stretched, m.faces)
     case = synthetic.make_case(warped, cam, T, render=False)      # 2D from the warped liver
 
     def err(vertices):
@@ -68,13 +72,8 @@ def test_structures_move_with_the_liver_deformation_inputs_unchanged(sample_data
     from LiverLaparoRegLib.logic import register, register_nodes
     from LiverLaparoRegLib.mesh import MeshData
 
-    m = load_mesh(sample_data / "p2ilf" / "evaluation_GT" / "3d-liver-model.obj")
-    cam = PinholeCamera(fx=110.0, fy=110.0, cx=31.5, cy=23.5, width=64, height=48)
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_euler("xyz", (20, -30, 10), degrees=True).as_matrix()
-    T[:3, 3] = [0, 0, 450] - T[:3, :3] @ m.vertices.mean(0)
-    c = m.vertices.mean(0)
-    mask = raster.render_mask((m.vertices - c) * [1.12, 0.92, 1.0] + c, m.faces, T, cam)[0].numpy()
+    m, cam, T, c, warped = _posed_liver(sample_data)
+    mask = raster.render_mask(warped, m.faces, T, cam)[0].numpy()
     tumour = MeshData(c + 0.3 * (m.vertices - c), m.faces.copy(), "tumour")
     vessel = MeshData(m.vertices[:300].copy(), m.faces[np.all(m.faces < 300, axis=1)], "vessel")
     before = [tumour.vertices.copy(), vessel.vertices.copy(), m.vertices.copy()]

@@ -359,7 +359,7 @@ def test_batched_items_converge_independently(synthetic):
     registered alone: every LM item has its own damping, rejection count and stop (the
     offline ``--no-temporal`` path batches frames; the live path registers one).
 
-    The three items need different amounts of work (frame 0 starts 6 deg / 3.6 mm off,
+    The three items need different amounts of work (frame 0 starts 5 deg / 3.5 mm off,
     frame 1 0.3 deg / 0.2 mm off, frame 2 at its true pose, which the coarse levels
     still move from and back to). A damping, rejection count or stop shared across the
     batch changes the histories (and poses) of the items it couples."""
