@@ -172,3 +172,39 @@ def test_cli_bench_writes_csv(tmp_path, capsys):
     rows = (tmp_path / "us_bench.csv").read_text().splitlines()
     assert rows[0].startswith("frame,method,start_rotation_deg") and len(rows) == 2
     assert (tmp_path / "us_bench.png").stat().st_size > 1000
+
+
+def test_throughput_bench_protocol():
+    """Offline throughput table (real spine sweep, LNCC only, 2 frames): one volume from the
+    even frames, only odd held-out frames that volume covers, the given starts, and
+    batched poses equal to one-at-a-time poses (also for the repeated-items row)."""
+    from USSliceRegLib.bench import default_paths, run_throughput_bench
+    from USSliceRegLib.plus_io import image_to_reference_chain, read_calibration, \
+        read_sequence
+    from USSliceRegLib.register import perturb_about_point
+
+    seq_path, cal_path, _ = default_paths()
+    chain = image_to_reference_chain(read_sequence(seq_path), read_calibration(cal_path))
+    truth = {int(i): chain.image_to_reference[k] for k, i in enumerate(chain.indices)}
+    centre = np.array([400.0, 300.0, 0.0, 1.0])
+    twist = [0.03, -0.02, 0.02, 1.5, -1.0, 1.0]
+    # 8: even (in the volume), 11: outside the even frames' volume, 7 and 9: held out.
+    starts = {i: perturb_about_point(truth[i], twist, centre) for i in (7, 8, 9, 11)}
+    tp = run_throughput_bench(starts, batch_sizes=(1, 0), repeat_items=2, methods=("lncc",))
+    assert tp["frames"] == [7, 9] and tp["skipped_frames"] == [11]
+    assert tp["train_frames"] == list(range(0, 21, 2))
+    rows = tp["rows"]
+    assert [(r["batch_size"], r["calls"], r["items"]) for r in rows] == \
+        [(1, 2, 2), (2, 1, 2), (4, 1, 4)]
+    for r in rows:
+        assert r["max_pose_change_vs_b1_mm"] == 0.0
+        assert r["mean_rotation_deg"] == rows[0]["mean_rotation_deg"]
+        # Both frames start 2.4 deg / 2.1 mm (at the fan centre) off.
+        assert r["mean_translation_mm"] == rows[0]["mean_translation_mm"] < 1.0
+        assert r["ms_per_frame"] > 0 and "speedup_vs_sitk" not in r
+    with pytest.raises(InputError, match=r"batch_sizes: expected sizes >= 1 \(0 = all "
+                                         r"frames\), got \[-1\]"):
+        run_throughput_bench(starts, batch_sizes=(-1,))
+    with pytest.raises(InputError, match="throughput: no odd \\(held-out\\) frame among "
+                                         "the given starts"):
+        run_throughput_bench({8: starts[8]})

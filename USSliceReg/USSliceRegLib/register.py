@@ -54,6 +54,13 @@ start/final LNCC share two samplings of the volume as given.
 
 A frame whose final LNCC is below its start keeps its start (a diverged search is never
 returned).
+
+Batches (``register(frames (B, H, W), ...)``, the offline ``--no-temporal`` path) are
+independent items: each has its own damping, rejection count and stop, only the items
+that try a step are evaluated, and the float32 products whose rounding could depend on
+the batch (a broadcast matmul folded over the batch, a one-column bmm, BLAS alignment)
+are arranged so that a frame in a batch gets bitwise the result it gets alone
+(``Testing/us/test_us_register.py::test_batched_items_converge_independently``).
 """
 
 from __future__ import annotations
@@ -702,7 +709,17 @@ class SliceRegistrar:
             if not active.any():
                 break
             corr_try = _step_matrix_np(dx, centre) @ corr
-            cost_t, saved_t = evaluate(corr_try)
+            # Only the items that try a step are evaluated (in a batch, items that have
+            # stopped would otherwise be sampled for nothing until the last one stops).
+            sub = None if ok.all() else np.flatnonzero(ok)
+            if sub is None:
+                cost_t, saved_t = evaluate(corr_try)
+            else:
+                cost_t = np.full(B, np.inf)
+                if sub.size:
+                    cost_t[sub], saved_t = self._evaluate(
+                        level, geo, corr_try[sub] @ starts[sub], centre[sub],
+                        frame.subset(sub))
             better = ok & (cost_t < cost)  # NaN compares False
             small_decrease = better & (cost - cost_t <= tol_cost * cost)
             small_step = ok & (((dx * scale_x) ** 2).sum(axis=1) <= cfg.tol_step ** 2)
@@ -721,9 +738,10 @@ class SliceRegistrar:
             refresh = better & active
             if refresh.all():
                 JtJ, Jtr = self._normal_equations(level, geo, saved_t)
-            elif refresh.any():
+            elif refresh.any():  # saved_t holds the evaluated items (sub) only
                 JtJ_t, Jtr_t = self._normal_equations(level, geo, saved_t)
-                JtJ[refresh], Jtr[refresh] = JtJ_t[refresh], Jtr_t[refresh]
+                pick = refresh if sub is None else refresh[sub]
+                JtJ[refresh], Jtr[refresh] = JtJ_t[pick], Jtr_t[pick]
         return corr, cost, np.stack(history), it
 
 
@@ -742,6 +760,14 @@ class _Frame:
     consts: Optional[torch.Tensor] = None
     nf_sq: Optional[np.ndarray] = None
     w2: float = 1.0
+
+    def subset(self, items: np.ndarray) -> "_Frame":
+        """The same frame side for the batch items ``items`` (indices) only."""
+        idx = torch.as_tensor(items, device=self.nf.device)
+        return _Frame(nf=self.nf[idx], raw=None if self.raw is None else self.raw[idx],
+                      weight=None if self.weight is None else self.weight[idx],
+                      consts=None if self.consts is None else self.consts[:, idx],
+                      nf_sq=None if self.nf_sq is None else self.nf_sq[items], w2=self.w2)
 
 
 def _global_ncc(G: np.ndarray, nf_sq: Optional[np.ndarray], w2: float):
