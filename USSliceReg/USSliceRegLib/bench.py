@@ -63,6 +63,22 @@ def default_paths():
             sample_data_path("ultrasound/SpinePhantomFreehandReconstructed.mha"))
 
 
+class _Sweep:
+    """A tracked sweep ready for benchmarking: the sequence, its image -> reference chain,
+    the ground truth per frame index, the usable (valid-status) indices, the fan mask and
+    the fan centre in pixel coordinates (column, row, 0, 1)."""
+
+    def __init__(self, sequence_path, calibration_path):
+        self.seq = read_sequence(sequence_path)
+        self.chain = image_to_reference_chain(self.seq, read_calibration(calibration_path))
+        self.truth = {int(i): self.chain.image_to_reference[k]
+                      for k, i in enumerate(self.chain.indices)}
+        self.usable = [int(i) for i in self.chain.indices]
+        self.fan = fan_mask(self.seq.images[self.chain.indices])
+        rows, cols = np.nonzero(self.fan)
+        self.centre_px = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
+
+
 def run_bench(sequence_path=None, calibration_path=None, volume_path=None,
               holdout: str = "loo", frames: Optional[Sequence[int]] = None,
               max_mm: float = 10.0, max_deg: float = 10.0, seed: int = 0,
@@ -78,14 +94,9 @@ def run_bench(sequence_path=None, calibration_path=None, volume_path=None,
         raise InputError(f"perturbation: need 0 <= max_mm and 0 <= max_deg <= 90, got "
                          f"{max_mm}, {max_deg}")
     d_seq, d_cal, d_vol = default_paths() if sequence_path is None else (None, None, None)
-    seq = read_sequence(sequence_path or d_seq)
-    cal = read_calibration(calibration_path or d_cal)
-    chain = image_to_reference_chain(seq, cal)
-    truth = {int(i): chain.image_to_reference[k] for k, i in enumerate(chain.indices)}
-    usable = [int(i) for i in chain.indices]
-    fan = fan_mask(seq.images[chain.indices])
-    rows, cols = np.nonzero(fan)
-    centre_px = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
+    sweep = _Sweep(sequence_path or d_seq, calibration_path or d_cal)
+    seq, truth, usable, fan, centre_px = (sweep.seq, sweep.truth, sweep.usable, sweep.fan,
+                                          sweep.centre_px)
     if frames is None:
         if holdout == "alternate":
             frames = usable[1::2]
@@ -209,14 +220,9 @@ def run_stream_bench(max_mm: float = 10.0, max_deg: float = 10.0, seed: int = 0,
     latency; the first frame pays the full search)."""
     from .temporal import LiveRegistration  # noqa: PLC0415
 
-    d_seq, d_cal, _ = default_paths()
-    seq = read_sequence(d_seq)
-    chain = image_to_reference_chain(seq, read_calibration(d_cal))
-    truth = {int(i): chain.image_to_reference[k] for k, i in enumerate(chain.indices)}
-    usable = [int(i) for i in chain.indices]
-    fan = fan_mask(seq.images[chain.indices])
-    rows, cols = np.nonzero(fan)
-    centre_px = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
+    sweep = _Sweep(*default_paths()[:2])
+    seq, truth, usable, fan, centre_px = (sweep.seq, sweep.truth, sweep.usable, sweep.fan,
+                                          sweep.centre_px)
     # Even frames build the volume; the odd interior frames are streamed (the sweep's
     # ends have little volume around them, as in run_bench).
     n = len(usable)
@@ -323,14 +329,9 @@ def run_throughput_bench(starts: Dict[int, Sequence], frames: Optional[Sequence[
     if not batch_sizes or any(int(b) < 0 for b in batch_sizes):
         raise InputError(f"batch_sizes: expected sizes >= 1 (0 = all frames), got "
                          f"{list(batch_sizes)}")
-    d_seq, d_cal, _ = default_paths()
-    seq = read_sequence(d_seq)
-    chain = image_to_reference_chain(seq, read_calibration(d_cal))
-    truth = {int(i): chain.image_to_reference[k] for k, i in enumerate(chain.indices)}
-    usable = [int(i) for i in chain.indices]
-    fan = fan_mask(seq.images[chain.indices])
-    rows, cols = np.nonzero(fan)
-    centre_px = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
+    sweep = _Sweep(*default_paths()[:2])
+    seq, truth, usable, fan, centre_px = (sweep.seq, sweep.truth, sweep.usable, sweep.fan,
+                                          sweep.centre_px)
     train = usable[0::2]
     starts = {int(k): np.asarray(v, dtype=float) for k, v in starts.items()}
     candidates = sorted(i for i in starts if i in truth and i not in set(train))
