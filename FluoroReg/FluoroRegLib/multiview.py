@@ -47,9 +47,8 @@ from SurgicalReg2D3DLib.optimize import levenberg_marquardt
 from SurgicalReg2D3DLib.poses import so3_log
 from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress
 
-from .geometry import camera_parameters
 from .refine import (SIMILARITIES, RegistrationResult, XRayView, _check_levels, _Problem,
-                     check_pose, prepare_views, register_intensity)
+                     check_pose, fd_steps, prepare_views, register_intensity)
 
 
 def average_poses(poses: Sequence[np.ndarray], weights: Optional[Sequence[float]] = None) -> np.ndarray:
@@ -158,14 +157,6 @@ class _CoupledProblem:
         return jac
 
 
-def _steps(camera, center_cam, device) -> torch.Tensor:
-    """Finite-difference steps: 0.2 pixel at the CT centre (rotation rad, translation mm)."""
-    p = camera_parameters(camera)
-    px_mm = p.sx * float(np.linalg.norm(center_cam)) / p.f
-    return torch.tensor([0.2 * px_mm / 100.0] * 3 + [0.2 * px_mm] * 3, dtype=torch.float64,
-                        device=device)
-
-
 def register_consistent(volume, views: Sequence[XRayView], starts: Sequence[np.ndarray],
                         similarity: str = "ncc", levels: Sequence[float] = (4, 2),
                         iterations: int = 15, consistency_weight: float = 0.05,
@@ -192,7 +183,7 @@ def register_consistent(volume, views: Sequence[XRayView], starts: Sequence[np.n
         cams = [v.camera if factor == 1 else v.camera.scaled(factor) for v in views]
         prob = _CoupledProblem(volume, views, cams, current, center_cam, similarity,
                                drr_method, n_samples, consistency_weight, length)
-        steps = _steps(cams[0], center_cam, dev)
+        steps = fd_steps(cams[0], center_cam, dev)
         sub = sub_progress(progress, li / len(levels), (li + 1) / len(levels))
 
         def callback(it, x, cost, _li=li, _factor=factor, _sub=sub):

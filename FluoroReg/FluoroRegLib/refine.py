@@ -238,6 +238,22 @@ def _check_levels(levels) -> List[float]:
     return levels
 
 
+def pixel_mm_at(camera, center_cam) -> float:
+    """Size (mm) of one detector pixel back-projected to the depth of ``center_cam`` (mm in
+    the camera frame)."""
+    p = camera_parameters(camera)
+    return p.sx * float(np.linalg.norm(center_cam)) / p.f
+
+
+def fd_steps(camera, center_cam, device) -> torch.Tensor:
+    """Finite-difference steps (6,) of the pose twist: 0.2 pixel of motion at the CT centre
+    (``center_cam``, mm in the camera frame) for rotation (rad, over a 100 mm lever) and
+    translation (mm)."""
+    px_mm = pixel_mm_at(camera, center_cam)
+    return torch.tensor([0.2 * px_mm / 100.0] * 3 + [0.2 * px_mm] * 3, dtype=torch.float64,
+                        device=device)
+
+
 def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_camera,
                        similarity: str = "ncc", optimizer: str = "lm",
                        levels: Sequence[float] = (4, 2, 1), iterations: int = 30,
@@ -272,12 +288,8 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
         prob = _Problem(volume, views, cams, current, center_cam, similarity, drr_method,
                         n_samples)
         sub = sub_progress(progress, li / len(levels), (li + 1) / len(levels))
-        # Step sizes: 0.2 pixel at the CT centre in rotation / translation.
-        p = camera_parameters(cams[0])
-        depth = float(np.linalg.norm(center_cam))
-        px_mm = p.sx * depth / p.f
-        steps = torch.tensor([0.2 * px_mm / 100.0] * 3 + [0.2 * px_mm] * 3, dtype=torch.float64,
-                             device=volume.device)
+        steps = fd_steps(cams[0], center_cam, volume.device)
+        px_mm = pixel_mm_at(cams[0], center_cam)
         x0 = torch.zeros(1, 6, dtype=torch.float64, device=volume.device)
         if optimizer == "lm":
             def callback(it, x, cost, _li=li):

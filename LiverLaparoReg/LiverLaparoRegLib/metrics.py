@@ -57,6 +57,31 @@ def densify_polyline(points: np.ndarray, step: float = 1.0) -> np.ndarray:
     return np.concatenate([p[:1], p[k] + t[:, None] * seg[k]], 0)
 
 
+class ArcLengthCurve:
+    """An ordered polyline ``(N, D)`` parametrised by normalised arc length in [0, 1]."""
+
+    def __init__(self, points: np.ndarray):
+        self.points = np.asarray(points, dtype=np.float64)
+        s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(self.points, axis=0), axis=1))]
+        self.s = s / s[-1] if s[-1] > 0 else np.linspace(0.0, 1.0, len(s))
+
+    def sample(self, s0: float, s1: float, n: int, reverse: bool = False) -> np.ndarray:
+        """``n`` points equally spaced in arc length between fractions ``s0`` and ``s1``
+        (measured from the end when ``reverse``)."""
+        t = np.linspace(s0, s1, n)
+        if reverse:
+            t = 1.0 - t
+        j = np.clip(np.searchsorted(self.s, t, side="right") - 1, 0, len(self.s) - 2)
+        ds = self.s[j + 1] - self.s[j]
+        w = np.where(ds > 0, (t - self.s[j]) / np.where(ds > 0, ds, 1.0), 0.0)[:, None]
+        return self.points[j] * (1.0 - w) + self.points[j + 1] * w
+
+
+def resample_curve(points: np.ndarray, n: int) -> np.ndarray:
+    """``n`` points equally spaced in arc length along an ordered polyline ``(M, D)``."""
+    return ArcLengthCurve(points).sample(0.0, 1.0, n)
+
+
 def directed_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """For each point of ``a (N, D)`` its distance to the nearest point of ``b (M, D)``."""
     return cKDTree(b).query(a)[0]

@@ -40,7 +40,7 @@ from SurgicalReg2D3DLib.progress import check_cancel, report
 
 from scipy.spatial import cKDTree
 
-from .metrics import densify_polyline, directed_distances
+from .metrics import ArcLengthCurve, densify_polyline, directed_distances
 from .p2ilf import Contour2D, Contour3D, group_by_label
 
 
@@ -115,7 +115,7 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
     touches the image border is matched one way only (2D -> 3D), as its 3D curve may
     extend outside the frame.
 
-    Speed: every curve is parametrised by arc length once (:class:`_Curve`), scores use
+    Speed: every curve is parametrised by arc length once (:class:`.metrics.ArcLengthCurve`), scores use
     ``n_score`` samples per curve, and when the best end-to-end hypothesis, after the
     image ICP, already fits within ``good_fraction`` of the image diagonal (robust mean
     distance) the sub-curve search is skipped.
@@ -229,26 +229,6 @@ def _epnp(cv2, p3, p2, K, dist):
     return T
 
 
-class _Curve:
-    """An ordered polyline ``(N, D)`` parametrised by normalised arc length in [0, 1]."""
-
-    def __init__(self, points: np.ndarray):
-        self.points = np.asarray(points, dtype=np.float64)
-        s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(self.points, axis=0), axis=1))]
-        self.s = s / s[-1] if s[-1] > 0 else np.linspace(0.0, 1.0, len(s))
-
-    def sample(self, s0: float, s1: float, n: int, reverse: bool = False) -> np.ndarray:
-        """``n`` points equally spaced in arc length between fractions ``s0`` and ``s1``
-        (measured from the end when ``reverse``)."""
-        t = np.linspace(s0, s1, n)
-        if reverse:
-            t = 1.0 - t
-        j = np.clip(np.searchsorted(self.s, t, side="right") - 1, 0, len(self.s) - 2)
-        ds = self.s[j + 1] - self.s[j]
-        w = np.where(ds > 0, (t - self.s[j]) / np.where(ds > 0, ds, 1.0), 0.0)[:, None]
-        return self.points[j] * (1.0 - w) + self.points[j + 1] * w
-
-
 #: added to the score of a pose that needs curve points beyond the lens model's fold
 #: radius: such poses rank after every valid one (but still above none at all)
 INVALID_PENALTY = 1e6
@@ -276,8 +256,8 @@ class _Scorer:
     ``n_score`` samples per curve (k-d trees of the 2D samples built once)."""
 
     def __init__(self, c3_pts, c2_pts, K, dist, tau: float, n_score: int = 120):
-        self.c3 = [_Curve(p) for p in c3_pts]
-        self.c2 = [_Curve(p) for p in c2_pts]
+        self.c3 = [ArcLengthCurve(p) for p in c3_pts]
+        self.c2 = [ArcLengthCurve(p) for p in c2_pts]
         self.K, self.dist, self.tau = K, dist, tau
         self.s3 = [c.sample(0.0, 1.0, n_score) for c in self.c3]
         self.s2 = [c.sample(0.0, 1.0, n_score) for c in self.c2]

@@ -17,6 +17,7 @@ import numpy as np
 from SurgicalReg2D3DLib.cameras import PinholeCamera
 
 from .mesh import MeshData
+from .metrics import resample_curve
 from .p2ilf import Contour2D, Contour3D
 
 
@@ -63,16 +64,6 @@ def mesh_edge_path(vertices: np.ndarray, faces: np.ndarray, a: int, b: int) -> n
             raise ValueError("mesh_edge_path: vertices are not connected")
         path.append(int(prev))
     return np.asarray(path[::-1], dtype=np.int64)
-
-
-def resample_curve(points: np.ndarray, n: int) -> np.ndarray:
-    """``n`` points equally spaced in arc length along an ordered polyline ``(M, D)``."""
-    p = np.asarray(points, dtype=np.float64)
-    s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))]
-    if s[-1] <= 0:
-        return np.repeat(p[:1], n, axis=0)
-    t = np.linspace(0.0, s[-1], n)
-    return np.stack([np.interp(t, s, p[:, d]) for d in range(p.shape[1])], 1)
 
 
 def synthetic_contours(mesh: MeshData, n_curves: int = 3, seed: int = 0) -> List[Contour3D]:

@@ -262,3 +262,16 @@ def test_fold_radius_of_the_radial_distortion():
     r = fold_radius((k1, k2, 0.0, 0.0, k3))
     slope = lambda x: 1 + 3 * k1 * x ** 2 + 5 * k2 * x ** 4 + 7 * k3 * x ** 6  # noqa: E731
     assert slope(r - 0.002) > 0 >= slope(r) and 1.0 < r < 1.1
+
+
+def test_arc_length_resampling_of_an_l_shaped_polyline():
+    """Hand-computed: an L of legs 3 and 1 (length 4), 5 samples every 1.0 of arc length;
+    a sub-curve from the end; a single point stays that point."""
+    from LiverLaparoRegLib.metrics import ArcLengthCurve, resample_curve
+
+    poly = np.array([[0.0, 0.0], [3.0, 0.0], [3.0, 1.0]])
+    np.testing.assert_allclose(resample_curve(poly, 5),
+                               [[0, 0], [1, 0], [2, 0], [3, 0], [3, 1]], atol=1e-12)
+    np.testing.assert_allclose(ArcLengthCurve(poly).sample(0.0, 0.5, 3, reverse=True),
+                               [[3, 1], [3, 0], [2, 0]], atol=1e-12)
+    np.testing.assert_allclose(resample_curve(poly[:1], 3), [[0, 0]] * 3)
