@@ -13,9 +13,8 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from FluoroRegLib import logic
-from FluoroRegLib.drr import DRRVolume
 from FluoroRegLib.geometry import make_camera
-from FluoroRegLib.simulate import downsample_ct, mtre_np, read_ct, sample_landmarks, simulate_case
+from FluoroRegLib.simulate import mtre_np, simulate_case
 from FluoroRegLib.xray_io import load_xray, negative_log, save_xray
 from SurgicalReg2D3DLib import nodes
 from SurgicalReg2D3DLib.cli import main as surgreg_main
@@ -25,11 +24,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def small_case(sample_data):
-    hu, m = read_ct(sample_data / "ct" / "thorax_aorta_ct_cropped.nii.gz")
-    hu, m = downsample_ct(hu, m, 2)
-    vol = DRRVolume.from_hu(hu, m)
-    lm = sample_landmarks(hu, m, 20, seed=0)
+def small_case(ct3mm):
+    hu, m, vol, lm = ct3mm
     cam = make_camera(1000.0, (5.0, 5.0), (48, 48))
     case = simulate_case(vol, cam, np.random.default_rng(1), lm, views=("AP", "LAT"),
                          mtre_range_mm=(8, 15), rotation_range_deg=(4, 8))

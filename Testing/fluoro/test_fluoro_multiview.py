@@ -10,24 +10,20 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from FluoroRegLib.drr import DRRVolume
 from FluoroRegLib.geometry import make_camera
 from FluoroRegLib.logic import METHODS
 from FluoroRegLib.multiview import (consistency_residuals, register_consistent,
                                     register_multiview, view_disagreement_mm)
 from FluoroRegLib.refine import XRayView
-from FluoroRegLib.simulate import downsample_ct, mtre_np, read_ct, sample_landmarks, simulate_cases
+from FluoroRegLib.simulate import mtre_np, simulate_cases
 from SurgicalReg2D3DLib.errors import InputError
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def two_view_case(sample_data):
-    hu, m = read_ct(sample_data / "ct" / "thorax_aorta_ct_cropped.nii.gz")
-    hu, m = downsample_ct(hu, m, 2)
-    vol = DRRVolume.from_hu(hu, m)
-    lm = sample_landmarks(hu, m, 20, seed=0)
+def two_view_case(ct3mm):
+    hu, m, vol, lm = ct3mm
     cam = make_camera(1000.0, (6.0, 6.0), (48, 48))
     case = simulate_cases(vol, cam, lm, 1, seed=1, views=("AP", "LAT"), mtre_range_mm=(10, 20),
                           rotation_range_deg=(5, 10), drr_method="trilinear", n_samples=96)[0]

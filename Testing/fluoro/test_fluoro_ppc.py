@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from FluoroRegLib.drr import DRRVolume
 from FluoroRegLib.geometry import make_camera
 from FluoroRegLib.logic import register_arrays
 from FluoroRegLib.ppc import edge_points_3d, register_ppc
 from FluoroRegLib.refine import XRayView
-from FluoroRegLib.simulate import downsample_ct, mtre_np, read_ct, sample_landmarks, simulate_case
+from FluoroRegLib.simulate import mtre_np, simulate_case
 
 torch.set_num_threads(1)
 
@@ -33,13 +32,6 @@ def test_edge_points_of_a_ball_lie_on_its_surface_with_radial_normals():
     radial = (e.points - centre) / r[:, None]
     # Attenuation increases inwards, so the gradient (normal) points to the centre.
     assert np.median((e.normals * radial).sum(1)) < -0.95
-
-
-@pytest.fixture(scope="module")
-def ct3mm(sample_data):
-    hu, m = read_ct(sample_data / "ct" / "thorax_aorta_ct_cropped.nii.gz")
-    hu, m = downsample_ct(hu, m, 2)
-    return hu, m, DRRVolume.from_hu(hu, m), sample_landmarks(hu, m, 20, seed=0)
 
 
 @pytest.mark.parametrize("n_views", [1, 2])

@@ -10,22 +10,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from FluoroRegLib.drr import DRRVolume, render_drr
+from FluoroRegLib.drr import render_drr
 from FluoroRegLib.geometry import make_camera
 from FluoroRegLib.refine import XRayView, register_intensity
 from FluoroRegLib.simulate import (downsample_ct, mtre_np, random_initial_pose, read_ct,
-                                   sample_landmarks, simulate_case, xray_effects)
+                                   simulate_case, xray_effects)
 from SurgicalReg2D3DLib import metrics
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def ct3mm(sample_data):
-    hu, m = read_ct(sample_data / "ct" / "thorax_aorta_ct_cropped.nii.gz")
-    hu, m = downsample_ct(hu, m, 2)
-    return hu, m, DRRVolume.from_hu(hu, m), sample_landmarks(hu, m, 20, seed=0)
 
 
 def test_read_ct_geometry_matches_simpleitk(sample_data):

@@ -12,21 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from FluoroRegLib.drr import DRRVolume
 from FluoroRegLib.geometry import make_camera
-from FluoroRegLib.simulate import (case_generators, downsample_ct, read_ct, sample_landmarks,
-                                   simulate_cases)
+from FluoroRegLib.simulate import case_generators, sample_landmarks, simulate_cases
 from SurgicalReg2D3DLib.errors import InputError
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def setup(sample_data):
-    hu, m = read_ct(sample_data / "ct" / "thorax_aorta_ct_cropped.nii.gz")
-    hu, m = downsample_ct(hu, m, 2)
+def setup(ct3mm):
+    hu, m, vol, _ = ct3mm
     camera = make_camera(1000.0, (12.0, 12.0), (24, 24))
-    return DRRVolume.from_hu(hu, m), camera, sample_landmarks(hu, m, 10, seed=0)
+    return vol, camera, sample_landmarks(hu, m, 10, seed=0)
 
 
 def _cases(setup, n, seed=7, first=0, photons=2e4, sigma=2.0):
