@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import json
 
 import numpy as np
@@ -165,13 +167,19 @@ def test_cli_bench_writes_csv(tmp_path, capsys):
     from SurgicalReg2D3DLib.cli import main
 
     rc = main(["us", "bench", "--holdout", "alternate", "--frames", "7", "--methods", "lncc",
-               "--max-mm", "3", "--max-deg", "3", "--out-dir", str(tmp_path)])
+               "--max-mm", "3", "--max-deg", "3", "--seeds", "4,5", "--out-dir", str(tmp_path)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "lncc   frames   1" in text and "ms/frame" in text
-    rows = (tmp_path / "us_bench.csv").read_text().splitlines()
-    assert rows[0].startswith("frame,method,start_rotation_deg") and len(rows) == 2
+    assert "(seeds [4, 5])" in text and "lncc   frames   2" in text and "ms/frame" in text
+    rows = list(csv.DictReader(open(tmp_path / "us_bench.csv")))
+    # One start per frame and seed, each drawn from its own seed's stream.
+    assert [(r["frame"], r["seed"]) for r in rows] == [("7", "4"), ("7", "5")]
+    assert rows[0]["start_rotation_deg"] != rows[1]["start_rotation_deg"]
     assert (tmp_path / "us_bench.png").stat().st_size > 1000
+    rc = main(["us", "bench", "--frames", "7", "--seeds", "4,x", "--out-dir", str(tmp_path)])
+    assert rc == 2
+    assert "surgreg: error: --seeds: expected comma-separated integers, got '4,x'" in \
+        capsys.readouterr().err
 
 
 def test_throughput_bench_protocol():

@@ -17,6 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import List, Optional
+
+from SurgicalReg2D3DLib.errors import InputError
 
 from .methods import METHODS
 
@@ -46,15 +49,28 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: Optional[str], option: str) -> Optional[List[int]]:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (``None`` stays ``None``), with a clear error."""
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise InputError(f"{option}: expected comma-separated integers, got {text!r}") \
+            from None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench  # noqa: PLC0415
 
-    frames = [int(f) for f in args.frames.split(",")] if args.frames else None
+    frames = _int_list(args.frames, "--frames")
     summary = run_bench(sequence_path=args.sequence, calibration_path=args.calibration,
                         volume_path=args.volume, holdout=args.holdout, frames=frames,
                         max_mm=args.max_mm, max_deg=args.max_deg, seed=args.seed,
-                        methods=args.methods, out_dir=args.out_dir, verbose=True)
-    print(f"hold-out: {summary['holdout']}; starts up to {args.max_mm} mm / {args.max_deg} deg; "
+                        seeds=_int_list(args.seeds, "--seeds"), methods=args.methods,
+                        out_dir=args.out_dir, verbose=True)
+    print(f"hold-out: {summary['holdout']}; starts up to {args.max_mm} mm / {args.max_deg} deg "
+          f"(seeds {summary['seeds']}); "
           f"start error mean {summary['start']['mean_translation_mm']:.2f} mm / "
           f"{summary['start']['mean_rotation_deg']:.2f} deg")
     for m, s in summary["methods"].items():
@@ -102,6 +118,8 @@ def register_cli(subparsers) -> None:
     bench.add_argument("--max-mm", type=float, default=10.0)
     bench.add_argument("--max-deg", type=float, default=10.0)
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seeds", help="comma-separated start seeds, one start per frame and "
+                       "seed, results pooled (default: --seed only)")
     bench.add_argument("--methods", nargs="+", default=["lncc", "sitk"], choices=sorted(METHODS))
     bench.add_argument("--out-dir", default="us-bench")
     bench.set_defaults(func=cmd_bench)
