@@ -216,3 +216,20 @@ def test_throughput_bench_protocol():
     with pytest.raises(InputError, match="throughput: no odd \\(held-out\\) frame among "
                                          "the given starts"):
         run_throughput_bench({8: starts[8]})
+
+
+def test_bench_seed_starts_do_not_depend_on_other_seeds():
+    """A seed's start for a frame is the same alone or next to other seeds (each seed has
+    its own perturbation stream), so pooled runs extend single-seed runs; seeds must be
+    distinct."""
+    from USSliceRegLib.bench import run_bench
+
+    kw = dict(holdout="alternate", frames=[7], methods=("lncc",), max_mm=3.0, max_deg=3.0)
+    both = run_bench(seeds=[4, 5], **kw)
+    alone = run_bench(seeds=[5], **kw)
+    row5 = [r for r in both["rows"] if r["seed"] == 5][0]
+    assert row5["start_rotation_deg"] == alone["rows"][0]["start_rotation_deg"]
+    assert row5["start_translation_mm"] == alone["rows"][0]["start_translation_mm"]
+    assert set(both["per_seed"]) == {"4", "5"} and both["methods"]["lncc"]["frames"] == 2
+    with pytest.raises(InputError, match=r"seeds: expected distinct integers, got \[4, 4\]"):
+        run_bench(seeds=[4, 4], **kw)
