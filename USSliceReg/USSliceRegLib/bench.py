@@ -471,7 +471,7 @@ def write_outputs(out_dir: Path, rows: List[dict], summary: dict) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    style = "o-" if len(summary.get("seeds", [0])) == 1 else "o"  # several starts per frame
+    style = "o-" if len(summary["seeds"]) == 1 else "o"  # several starts per frame
     for m in summary["methods"]:
         rr = [r for r in rows if r["method"] == m]
         f = [r["frame"] for r in rr]
@@ -491,7 +491,8 @@ def write_outputs(out_dir: Path, rows: List[dict], summary: dict) -> None:
     axes[2].set_yscale("log")
     axes[0].legend()
     fig.suptitle(f"USSliceReg benchmark (hold-out: {summary['holdout']}, starts up to "
-                 f"{summary['max_mm']} mm / {summary['max_deg']} deg)")
+                 f"{summary['max_mm']} mm / {summary['max_deg']} deg, seeds "
+                 f"{summary['seeds']})")
     fig.tight_layout()
     fig.savefig(out_dir / "us_bench.png", dpi=90)
     plt.close(fig)
