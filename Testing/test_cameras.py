@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from dicom_helpers import write_xray_dicom
 from SurgicalReg2D3DLib.cameras import PinholeCamera, XRayCamera
 from SurgicalReg2D3DLib.errors import FileReadError, GeometryError, InputError
 
@@ -343,50 +344,28 @@ def test_xray_validation_messages():
         camera.scaled(-2)
 
 
-def _write_dicom(path, **tags):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-ray angiography
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "XA"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.Rows, ds.Columns = 24, 32
-    ds.PixelData = np.zeros((24, 32), np.uint16).tobytes()
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
-
-
 def test_xray_from_dicom(tmp_path):
     """Synthetic DICOM X-ray header written with pydicom and read back."""
     import pydicom
 
-    path = _write_dicom(tmp_path / "xa.dcm", DistanceSourceToDetector=1100.5,
+    path = write_xray_dicom(tmp_path / "xa.dcm", DistanceSourceToDetector=1100.5,
                         ImagerPixelSpacing=[0.3, 0.2], DetectorActiveOrigin=[5.0, 7.0])
     camera = XRayCamera.from_dicom(path)
     # DICOM ImagerPixelSpacing = [row spacing (y), column spacing (x)]
     assert camera == XRayCamera(1100.5, (0.2, 0.3), (32, 24))
     assert XRayCamera.from_dicom(pydicom.dcmread(path)) == camera
 
-    fallback = _write_dicom(tmp_path / "ps.dcm", DistanceSourceToDetector=1000,
+    fallback = write_xray_dicom(tmp_path / "ps.dcm", DistanceSourceToDetector=1000,
                             PixelSpacing=[0.4, 0.5])
     with pytest.warns(UserWarning, match=r"no ImagerPixelSpacing \(0018,1164\); using "
                                          r"PixelSpacing"):
         assert XRayCamera.from_dicom(fallback).pixel_spacing_mm == (0.5, 0.4)
 
-    no_sdd = _write_dicom(tmp_path / "nosdd.dcm", ImagerPixelSpacing=[0.3, 0.3])
+    no_sdd = write_xray_dicom(tmp_path / "nosdd.dcm", ImagerPixelSpacing=[0.3, 0.3])
     with pytest.raises(GeometryError, match=r"^X-ray geometry: DICOM .* has no "
                                             r"DistanceSourceToDetector \(0018,1110\)$"):
         XRayCamera.from_dicom(no_sdd)
-    no_spacing = _write_dicom(tmp_path / "nosp.dcm", DistanceSourceToDetector=1000)
+    no_spacing = write_xray_dicom(tmp_path / "nosp.dcm", DistanceSourceToDetector=1000)
     with pytest.raises(GeometryError, match=r"has no ImagerPixelSpacing \(0018,1164\) "
                                             r"\(nor PixelSpacing \(0028,0030\)\)$"):
         XRayCamera.from_dicom(no_spacing)

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dicom_helpers import write_xray_dicom
 from FluoroRegLib import logic
 from FluoroRegLib.geometry import make_camera
 from FluoroRegLib.simulate import mtre_np, simulate_case
@@ -79,25 +78,9 @@ def test_register_nodes_bad_inputs(ctx, small_case):
 
 
 def _write_dicom(path, pixels, sdd=1100.0, spacing=(0.3, 0.2), photometric="MONOCHROME2"):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-ray angiographic
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "XA"
-    ds.DistanceSourceToDetector = sdd
-    ds.ImagerPixelSpacing = list(spacing)  # [row spacing, column spacing]
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
+    write_xray_dicom(path, pixels, DistanceSourceToDetector=sdd,
+                     ImagerPixelSpacing=list(spacing),  # [row spacing, column spacing]
+                     PhotometricInterpretation=photometric)
 
 
 def test_load_xray_dicom_geometry_from_tags(tmp_path):
