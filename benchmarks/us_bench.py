@@ -40,7 +40,8 @@ from typing import List, Optional
 
 import torch
 
-from USSliceRegLib.bench import run_bench, run_stream_bench, run_throughput_bench
+from USSliceRegLib.bench import (MIN_TRUTH_COVERAGE, run_bench, run_stream_bench,
+                                 run_throughput_bench)
 
 
 def _machine() -> dict:
@@ -96,6 +97,11 @@ def _markdown(s: dict, stream: dict, machine: dict, load: dict,
              f"{s['start']['mean_rotation_deg']:.2f} deg); seeds {s['seeds']} (one start per "
              f"frame and seed, pooled below); {s.get('repeats', 1)} timed repeats per frame, "
              "start and method (median kept).", "",
+             f"Skipped (less than {int(100 * MIN_TRUTH_COVERAGE)} % of the fan in the volume's "
+             "data at the true pose; coverage): "
+             + (", ".join(f"frame {i} ({100 * c:.0f} %)"
+                          for i, c in sorted(s["skipped_uncovered_frames"].items())) or "none")
+             + ".", "",
              "| method | n | mean mm | median mm | mean deg | median deg | ok <=2mm/2deg | "
              "mean ms | median ms | median of min ms | median CPU ms | prep s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -196,6 +202,9 @@ def main() -> int:
           f"starts up to {args.max_mm} mm / {args.max_deg} deg (mean start error "
           f"{s['start']['mean_translation_mm']:.2f} mm / "
           f"{s['start']['mean_rotation_deg']:.2f} deg)")
+    if s["skipped_uncovered_frames"]:
+        print(f"skipped (true plane outside the volume's data): "
+              f"{sorted(s['skipped_uncovered_frames'])}")
     print(f"{'method':8s} {'n':>3s} {'mean mm':>8s} {'med mm':>7s} {'mean deg':>9s} "
           f"{'med deg':>8s} {'ok<=2/2':>8s} {'ms/frame':>9s} {'med ms':>7s} {'prep s':>7s}")
     for m, r in s["methods"].items():

@@ -233,3 +233,18 @@ def test_bench_seed_starts_do_not_depend_on_other_seeds():
     assert set(both["per_seed"]) == {"4", "5"} and both["methods"]["lncc"]["frames"] == 2
     with pytest.raises(InputError, match=r"seeds: expected distinct integers, got \[4, 4\]"):
         run_bench(seeds=[4, 4], **kw)
+
+
+def test_bench_skips_frames_outside_the_volume_data():
+    """Leave-one-out on the real sweep: frame 12 lies in a 4.7 mm gap between frames 11 and
+    13, wider than the hole filling, so its true plane has no data in its volume: it is
+    skipped and listed, not scored; frame 7 is scored. Only uncovered frames: clear error."""
+    from USSliceRegLib.bench import MIN_TRUTH_COVERAGE, run_bench
+
+    s = run_bench(frames=[7, 12], methods=("lncc",), max_mm=3.0, max_deg=3.0)
+    assert list(s["skipped_uncovered_frames"]) == [12]
+    assert s["skipped_uncovered_frames"][12] < MIN_TRUTH_COVERAGE
+    assert [r["frame"] for r in s["rows"]] == [7] and s["methods"]["lncc"]["frames"] == 1
+    with pytest.raises(InputError, match=r"^frames: none of \[12\] can be tested \(true "
+                                         r"plane outside the volume's data: \[12\]"):
+        run_bench(frames=[12], methods=("lncc",))

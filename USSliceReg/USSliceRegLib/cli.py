@@ -73,6 +73,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"(seeds {summary['seeds']}); "
           f"start error mean {summary['start']['mean_translation_mm']:.2f} mm / "
           f"{summary['start']['mean_rotation_deg']:.2f} deg")
+    if summary["skipped_uncovered_frames"]:
+        print("skipped (true plane outside the volume's data): frames "
+              f"{sorted(summary['skipped_uncovered_frames'])}")
     for m, s in summary["methods"].items():
         print(f"{m:6s} frames {s['frames']:3d}  translation mean {s['mean_translation_mm']:.2f} "
               f"median {s['median_translation_mm']:.2f} mm  rotation mean "

@@ -85,7 +85,9 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     metrics = {"data": "real: PLUS spine phantom tracked sweep (21 frames)",
                "protocol": "volume reconstructed without the test frames; test frames "
                            "registered from starts up to 10 mm / 10 deg",
-               "frames": len(test), "seconds": round(time.perf_counter() - t0, 1)}
+               "frames": len(test) - len(summary["skipped_uncovered_frames"]),
+               "skipped_frames_outside_volume": sorted(summary["skipped_uncovered_frames"]),
+               "seconds": round(time.perf_counter() - t0, 1)}
     metrics["start"] = summary.get("start", {})
     for m, s in summary["methods"].items():
         metrics[m] = {k: round(v, 3) if isinstance(v, float) else v for k, v in s.items()}
