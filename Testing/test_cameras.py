@@ -349,14 +349,14 @@ def test_xray_from_dicom(tmp_path):
     import pydicom
 
     path = write_xray_dicom(tmp_path / "xa.dcm", DistanceSourceToDetector=1100.5,
-                        ImagerPixelSpacing=[0.3, 0.2], DetectorActiveOrigin=[5.0, 7.0])
+                            ImagerPixelSpacing=[0.3, 0.2], DetectorActiveOrigin=[5.0, 7.0])
     camera = XRayCamera.from_dicom(path)
     # DICOM ImagerPixelSpacing = [row spacing (y), column spacing (x)]
     assert camera == XRayCamera(1100.5, (0.2, 0.3), (32, 24))
     assert XRayCamera.from_dicom(pydicom.dcmread(path)) == camera
 
     fallback = write_xray_dicom(tmp_path / "ps.dcm", DistanceSourceToDetector=1000,
-                            PixelSpacing=[0.4, 0.5])
+                                PixelSpacing=[0.4, 0.5])
     with pytest.warns(UserWarning, match=r"no ImagerPixelSpacing \(0018,1164\); using "
                                          r"PixelSpacing"):
         assert XRayCamera.from_dicom(fallback).pixel_spacing_mm == (0.5, 0.4)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-
 import json
 
 import numpy as np
@@ -161,6 +160,11 @@ def test_cli_errors(tmp_path, sample_data, capsys):
     rc = main(["us", "register", "--volume", str(vol), "--sequence", str(seq), "--calibration",
                str(xml), "--init", str(bad), "--out", str(tmp_path / "o.json")])
     assert rc == 2 and "error: init file" in capsys.readouterr().err
+    rc = main(["us", "register", "--volume", str(vol), "--sequence", str(seq), "--calibration",
+               str(xml), "--frames", "3,x", "--out", str(tmp_path / "o.json")])
+    assert rc == 2
+    assert "surgreg: error: --frames: expected comma-separated integers, got '3,x'" in \
+        capsys.readouterr().err
 
 
 def test_cli_bench_writes_csv(tmp_path, capsys):

@@ -19,10 +19,9 @@ Protocol (``surgreg us bench``, ``benchmarks/us_bench.py``, the demo):
    a gap of the sweep wider than the reconstruction's hole filling (frames 11-14 of the
    spine sweep, 4-5 mm between their neighbours, 2 mm filling) has nothing to register to
    there, and its ground truth cannot be checked.
-   ``seeds`` (several) gives every frame one start per seed: single frames are sensitive
-   to their start (a few land in a rotation local minimum), so the mean error of one
-   seed moves by a few tenths of a degree from seed to seed; the pooled figures and the
-   spread over seeds are reported.
+   ``seeds`` (several) gives every frame one start per seed, so that a frame whose start
+   happens to fall in a rotation local minimum does not decide the figure; the pooled
+   figures and the per-seed means are reported.
 4. Each method registers each frame alone (the live use case); the time per frame is the
    wall time of that call, not counting volume preparation (reported apart). With
    ``repeats > 1`` the call is repeated and the frame's median (and minimum) is kept: on a
@@ -95,7 +94,8 @@ class _Sweep:
 def run_bench(sequence_path=None, calibration_path=None, volume_path=None,
               holdout: str = "loo", frames: Optional[Sequence[int]] = None,
               max_mm: float = 10.0, max_deg: float = 10.0, seed: int = 0,
-              seeds: Optional[Sequence[int]] = None, methods: Sequence[str] = ("lncc", "sitk"), out_dir=None,
+              seeds: Optional[Sequence[int]] = None,
+              methods: Sequence[str] = ("lncc", "sitk"), out_dir=None,
               config: Optional[RegistrationConfig] = None, recon_pixel_step: int = 3,
               repeats: int = 1, progress=None, cancel=None, verbose: bool = False) -> dict:
     """Run the protocol above; returns a summary dict (and writes CSV/PNG to ``out_dir``).

@@ -24,12 +24,23 @@ from SurgicalReg2D3DLib.errors import InputError
 from .methods import METHODS
 
 
+def _int_list(text: Optional[str], option: str) -> Optional[List[int]]:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (``None`` stays ``None``), with a clear error."""
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise InputError(f"{option}: expected comma-separated integers, got {text!r}") \
+            from None
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     from .logic import load_inputs, read_init_json, register_tracked, summary_line  # noqa
 
     volume, seq, chain = load_inputs(args.volume, args.sequence, args.calibration)
     init = read_init_json(args.init) if args.init else None
-    frames = [int(f) for f in args.frames.split(",")] if args.frames else None
+    frames = _int_list(args.frames, "--frames")
 
     def progress(fraction, message):
         if not args.quiet:
@@ -47,17 +58,6 @@ def cmd_register(args: argparse.Namespace) -> int:
     print(summary_line(reg))
     print(f"written {out}")
     return 0
-
-
-def _int_list(text: Optional[str], option: str) -> Optional[List[int]]:
-    """``"1,2,3"`` -> ``[1, 2, 3]`` (``None`` stays ``None``), with a clear error."""
-    if not text:
-        return None
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise InputError(f"{option}: expected comma-separated integers, got {text!r}") \
-            from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
