@@ -121,9 +121,9 @@ def _markdown(s: dict, stream: dict, machine: dict, load: dict,
                 f"{per[m]['mean_rotation_deg']:.2f} / {per[m]['mean_translation_mm']:.2f} / "
                 f"{per[m]['success_rate_2mm_2deg']:.2f}" if m in per else "" for m in s["methods"])
                 + " |")
-    if "speedup_lncc_vs_sitk" in s:
-        lines += ["", f"Speed ratio lncc vs SimpleITK (same run): {s['speedup_lncc_vs_sitk']:.1f}x "
-                  f"(means), {s['speedup_lncc_vs_sitk_median']:.1f}x (medians)."]
+    for m, sp in s.get("speedups_vs_sitk", {}).items():
+        lines += ["", f"Speed ratio {m} vs SimpleITK (same run): {sp['means']:.1f}x "
+                  f"(means), {sp['medians']:.1f}x (medians)."]
     if stream:
         lines += ["", "## Live (temporal) case", "",
                   f"Volume from frames {stream['train_frames']}; streamed frames "
@@ -161,7 +161,9 @@ def main() -> int:
     parser.add_argument("--seeds", help="comma-separated start seeds (one start per frame and "
                         "seed, pooled; default --seed only); the live and throughput tables "
                         "use the first")
-    parser.add_argument("--methods", nargs="+", default=["lncc", "sitk"])
+    parser.add_argument("--methods", nargs="+", default=["lncc", "lncc:torch", "sitk"],
+                        help="lncc (default backend: the compiled kernels on a CPU), "
+                             "lncc:torch / lncc:numba (one backend), sitk")
     parser.add_argument("--repeats", type=int, default=1,
                         help="timed calls per frame and method (the median is kept)")
     parser.add_argument("--stream", action="store_true", help="add the live (temporal) case")

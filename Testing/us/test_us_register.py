@@ -7,6 +7,8 @@ rebuilt without the tested frame).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -256,7 +258,7 @@ def test_cost_and_normal_equations_match_independent_residual(synthetic, level, 
     vol = gaussian_filter(np.random.default_rng(5).random((40, 40, 40)), 3.0) * 1000
     frames = np.stack([_frame(vol, ijk, t) for t in truths[:2]])
     reg = SliceRegistrar(vol, ijk, (H, W), None, config=RegistrationConfig(
-        levels=(level,), penalise_lost_overlap=penalise))
+        levels=(level,), penalise_lost_overlap=penalise, backend="torch"))
     starts = reg._to_cropped(torch.as_tensor(truths[1])[None]).numpy()
     np.testing.assert_array_equal(starts[0], truths[1])  # no fan: the crop is the frame
     corr = perturb_about_point(np.eye(4), [0.03, -0.02, 0.04, 1.0, -0.5, 0.8], [0, 0, 0, 1])[None]
@@ -354,7 +356,8 @@ def test_resample_volume_gives_the_frame_at_its_pose(synthetic):
     np.testing.assert_allclose(vals.numpy(), frames[:2], atol=2e-3 * float(vol.max()))
 
 
-def test_batched_items_converge_independently(synthetic):
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_batched_items_converge_independently(synthetic, backend):
     """A batch of 3 frames gives each frame the pose, cost history and similarity it gets
     registered alone: every LM item has its own damping, rejection count and stop (the
     offline ``--no-temporal`` path batches frames; the live path registers one).
@@ -362,16 +365,18 @@ def test_batched_items_converge_independently(synthetic):
     The three items need different amounts of work (frame 0 starts 5 deg / 3.5 mm off,
     frame 1 0.3 deg / 0.2 mm off, frame 2 at its true pose, which the coarse levels
     still move from and back to). A damping, rejection count or stop shared across the
-    batch changes the histories (and poses) of the items it couples."""
+    batch changes the histories (and poses) of the items it couples. (The compiled
+    kernels run one item per call, so there the check guards the bookkeeping around them.)"""
     vol, ijk, truths, frames = synthetic
-    reg = SliceRegistrar(vol, ijk, (H, W), np.ones((H, W), bool), config=SYN_CONFIG)
+    reg = SliceRegistrar(vol, ijk, (H, W), np.ones((H, W), bool),
+                         config=replace(SYN_CONFIG, backend=backend))
     centre = np.array([W / 2, H / 2, 0, 1.0])
     twists = [[0.06, -0.05, 0.04, 2.5, -2.0, 1.5], [0.005, 0, 0, 0.2, 0, 0], np.zeros(6)]
     starts = np.stack([perturb_about_point(truths[k], twists[k], centre) for k in range(3)])
     batch = reg.register(frames[:3], starts)
     alone = [reg.register(frames[k:k + 1], starts[k:k + 1])[0] for k in range(3)]
     lengths = [len(a.history) for a in alone]
-    assert lengths[2] < lengths[1] < lengths[0] - 5, lengths  # different amounts of work
+    assert lengths[2] < lengths[1] < lengths[0] - 3, lengths  # different amounts of work
     for k, (b, a) in enumerate(zip(batch, alone)):
         np.testing.assert_allclose(b.image_to_reference, a.image_to_reference, rtol=0,
                                    atol=1e-6, err_msg=f"frame {k}")

@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 from SurgicalReg2D3DLib.progress import check_cancel, report
 
+from . import kernels
 from .lncc import _EPS, _box, local_normalise, masked_lncc
 from .slicing import (PreparedVolume, downsample_frame, plane_pixels, prepare_volume,
                       slice_volume)
@@ -129,6 +130,10 @@ class RegistrationConfig:
     #: An item stops after this many consecutive rejected LM steps (at a minimum the
     #: steps keep failing on interpolation noise while the damping grows).
     max_rejections: int = 2
+    #: Where the levels run: ``"auto"`` (the compiled CPU kernels of :mod:`kernels` on a
+    #: CPU when numba is installed and ``penalise_lost_overlap`` holds, else torch),
+    #: ``"torch"`` (batched, any device) or ``"numba"`` (the kernels, or an error).
+    backend: str = "auto"
 
 
 @dataclass
@@ -200,6 +205,20 @@ class _LevelGeometry:
     dense: bool
 
 
+@dataclass
+class _KernelGeometry:
+    """A level's points for :mod:`kernels` (float64 numpy): pixel ``cols``, ``rows``
+    ``(N,)``, ``feat`` ``(3, N)``, ``fan`` ``(N,)``; ``index`` picks sparse points out of
+    the flattened downsampled frame (``None``: dense, the whole ``grid_shape``)."""
+
+    cols: np.ndarray
+    rows: np.ndarray
+    feat: np.ndarray
+    fan: np.ndarray
+    index: Optional[np.ndarray]
+    grid_shape: Tuple[int, int]
+
+
 # Rows of the Gram matrix of the global-NCC levels (see SliceRegistrar._evaluate_global):
 # z = [pixel factor (x) volume gradient (9), slice s, 1, frame f].
 _Y, _S, _ONE, _F = slice(0, 9), 9, 10, 11
@@ -223,6 +242,9 @@ class SliceRegistrar:
         from scipy import ndimage  # noqa: PLC0415
 
         self.config = config or RegistrationConfig()
+        if self.config.backend not in ("auto", "torch", "numba"):
+            raise InputError(f"US registration backend: unknown {self.config.backend!r}; "
+                             "choose auto, torch or numba")
         vol_np = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) \
             else np.asarray(volume)
         if device is None and isinstance(volume, torch.Tensor):
@@ -279,6 +301,18 @@ class SliceRegistrar:
             support = mask if level.data_mask else np.ones_like(mask)
             self._volumes[key] = prepare_volume(v, ijk_to_reference, volume_mask=support,
                                                 with_gradient=True, device=self.device)
+        # The compiled CPU kernels (one frame per call, see kernels.py) read channels-last
+        # copies; the torch level volumes are then not needed.
+        self._compiled = self._use_compiled()
+        if self._compiled:
+            self._kernel_volumes = {k: v.data[0].permute(1, 2, 3, 0).contiguous().numpy()
+                                    for k, v in self._volumes.items()}
+            self._volumes = {}
+            self._kernel_volume_given = self.volume.data[0, :2].permute(1, 2, 3, 0) \
+                .contiguous().numpy()
+            self._ref_to_ijk = np.linalg.inv(np.asarray(ijk_to_reference,
+                                                        dtype=np.float64))[:3].copy()
+            self._kernel_geometries: Dict[Tuple[int, bool], _KernelGeometry] = {}
         # reference mm -> grid_sample's normalised coordinates (x = i, y = j, z = k in
         # [-1, 1], align_corners=True), as one (3, 4) matrix.
         K, J, I = self.volume.shape
@@ -302,6 +336,37 @@ class SliceRegistrar:
             return tuple(self.config.tracking_levels)
         last = self.config.levels[-1]
         return (replace(last, max_iter=min(last.max_iter, 5)),)
+
+    def _use_compiled(self) -> bool:
+        """Whether the levels run on the compiled kernels (:attr:`RegistrationConfig.
+        backend`)."""
+        backend = self.config.backend
+        if backend == "torch":
+            return False
+        why = None
+        if not kernels.AVAILABLE:
+            why = "numba is not installed"
+        elif self.device.type != "cpu":
+            why = f"the registrar runs on {self.device}, the kernels on the CPU only"
+        elif not self.config.penalise_lost_overlap:
+            why = "penalise_lost_overlap=False is not compiled"
+        if why and backend == "numba":
+            raise InputError(f"US registration backend 'numba' unavailable: {why}")
+        return why is None
+
+    def _kernel_geometry(self, step: int, dense: bool) -> "_KernelGeometry":
+        """:meth:`_level_geometry` as float64 numpy arrays for the kernels (cached)."""
+        key = (step, dense)
+        if key not in self._kernel_geometries:
+            geo = self._level_geometry(step, dense)
+            pix = geo.pix.double().cpu().numpy()
+            self._kernel_geometries[key] = _KernelGeometry(
+                cols=np.ascontiguousarray(pix[:, 0]), rows=np.ascontiguousarray(pix[:, 1]),
+                feat=np.ascontiguousarray(geo.feat.view(3, -1).double().cpu().numpy()),
+                fan=geo.fan.double().cpu().numpy(),
+                index=None if geo.index is None else geo.index.cpu().numpy(),
+                grid_shape=geo.grid_shape)
+        return self._kernel_geometries[key]
 
     def _fan_level(self, step: int) -> torch.Tensor:
         if step not in self._fans:
@@ -467,6 +532,28 @@ class SliceRegistrar:
         starts_np = self._to_cropped(starts_t).cpu().numpy()
         self._check_fov_of(torch.as_tensor(corr0 @ starts_t.cpu().numpy()))
         levels = self._tracking_levels() if tracking else tuple(self.config.levels)
+        run = self._register_compiled if self._compiled else self._register_torch
+        corr, history, total_iter, overlap0, lncc_start, lncc_final = run(
+            f, starts_np, corr0, levels, tracking, indices, progress, cancel)
+        # Safety: a frame whose similarity got worse (a diverged search) keeps its start.
+        worse = lncc_final < lncc_start
+        corr = np.where(worse[:, None, None], corr0, corr)
+        lncc_final = np.where(worse, lncc_start, lncc_final)
+        start_np = starts_t.cpu().numpy()
+        final_np = corr @ start_np
+        seconds = (time.perf_counter() - t0) / B
+        return [FrameResult(
+            start_image_to_reference=start_np[b], image_to_reference=final_np[b],
+            correction=corr[b], lncc_start=float(lncc_start[b]), lncc=float(lncc_final[b]),
+            overlap=float(overlap0[b]), iterations=total_iter, seconds=seconds,
+            history=history[b]) for b in range(B)]
+
+    def _register_torch(self, f, starts_np, corr0, levels, tracking, indices, progress,
+                        cancel):
+        """:meth:`register` on the torch path (any device, batched). Returns
+        ``(correction (B, 4, 4), histories, iterations, start overlap (B,), start LNCC (B,),
+        final LNCC (B,))``."""
+        B = f.shape[0]
         last = levels[-1]
         slice0, overlap0 = self._slice_c(corr0 @ starts_np, last.step)
         self._check_overlap(overlap0, indices)
@@ -492,19 +579,70 @@ class SliceRegistrar:
         slice1, _ = self._slice_c(corr @ starts_np, last.step)
         both = self._similarity_c(pyramid[last.step].repeat(2, 1, 1),
                                   torch.cat([slice0, slice1], dim=1), last.step, last.window)
-        lncc_start, lncc_final = both[:B], both[B:]
-        # Safety: a frame whose similarity got worse (a diverged search) keeps its start.
-        worse = lncc_final < lncc_start
-        corr = np.where(worse[:, None, None], corr0, corr)
-        lncc_final = np.where(worse, lncc_start, lncc_final)
-        start_np = starts_t.cpu().numpy()
-        final_np = corr @ start_np
-        seconds = (time.perf_counter() - t0) / B
-        return [FrameResult(
-            start_image_to_reference=start_np[b], image_to_reference=final_np[b],
-            correction=corr[b], lncc_start=float(lncc_start[b]), lncc=float(lncc_final[b]),
-            overlap=float(overlap0[b]), iterations=total_iter, seconds=seconds,
-            history=history[b]) for b in range(B)]
+        return corr, history, total_iter, overlap0, both[:B], both[B:]
+
+    def _register_compiled(self, f, starts_np, corr0, levels, tracking, indices, progress,
+                           cancel):
+        """:meth:`register` with the compiled CPU kernels (:mod:`kernels`), one frame and
+        one start at a time (each is a single call per level); same returns as
+        :meth:`_register_torch`."""
+        cfg = self.config
+        B = f.shape[0]
+        last = levels[-1]
+        pyramid = {k: v.reshape(v.shape[0], -1).double().cpu().numpy()
+                   for k, v in _pyramid(f, [lv.step for lv in levels]).items()}
+        g_last = self._kernel_geometry(last.step, True)
+
+        def similarity(c):
+            out = [kernels.slice_similarity(
+                self._kernel_volume_given, self._ref_to_ijk @ (c[b] @ starts_np[b]),
+                g_last.cols, g_last.rows, g_last.fan, pyramid[last.step][b],
+                *g_last.grid_shape, max(0, last.window)) for b in range(B)]
+            return np.array([o[0] for o in out]), np.array([o[1] for o in out])
+
+        lncc_start, overlap0 = similarity(corr0)
+        self._check_overlap(overlap0, indices)
+        corr = corr0.copy()
+        history: List[List[float]] = [[] for _ in range(B)]
+        total_iter = 0
+        for li, level in enumerate(levels):
+            check_cancel(cancel, "US registration")
+            finest = li == len(levels) - 1
+            tol_cost = cfg.tol_cost if finest else max(cfg.tol_cost, cfg.tol_cost_coarse)
+            geo = self._kernel_geometry(level.step, level.window > 0)
+            vol = self._kernel_volumes[(level.sigma_vox, level.data_mask)]
+            offsets = [0.0]
+            if li == 0 and cfg.normal_starts and not tracking:
+                offsets += [o for d in cfg.normal_starts for o in (d, -d)]
+            level_iter = 0
+            for b in range(B):
+                check_cancel(cancel, "US registration")
+                frame = pyramid[level.step][b]
+                if geo.index is not None:
+                    frame = frame[geo.index]
+                base = corr[b] @ starts_np[b]
+                normal = np.cross(base[:3, 0], base[:3, 1])
+                normal /= np.linalg.norm(normal)
+                best = None
+                for o in offsets:  # the first of equal costs wins, as on the torch path
+                    shift = np.eye(4)
+                    shift[:3, 3] = o * normal
+                    out = kernels.refine_level(
+                        vol, self._ref_to_ijk, starts_np[b], shift @ corr[b], geo.cols,
+                        geo.rows, geo.feat, geo.fan, np.ascontiguousarray(frame),
+                        geo.index is None, *geo.grid_shape, level.window, level.rotations,
+                        level.max_iter, tol_cost, cfg.tol_step, cfg.lambda_init,
+                        cfg.max_rejections, self._centre_c)
+                    level_iter = max(level_iter, out[3])
+                    if best is None or out[1] < best[1]:
+                        best = out
+                corr[b] = best[0]
+                history[b].extend(float(c) for c in best[2])
+            total_iter += level_iter
+            report(progress, (li + 1) / len(levels),
+                   f"US registration level {li + 1}/{len(levels)}")
+        lncc_final, _ = similarity(corr)
+        return corr, history, total_iter, overlap0, lncc_start, lncc_final
 
     def _multi_start_level(self, fd, starts, corr0, level: Level, cancel, finest: bool):
         """First level from several starts shifted along the plane normal (the direction
