@@ -42,7 +42,8 @@ def _has_submodule(package: str, name: str) -> bool:
 def _versions() -> Dict[str, str]:
     versions = {"surgreg": __version__, "python": platform.python_version()}
     for label, module in [("numpy", "numpy"), ("torch", "torch"), ("SimpleITK", "SimpleITK"),
-                          ("opencv", "cv2"), ("pydicom", "pydicom"), ("vtk", "vtk")]:
+                          ("opencv", "cv2"), ("pydicom", "pydicom"), ("vtk", "vtk"),
+                          ("numba", "numba")]:
         try:
             versions[label] = getattr(importlib.import_module(module), "__version__", "?")
         except ImportError:

@@ -219,3 +219,14 @@ def test_backends_register_to_the_same_poses(pair):
     b = regs["numba"].register(frames, near, tracking=True)
     for x, y in zip(a, b):
         assert pose_errors(x.image_to_reference, y.image_to_reference, centre)[1] < 0.02
+
+
+def test_bench_method_names_choose_a_backend():
+    from USSliceRegLib.bench import make_bench_method
+
+    vol, ijk = _volume()
+    fn = make_bench_method("lncc:torch", vol, ijk, (H, W), None)
+    assert not fn.registrar._compiled
+    assert make_bench_method("lncc:numba", vol, ijk, (H, W), None).registrar._compiled
+    with pytest.raises(InputError, match=r"method: 'sitk:torch': only lncc has backends"):
+        make_bench_method("sitk:torch", vol, ijk, (H, W), None)
