@@ -611,24 +611,18 @@ class SliceRegistrar:
             tol_cost = cfg.tol_cost if finest else max(cfg.tol_cost, cfg.tol_cost_coarse)
             geo = self._kernel_geometry(level.step, level.window > 0)
             vol = self._kernel_volumes[(level.sigma_vox, level.data_mask)]
-            offsets = [0.0]
-            if li == 0 and cfg.normal_starts and not tracking:
-                offsets += [o for d in cfg.normal_starts for o in (d, -d)]
+            multi = li == 0 and bool(cfg.normal_starts) and not tracking
+            starts_b = self._normal_start_corrections(corr, starts_np) if multi else corr[None]
             level_iter = 0
             for b in range(B):
                 check_cancel(cancel, "US registration")
                 frame = pyramid[level.step][b]
                 if geo.index is not None:
                     frame = frame[geo.index]
-                base = corr[b] @ starts_np[b]
-                normal = np.cross(base[:3, 0], base[:3, 1])
-                normal /= np.linalg.norm(normal)
                 best = None
-                for o in offsets:  # the first of equal costs wins, as on the torch path
-                    shift = np.eye(4)
-                    shift[:3, 3] = o * normal
+                for c0 in starts_b[:, b]:  # the first of equal costs wins, as on torch
                     out = kernels.refine_level(
-                        vol, self._ref_to_ijk, starts_np[b], shift @ corr[b], geo.cols,
+                        vol, self._ref_to_ijk, starts_np[b], c0, geo.cols,
                         geo.rows, geo.feat, geo.fan, np.ascontiguousarray(frame),
                         geo.index is None, *geo.grid_shape, level.window, level.rotations,
                         level.max_iter, tol_cost, cfg.tol_step, cfg.lambda_init,
@@ -644,21 +638,25 @@ class SliceRegistrar:
         lncc_final, _ = similarity(corr)
         return corr, history, total_iter, overlap0, lncc_start, lncc_final
 
-    def _multi_start_level(self, fd, starts, corr0, level: Level, cancel, finest: bool):
-        """First level from several starts shifted along the plane normal (the direction
-        the frame content constrains least); each frame keeps its lowest-cost result."""
+    def _normal_start_corrections(self, corr0: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The first level's starts ``(S, B, 4, 4)``: ``corr0`` ``(B, 4, 4)`` and the same
+        shifted by ``+-normal_starts`` mm along each frame's plane normal (given one
+        first, so it wins ties)."""
         offsets = [0.0] + [o for d in self.config.normal_starts for o in (d, -d)]
-        S, B = len(offsets), fd.shape[0]
         base = corr0 @ starts
         normal = np.cross(base[:, :3, 0], base[:, :3, 1])
         normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
-        shifted = []
-        for o in offsets:
-            T = np.tile(np.eye(4), (B, 1, 1))
-            T[:, :3, 3] = o * normal
-            shifted.append(T @ corr0)
+        T = np.tile(np.eye(4), (len(offsets), corr0.shape[0], 1, 1))
+        T[:, :, :3, 3] = np.asarray(offsets)[:, None, None] * normal[None]
+        return T @ corr0[None]
+
+    def _multi_start_level(self, fd, starts, corr0, level: Level, cancel, finest: bool):
+        """First level from several starts shifted along the plane normal (the direction
+        the frame content constrains least); each frame keeps its lowest-cost result."""
+        shifted = self._normal_start_corrections(corr0, starts)  # (S, B, 4, 4)
+        S, B = shifted.shape[:2]
         corr, cost, hist, it = self._refine_level(fd.repeat(S, 1, 1), np.tile(starts, (S, 1, 1)),
-                                                  np.concatenate(shifted), level, cancel,
+                                                  shifted.reshape(-1, 4, 4), level, cancel,
                                                   finest)
         pick = cost.reshape(S, B).argmin(axis=0) * B + np.arange(B)  # start-major
         return corr[pick], hist[:, pick], it
