@@ -40,6 +40,10 @@ def in_slicer_application() -> bool:
 class SceneContext:
     """A ``vtkMRMLScene`` plus its application logic and module logics."""
 
+    #: The context :meth:`current` returns outside the application while
+    #: ``console.bind_console_names`` is active (None otherwise).
+    _bound: "Optional[SceneContext]" = None
+
     def __init__(self, scene=None, app_logic=None, logics: Optional[Dict[str, object]] = None):
         import slicer  # noqa: PLC0415
         import vtk  # noqa: PLC0415
@@ -79,7 +83,10 @@ class SceneContext:
 
     @classmethod
     def current(cls) -> "SceneContext":
-        """Slicer's scene inside the application, else a new standalone scene."""
+        """Slicer's scene inside the application, else the scene bound by
+        ``console.bind_console_names``, else a new standalone scene."""
+        if cls._bound is not None:
+            return cls._bound
         return cls.from_slicer() if in_slicer_application() else cls()
 
     def logic(self, module_name: str):
