@@ -57,7 +57,13 @@ def resolve(requirements, python, workdir: Path):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-torch", action="store_true", help="leave torch out")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the .md from the saved .json (no pip)")
     args = parser.parse_args(argv)
+    if args.render_only:
+        rows = json.loads((RESULTS / "slicer_dependency_plan.json").read_text())
+        (RESULTS / "slicer_dependency_plan.md").write_text(render_markdown(rows, args.no_torch))
+        return 0
     rows = []
     for release, profile in SLICER_PYTHON.items():
         plan = make_plan(["FluoroReg", "LiverLaparoReg", "USSliceReg"], {}, profile.python,
@@ -81,8 +87,14 @@ def main(argv=None) -> int:
                   f"{profile.numpy}) {case}: {resolved} -> numpy kept: {kept}", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "slicer_dependency_plan.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (RESULTS / "slicer_dependency_plan.md").write_text(render_markdown(rows, args.no_torch))
+    planned_ok = all(r["numpy_kept"] for r in rows if r["case"] == "planned")
+    return 0 if planned_ok else 1
+
+
+def render_markdown(rows, no_torch: bool = False) -> str:
     lines = ["# Slicer dependency plan, resolved with pip --dry-run", "",
-             f"`python benchmarks/slicer_dependency_plan.py{' --no-torch' if args.no_torch else ''}`"
+             f"`python benchmarks/slicer_dependency_plan.py{' --no-torch' if no_torch else ''}`"
              f" on {time.strftime('%Y-%m-%d')} (pip {_pip_version()}, platforms {', '.join(PLATFORMS)}, "
              "wheels only, PyPI as of that day). `planned`: the requirements of "
              "`SurgicalReg2D3DLib.dependencies.make_plan` (numpy pinned to Slicer's); "
@@ -90,15 +102,25 @@ def main(argv=None) -> int:
              "| Slicer | Python | Slicer's numpy | case | requirements | resolved | numpy kept |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        resolved = r["resolved"].get("error") or ", ".join(f"{k} {v}" for k, v in sorted(r["resolved"].items())
-                                                          if not k.startswith("nvidia"))
+        resolved = r["resolved"].get("error") or ", ".join(
+            f"{k} {v}" for k, v in sorted(r["resolved"].items()) if not k.startswith("nvidia"))
         lines.append(f"| {r['slicer']} | {r['python']} | {r['slicer_numpy']} | {r['case']} | "
                      f"`{' '.join(r['requirements'])}` | {resolved} | "
                      f"{'yes' if r['numpy_kept'] else '**no**'} |")
-    lines.append("")
-    (RESULTS / "slicer_dependency_plan.md").write_text("\n".join(lines))
-    planned_ok = all(r["numpy_kept"] for r in rows if r["case"] == "planned")
-    return 0 if planned_ok else 1
+    lines += ["", "Reading the table:", "",
+              "- `pip --target` does not see the packages Slicer already has, so every row "
+              "resolves numpy too. In a real Slicer, pip keeps an installed numpy that "
+              "satisfies all requirements. The Slicer 5.8 `unpinned` row is a real "
+              "replacement: opencv-python-headless 4.12 and later require numpy >= 2, which "
+              "1.26.4 does not satisfy, so pip would install numpy 2.0.2 over Slicer's. The "
+              "Slicer 5.10 `unpinned` row overstates: numpy 2.0.2 satisfies those "
+              "requirements, and pip would keep it. The plan pins numpy in every pip step, "
+              "so neither case can happen.",
+              "- `nvidia-*` packages (torch's CUDA runtime on Linux) are left out of the "
+              "resolved column.",
+              "- torch comes from the PyTorch extension (PyTorchUtils) when it is installed; "
+              "the pip row shows the fallback."]
+    return "\n".join(lines) + "\n"
 
 
 def _pip_version() -> str:
