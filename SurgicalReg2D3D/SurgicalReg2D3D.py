@@ -481,6 +481,8 @@ class SurgicalReg2D3DTest(ScriptedLoadableModuleTest):
         self.test_SurgicalReg2D3D_sample_ct_geometry()
         self.setUp()
         self.test_SurgicalReg2D3D_status_and_sources()
+        self.setUp()
+        self.test_SurgicalReg2D3D_device_setting_and_dependency_plan()
 
     def test_SurgicalReg2D3D_sample_ct_geometry(self):
         import numpy as np
@@ -514,3 +516,33 @@ class SurgicalReg2D3DTest(ScriptedLoadableModuleTest):
                 self.assertTrue(os.path.isfile(path), path)
         self.assertIsInstance(logic.bundledModels(), list)
         self.delayDisplay("Test passed: status, sample data sources and models")
+
+    def test_SurgicalReg2D3D_device_setting_and_dependency_plan(self):
+        import hashlib
+
+        from SurgicalReg2D3DLib.dependencies import plan_for_current_environment
+        from SurgicalReg2D3DLib.device import ENV_VAR
+
+        logic = SurgicalReg2D3DLogic()
+        stored, environment = logic.devicePreference(), os.environ.get(ENV_VAR)
+        try:
+            logic.setDevicePreference("cpu")
+            self.assertEqual(os.environ.get(ENV_VAR), "cpu")
+            self.assertEqual(logic.devicePreference(), "cpu")
+        finally:  # leave the user's setting as it was
+            logic.setDevicePreference(stored)
+            if environment is None:
+                os.environ.pop(ENV_VAR, None)
+            else:
+                os.environ[ENV_VAR] = environment
+        # Every pip step of this Slicer's plan pins its numpy.
+        plan = plan_for_current_environment(REGISTRATION_MODULES)
+        for step in plan.steps:
+            if step.method == "pip":
+                self.assertIn(f"numpy=={plan.numpy}", step.requirements)
+        # The SampleData checksums are those of the shipped files.
+        for source in logic.sampleDataSources():
+            for path, checksum in zip(source["paths"], source["checksums"]):
+                with open(path, "rb") as f:
+                    self.assertEqual("SHA256:" + hashlib.sha256(f.read()).hexdigest(), checksum)
+        self.delayDisplay("Test passed: device setting, dependency plan, sample checksums")
