@@ -110,6 +110,10 @@ def missingDependencies(modules, includeOptional: bool = False) -> list:
     return [step.import_name for step in plan.steps]
 
 
+#: Optional packages the user declined in this session (not offered again until restart).
+_declinedOptional = set()
+
+
 def ensureDependencies(modules, askConfirmation: bool = True) -> bool:
     """Make sure the packages ``modules`` (e.g. ``["LiverLaparoReg"]``) need are installed.
 
@@ -129,22 +133,29 @@ def ensureDependencies(modules, askConfirmation: bool = True) -> bool:
         return plan.complete
     names = ", ".join(modules)
     steps = list(plan.required_steps)
+    optional = [s for s in plan.optional_steps if s.import_name not in _declinedOptional]
+    if not steps and not optional:
+        return True  # only optional packages the user declined in this session
     if askConfirmation:
         if plan.required_steps and not slicer.util.confirmOkCancelDisplay(
                 _("{modules} need Python packages that Slicer does not bundle. Install them "
                   "now? This downloads them and can take several minutes.").format(modules=names)
                 + "\n\n" + plan.summary(), windowTitle=_("Install dependencies")):
             return False
-        if plan.optional_steps and slicer.util.confirmYesNoDisplay(
-                _("Also install the recommended packages?") + "\n\n"
-                + "\n".join(step.describe() for step in plan.optional_steps),
-                windowTitle=_("Install dependencies")):
-            steps += plan.optional_steps
+        if optional:
+            if slicer.util.confirmYesNoDisplay(
+                    _("Also install the recommended packages?") + "\n\n"
+                    + "\n".join(step.describe() for step in optional),
+                    windowTitle=_("Install dependencies")):
+                steps += optional
+            else:  # not asked again in this session
+                _declinedOptional.update(step.import_name for step in optional)
+                logging.info("SurgicalReg2D3D: numba not installed; USSliceReg uses its torch "
+                             "kernels (the same results, about 3x slower per frame on a CPU)")
     else:
-        steps += plan.optional_steps
-    if len(steps) < len(plan.steps):
-        logging.info("SurgicalReg2D3D: numba not installed; USSliceReg uses its torch kernels "
-                     "(the same results, about 3x slower per frame on a CPU)")
+        steps += optional
+    if not steps:
+        return True
     progress = slicer.util.createProgressDialog(
         labelText=_("Installing Python packages..."), maximum=max(1, len(steps)),
         windowTitle=_("Install dependencies"))
