@@ -4,21 +4,20 @@ Thin Slicer shell: the GUI is wired here; all the work is in ``FluoroRegLib`` (Q
 also used by the ``surgreg fluoro`` command line).
 """
 
-import logging
-import os
 from typing import Annotated, Optional
 
 import vtk
 
 import slicer
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 from slicer import (
     vtkMRMLLinearTransformNode,
@@ -37,9 +36,9 @@ class FluoroReg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("FluoroReg")
-        self.parent.categories = ["Registration.SurgicalReg2D3D"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["SlicerSurgicalReg2D3D developers"]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration") + ".SurgicalReg2D3D"]
+        self.parent.dependencies = ["SurgicalReg2D3D"]
+        self.parent.contributors = ["SlicerSurgicalReg2D3D contributors (SlicerSurgicalReg2D3D project)"]
         self.parent.helpText = _(
             "Register a CT to one or more X-ray images (CT-to-X-ray 2D/3D registration). "
             "Choose the CT, the X-ray image(s) with their cone-beam geometry (JSON), an "
@@ -64,7 +63,8 @@ class FluoroRegParameterNode:
     initialTransform2: vtkMRMLLinearTransformNode
     method: Annotated[str, Choice(METHOD_CHOICES)] = "ncc"
     negativeLog: bool = False
-    iterations: int = 20
+    # WithinRange keeps the spin box's 1..500 range (without it the wrapper widens it).
+    iterations: Annotated[int, WithinRange(1, 500)] = 20
     fiducials: vtkMRMLMarkupsFiducialNode
     trueTransform: vtkMRMLLinearTransformNode
     outputTransform: vtkMRMLLinearTransformNode
@@ -167,6 +167,13 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()  # keeps the Cancel button responsive
 
     def onApplyButton(self) -> None:
+        import SurgicalReg2D3D
+
+        with slicer.util.tryWithErrorDisplay(_("The dependencies could not be installed."),
+                                             waitCursor=True):
+            if not SurgicalReg2D3D.ensureDependencies(["FluoroReg"]):
+                self.ui.statusLabel.text = _("FluoroReg needs PyTorch; not installed.")
+                return
         from SurgicalReg2D3DLib.errors import CancelledError
         from SurgicalReg2D3DLib.progress import CancelToken
 
@@ -247,8 +254,10 @@ class FluoroRegLogic(ScriptedLoadableModuleLogic):
     def process(self, ctVolume, xrayVolumes, geometryPaths, initialTransforms=None,
                 method="ncc", negativeLog=False, iterations=20, outputTransform=None,
                 drrVolume=None, fiducials=None, trueTransform=None, progress=None, cancel=None):
-        """Run the registration (see ``FluoroRegLib.logic.register_nodes``)."""
+        """Run the registration (see ``FluoroRegLib.logic.register_nodes``) on the device
+        chosen in the hub ("Compute on"; ``SurgicalReg2D3DLib.device.choose_device``)."""
         from FluoroRegLib import logic
+        from SurgicalReg2D3DLib.device import choose_device
 
         names = (["X-ray image"] if len(xrayVolumes) == 1 else
                  [f"X-ray image {k + 1}" for k in range(len(xrayVolumes))])
@@ -258,7 +267,7 @@ class FluoroRegLogic(ScriptedLoadableModuleLogic):
             self._context(), ctVolume, xrayVolumes, cameras, initialTransforms, method=method,
             output_transform_node=outputTransform, drr_node=drrVolume, fiducials_node=fiducials,
             true_transform_node=trueTransform, negative_log=negativeLog,
-            iterations=iterations, progress=progress, cancel=cancel)
+            iterations=iterations, device=choose_device(), progress=progress, cancel=cancel)
 
     def showConvergence(self, result):
         """Convergence (1 - similarity per iteration) as a table + plot in the layout."""
@@ -294,6 +303,12 @@ class FluoroRegTest(ScriptedLoadableModuleTest):
         self.test_FluoroReg_simulated_xray()
 
     def test_FluoroReg_simulated_xray(self):
+        import SurgicalReg2D3D
+
+        missing = SurgicalReg2D3D.missingDependencies(["FluoroReg"])
+        if missing:
+            self.skipTest(f"FluoroReg self-test needs {', '.join(missing)} (not installed; "
+                          "install it from the SurgicalReg2D3D module)")
         import numpy as np
 
         from FluoroRegLib import logic as fluoro_logic
@@ -301,15 +316,11 @@ class FluoroRegTest(ScriptedLoadableModuleTest):
         from FluoroRegLib.geometry import make_camera
         from FluoroRegLib.simulate import downsample_ct, mtre_np, sample_landmarks, simulate_case
         from SurgicalReg2D3DLib import nodes
+        from SurgicalReg2D3DLib.paths import sample_data_path
 
         self.delayDisplay("Loading the sample CT")
-        moduleDir = os.path.dirname(slicer.util.modulePath("FluoroReg"))
-        candidates = [os.path.join(moduleDir, "..", "Resources", "SampleData", "ct",
-                                   "thorax_aorta_ct_cropped.nii.gz")]
-        path = next((c for c in candidates if os.path.exists(c)), None)
-        if path is None:
-            logging.warning("FluoroReg self-test: sample CT not found; skipped")
-            return
+        # Source, build and install trees alike (raises when the data is missing).
+        path = str(sample_data_path("ct/thorax_aorta_ct_cropped.nii.gz"))
         ctNode = slicer.util.loadVolume(path)
         ct = nodes.volume_from_node(ctNode, name="CT volume")
         hu, m = downsample_ct(ct.array.astype(np.float32), ct.ijk_to_ras, 2)

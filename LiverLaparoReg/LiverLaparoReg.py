@@ -4,7 +4,6 @@ Thin Slicer shell: the GUI is wired here; all the work is in ``LiverLaparoRegLib
 (Qt-free, also used by the ``surgreg laparo`` command line).
 """
 
-import logging
 import os
 from typing import Annotated, Optional
 
@@ -12,6 +11,7 @@ import vtk
 
 import slicer
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -38,9 +38,9 @@ class LiverLaparoReg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("LiverLaparoReg")
-        self.parent.categories = ["Registration.SurgicalReg2D3D"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["SlicerSurgicalReg2D3D developers"]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration") + ".SurgicalReg2D3D"]
+        self.parent.dependencies = ["SurgicalReg2D3D"]
+        self.parent.contributors = ["SlicerSurgicalReg2D3D contributors (SlicerSurgicalReg2D3D project)"]
         self.parent.helpText = _(
             "Register a preoperative liver model to a laparoscopic frame. Inputs: the liver "
             "model, the frame (2D RGB image), the camera (P2ILF camera JSON or a 3x3 "
@@ -155,6 +155,13 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()  # keeps the Cancel button responsive
 
     def onApplyButton(self) -> None:
+        import SurgicalReg2D3D
+
+        with slicer.util.tryWithErrorDisplay(_("The dependencies could not be installed."),
+                                             waitCursor=True):
+            if not SurgicalReg2D3D.ensureDependencies(["LiverLaparoReg"]):
+                self.ui.statusLabel.text = _("LiverLaparoReg needs PyTorch and OpenCV; not installed.")
+                return
         from SurgicalReg2D3DLib.errors import CancelledError
         from SurgicalReg2D3DLib.progress import CancelToken
 
@@ -282,15 +289,19 @@ class LiverLaparoRegTest(ScriptedLoadableModuleTest):
         self.test_LiverLaparoReg_p2ilf_contours()
 
     def test_LiverLaparoReg_p2ilf_contours(self):
+        import SurgicalReg2D3D
+
+        missing = SurgicalReg2D3D.missingDependencies(["LiverLaparoReg"])
+        if missing:
+            self.skipTest(f"LiverLaparoReg self-test needs {', '.join(missing)} (not "
+                          "installed; install them from the SurgicalReg2D3D module)")
         import numpy as np
 
         from SurgicalReg2D3DLib import nodes
+        from SurgicalReg2D3DLib.paths import sample_data_path
 
-        moduleDir = os.path.dirname(slicer.util.modulePath("LiverLaparoReg"))
-        data = os.path.join(moduleDir, "..", "Resources", "SampleData", "p2ilf")
-        if not os.path.isdir(data):
-            logging.warning("LiverLaparoReg self-test: sample data not found; skipped")
-            return
+        # Source, build and install trees alike (raises when the data is missing).
+        data = str(sample_data_path("p2ilf"))
         self.delayDisplay("Loading the P2ILF liver model")
         modelNode = slicer.util.loadModel(os.path.join(data, "evaluation_GT", "3d-liver-model.obj"))
         ctx = LiverLaparoRegLogic._context()

@@ -2,13 +2,19 @@
 
 Thin Slicer shell around the shared Qt-free core ``SurgicalReg2D3DLib``. It shows
 
-- the PyTorch status (version, CUDA, device name) and installs torch on request, after a
-  confirmation (through the PyTorch extension's ``PyTorchUtils`` when it is installed,
-  otherwise with ``pip``); torch is never imported or installed when Slicer starts;
-- the compute device preference shared by all modules (it sets ``SURGREG_DEVICE``, read by
-  ``SurgicalReg2D3DLib.device.choose_device``) and a folder for reports;
+- the PyTorch status (version, CUDA, device name);
+- :func:`ensureDependencies`, the one function every module's Apply goes through: it makes
+  sure of torch (through the PyTorch extension's ``PyTorchUtils`` with a version
+  requirement, ``pip`` only when that extension is absent), OpenCV (pinned so that Slicer's
+  numpy stays) and, optionally, numba, with a confirmation and progress
+  (``SurgicalReg2D3DLib.dependencies`` makes the plan); torch is never imported or installed
+  when Slicer starts;
+- the "Compute on" device shared by all modules: stored in Slicer's settings and applied
+  to ``SURGREG_DEVICE`` (read by ``SurgicalReg2D3DLib.device.choose_device``) when Slicer
+  starts and when it changes;
 - the bundled sample data (also registered with Slicer's SampleData module at startup,
-  category "SurgicalReg2D3D", from ``file://`` URIs: nothing is downloaded);
+  category "SurgicalReg2D3D", from ``file://`` URIs with SHA-256 checksums, so a changed
+  file is copied again);
 - the bundled trained models (``SurgicalReg2D3DLib.models``).
 
 Heavy imports (torch) happen inside functions only, so Slicer starts fast.
@@ -16,13 +22,13 @@ Heavy imports (torch) happen inside functions only, so Slicer starts fast.
 
 import logging
 import os
-import pathlib
 from typing import Annotated, Optional
 
 import vtk
 
 import slicer
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -32,8 +38,15 @@ from slicer.ScriptedLoadableModule import (
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
-#: Device preferences offered in the GUI ("auto": the first CUDA GPU, else the CPU).
+#: Device preferences offered in the GUI ("auto": the first CUDA GPU, else the CPU);
+#: ``SurgicalReg2D3DLib.device.PREFERENCES``.
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
+
+#: Key of the "Compute on" setting in Slicer's settings (``device.SETTINGS_KEY``).
+DEVICE_SETTINGS_KEY = "SurgicalReg2D3D/ComputeDevice"
+
+#: The registration modules of the extension (their needs: ``dependencies.MODULE_REQUIREMENTS``).
+REGISTRATION_MODULES = ["FluoroReg", "LiverLaparoReg", "USSliceReg"]
 
 #: Names of the bundled sample data sets (``SurgicalReg2D3DLib.paths.SAMPLE_DATASETS``).
 SAMPLE_CHOICES = ["SurgRegThoraxCT", "SurgRegLiverModel", "SurgRegSpineUSVolume"]
@@ -50,9 +63,9 @@ class SurgicalReg2D3D(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("SurgicalReg2D3D")
-        self.parent.categories = ["Registration.SurgicalReg2D3D"]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration") + ".SurgicalReg2D3D"]
         self.parent.dependencies = []
-        self.parent.contributors = ["SlicerSurgicalReg2D3D developers"]
+        self.parent.contributors = ["SlicerSurgicalReg2D3D contributors (SlicerSurgicalReg2D3D project)"]
         self.parent.helpText = _(
             "Hub of the SurgicalReg2D3D extension for intraoperative 2D/3D registration: "
             "FluoroReg (CT to X-ray), LiverLaparoReg (liver model to a laparoscopic frame) "
@@ -68,6 +81,107 @@ class SurgicalReg2D3D(ScriptedLoadableModule):
             "Analysis 2025).")
         # Register the sample data once the application has started (SampleData must exist).
         slicer.app.connect("startupCompleted()", registerSampleData)
+        # The "Compute on" setting applies to every module from the start.
+        applyStoredDevicePreference()
+
+
+def applyStoredDevicePreference() -> None:
+    """Apply the stored "Compute on" setting to ``SURGREG_DEVICE`` ("auto" leaves a
+    ``SURGREG_DEVICE`` set before Slicer started untouched)."""
+    import qt
+
+    value = str(qt.QSettings().value(DEVICE_SETTINGS_KEY, "auto") or "auto")
+    if value == "auto":
+        return
+    try:
+        from SurgicalReg2D3DLib.device import set_device_preference
+
+        set_device_preference(value)
+    except Exception as exc:  # a bad stored value: keep the default, say why
+        logging.warning(f"SurgicalReg2D3D: compute device setting ignored ({exc})")
+
+
+def missingDependencies(modules, includeOptional: bool = False) -> list:
+    """Import names of the packages ``modules`` need that are not installed (required
+    ones; with ``includeOptional`` also numba). Reads package metadata only."""
+    from SurgicalReg2D3DLib.dependencies import plan_for_current_environment
+
+    plan = plan_for_current_environment(list(modules), include_optional=includeOptional)
+    return [step.import_name for step in plan.steps]
+
+
+#: Optional packages the user declined in this session (not offered again until restart).
+_declinedOptional = set()
+
+
+def ensureDependencies(modules, askConfirmation: bool = True) -> bool:
+    """Make sure the packages ``modules`` (e.g. ``["LiverLaparoReg"]``) need are installed.
+
+    Shows the plan (``SurgicalReg2D3DLib.dependencies``: torch through the PyTorch
+    extension with a version requirement, OpenCV pinned so that Slicer's numpy stays,
+    numba offered with its torch fallback announced), asks for confirmation, installs with
+    progress and checks the result. Returns True when the modules can run (an optional
+    package the user declined does not count). In testing mode nothing is installed.
+    """
+    from SurgicalReg2D3DLib.dependencies import TORCH_REQUIREMENT, plan_for_current_environment
+
+    modules = [modules] if isinstance(modules, str) else list(modules)
+    plan = plan_for_current_environment(modules)
+    if not plan.steps:
+        return True
+    if slicer.app.commandOptions().testingEnabled:
+        return plan.complete
+    names = ", ".join(modules)
+    steps = list(plan.required_steps)
+    optional = [s for s in plan.optional_steps if s.import_name not in _declinedOptional]
+    if not steps and not optional:
+        return True  # only optional packages the user declined in this session
+    if askConfirmation:
+        if plan.required_steps and not slicer.util.confirmOkCancelDisplay(
+                _("{modules} need Python packages that Slicer does not bundle. Install them "
+                  "now? This downloads them and can take several minutes.").format(modules=names)
+                + "\n\n" + plan.summary(), windowTitle=_("Install dependencies")):
+            return False
+        if optional:
+            if slicer.util.confirmYesNoDisplay(
+                    _("Also install the recommended packages?") + "\n\n"
+                    + "\n".join(step.describe() for step in optional),
+                    windowTitle=_("Install dependencies")):
+                steps += optional
+            else:  # not asked again in this session
+                _declinedOptional.update(step.import_name for step in optional)
+                logging.info("SurgicalReg2D3D: numba not installed; USSliceReg uses its torch "
+                             "kernels (the same results, about 3x slower per frame on a CPU)")
+    else:
+        steps += optional
+    if not steps:
+        return True
+    progress = slicer.util.createProgressDialog(
+        labelText=_("Installing Python packages..."), maximum=max(1, len(steps)),
+        windowTitle=_("Install dependencies"))
+    try:
+        for k, step in enumerate(steps):
+            progress.labelText = _("Installing {what} ({k} of {n})...").format(
+                what=step.requirements[0], k=k + 1, n=len(steps))
+            progress.value = k
+            slicer.app.processEvents()
+            if step.method == "PyTorchUtils":
+                import PyTorchUtils
+
+                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+                if torch is None:
+                    raise RuntimeError("PyTorch was not installed")
+            else:
+                slicer.util.pip_install(list(step.requirements))
+        progress.value = len(steps)
+    finally:
+        progress.close()
+    after = plan_for_current_environment(modules, include_optional=False)
+    if not after.complete:
+        raise RuntimeError("still missing after the installation: "
+                           + "; ".join(step.describe() for step in after.required_steps))
+    return True
 
 
 def registerSampleData():
@@ -97,6 +211,7 @@ def registerSampleData():
             nodeNames=source["nodeNames"],
             thumbnailFileName=os.path.join(iconsPath, source["thumbnailFileName"]),
             loadFileTypes=source["loadFileTypes"],
+            checksums=source["checksums"],
         )
 
 
@@ -107,15 +222,12 @@ def registerSampleData():
 
 @parameterNodeWrapper
 class SurgicalReg2D3DParameterNode:
-    """Settings shown by the hub.
+    """Settings of the hub stored in the scene.
 
-    devicePreference: compute device for all modules ("auto", "cpu" or "cuda").
-    reportDirectory: folder where modules write reports (figures, JSON results).
-    sampleName: the sample data set to load.
+    sampleName: the sample data set to load. (The compute device is a per-computer setting:
+    it lives in Slicer's settings, not in the scene.)
     """
 
-    devicePreference: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
-    reportDirectory: pathlib.Path
     sampleName: Annotated[str, Choice(SAMPLE_CHOICES)] = "SurgRegThoraxCT"
 
 
@@ -148,6 +260,11 @@ class SurgicalReg2D3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.refreshTorchButton.connect("clicked(bool)", self.updateTorchStatus)
         self.ui.installTorchButton.connect("clicked(bool)", self.onInstallTorchButton)
+        self.ui.deviceComboBox.clear()
+        for choice in DEVICE_CHOICES:
+            self.ui.deviceComboBox.addItem(choice)
+        self.ui.deviceComboBox.currentText = self.logic.devicePreference()
+        self.ui.deviceComboBox.connect("currentTextChanged(QString)", self.onDeviceChanged)
         self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSampleButton)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.updateModelsTable)
 
@@ -165,7 +282,6 @@ class SurgicalReg2D3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterChanged)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -180,16 +296,14 @@ class SurgicalReg2D3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode: Optional[SurgicalReg2D3DParameterNode]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterChanged)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterChanged)
-            self._onParameterChanged()
 
-    def _onParameterChanged(self, caller=None, event=None) -> None:
-        if self._parameterNode:
-            self.logic.applyDevicePreference(self._parameterNode.devicePreference)
+    def onDeviceChanged(self, text) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Cannot use this compute device."), waitCursor=False):
+            self.logic.setDevicePreference(str(text))
+        self.updateTorchStatus()
 
     # -- torch ---------------------------------------------------------------------------
     def updateTorchStatus(self) -> None:
@@ -208,8 +322,9 @@ class SurgicalReg2D3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installTorchButton.enabled = False
 
     def onInstallTorchButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("PyTorch could not be installed."), waitCursor=True):
-            self.logic.installTorch(confirm=True)
+        with slicer.util.tryWithErrorDisplay(_("The dependencies could not be installed."),
+                                             waitCursor=True):
+            ensureDependencies(REGISTRATION_MODULES)
         self.updateTorchStatus()
 
     # -- sample data ---------------------------------------------------------------------
@@ -287,57 +402,37 @@ class SurgicalReg2D3DLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def installTorch(confirm: bool = True):
-        """Install PyTorch if it is missing and return the ``torch`` module (or None when
-        the user declined).
-
-        Uses the PyTorch extension (``PyTorchUtils``, which picks a build matching the
-        GPU driver) when it is installed; otherwise asks for confirmation and runs
-        ``pip install torch``.
-        """
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is not None:
-            import torch
-
-            return torch
-        try:
-            import PyTorchUtils
-        except ImportError:
-            PyTorchUtils = None
-        if PyTorchUtils is not None:
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            return torchLogic.installTorch(askConfirmation=confirm)
-        if confirm and not slicer.util.confirmOkCancelDisplay(
-                _("SurgicalReg2D3D needs PyTorch, which is not installed. Install it now with "
-                  "pip (a large download, it can take several minutes)? Installing the "
-                  "PyTorch extension first lets it choose a GPU build for your driver.")):
+        """Install what the modules need (torch, OpenCV, optionally numba) through
+        :func:`ensureDependencies`; returns the ``torch`` module, or None when the user
+        declined."""
+        if not ensureDependencies(REGISTRATION_MODULES, askConfirmation=confirm):
             return None
-        slicer.util.pip_install("torch")
         import torch
 
         return torch
 
-    _deviceEnvSetByHub = False
+    @staticmethod
+    def devicePreference() -> str:
+        """The stored "Compute on" setting ("auto", "cpu" or "cuda")."""
+        import qt
 
-    @classmethod
-    def applyDevicePreference(cls, preference: str) -> None:
-        """Make ``preference`` ("auto", "cpu", "cuda") the device of all modules, through
-        the ``SURGREG_DEVICE`` environment variable read by ``choose_device``.
+        value = str(qt.QSettings().value(DEVICE_SETTINGS_KEY, "auto") or "auto")
+        return value if value in DEVICE_CHOICES else "auto"
 
-        "auto" leaves a ``SURGREG_DEVICE`` set before Slicer started untouched (and removes
-        one this method set earlier).
-        """
+    @staticmethod
+    def setDevicePreference(preference: str) -> None:
+        """Store ``preference`` ("auto", "cpu", "cuda") in Slicer's settings and make it
+        the device of all modules now (``SURGREG_DEVICE``, read by ``choose_device``)."""
+        import qt
+
+        from SurgicalReg2D3DLib.device import set_device_preference
+
         if preference not in DEVICE_CHOICES:
             from SurgicalReg2D3DLib.errors import InputError
 
             raise InputError(f"device preference: expected one of {DEVICE_CHOICES}, got {preference!r}")
-        if preference == "auto":
-            if cls._deviceEnvSetByHub:
-                os.environ.pop("SURGREG_DEVICE", None)
-                SurgicalReg2D3DLogic._deviceEnvSetByHub = False
-            return
-        os.environ["SURGREG_DEVICE"] = preference
-        SurgicalReg2D3DLogic._deviceEnvSetByHub = True
+        set_device_preference(preference)
+        qt.QSettings().setValue(DEVICE_SETTINGS_KEY, preference)
 
     @staticmethod
     def sampleDataSources() -> list:
@@ -397,6 +492,8 @@ class SurgicalReg2D3DTest(ScriptedLoadableModuleTest):
         self.test_SurgicalReg2D3D_sample_ct_geometry()
         self.setUp()
         self.test_SurgicalReg2D3D_status_and_sources()
+        self.setUp()
+        self.test_SurgicalReg2D3D_device_setting_and_dependency_plan()
 
     def test_SurgicalReg2D3D_sample_ct_geometry(self):
         import numpy as np
@@ -430,3 +527,33 @@ class SurgicalReg2D3DTest(ScriptedLoadableModuleTest):
                 self.assertTrue(os.path.isfile(path), path)
         self.assertIsInstance(logic.bundledModels(), list)
         self.delayDisplay("Test passed: status, sample data sources and models")
+
+    def test_SurgicalReg2D3D_device_setting_and_dependency_plan(self):
+        import hashlib
+
+        from SurgicalReg2D3DLib.dependencies import plan_for_current_environment
+        from SurgicalReg2D3DLib.device import ENV_VAR
+
+        logic = SurgicalReg2D3DLogic()
+        stored, environment = logic.devicePreference(), os.environ.get(ENV_VAR)
+        try:
+            logic.setDevicePreference("cpu")
+            self.assertEqual(os.environ.get(ENV_VAR), "cpu")
+            self.assertEqual(logic.devicePreference(), "cpu")
+        finally:  # leave the user's setting as it was
+            logic.setDevicePreference(stored)
+            if environment is None:
+                os.environ.pop(ENV_VAR, None)
+            else:
+                os.environ[ENV_VAR] = environment
+        # Every pip step of this Slicer's plan pins its numpy.
+        plan = plan_for_current_environment(REGISTRATION_MODULES)
+        for step in plan.steps:
+            if step.method == "pip":
+                self.assertIn(f"numpy=={plan.numpy}", step.requirements)
+        # The SampleData checksums are those of the shipped files.
+        for source in logic.sampleDataSources():
+            for path, checksum in zip(source["paths"], source["checksums"]):
+                with open(path, "rb") as f:
+                    self.assertEqual("SHA256:" + hashlib.sha256(f.read()).hexdigest(), checksum)
+        self.delayDisplay("Test passed: device setting, dependency plan, sample checksums")

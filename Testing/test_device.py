@@ -87,3 +87,53 @@ def test_describe_device_and_dtype(monkeypatch):
     assert info["threads"] == torch.get_num_threads()
     assert info["cuda_available"] == torch.cuda.is_available()
     assert default_dtype() == torch.float32
+
+
+# --- one device choice for every module and command (issue #21) ----------------------------
+
+def test_preference_helpers_drive_choose_device(monkeypatch):
+    import os
+
+    from SurgicalReg2D3DLib.device import device_preference, set_device_preference
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert device_preference() == "auto"
+    assert set_device_preference(" CPU ") == "cpu"
+    assert os.environ[ENV_VAR] == "cpu" and device_preference() == "cpu"
+    assert choose_device() == torch.device("cpu")
+    assert set_device_preference("auto") == "auto"
+    assert ENV_VAR not in os.environ
+    assert choose_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match=r"^device preference: expected one of"):
+        set_device_preference("gpu0")
+    assert ENV_VAR not in os.environ  # a refused value changes nothing
+
+
+def test_device_preferences_work_without_torch(tmp_path):
+    """The hub stores the preference before torch is installed: no torch import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from SurgicalReg2D3DLib import device\n"
+            "print(device.set_device_preference('cuda'), device.device_preference())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["cuda", "cuda"]
+
+
+def test_cli_device_defaults_to_the_shared_choice(monkeypatch, tmp_path, sample_data, capsys):
+    """`surgreg us register` without --device uses SURGREG_DEVICE (the hub's choice);
+    --device overrides it (an unknown name is reported either way, before any work)."""
+    from SurgicalReg2D3DLib.cli import main
+
+    d = sample_data / "ultrasound"
+    args = ["us", "register", "--volume", str(d / "SpinePhantomFreehandReconstructed.mha"),
+            "--sequence", str(d / "SpinePhantomFreehand.igs.mha"), "--calibration",
+            str(d / "PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml"),
+            "--frames", "8", "--out", str(tmp_path / "o.json"), "--quiet"]
+    monkeypatch.setenv(ENV_VAR, "quantum")
+    assert main(args) == 2
+    assert "error: device (SURGREG_DEVICE): unknown device 'quantum'" in capsys.readouterr().err
+    assert main(args + ["--device", "tpu"]) == 2
+    assert "error: device: unknown device 'tpu'" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()

@@ -38,14 +38,16 @@ def _png_size(path: Path):
 def test_root_cmakelists_declares_the_extension():
     text = _cmake_text(ROOT / "CMakeLists.txt")
     assert re.search(r"cmake_minimum_required\(VERSION 3\.\d+", text)
-    assert re.search(r"^project\(SlicerSurgicalReg2D3D\)", text, re.M)
+    # The index: extension name == project(), not starting with "Slicer".
+    project = re.search(r"^project\((\w+)\)", text, re.M).group(1)
+    assert project == "SurgicalReg2D3D" and not project.startswith("Slicer")
     for var in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",
                 "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS",
                 "EXTENSION_DEPENDS"):
         match = re.search(rf'set\({var} "([^"]*)"\)', text)
         assert match and match.group(1).strip(), f"{var} is not set"
     assert 'set(EXTENSION_CATEGORY "Registration")' in text
-    assert 'set(EXTENSION_DEPENDS "NA")' in text
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text  # PyTorchUtils installs torch
     assert "https://github.com/SlicerSurgicalReg2D3D/SlicerSurgicalReg2D3D" in text
     order = [m.group(1) for m in re.finditer(r"add_subdirectory\((\w+)\)", text)]
     assert order == list(MODULES)
@@ -56,10 +58,22 @@ def test_root_cmakelists_declares_the_extension():
     positions = [text.find(s) for s in expected_sequence]
     assert -1 not in positions, dict(zip(expected_sequence, positions))
     assert positions == sorted(positions)
-    # The icon URL points at the hub icon that exists in the repository.
+    # The icon and screenshot URLs resolve to files of this repository (raw URLs of the
+    # homepage's repository, branch main); the screenshot is a real PNG, labelled.
+    home = re.search(r'set\(EXTENSION_HOMEPAGE "([^"]*)"\)', text).group(1)
+    owner_repo = home.split("github.com/", 1)[1].strip("/")
+    raw = f"https://raw.githubusercontent.com/{owner_repo}/main/"
     icon_url = re.search(r'set\(EXTENSION_ICONURL "([^"]*)"\)', text).group(1)
+    shots = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]*)"\)', text).group(1).split()
+    for url in [icon_url] + shots:
+        assert url.startswith(raw), url
+        assert (ROOT / url[len(raw):]).is_file(), url
+        _png_size(ROOT / url[len(raw):])
     assert icon_url.endswith("/SurgicalReg2D3D/Resources/Icons/SurgicalReg2D3D.png")
-    assert (ROOT / "SurgicalReg2D3D" / "Resources" / "Icons" / "SurgicalReg2D3D.png").is_file()
+    assert any(u.endswith("/Resources/Screenshots/SurgicalReg2D3D_demo.png") for u in shots)
+    # Contributors: "Name (Organisation)" entries.
+    contributors = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]*)"\)', text).group(1)
+    assert all(re.fullmatch(r"[^()]+ \([^()]+\)", c.strip()) for c in contributors.split(",")), contributors
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -150,3 +164,52 @@ def test_paths_finds_sample_data_in_installed_layout(tmp_path):
     assert Path(out[0]) == lib / "paths.py"  # the copy was imported, not the source tree
     assert Path(out[1]) == (installed / "Resources" / "SampleData").resolve()
     assert Path(out[2]) == (data / "thorax_aorta_ct_cropped.nii.gz").resolve()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_metadata_follows_the_index_conventions(module):
+    """Contributors as "Name (Organisation)"; the registration modules depend on the hub."""
+    import ast
+
+    tree = ast.parse((ROOT / module / f"{module}.py").read_text())
+    values = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Attribute)
+                and node.targets[0].attr in ("contributors", "dependencies")):
+            values[node.targets[0].attr] = ast.literal_eval(node.value)
+    assert values["contributors"] and all(re.fullmatch(r"[^()]+ \([^()]+\)", c)
+                                          for c in values["contributors"]), values
+    if module != "SurgicalReg2D3D":
+        assert "SurgicalReg2D3D" in values["dependencies"], values
+
+
+def test_sample_data_is_registered_with_checksums_and_a_category():
+    """SampleData copies a file again when its checksum differs: the committed SHA-256
+    digests must be those of the shipped files."""
+    import hashlib
+
+    from SurgicalReg2D3DLib.paths import SAMPLE_DATA_CATEGORY, SAMPLE_DATASETS, sample_data_sources
+
+    for dataset in SAMPLE_DATASETS:
+        assert len(dataset.sha256) == len(dataset.files), dataset.sample_name
+        for rel, digest in zip(dataset.files, dataset.sha256):
+            assert hashlib.sha256((SAMPLE_DATA / rel).read_bytes()).hexdigest() == digest, rel
+    for source in sample_data_sources():
+        assert source["category"] == SAMPLE_DATA_CATEGORY == "SurgicalReg2D3D"
+        assert len(source["checksums"]) == len(source["uris"])
+        assert all(re.fullmatch(r"SHA256:[0-9a-f]{64}", c) for c in source["checksums"])
+    hub = (ROOT / "SurgicalReg2D3D" / "SurgicalReg2D3D.py").read_text()
+    assert 'checksums=source["checksums"]' in hub and 'category=source["category"]' in hub
+
+
+def test_self_tests_find_data_through_paths_and_skip_without_dependencies():
+    """Issue #21: no "<module dir>/../Resources/SampleData" (source tree only), no silent
+    pass: the self-tests use sample_data_path and skipTest with the missing packages."""
+    for module in MODULES[1:]:
+        text = (ROOT / module / f"{module}.py").read_text()
+        test_part = text[text.index(f"class {module}Test"):]
+        assert "sample_data_path(" in test_part, module
+        assert '"..", "Resources", "SampleData"' not in text, module
+        assert "self.skipTest(" in test_part and "missingDependencies(" in test_part, module
+        assert "logging.warning" not in test_part and "return\n" not in test_part.split("def test_", 1)[1].split("self.delayDisplay", 1)[0], module

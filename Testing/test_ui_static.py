@@ -17,8 +17,10 @@ Checks:
     (the module calls ``setMRMLScene`` on it);
 (d) the .py defines ``<M>(ScriptedLoadableModule)``, ``<M>Widget``, ``<M>Logic``, ``<M>Test``
     and a ``@parameterNodeWrapper`` class, loads ``UI/<M>.ui``, uses the category
-    ``Registration.SurgicalReg2D3D``, and imports neither torch nor cv2 when the module is
-    imported (top level and class bodies, also through the repository's own packages).
+    ``Registration.SurgicalReg2D3D`` in its translatable form (as Slicer's module template:
+    ``translate("qSlicerAbstractCoreModule", "Registration") + ".SurgicalReg2D3D"``), and
+    imports neither torch nor cv2 when the module is imported (top level and class bodies,
+    also through the repository's own packages; ``if TYPE_CHECKING:`` blocks do not run).
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def _heavy_imports_at_import_time(tree: ast.Module) -> List[tuple]:
         for node in statements:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 continue
+            if isinstance(node, ast.If) and _is_type_checking(node.test):
+                visit(node.orelse)  # the body runs for type checkers only
+                continue
             if isinstance(node, ast.Import):
                 found.extend((node.lineno, alias.name) for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -93,6 +98,27 @@ def _heavy_imports_at_import_time(tree: ast.Module) -> List[tuple]:
 
     visit(tree.body)
     return found
+
+
+def _is_type_checking(test) -> bool:
+    return ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+            or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _category_value(node):
+    """The category text of a ``categories`` element and whether it is translatable:
+    ``translate("qSlicerAbstractCoreModule", "X")`` (+ ``".Sub"`` literals)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value, False
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "translate"
+            and len(node.args) == 2 and all(isinstance(a, ast.Constant) for a in node.args)
+            and node.args[0].value == "qSlicerAbstractCoreModule"):
+        return node.args[1].value, True
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _category_value(node.left), _category_value(node.right)
+        if left and right:
+            return left[0] + right[0], left[1] or right[1]
+    return None
 
 
 def _package_file(module_name: str, search_roots: Iterable[Path]) -> Optional[Path]:
@@ -280,17 +306,23 @@ def check_module_structure(py_path: Path, module: str, search_roots: Iterable[Pa
     source = py_path.read_text(encoding="utf-8")
     if f'"UI/{module}.ui"' not in source and f"'UI/{module}.ui'" not in source:
         problems.append(f"{py_path.name}: does not load UI/{module}.ui through resourcePath")
-    categories = None
+    categories, translatable = None, False
     for node in ast.walk(tree):
         if (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Attribute)
                 and node.targets[0].attr == "categories"):
-            try:
-                categories = ast.literal_eval(node.value)
-            except ValueError:
-                categories = "<not a literal>"
+            values = ([_category_value(e) for e in node.value.elts]
+                      if isinstance(node.value, ast.List) else [None])
+            if None in values:
+                categories = "<not a category expression>"
+            else:
+                categories = [v[0] for v in values]
+                translatable = all(v[1] for v in values)
     if categories != [CATEGORY]:
         problems.append(f"{py_path.name}: categories is {categories!r}, expected [{CATEGORY!r}]")
+    elif not translatable:
+        problems.append(f"{py_path.name}: category is not translatable; use "
+                        f'translate("qSlicerAbstractCoreModule", "Registration") + ".SurgicalReg2D3D"')
     for chain in heavy_imports(py_path, search_roots):
         problems.append(f"{py_path.name}: heavy import when the module is loaded: {chain}")
     return problems
@@ -378,6 +410,7 @@ GOOD_UI = """<?xml version="1.0" encoding="UTF-8"?>
 
 GOOD_PY = '''"""Toy module."""
 import slicer
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import *
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 
@@ -385,7 +418,7 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper
 class Toy(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.categories = ["Registration.SurgicalReg2D3D"]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration") + ".SurgicalReg2D3D"]
 
 
 @parameterNodeWrapper
@@ -440,7 +473,7 @@ def test_checker_reports_missing_widget_and_duplicates(tmp_path):
     problems = check_widget_names(folder / "Toy.py", folder / "Resources" / "UI" / "Toy.ui")
     assert problems == [
         "Toy.ui: duplicate object names ['inputSelector']",
-        "Toy.py:22 uses ui.runButton, which is not in Toy.ui",
+        "Toy.py:23 uses ui.runButton, which is not in Toy.ui",
     ]
 
 
@@ -472,7 +505,7 @@ def test_checker_reports_structure_and_heavy_imports(tmp_path):
     py = (GOOD_PY.replace("class ToyTest(ScriptedLoadableModuleTest)", "class ToyTests(ScriptedLoadableModuleTest)")
           .replace("class ToyLogic(ScriptedLoadableModuleLogic)", "class ToyLogic(object)")
           .replace("@parameterNodeWrapper\n", "")
-          .replace('"Registration.SurgicalReg2D3D"', '"Examples"')
+          .replace('"Registration") + ".SurgicalReg2D3D"', '"Examples")')
           .replace('import slicer\n', 'import slicer\nimport cv2\ntry:\n    import torch\nexcept ImportError:\n    pass\n'
                    'from ToyLib import heavy\n'))
     folder = _write_toy(tmp_path, py=py)
@@ -488,6 +521,20 @@ def test_checker_reports_structure_and_heavy_imports(tmp_path):
     ]
 
 
+def test_checker_requires_a_translatable_category_and_skips_type_checking_imports(tmp_path):
+    py = (GOOD_PY.replace('[translate("qSlicerAbstractCoreModule", "Registration") + ".SurgicalReg2D3D"]',
+                          '["Registration.SurgicalReg2D3D"]')
+          .replace("import slicer\n", "import slicer\nfrom typing import TYPE_CHECKING\n"
+                   "if TYPE_CHECKING:\n    import torch\nelse:\n    import cv2\n", 1))
+    folder = _write_toy(tmp_path, py=py)
+    problems = check_module_structure(folder / "Toy.py", "Toy", [folder])
+    assert problems == [
+        "Toy.py: category is not translatable; use translate(\"qSlicerAbstractCoreModule\", "
+        "\"Registration\") + \".SurgicalReg2D3D\"",
+        "Toy.py: heavy import when the module is loaded: Toy.py:7 imports cv2",
+    ]
+
+
 def test_checker_reports_missing_and_unparsable_files(tmp_path):
     folder = _write_toy(tmp_path, ui=GOOD_UI.replace("</ui>", ""))
     assert check_module(folder, [folder])[0].startswith("Toy.ui: not valid XML")
@@ -496,18 +543,20 @@ def test_checker_reports_missing_and_unparsable_files(tmp_path):
 
 
 def test_checker_follows_imports_into_the_core_library(tmp_path):
-    """A module importing SurgicalReg2D3DLib.device at load time pulls torch in (device.py
-    imports torch at its top): the check must see it through the real core package."""
+    """A module importing SurgicalReg2D3DLib.similarity at load time pulls torch in
+    (similarity.py imports torch at its top): the check must see it through the real core
+    package. (device.py imports torch only inside its functions: importing it is fine.)"""
     hub = (ROOT / "SurgicalReg2D3D" / "SurgicalReg2D3D.py").read_text()
     folder = tmp_path / "SurgicalReg2D3D"
     folder.mkdir()
     (folder / "SurgicalReg2D3D.py").write_text(
-        hub.replace("import vtk\n", "import vtk\nfrom SurgicalReg2D3DLib.device import choose_device\n", 1))
+        hub.replace("import vtk\n", "import vtk\nfrom SurgicalReg2D3DLib.device import choose_device\n"
+                    "from SurgicalReg2D3DLib.similarity import ncc\n", 1))
     problems = check_module_structure(folder / "SurgicalReg2D3D.py", "SurgicalReg2D3D",
                                       repository_search_roots())
-    assert len(problems) == 1
+    assert len(problems) == 2  # "import torch" and "import torch.nn.functional as F"
     assert problems[0].startswith("SurgicalReg2D3D.py: heavy import when the module is loaded: "
                                   "SurgicalReg2D3D.py:")
-    device_lines = (ROOT / "SurgicalReg2D3D" / "SurgicalReg2D3DLib" / "device.py").read_text().splitlines()
-    torch_line = device_lines.index("import torch") + 1
-    assert problems[0].endswith(f"-> device.py:{torch_line} imports torch")
+    lines = (ROOT / "SurgicalReg2D3D" / "SurgicalReg2D3DLib" / "similarity.py").read_text().splitlines()
+    torch_line = lines.index("import torch") + 1
+    assert problems[0].endswith(f"-> similarity.py:{torch_line} imports torch")

@@ -12,6 +12,7 @@ import vtk
 
 import slicer
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -37,9 +38,9 @@ class USSliceReg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("USSliceReg")
-        self.parent.categories = ["Registration.SurgicalReg2D3D"]
-        self.parent.dependencies = ["Sequences"]
-        self.parent.contributors = ["SlicerSurgicalReg2D3D developers"]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration") + ".SurgicalReg2D3D"]
+        self.parent.dependencies = ["Sequences", "SurgicalReg2D3D"]
+        self.parent.contributors = ["SlicerSurgicalReg2D3D contributors (SlicerSurgicalReg2D3D project)"]
         self.parent.helpText = _(
             "Register tracked 2D ultrasound frames to a 3D ultrasound volume (slice-to-volume)."
             " Load a PLUS tracked sequence (.igs.mha/.igs.nrrd/.seq.nrrd) with its device-set"
@@ -57,7 +58,8 @@ class USSliceReg(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class USSliceRegParameterNode:
-    """Inputs, options and outputs of the module."""
+    """Inputs, options and outputs of the module. (Live mode is widget state, not a
+    parameter: a saved scene must not start live registration when it is opened.)"""
 
     usVolume: vtkMRMLScalarVolumeNode
     frameBrowser: vtkMRMLSequenceBrowserNode
@@ -65,7 +67,6 @@ class USSliceRegParameterNode:
     calibrationFile: Path
     method: Annotated[str, Choice(METHOD_CHOICES)] = "lncc"
     temporal: bool = True
-    live: bool = False
     correctionTransform: vtkMRMLLinearTransformNode
 
 
@@ -118,6 +119,7 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._setLiveChecked(False)
         self._stopLive()
         self.setParameterNode(None)
 
@@ -151,7 +153,21 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.liveCheckBox.enabled = ok
 
     # ----------------------------------------------------------------- actions
+    def _ensureDependencies(self) -> bool:
+        """Torch (and optionally numba) through the hub; False when not installed."""
+        import SurgicalReg2D3D
+
+        with slicer.util.tryWithErrorDisplay(_("The dependencies could not be installed."),
+                                             waitCursor=True):
+            if SurgicalReg2D3D.ensureDependencies(["USSliceReg"]):
+                return True
+        self.ui.resultLabel.text = _("USSliceReg needs PyTorch; not installed.")
+        return False
+
     def onLoadPlus(self) -> None:
+        # Loading goes through USSliceRegLib.logic, which imports torch.
+        if not self._ensureDependencies():
+            return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to load the PLUS sequence."), waitCursor=True):
             calibration = str(p.calibrationFile) if p.calibrationFile else ""
@@ -170,6 +186,9 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()
 
     def onApply(self) -> None:
+        if not self._ensureDependencies():
+            return
+        from SurgicalReg2D3DLib.errors import CancelledError
         from SurgicalReg2D3DLib.progress import CancelToken
 
         p = self._parameterNode
@@ -178,12 +197,20 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = False
         try:
             with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-                reg, correctionSequence, chart = self.logic.registerBrowser(
-                    p.usVolume, p.frameBrowser, method=p.method, temporal=p.temporal,
-                    progress=self._progress, cancel=self._cancelToken)
+                try:
+                    reg, correctionSequence, chart = self.logic.registerBrowser(
+                        p.usVolume, p.frameBrowser, method=p.method, temporal=p.temporal,
+                        progress=self._progress, cancel=self._cancelToken)
+                except CancelledError:  # not a failure: no error dialog
+                    self.ui.resultLabel.text = _("Registration cancelled; inputs unchanged.")
+                    return
                 from USSliceRegLib.logic import summary_line
 
                 self.ui.resultLabel.text = summary_line(reg)
+                if self.logic.lastWarmup and self.logic.lastWarmup.get("first_use"):
+                    self.ui.resultLabel.text += " " + _(
+                        "(first use: LNCC kernels compiled in {s:.1f} s, not counted above)").format(
+                        s=self.logic.lastWarmup["seconds"])
                 slicer.modules.plots.logic().ShowChartInLayout(chart)
                 self.logic.showOverlay(p.usVolume, p.frameBrowser, reg)
         finally:
@@ -196,22 +223,35 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._cancelToken.cancel()
 
     # ----------------------------------------------------------------- live mode
+    def _setLiveChecked(self, checked: bool) -> None:
+        """Set the live check box without triggering onLiveToggled."""
+        wasBlocked = self.ui.liveCheckBox.blockSignals(True)
+        self.ui.liveCheckBox.checked = checked
+        self.ui.liveCheckBox.blockSignals(wasBlocked)
+
     def onLiveToggled(self, on: bool) -> None:
         if not on:
             self._stopLive()
             return
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Cannot start live mode."), waitCursor=True):
-            if not p.correctionTransform:
-                p.correctionTransform = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLLinearTransformNode", "USLiveCorrection")
-            self._live = self.logic.startLive(p.usVolume, p.frameBrowser, p.method,
-                                              p.correctionTransform)
-            self._liveBrowser = p.frameBrowser
-            self.addObserver(self._liveBrowser, vtk.vtkCommand.ModifiedEvent, self.onLiveFrame)
-            self.onLiveFrame()
+        if not self._ensureDependencies():
+            self._setLiveChecked(False)
             return
-        self.ui.liveCheckBox.checked = False
+        p = self._parameterNode
+        # tryWithErrorDisplay shows the error and re-raises it: catch it here so the check
+        # box is cleared when the start fails.
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Cannot start live mode."), waitCursor=True):
+                if not p.correctionTransform:
+                    p.correctionTransform = slicer.mrmlScene.AddNewNodeByClass(
+                        "vtkMRMLLinearTransformNode", "USLiveCorrection")
+                self._live = self.logic.startLive(p.usVolume, p.frameBrowser, p.method,
+                                                  p.correctionTransform, progress=self._progress)
+                self._liveBrowser = p.frameBrowser
+                self.addObserver(self._liveBrowser, vtk.vtkCommand.ModifiedEvent, self.onLiveFrame)
+                self.onLiveFrame()
+        except Exception:  # already shown to the user
+            self._stopLive()
+            self._setLiveChecked(False)
 
     def onLiveFrame(self, caller=None, event=None) -> None:
         if self._live is None:
@@ -220,7 +260,9 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             res = self.logic.updateLive(self._live, self._liveBrowser)
         except Exception as error:  # keep the GUI alive; show why and stop
             logging.error(f"USSliceReg live update failed: {error}")
-            self.ui.liveCheckBox.checked = False
+            self._stopLive()
+            self._setLiveChecked(False)
+            self.ui.resultLabel.text = _("Live mode stopped: {e}").format(e=error)
             return
         if res is not None:
             self.ui.resultLabel.text = _("Live: frame {n}, LNCC {a:.3f} -> {b:.3f}, {ms:.0f} ms").format(
@@ -239,6 +281,24 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._lastItem = None
+        #: The last kernel warm-up (``USSliceRegLib.warmup.warm_up_kernels``): its time is
+        #: first-use compilation, reported apart from the registration times.
+        self.lastWarmup = None
+
+    def prepareKernels(self, progress=None):
+        """Compile (or load from numba's cache) the LNCC kernels before the first frame,
+        with progress; returns the warm-up report (``seconds``, ``first_use``)."""
+        from SurgicalReg2D3DLib.device import choose_device
+        from USSliceRegLib.warmup import warm_up_kernels
+
+        if choose_device().type != "cpu":  # the kernels are for the CPU; torch runs on the GPU
+            self.lastWarmup = None
+            return None
+        self.lastWarmup = warm_up_kernels(progress=progress)
+        if self.lastWarmup.get("first_use"):
+            logging.info(f"USSliceReg: LNCC kernels compiled/loaded in "
+                         f"{self.lastWarmup['seconds']:.1f} s (first use in this session)")
+        return self.lastWarmup
 
     def getParameterNode(self):
         return USSliceRegParameterNode(super().getParameterNode())
@@ -263,14 +323,21 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
 
     def registerBrowser(self, volumeNode, browser, method="lncc", temporal=True, progress=None,
                         cancel=None):
-        """Register all frames of ``browser``; returns ``(registration, corrections, chart)``."""
+        """Register all frames of ``browser`` on the hub's device; returns
+        ``(registration, corrections, chart)``. The compiled kernels are prepared first
+        (:meth:`prepareKernels`), so the frames' times exclude their first use."""
+        from SurgicalReg2D3DLib.device import choose_device
+        from SurgicalReg2D3DLib.progress import sub_progress
         from USSliceRegLib.logic import register_nodes, results_to_table
 
         ctx = self._ctx()
         images, transforms = self._sequences(browser)
+        if method == "lncc":
+            self.prepareKernels(progress=sub_progress(progress, 0.0, 0.1))
         reg, corrections = register_nodes(ctx, volumeNode, images, transforms, method=method,
                                           temporal=temporal, browser=browser,
-                                          progress=progress, cancel=cancel)
+                                          progress=sub_progress(progress, 0.1, 1.0),
+                                          cancel=cancel, device=choose_device())
         _table, chart = results_to_table(ctx, reg)
         return reg, corrections, chart
 
@@ -295,11 +362,14 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
         sliceLogic.FitSliceToAll()
         return node
 
-    def startLive(self, volumeNode, browser, method, correctionNode):
+    def startLive(self, volumeNode, browser, method, correctionNode, progress=None):
+        from SurgicalReg2D3DLib.device import choose_device
         from USSliceRegLib.logic import LiveNodeRegistration
         from SurgicalReg2D3DLib.nodes import image2d_from_node
         from USSliceRegLib.slicing import fan_mask
 
+        if method == "lncc":  # compile before the first live frame, not during it
+            self.prepareKernels(progress=progress)
         images, _transforms = self._sequences(browser)
         frame, _m = image2d_from_node(images.GetNthDataNode(0), "US frame")
         frames = [image2d_from_node(images.GetNthDataNode(i), "US frame")[0]
@@ -308,7 +378,7 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
         self._lastItem = None
         return LiveNodeRegistration(self._ctx(), volumeNode, frame.shape[:2],
                                     fan=fan_mask(frames), method=method,
-                                    correction_node=correctionNode)
+                                    correction_node=correctionNode, device=choose_device())
 
     def updateLive(self, live, browser):
         """Register the browser's current frame (once per item)."""
@@ -337,6 +407,12 @@ class USSliceRegTest(ScriptedLoadableModuleTest):
         self.test_RegisterShippedSweep()
 
     def test_RegisterShippedSweep(self):
+        import SurgicalReg2D3D
+
+        missing = SurgicalReg2D3D.missingDependencies(["USSliceReg"])
+        if missing:
+            self.skipTest(f"USSliceReg self-test needs {', '.join(missing)} (not installed; "
+                          "install it from the SurgicalReg2D3D module)")
         import numpy as np
 
         from SurgicalReg2D3DLib.paths import sample_data_path

@@ -96,7 +96,10 @@ def _markdown(s: dict, stream: dict, machine: dict, load: dict,
              f"{s['start']['mean_translation_mm']:.2f} mm / "
              f"{s['start']['mean_rotation_deg']:.2f} deg); seeds {s['seeds']} (one start per "
              f"frame and seed, pooled below); {s.get('repeats', 1)} timed repeats per frame, "
-             "start and method (median kept).", "",
+             "start and method (median kept). "
+             + (f"Per-frame times exclude the first-use compilation of the numba kernels "
+                f"(warm-up before timing: {s['kernel_warmup_s']:.1f} s)."
+                if s.get("kernel_warmup_s") is not None else ""), "",
              f"Skipped (less than {int(100 * MIN_TRUTH_COVERAGE)} % of the fan in the volume's "
              "data at the true pose; coverage): "
              + (", ".join(f"frame {i} ({100 * c:.0f} %)"

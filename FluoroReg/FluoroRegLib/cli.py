@@ -74,8 +74,10 @@ def cmd_register(args: argparse.Namespace) -> int:
     if init is not None and len(init) != len(xrays):
         raise InputError(f"initial pose: {len(xrays)} X-ray images but {len(init)} initial "
                          "ct_to_camera matrices in " + Path(args.init).name)
+    from SurgicalReg2D3DLib.device import choose_device  # noqa: PLC0415
+
     result = register_arrays(hu, ijk_to_ras, images, cameras, init, method=args.method,
-                             device=args.device, **_method_options(args))
+                             device=choose_device(args.device), **_method_options(args))
     extra = {"similarity": result.similarity, "method": args.method,
              "time_s": round(result.time_s, 3), "iterations": len(result.history),
              "convergence": [h["loss"] for h in result.history]}
@@ -263,7 +265,9 @@ def register_cli(subparsers) -> None:
     reg.add_argument("--out", required=True, help="OUT.json with the result")
     reg.add_argument("--negative-log", action="store_true",
                      help="the images are raw detector counts: apply -log(I / I0)")
-    reg.add_argument("--device", default=None, help="torch device (default: CPU)")
+    reg.add_argument("--device", default=None,
+                     help="torch device: cpu, cuda, cuda:N, mps or auto (default: "
+                          "SURGREG_DEVICE, else the first CUDA GPU when available, else CPU)")
     _add_method_options(reg)
     reg.set_defaults(func=cmd_register)
 

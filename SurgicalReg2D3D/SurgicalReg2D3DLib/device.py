@@ -1,14 +1,19 @@
 """Compute device choice, seeding and a device summary for ``surgreg info``.
 
+One device choice is used by every module (Slicer) and every ``surgreg`` command.
 Device choice order (:func:`choose_device`):
 
-1. the ``prefer`` argument when given (e.g. a module's "Device" setting);
+1. the ``prefer`` argument when given (e.g. ``surgreg fluoro register --device cpu``);
 2. else the environment variable ``SURGREG_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``
-   or ``auto``), so a user can force the CPU without touching code;
+   or ``auto``), so a user can force the CPU without touching code. Inside Slicer the hub's
+   "Compute on" setting is stored in Slicer's settings (:data:`SETTINGS_KEY`) and applied
+   to ``SURGREG_DEVICE`` when Slicer starts and when the setting changes
+   (:func:`set_device_preference`);
 3. else ``auto``: the first CUDA GPU when torch sees one, otherwise the CPU.
 
 Asking explicitly for a device that is not available raises
 :class:`~SurgicalReg2D3DLib.errors.InputError` instead of silently falling back.
+torch is imported inside the functions, so the preference helpers work without torch.
 """
 
 from __future__ import annotations
@@ -16,19 +21,48 @@ from __future__ import annotations
 import os
 import platform
 import random
-from typing import Optional, Union
+import re
+from typing import TYPE_CHECKING, Optional, Union
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # annotations only: torch is imported inside the functions
+    import torch
 
 from .errors import InputError
 
-__all__ = ["ENV_VAR", "choose_device", "seed_everything", "describe_device", "default_dtype"]
+__all__ = ["ENV_VAR", "SETTINGS_KEY", "PREFERENCES", "choose_device", "device_preference",
+           "set_device_preference", "seed_everything", "describe_device", "default_dtype"]
 
 ENV_VAR = "SURGREG_DEVICE"
+#: Key of the hub's "Compute on" setting in Slicer's settings (QSettings).
+SETTINGS_KEY = "SurgicalReg2D3D/ComputeDevice"
+#: The choices the hub offers ("auto": the first CUDA GPU when available, else the CPU).
+PREFERENCES = ("auto", "cpu", "cuda")
+
+
+def device_preference() -> str:
+    """The device preference in effect: ``SURGREG_DEVICE`` (lower case) or ``"auto"``."""
+    return os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+
+
+def set_device_preference(preference: str) -> str:
+    """Make ``preference`` (one of :data:`PREFERENCES`, or ``cuda:N`` / ``mps``) the device
+    of every module and command in this process, through ``SURGREG_DEVICE``; ``"auto"``
+    removes the variable. Availability is checked later, by :func:`choose_device`.
+    Returns the normalised preference."""
+    name = str(preference).strip().lower() if preference is not None else ""
+    if not (name in PREFERENCES or name == "mps" or re.fullmatch(r"cuda:\d+", name)):
+        raise InputError(f"device preference: expected one of {list(PREFERENCES)}, 'cuda:N' "
+                         f"or 'mps', got {preference!r}")
+    if name == "auto":
+        os.environ.pop(ENV_VAR, None)
+    else:
+        os.environ[ENV_VAR] = name
+    return name
 
 
 def _mps_available() -> bool:
+    import torch  # noqa: PLC0415
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
 
@@ -46,6 +80,8 @@ def choose_device(prefer: Optional[Union[str, torch.device]] = None) -> torch.de
     Raises:
         InputError: unknown name, or a GPU that this torch build / machine does not have.
     """
+    import torch  # noqa: PLC0415
+
     source = "device"
     if prefer is None:
         env = os.environ.get(ENV_VAR, "").strip()
@@ -102,6 +138,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> int:
     Returns:
         The seed.
     """
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise InputError(f"seed: must be an integer in [0, 2**32 - 1], got {seed!r}")
     seed = int(seed)
@@ -128,11 +167,16 @@ def default_dtype(device: Optional[Union[str, torch.device]] = None) -> torch.dt
     Geometry that needs precision (poses, LM on few parameters) should use float64 on
     CPU/CUDA explicitly.
     """
+    import torch  # noqa: PLC0415
+
     return torch.float32
 
 
 def describe_device(device: Optional[Union[str, torch.device]] = None) -> dict:
     """A JSON-friendly summary of the compute set-up (for ``surgreg info`` and bug reports)."""
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
     dev = choose_device(device)
     info = {
         "python": platform.python_version(),

@@ -180,8 +180,9 @@ def load_volume(ctx, path, name: Optional[str] = None):
     files = vtk.vtkStringArray()
     # loading options: bit 2 = single file (no globbing of numbered series),
     # bit 3 = automatic window/level.
-    node = ctx.logic("Volumes").AddArchetypeVolume(str(p), name or _stem(p), 4 | 8, files,
-                                                   messages)
+    # The 4-argument form: Slicer 5.8/5.10 wrap only the 2-, 3- and 4-argument overloads
+    # (the 5-argument one with a message collection exists in slicer-core only).
+    node = ctx.logic("Volumes").AddArchetypeVolume(str(p), name or _stem(p), 4 | 8, files)
     if node is None or node.GetImageData() is None:
         detail = _message_text(messages)
         raise FileReadError(f"{what}: cannot read volume: {p}" + (f" ({detail})" if detail

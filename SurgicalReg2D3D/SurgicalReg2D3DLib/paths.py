@@ -4,15 +4,20 @@ The sample data lives once, at the repository root (``Resources/SampleData``), a
 by all four modules. It is found in three places, tried in this order:
 
 1. the folder named by the environment variable ``SURGREG_SAMPLE_DATA`` (if set);
-2. the installed extension: Slicer installs every scripted module of this extension into
-   one folder (``lib/Slicer-X.Y/qt-scripted-modules``) next to ``SurgicalReg2D3DLib``, and
-   the hub's CMake puts the data at ``<that folder>/Resources/SampleData``;
+2. the built or installed extension: Slicer's build (``slicerMacroBuildScriptedModule``)
+   and its install put every scripted module of this extension into one folder
+   (``<build or install>/lib/Slicer-X.Y/qt-scripted-modules``) next to
+   ``SurgicalReg2D3DLib``, and the hub's CMake copies the data to
+   ``<that folder>/Resources/SampleData`` in both trees;
 3. the source tree: ``<repository>/Resources/SampleData``, i.e. ``../Resources/SampleData``
    relative to the hub module folder ``SurgicalReg2D3D/``.
 
 :data:`SAMPLE_DATASETS` lists the data sets the hub registers with Slicer's SampleData
 module (category ``"SurgicalReg2D3D"``); :func:`sample_data_sources` gives them with absolute
-paths and ``file://`` URIs. This module is Qt-free and imports nothing heavy.
+paths, ``file://`` URIs and SHA-256 checksums (SampleData copies a file into its cache
+again when the cached copy's checksum differs). This module is Qt-free and imports
+nothing heavy. The self-tests of all modules find their data through
+:func:`sample_data_path`, in the source tree and in built / installed trees alike.
 """
 
 from __future__ import annotations
@@ -84,8 +89,9 @@ class SampleDataset:
     """One entry of Slicer's SampleData module (one or more files loaded together).
 
     ``files`` are paths relative to the sample data folder; ``node_names`` and
-    ``file_types`` (Slicer IO file types such as ``"VolumeFile"``, ``"ModelFile"``) have
-    the same length. ``licence`` is the licence file, relative to the data folder.
+    ``file_types`` (Slicer IO file types such as ``"VolumeFile"``, ``"ModelFile"``) and
+    ``sha256`` (hex digests of the files, checked by the tests) have the same length.
+    ``licence`` is the licence file, relative to the data folder.
     """
 
     sample_name: str
@@ -95,6 +101,7 @@ class SampleDataset:
     file_types: Tuple[str, ...]
     licence: str
     thumbnail: str  # icon file name in the hub's Resources/Icons (make_icons.py)
+    sha256: Tuple[str, ...] = ()
 
 
 SAMPLE_DATASETS: Tuple[SampleDataset, ...] = (
@@ -106,6 +113,7 @@ SAMPLE_DATASETS: Tuple[SampleDataset, ...] = (
         file_types=("VolumeFile",),
         licence="ct/LICENSE-TotalSegmentator",
         thumbnail="SurgRegThoraxCT.png",
+        sha256=("f776ecfa1326e7e21a8c30e5530f517c16f16a59a68fc06e8119cefc7c3b87a0",),
     ),
     SampleDataset(
         sample_name="SurgRegLiverModel",
@@ -116,6 +124,8 @@ SAMPLE_DATASETS: Tuple[SampleDataset, ...] = (
         file_types=("ModelFile", "VolumeFile"),
         licence="liver_sksurgery/LICENSE",
         thumbnail="SurgRegLiverModel.png",
+        sha256=("05a0191ba9b60b37299e789301757261bd0f2f0e686bfe37e798f62316efe450",
+                "ff894e0329c9a0a574d5ea5d0fefb0b8e802882805571a0c94ad68564e7e81bd"),
     ),
     SampleDataset(
         sample_name="SurgRegSpineUSVolume",
@@ -126,6 +136,7 @@ SAMPLE_DATASETS: Tuple[SampleDataset, ...] = (
         file_types=("VolumeFile",),
         licence="ultrasound/LICENSE",
         thumbnail="SurgRegSpineUSVolume.png",
+        sha256=("7cec583252e961d2d3847828f3a6ad80001ca3808f7f23cc20a8b2f68d26bf32",),
     ),
 )
 
@@ -135,7 +146,7 @@ def sample_data_sources() -> List[Dict[str, object]]:
 
     Each dict has the keys of ``SampleDataLogic.registerCustomSampleDataSource``
     (``category``, ``sampleName``, ``uris``, ``fileNames``, ``nodeNames``,
-    ``loadFileTypes``) plus ``paths`` (absolute paths), ``description`` and ``licence``
+    ``loadFileTypes``, ``checksums`` as ``"SHA256:<hex>"``) plus ``paths`` (absolute paths), ``description`` and ``licence``
     (absolute path), and ``thumbnailFileName`` (icon file name; the caller makes it
     absolute). ``uris`` are ``file://`` URIs of the bundled files, so nothing is downloaded.
     ``fileNames`` are prefixed with ``SurgicalReg2D3D_`` because SampleData copies every
@@ -153,6 +164,7 @@ def sample_data_sources() -> List[Dict[str, object]]:
             "fileNames": [f"{SAMPLE_DATA_CATEGORY}_{p.name}" for p in paths],
             "nodeNames": list(dataset.node_names),
             "loadFileTypes": list(dataset.file_types),
+            "checksums": [f"SHA256:{h}" for h in dataset.sha256],
             "licence": str(sample_data_path(dataset.licence)),
             "thumbnailFileName": dataset.thumbnail,
         })

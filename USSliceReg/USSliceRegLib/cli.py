@@ -46,8 +46,11 @@ def cmd_register(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"\r[{100 * fraction:5.1f}%] {message:60s}", end="", flush=True)
 
+    from SurgicalReg2D3DLib.device import choose_device  # noqa: PLC0415
+
     reg = register_tracked(volume, seq, chain, method=args.method, init=init,
-                           temporal=args.temporal, frames=frames, progress=progress)
+                           temporal=args.temporal, frames=frames, progress=progress,
+                           device=choose_device(args.device))
     if not args.quiet:
         print()
     for i, why in reg.skipped:
@@ -107,6 +110,10 @@ def register_cli(subparsers) -> None:
                        help="each frame starts from its own pose (default with --init)")
     reg.add_argument("--frames", help="comma-separated frame numbers (default all usable)")
     reg.add_argument("--out", required=True, help="OUT.json")
+    reg.add_argument("--device", default=None,
+                     help="torch device: cpu, cuda, cuda:N, mps or auto (default: "
+                          "SURGREG_DEVICE, else the first CUDA GPU when available, else CPU; "
+                          "the compiled lncc kernels run on the CPU only)")
     reg.add_argument("--quiet", action="store_true")
     reg.set_defaults(func=cmd_register)
 

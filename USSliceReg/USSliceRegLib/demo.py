@@ -88,6 +88,8 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
                "frames": len(test) - len(summary["skipped_uncovered_frames"]),
                "skipped_frames_outside_volume": sorted(summary["skipped_uncovered_frames"]),
                "seconds": round(time.perf_counter() - t0, 1)}
+    metrics["kernel_warmup_s"] = summary.get("kernel_warmup_s")
+    metrics["timing"] = summary.get("timing_note")
     metrics["start"] = summary.get("start", {})
     for m, s in summary["methods"].items():
         metrics[m] = {k: round(v, 3) if isinstance(v, float) else v for k, v in s.items()}

@@ -279,7 +279,8 @@ def browser_sequences(browser):
 
 def register_nodes(ctx, volume_node, image_sequence, transform_sequence, method: str = "lncc",
                    temporal: bool = True, browser=None, output_name: str = "USCorrection",
-                   config: Optional[RegistrationConfig] = None, progress=None, cancel=None):
+                   config: Optional[RegistrationConfig] = None, progress=None, cancel=None,
+                   device=None):
     """Register every frame of a browsable sweep (as made by ``load_sequence_to_mrml``).
 
     Returns ``(SequenceRegistration, correction_sequence)``: a new sequence of linear
@@ -292,7 +293,8 @@ def register_nodes(ctx, volume_node, image_sequence, transform_sequence, method:
     array, ijk_to_ras = _volume_arrays(volume_node)
     frames, poses = _frames_from_sequences(image_sequence, transform_sequence)
     fan = fan_mask(frames)
-    fn = make_method(method, array, ijk_to_ras, frames.shape[1:], fan, config=config)
+    fn = make_method(method, array, ijk_to_ras, frames.shape[1:], fan, config=config,
+                     device=device)
     results = register_sequence(fn, frames, poses, temporal=temporal, progress=progress,
                                 cancel=cancel)
     out = ctx.add_node("vtkMRMLSequenceNode", output_name)
@@ -320,13 +322,14 @@ class LiveNodeRegistration:
     """
 
     def __init__(self, ctx, volume_node, frame_shape, fan=None, method: str = "lncc",
-                 correction_node=None, config: Optional[RegistrationConfig] = None):
+                 correction_node=None, config: Optional[RegistrationConfig] = None,
+                 device=None):
         array, ijk_to_ras = _volume_arrays(volume_node)
         if fan is None:
             fan = np.ones(tuple(frame_shape), dtype=bool)
         self.ctx = ctx
         self.live = LiveRegistration(make_method(method, array, ijk_to_ras, frame_shape, fan,
-                                                 config=config))
+                                                 config=config, device=device))
         self.correction_node = correction_node or ctx.add_node(
             "vtkMRMLLinearTransformNode", "USLiveCorrection")
 
