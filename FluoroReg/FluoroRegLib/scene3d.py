@@ -78,3 +78,13 @@ def build_scene(ctx, ct_node, images: Sequence[np.ndarray], cameras: Sequence,
         out["xray_planes"].append(n1.GetID())
         out["frusta"].append(n2.GetID())
     return out
+
+
+def demo_picture(path, hu, ijk_to_ras, images, cameras, ct_to_camera, size=(480, 400)) -> None:
+    """Two off-screen renderings of the scene (front and oblique) in one labelled PNG."""
+    items = scene_items(hu, ijk_to_ras, images, cameras, ct_to_camera)
+    pics = [render3d.render_offscreen(items, size=size, azimuth=a, elevation=e)
+            for a, e in ((0.0, 0.0), (60.0, 25.0))]
+    render3d.save_pictures(path, pics, ["3D scene", "3D scene, turned"],
+                           "FluoroReg: CT bone surface, each X-ray (SYNTHETIC) on its detector "
+                           "plane and the source frustum at the registered pose")

@@ -110,3 +110,37 @@ def setup_ar_view(ctx, camera_node, camera, model_to_camera, frame: Optional[np.
         if display is not None:
             display.SetOpacity(float(opacity))
     return {"camera": camera_node.GetID(), "frame": frame_id}
+
+
+def synthetic_frame(camera, model_to_camera, vertices, faces) -> np.ndarray:
+    """A SYNTHETIC laparoscopic frame: the liver rendered with shading at ``model_to_camera``
+    through the camera (for demos and pictures where no posed real frame exists)."""
+    item = render3d.SceneItem(_polydata_lps_to_ras(vertices, faces), color=(0.75, 0.35, 0.3))
+    return render3d.render_offscreen([item], size=(camera.width, camera.height),
+                                     camera=ar_camera_parameters(camera, model_to_camera),
+                                     background=(0.15, 0.05, 0.05))
+
+
+def demo_picture(path, camera, true_model_to_camera, model_to_camera, liver, structures=(),
+                 opacity: float = 0.45) -> None:
+    """AR view (synthetic frame + registered liver and structures) and a side view with the
+    camera frustum, in one labelled PNG. ``liver``/``structures``: ``(vertices, faces)``."""
+    frame = synthetic_frame(camera, true_model_to_camera, *liver)
+    meshes = [liver, *structures]
+    colors = [(0.2, 0.9, 0.9), (0.3, 0.45, 0.95), (0.95, 0.85, 0.2), (0.9, 0.3, 0.9)]
+    ar = render3d.render_offscreen(ar_items(camera, model_to_camera, frame, meshes, opacity,
+                                            colors),
+                                   size=(camera.width, camera.height),
+                                   camera=ar_camera_parameters(camera, model_to_camera))
+    depth = float((np.c_[liver[0], np.ones(len(liver[0]))] @ np.asarray(
+        model_to_camera, float).T)[:, 2].mean())
+    side_items = [render3d.SceneItem(_polydata_lps_to_ras(v, f), color=c)
+                  for (v, f), c in zip(meshes, [(0.85, 0.45, 0.35)] + colors[1:])]
+    side_items.append(render3d.SceneItem(frustum(camera, model_to_camera, depth),
+                                         color=(1.0, 1.0, 0.3), lighting=False))
+    side = render3d.render_offscreen(side_items, size=(360, 300), azimuth=70, elevation=20)
+    render3d.save_pictures(path, [frame, ar, side],
+                           ["frame (SYNTHETIC rendering at the true pose)",
+                            "AR view: registered liver + vessels/tumours over the frame",
+                            "3D view: laparoscope frustum beside the model"],
+                           "LiverLaparoReg 3D views (rendered off screen with VTK)")

@@ -211,3 +211,26 @@ def render_offscreen(items: Sequence[SceneItem], size: Tuple[int, int] = (640, 4
     arr = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars()).reshape(h, w, -1)[..., :3]
     window.Finalize()
     return np.ascontiguousarray(arr[::-1])  # VTK's first row is the bottom one
+
+
+def save_pictures(path, pictures: Sequence[np.ndarray], titles: Sequence[str],
+                  suptitle: str = "") -> None:
+    """Save rendered pictures side by side in one PNG (matplotlib, no display needed)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    n = len(pictures)
+    widths = [p.shape[1] / p.shape[0] for p in pictures]
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * sum(widths) + 0.2, 3.6), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, pic, title in zip(axes[0], pictures, titles):
+        ax.imshow(pic)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

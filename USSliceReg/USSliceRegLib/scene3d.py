@@ -78,3 +78,44 @@ def scene_items(volume: np.ndarray, ijk_to_ras, frame: np.ndarray, image_to_ras,
         items.append(render3d.SceneItem(render3d.textured_plane(shifted, f.shape[1], f.shape[0]),
                                         texture=np.asarray(resliced)))
     return items
+
+
+def demo_picture(path, volume, ijk_to_ras, frame, image_to_ras, resliced) -> None:
+    """The frame inside the volume's outline (3D) and the slice view along it, one PNG."""
+    items = scene_items(volume, ijk_to_ras, frame, image_to_ras)
+    pic3d = render3d.render_offscreen(items, size=(420, 360), azimuth=35, elevation=25)
+    f = np.asarray(frame, float)
+    r = np.asarray(resliced, float)
+
+    def norm(a):
+        lo, hi = np.percentile(a, [1, 99])
+        return np.clip((a - lo) / max(hi - lo, 1e-9), 0, 1)
+
+    blend = np.stack([norm(f), norm(r), norm(f)], -1)
+    blend = (blend * 255).astype(np.uint8)
+    render3d.save_pictures(path, [pic3d, blend],
+                           ["frame at its registered pose in the volume (outline)",
+                            "slice view resliced along the frame: frame magenta, volume green"],
+                           "USSliceReg 3D view and reslice (real PLUS sweep)")
+
+
+def demo_picture_from_sweep(path, seq, chain, frame_index: int, fan, rec, seed: int = 5) -> dict:
+    """Register one held-out frame of a sweep (start 10 mm / 10 deg off) to ``rec`` (a
+    reconstruction without it) and draw :func:`demo_picture` at the result. All in the
+    sweep's reference frame. Returns the frame's LNCC before/after."""
+    from .methods import make_method  # noqa: PLC0415
+    from .register import perturb_about_point, random_perturbations  # noqa: PLC0415
+
+    fn = make_method("lncc", rec.array, rec.ijk_to_reference, seq.frame_shape, fan,
+                     volume_mask=rec.filled)
+    k = [int(i) for i in chain.indices].index(int(frame_index))
+    truth = chain.image_to_reference[k]
+    start = perturb_about_point(truth, random_perturbations(1, 10.0, 10.0, seed=seed)[0],
+                                fn.registrar.fan_centre_px)
+    res = fn(seq.images[frame_index][None], start[None])[0]
+    vals, inside = fn.registrar.resample_volume(res.image_to_reference[None], step=1)
+    resliced = np.where(inside[0].numpy(), vals[0].numpy(), 0.0)
+    demo_picture(path, rec.array, rec.ijk_to_reference, seq.images[frame_index],
+                 res.image_to_reference, resliced)
+    return {"frame": int(frame_index), "lncc_start": float(res.lncc_start),
+            "lncc": float(res.lncc)}
