@@ -96,6 +96,11 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     fig.savefig(out_dir / "fluoro_convergence.png", dpi=100)
     plt.close(fig)
 
+    from .scene3d import demo_picture  # noqa: PLC0415
+
+    n_best = max(results)
+    demo_picture(out_dir / "fluoro_3d.png", hu, m, case.images[:n_best], case.cameras[:n_best],
+                 best.views_ct_to_camera[:n_best])
     metrics = {"synthetic_xrays": True, "ct": SAMPLE_CT.name, "image_px": size,
                "initial_mtre_mm": case.initial_mtre_mm}
     for n_views, res in results.items():

@@ -236,12 +236,19 @@ GEOMETRY_ATTRIBUTE = "FluoroReg.Geometry"
 def camera_for_xray_node(node, geometry_path=None, name: str = "X-ray image"):
     """The camera of an X-ray node: from ``geometry_path`` (JSON) when given, else from
     the node attribute ``FluoroReg.Geometry`` (geometry JSON text, set by
-    :func:`set_node_geometry`)."""
+    :func:`set_node_geometry`), else from the DICOM tags of the file the node was loaded
+    from (:func:`dicom_file_for_node`; ``XRayCamera.from_dicom``)."""
     from .geometry import load_geometry  # noqa: PLC0415
 
     if geometry_path:
         return load_geometry(geometry_path)
     text = node.GetAttribute(GEOMETRY_ATTRIBUTE) if node is not None else None
+    if not text and node is not None:
+        dicom_file = dicom_file_for_node(node)
+        if dicom_file is not None:
+            from SurgicalReg2D3DLib.cameras import XRayCamera  # noqa: PLC0415
+
+            return XRayCamera.from_dicom(dicom_file)
     if not text:
         label = node.GetName() if node is not None else "?"
         raise GeometryError(f"X-ray geometry: missing for {name.lower()} '{label}'; choose a "
@@ -253,6 +260,39 @@ def camera_for_xray_node(node, geometry_path=None, name: str = "X-ray image"):
     except ValueError as exc:
         raise GeometryError(f"X-ray geometry: attribute {GEOMETRY_ATTRIBUTE} is not JSON: {exc}") from None
     return load_geometry(data)
+
+
+def dicom_file_for_node(node):
+    """The DICOM file an X-ray node was loaded from, or None: the node's storage file or
+    the file named by ``io.SOURCE_FILE_ATTRIBUTE`` (set by ``io.load_image2d``) when it is
+    DICOM, else (in the Slicer application) the file of its first instance UID (attribute
+    ``DICOM.instanceUIDs``, set by Slicer's DICOM module) in Slicer's DICOM database."""
+    from pathlib import Path  # noqa: PLC0415
+
+    candidates = []
+    storage = node.GetStorageNode() if hasattr(node, "GetStorageNode") else None
+    if storage is not None and storage.GetFileName():
+        candidates.append(storage.GetFileName())
+    if node.GetAttribute("SurgicalReg2D3D.SourceFile"):   # io.load_image2d
+        candidates.append(node.GetAttribute("SurgicalReg2D3D.SourceFile"))
+    uids = node.GetAttribute("DICOM.instanceUIDs")
+    if uids:
+        try:
+            import slicer  # noqa: PLC0415
+
+            database = getattr(slicer, "dicomDatabase", None)
+            if database is not None:
+                candidates.append(database.fileForInstance(uids.split()[0]))
+        except ImportError:
+            pass
+    for name in candidates:
+        path = Path(name) if name else None
+        if path is not None and path.is_file():
+            with open(path, "rb") as f:
+                head = f.read(132)
+            if len(head) == 132 and head[128:132] == b"DICM":
+                return path
+    return None
 
 
 def set_node_geometry(node, camera) -> None:

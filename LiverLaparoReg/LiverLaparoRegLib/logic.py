@@ -358,6 +358,7 @@ def contours_to_markups(ctx, contours2d=None, contours3d=None, vertices=None,
         p = np.c_[c.points, np.zeros(len(c.points)), np.ones(len(c.points))] @ M.T
         out.append(nodes.points_to_markups(ctx, p[:, :3], f"{prefix}{c.label} 2D {k}",
                                            kind="curve"))
+        out[-1].SetAttribute("LiverLaparoReg.LandmarkClass", c.label)
     if contours3d:
         if vertices is None:
             raise InputError("3D contours: the mesh vertices are needed to place them")
@@ -365,4 +366,5 @@ def contours_to_markups(ctx, contours2d=None, contours3d=None, vertices=None,
             p = np.asarray(vertices, dtype=np.float64)[c.vertices] * [-1.0, -1.0, 1.0]
             out.append(nodes.points_to_markups(ctx, p, f"{prefix}{c.label} 3D {k}",
                                                kind="curve"))
+            out[-1].SetAttribute("LiverLaparoReg.LandmarkClass", c.label)
     return out

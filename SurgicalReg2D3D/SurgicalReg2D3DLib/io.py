@@ -278,7 +278,13 @@ def load_image2d(ctx, path, name: Optional[str] = None):
         # a 2D image's slice axis: the normal of its plane (right-handed), 1 mm.
         ijk_to_lps[:3, 2] = np.cross(ijk_to_lps[:3, 0], ijk_to_lps[:3, 1])
         ijk_to_lps[:3, 2] /= np.linalg.norm(ijk_to_lps[:3, 2])
-    return volume_to_node(ctx, array, LPS_TO_RAS @ ijk_to_lps, name or _stem(p))
+    node = volume_to_node(ctx, array, LPS_TO_RAS @ ijk_to_lps, name or _stem(p))
+    node.SetAttribute(SOURCE_FILE_ATTRIBUTE, str(p))  # e.g. the X-ray's DICOM tags
+    return node
+
+
+#: Node attribute naming the file a 2D image node was read from (``load_image2d``).
+SOURCE_FILE_ATTRIBUTE = "SurgicalReg2D3D.SourceFile"
 
 
 # --------------------------------------------------------------------------------------
