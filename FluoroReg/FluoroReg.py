@@ -98,6 +98,9 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.compareComboBox.addItems([_("blend"), _("checkerboard")])
+        self.ui.compareComboBox.connect("currentIndexChanged(int)", lambda i: self._updateViews())
+        self.ui.show3dCheckBox.connect("toggled(bool)", lambda on: self._updateViews())
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.defaultPoseButton.connect("clicked(bool)", self.onDefaultPoseButton)
 
@@ -166,6 +169,21 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = message
         slicer.app.processEvents()  # keeps the Cancel button responsive
 
+    def _updateViews(self) -> None:
+        """The 3D scene (when checked) and the X-ray/DRR comparison in the slice views."""
+        result = getattr(self, "_lastResult", None)
+        if result is None:
+            return
+        p = self._parameterNode
+        xrays = [p.xrayVolume] + ([p.xrayVolume2] if p.xrayVolume2 else [])
+        paths = [self.ui.geometryPathLineEdit.currentPath] + (
+            [self.ui.geometry2PathLineEdit.currentPath] if p.xrayVolume2 else [])
+        with slicer.util.tryWithErrorDisplay(_("The 3D view could not be built."), waitCursor=True):
+            if self.ui.show3dCheckBox.checked:
+                self.logic.showScene(p.ctVolume, xrays, paths, result)
+            mode = ("blend", "checkerboard")[max(0, self.ui.compareComboBox.currentIndex)]
+            self.logic.showComparison(p.xrayVolume, p.drrVolume, mode)
+
     def onApplyButton(self) -> None:
         import SurgicalReg2D3D
 
@@ -216,9 +234,8 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for r, (key, value) in enumerate(rows):
             self.ui.resultsTable.setItem(r, 0, qt.QTableWidgetItem(key))
             self.ui.resultsTable.setItem(r, 1, qt.QTableWidgetItem(value))
-        # X-ray in the background, DRR blended over it.
-        slicer.util.setSliceViewerLayers(background=p.xrayVolume, foreground=p.drrVolume,
-                                         foregroundOpacity=0.5, fit=True)
+        self._lastResult = result
+        self._updateViews()
         self.logic.showConvergence(result)
         self.ui.statusLabel.text = _("Done.")
 
@@ -268,6 +285,43 @@ class FluoroRegLogic(ScriptedLoadableModuleLogic):
             output_transform_node=outputTransform, drr_node=drrVolume, fiducials_node=fiducials,
             true_transform_node=trueTransform, negative_log=negativeLog,
             iterations=iterations, device=choose_device(), progress=progress, cancel=cancel)
+
+    def showScene(self, ctVolume, xrayVolumes, geometryPaths, result):
+        """The 3D scene of the result (``FluoroRegLib.scene3d.build_scene``): bone surface,
+        each X-ray on its detector plane, the source frustum; replaces the previous one."""
+        from FluoroRegLib import logic, scene3d
+        from SurgicalReg2D3DLib import nodes
+
+        for node in list(slicer.util.getNodes("FluoroReg *").values()):
+            if node.IsA("vtkMRMLModelNode"):
+                slicer.mrmlScene.RemoveNode(node)
+        cameras, images = [], []
+        for k, (node, path) in enumerate(zip(xrayVolumes, geometryPaths)):
+            cameras.append(logic.camera_for_xray_node(node, path or None))
+            image, _m = nodes.image2d_from_node(node, f"X-ray image {k + 1}")
+            images.append(image if image.ndim == 2 else image[..., :3].mean(axis=2))
+        return scene3d.build_scene(self._context(), ctVolume, images, cameras,
+                                   result.views_ct_to_camera[:len(images)])
+
+    def showComparison(self, xrayVolume, drrVolume, mode="blend"):
+        """X-ray and DRR in the slice views: blended (DRR over the X-ray at 50 %) or as a
+        checkerboard image (``SurgicalReg2D3DLib.compare``)."""
+        if mode == "blend":
+            slicer.util.setSliceViewerLayers(background=xrayVolume, foreground=drrVolume,
+                                             foregroundOpacity=0.5, fit=True)
+            return None
+        import numpy as np
+
+        from SurgicalReg2D3DLib import compare, nodes
+
+        xray, ijk = nodes.image2d_from_node(xrayVolume, "X-ray image")
+        drr, _m = nodes.image2d_from_node(drrVolume, "DRR")
+        board = compare.checkerboard(xray if xray.ndim == 2 else xray[..., :3].mean(axis=2), drr)
+        node = slicer.mrmlScene.GetFirstNodeByName("FluoroReg checkerboard")
+        node = nodes.image2d_to_node(self._context(), board.astype(np.float32),
+                                     "FluoroReg checkerboard", ijk_to_ras=ijk, node=node)
+        slicer.util.setSliceViewerLayers(background=node, foreground=None, fit=True)
+        return node
 
     def showConvergence(self, result):
         """Convergence (1 - similarity per iteration) as a table + plot in the layout."""
@@ -347,4 +401,19 @@ class FluoroRegTest(ScriptedLoadableModuleTest):
         self.assertLess(error, 3.0)
         self.assertAlmostEqual(result.metrics["mtre_mm"], error, places=6)
         self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(result.outputs["drr_node"]))
+
+        self.delayDisplay("Building the 3D scene and the checkerboard")
+        ids = FluoroRegLogic().showScene(smallCt, [xrayNode], [""], result)
+        from SurgicalReg2D3DLib import views3d
+
+        plane = slicer.mrmlScene.GetNodeByID(ids["xray_planes"][0])
+        corner = np.array(plane.GetPolyData().GetPoint(0))
+        expected = views3d.xray_ijk_to_ras(camera, result.ct_to_camera) @ [-0.5, -0.5, 0, 1]
+        self.assertTrue(np.allclose(corner, expected[:3], atol=1e-3))
+        frustum = slicer.mrmlScene.GetNodeByID(ids["frusta"][0]).GetPolyData()
+        source = np.linalg.inv(result.ct_to_camera)[:3, 3]
+        self.assertTrue(np.allclose(frustum.GetPoint(0), source, atol=1e-3))
+        board = FluoroRegLogic().showComparison(xrayNode, slicer.mrmlScene.GetNodeByID(
+            result.outputs["drr_node"]), "checkerboard")
+        self.assertEqual(board.GetImageData().GetDimensions()[:2], (48, 48))
         self.delayDisplay(f"Test passed: mTRE {case.initial_mtre_mm:.1f} -> {error:.2f} mm")

@@ -24,6 +24,7 @@ from slicer import (
     vtkMRMLLinearTransformNode,
     vtkMRMLModelNode,
     vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
     vtkMRMLVectorVolumeNode,
 )
 
@@ -62,6 +63,7 @@ class LiverLaparoRegParameterNode:
     modelNode: vtkMRMLModelNode
     frameVolume: vtkMRMLVectorVolumeNode
     maskVolume: vtkMRMLScalarVolumeNode
+    maskSegmentation: vtkMRMLSegmentationNode
     initialTransform: vtkMRMLLinearTransformNode
     method: Annotated[str, Choice(METHOD_CHOICES)] = "auto"
     nonrigid: bool = False
@@ -80,6 +82,8 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._cancelToken = None
+        self._liveVideo = None        # (browser, LiveVideoRegistration) while live
+        self._lastResult = None       # (result, camera) of the last registration
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -99,6 +103,14 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.frameSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._showFrameCamera)
+        self.ui.cameraIntrinsicsLineEdit.connect("editingFinished()", self.onEditIntrinsics)
+        self.ui.loadVideoButton.connect("clicked(bool)", self.onLoadVideo)
+        self.ui.registerVideoButton.connect("clicked(bool)", self.onRegisterVideo)
+        self.ui.liveVideoCheckBox.connect("toggled(bool)", self.onLiveVideo)
+        self.ui.arOpacitySlider.connect("valueChanged(double)", lambda v: self._updateViews())
+        self.ui.compareComboBox.addItems([_("overlay"), _("blend"), _("checkerboard")])
+        self.ui.compareComboBox.connect("currentIndexChanged(int)", lambda i: self._updateViews())
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -173,7 +185,7 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
                 try:
                     result, outputs = self.logic.process(
-                        p.modelNode, p.frameVolume, self.ui.cameraPathLineEdit.currentPath,
+                        p.modelNode, p.frameVolume, self.ui.cameraPathLineEdit.currentPath or None,
                         distortionPath=self.ui.distortionPathLineEdit.currentPath or None,
                         maskVolume=p.maskVolume,
                         contours2dPath=self.ui.contours2dPathLineEdit.currentPath or None,
@@ -182,6 +194,9 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         nonrigid=p.nonrigid, outputTransform=p.outputTransform,
                         structureNodes=list(self.ui.structuresSelector.checkedNodes()),
                         outputModel=p.outputModel, overlayVolume=p.overlayVolume,
+                        curves2d=list(self.ui.curves2dSelector.checkedNodes()),
+                        curves3d=list(self.ui.curves3dSelector.checkedNodes()),
+                        maskSegmentation=p.maskSegmentation,
                         progress=self._progress, cancel=self._cancelToken)
                 except CancelledError:
                     self.ui.statusLabel.text = _("Registration cancelled; inputs unchanged.")
@@ -210,7 +225,107 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.resultsTable.setItem(r, 0, qt.QTableWidgetItem(key))
             self.ui.resultsTable.setItem(r, 1, qt.QTableWidgetItem(value))
         slicer.util.setSliceViewerLayers(background=p.overlayVolume, fit=True)
+        self._lastResult = (result, outputs["camera"])
+        self._showFrameCamera()
+        self._updateViews()
         self.ui.statusLabel.text = _("Done.")
+
+    # -- camera stored with the frame -------------------------------------------------------
+    def _showFrameCamera(self, node=None) -> None:
+        from LiverLaparoRegLib.node_inputs import CAMERA_ATTRIBUTE, camera_for_frame_node
+
+        frame = self._parameterNode.frameVolume if self._parameterNode else None
+        if frame is None or not frame.GetAttribute(CAMERA_ATTRIBUTE):
+            self.ui.cameraSummaryLabel.text = _("(none stored; choose a camera file)")
+            self.ui.cameraIntrinsicsLineEdit.text = ""
+            return
+        cam = camera_for_frame_node(frame)
+        self.ui.cameraSummaryLabel.text = (f"{cam.width} x {cam.height} px, "
+                                           f"{len(cam.dist_coeffs)} distortion coefficients")
+        self.ui.cameraIntrinsicsLineEdit.text = f"{cam.fx:g}, {cam.fy:g}, {cam.cx:g}, {cam.cy:g}"
+
+    def onEditIntrinsics(self) -> None:
+        import dataclasses
+
+        from LiverLaparoRegLib.node_inputs import camera_for_frame_node, set_frame_camera
+
+        frame = self._parameterNode.frameVolume
+        with slicer.util.tryWithErrorDisplay(_("Invalid intrinsics."), waitCursor=False):
+            values = [float(v) for v in self.ui.cameraIntrinsicsLineEdit.text.split(",")]
+            if len(values) != 4:
+                raise ValueError(_("give four numbers: fx, fy, cx, cy"))
+            cam = camera_for_frame_node(frame)
+            set_frame_camera(frame, dataclasses.replace(cam, fx=values[0], fy=values[1],
+                                                        cx=values[2], cy=values[3]))
+        self._showFrameCamera()
+
+    # -- 3D views ---------------------------------------------------------------------------
+    def _updateViews(self) -> None:
+        if self._lastResult is None:
+            return
+        result, camera = self._lastResult
+        p = self._parameterNode
+        models = [m for m in [p.outputModel or p.modelNode]
+                  + list(self.ui.structuresSelector.checkedNodes()) if m is not None]
+        self.logic.showViews(result, camera, p.frameVolume, models,
+                             arView=self.ui.arViewCheckBox.checked,
+                             opacity=self.ui.arOpacitySlider.value,
+                             frustum=self.ui.frustumCheckBox.checked,
+                             compare=("overlay", "blend", "checkerboard")[
+                                 self.ui.compareComboBox.currentIndex],
+                             overlayVolume=p.overlayVolume)
+
+    # -- video ------------------------------------------------------------------------------
+    def onLoadVideo(self) -> None:
+        import SurgicalReg2D3D
+
+        path = self.ui.videoPathLineEdit.currentPath
+        with slicer.util.tryWithErrorDisplay(_("The video could not be loaded."), waitCursor=True):
+            if not SurgicalReg2D3D.ensureDependencies(["LiverLaparoReg"]):
+                return
+            from LiverLaparoRegLib.video import load_video_to_scene
+
+            seq, browser = load_video_to_scene(LiverLaparoRegLogic._context(), path,
+                                               name=os.path.basename(path.rstrip("/")) or "video")
+            self.ui.videoSequenceSelector.setCurrentNode(seq)
+            slicer.modules.sequences.setToolBarActiveBrowserNode(browser)
+            self.ui.statusLabel.text = _("Loaded {n} frames.").format(n=seq.GetNumberOfDataNodes())
+
+    def onRegisterVideo(self) -> None:
+        p = self._parameterNode
+        seq = self.ui.videoSequenceSelector.currentNode()
+        with slicer.util.tryWithErrorDisplay(_("Video registration failed."), waitCursor=True):
+            reg, out = self.logic.processVideo(p.modelNode, seq,
+                                               self.ui.maskSequenceSelector.currentNode(),
+                                               p.initialTransform,
+                                               cameraPath=self.ui.cameraPathLineEdit.currentPath or None,
+                                               progress=self._progress)
+            self.ui.statusLabel.text = _("{n} frames registered, {k} skipped.").format(
+                n=len(reg.poses) - len(reg.skipped), k=len(reg.skipped))
+
+    def onLiveVideo(self, on: bool) -> None:
+        if self._liveVideo is not None:
+            self.removeObserver(self._liveVideo[0], vtk.vtkCommand.ModifiedEvent,
+                                self._onBrowserModified)
+            self._liveVideo = None
+        if not on:
+            return
+        p = self._parameterNode
+        seq = self.ui.videoSequenceSelector.currentNode()
+        with slicer.util.tryWithErrorDisplay(_("Live mode could not start."), waitCursor=True):
+            try:
+                self._liveVideo = self.logic.startLiveVideo(
+                    p.modelNode, seq, self.ui.maskSequenceSelector.currentNode(),
+                    p.initialTransform, p.outputTransform)
+            except Exception:
+                self.ui.liveVideoCheckBox.checked = False
+                raise
+            self.addObserver(self._liveVideo[0], vtk.vtkCommand.ModifiedEvent,
+                             self._onBrowserModified)
+
+    def _onBrowserModified(self, caller=None, event=None) -> None:
+        message = self.logic.updateLiveVideo(*self._liveVideo[1:])
+        self.ui.statusLabel.text = message
 
 
 class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
@@ -231,15 +346,19 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
     def process(self, modelNode, frameVolume, cameraPath, distortionPath=None, maskVolume=None,
                 contours2dPath=None, contours3dPath=None, initialTransform=None, method="auto",
                 nonrigid=False, outputTransform=None, outputModel=None, overlayVolume=None,
-                structureNodes=None, progress=None, cancel=None):
+                structureNodes=None, curves2d=None, curves3d=None, maskSegmentation=None,
+                progress=None, cancel=None):
         """Run the registration; returns ``(LaparoResult, {"transform", "model", "overlay",
-        "structures"})``.
+        "structures", "camera"})``.
 
+        Inputs come from nodes where no file is given (``node_inputs.resolve_inputs``): the
+        camera stored with the frame, Markups curves ``curves2d`` / ``curves3d``, and the
+        liver painted in ``maskSegmentation`` (used instead of ``maskVolume``).
         ``structureNodes``: optional vessel / tumour model nodes (liver model frame); with
         ``nonrigid`` a deformed copy of each is created (inputs unchanged); all are drawn
         on the overlay (deformed when available)."""
-        from LiverLaparoRegLib import logic, p2ilf
-        from LiverLaparoRegLib.camera import load_camera
+        from LiverLaparoRegLib import logic
+        from LiverLaparoRegLib.node_inputs import resolve_inputs
         from LiverLaparoRegLib.overlay import overlay_image
         from SurgicalReg2D3DLib import nodes
         from SurgicalReg2D3DLib.errors import InputError
@@ -248,15 +367,19 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
             raise InputError("image: select a frame")
         ctx = self._context()
         image, _ijk = nodes.image2d_from_node(frameVolume, "image")
-        camera = load_camera(cameraPath or None, width=image.shape[1], height=image.shape[0],
-                             distortion_path=distortionPath)
         vertices, faces = logic.model_mesh_arrays(modelNode)
-        c2 = p2ilf.read_contours_2d(contours2dPath) if contours2dPath else None
-        c3 = p2ilf.read_contours_3d(contours3dPath, len(vertices)) if contours3dPath else None
+        camera, c2, c3, mask = resolve_inputs(
+            ctx, frameVolume, vertices, camera_path=cameraPath, distortion_path=distortionPath,
+            curves2d=curves2d or (), curves3d=curves3d or (), contours2d_path=contours2dPath,
+            contours3d_path=contours3dPath, mask_node=maskSegmentation)
+        maskNode = maskVolume
+        if mask is not None:   # the segmentation, as a mask volume on the frame's grid
+            maskNode = nodes.image2d_to_node(ctx, mask.astype("uint8"), "LiverLaparoReg mask",
+                                             ijk_to_ras=_ijk)
         transform = outputTransform or slicer.mrmlScene.AddNewNodeByClass(
             "vtkMRMLLinearTransformNode", "LiverLaparoReg model_to_camera")
         result = logic.register_nodes(
-            ctx, modelNode, camera, frame_node=frameVolume, mask_node=maskVolume,
+            ctx, modelNode, camera, frame_node=frameVolume, mask_node=maskNode,
             contours2d=c2, contours3d=c3, init_transform_node=initialTransform,
             method=None if method == "auto" else method, nonrigid=nonrigid,
             output_transform_node=transform, output_model_node=outputModel,
@@ -275,7 +398,120 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
         if result.deformed_vertices is not None:
             model = outputModel or slicer.mrmlScene.GetFirstNodeByName("deformed liver")
         return result, {"transform": transform, "model": model, "overlay": overlay,
-                        "structures": list(result.structure_nodes)}
+                        "structures": list(result.structure_nodes), "camera": camera}
+
+    def showViews(self, result, camera, frameVolume, modelNodes, arView=True, opacity=0.5,
+                  frustum=True, compare="overlay", overlayVolume=None):
+        """AR view in 3D view 1 (camera = the laparoscope, frame as background), the camera
+        frustum beside the model, and the compare image in the slice views."""
+        import numpy as np
+
+        from LiverLaparoRegLib import arview
+        from SurgicalReg2D3DLib import compare as cmp
+        from SurgicalReg2D3DLib import nodes, render3d
+
+        ctx = self._context()
+        image, ijk = nodes.image2d_from_node(frameVolume, "image")
+        if arView:
+            viewNode = slicer.app.layoutManager().threeDWidget(0).mrmlViewNode()
+            cameraNode = slicer.modules.cameras.logic().GetViewActiveCameraNode(viewNode)
+            frameModel = slicer.mrmlScene.GetFirstNodeByName("LiverLaparoReg AR frame")
+            arview.setup_ar_view(ctx, cameraNode, camera, result.model_to_camera, frame=image,
+                                 model_nodes=modelNodes, opacity=opacity,
+                                 frame_model_node=frameModel)
+        if frustum:
+            node = slicer.mrmlScene.GetFirstNodeByName("LiverLaparoReg camera frustum")
+            render3d.add_model_node(ctx, arview.frustum(camera, result.model_to_camera),
+                                    "LiverLaparoReg camera frustum", color=(1.0, 1.0, 0.3),
+                                    node=node)
+        if compare != "overlay":
+            from LiverLaparoRegLib.raster import render_mask
+
+            from LiverLaparoRegLib.logic import model_mesh_arrays
+
+            verts, faces = model_mesh_arrays(modelNodes[0])
+            if result.deformed_vertices is not None:
+                verts = result.deformed_vertices
+            rendered = render_mask(verts, faces, result.model_to_camera, camera)[0].numpy()
+            picture = (cmp.blend(image, rendered) if compare == "blend"
+                       else cmp.checkerboard(image, rendered))
+            node = slicer.mrmlScene.GetFirstNodeByName("LiverLaparoReg compare")
+            node = nodes.image2d_to_node(ctx, (picture * 255).astype(np.uint8),
+                                         "LiverLaparoReg compare", ijk_to_ras=ijk, node=node)
+            slicer.util.setSliceViewerLayers(background=node, fit=True)
+        elif overlayVolume is not None:
+            slicer.util.setSliceViewerLayers(background=overlayVolume, fit=True)
+
+    def _videoInputs(self, modelNode, sequenceNode, cameraPath=None):
+        from LiverLaparoRegLib.camera import load_camera
+        from LiverLaparoRegLib.node_inputs import camera_for_frame_node, set_frame_camera
+        from SurgicalReg2D3DLib.errors import InputError
+
+        if modelNode is None or sequenceNode is None:
+            raise InputError("video: select the liver model and a frame sequence")
+        if cameraPath:
+            first = sequenceNode.GetNthDataNode(0)
+            dims = first.GetImageData().GetDimensions()
+            camera = load_camera(cameraPath, width=dims[0], height=dims[1])
+            set_frame_camera(sequenceNode, camera)
+        return camera_for_frame_node(sequenceNode)
+
+    def processVideo(self, modelNode, sequenceNode, maskSequence, initialTransform,
+                     cameraPath=None, progress=None, cancel=None):
+        """Register every frame (temporal); returns ``(VideoRegistration, transform
+        sequence)`` synchronised with the sequence's browser."""
+        from LiverLaparoRegLib.video import register_video_nodes
+
+        camera = self._videoInputs(modelNode, sequenceNode, cameraPath)
+        browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForSequenceNode(
+            sequenceNode)
+        return register_video_nodes(self._context(), modelNode, camera, sequenceNode,
+                                    maskSequence, initialTransform, browser=browser,
+                                    progress=progress, cancel=cancel)
+
+    def startLiveVideo(self, modelNode, sequenceNode, maskSequence, initialTransform,
+                       outputTransform=None):
+        """Live mode following the browser: returns ``(browser, live, maskSequence,
+        outputTransform)``; :meth:`updateLiveVideo` registers the shown frame."""
+        from LiverLaparoRegLib.logic import model_mesh_arrays
+        from LiverLaparoRegLib.mesh import MeshData
+        from LiverLaparoRegLib.video import LiveVideoRegistration
+        from SurgicalReg2D3DLib import nodes
+        from SurgicalReg2D3DLib.errors import InputError
+
+        camera = self._videoInputs(modelNode, sequenceNode)
+        if initialTransform is None:
+            raise InputError("initial pose: live mode starts from an initial pose")
+        browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForSequenceNode(
+            sequenceNode)
+        if browser is None:
+            raise InputError("video: the frame sequence has no browser")
+        v, f = model_mesh_arrays(modelNode)
+        live = LiveVideoRegistration(MeshData(v, f, "mesh"), camera,
+                                     nodes.matrix_from_transform_node(initialTransform))
+        out = outputTransform or slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLLinearTransformNode", "LiverLaparoReg live model_to_camera")
+        return browser, live, maskSequence, out
+
+    def updateLiveVideo(self, browser, live, maskSequence, outputTransform) -> str:
+        """Register the frame the browser shows; writes the pose (the last good one when the
+        frame fails) and returns a status line."""
+        from SurgicalReg2D3DLib import nodes
+
+        index = browser.GetSelectedItemNumber()
+        mask = None
+        if maskSequence is not None:
+            item = maskSequence.GetNthDataNode(index)
+            if item is not None:
+                mask, _ = nodes.image2d_from_node(item, "mask")
+                mask = (mask.max(axis=2) if mask.ndim == 3 else mask) != 0
+        live.update(mask)
+        nodes.matrix_to_transform_node(self._context(), live.pose, outputTransform.GetName(),
+                                       node=outputTransform)
+        if live.last_reason:
+            return _("Frame {i}: {why}; last good pose kept.").format(i=index, why=live.last_reason)
+        return _("Frame {i} registered.").format(i=index)
+
 
 
 class LiverLaparoRegTest(ScriptedLoadableModuleTest):
@@ -319,5 +555,15 @@ class LiverLaparoRegTest(ScriptedLoadableModuleTest):
         # with the camera file's distortion the annotations reach beyond the lens model's
         # fold radius (see benchmarks/results/laparo_bench.md): ~245 px measured
         self.assertLess(result.metrics["reprojection"]["all"]["hausdorff_px"], 300.0)
+        self.delayDisplay("Building the AR view and the frustum")
+        LiverLaparoRegLogic().showViews(result, outputs["camera"], frame, [modelNode])
+        from LiverLaparoRegLib.arview import ras_to_camera
+
+        viewNode = slicer.app.layoutManager().threeDWidget(0).mrmlViewNode()
+        cameraNode = slicer.modules.cameras.logic().GetViewActiveCameraNode(viewNode)
+        expected = np.linalg.inv(ras_to_camera(result.model_to_camera))[:3, 3]
+        self.assertTrue(np.allclose(cameraNode.GetPosition(), expected, atol=1e-3))
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("LiverLaparoReg AR frame"))
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("LiverLaparoReg camera frustum"))
         self.delayDisplay(f"Test passed: mean class Hausdorff "
                           f"{result.metrics['reprojection']['all']['hausdorff_px']:.1f} px")

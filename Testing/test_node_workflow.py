@@ -121,3 +121,32 @@ def test_xray_camera_from_the_dicom_file_of_the_node(ctx, tmp_path):
     png = nodes.image2d_to_node(ctx, np.zeros((8, 8), np.float32), "plain")
     with pytest.raises(GeometryError, match="X-ray geometry: missing"):
         camera_for_xray_node(png)
+
+
+def test_resolve_inputs_prefers_files_and_falls_back_to_nodes(ctx, tmp_path):
+    from LiverLaparoRegLib.logic import contours_to_markups
+    from LiverLaparoRegLib.node_inputs import camera_for_frame_node, resolve_inputs
+    from LiverLaparoRegLib.p2ilf import Contour2D, Contour3D, write_contours_2d
+
+    frame, m = _frame_node(ctx)
+    verts = np.random.default_rng(3).uniform(-50, 50, (200, 3))
+    c2 = [Contour2D("Ridge", np.array([[3.0, 4.0], [10, 12], [20, 18], [30, 22]]))]
+    c3 = [Contour3D("Ridge", np.array([1, 7, 9, 30]))]
+    curves2 = contours_to_markups(ctx, contours2d=c2, frame_ijk_to_ras=m)
+    curves3 = contours_to_markups(ctx, contours3d=c3, vertices=verts)
+    with pytest.raises(GeometryError, match="none stored with frame"):
+        resolve_inputs(ctx, frame, verts, curves2d=curves2, curves3d=curves3)
+    cam_file = tmp_path / "K.txt"
+    cam_file.write_text("500 0 31.5\n0 500 23.5\n0 0 1\n")
+    cam, got2, got3, mask = resolve_inputs(ctx, frame, verts, camera_path=cam_file,
+                                           curves2d=curves2, curves3d=curves3)
+    assert (cam.width, cam.height, cam.fx) == (64, 48, 500.0)
+    assert camera_for_frame_node(frame) == cam            # remembered with the frame
+    np.testing.assert_allclose(got2[0].points, c2[0].points, atol=1e-6)
+    np.testing.assert_array_equal(got3[0].vertices, c3[0].vertices)
+    assert mask is None
+    other = [Contour2D("Ligament", np.array([[1.0, 1.0], [2, 2], [3, 3], [4, 4]]))]
+    write_contours_2d(other, tmp_path / "c2.json")
+    cam2, got2, _, _ = resolve_inputs(ctx, frame, verts, contours2d_path=tmp_path / "c2.json",
+                                      curves2d=curves2)
+    assert cam2 == cam and got2[0].label == "Ligament"      # the file wins over the curves

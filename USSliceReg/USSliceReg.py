@@ -102,6 +102,9 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.liveCheckBox.connect("toggled(bool)", self.onLiveToggled)
+        self.ui.compareComboBox.addItems([_("blend"), _("checkerboard")])
+        self.ui.compareComboBox.connect("currentIndexChanged(int)", lambda i: self._updateViews())
+        self.ui.show3dCheckBox.connect("toggled(bool)", lambda on: self._updateViews())
         self.ui.cancelButton.enabled = False
         self.initializeParameterNode()
 
@@ -212,11 +215,23 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         "(first use: LNCC kernels compiled in {s:.1f} s, not counted above)").format(
                         s=self.logic.lastWarmup["seconds"])
                 slicer.modules.plots.logic().ShowChartInLayout(chart)
-                self.logic.showOverlay(p.usVolume, p.frameBrowser, reg)
+                self._lastRegistration = reg
+                self._updateViews()
         finally:
             self._cancelToken = None
             self.ui.cancelButton.enabled = False
             self._checkCanApply()
+
+    def _updateViews(self) -> None:
+        reg = getattr(self, "_lastRegistration", None)
+        if reg is None:
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("The views could not be updated."), waitCursor=True):
+            self.logic.showOverlay(p.usVolume, p.frameBrowser, reg,
+                                   show3d=self.ui.show3dCheckBox.checked,
+                                   compare=("blend", "checkerboard")[
+                                       max(0, self.ui.compareComboBox.currentIndex)])
 
     def onCancel(self) -> None:
         if self._cancelToken is not None:
@@ -341,9 +356,12 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
         _table, chart = results_to_table(ctx, reg)
         return reg, corrections, chart
 
-    def showOverlay(self, volumeNode, browser, registration, item=None):
+    def showOverlay(self, volumeNode, browser, registration, item=None, show3d=True,
+                    compare="blend"):
         """Reslice the volume on the (corrected) plane of the browser's current frame and
-        show it over the frame in the Red slice view."""
+        show it with the frame in the Red slice view: blended, or as a checkerboard image
+        on the same plane. With ``show3d`` the frame also sits at its registered pose in the
+        3D view and the Red slice is driven along its plane (``USSliceRegLib.scene3d``)."""
         from SurgicalReg2D3DLib.nodes import image2d_from_node
         from USSliceRegLib.logic import reslice_to_frame_node
 
@@ -355,12 +373,37 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
         node = slicer.mrmlScene.GetFirstNodeByName("USResliced")
         node = reslice_to_frame_node(self._ctx(), volumeNode, result.image_to_reference,
                                      frame.shape[:2], "USResliced", node=node)
-        slicer.util.setSliceViewerLayers(background=frameNode, foreground=node,
-                                         foregroundOpacity=0.5, fit=True)
+        shown = node
+        if compare == "checkerboard":
+            import numpy as np
+
+            from SurgicalReg2D3DLib import compare as cmp
+            from SurgicalReg2D3DLib.nodes import volume_to_node
+
+            resliced, _m2 = image2d_from_node(node, "resliced volume")
+            gray = frame if frame.ndim == 2 else frame[..., :3].mean(axis=2)
+            board = cmp.checkerboard(gray, resliced).astype(np.float32)
+            shown = slicer.mrmlScene.GetFirstNodeByName("US checkerboard")
+            shown = volume_to_node(self._ctx(), board[None], np.eye(4), "US checkerboard",
+                                   node=shown)
+            shown.SetAndObserveTransformNodeID(node.GetParentTransformNode().GetID())
+            slicer.util.setSliceViewerLayers(background=shown, foreground=None, fit=True)
+        else:
+            slicer.util.setSliceViewerLayers(background=frameNode, foreground=node,
+                                             foregroundOpacity=0.5, fit=True)
         sliceLogic = slicer.app.layoutManager().sliceWidget("Red").sliceLogic()
-        sliceLogic.GetSliceNode().RotateToVolumePlane(frameNode)
-        sliceLogic.FitSliceToAll()
-        return node
+        if show3d:
+            from USSliceRegLib.scene3d import drive_slice_views, frame_plane_model
+
+            model = slicer.mrmlScene.GetFirstNodeByName("US frame in 3D")
+            frame_plane_model(self._ctx(), frame if frame.ndim == 2 else frame[..., :3].mean(axis=2),
+                              result.image_to_reference, "US frame in 3D", node=model)
+            drive_slice_views([sliceLogic.GetSliceNode()], result.image_to_reference,
+                              frame.shape[:2])
+        else:
+            sliceLogic.GetSliceNode().RotateToVolumePlane(frameNode)
+            sliceLogic.FitSliceToAll()
+        return shown
 
     def startLive(self, volumeNode, browser, method, correctionNode, progress=None):
         from SurgicalReg2D3DLib.device import choose_device
@@ -440,4 +483,18 @@ class USSliceRegTest(ScriptedLoadableModuleTest):
         self.assertLess(float(np.median([m[0] for m in moved])), 3.0)
         self.assertGreaterEqual(np.mean([r.lncc for r in reg.results]),
                                 np.mean([r.lncc_start for r in reg.results]) - 1e-3)
+
+        self.delayDisplay("Frame in 3D, Red slice along the registered frame, checkerboard")
+        browser.SetSelectedItemNumber(0)
+        logic.showOverlay(volume, browser, reg, item=0, show3d=True, compare="checkerboard")
+        from SurgicalReg2D3DLib.nodes import vtk_matrix_to_numpy
+        from SurgicalReg2D3DLib.views3d import slice_to_ras_from_image
+
+        red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        images, _t = logic._sequences(browser)
+        shape = images.GetNthDataNode(0).GetImageData().GetDimensions()
+        expected = slice_to_ras_from_image(reg.results[0].image_to_reference, (shape[1], shape[0]))
+        self.assertTrue(np.allclose(vtk_matrix_to_numpy(red.GetSliceToRAS()), expected, atol=1e-6))
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("US frame in 3D"))
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("US checkerboard"))
         self.delayDisplay("Test passed")

@@ -12,7 +12,7 @@ modified: the X-ray image is copied into a textured plane model.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 

@@ -202,3 +202,39 @@ def camera_for_frame_node(node) -> PinholeCamera:
         return PinholeCamera.from_dict(json.loads(text))
     except ValueError as exc:
         raise GeometryError(f"camera: attribute {CAMERA_ATTRIBUTE} is not valid: {exc}") from None
+
+
+def resolve_inputs(ctx, frame_node, vertices_model, camera_path=None, distortion_path=None,
+                   curves2d: Sequence = (), curves3d: Sequence = (), contours2d_path=None,
+                   contours3d_path=None, mask_node=None):
+    """The registration inputs from nodes, or from files where files are given.
+
+    - camera: ``camera_path`` (+ ``distortion_path``) when given (then also stored on the
+      frame node, so the scene remembers it), else the camera stored on the frame node;
+    - contours: the P2ILF files when given, else the Markups curves (both 2D and 3D needed);
+    - mask: a Segmentation / labelmap / scalar volume node on the frame (``mask_from_node``).
+
+    Returns ``(camera, contours2d or None, contours3d or None, mask or None)``.
+    """
+    from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
+
+    from .camera import load_camera  # noqa: PLC0415
+    from .p2ilf import read_contours_2d, read_contours_3d  # noqa: PLC0415
+
+    if frame_node is None:
+        raise InputError("image: select a frame")
+    image, _ = nodes.image2d_from_node(frame_node, "image")
+    if camera_path:
+        camera = load_camera(camera_path, width=image.shape[1], height=image.shape[0],
+                             distortion_path=distortion_path)
+        set_frame_camera(frame_node, camera)
+    else:
+        camera = camera_for_frame_node(frame_node)
+    c2 = read_contours_2d(contours2d_path) if contours2d_path else None
+    c3 = read_contours_3d(contours3d_path, len(vertices_model)) if contours3d_path else None
+    if c2 is None and curves2d:
+        c2 = contours2d_from_markups(curves2d, frame_node)
+    if c3 is None and curves3d:
+        c3 = contours3d_from_markups(curves3d, vertices_model)
+    mask = mask_from_node(ctx, mask_node, frame_node) if mask_node is not None else None
+    return camera, c2, c3, mask
