@@ -112,19 +112,19 @@ def _sitk_image_info(path: Path, what: str):
 
 
 def _check_header_geometry(reader, what: str, path: Path) -> None:
-    """GeometryError for a file whose header has zero/negative spacing or a direction
-    matrix that is not orthonormal (checked on SimpleITK's header, before MRML reads it)."""
-    from .errors import GeometryError  # noqa: PLC0415
+    """GeometryError for a file whose header has zero/negative/absurd spacing, a direction
+    matrix that is not orthonormal or a non-finite origin (checked on SimpleITK's header,
+    before MRML reads it; the shared rule of :func:`SurgicalReg2D3DLib.checks.check_geometry`)."""
+    from .checks import check_sitk_geometry  # noqa: PLC0415
 
-    dim = reader.GetDimension()
-    spacing = np.array(reader.GetSpacing(), dtype=np.float64)
-    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0.0):
-        raise GeometryError(f"{what}: spacing must be positive, got "
-                            f"({', '.join(f'{v:g}' for v in spacing)}): {path}")
-    direction = np.array(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)
-    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction,
-                                                             np.eye(dim), atol=1e-4):
-        raise GeometryError(f"{what}: direction matrix is not orthonormal: {path}")
+    check_sitk_geometry(reader, what, path)
+
+
+def _check_complete(path: Path, what: str) -> None:
+    """FileReadError for a file cut short (fewer data bytes than its header declares)."""
+    from .checks import check_file_complete  # noqa: PLC0415
+
+    check_file_complete(path, what)
 
 
 def sitk_ijk_to_lps(image) -> np.ndarray:
@@ -164,6 +164,7 @@ def load_volume(ctx, path, name: Optional[str] = None):
     """
     what = "volume file"
     p = _existing_file(path, what)
+    _check_complete(p, what)
     reader = _sitk_image_info(p, what)
     size = reader.GetSize()
     if reader.GetDimension() == 2 or (reader.GetDimension() == 3 and size[2] == 1):
@@ -209,11 +210,15 @@ def save_volume(node, path, compress: bool = True) -> Path:
     return p
 
 
-def load_dicom_series(ctx, directory, name: Optional[str] = None):
+def load_dicom_series(ctx, directory, name: Optional[str] = None,
+                      allow_uneven_slices: bool = False):
     """Load the largest DICOM series of a folder (SimpleITK/GDCM) as a RAS volume node.
 
     Slices are sorted by GDCM along the slice normal; ``ijk_to_ras = diag(-1,-1,1,1) @``
     SimpleITK's index-to-LPS matrix. Rescale slope/intercept are applied (SimpleITK).
+    A series with a missing, unreadable or duplicated slice (uneven positions along the
+    normal) is an :class:`InputError` unless ``allow_uneven_slices`` (then a warning is
+    printed and the volume has SimpleITK's mean spacing).
     """
     import SimpleITK as sitk  # noqa: PLC0415
 
@@ -231,14 +236,29 @@ def load_dicom_series(ctx, directory, name: Optional[str] = None):
                          f"slice: {d}")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise FileReadError(f"{what}: cannot read DICOM series {best} in {d} "
                             f"({str(exc).strip().splitlines()[-1]})") from None
+    _check_series(reader, image, what, d, allow_uneven_slices)
     array = _sitk_to_array(image)
     ijk_to_ras = LPS_TO_RAS @ sitk_ijk_to_lps(image)
     return volume_to_node(ctx, array, ijk_to_ras, name or d.name)
+
+
+def _check_series(reader, image, what: str, folder: Path, allow_uneven: bool) -> None:
+    """Even slice positions (see :func:`SurgicalReg2D3DLib.checks.check_sitk_series`) and
+    the shared geometry rule; with ``allow_uneven`` the problem is printed as a warning."""
+    import sys  # noqa: PLC0415
+
+    from .checks import check_sitk_geometry, check_sitk_series  # noqa: PLC0415
+
+    warning = check_sitk_series(reader, what, folder, allow_uneven)
+    if warning:
+        print(f"warning: {warning}; going on as asked (allow_uneven_slices)", file=sys.stderr)
+    check_sitk_geometry(image, what, folder)
 
 
 def load_image2d(ctx, path, name: Optional[str] = None):
@@ -252,6 +272,7 @@ def load_image2d(ctx, path, name: Optional[str] = None):
     """
     what = "image file"
     p = _existing_file(path, what)
+    _check_complete(p, what)
     reader = _sitk_image_info(p, what)
     size = reader.GetSize()
     dim = reader.GetDimension()
@@ -311,16 +332,28 @@ def load_model(ctx, path, coordinate_system: str = "LPS", name: Optional[str] = 
     import slicer  # noqa: PLC0415
 
     messages = slicer.vtkMRMLMessageCollection()
+    before = _node_ids(ctx.scene)
     node = ctx.logic("Models").AddModel(str(p), cs, messages)
     if node is None or node.GetPolyData() is None or node.GetPolyData().GetNumberOfPoints() == 0:
-        if node is not None:
-            ctx.scene.RemoveNode(node)
+        _remove_new_nodes(ctx.scene, before)  # the model and its display/storage nodes
         detail = _message_text(messages)
         raise FileReadError(f"{what}: cannot read mesh (corrupt or empty): {p}"
                             + (f" ({detail})" if detail else ""))
     if name:
         node.SetName(name)
     return node
+
+
+def _node_ids(scene) -> set:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _remove_new_nodes(scene, before: set) -> None:
+    """Remove the nodes added to ``scene`` since ``before`` (:func:`_node_ids`)."""
+    for node_id in sorted(_node_ids(scene) - before):
+        node = scene.GetNodeByID(node_id)
+        if node is not None:
+            scene.RemoveNode(node)
 
 
 def save_model(node, path, coordinate_system: str = "LPS") -> Path:

@@ -1,0 +1,514 @@
+"""Input checks shared by every reader: image geometry, files cut short, DICOM slice spacing,
+camera principal points and the plain "ended worse than it started" rule.
+
+One geometry rule for every volume reader (MRML ``io.load_volume``, the FluoroReg CLI CT
+reader, the USSliceReg volume reader): spacing finite and in ``(0, MAX_SPACING_MM]``, a
+finite orthonormal direction matrix (no shear, no scale; a reflection is allowed), a
+finite origin within ``MAX_ORIGIN_MM``. Files cut short (``.nii``, ``.nii.gz``, ``.mha``,
+``.mhd``, ``.nrrd``, ``.nhdr``, ``.png``, ``.jpg``) are found by comparing the bytes
+available (decompressed for gzip/zlib payloads) with what the header declares; readers such
+as ITK otherwise fill the missing voxels with zeros. A DICOM series with a missing,
+unreadable or unevenly spaced slice is refused unless the caller opts in.
+
+Pure numpy + the standard library (no torch, no Qt). Every error is an
+:class:`~SurgicalReg2D3DLib.errors.InputError` subclass whose message starts with the
+input's name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zlib
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import FileReadError, GeometryError, InputError
+
+#: largest voxel/pixel spacing accepted (mm); 1 m voxels are not a medical image
+MAX_SPACING_MM = 1000.0
+#: largest |origin| coordinate accepted (mm)
+MAX_ORIGIN_MM = 1.0e6
+#: relative tolerance of the DICOM slice spacing (a missing slice doubles one gap)
+SLICE_SPACING_TOLERANCE = 0.1
+
+_CHUNK = 1 << 22
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in np.ravel(values)) + ")"
+
+
+# --------------------------------------------------------------------------------------
+# geometry
+# --------------------------------------------------------------------------------------
+def check_geometry(spacing, direction, origin, what: str, where=None) -> None:
+    """GeometryError unless spacing, direction and origin describe a sane image grid.
+
+    ``spacing`` (D,), ``direction`` (D, D) with column ``i`` the direction of index axis
+    ``i``, ``origin`` (D,). ``where`` (a path) is added to the message.
+    """
+    tail = f": {where}" if where is not None else ""
+    spacing = np.asarray(spacing, dtype=np.float64).ravel()
+    dim = spacing.size
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0.0):
+        raise GeometryError(f"{what}: spacing must be positive, got {_fmt(spacing)}{tail}")
+    if np.any(spacing > MAX_SPACING_MM):
+        raise GeometryError(f"{what}: spacing {_fmt(spacing)} mm is implausibly large "
+                            f"(more than {MAX_SPACING_MM:g} mm per voxel){tail}")
+    try:
+        direction = np.asarray(direction, dtype=np.float64).reshape(dim, dim)
+    except ValueError:
+        raise GeometryError(f"{what}: direction matrix must be {dim}x{dim}{tail}") from None
+    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction,
+                                                             np.eye(dim), atol=1e-4):
+        raise GeometryError(f"{what}: direction matrix is not orthonormal (shear or scale "
+                            f"in the direction cosines){tail}")
+    origin = np.asarray(origin, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(origin)):
+        raise GeometryError(f"{what}: origin must be finite, got {_fmt(origin)}{tail}")
+    if np.any(np.abs(origin) > MAX_ORIGIN_MM):
+        raise GeometryError(f"{what}: origin {_fmt(origin)} mm is implausibly far "
+                            f"(more than {MAX_ORIGIN_MM:g} mm){tail}")
+
+
+def check_index_matrix(ijk_to_xyz, what: str, where=None) -> None:
+    """:func:`check_geometry` of a (4, 4) index-to-physical matrix (columns = axis * spacing)."""
+    m = np.asarray(ijk_to_xyz, dtype=np.float64)
+    if m.shape != (4, 4):
+        raise GeometryError(f"{what}: expected a 4x4 index-to-physical matrix, got shape "
+                            f"{m.shape}")
+    if not np.all(np.isfinite(m)):
+        tail = f": {where}" if where is not None else ""
+        raise GeometryError(f"{what}: geometry contains NaN or infinite values{tail}")
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
+    direction = m[:3, :3] / np.where(spacing > 0, spacing, 1.0)
+    check_geometry(spacing, direction, m[:3, 3], what, where)
+
+
+def check_sitk_geometry(image_or_reader, what: str, where=None) -> None:
+    """:func:`check_geometry` of a SimpleITK image or of an ``ImageFileReader`` after
+    ``ReadImageInformation``."""
+    dim = image_or_reader.GetDimension()
+    check_geometry(image_or_reader.GetSpacing(),
+                   np.asarray(image_or_reader.GetDirection(), dtype=np.float64).reshape(dim, dim),
+                   image_or_reader.GetOrigin(), what, where)
+
+
+def check_not_constant(array, what: str) -> None:
+    """InputError for an array whose values are all equal (or NaN/inf)."""
+    a = np.asarray(array)
+    if a.size == 0:
+        raise InputError(f"{what}: is empty")
+    lo, hi = float(np.min(a)), float(np.max(a))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError(f"{what}: contains NaN or infinite values")
+    if lo == hi:
+        raise InputError(f"{what}: all voxels have the same value ({lo:g}); nothing to "
+                         "register against")
+
+
+def check_principal_point(cx: float, cy: float, width: int, height: int, what: str) -> None:
+    """GeometryError when the principal point lies more than one image size off the image
+    (a calibration in the wrong unit or for another image)."""
+    cx, cy = float(cx), float(cy)
+    if not (math.isfinite(cx) and math.isfinite(cy)):
+        raise GeometryError(f"{what}: principal point must be finite, got ({cx:g}, {cy:g})")
+    if not (-width <= cx <= 2 * width and -height <= cy <= 2 * height):
+        raise GeometryError(f"{what}: principal point ({cx:g}, {cy:g}) px is far outside the "
+                            f"{width} x {height} image (allowed: within one image size of it)")
+
+
+def check_points_on_image(points, width: int, height: int, what: str,
+                          margin: float = 0.1) -> None:
+    """InputError when 2D points (N, 2) px lie outside the image (plus ``margin`` of its size)."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if p.size == 0:
+        return
+    mx, my = margin * width, margin * height
+    bad = ((p[:, 0] < -mx - 0.5) | (p[:, 0] > width - 0.5 + mx)
+           | (p[:, 1] < -my - 0.5) | (p[:, 1] > height - 0.5 + my))
+    if np.any(bad):
+        k = int(np.argmax(bad))
+        raise InputError(f"{what}: {int(bad.sum())} of {len(p)} points lie outside the "
+                         f"{width} x {height} image, e.g. ({p[k, 0]:g}, {p[k, 1]:g}) px")
+
+
+# --------------------------------------------------------------------------------------
+# files cut short
+# --------------------------------------------------------------------------------------
+_META_SIZES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2,
+               "MET_UINT": 4, "MET_INT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8,
+               "MET_ULONG_LONG": 8, "MET_LONG_LONG": 8}
+_NRRD_SIZES = {}
+for _names, _size in (
+        (("uchar", "unsigned char", "uint8", "uint8_t", "signed char", "int8", "int8_t",
+          "char"), 1),
+        (("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t", "short",
+          "short int", "signed short", "signed short int", "int16", "int16_t"), 2),
+        (("uint", "unsigned int", "uint32", "uint32_t", "int", "signed int", "int32",
+          "int32_t", "float"), 4),
+        (("longlong", "long long", "long long int", "signed long long",
+          "signed long long int", "ulonglong", "unsigned long long",
+          "unsigned long long int", "int64", "int64_t", "uint64", "uint64_t", "double"), 8)):
+    for _n in _names:
+        _NRRD_SIZES[_n] = _size
+
+
+def _truncated(what: str, path: Path, have: int, need: int) -> FileReadError:
+    return FileReadError(f"{what}: file is truncated (cut short): the header declares "
+                         f"{need} bytes of image data, only {have} are present: {path}")
+
+
+def _stream_length(handle, what: str, path: Path) -> int:
+    """Bytes a gzip stream decompresses to; FileReadError when it is cut short or corrupt."""
+    total = 0
+    try:
+        while True:
+            block = handle.read(_CHUNK)
+            if not block:
+                return total
+            total += len(block)
+    except EOFError:
+        raise FileReadError(f"{what}: file is truncated (cut short; the compressed data ends "
+                            f"before its end marker): {path}") from None
+    except (OSError, zlib.error) as exc:
+        raise FileReadError(f"{what}: compressed data is corrupt ({exc}): {path}") from None
+
+
+def _zlib_length(path: Path, offset: int, what: str) -> int:
+    """Decompressed size of a zlib (or gzip) payload starting at ``offset``."""
+    d = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header
+    total = 0
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            while True:
+                block = fh.read(_CHUNK)
+                if not block:
+                    break
+                total += len(d.decompress(block))
+                if d.eof:
+                    break
+            total += len(d.flush())
+    except zlib.error as exc:
+        raise FileReadError(f"{what}: compressed data is corrupt ({exc}): {path}") from None
+    if not d.eof:
+        raise FileReadError(f"{what}: file is truncated (cut short; the compressed data ends "
+                            f"before its end marker): {path}")
+    return total
+
+
+def _check_nifti(path: Path, what: str, compressed: bool) -> None:
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(540)
+            if len(head) < 348:
+                raise FileReadError(f"{what}: file is truncated (cut short): the NIfTI header "
+                                    f"is incomplete: {path}")
+            for endian in ("<", ">"):
+                size = struct.unpack(endian + "i", head[:4])[0]
+                if size in (348, 540):
+                    break
+            else:
+                return  # not a NIfTI header we know: leave it to the reader
+            if size == 348:
+                dims = struct.unpack(endian + "8h", head[40:56])
+                bitpix = struct.unpack(endian + "h", head[72:74])[0]
+                offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            else:
+                if len(head) < 540:
+                    raise FileReadError(f"{what}: file is truncated (cut short): the NIfTI-2 "
+                                        f"header is incomplete: {path}")
+                bitpix = struct.unpack(endian + "h", head[14:16])[0]
+                dims = struct.unpack(endian + "8q", head[16:80])
+                offset = int(struct.unpack(endian + "q", head[168:176])[0])
+            ndim = int(dims[0])
+            if not 1 <= ndim <= 7 or bitpix <= 0 or bitpix % 8:
+                return
+            count = 1
+            for d in dims[1:ndim + 1]:
+                count *= max(int(d), 1)
+            need = max(offset, size) + count * bitpix // 8
+            if compressed:
+                have = len(head) + _stream_length(fh, what, path)
+            else:
+                have = path.stat().st_size
+    except EOFError:
+        raise FileReadError(f"{what}: file is truncated (cut short; the compressed data ends "
+                            f"before its end marker): {path}") from None
+    except (OSError, zlib.error) as exc:
+        if isinstance(exc, FileReadError):
+            raise
+        raise FileReadError(f"{what}: cannot read ({exc}): {path}") from None
+    if have < need:
+        raise _truncated(what, path, have, need)
+
+
+def _check_metaimage(path: Path, what: str) -> None:
+    header = {}
+    pos = 0
+    with open(path, "rb") as fh:
+        raw = fh.read(1 << 20)
+    while True:
+        nl = raw.find(b"\n", pos)
+        if nl < 0:
+            return  # not a MetaImage header we can follow: leave it to the reader
+        line = raw[pos:nl].decode("latin-1").strip()
+        pos = nl + 1
+        if "=" not in line:
+            if line:
+                return
+            continue
+        key, value = (s.strip() for s in line.split("=", 1))
+        header[key] = value
+        if key == "ElementDataFile":
+            break
+    try:
+        sizes = [int(v) for v in header["DimSize"].split()]
+        channels = int(header.get("ElementNumberOfChannels", "1"))
+    except (KeyError, ValueError):
+        return
+    itemsize = _META_SIZES.get(header.get("ElementType", ""))
+    if itemsize is None:
+        return
+    need = int(np.prod(sizes, dtype=np.int64)) * channels * itemsize
+    data_file = header["ElementDataFile"]
+    if data_file == "LOCAL":
+        data_path, offset = path, pos
+    elif data_file.upper() == "LIST" or "%" in data_file or " " in data_file:
+        return
+    else:
+        data_path, offset = path.parent / data_file, 0
+        if not data_path.is_file():
+            raise FileReadError(f"{what}: its data file {data_file!r} is missing: {path}")
+    try:
+        skip = int(header.get("HeaderSize", "0"))
+    except ValueError:
+        skip = 0
+    if skip > 0:
+        offset += skip
+    if header.get("CompressedData", "False").lower() == "true":
+        have = _zlib_length(data_path, offset, what)
+    else:
+        have = data_path.stat().st_size - offset
+    if have < need:
+        raise _truncated(what, path, have, need)
+
+
+def _check_nrrd(path: Path, what: str) -> None:
+    with open(path, "rb") as fh:
+        raw = fh.read(1 << 20)
+    if not raw.startswith(b"NRRD"):
+        return
+    end = raw.find(b"\n\n")
+    crlf = raw.find(b"\r\n\r\n")
+    if crlf >= 0 and (end < 0 or crlf < end):
+        end, sep = crlf, 4
+    else:
+        sep = 2
+    detached = path.suffix.lower() == ".nhdr"
+    lines = (raw[:end] if end >= 0 else raw).decode("latin-1").splitlines()[1:]
+    header = {}
+    for line in lines:
+        if line.startswith("#") or ": " not in line or ":=" in line.split(": ", 1)[0]:
+            continue
+        key, value = line.split(": ", 1)
+        header[key.strip().lower()] = value.strip()
+    data_file = header.get("data file", header.get("datafile"))
+    if end < 0 and not data_file:
+        raise FileReadError(f"{what}: file is truncated (cut short): the NRRD header has no "
+                            f"end: {path}")
+    try:
+        sizes = [int(v) for v in header["sizes"].split()]
+    except (KeyError, ValueError):
+        return
+    itemsize = _NRRD_SIZES.get(header.get("type", "").lower())
+    if itemsize is None:
+        return
+    need = int(np.prod(sizes, dtype=np.int64)) * itemsize
+    if data_file:
+        if data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
+            return
+        data_path, offset = path.parent / data_file, 0
+        if not data_path.is_file():
+            raise FileReadError(f"{what}: its data file {data_file!r} is missing: {path}")
+    elif detached:
+        return
+    else:
+        data_path, offset = path, end + sep
+    try:
+        skip = int(header.get("byte skip", "0"))
+        line_skip = int(header.get("line skip", "0"))
+    except ValueError:
+        return
+    if skip < 0 or line_skip:
+        return
+    encoding = header.get("encoding", "raw").lower()
+    if encoding == "raw":
+        have = data_path.stat().st_size - offset - skip
+    elif encoding in ("gz", "gzip"):
+        have = _zlib_length(data_path, offset, what) - skip
+    else:
+        return
+    if have < need:
+        raise _truncated(what, path, have, need)
+
+
+def _check_png(path: Path, what: str) -> None:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return
+        fh.seek(max(0, size - 64))
+        tail = fh.read()
+    if b"IEND" not in tail:
+        raise FileReadError(f"{what}: file is truncated (cut short): the PNG has no end "
+                            f"chunk: {path}")
+
+
+def _check_jpeg(path: Path, what: str) -> None:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\xff\xd8":
+            return
+        fh.seek(max(0, size - 4096))
+        tail = fh.read()
+    if b"\xff\xd9" not in tail:
+        raise FileReadError(f"{what}: file is truncated (cut short): the JPEG has no end "
+                            f"marker: {path}")
+
+
+def check_file_complete(path, what: str) -> None:
+    """FileReadError when an image file holds less data than its header declares.
+
+    Handles NIfTI (``.nii``, ``.nii.gz``), MetaImage (``.mha``, ``.mhd`` + data file),
+    NRRD (``.nrrd``, ``.nhdr``; raw or gzip), PNG and JPEG; other formats pass unchecked.
+    """
+    p = Path(path)
+    name = p.name.lower()
+    try:
+        if name.endswith(".nii"):
+            _check_nifti(p, what, compressed=False)
+        elif name.endswith(".nii.gz"):
+            _check_nifti(p, what, compressed=True)
+        elif name.endswith((".mha", ".mhd")):
+            _check_metaimage(p, what)
+        elif name.endswith((".nrrd", ".nhdr")):
+            _check_nrrd(p, what)
+        elif name.endswith(".png"):
+            _check_png(p, what)
+        elif name.endswith((".jpg", ".jpeg")):
+            _check_jpeg(p, what)
+    except FileReadError:
+        raise
+    except OSError as exc:
+        raise FileReadError(f"{what}: cannot read ({exc.strerror or exc}): {p}") from None
+
+
+# --------------------------------------------------------------------------------------
+# DICOM series
+# --------------------------------------------------------------------------------------
+def check_slice_positions(positions, normal, what: str, folder=None,
+                          allow_uneven: bool = False) -> Optional[str]:
+    """Check that slice positions (N, 3) mm are evenly spaced along ``normal`` (3,).
+
+    A missing or unreadable slice leaves a gap twice as wide as the others; a duplicated
+    slice a zero gap. Raises :class:`InputError` naming the gap unless ``allow_uneven``;
+    then returns the warning text (None when the spacing is even).
+    """
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    n = np.asarray(normal, dtype=np.float64)
+    if len(pos) < 2 or not np.all(np.isfinite(pos)) or not np.all(np.isfinite(n)) \
+            or np.linalg.norm(n) == 0:
+        return None
+    d = np.sort(pos @ (n / np.linalg.norm(n)))
+    gaps = np.diff(d)
+    typical = float(np.median(gaps))
+    tail = f" in {folder}" if folder is not None else ""
+    if typical <= 1e-6:
+        problem = "several slices share one position (duplicated slices)"
+    else:
+        bad = np.abs(gaps - typical) > SLICE_SPACING_TOLERANCE * typical + 1e-3
+        if not np.any(bad):
+            return None
+        k = int(np.argmax(bad))
+        gap = float(gaps[k])
+        if gap > 1.5 * typical:
+            kind = (f"about {int(round(gap / typical)) - 1} slice(s) missing or unreadable"
+                    if gap / typical < 1e3 else "a gap")
+        else:
+            kind = "uneven spacing"
+        problem = (f"uneven slice spacing: gap of {gap:g} mm between slices {k} and {k + 1} "
+                   f"where the others are {typical:g} mm ({kind}; "
+                   f"{int(bad.sum())} uneven gap(s) among {len(pos)} slices)")
+    text = f"{what}: {problem}{tail}"
+    if not allow_uneven:
+        raise InputError(text + "; refusing to load a distorted volume (opt in with "
+                         "allow_uneven_slices=True / --allow-uneven-slices)")
+    return text
+
+
+def check_sitk_series(reader, what: str, folder=None, allow_uneven: bool = False
+                      ) -> Optional[str]:
+    """:func:`check_slice_positions` for a SimpleITK ``ImageSeriesReader`` executed with
+    ``MetaDataDictionaryArrayUpdateOn()`` (tags 0020|0032 and 0020|0037 of each slice)."""
+    positions = []
+    normal = None
+    names = reader.GetFileNames()
+    for i in range(len(names)):
+        try:
+            if not reader.HasMetaDataKey(i, "0020|0032"):
+                return None
+            positions.append([float(v) for v in
+                              reader.GetMetaData(i, "0020|0032").replace(",", "\\").split("\\")])
+            if normal is None and reader.HasMetaDataKey(i, "0020|0037"):
+                cosines = [float(v) for v in reader.GetMetaData(i, "0020|0037").split("\\")]
+                if len(cosines) == 6:
+                    normal = np.cross(cosines[:3], cosines[3:])
+        except (RuntimeError, ValueError, IndexError):
+            return None
+    if normal is None or any(len(p) != 3 for p in positions):
+        return None
+    return check_slice_positions(positions, normal, what, folder, allow_uneven)
+
+
+# --------------------------------------------------------------------------------------
+# "ended worse than it started"
+# --------------------------------------------------------------------------------------
+def no_progress_quality(start: float, end: float, what: str = "similarity",
+                        tolerance: float = 1e-6, **signals):
+    """A ``failed`` :class:`~SurgicalReg2D3DLib.quality.Quality` when a registration ended
+    with a lower similarity (higher is better) than it started, or with a non-finite one;
+    None otherwise. The plain rule, before any calibrated verdict."""
+    from .quality import Quality  # noqa: PLC0415
+
+    sig = {f"{what}_start": float(start), f"{what}_end": float(end), **signals}
+    if not (math.isfinite(float(end)) and math.isfinite(float(start))):
+        return Quality(verdict="failed", reasons=[f"{what} could not be computed "
+                                                  f"(start {start}, end {end})"], signals=sig)
+    if float(end) < float(start) - tolerance:
+        return Quality(verdict="failed",
+                       reasons=[f"ended worse than it started: {what} {float(start):.4f} -> "
+                                f"{float(end):.4f}; the result is not a registration"],
+                       signals=sig)
+    return None
+
+
+def ended_worse(start: float, end: float, tolerance: float = 1e-6) -> bool:
+    """True when ``end`` is not finite or lower than ``start`` (higher is better)."""
+    try:
+        s, e = float(start), float(end)
+    except (TypeError, ValueError):
+        return True
+    return not math.isfinite(e) or (math.isfinite(s) and e < s - tolerance)
+
+
+__all__ = ["MAX_SPACING_MM", "MAX_ORIGIN_MM", "check_geometry", "check_index_matrix",
+           "check_sitk_geometry", "check_not_constant", "check_principal_point",
+           "check_points_on_image", "check_file_complete", "check_slice_positions",
+           "check_sitk_series", "no_progress_quality", "ended_worse"]
