@@ -75,7 +75,12 @@ def read_ct(path: Union[str, Path], allow_uneven_slices: bool = False
                       file=sys.stderr)
         else:
             checks.check_file_complete(path, "CT file")
-            image = sitk.ReadImage(str(path))
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            # the header as written (ITK turns a negative spacing into a flipped axis)
+            checks.check_sitk_geometry(reader, "CT volume", path)
+            image = reader.Execute()
     except RuntimeError as exc:
         raise FileReadError(f"CT file: cannot read {path}: {str(exc).strip().splitlines()[-1]}") from None
     if image.GetDimension() != 3 or image.GetSize()[2] == 1:

@@ -128,7 +128,9 @@ def load_xray(path: Union[str, Path], geometry: Union[None, str, Path, dict, XRa
                             f"match the image {path.name} (H, W) = {img.shape}")
     from SurgicalReg2D3DLib.checks import check_principal_point  # noqa: PLC0415
 
-    check_principal_point(p.cx, p.cy, p.width, p.height, f"X-ray geometry of {path.name}")
+    where = (f"X-ray geometry {Path(geometry).name}" if isinstance(geometry, (str, Path))
+             else f"X-ray geometry of {path.name}")
+    check_principal_point(p.cx, p.cy, p.width, p.height, where)
     if negative_log_raw:
         img = negative_log(img, i0, name)
     return img.astype(np.float32), camera

@@ -438,7 +438,9 @@ def check_slice_positions(positions, normal, what: str, folder=None,
             return None
         k = int(np.argmax(bad))
         gap = float(gaps[k])
-        if gap > 1.5 * typical:
+        if gap <= 0.01 * typical + 1e-3:
+            kind = "duplicated slice"
+        elif gap > 1.5 * typical:
             kind = (f"about {int(round(gap / typical)) - 1} slice(s) missing or unreadable"
                     if gap / typical < 1e3 else "a gap")
         else:
