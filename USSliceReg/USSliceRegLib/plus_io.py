@@ -194,7 +194,8 @@ def _decode_payload(path: Path, fmt: str, header: Dict[str, str], payload: bytes
             try:
                 payload = zlib.decompress(payload)
             except zlib.error as exc:
-                raise FileReadError(f"{what} {path}: corrupt compressed data ({exc})") from None
+                raise FileReadError(f"{what} {path}: compressed data is truncated or corrupt "
+                                    f"({exc})") from None
         big = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False"))
         dtype = dtype.newbyteorder(">" if big.lower() == "true" else "<")
     else:
@@ -220,7 +221,8 @@ def _decode_payload(path: Path, fmt: str, header: Dict[str, str], payload: bytes
             try:
                 payload = gzip.decompress(payload)
             except (OSError, EOFError, zlib.error) as exc:
-                raise FileReadError(f"{what} {path}: corrupt gzip data ({exc})") from None
+                raise FileReadError(f"{what} {path}: gzip data is truncated or corrupt "
+                                    f"({exc})") from None
         elif encoding != "raw":
             raise FileReadError(f"{what} {path}: unsupported NRRD encoding {encoding!r}")
         dtype = dtype.newbyteorder(">" if header.get("endian", "little") == "big" else "<")
