@@ -455,3 +455,11 @@ def test_file_checks_pass_on_complete_files(tmp_path, sample_data):
         with pytest.raises(FileReadError, match=r"^image: file is truncated"):
             checks.check_file_complete(truncate(p, tmp_path / ("short" + p.suffix), 0.7),
                                        "image")
+
+
+def test_demo_output_folder_is_checked_first(tmp_path, capsys):
+    afile = tmp_path / "report"
+    afile.write_text("keep")
+    rc, _, err = run_cli(["demo", "--out", afile, "--quick", "--modules", "fluoro"], capsys)
+    assert_refused(rc, err, "demo output folder: is a file, expected a folder")
+    assert afile.read_text() == "keep" and files_in(tmp_path) == {"report"}

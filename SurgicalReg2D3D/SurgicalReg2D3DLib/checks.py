@@ -65,8 +65,7 @@ def check_geometry(spacing, direction, origin, what: str, where=None) -> None:
         raise GeometryError(f"{what}: direction matrix must be {dim}x{dim}{tail}") from None
     if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction,
                                                              np.eye(dim), atol=1e-4):
-        raise GeometryError(f"{what}: direction matrix is not orthonormal (shear or scale "
-                            f"in the direction cosines){tail}")
+        raise GeometryError(f"{what}: direction matrix is not orthonormal{tail}")
     origin = np.asarray(origin, dtype=np.float64).ravel()
     if not np.all(np.isfinite(origin)):
         raise GeometryError(f"{what}: origin must be finite, got {_fmt(origin)}{tail}")

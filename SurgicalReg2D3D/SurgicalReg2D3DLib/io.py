@@ -164,8 +164,8 @@ def load_volume(ctx, path, name: Optional[str] = None):
     """
     what = "volume file"
     p = _existing_file(path, what)
-    _check_complete(p, what)
     reader = _sitk_image_info(p, what)
+    _check_complete(p, what)
     size = reader.GetSize()
     if reader.GetDimension() == 2 or (reader.GetDimension() == 3 and size[2] == 1):
         raise InputError(f"{what}: expected a 3D volume, got a 2D image of size "
@@ -272,8 +272,8 @@ def load_image2d(ctx, path, name: Optional[str] = None):
     """
     what = "image file"
     p = _existing_file(path, what)
-    _check_complete(p, what)
     reader = _sitk_image_info(p, what)
+    _check_complete(p, what)
     size = reader.GetSize()
     dim = reader.GetDimension()
     if dim > 3 or (dim == 3 and size[2] != 1):
