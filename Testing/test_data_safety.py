@@ -433,10 +433,15 @@ def test_load_model_failure_leaves_no_nodes(ctx, tmp_path):
     from SurgicalReg2D3DLib import io
 
     for name, data in [("bad.vtk", b"# vtk DataFile Version 3.0\ngarbage\n"),
+                       # read, but no points: MRML adds model + display + storage nodes
+                       ("empty.vtk", b"# vtk DataFile Version 3.0\nempty\nASCII\n"
+                                     b"DATASET POLYDATA\nPOINTS 0 float\n"),
+                       ("bad.vtp", b"<?xml version='1.0'?><VTKFile type='PolyData'></VTKFile>"),
                        ("empty.stl", b""), ("junk.ply", b"ply\nformat nonsense\n")]:
         (tmp_path / name).write_bytes(data)
         n = ctx.scene.GetNumberOfNodes()
-        with pytest.raises(FileReadError, match=r"^model file: cannot read mesh"):
+        with pytest.raises(FileReadError, match=r"^model file: (cannot read mesh|file is "
+                                                r"truncated)"):
             io.load_model(ctx, tmp_path / name)
         assert ctx.scene.GetNumberOfNodes() == n
 
@@ -463,3 +468,47 @@ def test_demo_output_folder_is_checked_first(tmp_path, capsys):
     rc, _, err = run_cli(["demo", "--out", afile, "--quick", "--modules", "fluoro"], capsys)
     assert_refused(rc, err, "demo output folder: is a file, expected a folder")
     assert afile.read_text() == "keep" and files_in(tmp_path) == {"report"}
+
+
+@pytest.mark.parametrize("ext,binary", [(".ply", True), (".ply", False), (".stl", True),
+                                        (".stl", False), (".obj", False)])
+def test_truncated_mesh_is_refused(sample_data, tmp_path, ctx, ext, binary):
+    """A mesh file cut short is refused by load_mesh_arrays and io.load_model (VTK's PLY
+    reader crashes the whole process on a binary PLY cut short)."""
+    import vtk
+
+    from SurgicalReg2D3DLib import io
+
+    poly_reader = vtk.vtkPLYReader()
+    poly_reader.SetFileName(str(sample_data / "liver_sksurgery" / "liver" / "liver_sub.ply"))
+    poly_reader.Update()
+    full = tmp_path / f"full{ext}"
+    if ext == ".obj":
+        v, f = io.load_mesh_arrays(sample_data / "liver_sksurgery" / "liver" / "liver_sub.ply")
+        full.write_text("".join(f"v {a:.4f} {b:.4f} {c:.4f}\n" for a, b, c in v)
+                        + "".join(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in f))
+    else:
+        writer = vtk.vtkPLYWriter() if ext == ".ply" else vtk.vtkSTLWriter()
+        writer.SetFileName(str(full))
+        writer.SetInputData(poly_reader.GetOutput())
+        writer.SetFileTypeToBinary() if binary else writer.SetFileTypeToASCII()
+        assert writer.Write()
+    v, f = io.load_mesh_arrays(full)
+    assert len(f) == 2500
+    fractions = (0.2, 0.5, 0.97) if ext != ".obj" else (0.2,)  # OBJ: cut inside a 'v' line
+    for frac in fractions:
+        raw = full.read_bytes()
+        cut = int(len(raw) * frac)
+        if ext == ".obj":
+            cut = raw.index(b" ", raw.index(b"\nv ", cut) + 3)
+        short = tmp_path / f"short{ext}"
+        short.write_bytes(raw[:cut])
+        before = hashes([short])
+        with pytest.raises(FileReadError, match=r"^mesh file: (file is truncated|cannot parse)"):
+            io.load_mesh_arrays(short)
+        if ext != ".obj":
+            n = ctx.scene.GetNumberOfNodes()
+            with pytest.raises(FileReadError, match=r"^model file: file is truncated"):
+                io.load_model(ctx, short)
+            assert ctx.scene.GetNumberOfNodes() == n
+        assert hashes([short]) == before

@@ -382,11 +382,130 @@ def _check_jpeg(path: Path, what: str) -> None:
                             f"marker: {path}")
 
 
+_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2,
+              "int16": 2, "uint16": 2, "int": 4, "uint": 4, "int32": 4, "uint32": 4,
+              "float": 4, "float32": 4, "double": 8, "float64": 8}
+_PLY_NUMPY = {"char": "i1", "uchar": "u1", "int8": "i1", "uint8": "u1", "short": "i2",
+              "ushort": "u2", "int16": "i2", "uint16": "u2", "int": "i4", "uint": "u4",
+              "int32": "i4", "uint32": "u4"}
+
+
+def _ply_element_bytes(data: bytes, pos: int, count: int, props, endian: str):
+    """End offset of ``count`` binary records of ``props`` starting at ``pos`` (None when
+    the data end first)."""
+    fixed = sum(_PLY_SIZES[p[1]] for p in props if p[0] == "scalar")
+    lists = [p for p in props if p[0] == "list"]
+    if not lists:
+        end = pos + count * fixed
+        return end if end <= len(data) else None
+    if len(props) == 1 and count > 0:  # one list (faces): try a constant length first
+        _, ctype, itype = lists[0]
+        csize, isize = _PLY_SIZES[ctype], _PLY_SIZES[itype]
+        if pos + csize > len(data):
+            return None
+        dt = np.dtype(endian + _PLY_NUMPY[ctype])
+        first = int(np.frombuffer(data, dt, 1, pos)[0])
+        stride = csize + first * isize
+        end = pos + count * stride
+        if first >= 0 and end <= len(data):
+            counts = np.frombuffer(data[pos:end], np.uint8).reshape(count, stride)[:, :csize]
+            if np.all(counts.copy().view(dt).ravel() == first):
+                return end
+    for _ in range(count):  # general case: walk the records
+        for prop in props:
+            if prop[0] == "scalar":
+                pos += _PLY_SIZES[prop[1]]
+            else:
+                csize = _PLY_SIZES[prop[1]]
+                if pos + csize > len(data):
+                    return None
+                n = int(np.frombuffer(data, np.dtype(endian + _PLY_NUMPY[prop[1]]), 1, pos)[0])
+                pos += csize + max(n, 0) * _PLY_SIZES[prop[2]]
+        if pos > len(data):
+            return None
+    return pos
+
+
+def _check_ply(path: Path, what: str) -> None:
+    data = path.read_bytes()
+    if not data.startswith(b"ply"):
+        return
+    end = data.find(b"end_header")
+    if end < 0:
+        raise FileReadError(f"{what}: file is truncated (cut short): the PLY header has no "
+                            f"end_header: {path}")
+    nl = data.find(b"\n", end)
+    if nl < 0:
+        raise FileReadError(f"{what}: file is truncated (cut short) after the PLY header: "
+                            f"{path}")
+    fmt, elements = None, []
+    for line in data[:end].decode("latin-1").splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "format" and len(parts) > 1:
+            fmt = parts[1]
+        elif parts[0] == "element" and len(parts) == 3:
+            elements.append((parts[1], int(parts[2]), []))
+        elif parts[0] == "property" and elements:
+            if len(parts) == 5 and parts[1] == "list":
+                elements[-1][2].append(("list", parts[2], parts[3]))
+            elif len(parts) == 3:
+                elements[-1][2].append(("scalar", parts[1]))
+    body = data[nl + 1:]
+    if fmt == "ascii":
+        lines = sum(1 for ln in body.splitlines() if ln.strip())
+        need = sum(n for _, n, _ in elements)
+        if lines < need:
+            raise FileReadError(f"{what}: file is truncated (cut short): the PLY header "
+                                f"declares {need} records, only {lines} lines are present: "
+                                f"{path}")
+        return
+    if fmt not in ("binary_little_endian", "binary_big_endian"):
+        return
+    endian = "<" if fmt == "binary_little_endian" else ">"
+    pos = 0
+    for name, count, props in elements:
+        if any(p[1] not in _PLY_SIZES or (p[0] == "list" and (p[2] not in _PLY_SIZES
+                                                               or p[1] not in _PLY_NUMPY))
+               for p in props):
+            return  # a type we do not know: leave it to the reader
+        nxt = _ply_element_bytes(body, pos, count, props, endian)
+        if nxt is None:
+            raise FileReadError(f"{what}: file is truncated (cut short): the PLY data end "
+                                f"inside its {count} '{name}' records: {path}")
+        pos = nxt
+
+
+def _check_stl(path: Path, what: str) -> None:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(84)
+    if head[:5].lower() == b"solid":
+        with open(path, "rb") as fh:
+            fh.seek(max(0, size - 256))
+            tail = fh.read()
+        if b"endsolid" in tail:
+            return
+        if len(head) == 84 and 84 + 50 * struct.unpack("<I", head[80:84])[0] == size:
+            return  # a binary STL whose header starts with "solid"
+        raise FileReadError(f"{what}: file is truncated (cut short): the ASCII STL has no "
+                            f"'endsolid': {path}")
+    if len(head) < 84:
+        raise FileReadError(f"{what}: file is truncated (cut short): the STL header is "
+                            f"incomplete: {path}")
+    n = struct.unpack("<I", head[80:84])[0]
+    if size < 84 + 50 * n:
+        raise _truncated(what, path, size - 84, 50 * n)
+
+
 def check_file_complete(path, what: str) -> None:
     """FileReadError when an image file holds less data than its header declares.
 
     Handles NIfTI (``.nii``, ``.nii.gz``), MetaImage (``.mha``, ``.mhd`` + data file),
-    NRRD (``.nrrd``, ``.nhdr``; raw or gzip), PNG and JPEG; other formats pass unchecked.
+    NRRD (``.nrrd``, ``.nhdr``; raw or gzip), PNG, JPEG, PLY (ASCII or binary; VTK's
+    reader crashes the process on a binary PLY cut short) and STL; other formats pass
+    unchecked.
     """
     p = Path(path)
     name = p.name.lower()
@@ -403,6 +522,10 @@ def check_file_complete(path, what: str) -> None:
             _check_png(p, what)
         elif name.endswith((".jpg", ".jpeg")):
             _check_jpeg(p, what)
+        elif name.endswith(".ply"):
+            _check_ply(p, what)
+        elif name.endswith(".stl"):
+            _check_stl(p, what)
     except FileReadError:
         raise
     except OSError as exc:

@@ -329,6 +329,7 @@ def load_model(ctx, path, coordinate_system: str = "LPS", name: Optional[str] = 
     if _suffix(p) not in _MODEL_EXTENSIONS:
         raise FileReadError(f"{what}: unsupported extension '{_suffix(p)}' (expected one of "
                             f"{', '.join(_MODEL_EXTENSIONS)}): {p}")
+    _check_complete(p, what)
     import slicer  # noqa: PLC0415
 
     messages = slicer.vtkMRMLMessageCollection()
@@ -392,8 +393,12 @@ def _read_obj(path: Path, what: str) -> Tuple[np.ndarray, np.ndarray]:
                 continue
             try:
                 if parts[0] == "v":
+                    if len(parts) < 4:
+                        raise ValueError("a vertex needs 3 coordinates")
                     vertices.append([float(x) for x in parts[1:4]])
                 elif parts[0] == "f":
+                    if len(parts) < 4:
+                        raise ValueError("a face needs 3 vertices")
                     idx = []
                     for token in parts[1:]:
                         i = int(token.split("/")[0])
@@ -401,8 +406,8 @@ def _read_obj(path: Path, what: str) -> Tuple[np.ndarray, np.ndarray]:
                     for a in range(1, len(idx) - 1):
                         faces.append([idx[0], idx[a], idx[a + 1]])
             except (ValueError, IndexError):
-                raise FileReadError(f"{what}: cannot parse line {line_number} of {path}") \
-                    from None
+                raise FileReadError(f"{what}: cannot parse line {line_number} of {path} "
+                                    "(malformed, or the file is cut short)") from None
     v = np.array(vertices, dtype=np.float64).reshape(-1, 3)
     f = np.array(faces, dtype=np.int64).reshape(-1, 3)
     return v, f
@@ -419,6 +424,7 @@ def load_mesh_arrays(path, name: str = "mesh file") -> Tuple[np.ndarray, np.ndar
 
     p = _existing_file(path, name)
     suffix = _suffix(p)
+    _check_complete(p, name)
     if suffix == ".obj":
         v, f = _read_obj(p, name)
     else:
