@@ -307,11 +307,19 @@ def test_output_that_would_overwrite_an_input_is_refused(case, tmp_path, capsys)
 def test_bad_output_path_is_refused_before_any_work(case, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     for out, frag in [(tmp_path, "--out: is a folder"),
-                      (tmp_path / "missing" / "o.json", "--out: output folder does not exist"),
-                      (tmp_path / "afile" / "o.json", "output folder is not a folder")]:
+                      (tmp_path / "afile" / "o.json", "output folder is not a folder"),
+                      (tmp_path / "afile" / "sub" / "o.json", "output folder is not a folder")]:
         # the CT does not even exist: the output is checked first
         _refused(_register_argv(case, out, ct=tmp_path / "nope.nii"), capsys, [case["dir"]],
                  tmp_path, frag)
+
+
+def test_missing_output_folder_is_created(case, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "o.json"
+    rc, _, err = run_cli(_register_argv(case, out), capsys)
+    assert rc == 0, err
+    assert json.loads(out.read_text())["method"] == "ncc"
+    assert files_in(tmp_path) == {"new/deeper/o.json"}
 
 
 def test_atomic_write_keeps_the_old_file_on_error(tmp_path):

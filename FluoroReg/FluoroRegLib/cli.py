@@ -70,7 +70,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     xrays = args.xray
     geometries = args.geometry or []
     # everything that can be checked before reading and registering
-    out = check_output(args.out, [args.ct, *xrays, *geometries, args.init], "--out")
+    out = check_output(args.out, [args.ct, *xrays, *geometries, args.init], "--out",
+                       create_folder=True)
     device = parse_device(args.device, "--device") if args.device else None
     options = _method_options(args)
     if geometries and len(geometries) != len(xrays):
