@@ -104,6 +104,13 @@ def run_register(args) -> int:
               args.contours2d, args.contours3d, args.init, args.ground_truth,
               *(args.structure or ())]
     check_outputs(output_paths(args), inputs, create_folder=True)  # before any work
+    if args.deformed_mesh:
+        from .mesh import _WRITERS  # noqa: PLC0415
+
+        if Path(args.deformed_mesh).suffix.lower() not in _WRITERS:
+            raise InputError(f"--deformed-mesh: unsupported format "
+                             f"{Path(args.deformed_mesh).suffix!r} (expected one of "
+                             f"{', '.join(sorted(_WRITERS))})")
     mesh = load_mesh(args.mesh, "mesh")
     structures = [load_mesh(p, f"structure {Path(p).name}") for p in args.structure or ()]
     image = read_image(args.image, "image")

@@ -133,6 +133,11 @@ def test_side_file_named_like_an_input_is_refused(case, tmp_path, capsys):
              capsys, case, tmp_path, "--deformed-mesh: would overwrite the input")
 
 
+def test_deformed_mesh_format_is_checked_first(case, tmp_path, capsys):
+    _refused(_argv(case, tmp_path / "o.json", extra=["--deformed-mesh", tmp_path / "d.xyz"]),
+             capsys, case, tmp_path, "--deformed-mesh: unsupported format '.xyz'")
+
+
 def test_side_file_error_leaves_no_output(case, tmp_path, capsys, monkeypatch):
     """An error while writing a side file (here: the disk fills at the second file) leaves
     neither OUT.json nor any side file nor a temporary file."""
