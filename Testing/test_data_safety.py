@@ -388,6 +388,7 @@ def test_device_option(case, tmp_path, capsys):
 
     if not torch.cuda.is_available():
         assert str(parse_device("cuda:1", warn=lines.append)) == "cpu"
+        assert str(parse_device("gpu:0", warn=lambda _line: None)) == "cpu"
         assert lines and lines[0].startswith("warning: --device cuda:1:") \
             and "running on the CPU instead" in lines[0]
         rc, _, err = run_cli(_register_argv(case, tmp_path / "o.json",

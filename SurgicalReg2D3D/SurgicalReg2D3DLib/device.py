@@ -110,6 +110,8 @@ def parse_device(text: Optional[str], option: str = "--device", warn=None) -> to
     if not re.fullmatch(r"(cuda|gpu)(:\d+)?|mps", name):
         raise InputError(f"{option}: unknown device {text!r}; use 'cpu', 'cuda', 'cuda:N', "
                          "'mps' or 'auto'")
+    if name.startswith("gpu"):
+        name = "cuda" + name[3:]
     try:
         return choose_device(name)
     except InputError as exc:
