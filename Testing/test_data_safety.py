@@ -293,6 +293,7 @@ def test_similarity_rule():
     assert q.verdict == "failed" and "LNCC 0.7100 -> 0.0000" in q.reasons[0]
     assert checks.no_progress_quality(0.7, float("nan")).verdict == "failed"
     assert checks.ended_worse(0.5, 0.4) and not checks.ended_worse(0.5, 0.5)
+    assert not checks.ended_worse(0.5, 0.4995) and checks.ended_worse(0.5, 0.498)
 
 
 # ------------------------------------------------------------------------------ class 3

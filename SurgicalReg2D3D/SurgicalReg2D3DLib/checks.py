@@ -200,8 +200,13 @@ def check_sitk_series(reader, what: str, folder=None, allow_uneven: bool = False
 # --------------------------------------------------------------------------------------
 # "ended worse than it started"
 # --------------------------------------------------------------------------------------
+#: a similarity this much below the start's counts as "ended worse" (below it: numerical
+#: noise of a start that was already at the optimum)
+WORSE_TOLERANCE = 1e-3
+
+
 def no_progress_quality(start: float, end: float, what: str = "similarity",
-                        tolerance: float = 1e-6, **signals):
+                        tolerance: float = WORSE_TOLERANCE, **signals):
     """A ``failed`` :class:`~SurgicalReg2D3DLib.quality.Quality` when a registration ended
     with a lower similarity (higher is better) than it started, or with a non-finite one;
     None otherwise. The plain rule, before any calibrated verdict."""
@@ -219,7 +224,7 @@ def no_progress_quality(start: float, end: float, what: str = "similarity",
     return None
 
 
-def ended_worse(start: float, end: float, tolerance: float = 1e-6) -> bool:
+def ended_worse(start: float, end: float, tolerance: float = WORSE_TOLERANCE) -> bool:
     """True when ``end`` is not finite or lower than ``start`` (higher is better)."""
     try:
         s, e = float(start), float(end)
