@@ -135,5 +135,5 @@ def test_cli_device_defaults_to_the_shared_choice(monkeypatch, tmp_path, sample_
     assert main(args) == 2
     assert "error: device (SURGREG_DEVICE): unknown device 'quantum'" in capsys.readouterr().err
     assert main(args + ["--device", "tpu"]) == 2
-    assert "error: device: unknown device 'tpu'" in capsys.readouterr().err
+    assert "error: --device: unknown device 'tpu'" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()

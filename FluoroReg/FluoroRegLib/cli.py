@@ -38,13 +38,22 @@ def _floats(text: str) -> List[float]:
 
 
 def _method_options(args) -> dict:
+    from .preflight import MAX_ITERATIONS, MAX_N_SAMPLES  # noqa: PLC0415
+
     opts = {}
-    if getattr(args, "levels", None):
+    if getattr(args, "levels", None) is not None:
+        if not args.levels:
+            raise InputError("--levels: expected downsampling factors such as 4,2,1, got "
+                             "an empty list")
         opts["levels"] = args.levels
-    if getattr(args, "iterations", None):
-        opts["iterations"] = args.iterations
-    if getattr(args, "n_samples", None):
-        opts["n_samples"] = args.n_samples
+    for key, option, top in (("iterations", "--iterations", MAX_ITERATIONS),
+                             ("n_samples", "--n-samples", MAX_N_SAMPLES)):
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if not 1 <= value <= top:  # 0 is not "default": leave the option out for that
+            raise InputError(f"{option}: must be from 1 to {top}, got {value}")
+        opts[key] = value
     if getattr(args, "drr_method", None):
         opts["drr_method"] = args.drr_method
     return opts
@@ -55,14 +64,22 @@ def cmd_register(args: argparse.Namespace) -> int:
     from .simulate import read_ct  # noqa: PLC0415
     from .xray_io import load_xray, read_pose_json, write_pose_json  # noqa: PLC0415
 
+    from SurgicalReg2D3DLib.device import parse_device  # noqa: PLC0415
+    from SurgicalReg2D3DLib.outputs import check_output  # noqa: PLC0415
+
     xrays = args.xray
     geometries = args.geometry or []
+    # everything that can be checked before reading and registering
+    out = check_output(args.out, [args.ct, *xrays, *geometries, args.init], "--out",
+                       create_folder=True)
+    device = parse_device(args.device, "--device")   # default: the hub's choice / auto
+    options = _method_options(args)
     if geometries and len(geometries) != len(xrays):
         raise InputError(f"X-ray geometry: {len(xrays)} X-ray images but {len(geometries)} "
                          "geometries; give one --geometry per --xray")
     if args.method not in available_methods():
         raise InputError(f"method: expected one of {available_methods()}, got {args.method!r}")
-    hu, ijk_to_ras = read_ct(args.ct)
+    hu, ijk_to_ras = read_ct(args.ct, allow_uneven_slices=args.allow_uneven_slices)
     images, cameras = [], []
     for k, path in enumerate(xrays):
         name = "X-ray image" if len(xrays) == 1 else f"X-ray image {k + 1}"
@@ -74,16 +91,27 @@ def cmd_register(args: argparse.Namespace) -> int:
     if init is not None and len(init) != len(xrays):
         raise InputError(f"initial pose: {len(xrays)} X-ray images but {len(init)} initial "
                          "ct_to_camera matrices in " + Path(args.init).name)
-    from SurgicalReg2D3DLib.device import choose_device  # noqa: PLC0415
-
     result = register_arrays(hu, ijk_to_ras, images, cameras, init, method=args.method,
-                             device=choose_device(args.device), **_method_options(args))
+                             device=device, **options)
     extra = {"similarity": result.similarity, "method": args.method,
              "time_s": round(result.time_s, 3), "iterations": len(result.history),
              "convergence": [h["loss"] for h in result.history]}
+    if np.isfinite(getattr(result, "similarity_start", float("nan"))):
+        extra["similarity_start"] = float(result.similarity_start)
     if result.metrics:  # e.g. the multi-view methods' view_disagreement_before/after_mm
         extra["metrics"] = {k: float(v) for k, v in result.metrics.items()}
-    write_pose_json(args.out, result.views_ct_to_camera, extra)
+    quality = getattr(result, "quality", None)
+    if quality is not None:
+        extra["quality"] = quality.to_dict()
+    write_pose_json(out, result.views_ct_to_camera, extra)
+    if quality is not None and quality.verdict in ("failed", "skipped"):
+        import sys  # noqa: PLC0415
+
+        from SurgicalReg2D3DLib.quality import warning_line  # noqa: PLC0415
+
+        print(f"surgreg: {warning_line('fluoro registration', quality)} -> {out} "
+              f"(verdict '{quality.verdict}')", file=sys.stderr)
+        return 1
     print(f"[fluoro] {args.method}: similarity {result.similarity:.4f} after "
           f"{len(result.history)} iterations in {result.time_s:.1f} s -> {args.out}")
     return 0
@@ -96,8 +124,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                            sample_landmarks, simulate_case)
     from .xray_io import save_xray, write_pose_json  # noqa: PLC0415
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from SurgicalReg2D3DLib.outputs import check_output_dir  # noqa: PLC0415
+
+    out = check_output_dir(args.out, [args.ct], "--out")
     hu, m = read_ct(args.ct)
     if args.downsample > 1:
         hu, m = downsample_ct(hu, m, args.downsample)
@@ -113,6 +142,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
              "downsample": args.downsample, "views": views, "seed": args.seed,
              "case_streams": "case c: SeedSequence(seed, spawn_key=(c,)) -> pose, noise",
              "cases": []}
+    out.mkdir(parents=True, exist_ok=True)
     for c in range(args.cases):
         pose_rng, noise_rng = case_generators(args.seed, c)  # case c depends on (seed, c) only
         case = simulate_case(volume, camera, pose_rng, landmarks, views=views, noise_rng=noise_rng,
@@ -227,6 +257,9 @@ def _bench_plots(rows, methods, out_dir: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from SurgicalReg2D3DLib.outputs import check_output_dir  # noqa: PLC0415
+
+    check_output_dir(args.out, [args.cases], "--out")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     summary = run_bench(Path(args.cases), methods, Path(args.out), n_views=args.views,
                         threshold_mm=args.success_mm, max_cases=args.max_cases,
@@ -268,6 +301,9 @@ def register_cli(subparsers) -> None:
     reg.add_argument("--device", default=None,
                      help="torch device: cpu, cuda, cuda:N, mps or auto (default: "
                           "SURGREG_DEVICE, else the first CUDA GPU when available, else CPU)")
+    reg.add_argument("--allow-uneven-slices", dest="allow_uneven_slices", action="store_true",
+                     help="load a DICOM CT series with a missing or unevenly spaced slice "
+                          "anyway (refused by default)")
     _add_method_options(reg)
     reg.set_defaults(func=cmd_register)
 

@@ -136,9 +136,15 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
     """
     from .drr import DRRVolume  # noqa: PLC0415
 
+    from SurgicalReg2D3DLib.checks import check_index_matrix  # noqa: PLC0415
+
+    from . import preflight  # noqa: PLC0415
+
     names = available_methods()
     if method not in METHODS:
         raise InputError(f"method: expected one of {names}, got {method!r}")
+    check_index_matrix(ijk_to_ras, "CT volume")
+    preflight.check_options(options)
     volume = DRRVolume.from_hu(hu, ijk_to_ras, labels=labels, label_subset=label_subset,
                                device=device)
     if len(cameras) != len(images):
@@ -150,8 +156,21 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
                              "ct_to_camera per view (they fix the relative C-arm motion)")
         init_poses = [default_initial_pose(volume, cameras[0])]
     views, init = make_views(images, cameras, init_poses)
+    preflight.check_start(volume.shape, ijk_to_ras, cameras,
+                          [v.camera0_to_view @ init for v in views])
     result = METHODS[method](volume, views, init, progress=progress, cancel=cancel, **options)
     result.method = method
+    # the plain rule: a result that ended worse than it started is not a registration
+    measure = preflight.similarity_measure(method)
+    s0, s1 = preflight.start_and_end_similarity(
+        volume, views, init, result.ct_to_camera, measure,
+        drr_method=options.get("drr_method") or "trilinear", n_samples=options.get("n_samples"))
+    result.similarity_start = s0
+    from SurgicalReg2D3DLib.checks import no_progress_quality  # noqa: PLC0415
+
+    failed = no_progress_quality(s0, s1, f"{measure} similarity")
+    if failed is not None:
+        result.quality = failed
     if landmarks_ras is not None and true_ct_to_camera is not None:
         truth = check_pose(true_ct_to_camera, "true ct_to_camera")
         result.metrics.update(pose_errors(result.ct_to_camera, truth,

@@ -76,12 +76,21 @@ class RegistrationResult:
     time_s: float
     metrics: Dict[str, float] = field(default_factory=dict)
     outputs: Dict[str, str] = field(default_factory=dict)
+    #: similarity at the start pose, same measure as the result's (set by register_arrays)
+    similarity_start: float = float("nan")
+    #: SurgicalReg2D3DLib.quality.Quality of the result when known (``failed`` when it
+    #: ended worse than it started)
+    quality: Optional[object] = None
 
     def to_dict(self) -> dict:
         out = {"ct_to_camera": self.ct_to_camera.tolist(),
                "similarity": self.similarity, "method": self.method,
                "time_s": self.time_s, "iterations": len(self.history),
                "metrics": dict(self.metrics)}
+        if np.isfinite(self.similarity_start):
+            out["similarity_start"] = float(self.similarity_start)
+        if self.quality is not None:
+            out["quality"] = self.quality.to_dict()
         if len(self.views_ct_to_camera) > 1:
             out["views"] = [{"ct_to_camera": p.tolist()} for p in self.views_ct_to_camera]
         return out

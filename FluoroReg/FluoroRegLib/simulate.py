@@ -41,12 +41,18 @@ from .geometry import look_at_pose
 
 
 
-def read_ct(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarray]:
+def read_ct(path: Union[str, Path], allow_uneven_slices: bool = False
+            ) -> Tuple[np.ndarray, np.ndarray]:
     """Read a CT file (NIfTI/NRRD/MHA) or a DICOM folder without MRML.
 
-    Returns ``(hu, ijk_to_ras)``: ``hu`` float32 (K, J, I), ``ijk_to_ras`` (4, 4).
+    Returns ``(hu, ijk_to_ras)``: ``hu`` float32 (K, J, I), ``ijk_to_ras`` (4, 4). The
+    checks are the core's (:mod:`SurgicalReg2D3DLib.checks`): a file cut short, a DICOM
+    series with a missing/unreadable/duplicated slice (unless ``allow_uneven_slices``) and
+    bad geometry (spacing, direction, origin) are errors naming the CT.
     """
     import SimpleITK as sitk  # noqa: PLC0415
+
+    from SurgicalReg2D3DLib import checks  # noqa: PLC0415
 
     path = Path(path)
     if not path.exists():
@@ -58,9 +64,23 @@ def read_ct(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarray]:
             if not names:
                 raise FileReadError(f"CT file: no DICOM series in folder {path}")
             reader.SetFileNames(names)
+            reader.MetaDataDictionaryArrayUpdateOn()
             image = reader.Execute()
+            warning = checks.check_sitk_series(reader, "CT DICOM series", path,
+                                               allow_uneven_slices)
+            if warning:
+                import sys  # noqa: PLC0415
+
+                print(f"warning: {warning}; going on as asked (--allow-uneven-slices)",
+                      file=sys.stderr)
         else:
-            image = sitk.ReadImage(str(path))
+            checks.check_file_complete(path, "CT file")
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            # the header as written (ITK turns a negative spacing into a flipped axis)
+            checks.check_sitk_geometry(reader, "CT volume", path)
+            image = reader.Execute()
     except RuntimeError as exc:
         raise FileReadError(f"CT file: cannot read {path}: {str(exc).strip().splitlines()[-1]}") from None
     if image.GetDimension() != 3 or image.GetSize()[2] == 1:
@@ -68,6 +88,7 @@ def read_ct(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarray]:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError("CT volume: expected a scalar volume, got "
                          f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
+    checks.check_sitk_geometry(image, "CT volume", path)
     hu = sitk.GetArrayFromImage(image).astype(np.float32)
     d = np.array(image.GetDirection()).reshape(3, 3)
     ijk_to_lps = np.eye(4)

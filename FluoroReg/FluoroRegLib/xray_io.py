@@ -81,6 +81,9 @@ def _read_dicom(path: Path, name: str) -> Tuple[np.ndarray, Optional[XRayCamera]
 def _read_itk(path: Path, name: str) -> np.ndarray:
     import SimpleITK as sitk  # noqa: PLC0415
 
+    from SurgicalReg2D3DLib.checks import check_file_complete  # noqa: PLC0415
+
+    check_file_complete(path, name)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -123,6 +126,11 @@ def load_xray(path: Union[str, Path], geometry: Union[None, str, Path, dict, XRa
     if (p.height, p.width) != img.shape:
         raise GeometryError(f"X-ray geometry: size_px [W, H] = [{p.width}, {p.height}] does not "
                             f"match the image {path.name} (H, W) = {img.shape}")
+    from SurgicalReg2D3DLib.checks import check_principal_point  # noqa: PLC0415
+
+    where = (f"X-ray geometry {Path(geometry).name}" if isinstance(geometry, (str, Path))
+             else f"X-ray geometry of {path.name}")
+    check_principal_point(p.cx, p.cy, p.width, p.height, where)
     if negative_log_raw:
         img = negative_log(img, i0, name)
     return img.astype(np.float32), camera
@@ -182,4 +190,6 @@ def write_pose_json(path: Union[str, Path], poses, extra: Optional[dict] = None)
             {"ct_to_camera": poses[0].tolist(),
              "views": [{"ct_to_camera": p.tolist()} for p in poses]})
     data.update(extra or {})
-    Path(path).write_text(json.dumps(data, indent=2, default=float) + "\n")
+    from SurgicalReg2D3DLib.outputs import write_text_atomic  # noqa: PLC0415
+
+    write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n", "pose file")

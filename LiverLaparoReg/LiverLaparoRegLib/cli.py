@@ -50,15 +50,45 @@ def read_image(path, name: str = "image") -> np.ndarray:
     """PNG/JPG/BMP -> ``(H, W)`` or ``(H, W, 3)`` RGB uint8 (row 0 = top of the file)."""
     import cv2  # noqa: PLC0415
 
+    from SurgicalReg2D3DLib.checks import check_file_complete  # noqa: PLC0415
+
     path = Path(path)
     if not path.is_file():
         raise FileReadError(f"{name}: file not found: {path}")
+    check_file_complete(path, name)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise FileReadError(f"{name}: cannot read an image from {path}")
     if img.ndim == 3:
         img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
     return img
+
+
+def mask_from_image(img: np.ndarray, name: str = "mask") -> np.ndarray:
+    """Liver mask from a mask image: the pixels above half the image's maximum (so 0/1,
+    0/255 and 0/65535 masks all work, and JPEG noise near 0 is not liver)."""
+    gray = img.max(axis=2) if img.ndim == 3 else img
+    top = float(gray.max()) if gray.size else 0.0
+    if not top > 0:
+        raise InputError(f"{name}: the liver mask is empty (all pixels are 0)")
+    return gray > top / 2.0
+
+
+def output_paths(args) -> list:
+    """``[(path, what), ...]`` of every file ``laparo register`` writes (the result JSON
+    and its side files), known before any work."""
+    out = Path(args.out)
+    paths = [(out, "--out"), (out.with_name(out.stem + "_mesh_camera.obj"),
+                              "--out (posed mesh side file)")]
+    if args.contours3d:
+        paths += [(out.with_name(out.stem + "_contours3d.json"), "--out (3D contours side file)"),
+                  (out.with_name(out.stem + "_contours2d.json"), "--out (2D contours side file)")]
+    if args.deformed_mesh:
+        paths.append((Path(args.deformed_mesh), "--deformed-mesh"))
+    for p in args.structure or ():
+        paths.append((out.with_name(f"{out.stem}_{Path(p).stem}_deformed.vtk"),
+                      f"--out (deformed structure side file of {Path(p).name})"))
+    return paths
 
 
 def run_register(args) -> int:
@@ -68,7 +98,19 @@ def run_register(args) -> int:
     from .metrics import project_contours_3d  # noqa: PLC0415
     from .p2ilf import read_contours_2d, read_contours_3d, write_contours_2d, \
         write_contours_3d  # noqa: PLC0415
+    from SurgicalReg2D3DLib.outputs import OutputSet, check_outputs  # noqa: PLC0415
 
+    inputs = [args.mesh, args.image, args.camera, args.distortion, args.mask,
+              args.contours2d, args.contours3d, args.init, args.ground_truth,
+              *(args.structure or ())]
+    check_outputs(output_paths(args), inputs, create_folder=True)  # before any work
+    if args.deformed_mesh:
+        from .mesh import _WRITERS  # noqa: PLC0415
+
+        if Path(args.deformed_mesh).suffix.lower() not in _WRITERS:
+            raise InputError(f"--deformed-mesh: unsupported format "
+                             f"{Path(args.deformed_mesh).suffix!r} (expected one of "
+                             f"{', '.join(sorted(_WRITERS))})")
     mesh = load_mesh(args.mesh, "mesh")
     structures = [load_mesh(p, f"structure {Path(p).name}") for p in args.structure or ()]
     image = read_image(args.image, "image")
@@ -78,8 +120,7 @@ def run_register(args) -> int:
         camera = without_distortion(camera)
     mask = None
     if args.mask:
-        mask = read_image(args.mask, "mask")
-        mask = (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
+        mask = mask_from_image(read_image(args.mask, "mask"), "mask")
     if (args.contours2d is None) != (args.contours3d is None):
         raise InputError("contours: give both --contours2d and --contours3d")
     c2 = read_contours_2d(args.contours2d) if args.contours2d else None
@@ -90,20 +131,26 @@ def run_register(args) -> int:
                       init=init, method=args.method, nonrigid=args.nonrigid, ground_truth=gt,
                       structures=structures)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result.to_dict(), indent=2))
     T = result.model_to_camera
     verts = mesh.vertices if result.deformed_vertices is None else result.deformed_vertices
-    save_mesh(MeshData(verts @ T[:3, :3].T + T[:3, 3], mesh.faces),
-              out.with_name(out.stem + "_mesh_camera.obj"))
-    if c3:
-        write_contours_3d(c3, out.with_name(out.stem + "_contours3d.json"))
-        write_contours_2d(project_contours_3d(c3, verts, T, camera),
-                          out.with_name(out.stem + "_contours2d.json"))
-    if args.deformed_mesh:
-        save_mesh(MeshData(verts, mesh.faces), args.deformed_mesh)
-    for path, s in zip(args.structure or (), result.deformed_structures):
-        save_mesh(s, out.with_name(f"{out.stem}_{Path(path).stem}_deformed.vtk"))
+    # one consistent set: every file to a temporary name, renamed only when all are written
+    with OutputSet("--out") as outs:
+        outs.write_json(out, result.to_dict())
+        outs.write(out.with_name(out.stem + "_mesh_camera.obj"),
+                   lambda tmp: save_mesh(MeshData(verts @ T[:3, :3].T + T[:3, 3], mesh.faces),
+                                         tmp))
+        if c3:
+            outs.write(out.with_name(out.stem + "_contours3d.json"),
+                       lambda tmp: write_contours_3d(c3, tmp))
+            outs.write(out.with_name(out.stem + "_contours2d.json"),
+                       lambda tmp: write_contours_2d(project_contours_3d(c3, verts, T, camera),
+                                                     tmp))
+        if args.deformed_mesh:
+            outs.write(args.deformed_mesh,
+                       lambda tmp: save_mesh(MeshData(verts, mesh.faces), tmp))
+        for path, s in zip(args.structure or (), result.deformed_structures):
+            outs.write(out.with_name(f"{out.stem}_{Path(path).stem}_deformed.vtk"),
+                       lambda tmp, s=s: save_mesh(s, tmp))
     print(json.dumps({"method": result.method, "metrics": result.metrics,
                       "total_s": round(result.timings.get("total_s", 0.0), 3)}))
     return 0
@@ -128,7 +175,9 @@ def register_cli(subparsers) -> None:
     r.add_argument("--camera", required=True,
                    help="P2ILF camera JSON or a 3x3 intrinsics text file")
     r.add_argument("--distortion", default=None, help="distortion text file (with a 3x3 file)")
-    r.add_argument("--mask", default=None, help="liver mask image (non-zero = liver)")
+    r.add_argument("--mask", default=None,
+                   help="liver mask image (liver = pixels above half the maximum: 0/1 or "
+                        "0/255 masks)")
     r.add_argument("--contours2d", default=None, help="P2ILF 2D contour JSON")
     r.add_argument("--contours3d", default=None, help="P2ILF 3D contour JSON")
     r.add_argument("--init", default=None, help='{"model_to_camera": 4x4} JSON')

@@ -67,6 +67,30 @@ def _check_pose(T, name: str) -> np.ndarray:
         raise GeometryError(f"{name}: not a 4x4 rigid matrix ({exc})") from None
 
 
+def check_mesh_in_view(vertices, model_to_camera, camera, name: str,
+                       min_share: float = 0.01) -> None:
+    """InputError when the mesh at ``model_to_camera`` lies behind the camera or projects
+    outside the image (fewer than ``min_share`` of its vertices on the image, pinhole
+    without distortion): a silhouette cannot be compared there, nothing would be
+    registered."""
+    v = np.asarray(vertices, dtype=np.float64)
+    T = np.asarray(model_to_camera, dtype=np.float64)
+    pc = v @ T[:3, :3].T + T[:3, 3]
+    front = pc[:, 2] > 1e-3
+    if not np.any(front):
+        raise InputError(f"{name}: the liver mesh lies behind the camera (all vertices have "
+                         "z <= 0 in the camera frame; +z looks into the scene)")
+    z = pc[front, 2]
+    u = camera.fx * pc[front, 0] / z + camera.skew * pc[front, 1] / z + camera.cx
+    w = camera.fy * pc[front, 1] / z + camera.cy
+    inside = (u >= -0.5) & (u <= camera.width - 0.5) & (w >= -0.5) & (w <= camera.height - 0.5)
+    share = float(inside.sum()) / len(v)
+    if share < min_share:
+        raise InputError(f"{name}: the liver mesh projects outside the "
+                         f"{camera.width} x {camera.height} image ({100 * share:.1f} % of its "
+                         "vertices on the image); check the initial pose and the camera")
+
+
 def choose_method(has_contours: bool, has_mask: bool, has_init: bool) -> str:
     """The best method the inputs allow (see the module docstring)."""
     if has_contours:
@@ -178,6 +202,9 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
     t0 = time.perf_counter()
     mesh = validate_mesh(mesh, "mesh")
     camera = as_camera(camera)
+    from SurgicalReg2D3DLib.checks import check_principal_point  # noqa: PLC0415
+
+    check_principal_point(camera.cx, camera.cy, camera.width, camera.height, "camera")
     if image is not None:
         check_image_size(np.shape(image), camera, "image")
     if mask is not None:
@@ -196,6 +223,11 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
     if contours2d is not None:
         contours2d = validate_contours_2d(contours2d, "2D contours")
         contours3d = validate_contours_3d(contours3d, len(mesh.vertices), "3D contours")
+        from SurgicalReg2D3DLib.checks import check_points_on_image  # noqa: PLC0415
+
+        for k, c in enumerate(contours2d):
+            check_points_on_image(c.points, camera.width, camera.height,
+                                  f"2D contours: contour {k} ({c.label})")
     structures = [validate_mesh(s, f"structure {k} ({s.name})")
                   for k, s in enumerate(structures or ())]
     if init is not None:
@@ -207,6 +239,8 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
     if method not in METHODS:
         raise InputError(f"method: unknown method {method!r} (available: "
                          f"{', '.join(sorted(METHODS))})")
+    if method == "silhouette" and init is not None:
+        check_mesh_in_view(mesh.vertices, init, camera, "initial pose")
     if nonrigid and init is None and contours2d is None:
         raise InputError("nonrigid: a non-rigid registration needs a rigid pose first "
                          "(give an initial pose or contours)")

@@ -130,6 +130,10 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
             loss = soft_dice_loss(s, target)
             if curves:
                 loss = loss + contour_weight * _curve_loss(curves, T, camera, tau) / diag
+            if not loss.requires_grad:  # nothing of the mesh is drawn on the image
+                raise InputError("initial pose: the liver mesh does not appear in the image "
+                                 "(behind the camera or outside the frame); nothing to "
+                                 "register")
             lv = float(loss.detach())
             history.append(lv)
             if lv < best_loss - min_delta:

@@ -88,7 +88,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def run_demo(out_dir: Path, modules: Optional[List[str]] = None, quick: bool = False) -> dict:
     """Run every module's demo into ``out_dir/<module>/`` and write a combined report."""
-    out_dir = Path(out_dir)
+    from .outputs import check_output_dir, write_json_atomic, write_text_atomic  # noqa: PLC0415
+
+    out_dir = check_output_dir(out_dir, what="demo output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = modules or [cli_name for cli_name, _ in MODULES.values()]
     report: dict = {"surgreg": __version__, "quick": quick, "modules": {}}
@@ -110,8 +112,9 @@ def run_demo(out_dir: Path, modules: Optional[List[str]] = None, quick: bool = F
             "metrics": metrics,
             "files": sorted(str(p.relative_to(out_dir)) for p in module_dir.rglob("*") if p.is_file()),
         }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (out_dir / "report.md").write_text(_report_markdown(report))
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str),
+                      "demo report")
+    write_text_atomic(out_dir / "report.md", _report_markdown(report), "demo report")
     return report
 
 
@@ -200,6 +203,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Bad input: one clear line, no traceback.
         print(f"surgreg: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: outputs are written atomically (SurgicalReg2D3DLib.outputs), so nothing
+        # half-written is left; one line, the shell's usual exit status for SIGINT.
+        print("surgreg: cancelled by user", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

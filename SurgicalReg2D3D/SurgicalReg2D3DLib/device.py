@@ -29,8 +29,9 @@ if TYPE_CHECKING:  # annotations only: torch is imported inside the functions
 
 from .errors import InputError
 
-__all__ = ["ENV_VAR", "SETTINGS_KEY", "PREFERENCES", "choose_device", "device_preference",
-           "set_device_preference", "seed_everything", "describe_device", "default_dtype"]
+__all__ = ["ENV_VAR", "SETTINGS_KEY", "PREFERENCES", "choose_device", "parse_device",
+           "device_preference", "set_device_preference", "seed_everything", "describe_device",
+           "default_dtype"]
 
 ENV_VAR = "SURGREG_DEVICE"
 #: Key of the hub's "Compute on" setting in Slicer's settings (QSettings).
@@ -125,6 +126,40 @@ def choose_device(prefer: Optional[Union[str, torch.device]] = None) -> torch.de
             )
         return dev
     raise InputError(f"{source}: unknown device {prefer!r}; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")
+
+
+def parse_device(text: Optional[str], option: str = "--device", warn=None) -> torch.device:
+    """The device of a command-line option (the one parser every CLI uses).
+
+    ``None`` / ``""`` / ``"auto"``: as :func:`choose_device`. An unknown name (e.g.
+    ``gpu0``) is an :class:`InputError` naming ``option``. A GPU that is not available
+    (``cuda`` on a machine without CUDA, ``cuda:3`` with one GPU, ``mps`` off a Mac) is
+    not an error: ``warn`` (default: print to stderr) gets one line and the CPU is used.
+    """
+    import sys  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    if text is None or (isinstance(text, str) and text.strip() == ""):
+        return choose_device(None)
+    name = str(text).strip().lower()
+    if name in ("auto", "cpu"):
+        return choose_device(name)
+    if not re.fullmatch(r"(cuda|gpu)(:\d+)?|mps", name):
+        raise InputError(f"{option}: unknown device {text!r}; use 'cpu', 'cuda', 'cuda:N', "
+                         "'mps' or 'auto'")
+    if name.startswith("gpu"):
+        name = "cuda" + name[3:]
+    try:
+        return choose_device(name)
+    except InputError as exc:
+        detail = str(exc).split(": ", 1)[-1]
+        line = f"warning: {option} {text}: {detail}; running on the CPU instead"
+        if warn is None:
+            print(line, file=sys.stderr)
+        else:
+            warn(line)
+        return torch.device("cpu")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> int:

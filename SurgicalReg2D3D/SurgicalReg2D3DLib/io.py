@@ -112,19 +112,19 @@ def _sitk_image_info(path: Path, what: str):
 
 
 def _check_header_geometry(reader, what: str, path: Path) -> None:
-    """GeometryError for a file whose header has zero/negative spacing or a direction
-    matrix that is not orthonormal (checked on SimpleITK's header, before MRML reads it)."""
-    from .errors import GeometryError  # noqa: PLC0415
+    """GeometryError for a file whose header has zero/negative/absurd spacing, a direction
+    matrix that is not orthonormal or a non-finite origin (checked on SimpleITK's header,
+    before MRML reads it; the shared rule of :func:`SurgicalReg2D3DLib.checks.check_geometry`)."""
+    from .checks import check_sitk_geometry  # noqa: PLC0415
 
-    dim = reader.GetDimension()
-    spacing = np.array(reader.GetSpacing(), dtype=np.float64)
-    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0.0):
-        raise GeometryError(f"{what}: spacing must be positive, got "
-                            f"({', '.join(f'{v:g}' for v in spacing)}): {path}")
-    direction = np.array(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)
-    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction,
-                                                             np.eye(dim), atol=1e-4):
-        raise GeometryError(f"{what}: direction matrix is not orthonormal: {path}")
+    check_sitk_geometry(reader, what, path)
+
+
+def _check_complete(path: Path, what: str) -> None:
+    """FileReadError for a file cut short (fewer data bytes than its header declares)."""
+    from .checks import check_file_complete  # noqa: PLC0415
+
+    check_file_complete(path, what)
 
 
 def sitk_ijk_to_lps(image) -> np.ndarray:
@@ -165,6 +165,7 @@ def load_volume(ctx, path, name: Optional[str] = None):
     what = "volume file"
     p = _existing_file(path, what)
     reader = _sitk_image_info(p, what)
+    _check_complete(p, what)
     size = reader.GetSize()
     if reader.GetDimension() == 2 or (reader.GetDimension() == 3 and size[2] == 1):
         raise InputError(f"{what}: expected a 3D volume, got a 2D image of size "
@@ -210,11 +211,15 @@ def save_volume(node, path, compress: bool = True) -> Path:
     return p
 
 
-def load_dicom_series(ctx, directory, name: Optional[str] = None):
+def load_dicom_series(ctx, directory, name: Optional[str] = None,
+                      allow_uneven_slices: bool = False):
     """Load the largest DICOM series of a folder (SimpleITK/GDCM) as a RAS volume node.
 
     Slices are sorted by GDCM along the slice normal; ``ijk_to_ras = diag(-1,-1,1,1) @``
     SimpleITK's index-to-LPS matrix. Rescale slope/intercept are applied (SimpleITK).
+    A series with a missing, unreadable or duplicated slice (uneven positions along the
+    normal) is an :class:`InputError` unless ``allow_uneven_slices`` (then a warning is
+    printed and the volume has SimpleITK's mean spacing).
     """
     import SimpleITK as sitk  # noqa: PLC0415
 
@@ -232,14 +237,29 @@ def load_dicom_series(ctx, directory, name: Optional[str] = None):
                          f"slice: {d}")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise FileReadError(f"{what}: cannot read DICOM series {best} in {d} "
                             f"({str(exc).strip().splitlines()[-1]})") from None
+    _check_series(reader, image, what, d, allow_uneven_slices)
     array = _sitk_to_array(image)
     ijk_to_ras = LPS_TO_RAS @ sitk_ijk_to_lps(image)
     return volume_to_node(ctx, array, ijk_to_ras, name or d.name)
+
+
+def _check_series(reader, image, what: str, folder: Path, allow_uneven: bool) -> None:
+    """Even slice positions (see :func:`SurgicalReg2D3DLib.checks.check_sitk_series`) and
+    the shared geometry rule; with ``allow_uneven`` the problem is printed as a warning."""
+    import sys  # noqa: PLC0415
+
+    from .checks import check_sitk_geometry, check_sitk_series  # noqa: PLC0415
+
+    warning = check_sitk_series(reader, what, folder, allow_uneven)
+    if warning:
+        print(f"warning: {warning}; going on as asked (allow_uneven_slices)", file=sys.stderr)
+    check_sitk_geometry(image, what, folder)
 
 
 def load_image2d(ctx, path, name: Optional[str] = None):
@@ -254,6 +274,7 @@ def load_image2d(ctx, path, name: Optional[str] = None):
     what = "image file"
     p = _existing_file(path, what)
     reader = _sitk_image_info(p, what)
+    _check_complete(p, what)
     size = reader.GetSize()
     dim = reader.GetDimension()
     if dim > 3 or (dim == 3 and size[2] != 1):
@@ -315,19 +336,32 @@ def load_model(ctx, path, coordinate_system: str = "LPS", name: Optional[str] = 
     if _suffix(p) not in _MODEL_EXTENSIONS:
         raise FileReadError(f"{what}: unsupported extension '{_suffix(p)}' (expected one of "
                             f"{', '.join(_MODEL_EXTENSIONS)}): {p}")
+    _check_complete(p, what)
     import slicer  # noqa: PLC0415
 
     messages = slicer.vtkMRMLMessageCollection()
+    before = _node_ids(ctx.scene)
     node = ctx.logic("Models").AddModel(str(p), cs, messages)
     if node is None or node.GetPolyData() is None or node.GetPolyData().GetNumberOfPoints() == 0:
-        if node is not None:
-            ctx.scene.RemoveNode(node)
+        _remove_new_nodes(ctx.scene, before)  # the model and its display/storage nodes
         detail = _message_text(messages)
         raise FileReadError(f"{what}: cannot read mesh (corrupt or empty): {p}"
                             + (f" ({detail})" if detail else ""))
     if name:
         node.SetName(name)
     return node
+
+
+def _node_ids(scene) -> set:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _remove_new_nodes(scene, before: set) -> None:
+    """Remove the nodes added to ``scene`` since ``before`` (:func:`_node_ids`)."""
+    for node_id in sorted(_node_ids(scene) - before):
+        node = scene.GetNodeByID(node_id)
+        if node is not None:
+            scene.RemoveNode(node)
 
 
 def save_model(node, path, coordinate_system: str = "LPS") -> Path:
@@ -366,8 +400,12 @@ def _read_obj(path: Path, what: str) -> Tuple[np.ndarray, np.ndarray]:
                 continue
             try:
                 if parts[0] == "v":
+                    if len(parts) < 4:
+                        raise ValueError("a vertex needs 3 coordinates")
                     vertices.append([float(x) for x in parts[1:4]])
                 elif parts[0] == "f":
+                    if len(parts) < 4:
+                        raise ValueError("a face needs 3 vertices")
                     idx = []
                     for token in parts[1:]:
                         i = int(token.split("/")[0])
@@ -375,8 +413,8 @@ def _read_obj(path: Path, what: str) -> Tuple[np.ndarray, np.ndarray]:
                     for a in range(1, len(idx) - 1):
                         faces.append([idx[0], idx[a], idx[a + 1]])
             except (ValueError, IndexError):
-                raise FileReadError(f"{what}: cannot parse line {line_number} of {path}") \
-                    from None
+                raise FileReadError(f"{what}: cannot parse line {line_number} of {path} "
+                                    "(malformed, or the file is cut short)") from None
     v = np.array(vertices, dtype=np.float64).reshape(-1, 3)
     f = np.array(faces, dtype=np.int64).reshape(-1, 3)
     return v, f
@@ -393,6 +431,7 @@ def load_mesh_arrays(path, name: str = "mesh file") -> Tuple[np.ndarray, np.ndar
 
     p = _existing_file(path, name)
     suffix = _suffix(p)
+    _check_complete(p, name)
     if suffix == ".obj":
         v, f = _read_obj(p, name)
     else:

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,47 +25,75 @@ from .methods import METHODS
 
 
 def _int_list(text: Optional[str], option: str) -> Optional[List[int]]:
-    """``"1,2,3"`` -> ``[1, 2, 3]`` (``None`` stays ``None``), with a clear error."""
-    if not text:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (``None`` stays ``None``), with a clear error; an empty
+    list and a number listed twice are errors (they would mean "all" and give two
+    results for one item)."""
+    if text is None:
         return None
+    if not text.strip():
+        raise InputError(f"{option}: empty list; give comma-separated integers or leave "
+                         "the option out")
     try:
-        return [int(x) for x in text.split(",")]
+        values = [int(x) for x in text.split(",")]
     except ValueError:
         raise InputError(f"{option}: expected comma-separated integers, got {text!r}") \
             from None
+    dup = sorted({v for v in values if values.count(v) > 1})
+    if dup:
+        raise InputError(f"{option}: {dup[0]} is listed more than once")
+    return values
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from .logic import load_inputs, read_init_json, register_tracked, summary_line  # noqa
+    from SurgicalReg2D3DLib.outputs import check_output, write_json_atomic  # noqa: PLC0415
 
+    from .logic import load_inputs, read_init_json, register_tracked, summary_line  # noqa
+    from .temporal import frame_quality  # noqa: PLC0415
+
+    # checked before any reading or registering
+    out = check_output(args.out, [args.volume, args.sequence, args.calibration, args.init],
+                       "--out", create_folder=True)
+    frames = _int_list(args.frames, "--frames")
+    from SurgicalReg2D3DLib.device import parse_device  # noqa: PLC0415
+
+    device = parse_device(args.device, "--device")   # default: the hub's choice / auto
     volume, seq, chain = load_inputs(args.volume, args.sequence, args.calibration)
     init = read_init_json(args.init) if args.init else None
-    frames = _int_list(args.frames, "--frames")
 
     def progress(fraction, message):
         if not args.quiet:
             print(f"\r[{100 * fraction:5.1f}%] {message:60s}", end="", flush=True)
 
-    from SurgicalReg2D3DLib.device import choose_device  # noqa: PLC0415
-
     reg = register_tracked(volume, seq, chain, method=args.method, init=init,
                            temporal=args.temporal, frames=frames, progress=progress,
-                           device=choose_device(args.device))
+                           device=device)
     if not args.quiet:
         print()
     for i, why in reg.skipped:
         print(f"skipped frame {i}: {why}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(reg.to_json(), indent=1))
+    write_json_atomic(out, reg.to_json(), "--out", indent=1)
     print(summary_line(reg))
     print(f"written {out}")
+    failed = []
+    for i, r in zip(reg.indices, reg.results):
+        q = frame_quality(r)
+        if q is not None and q.verdict in ("failed", "skipped"):
+            failed.append(i)
+            print(f"surgreg: warning: frame {i}: {q.summary()}", file=sys.stderr)
+    if failed:
+        print(f"surgreg: {len(failed)} of {len(reg.results)} frames failed (verdict "
+              f"'failed' in {out.name}): {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from SurgicalReg2D3DLib.outputs import check_output_dir  # noqa: PLC0415
+
     from .bench import run_bench  # noqa: PLC0415
 
+    check_output_dir(args.out_dir, [args.sequence, args.calibration, args.volume],
+                     "--out-dir")
     frames = _int_list(args.frames, "--frames")
     summary = run_bench(sequence_path=args.sequence, calibration_path=args.calibration,
                         volume_path=args.volume, holdout=args.holdout, frames=frames,

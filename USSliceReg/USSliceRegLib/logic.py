@@ -45,6 +45,8 @@ class SequenceRegistration:
 
     def to_json(self) -> dict:
         """The ``OUT.json`` of ``surgreg us register`` (matrices as row lists)."""
+        from .temporal import frame_quality  # noqa: PLC0415
+
         frames = []
         for i, r in zip(self.indices, self.results):
             frames.append({
@@ -56,6 +58,9 @@ class SequenceRegistration:
                 "similarity": float(r.lncc),
                 "similarity_start": float(r.lncc_start),
             })
+            quality = frame_quality(r)
+            if quality is not None:
+                frames[-1]["quality"] = quality.to_dict()
         return {"method": self.method, "temporal": self.temporal, "frames": frames,
                 "skipped": [{"index": int(i), "reason": why} for i, why in self.skipped],
                 "similarity_metric": "masked LNCC (window 7 px at 1/8 resolution)"}
@@ -162,6 +167,13 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
     usable = {int(i): k for k, i in enumerate(chain.indices)}
     skipped = list(chain.skipped)
     wanted = list(chain.indices) if frames is None else [int(i) for i in frames]
+    if frames is not None:
+        if not wanted:
+            raise InputError("frames: the list of frames is empty (leave it out for all "
+                             "usable frames)")
+        dup = sorted({i for i in wanted if wanted.count(i) > 1})
+        if dup:
+            raise InputError(f"frames: frame {dup[0]} is listed more than once")
     for i in wanted:
         if i not in usable and not any(i == s for s, _ in skipped):
             raise InputError(f"frames: {i} is not a frame of the sequence "
@@ -249,6 +261,9 @@ def _volume_arrays(volume_node):
     vol = volume_from_node(volume_node, "US volume", require_3d=True)
     if vol.array.ndim != 3:
         raise InputError("US volume: expected a scalar volume")
+    from SurgicalReg2D3DLib.checks import check_not_constant  # noqa: PLC0415
+
+    check_not_constant(vol.array, "US volume")
     return vol.array, vol.ijk_to_ras
 
 

@@ -121,16 +121,17 @@ class ReferenceVolume:
 
 
 # --------------------------------------------------------------------------- low-level I/O
-def _read_header_and_payload(path: Path):
-    """Split a MetaImage (.mha) or NRRD (.nrrd) file into (format, header dict, payload)."""
+def _read_header_and_payload(path: Path, what: str = "sequence file"):
+    """Split a MetaImage (.mha) or NRRD (.nrrd) file into (format, header dict, payload).
+    ``what`` names the input in error messages ("sequence file", "volume")."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise FileReadError(f"sequence file {path}: cannot read ({exc.strerror})") from None
+        raise FileReadError(f"{what} {path}: cannot read ({exc.strerror})") from None
     if raw.startswith(b"NRRD"):
         end = raw.find(b"\n\n")
         if end < 0:
-            raise FileReadError(f"sequence file {path}: NRRD header has no blank-line end")
+            raise FileReadError(f"{what} {path}: NRRD header has no blank-line end")
         lines = raw[:end].decode("latin-1").splitlines()[1:]
         header: Dict[str, str] = {}
         for line in lines:
@@ -150,23 +151,24 @@ def _read_header_and_payload(path: Path):
         nl = raw.find(b"\n", pos)
         if nl < 0:
             raise FileReadError(
-                f"sequence file {path}: not a MetaImage or NRRD file (no ElementDataFile line)")
+                f"{what} {path}: not a MetaImage or NRRD file (no ElementDataFile line)")
         line = raw[pos:nl].decode("latin-1").strip()
         pos = nl + 1
         if not line:
             continue
         if "=" not in line:
-            raise FileReadError(f"sequence file {path}: malformed header line {line[:60]!r}")
+            raise FileReadError(f"{what} {path}: malformed header line {line[:60]!r}")
         key, value = line.split("=", 1)
         header[key.strip()] = value.strip()
         if key.strip() == "ElementDataFile":
             break
         if pos > 50_000_000:
-            raise FileReadError(f"sequence file {path}: header too long")
+            raise FileReadError(f"{what} {path}: header too long")
     return "mha", header, raw[pos:]
 
 
-def _decode_payload(path: Path, fmt: str, header: Dict[str, str], payload: bytes):
+def _decode_payload(path: Path, fmt: str, header: Dict[str, str], payload: bytes,
+                    what: str = "sequence file"):
     """Return (array in file order (slowest first), sizes (fastest first))."""
     if fmt == "mha":
         try:
@@ -174,20 +176,26 @@ def _decode_payload(path: Path, fmt: str, header: Dict[str, str], payload: bytes
             dtype = np.dtype(_META_TYPES[header.get("ElementType", "")])
         except (KeyError, ValueError):
             raise FileReadError(
-                f"sequence file {path}: missing or unsupported DimSize/ElementType") from None
-        channels = int(header.get("ElementNumberOfChannels", "1"))
+                f"{what} {path}: missing or unsupported DimSize/ElementType") from None
+        try:
+            channels = int(header.get("ElementNumberOfChannels", "1"))
+        except ValueError:
+            raise FileReadError(f"{what} {path}: malformed ElementNumberOfChannels") from None
+        if channels < 1 or any(v < 0 for v in sizes):
+            raise FileReadError(f"{what} {path}: negative DimSize or channel count")
         data_file = header.get("ElementDataFile", "LOCAL")
         if data_file != "LOCAL":
             try:
                 payload = (path.parent / data_file).read_bytes()
             except OSError:
                 raise FileReadError(
-                    f"sequence file {path}: cannot read data file {data_file!r}") from None
+                    f"{what} {path}: cannot read data file {data_file!r}") from None
         if header.get("CompressedData", "False").lower() == "true":
             try:
                 payload = zlib.decompress(payload)
             except zlib.error as exc:
-                raise FileReadError(f"sequence file {path}: corrupt compressed data ({exc})") from None
+                raise FileReadError(f"{what} {path}: compressed data is truncated or corrupt "
+                                    f"({exc})") from None
         big = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False"))
         dtype = dtype.newbyteorder(">" if big.lower() == "true" else "<")
     else:
@@ -195,7 +203,7 @@ def _decode_payload(path: Path, fmt: str, header: Dict[str, str], payload: bytes
             sizes = [int(v) for v in header["sizes"].split()]
             dtype = np.dtype(_NRRD_TYPES[header["type"]])
         except (KeyError, ValueError):
-            raise FileReadError(f"sequence file {path}: missing or unsupported sizes/type") from None
+            raise FileReadError(f"{what} {path}: missing or unsupported sizes/type") from None
         channels = 1
         kinds = header.get("kinds", "").split()
         if len(sizes) == 4 and kinds and kinds[0] not in ("domain", "space"):
@@ -207,20 +215,21 @@ def _decode_payload(path: Path, fmt: str, header: Dict[str, str], payload: bytes
                 payload = (path.parent / data_file).read_bytes()
             except OSError:
                 raise FileReadError(
-                    f"sequence file {path}: cannot read data file {data_file!r}") from None
+                    f"{what} {path}: cannot read data file {data_file!r}") from None
         encoding = header.get("encoding", "raw")
         if encoding in ("gz", "gzip"):
             try:
                 payload = gzip.decompress(payload)
             except (OSError, EOFError, zlib.error) as exc:
-                raise FileReadError(f"sequence file {path}: corrupt gzip data ({exc})") from None
+                raise FileReadError(f"{what} {path}: gzip data is truncated or corrupt "
+                                    f"({exc})") from None
         elif encoding != "raw":
-            raise FileReadError(f"sequence file {path}: unsupported NRRD encoding {encoding!r}")
+            raise FileReadError(f"{what} {path}: unsupported NRRD encoding {encoding!r}")
         dtype = dtype.newbyteorder(">" if header.get("endian", "little") == "big" else "<")
     count = int(np.prod(sizes)) * channels
     if len(payload) < count * dtype.itemsize:
         raise FileReadError(
-            f"sequence file {path}: image data is truncated ({len(payload)} bytes, "
+            f"{what} {path}: image data is truncated ({len(payload)} bytes, "
             f"expected {count * dtype.itemsize})")
     array = np.frombuffer(payload, dtype=dtype, count=count)
     shape = tuple(reversed(sizes)) + ((channels,) if channels > 1 else ())
@@ -381,7 +390,12 @@ def image_to_reference_chain(seq: TrackedSequence, image_to_probe: np.ndarray,
         if direct in seq.transforms:
             probe_to_reference = seq.transforms[direct][i]
         else:
-            probe_to_reference = (np.linalg.inv(seq.transforms[f"{reference}To{tracker}"][i])
+            ref_to_tracker = seq.transforms[f"{reference}To{tracker}"][i]
+            if abs(np.linalg.det(ref_to_tracker[:3, :3])) < 1e-9 \
+                    or np.linalg.cond(ref_to_tracker) > 1e12:
+                raise GeometryError(f"{where}: frame {i} {reference}To{tracker}Transform is "
+                                    "singular (not invertible) although its status is OK")
+            probe_to_reference = (np.linalg.inv(ref_to_tracker)
                                   @ seq.transforms[f"{probe}To{tracker}"][i])
         mats.append(probe_to_reference @ image_to_probe)
         indices.append(i)
@@ -399,36 +413,62 @@ def read_reference_volume(path) -> ReferenceVolume:
     an NRRD whose ``space`` is a RAS space is converted to the LPS-named convention used by
     PLUS. Raises :class:`InputError` for volumes that are not 3D.
     """
+    from SurgicalReg2D3DLib.checks import check_geometry, check_not_constant  # noqa: PLC0415
+
     path = Path(path)
+    what = "volume"
     if not path.is_file():
         raise FileReadError(f"volume {path}: no such file")
-    fmt, header, payload = _read_header_and_payload(path)
-    array, sizes = _decode_payload(path, fmt, header, payload)
+    fmt, header, payload = _read_header_and_payload(path, what)
+    array, sizes = _decode_payload(path, fmt, header, payload, what)
     if array.ndim != 3 or min(array.shape) < 2:
         raise InputError(f"volume {path.name}: expected a 3D volume, got shape {array.shape}")
     m = np.eye(4)
     if fmt == "mha":
-        spacing = np.array([float(v) for v in header.get("ElementSpacing", "1 1 1").split()])
-        offset = np.array([float(v) for v in header.get(
-            "Offset", header.get("Position", header.get("Origin", "0 0 0"))).split()])
-        direction = np.array([float(v) for v in header.get(
-            "TransformMatrix", header.get("Rotation", "1 0 0 0 1 0 0 0 1")).split()])
+        spacing = _header_numbers(header, ("ElementSpacing",), "1 1 1", 3, path)
+        offset = _header_numbers(header, ("Offset", "Position", "Origin"), "0 0 0", 3, path)
+        direction = _header_numbers(header, ("TransformMatrix", "Rotation"),
+                                    "1 0 0 0 1 0 0 0 1", 9, path)
         direction = direction.reshape(3, 3).T  # column i = direction of axis i
+        check_geometry(spacing, direction, offset, f"volume {path.name}")
         m[:3, :3] = direction * spacing[None, :]
         m[:3, 3] = offset
     else:
         dirs = re.findall(r"\(([^)]*)\)", header.get("space directions", ""))
         if len(dirs) < 3:
             raise InputError(f"volume {path.name}: NRRD has no 3D space directions")
-        for c, d in enumerate(dirs[:3]):
-            m[:3, c] = [float(v) for v in d.split(",")]
-        origin = re.findall(r"\(([^)]*)\)", header.get("space origin", "(0,0,0)"))[0]
-        m[:3, 3] = [float(v) for v in origin.split(",")]
+        try:
+            for c, d in enumerate(dirs[:3]):
+                m[:3, c] = [float(v) for v in d.split(",")]
+            origin = re.findall(r"\(([^)]*)\)", header.get("space origin", "(0,0,0)"))[0]
+            m[:3, 3] = [float(v) for v in origin.split(",")]
+        except (ValueError, IndexError):
+            raise GeometryError(f"volume {path.name}: malformed 'space directions' or "
+                                "'space origin' (expected three numbers in each "
+                                "parenthesis)") from None
         if header.get("space", "").lower() in ("right-anterior-superior", "ras"):
             m = np.diag([-1.0, -1.0, 1.0, 1.0]) @ m
-    if np.any(np.linalg.norm(m[:3, :3], axis=0) <= 0) or not np.all(np.isfinite(m)):
-        raise GeometryError(f"volume {path.name}: invalid spacing or direction")
+    from SurgicalReg2D3DLib.checks import check_index_matrix  # noqa: PLC0415
+
+    check_index_matrix(m, f"volume {path.name}")
+    check_not_constant(array, f"volume {path.name}")
     return ReferenceVolume(array=np.ascontiguousarray(array), ijk_to_reference=m, path=path)
+
+
+def _header_numbers(header: Dict[str, str], keys, default: str, count: int,
+                    path: Path) -> np.ndarray:
+    """``count`` numbers of the first of ``keys`` present in a MetaImage header."""
+    key = next((k for k in keys if k in header), keys[0])
+    text = header.get(key, default)
+    try:
+        values = np.array([float(v) for v in text.split()], dtype=np.float64)
+    except ValueError:
+        raise GeometryError(f"volume {path.name}: malformed {key} {text[:60]!r} (expected "
+                            f"{count} numbers)") from None
+    if values.size != count:
+        raise GeometryError(f"volume {path.name}: {key} must have {count} numbers, got "
+                            f"{values.size} ({text[:60]!r})")
+    return values
 
 
 

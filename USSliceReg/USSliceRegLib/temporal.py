@@ -24,6 +24,27 @@ from SurgicalReg2D3DLib.progress import check_cancel, report
 from .register import FrameResult
 
 
+def frame_failed(result: FrameResult) -> bool:
+    """The plain rule: a frame whose similarity ended lower than at its start (or is not
+    finite) was not registered (:func:`SurgicalReg2D3DLib.checks.ended_worse`)."""
+    from SurgicalReg2D3DLib.checks import ended_worse  # noqa: PLC0415
+
+    return ended_worse(result.lncc_start, result.lncc)
+
+
+def frame_quality(result: FrameResult):
+    """``failed`` :class:`~SurgicalReg2D3DLib.quality.Quality` of a frame that ended worse
+    than it started, else the frame's own ``quality`` attribute when it has one (None
+    otherwise)."""
+    from SurgicalReg2D3DLib.checks import no_progress_quality  # noqa: PLC0415
+
+    failed = no_progress_quality(result.lncc_start, result.lncc, "LNCC")
+    if failed is not None:
+        failed.reasons.append("not used to start the next frame")
+        return failed
+    return getattr(result, "quality", None)
+
+
 def register_sequence(method, frames, starts, temporal: bool = True, batch_size: int = 8,
                       indices: Optional[Sequence[int]] = None, progress=None,
                       cancel=None) -> List[FrameResult]:
@@ -31,7 +52,9 @@ def register_sequence(method, frames, starts, temporal: bool = True, batch_size:
 
     ``method`` is a callable from :mod:`methods`. ``temporal``: each frame starts from the
     previous frame's correction (sequential); else frames go in batches of ``batch_size``.
-    ``indices`` (``N`` frame numbers) are used in messages.
+    ``indices`` (``N`` frame numbers) are used in messages. In temporal mode a frame that
+    ended worse than it started (:func:`frame_failed`) does not seed the next frame: the
+    last good correction is carried over.
     """
     frames = np.asarray(frames)
     starts = np.asarray(starts, dtype=float)
@@ -47,7 +70,8 @@ def register_sequence(method, frames, starts, temporal: bool = True, batch_size:
             check_cancel(cancel, "US sequence registration")
             res = method(frames[t:t + 1], starts[t:t + 1], init_corrections=correction[None],
                          indices=indices[t:t + 1], cancel=cancel, tracking=t > 0)[0]
-            correction = res.correction
+            if not frame_failed(res):  # a failed frame must not seed the next one
+                correction = res.correction
             results.append(res)
             report(progress, (t + 1) / n, f"frame {indices[t]} ({t + 1}/{n})")
     else:
@@ -90,7 +114,8 @@ class LiveRegistration:
             raise InputError("tracked image_to_reference: expected a finite 4x4 matrix")
         res = self.method(frame[None], pose[None], init_corrections=self.correction[None],
                           indices=[self.count], tracking=self.count > 0)[0]
-        self.correction = res.correction
+        if not frame_failed(res):  # keep the last good correction
+            self.correction = res.correction
         self.count += 1
         self.last = res
         return res
