@@ -115,21 +115,9 @@ def contours3d_from_markups(curve_nodes: Sequence, vertices_model: np.ndarray,
 
 
 def _write_json(path, data) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
-    import os  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
+    from SurgicalReg2D3DLib.outputs import write_json_atomic  # noqa: PLC0415
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_json_atomic(path, data, "contours file", indent=1)
 
 
 def set_contour_class(node, label: str) -> None:
