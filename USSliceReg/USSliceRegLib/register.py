@@ -113,6 +113,14 @@ class RegistrationConfig:
     #: True: fan pixels outside the volume keep a residual (no gain from leaving the
     #: volume); False: the residual covers the overlap only.
     penalise_lost_overlap: bool = True
+    #: With ``penalise_lost_overlap``, the windowed-LNCC level's residual of a fan pixel
+    #: off the volume's data is this times the normalised frame pixel. ``sqrt(2)`` makes
+    #: a lost pixel cost what a matched pixel of zero local correlation costs
+    #: (``0.5 |n_f - n_s|^2 ~ 1 - rho``); with 1 it cost as much as a pixel of
+    #: correlation 0.5, so where the volume matches the frame at rho < 0.5 (a volume from
+    #: a sparse sweep, the frame in a gap between acquired planes) tilting the plane out
+    #: of the data lowered the cost (benchmarks/results/us_quality.md).
+    lost_overlap_weight: float = math.sqrt(2.0)
     #: LM stops a level when an accepted step lowers the cost by less than this fraction.
     tol_cost: float = 1e-3
     #: ... the same for the coarser levels (looser values save iterations but cost
@@ -626,7 +634,7 @@ class SliceRegistrar:
                         geo.rows, geo.feat, geo.fan, np.ascontiguousarray(frame),
                         geo.index is None, *geo.grid_shape, level.window, level.rotations,
                         level.max_iter, tol_cost, cfg.tol_step, cfg.lambda_init,
-                        cfg.max_rejections, self._centre_c)
+                        cfg.max_rejections, self._centre_c, cfg.lost_overlap_weight)
                     level_iter = max(level_iter, out[3])
                     if best is None or out[1] < best[1]:
                         best = out
@@ -742,6 +750,9 @@ class SliceRegistrar:
             nf = local_normalise(frame.raw.view(B, h, w), m.view(B, h, w),
                                  level.window).view(B, N)
             weight = torch.rsqrt(m.sum(dim=1, keepdim=True).clamp_min(1.0))
+        if frame.raw is None and self.config.lost_overlap_weight != 1.0:
+            # fan pixels off the data (nf is 0 off the fan) keep lost_overlap_weight * nf
+            nf = nf * (1.0 + (self.config.lost_overlap_weight - 1.0) * (1.0 - m))
         r = (nf - ns) * weight  # (B, N)
         cost = 0.5 * (r * r).sum(dim=1)
         return cost.double().cpu().numpy(), (vals, s, m, r, weight, count, mu, d, inv_sd,
