@@ -5,7 +5,10 @@
     registers every usable frame of a PLUS tracked sequence to a 3D US volume. INIT/OUT:
     ``{"frames": [{"index": i, "image_to_reference": 4x4}, ...]}`` (pixel ``(col, row, 0,
     1)`` -> volume reference mm); OUT adds ``time_s``, ``similarity`` (masked LNCC),
-    ``correction`` and the start pose per frame, and the skipped frames.
+    ``correction``, the start pose and ``quality`` (verdict ok / doubtful / failed,
+    estimated error with interval, reasons, signals; see :mod:`quality`) per frame, and
+    the skipped frames with their reasons. One warning line is printed per doubtful,
+    failed or skipped frame.
 
 ``surgreg us bench [--holdout loo|alternate|none] [--max-mm 10] [--max-deg 10] ...``
     perturbs tracked poses, registers, prints mean/median errors and ms per frame for each
@@ -47,11 +50,17 @@ def cmd_register(args: argparse.Namespace) -> int:
             print(f"\r[{100 * fraction:5.1f}%] {message:60s}", end="", flush=True)
 
     reg = register_tracked(volume, seq, chain, method=args.method, init=init,
-                           temporal=args.temporal, frames=frames, progress=progress)
+                           temporal=args.temporal, frames=frames, progress=progress,
+                           quality=not args.no_quality)
     if not args.quiet:
         print()
+    warned = set()
+    for line in reg.warnings():  # one line per doubtful / failed / skipped frame
+        print(line)
+        warned.add(line.split(":")[1].strip())
     for i, why in reg.skipped:
-        print(f"skipped frame {i}: {why}")
+        if f"frame {i}" not in warned:
+            print(f"skipped frame {i}: {why}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(reg.to_json(), indent=1))
@@ -108,6 +117,9 @@ def register_cli(subparsers) -> None:
     reg.add_argument("--frames", help="comma-separated frame numbers (default all usable)")
     reg.add_argument("--out", required=True, help="OUT.json")
     reg.add_argument("--quiet", action="store_true")
+    reg.add_argument("--no-quality", action="store_true",
+                     help="skip the per-frame trust value, retries and restarts (faster; "
+                          "frames are then never flagged)")
     reg.set_defaults(func=cmd_register)
 
     bench = sub.add_parser("bench", help="accuracy/speed benchmark with perturbed starts")

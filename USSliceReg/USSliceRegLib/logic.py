@@ -22,6 +22,7 @@ import numpy as np
 
 from SurgicalReg2D3DLib.errors import FileReadError, InputError
 from SurgicalReg2D3DLib.progress import report, sub_progress
+from SurgicalReg2D3DLib.quality import Quality, warning_line
 
 from .methods import METHODS, make_method
 from .plus_io import (ReferenceChain, ReferenceVolume, TrackedSequence,
@@ -42,11 +43,28 @@ class SequenceRegistration:
     results: List[FrameResult]
     skipped: List[Tuple[int, str]] = field(default_factory=list)
     fan_centre_px: Optional[np.ndarray] = None
+    #: ``qualities[n]``: the trust value of ``results[n]`` (:mod:`quality`; empty when
+    #: the checks were off); ``skipped_quality``: that of each skipped frame.
+    qualities: List[Quality] = field(default_factory=list)
+    skipped_quality: Dict[int, Quality] = field(default_factory=dict)
+
+    def warnings(self) -> List[str]:
+        """One line per ``doubtful`` / ``failed`` / skipped frame (the CLI prints them)."""
+        out = []
+        for i, q in zip(self.indices, self.qualities):
+            line = warning_line(f"frame {i}", q)
+            if line:
+                out.append(line)
+        for i, why in self.skipped:
+            q = self.skipped_quality.get(int(i))
+            out.append(warning_line(f"frame {i}", q) if q is not None
+                       else f"warning: frame {i}: skipped ({why})")
+        return out
 
     def to_json(self) -> dict:
         """The ``OUT.json`` of ``surgreg us register`` (matrices as row lists)."""
         frames = []
-        for i, r in zip(self.indices, self.results):
+        for n, (i, r) in enumerate(zip(self.indices, self.results)):
             frames.append({
                 "index": int(i),
                 "image_to_reference": np.asarray(r.image_to_reference).tolist(),
@@ -56,8 +74,15 @@ class SequenceRegistration:
                 "similarity": float(r.lncc),
                 "similarity_start": float(r.lncc_start),
             })
+            if n < len(self.qualities):
+                frames[-1]["quality"] = self.qualities[n].to_dict()
+        skipped = []
+        for i, why in self.skipped:
+            skipped.append({"index": int(i), "reason": why})
+            if int(i) in self.skipped_quality:
+                skipped[-1]["quality"] = self.skipped_quality[int(i)].to_dict()
         return {"method": self.method, "temporal": self.temporal, "frames": frames,
-                "skipped": [{"index": int(i), "reason": why} for i, why in self.skipped],
+                "skipped": skipped,
                 "similarity_metric": "masked LNCC (window 7 px at 1/8 resolution)"}
 
     def errors(self, truth: Dict[int, np.ndarray]) -> dict:
@@ -147,13 +172,17 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
                      temporal: Optional[bool] = None, frames: Optional[Sequence[int]] = None,
                      config: Optional[RegistrationConfig] = None, fan=None,
                      volume_mask=None, device=None, progress=None,
-                     cancel=None) -> SequenceRegistration:
+                     cancel=None, quality=True) -> SequenceRegistration:
     """Register the usable frames of a tracked sweep to ``volume``.
 
     Starts: ``init[i]`` where given, else the tracked chain. ``temporal`` defaults to True
     without ``init`` and False with it (the CLI contract). ``frames`` restricts to some
     sequence frame numbers. Frames skipped by the chain (INVALID status) are reported in
-    the result's ``skipped``.
+    the result's ``skipped``. ``quality`` (True, a :class:`quality.QualityConfig`, or
+    False): every frame gets a trust value (``qualities``), frames that cannot be
+    registered (no overlap at the start, a search that does not move) are skipped with
+    the reason, failed frames are retried, and a failed frame never seeds the next one
+    (see :mod:`quality`).
     """
     if method not in METHODS:
         raise InputError(f"method: unknown {method!r}; choose one of {', '.join(METHODS)}")
@@ -182,13 +211,30 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
     report(progress, 0.02, "preparing the volume")
     fn = make_method(method, volume.array, volume.ijk_to_reference, seq.frame_shape, fan,
                      volume_mask=volume_mask, config=config, device=device)
+    rows, cols = np.nonzero(fan)
+    centre = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
+    if quality is not None and quality is not False:
+        from .quality import QualityConfig, register_checked  # noqa: PLC0415
+
+        qcfg = quality if isinstance(quality, QualityConfig) else QualityConfig()
+        checked = register_checked(fn, seq.images[indices], starts, temporal=temporal,
+                                   indices=indices, config=qcfg,
+                                   progress=sub_progress(progress, 0.05, 1.0), cancel=cancel)
+        done = [c for c in checked if c.result is not None]
+        reg = SequenceRegistration(
+            method=method, temporal=temporal, indices=[c.index for c in done],
+            results=[c.result for c in done], skipped=skipped, fan_centre_px=centre,
+            qualities=[c.quality for c in done])
+        for c in checked:
+            if c.result is None:
+                reg.skipped.append((c.index, "; ".join(c.quality.reasons)))
+                reg.skipped_quality[c.index] = c.quality
+        return reg
     results = register_sequence(fn, seq.images[indices], starts, temporal=temporal,
                                 indices=indices, progress=sub_progress(progress, 0.05, 1.0),
                                 cancel=cancel)
-    rows, cols = np.nonzero(fan)
     return SequenceRegistration(method=method, temporal=temporal, indices=indices,
-                                results=results, skipped=skipped,
-                                fan_centre_px=np.array([cols.mean(), rows.mean(), 0.0, 1.0]))
+                                results=results, skipped=skipped, fan_centre_px=centre)
 
 
 # ----------------------------------------------------------------------------- MRML level

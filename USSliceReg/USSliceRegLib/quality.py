@@ -1,0 +1,629 @@
+"""How far to trust each registered US frame: signals, a per-volume calibration, verdicts,
+automatic retries and the sequence / live loops that use them.
+
+Every registered frame gets a :class:`SurgicalReg2D3DLib.quality.Quality` (see that
+module for the contract) computed by :func:`assess` from signals measured at the result:
+
+``lncc``          masked LNCC of the frame and the volume's slice at the result (the
+                  similarity the registration reports);
+``overlap``       fraction of the fan on the volume's data at the result (a plane that
+                  slid off the data "matches" nothing);
+``lncc_gain``     ``lncc - lncc_start``;
+``moved_mm/deg``  size of the correction found, for the record;
+``unchanged``     the search did not improve on its start (the registrar then returns
+                  the start unchanged);
+``hessian_mm/deg`` standard deviation of the pose along its weakest direction, from the
+                  finest level's ``J^T J`` and residual (Gauss-Newton covariance), fan
+                  centre translation in mm and rotation in deg;
+``restart_mm/deg`` (when restarts ran) how far registrations restarted +-3 mm along the
+                  plane normal ended from the result (multi-start disagreement).
+
+Which signals separate successes from failures was measured on the shipped sweep
+(``benchmarks/results/us_quality.md``): within one volume the LNCC at the result
+separates them completely (ROC AUC 1.0 on two volumes), but the level correct poses
+reach depends on the volume (about 0.8 on PLUS's reconstruction, 0.4-0.5 on a volume from
+every other frame), so a fixed threshold does not transfer. Hence the per-volume
+:class:`Calibration` (:func:`calibrate`): planes sampled around given poses in the volume,
+simulated frames made from the volume's own slices plus correlated noise, registered
+from a few dozen starts from 0 to 20 mm / 0 to 20 deg. It yields the LNCC that *wrong*
+poses reach on this volume (``null_lncc``, the failures' 95th percentile) and the factor
+from the Hessian's standard deviation to the error of correct registrations. A result is
+
+``failed``   when its LNCC is at the wrong poses' level, when less than
+             :attr:`QualityConfig.min_overlap_failed` of the fan lies on the data, or when
+             restarts disagree by more than 2 mm / 2 deg;
+``doubtful`` when its LNCC is less than :attr:`QualityConfig.doubtful_factor` times that
+             level, the overlap is low, the estimate exceeds 2 mm / 2 deg, or restarts
+             disagree by more than 1 mm / 1 deg, or when a signal could not be computed;
+``ok``       otherwise.
+
+The estimate of an ``ok``/``doubtful`` frame is the calibrated Hessian standard deviation
+(at least the restart disagreement); the estimate of a ``failed`` frame is what the
+calibration's failed simulations were off (median, interval 10th-90th percentile).
+
+:func:`register_checked` runs a method on frames with these checks: frames without
+overlap at their start are skipped (with the reason, never registered), a frame whose
+search did not move is retried and, failing that, skipped; a ``failed`` frame is retried
+from other starts (the previous good frame's correction, +-4 mm along the plane normal,
+the least constrained direction, and +-4 mm along the Hessian's weakest direction) and
+the better verdict wins, the first attempt reported in ``signals["first_attempt"]``. In
+temporal mode a failed frame never seeds the next one, and :class:`CheckedLive` keeps
+the last good correction when a frame fails, and says so.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from SurgicalReg2D3DLib.errors import GeometryError, InputError
+from SurgicalReg2D3DLib.progress import check_cancel, report
+from SurgicalReg2D3DLib.quality import Quality, skipped
+
+from .register import FrameResult, pose_errors
+
+#: An error above this (mm and deg) counts as a failure (issue #12's US threshold).
+FAIL_MM = 2.0
+FAIL_DEG = 2.0
+
+
+@dataclass
+class QualityConfig:
+    """Settings of :func:`assess` / :func:`register_checked`."""
+
+    #: Restarts (+-``restart_mm`` along the plane normal) for the disagreement signal,
+    #: the one signal that separated successes from failures on every volume measured,
+    #: in physical units (two more registrations per frame): ``"always"``, ``"auto"``
+    #: (only when the single-pass verdict is not ``ok``: cheaper, but the single-pass
+    #: signals miss failures whose similarity is high) or ``"never"``.
+    restarts: str = "always"
+    restart_mm: float = 3.0
+    #: Retry a failed frame from other starts (see the module docstring).
+    retry: bool = True
+    retry_mm: float = 4.0
+    #: Below this fraction of the fan on the volume's data at the result: failed.
+    min_overlap_failed: float = 0.25
+    #: ... below this: doubtful.
+    min_overlap_doubtful: float = 0.6
+    #: LNCC below this fraction of what correct simulated registrations reach on the
+    #: volume (:attr:`Calibration.ok_lncc`): doubtful. (The LNCC of correct poses depends
+    #: on the volume and the frames, and the simulated frames' does not match the real
+    #: ones' closely, so the similarity alone is not used to fail a frame.)
+    doubtful_lncc_fraction: float = 0.5
+    #: LNCC at or below this: failed (nothing matches).
+    min_lncc_failed: float = 0.05
+    #: Calibration: number of simulated registrations and their start range.
+    calibration_runs: int = 36
+    calibration_max_mm: float = 20.0
+    calibration_max_deg: float = 20.0
+    #: Correlated noise added to the simulated frames (std relative to the slice's), so
+    #: that their LNCC at the true pose is well below 1, as real frames' is.
+    calibration_noise: float = 0.25
+    seed: int = 0
+
+
+@dataclass
+class Calibration:
+    """What the registration reaches on one volume (from :func:`calibrate`)."""
+
+    null_lncc: float  # 95th percentile of the LNCC of failed simulated registrations
+    ok_lncc: float  # 5th percentile of the LNCC of correct simulated registrations
+    scale_mm: float  # median of true error / Hessian std (correct simulations)
+    scale_deg: float
+    spread_mm: Tuple[float, float]  # [10th, 90th] percentiles of error / Hessian std
+    spread_deg: Tuple[float, float]
+    failed_mm: Tuple[float, float, float]  # failed simulations: median, 10th, 90th pct
+    failed_deg: Tuple[float, float, float]
+    runs: int
+    failures: int
+    seconds: float
+    rows: List[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("null_lncc", "ok_lncc", "scale_mm", "scale_deg",
+                                           "spread_mm", "spread_deg", "failed_mm",
+                                           "failed_deg", "runs", "failures", "seconds")}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+# ----------------------------------------------------------------------------- signals
+def _normal(pose: np.ndarray) -> np.ndarray:
+    n = np.cross(pose[:3, 0], pose[:3, 1])
+    return n / max(np.linalg.norm(n), 1e-12)
+
+
+def _shifted(pose: np.ndarray, direction: np.ndarray, mm: float) -> np.ndarray:
+    P = np.eye(4)
+    P[:3, 3] = mm * np.asarray(direction, dtype=float)
+    return P @ pose
+
+
+def hessian_signals(registrar, frame, image_to_reference) -> dict:
+    """Gauss-Newton standard deviations of the pose at ``image_to_reference`` (finest
+    level): ``hessian_mm`` (fan centre, largest over directions), ``hessian_deg``, and
+    ``weak_direction`` (unit translation, reference mm, of the least constrained
+    combination). NaN where ``J^T J`` is singular (no data under the plane)."""
+    fit = registrar.local_fit(frame, image_to_reference)
+    JtJ = fit["JtJ"]
+    n = max(fit["fan_points"] - 6.0, 1.0)
+    sigma2 = 2.0 * fit["cost"] / n
+    out = {"hessian_mm": float("nan"), "hessian_deg": float("nan"),
+           "weak_direction": None, "cost": fit["cost"],
+           "points_on_data": fit["points"] / max(fit["fan_points"], 1.0)}
+    if fit["points"] < 12 or not np.all(np.isfinite(JtJ)):
+        return out
+    # Scale rotations to 100 mm so that the eigenvectors mix comparable units.
+    S = np.diag([100.0] * 3 + [1.0] * 3)
+    A = S @ JtJ @ S
+    w, V = np.linalg.eigh(A)
+    if w[-1] <= 0 or w[0] <= 1e-9 * w[-1]:
+        return out
+    cov = sigma2 * (S @ np.linalg.inv(A) @ S)
+    out["hessian_deg"] = float(np.degrees(math.sqrt(max(np.linalg.eigvalsh(cov[:3, :3])[-1],
+                                                        0.0))))
+    out["hessian_mm"] = float(math.sqrt(max(np.linalg.eigvalsh(cov[3:, 3:])[-1], 0.0)))
+    weak = V[3:, 0]
+    out["weak_direction"] = (weak / np.linalg.norm(weak)).tolist() \
+        if np.linalg.norm(weak) > 1e-6 else None
+    return out
+
+
+def measure(registrar, frame, result: FrameResult, init_correction=None) -> dict:
+    """The single-pass signals of one result (see the module docstring)."""
+    pose = np.asarray(result.image_to_reference, dtype=float)
+    start = np.asarray(result.start_image_to_reference, dtype=float)
+    if init_correction is not None:
+        start = np.asarray(init_correction, dtype=float) @ start
+    centre = registrar.fan_centre_px
+    m_deg, m_mm = pose_errors(pose, start, centre)
+    sig = {"lncc": float(result.lncc), "lncc_start": float(result.lncc_start),
+           "lncc_gain": float(result.lncc - result.lncc_start),
+           "overlap_start": float(result.overlap),
+           "overlap": float(registrar.overlap(pose[None])[0]),
+           "moved_mm": float(m_mm), "moved_deg": float(m_deg),
+           "unchanged": bool(np.allclose(pose, start, atol=1e-9)),
+           "iterations": int(result.iterations)}
+    try:
+        sig.update(hessian_signals(registrar, frame, pose))
+    except (InputError, GeometryError, np.linalg.LinAlgError):
+        sig.update({"hessian_mm": float("nan"), "hessian_deg": float("nan"),
+                    "weak_direction": None})
+    return sig
+
+
+def restart_signals(method, frame, result: FrameResult, distance_mm: float,
+                    tracked_start=None) -> Tuple[dict, List[FrameResult]]:
+    """Register ``frame`` again from the result shifted +-``distance_mm`` along its plane
+    normal; returns ``({"restart_mm", "restart_deg"}, restart results)`` (the largest
+    distance of a restart's result from ``result``; restarts that cannot start, e.g. off
+    the volume, are left out)."""
+    pose = np.asarray(result.image_to_reference, dtype=float)
+    tracked = np.asarray(result.start_image_to_reference if tracked_start is None
+                         else tracked_start, dtype=float)
+    registrar = method.registrar
+    n = _normal(pose)
+    outs: List[FrameResult] = []
+    dist_mm, dist_deg = 0.0, 0.0
+    for sign in (1.0, -1.0):
+        alt = _shifted(pose, n, sign * distance_mm)
+        corr = alt @ np.linalg.inv(tracked)
+        try:
+            r = method(frame[None], tracked[None], init_corrections=corr[None])[0]
+        except GeometryError:
+            continue
+        outs.append(r)
+        d_deg, d_mm = pose_errors(r.image_to_reference, pose, registrar.fan_centre_px)
+        dist_mm, dist_deg = max(dist_mm, d_mm), max(dist_deg, d_deg)
+    if not outs:
+        return {"restart_mm": float("nan"), "restart_deg": float("nan")}, outs
+    return {"restart_mm": float(dist_mm), "restart_deg": float(dist_deg)}, outs
+
+
+# ----------------------------------------------------------------------------- verdict
+def judge(sig: dict, calib: Optional[Calibration],
+          config: Optional[QualityConfig] = None) -> Quality:
+    """The verdict, estimate and reasons from the signals of :func:`measure` (plus the
+    restart signals when present) and the volume's :class:`Calibration`."""
+    cfg = config or QualityConfig()
+    reasons_failed: List[str] = []
+    reasons_doubt: List[str] = []
+    lncc, ov = sig.get("lncc", float("nan")), sig.get("overlap", float("nan"))
+    low = cfg.doubtful_lncc_fraction * calib.ok_lncc if calib is not None else float("nan")
+    if not math.isfinite(ov):
+        reasons_doubt.append("the overlap at the result could not be computed")
+    elif ov < cfg.min_overlap_failed:
+        reasons_failed.append(f"only {100 * ov:.0f}% of the fan lies on the volume's data "
+                              "at the result")
+    elif ov < cfg.min_overlap_doubtful:
+        reasons_doubt.append(f"only {100 * ov:.0f}% of the fan lies on the volume's data "
+                             "at the result")
+    if not math.isfinite(lncc):
+        reasons_doubt.append("the similarity at the result could not be computed")
+    elif lncc <= cfg.min_lncc_failed:
+        reasons_failed.append(f"similarity {lncc:.2f} at the result: nothing matches")
+    elif not math.isfinite(low):
+        reasons_doubt.append("no calibration for this volume")
+    elif lncc < low:
+        reasons_doubt.append(f"similarity {lncc:.2f} at the result is below half of what "
+                             f"correct poses of simulated frames reach on this volume "
+                             f"({calib.ok_lncc:.2f})")
+    if sig.get("unchanged"):
+        reasons_failed.append("the search did not improve the similarity from its start "
+                              "(start returned unchanged)")
+    rmm, rdeg = sig.get("restart_mm"), sig.get("restart_deg")
+    if rmm is not None and rdeg is not None and math.isfinite(rmm) and math.isfinite(rdeg):
+        if rmm > FAIL_MM or rdeg > FAIL_DEG:
+            reasons_failed.append(f"restarts +-3 mm along the normal end {rmm:.1f} mm / "
+                                  f"{rdeg:.1f} deg away (multi-start disagreement)")
+        elif rmm > 0.5 * FAIL_MM or rdeg > 0.5 * FAIL_DEG:
+            reasons_doubt.append(f"restarts end {rmm:.1f} mm / {rdeg:.1f} deg away")
+    # Estimate.
+    h_mm, h_deg = sig.get("hessian_mm", float("nan")), sig.get("hessian_deg", float("nan"))
+    est: Dict[str, float] = {}
+    iv: Dict[str, List[float]] = {}
+    if reasons_failed and calib is not None:
+        # What failed simulations on this volume were off, at least the restarts'
+        # disagreement (one of the two poses is that far from the other).
+        r_mm = rmm if rmm is not None and math.isfinite(rmm) else 0.0
+        r_deg = rdeg if rdeg is not None and math.isfinite(rdeg) else 0.0
+        est = {"translation_mm": max(calib.failed_mm[0], r_mm),
+               "rotation_deg": max(calib.failed_deg[0], r_deg)}
+        iv = {"translation_mm": [min(calib.failed_mm[1], est["translation_mm"]),
+                                 max(calib.failed_mm[2], est["translation_mm"])],
+              "rotation_deg": [min(calib.failed_deg[1], est["rotation_deg"]),
+                               max(calib.failed_deg[2], est["rotation_deg"])]}
+    elif calib is not None and math.isfinite(h_mm) and math.isfinite(h_deg):
+        est = {"translation_mm": calib.scale_mm * h_mm, "rotation_deg": calib.scale_deg * h_deg}
+        iv = {"translation_mm": [calib.spread_mm[0] * h_mm, calib.spread_mm[1] * h_mm],
+              "rotation_deg": [calib.spread_deg[0] * h_deg, calib.spread_deg[1] * h_deg]}
+        if rmm is not None and math.isfinite(rmm):  # disagreement bounds the error below
+            est["translation_mm"] = max(est["translation_mm"], float(rmm))
+            est["rotation_deg"] = max(est["rotation_deg"], float(rdeg))
+            iv["translation_mm"][1] = max(iv["translation_mm"][1], est["translation_mm"])
+            iv["rotation_deg"][1] = max(iv["rotation_deg"][1], est["rotation_deg"])
+        if not reasons_failed and (est["translation_mm"] > FAIL_MM
+                                   or est["rotation_deg"] > FAIL_DEG):
+            reasons_doubt.append("the estimated error exceeds 2 mm / 2 deg (weakly "
+                                 "constrained pose)")
+    else:
+        reasons_doubt.append("the error estimate could not be computed")
+    verdict = "failed" if reasons_failed else ("doubtful" if reasons_doubt else "ok")
+    signals = {k: v for k, v in sig.items() if k != "weak_direction"}
+    if calib is not None:
+        signals["calibration_ok_lncc"] = calib.ok_lncc
+    return Quality(verdict=verdict, estimate=est, interval=iv,
+                   reasons=reasons_failed + reasons_doubt, signals=signals)
+
+
+# ------------------------------------------------------------------------- calibration
+def simulated_frame(registrar, pose: np.ndarray, rng: np.random.Generator,
+                    noise: float = 1.0) -> Optional[np.ndarray]:
+    """A frame ``(H, W)`` made of the volume's slice at ``pose`` plus noise correlated
+    over 8 x 8 pixel blocks (the registration's finest scale), std ``noise`` times the
+    slice's on the fan; ``None`` when the slice has no contrast."""
+    H, W = registrar.frame_shape
+    # Sampled at every 4th pixel and repeated: the registration's finest level averages
+    # 8 x 8 pixel blocks, so the detail lost here is never used.
+    vals, inside = registrar.resample_volume(np.asarray(pose)[None], step=4)
+    sl = (vals[0] * inside[0]).double().cpu().numpy().repeat(4, 0).repeat(4, 1)
+    inside = inside[0].cpu().numpy().repeat(4, 0).repeat(4, 1)
+    pad = ((0, max(0, H - sl.shape[0])), (0, max(0, W - sl.shape[1])))
+    sl = np.pad(sl, pad, mode="edge")[:H, :W]
+    inside = np.pad(inside, pad, mode="edge")[:H, :W] > 0
+    fan = registrar.fan & inside
+    if fan.sum() < 16:
+        return None
+    sd = float(sl[fan].std())
+    if not sd > 0:
+        return None
+    coarse = rng.normal(size=(-(-H // 8), -(-W // 8)))
+    field_ = coarse.repeat(8, 0).repeat(8, 1)[:H, :W]
+    out = sl + noise * sd * field_
+    return out.astype(np.float32)
+
+
+def calibrate(method, poses, config: Optional[QualityConfig] = None, cancel=None
+              ) -> Calibration:
+    """Simulated registrations on this volume (see the module docstring): planes near
+    ``poses`` (image_to_reference 4x4s, e.g. the frames' starts) with at least 90 % of
+    the fan on the data, frames simulated there, registered by ``method`` from starts
+    0-20 mm / 0-20 deg away."""
+    from .register import perturb_about_point, random_perturbations  # noqa: PLC0415
+
+    cfg = config or QualityConfig()
+    t0 = time.perf_counter()
+    registrar = method.registrar
+    rng = np.random.default_rng(cfg.seed)
+    poses = np.asarray(poses, dtype=float).reshape(-1, 4, 4)
+    centre = registrar.fan_centre_px
+    # Half of the starts within 8 mm / 8 deg (mostly successes: the Hessian's scale and
+    # the similarity correct poses reach), half up to the full range (failures).
+    near = random_perturbations(cfg.calibration_runs * 2, 8.0, 8.0, seed=cfg.seed + 7)
+    far = random_perturbations(cfg.calibration_runs * 2, cfg.calibration_max_mm,
+                               cfg.calibration_max_deg, seed=cfg.seed + 8)
+    tw = np.stack([near, far], axis=1).reshape(-1, 6)
+    rows: List[dict] = []
+    k = 0
+    attempts = 0
+    while len(rows) < cfg.calibration_runs and attempts < 6 * cfg.calibration_runs:
+        check_cancel(cancel, "US quality calibration")
+        attempts += 1
+        base = poses[rng.integers(len(poses))]
+        jitter = rng.normal(size=6) * np.array([0.03, 0.03, 0.03, 2.0, 2.0, 2.0])
+        truth = perturb_about_point(base, jitter, centre)
+        if registrar.overlap(truth[None])[0] < 0.9:
+            continue
+        frame = simulated_frame(registrar, truth, rng, cfg.calibration_noise)
+        if frame is None:
+            continue
+        start = None
+        for _ in range(5):
+            cand = perturb_about_point(truth, tw[k % len(tw)], centre)
+            k += 1
+            if registrar.overlap(cand[None])[0] >= registrar.config.min_overlap:
+                start = cand
+                break
+        if start is None:
+            continue
+        res = method(frame[None], start[None])[0]
+        e_deg, e_mm = pose_errors(res.image_to_reference, truth, centre)
+        try:
+            h = hessian_signals(registrar, frame, res.image_to_reference)
+        except (InputError, GeometryError, np.linalg.LinAlgError):
+            h = {"hessian_mm": float("nan"), "hessian_deg": float("nan")}
+        rows.append({"error_mm": e_mm, "error_deg": e_deg, "lncc": res.lncc,
+                     "overlap": float(registrar.overlap(res.image_to_reference[None])[0]),
+                     "hessian_mm": h["hessian_mm"], "hessian_deg": h["hessian_deg"]})
+    return _fit_calibration(rows, cfg, time.perf_counter() - t0)
+
+
+def _fit_calibration(rows: List[dict], cfg: QualityConfig, seconds: float) -> Calibration:
+    fail = [r for r in rows if r["error_mm"] > FAIL_MM or r["error_deg"] > FAIL_DEG]
+    good = [r for r in rows if r not in fail]
+    # Failures that slid off the data say nothing about the similarity of wrong poses.
+    fail_on = [r for r in fail if r["overlap"] >= cfg.min_overlap_failed
+               and math.isfinite(r["lncc"])]
+    null = float(np.percentile([r["lncc"] for r in fail_on], 95)) if len(fail_on) >= 3 \
+        else float("nan")
+    ok_l = float(np.percentile([r["lncc"] for r in good], 5)) if good else float("nan")
+    if not math.isfinite(null) and math.isfinite(ok_l):
+        null = 0.5 * ok_l  # no wrong pose found: half of what correct poses reach
+    ratio_mm = [r["error_mm"] / r["hessian_mm"] for r in good
+                if math.isfinite(r["hessian_mm"]) and r["hessian_mm"] > 0]
+    ratio_deg = [r["error_deg"] / r["hessian_deg"] for r in good
+                 if math.isfinite(r["hessian_deg"]) and r["hessian_deg"] > 0]
+
+    def pct(v, q, default):
+        return float(np.percentile(v, q)) if len(v) >= 3 else default
+
+    f_mm = [r["error_mm"] for r in fail]
+    f_deg = [r["error_deg"] for r in fail]
+    return Calibration(
+        null_lncc=null, ok_lncc=ok_l,
+        scale_mm=pct(ratio_mm, 50, float("nan")), scale_deg=pct(ratio_deg, 50, float("nan")),
+        spread_mm=(pct(ratio_mm, 10, float("nan")), pct(ratio_mm, 90, float("nan"))),
+        spread_deg=(pct(ratio_deg, 10, float("nan")), pct(ratio_deg, 90, float("nan"))),
+        failed_mm=(pct(f_mm, 50, 10.0), pct(f_mm, 10, FAIL_MM), pct(f_mm, 90, 20.0)),
+        failed_deg=(pct(f_deg, 50, 10.0), pct(f_deg, 10, FAIL_DEG), pct(f_deg, 90, 20.0)),
+        runs=len(rows), failures=len(fail), seconds=seconds, rows=rows)
+
+
+def calibration_for(method, poses, config: Optional[QualityConfig] = None,
+                    cancel=None) -> Calibration:
+    """:func:`calibrate`, cached on the method's registrar (one per volume)."""
+    registrar = method.registrar
+    cal = getattr(registrar, "_quality_calibration", None)
+    if cal is None:
+        cal = calibrate(method, poses, config, cancel=cancel)
+        registrar._quality_calibration = cal
+    return cal
+
+
+# ------------------------------------------------------------------ assess and recover
+def assess(method, frame, result: FrameResult, calib: Optional[Calibration],
+           config: Optional[QualityConfig] = None, init_correction=None
+           ) -> Tuple[FrameResult, Quality]:
+    """The quality of ``result`` (one frame ``(H, W)``); with restarts (see
+    :attr:`QualityConfig.restarts`) a restart that reaches a clearly better similarity
+    replaces the result. Returns ``(result, quality)``."""
+    cfg = config or QualityConfig()
+    sig = measure(method.registrar, frame, result, init_correction)
+    q = judge(sig, calib, cfg)
+    if cfg.restarts == "always" or (cfg.restarts == "auto" and q.verdict != "ok"):
+        rs, outs = restart_signals(method, frame, result, cfg.restart_mm)
+        best = max(outs, key=lambda r: r.lncc, default=None)
+        if best is not None and best.lncc > result.lncc + 0.02:
+            # The result was a local optimum: the restart's pose is better.
+            sig2 = measure(method.registrar, frame, best, init_correction)
+            rs2, _ = restart_signals(method, frame, best, cfg.restart_mm)
+            sig2.update(rs2)
+            sig2["replaced_by_restart"] = True
+            return best, judge(sig2, calib, cfg)
+        sig.update(rs)
+        q = judge(sig, calib, cfg)
+    return result, q
+
+
+def _attempt_summary(result: FrameResult, q: Quality, how: str) -> dict:
+    return {"start": how, "verdict": q.verdict, "lncc": float(result.lncc),
+            "estimate": dict(q.estimate), "reasons": list(q.reasons),
+            "correction": np.asarray(result.correction).tolist()}
+
+
+def register_one_checked(method, frame, start, init_correction=None, calib=None,
+                         config: Optional[QualityConfig] = None, index: int = 0,
+                         tracking: bool = False, previous_correction=None, cancel=None
+                         ) -> Tuple[Optional[FrameResult], Quality]:
+    """Register one frame with the checks and retries of :func:`register_checked`.
+    Returns ``(result or None when skipped, quality)``."""
+    cfg = config or QualityConfig()
+    registrar = method.registrar
+    frame = np.asarray(frame)
+    start = np.asarray(start, dtype=float)
+    corr0 = np.eye(4) if init_correction is None else np.asarray(init_correction, float)
+    ov0 = float(registrar.overlap((corr0 @ start)[None])[0])
+    if ov0 < registrar.config.min_overlap:
+        return None, skipped(f"no overlap with the volume at the start pose ({100 * ov0:.0f}% "
+                             f"of the fan on the volume's data, need "
+                             f"{100 * registrar.config.min_overlap:.0f}%)",
+                             overlap_start=ov0)
+    res = method(frame[None], start[None], init_corrections=corr0[None], indices=[index],
+                 cancel=cancel, tracking=tracking)[0]
+    res, q = assess(method, frame, res, calib, cfg, init_correction=corr0)
+    if not cfg.retry or q.verdict not in ("failed",) and not q.signals.get("unchanged"):
+        return res, q
+    # Retry from other starts; the better verdict (then the higher similarity) wins.
+    tries: List[Tuple[str, np.ndarray]] = []
+    if previous_correction is not None:
+        tries.append(("the previous good frame's correction",
+                      np.asarray(previous_correction, float)))
+    base = corr0 @ start
+    n = _normal(base)
+    for sign in (1.0, -1.0):
+        tries.append((f"{sign * cfg.retry_mm:+.0f} mm along the plane normal",
+                      _shifted(base, n, sign * cfg.retry_mm) @ np.linalg.inv(start)))
+    weak = None
+    try:
+        weak = hessian_signals(registrar, frame, res.image_to_reference)["weak_direction"]
+    except (InputError, GeometryError, np.linalg.LinAlgError):
+        pass
+    if weak is not None and abs(float(np.dot(weak, n))) < 0.9:  # not the normal again
+        for sign in (1.0, -1.0):
+            tries.append((f"{sign * cfg.retry_mm:+.0f} mm along the weakest direction",
+                          _shifted(np.asarray(res.image_to_reference), weak,
+                                   sign * cfg.retry_mm) @ np.linalg.inv(start)))
+    first = _attempt_summary(res, q, "given")
+    best_res, best_q, best_how = res, q, "given"
+    rank = {"ok": 0, "doubtful": 1, "failed": 2, "skipped": 3}
+    for how, corr in tries:
+        check_cancel(cancel, "US registration")
+        if registrar.overlap((corr @ start)[None])[0] < registrar.config.min_overlap:
+            continue
+        try:
+            r = method(frame[None], start[None], init_corrections=corr[None],
+                       indices=[index], cancel=cancel)[0]
+        except GeometryError:
+            continue
+        r, rq = assess(method, frame, r, calib, cfg, init_correction=corr)
+        if (rank[rq.verdict], -r.lncc) < (rank[best_q.verdict], -best_res.lncc):
+            best_res, best_q, best_how = r, rq, how
+        if best_q.verdict == "ok":
+            break
+    if best_how != "given":
+        best_q.signals["first_attempt"] = first
+        best_q.signals["retried_from"] = best_how
+        best_q.reasons.append(f"first attempt {q.verdict} ({'; '.join(q.reasons) or 'no reason'});"
+                              f" retried from {best_how}")
+    else:
+        best_q.signals["retries"] = len(tries)
+        best_q.reasons.append(f"retried from {len(tries)} other starts without a better "
+                              "result")
+    if best_q.signals.get("unchanged"):
+        return None, skipped("the registration did not improve the similarity from its "
+                             "start (start returned unchanged), also from "
+                             f"{len(tries)} other starts", **{
+                                 k: v for k, v in best_q.signals.items()
+                                 if isinstance(v, (int, float, str, bool))})
+    return best_res, best_q
+
+
+@dataclass
+class CheckedFrame:
+    """One frame of :func:`register_checked`: its result (``None`` when skipped) and
+    quality."""
+
+    index: int
+    result: Optional[FrameResult]
+    quality: Quality
+    seeded_by: Optional[int] = None  # temporal: the frame whose correction started it
+
+
+def register_checked(method, frames, starts, temporal: bool = True,
+                     indices: Optional[Sequence[int]] = None,
+                     config: Optional[QualityConfig] = None,
+                     calibration: Optional[Calibration] = None,
+                     progress=None, cancel=None) -> List[CheckedFrame]:
+    """Register frames ``(N, H, W)`` from ``starts`` ``(N, 4, 4)`` with a quality per
+    frame (see the module docstring). ``temporal``: frame ``t`` starts from the last
+    *good* (not failed, not skipped) frame's correction; a failed frame never seeds the
+    next one."""
+    cfg = config or QualityConfig()
+    frames = np.asarray(frames)
+    starts = np.asarray(starts, dtype=float)
+    if frames.ndim != 3 or starts.shape != (frames.shape[0], 4, 4):
+        raise InputError(f"US frames: expected (N, H, W) frames and (N, 4, 4) poses, got "
+                         f"{frames.shape} and {starts.shape}")
+    n = frames.shape[0]
+    indices = list(range(n)) if indices is None else [int(i) for i in indices]
+    calib = calibration or calibration_for(method, starts, cfg, cancel=cancel)
+    out: List[CheckedFrame] = []
+    good_corr: Optional[np.ndarray] = None
+    good_index: Optional[int] = None
+    for t in range(n):
+        check_cancel(cancel, "US sequence registration")
+        init = good_corr if temporal and good_corr is not None else None
+        res, q = register_one_checked(
+            method, frames[t], starts[t], init_correction=init, calib=calib, config=cfg,
+            index=indices[t], tracking=temporal and init is not None,
+            previous_correction=good_corr, cancel=cancel)
+        out.append(CheckedFrame(indices[t], res, q, seeded_by=good_index if init is not None
+                                else None))
+        if res is not None and q.verdict in ("ok", "doubtful"):
+            good_corr, good_index = res.correction, indices[t]
+        report(progress, (t + 1) / n, f"frame {indices[t]} ({t + 1}/{n}): {q.verdict}")
+    return out
+
+
+class CheckedLive:
+    """Live mode with quality: like :class:`temporal.LiveRegistration`, but a frame judged
+    ``failed`` (or skipped) does not replace the correction: :attr:`correction` stays the
+    last good one, and the returned quality says so."""
+
+    def __init__(self, method, config: Optional[QualityConfig] = None):
+        self.method = method
+        self.config = config or QualityConfig()
+        self.correction = np.eye(4)
+        self.good_index: Optional[int] = None
+        self.count = 0
+        self.last: Optional[FrameResult] = None
+        self.last_quality: Optional[Quality] = None
+
+    def reset(self) -> None:
+        self.correction = np.eye(4)
+        self.good_index = None
+        self.count = 0
+        self.last = None
+        self.last_quality = None
+
+    def update(self, frame, tracked_image_to_reference) -> Tuple[Optional[FrameResult],
+                                                                  Quality]:
+        frame = np.asarray(frame)
+        if frame.ndim == 3 and frame.shape[0] == 1:
+            frame = frame[0]
+        if frame.ndim != 2:
+            raise InputError(f"US frame: expected a 2D image (H, W), got shape {frame.shape}")
+        pose = np.asarray(tracked_image_to_reference, dtype=float)
+        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+            raise InputError("tracked image_to_reference: expected a finite 4x4 matrix")
+        calib = calibration_for(self.method, pose[None], self.config)
+        has_good = self.good_index is not None
+        res, q = register_one_checked(
+            self.method, frame, pose, init_correction=self.correction if has_good else None,
+            calib=calib, config=self.config, index=self.count, tracking=has_good,
+            previous_correction=self.correction if has_good else None)
+        if res is not None and q.verdict in ("ok", "doubtful"):
+            self.correction = res.correction
+            self.good_index = self.count
+        else:
+            keep = ("kept the last good correction (frame "
+                    f"{self.good_index})" if has_good else "no good correction yet: the "
+                    "tracked pose is used unchanged")
+            q.reasons.append(keep)
+            q.signals["kept_correction_of"] = self.good_index
+        self.count += 1
+        self.last, self.last_quality = res, q
+        return res, q
