@@ -180,10 +180,20 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
                 reg, correctionSequence, chart = self.logic.registerBrowser(
                     p.usVolume, p.frameBrowser, method=p.method, temporal=p.temporal,
-                    progress=self._progress, cancel=self._cancelToken)
+                    progress=self._progress, cancel=self._cancelToken, apply_failed=False)
                 from USSliceRegLib.logic import summary_line
+                from USSliceRegLib.quality import VERDICT_COLOURS
 
-                self.ui.resultLabel.text = summary_line(reg)
+                failed = [i for i, q in zip(reg.indices, reg.qualities) if q.verdict == "failed"]
+                if failed and slicer.util.confirmYesNoDisplay(
+                        _("{n} frame(s) failed the quality check ({f}); their tracked poses "
+                          "are kept. Apply their corrections anyway?").format(
+                            n=len(failed), f=", ".join(str(i) for i in failed))):
+                    self.logic.applyCorrections(reg, correctionSequence, p.frameBrowser)
+                worst = max((q.verdict for q in reg.qualities), default="ok",
+                            key=["ok", "doubtful", "failed", "skipped"].index)
+                self.ui.resultLabel.text = summary_line(reg) + "\n" + "\n".join(reg.warnings())
+                self.ui.resultLabel.styleSheet = f"color: {VERDICT_COLOURS[worst]}"
                 slicer.modules.plots.logic().ShowChartInLayout(chart)
                 self.logic.showOverlay(p.usVolume, p.frameBrowser, reg)
         finally:
@@ -222,9 +232,16 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.error(f"USSliceReg live update failed: {error}")
             self.ui.liveCheckBox.checked = False
             return
+        from USSliceRegLib.quality import VERDICT_COLOURS, status_text
+
+        q = self._live.last_quality
         if res is not None:
             self.ui.resultLabel.text = _("Live: frame {n}, LNCC {a:.3f} -> {b:.3f}, {ms:.0f} ms").format(
                 n=self._live.live.count, a=res.lncc_start, b=res.lncc, ms=1000 * res.seconds)
+        if q is not None:  # coloured status and estimate; a failed frame keeps the last good one
+            self.ui.resultLabel.text = (self.ui.resultLabel.text if res is not None else "") \
+                + "\n" + status_text(q)
+            self.ui.resultLabel.styleSheet = f"color: {VERDICT_COLOURS[q.verdict]}"
 
     def _stopLive(self) -> None:
         if self._liveBrowser is not None:
@@ -262,17 +279,27 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
         return browser_sequences(browser)
 
     def registerBrowser(self, volumeNode, browser, method="lncc", temporal=True, progress=None,
-                        cancel=None):
-        """Register all frames of ``browser``; returns ``(registration, corrections, chart)``."""
+                        cancel=None, apply_failed=True):
+        """Register all frames of ``browser``; returns ``(registration, corrections, chart)``.
+        ``apply_failed=False``: frames judged ``failed`` keep their tracked pose (identity
+        correction) until :meth:`applyCorrections`."""
         from USSliceRegLib.logic import register_nodes, results_to_table
 
         ctx = self._ctx()
         images, transforms = self._sequences(browser)
         reg, corrections = register_nodes(ctx, volumeNode, images, transforms, method=method,
                                           temporal=temporal, browser=browser,
-                                          progress=progress, cancel=cancel)
+                                          progress=progress, cancel=cancel,
+                                          apply_failed=apply_failed)
         _table, chart = results_to_table(ctx, reg)
         return reg, corrections, chart
+
+    def applyCorrections(self, registration, corrections, browser):
+        """Write every registered frame's correction, failed ones included."""
+        from USSliceRegLib.logic import apply_corrections
+
+        images, _transforms = self._sequences(browser)
+        return apply_corrections(registration, corrections, images)
 
     def showOverlay(self, volumeNode, browser, registration, item=None):
         """Reslice the volume on the (corrected) plane of the browser's current frame and
@@ -284,7 +311,9 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
         images, _transforms = self._sequences(browser)
         frameNode = browser.GetProxyNode(images)
         frame, _m = image2d_from_node(frameNode, "US frame")
-        result = registration.results[item]
+        if item not in registration.indices:  # a skipped frame: nothing to show
+            return None
+        result = registration.results[registration.indices.index(item)]
         node = slicer.mrmlScene.GetFirstNodeByName("USResliced")
         node = reslice_to_frame_node(self._ctx(), volumeNode, result.image_to_reference,
                                      frame.shape[:2], "USResliced", node=node)

@@ -96,6 +96,15 @@ class QualityConfig:
     doubtful_lncc_fraction: float = 0.5
     #: LNCC at or below this: failed (nothing matches).
     min_lncc_failed: float = 0.05
+    #: LNCC below this fraction of :attr:`Calibration.ok_lncc`: failed.
+    failed_lncc_fraction: float = 0.25
+    #: In a sequence / live stream: LNCC below these fractions of the median LNCC of the
+    #: frames judged ``ok`` so far (at least ``reference_min_frames``): failed / doubtful.
+    #: (Measured: correct frames reach 0.79-0.85 on PLUS's volume of the shipped sweep and
+    #: 0.38-0.49 on a volume from every other frame, wrong poses at most 0.36 and 0.17.)
+    failed_reference_fraction: float = 0.5
+    doubtful_reference_fraction: float = 0.7
+    reference_min_frames: int = 3
     #: Calibration: number of simulated registrations and their start range.
     calibration_runs: int = 36
     calibration_max_mm: float = 20.0
@@ -128,6 +137,24 @@ class Calibration:
                                            "spread_mm", "spread_deg", "failed_mm",
                                            "failed_deg", "runs", "failures", "seconds")}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+#: Display colours of the verdicts (GUI).
+VERDICT_COLOURS = {"ok": "#2e7d32", "doubtful": "#ef6c00", "failed": "#c62828",
+                   "skipped": "#616161"}
+
+
+def status_text(q: Optional[Quality]) -> str:
+    """A short status for a GUI label, e.g. ``"ok: ~0.3 mm / 0.9 deg"``."""
+    if q is None:
+        return ""
+    e = q.estimate
+    text = q.verdict
+    if "translation_mm" in e and "rotation_deg" in e:
+        text += f": ~{e['translation_mm']:.1f} mm / {e['rotation_deg']:.1f} deg"
+    if q.verdict != "ok" and q.reasons:
+        text += f" ({q.reasons[0]})"
+    return text
 
 
 # ----------------------------------------------------------------------------- signals
@@ -215,6 +242,8 @@ def restart_signals(method, frame, result: FrameResult, distance_mm: float,
             r = method(frame[None], tracked[None], init_corrections=corr[None])[0]
         except GeometryError:
             continue
+        if np.allclose(r.image_to_reference, alt, atol=1e-9):
+            continue  # the restart did not move (e.g. off the sweep's data): no information
         outs.append(r)
         d_deg, d_mm = pose_errors(r.image_to_reference, pose, registrar.fan_centre_px)
         dist_mm, dist_deg = max(dist_mm, d_mm), max(dist_deg, d_deg)
@@ -225,9 +254,12 @@ def restart_signals(method, frame, result: FrameResult, distance_mm: float,
 
 # ----------------------------------------------------------------------------- verdict
 def judge(sig: dict, calib: Optional[Calibration],
-          config: Optional[QualityConfig] = None) -> Quality:
+          config: Optional[QualityConfig] = None,
+          reference_lncc: Optional[float] = None) -> Quality:
     """The verdict, estimate and reasons from the signals of :func:`measure` (plus the
-    restart signals when present) and the volume's :class:`Calibration`."""
+    restart signals when present), the volume's :class:`Calibration` and, when known,
+    ``reference_lncc``: the median similarity of the frames of the same sequence judged
+    ``ok`` (what correct poses reach with these frames on this volume)."""
     cfg = config or QualityConfig()
     reasons_failed: List[str] = []
     reasons_doubt: List[str] = []
@@ -245,6 +277,20 @@ def judge(sig: dict, calib: Optional[Calibration],
         reasons_doubt.append("the similarity at the result could not be computed")
     elif lncc <= cfg.min_lncc_failed:
         reasons_failed.append(f"similarity {lncc:.2f} at the result: nothing matches")
+    elif reference_lncc is not None and math.isfinite(reference_lncc) \
+            and lncc < cfg.failed_reference_fraction * reference_lncc:
+        reasons_failed.append(f"similarity {lncc:.2f} at the result is less than "
+                              f"{cfg.failed_reference_fraction:.0%} of what this sequence's "
+                              f"good frames reach ({reference_lncc:.2f})")
+    elif math.isfinite(low) and lncc < cfg.failed_lncc_fraction * calib.ok_lncc:
+        reasons_failed.append(f"similarity {lncc:.2f} at the result is below "
+                              f"{cfg.failed_lncc_fraction:.0%} of what correct poses of "
+                              f"simulated frames reach on this volume ({calib.ok_lncc:.2f})")
+    elif reference_lncc is not None and math.isfinite(reference_lncc) \
+            and lncc < cfg.doubtful_reference_fraction * reference_lncc:
+        reasons_doubt.append(f"similarity {lncc:.2f} at the result is below "
+                             f"{cfg.doubtful_reference_fraction:.0%} of what this sequence's "
+                             f"good frames reach ({reference_lncc:.2f})")
     elif not math.isfinite(low):
         reasons_doubt.append("no calibration for this volume")
     elif lncc < low:
@@ -295,6 +341,8 @@ def judge(sig: dict, calib: Optional[Calibration],
     signals = {k: v for k, v in sig.items() if k != "weak_direction"}
     if calib is not None:
         signals["calibration_ok_lncc"] = calib.ok_lncc
+    if reference_lncc is not None:
+        signals["reference_lncc"] = float(reference_lncc)
     return Quality(verdict=verdict, estimate=est, interval=iv,
                    reasons=reasons_failed + reasons_doubt, signals=signals)
 
@@ -425,14 +473,14 @@ def calibration_for(method, poses, config: Optional[QualityConfig] = None,
 
 # ------------------------------------------------------------------ assess and recover
 def assess(method, frame, result: FrameResult, calib: Optional[Calibration],
-           config: Optional[QualityConfig] = None, init_correction=None
-           ) -> Tuple[FrameResult, Quality]:
+           config: Optional[QualityConfig] = None, init_correction=None,
+           reference_lncc: Optional[float] = None) -> Tuple[FrameResult, Quality]:
     """The quality of ``result`` (one frame ``(H, W)``); with restarts (see
     :attr:`QualityConfig.restarts`) a restart that reaches a clearly better similarity
     replaces the result. Returns ``(result, quality)``."""
     cfg = config or QualityConfig()
     sig = measure(method.registrar, frame, result, init_correction)
-    q = judge(sig, calib, cfg)
+    q = judge(sig, calib, cfg, reference_lncc)
     if cfg.restarts == "always" or (cfg.restarts == "auto" and q.verdict != "ok"):
         rs, outs = restart_signals(method, frame, result, cfg.restart_mm)
         best = max(outs, key=lambda r: r.lncc, default=None)
@@ -442,9 +490,9 @@ def assess(method, frame, result: FrameResult, calib: Optional[Calibration],
             rs2, _ = restart_signals(method, frame, best, cfg.restart_mm)
             sig2.update(rs2)
             sig2["replaced_by_restart"] = True
-            return best, judge(sig2, calib, cfg)
+            return best, judge(sig2, calib, cfg, reference_lncc)
         sig.update(rs)
-        q = judge(sig, calib, cfg)
+        q = judge(sig, calib, cfg, reference_lncc)
     return result, q
 
 
@@ -456,7 +504,8 @@ def _attempt_summary(result: FrameResult, q: Quality, how: str) -> dict:
 
 def register_one_checked(method, frame, start, init_correction=None, calib=None,
                          config: Optional[QualityConfig] = None, index: int = 0,
-                         tracking: bool = False, previous_correction=None, cancel=None
+                         tracking: bool = False, previous_correction=None, cancel=None,
+                         reference_lncc: Optional[float] = None
                          ) -> Tuple[Optional[FrameResult], Quality]:
     """Register one frame with the checks and retries of :func:`register_checked`.
     Returns ``(result or None when skipped, quality)``."""
@@ -473,7 +522,8 @@ def register_one_checked(method, frame, start, init_correction=None, calib=None,
                              overlap_start=ov0)
     res = method(frame[None], start[None], init_corrections=corr0[None], indices=[index],
                  cancel=cancel, tracking=tracking)[0]
-    res, q = assess(method, frame, res, calib, cfg, init_correction=corr0)
+    res, q = assess(method, frame, res, calib, cfg, init_correction=corr0,
+                    reference_lncc=reference_lncc)
     if not cfg.retry or q.verdict not in ("failed",) and not q.signals.get("unchanged"):
         return res, q
     # Retry from other starts; the better verdict (then the higher similarity) wins.
@@ -508,7 +558,8 @@ def register_one_checked(method, frame, start, init_correction=None, calib=None,
                        indices=[index], cancel=cancel)[0]
         except GeometryError:
             continue
-        r, rq = assess(method, frame, r, calib, cfg, init_correction=corr)
+        r, rq = assess(method, frame, r, calib, cfg, init_correction=corr,
+                       reference_lncc=reference_lncc)
         if (rank[rq.verdict], -r.lncc) < (rank[best_q.verdict], -best_res.lncc):
             best_res, best_q, best_how = r, rq, how
         if best_q.verdict == "ok":
@@ -563,19 +614,57 @@ def register_checked(method, frames, starts, temporal: bool = True,
     out: List[CheckedFrame] = []
     good_corr: Optional[np.ndarray] = None
     good_index: Optional[int] = None
+    ok_lncc: List[float] = []
     for t in range(n):
         check_cancel(cancel, "US sequence registration")
         init = good_corr if temporal and good_corr is not None else None
         res, q = register_one_checked(
             method, frames[t], starts[t], init_correction=init, calib=calib, config=cfg,
             index=indices[t], tracking=temporal and init is not None,
-            previous_correction=good_corr, cancel=cancel)
+            previous_correction=good_corr, cancel=cancel,
+            reference_lncc=reference_of(ok_lncc, cfg))
         out.append(CheckedFrame(indices[t], res, q, seeded_by=good_index if init is not None
                                 else None))
         if res is not None and q.verdict in ("ok", "doubtful"):
             good_corr, good_index = res.correction, indices[t]
+        if res is not None and q.verdict == "ok":
+            ok_lncc.append(float(res.lncc))
         report(progress, (t + 1) / n, f"frame {indices[t]} ({t + 1}/{n}): {q.verdict}")
+    # Frames judged before the sequence's reference existed: judged again against it (a
+    # frame that now fails is retried).
+    ref = reference_of(ok_lncc, cfg)
+    for t, cf in enumerate(out):
+        if ref is None or cf.result is None or "reference_lncc" in cf.quality.signals:
+            continue
+        q2 = rejudge(cf.quality, calib, cfg, ref)
+        if q2.verdict == "failed" and cf.quality.verdict != "failed":
+            res, q3 = register_one_checked(
+                method, frames[t], starts[t], calib=calib, config=cfg, index=cf.index,
+                previous_correction=good_corr, cancel=cancel, reference_lncc=ref)
+            out[t] = CheckedFrame(cf.index, res, q3, seeded_by=cf.seeded_by)
+        else:
+            out[t].quality = q2
     return out
+
+
+def reference_of(ok_lncc: Sequence[float], config: QualityConfig) -> Optional[float]:
+    """The median LNCC of the frames judged ``ok`` so far, once there are enough."""
+    if len(ok_lncc) < config.reference_min_frames:
+        return None
+    return float(np.median(ok_lncc))
+
+
+def rejudge(q: Quality, calib: Optional[Calibration], config: QualityConfig,
+            reference_lncc: Optional[float]) -> Quality:
+    """``q`` judged again from its own signals with ``reference_lncc``; the retry record
+    (``first_attempt``...) is kept."""
+    q2 = judge(dict(q.signals), calib, config, reference_lncc)
+    extra = [r for r in q.reasons if r.startswith("first attempt") or r.startswith("retried")]
+    for k in ("first_attempt", "retried_from", "retries"):
+        if k in q.signals:
+            q2.signals[k] = q.signals[k]
+    q2.reasons.extend(extra)
+    return q2
 
 
 class CheckedLive:
@@ -588,6 +677,7 @@ class CheckedLive:
         self.config = config or QualityConfig()
         self.correction = np.eye(4)
         self.good_index: Optional[int] = None
+        self.ok_lncc: List[float] = []
         self.count = 0
         self.last: Optional[FrameResult] = None
         self.last_quality: Optional[Quality] = None
@@ -595,6 +685,7 @@ class CheckedLive:
     def reset(self) -> None:
         self.correction = np.eye(4)
         self.good_index = None
+        self.ok_lncc = []
         self.count = 0
         self.last = None
         self.last_quality = None
@@ -614,10 +705,13 @@ class CheckedLive:
         res, q = register_one_checked(
             self.method, frame, pose, init_correction=self.correction if has_good else None,
             calib=calib, config=self.config, index=self.count, tracking=has_good,
-            previous_correction=self.correction if has_good else None)
+            previous_correction=self.correction if has_good else None,
+            reference_lncc=reference_of(self.ok_lncc[-20:], self.config))
         if res is not None and q.verdict in ("ok", "doubtful"):
             self.correction = res.correction
             self.good_index = self.count
+            if q.verdict == "ok":
+                self.ok_lncc.append(float(res.lncc))
         else:
             keep = ("kept the last good correction (frame "
                     f"{self.good_index})" if has_good else "no good correction yet: the "

@@ -33,7 +33,7 @@ from .bench import MIN_TRUTH_COVERAGE, _Sweep, default_paths
 from .methods import make_method
 from .plus_io import read_reference_volume
 from .quality import (FAIL_DEG, FAIL_MM, QualityConfig, assess, calibration_for,
-                      register_one_checked)
+                      reference_of, register_checked, register_one_checked, rejudge)
 from .reconstruct import reconstruct_volume
 from .register import RegistrationConfig, perturb_about_point, pose_errors
 
@@ -102,21 +102,33 @@ def run_detection(volume: str = "plus", seeds: Sequence[int] = (0, 1, 2),
     for sd in seeds:
         tw = ranged_perturbations(len(sweep.usable) * 30, min_mm, max_mm, min_deg, max_deg,
                                   1000 + int(sd))
+        frames, starts, idx = [], [], []
         for n, i in enumerate(tests):
             truth = sweep.truth[i]
-            coverage = float(reg.overlap(truth[None])[0])
-            if coverage < MIN_TRUTH_COVERAGE:
+            if float(reg.overlap(truth[None])[0]) < MIN_TRUTH_COVERAGE:
                 continue
             start = _start(fn, truth, tw[n * 30:(n + 1) * 30], c,
                            max(min_start_overlap, reg.config.min_overlap))
-            if start is None:
-                continue
-            img = sweep.seq.images[i]
+            if start is not None:
+                frames.append(sweep.seq.images[i])
+                starts.append(start)
+                idx.append(i)
+        # First attempt of every frame (no retry), judged with the sequence's reference
+        # (the median similarity of the frames judged ok), as register_checked does.
+        firsts = []
+        for img, start, i in zip(frames, starts, idx):
+            r = fn(img[None], start[None], indices=[i])[0]
+            firsts.append(assess(fn, img, r, calib, cfg))
+        ref = reference_of([r.lncc for r, q in firsts if q.verdict == "ok"], cfg)
+        firsts = [(r, rejudge(q, calib, cfg, ref)) for r, q in firsts]
+        # The whole checked path (retries, skips), frames independent (--init).
+        checked = register_checked(fn, np.stack(frames), np.stack(starts), temporal=False,
+                                   indices=idx, config=cfg, calibration=calib)
+        for (first, q1), cf, start, i in zip(firsts, checked, starts, idx):
+            truth = sweep.truth[i]
             s_deg, s_mm = pose_errors(start, truth, c)
-            first = fn(img[None], start[None], indices=[i])[0]
-            first, q1 = assess(fn, img, first, calib, cfg)
             f_deg, f_mm = pose_errors(first.image_to_reference, truth, c)
-            res, q2 = register_one_checked(fn, img, start, calib=calib, config=cfg, index=i)
+            res, q2 = cf.result, cf.quality
             if res is None:
                 e_deg, e_mm = s_deg, s_mm
             else:
@@ -128,6 +140,7 @@ def run_detection(volume: str = "plus", seeds: Sequence[int] = (0, 1, 2),
                    "final_mm": e_mm, "final_deg": e_deg, "final_verdict": q2.verdict,
                    "final_score": _score(q2), "final_estimate": dict(q2.estimate),
                    "final_reasons": list(q2.reasons), "lncc": first.lncc,
+                   "reference_lncc": ref,
                    "restart_mm": q1.signals.get("restart_mm"),
                    "restart_deg": q1.signals.get("restart_deg"),
                    "overlap": q1.signals.get("overlap")}
@@ -192,6 +205,7 @@ def run_odd_frames(seeds: Sequence[int] = (0, 1, 2, 3, 4), min_mm: float = 3.0,
     for sd in seeds:
         tw = ranged_perturbations(len(sweep.usable) * 30, min_mm, max_mm, min_deg, max_deg,
                                   int(sd))
+        frames, starts, idx = [], [], []
         for n, i in enumerate(tests):
             truth = sweep.truth[i]
             coverage = float(reg.overlap(truth[None])[0])
@@ -199,12 +213,17 @@ def run_odd_frames(seeds: Sequence[int] = (0, 1, 2, 3, 4), min_mm: float = 3.0,
                 uncovered[i] = coverage
                 continue
             start = _start(fn, truth, tw[n * 30:(n + 1) * 30], c, min_start_overlap)
-            if start is None:
-                continue
-            img = sweep.seq.images[i]
+            if start is not None:
+                frames.append(sweep.seq.images[i])
+                starts.append(start)
+                idx.append(i)
+        checked = register_checked(fn, np.stack(frames), np.stack(starts), temporal=False,
+                                   indices=idx, config=cfg, calibration=calib)
+        for img, start, i, cf in zip(frames, starts, idx, checked):
+            truth = sweep.truth[i]
             plain = fn(img[None], start[None], indices=[i])[0]
             p_deg, p_mm = pose_errors(plain.image_to_reference, truth, c)
-            res, q = register_one_checked(fn, img, start, calib=calib, config=cfg, index=i)
+            res, q = cf.result, cf.quality
             e_deg, e_mm = pose_errors((res or plain).image_to_reference, truth, c)
             rows.append({"frame": i, "seed": int(sd), "plain_mm": p_mm, "plain_deg": p_deg,
                          "mm": e_mm, "deg": e_deg, "verdict": q.verdict,
