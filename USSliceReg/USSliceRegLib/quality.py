@@ -105,6 +105,8 @@ class QualityConfig:
     failed_reference_fraction: float = 0.5
     doubtful_reference_fraction: float = 0.7
     reference_min_frames: int = 3
+    #: This many ``doubtful`` reasons together make a frame ``failed``.
+    doubts_to_fail: int = 3
     #: Calibration: number of simulated registrations and their start range.
     calibration_runs: int = 36
     calibration_max_mm: float = 20.0
@@ -337,6 +339,19 @@ def judge(sig: dict, calib: Optional[Calibration],
                                  "constrained pose)")
     else:
         reasons_doubt.append("the error estimate could not be computed")
+    evidence = [r for r in reasons_doubt if "could not be computed" not in r
+                and "no calibration" not in r]
+    if not reasons_failed and len(evidence) >= cfg.doubts_to_fail:
+        # Several independent warning signs together (measured: a frame 6 deg off at the
+        # end of the sweep, half off the data, similarity 60 % of its neighbours').
+        reasons_failed.append(f"{len(evidence)} warning signs together")
+        if calib is not None:
+            est = {"translation_mm": max(calib.failed_mm[0], est.get("translation_mm", 0.0)),
+                   "rotation_deg": max(calib.failed_deg[0], est.get("rotation_deg", 0.0))}
+            iv = {"translation_mm": [calib.failed_mm[1], max(calib.failed_mm[2],
+                                                             est["translation_mm"])],
+                  "rotation_deg": [calib.failed_deg[1], max(calib.failed_deg[2],
+                                                            est["rotation_deg"])]}
     verdict = "failed" if reasons_failed else ("doubtful" if reasons_doubt else "ok")
     signals = {k: v for k, v in sig.items() if k != "weak_direction"}
     if calib is not None:
