@@ -16,7 +16,8 @@ Three parts (``USSliceRegLib.quality_bench``):
 
     nice -n 10 python benchmarks/us_quality.py --results benchmarks/results
 
-Writes ``us_quality.json``, ``us_quality.md`` and ``us_quality.png`` to ``--results``.
+Writes ``us_quality.json``, ``us_quality.md`` and ``us_quality.png`` to ``--results`` (a
+``## Notes (hand-written...`` section at the end of an existing ``us_quality.md`` is kept).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ import torch
 
 from USSliceRegLib.quality_bench import (detection_summary, run_detection, run_issue_check,
                                          run_odd_frames)
+
+
+NOTES = "## Notes (hand-written"
 
 
 def _seeds(text: str) -> List[int]:
@@ -202,7 +206,13 @@ def main() -> int:
     out["load_after"] = [round(x, 2) for x in os.getloadavg()]
     out["wall_s"] = time.time() - t0
     (res / "us_quality.json").write_text(json.dumps(out, indent=1, default=float))
-    (res / "us_quality.md").write_text(_markdown(out))
+    md = res / "us_quality.md"
+    notes = ""
+    if md.exists():  # keep the hand-written notes of an earlier run
+        text = md.read_text()
+        k = text.find(NOTES)
+        notes = "\n" + text[k:] if k >= 0 else ""
+    md.write_text(_markdown(out) + notes)
     _plot(out["detection"], res / "us_quality.png")
     print(f"written {res / 'us_quality.md'}")
     return 0
