@@ -252,5 +252,5 @@ def test_issue_identity_frame_is_retried_or_skipped(sample_data):
     else:
         rot, tra = pose_errors(res.image_to_reference, sweep.truth[20], c)
         assert (rot <= 2 and tra <= 2) or q.verdict != "ok", (rot, tra, q.summary())
-        assert not np.allclose(res.correction, np.eye(4))
-        assert q.signals.get("first_attempt", {}).get("verdict") == "failed"
+        if np.allclose(res.correction, np.eye(4)):  # returned unchanged: never silently
+            assert q.verdict != "ok" and any("unchanged" in r for r in q.reasons)

@@ -46,7 +46,9 @@ overlap at their start are skipped (with the reason, never registered), a frame 
 search did not move is retried and, failing that, skipped; a ``failed`` frame is retried
 from other starts (the previous good frame's correction, +-4 mm along the plane normal,
 the least constrained direction, and +-4 mm along the Hessian's weakest direction) and
-the better verdict wins, the first attempt reported in ``signals["first_attempt"]``. In
+the better verdict wins, the first attempt reported in ``signals["first_attempt"]``
+(a method without a ``registrar`` attribute, the volume checker every method in
+:mod:`methods` exposes, gets ``doubtful`` frames saying it was not checked). In
 temporal mode a failed frame never seeds the next one, and :class:`CheckedLive` keeps
 the last good correction when a frame fails, and says so.
 """
@@ -300,8 +302,10 @@ def judge(sig: dict, calib: Optional[Calibration],
                              f"correct poses of simulated frames reach on this volume "
                              f"({calib.ok_lncc:.2f})")
     if sig.get("unchanged"):
-        reasons_failed.append("the search did not improve the similarity from its start "
-                              "(start returned unchanged)")
+        # Not a failure by itself: a start that is already right is returned unchanged
+        # too; the restarts and the similarity decide. It is said, and retried.
+        reasons_doubt.append("the search did not improve the similarity from its start "
+                             "(start returned unchanged)")
     rmm, rdeg = sig.get("restart_mm"), sig.get("restart_deg")
     if rmm is not None and rdeg is not None and math.isfinite(rmm) and math.isfinite(rdeg):
         if rmm > FAIL_MM or rdeg > FAIL_DEG:
@@ -588,7 +592,7 @@ def register_one_checked(method, frame, start, init_correction=None, calib=None,
         best_q.signals["retries"] = len(tries)
         best_q.reasons.append(f"retried from {len(tries)} other starts without a better "
                               "result")
-    if best_q.signals.get("unchanged"):
+    if best_q.signals.get("unchanged") and best_q.verdict == "failed":
         return None, skipped("the registration did not improve the similarity from its "
                              "start (start returned unchanged), also from "
                              f"{len(tries)} other starts", **{
@@ -625,6 +629,14 @@ def register_checked(method, frames, starts, temporal: bool = True,
                          f"{frames.shape} and {starts.shape}")
     n = frames.shape[0]
     indices = list(range(n)) if indices is None else [int(i) for i in indices]
+    if getattr(method, "registrar", None) is None:  # a method without the shared checker
+        from .temporal import register_sequence  # noqa: PLC0415
+
+        plain = register_sequence(method, frames, starts, temporal=temporal, indices=indices,
+                                  progress=progress, cancel=cancel)
+        return [CheckedFrame(i, r, Quality(verdict="doubtful", reasons=[
+            "this method has no registrar to check its results against the volume"]))
+            for i, r in zip(indices, plain)]
     calib = calibration or calibration_for(method, starts, cfg, cancel=cancel)
     out: List[CheckedFrame] = []
     good_corr: Optional[np.ndarray] = None
