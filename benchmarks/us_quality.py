@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import List
 
-import numpy as np
 import torch
 
 from USSliceRegLib.quality_bench import (detection_summary, run_detection, run_issue_check,

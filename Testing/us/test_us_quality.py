@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from SurgicalReg2D3DLib.quality import Quality
 from USSliceRegLib.methods import make_method
 from USSliceRegLib.quality import (CheckedLive, QualityConfig, assess, calibrate, judge,
                                    register_checked, register_one_checked)

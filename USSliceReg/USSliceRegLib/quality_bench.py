@@ -24,7 +24,6 @@ data (``surgreg us register --init``): every frame must end correct or flagged.
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -33,7 +32,7 @@ from .bench import MIN_TRUTH_COVERAGE, _Sweep, default_paths
 from .methods import make_method
 from .plus_io import read_reference_volume
 from .quality import (FAIL_DEG, FAIL_MM, QualityConfig, assess, calibration_for,
-                      reference_of, register_checked, register_one_checked, rejudge)
+                      reference_of, register_checked, rejudge)
 from .reconstruct import reconstruct_volume
 from .register import RegistrationConfig, perturb_about_point, pose_errors
 
@@ -294,9 +293,3 @@ def run_issue_check(seeds: Sequence[int] = (0, 1, 2), config: Optional[QualityCo
                     "flagged": sum(f["flagged"] for f in frames)})
     return {"runs": out}
 
-
-def _finite(x) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
