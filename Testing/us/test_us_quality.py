@@ -253,3 +253,25 @@ def test_issue_identity_frame_is_retried_or_skipped(sample_data):
         assert (rot <= 2 and tra <= 2) or q.verdict != "ok", (rot, tra, q.summary())
         if np.allclose(res.correction, np.eye(4)):  # returned unchanged: never silently
             assert q.verdict != "ok" and any("unchanged" in r for r in q.reasons)
+
+
+def test_torch_backend_gives_the_same_verdicts(syn):
+    """The checks on the torch path (the GPU / reference backend): a correct start is ok,
+    the forced wrong pose of test_wrong_result_is_failed is failed."""
+    from dataclasses import replace
+
+    fn, calib, truths, frames = syn
+    reg = fn.registrar
+    tfn = make_method("lncc", reg.volume.data[0, 0].numpy(), reg.volume.ijk_to_reference.numpy(),
+                      (H, W), np.ones((H, W), bool), config=replace(SYN_CONFIG, backend="torch"))
+    assert not tfn.registrar._compiled
+    start = perturb_about_point(truths[1], [0.03, -0.02, 0.02, 1.5, -1.0, 1.0], CENTRE)
+    res, q = register_one_checked(tfn, frames[1], start, calib=calib, config=QCFG)
+    assert q.verdict == "ok", q.summary()
+    wrong_pose = perturb_about_point(truths[1], [0.12, 0.15, -0.1, 4.0, -3.0, 3.0], CENTRE)
+    wrong = FrameResult(start_image_to_reference=truths[1], image_to_reference=wrong_pose,
+                        correction=wrong_pose @ np.linalg.inv(truths[1]),
+                        lncc_start=res.lncc_start, lncc=res.lncc, overlap=res.overlap,
+                        iterations=res.iterations, seconds=0.0)
+    _, q2 = assess(tfn, frames[1], wrong, calib, QCFG)
+    assert q2.verdict == "failed", q2.summary()

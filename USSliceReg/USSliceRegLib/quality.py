@@ -158,6 +158,10 @@ def status_text(q: Optional[Quality]) -> str:
         text += f": ~{e['translation_mm']:.1f} mm / {e['rotation_deg']:.1f} deg"
     if q.verdict != "ok" and q.reasons:
         text += f" ({q.reasons[0]})"
+        kept = [r for r in q.reasons[1:] if r.startswith("kept the last good")
+                or r.startswith("no good correction yet")]
+        if kept:
+            text += f"; {kept[0]}"
     return text
 
 
