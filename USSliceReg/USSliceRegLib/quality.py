@@ -431,7 +431,8 @@ def calibrate(method, poses, config: Optional[QualityConfig] = None, cancel=None
         attempts += 1
         base = poses[rng.integers(len(poses))]
         # Planes near the given poses; wider as attempts fail (poses off the data).
-        grow = 1.0 + 3.0 * attempts / (6.0 * cfg.calibration_runs)
+        grow = 1.0 if attempts <= 2 * cfg.calibration_runs \
+            else 1.0 + 3.0 * attempts / (6.0 * cfg.calibration_runs)
         jitter = rng.normal(size=6) * np.array([0.03, 0.03, 0.03, 2.0, 2.0, 2.0]) * grow
         truth = perturb_about_point(base, jitter, centre)
         if registrar.overlap(truth[None])[0] < (0.9 if attempts <= 6 * cfg.calibration_runs
