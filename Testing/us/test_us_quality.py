@@ -15,8 +15,8 @@ import pytest
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from USSliceRegLib.methods import make_method
-from USSliceRegLib.quality import (CheckedLive, QualityConfig, assess, calibrate, judge,
-                                   register_checked, register_one_checked)
+from USSliceRegLib.quality import QualityConfig, assess, calibrate, judge
+from USSliceRegLib.recovery import CheckedLive, register_checked, register_one_checked
 from USSliceRegLib.register import (FrameResult, Level, RegistrationConfig,
                                     perturb_about_point, pose_errors)
 

@@ -54,13 +54,8 @@ def cmd_register(args: argparse.Namespace) -> int:
                            quality=not args.no_quality)
     if not args.quiet:
         print()
-    warned = set()
     for line in reg.warnings():  # one line per doubtful / failed / skipped frame
         print(line)
-        warned.add(line.split(":")[1].strip())
-    for i, why in reg.skipped:
-        if f"frame {i}" not in warned:
-            print(f"skipped frame {i}: {why}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(reg.to_json(), indent=1))

@@ -214,7 +214,8 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
     rows, cols = np.nonzero(fan)
     centre = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
     if quality is not None and quality is not False:
-        from .quality import QualityConfig, register_checked  # noqa: PLC0415
+        from .quality import QualityConfig  # noqa: PLC0415
+        from .recovery import register_checked  # noqa: PLC0415
 
         qcfg = quality if isinstance(quality, QualityConfig) else QualityConfig()
         checked = register_checked(fn, seq.images[indices], starts, temporal=temporal,
@@ -343,7 +344,8 @@ def register_nodes(ctx, volume_node, image_sequence, transform_sequence, method:
     rows, cols = np.nonzero(fan)
     centre = np.array([cols.mean(), rows.mean(), 0, 1.0])
     if quality is not None and quality is not False:
-        from .quality import QualityConfig, register_checked  # noqa: PLC0415
+        from .quality import QualityConfig  # noqa: PLC0415
+        from .recovery import register_checked  # noqa: PLC0415
 
         qcfg = quality if isinstance(quality, QualityConfig) else QualityConfig()
         checked = register_checked(fn, frames, poses, temporal=temporal, config=qcfg,
@@ -425,7 +427,8 @@ class LiveNodeRegistration:
         self.ctx = ctx
         fn = make_method(method, array, ijk_to_ras, frame_shape, fan, config=config)
         if quality is not None and quality is not False:
-            from .quality import CheckedLive, QualityConfig  # noqa: PLC0415
+            from .quality import QualityConfig  # noqa: PLC0415
+            from .recovery import CheckedLive  # noqa: PLC0415
 
             self.live = CheckedLive(fn, quality if isinstance(quality, QualityConfig)
                                     else QualityConfig())

@@ -7,7 +7,7 @@ frames tested); starts with rotation and translation magnitudes uniform in
 ``[min, max]`` (default 0-20 mm / 0-20 deg: at and beyond the capture range, so that
 there are failures), one start per frame and seed. Every start is registered once
 (``first``: the verdict of that result, no retry) and then with the retries of
-:func:`quality.register_one_checked` (``final``). A true failure is an error above
+:func:`recovery.register_one_checked` (``final``). A true failure is an error above
 2 mm or 2 deg. Reported: ROC AUC of the error estimate (score ``max(translation_mm / 2,
 rotation_deg / 2)``), precision and recall of ``failed`` (and of ``failed`` or
 ``doubtful``), the share of true successes flagged, and estimate vs true error.
@@ -32,7 +32,8 @@ from .bench import MIN_TRUTH_COVERAGE, _Sweep, default_paths
 from .methods import make_method
 from .plus_io import read_reference_volume
 from .quality import (FAIL_DEG, FAIL_MM, QualityConfig, assess, calibration_for,
-                      reference_of, register_checked, rejudge)
+                      reference_of, rejudge)
+from .recovery import register_checked
 from .reconstruct import reconstruct_volume
 from .register import RegistrationConfig, perturb_about_point, pose_errors
 
