@@ -105,6 +105,9 @@ class QualityConfig:
     failed_reference_fraction: float = 0.5
     doubtful_reference_fraction: float = 0.7
     reference_min_frames: int = 3
+    #: A result whose LNCC is this much below its start's: failed / doubtful.
+    max_lncc_loss_failed: float = 0.1
+    max_lncc_loss_doubtful: float = 0.02
     #: This many ``doubtful`` reasons together make a frame ``failed``.
     doubts_to_fail: int = 3
     #: Calibration: number of simulated registrations and their start range.
@@ -205,16 +208,20 @@ def hessian_signals(registrar, frame, image_to_reference) -> dict:
     return out
 
 
-def measure(registrar, frame, result: FrameResult, init_correction=None) -> dict:
-    """The single-pass signals of one result (see the module docstring)."""
+def measure(registrar, frame, result: FrameResult, init_correction=None,
+            start_lncc: Optional[float] = None) -> dict:
+    """The single-pass signals of one result (see the module docstring); ``start_lncc``:
+    the similarity of the caller's start when ``result`` comes from another start (a
+    retry), so that the gain is measured against what the caller had."""
     pose = np.asarray(result.image_to_reference, dtype=float)
     start = np.asarray(result.start_image_to_reference, dtype=float)
     if init_correction is not None:
         start = np.asarray(init_correction, dtype=float) @ start
     centre = registrar.fan_centre_px
     m_deg, m_mm = pose_errors(pose, start, centre)
-    sig = {"lncc": float(result.lncc), "lncc_start": float(result.lncc_start),
-           "lncc_gain": float(result.lncc - result.lncc_start),
+    lncc0 = float(result.lncc_start if start_lncc is None else start_lncc)
+    sig = {"lncc": float(result.lncc), "lncc_start": lncc0,
+           "lncc_gain": float(result.lncc - lncc0),
            "overlap_start": float(result.overlap),
            "overlap": float(registrar.overlap(pose[None])[0]),
            "moved_mm": float(m_mm), "moved_deg": float(m_deg),
@@ -303,6 +310,16 @@ def judge(sig: dict, calib: Optional[Calibration],
         reasons_doubt.append(f"similarity {lncc:.2f} at the result is below half of what "
                              f"correct poses of simulated frames reach on this volume "
                              f"({calib.ok_lncc:.2f})")
+    gain = sig.get("lncc_gain")
+    if gain is not None and math.isfinite(gain) and math.isfinite(lncc):
+        # (The LNCC method never returns a result worse than its start; other methods
+        # can, e.g. one optimising another similarity.)
+        if gain < -cfg.max_lncc_loss_failed:
+            reasons_failed.append(f"similarity fell from {lncc - gain:.2f} at the start to "
+                                  f"{lncc:.2f} (the start matched better)")
+        elif gain < -cfg.max_lncc_loss_doubtful:
+            reasons_doubt.append(f"similarity fell from {lncc - gain:.2f} at the start to "
+                                 f"{lncc:.2f}")
     if sig.get("unchanged"):
         # Not a failure by itself: a start that is already right is returned unchanged
         # too; the restarts and the similarity decide. It is said, and retried.
@@ -399,8 +416,9 @@ def calibrate(method, poses, config: Optional[QualityConfig] = None, cancel=None
               ) -> Calibration:
     """Simulated registrations on this volume (see the module docstring): planes near
     ``poses`` (image_to_reference 4x4s, e.g. the frames' starts) with at least 90 % of
-    the fan on the data, frames simulated there, registered by ``method`` from starts
-    0-20 mm / 0-20 deg away."""
+    the fan on the data, frames simulated there, registered from starts 0-20 mm /
+    0-20 deg away by the LNCC registration of ``method.registrar`` (the registrar every
+    method of :mod:`methods` exposes; the LNCC method itself, the checker of the others)."""
     from .register import perturb_about_point, random_perturbations  # noqa: PLC0415
 
     cfg = config or QualityConfig()
@@ -442,7 +460,9 @@ def calibrate(method, poses, config: Optional[QualityConfig] = None, cancel=None
                 break
         if start is None:
             continue
-        res = method(frame[None], start[None])[0]
+        # The registrar's own LNCC registration (the volume's behaviour; fast whatever
+        # the method, e.g. the SimpleITK baseline shares the registrar as its checker).
+        res = registrar.register(frame[None], start[None])[0]
         e_deg, e_mm = pose_errors(res.image_to_reference, truth, centre)
         try:
             h = hessian_signals(registrar, frame, res.image_to_reference)
@@ -499,19 +519,21 @@ def calibration_for(method, poses, config: Optional[QualityConfig] = None,
 # ----------------------------------------------------------------------------- assess
 def assess(method, frame, result: FrameResult, calib: Optional[Calibration],
            config: Optional[QualityConfig] = None, init_correction=None,
-           reference_lncc: Optional[float] = None) -> Tuple[FrameResult, Quality]:
+           reference_lncc: Optional[float] = None,
+           start_lncc: Optional[float] = None) -> Tuple[FrameResult, Quality]:
     """The quality of ``result`` (one frame ``(H, W)``); with restarts (see
     :attr:`QualityConfig.restarts`) a restart that reaches a clearly better similarity
     replaces the result. Returns ``(result, quality)``."""
     cfg = config or QualityConfig()
-    sig = measure(method.registrar, frame, result, init_correction)
+    sig = measure(method.registrar, frame, result, init_correction, start_lncc)
     q = judge(sig, calib, cfg, reference_lncc)
     if cfg.restarts == "always" or (cfg.restarts == "auto" and q.verdict != "ok"):
         rs, outs = restart_signals(method, frame, result, cfg.restart_mm)
         best = max(outs, key=lambda r: r.lncc, default=None)
         if best is not None and best.lncc > result.lncc + 0.02:
             # The result was a local optimum: the restart's pose is better.
-            sig2 = measure(method.registrar, frame, best, init_correction)
+            sig2 = measure(method.registrar, frame, best, init_correction,
+                           result.lncc_start if start_lncc is None else start_lncc)
             rs2, _ = restart_signals(method, frame, best, cfg.restart_mm)
             sig2.update(rs2)
             sig2["replaced_by_restart"] = True

@@ -53,6 +53,7 @@ def register_one_checked(method, frame, start, init_correction=None, calib=None,
                              overlap_start=ov0)
     res = method(frame[None], start[None], init_corrections=corr0[None], indices=[index],
                  cancel=cancel, tracking=tracking)[0]
+    lncc0 = float(res.lncc_start)  # the similarity of the caller's start
     res, q = assess(method, frame, res, calib, cfg, init_correction=corr0,
                     reference_lncc=reference_lncc)
     if not cfg.retry or q.verdict not in ("failed",) and not q.signals.get("unchanged"):
@@ -89,8 +90,9 @@ def register_one_checked(method, frame, start, init_correction=None, calib=None,
                        indices=[index], cancel=cancel)[0]
         except GeometryError:
             continue
+        # Judged against the caller's start (its similarity), not the retry's own start.
         r, rq = assess(method, frame, r, calib, cfg, init_correction=corr,
-                       reference_lncc=reference_lncc)
+                       reference_lncc=reference_lncc, start_lncc=lncc0)
         if (rank[rq.verdict], -r.lncc) < (rank[best_q.verdict], -best_res.lncc):
             best_res, best_q, best_how = r, rq, how
         if best_q.verdict == "ok":
