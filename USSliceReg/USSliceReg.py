@@ -203,15 +203,25 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 try:
                     reg, correctionSequence, chart = self.logic.registerBrowser(
                         p.usVolume, p.frameBrowser, method=p.method, temporal=p.temporal,
-                        progress=self._progress, cancel=self._cancelToken)
+                        progress=self._progress, cancel=self._cancelToken, apply_failed=False)
                 except CancelledError:  # not a failure: no error dialog
                     self.ui.resultLabel.text = _("Registration cancelled; inputs unchanged.")
                     return
                 from USSliceRegLib.logic import summary_line
+                from USSliceRegLib.quality import VERDICT_COLOURS
 
-                self.ui.resultLabel.text = summary_line(reg)
+                failed = [i for i, q in zip(reg.indices, reg.qualities) if q.verdict == "failed"]
+                if failed and slicer.util.confirmYesNoDisplay(
+                        _("{n} frame(s) failed the quality check ({f}); their tracked poses "
+                          "are kept. Apply their corrections anyway?").format(
+                            n=len(failed), f=", ".join(str(i) for i in failed))):
+                    self.logic.applyCorrections(reg, correctionSequence, p.frameBrowser)
+                worst = max((q.verdict for q in reg.qualities), default="ok",
+                            key=["ok", "doubtful", "failed", "skipped"].index)
+                self.ui.resultLabel.text = summary_line(reg) + "\n" + "\n".join(reg.warnings())
+                self.ui.resultLabel.styleSheet = f"color: {VERDICT_COLOURS[worst]}"
                 if self.logic.lastWarmup and self.logic.lastWarmup.get("first_use"):
-                    self.ui.resultLabel.text += " " + _(
+                    self.ui.resultLabel.text += "\n" + _(
                         "(first use: LNCC kernels compiled in {s:.1f} s, not counted above)").format(
                         s=self.logic.lastWarmup["seconds"])
                 slicer.modules.plots.logic().ShowChartInLayout(chart)
@@ -279,9 +289,16 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setLiveChecked(False)
             self.ui.resultLabel.text = _("Live mode stopped: {e}").format(e=error)
             return
+        from USSliceRegLib.quality import VERDICT_COLOURS, status_text
+
+        q = self._live.last_quality
         if res is not None:
             self.ui.resultLabel.text = _("Live: frame {n}, LNCC {a:.3f} -> {b:.3f}, {ms:.0f} ms").format(
                 n=self._live.live.count, a=res.lncc_start, b=res.lncc, ms=1000 * res.seconds)
+        if q is not None:  # coloured status and estimate; a failed frame keeps the last good one
+            self.ui.resultLabel.text = (self.ui.resultLabel.text if res is not None else "") \
+                + "\n" + status_text(q)
+            self.ui.resultLabel.styleSheet = f"color: {VERDICT_COLOURS[q.verdict]}"
 
     def _stopLive(self) -> None:
         if self._liveBrowser is not None:
@@ -337,10 +354,12 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
         return browser_sequences(browser)
 
     def registerBrowser(self, volumeNode, browser, method="lncc", temporal=True, progress=None,
-                        cancel=None):
+                        cancel=None, apply_failed=True):
         """Register all frames of ``browser`` on the hub's device; returns
         ``(registration, corrections, chart)``. The compiled kernels are prepared first
-        (:meth:`prepareKernels`), so the frames' times exclude their first use."""
+        (:meth:`prepareKernels`), so the frames' times exclude their first use.
+        ``apply_failed=False``: frames judged ``failed`` keep their tracked pose (identity
+        correction) until :meth:`applyCorrections`."""
         from SurgicalReg2D3DLib.device import choose_device
         from SurgicalReg2D3DLib.progress import sub_progress
         from USSliceRegLib.logic import register_nodes, results_to_table
@@ -352,9 +371,17 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
         reg, corrections = register_nodes(ctx, volumeNode, images, transforms, method=method,
                                           temporal=temporal, browser=browser,
                                           progress=sub_progress(progress, 0.1, 1.0),
-                                          cancel=cancel, device=choose_device())
+                                          cancel=cancel, device=choose_device(),
+                                          apply_failed=apply_failed)
         _table, chart = results_to_table(ctx, reg)
         return reg, corrections, chart
+
+    def applyCorrections(self, registration, corrections, browser):
+        """Write every registered frame's correction, failed ones included."""
+        from USSliceRegLib.logic import apply_corrections
+
+        images, _transforms = self._sequences(browser)
+        return apply_corrections(registration, corrections, images)
 
     def showOverlay(self, volumeNode, browser, registration, item=None, show3d=True,
                     compare="blend"):
@@ -369,7 +396,9 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
         images, _transforms = self._sequences(browser)
         frameNode = browser.GetProxyNode(images)
         frame, _m = image2d_from_node(frameNode, "US frame")
-        result = registration.results[item]
+        if item not in registration.indices:  # a skipped frame: nothing to show
+            return None
+        result = registration.results[registration.indices.index(item)]
         node = slicer.mrmlScene.GetFirstNodeByName("USResliced")
         node = reslice_to_frame_node(self._ctx(), volumeNode, result.image_to_reference,
                                      frame.shape[:2], "USResliced", node=node)
@@ -485,8 +514,9 @@ class USSliceRegTest(ScriptedLoadableModuleTest):
                                 np.mean([r.lncc_start for r in reg.results]) - 1e-3)
 
         self.delayDisplay("Frame in 3D, Red slice along the registered frame, checkerboard")
-        browser.SetSelectedItemNumber(0)
-        logic.showOverlay(volume, browser, reg, item=0, show3d=True, compare="checkerboard")
+        item = reg.indices[0]
+        browser.SetSelectedItemNumber(item)
+        logic.showOverlay(volume, browser, reg, item=item, show3d=True, compare="checkerboard")
         from SurgicalReg2D3DLib.nodes import vtk_matrix_to_numpy
         from SurgicalReg2D3DLib.views3d import slice_to_ras_from_image
 
@@ -494,6 +524,7 @@ class USSliceRegTest(ScriptedLoadableModuleTest):
         images, _t = logic._sequences(browser)
         shape = images.GetNthDataNode(0).GetImageData().GetDimensions()
         expected = slice_to_ras_from_image(reg.results[0].image_to_reference, (shape[1], shape[0]))
+        # (reg.results[0] is the result of frame reg.indices[0])
         self.assertTrue(np.allclose(vtk_matrix_to_numpy(red.GetSliceToRAS()), expected, atol=1e-6))
         self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("US frame in 3D"))
         self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("US checkerboard"))

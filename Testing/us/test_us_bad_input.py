@@ -178,7 +178,8 @@ def test_failed_frames_are_reported_and_do_not_seed_the_next(spine, tmp_path, ca
     try:
         out = tmp_path / "o.json"
         rc, _, err = run_cli(_argv(spine, out, extra=["--method", "test-worse", "--frames",
-                                                      "9,10,11,12,13", "--temporal"]), capsys)
+                                                      "9,10,11,12,13", "--temporal",
+                                                      "--no-quality"]), capsys)
     finally:
         methods.METHODS.pop("test-worse", None)
     assert rc == 1 and "Traceback" not in err
@@ -204,7 +205,7 @@ def test_no_failed_frames_exit_zero(spine, tmp_path, capsys):
     methods.METHODS["test-worse"] = _fake_factory([], set())
     try:
         rc, _, err = run_cli(_argv(spine, tmp_path / "o.json", extra=[
-            "--method", "test-worse", "--frames", "3,4"]), capsys)
+            "--method", "test-worse", "--frames", "3,4", "--no-quality"]), capsys)
     finally:
         methods.METHODS.pop("test-worse", None)
     assert rc == 0 and "failed" not in err

@@ -161,7 +161,8 @@ def test_level_cost_and_normal_equations_match_torch(pair, li):
     if level.window:
         nf = kernels.local_normalise(fr, kg.fan, *kg.grid_shape, level.window)
         out = kernels._evaluate_lncc(vol, A, kg.cols, kg.rows, kg.fan, nf, n_fan ** -0.5,
-                                     *kg.grid_shape, level.window)
+                                     *kg.grid_shape, level.window,
+                                     tr.config.lost_overlap_weight)
         cost_k = out[0]
         JtJ_k, Jtr_k = kernels._normal_equations_lncc(*out[1:], kg.feat, T, n_fan ** -0.5,
                                                       *kg.grid_shape, level.window)
@@ -183,7 +184,7 @@ def test_level_cost_and_normal_equations_match_torch(pair, li):
     args = (vol, nb._ref_to_ijk, start[0], corr0[0], kg.cols, kg.rows, kg.feat, kg.fan,
             fr if kg.index is None else np.ascontiguousarray(fr[kg.index]),
             kg.index is None, *kg.grid_shape, level.window, level.rotations, 1,
-            1e-3, 1e-4, 1e-2, 2, nb._centre_c)
+            1e-3, 1e-4, 1e-2, 2, nb._centre_c, tr.config.lost_overlap_weight)
     corr_k, cost1_k, hist_k, it_k = kernels.refine_level(*args)
     corr_t, cost1_t, hist_t, it_t = tr._refine_level(fd, start, corr0, level, None)
     assert it_k == it_t == 1 and len(hist_k) == hist_t.shape[0] == 2

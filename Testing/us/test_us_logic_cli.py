@@ -144,6 +144,44 @@ def test_cli_register_contract(tmp_path, sample_data, capsys):
     _, t_start = pose_errors(init_pose, chain.image_to_reference[8], centre)
     _, t_end = pose_errors(np.array(f["image_to_reference"]), chain.image_to_reference[8], centre)
     assert t_start == pytest.approx(2.0) and t_end < 1.0
+    # Each frame carries its trust value (no NaN; this one is correct and judged ok).
+    q = f["quality"]
+    assert q["verdict"] == "ok", q
+    assert set(q["estimate"]) == {"translation_mm", "rotation_deg"}
+    assert all(np.isfinite(v) for v in q["estimate"].values())
+    assert q["interval"]["translation_mm"][0] <= q["estimate"]["translation_mm"] \
+        <= q["interval"]["translation_mm"][1]
+    json.dumps(data, allow_nan=False)
+
+
+def test_cli_register_warns_for_skipped_frames(tmp_path, sample_data, capsys):
+    """A frame whose start lies off the volume is not registered: listed as skipped with
+    the reason in OUT.json, one warning line on stderr."""
+    from SurgicalReg2D3DLib.cli import main
+    from USSliceRegLib.plus_io import image_to_reference_chain, read_calibration, read_sequence
+
+    vol, seq, xml = _us(sample_data)
+    chain = image_to_reference_chain(read_sequence(seq), read_calibration(xml))
+    far = chain.image_to_reference[8].copy()
+    far[:3, 3] += [0.0, 0.0, 300.0]
+    init = tmp_path / "init.json"
+    init.write_text(json.dumps({"frames": [
+        {"index": 8, "image_to_reference": far.tolist()},
+        {"index": 9, "image_to_reference": chain.image_to_reference[9].tolist()}]}))
+    out = tmp_path / "out.json"
+    rc = main(["us", "register", "--volume", str(vol), "--sequence", str(seq), "--calibration",
+               str(xml), "--init", str(init), "--frames", "8,9", "--out", str(out), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().err
+    warnings = [line for line in text.splitlines() if line.startswith("warning: frame 8:")]
+    assert len(warnings) == 1 and "skipped" in warnings[0] and "no overlap" in warnings[0]
+    assert not any(line.startswith("warning: frame 9:") for line in text.splitlines())
+    data = json.loads(out.read_text())
+    assert [f["index"] for f in data["frames"]] == [9]
+    assert data["frames"][0]["quality"]["verdict"] == "ok"
+    skipped = data["skipped"]
+    assert [s["index"] for s in skipped] == [8] and "no overlap" in skipped[0]["reason"]
+    assert skipped[0]["quality"]["verdict"] == "skipped"
 
 
 def test_cli_errors(tmp_path, sample_data, capsys):
@@ -252,3 +290,34 @@ def test_bench_skips_frames_outside_the_volume_data():
     with pytest.raises(InputError, match=r"^frames: none of \[12\] can be tested \(true "
                                          r"plane outside the volume's data: \[12\]"):
         run_bench(frames=[12], methods=("lncc",))
+
+
+def test_register_nodes_does_not_apply_failed_frames(ctx, synthetic_scene):
+    """Node level (GUI path): a frame of pure noise is judged failed; with
+    apply_failed=False its correction in the sequence is the identity (tracked pose kept)
+    until apply_corrections writes it; the table has the verdict column."""
+    from SurgicalReg2D3DLib.nodes import frames_to_sequence, matrix_from_transform_node
+    from USSliceRegLib.logic import apply_corrections, register_nodes, results_to_table
+
+    volume_node, _img, _tfm, _browser, offset, frames, tracked, *_ = synthetic_scene
+    frames = frames.copy()
+    frames[1] = np.random.default_rng(3).random(frames[1].shape).astype(np.float32) * 200
+    img_seq, tfm_seq, browser = frames_to_sequence(ctx, frames, tracked, "noisy sweep")
+    reg, corrections = register_nodes(ctx, volume_node, img_seq, tfm_seq, config=SYN_CONFIG,
+                                      browser=browser, temporal=False, apply_failed=False)
+    verdicts = dict(zip(reg.indices, [q.verdict for q in reg.qualities]))
+    assert verdicts[0] == "ok" and verdicts[2] == "ok"
+    assert verdicts.get(1, "skipped") in ("failed", "skipped")
+    assert any(line.startswith("warning: frame 1:") for line in reg.warnings())
+    np.testing.assert_allclose(matrix_from_transform_node(corrections.GetNthDataNode(0)),
+                               offset, atol=0.05)
+    np.testing.assert_allclose(matrix_from_transform_node(corrections.GetNthDataNode(1)),
+                               np.eye(4))
+    if 1 in reg.indices:
+        assert apply_corrections(reg, corrections, img_seq) == []
+        k = reg.indices.index(1)
+        np.testing.assert_allclose(matrix_from_transform_node(corrections.GetNthDataNode(1)),
+                                   reg.results[k].correction)
+    table, _chart = results_to_table(ctx, reg)
+    col = table.GetTable().GetColumnByName("verdict")
+    assert col is not None and col.GetValue(0) == 0.0

@@ -176,6 +176,35 @@ def test_reconstruction_of_synthetic_sweep(synthetic):
         reconstruct_volume(frames[:1], np.full((1, 4, 4), np.nan))
 
 
+def test_reconstruction_fills_gaps_up_to_twice_the_radius(synthetic):
+    """Frames 4 mm apart on a 1 mm grid, fill_radius 2: every 4-voxel gap between frames
+    is filled, with the linear interpolation of its two ends (before session 5 each end
+    was searched only 2 voxels away, so only the middle voxel of such a gap was filled
+    and the volume had data on the frames and on thin mid-sheets only); a gap of 6 mm
+    (6 voxels, > 2 * radius) stays empty."""
+    vol, ijk, _, _ = synthetic
+    ys = [-8.0, -4.0, 0.0, 4.0, 10.0]
+    poses = [_pose([90, 0, 0], [0, y, 0]) for y in ys]
+    frames = np.stack([_frame(vol, ijk, t) for t in poses])
+    rec = reconstruct_volume(frames, np.stack(poses), spacing_mm=1.0, fill_radius=2)
+    jj = np.arange(rec.array.shape[1])
+    y = rec.ijk_to_reference[1, 1] * jj + rec.ijk_to_reference[1, 3]
+    centre = rec.filled[rec.array.shape[0] // 2, :, rec.array.shape[2] // 2]
+    # y of the volume's row j; frames sit on rows, the fan spans x and z.
+    inside = (y > -8) & (y < 4)
+    assert centre[inside].all(), y[inside & ~centre]
+    assert not centre[(y > 4.5) & (y < 9.5)].any()
+    # Each filled voxel in a gap = the linear interpolation of the frames on both sides.
+    k0, i0 = rec.array.shape[0] // 2, rec.array.shape[2] // 2
+    col = rec.array[k0, :, i0]
+    j_of = {v: int(np.argmin(np.abs(y - v))) for v in ys}
+    for a, b in ((-8.0, -4.0), (-4.0, 0.0), (0.0, 4.0)):
+        ja, jb = j_of[a], j_of[b]
+        for j in range(ja + 1, jb):
+            w = (y[j] - a) / (b - a)
+            assert col[j] == pytest.approx((1 - w) * col[ja] + w * col[jb], rel=1e-4)
+
+
 @pytest.fixture(scope="module")
 def spine(sample_data):
     from USSliceRegLib.plus_io import image_to_reference_chain, read_calibration, read_sequence
@@ -286,7 +315,10 @@ def test_cost_and_normal_equations_match_independent_residual(synthetic, level, 
         vals, inside = slice_volume(plain, pose, (H, W), step=level.step)
         s, m = vals[0, 0], inside[0].double()
         if penalise:  # every fan pixel keeps a residual, the frame normalised on the fan
-            return ((nf - normalise(s, m)) * weight).reshape(-1).numpy()
+            # (windowed LNCC: a pixel off the volume keeps lost_overlap_weight * nf)
+            lost = reg.config.lost_overlap_weight if level.window else 1.0
+            nfw = nf * (1.0 + (lost - 1.0) * (1.0 - m))
+            return ((nfw - normalise(s, m)) * weight).reshape(-1).numpy()
         # overlap only: both normalised on it, weight 1 / sqrt(overlap)
         return ((normalise(fd[0].double(), m) - normalise(s, m))
                 / torch.sqrt(m.sum())).reshape(-1).numpy()

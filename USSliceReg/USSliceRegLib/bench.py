@@ -8,8 +8,10 @@ Protocol (``surgreg us bench``, ``benchmarks/us_bench.py``, the demo):
 2. Volume: ``holdout="loo"`` reconstructs, for every test frame, a volume from all the
    *other* frames (pixel nearest neighbour, :mod:`reconstruct`), so the test frame never
    contributed to the volume it is registered to (honest); ``"alternate"`` reconstructs
-   once from the even frames and tests odd frames; ``"none"`` uses the given volume
-   (e.g. PLUS's reconstruction from all frames: optimistic, labelled as such).
+   once from the even frames and tests odd frames (the odd-frames protocol of issue #12;
+   :func:`quality_bench.run_odd_frames` runs it with starts 3-10 mm / 3-10 deg, several
+   seeds and the trust value, ``benchmarks/us_quality.py``); ``"none"`` uses the given
+   volume (e.g. PLUS's reconstruction from all frames: optimistic, labelled as such).
 3. Start = ground truth perturbed by a random rigid motion about the fan centre:
    rotation angle uniform in [0, max_deg] about a random axis, translation length uniform
    in [0, max_mm] along a random direction (fixed seed). Starts whose fan leaves the

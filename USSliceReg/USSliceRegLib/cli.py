@@ -5,7 +5,10 @@
     registers every usable frame of a PLUS tracked sequence to a 3D US volume. INIT/OUT:
     ``{"frames": [{"index": i, "image_to_reference": 4x4}, ...]}`` (pixel ``(col, row, 0,
     1)`` -> volume reference mm); OUT adds ``time_s``, ``similarity`` (masked LNCC),
-    ``correction`` and the start pose per frame, and the skipped frames.
+    ``correction``, the start pose and ``quality`` (verdict ok / doubtful / failed,
+    estimated error with interval, reasons, signals; see :mod:`quality`) per frame, and
+    the skipped frames with their reasons. One warning line is printed per doubtful,
+    failed or skipped frame.
 
 ``surgreg us bench [--holdout loo|alternate|none] [--max-mm 10] [--max-deg 10] ...``
     perturbs tracked poses, registers, prints mean/median errors and ms per frame for each
@@ -48,8 +51,6 @@ def cmd_register(args: argparse.Namespace) -> int:
     from SurgicalReg2D3DLib.outputs import check_output, write_json_atomic  # noqa: PLC0415
 
     from .logic import load_inputs, read_init_json, register_tracked, summary_line  # noqa
-    from .temporal import frame_quality  # noqa: PLC0415
-
     # checked before any reading or registering
     out = check_output(args.out, [args.volume, args.sequence, args.calibration, args.init],
                        "--out", create_folder=True)
@@ -66,20 +67,15 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     reg = register_tracked(volume, seq, chain, method=args.method, init=init,
                            temporal=args.temporal, frames=frames, progress=progress,
-                           device=device)
+                           device=device, quality=not args.no_quality)
     if not args.quiet:
         print()
-    for i, why in reg.skipped:
-        print(f"skipped frame {i}: {why}")
     write_json_atomic(out, reg.to_json(), "--out", indent=1)
+    for line in reg.warnings():  # one line per doubtful / failed / skipped frame
+        print(line, file=sys.stderr)
     print(summary_line(reg))
     print(f"written {out}")
-    failed = []
-    for i, r in zip(reg.indices, reg.results):
-        q = frame_quality(r)
-        if q is not None and q.verdict in ("failed", "skipped"):
-            failed.append(i)
-            print(f"surgreg: warning: frame {i}: {q.summary()}", file=sys.stderr)
+    failed = reg.failed_indices()
     if failed:
         print(f"surgreg: {len(failed)} of {len(reg.results)} frames failed (verdict "
               f"'failed' in {out.name}): {failed}", file=sys.stderr)
@@ -143,6 +139,9 @@ def register_cli(subparsers) -> None:
                           "SURGREG_DEVICE, else the first CUDA GPU when available, else CPU; "
                           "the compiled lncc kernels run on the CPU only)")
     reg.add_argument("--quiet", action="store_true")
+    reg.add_argument("--no-quality", action="store_true",
+                     help="skip the per-frame trust value, retries and restarts (faster; "
+                          "frames are then never flagged)")
     reg.set_defaults(func=cmd_register)
 
     bench = sub.add_parser("bench", help="accuracy/speed benchmark with perturbed starts")

@@ -385,9 +385,10 @@ def _normal_equations_global(G, T, w2):
 
 
 @njit(cache=True, nogil=True)
-def _evaluate_lncc(vol, A, cols, rows, fan, nf, weight, h, w, window):
+def _evaluate_lncc(vol, A, cols, rows, fan, nf, weight, h, w, window, lost_weight=1.0):
     """Masked-LNCC level (``SliceRegistrar._evaluate``, dense grid): cost and the local
-    statistics the Jacobian needs."""
+    statistics the Jacobian needs. A fan pixel off the volume's data keeps the residual
+    ``lost_weight * nf`` (see :attr:`register.RegistrationConfig.lost_overlap_weight`)."""
     n = cols.shape[0]
     vals, inside = sample_points(vol, A, cols, rows, 5)
     m = np.zeros(n)
@@ -413,7 +414,10 @@ def _evaluate_lncc(vol, A, cols, rows, fan, nf, weight, h, w, window):
         var = max(sums[p, 2] / count[p] - mu[p] * mu[p], 0.0)
         inv_sd[p] = 1.0 / math.sqrt(var + _EPS)
         d[p] = s[p] - mu[p]
-        r[p] = (nf[p] - d[p] * inv_sd[p] * m[p]) * weight
+        if m[p] > 0.0:
+            r[p] = (nf[p] - d[p] * inv_sd[p] * m[p]) * weight
+        else:
+            r[p] = lost_weight * nf[p] * weight
         cost += 0.5 * r[p] * r[p]
     return cost, vals, s, m, r, count, mu, d, inv_sd
 
@@ -465,7 +469,7 @@ def _normal_equations_lncc(vals, s, m, r, count, mu, d, inv_sd, feat, T, weight,
 @njit(cache=True, nogil=True)
 def refine_level(vol, ref_to_ijk, start, corr0, cols, rows, feat, fan, frame, dense, h, w,
                  window, rotations, max_iter, tol_cost, tol_step, lambda_init,
-                 max_rejections, centre_c):
+                 max_rejections, centre_c, lost_weight=1.0):
     """``SliceRegistrar._refine_level`` for one item: Levenberg-Marquardt on the rigid
     correction (composed on the left, rotations about the fan centre).
 
@@ -540,7 +544,7 @@ def refine_level(vol, ref_to_ijk, start, corr0, cols, rows, feat, fan, frame, de
         A = ref_to_ijk @ pose_t
         if dense:
             cost_t, vals, s, m, res, count, mu_l, d, inv_sd = _evaluate_lncc(
-                vol, A, cols, rows, fan, f, weight, h, w, window)
+                vol, A, cols, rows, fan, f, weight, h, w, window, lost_weight)
         else:
             cost_t, G = _evaluate_global(vol, A, cols, rows, feat, f, nf_sq, w2)
         if it == 0:

@@ -22,6 +22,7 @@ import numpy as np
 
 from SurgicalReg2D3DLib.errors import FileReadError, InputError
 from SurgicalReg2D3DLib.progress import report, sub_progress
+from SurgicalReg2D3DLib.quality import Quality, warning_line
 
 from .methods import METHODS, make_method
 from .plus_io import (ReferenceChain, ReferenceVolume, TrackedSequence,
@@ -42,13 +43,51 @@ class SequenceRegistration:
     results: List[FrameResult]
     skipped: List[Tuple[int, str]] = field(default_factory=list)
     fan_centre_px: Optional[np.ndarray] = None
+    #: ``qualities[n]``: the trust value of ``results[n]`` (:mod:`quality`; empty when
+    #: the checks were off); ``skipped_quality``: that of each skipped frame.
+    qualities: List[Quality] = field(default_factory=list)
+    skipped_quality: Dict[int, Quality] = field(default_factory=dict)
+
+    def frame_qualities(self) -> List[Optional[Quality]]:
+        """The trust value of each registered frame: the checked one (``qualities``) when
+        the checks ran, but a frame that ended worse than it started is ``failed`` with
+        that reason in any case (``temporal.frame_quality``); None when nothing is known."""
+        from .temporal import frame_quality  # noqa: PLC0415
+
+        out = []
+        for n, r in enumerate(self.results):
+            checked = self.qualities[n] if n < len(self.qualities) else None
+            plain = frame_quality(r)
+            if plain is not None and plain.verdict == "failed" and (
+                    checked is None or checked.verdict != "failed"):
+                out.append(plain)
+            else:
+                out.append(checked if checked is not None else plain)
+        return out
+
+    def failed_indices(self) -> List[int]:
+        """Frame numbers whose registration is judged ``failed``."""
+        return [int(i) for i, q in zip(self.indices, self.frame_qualities())
+                if q is not None and q.verdict == "failed"]
+
+    def warnings(self) -> List[str]:
+        """One line per ``doubtful`` / ``failed`` / skipped frame (the CLI prints them)."""
+        out = []
+        for i, q in zip(self.indices, self.frame_qualities()):
+            line = warning_line(f"frame {i}", q) if q is not None else None
+            if line:
+                out.append(line)
+        for i, why in self.skipped:
+            q = self.skipped_quality.get(int(i))
+            out.append(warning_line(f"frame {i}", q) if q is not None
+                       else f"warning: frame {i}: skipped ({why})")
+        return out
 
     def to_json(self) -> dict:
         """The ``OUT.json`` of ``surgreg us register`` (matrices as row lists)."""
-        from .temporal import frame_quality  # noqa: PLC0415
-
+        qualities = self.frame_qualities()
         frames = []
-        for i, r in zip(self.indices, self.results):
+        for n, (i, r) in enumerate(zip(self.indices, self.results)):
             frames.append({
                 "index": int(i),
                 "image_to_reference": np.asarray(r.image_to_reference).tolist(),
@@ -58,11 +97,15 @@ class SequenceRegistration:
                 "similarity": float(r.lncc),
                 "similarity_start": float(r.lncc_start),
             })
-            quality = frame_quality(r)
-            if quality is not None:
-                frames[-1]["quality"] = quality.to_dict()
+            if qualities[n] is not None:
+                frames[-1]["quality"] = qualities[n].to_dict()
+        skipped = []
+        for i, why in self.skipped:
+            skipped.append({"index": int(i), "reason": why})
+            if int(i) in self.skipped_quality:
+                skipped[-1]["quality"] = self.skipped_quality[int(i)].to_dict()
         return {"method": self.method, "temporal": self.temporal, "frames": frames,
-                "skipped": [{"index": int(i), "reason": why} for i, why in self.skipped],
+                "skipped": skipped,
                 "similarity_metric": "masked LNCC (window 7 px at 1/8 resolution)"}
 
     def errors(self, truth: Dict[int, np.ndarray]) -> dict:
@@ -152,13 +195,17 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
                      temporal: Optional[bool] = None, frames: Optional[Sequence[int]] = None,
                      config: Optional[RegistrationConfig] = None, fan=None,
                      volume_mask=None, device=None, progress=None,
-                     cancel=None) -> SequenceRegistration:
+                     cancel=None, quality=True) -> SequenceRegistration:
     """Register the usable frames of a tracked sweep to ``volume``.
 
     Starts: ``init[i]`` where given, else the tracked chain. ``temporal`` defaults to True
     without ``init`` and False with it (the CLI contract). ``frames`` restricts to some
     sequence frame numbers. Frames skipped by the chain (INVALID status) are reported in
-    the result's ``skipped``.
+    the result's ``skipped``. ``quality`` (True, a :class:`quality.QualityConfig`, or
+    False): every frame gets a trust value (``qualities``), frames that cannot be
+    registered (no overlap at the start, a search that does not move) are skipped with
+    the reason, failed frames are retried, and a failed frame never seeds the next one
+    (see :mod:`quality`).
     """
     if method not in METHODS:
         raise InputError(f"method: unknown {method!r}; choose one of {', '.join(METHODS)}")
@@ -194,13 +241,31 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
     report(progress, 0.02, "preparing the volume")
     fn = make_method(method, volume.array, volume.ijk_to_reference, seq.frame_shape, fan,
                      volume_mask=volume_mask, config=config, device=device)
+    rows, cols = np.nonzero(fan)
+    centre = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
+    if quality is not None and quality is not False:
+        from .quality import QualityConfig  # noqa: PLC0415
+        from .recovery import register_checked  # noqa: PLC0415
+
+        qcfg = quality if isinstance(quality, QualityConfig) else QualityConfig()
+        checked = register_checked(fn, seq.images[indices], starts, temporal=temporal,
+                                   indices=indices, config=qcfg,
+                                   progress=sub_progress(progress, 0.05, 1.0), cancel=cancel)
+        done = [c for c in checked if c.result is not None]
+        reg = SequenceRegistration(
+            method=method, temporal=temporal, indices=[c.index for c in done],
+            results=[c.result for c in done], skipped=skipped, fan_centre_px=centre,
+            qualities=[c.quality for c in done])
+        for c in checked:
+            if c.result is None:
+                reg.skipped.append((c.index, "; ".join(c.quality.reasons)))
+                reg.skipped_quality[c.index] = c.quality
+        return reg
     results = register_sequence(fn, seq.images[indices], starts, temporal=temporal,
                                 indices=indices, progress=sub_progress(progress, 0.05, 1.0),
                                 cancel=cancel)
-    rows, cols = np.nonzero(fan)
     return SequenceRegistration(method=method, temporal=temporal, indices=indices,
-                                results=results, skipped=skipped,
-                                fan_centre_px=np.array([cols.mean(), rows.mean(), 0.0, 1.0]))
+                                results=results, skipped=skipped, fan_centre_px=centre)
 
 
 # ----------------------------------------------------------------------------- MRML level
@@ -295,38 +360,89 @@ def browser_sequences(browser):
 def register_nodes(ctx, volume_node, image_sequence, transform_sequence, method: str = "lncc",
                    temporal: bool = True, browser=None, output_name: str = "USCorrection",
                    config: Optional[RegistrationConfig] = None, progress=None, cancel=None,
-                   device=None):
+                   device=None, quality=True, apply_failed: bool = True):
     """Register every frame of a browsable sweep (as made by ``load_sequence_to_mrml``).
 
     Returns ``(SequenceRegistration, correction_sequence)``: a new sequence of linear
     transform nodes (``tracked_ras_to_ras`` per frame), synchronised with ``browser`` when
-    given. Frames and volume nodes are not modified.
+    given. Frames and volume nodes are not modified. ``quality`` as in
+    :func:`register_tracked`; a skipped frame's correction is the identity (its tracked
+    pose), and so is a ``failed`` frame's unless ``apply_failed`` (the GUI asks first, then
+    :func:`apply_corrections` writes them).
     """
-    from SurgicalReg2D3DLib.nodes import numpy_to_vtk_matrix  # noqa: PLC0415
-    import slicer  # noqa: PLC0415
-
     array, ijk_to_ras = _volume_arrays(volume_node)
     frames, poses = _frames_from_sequences(image_sequence, transform_sequence)
     fan = fan_mask(frames)
     fn = make_method(method, array, ijk_to_ras, frames.shape[1:], fan, config=config,
                      device=device)
-    results = register_sequence(fn, frames, poses, temporal=temporal, progress=progress,
-                                cancel=cancel)
+    rows, cols = np.nonzero(fan)
+    centre = np.array([cols.mean(), rows.mean(), 0, 1.0])
+    if quality is not None and quality is not False:
+        from .quality import QualityConfig  # noqa: PLC0415
+        from .recovery import register_checked  # noqa: PLC0415
+
+        qcfg = quality if isinstance(quality, QualityConfig) else QualityConfig()
+        checked = register_checked(fn, frames, poses, temporal=temporal, config=qcfg,
+                                   progress=progress, cancel=cancel)
+        done = [c for c in checked if c.result is not None]
+        reg = SequenceRegistration(method=method, temporal=temporal,
+                                   indices=[c.index for c in done],
+                                   results=[c.result for c in done], fan_centre_px=centre,
+                                   qualities=[c.quality for c in done])
+        for c in checked:
+            if c.result is None:
+                reg.skipped.append((c.index, "; ".join(c.quality.reasons)))
+                reg.skipped_quality[c.index] = c.quality
+    else:
+        results = register_sequence(fn, frames, poses, temporal=temporal, progress=progress,
+                                    cancel=cancel)
+        reg = SequenceRegistration(method=method, temporal=temporal,
+                                   indices=list(range(len(results))), results=results,
+                                   fan_centre_px=centre)
     out = ctx.add_node("vtkMRMLSequenceNode", output_name)
     out.SetIndexName(image_sequence.GetIndexName())
     out.SetIndexUnit(image_sequence.GetIndexUnit())
-    for k, r in enumerate(results):
-        t = slicer.vtkMRMLLinearTransformNode()
-        t.SetName(f"{output_name} {k}")
-        t.SetMatrixTransformToParent(numpy_to_vtk_matrix(r.correction))
-        out.SetDataNodeAtValue(t, image_sequence.GetNthIndexValue(k))
+    apply_corrections(reg, out, image_sequence, output_name,
+                      verdicts=("ok", "doubtful", "failed") if apply_failed else ("ok", "doubtful"),
+                      num_frames=frames.shape[0])
     if browser is not None:
         browser.AddSynchronizedSequenceNodeID(out.GetID())
-    rows, cols = np.nonzero(fan)
-    reg = SequenceRegistration(method=method, temporal=temporal,
-                               indices=list(range(len(results))), results=results,
-                               fan_centre_px=np.array([cols.mean(), rows.mean(), 0, 1.0]))
     return reg, out
+
+
+def apply_corrections(reg: SequenceRegistration, correction_sequence, image_sequence,
+                      output_name: str = "USCorrection",
+                      verdicts: Sequence[str] = ("ok", "doubtful", "failed"),
+                      num_frames: Optional[int] = None) -> List[int]:
+    """Write one correction per frame into ``correction_sequence`` (at the frames'
+    index values): the registered correction of frames whose verdict is in ``verdicts``
+    (all registered frames when ``reg`` has no qualities), the identity otherwise.
+    Returns the frame numbers that got the identity."""
+    from SurgicalReg2D3DLib.nodes import numpy_to_vtk_matrix  # noqa: PLC0415
+    import slicer  # noqa: PLC0415
+
+    n = image_sequence.GetNumberOfDataNodes() if num_frames is None else num_frames
+    corr = {}
+    for k, (i, r) in enumerate(zip(reg.indices, reg.results)):
+        q = reg.qualities[k] if k < len(reg.qualities) else None
+        if q is None or q.verdict in verdicts:
+            corr[int(i)] = r.correction
+    identity = []
+    for k in range(n):
+        m = corr.get(k)
+        if m is None:
+            identity.append(k)
+            m = np.eye(4)
+        value = image_sequence.GetNthIndexValue(k)
+        t = correction_sequence.GetDataNodeAtValue(value)
+        if t is None:
+            t = slicer.vtkMRMLLinearTransformNode()
+            t.SetName(f"{output_name} {k}")
+            t.SetMatrixTransformToParent(numpy_to_vtk_matrix(m))
+            correction_sequence.SetDataNodeAtValue(t, value)
+        else:
+            t.SetMatrixTransformToParent(numpy_to_vtk_matrix(m))
+    return identity
 
 
 class LiveNodeRegistration:
@@ -338,19 +454,32 @@ class LiveNodeRegistration:
 
     def __init__(self, ctx, volume_node, frame_shape, fan=None, method: str = "lncc",
                  correction_node=None, config: Optional[RegistrationConfig] = None,
-                 device=None):
+                 device=None, quality=True):
         array, ijk_to_ras = _volume_arrays(volume_node)
         if fan is None:
             fan = np.ones(tuple(frame_shape), dtype=bool)
         self.ctx = ctx
-        self.live = LiveRegistration(make_method(method, array, ijk_to_ras, frame_shape, fan,
-                                                 config=config, device=device))
+        fn = make_method(method, array, ijk_to_ras, frame_shape, fan, config=config,
+                         device=device)
+        if quality is not None and quality is not False:
+            from .quality import QualityConfig  # noqa: PLC0415
+            from .recovery import CheckedLive  # noqa: PLC0415
+
+            self.live = CheckedLive(fn, quality if isinstance(quality, QualityConfig)
+                                    else QualityConfig())
+        else:
+            self.live = LiveRegistration(fn)
+        #: The quality of the last frame (None without checks): a failed or skipped frame
+        #: leaves the correction node at the last good correction, and says so.
+        self.last_quality: Optional[Quality] = None
         self.correction_node = correction_node or ctx.add_node(
             "vtkMRMLLinearTransformNode", "USLiveCorrection")
 
-    def update(self, frame_node, tracked_image_to_ras=None) -> FrameResult:
+    def update(self, frame_node, tracked_image_to_ras=None) -> Optional[FrameResult]:
         """Register ``frame_node`` (single-slice volume). Its pose is
-        ``tracked_image_to_ras`` if given, else its parent transform @ its ijk_to_ras."""
+        ``tracked_image_to_ras`` if given, else its parent transform @ its ijk_to_ras.
+        Returns the frame's result (``None`` when it was skipped; see
+        :attr:`last_quality`); the correction node holds the last good correction."""
         from SurgicalReg2D3DLib.nodes import (image2d_from_node,  # noqa: PLC0415
                                               matrix_to_transform_node, world_matrix)
 
@@ -359,21 +488,30 @@ class LiveNodeRegistration:
             arr = arr[..., :3].mean(axis=-1)
         if tracked_image_to_ras is None:
             tracked_image_to_ras = world_matrix(frame_node, "US live frame") @ ijk_to_ras
-        res = self.live.update(arr, tracked_image_to_ras)
-        matrix_to_transform_node(self.ctx, res.correction, "USLiveCorrection",
+        out = self.live.update(arr, tracked_image_to_ras)
+        if isinstance(out, tuple):  # with quality: (result or None, quality)
+            res, self.last_quality = out
+        else:
+            res = out
+        matrix_to_transform_node(self.ctx, self.live.correction, "USLiveCorrection",
                                  node=self.correction_node)
         return res
 
 
 def summary_line(reg: SequenceRegistration) -> str:
-    """One line for logs: frames, mean LNCC before/after, ms per frame."""
+    """One line for logs: frames, verdicts, mean LNCC before/after, ms per frame."""
     if not reg.results:
-        return "no frame registered"
+        return f"no frame registered ({len(reg.skipped)} skipped)"
     ms = 1000 * float(np.mean([r.seconds for r in reg.results]))
     a = float(np.mean([r.lncc_start for r in reg.results]))
     b = float(np.mean([r.lncc for r in reg.results]))
-    return (f"{len(reg.results)} frames ({len(reg.skipped)} skipped), LNCC {a:.3f} -> "
-            f"{b:.3f}, {ms:.0f} ms/frame ({reg.method}"
+    verdicts = ""
+    if reg.qualities:
+        counts = {v: sum(q.verdict == v for q in reg.qualities)
+                  for v in ("ok", "doubtful", "failed")}
+        verdicts = ": " + ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    return (f"{len(reg.results)} frames{verdicts} ({len(reg.skipped)} skipped), LNCC {a:.3f} "
+            f"-> {b:.3f}, {ms:.0f} ms/frame ({reg.method}"
             f"{', temporal' if reg.temporal else ''})")
 
 
@@ -403,6 +541,13 @@ def results_to_table(ctx, reg: SequenceRegistration, name: str = "USRegistration
     if errs:
         cols["error_deg"] = errs["rotation_deg"]
         cols["error_mm"] = errs["translation_mm"]
+    if reg.qualities:  # verdict 0 ok, 1 doubtful, 2 failed; estimated error
+        rank = {"ok": 0, "doubtful": 1, "failed": 2, "skipped": 3}
+        cols["verdict"] = [float(rank[q.verdict]) for q in reg.qualities]
+        cols["estimate_mm"] = [float(q.estimate.get("translation_mm", np.nan))
+                               for q in reg.qualities]
+        cols["estimate_deg"] = [float(q.estimate.get("rotation_deg", np.nan))
+                                for q in reg.qualities]
     for key, values in cols.items():
         arr = vtk.vtkDoubleArray()
         arr.SetName(key)

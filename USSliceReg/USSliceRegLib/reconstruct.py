@@ -4,10 +4,15 @@ As PLUS's ``vtkVolumeReconstructor`` with ``Interpolation="NEAREST_NEIGHBOR"`` a
 ``CompoundingMode="MEAN"``: every (fan) pixel of every frame is mapped to reference mm by
 its ``image_to_reference``, rounded to the nearest voxel of the output grid and averaged
 there. Holes are then filled, a simple stand-in for PLUS's "stick" hole filling: an empty
-voxel that has filled voxels on *both* sides along one of the grid axes within
-``fill_radius`` voxels lies in a gap between frames and gets the linear interpolation of
-the two nearest filled voxels along the shortest such stick; the empty space around the
-sweep stays empty (0).
+voxel that lies on a *stick* along one of the grid axes, i.e. between two filled voxels at
+most ``2 * fill_radius`` voxels apart (a gap between frames of up to ``fill_radius``
+voxels on each side of its middle), gets the linear interpolation of the stick's two ends
+(the shortest such stick over the three axes wins); the empty space around the sweep stays
+empty (0). (Until session 5 each end was searched only ``fill_radius`` voxels away, so a
+gap between ``fill_radius`` and ``2 * fill_radius`` voxels was filled only in a thin sheet
+at its middle: a volume from every other frame of a sweep had data on the acquired planes
+and on the mid-planes only, and frames between them registered onto those sheets; see
+``benchmarks/results/us_quality.md``.)
 
 The grid: ``ijk_to_reference`` (axis-aligned with the reference frame unless given) and
 shape ``(K, J, I)``, either given or the bounding box of the frames' fans plus a margin.
@@ -66,24 +71,25 @@ def _shift(x: torch.Tensor, axis: int, r: int) -> torch.Tensor:
 
 
 def _fill_holes(vol: torch.Tensor, filled: torch.Tensor, radius: int):
-    """Stick filling: an empty voxel with filled voxels on both sides along a grid axis,
-    each within ``radius``, gets the linear interpolation of the two nearest ones (the
-    shortest such stick over the three axes wins)."""
+    """Stick filling: an empty voxel between two filled voxels along a grid axis that are
+    at most ``2 * radius`` voxels apart gets the linear interpolation of those two (the
+    nearest on each side; the shortest such stick over the three axes wins)."""
     out = vol.clone()
     best = torch.full(vol.shape, float("inf"), dtype=vol.dtype, device=vol.device)
+    max_len = 2 * radius
     for axis in range(3):
         ends = []
         for sign in (1, -1):  # +1: the voxel at n - r (before), -1: at n + r (after)
             dist = torch.full(vol.shape, float("inf"), dtype=vol.dtype, device=vol.device)
             val = torch.zeros_like(vol)
-            for r in range(radius, 0, -1):  # nearest last, so it overwrites farther ones
+            for r in range(max_len - 1, 0, -1):  # nearest last: overwrites farther ones
                 f = _shift(filled, axis, sign * r)
                 dist = torch.where(f, torch.full_like(dist, r), dist)
                 val = torch.where(f, _shift(vol, axis, sign * r), val)
             ends.append((dist, val))
         (db, vb), (da, va) = ends
         length = db + da
-        use = (~filled) & torch.isfinite(length) & (length < best)
+        use = (~filled) & (length <= max_len) & (length < best)
         interp = (vb * da + va * db) / torch.where(torch.isfinite(length), length,
                                                      torch.ones_like(length))
         out = torch.where(use, interp, out)

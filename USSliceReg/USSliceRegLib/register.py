@@ -113,6 +113,14 @@ class RegistrationConfig:
     #: True: fan pixels outside the volume keep a residual (no gain from leaving the
     #: volume); False: the residual covers the overlap only.
     penalise_lost_overlap: bool = True
+    #: With ``penalise_lost_overlap``, the windowed-LNCC level's residual of a fan pixel
+    #: off the volume's data is this times the normalised frame pixel. ``sqrt(2)`` makes
+    #: a lost pixel cost what a matched pixel of zero local correlation costs
+    #: (``0.5 |n_f - n_s|^2 ~ 1 - rho``); with 1 it cost as much as a pixel of
+    #: correlation 0.5, so where the volume matches the frame at rho < 0.5 (a volume from
+    #: a sparse sweep, the frame in a gap between acquired planes) tilting the plane out
+    #: of the data lowered the cost (benchmarks/results/us_quality.md).
+    lost_overlap_weight: float = math.sqrt(2.0)
     #: LM stops a level when an accepted step lowers the cost by less than this fraction.
     tol_cost: float = 1e-3
     #: ... the same for the coarser levels (looser values save iterations but cost
@@ -626,7 +634,7 @@ class SliceRegistrar:
                         geo.rows, geo.feat, geo.fan, np.ascontiguousarray(frame),
                         geo.index is None, *geo.grid_shape, level.window, level.rotations,
                         level.max_iter, tol_cost, cfg.tol_step, cfg.lambda_init,
-                        cfg.max_rejections, self._centre_c)
+                        cfg.max_rejections, self._centre_c, cfg.lost_overlap_weight)
                     level_iter = max(level_iter, out[3])
                     if best is None or out[1] < best[1]:
                         best = out
@@ -637,6 +645,58 @@ class SliceRegistrar:
                    f"US registration level {li + 1}/{len(levels)}")
         lncc_final, _ = similarity(corr)
         return corr, history, total_iter, overlap0, lncc_start, lncc_final
+
+    @torch.inference_mode()
+    def local_fit(self, frame, image_to_reference, level: Optional[Level] = None) -> dict:
+        """The finest level's cost at one full-frame pose and its normal equations (for
+        the trust value, :mod:`quality`): ``{"cost", "JtJ" (6, 6), "Jtr" (6,),
+        "points" (fan pixels on the data), "fan_points", "centre" (3,) (reference mm,
+        the rotation centre of the steps: the fan centre)}``; steps ``(omega, v)`` as in
+        the LM (rotation about the fan centre, rad, then translation, mm). Either
+        backend."""
+        level = level or self.config.levels[-1]
+        f = _frames_tensor(frame, self.frame_shape, self._crop).to(self.device)
+        pose = _poses_tensor(image_to_reference, "image_to_reference", 1).to(self.device)
+        pose_c = self._to_cropped(pose).cpu().numpy()
+        fd = _pyramid(f, [level.step])[level.step]
+        centre = (pose_c @ self._centre_c)[:, :3]
+        dense = level.window > 0
+        if self._compiled:
+            geo = self._kernel_geometry(level.step, dense)
+            vol = self._kernel_volumes[(level.sigma_vox, level.data_mask)]
+            fr = fd.reshape(-1).double().cpu().numpy()
+            A = self._ref_to_ijk @ pose_c[0]
+            T = kernels.step_basis(pose_c[0], self._centre_c, centre[0])
+            n_fan = max(1.0, float(geo.fan.sum()))
+            if dense:
+                nf = kernels.local_normalise(fr, geo.fan, *geo.grid_shape, level.window)
+                out = kernels._evaluate_lncc(vol, A, geo.cols, geo.rows, geo.fan, nf,
+                                             n_fan ** -0.5, *geo.grid_shape, level.window,
+                                             self.config.lost_overlap_weight)
+                cost, m = out[0], out[3]
+                JtJ, Jtr = kernels._normal_equations_lncc(*out[1:], geo.feat, T,
+                                                          n_fan ** -0.5, *geo.grid_shape,
+                                                          level.window)
+                points = float(m.sum())
+            else:
+                fs = np.ascontiguousarray(fr[geo.index])
+                nf = (fs - fs.mean()) / np.sqrt(fs.var() + _EPS)
+                cost, G = kernels._evaluate_global(vol, A, geo.cols, geo.rows, geo.feat, nf,
+                                                   (nf ** 2).sum(), 1.0 / n_fan)
+                JtJ, Jtr = kernels._normal_equations_global(G, T, 1.0 / n_fan)
+                points = float(G[10, 10])
+            fan_points = n_fan
+        else:
+            geo = self._level_geometry(level.step, dense)
+            frame_l = self._level_frame(fd, level, geo)
+            cost_b, saved = self._evaluate(level, geo, pose_c, centre, frame_l)
+            JtJ_b, Jtr_b = self._normal_equations(level, geo, saved)
+            cost, JtJ, Jtr = float(cost_b[0]), JtJ_b[0], Jtr_b[0]
+            points = float(saved[2].sum()) if dense else float(saved[0][0, 10, 10])
+            fan_points = float(geo.fan.sum())
+        return {"cost": float(cost), "JtJ": np.asarray(JtJ, dtype=float),
+                "Jtr": np.asarray(Jtr, dtype=float), "points": points,
+                "fan_points": fan_points, "centre": centre[0]}
 
     def _normal_start_corrections(self, corr0: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """The first level's starts ``(S, B, 4, 4)``: ``corr0`` ``(B, 4, 4)`` and the same
@@ -742,6 +802,9 @@ class SliceRegistrar:
             nf = local_normalise(frame.raw.view(B, h, w), m.view(B, h, w),
                                  level.window).view(B, N)
             weight = torch.rsqrt(m.sum(dim=1, keepdim=True).clamp_min(1.0))
+        if frame.raw is None and self.config.lost_overlap_weight != 1.0:
+            # fan pixels off the data (nf is 0 off the fan) keep lost_overlap_weight * nf
+            nf = nf * (1.0 + (self.config.lost_overlap_weight - 1.0) * (1.0 - m))
         r = (nf - ns) * weight  # (B, N)
         cost = 0.5 * (r * r).sum(dim=1)
         return cost.double().cpu().numpy(), (vals, s, m, r, weight, count, mu, d, inv_sd,
