@@ -132,6 +132,8 @@ def run_register(args) -> int:
         save_mesh(MeshData(verts, mesh.faces), args.deformed_mesh)
     for path, s in zip(args.structure or (), result.deformed_structures):
         save_mesh(s, out.with_name(f"{out.stem}_{Path(path).stem}_deformed.vtk"))
+    for note in result.metrics.get("notes", []):
+        print(note, file=sys.stderr)
     summary = {"method": result.method}
     if "p2ilf_task2_rpe_px" in result.metrics:
         # the challenge's own number first, then the project's per-class figures

@@ -96,6 +96,12 @@ def _run_pnp(ctx: dict, progress=None, cancel=None, with_mask: bool = False):
                      cancel=cancel)
     T, timings, history = r.model_to_camera, dict(r.timings), []
     timings["pnp_s"] = time.perf_counter() - t0
+    ctx["pairs"] = r.pairs              # the curve pairs, for the non-rigid landmark term
+    if any(c.label == "Silhouette" for c in ctx["contours2d"]):
+        ctx.setdefault("notes", []).append(
+            "2D Silhouette contours are not used by the contour PnP (they have no 3D "
+            "counterpart; pairing them with the mesh's occluding contour made the P2ILF "
+            "fit worse); give a liver mask for silhouette information (pnp+silhouette)")
     if with_mask:
         # joint refinement: silhouette Dice + reprojection of the matched curves
         v = ctx["mesh"].vertices
@@ -114,7 +120,7 @@ def _run_pnp(ctx: dict, progress=None, cancel=None, with_mask: bool = False):
 #: finest level only for the joint refinement after PnP (already close), faces of the
 #: decimated rendering mesh
 SILHOUETTE_FINE_WIDTH = 128
-SILHOUETTE_ITERATIONS = (40, 12)
+SILHOUETTE_ITERATIONS = (60, 20)
 JOINT_ITERATIONS = 12
 SILHOUETTE_FACES = 600
 
@@ -232,8 +238,8 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
 
         t1 = time.perf_counter()
         d = deform(mesh, camera, result.model_to_camera, mask=mask, contours2d=contours2d,
-                   contours3d=contours3d, progress=sub_progress(progress, 0.9, 1.0),
-                   cancel=cancel)
+                   contours3d=contours3d, pairs=ctx.get("pairs"),
+                   progress=sub_progress(progress, 0.9, 1.0), cancel=cancel)
         result.deformed_vertices = d.vertices
         result.deformation = d
         # the same field moves vessels and tumours (copies; inputs untouched)
@@ -245,6 +251,8 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
     warning = _camera_warning(camera)
     if warning:
         result.metrics["camera_warning"] = warning
+    if ctx.get("notes"):
+        result.metrics["notes"] = list(ctx["notes"])
     result.timings["total_s"] = time.perf_counter() - t0
     report(progress, 1.0, "LiverLaparoReg: done")
     return result
