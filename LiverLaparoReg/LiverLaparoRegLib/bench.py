@@ -248,7 +248,7 @@ def real_rows(reference: bool = True) -> List[dict]:
     mesh, cam_file, c2, c3 = real_p2ilf_case(distortion="keep")
     rows = []
     default_pose = None
-    for label, policy in (("default: K only (the file's distortion folds in the frame)",
+    for label, policy in (("default: K only, the file's distortion folds inside the frame",
                            "auto"), ("file distortion kept", "keep")):
         camera, note = frame_valid_camera(cam_file, policy)
         t = time.perf_counter()

@@ -579,7 +579,8 @@ def _torch_segment_distances(p: "torch.Tensor", q: "torch.Tensor") -> "torch.Ten
 def polish_pose(T, terms, K, dist, power: float = POLISH_POWER, iterations: int = 60):
     """Refine a pose by minimising :func:`polish_energy` (6 parameters: rotation vector
     about the posed curves' centre and a translation) with L-BFGS on exact gradients
-    (torch autograd; OpenCV distortion through ``cameras.distort_normalized``). Each
+    (torch autograd, scipy's L-BFGS-B; OpenCV distortion through
+    ``cameras.distort_normalized``). Each
     pair counts equally, as in the challenge's mean over pairs. Returns ``(pose,
     energy)``; the input pose comes back when nothing improves."""
     import torch  # noqa: PLC0415
@@ -623,26 +624,21 @@ def polish_pose(T, terms, K, dist, power: float = POLISH_POWER, iterations: int 
             total.append(m * ((d / m) ** power).mean() ** (1.0 / power))
         return torch.stack(total).mean()
 
-    x = torch.zeros(6, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-9, tolerance_change=1e-9)
-    state = {"bad": False}
+    from scipy.optimize import minimize  # noqa: PLC0415
 
-    def closure():
-        opt.zero_grad()
+    def value_and_grad(xn):
+        x = torch.as_tensor(xn, dtype=torch.float64).requires_grad_(True)
         e = energy(x)
-        if e is None:
-            state["bad"] = True
-            return torch.tensor(1e9, dtype=torch.float64)
+        if e is None or not bool(torch.isfinite(e)):
+            return 1e9, np.zeros(6)
         e.backward()
-        return e
+        return float(e.detach()), x.grad.numpy().copy()
 
-    try:
-        opt.step(closure)
-    except RuntimeError:
-        return T, e0
+    # scipy's L-BFGS with torch gradients (torch.optim's first import costs seconds)
+    res = minimize(value_and_grad, np.zeros(6), jac=True, method="L-BFGS-B",
+                   options={"maxiter": iterations, "gtol": 1e-9, "ftol": 1e-10})
     with torch.no_grad():
-        R, t = pose(x.detach())
+        R, t = pose(torch.as_tensor(res.x, dtype=torch.float64))
     T_n = np.eye(4)
     T_n[:3, :3] = R.numpy()
     T_n[:3, 3] = t.numpy()
