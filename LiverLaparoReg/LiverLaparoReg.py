@@ -29,7 +29,7 @@ from slicer import (
 
 #: GUI method names: "auto" + ``LiverLaparoRegLib.logic.METHODS`` keys (the learned-methods
 #: issue adds its names here and to the registry).
-METHOD_CHOICES = ["auto", "pnp", "silhouette"]
+METHOD_CHOICES = ["auto", "pnp", "pnp+silhouette", "silhouette"]
 
 
 class LiverLaparoReg(ScriptedLoadableModule):
@@ -47,7 +47,8 @@ class LiverLaparoReg(ScriptedLoadableModule):
             "intrinsics text file with optional distortion), and a liver mask and/or P2ILF "
             "2D + 3D landmark contours (ridge, ligament, silhouette), optionally an initial "
             "pose. Methods: pnp (contours: arc-length correspondences, EPnP + RANSAC, "
-            "refinement) and silhouette (mask Dice refinement of an initial pose). Output: "
+            "refinement), pnp+silhouette (then a joint refinement with the mask) and "
+            "silhouette (mask Dice refinement of an initial pose). Output: "
             "the model_to_camera transform (OpenCV camera: x right, y down, z forward, mm), "
             "an overlay picture and the metrics.")
         self.parent.acknowledgementText = _(
