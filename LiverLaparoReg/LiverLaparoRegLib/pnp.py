@@ -7,13 +7,17 @@ unknown, so all hypotheses are tried (at most ``max_hypotheses``): for each, bot
 are resampled at ``n_per_curve`` points equally spaced in arc length (the 3D curve in 3D,
 the 2D curve in the image), plain EPnP (OpenCV) gives a pose, and the hypothesis with the
 smallest mean curve-to-curve distance (projected 3D curve vs 2D curve, nearest point)
-ranks the hypotheses. For the ``top_k`` best, EPnP + RANSAC (core
-``optimize.epnp_ransac``) is run on the same correspondences, and both poses are refined
-by iterated closest points in the image (3D curve samples re-paired with the nearest 2D
+ranks the hypotheses. For the best one, EPnP + RANSAC (core ``optimize.epnp_ransac``) is
+always run on the same correspondences too (a few ms), and both poses are refined by
+iterated closest points in the image (3D curve samples re-paired with the nearest 2D
 curve samples, reprojection error minimised with ``cv2.solvePnPRefineLM``), which fixes
-the arc-length assumption when a 2D curve shows only part of its 3D curve. The pose with
-the smallest curve distance wins. An optional silhouette refinement follows when a
-mask is given (see :mod:`.silhouette`).
+the arc-length assumption when a 2D curve shows only part of its 3D curve. Unless that
+already fits well, the ``top_k`` best hypotheses also get the sub-curve search below
+(EPnP + RANSAC again on the chosen sub-curves). The pose with the smallest curve distance
+wins and is then polished (:func:`polish_pose`): the mean over pairs of a power mean of
+the point-to-polyline distances in both directions, a smooth stand-in for the P2ILF
+challenge's per-pair Hausdorff distance. The silhouette refinement with a mask is the
+separate method ``pnp+silhouette`` (see :mod:`.silhouette`).
 
 Partial curves (``subcurves=True``): real annotations (P2ILF) often list a 3D curve
 that covers only part of its 2D curve, or the reverse, so end-to-end arc-length pairing
@@ -112,9 +116,12 @@ def register_pnp(vertices: np.ndarray, camera, contours2d: Sequence[Contour2D],
     """Pose from matched landmark curves (see the module docstring).
 
     ``vertices (V, 3)`` model mm; contours already validated (``p2ilf.validate_*``).
-    With ``faces (F, 3)``, 2D ``Silhouette`` contours (which have no 3D counterpart) also
-    take part in the image ICP: each of their samples is paired with the nearest
-    projected occluding-contour point of the mesh at the current pose. A 2D curve that
+    With ``faces (F, 3)`` the 3D curves follow mesh-edge geodesics, and with
+    ``use_silhouette`` (off by default: it made the real P2ILF case worse, see
+    ``docs/laparo.md``) 2D ``Silhouette`` contours (which have no 3D counterpart) also take
+    part in the image ICP: each of their samples is paired with the nearest projected
+    occluding-contour point of the mesh at the current pose. ``polish``: the final
+    :func:`polish_pose` stage. A 2D curve that
     touches the image border is matched one way only (2D -> 3D), as its 3D curve may
     extend outside the frame.
 
