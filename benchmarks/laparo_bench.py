@@ -177,7 +177,8 @@ def markdown(rows, summary, meta) -> str:
             f"{100 * s['share_under_1s']:.0f} % |")
     lines += ["", "Methods: `pnp` = contours only (EPnP + RANSAC + image ICP + curve polish); "
               "`pnp+silhouette` = contours + mask (joint reprojection + soft Dice refinement at "
-              "128 px); `silhouette` / `silhouette K-only` = mask only from the true pose "
+              "128 px; here its steps never lowered the joint loss below the PnP pose's, so "
+              "its rows equal the `pnp` rows: the synthetic contours already fix the pose); `silhouette` / `silhouette K-only` = mask only from the true pose "
               "perturbed by 5-15 deg / 5-15 mm about the liver centre, with the distorted "
               "camera / the same camera without distortion (depth bias = mean signed depth "
               "error of the liver centre, positive = too far); `nonrigid bend ...` = the "
