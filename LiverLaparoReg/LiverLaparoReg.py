@@ -306,8 +306,8 @@ class LiverLaparoRegTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(outputs["overlay"])
         T = nodes.matrix_from_transform_node(outputs["transform"], "result")
         self.assertTrue(np.allclose(T, result.model_to_camera))
-        # with the camera file's distortion the annotations reach beyond the lens model's
-        # fold radius (see benchmarks/results/laparo_bench.md): ~245 px measured
-        self.assertLess(result.metrics["reprojection"]["all"]["hausdorff_px"], 300.0)
+        # the camera file's distortion folds inside the frame, so K only is used; the
+        # challenge's Task 2 RPE is ~62 px (benchmarks/results/laparo_bench.md)
+        self.assertLess(result.metrics["p2ilf_task2_rpe_px"], 80.0)
         self.delayDisplay(f"Test passed: mean class Hausdorff "
                           f"{result.metrics['reprojection']['all']['hausdorff_px']:.1f} px")
