@@ -247,16 +247,20 @@ def test_text_intrinsics_without_size_are_rejected(tmp_path):
 
 
 # ------------------------------------------------------------------ 6. non-rigid
-def test_bend_is_near_isometric_and_nonrigid_lowers_vertex_error_in_plane(liver):
-    """SYNTHETIC: the liver bent by 30 deg within the image plane; the non-rigid step at
-    the true rigid pose, with the mask and paired landmark curves, lowers the mean 3D
-    vertex error to the bent shape."""
+@pytest.mark.parametrize("kind", ["in-plane", "out-of-plane"])
+def test_bend_is_near_isometric_and_nonrigid_lowers_vertex_error(liver, kind):
+    """SYNTHETIC: the liver bent by 30 deg within the image plane (or along the viewing
+    direction); the non-rigid step at the true rigid pose, with the mask and paired
+    landmark curves, lowers the mean 3D vertex error to the bent shape (by 10 % in the
+    image plane; along the viewing direction, which one frame barely shows, it must at
+    least not raise it)."""
     v = liver.vertices
     c = v.mean(0)
     axis = np.linalg.eigh(np.cov((v - c).T))[1][:, -1]
     T = random_pose(v, np.random.default_rng(3))
     view = T[:3, :3].T @ np.array([0.0, 0.0, 1.0])
-    bent = nonrigid.bend(v, axis, np.cross(axis, view), 30.0)
+    direction = np.cross(axis, view) if kind == "in-plane" else view
+    bent = nonrigid.bend(v, axis, direction, 30.0)
     # pure bending keeps lengths along the mid-surface: edge lengths change little
     e = liver.faces[:, :2]
     ratio = np.linalg.norm(bent[e[:, 0]] - bent[e[:, 1]], axis=1) / \
@@ -268,4 +272,4 @@ def test_bend_is_near_isometric_and_nonrigid_lowers_vertex_error_in_plane(liver)
                         contours3d=case.contours3d)
     before = np.linalg.norm(v - bent, axis=1).mean()
     after = np.linalg.norm(d.vertices - bent, axis=1).mean()
-    assert after < 0.9 * before
+    assert after < (0.9 if kind == "in-plane" else 1.0) * before
