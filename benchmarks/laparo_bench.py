@@ -38,7 +38,7 @@ loss scanned along the camera z axis, and the areas that could bias it.
 | mask pyramid (area average of the full-resolution hard mask) | 3262.8 px = full-resolution area / 25 exactly | none |
 | pixel-centre convention (hard render at 128 px vs the averaged mask) | 3268 vs 3262.8 px (0.16 %) | ~0.4 mm |
 | decimated mesh (600 vs 8000 faces, hard area at 128 px) | 3258 vs 3268 px (0.3 %) | ~0.7 mm, either sign |
-| **soft silhouette wider than the hard one** (old band renderer: sum of S at the true pose) | **3309 vs 3268 px (+1.3 %)** | **loss optimum +2 to +4 mm at this pose; refinements ended +6.4 mm on average (8 of 8 too far)** |
+| **soft silhouette wider than the hard one** (old band renderer: sum of S at the true pose) | **3309 vs 3268 px (+1.3 %)** | **loss optimum +1.7 (600 faces) to +2.3 mm (full mesh) at this pose, now -0.9 / +1.0 mm; refinements from 5-15 deg / mm ended +6.4 mm on average (8 of 8 too far), now -0.1 mm** |
 
 Cause: inside the silhouette the band renderer used the pixel-centre distance transform
 as the distance to the outline. For the first row of pixels inside, that is >= 1 px where

@@ -40,7 +40,7 @@ def _centre_depth_error(T_est, T_true, centre):
 def test_soft_dice_optimum_along_depth_is_at_the_true_depth(liver, cam):
     """Loss of the rendered (decimated, 128 px) soft silhouette against the area-averaged
     full-resolution mask, scanned along the camera z axis: the parabola through the
-    minimum lies within 1 mm of the true depth (the old band renderer put it ~2-4 mm
+    minimum lies within 1 mm of the true depth (the old band renderer put it ~2 mm
     too far at this setting, and refinements ended 6 mm too far on average)."""
     T = random_pose(liver.vertices, np.random.default_rng(1))
     target = downsample_mask(raster.render_mask(liver.vertices, liver.faces, T, cam)[0],
