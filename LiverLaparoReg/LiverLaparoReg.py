@@ -30,7 +30,7 @@ from slicer import (
 
 #: GUI method names: "auto" + ``LiverLaparoRegLib.logic.METHODS`` keys (the learned-methods
 #: issue adds its names here and to the registry).
-METHOD_CHOICES = ["auto", "pnp", "silhouette"]
+METHOD_CHOICES = ["auto", "pnp", "pnp+silhouette", "silhouette"]
 
 
 class LiverLaparoReg(ScriptedLoadableModule):
@@ -48,7 +48,8 @@ class LiverLaparoReg(ScriptedLoadableModule):
             "intrinsics text file with optional distortion), and a liver mask and/or P2ILF "
             "2D + 3D landmark contours (ridge, ligament, silhouette), optionally an initial "
             "pose. Methods: pnp (contours: arc-length correspondences, EPnP + RANSAC, "
-            "refinement) and silhouette (mask Dice refinement of an initial pose). Output: "
+            "refinement), pnp+silhouette (then a joint refinement with the mask) and "
+            "silhouette (mask Dice refinement of an initial pose). Output: "
             "the model_to_camera transform (OpenCV camera: x right, y down, z forward, mm), "
             "an overlay picture and the metrics.")
         self.parent.acknowledgementText = _(
@@ -552,9 +553,9 @@ class LiverLaparoRegTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(outputs["overlay"])
         T = nodes.matrix_from_transform_node(outputs["transform"], "result")
         self.assertTrue(np.allclose(T, result.model_to_camera))
-        # with the camera file's distortion the annotations reach beyond the lens model's
-        # fold radius (see benchmarks/results/laparo_bench.md): ~245 px measured
-        self.assertLess(result.metrics["reprojection"]["all"]["hausdorff_px"], 300.0)
+        # the camera file's distortion folds inside the frame, so K only is used; the
+        # challenge's Task 2 RPE is ~62 px (benchmarks/results/laparo_bench.md)
+        self.assertLess(result.metrics["p2ilf_task2_rpe_px"], 80.0)
         self.delayDisplay("Building the AR view and the frustum")
         LiverLaparoRegLogic().showViews(result, outputs["camera"], frame, [modelNode])
         from LiverLaparoRegLib.arview import ras_to_camera

@@ -9,7 +9,17 @@ This module only adds what the LiverLaparoReg inputs need:
 - :func:`as_camera`: accept a ``PinholeCamera`` or its ``to_dict()`` dictionary;
 - :func:`check_image_size`: the frame and the camera must have the same size;
 - :func:`without_distortion`: the same intrinsics with no distortion (how the P2ILF
-  challenge's evaluation code projects: ``K`` only).
+  challenge's evaluation code projects: ``K`` only);
+- :func:`frame_valid_camera`: a distortion model that folds over inside the frame
+  (``SurgicalReg2D3DLib.cameras.distortion_fold_check``: the distorted radius stops
+  growing before the frame corners, so parts of the frame have no ray and points far
+  outside the view project back into it) is replaced by ``K`` only, with a note saying
+  so. :func:`load_camera` applies it by default (``distortion="auto"``).
+
+Why ``K`` only rather than a refit: the radial polynomial is only known to be right
+inside its valid radius, the frame corners beyond the fold have no trustworthy model at
+all, and the P2ILF challenge's own evaluation projects with ``K`` only; on the shipped
+P2ILF case ``K`` only fits the annotations far better (``benchmarks/results/laparo_bench.md``).
 
 About the shipped SciKit-Surgery intrinsics (``liver_sksurgery/liver/calib.left.intrinsics.txt``):
 ``fx = 1892``, ``fy = 945`` (about ``fx / 2``) and ``cy = 327``: the calibration was made
@@ -23,9 +33,9 @@ no pose).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
-from SurgicalReg2D3DLib.cameras import PinholeCamera
+from SurgicalReg2D3DLib.cameras import PinholeCamera, distortion_fold_check
 from SurgicalReg2D3DLib.errors import FileReadError, GeometryError, InputError
 
 PathLike = Union[str, Path]
@@ -34,14 +44,56 @@ PathLike = Union[str, Path]
 SKSURGERY_SIZE = (1920, 540)
 
 
+#: ``distortion`` choices of :func:`load_camera` / :func:`frame_valid_camera`
+DISTORTION_CHOICES = ("auto", "keep", "none")
+
+
+def frame_valid_camera(camera: PinholeCamera, distortion: str = "auto"
+                       ) -> Tuple[PinholeCamera, Optional[str]]:
+    """``(camera to use, note or None)``.
+
+    ``distortion``: ``"auto"`` keeps the distortion when it is valid over the whole
+    frame and otherwise drops it (``K`` only) with a note; ``"keep"`` keeps it (with a
+    note when it folds inside the frame); ``"none"`` drops it."""
+    if distortion not in DISTORTION_CHOICES:
+        raise InputError(f"camera distortion: expected one of {', '.join(DISTORTION_CHOICES)}, "
+                         f"got {distortion!r}")
+    if distortion == "none":
+        return without_distortion(camera), None
+    if not camera.has_distortion:
+        return camera, None
+    chk = distortion_fold_check(camera)
+    if chk["valid"]:
+        return camera, None
+    what = (f"camera: the lens distortion folds over inside the {camera.width}x{camera.height} "
+            f"frame (the distorted radius stops growing at normalised radius "
+            f"{chk['fold_radius']:.3f}, so nothing projects farther than "
+            f"{chk['max_reach_px']:.0f} px from the principal point, while the frame corners "
+            f"lie at normalised radius up to {chk['corner_radius']:.3f})")
+    if distortion == "keep":
+        return camera, what + "; kept as asked: poses needing points beyond the fold are unreliable"
+    return without_distortion(camera), what + "; using K only (no distortion) over the whole frame"
+
+
 def load_camera(path: PathLike, width: Optional[int] = None, height: Optional[int] = None,
-                distortion_path: Optional[PathLike] = None) -> PinholeCamera:
+                distortion_path: Optional[PathLike] = None, distortion: str = "auto",
+                notes: Optional[List[str]] = None) -> PinholeCamera:
     """A camera from a P2ILF camera JSON (``.json``) or a 3x3 intrinsics text file.
 
     Text files carry no image size: ``width`` and ``height`` are then required (the CLI
-    takes them from the frame). Raises ``FileReadError`` / ``GeometryError`` whose message
-    starts with ``camera``.
+    takes them from the frame or ``--image-size``). ``distortion``: see
+    :func:`frame_valid_camera` (default ``"auto"``: a model that folds over inside the
+    frame is replaced by ``K`` only); its note, if any, is appended to ``notes``.
+    Raises ``FileReadError`` / ``GeometryError`` whose message starts with ``camera``.
     """
+    camera = _load_camera(path, width, height, distortion_path)
+    camera, note = frame_valid_camera(camera, distortion)
+    if note and notes is not None:
+        notes.append(note)
+    return camera
+
+
+def _load_camera(path, width, height, distortion_path) -> PinholeCamera:
     if path is None:
         raise GeometryError("camera: intrinsics are missing (no camera file given)")
     path = Path(path)
@@ -54,7 +106,7 @@ def load_camera(path: PathLike, width: Optional[int] = None, height: Optional[in
             raise GeometryError(f"camera: invalid intrinsics in {path}: {exc}") from None
     if width is None or height is None:
         raise GeometryError(f"camera: the intrinsics text file {path} has no image size; "
-                            f"give width and height (or an image)")
+                            f"give width and height (--image-size W H, or an image)")
     try:
         return PinholeCamera.from_opencv_text(path, distortion_path, width=int(width),
                                               height=int(height))

@@ -1,9 +1,17 @@
 """``surgreg laparo ...`` command line (registered by ``SurgicalReg2D3DLib.cli``).
 
-``surgreg laparo register --mesh MESH --image IMG --camera CAM [--distortion D.txt]
-[--mask MASK] [--contours2d C2.json --contours3d C3.json] [--init INIT.json]
-[--method pnp|silhouette] [--nonrigid] [--deformed-mesh OUT.vtk] [--ground-truth GT]
-[--structure VESSELS.vtk ...] [--no-distortion] --out OUT.json``
+``surgreg laparo register --mesh MESH (--image IMG | --image-size W H) --camera CAM
+[--distortion D.txt] [--mask MASK] [--contours2d C2.json --contours3d C3.json]
+[--init INIT.json] [--method pnp|pnp+silhouette|silhouette] [--nonrigid]
+[--deformed-mesh OUT.vtk] [--ground-truth GT] [--structure VESSELS.vtk ...]
+[--lens-model auto|keep|none] [--no-distortion] --out OUT.json``
+
+The frame is used for its size only: ``--image-size W H`` (or a mask, or a P2ILF camera
+JSON, which holds the size) can stand in for it. ``--lens-model`` (default ``auto``): a
+distortion model that folds over inside the frame is replaced by ``K`` only, with a note
+on stderr (``camera.frame_valid_camera``); ``keep`` keeps it, ``none`` (= the older
+``--no-distortion``) always drops it. The printed JSON holds the challenge's own score
+``p2ilf_task2_rpe_px`` (``metrics.challenge_rpe``) beside the project's per-class ones.
 
 ``--structure`` (repeatable): vessels / tumours in the mesh's frame; with ``--nonrigid``
 each is deformed by the liver's deformation and written next to ``OUT.json`` as
@@ -92,7 +100,9 @@ def output_paths(args) -> list:
 
 
 def run_register(args) -> int:
-    from .camera import load_camera, without_distortion  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from .camera import load_camera  # noqa: PLC0415
     from .logic import register  # noqa: PLC0415
     from .mesh import MeshData, load_mesh, save_mesh  # noqa: PLC0415
     from .metrics import project_contours_3d  # noqa: PLC0415
@@ -113,14 +123,32 @@ def run_register(args) -> int:
                              f"{', '.join(sorted(_WRITERS))})")
     mesh = load_mesh(args.mesh, "mesh")
     structures = [load_mesh(p, f"structure {Path(p).name}") for p in args.structure or ()]
-    image = read_image(args.image, "image")
-    camera = load_camera(args.camera, width=image.shape[1], height=image.shape[0],
-                         distortion_path=args.distortion)
-    if args.no_distortion:
-        camera = without_distortion(camera)
+    image = read_image(args.image, "image") if args.image else None
     mask = None
     if args.mask:
         mask = mask_from_image(read_image(args.mask, "mask"), "mask")
+    if args.image_size is not None:
+        w, h = args.image_size
+        if w <= 0 or h <= 0:
+            raise InputError(f"image size: width and height must be positive, got {w} x {h}")
+        if image is not None and image.shape[:2] != (h, w):
+            raise InputError(f"image size: --image-size {w} {h} does not match the image "
+                             f"({image.shape[1]} x {image.shape[0]})")
+    elif image is not None:
+        w, h = image.shape[1], image.shape[0]
+    elif mask is not None:
+        w, h = mask.shape[1], mask.shape[0]
+    else:
+        w = h = None            # a P2ILF camera JSON holds the size
+    notes = []
+    policy = "none" if args.no_distortion else args.lens_model
+    camera = load_camera(args.camera, width=w, height=h, distortion_path=args.distortion,
+                         distortion=policy, notes=notes)
+    if w is not None and (camera.width, camera.height) != (w, h):
+        raise InputError(f"image size: the frame is {w} x {h} but the camera is "
+                         f"{camera.width} x {camera.height}")
+    for note in notes:
+        print(note, file=sys.stderr)
     if (args.contours2d is None) != (args.contours3d is None):
         raise InputError("contours: give both --contours2d and --contours3d")
     c2 = read_contours_2d(args.contours2d) if args.contours2d else None
@@ -151,8 +179,16 @@ def run_register(args) -> int:
         for path, s in zip(args.structure or (), result.deformed_structures):
             outs.write(out.with_name(f"{out.stem}_{Path(path).stem}_deformed.vtk"),
                        lambda tmp, s=s: save_mesh(s, tmp))
-    print(json.dumps({"method": result.method, "metrics": result.metrics,
-                      "total_s": round(result.timings.get("total_s", 0.0), 3)}))
+    for note in result.metrics.get("notes", []):
+        print(note, file=sys.stderr)
+    summary = {"method": result.method}
+    if "p2ilf_task2_rpe_px" in result.metrics:
+        # the challenge's own number first, then the project's per-class figures
+        summary["p2ilf_task2_rpe_px"] = result.metrics["p2ilf_task2_rpe_px"]
+        summary["project_reprojection_hausdorff_px_per_class"] = {
+            k: v["hausdorff_px"] for k, v in result.metrics["reprojection"].items()}
+    print(json.dumps(dict(summary, metrics=result.metrics,
+                          total_s=round(result.timings.get("total_s", 0.0), 3))))
     return 0
 
 
@@ -171,7 +207,10 @@ def register_cli(subparsers) -> None:
     sub = p.add_subparsers(dest="laparo_command", required=True)
     r = sub.add_parser("register", help="register a liver mesh to a frame")
     r.add_argument("--mesh", required=True, help="liver mesh (.obj .ply .vtk .vtp .stl), mm")
-    r.add_argument("--image", required=True, help="frame (PNG/JPG/BMP)")
+    r.add_argument("--image", default=None,
+                   help="frame (PNG/JPG/BMP); only its size is used (or give --image-size)")
+    r.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                   help="frame size in pixels, instead of --image")
     r.add_argument("--camera", required=True,
                    help="P2ILF camera JSON or a 3x3 intrinsics text file")
     r.add_argument("--distortion", default=None, help="distortion text file (with a 3x3 file)")
@@ -182,15 +221,20 @@ def register_cli(subparsers) -> None:
     r.add_argument("--contours3d", default=None, help="P2ILF 3D contour JSON")
     r.add_argument("--init", default=None, help='{"model_to_camera": 4x4} JSON')
     r.add_argument("--method", default=None, choices=None,
-                   help="pnp | silhouette (default: chosen from the inputs)")
+                   help="pnp | pnp+silhouette | silhouette (default: chosen from the inputs: "
+                        "contours + mask -> pnp+silhouette, contours -> pnp, mask + init -> "
+                        "silhouette)")
     r.add_argument("--nonrigid", action="store_true", help="non-rigid refinement")
     r.add_argument("--deformed-mesh", default=None, help="write the deformed mesh here")
     r.add_argument("--ground-truth", default=None, help="ground-truth pose JSON for metrics")
     r.add_argument("--structure", action="append", default=None,
                    help="vessels / tumours mesh in the liver mesh's frame (repeatable); "
                         "deformed with the liver when --nonrigid")
+    r.add_argument("--lens-model", choices=("auto", "keep", "none"), default="auto",
+                   help="auto: use the camera's distortion unless it folds over inside the "
+                        "frame, then K only (with a note); keep: always use it; none: K only")
     r.add_argument("--no-distortion", action="store_true",
-                   help="ignore the camera's distortion (project with K only)")
+                   help="same as --lens-model none (project with K only)")
     r.add_argument("--out", required=True, help="output JSON")
     r.set_defaults(func=run_register)
     b = sub.add_parser("bench", help="accuracy and timing on synthetic and shipped cases")

@@ -7,12 +7,14 @@ the file; masks ``(H, W)`` non-zero = liver.
 
 Methods (registry :data:`METHODS`, name -> function; learned methods can be added here):
 
-- ``pnp``: landmark curves -> EPnP + RANSAC + image ICP (:mod:`.pnp`), then silhouette
-  refinement when a mask is given;
+- ``pnp``: landmark curves -> EPnP + RANSAC + image ICP (:mod:`.pnp`); 2D ``Silhouette``
+  contours take part through the mesh's occluding contour (the mesh faces are passed);
+- ``pnp+silhouette``: ``pnp``, then the joint refinement of the curve reprojection and
+  the silhouette soft Dice against the liver mask (needs a mask);
 - ``silhouette``: mask-only refinement from an initial pose (:mod:`.silhouette`).
 
 Without ``method`` the best the inputs allow is chosen (:func:`choose_method`): contours
--> ``pnp``; mask + initial pose -> ``silhouette``.
++ mask -> ``pnp+silhouette``; contours -> ``pnp``; mask + initial pose -> ``silhouette``.
 """
 
 from __future__ import annotations
@@ -94,27 +96,37 @@ def check_mesh_in_view(vertices, model_to_camera, camera, name: str,
 def choose_method(has_contours: bool, has_mask: bool, has_init: bool) -> str:
     """The best method the inputs allow (see the module docstring)."""
     if has_contours:
-        return "pnp"
+        return "pnp+silhouette" if has_mask else "pnp"
     if has_mask and has_init:
         return "silhouette"
     raise InputError("inputs: registration needs 2D + 3D contours, or a liver mask and an "
                      "initial pose")
 
 
-def _run_pnp(ctx: dict, progress=None, cancel=None):
+def _run_pnp(ctx: dict, progress=None, cancel=None, with_mask: bool = False):
     from .pnp import register_pnp  # noqa: PLC0415
 
+    name = "pnp+silhouette" if with_mask else "pnp"
     if not ctx["contours2d"] or not ctx["contours3d"]:
-        raise InputError("contours: method 'pnp' needs 2D and 3D contours")
+        raise InputError(f"contours: method '{name}' needs 2D and 3D contours")
+    if with_mask and ctx["mask"] is None:
+        raise InputError("mask: method 'pnp+silhouette' needs a liver mask")
     from .metrics import densify_polyline  # noqa: PLC0415
 
     t0 = time.perf_counter()
     r = register_pnp(ctx["mesh"].vertices, ctx["camera"], ctx["contours2d"], ctx["contours3d"],
-                     progress=sub_progress(progress, 0.0, 0.5 if ctx["mask"] is not None else 1.0),
+                     faces=ctx["mesh"].faces,
+                     progress=sub_progress(progress, 0.0, 0.5 if with_mask else 1.0),
                      cancel=cancel)
     T, timings, history = r.model_to_camera, dict(r.timings), []
     timings["pnp_s"] = time.perf_counter() - t0
-    if ctx["mask"] is not None:
+    ctx["pairs"] = r.pairs              # the curve pairs, for the non-rigid landmark term
+    if any(c.label == "Silhouette" for c in ctx["contours2d"]):
+        ctx.setdefault("notes", []).append(
+            "2D Silhouette contours are not used by the contour PnP (they have no 3D "
+            "counterpart; pairing them with the mesh's occluding contour made the P2ILF "
+            "fit worse); give a liver mask for silhouette information (pnp+silhouette)")
+    if with_mask:
         # joint refinement: silhouette Dice + reprojection of the matched curves
         v = ctx["mesh"].vertices
         step = max(0.25, float(np.ptp(v, axis=0).max()) / 400.0)
@@ -132,7 +144,7 @@ def _run_pnp(ctx: dict, progress=None, cancel=None):
 #: finest level only for the joint refinement after PnP (already close), faces of the
 #: decimated rendering mesh
 SILHOUETTE_FINE_WIDTH = 128
-SILHOUETTE_ITERATIONS = (40, 12)
+SILHOUETTE_ITERATIONS = (60, 20)
 JOINT_ITERATIONS = 12
 SILHOUETTE_FACES = 600
 
@@ -176,7 +188,11 @@ def _run_silhouette(ctx: dict, progress=None, cancel=None, contours=None):
 
 
 #: method name -> function(ctx dict, progress, cancel) -> (model_to_camera, timings, history)
-METHODS: Dict[str, Callable] = {"pnp": _run_pnp, "silhouette": _run_silhouette}
+METHODS: Dict[str, Callable] = {
+    "pnp": _run_pnp,
+    "pnp+silhouette": lambda ctx, progress=None, cancel=None: _run_pnp(ctx, progress, cancel,
+                                                                       with_mask=True),
+    "silhouette": _run_silhouette}
 
 
 def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
@@ -256,8 +272,8 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
 
         t1 = time.perf_counter()
         d = deform(mesh, camera, result.model_to_camera, mask=mask, contours2d=contours2d,
-                   contours3d=contours3d, progress=sub_progress(progress, 0.9, 1.0),
-                   cancel=cancel)
+                   contours3d=contours3d, pairs=ctx.get("pairs"),
+                   progress=sub_progress(progress, 0.9, 1.0), cancel=cancel)
         result.deformed_vertices = d.vertices
         result.deformation = d
         # the same field moves vessels and tumours (copies; inputs untouched)
@@ -266,9 +282,23 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
         result.timings["nonrigid_s"] = time.perf_counter() - t1
     result.metrics = evaluate(mesh, camera, result.model_to_camera, mask, contours2d,
                               contours3d, ground_truth, result.deformed_vertices)
+    warning = _camera_warning(camera)
+    if warning:
+        result.metrics["camera_warning"] = warning
+    if ctx.get("notes"):
+        result.metrics["notes"] = list(ctx["notes"])
     result.timings["total_s"] = time.perf_counter() - t0
     report(progress, 1.0, "LiverLaparoReg: done")
     return result
+
+
+def _camera_warning(camera) -> Optional[str]:
+    """A note when the camera's distortion folds over inside its frame (see
+    ``camera.frame_valid_camera``; :func:`.camera.load_camera` already replaces such a
+    model by ``K`` only unless asked to keep it)."""
+    from .camera import frame_valid_camera  # noqa: PLC0415
+
+    return frame_valid_camera(camera, "keep")[1]
 
 
 def evaluate(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None,
@@ -281,6 +311,10 @@ def evaluate(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None
     if contours2d and contours3d:
         out["reprojection"] = lmetrics.reprojection_errors(contours2d, contours3d, verts,
                                                            model_to_camera, camera)
+        # the challenge's own number (K-only projection, per pair, see metrics.challenge_rpe)
+        rpe = lmetrics.challenge_rpe(contours2d, contours3d, verts, model_to_camera, camera)
+        out["p2ilf_task2_rpe_px"] = rpe["rpe_px"]
+        out["p2ilf_task2_rpe"] = rpe
     if mask is not None:
         scale = max(1.0, camera.width / 480.0)      # evaluate at <= 480 px wide
         cam = camera.scaled(scale) if scale > 1 else camera

@@ -150,10 +150,12 @@ def read_contours_3d(path: PathLike, n_vertices: int, name: str = "3D contours")
 
 
 def contours_2d_to_json(contours: Sequence[Contour2D]) -> dict:
+    """The P2ILF 2D contour schema: image points are integers (pixel coordinates
+    truncated towards zero, as the challenge's own code does with ``int()``)."""
     return {"numOfContours": len(contours),
             "contour": [{"contourType": c.label,
-                         "imagePoints": {"x": [float(v) for v in c.points[:, 0]],
-                                         "y": [float(v) for v in c.points[:, 1]]}}
+                         "imagePoints": {"x": [int(v) for v in c.points[:, 0]],
+                                         "y": [int(v) for v in c.points[:, 1]]}}
                         for c in contours]}
 
 

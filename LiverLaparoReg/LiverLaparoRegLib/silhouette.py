@@ -70,7 +70,7 @@ def soft_dice_loss(s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
                       factors: Sequence[float] = (8.0, 4.0), iterations: Sequence[int] = (60, 40),
                       sigma_px: float = 1.0, lr_rad: float = 0.01, lr_mm: float = 1.0,
-                      patience: int = 8, min_delta: float = 1e-4, contours=None,
+                      patience: int = 8, min_delta: float = 2e-5, contours=None,
                       contour_weight: float = 10.0,
                       progress=None, cancel=None) -> SilhouetteResult:
     """Refine ``model_to_camera_init`` so the rendered silhouette matches ``mask (H, W)``.

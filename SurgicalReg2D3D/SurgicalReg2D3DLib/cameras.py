@@ -53,6 +53,8 @@ __all__ = [
     "XRayCamera",
     "distort_normalized",
     "undistort_normalized",
+    "radial_fold_radius",
+    "distortion_fold_check",
 ]
 
 # Number of OpenCV distortion coefficients supported, and their names in OpenCV order.
@@ -328,6 +330,55 @@ def undistort_normalized(xy_distorted: torch.Tensor, dist: Sequence[float],
     if bool(valid.all()):
         return xy
     return torch.where(valid[..., None], xy, torch.full_like(xy, float("nan")))
+
+
+def _radial_distorted_radius(r: np.ndarray, dist: Sequence[float]) -> np.ndarray:
+    """``r_d(r) = r * radial(r^2)`` of the OpenCV model (radial part, rational included)."""
+    k1, k2, _, _, k3, k4, k5, k6 = _full_coefficients(dist)[:8]
+    r2 = r * r
+    return r * (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+
+
+def radial_fold_radius(dist: Sequence[float], r_max: float = 4.0) -> float:
+    """Smallest undistorted normalised radius ``r = |(X, Y)| / Z`` at which the radial
+    distortion folds over, i.e. ``d r_d / d r <= 0`` with ``r_d = r * radial(r^2)``
+    (OpenCV order ``k1, k2, p1, p2, k3[, k4, k5, k6]``; tangential / thin-prism terms are
+    ignored). ``inf`` when the map keeps increasing up to ``r_max``. Beyond the fold,
+    points farther out project back towards the centre: the model is not invertible
+    there."""
+    if len(dist) == 0 or not any(dist):
+        return float("inf")
+    r = np.linspace(0.0, float(r_max), 40001)
+    rd = _radial_distorted_radius(r, dist)
+    bad = np.nonzero((np.diff(rd) <= 0) | ~np.isfinite(rd[1:]))[0]
+    return float(r[bad[0]]) if bad.size else float("inf")
+
+
+def distortion_fold_check(camera: "PinholeCamera") -> dict:
+    """Whether a pinhole camera's distortion is valid over its whole frame.
+
+    Returns ``{"fold_radius", "max_distorted_radius", "max_reach_px", "corner_radius",
+    "valid"}``: the fold radius (:func:`radial_fold_radius`, undistorted normalised),
+    the largest distorted normalised radius the model can reach (at the fold), that
+    reach in pixels (``max_distorted_radius * min(fx, fy)``), the distorted normalised
+    radius of the frame corner farthest from the principal point (outer pixel corners
+    ``(-0.5, -0.5)`` ... ``(W - 0.5, H - 0.5)``) and ``valid`` = the model reaches
+    every corner (``corner_radius < max_distorted_radius``), i.e. every pixel of the
+    frame has an undistorted ray. A camera without distortion is always valid.
+    """
+    us = (-0.5, camera.width - 0.5)
+    vs = (-0.5, camera.height - 0.5)
+    corner = max(math.hypot((u - camera.cx - camera.skew * (v - camera.cy) / camera.fy)
+                            / camera.fx, (v - camera.cy) / camera.fy)
+                 for u in us for v in vs)
+    r_fold = radial_fold_radius(camera.dist)
+    if math.isfinite(r_fold):
+        reach = float(_radial_distorted_radius(np.array([r_fold]), camera.dist)[0])
+    else:
+        reach = float("inf")
+    return {"fold_radius": r_fold, "max_distorted_radius": reach,
+            "max_reach_px": reach * min(camera.fx, camera.fy), "corner_radius": corner,
+            "valid": bool(corner < reach)}
 
 
 # --------------------------------------------------------------------------------------

@@ -100,9 +100,10 @@ def test_logic_bad_inputs(small_case):
 
 
 def test_method_choice():
-    assert choose_method(True, True, False) == "pnp"
+    assert choose_method(True, True, False) == "pnp+silhouette"
+    assert choose_method(True, False, False) == "pnp"
     assert choose_method(False, True, True) == "silhouette"
-    assert set(METHODS) >= {"pnp", "silhouette"}
+    assert set(METHODS) >= {"pnp", "pnp+silhouette", "silhouette"}
 
 
 def test_cli_silhouette_nonrigid_with_init_and_mask(tmp_path, sample_data):

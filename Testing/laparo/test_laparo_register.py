@@ -105,7 +105,8 @@ def test_band_silhouette_matches_full_soft_silhouette_outside_and_has_no_seams(p
     for axis in (0, 1):                  # erode by 3 px: pixels well inside the liver
         for s in (-3, -2, -1, 1, 2, 3):
             inner &= np.roll(hard, s, axis=axis)
-    assert band[inner].min() > 0.94     # >= sigmoid(2 px / 0.7): distance to the outline
+    # distance to the outline edge's line (>= ~1.6 px here, 3 px along the axes)
+    assert band[inner].min() > 0.9
     assert full[inner].min() < 0.9      # the seams the band renderer removes
 
 
