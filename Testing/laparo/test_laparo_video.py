@@ -115,3 +115,11 @@ def test_video_registered_frame_by_frame_into_a_synchronised_transform_sequence(
         np.testing.assert_allclose(stored, reg.poses[t], atol=1e-9)
     js = reg.to_json()
     assert js["skipped"] == [{"index": 2, "reason": "no liver mask for this frame"}]
+
+    # 2. The real silhouette method follows the drifting camera: each registered frame ends
+    #    nearer its truth than its start (the last good pose) was.
+    reg, _ = register_video_nodes(ctx, model_node, cam, image_seq, mask_seq, init)
+    for t, prev in ((1, 0), (3, 1)):
+        before = pose_errors(reg.poses[prev], poses[t], centre)["rotation_deg"]
+        after = pose_errors(reg.poses[t], poses[t], centre)["rotation_deg"]
+        assert after < 0.8 * before, (t, before, after)
