@@ -46,8 +46,14 @@ def cmd_register(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"\r[{100 * fraction:5.1f}%] {message:60s}", end="", flush=True)
 
+    options = None
+    if args.method.startswith("deep"):
+        options = {"model": args.model, "force": args.force}
+    elif args.model:
+        raise InputError(f"--model: only for --method deep / deep+lncc, not {args.method}")
     reg = register_tracked(volume, seq, chain, method=args.method, init=init,
-                           temporal=args.temporal, frames=frames, progress=progress)
+                           temporal=args.temporal, frames=frames, progress=progress,
+                           method_options=options)
     if not args.quiet:
         print()
     for i, why in reg.skipped:
@@ -105,6 +111,10 @@ def register_cli(subparsers) -> None:
                        help="start each frame from the previous correction (default without --init)")
     group.add_argument("--no-temporal", dest="temporal", action="store_false",
                        help="each frame starts from its own pose (default with --init)")
+    reg.add_argument("--model", help="deep / deep+lncc: DeepRS2V model file (default: the "
+                     "bundled model trained for this volume)")
+    reg.add_argument("--force", action="store_true",
+                     help="use a model trained for another volume")
     reg.add_argument("--frames", help="comma-separated frame numbers (default all usable)")
     reg.add_argument("--out", required=True, help="OUT.json")
     reg.add_argument("--quiet", action="store_true")
@@ -128,3 +138,7 @@ def register_cli(subparsers) -> None:
                             "(lncc: the default, compiled kernels on a CPU)")
     bench.add_argument("--out-dir", default="us-bench")
     bench.set_defaults(func=cmd_bench)
+
+    from .learned.cli_train import add_train_parser  # noqa: PLC0415  (DeepRS2V training)
+
+    add_train_parser(sub)

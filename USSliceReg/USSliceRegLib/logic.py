@@ -56,6 +56,8 @@ class SequenceRegistration:
                 "similarity": float(r.lncc),
                 "similarity_start": float(r.lncc_start),
             })
+            if getattr(r, "quality", None) is not None:  # the learned methods set it
+                frames[-1]["quality"] = r.quality.to_dict()
         return {"method": self.method, "temporal": self.temporal, "frames": frames,
                 "skipped": [{"index": int(i), "reason": why} for i, why in self.skipped],
                 "similarity_metric": "masked LNCC (window 7 px at 1/8 resolution)"}
@@ -147,13 +149,14 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
                      temporal: Optional[bool] = None, frames: Optional[Sequence[int]] = None,
                      config: Optional[RegistrationConfig] = None, fan=None,
                      volume_mask=None, device=None, progress=None,
-                     cancel=None) -> SequenceRegistration:
+                     cancel=None, method_options: Optional[dict] = None) -> SequenceRegistration:
     """Register the usable frames of a tracked sweep to ``volume``.
 
     Starts: ``init[i]`` where given, else the tracked chain. ``temporal`` defaults to True
     without ``init`` and False with it (the CLI contract). ``frames`` restricts to some
     sequence frame numbers. Frames skipped by the chain (INVALID status) are reported in
-    the result's ``skipped``.
+    the result's ``skipped``. ``method_options``: extra arguments of the method's factory
+    (``deep`` / ``deep+lncc``: ``model``, ``force``).
     """
     if method not in METHODS:
         raise InputError(f"method: unknown {method!r}; choose one of {', '.join(METHODS)}")
@@ -181,7 +184,8 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
                        else chain.image_to_reference[usable[i]] for i in indices])
     report(progress, 0.02, "preparing the volume")
     fn = make_method(method, volume.array, volume.ijk_to_reference, seq.frame_shape, fan,
-                     volume_mask=volume_mask, config=config, device=device)
+                     volume_mask=volume_mask, config=config, device=device,
+                     **(method_options or {}))
     results = register_sequence(fn, seq.images[indices], starts, temporal=temporal,
                                 indices=indices, progress=sub_progress(progress, 0.05, 1.0),
                                 cancel=cancel)
