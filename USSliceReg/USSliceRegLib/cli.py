@@ -66,8 +66,40 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_deep(args: argparse.Namespace) -> int:
+    """``bench`` with a learned method or start ranges: :mod:`.learned.benchmark` (volume
+    from the even frames, odd frames registered, every method on the same starts)."""
+    from .learned.benchmark import RANGES, run_deep_bench, summary_markdown  # noqa: PLC0415
+
+    if args.holdout == "none" or args.volume:
+        raise InputError("--holdout: the learned benchmark reconstructs its volume from the "
+                         "even frames (a model is trained per volume); --holdout none / "
+                         "--volume are not available with it")
+    if args.min_mm or args.min_deg:
+        ranges = {"custom": (args.min_mm, args.max_mm, args.min_deg, args.max_deg)}
+    else:
+        ranges = {r: RANGES[r] for r in (args.ranges or ["near", "far"])}
+    seeds = _int_list(args.seeds, "--seeds") or [args.seed]
+    result = run_deep_bench(methods=args.methods, ranges=ranges, seeds=seeds,
+                            frames=_int_list(args.frames, "--frames"), model=args.model,
+                            force=args.force, sequence_path=args.sequence,
+                            calibration_path=args.calibration, verbose=True)
+    print("volume from the even frames; odd (held-out) frames registered; skipped (true "
+          f"plane outside the volume's data): {sorted(result['skipped_uncovered_frames'])}")
+    print(summary_markdown(result))
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "us_deep_bench.json").write_text(json.dumps(result, indent=1, default=float))
+    print(f"written {out / 'us_deep_bench.json'}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench  # noqa: PLC0415
+
+    if any(m.startswith("deep") for m in args.methods) or args.min_mm or args.min_deg \
+            or args.ranges:
+        return cmd_bench_deep(args)
 
     frames = _int_list(args.frames, "--frames")
     summary = run_bench(sequence_path=args.sequence, calibration_path=args.calibration,
@@ -136,6 +168,17 @@ def register_cli(subparsers) -> None:
                        choices=sorted(METHODS) + ["lncc:numba", "lncc:torch"],
                        help="lncc:torch / lncc:numba: the LNCC method on one backend "
                             "(lncc: the default, compiled kernels on a CPU)")
+    bench.add_argument("--model", help="deep / deep+lncc: DeepRS2V model file (default: the "
+                       "bundled model of the volume)")
+    bench.add_argument("--force", action="store_true",
+                       help="use a model trained for another volume")
+    bench.add_argument("--min-mm", type=float, default=0.0,
+                       help="starts move the fan centre by --min-mm..--max-mm (learned bench)")
+    bench.add_argument("--min-deg", type=float, default=0.0,
+                       help="starts turn by --min-deg..--max-deg (learned bench)")
+    bench.add_argument("--ranges", nargs="+", choices=["near", "far"],
+                       help="named start ranges: near (<= 10 mm / 10 deg), far (10-20 mm / "
+                            "10-20 deg); default with a deep method: both")
     bench.add_argument("--out-dir", default="us-bench")
     bench.set_defaults(func=cmd_bench)
 

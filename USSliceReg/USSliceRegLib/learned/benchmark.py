@@ -16,16 +16,20 @@ Protocol (same frames, same starts for every method):
 3. Errors (:func:`..register.pose_errors`): rotation angle and fan-centre displacement;
    per axis, the displacement and the rotation vector of the error in the true pose's fan
    frame (x = lateral / image columns, y = axial / depth, z = elevation / plane normal).
-4. Time per frame: wall time of the method's call for that frame (the volume
-   preparation is reported apart).
+4. Time per frame: wall time of the method's call for that frame, and its CPU time
+   (``time.process_time``; steadier than the wall time on a shared machine); the volume
+   preparation is reported apart, the first call (compilation, allocations) is a
+   warm-up that is not counted.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from SurgicalReg2D3DLib.errors import InputError
 from SurgicalReg2D3DLib.progress import check_cancel
@@ -87,6 +91,13 @@ def run_deep_bench(methods: Sequence[str] = ("deep", "deep+lncc", "lncc", "sitk"
     cover = checker.overlap(np.stack([truth[i] for i in test]))
     skipped = {i: float(c) for i, c in zip(test, cover) if c < MIN_TRUTH_COVERAGE}
     test = [i for i in test if i not in skipped]
+    if not test:
+        raise InputError(f"frames: no held-out frame lies in the volume's data "
+                         f"(skipped {sorted(skipped)})")
+    # Warm-up (compiled kernels, first-call allocations), not timed.
+    for fn in built.values():
+        fn(seq.images[test[0]][None], truth[test[0]][None], indices=[test[0]])
+    load = [os.getloadavg()[0]]
     rows: List[dict] = []
     for rname, (mn, mx, dmn, dmx) in ranges.items():
         for sd in seeds:
@@ -106,9 +117,10 @@ def run_deep_bench(methods: Sequence[str] = ("deep", "deep+lncc", "lncc", "sitk"
                     continue
                 r0, t0 = pose_errors(start, truth[i], centre_px)
                 for m, fn in built.items():
-                    t = time.perf_counter()
+                    t, tc = time.perf_counter(), time.process_time()
                     res = fn(seq.images[i][None], start[None], indices=[i])[0]
                     ms = 1000 * (time.perf_counter() - t)
+                    cpu_ms = 1000 * (time.process_time() - tc)
                     r1, t1 = pose_errors(res.image_to_reference, truth[i], centre_px)
                     ta, ra = axis_errors(res.image_to_reference, truth[i], centre_px)
                     q = getattr(res, "quality", None)
@@ -118,7 +130,7 @@ def run_deep_bench(methods: Sequence[str] = ("deep", "deep+lncc", "lncc", "sitk"
                                  "tx_mm": float(ta[0]), "ty_mm": float(ta[1]),
                                  "tz_mm": float(ta[2]), "rx_deg": float(ra[0]),
                                  "ry_deg": float(ra[1]), "rz_deg": float(ra[2]),
-                                 "ms": ms, "lncc": float(res.lncc),
+                                 "ms": ms, "cpu_ms": cpu_ms, "lncc": float(res.lncc),
                                  "verdict": q.verdict if q is not None else None})
                     if verbose:
                         print(f"{rname} seed {sd} frame {i:3d} {m:9s} start {t0:5.2f} mm "
@@ -126,7 +138,10 @@ def run_deep_bench(methods: Sequence[str] = ("deep", "deep+lncc", "lncc", "sitk"
                               flush=True)
     if not rows:
         raise InputError("frames: no test frame could be registered")
+    load.append(os.getloadavg()[0])
     return {"rows": rows, "summary": summarise_deep(rows), "frames": test,
+            "load_average_1min_start_end": load, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "train_frames": train, "skipped_uncovered_frames": skipped,
             "ranges": ranges, "seeds": [int(s) for s in seeds],
             "volume_preparation_s": prep}
@@ -153,6 +168,7 @@ def summarise_deep(rows: List[dict]) -> dict:
                 "success_2mm_2deg": float(np.mean((t < 2) & (a < 2))),
                 "success_10mm": float(np.mean(t < 10)),
                 "mean_ms": float(ms.mean()), "median_ms": float(np.median(ms)),
+                "median_cpu_ms": float(np.median([r["cpu_ms"] for r in rr])),
                 "start_mean_translation_mm": float(np.mean([r["start_translation_mm"] for r in rr])),
                 "start_mean_rotation_deg": float(np.mean([r["start_rotation_deg"] for r in rr])),
             }
@@ -163,7 +179,7 @@ def summary_markdown(result: dict) -> str:
     """The results table (one row per range and method)."""
     lines = ["| starts | method | n | mean / median translation (mm) | mean / median rotation "
              "(deg) | mean abs x / y / z (mm) | mean abs rx / ry / rz (deg) | < 2 mm & 2 deg |"
-             " < 10 mm | ms/frame mean / median |", "|" + "---|" * 10]
+             " < 10 mm | ms/frame mean / median (CPU median) |", "|" + "---|" * 10]
     for rname, ms in result["summary"].items():
         for m, s in ms.items():
             ax = s["mean_abs_axis"]
@@ -173,5 +189,6 @@ def summary_markdown(result: dict) -> str:
                 f"{s['median_rotation_deg']:.2f} | {ax['tx_mm']:.2f} / {ax['ty_mm']:.2f} / "
                 f"{ax['tz_mm']:.2f} | {ax['rx_deg']:.2f} / {ax['ry_deg']:.2f} / "
                 f"{ax['rz_deg']:.2f} | {100 * s['success_2mm_2deg']:.0f}% | "
-                f"{100 * s['success_10mm']:.0f}% | {s['mean_ms']:.1f} / {s['median_ms']:.1f} |")
+                f"{100 * s['success_10mm']:.0f}% | {s['mean_ms']:.1f} / {s['median_ms']:.1f} "
+                f"({s['median_cpu_ms']:.1f}) |")
     return "\n".join(lines)
