@@ -283,8 +283,10 @@ def browser_sequences(browser):
 
 def register_nodes(ctx, volume_node, image_sequence, transform_sequence, method: str = "lncc",
                    temporal: bool = True, browser=None, output_name: str = "USCorrection",
-                   config: Optional[RegistrationConfig] = None, progress=None, cancel=None):
+                   config: Optional[RegistrationConfig] = None, progress=None, cancel=None,
+                   method_options: Optional[dict] = None):
     """Register every frame of a browsable sweep (as made by ``load_sequence_to_mrml``).
+    ``method_options``: extra factory arguments (``deep``: ``model``, ``force``).
 
     Returns ``(SequenceRegistration, correction_sequence)``: a new sequence of linear
     transform nodes (``tracked_ras_to_ras`` per frame), synchronised with ``browser`` when
@@ -296,7 +298,8 @@ def register_nodes(ctx, volume_node, image_sequence, transform_sequence, method:
     array, ijk_to_ras = _volume_arrays(volume_node)
     frames, poses = _frames_from_sequences(image_sequence, transform_sequence)
     fan = fan_mask(frames)
-    fn = make_method(method, array, ijk_to_ras, frames.shape[1:], fan, config=config)
+    fn = make_method(method, array, ijk_to_ras, frames.shape[1:], fan, config=config,
+                     **(method_options or {}))
     results = register_sequence(fn, frames, poses, temporal=temporal, progress=progress,
                                 cancel=cancel)
     out = ctx.add_node("vtkMRMLSequenceNode", output_name)

@@ -237,3 +237,12 @@ def rigid_from_6d(rot6: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     T[:, :3, 3] = t
     T[:, 3, 3] = 1.0
     return T
+
+
+def volume_fingerprints(array, ijk_to_reference):
+    """The fingerprints of a volume in both patient conventions: ``ijk_to_reference`` as
+    given and with LPS <-> RAS flipped (``diag(-1, -1, 1)``): a volume node in Slicer (RAS)
+    is the same volume as its file (LPS), and the network only sees poses relative to it."""
+    m = np.asarray(ijk_to_reference, dtype=np.float64)
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return [volume_fingerprint(array, m), volume_fingerprint(array, flip @ m)]

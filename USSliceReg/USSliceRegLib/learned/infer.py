@@ -42,7 +42,7 @@ from SurgicalReg2D3DLib.quality import Quality
 
 from ..register import FrameResult, RegistrationConfig, SliceRegistrar
 from .geometry import (GridSpec, VolumeSampler, cube_points, fan_to_reference,
-                       frames_on_grid, invert_rigid, normalise_masked, volume_fingerprint)
+                       frames_on_grid, invert_rigid, normalise_masked, volume_fingerprints)
 from .model_io import build_network, check_volume, find_bundled_model, load_model
 from .train import check_volume_size
 
@@ -93,7 +93,7 @@ class DeepRegistrar:
             raise InputError(f"US fan mask: shape {fan.shape} differs from the frame's "
                              f"{self.frame_shape}, or is empty")
         self.fan = fan
-        fingerprint = volume_fingerprint(vol, ijk_to_reference)
+        fingerprint = volume_fingerprints(vol, ijk_to_reference)
         if model is None:
             model = find_bundled_model(fingerprint)
             if model is None:

@@ -84,12 +84,15 @@ def load_model(path, map_location="cpu") -> dict:
     return data
 
 
-def check_volume(model: dict, fingerprint: str, force: bool = False,
+def check_volume(model: dict, fingerprint, force: bool = False,
                  name: str = "model") -> Optional[str]:
     """:class:`InputError` when ``model`` was trained for another volume (unless
-    ``force``, then a warning text is returned)."""
-    if model["volume_fingerprint"] == fingerprint:
+    ``force``, then a warning text is returned). ``fingerprint``: one, or a list of the
+    accepted ones (:func:`~.geometry.volume_fingerprints`)."""
+    accepted = [fingerprint] if isinstance(fingerprint, str) else list(fingerprint)
+    if model["volume_fingerprint"] in accepted:
         return None
+    fingerprint = accepted[0]
     msg = (f"{name}: trained for another volume (fingerprint "
            f"{str(model['volume_fingerprint'])[:12]}, shape {list(model['volume_shape'])}; "
            f"this volume {fingerprint[:12]})")
@@ -112,7 +115,7 @@ def build_network(model: dict, device=None):
     return net.to(device or "cpu").eval()
 
 
-def find_bundled_model(fingerprint: str) -> Optional[Path]:
+def find_bundled_model(fingerprint) -> Optional[Path]:
     """The bundled USSliceReg model file (``USSliceRegLib/weights/*.pt`` listed in the hub's
     registry) trained for the volume with this fingerprint, or ``None``."""
     from SurgicalReg2D3DLib.models import list_models, verify  # noqa: PLC0415
@@ -121,8 +124,9 @@ def find_bundled_model(fingerprint: str) -> Optional[Path]:
         models = list_models(module="USSliceReg")
     except (InputError, FileReadError):
         return None
+    accepted = [fingerprint] if isinstance(fingerprint, str) else list(fingerprint)
     for info in models:
-        if info.metrics.get("volume_fingerprint") == fingerprint:
+        if info.metrics.get("volume_fingerprint") in accepted:
             return verify(info)
     return None
 

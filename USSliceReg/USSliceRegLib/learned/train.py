@@ -39,7 +39,7 @@ from SurgicalReg2D3DLib.progress import report
 from .data import (SampleMaker, base_fans_from_poses, principal_planes,
                    real_frames_on_grid)
 from .geometry import (GridSpec, VolumeSampler, fan_to_reference, frames_on_grid,
-                       invert_rigid, volume_fingerprint)
+                       invert_rigid, volume_fingerprint, volume_fingerprints)
 from .losses import LossWeights, geodesic_rad, pose_loss
 from .model_io import FORMAT_VERSION, check_volume, load_model, save_model
 from .network import DeepRS2VNet
@@ -188,7 +188,8 @@ def train_model(volume_array, ijk_to_reference, out, volume_mask=None, fan=None,
     ckpt = None
     if resume is not None:
         ckpt = load_model(resume)
-        check_volume(ckpt, fingerprint, name=f"--resume {Path(resume).name}")
+        check_volume(ckpt, volume_fingerprints(volume_array, ijk_to_reference),
+                     name=f"--resume {Path(resume).name}")
         if "optimizer" not in ckpt:
             raise InputError(f"--resume {resume}: a model file, not a checkpoint (no "
                              "optimiser state); pass the .ckpt file")
