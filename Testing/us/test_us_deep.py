@@ -118,9 +118,19 @@ def test_model_file_records_provenance_and_is_refused_for_another_volume(sweep, 
     assert m["volume_fingerprint"] == volume_fingerprint(vol, ijk)
     assert m["command"] == "test" and m["seed"] == 0
     assert m["range"] == {"max_mm": 6.0, "max_deg": 6.0}
+    # the same volume as a Slicer node (RAS = diag(-1, -1, 1) LPS) is accepted
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DeepRegistrar(tiny_model, vol, np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk, (H, W), fan)
     other, ijk2 = _volume(seed=1)
     with pytest.raises(InputError, match="another volume"):
         DeepRegistrar(tiny_model, other, ijk2, (H, W), fan)
+    shifted = ijk.copy()
+    shifted[:3, :3] *= 1.5  # same voxels, other spacing: another volume
+    with pytest.raises(InputError, match="another volume"):
+        DeepRegistrar(tiny_model, vol, shifted, (H, W), fan)
     with pytest.warns(UserWarning, match="another volume"):
         deep = DeepRegistrar(tiny_model, other, ijk2, (H, W), fan, force=True)
     assert np.isfinite(deep.predict(frames[:1], poses[:1])).all()
@@ -241,6 +251,10 @@ def test_deep_methods_register_and_report_quality(sweep, tiny_model):
         assert js["frames"][0]["quality"]["signals"]["method"] == name
     r, t = pose_errors(res.image_to_reference, truth, centre)
     assert t < 1.0 and r < 1.0  # deep+lncc lands on the truth from a 3.3 mm start
+    # temporal (tracking) mode: LNCC tracking first, the network only if the LNCC drops
+    res_t = fn(frame[None], start[None], tracking=True)[0]
+    assert isinstance(res_t.quality.signals["network_used"], bool)
+    assert np.allclose(res_t.start_image_to_reference, start)
     with pytest.raises(InputError, match="model: none given"):
         make_method("deep", vol, ijk, (H, W), fan, config=cfg)
 
@@ -280,3 +294,30 @@ def test_ddp_two_process_gloo_replicas_stay_equal(sweep, tmp_path):
         assert torch.equal(a[k], b[k]), k
         moved |= not torch.equal(a[k], init[k])
     assert moved  # the replicas trained (and stayed equal)
+
+
+def test_cli_register_with_a_model_writes_quality(sweep, tiny_model, sample_data, tmp_path,
+                                                  capsys):
+    """Real data (the shipped spine sweep and PLUS's volume) with the synthetic tiny model:
+    refused for this volume, accepted with --force; OUT.json keeps its format + quality."""
+    import json
+
+    from SurgicalReg2D3DLib.cli import main
+
+    us = sample_data / "ultrasound"
+    base = ["us", "register", "--volume", str(us / "SpinePhantomFreehandReconstructed.mha"),
+            "--sequence", str(us / "SpinePhantomFreehand.igs.mha"), "--calibration",
+            str(us / "PlusDeviceSet_SpinePhantomFreehandReconstructionOnly.xml"),
+            "--method", "deep", "--model", tiny_model, "--frames", "7,8", "--quiet",
+            "--out", str(tmp_path / "out.json")]
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another volume" in err[0]
+    with pytest.warns(UserWarning, match="another volume"):
+        assert main(base + ["--force"]) == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert [f["index"] for f in out["frames"]] == [7, 8]
+    for f in out["frames"]:
+        assert np.asarray(f["image_to_reference"]).shape == (4, 4)
+        assert f["quality"]["verdict"] in ("ok", "doubtful", "failed")
+        assert f["quality"]["signals"]["lncc"] == pytest.approx(f["similarity"])
