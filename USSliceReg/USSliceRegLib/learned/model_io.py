@@ -148,8 +148,10 @@ def write_bundle_manifest(model_path, name: str, payload: dict) -> Path:
                "validation_start_rotation_deg": val[0].get("start_rotation_deg"),
                "validation_translation_mm": val[-1].get("translation_mm"),
                "validation_rotation_deg": val[-1].get("rotation_deg"),
-               "validation_note": "synthetic held-out perturbations of the training "
-                                  "volume (not the benchmark)"}
+               "validation_note": "mean pose errors on a fixed set of start perturbations "
+                                  "drawn with another seed, on the training distribution "
+                                  "(slices of the training volume and the training frames); "
+                                  "not a benchmark of held-out frames"}
     return write_manifest(
         model_path, name=name, module="USSliceReg",
         task="rigid correction of a 2D US frame's pose against one 3D US volume (DeepRS2V)",
