@@ -321,3 +321,30 @@ def test_cli_register_with_a_model_writes_quality(sweep, tiny_model, sample_data
         assert np.asarray(f["image_to_reference"]).shape == (4, 4)
         assert f["quality"]["verdict"] in ("ok", "doubtful", "failed")
         assert f["quality"]["signals"]["lncc"] == pytest.approx(f["similarity"])
+
+
+def test_bundled_model_is_listed_and_fits_the_even_frame_volume():
+    """The hub registry lists the bundled model; its file matches the manifest, is < 20 MB,
+    records its command/seed/range, and was trained for the volume the benchmark and the
+    demo rebuild from the shipped sweep's even frames (real data)."""
+    from SurgicalReg2D3DLib.models import list_models, verify
+    from USSliceRegLib.bench import _Sweep, default_paths
+    from USSliceRegLib.learned.geometry import volume_fingerprint
+    from USSliceRegLib.learned.model_io import find_bundled_model, load_model
+    from USSliceRegLib.reconstruct import reconstruct_volume
+
+    info = {m.name: m for m in list_models("USSliceReg")}["us_deeprs2v_spine_even_v1"]
+    path = verify(info)
+    assert info.size_bytes < 20e6
+    model = load_model(path)
+    assert model["command"] == info.created_by_command and "--frames 0,2,4" in model["command"]
+    assert model["seed"] == info.seed == 0
+    assert model["range"] == {"max_mm": 20.0, "max_deg": 20.0}
+    s, c, _ = default_paths()
+    sw = _Sweep(s, c)
+    even = sw.usable[0::2]
+    rec = reconstruct_volume(sw.seq.images[even], np.stack([sw.truth[i] for i in even]), sw.fan,
+                             pixel_step=3, fill_radius=4)
+    fp = volume_fingerprint(rec.array, rec.ijk_to_reference)
+    assert model["volume_fingerprint"] == fp == info.metrics["volume_fingerprint"]
+    assert find_bundled_model(fp) == path

@@ -52,12 +52,19 @@ TRACKING_LNCC_FLOOR = 0.35
 LNCC_OK, LNCC_DOUBTFUL = 0.45, 0.3
 
 
-def lncc_quality(lncc: float, lncc_start: float, overlap: float, method: str) -> Quality:
+def lncc_quality(lncc: float, lncc_start: float, overlap: float, method: str,
+                 overlap_final: float = 1.0) -> Quality:
     """A simple, uncalibrated quality from the LNCC at the result: ``ok`` at or above
-    :data:`LNCC_OK`, ``doubtful`` down to :data:`LNCC_DOUBTFUL`, ``failed`` below; no
-    error estimate (the calibrated estimate of the reliability work replaces it)."""
+    :data:`LNCC_OK`, ``doubtful`` down to :data:`LNCC_DOUBTFUL`, ``failed`` below, and
+    ``failed`` when less than a quarter of the fan lies in the volume's data at the result
+    (an LNCC on a few pixels means nothing); no error estimate (the calibrated estimate
+    of the reliability work replaces it)."""
     reasons = []
-    if lncc >= LNCC_OK:
+    if overlap_final < 0.25:
+        verdict = "failed"
+        reasons.append(f"only {100 * overlap_final:.0f}% of the fan lies in the volume's "
+                       "data at the result")
+    elif lncc >= LNCC_OK:
         verdict = "ok"
     elif lncc >= LNCC_DOUBTFUL:
         verdict = "doubtful"
@@ -72,7 +79,8 @@ def lncc_quality(lncc: float, lncc_start: float, overlap: float, method: str) ->
             verdict = "doubtful"
     return Quality(verdict=verdict, reasons=reasons,
                    signals={"lncc": float(lncc), "lncc_start": float(lncc_start),
-                            "overlap_start": float(overlap), "method": method,
+                            "overlap_start": float(overlap),
+                            "overlap_result": float(overlap_final), "method": method,
                             "calibrated": False})
 
 
@@ -182,13 +190,14 @@ def make_deep(volume, ijk_to_reference, frame_shape, fan, volume_mask=None,
         f = f[None] if f.ndim == 2 else f
         both = registrar.similarity(np.concatenate([f, f]), np.concatenate([start0, final]))
         l0, l1 = both[:len(S)], both[len(S):]
+        ov1 = registrar.overlap(final)
         sec = (time.perf_counter() - t0) / len(S)
         out = []
         for b in range(len(S)):
             r = FrameResult(start_image_to_reference=S[b], image_to_reference=final[b],
                             correction=corr[b], lncc_start=float(l0[b]), lncc=float(l1[b]),
                             overlap=float(overlap[b]), iterations=1, seconds=sec)
-            r.quality = lncc_quality(r.lncc, r.lncc_start, r.overlap, "deep")
+            r.quality = lncc_quality(r.lncc, r.lncc_start, r.overlap, "deep", float(ov1[b]))
             out.append(r)
         return out
 
@@ -211,7 +220,10 @@ def make_deep_lncc(volume, ijk_to_reference, frame_shape, fan, volume_mask=None,
         both = registrar.similarity(np.concatenate([frames, frames]),
                                     np.concatenate([corr_net @ S, start0]))
         l_net, l_start = both[:len(S)], both[len(S):]
-        use_net = l_net >= l_start
+        # the network's pose must keep the fan in the volume's data (an LNCC on a few
+        # pixels is meaningless) and match at least as well as the start
+        ov_net = registrar.overlap(corr_net @ S)
+        use_net = (l_net >= l_start) & (ov_net >= max(0.25, registrar.config.min_overlap))
         init = np.where(use_net[:, None, None], corr_net, corr0)
         return registrar.register(frames, S, init_corrections=init, indices=indices,
                                   cancel=cancel), use_net
@@ -235,12 +247,14 @@ def make_deep_lncc(volume, ijk_to_reference, frame_shape, fan, volume_mask=None,
             used = [b in low for b in range(len(S))]
         else:
             res, used = full(frames, S, corr0, start0, indices, cancel)
+        ov1 = registrar.overlap(np.stack([r.image_to_reference for r in res]))
         sec = (time.perf_counter() - t0) / len(S)
         for b, r in enumerate(res):
             r.start_image_to_reference = S[b]
             r.seconds = sec
             r.overlap = float(overlap[b])
-            r.quality = lncc_quality(r.lncc, r.lncc_start, r.overlap, "deep+lncc")
+            r.quality = lncc_quality(r.lncc, r.lncc_start, r.overlap, "deep+lncc",
+                                     float(ov1[b]))
             r.quality.signals["network_used"] = bool(used[b])
         return res
 
