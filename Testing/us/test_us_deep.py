@@ -296,6 +296,7 @@ def test_ddp_two_process_gloo_replicas_stay_equal(sweep, tmp_path):
     assert moved  # the replicas trained (and stayed equal)
 
 
+@pytest.mark.filterwarnings("ignore:US frame. size")
 def test_cli_register_with_a_model_writes_quality(sweep, tiny_model, sample_data, tmp_path,
                                                   capsys):
     """Real data (the shipped spine sweep and PLUS's volume) with the synthetic tiny model:

@@ -61,7 +61,6 @@ def _command_line(argv=None) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import numpy as np  # noqa: PLC0415
 
     from SurgicalReg2D3DLib.errors import InputError  # noqa: PLC0415
 

@@ -38,7 +38,7 @@ from SurgicalReg2D3DLib.progress import report
 
 from .data import (SampleMaker, base_fans_from_poses, principal_planes,
                    real_frames_on_grid)
-from .geometry import (GridSpec, VolumeSampler, fan_to_reference, frames_on_grid,
+from .geometry import (GridSpec, VolumeSampler, frames_on_grid,
                        invert_rigid, volume_fingerprint, volume_fingerprints)
 from .losses import LossWeights, geodesic_rad, pose_loss
 from .model_io import FORMAT_VERSION, check_volume, load_model, save_model
@@ -252,7 +252,7 @@ def train_model(volume_array, ijk_to_reference, out, volume_mask=None, fan=None,
     def write(final: bool) -> None:
         if rank != 0 or out is None:
             return
-        if val and (final or True):
+        if val:
             e = pose_errors_of(net, val)
             if not history or history[-1]["step"] != step:
                 history.append(dict(step=step, **e))
@@ -302,12 +302,3 @@ def train_model(volume_array, ijk_to_reference, out, volume_mask=None, fan=None,
     report(progress, 1.0, f"training done ({step} steps, {stopped})")
     return payload(False)
 
-
-def fan_geometry(fan):
-    rows, cols = np.nonzero(np.asarray(fan, dtype=bool))
-    return np.array([cols.mean(), rows.mean(), 0.0, 1.0])
-
-
-__all__ = ["TrainConfig", "train_model", "check_train_inputs", "check_volume_size",
-           "init_distributed_from_env", "pose_errors_of", "make_maker", "fan_geometry",
-           "fan_to_reference"]
