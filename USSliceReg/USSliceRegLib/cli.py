@@ -9,7 +9,13 @@
 
 ``surgreg us bench [--holdout loo|alternate|none] [--max-mm 10] [--max-deg 10] ...``
     perturbs tracked poses, registers, prints mean/median errors and ms per frame for each
-    method, writes ``us_bench.csv`` and ``us_bench.png`` (see :mod:`bench`).
+    method, writes ``us_bench.csv`` and ``us_bench.png`` (see :mod:`bench`). With ``deep`` /
+    ``deep+lncc`` among ``--methods`` (or ``--ranges`` / ``--min-mm`` / ``--min-deg``) it
+    runs :mod:`.learned.benchmark` instead (even-frame volume, odd frames, near and far
+    starts) and writes ``us_deep_bench.json``.
+
+``surgreg us train ...``
+    trains a DeepRS2V model for one volume (:mod:`.learned.cli_train`).
 """
 
 from __future__ import annotations
