@@ -27,9 +27,10 @@ from slicer import (
     vtkMRMLSequenceBrowserNode,
 )
 
-#: Methods offered in the GUI (keys of ``USSliceRegLib.methods.METHODS``; the learned
-#: method issue adds its name here and to the registry).
-METHOD_CHOICES = ["lncc", "sitk"]
+#: Methods offered in the GUI (keys of ``USSliceRegLib.methods.METHODS``; ``deep`` and
+#: ``deep+lncc`` are the learned method, DeepRS2V, with the model of the "Learned method"
+#: section).
+METHOD_CHOICES = ["lncc", "sitk", "deep", "deep+lncc"]
 
 
 class USSliceReg(ScriptedLoadableModule):
@@ -106,7 +107,75 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareComboBox.connect("currentIndexChanged(int)", lambda i: self._updateViews())
         self.ui.show3dCheckBox.connect("toggled(bool)", lambda on: self._updateViews())
         self.ui.cancelButton.enabled = False
+        self._setupLearnedSection()
         self.initializeParameterNode()
+
+    def _setupLearnedSection(self) -> None:
+        """"Learned method (DeepRS2V)": model picker, "Train for this volume" (time budget,
+        resume; progress and Cancel are the module's)."""
+        import ctk
+        import qt
+
+        box = ctk.ctkCollapsibleButton()
+        box.text = _("Learned method (DeepRS2V)")
+        box.collapsed = True
+        form = qt.QFormLayout(box)
+        self.modelPathEdit = ctk.ctkPathLineEdit()
+        self.modelPathEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Writable
+        self.modelPathEdit.nameFilters = ["DeepRS2V model (*.pt)"]
+        self.modelPathEdit.toolTip = _("Model file for the deep / deep+lncc methods (empty: "
+                                       "the bundled model of this volume, if any); also "
+                                       "where training writes")
+        form.addRow(_("Model file:"), self.modelPathEdit)
+        self.trainMinutesSpinBox = qt.QDoubleSpinBox()
+        self.trainMinutesSpinBox.setRange(0.5, 600.0)
+        self.trainMinutesSpinBox.value = 10.0
+        self.trainMinutesSpinBox.suffix = " min"
+        form.addRow(_("Time budget:"), self.trainMinutesSpinBox)
+        self.trainResumeCheckBox = qt.QCheckBox(_("resume from the model's checkpoint"))
+        form.addRow("", self.trainResumeCheckBox)
+        self.trainButton = qt.QPushButton(_("Train for this volume"))
+        self.trainButton.toolTip = _("Train a DeepRS2V model for the selected volume with "
+                                     "the frames and tracked poses of the browser")
+        form.addRow(self.trainButton)
+        self.layout.addWidget(box)
+        self.trainButton.connect("clicked(bool)", self.onTrain)
+
+    def _modelPath(self) -> Optional[str]:
+        path = self.modelPathEdit.currentPath if hasattr(self, "modelPathEdit") else ""
+        return path or None
+
+    def onTrain(self) -> None:
+        import os
+
+        from SurgicalReg2D3DLib.progress import CancelToken
+
+        p = self._parameterNode
+        out = self._modelPath() or os.path.join(slicer.app.temporaryPath,
+                                                "USSliceReg_DeepRS2V.pt")
+        resume = out + ".ckpt" if self.trainResumeCheckBox.checked else None
+        self._cancelToken = CancelToken()
+        self.ui.cancelButton.enabled = True
+        self.ui.applyButton.enabled = False
+        self.trainButton.enabled = False
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
+                payload = self.logic.trainForVolume(
+                    p.usVolume, p.frameBrowser, out, self.trainMinutesSpinBox.value,
+                    resume=resume, progress=self._progress, cancel=self._cancelToken)
+                self.modelPathEdit.currentPath = out
+                tr = payload["training"]
+                val = tr["validation"][-1] if tr["validation"] else {}
+                self.ui.resultLabel.text = _(
+                    "Trained {n} steps ({why}); validation {t:.2f} mm / {r:.2f} deg; "
+                    "saved {path}").format(n=tr["steps"], why=tr["stopped"],
+                                           t=val.get("translation_mm", float("nan")),
+                                           r=val.get("rotation_deg", float("nan")), path=out)
+        finally:
+            self._cancelToken = None
+            self.ui.cancelButton.enabled = False
+            self.trainButton.enabled = True
+            self._checkCanApply()
 
     def cleanup(self) -> None:
         self._stopLive()
@@ -203,7 +272,8 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 try:
                     reg, correctionSequence, chart = self.logic.registerBrowser(
                         p.usVolume, p.frameBrowser, method=p.method, temporal=p.temporal,
-                        progress=self._progress, cancel=self._cancelToken, apply_failed=False)
+                        progress=self._progress, cancel=self._cancelToken, apply_failed=False,
+                        model=self._modelPath())
                 except CancelledError:  # not a failure: no error dialog
                     self.ui.resultLabel.text = _("Registration cancelled; inputs unchanged.")
                     return
@@ -354,25 +424,27 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
         return browser_sequences(browser)
 
     def registerBrowser(self, volumeNode, browser, method="lncc", temporal=True, progress=None,
-                        cancel=None, apply_failed=True):
+                        cancel=None, apply_failed=True, model=None):
         """Register all frames of ``browser`` on the hub's device; returns
         ``(registration, corrections, chart)``. The compiled kernels are prepared first
         (:meth:`prepareKernels`), so the frames' times exclude their first use.
         ``apply_failed=False``: frames judged ``failed`` keep their tracked pose (identity
-        correction) until :meth:`applyCorrections`."""
+        correction) until :meth:`applyCorrections`. ``model``: DeepRS2V model file for
+        ``deep`` / ``deep+lncc`` (None: bundled)."""
         from SurgicalReg2D3DLib.device import choose_device
         from SurgicalReg2D3DLib.progress import sub_progress
         from USSliceRegLib.logic import register_nodes, results_to_table
 
         ctx = self._ctx()
         images, transforms = self._sequences(browser)
-        if method == "lncc":
+        if method in ("lncc", "deep+lncc"):
             self.prepareKernels(progress=sub_progress(progress, 0.0, 0.1))
+        options = {"model": model} if method.startswith("deep") else None
         reg, corrections = register_nodes(ctx, volumeNode, images, transforms, method=method,
                                           temporal=temporal, browser=browser,
                                           progress=sub_progress(progress, 0.1, 1.0),
                                           cancel=cancel, device=choose_device(),
-                                          apply_failed=apply_failed)
+                                          apply_failed=apply_failed, method_options=options)
         _table, chart = results_to_table(ctx, reg)
         return reg, corrections, chart
 
@@ -382,6 +454,16 @@ class USSliceRegLogic(ScriptedLoadableModuleLogic):
 
         images, _transforms = self._sequences(browser)
         return apply_corrections(registration, corrections, images)
+
+    def trainForVolume(self, volumeNode, browser, out, maxMinutes, resume=None, progress=None,
+                       cancel=None):
+        """Train a DeepRS2V model for ``volumeNode`` with the browser's frames and poses
+        (``USSliceRegLib.learned.scene.train_for_nodes``); returns the model payload."""
+        from USSliceRegLib.learned.scene import train_for_nodes
+
+        images, transforms = self._sequences(browser)
+        return train_for_nodes(volumeNode, images, transforms, out, maxMinutes, resume=resume,
+                               progress=progress, cancel=cancel, log=logging.info)
 
     def showOverlay(self, volumeNode, browser, registration, item=None, show3d=True,
                     compare="blend"):

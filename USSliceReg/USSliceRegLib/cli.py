@@ -12,7 +12,13 @@
 
 ``surgreg us bench [--holdout loo|alternate|none] [--max-mm 10] [--max-deg 10] ...``
     perturbs tracked poses, registers, prints mean/median errors and ms per frame for each
-    method, writes ``us_bench.csv`` and ``us_bench.png`` (see :mod:`bench`).
+    method, writes ``us_bench.csv`` and ``us_bench.png`` (see :mod:`bench`). With ``deep`` /
+    ``deep+lncc`` among ``--methods`` (or ``--ranges`` / ``--min-mm`` / ``--min-deg``) it
+    runs :mod:`.learned.benchmark` instead (even-frame volume, odd frames, near and far
+    starts) and writes ``us_deep_bench.json``.
+
+``surgreg us train ...``
+    trains a DeepRS2V model for one volume (:mod:`.learned.cli_train`).
 """
 
 from __future__ import annotations
@@ -65,9 +71,15 @@ def cmd_register(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"\r[{100 * fraction:5.1f}%] {message:60s}", end="", flush=True)
 
+    options = None
+    if args.method.startswith("deep"):
+        options = {"model": args.model, "force": args.force}
+    elif args.model:
+        raise InputError(f"--model: only for --method deep / deep+lncc, not {args.method}")
     reg = register_tracked(volume, seq, chain, method=args.method, init=init,
                            temporal=args.temporal, frames=frames, progress=progress,
-                           device=device, quality=not args.no_quality)
+                           device=device, quality=not args.no_quality,
+                           method_options=options)
     if not args.quiet:
         print()
     write_json_atomic(out, reg.to_json(), "--out", indent=1)
@@ -83,6 +95,34 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_deep(args: argparse.Namespace) -> int:
+    """``bench`` with a learned method or start ranges: :mod:`.learned.benchmark` (volume
+    from the even frames, odd frames registered, every method on the same starts)."""
+    from .learned.benchmark import RANGES, run_deep_bench, summary_markdown  # noqa: PLC0415
+
+    if args.holdout == "none" or args.volume:
+        raise InputError("--holdout: the learned benchmark reconstructs its volume from the "
+                         "even frames (a model is trained per volume); --holdout none / "
+                         "--volume are not available with it")
+    if args.min_mm or args.min_deg:
+        ranges = {"custom": (args.min_mm, args.max_mm, args.min_deg, args.max_deg)}
+    else:
+        ranges = {r: RANGES[r] for r in (args.ranges or ["near", "far"])}
+    seeds = _int_list(args.seeds, "--seeds") or [args.seed]
+    result = run_deep_bench(methods=args.methods, ranges=ranges, seeds=seeds,
+                            frames=_int_list(args.frames, "--frames"), model=args.model,
+                            force=args.force, sequence_path=args.sequence,
+                            calibration_path=args.calibration, verbose=True)
+    print("volume from the even frames; odd (held-out) frames registered; skipped (true "
+          f"plane outside the volume's data): {sorted(result['skipped_uncovered_frames'])}")
+    print(summary_markdown(result))
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "us_deep_bench.json").write_text(json.dumps(result, indent=1, default=float))
+    print(f"written {out / 'us_deep_bench.json'}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from SurgicalReg2D3DLib.outputs import check_output_dir  # noqa: PLC0415
 
@@ -90,6 +130,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out_dir, [args.sequence, args.calibration, args.volume],
                      "--out-dir")
+    if any(m.startswith("deep") for m in args.methods) or args.min_mm or args.min_deg \
+            or args.ranges:
+        return cmd_bench_deep(args)
+
     frames = _int_list(args.frames, "--frames")
     summary = run_bench(sequence_path=args.sequence, calibration_path=args.calibration,
                         volume_path=args.volume, holdout=args.holdout, frames=frames,
@@ -132,6 +176,10 @@ def register_cli(subparsers) -> None:
                        help="start each frame from the previous correction (default without --init)")
     group.add_argument("--no-temporal", dest="temporal", action="store_false",
                        help="each frame starts from its own pose (default with --init)")
+    reg.add_argument("--model", help="deep / deep+lncc: DeepRS2V model file (default: the "
+                     "bundled model trained for this volume)")
+    reg.add_argument("--force", action="store_true",
+                     help="use a model trained for another volume")
     reg.add_argument("--frames", help="comma-separated frame numbers (default all usable)")
     reg.add_argument("--out", required=True, help="OUT.json")
     reg.add_argument("--device", default=None,
@@ -160,5 +208,20 @@ def register_cli(subparsers) -> None:
                        choices=sorted(METHODS) + ["lncc:numba", "lncc:torch"],
                        help="lncc:torch / lncc:numba: the LNCC method on one backend "
                             "(lncc: the default, compiled kernels on a CPU)")
+    bench.add_argument("--model", help="deep / deep+lncc: DeepRS2V model file (default: the "
+                       "bundled model of the volume)")
+    bench.add_argument("--force", action="store_true",
+                       help="use a model trained for another volume")
+    bench.add_argument("--min-mm", type=float, default=0.0,
+                       help="starts move the fan centre by --min-mm..--max-mm (learned bench)")
+    bench.add_argument("--min-deg", type=float, default=0.0,
+                       help="starts turn by --min-deg..--max-deg (learned bench)")
+    bench.add_argument("--ranges", nargs="+", choices=["near", "far"],
+                       help="named start ranges: near (<= 10 mm / 10 deg), far (10-20 mm / "
+                            "10-20 deg); default with a deep method: both")
     bench.add_argument("--out-dir", default="us-bench")
     bench.set_defaults(func=cmd_bench)
+
+    from .learned.cli_train import add_train_parser  # noqa: PLC0415  (DeepRS2V training)
+
+    add_train_parser(sub)

@@ -5,7 +5,8 @@ A volume is reconstructed from the sweep without the test frames (odd frames 3..
 pose perturbed by up to 10 mm / 10 deg and are registered back (masked LNCC + LM, and
 the SimpleITK baseline unless ``quick``). Written to ``out_dir``: ``us_overlays.png``
 (frame, slice at the start, slice after registration), ``us_errors.png`` (per-frame error
-and latency) and ``us_demo.csv``.
+and latency) and ``us_demo.csv``. With the bundled DeepRS2V model, the metrics add
+``deep``: deep+lncc and lncc on the odd frames from 10-20 mm / 10-20 deg starts.
 """
 
 from __future__ import annotations
@@ -99,4 +100,25 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
         metrics[m] = {k: round(v, 3) if isinstance(v, float) else v for k, v in s.items()}
     if "speedup_lncc_vs_sitk" in summary:
         metrics["speedup_lncc_vs_sitk"] = round(summary["speedup_lncc_vs_sitk"], 2)
+    metrics["deep"] = _deep_demo(quick)
     return metrics
+
+
+def _deep_demo(quick: bool) -> dict:
+    """DeepRS2V (the bundled model, trained on the sweep's even frames only) on the odd
+    held-out frames from far starts (10-20 mm / 10-20 deg), next to LNCC alone."""
+    from SurgicalReg2D3DLib.errors import InputError  # noqa: PLC0415
+
+    from .learned.benchmark import RANGES, run_deep_bench  # noqa: PLC0415
+
+    try:
+        res = run_deep_bench(methods=("deep+lncc", "lncc") if quick else
+                             ("deep", "deep+lncc", "lncc"), ranges={"far": RANGES["far"]},
+                             frames=[7, 9] if quick else None, seeds=[0])
+    except InputError as exc:  # no bundled model for this volume
+        return {"status": f"not run: {exc}"}
+    return {"protocol": "volume from the even frames, odd frames from starts 10-20 mm / "
+                        "10-20 deg; model trained on the even frames only",
+            **{m: {k: round(v, 3) if isinstance(v, float) else v for k, v in s.items()
+                   if k != "mean_abs_axis"}
+               for m, s in res["summary"]["far"].items()}}

@@ -195,7 +195,8 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
                      temporal: Optional[bool] = None, frames: Optional[Sequence[int]] = None,
                      config: Optional[RegistrationConfig] = None, fan=None,
                      volume_mask=None, device=None, progress=None,
-                     cancel=None, quality=True) -> SequenceRegistration:
+                     cancel=None, quality=True,
+                     method_options: Optional[dict] = None) -> SequenceRegistration:
     """Register the usable frames of a tracked sweep to ``volume``.
 
     Starts: ``init[i]`` where given, else the tracked chain. ``temporal`` defaults to True
@@ -206,6 +207,8 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
     registered (no overlap at the start, a search that does not move) are skipped with
     the reason, failed frames are retried, and a failed frame never seeds the next one
     (see :mod:`quality`).
+    ``method_options``: extra arguments of the method's factory
+    (``deep`` / ``deep+lncc``: ``model``, ``force``).
     """
     if method not in METHODS:
         raise InputError(f"method: unknown {method!r}; choose one of {', '.join(METHODS)}")
@@ -240,7 +243,8 @@ def register_tracked(volume: ReferenceVolume, seq: TrackedSequence, chain: Refer
                        else chain.image_to_reference[usable[i]] for i in indices])
     report(progress, 0.02, "preparing the volume")
     fn = make_method(method, volume.array, volume.ijk_to_reference, seq.frame_shape, fan,
-                     volume_mask=volume_mask, config=config, device=device)
+                     volume_mask=volume_mask, config=config, device=device,
+                     **(method_options or {}))
     rows, cols = np.nonzero(fan)
     centre = np.array([cols.mean(), rows.mean(), 0.0, 1.0])
     if quality is not None and quality is not False:
@@ -360,8 +364,10 @@ def browser_sequences(browser):
 def register_nodes(ctx, volume_node, image_sequence, transform_sequence, method: str = "lncc",
                    temporal: bool = True, browser=None, output_name: str = "USCorrection",
                    config: Optional[RegistrationConfig] = None, progress=None, cancel=None,
-                   device=None, quality=True, apply_failed: bool = True):
+                   device=None, quality=True, apply_failed: bool = True,
+                   method_options: Optional[dict] = None):
     """Register every frame of a browsable sweep (as made by ``load_sequence_to_mrml``).
+    ``method_options``: extra factory arguments (``deep``: ``model``, ``force``).
 
     Returns ``(SequenceRegistration, correction_sequence)``: a new sequence of linear
     transform nodes (``tracked_ras_to_ras`` per frame), synchronised with ``browser`` when
@@ -374,7 +380,7 @@ def register_nodes(ctx, volume_node, image_sequence, transform_sequence, method:
     frames, poses = _frames_from_sequences(image_sequence, transform_sequence)
     fan = fan_mask(frames)
     fn = make_method(method, array, ijk_to_ras, frames.shape[1:], fan, config=config,
-                     device=device)
+                     device=device, **(method_options or {}))
     rows, cols = np.nonzero(fan)
     centre = np.array([cols.mean(), rows.mean(), 0, 1.0])
     if quality is not None and quality is not False:

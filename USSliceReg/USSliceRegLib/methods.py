@@ -12,8 +12,9 @@ may then use a shorter search (the LNCC method runs its ``tracking_levels``). Bo
 volume's ``ijk_to_reference`` must be in the same millimetre frame (the PLUS reference
 frame, or Slicer RAS: the methods do not care which).
 
-The learned method of a later issue (DeepRS2V) registers itself with
-``METHODS["deeprs2v"] = factory``.
+The learned method (DeepRS2V, :mod:`.learned`) is ``deep`` (the network alone) and
+``deep+lncc`` (its pose refined by the LNCC method); their factories also take
+``model=`` (a model file, default: the bundled model of this volume) and ``force=``.
 """
 
 from __future__ import annotations
@@ -81,9 +82,25 @@ def make_sitk(volume, ijk_to_reference, frame_shape, fan, volume_mask=None, conf
     return method
 
 
+def make_deep(*args, **kwargs):
+    """DeepRS2V network alone (:func:`.learned.infer.make_deep`)."""
+    from .learned.infer import make_deep as factory  # noqa: PLC0415
+
+    return factory(*args, **kwargs)
+
+
+def make_deep_lncc(*args, **kwargs):
+    """DeepRS2V network, then LNCC refinement (:func:`.learned.infer.make_deep_lncc`)."""
+    from .learned.infer import make_deep_lncc as factory  # noqa: PLC0415
+
+    return factory(*args, **kwargs)
+
+
 METHODS: Dict[str, Callable] = {
     "lncc": make_lncc,
     "sitk": make_sitk,
+    "deep": make_deep,
+    "deep+lncc": make_deep_lncc,
 }
 
 
