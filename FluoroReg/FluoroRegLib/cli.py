@@ -51,6 +51,11 @@ def _method_options(args) -> dict:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    if getattr(args, "model", None):  # learned: regressor start + refinement
+        from .learned.cli import cmd_register_model  # noqa: PLC0415
+
+        return cmd_register_model(args)
+    args.method = args.method or "ncc"
     from .logic import available_methods, register_arrays  # noqa: PLC0415
     from .simulate import read_ct  # noqa: PLC0415
     from .xray_io import load_xray, read_pose_json, write_pose_json  # noqa: PLC0415
@@ -225,6 +230,13 @@ def _bench_plots(rows, methods, out_dir: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "model", None):  # learned benchmark from the nominal view
+        from .learned.cli import cmd_bench_model  # noqa: PLC0415
+
+        return cmd_bench_model(args)
+    if not args.cases:
+        raise InputError("cases: --cases is required (a folder made by 'surgreg fluoro simulate')")
+    args.methods = args.methods or "ncc,gradncc"
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     summary = run_bench(Path(args.cases), methods, Path(args.out), n_views=args.views,
                         threshold_mm=args.success_mm, max_cases=args.max_cases,
@@ -287,7 +299,7 @@ def register_cli(subparsers) -> None:
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="run methods on simulated cases: SMSR, mTRE, time")
-    bench.add_argument("--cases", required=True, help="folder made by 'fluoro simulate'")
+    bench.add_argument("--cases", help="folder made by 'fluoro simulate'")
     bench.add_argument("--methods", default="ncc,gradncc")
     bench.add_argument("--views", type=int, default=0, help="views to use (0 = all)")
     bench.add_argument("--out", default="fluoro-bench")
@@ -296,3 +308,9 @@ def register_cli(subparsers) -> None:
     bench.add_argument("--max-cases", dest="max_cases", type=int, default=0)
     _add_method_options(bench)
     bench.set_defaults(func=cmd_bench)
+
+    from .learned.cli import add_bench_options, add_register_options, add_train_parser  # noqa: PLC0415
+
+    add_register_options(reg)
+    add_bench_options(bench)
+    add_train_parser(sub)
