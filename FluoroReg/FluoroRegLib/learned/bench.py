@@ -11,7 +11,8 @@ noise, blur); the refinements use the CT block-averaged x2 and trilinear DRRs.
 
 Methods, all from the nominal view: ``nominal`` (no registration: the start error),
 ``regressor`` (the regressor alone), classic refinements started at the nominal view
-(``ppc``, ``gradncc``... : the capture-range gap), and ``regressor+<method>``.
+(default ``ppc``: the capture-range gap), and ``regressor+<method>`` (``ppc``, and the
+hybrid ``ppc+gradncc``).
 Per case: mTRE (20 landmarks), mPE, time; summary: SMSR (mTRE < 1 mm), median / p75 /
 p95 mTRE, the regressor's start error distribution.
 """
@@ -27,8 +28,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-DEFAULT_METHODS = ("nominal", "regressor", "ppc", "gradncc", "regressor+ppc",
-                   "regressor+gradncc")
+DEFAULT_METHODS = ("nominal", "regressor", "ppc", "regressor+ppc", "regressor+ppc+gradncc")
 
 
 def lateral_motion(center_ras, nominal: np.ndarray) -> np.ndarray:

@@ -139,3 +139,22 @@ def check_model_matches(data: dict, hu: Optional[np.ndarray], ijk_to_ras, camera
     for p in problems:
         _log.warning("%s: %s (used anyway: force)", name, p)
     return problems
+
+
+def write_model_manifest(model_path, name: str, metrics: dict, description: str = "") -> Path:
+    """The hub registry's manifest (``SurgicalReg2D3DLib.models``) next to a model file:
+    command and seed from the model's own training record."""
+    from SurgicalReg2D3DLib.models import write_manifest  # noqa: PLC0415
+
+    data = load_model_file(model_path)
+    tr = data["training"]
+    rng = data["range"]
+    return write_manifest(
+        model_path, name=name, module="FluoroReg",
+        task=(f"pose regressor: X-ray of the shipped CT -> ct_to_camera near the nominal AP view "
+              f"(+-{rng['rotation_deg']} deg, +-{rng['translation_mm']} mm)"),
+        created_by_command=str(tr.get("command", "")), seed=tr.get("seed"),
+        training_data=("synthetic: DRRs of Resources/SampleData/ct/thorax_aorta_ct_cropped.nii.gz "
+                       f"(CT sha256 {data['ct']['voxels_sha256'][:12]}) rendered on the fly with "
+                       "domain randomisation"),
+        metrics=metrics, description=description)
