@@ -331,3 +331,30 @@ def test_ddp_two_cpu_processes_keep_replicas_equal(tmp_path):
         torch.testing.assert_close(v, r1["state_dict"][k], rtol=0, atol=0)
         changed |= not torch.equal(v, init[k])
     assert changed  # the replicas trained (moved away from the initial weights)
+
+
+# -- node-level logic (what the GUI calls) -------------------------------------------------
+def test_node_logic_trains_and_registers_without_touching_inputs(ctx, trained, tmp_path):
+    from FluoroRegLib.drr import DRRVolume, render_drr
+    from FluoroRegLib.learned.nodes_logic import register_nodes_from_model, train_for_nodes
+    from SurgicalReg2D3DLib import nodes
+
+    hu, m, nominal, out, _ = trained
+    ct_node = nodes.volume_to_node(ctx, hu, m, "CT")
+    nominal_node = nodes.matrix_to_transform_node(ctx, nominal, "nominal")
+    res = train_for_nodes(ct_node, CAMERA, nominal_node, tmp_path / "n.pt",
+                          small_config(max_steps=3))
+    assert res["training"]["steps"] == 3 and (tmp_path / "n.pt").is_file()
+    _, centre = nominal_of(hu, m)
+    truth = perturb_pose(nominal, centre, (4, -3, 2), (5, -4, 3))
+    img = render_drr(DRRVolume.from_hu(hu, m), CAMERA, truth, method="siddon")[0].numpy()
+    xray_node = nodes.image2d_to_node(ctx, img, "X-ray")
+    before = nodes.image2d_from_node(xray_node)[0].copy()
+    result = register_nodes_from_model(ctx, ct_node, [xray_node], [CAMERA], str(out),
+                                       method="regressor")
+    node = ctx.scene.GetNodeByID(result.outputs["output_transform_node"])
+    np.testing.assert_allclose(nodes.matrix_from_transform_node(node), result.ct_to_camera, atol=1e-6)
+    np.testing.assert_array_equal(nodes.image2d_from_node(xray_node)[0], before)
+    np.testing.assert_array_equal(nodes.volume_from_node(ct_node).array, hu)
+    with pytest.raises(InputError, match="CT volume: no volume selected"):
+        register_nodes_from_model(ctx, None, [xray_node], [CAMERA], str(out))

@@ -332,14 +332,15 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
             opt.step()
             step += 1
             images_seen += int(cfg.batch_size) * world
-            running.append(float(loss.detach()))
+            last_loss = float(loss.detach())
+            running.append(last_loss)
             if step % 25 == 0:
                 history.append({"step": step, "elapsed_s": round(elapsed, 1),
                                 "loss": float(np.mean(running))})
                 say(f"[train] step {step} {elapsed / 60:.1f} min loss {np.mean(running):.4f} "
                     f"lr {opt.param_groups[0]['lr']:.2e}")
                 running = []
-            report(progress, min(frac, 1.0), f"step {step}, loss {running[-1] if running else 0.0:.3f}, "
+            report(progress, min(frac, 1.0), f"step {step}, loss {last_loss:.3f}, "
                    f"{max(0.0, max_s - elapsed) / 60:.1f} min left")
             if time.perf_counter() - last_ckpt > float(cfg.checkpoint_every_s):
                 write_checkpoint(elapsed_prev + time.perf_counter() - t0)
