@@ -133,10 +133,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    def on_update(summary):
+        done, planned = summary["n_cases"], summary["n_cases_planned"]
+        notes = list(args.note)
+        if done < planned:
+            notes.insert(0, f"PARTIAL: {done} of {planned} planned cases finished when this page "
+                            "was written (the page is rewritten after every case).")
+        write_markdown(summary, Path(args.results), args, time.perf_counter() - t0, notes)
+
     summary = run_learned_bench(args.ct, args.model, Path(args.out), n_cases=args.n_cases,
-                                seed=args.seed, views=args.views, methods=methods)
+                                seed=args.seed, views=args.views, methods=methods,
+                                on_update=on_update)
     print_summary(summary)
-    write_markdown(summary, Path(args.results), args, time.perf_counter() - t0, args.note)
+    on_update(summary)
     print(f"results -> {args.results}; load now {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -85,9 +85,11 @@ def make_cases(hu, m, data: dict, n_cases: int, seed: int = 1, photons: float = 
 
 def run_learned_bench(ct_path, model_path, out_dir: Path, n_cases: int = 20, seed: int = 1,
                       views: Sequence[int] = (1, 2), methods: Optional[Sequence[str]] = None,
-                      threshold_mm: float = 1.0, print_rows: bool = True) -> dict:
+                      threshold_mm: float = 1.0, print_rows: bool = True,
+                      on_update=None) -> dict:
     """Run the benchmark; writes ``learned_bench.csv`` and ``learned_summary.json`` into
-    ``out_dir`` and returns the summary."""
+    ``out_dir`` (after every case) and returns the summary; ``on_update(summary)`` is
+    called after every case."""
     import torch  # noqa: PLC0415
 
     from SurgicalReg2D3DLib.metrics import summarize  # noqa: PLC0415
@@ -148,12 +150,26 @@ def run_learned_bench(ct_path, model_path, out_dir: Path, n_cases: int = 20, see
                     print(f"[learned bench] {method} {nv}-view case {case['index']}: "
                           f"{row['initial_mtre_mm']:.1f} -> {row['mtre_mm']:.2f} mm "
                           f"({dt:.1f} s, load {row['load']:.1f})", flush=True)
+        _write(rows, out_dir, data, model_path, n_cases, seed, views, methods, threshold_mm,
+               t_cases, on_update)
+    return _write(rows, out_dir, data, model_path, n_cases, seed, views, methods, threshold_mm,
+                  t_cases, None)
+
+
+def _write(rows, out_dir, data, model_path, n_cases, seed, views, methods, threshold_mm,
+           t_cases, on_update):
+    """Write the CSV and the summary of the rows so far (after every case: a run cut off
+    still leaves its results)."""
+    import torch  # noqa: PLC0415
+
+    from SurgicalReg2D3DLib.metrics import summarize  # noqa: PLC0415
+
     with open(out_dir / "learned_bench.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
         w.writeheader()
         w.writerows(rows)
     tr = data["training"]
-    summary = {"synthetic": True, "threshold_mm": threshold_mm, "n_cases": int(n_cases),
+    summary = {"synthetic": True, "threshold_mm": threshold_mm, "n_cases": len({r["case"] for r in rows}), "n_cases_planned": int(n_cases),
                "seed": int(seed), "model": str(model_path), "range": data["range"],
                "training": {"elapsed_s": tr.get("elapsed_s"), "steps": tr.get("steps"),
                             "images": tr.get("images"), "command": tr.get("command"),
@@ -181,6 +197,8 @@ def run_learned_bench(ct_path, model_path, out_dir: Path, n_cases: int = 20, see
                                    "max": float(np.max(starts))}
             summary["results"].append(s)
     (out_dir / "learned_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if on_update is not None:
+        on_update(summary)
     return summary
 
 
