@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from FluoroRegLib.learned.register import register_with_model
 from FluoroRegLib.learned.train import TrainConfig, pick_device, train_model
 from FluoroRegLib.simulate import perturb_pose
 from SurgicalReg2D3DLib.cli import main as surgreg_main
-from SurgicalReg2D3DLib.errors import CancelledError, GeometryError, InputError
+from SurgicalReg2D3DLib.errors import CancelledError, InputError
 from SurgicalReg2D3DLib.progress import CancelToken
 
 torch.set_num_threads(1)
@@ -292,6 +291,15 @@ def test_cli_train_and_register_from_nominal(tmp_path, capsys):
     out = json.loads((tmp_path / "o.json").read_text())
     assert np.asarray(out["ct_to_camera"]).shape == (4, 4)
     assert out["method"] == "regressor" and "quality" in out
+    # the learned benchmark from the nominal view (surgreg fluoro bench --model)
+    bench = ["fluoro", "bench", "--model", str(tmp_path / "model.pt"), "--ct",
+             str(tmp_path / "ct.nii.gz"), "--n-cases", "2", "--views", "1", "--methods",
+             "nominal,regressor", "--out", str(tmp_path / "bench")]
+    assert surgreg_main(bench) == 0
+    summary = json.loads((tmp_path / "bench" / "learned_summary.json").read_text())
+    assert [(r["method"], r["views"], r["n"]) for r in summary["results"]] == \
+        [("nominal", 1, 2), ("regressor", 1, 2)]
+    assert summary["results"][0]["smsr"] == 0.0  # the nominal view is not the truth
     # a bad input: one line, exit code 2
     capsys.readouterr()
     assert surgreg_main(args[:-2] + ["--max-minutes", "0", "--out", str(tmp_path / "y.pt")]) == 2

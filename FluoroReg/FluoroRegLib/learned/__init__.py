@@ -10,3 +10,5 @@
 
 Importing this package is cheap (torch is imported by the submodules only).
 """
+
+from __future__ import annotations

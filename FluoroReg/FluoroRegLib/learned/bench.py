@@ -24,7 +24,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -90,10 +90,6 @@ def run_learned_bench(ct_path, model_path, out_dir: Path, n_cases: int = 20, see
     """Run the benchmark; writes ``learned_bench.csv`` and ``learned_summary.json`` into
     ``out_dir`` (after every case) and returns the summary; ``on_update(summary)`` is
     called after every case."""
-    import torch  # noqa: PLC0415
-
-    from SurgicalReg2D3DLib.metrics import summarize  # noqa: PLC0415
-
     from ..logic import register_arrays  # noqa: PLC0415
     from ..refine import pose_errors  # noqa: PLC0415
     from ..simulate import downsample_ct, read_ct  # noqa: PLC0415

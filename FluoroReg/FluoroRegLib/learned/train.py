@@ -200,7 +200,7 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
         raise InputError(f"max-steps: must be >= 1, got {cfg.max_steps}")
     if int(cfg.batch_size) < 1:
         raise InputError(f"batch size: must be >= 1, got {cfg.batch_size}")
-    p = camera_parameters(camera)
+    camera_parameters(camera)  # checks the camera type
     nominal = check_pose(nominal, "nominal ct_to_camera")
     k, j, i = arr.shape
     center_ras = (m @ np.array([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0]))[:3]
