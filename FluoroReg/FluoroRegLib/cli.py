@@ -60,6 +60,11 @@ def _method_options(args) -> dict:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    if getattr(args, "model", None):  # learned: regressor start + refinement
+        from .learned.cli import cmd_register_model  # noqa: PLC0415
+
+        return cmd_register_model(args)
+    args.method = args.method or "ncc"
     from .logic import available_methods, register_arrays  # noqa: PLC0415
     from .simulate import read_ct  # noqa: PLC0415
     from .xray_io import load_xray, read_pose_json, write_pose_json  # noqa: PLC0415
@@ -257,6 +262,13 @@ def _bench_plots(rows, methods, out_dir: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "model", None):  # learned benchmark from the nominal view
+        from .learned.cli import cmd_bench_model  # noqa: PLC0415
+
+        return cmd_bench_model(args)
+    if not args.cases:
+        raise InputError("cases: --cases is required (a folder made by 'surgreg fluoro simulate')")
+    args.methods = args.methods or "ncc,gradncc"
     from SurgicalReg2D3DLib.outputs import check_output_dir  # noqa: PLC0415
 
     check_output_dir(args.out, [args.cases], "--out")
@@ -327,7 +339,7 @@ def register_cli(subparsers) -> None:
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="run methods on simulated cases: SMSR, mTRE, time")
-    bench.add_argument("--cases", required=True, help="folder made by 'fluoro simulate'")
+    bench.add_argument("--cases", help="folder made by 'fluoro simulate'")
     bench.add_argument("--methods", default="ncc,gradncc")
     bench.add_argument("--views", type=int, default=0, help="views to use (0 = all)")
     bench.add_argument("--out", default="fluoro-bench")
@@ -336,3 +348,9 @@ def register_cli(subparsers) -> None:
     bench.add_argument("--max-cases", dest="max_cases", type=int, default=0)
     _add_method_options(bench)
     bench.set_defaults(func=cmd_bench)
+
+    from .learned.cli import add_bench_options, add_register_options, add_train_parser  # noqa: PLC0415
+
+    add_register_options(reg)
+    add_bench_options(bench)
+    add_train_parser(sub)

@@ -1,1 +1,14 @@
-"""Learned FluoroReg methods (separate issue)."""
+"""Learned FluoroReg methods, trained per patient on DRRs of that CT.
+
+- :mod:`.sampling`: training poses around the nominal view (``Delta @ nominal``), batched
+  DRRs, domain randomisation;
+- :mod:`.regressor`: the pose regressor (small CNN, 6D rotation, SE(3) geodesic loss);
+- :mod:`.train`: ``surgreg fluoro train`` (time budget, checkpoints, resume, DDP);
+- :mod:`.model_file`: model files, CT/detector fingerprints, refusal of foreign models;
+- :mod:`.register`: registration from the nominal view (regressor start + refinement);
+- :mod:`.bench`: the benchmark from the nominal view; :mod:`.cli`: command-line hooks.
+
+Importing this package is cheap (torch is imported by the submodules only).
+"""
+
+from __future__ import annotations

@@ -1,0 +1,125 @@
+"""Registration from the C-arm's nominal view: the pose regressor gives the start, a
+refinement method polishes it (``surgreg fluoro register --model M`` without ``--init``).
+
+:func:`register_with_model`:
+
+1. the model file is read and checked against the CT and the detector of view 0
+   (:func:`~.model_file.check_model_matches`; ``force`` to use it anyway);
+2. the regressor predicts ``ct_to_camera`` of view 0 from the first X-ray;
+3. multi-view: the other views' starts are ``camera0_to_view[k] @ start``, with the
+   C-arm motion ``camera0_to_view[k] = nominal[k] @ inv(nominal[0])`` from the nominal
+   poses of the views (``nominal_views``; required for more than one view);
+4. ``method`` refines from there (any name of ``FluoroRegLib.logic.METHODS``; default
+   :data:`DEFAULT_REFINEMENT`, the best measured in ``benchmarks/results/fluoro_learned.md``),
+   or ``method="regressor"`` returns the regressor's pose as it is.
+
+With ``init_poses`` the regressor is skipped (the classic registration from that start).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from SurgicalReg2D3DLib.errors import InputError
+
+DEFAULT_REFINEMENT = "ppc"
+
+
+def load_regressor(model, hu=None, ijk_to_ras=None, camera=None, force: bool = False):
+    """``(data, net)`` of a model (path or loaded dict), checked against CT and camera."""
+    from .model_file import check_model_matches, load_model_file  # noqa: PLC0415
+    from .regressor import build_from_model  # noqa: PLC0415
+
+    data = model if isinstance(model, dict) else load_model_file(model)
+    if data["kind"] != "regressor":
+        raise InputError(f"model: expected a pose regressor, got kind {data['kind']!r}")
+    if camera is not None and ijk_to_ras is not None:
+        check_model_matches(data, hu, ijk_to_ras, camera, force=force)
+    return data, build_from_model(data)
+
+
+def quality_of(result, start_pose: np.ndarray, volume_center_ras: np.ndarray):
+    """An uncalibrated quality value (``SurgicalReg2D3DLib.quality``) of a result:
+    signals = final similarity and how far the refinement moved the regressor's start."""
+    from SurgicalReg2D3DLib.quality import Quality  # noqa: PLC0415
+
+    c = np.r_[volume_center_ras, 1.0]
+    moved = float(np.linalg.norm((result.ct_to_camera @ c - start_pose @ c)[:3]))
+    sim = float(result.similarity) if result.similarity is not None else float("nan")
+    reasons = ["uncalibrated: verdict from the final similarity only"]
+    verdict = "ok" if np.isfinite(sim) and sim >= 0.8 else "doubtful"
+    if verdict != "ok":
+        reasons.append(f"final similarity {sim:.3f} below 0.8")
+    return Quality(verdict=verdict, reasons=reasons if verdict != "ok" else [],
+                   signals={"similarity": sim, "refinement_moved_mm": moved,
+                            "calibrated": False})
+
+
+def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, model,
+                        method: str = DEFAULT_REFINEMENT,
+                        nominal_views: Optional[Sequence[np.ndarray]] = None,
+                        init_poses: Optional[Sequence[np.ndarray]] = None,
+                        force: bool = False, refine_hu=None, refine_ijk_to_ras=None,
+                        landmarks_ras=None, true_ct_to_camera=None, device=None,
+                        progress=None, cancel=None, **options):
+    """Register from the nominal view (see the module docstring); returns the
+    ``RegistrationResult`` with ``metrics["regressor_time_s"]`` and, with landmarks and
+    the truth, ``start_mtre_mm`` (the regressor's start) besides the usual errors.
+
+    ``refine_hu``/``refine_ijk_to_ras``: a (e.g. block-averaged) copy of the CT for the
+    refinement; the model is always checked against ``hu``.
+    """
+    from ..logic import available_methods, register_arrays  # noqa: PLC0415
+    from ..refine import RegistrationResult, check_pose, pose_errors  # noqa: PLC0415
+    from .regressor import predict_pose  # noqa: PLC0415
+
+    if len(images) == 0:
+        raise InputError("X-ray images: at least one image is needed")
+    if len(cameras) != len(images):
+        raise InputError(f"X-ray geometry: {len(images)} X-ray images but {len(cameras)} "
+                         "geometries; give one geometry per image")
+    if method != "regressor" and method not in available_methods():
+        raise InputError(f"method: expected 'regressor' or one of {available_methods()}, "
+                         f"got {method!r}")
+    rh = hu if refine_hu is None else refine_hu
+    rm = ijk_to_ras if refine_ijk_to_ras is None else refine_ijk_to_ras
+    if init_poses is not None:  # --init: the classic registration, no regressor
+        return register_arrays(rh, rm, images, cameras, init_poses, method=method,
+                               landmarks_ras=landmarks_ras, true_ct_to_camera=true_ct_to_camera,
+                               device=device, progress=progress, cancel=cancel, **options)
+    if len(images) > 1:
+        if nominal_views is None or len(nominal_views) != len(images):
+            raise InputError(f"nominal poses: {len(images)} X-ray images need one nominal "
+                             "ct_to_camera per view (they give the C-arm motion between views)")
+    t0 = time.perf_counter()
+    data, net = load_regressor(model, hu, ijk_to_ras, cameras[0], force=force)
+    start = predict_pose(data, net, images[0], cameras[0])
+    t_reg = time.perf_counter() - t0
+    if len(images) > 1:
+        noms = [check_pose(p, f"nominal ct_to_camera of view {k + 1}")
+                for k, p in enumerate(nominal_views)]
+        inv0 = np.linalg.inv(noms[0])
+        starts = [n @ inv0 @ start for n in noms]
+    else:
+        starts = [start]
+    k, j, i = np.asarray(hu).shape
+    center = (np.asarray(ijk_to_ras, float) @ np.array([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0]))[:3]
+    if method == "regressor":
+        result = RegistrationResult(start, starts, float("nan"), "regressor", [], t_reg)
+    else:
+        result = register_arrays(rh, rm, images, cameras, starts, method=method,
+                                 device=device, progress=progress, cancel=cancel, **options)
+        result.method = f"regressor+{method}"
+        result.time_s += t_reg
+    result.metrics["regressor_time_s"] = t_reg
+    if landmarks_ras is not None and true_ct_to_camera is not None:
+        truth = check_pose(true_ct_to_camera, "true ct_to_camera")
+        lm = np.asarray(landmarks_ras, float)
+        result.metrics.update(pose_errors(result.ct_to_camera, truth, lm, cameras[0]))
+        result.metrics["start_mtre_mm"] = pose_errors(start, truth, lm, cameras[0])["mtre_mm"]
+    result.start_ct_to_camera = start
+    result.quality = quality_of(result, start, center)
+    return result

@@ -1,0 +1,383 @@
+"""Training of the pose regressor for one CT and one detector (``surgreg fluoro train``).
+
+:func:`train_model` renders DRRs on the fly (:mod:`.sampling`), randomises them, and
+fits :class:`~.regressor.PoseRegressor` with Adam and the SE(3) geodesic loss. It stops
+at ``max_minutes`` of training (or ``max_steps``), writes a checkpoint every
+``checkpoint_every_s`` seconds (``<out>.ckpt.pt``), resumes from one (``resume``), and
+on Cancel (or Ctrl-C) writes the checkpoint before it raises ``CancelledError``.
+The learning rate follows a cosine from ``lr`` to ``lr / 100`` over the budget (the
+fraction of ``max_minutes`` or of ``max_steps`` used, whichever is larger).
+
+Several processes (``torchrun --nproc_per_node N``): when ``WORLD_SIZE > 1`` the network
+is wrapped in ``DistributedDataParallel`` (gloo on the CPU, nccl on GPUs), each rank
+draws its own poses (seed + rank), the stop decision is shared (all-reduce), and rank 0
+writes checkpoints and the model. ``save_replicas`` makes every rank write its final
+weights to ``<out>.rank<k>.pt`` (the test checks that they are equal).
+
+Held-out validation: ``n_val`` poses from a generator that training never uses
+(``seed + 1_000_003``), rendered once; reported as the mean 3D error of the CT box
+corners (mm), rotation error (deg) and CT-centre error (mm), before and after training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from SurgicalReg2D3DLib.errors import CancelledError, InputError
+from SurgicalReg2D3DLib.progress import is_cancelled, report
+
+from .model_file import (FORMAT, FORMAT_VERSION, ModelFileError, check_model_matches,
+                         ct_fingerprint, load_model_file, save_model)
+from .regressor import PoseRegressor, geodesic_loss, outputs_to_delta, translation_half
+from .sampling import (PoseRange, TrainingRenderer, check_range, ct_factor_for,
+                       nominal_center_cam, randomise, training_factor)
+
+_log = logging.getLogger(__name__)
+
+KINDS = ("regressor", "similarity", "ppc", "all")
+IMPLEMENTED = ("regressor",)
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (the CLI flags; see ``surgreg fluoro train --help``)."""
+
+    rotation_deg: Sequence[float] = (25.0, 25.0, 25.0)
+    translation_mm: Sequence[float] = (50.0, 50.0, 50.0)
+    kind: str = "regressor"
+    max_minutes: float = 30.0
+    max_steps: Optional[int] = None
+    seed: int = 0
+    device: Optional[str] = None
+    batch_size: int = 32
+    image_size: int = 64
+    width: int = 16
+    norm: str = "batch"
+    coords: bool = True
+    lr: float = 1e-3
+    reuse: int = 2  # optimiser steps per rendered batch (each with a fresh randomisation)
+    randomisation: float = 1.0
+    ct_downsample: Optional[int] = None
+    n_samples: Optional[int] = None
+    n_val: int = 64
+    checkpoint_every_s: float = 60.0
+    command: str = ""
+    save_replicas: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _check_ct(hu) -> np.ndarray:
+    arr = np.asarray(hu)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+        raise InputError(f"CT volume: expected a numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 3 or min(arr.shape) < 2:
+        raise InputError(f"CT volume: expected a 3D volume, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise InputError("CT volume: contains NaN or infinite values")
+    if float(arr.max()) == float(arr.min()):
+        raise InputError(f"CT volume: all voxels have the same value ({float(arr.min()):g}); "
+                         "nothing to learn")
+    return arr
+
+
+def pick_device(name: Optional[str]) -> torch.device:
+    """The requested device, or the CPU with a warning when it does not exist."""
+    from SurgicalReg2D3DLib.device import choose_device  # noqa: PLC0415
+
+    try:
+        return choose_device(name or "cpu")
+    except InputError as exc:
+        warnings.warn(f"{exc}; training on the CPU instead", RuntimeWarning, stacklevel=2)
+        _log.warning("%s; training on the CPU instead", exc)
+        return torch.device("cpu")
+
+
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def _corner_points(volume) -> torch.Tensor:
+    return torch.as_tensor(volume.corners_ras(), dtype=torch.float64)
+
+
+def pose_errors_batch(pred: torch.Tensor, true: torch.Tensor, corners: torch.Tensor,
+                      center: torch.Tensor) -> dict:
+    """Mean corner error (mm), rotation error (deg) and centre error (mm) of pose batches."""
+    from SurgicalReg2D3DLib.poses import rotation_angle_deg  # noqa: PLC0415
+
+    def apply(T, p):
+        return p @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
+
+    corner = (apply(pred, corners) - apply(true, corners)).norm(dim=-1).mean(-1)
+    cen = (apply(pred, center[None]) - apply(true, center[None])).norm(dim=-1)[:, 0]
+    rot = rotation_angle_deg(pred[:, :3, :3], true[:, :3, :3])
+    return {"corner_mm": corner, "center_mm": cen, "rotation_deg": rot}
+
+
+def _summ(errs: dict) -> dict:
+    out = {}
+    for k, v in errs.items():
+        v = v.detach().cpu().numpy()
+        out[f"{k}_mean"] = float(v.mean())
+        out[f"{k}_median"] = float(np.median(v))
+        out[f"{k}_p95"] = float(np.percentile(v, 95))
+    return out
+
+
+def evaluate(net, renderer, val, rot_len: float) -> dict:
+    """Held-out errors of ``net`` on ``val = (images, R, t, poses)``."""
+    from SurgicalReg2D3DLib.poses import so3_exp  # noqa: PLC0415
+
+    from .sampling import delta_to_pose  # noqa: PLC0415
+
+    images, r, t, poses = val
+    was = net.training
+    net.eval()
+    with torch.no_grad():
+        d6, ts = net(images.unsqueeze(1).to(next(net.parameters()).device))
+        R, tp = outputs_to_delta(d6.double().cpu(), ts.double().cpu(),
+                                 translation_half(renderer.range).double())
+        pred = delta_to_pose(R, tp, renderer.nominal, renderer.c)
+        loss = float(geodesic_loss(R, tp, so3_exp(r), t, rot_len))
+    net.train(was)
+    out = _summ(pose_errors_batch(pred, poses, _corner_points(renderer.volume), renderer.center_ras))
+    out["loss"] = loss
+    return out
+
+
+def _model_dict(net, cfg: TrainConfig, meta: dict, train_state: dict) -> dict:
+    module = net.module if hasattr(net, "module") else net
+    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "regressor",
+            "arch": module.arch(), "state_dict": state, **meta, "training": train_state}
+
+
+def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
+                resume=None, progress: Optional[Callable] = None, cancel=None,
+                log: Optional[Callable[[str], None]] = None) -> dict:
+    """Train a model for the CT ``hu`` (K, J, I) HU with ``ijk_to_ras``, the X-ray
+    ``camera`` and the ``nominal`` ``ct_to_camera``; write it to ``out_path``.
+
+    Returns the model dict that was written (``training`` holds the history and the
+    held-out errors). Inputs are not modified.
+    """
+    from SurgicalReg2D3DLib.poses import so3_exp  # noqa: PLC0415
+
+    from ..drr import DRRVolume  # noqa: PLC0415
+    from ..geometry import camera_parameters  # noqa: PLC0415
+    from ..refine import check_pose  # noqa: PLC0415
+    from ..simulate import downsample_ct  # noqa: PLC0415
+
+    cfg = config
+    say = log or (lambda msg: None)
+    # ---- input checks, before any torch work ----
+    arr = _check_ct(hu)
+    m = np.asarray(ijk_to_ras, float)
+    if cfg.kind not in KINDS:
+        raise InputError(f"kind: expected one of {KINDS}, got {cfg.kind!r}")
+    if cfg.kind not in IMPLEMENTED and cfg.kind != "all":
+        raise InputError(f"kind: {cfg.kind!r} is not implemented yet (available: {IMPLEMENTED})")
+    try:
+        max_minutes = float(cfg.max_minutes)
+    except (TypeError, ValueError):
+        raise InputError(f"max-minutes: expected a number, got {cfg.max_minutes!r}") from None
+    if not math.isfinite(max_minutes) or max_minutes <= 0:
+        raise InputError(f"max-minutes: must be > 0, got {cfg.max_minutes}")
+    if cfg.max_steps is not None and int(cfg.max_steps) < 1:
+        raise InputError(f"max-steps: must be >= 1, got {cfg.max_steps}")
+    if int(cfg.batch_size) < 1:
+        raise InputError(f"batch size: must be >= 1, got {cfg.batch_size}")
+    camera_parameters(camera)  # checks the camera type
+    nominal = check_pose(nominal, "nominal ct_to_camera")
+    k, j, i = arr.shape
+    center_ras = (m @ np.array([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0]))[:3]
+    pose_range = check_range(cfg.rotation_deg, cfg.translation_mm, camera, nominal, center_ras)
+    out_path = Path(out_path)
+    ckpt_path = out_path.with_name(out_path.name + ".ckpt.pt")
+    ckpt = None
+    if resume:
+        ckpt = load_model_file(resume)
+        if "optimizer" not in ckpt:
+            raise ModelFileError(f"model file {resume}: not a checkpoint (no optimizer state)")
+        check_model_matches(ckpt, arr, m, camera, name=f"checkpoint {Path(resume).name}")
+        if PoseRange.from_dict(ckpt["range"]) != pose_range:
+            raise InputError(f"resume: checkpoint {Path(resume).name} was trained for the range "
+                             f"{ckpt['range']}, not {pose_range.to_dict()}")
+
+    world, rank, local = _dist_info()
+    device = pick_device(cfg.device)
+    if world > 1:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if device.type == "cuda":
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(int(cfg.seed))
+
+    # ---- data ----
+    factor = training_factor(camera, cfg.image_size)
+    train_cam = camera if factor == 1.0 else camera.scaled(factor)
+    c = nominal_center_cam(nominal, center_ras)
+    voxel = float(np.min(np.linalg.norm(m[:3, :3], axis=0)))
+    ct_factor = int(cfg.ct_downsample or ct_factor_for(camera, c[2], voxel, factor))
+    hu_t, m_t = downsample_ct(arr, m, ct_factor) if ct_factor > 1 else (arr.astype(np.float32), m)
+    volume = DRRVolume.from_hu(hu_t, m_t, device=device)
+    renderer = TrainingRenderer(volume, train_cam, nominal, pose_range, cfg.n_samples)
+    rot_len = float(np.sqrt(((volume.corners_ras() - volume.center_ras()) ** 2).sum(1).mean()))
+    meta = {"ct": ct_fingerprint(arr, m), "geometry": camera.to_dict(),
+            "nominal_ct_to_camera": nominal.tolist(), "nominal_center_cam": c.tolist(),
+            "range": pose_range.to_dict(),
+            "input": {"image_size": int(cfg.image_size), "ct_downsample": ct_factor,
+                      "n_samples": renderer.n_samples, "train_camera": train_cam.to_dict(),
+                      "standardise": "zero mean, unit std per image", "rotation_length_mm": rot_len}}
+
+    net = PoseRegressor(int(cfg.image_size), int(cfg.width), norm=cfg.norm,
+                        coords=cfg.coords).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=float(cfg.lr))
+    gen = torch.Generator().manual_seed(int(cfg.seed) * 1000 + rank)
+    step, elapsed_prev, images_seen, history = 0, 0.0, 0, []
+    if ckpt is not None:
+        net.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = int(ckpt["step"])
+        elapsed_prev = float(ckpt["training"].get("elapsed_s", 0.0))
+        images_seen = int(ckpt["training"].get("images", 0))
+        history = list(ckpt["training"].get("history", []))
+        if "rng_state" in ckpt and rank == 0:
+            gen.set_state(ckpt["rng_state"])
+        say(f"[train] resumed from {resume} at step {step} ({elapsed_prev / 60:.1f} min)")
+    model = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
+
+        model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    val_gen = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)
+    vdrr, vr, vt, vposes = renderer.sample(val_gen, int(cfg.n_val))
+    val = (randomise(vdrr, val_gen, 0.5).to(device), vr, vt, vposes)
+    val_before = evaluate(net, renderer, val, rot_len) if ckpt is None else \
+        ckpt["training"].get("val_before", {})
+    say(f"[train] {world} process(es), device {device}, CT {tuple(arr.shape)} -> "
+        f"{tuple(hu_t.shape)} (x{ct_factor}), images {train_cam.size_px}, range "
+        f"{pose_range.to_dict()}, held-out corner error {val_before.get('corner_mm_mean', float('nan')):.1f} mm")
+
+    max_s = max_minutes * 60.0
+    train_state = {"command": cfg.command, "seed": int(cfg.seed), "config": _cfg_dict(cfg),
+                   "world_size": world, "device": str(device)}
+
+    def state_now(elapsed, val_after=None):
+        st = dict(train_state, steps=step, images=images_seen, elapsed_s=elapsed,
+                  history=history[-200:], val_before=val_before)
+        if val_after is not None:
+            st["val_after"] = val_after
+        return st
+
+    def write_checkpoint(elapsed):
+        if rank != 0:
+            return
+        d = _model_dict(model, cfg, meta, state_now(elapsed))
+        d.update(optimizer=opt.state_dict(), step=step, rng_state=gen.get_state())
+        save_model(d, ckpt_path)
+
+    t0 = time.perf_counter()
+    last_ckpt = t0
+    batch = None
+    running = []
+    stop_reason = "time"
+    try:
+        while True:
+            elapsed = elapsed_prev + time.perf_counter() - t0
+            frac = elapsed / max_s
+            if cfg.max_steps:
+                frac = max(frac, step / int(cfg.max_steps))
+            stop = frac >= 1.0
+            if world > 1:
+                import torch.distributed as dist  # noqa: PLC0415
+
+                flag = torch.tensor([1.0 if stop else 0.0], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop = bool(flag.item() > 0)
+            if stop:
+                stop_reason = "steps" if cfg.max_steps and step >= int(cfg.max_steps) else "time"
+                break
+            if is_cancelled(cancel):
+                raise CancelledError("training: cancelled")
+            for g in opt.param_groups:
+                g["lr"] = float(cfg.lr) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            if batch is None or step % max(1, int(cfg.reuse)) == 0:
+                batch = renderer.sample(gen, int(cfg.batch_size))
+            drr, r, t, _ = batch
+            x = randomise(drr, gen, cfg.randomisation).unsqueeze(1).to(device)
+            d6, ts = model(x)
+            R, tp = outputs_to_delta(d6, ts, translation_half(pose_range).to(device))
+            loss = geodesic_loss(R.double(), tp.double(), so3_exp(r).to(device), t.to(device), rot_len)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+            opt.step()
+            step += 1
+            images_seen += int(cfg.batch_size) * world
+            last_loss = float(loss.detach())
+            running.append(last_loss)
+            if step % 25 == 0:
+                history.append({"step": step, "elapsed_s": round(elapsed, 1),
+                                "loss": float(np.mean(running))})
+                say(f"[train] step {step} {elapsed / 60:.1f} min loss {np.mean(running):.4f} "
+                    f"lr {opt.param_groups[0]['lr']:.2e}")
+                running = []
+            report(progress, min(frac, 1.0), f"step {step}, loss {last_loss:.3f}, "
+                   f"{max(0.0, max_s - elapsed) / 60:.1f} min left")
+            if time.perf_counter() - last_ckpt > float(cfg.checkpoint_every_s):
+                write_checkpoint(elapsed_prev + time.perf_counter() - t0)
+                last_ckpt = time.perf_counter()
+    except (CancelledError, KeyboardInterrupt):
+        write_checkpoint(elapsed_prev + time.perf_counter() - t0)
+        say(f"[train] cancelled at step {step}; checkpoint kept: {ckpt_path}")
+        raise CancelledError(f"training: cancelled at step {step}; checkpoint kept in "
+                             f"{ckpt_path}") from None
+    elapsed = elapsed_prev + time.perf_counter() - t0
+    if world > 1:
+        # DDP keeps the parameters equal; the BatchNorm running statistics are per rank:
+        # every rank takes rank 0's (the model that is written).
+        import torch.distributed as dist  # noqa: PLC0415
+
+        for buf in net.buffers():
+            dist.broadcast(buf.data, 0)
+    val_after = evaluate(net, renderer, val, rot_len)
+    say(f"[train] done ({stop_reason}): {step} steps, {images_seen} images, {elapsed / 60:.1f} "
+        f"min; held-out corner error {val_before.get('corner_mm_mean', float('nan')):.1f} -> "
+        f"{val_after['corner_mm_mean']:.1f} mm (median {val_after['corner_mm_median']:.1f})")
+    result = _model_dict(model, cfg, meta, state_now(elapsed, val_after))
+    result["training"]["stop_reason"] = stop_reason
+    if rank == 0:
+        write_checkpoint(elapsed)
+        save_model(result, out_path)
+    if cfg.save_replicas:
+        save_model(result, out_path.with_name(f"{out_path.name}.rank{rank}.pt"))
+    if world > 1:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        dist.barrier()
+    return result
+
+
+def _cfg_dict(cfg: TrainConfig) -> dict:
+    d = asdict(cfg)
+    d["rotation_deg"] = [float(v) for v in cfg.rotation_deg]
+    d["translation_mm"] = [float(v) for v in cfg.translation_mm]
+    return {k: v for k, v in d.items() if isinstance(v, (int, float, str, list, type(None)))}
