@@ -88,7 +88,7 @@ def run_register(args) -> int:
     gt = read_pose_json(args.ground_truth, "ground truth pose") if args.ground_truth else None
     result = register(mesh, camera, image=image, mask=mask, contours2d=c2, contours3d=c3,
                       init=init, method=args.method, nonrigid=args.nonrigid, ground_truth=gt,
-                      structures=structures)
+                      structures=structures, quality=not args.no_quality)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result.to_dict(), indent=2))
@@ -104,8 +104,19 @@ def run_register(args) -> int:
         save_mesh(MeshData(verts, mesh.faces), args.deformed_mesh)
     for path, s in zip(args.structure or (), result.deformed_structures):
         save_mesh(s, out.with_name(f"{out.stem}_{Path(path).stem}_deformed.vtk"))
-    print(json.dumps({"method": result.method, "metrics": result.metrics,
-                      "total_s": round(result.timings.get("total_s", 0.0), 3)}))
+    summary = {"method": result.method, "metrics": result.metrics,
+               "total_s": round(result.timings.get("total_s", 0.0), 3)}
+    if result.quality is not None:
+        summary["quality"] = result.quality.to_dict()
+    print(json.dumps(summary))
+    if result.quality is not None:
+        import sys  # noqa: PLC0415
+
+        from SurgicalReg2D3DLib.quality import warning_line  # noqa: PLC0415
+
+        line = warning_line(f"laparo frame {Path(args.image).name}", result.quality)
+        if line:
+            print(line, file=sys.stderr)
     return 0
 
 
@@ -142,6 +153,8 @@ def register_cli(subparsers) -> None:
                         "deformed with the liver when --nonrigid")
     r.add_argument("--no-distortion", action="store_true",
                    help="ignore the camera's distortion (project with K only)")
+    r.add_argument("--no-quality", dest="no_quality", action="store_true",
+                   help="skip the quality value (and the restarts it may run)")
     r.add_argument("--out", required=True, help="output JSON")
     r.set_defaults(func=run_register)
     b = sub.add_parser("bench", help="accuracy and timing on synthetic and shipped cases")
