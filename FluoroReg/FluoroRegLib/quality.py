@@ -81,10 +81,11 @@ class QualityModel:
 
 
 #: used when no per-CT calibration is given: fitted by ``benchmarks/fluoro_quality.py``
-#: on single-view simulations of the shipped CT (seeds 0-1, ncc, 96 px, 3.1 mm pixels;
+#: on 49 single-view simulations of the shipped CT (seeds 0-1, ncc, 96 px, 3.1 mm pixels;
 #: see benchmarks/results/fluoro_quality.md); :func:`calibrate` refits it for another CT.
-DEFAULT_MODEL = QualityModel(coef=[0.70, 1.54, 0.02, 0.30], intercept=11.38,
-                             resid_q=[-0.57, 0.59], fail_mm=0.65, doubt_mm=0.46,
+#: The view-disagreement coefficient (0.3) is a prior, not fitted (no multi-view rows).
+DEFAULT_MODEL = QualityModel(coef=[0.70, 1.52, 0.02, 0.30], intercept=11.27,
+                             resid_q=[-0.62, 0.58], fail_mm=0.65, doubt_mm=0.46,
                              source="default (simulations of the shipped CT)")
 
 
