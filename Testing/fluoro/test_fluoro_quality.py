@@ -86,7 +86,7 @@ def test_retry_keeps_the_better_verdict(case96):
     start = perturb_pose(truth, vol.center_ras(), (0.0, 3.0, 0.0), (0.0, 0.0, 0.0))
     bad = RegistrationResult(start, [start], 0.0, "ncc", [], 0.0)
     q, kept, info = fq.assess_and_retry(vol, views, bad, start, method="ncc",
-                                        options={"levels": (2, 1), "iterations": 15})
+                                        options={"levels": (2, 1), "iterations": 10})
     assert info["attempts"][0]["verdict"] == "failed"
     assert len(info["attempts"]) == 3  # the original and two retries, all reported
     assert info["chosen"] > 0
@@ -142,3 +142,22 @@ def test_cli_register_reports_quality_and_warns(ct3mm, case96, tmp_path, capsys)
     warnings = [ln for ln in captured.err.splitlines() if ln.startswith("warning: fluoro case")]
     assert len(warnings) == 1 and "failed" in warnings[0]
     assert "retry" in res and res["retry"]["attempts"][0]["start"] == "original"
+
+
+def test_calibrate_per_ct_is_cached(ct3mm, tmp_path, monkeypatch):
+    _, _, vol, _ = ct3mm
+    monkeypatch.setenv("SURGREG_CACHE", str(tmp_path))
+    cam = make_camera(1000.0, (8.0, 8.0), (32, 32))
+    pose = logic.default_initial_pose(vol, cam)
+    opts = {"levels": (1,), "iterations": 2}
+    m1 = fq.calibrate(vol, cam, pose, options=opts, n_cases=3, seed=1)
+    files = list((tmp_path / "fluoro_quality").glob("*.json"))
+    assert len(files) == 1 and m1.n == 3 and "calibrated" in m1.source
+    assert all(math.isfinite(c) for c in m1.coef) and m1.fail_mm > 0
+    # the second call reads the cache (same numbers, no new file); another CT does not
+    m2 = fq.calibrate(vol, cam, pose, options=opts, n_cases=3, seed=1)
+    assert m2.to_dict() == m1.to_dict()
+    assert fq.fingerprint(vol, [cam], "ncc", opts) != fq.fingerprint(vol, [cam.scaled(2)], "ncc", opts)
+    q = fq.assess(vol, [XRayView(np.ones((32, 32), np.float32) + np.eye(32, dtype=np.float32), cam)],
+                  pose, model=m1)
+    assert q.signals["model"] == m1.source and _finite_everywhere(q.to_dict())
