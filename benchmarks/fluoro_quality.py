@@ -291,7 +291,7 @@ def cmd_report(args) -> None:
     _calibration_plot(plot, Path(args.results) / "fluoro_quality.png")
     lines += ["", "Calibration plot: `fluoro_quality.png` (estimated vs true mTRE, 10-90 % "
               "interval bars, log axes)."]
-    (Path(args.results) / "fluoro_quality_table.md").write_text("\n".join(lines) + "\n")
+    (Path(args.results) / "fluoro_quality.md").write_text("\n".join(lines) + "\n")
     import shutil
     shutil.copy(Path(args.out) / "rows.jsonl", Path(args.results) / "fluoro_quality_rows.jsonl")
     print("\n".join(lines))

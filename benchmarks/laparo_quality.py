@@ -242,7 +242,7 @@ def cmd_report(args) -> None:
     _plot(plot, Path(args.results) / "laparo_quality.png")
     lines += ["", "Calibration plot: `laparo_quality.png` (estimated vs true rotation and "
               "centre error, 10-90 % interval bars)."]
-    (Path(args.results) / "laparo_quality_table.md").write_text("\n".join(lines) + "\n")
+    (Path(args.results) / "laparo_quality.md").write_text("\n".join(lines) + "\n")
     import shutil
     shutil.copy(out / "rows.jsonl", Path(args.results) / "laparo_quality_rows.jsonl")
     print("\n".join(lines))
