@@ -45,7 +45,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from SurgicalReg2D3DLib.quality import Quality, better
+from SurgicalReg2D3DLib.quality import Quality
 
 #: signal names used as regression features (log-transformed where noted in _features)
 FEATURES = ("log_cost_ratio", "log_noise_floor", "probe_gain", "log_disagreement")
@@ -389,7 +389,6 @@ def assess_and_retry(volume, views, result, init_ct_to_camera, method: str = "nc
         return q, result, info
     twist = np.asarray(q.signals["weak_direction"], float)
     pose = check_pose(result.ct_to_camera, "result ct_to_camera")
-    center_cam = (pose @ np.r_[volume.center_ras(), 1.0])[:3]
     from SurgicalReg2D3DLib.poses import se3_exp  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
