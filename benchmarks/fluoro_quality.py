@@ -265,7 +265,7 @@ def cmd_report(args) -> None:
             qs = [fq.quality_from_signals(r["signals"], model) for r in sel]
             est = [q.estimate.get("mtre_mm", 99.0) for q in qs]
             st = _group_stats(sel, est, [q.verdict for q in qs])
-            lines.append(f"| {variant} | {name} | {seed} | {st['n']} | {st['failures']} | "
+            lines.append(f"| {variant}{' (2 views)' if views > 1 else ''} | {name} | {seed} | {st['n']} | {st['failures']} | "
                          f"{st['auc']:.3f} | {100 * st['precision']:.0f} % | "
                          f"{100 * st['recall']:.0f} % | {st['false_flags']}/{st['successes']} "
                          f"({100 * st['false_flag_rate']:.0f} %) | "
@@ -275,7 +275,9 @@ def cmd_report(args) -> None:
             if seed == "all" and name in ("default",) or name.startswith("per-CT"):
                 plot.append((f"{variant} ({name})", [r["mtre_mm"] for r in sel], est,
                              [q.interval.get("mtre_mm", [np.nan, np.nan]) for q in qs]))
-    retried = [r for r in rows if r.get("retry") and len(r["retry"]["info"]["attempts"]) > 1]
+    # (the two-view rows' retries were judged with an older multi-view noise-floor rule)
+    retried = [r for r in rows if r.get("retry") and len(r["retry"]["info"]["attempts"]) > 1
+               and r["views"] == 1]
     if retried:
         lines += ["", "## Retry of failed cases", "",
                   "A case judged `failed` is registered again (finest two levels) from the result "

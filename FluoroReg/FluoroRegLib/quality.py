@@ -163,9 +163,13 @@ def measure_signals(volume, views, ct_to_camera, init_ct_to_camera=None, history
         sig["similarity"] = float(np.mean(per_view))
         sig["similarity_views"] = per_view
         floors = [_noise_floor(v.image.cpu().numpy(), similarity) for v in views]
-        sig["noise_floor"] = float(np.mean(floors))
+        sig["noise_floor_views"] = [float(x) for x in floors]
+        # several views: the best-exposed view bounds the precision (a noisier lateral view
+        # does not make the joint pose worse than the AP view alone)
+        sig["noise_floor"] = float(np.min(floors))
         sig["cost"] = cost0
-        sig["cost_ratio"] = float((1.0 - sig["similarity"]) / max(sig["noise_floor"], 1e-6))
+        sig["cost_ratio"] = float(np.mean([(1.0 - sv) / max(fl, 1e-6)
+                                           for sv, fl in zip(per_view, floors)]))
         # Gauss-Newton covariance propagated to points in the CT box
         jtj = (jac.T @ jac).cpu().numpy()
         n_res = r0.numel()
