@@ -212,7 +212,7 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         method=p.method, negativeLog=p.negativeLog, iterations=p.iterations,
                         outputTransform=p.outputTransform, drrVolume=p.drrVolume,
                         fiducials=p.fiducials, trueTransform=p.trueTransform,
-                        progress=self._progress, cancel=self._cancelToken)
+                        progress=self._progress, cancel=self._cancelToken, applyFailed=False)
                 except CancelledError:
                     self.ui.statusLabel.text = _("Registration cancelled; inputs unchanged.")
                     return
@@ -224,20 +224,37 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showResult(self, result) -> None:
         p = self._parameterNode
-        p.outputTransform = slicer.mrmlScene.GetNodeByID(result.outputs["output_transform_node"])
+        q = getattr(result, "quality", None)
+        if result.outputs.get("not_applied") and slicer.util.confirmYesNoDisplay(
+                _("The registration is judged FAILED:") + "\n" + q.summary() + "\n\n"
+                + _("Apply this transform anyway?")):
+            from FluoroRegLib import logic
+            logic.apply_result(self.logic._context(), result, p.outputTransform)
+        if result.outputs.get("output_transform_node"):
+            p.outputTransform = slicer.mrmlScene.GetNodeByID(result.outputs["output_transform_node"])
         p.drrVolume = slicer.mrmlScene.GetNodeByID(result.outputs["drr_node"])
         rows = [("method", result.method), ("similarity", f"{result.similarity:.4f}"),
                 ("iterations", str(len(result.history))), ("time (s)", f"{result.time_s:.1f}")]
         rows += [(k, f"{v:.3f}") for k, v in result.metrics.items()]
+        views = getattr(result, "view_qualities", []) if q is not None else []
+        if q is not None:  # the trust value first, coloured by verdict
+            rows.insert(0, ("quality", q.summary()))
+            if len(views) > 1:
+                rows[1:1] = [(f"quality view {k + 1}", v.summary()) for k, v in enumerate(views)]
         self.ui.resultsTable.setRowCount(len(rows))
         import qt
+        colours = {"ok": "#2e7d32", "doubtful": "#ef6c00", "failed": "#c62828", "skipped": "#757575"}
         for r, (key, value) in enumerate(rows):
             self.ui.resultsTable.setItem(r, 0, qt.QTableWidgetItem(key))
-            self.ui.resultsTable.setItem(r, 1, qt.QTableWidgetItem(value))
+            item = qt.QTableWidgetItem(value)
+            if key.startswith("quality"):
+                item.setForeground(qt.QBrush(qt.QColor(colours.get(value.split(":")[0].split(",")[0], "#000000"))))
+            self.ui.resultsTable.setItem(r, 1, item)
         self._lastResult = result
         self._updateViews()
         self.logic.showConvergence(result)
-        self.ui.statusLabel.text = _("Done.")
+        self.ui.statusLabel.text = _("Done.") if q is None else _("Done: ") + q.verdict + (
+            "" if "output_transform_node" in result.outputs else _(" (transform not applied)"))
 
 
 class FluoroRegLogic(ScriptedLoadableModuleLogic):
@@ -270,9 +287,11 @@ class FluoroRegLogic(ScriptedLoadableModuleLogic):
 
     def process(self, ctVolume, xrayVolumes, geometryPaths, initialTransforms=None,
                 method="ncc", negativeLog=False, iterations=20, outputTransform=None,
-                drrVolume=None, fiducials=None, trueTransform=None, progress=None, cancel=None):
+                drrVolume=None, fiducials=None, trueTransform=None, progress=None, cancel=None,
+                applyFailed=True):
         """Run the registration (see ``FluoroRegLib.logic.register_nodes``) on the device
-        chosen in the hub ("Compute on"; ``SurgicalReg2D3DLib.device.choose_device``)."""
+        chosen in the hub ("Compute on"; ``SurgicalReg2D3DLib.device.choose_device``);
+        ``applyFailed=False``: a result judged failed is not written (the widget asks)."""
         from FluoroRegLib import logic
         from SurgicalReg2D3DLib.device import choose_device
 
@@ -284,7 +303,8 @@ class FluoroRegLogic(ScriptedLoadableModuleLogic):
             self._context(), ctVolume, xrayVolumes, cameras, initialTransforms, method=method,
             output_transform_node=outputTransform, drr_node=drrVolume, fiducials_node=fiducials,
             true_transform_node=trueTransform, negative_log=negativeLog,
-            iterations=iterations, device=choose_device(), progress=progress, cancel=cancel)
+            iterations=iterations, device=choose_device(), progress=progress, cancel=cancel,
+            apply_failed=applyFailed)
 
     def showScene(self, ctVolume, xrayVolumes, geometryPaths, result):
         """The 3D scene of the result (``FluoroRegLib.scene3d.build_scene``): bone surface,

@@ -194,6 +194,7 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         initialTransform=p.initialTransform, method=p.method,
                         nonrigid=p.nonrigid, outputTransform=p.outputTransform,
                         structureNodes=list(self.ui.structuresSelector.checkedNodes()),
+                        applyFailed=False,
                         outputModel=p.outputModel, overlayVolume=p.overlayVolume,
                         curves2d=list(self.ui.curves2dSelector.checkedNodes()),
                         curves3d=list(self.ui.curves3dSelector.checkedNodes()),
@@ -212,6 +213,14 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         import qt
 
         p = self._parameterNode
+        if result.metrics.get("not_applied") and slicer.util.confirmYesNoDisplay(
+                _("The registration is judged FAILED:") + "\n" + result.quality.summary()
+                + "\n\n" + _("Apply this transform anyway?")):
+            from SurgicalReg2D3DLib import nodes
+            from SurgicalReg2D3DLib.scene import SceneContext
+            nodes.matrix_to_transform_node(SceneContext.from_slicer(), result.model_to_camera,
+                                           "model_to_camera", node=outputs["transform"])
+            result.metrics.pop("not_applied")
         p.outputTransform = outputs["transform"]
         p.overlayVolume = outputs["overlay"]
         if outputs.get("model") is not None:
@@ -221,15 +230,23 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for label, e in result.metrics.get("reprojection", {}).items():
             rows.append((f"Hausdorff {label} (px)", f"{e['hausdorff_px']:.1f}"))
         rows.append(("time (s)", f"{result.timings.get('total_s', 0.0):.2f}"))
+        q = result.quality
+        if q is not None:  # the trust value first, coloured by verdict
+            rows.insert(0, ("quality", q.summary()))
         self.ui.resultsTable.setRowCount(len(rows))
+        colours = {"ok": "#2e7d32", "doubtful": "#ef6c00", "failed": "#c62828", "skipped": "#757575"}
         for r, (key, value) in enumerate(rows):
             self.ui.resultsTable.setItem(r, 0, qt.QTableWidgetItem(key))
-            self.ui.resultsTable.setItem(r, 1, qt.QTableWidgetItem(value))
+            item = qt.QTableWidgetItem(value)
+            if key == "quality":
+                item.setForeground(qt.QBrush(qt.QColor(colours.get(q.verdict, "#000000"))))
+            self.ui.resultsTable.setItem(r, 1, item)
         slicer.util.setSliceViewerLayers(background=p.overlayVolume, fit=True)
         self._lastResult = (result, outputs["camera"])
         self._showFrameCamera()
         self._updateViews()
-        self.ui.statusLabel.text = _("Done.")
+        self.ui.statusLabel.text = _("Done.") if q is None else _("Done: ") + q.verdict + (
+            _(" (transform not applied)") if result.metrics.get("not_applied") else "")
 
     # -- camera stored with the frame -------------------------------------------------------
     def _showFrameCamera(self, node=None) -> None:
@@ -348,9 +365,10 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
                 contours2dPath=None, contours3dPath=None, initialTransform=None, method="auto",
                 nonrigid=False, outputTransform=None, outputModel=None, overlayVolume=None,
                 structureNodes=None, curves2d=None, curves3d=None, maskSegmentation=None,
-                progress=None, cancel=None):
+                progress=None, cancel=None, applyFailed=True):
         """Run the registration; returns ``(LaparoResult, {"transform", "model", "overlay",
-        "structures", "camera"})``.
+        "structures", "camera"})``. ``applyFailed=False``: a pose judged failed is not
+        written (the widget asks first).
 
         Inputs come from nodes where no file is given (``node_inputs.resolve_inputs``): the
         camera stored with the frame, Markups curves ``curves2d`` / ``curves3d``, and the
@@ -384,7 +402,8 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
             contours2d=c2, contours3d=c3, init_transform_node=initialTransform,
             method=None if method == "auto" else method, nonrigid=nonrigid,
             output_transform_node=transform, output_model_node=outputModel,
-            structure_nodes=structureNodes or None, progress=progress, cancel=cancel)
+            structure_nodes=structureNodes or None, progress=progress, cancel=cancel,
+            apply_failed=applyFailed)
         verts = vertices if result.deformed_vertices is None else result.deformed_vertices
         shown = {}
         if result.deformed_structures:

@@ -121,7 +121,7 @@ class USSliceRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         box.collapsed = True
         form = qt.QFormLayout(box)
         self.modelPathEdit = ctk.ctkPathLineEdit()
-        self.modelPathEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Writable
+        self.modelPathEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Writable  # novermin (Qt flags, not a type union)
         self.modelPathEdit.nameFilters = ["DeepRS2V model (*.pt)"]
         self.modelPathEdit.toolTip = _("Model file for the deep / deep+lncc methods (empty: "
                                        "the bundled model of this volume, if any); also "

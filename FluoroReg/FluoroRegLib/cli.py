@@ -78,7 +78,6 @@ def cmd_register(args: argparse.Namespace) -> int:
     out = check_output(args.out, [args.ct, *xrays, *geometries, args.init], "--out",
                        create_folder=True)
     device = parse_device(args.device, "--device")   # default: the hub's choice / auto
-    options = _method_options(args)
     if geometries and len(geometries) != len(xrays):
         raise InputError(f"X-ray geometry: {len(xrays)} X-ray images but {len(geometries)} "
                          "geometries; give one --geometry per --xray")
@@ -96,8 +95,11 @@ def cmd_register(args: argparse.Namespace) -> int:
     if init is not None and len(init) != len(xrays):
         raise InputError(f"initial pose: {len(xrays)} X-ray images but {len(init)} initial "
                          "ct_to_camera matrices in " + Path(args.init).name)
+    opts = _method_options(args)
+    model = _quality_model(args, hu, ijk_to_ras, cameras, init, opts)
     result = register_arrays(hu, ijk_to_ras, images, cameras, init, method=args.method,
-                             device=device, **options)
+                             device=device, quality=not args.no_quality,
+                             quality_model=model, **opts)
     extra = {"similarity": result.similarity, "method": args.method,
              "time_s": round(result.time_s, 3), "iterations": len(result.history),
              "convergence": [h["loss"] for h in result.history]}
@@ -105,21 +107,58 @@ def cmd_register(args: argparse.Namespace) -> int:
         extra["similarity_start"] = float(result.similarity_start)
     if result.metrics:  # e.g. the multi-view methods' view_disagreement_before/after_mm
         extra["metrics"] = {k: float(v) for k, v in result.metrics.items()}
-    quality = getattr(result, "quality", None)
-    if quality is not None:
-        extra["quality"] = quality.to_dict()
+    from .quality import result_quality_dict  # noqa: PLC0415
+
+    extra.update(result_quality_dict(result))
     write_pose_json(out, result.views_ct_to_camera, extra)
+    _print_quality_warnings(result)
+    quality = getattr(result, "quality", None)
     if quality is not None and quality.verdict in ("failed", "skipped"):
         import sys  # noqa: PLC0415
 
-        from SurgicalReg2D3DLib.quality import warning_line  # noqa: PLC0415
-
-        print(f"surgreg: {warning_line('fluoro registration', quality)} -> {out} "
-              f"(verdict '{quality.verdict}')", file=sys.stderr)
+        print(f"surgreg: fluoro registration judged '{quality.verdict}' -> {out}",
+              file=sys.stderr)
         return 1
     print(f"[fluoro] {args.method}: similarity {result.similarity:.4f} after "
           f"{len(result.history)} iterations in {result.time_s:.1f} s -> {args.out}")
     return 0
+
+
+def _quality_model(args, hu, ijk_to_ras, cameras, init, opts):
+    """``--calibrate-quality N``: a per-CT quality model from N simulated X-rays (cached)."""
+    n = getattr(args, "calibrate_quality", 0) or 0
+    if n <= 0 or args.no_quality:
+        return None
+    from .drr import DRRVolume  # noqa: PLC0415
+    from .logic import default_initial_pose  # noqa: PLC0415
+    from .quality import calibrate  # noqa: PLC0415
+
+    volume = DRRVolume.from_hu(hu, ijk_to_ras, device=args.device)
+    pose = init[0] if init is not None else default_initial_pose(volume, cameras[0])
+    print(f"[fluoro] calibrating the quality estimate on {n} simulated X-rays of this CT "
+          "(cached)", flush=True)
+    method = args.method if args.method in ("ncc", "gradncc", "ppc") else "ncc"
+    return calibrate(volume, cameras[0], pose, method=method, options=opts, n_cases=n)
+
+
+def _print_quality_warnings(result) -> None:
+    """One line per doubtful / failed item (the case, then each view of several)."""
+    import sys  # noqa: PLC0415
+
+    from SurgicalReg2D3DLib.quality import warning_line  # noqa: PLC0415
+
+    q = getattr(result, "quality", None)
+    if q is None:
+        return
+    line = warning_line("fluoro case", q)
+    if line:
+        print(line, file=sys.stderr)
+    views = getattr(result, "view_qualities", [])
+    if len(views) > 1:
+        for k, vq in enumerate(views):
+            line = warning_line(f"fluoro view {k + 1}", vq)
+            if line:
+                print(line, file=sys.stderr)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -316,6 +355,12 @@ def register_cli(subparsers) -> None:
     reg.add_argument("--allow-uneven-slices", dest="allow_uneven_slices", action="store_true",
                      help="load a DICOM CT series with a missing or unevenly spaced slice "
                           "anyway (refused by default)")
+    reg.add_argument("--no-quality", dest="no_quality", action="store_true",
+                     help="skip the calibrated quality value (and the retry of a failed case); "
+                          "a result that ended worse than it started is still 'failed'")
+    reg.add_argument("--calibrate-quality", dest="calibrate_quality", type=int, default=0,
+                     metavar="N", help="calibrate the quality estimate on N simulated X-rays "
+                     "of this CT first (cached per CT and geometry; e.g. 12)")
     _add_method_options(reg)
     reg.set_defaults(func=cmd_register)
 

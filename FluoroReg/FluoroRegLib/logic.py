@@ -126,13 +126,18 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
                     labels: Optional[np.ndarray] = None, label_subset=None,
                     landmarks_ras: Optional[np.ndarray] = None,
                     true_ct_to_camera: Optional[np.ndarray] = None, device=None,
-                    progress=None, cancel=None, **options) -> RegistrationResult:
+                    progress=None, cancel=None, quality: bool = False,
+                    quality_model=None, quality_retry: bool = True,
+                    **options) -> RegistrationResult:
     """Register a CT (HU array (K, J, I), ``ijk_to_ras``) to X-ray images (H, W).
 
     ``init_poses``: one ``ct_to_camera`` per image (default for one image: an AP view,
     see :func:`default_initial_pose`). ``options`` go to the method (``levels``,
     ``iterations``, ``n_samples``, ``drr_method``...). With ``landmarks_ras`` and
     ``true_ct_to_camera`` the result's metrics hold mTRE and the other errors.
+    ``quality``: also judge the result (``result.quality``, ``result.view_qualities``,
+    :mod:`.quality`; ``quality_model`` from ``quality.calibrate``), retrying a ``failed``
+    case along its weak direction when ``quality_retry`` (``result.retry`` lists both).
     """
     from .drr import DRRVolume  # noqa: PLC0415
 
@@ -171,6 +176,18 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
     failed = no_progress_quality(s0, s1, f"{measure} similarity")
     if failed is not None:
         result.quality = failed
+    if quality:  # trust value (FluoroRegLib.quality): per case, per view, retry when failed
+        from .quality import assess_result  # noqa: PLC0415
+
+        result = assess_result(volume, views, init, result, method, options,
+                               model=quality_model, retry=quality_retry, cancel=cancel)
+    if failed is not None and getattr(result, "quality", None) is not None \
+            and result.quality is not failed:
+        if result.quality.verdict != "failed":
+            result.quality = failed   # ended worse than it started: failed whatever else says
+        else:
+            result.quality.reasons.extend(r for r in failed.reasons
+                                          if r not in result.quality.reasons)
     if landmarks_ras is not None and true_ct_to_camera is not None:
         truth = check_pose(true_ct_to_camera, "true ct_to_camera")
         result.metrics.update(pose_errors(result.ct_to_camera, truth,
@@ -181,7 +198,8 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
 def register_nodes(ctx, ct_node, xray_nodes, cameras, init_transform_nodes=None,
                    method: str = "ncc", output_transform_node=None, drr_node=None,
                    fiducials_node=None, true_transform_node=None, negative_log: bool = False,
-                   progress=None, cancel=None, **options) -> RegistrationResult:
+                   progress=None, cancel=None, quality: bool = True,
+                   apply_failed: bool = True, **options) -> RegistrationResult:
     """Node-level registration (the Slicer module's logic).
 
     ``ct_node``: scalar volume node (HU); ``xray_nodes``: single-slice scalar volume
@@ -193,6 +211,9 @@ def register_nodes(ctx, ct_node, xray_nodes, cameras, init_transform_nodes=None,
     pose with the first X-ray node's geometry, so the two overlay in slice views.
     ``fiducials_node`` (markups on the CT) and ``true_transform_node`` give the mTRE.
     ``negative_log``: the X-rays are raw detector counts (``-log(I / I0)`` is applied).
+    ``quality``: judge the result (``result.quality``); with ``apply_failed=False`` a
+    ``failed`` result is not written to ``output_transform_node`` (``result.outputs``
+    then has ``"not_applied"``; :func:`apply_result` writes it once the user agrees).
     Input nodes are not modified.
     """
     from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
@@ -237,16 +258,34 @@ def register_nodes(ctx, ct_node, xray_nodes, cameras, init_transform_nodes=None,
     result = register_arrays(ct.array.astype(np.float32), ct.ijk_to_ras, images, list(cameras),
                              init_poses, method=method, landmarks_ras=landmarks,
                              true_ct_to_camera=truth, progress=progress, cancel=cancel,
-                             **options)
-    out = nodes.matrix_to_transform_node(ctx, result.ct_to_camera, "FluoroReg ct_to_camera",
-                                         node=output_transform_node)
+                             quality=quality, **options)
+    q = getattr(result, "quality", None)
+    if q is not None and q.verdict == "failed" and not apply_failed:
+        result.outputs["not_applied"] = "failed"
+        out = None
+    else:
+        out = nodes.matrix_to_transform_node(ctx, result.ct_to_camera, "FluoroReg ct_to_camera",
+                                             node=output_transform_node)
     volume = DRRVolume.from_hu(ct.array.astype(np.float32), ct.ijk_to_ras)
     drr = render_drr(volume, cameras[0], result.ct_to_camera)[0].detach().cpu().numpy()
     drr_out = nodes.volume_to_node(ctx, drr[None].astype(np.float32), xray_geometries[0],
                                    "FluoroReg DRR", node=drr_node)
-    result.outputs["output_transform_node"] = out.GetID()
+    if out is not None:
+        result.outputs["output_transform_node"] = out.GetID()
     result.outputs["drr_node"] = drr_out.GetID()
     return result
+
+
+def apply_result(ctx, result, output_transform_node=None):
+    """Write ``result.ct_to_camera`` to a transform node (e.g. a ``failed`` result the user
+    chose to apply); returns the node."""
+    from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
+
+    out = nodes.matrix_to_transform_node(ctx, result.ct_to_camera, "FluoroReg ct_to_camera",
+                                         node=output_transform_node)
+    result.outputs["output_transform_node"] = out.GetID()
+    result.outputs.pop("not_applied", None)
+    return out
 
 
 GEOMETRY_ATTRIBUTE = "FluoroReg.Geometry"

@@ -157,7 +157,7 @@ def run_register(args) -> int:
     gt = read_pose_json(args.ground_truth, "ground truth pose") if args.ground_truth else None
     result = register(mesh, camera, image=image, mask=mask, contours2d=c2, contours3d=c3,
                       init=init, method=args.method, nonrigid=args.nonrigid, ground_truth=gt,
-                      structures=structures)
+                      structures=structures, quality=not args.no_quality)
     out = Path(args.out)
     T = result.model_to_camera
     verts = mesh.vertices if result.deformed_vertices is None else result.deformed_vertices
@@ -187,8 +187,17 @@ def run_register(args) -> int:
         summary["p2ilf_task2_rpe_px"] = result.metrics["p2ilf_task2_rpe_px"]
         summary["project_reprojection_hausdorff_px_per_class"] = {
             k: v["hausdorff_px"] for k, v in result.metrics["reprojection"].items()}
+    if result.quality is not None:
+        summary["quality"] = result.quality.to_dict()
     print(json.dumps(dict(summary, metrics=result.metrics,
                           total_s=round(result.timings.get("total_s", 0.0), 3))))
+    if result.quality is not None:
+        from SurgicalReg2D3DLib.quality import warning_line  # noqa: PLC0415
+
+        name = Path(args.image).name if args.image else Path(args.out).stem
+        line = warning_line(f"laparo frame {name}", result.quality)
+        if line:
+            print(line, file=sys.stderr)
     return 0
 
 
@@ -235,6 +244,8 @@ def register_cli(subparsers) -> None:
                         "frame, then K only (with a note); keep: always use it; none: K only")
     r.add_argument("--no-distortion", action="store_true",
                    help="same as --lens-model none (project with K only)")
+    r.add_argument("--no-quality", dest="no_quality", action="store_true",
+                   help="skip the quality value (and the restarts it may run)")
     r.add_argument("--out", required=True, help="output JSON")
     r.set_defaults(func=run_register)
     b = sub.add_parser("bench", help="accuracy and timing on synthetic and shipped cases")

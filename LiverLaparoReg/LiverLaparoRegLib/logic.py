@@ -52,10 +52,19 @@ class LaparoResult:
     deformed_structures: List[MeshData] = field(default_factory=list)
     #: node level only (:func:`register_nodes`): the model nodes holding them
     structure_nodes: list = field(default_factory=list)
+    #: trust value (``SurgicalReg2D3DLib.quality.Quality``, :mod:`.quality`) when asked for
+    quality: Optional[object] = None
+    #: the restarts :func:`.quality.assess_and_retry` ran (attempts, chosen), or None
+    retry: Optional[dict] = None
 
     def to_dict(self) -> dict:
-        return {"model_to_camera": np.asarray(self.model_to_camera).tolist(),
-                "method": self.method, "metrics": self.metrics, "timing": self.timings}
+        out = {"model_to_camera": np.asarray(self.model_to_camera).tolist(),
+               "method": self.method, "metrics": self.metrics, "timing": self.timings}
+        if self.quality is not None:
+            out["quality"] = self.quality.to_dict()
+        if self.retry:
+            out["retry"] = self.retry
+        return out
 
 
 def _check_pose(T, name: str) -> np.ndarray:
@@ -202,7 +211,7 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
              init: Optional[np.ndarray] = None, method: Optional[str] = None,
              nonrigid: bool = False, ground_truth: Optional[np.ndarray] = None,
              structures: Optional[Sequence[MeshData]] = None,
-             progress=None, cancel=None) -> LaparoResult:
+             progress=None, cancel=None, quality: bool = False) -> LaparoResult:
     """Register ``mesh`` (model frame, mm) to a laparoscopic frame.
 
     ``structures``: optional extra meshes in the same model frame (vessels, tumours).
@@ -214,6 +223,9 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
     method and computes the metrics: P2ILF reprojection errors (when contours are given),
     mask Dice (when a mask is given), rotation / translation errors (when
     ``ground_truth`` model_to_camera is given). Inputs are not modified.
+    ``quality``: judge the rigid pose (``result.quality``, :mod:`.quality`); with a mask,
+    restarts along the viewing ray run when it is failed or there are no contours, and
+    the best verdict is kept (``result.retry`` lists the attempts).
     """
     t0 = time.perf_counter()
     mesh = validate_mesh(mesh, "mesh")
@@ -267,6 +279,8 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
     timings["rigid_s"] = time.perf_counter() - t0
     result = LaparoResult(np.asarray(T, dtype=np.float64), method, timings=timings,
                           history=list(history))
+    if quality:
+        _judge(result, ctx, cancel)
     if nonrigid:
         from .nonrigid import deform  # noqa: PLC0415
 
@@ -299,6 +313,25 @@ def _camera_warning(camera) -> Optional[str]:
     from .camera import frame_valid_camera  # noqa: PLC0415
 
     return frame_valid_camera(camera, "keep")[1]
+
+
+def _judge(result: LaparoResult, ctx: dict, cancel=None) -> None:
+    """Attach the quality (and the kept pose of the restarts) to ``result``."""
+    from .quality import assess_and_retry  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+
+    def rerun(start):
+        T2, _, _ = _run_silhouette(dict(ctx, init=start), None, cancel)
+        return LaparoResult(np.asarray(T2, dtype=np.float64), "silhouette")
+
+    q, kept, info = assess_and_retry(ctx["mesh"], ctx["camera"], result, ctx["mask"],
+                                     ctx["contours2d"], ctx["contours3d"],
+                                     rerun=rerun if ctx["mask"] is not None else None)
+    result.model_to_camera = np.asarray(kept.model_to_camera, dtype=np.float64)
+    result.quality = q
+    result.retry = info if len(info["attempts"]) > 1 else None
+    result.timings["quality_s"] = time.perf_counter() - t0
 
 
 def evaluate(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None,
@@ -336,7 +369,8 @@ def register_nodes(ctx, model_node, camera, frame_node=None, mask_node=None,
                    method: Optional[str] = None, nonrigid: bool = False,
                    output_transform_node=None, output_model_node=None,
                    structure_nodes=None, output_structure_nodes=None,
-                   progress=None, cancel=None) -> LaparoResult:
+                   progress=None, cancel=None, quality: bool = True,
+                   apply_failed: bool = True) -> LaparoResult:
     """Node-level entry point (Slicer logic and tests).
 
     ``structure_nodes``: optional model nodes of vessels / tumours (same convention as
@@ -376,9 +410,13 @@ def register_nodes(ctx, model_node, camera, frame_node=None, mask_node=None,
         structures.append(MeshData(sv, sf, node.GetName()))
     result = register(mesh, camera, image=image, mask=mask, contours2d=contours2d,
                       contours3d=contours3d, init=init, method=method, nonrigid=nonrigid,
-                      structures=structures, progress=progress, cancel=cancel)
-    nodes.matrix_to_transform_node(ctx, result.model_to_camera, "model_to_camera",
-                                   node=output_transform_node)
+                      structures=structures, progress=progress, cancel=cancel,
+                      quality=quality)
+    if result.quality is not None and result.quality.verdict == "failed" and not apply_failed:
+        result.metrics["not_applied"] = "failed"  # the GUI asks before writing it
+    else:
+        nodes.matrix_to_transform_node(ctx, result.model_to_camera, "model_to_camera",
+                                       node=output_transform_node)
     if result.deformed_vertices is not None:
         nodes.model_to_node(ctx, result.deformed_vertices, mesh.faces, "deformed liver",
                             node=output_model_node, frame="LPS")

@@ -158,7 +158,8 @@ def _two_view_register_args(ct, case_dir, method, out, iterations, n_samples):
             "--xray", str(c / "xray_1.nrrd"), "--geometry", str(c / "geometry_0.json"),
             "--geometry", str(c / "geometry_1.json"), "--init", str(c / "init.json"),
             "--method", method, "--out", str(out), "--levels", "1",
-            "--iterations", str(iterations), "--n-samples", str(n_samples)]
+            "--iterations", str(iterations), "--n-samples", str(n_samples),
+            "--no-quality"]   # tiny images and few iterations: these tests check the plumbing
 
 
 def test_cli_simulate_and_register_two_views(cli_case, capsys, tmp_path):

@@ -116,9 +116,11 @@ def cmd_bench_deep(args: argparse.Namespace) -> int:
     print("volume from the even frames; odd (held-out) frames registered; skipped (true "
           f"plane outside the volume's data): {sorted(result['skipped_uncovered_frames'])}")
     print(summary_markdown(result))
+    from SurgicalReg2D3DLib.outputs import write_json_atomic  # noqa: PLC0415
+
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "us_deep_bench.json").write_text(json.dumps(result, indent=1, default=float))
+    write_json_atomic(out / "us_deep_bench.json", result, "--out-dir", indent=1)
     print(f"written {out / 'us_deep_bench.json'}")
     return 0
 
