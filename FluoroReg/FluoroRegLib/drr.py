@@ -345,6 +345,13 @@ def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear
         dims = torch.tensor([i, j, k], device=source.device, dtype=source.dtype)
         first_edge, n_planes = _siddon_planes(source.detach(), direction.detach(), dims)
         per_ray = (sum(n_planes) + 2) * 6
+    if method == "trilinear":
+        from . import drr_kernels  # noqa: PLC0415
+
+        if drr_kernels.usable(volume.mu, source, direction, method):
+            # Compiled CPU kernel: the same integral (see drr_kernels), no work tensors.
+            out = drr_kernels.trilinear_drr(volume.mu, source, direction, length_mm, n_samples)
+            return out.reshape(b, p.height, p.width)
     n_rays = direction.shape[1]
     chunk = max(1, int(max_elements // max(1, per_ray * b)))
     need_grad = torch.is_grad_enabled() and pose.requires_grad
