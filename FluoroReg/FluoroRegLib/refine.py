@@ -231,6 +231,32 @@ class _Problem:
         return ((r[:, 1:] - r[:, :1]) / steps[None, :, None]).transpose(1, 2)
 
 
+def level_volume(volume: DRRVolume, camera, center_cam, cache: Dict[int, DRRVolume],
+                 ct_resolution: Optional[float] = 1.0) -> DRRVolume:
+    """The CT for one pyramid level: ``volume`` block-averaged (attenuation) by the integer
+    factor ``floor(pixel size at the CT / (ct_resolution x voxel size))``, so that a voxel
+    is not much finer than what one detector pixel of this level resolves; the default
+    DRR sample count (``1.5 x`` the largest dimension) shrinks with it. ``ct_resolution
+    None``: always the full volume. Factor 1 returns ``volume`` itself. Voxel ``i'`` is
+    the mean of voxels ``f i' .. f i' + f - 1`` (a partial block at the far edge is
+    dropped), centred at ``f i' + (f - 1) / 2``."""
+    if ct_resolution is None:
+        return volume
+    voxel = float(np.linalg.norm(volume.ijk_to_ras[:3, :3], axis=0).max())
+    f = int(np.floor(pixel_mm_at(camera, center_cam) / (float(ct_resolution) * voxel) + 1e-9))
+    f = max(1, min(f, min(volume.shape) // 2))
+    if f == 1:
+        return volume
+    if f not in cache:
+        k, j, i = (s // f for s in volume.shape)
+        mu = volume.mu[: k * f, : j * f, : i * f].float()
+        mu = F.avg_pool3d(mu[None, None], f)[0, 0].to(volume.mu.dtype)
+        scale = np.diag([f, f, f, 1.0])
+        scale[:3, 3] = (f - 1) / 2.0
+        cache[f] = DRRVolume(mu.contiguous(), volume.ijk_to_ras @ scale)
+    return cache[f]
+
+
 def _check_levels(levels) -> List[float]:
     levels = [float(v) for v in levels]
     if not levels or any(not np.isfinite(v) or v < 1 for v in levels):
@@ -259,14 +285,17 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
                        levels: Sequence[float] = (4, 2, 1), iterations: int = 30,
                        drr_method: str = "trilinear", n_samples: Optional[int] = None,
                        adam_lr: float = 0.02, landmarks_ras: Optional[np.ndarray] = None,
-                       true_ct_to_camera=None, progress=None, cancel=None) -> RegistrationResult:
+                       true_ct_to_camera=None, progress=None, cancel=None,
+                       ct_resolution: Optional[float] = 1.0) -> RegistrationResult:
     """Register the CT to one or more X-ray views by maximising NCC or gradient NCC.
 
     ``volume``: :class:`DRRVolume`; ``views``: :class:`XRayView` list; ``init_ct_to_camera``:
     (4, 4) start pose of view 0. ``optimizer``: ``"lm"`` (Levenberg-Marquardt) or
     ``"adam"``; ``iterations`` per pyramid level. With ``landmarks_ras`` and
     ``true_ct_to_camera`` the result's metrics include the mTRE (mm). Inputs are not
-    modified.
+    modified. ``ct_resolution``: per level, the CT is block-averaged to about this many
+    voxels per detector pixel at the CT (:func:`level_volume`; ``None``: full CT at every
+    level); the final similarity uses the full CT.
     """
     if similarity not in SIMILARITIES:
         raise InputError(f"similarity: expected one of {SIMILARITIES}, got {similarity!r}")
@@ -282,11 +311,12 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
     current = init.copy()
     history: List[Dict[str, float]] = []
     method = f"{similarity}-{optimizer}"
+    level_cache: Dict[int, DRRVolume] = {}
     for li, factor in enumerate(levels):
         check_cancel(cancel, "FluoroReg registration")
         cams = [v.camera if factor == 1 else v.camera.scaled(factor) for v in views]
-        prob = _Problem(volume, views, cams, current, center_cam, similarity, drr_method,
-                        n_samples)
+        prob = _Problem(level_volume(volume, cams[0], center_cam, level_cache, ct_resolution),
+                        views, cams, current, center_cam, similarity, drr_method, n_samples)
         sub = sub_progress(progress, li / len(levels), (li + 1) / len(levels))
         steps = fd_steps(cams[0], center_cam, volume.device)
         px_mm = pixel_mm_at(cams[0], center_cam)

@@ -90,3 +90,26 @@ def test_nonzero_box_is_where_samples_can_be_nonzero():
     # (i, j, k) ranges of non-zero voxels: i 4..4, j 3..5, k 2..3, widened by one voxel.
     np.testing.assert_array_equal(box, [3, 2, 1, 5, 6, 4])
     assert drr_kernels.nonzero_box(np.zeros((3, 3, 3), np.float32))[0] > 0  # empty: lo > hi
+
+
+def test_level_volume_block_averages_with_consistent_geometry():
+    from FluoroRegLib.refine import level_volume
+
+    rng = np.random.default_rng(5)
+    mu = rng.random((9, 10, 12)).astype(np.float32)  # synthetic
+    m = np.eye(4)
+    m[:3, :3] = np.diag([1.5, 1.2, 2.0])
+    m[:3, 3] = (-5, 3, 7)
+    vol = DRRVolume.from_mu(mu, m)
+    cam = make_camera(1000.0, (4.0, 4.0), (16, 16))  # 2.4 mm per pixel at 600 mm
+    cache = {}
+    same = level_volume(vol, cam, np.array([0, 0, 600.0]), cache)
+    assert same is vol  # 2.4 mm / 2.0 mm -> factor 1
+    small = level_volume(vol, cam, np.array([0, 0, 1000.0]), cache)  # 4 mm -> factor 2
+    ref = mu[:8, :10, :12].reshape(4, 2, 5, 2, 6, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(small.mu.numpy(), ref, rtol=1e-6)
+    # voxel (0, 0, 0) of the coarse grid sits at the centre of old voxels 0..1 per axis
+    np.testing.assert_allclose(small.ijk_to_ras @ [0, 0, 0, 1], m @ [0.5, 0.5, 0.5, 1])
+    np.testing.assert_allclose(small.ijk_to_ras @ [1, 0, 0, 1], m @ [2.5, 0.5, 0.5, 1])
+    assert level_volume(vol, cam, np.array([0, 0, 1000.0]), cache) is small  # cached
+    assert level_volume(vol, cam, np.array([0, 0, 1000.0]), {}, ct_resolution=None) is vol
