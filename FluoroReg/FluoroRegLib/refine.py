@@ -234,16 +234,16 @@ class _Problem:
 def level_volume(volume: DRRVolume, camera, center_cam, cache: Dict[int, DRRVolume],
                  ct_resolution: Optional[float] = 1.0) -> DRRVolume:
     """The CT for one pyramid level: ``volume`` block-averaged (attenuation) by the integer
-    factor ``floor(pixel size at the CT / (ct_resolution x voxel size))``, so that a voxel
-    is not much finer than what one detector pixel of this level resolves; the default
-    DRR sample count (``1.5 x`` the largest dimension) shrinks with it. ``ct_resolution
+    factor ``round(pixel size at the CT / (ct_resolution x voxel size))``, so that a voxel
+    is about what one detector pixel of this level resolves; the DRR sample count (a
+    multiple of the largest dimension) shrinks with it. ``ct_resolution
     None``: always the full volume. Factor 1 returns ``volume`` itself. Voxel ``i'`` is
     the mean of voxels ``f i' .. f i' + f - 1`` (a partial block at the far edge is
     dropped), centred at ``f i' + (f - 1) / 2``."""
     if ct_resolution is None:
         return volume
     voxel = float(np.linalg.norm(volume.ijk_to_ras[:3, :3], axis=0).max())
-    f = int(np.floor(pixel_mm_at(camera, center_cam) / (float(ct_resolution) * voxel) + 1e-9))
+    f = int(np.floor(pixel_mm_at(camera, center_cam) / (float(ct_resolution) * voxel) + 0.5))
     f = max(1, min(f, min(volume.shape) // 2))
     if f == 1:
         return volume
@@ -286,7 +286,8 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
                        drr_method: str = "trilinear", n_samples: Optional[int] = None,
                        adam_lr: float = 0.02, landmarks_ras: Optional[np.ndarray] = None,
                        true_ct_to_camera=None, progress=None, cancel=None,
-                       ct_resolution: Optional[float] = 1.0) -> RegistrationResult:
+                       ct_resolution: Optional[float] = 1.0,
+                       sample_density: float = 1.0) -> RegistrationResult:
     """Register the CT to one or more X-ray views by maximising NCC or gradient NCC.
 
     ``volume``: :class:`DRRVolume`; ``views``: :class:`XRayView` list; ``init_ct_to_camera``:
@@ -295,7 +296,9 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
     ``true_ct_to_camera`` the result's metrics include the mTRE (mm). Inputs are not
     modified. ``ct_resolution``: per level, the CT is block-averaged to about this many
     voxels per detector pixel at the CT (:func:`level_volume`; ``None``: full CT at every
-    level); the final similarity uses the full CT.
+    level); the final similarity uses the full CT. ``sample_density``: DRR samples per
+    ray per voxel of the level CT's largest dimension when ``n_samples`` is not given (the
+    renderer's own default is 1.5).
     """
     if similarity not in SIMILARITIES:
         raise InputError(f"similarity: expected one of {SIMILARITIES}, got {similarity!r}")
@@ -315,8 +318,10 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
     for li, factor in enumerate(levels):
         check_cancel(cancel, "FluoroReg registration")
         cams = [v.camera if factor == 1 else v.camera.scaled(factor) for v in views]
-        prob = _Problem(level_volume(volume, cams[0], center_cam, level_cache, ct_resolution),
-                        views, cams, current, center_cam, similarity, drr_method, n_samples)
+        lvol = level_volume(volume, cams[0], center_cam, level_cache, ct_resolution)
+        lvl_samples = n_samples or max(16, int(float(sample_density) * max(lvol.shape)))
+        prob = _Problem(lvol, views, cams, current, center_cam, similarity, drr_method,
+                        lvl_samples)
         sub = sub_progress(progress, li / len(levels), (li + 1) / len(levels))
         steps = fd_steps(cams[0], center_cam, volume.device)
         px_mm = pixel_mm_at(cams[0], center_cam)
