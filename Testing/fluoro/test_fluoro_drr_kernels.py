@@ -105,11 +105,11 @@ def test_level_volume_block_averages_with_consistent_geometry():
     cache = {}
     same = level_volume(vol, cam, np.array([0, 0, 600.0]), cache)
     assert same is vol  # 2.4 mm / 2.0 mm -> factor 1
-    small = level_volume(vol, cam, np.array([0, 0, 1250.0]), cache)  # 5 mm -> factor 2
+    small = level_volume(vol, cam, np.array([0, 0, 1150.0]), cache)  # 4.6 mm / 2 mm -> factor 2
     ref = mu[:8, :10, :12].reshape(4, 2, 5, 2, 6, 2).mean(axis=(1, 3, 5))
     np.testing.assert_allclose(small.mu.numpy(), ref, rtol=1e-6)
     # voxel (0, 0, 0) of the coarse grid sits at the centre of old voxels 0..1 per axis
     np.testing.assert_allclose(small.ijk_to_ras @ [0, 0, 0, 1], m @ [0.5, 0.5, 0.5, 1])
     np.testing.assert_allclose(small.ijk_to_ras @ [1, 0, 0, 1], m @ [2.5, 0.5, 0.5, 1])
-    assert level_volume(vol, cam, np.array([0, 0, 1250.0]), cache) is small  # cached
+    assert level_volume(vol, cam, np.array([0, 0, 1150.0]), cache) is small  # cached
     assert level_volume(vol, cam, np.array([0, 0, 1000.0]), {}, ct_resolution=None) is vol
