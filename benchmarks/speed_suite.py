@@ -264,7 +264,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bench-python", default="/tmp/speed/bench-venv/bin/python",
                     help="python with nanodrr/DiffDRR installed (optional)")
-    ap.add_argument("--us-frames", default="20,40,60")
+    ap.add_argument("--us-frames", default="5,7,9,15")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args(argv)
     load_start = round(os.getloadavg()[0], 2)
