@@ -26,6 +26,10 @@ Two integrators:
   its voxel's attenuation is summed. Differentiable w.r.t. the pose through the
   crossing parameters.
 
+On the CPU (float32 volume) the trilinear integral runs in the compiled kernels of
+:mod:`.drr_kernels` (the same integral, no work tensors, several times faster); set
+``FLUOROREG_DRR_KERNELS=torch`` to force the torch path below (GPU volumes always use it).
+
 Work is chunked over rays so that peak memory is bounded (``max_elements`` floats per
 chunk); with gradients enabled each chunk is check-pointed, so memory stays bounded in
 the backward pass too.
