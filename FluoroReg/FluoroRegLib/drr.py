@@ -352,8 +352,9 @@ def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear
     if method == "trilinear":
         from . import drr_kernels  # noqa: PLC0415
 
-        if drr_kernels.usable(volume.mu, source, direction, method):
-            # Compiled CPU kernel: the same integral (see drr_kernels), no work tensors.
+        if drr_kernels.usable(volume.mu, source, direction, method) and not volume.mu.requires_grad:
+            # Compiled CPU kernel: the same integral (see drr_kernels), no work tensors;
+            # gradients w.r.t. the pose only (a volume that needs gradients uses torch).
             out = drr_kernels.trilinear_drr(volume.mu, source, direction, length_mm, n_samples)
             return out.reshape(b, p.height, p.width)
     n_rays = direction.shape[1]

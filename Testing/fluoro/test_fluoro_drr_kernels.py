@@ -113,3 +113,12 @@ def test_level_volume_block_averages_with_consistent_geometry():
     np.testing.assert_allclose(small.ijk_to_ras @ [1, 0, 0, 1], m @ [2.5, 0.5, 0.5, 1])
     assert level_volume(vol, cam, np.array([0, 0, 1150.0]), cache) is small  # cached
     assert level_volume(vol, cam, np.array([0, 0, 1000.0]), {}, ct_resolution=None) is vol
+
+
+def test_volume_gradient_still_flows_through_the_torch_path():
+    vol = _volume(True)
+    mu = vol.mu.clone().requires_grad_(True)
+    cam = make_camera(800.0, (1.6, 1.4), (12, 10))
+    img = render_drr(DRRVolume(mu, vol.ijk_to_ras), cam, _poses(1), n_samples=32)
+    img.sum().backward()
+    assert mu.grad is not None and float(mu.grad.abs().sum()) > 0
