@@ -4,7 +4,7 @@ Each measurement runs in a fresh process, as users meet it, and separates first 
 (imports, numba compile or cache load, first call) from the steady state:
 
 ==========================  ==========================================================
-drr                         ``drr_throughput.py --quick``: batched DRRs/s of ours at
+drr                         ``drr_throughput.py --quick --repeats 2``: DRRs/s of ours at
                             64 / 128 px (training rule), forward and forward+backward;
                             nanodrr / DiffDRR ratios when ``--bench-python`` has them
 fluoro_cmd_1view/_2view     ``surgreg fluoro register`` (default method ``ncc``, default
@@ -77,10 +77,9 @@ def _env(threads: int):
 def measure_drr(args, tmp: Path) -> list:
     py = args.bench_python if args.bench_python and Path(args.bench_python).exists() else sys.executable
     out = tmp / "drr"
-    cmd = [py, str(HERE / "drr_throughput.py"), "--quick", "--out", str(out),
-           "--threads", str(args.threads)]
-    if py == sys.executable:
-        cmd += ["--renderers", "ours", "ours-torch", "nanodrr-torch", "diffdrr"]
+    # reduced: 64 / 128 px, 2 rounds, no torch-path renderer (drr_throughput.py runs it)
+    cmd = [py, str(HERE / "drr_throughput.py"), "--quick", "--repeats", "2", "--out", str(out),
+           "--threads", str(args.threads), "--renderers", "ours", "nanodrr-torch", "diffdrr"]
     _run(cmd, env=_env(args.threads), timeout=900)
     res = json.loads(out.with_suffix(".json").read_text())
     rows = [{"measure": "drr_first_call", "value": res.get("ours_first_call_s"), "unit": "s",
