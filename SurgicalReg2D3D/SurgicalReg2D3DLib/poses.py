@@ -153,8 +153,9 @@ def _broadcast_batch(a: torch.Tensor, a_dims: int, b: torch.Tensor, b_dims: int,
     """Raise InputError unless the leading dims of ``a`` and ``b`` broadcast."""
     sa, sb = tuple(a.shape[:a.dim() - a_dims]), tuple(b.shape[:b.dim() - b_dims])
     try:
-        torch.broadcast_shapes(sa, sb)
-    except RuntimeError:
+        # numpy's rule is torch's; torch.broadcast_shapes imports sympy on first use (~1 s)
+        np.broadcast_shapes(sa, sb)
+    except ValueError:
         raise InputError(f"{b_name}: leading dimensions {sb} do not broadcast with "
                          f"{a_name}'s {sa}") from None
 
@@ -202,7 +203,7 @@ def make_pose(R, t) -> torch.Tensor:
     """
     R, t = _prepare([(R, "R", (3, 3), 2), (t, "t", (3,), 1)])
     _broadcast_batch(R, 2, t, 1, "R", "t")
-    batch = torch.broadcast_shapes(R.shape[:-2], t.shape[:-1])
+    batch = tuple(np.broadcast_shapes(tuple(R.shape[:-2]), tuple(t.shape[:-1])))
     top = torch.cat([R.expand(*batch, 3, 3), t.expand(*batch, 3).unsqueeze(-1)], dim=-1)
     bottom = torch.zeros(*batch, 1, 4, dtype=R.dtype, device=R.device)
     bottom[..., 0, 3] = 1.0

@@ -124,7 +124,9 @@ def render_features(net, volume, camera, poses: torch.Tensor, n_samples: int) ->
     """Features of DRRs at ``poses`` (B, 4, 4) (differentiable in the poses and the net)."""
     from ..drr import render_drr  # noqa: PLC0415
 
-    drr = render_drr(volume, camera, poses.to(torch.float32), n_samples=n_samples)
+    # kernels=False: the training differentiates the pose gradient (second order)
+    drr = render_drr(volume, camera, poses.to(torch.float32), n_samples=n_samples,
+                     kernels=False)
     return net(_standardise(drr).unsqueeze(1).to(next(net.parameters()).dtype))
 
 
