@@ -144,6 +144,11 @@ def register_cli(subparsers) -> None:
                    help="ignore the camera's distortion (project with K only)")
     r.add_argument("--out", required=True, help="output JSON")
     r.set_defaults(func=run_register)
+    r.add_argument("--model", default=None,
+                   help="learned model file (--method learned; default: the bundled model)")
+    from .learned.train import add_train_parser  # noqa: PLC0415
+
+    add_train_parser(sub)
     b = sub.add_parser("bench", help="accuracy and timing on synthetic and shipped cases")
     b.add_argument("--mesh", action="append", default=None, help="mesh(es) for synthetic cases")
     b.add_argument("--quick", action="store_true")
