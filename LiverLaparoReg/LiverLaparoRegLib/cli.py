@@ -69,6 +69,8 @@ def run_register(args) -> int:
     from .p2ilf import read_contours_2d, read_contours_3d, write_contours_2d, \
         write_contours_3d  # noqa: PLC0415
 
+    if args.method == "learned":
+        return run_register_learned(args)
     mesh = load_mesh(args.mesh, "mesh")
     structures = [load_mesh(p, f"structure {Path(p).name}") for p in args.structure or ()]
     image = read_image(args.image, "image")
@@ -109,6 +111,53 @@ def run_register(args) -> int:
     return 0
 
 
+def run_register_learned(args) -> int:
+    """``register --method learned``: no --init, no contours (see ``learned/infer.py``)."""
+    from .camera import load_camera, without_distortion  # noqa: PLC0415
+    from .learned.infer import check_liver_scale, register_learned  # noqa: PLC0415
+    from .mesh import MeshData, load_mesh, save_mesh  # noqa: PLC0415
+
+    if args.init or args.contours2d or args.contours3d:
+        raise InputError("method: --method learned takes no --init and no contours")
+    mesh = load_mesh(args.mesh, "mesh", validate=False)
+    check_liver_scale(mesh.vertices, "mesh")
+    structures = [load_mesh(p, f"structure {Path(p).name}") for p in args.structure or ()]
+    image = read_image(args.image, "image")
+    camera = load_camera(args.camera, width=image.shape[1], height=image.shape[0],
+                         distortion_path=args.distortion)
+    if args.no_distortion:
+        camera = without_distortion(camera)
+    mask = None
+    if args.mask:
+        mask = read_image(args.mask, "mask")
+        mask = (mask.max(axis=2) if mask.ndim == 3 else mask) > 127
+    gt = read_pose_json(args.ground_truth, "ground truth pose") if args.ground_truth else None
+    result = register_learned(mesh, camera, image=image, mask=mask, model=args.model,
+                              nonrigid=args.nonrigid, ground_truth=gt, structures=structures)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result.to_dict(), indent=2))
+    T = result.model_to_camera
+    verts = mesh.vertices if result.deformed_vertices is None else result.deformed_vertices
+    save_mesh(MeshData(verts @ T[:3, :3].T + T[:3, 3], mesh.faces),
+              out.with_name(out.stem + "_mesh_camera.obj"))
+    if args.deformed_mesh:
+        save_mesh(MeshData(verts, mesh.faces), args.deformed_mesh)
+    for path, s in zip(args.structure or (), result.deformed_structures):
+        save_mesh(s, out.with_name(f"{out.stem}_{Path(path).stem}_deformed.vtk"))
+    from SurgicalReg2D3DLib.quality import warning_line  # noqa: PLC0415
+
+    line = warning_line("learned registration", result.quality)
+    if line:
+        import sys  # noqa: PLC0415
+        print(line, file=sys.stderr)
+    print(json.dumps({"method": "learned", "metrics": result.metrics,
+                      "quality": result.quality.to_dict(),
+                      "correspondences": len(result.correspondences),
+                      "total_s": round(result.timings.get("total_s", 0.0), 3)}))
+    return 0
+
+
 def run_bench(args) -> int:
     from .bench import run_bench as _bench  # noqa: PLC0415
 
@@ -133,7 +182,7 @@ def register_cli(subparsers) -> None:
     r.add_argument("--contours3d", default=None, help="P2ILF 3D contour JSON")
     r.add_argument("--init", default=None, help='{"model_to_camera": 4x4} JSON')
     r.add_argument("--method", default=None, choices=None,
-                   help="pnp | silhouette (default: chosen from the inputs)")
+                   help="pnp | silhouette | learned (default: chosen from the inputs)")
     r.add_argument("--nonrigid", action="store_true", help="non-rigid refinement")
     r.add_argument("--deformed-mesh", default=None, help="write the deformed mesh here")
     r.add_argument("--ground-truth", default=None, help="ground-truth pose JSON for metrics")

@@ -60,8 +60,12 @@ def _pack(s) -> Dict[str, np.ndarray]:
             "pix_liver": s.pix_liver.astype(np.float16)}
 
 
+def _chunk_name(seed: int, chunk: int, k: int) -> str:
+    return f"s{seed}_c{k:05d}.npz" if chunk == CHUNK else f"s{seed}_n{chunk}_c{k:05d}.npz"
+
+
 def render_cache(cache_dir, n_samples: int, seed: int, meshes, deadline: float = float("inf"),
-                 log=print) -> List[Path]:
+                 log=print, chunk: int = CHUNK) -> List[Path]:
     """Render the missing chunks of ``n_samples`` samples into ``cache_dir``; stops at
     ``deadline`` (``time.time()``). Returns the chunk files present."""
     from . import data  # noqa: PLC0415
@@ -69,16 +73,16 @@ def render_cache(cache_dir, n_samples: int, seed: int, meshes, deadline: float =
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    n_chunks = (n_samples + CHUNK - 1) // CHUNK
+    n_chunks = (n_samples + chunk - 1) // chunk
     t0 = time.time()
     for k in range(n_chunks):
-        f = cache_dir / f"s{seed}_c{k:05d}.npz"
+        f = cache_dir / _chunk_name(seed, chunk, k)
         if not f.is_file():
             if time.time() > deadline:
                 break
             batch = []
-            for j in range(CHUNK):
-                i = k * CHUNK + j
+            for j in range(chunk):
+                i = k * chunk + j
                 rng = np.random.default_rng([seed, i])
                 batch.append(_pack(data.make_sample(meshes[i % len(meshes)], rng)))
             arrs = {key: np.stack([b[key] for b in batch]) for key in batch[0]}
@@ -133,7 +137,7 @@ def train_stage1(out, steps: int = 2000, max_minutes: float = 60.0, seed: int = 
                  meshes: Optional[Sequence[str]] = None, data_cache=None, resume=None,
                  device: str = "auto", align: bool = True, uncertainty: bool = True,
                  dim: int = 64, checkpoint_minutes: float = 5.0, command: str = "",
-                 log=print) -> dict:
+                 log=print, chunk: int = CHUNK) -> dict:
     """Train a Stage I model and write it to ``out`` (see the module docstring).
     Returns the training record (loss history included)."""
     import torch  # noqa: PLC0415
@@ -163,10 +167,11 @@ def train_stage1(out, steps: int = 2000, max_minutes: float = 60.0, seed: int = 
     tms = training_meshes(meshes)
     mesh_desc = ", ".join(t.name for t in tms)
     if rank == 0:
-        files = render_cache(cache, samples, seed, tms, deadline, log)
+        render_cache(cache, samples, seed, tms, deadline, log, chunk)
     if world > 1:
         torch.distributed.barrier()
-    files = sorted(cache.glob(f"s{seed}_c*.npz"))[: (samples + CHUNK - 1) // CHUNK]
+    files = [cache / _chunk_name(seed, chunk, k) for k in range((samples + chunk - 1) // chunk)]
+    files = [f for f in files if f.is_file()]
     if not files:
         raise InputError("data cache: no training samples were rendered before the deadline")
     arrs = load_cache(files)
@@ -206,16 +211,31 @@ def train_stage1(out, steps: int = 2000, max_minutes: float = 60.0, seed: int = 
                   "lr": lr, "samples": n, "meshes": mesh_desc, "world_size": world,
                   "device": str(dev), "loss_history": history,
                   "wall_s": wall_before + time.time() - t_start, "finished": final,
-                  "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+                  "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                  "param_checksum": float(sum(p.detach().double().abs().sum()
+                                              for p in model.parameters()))}
         if rank == 0:
             save_model(out, model, "stage1", record)
             torch.save({"optimizer": opt.state_dict()}, str(out) + ".ckpt")
 
     model.train()
     run = []
-    while step < steps and time.time() < deadline:
+    while step < steps:
+        # cosine decay over the run (steps or time, whichever ends first), floor 0.1 lr;
+        # under DDP rank 0's clock decides for all replicas (same lr, same last step)
+        frac = min(1.0, max(step / steps, (time.time() - t_start) / max(1.0, deadline - t_start)))
+        stop = float(time.time() >= deadline)
+        if world > 1:
+            sync = torch.tensor([frac, stop], dtype=torch.float64,
+                                device=dev if dev.type == "cuda" else "cpu")
+            torch.distributed.broadcast(sync, 0)
+            frac, stop = float(sync[0]), float(sync[1])
+        if stop:
+            break
         idx = rng.choice(share, size=batch, replace=len(share) < batch)
         b = {k: v.to(dev) for k, v in _batch(arrs, idx, rng).items()}
+        for g in opt.param_groups:
+            g["lr"] = lr * (0.1 + 0.45 * (1 + np.cos(np.pi * frac)))
         o = net(b["image"], b["mask"], b["points"])
         L = losses(o, b, uncertainty=uncertainty)
         opt.zero_grad()
