@@ -269,3 +269,59 @@ def test_ddp_two_process_gloo_replicas_equal(tmp_path, box):
     fresh = lnet.StageOne(dim=16)
     fresh_sum = float(sum(p.detach().double().abs().sum() for p in fresh.parameters()))
     assert r0["checksum"] != fresh_sum
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli_inputs(tmp_path, mesh):
+    import cv2  # noqa: PLC0415
+
+    from LiverLaparoRegLib.mesh import save_mesh  # noqa: PLC0415
+
+    cam = _camera()
+    img, mask = _frame(cam, 255)
+    cv2.imwrite(str(tmp_path / "f.png"), img)
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    np.savetxt(tmp_path / "K.txt", cam.K)
+    return save_mesh(mesh, tmp_path / "mesh.ply")
+
+
+def test_cli_learned_bad_inputs_exit_2(tmp_path, box, capsys):
+    from SurgicalReg2D3DLib.cli import main  # noqa: PLC0415
+
+    metres = _cli_inputs(tmp_path, MeshData(box.vertices / 1000.0, box.faces))
+    base = ["laparo", "register", "--mesh", str(metres), "--image", str(tmp_path / "f.png"),
+            "--camera", str(tmp_path / "K.txt"), "--mask", str(tmp_path / "m.png"),
+            "--method", "learned", "--out", str(tmp_path / "o.json")]
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mesh:" in err[0] and "metres" in err[0]
+    good = _cli_inputs(tmp_path, box)
+    bad_model = tmp_path / "bad.pt"
+    bad_model.write_bytes(b"not a model")
+    base[3] = str(good)
+    assert main(base + ["--model", str(bad_model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("surgreg: error: model:")
+    assert main(base + ["--init", str(tmp_path / "x.json")]) == 2
+
+
+def test_cli_learned_output_contract(tmp_path, box, tiny_net, capsys):
+    """A (tiny, untrained) model through the CLI: either a pose with correspondences and a
+    quality, or a clean 'correspondences' error -- never a traceback."""
+    from SurgicalReg2D3DLib.cli import main  # noqa: PLC0415
+
+    good = _cli_inputs(tmp_path, box)
+    model = modelfile.save_model(tmp_path / "tiny.pt", tiny_net, "stage1",
+                                 {"data": "synthetic", "command": "test", "seed": 0})
+    rc = main(["laparo", "register", "--mesh", str(good), "--image", str(tmp_path / "f.png"),
+               "--camera", str(tmp_path / "K.txt"), "--mask", str(tmp_path / "m.png"),
+               "--method", "learned", "--model", str(model), "--out", str(tmp_path / "o.json")])
+    if rc == 0:
+        out = json.loads((tmp_path / "o.json").read_text())
+        assert np.asarray(out["model_to_camera"]).shape == (4, 4)
+        assert out["quality"]["verdict"] in ("ok", "doubtful", "failed")
+        c = out["correspondences"][0]
+        assert set(c) >= {"pixel", "vertex", "class", "confidence", "inlier"}
+    else:
+        assert rc == 2
+        assert "correspondences" in capsys.readouterr().err

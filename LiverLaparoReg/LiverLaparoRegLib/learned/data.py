@@ -626,6 +626,7 @@ def make_sample(tm: TrainMesh, rng, camera=None, model_to_camera=None, preop: bo
                model_to_camera=T, camera=cam)
     if keep_meshes:
         s.preop_vertices, s.intraop_vertices, s.faces = vs, vi, fs
+        s.extras["occluders"] = occ
     return s
 
 
