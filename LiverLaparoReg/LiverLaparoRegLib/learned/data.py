@@ -40,6 +40,12 @@ One sample (:func:`make_sample`):
    surface point, within the point spacing) and its class (mask outline -> silhouette).
    :func:`arc_length_pairs` gives the pseudo correspondences of a landmark curve
    (arc-length-aligned resampling of the 3D curve's projection and the 2D curve).
+
+Point-encoder frame (:func:`point_inputs`): the mesh file's own axes (centred, in
+decimetres, randomly rotated by up to 25 deg in training). This assumes the mesh is in
+its CT's patient frame, as CT segmentations are (both shipped livers are: the real
+laparoscope looks along about +y in both files). A mesh in an arbitrary frame must be
+re-oriented first.
 """
 
 from __future__ import annotations
@@ -507,10 +513,15 @@ def point_inputs(vertices: np.ndarray, faces: np.ndarray, start: int = 0,
                  augment_rng=None, rotate_deg: float = 0.0, order=None):
     """FPS-ordered point-encoder input of a mesh: ``(points (N, 6), vertex ids (N,))``.
 
-    Canonical frame (:func:`canonical_frame`), optional random rotation (augmentation)."""
+    Frame: the mesh's own axes, centred at the vertex mean, in decimetres, with an
+    optional random rotation (augmentation). The mesh is assumed to be in the patient
+    frame of its CT (as both shipped livers are: the laparoscope's viewing direction is
+    about +y in both files); principal axes (:func:`canonical_frame`) were tried first
+    and are NOT consistent between livers (the two shipped livers' real viewing
+    directions end up 150 deg apart in their principal frames)."""
     import torch  # noqa: PLC0415
 
-    R, c = canonical_frame(vertices)
+    R, c = np.eye(3), vertices.mean(0)
     if augment_rng is not None and rotate_deg > 0:
         R = rotation(random_unit(augment_rng), np.radians(augment_rng.uniform(0, rotate_deg))) @ R
     if order is not None and len(order) >= N_POINTS:
@@ -587,7 +598,7 @@ def make_sample(tm: TrainMesh, rng, camera=None, model_to_camera=None, preop: bo
         order = new_id[cache[key]]
         order = order[order >= 0]
     pts, pidx = point_inputs(vs, fs, start=int(rng.integers(len(vs))), augment_rng=rng,
-                             rotate_deg=20.0, order=order)
+                             rotate_deg=25.0, order=order)
     m_ids = pidx[:N_MATCH]
     # --- per grid cell ground truth
     gc = grid_centres_net()
