@@ -96,3 +96,30 @@ def bundled_model_path(name: Optional[str] = None) -> Path:
     from SurgicalReg2D3DLib.models import get_model, verify  # noqa: PLC0415
 
     return verify(get_model(name or BUNDLED_STAGE1))
+
+
+def bundle_model(src, metrics: dict, name: str = BUNDLED_STAGE1, dest_dir=None) -> Path:
+    """Copy a trained model file into ``LiverLaparoRegLib/weights/`` as ``<name>.pt`` and
+    write its hub manifest (command, seed and training data from the file's record).
+    Returns the manifest path."""
+    import shutil  # noqa: PLC0415
+
+    from SurgicalReg2D3DLib.models import write_manifest  # noqa: PLC0415
+
+    data = read_model_file(src)
+    rec = data["training"]
+    dest_dir = Path(dest_dir) if dest_dir else Path(__file__).resolve().parents[1] / "weights"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dst = dest_dir / f"{name}.pt"
+    shutil.copyfile(src, dst)
+    return write_manifest(
+        dst, name=name, module="LiverLaparoReg",
+        task="Stage I 2D-3D correspondences (pixel/point descriptors, overlap and landmark "
+             "classes) between a laparoscopic frame + liver mask and a liver mesh",
+        created_by_command=str(rec.get("command", "")), seed=rec.get("seed"),
+        training_data=str(rec.get("data", "")), metrics=dict(metrics),
+        description=(f"LiverLaparoRegLib.learned.net.StageOne {data['config']}; "
+                     f"{rec.get('steps')} steps, batch {rec.get('batch')}, "
+                     f"{rec.get('wall_s', 0) / 60:.1f} min wall on a shared CPU "
+                     f"(load average {rec.get('load_average')}); file format "
+                     f"{FORMAT} v{VERSION}"))
