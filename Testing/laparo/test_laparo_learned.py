@@ -346,3 +346,52 @@ def test_stage2_reduces_the_error_to_a_bent_shape(box):
     after = np.linalg.norm(d.vertices - vb, axis=1).mean()
     assert after < 0.9 * before
     assert np.allclose(d.apply(box.vertices), d.vertices)
+
+
+# ----------------------------------------------------------------------------- GUI helpers
+def test_markups_round_trip_edit_and_pose(ctx, box):
+    """Correspondences -> markups; the user deletes a wrong one and drags one; the pose
+    from the edited list matches the truth."""
+    from LiverLaparoRegLib.learned import nodes as lnodes  # noqa: PLC0415
+
+    cam = _camera()
+    T = data.look_at(np.array([30.0, -20.0, -250.0]), np.array([-0.1, 0.08, 1.0]), 0.3)
+    rng = np.random.default_rng(4)
+    ids = rng.choice(len(box.vertices), 12, replace=False)
+    uv = cam.project(box.vertices[ids] @ T[:3, :3].T + T[:3, 3]).numpy()
+    corr = [{"pixel": uv[k].tolist(), "vertex": int(ids[k]), "class": "ridge",
+             "confidence": 0.9} for k in range(12)]
+    corr[0]["pixel"] = [5.0, 5.0]                       # a wrong match
+    true_p1 = list(corr[1]["pixel"])
+    corr[1]["pixel"] = [true_p1[0] + 40, true_p1[1]]    # a misplaced one
+    M = np.diag([-1.0, -1.0, 1.0, 1.0])
+    M[:3, 3] = [10.0, 20.0, 0.0]
+    node = lnodes.correspondences_to_markups(ctx, corr, M)
+    assert node.GetNumberOfControlPoints() == 12
+    node.RemoveNthControlPoint(0)                       # user deletes the wrong match
+    ras = (M @ np.r_[true_p1, 0.0, 1.0])[:3]
+    node.SetNthControlPointPosition(0, *ras)            # and drags the misplaced one
+    back = lnodes.correspondences_from_markups(node, M)
+    assert [c["vertex"] for c in back] == [c["vertex"] for c in corr[1:]]
+    assert np.allclose(back[0]["pixel"], true_p1)
+    T_est, r = lnodes.register_from_markups(box, cam, node, M)
+    assert len(r.inliers) == 11
+    assert np.abs(T_est[:3, :3] - T[:3, :3]).max() < 1e-4
+
+
+def test_mask_from_segmentation(ctx):
+    from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
+    from LiverLaparoRegLib.learned import nodes as lnodes  # noqa: PLC0415
+
+    frame = nodes.image2d_to_node(ctx, np.zeros((40, 60), np.uint8), "frame")
+    lab = np.zeros((1, 40, 60), np.int32)
+    lab[0, 10:30, 20:50] = 1
+    lab_node = nodes.volume_to_node(ctx, lab, np.eye(4), "painted",
+                                    node_class="vtkMRMLLabelMapVolumeNode")
+    seg = nodes.labelmap_to_segmentation(ctx, lab_node, "liver seg")
+    mask = lnodes.mask_from_segmentation(ctx, seg, frame)
+    assert mask.shape == (40, 60)
+    assert np.array_equal(mask, lab[0] != 0)
+    empty = ctx.add_node("vtkMRMLSegmentationNode", "empty")
+    with pytest.raises(InputError, match="^mask segmentation"):
+        lnodes.mask_from_segmentation(ctx, empty, frame)
