@@ -159,6 +159,16 @@ def run_register_learned(args) -> int:
 
 
 def run_bench(args) -> int:
+    if getattr(args, "learned", False):
+        from .learned.evaluation import run_bench as _learned, summarise  # noqa: PLC0415
+
+        rows, s2, _ = _learned(args.model, frames=3 if args.quick else 10, seed=args.seed,
+                               stage2_frames=1 if args.quick else 4, quick=args.quick,
+                               log=lambda m: None)
+        for row in rows + s2:
+            print(json.dumps(row))
+        print(json.dumps({"summary": summarise(rows)}))
+        return 0
     from .bench import run_bench as _bench  # noqa: PLC0415
 
     rows = _bench(meshes=args.mesh, quick=args.quick, seed=args.seed)
@@ -202,4 +212,8 @@ def register_cli(subparsers) -> None:
     b.add_argument("--mesh", action="append", default=None, help="mesh(es) for synthetic cases")
     b.add_argument("--quick", action="store_true")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--learned", action="store_true",
+                   help="learned vs contour-PnP vs silhouette on SYNTHETIC frames of the "
+                        "held-out liver (benchmarks/laparo_learned.py protocol)")
+    b.add_argument("--model", default=None, help="learned model file (default: bundled)")
     b.set_defaults(func=run_bench)

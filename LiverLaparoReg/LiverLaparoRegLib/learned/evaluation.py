@@ -126,3 +126,161 @@ def demo_case(out_dir, seed: int = 3) -> dict:
     plt.close(fig)
     out["picture"] = "laparo_learned_overlay.png"
     return out
+
+
+def _r(x, n=3):
+    return None if x is None else round(float(x), n)
+
+
+def clip_contours(case, mask):
+    """The synthetic contours' 2D points inside the frame and the mask (>= 5 kept)."""
+    from ..p2ilf import Contour2D  # noqa: PLC0415
+
+    H, W = mask.shape
+    c2, c3, kept = [], [], []
+    for a, b in zip(case.contours2d, case.contours3d):
+        p = a.points
+        u, v = np.round(p[:, 0]).astype(int), np.round(p[:, 1]).astype(int)
+        ok = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        ok[ok] = mask[v[ok], u[ok]]
+        if ok.sum() >= 5:
+            c2.append(Contour2D(a.label, p[ok]))
+            c3.append(b)
+        kept.append(float(ok.mean()))
+    return c2, c3, kept
+
+
+def run_bench(model=None, frames=10, seed=0, stage2_frames=4, quick=False, log=print):
+    """The benchmark protocol of ``benchmarks/laparo_learned.py`` (see its docstring):
+    ``(rows, stage2 rows, model record)``."""
+    import json  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from .. import synthetic  # noqa: PLC0415
+    from ..bench import perturb, sample_data_dir  # noqa: PLC0415
+    from ..camera import load_camera  # noqa: PLC0415
+    from ..logic import evaluate, register  # noqa: PLC0415
+    from .infer import register_learned  # noqa: PLC0415
+    from .modelfile import load_model  # noqa: PLC0415
+    from .stage2 import deform_stage2  # noqa: PLC0415
+
+    net, rec = load_model(model)
+    mesh, tm, cam_sks = held_out_train_mesh()
+    cam_p2 = load_camera(sample_data_dir() / "p2ilf" / "cameraparams" /
+                         "acquisition-camera-metadata.json")
+    rows = []
+    for k in range(frames):
+        rng = np.random.default_rng([seed, 1000 + k])
+        cam = cam_p2 if k % 2 == 0 else cam_sks
+        s, img, mask = full_frame(tm, cam, rng)
+        T = s.model_to_camera
+        vis = visible_vertices(mesh.vertices, mesh.faces, T, cam)
+        base = {"frame": k, "camera": "P2ILF 1920x1080" if k % 2 == 0 else "SciKit-Surgery 1920x540",
+                "liver_in_mask_fraction": _r(mask.mean(), 3),
+                "distance_mm": _r(np.median((mesh.vertices[vis] @ T[:3, :3].T + T[:3, 3])[:, 2])
+                                  if vis.any() else None, 1)}
+
+        def score(method, T_est, seconds, extra=None):
+            row = dict(base, method=method, seconds=_r(seconds))
+            if T_est is None:
+                row.update(failed=True)
+            else:
+                ev = evaluate(mesh, cam, T_est, mask=mask, ground_truth=T)
+                row.update(failed=False, rotation_deg=_r(ev["rotation_deg"]),
+                           translation_mm=_r(ev["translation_mm"]),
+                           centroid_error_mm=_r(ev["centroid_error_mm"]),
+                           dice=_r(ev["mask_dice"], 4),
+                           reprojection_px=_r(reprojection_px(T_est, T, mesh.vertices, vis, cam), 1))
+            row.update(extra or {})
+            rows.append(row)
+            log(json.dumps(row))
+
+        t0 = time.perf_counter()
+        try:
+            r = register_learned(mesh, cam, img, mask, net=net, ground_truth=T)
+            dt = time.perf_counter() - t0
+            st1 = r.timings.get("network_s", 0) + r.timings.get("pnp_s", 0)
+            extra = {"correspondences": len(r.correspondences),
+                     "inliers": r.metrics["learned"]["inliers"],
+                     "quality": r.quality.verdict}
+            score("learned stage I", r.stage1_model_to_camera, st1, extra)
+            score("learned", r.model_to_camera, dt, extra)
+        except Exception as exc:  # noqa: BLE001  (a failure is a result here)
+            dt = time.perf_counter() - t0
+            score("learned stage I", None, dt, {"error": str(exc)[:160]})
+            score("learned", None, dt, {"error": str(exc)[:160]})
+        case = synthetic.make_case(mesh, cam, T, noise_px=1.0, render=False, seed=k)
+        c2, c3, kept = clip_contours(case, mask)
+        t0 = time.perf_counter()
+        try:
+            if not c2:
+                raise ValueError("no contour visible")
+            rp = register(mesh, cam, contours2d=c2, contours3d=c3, method="pnp")
+            score("contour-pnp", rp.model_to_camera, time.perf_counter() - t0,
+                  {"contour_visible_fraction": [_r(x, 2) for x in kept]})
+        except Exception as exc:  # noqa: BLE001
+            score("contour-pnp", None, time.perf_counter() - t0,
+                  {"error": str(exc)[:160], "contour_visible_fraction": [_r(x, 2) for x in kept]})
+        if not quick:
+            T0 = perturb(T, mesh.vertices, 10.0, 20.0, rng)
+            t0 = time.perf_counter()
+            try:
+                rs = register(mesh, cam, mask=mask, init=T0, method="silhouette")
+                score("silhouette (init 10 deg / 20 mm)", rs.model_to_camera,
+                      time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001
+                score("silhouette (init 10 deg / 20 mm)", None, time.perf_counter() - t0,
+                      {"error": str(exc)[:160]})
+    # ---- Stage II on bent frames (oracle rigid pose, Stage I pairs)
+    s2rows = []
+    for k in range(stage2_frames):
+        rng = np.random.default_rng([seed, 2000 + k])
+        cam = cam_p2 if k % 2 == 0 else cam_sks
+        s, img, mask = full_frame(tm, cam, rng, bend=1 / 160.0)
+        T, vb = s.model_to_camera, s.intraop_vertices
+        vis = visible_vertices(vb, mesh.faces, T, cam)
+        try:
+            r = register_learned(mesh, cam, img, mask, net=net, refine=False)
+            pairs = [c for c in r.correspondences if c.get("inlier")]
+        except Exception:  # noqa: BLE001
+            pairs = []
+        e0 = np.linalg.norm(mesh.vertices - vb, axis=1)
+        row = {"frame": k, "pairs": len(pairs), "bend_mean_displacement_mm": _r(e0.mean(), 2),
+               "before_all_mm": _r(e0.mean(), 2), "before_visible_mm": _r(e0[vis].mean(), 2)}
+        for name, rw, iw in (("full", 10.0, 10.0), ("no reprojection", 0.0, 10.0),
+                             ("no isometry", 10.0, 0.0)):
+            t0 = time.perf_counter()
+            d = deform_stage2(mesh, cam, T, mask=mask, pairs=pairs, reprojection_weight=rw,
+                              isometry_weight=iw)
+            e1 = np.linalg.norm(d.vertices - vb, axis=1)
+            row[name] = {"all_mm": _r(e1.mean(), 2), "visible_mm": _r(e1[vis].mean(), 2),
+                         "seconds": _r(time.perf_counter() - t0, 2)}
+        s2rows.append(row)
+        log(json.dumps(row))
+    return rows, s2rows, rec
+
+
+def summarise(rows):
+    """Per-method summary of :func:`run_bench` rows."""
+    out = {}
+    for m in dict.fromkeys(r["method"] for r in rows):
+        rr = [r for r in rows if r["method"] == m]
+        ok = [r for r in rr if not r["failed"]]
+        rot = np.array([r["rotation_deg"] for r in ok]) if ok else np.zeros(0)
+        wrong = sum(1 for r in rr if r["failed"]) + int((rot > 20).sum())
+
+        def med(key):
+            v = [r[key] for r in ok if r.get(key) is not None and np.isfinite(r[key])]
+            return _r(np.median(v), 2) if v else None
+
+        out[m] = {"frames": len(rr), "failed": sum(1 for r in rr if r["failed"]),
+                  "wrong_gt20deg_or_failed": wrong, "fraction_wrong": _r(wrong / len(rr), 2),
+                  "median_rotation_deg": med("rotation_deg"),
+                  "median_translation_mm": med("translation_mm"),
+                  "median_centroid_error_mm": med("centroid_error_mm"),
+                  "median_dice": med("dice"), "median_reprojection_px": med("reprojection_px"),
+                  "median_seconds": _r(np.median([r["seconds"] for r in rr]), 2),
+                  "frames_under_10deg": int((rot < 10).sum()),
+                  "frames_under_5deg_5mm": int(sum(1 for r in ok if r["rotation_deg"] < 5
+                                                   and r["centroid_error_mm"] < 5))}
+    return out
