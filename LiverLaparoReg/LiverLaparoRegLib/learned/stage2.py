@@ -21,7 +21,11 @@ Run-time optimisation (all weights, Adam):
    ``reprojection_weight`` x the mean reprojection error (px / image diagonal) of the
    Stage I **matched pairs** (inliers; 3D vertex -> its 2D pixel) +
    ``isometry_weight`` x the local-isometry term (relative change of kNN edge lengths on
-   an FPS subset of the vertices). Weight 0 switches a term off (ablations).
+   an FPS subset of the vertices) + ``shape_weight`` x the reconstruction term kept from
+   the warm-up (squared displacement / scale^2: stay near the preoperative shape where
+   the data do not say otherwise; with a mask alone and no pairs the fit otherwise moves
+   unseen parts freely and the 3D error can grow). Weight 0 switches a term off
+   (ablations).
 
 The rigid ``model_to_camera`` is kept fixed. The best iterate (lowest loss) is kept.
 """
@@ -97,6 +101,7 @@ def deform_stage2(mesh, camera, model_to_camera, mask=None, pairs: Sequence[dict
                   iterations: int = 60, warmup: int = 30, reprojection_weight: float = 10.0,
                   isometry_weight: float = 10.0, n_cloud: int = 256, seed: int = 0,
                   lr: float = 1e-2, scale_mm: float = 10.0, n_basis: int = 24,
+                  shape_weight: float = 0.1,
                   progress=None, cancel=None) -> NetDeformation:
     """Optimise the Stage II deformation (module docstring). ``pairs``: Stage I matches,
     dicts with ``vertex`` and ``pixel``. Returns a :class:`NetDeformation` whose
@@ -173,6 +178,10 @@ def deform_stage2(mesh, camera, model_to_camera, mask=None, pairs: Sequence[dict
         if reprojection_weight > 0 and p3 is not None and len(pv):
             uv, _ = project_vertices(p3 + net.displace(x3, z, scale_mm), T, camera)
             loss = loss + reprojection_weight * (uv[0] - p2).norm(dim=1).mean() / diag
+        if shape_weight > 0:
+            # keep the reconstruction term (the preoperative shape) with a small weight
+            loss = loss + shape_weight * (net.displace(x_cloud, z, scale_mm) ** 2).sum(1).mean() \
+                / scale_mm ** 2
         if isometry_weight > 0:
             ds = sub + net.displace(xs, z, scale_mm)
             cur = (ds[:, None, :] - ds[knn]).norm(dim=-1)
