@@ -23,7 +23,11 @@
   (none / ridge / ligament / silhouette); per grid cell a liver logit and class logits.
 - **Loss**: contrastive (InfoNCE, temperature ``TAU``) from each matched grid cell to
   its ground-truth point against all ``N_MATCH`` points, plus ``0.5 x`` the detector
-  losses (the paper's 0.5 balance).
+  losses (the paper's 0.5 balance), plus an auxiliary coordinate regression (each matched
+  cell regresses its point's position in the point-encoder frame, smooth L1; ours, not the
+  paper's: the contrastive loss alone stayed on its plateau in our CPU budget). At
+  inference the coordinate head gives a second set of correspondences (nearest vertex
+  of the regressed point); the set with more RANSAC inliers is used.
 """
 
 from __future__ import annotations
@@ -175,6 +179,7 @@ class StageOne(nn.Module):
         self.desc_pt = nn.Linear(dim, dim)
         self.pt_head = mlp([dim, dim, 2 + N_CLASSES], last_act=False)   # overlap a, s, classes
         self.pix_head = nn.Conv2d(dim, 1 + N_CLASSES, 1)                # liver, classes
+        self.xyz_head = nn.Conv2d(dim, 3, 1)        # surface point, point-encoder frame
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor, points: torch.Tensor
                 ) -> Dict[str, torch.Tensor]:
@@ -197,7 +202,8 @@ class StageOne(nn.Module):
         xh = self.pix_head(fi).flatten(2).transpose(1, 2)                        # (B, h*w, 1+C)
         return {"desc_pix": di, "desc_pt": dp, "overlap_logit": ph[..., 0],
                 "overlap_logvar": ph[..., 1].clamp(-6, 6), "pt_class": ph[..., 2:],
-                "pix_liver": xh[..., 0], "pix_class": xh[..., 1:]}
+                "pix_liver": xh[..., 0], "pix_class": xh[..., 1:],
+                "pix_xyz": self.xyz_head(fi).flatten(2).transpose(1, 2)}
 
 
 def losses(out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor],
@@ -224,8 +230,17 @@ def losses(out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor],
     l_liv = F.binary_cross_entropy_with_logits(out["pix_liver"], batch["pix_liver"])
     l_xc = F.cross_entropy(out["pix_class"].reshape(-1, N_CLASSES), batch["pix_class"].reshape(-1))
     det = l_ov + l_pc + l_liv + l_xc
-    total = l_match + balance * det
+    # auxiliary dense coordinate regression: the matched point's position (point-encoder
+    # frame, dm) for each matched cell -- a distance-aware signal that the 256-way
+    # contrastive loss lacks early in training
+    if valid.any():
+        tgt = torch.gather(batch["points"][..., :3], 1,
+                           m.clamp(min=0)[..., None].expand(-1, -1, 3))
+        l_xyz = F.smooth_l1_loss(out["pix_xyz"][valid], tgt[valid], beta=0.1)
+    else:
+        l_xyz = out["pix_xyz"].sum() * 0.0
+    total = l_match + balance * det + l_xyz
     with torch.no_grad():
         acc = ((sim.argmax(-1) == m) & valid).sum().float() / valid.sum().clamp(min=1)
     return {"total": total, "match": l_match, "detector": det, "overlap": l_ov,
-            "match_acc": acc}
+            "xyz": l_xyz, "match_acc": acc}

@@ -243,14 +243,14 @@ def train_stage1(out, steps: int = 2000, max_minutes: float = 60.0, seed: int = 
         opt.step()
         step += 1
         run.append([L["total"].item(), L["match"].item(), L["detector"].item(),
-                    L["match_acc"].item()])
+                    L["match_acc"].item(), L["xyz"].item()])
         if step % 10 == 0 or step == steps:
             m = np.mean(run, 0).tolist()
             history.append([step] + [round(x, 5) for x in m])
             run = []
             if rank == 0:
                 log(f"step {step}: loss {m[0]:.4f} match {m[1]:.4f} detector {m[2]:.4f} "
-                    f"match-acc {m[3]:.3f} ({time.time() - t_start:.0f} s)")
+                    f"match-acc {m[3]:.3f} xyz {m[4]:.4f} ({time.time() - t_start:.0f} s)")
         if time.time() - last_ck > 60.0 * checkpoint_minutes:
             write(False)
             last_ck = time.time()
