@@ -10,10 +10,13 @@ contours):
 3. the Stage I network gives descriptors, overlap and class scores;
 4. **matching**: grid cells inside the liver (the given mask, or the network's own
    liver prediction when no mask is given) against the ``N_MATCH`` points, cosine
-   similarity, mutual nearest neighbours; confidence = cosine x overlap probability;
+   similarity, mutual nearest neighbours; confidence = cosine x overlap probability.
+   A second set comes from the coordinate head (each liver cell -> the mesh vertex
+   nearest its regressed surface point; confidence from that distance);
 5. **pose**: EPnP + RANSAC (always; :func:`SurgicalReg2D3DLib.optimize.epnp_ransac`)
-   on the matches (3D = mesh vertex, 2D = cell centre in full-frame pixels), then the
-   existing silhouette refinement (:func:`..logic._run_silhouette`) with the mask;
+   on each set (3D = mesh vertex, 2D = cell centre in full-frame pixels), the pose with
+   more inliers is kept (``metrics["learned"]["source"]``), then the existing silhouette
+   refinement (:func:`..logic._run_silhouette`) with the mask;
 6. optional Stage II (:mod:`.stage2`) with the matched pairs;
 7. quality (:func:`quality_of`): a simple, *uncalibrated* verdict from the inlier count,
    inlier ratio and mask Dice (the calibrated one is wired by ``LiverLaparoRegLib.quality``
@@ -121,8 +124,8 @@ def predict_correspondences(net, mesh, camera, image, mask: Optional[np.ndarray]
     import cv2  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
-    from .data import CLASS_NAMES, GRID_H, GRID_W, N_MATCH, grid_centres_net, \
-        net_to_full_px, point_inputs  # noqa: PLC0415
+    from .data import CANON_SCALE_MM, CLASS_NAMES, GRID_H, GRID_W, N_MATCH, \
+        grid_centres_net, net_to_full_px, point_inputs  # noqa: PLC0415
 
     img = network_image(image, camera) if image is not None else None
     m_net = network_mask(mask) if mask is not None else None
@@ -167,7 +170,18 @@ def predict_correspondences(net, mesh, camera, image, mask: Optional[np.ndarray]
                      "confidence": float(conf[k])})
     info.update(mutual=int(mutual.sum()), kept=len(corr), n_points=N_MATCH,
                 mean_overlap=float(p_ov.mean()))
-    if not corr:
+    # second set: the coordinate head's surface point (point-encoder frame: mesh axes,
+    # centred at the vertex mean, dm) -> nearest mesh vertex
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
+    xyz = out["pix_xyz"][0].cpu().numpy()[P] * CANON_SCALE_MM + mesh.vertices.mean(0)
+    dist, vtx = cKDTree(mesh.vertices).query(xyz)
+    xcls = out["pix_class"][0].argmax(-1).cpu().numpy()
+    coord = [{"pixel": [float(uv_full[k, 0]), float(uv_full[k, 1])], "vertex": int(vtx[k]),
+              "class": CLASS_NAMES[int(xcls[P[k]])],
+              "confidence": float(np.exp(-dist[k] / 10.0))} for k in range(len(P))]
+    info["coordinate_matches"] = coord
+    if not corr and not coord:
         raise GeometryError("correspondences: no correspondences -- the network found no "
                             "confident match between the frame and the mesh")
     return corr, info
@@ -260,10 +274,29 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
     report(progress, 0.0, "LiverLaparoReg: learned correspondences")
     t1 = time.perf_counter()
     corr, minfo = predict_correspondences(net, mesh, camera, image, mask)
+    coord = minfo.pop("coordinate_matches", [])
     timings = {"network_s": time.perf_counter() - t1}
     check_cancel(cancel)
     t1 = time.perf_counter()
-    T1, pnp = pose_from_correspondences(mesh, camera, corr)
+    # EPnP + RANSAC on each set (descriptor mutual-NN matches, coordinate-head matches);
+    # the pose with more inliers wins
+    best, errors = None, []
+    for source, cs in (("descriptors", corr), ("coordinates", coord)):
+        if not cs:
+            continue
+        try:
+            T_s, r_s = pose_from_correspondences(mesh, camera, cs)
+        except GeometryError as exc:
+            errors.append(exc)
+            continue
+        minfo[f"inliers_{source}"] = len(r_s.inliers)
+        if best is None or len(r_s.inliers) > len(best[2].inliers):
+            best = (source, T_s, r_s, cs)
+    if best is None:
+        raise errors[0] if errors else GeometryError(
+            "correspondences: no correspondences -- the network found no match")
+    source, T1, pnp, corr = best
+    minfo["source"] = source
     timings["pnp_s"] = time.perf_counter() - t1
     inl = set(int(i) for i in pnp.inliers)
     for k, c in enumerate(corr):
