@@ -308,7 +308,12 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
     if refine and ref_mask is not None:
         t1 = time.perf_counter()
         ctx = {"mesh": mesh, "camera": camera, "mask": ref_mask, "init": T1}
-        T, t2, history = _run_silhouette(ctx, sub_progress(progress, 0.4, 0.8), cancel)
+        try:
+            T, t2, history = _run_silhouette(ctx, sub_progress(progress, 0.4, 0.8), cancel)
+        except RuntimeError:
+            # the Stage I pose renders nothing near the mask (no gradient): keep it, the
+            # quality says failed
+            minfo["refinement"] = "skipped: the Stage I pose does not overlap the mask"
         timings["silhouette_s"] = time.perf_counter() - t1
     timings["rigid_s"] = time.perf_counter() - t0
     res = LearnedResult(np.asarray(T, float), "learned", timings=timings, history=list(history))
@@ -336,6 +341,9 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
     res.quality = quality_of(len(corr), len(inl), res.metrics.get("mask_dice"),
                              pnp.reprojection_error_px,
                              1.5 * camera.width / 32)
+    if "refinement" in minfo:
+        res.quality.verdict = "failed"
+        res.quality.reasons.insert(0, minfo["refinement"])
     res.timings["total_s"] = time.perf_counter() - t0
     report(progress, 1.0, "LiverLaparoReg: done")
     return res
