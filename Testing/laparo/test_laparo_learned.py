@@ -395,3 +395,18 @@ def test_mask_from_segmentation(ctx):
     empty = ctx.add_node("vtkMRMLSegmentationNode", "empty")
     with pytest.raises(InputError, match="^mask segmentation"):
         lnodes.mask_from_segmentation(ctx, empty, frame)
+
+
+def test_bundled_model_is_listed_and_loads():
+    """The bundled Stage I model: in the hub registry, fingerprint checked, < 20 MB, with
+    its training record (command, seed, synthetic data, SciKit-Surgery liver held out)."""
+    from SurgicalReg2D3DLib import models  # noqa: PLC0415
+
+    names = {m.name: m for m in models.list_models("LiverLaparoReg")}
+    assert modelfile.BUNDLED_STAGE1 in names
+    info = names[modelfile.BUNDLED_STAGE1]
+    assert info.size_bytes < 20 * 1024 * 1024
+    assert info.created_by_command.startswith("surgreg laparo train --stage 1")
+    net, rec = modelfile.load_model()
+    assert rec["seed"] == info.seed
+    assert "SYNTHETIC" in rec["data"] and "p2ilf" in rec["meshes"]
