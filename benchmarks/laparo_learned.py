@@ -26,7 +26,7 @@ Methods, each from NO initial pose unless stated:
   true pose perturbed by 10 deg and 20 mm (it cannot start from nothing).
 
 Metrics: rotation error (deg), translation error of the model origin (mm) and of the
-liver centroid (mm), rendered-mask Dice (480 px wide), reprojection error = mean image
+liver centroid (mm), rendered-mask Dice (480 px wide), reprojection error = median image
 distance (px, full frame) between the liver vertices visible at the true pose projected
 with the estimated and with the true pose; failures (an error raised) count as wrong;
 time per frame (wall, shared CPU: see the load average in the output).
