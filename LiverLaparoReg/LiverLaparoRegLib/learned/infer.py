@@ -209,9 +209,12 @@ def pose_from_correspondences(mesh, camera, corr: List[dict], threshold_px: Opti
                             f"RANSAC ({exc})") from None
     T = r.model_to_camera
     zc = (mesh.vertices @ T[:3, :3].T + T[:3, 3])[:, 2]
-    if np.median(zc) <= 0:
+    if not np.isfinite(T).all() or np.median(zc) <= 0:
         raise GeometryError("correspondences: the RANSAC pose puts the liver behind the camera "
                             "(the matches are not consistent)")
+    if zc.min() <= 1.0:
+        raise GeometryError("correspondences: the RANSAC pose puts part of the liver behind the "
+                            "camera (the matches are not consistent)")
     return T, r
 
 
@@ -310,7 +313,7 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
         ctx = {"mesh": mesh, "camera": camera, "mask": ref_mask, "init": T1}
         try:
             T, t2, history = _run_silhouette(ctx, sub_progress(progress, 0.4, 0.8), cancel)
-        except RuntimeError:
+        except (RuntimeError, InputError):
             # the Stage I pose renders nothing near the mask (no gradient): keep it, the
             # quality says failed
             minfo["refinement"] = "skipped: the Stage I pose does not overlap the mask"
