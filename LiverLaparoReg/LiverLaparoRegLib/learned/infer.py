@@ -290,14 +290,14 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
         try:
             T_s, r_s = pose_from_correspondences(mesh, camera, cs)
         except GeometryError as exc:
-            errors.append(exc)
+            errors.append(f"{source}: {str(exc).replace('correspondences: ', '', 1)}")
             continue
         minfo[f"inliers_{source}"] = len(r_s.inliers)
         if best is None or len(r_s.inliers) > len(best[2].inliers):
             best = (source, T_s, r_s, cs)
     if best is None:
-        raise errors[0] if errors else GeometryError(
-            "correspondences: no correspondences -- the network found no match")
+        raise GeometryError("correspondences: " + ("; ".join(errors) if errors else
+                                                   "no correspondences -- no match found"))
     source, T1, pnp, corr = best
     minfo["source"] = source
     timings["pnp_s"] = time.perf_counter() - t1
