@@ -30,7 +30,7 @@ from slicer import (
 
 #: GUI method names: "auto" + ``LiverLaparoRegLib.logic.METHODS`` keys (the learned-methods
 #: issue adds its names here and to the registry).
-METHOD_CHOICES = ["auto", "pnp", "pnp+silhouette", "silhouette"]
+METHOD_CHOICES = ["auto", "pnp", "pnp+silhouette", "silhouette", "learned"]
 
 
 class LiverLaparoReg(ScriptedLoadableModule):

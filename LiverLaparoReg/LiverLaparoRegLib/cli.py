@@ -112,7 +112,7 @@ def run_register(args) -> int:
 
     inputs = [args.mesh, args.image, args.camera, args.distortion, args.mask,
               args.contours2d, args.contours3d, args.init, args.ground_truth,
-              *(args.structure or ())]
+              getattr(args, "model", None), *(args.structure or ())]
     check_outputs(output_paths(args), inputs, create_folder=True)  # before any work
     if args.deformed_mesh:
         from .mesh import _WRITERS  # noqa: PLC0415
@@ -121,6 +121,8 @@ def run_register(args) -> int:
             raise InputError(f"--deformed-mesh: unsupported format "
                              f"{Path(args.deformed_mesh).suffix!r} (expected one of "
                              f"{', '.join(sorted(_WRITERS))})")
+    if args.method == "learned":
+        return run_register_learned(args)
     mesh = load_mesh(args.mesh, "mesh")
     structures = [load_mesh(p, f"structure {Path(p).name}") for p in args.structure or ()]
     image = read_image(args.image, "image") if args.image else None
@@ -201,7 +203,66 @@ def run_register(args) -> int:
     return 0
 
 
+def run_register_learned(args) -> int:
+    """``register --method learned``: no --init, no contours (see ``learned/infer.py``)."""
+    from .camera import load_camera, without_distortion  # noqa: PLC0415
+    from .learned.infer import check_liver_scale, register_learned  # noqa: PLC0415
+    from .mesh import MeshData, load_mesh, save_mesh  # noqa: PLC0415
+
+    if args.init or args.contours2d or args.contours3d:
+        raise InputError("method: --method learned takes no --init and no contours")
+    mesh = load_mesh(args.mesh, "mesh", validate=False)
+    check_liver_scale(mesh.vertices, "mesh")
+    structures = [load_mesh(p, f"structure {Path(p).name}") for p in args.structure or ()]
+    image = read_image(args.image, "image")
+    camera = load_camera(args.camera, width=image.shape[1], height=image.shape[0],
+                         distortion_path=args.distortion)
+    if args.no_distortion:
+        camera = without_distortion(camera)
+    mask = mask_from_image(read_image(args.mask, "mask"), "mask") if args.mask else None
+    gt = read_pose_json(args.ground_truth, "ground truth pose") if args.ground_truth else None
+    result = register_learned(mesh, camera, image=image, mask=mask, model=args.model,
+                              nonrigid=args.nonrigid, ground_truth=gt, structures=structures)
+    from SurgicalReg2D3DLib.outputs import OutputSet  # noqa: PLC0415
+
+    out = Path(args.out)
+    T = result.model_to_camera
+    verts = mesh.vertices if result.deformed_vertices is None else result.deformed_vertices
+    with OutputSet("--out") as outs:   # all files or none (checked before any work)
+        outs.write_json(out, result.to_dict())
+        outs.write(out.with_name(out.stem + "_mesh_camera.obj"),
+                   lambda tmp: save_mesh(MeshData(verts @ T[:3, :3].T + T[:3, 3], mesh.faces),
+                                         tmp))
+        if args.deformed_mesh:
+            outs.write(args.deformed_mesh,
+                       lambda tmp: save_mesh(MeshData(verts, mesh.faces), tmp))
+        for path, s in zip(args.structure or (), result.deformed_structures):
+            outs.write(out.with_name(f"{out.stem}_{Path(path).stem}_deformed.vtk"),
+                       lambda tmp, s=s: save_mesh(s, tmp))
+    from SurgicalReg2D3DLib.quality import warning_line  # noqa: PLC0415
+
+    line = warning_line("learned registration", result.quality)
+    if line:
+        import sys  # noqa: PLC0415
+        print(line, file=sys.stderr)
+    print(json.dumps({"method": "learned", "metrics": result.metrics,
+                      "quality": result.quality.to_dict(),
+                      "correspondences": len(result.correspondences),
+                      "total_s": round(result.timings.get("total_s", 0.0), 3)}))
+    return 0
+
+
 def run_bench(args) -> int:
+    if getattr(args, "learned", False):
+        from .learned.evaluation import run_bench as _learned, summarise  # noqa: PLC0415
+
+        rows, s2, _ = _learned(args.model, frames=3 if args.quick else 10, seed=args.seed,
+                               stage2_frames=1 if args.quick else 4, quick=args.quick,
+                               log=lambda m: None)
+        for row in rows + s2:
+            print(json.dumps(row))
+        print(json.dumps({"summary": summarise(rows)}))
+        return 0
     from .bench import run_bench as _bench  # noqa: PLC0415
 
     rows = _bench(meshes=args.mesh, quick=args.quick, seed=args.seed)
@@ -230,9 +291,9 @@ def register_cli(subparsers) -> None:
     r.add_argument("--contours3d", default=None, help="P2ILF 3D contour JSON")
     r.add_argument("--init", default=None, help='{"model_to_camera": 4x4} JSON')
     r.add_argument("--method", default=None, choices=None,
-                   help="pnp | pnp+silhouette | silhouette (default: chosen from the inputs: "
-                        "contours + mask -> pnp+silhouette, contours -> pnp, mask + init -> "
-                        "silhouette)")
+                   help="pnp | pnp+silhouette | silhouette | learned (default: chosen from the "
+                        "inputs: contours + mask -> pnp+silhouette, contours -> pnp, mask + "
+                        "init -> silhouette; learned needs neither contours nor a start)")
     r.add_argument("--nonrigid", action="store_true", help="non-rigid refinement")
     r.add_argument("--deformed-mesh", default=None, help="write the deformed mesh here")
     r.add_argument("--ground-truth", default=None, help="ground-truth pose JSON for metrics")
@@ -248,8 +309,17 @@ def register_cli(subparsers) -> None:
                    help="skip the quality value (and the restarts it may run)")
     r.add_argument("--out", required=True, help="output JSON")
     r.set_defaults(func=run_register)
+    r.add_argument("--model", default=None,
+                   help="learned model file (--method learned; default: the bundled model)")
+    from .learned.train import add_train_parser  # noqa: PLC0415
+
+    add_train_parser(sub)
     b = sub.add_parser("bench", help="accuracy and timing on synthetic and shipped cases")
     b.add_argument("--mesh", action="append", default=None, help="mesh(es) for synthetic cases")
     b.add_argument("--quick", action="store_true")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--learned", action="store_true",
+                   help="learned vs contour-PnP vs silhouette on SYNTHETIC frames of the "
+                        "held-out liver (benchmarks/laparo_learned.py protocol)")
+    b.add_argument("--model", default=None, help="learned model file (default: bundled)")
     b.set_defaults(func=run_bench)

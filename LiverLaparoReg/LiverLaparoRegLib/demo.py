@@ -127,6 +127,13 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
                  f"{h:.1f} px (white: projected 3D contours, cyan: outline)", fontsize=8)
     fig.savefig(out_dir / "laparo_p2ilf_overlay.png", dpi=100)
     plt.close(fig)
+    # 3. the bundled learned model on a SYNTHETIC frame of the held-out liver (no init,
+    # no contours; learned/evaluation.py)
+    from .learned.evaluation import demo_case  # noqa: PLC0415
+
+    out["learned_synthetic"] = demo_case(out_dir)
     out["seconds"] = time.perf_counter() - t0
-    out["pictures"] = ["laparo_sksurgery_overlay.png", "laparo_p2ilf_overlay.png", "laparo_3d.png"]
+    out["pictures"] = ["laparo_sksurgery_overlay.png", "laparo_p2ilf_overlay.png",
+                       "laparo_3d.png"] + ([out["learned_synthetic"]["picture"]]
+                                           if "picture" in out["learned_synthetic"] else [])
     return out

@@ -196,12 +196,24 @@ def _run_silhouette(ctx: dict, progress=None, cancel=None, contours=None):
     return r.model_to_camera, dict(r.timings), r.history
 
 
+def _run_learned(ctx: dict, progress=None, cancel=None):
+    """Learned correspondences (bundled Stage I model) -> EPnP + RANSAC -> silhouette
+    refinement; see ``learned/infer.py`` (``register_learned`` adds the correspondences
+    and the quality to its result)."""
+    from .learned.infer import register_learned  # noqa: PLC0415
+
+    r = register_learned(ctx["mesh"], ctx["camera"], image=ctx.get("image"), mask=ctx["mask"],
+                         progress=progress, cancel=cancel)
+    return r.model_to_camera, dict(r.timings), r.history
+
+
 #: method name -> function(ctx dict, progress, cancel) -> (model_to_camera, timings, history)
 METHODS: Dict[str, Callable] = {
     "pnp": _run_pnp,
     "pnp+silhouette": lambda ctx, progress=None, cancel=None: _run_pnp(ctx, progress, cancel,
                                                                        with_mask=True),
-    "silhouette": _run_silhouette}
+    "silhouette": _run_silhouette,
+    "learned": _run_learned}
 
 
 def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
@@ -269,11 +281,11 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
                          f"{', '.join(sorted(METHODS))})")
     if method == "silhouette" and init is not None:
         check_mesh_in_view(mesh.vertices, init, camera, "initial pose")
-    if nonrigid and init is None and contours2d is None:
+    if nonrigid and init is None and contours2d is None and method != "learned":
         raise InputError("nonrigid: a non-rigid registration needs a rigid pose first "
                          "(give an initial pose or contours)")
     ctx = {"mesh": mesh, "camera": camera, "mask": mask, "contours2d": contours2d,
-           "contours3d": contours3d, "init": init}
+           "contours3d": contours3d, "init": init, "image": image}
     report(progress, 0.0, f"LiverLaparoReg: {method}")
     T, timings, history = METHODS[method](ctx, sub_progress(progress, 0.0, 0.9), cancel)
     timings["rigid_s"] = time.perf_counter() - t0

@@ -1,0 +1,352 @@
+"""Inference of the learned registration: correspondences, pose, quality.
+
+:func:`register_learned` (frame + liver mask + mesh -> pose, no initial pose, no
+contours):
+
+1. inputs checked first (mesh scale of a liver, mask size / emptiness, image size);
+2. the frame is resized to the network grid (area interpolation), the mesh is
+   FPS-sampled in its canonical frame (:func:`.data.point_inputs`, start vertex 0:
+   deterministic);
+3. the Stage I network gives descriptors, overlap and class scores;
+4. **matching**: grid cells inside the liver (the given mask, or the network's own
+   liver prediction when no mask is given) against the ``N_MATCH`` points, cosine
+   similarity, mutual nearest neighbours; confidence = cosine x overlap probability.
+   A second set comes from the coordinate head (each liver cell -> the mesh vertex
+   nearest its regressed surface point; confidence from that distance);
+5. **pose**: EPnP + RANSAC (always; :func:`SurgicalReg2D3DLib.optimize.epnp_ransac`)
+   on each set (3D = mesh vertex, 2D = cell centre in full-frame pixels), the pose with
+   more inliers is kept (``metrics["learned"]["source"]``), then the existing silhouette
+   refinement (:func:`..logic._run_silhouette`) with the mask;
+6. optional Stage II (:mod:`.stage2`) with the matched pairs;
+7. quality (:func:`quality_of`): a simple, *uncalibrated* verdict from the inlier count,
+   inlier ratio and mask Dice (the calibrated one is wired by ``LiverLaparoRegLib.quality``
+   where available).
+
+Errors: no liver visible -> ``GeometryError("correspondences: no correspondences ...")``;
+fewer than 4 inliers -> ``GeometryError("correspondences: fewer than 4 inlier ...")``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from SurgicalReg2D3DLib.errors import GeometryError, InputError
+
+from ..logic import LaparoResult
+
+#: a liver's bounding-box extent (mm); outside it the mesh units are probably wrong
+LIVER_EXTENT_MM = (60.0, 500.0)
+
+
+@dataclass
+class LearnedResult(LaparoResult):
+    """A :class:`..logic.LaparoResult` plus the predicted correspondences and quality."""
+
+    correspondences: List[dict] = field(default_factory=list)
+    quality: Optional[object] = None
+    stage1_model_to_camera: Optional[np.ndarray] = None
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["correspondences"] = self.correspondences
+        if self.stage1_model_to_camera is not None:
+            d["stage1_model_to_camera"] = np.asarray(self.stage1_model_to_camera).tolist()
+        if self.quality is not None:
+            d["quality"] = self.quality.to_dict()
+        return d
+
+
+def check_liver_scale(vertices, name: str = "mesh") -> None:
+    """``GeometryError`` when the mesh is far larger or smaller than a liver in mm."""
+    v = np.asarray(vertices, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0 or not np.isfinite(v).all():
+        raise InputError(f"{name}: vertices must be a finite (V, 3) array")
+    ext = float(np.max(v.max(0) - v.min(0)))
+    lo, hi = LIVER_EXTENT_MM
+    if not lo <= ext <= hi:
+        hint = (" (coordinates in metres? multiply by 1000)" if ext < lo / 100 else
+                " (coordinates in micrometres or a scene much larger than a liver?)"
+                if ext > hi else "")
+        raise GeometryError(f"{name}: bounding-box extent {ext:.4g} mm is not a liver's "
+                            f"({lo:g}-{hi:g} mm){hint}")
+
+
+def check_mask(mask, camera) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    if mask.ndim != 2:
+        raise InputError(f"mask: expected a 2D (H, W) mask, got shape {mask.shape}")
+    if mask.shape != (camera.height, camera.width):
+        raise InputError(f"mask: size {mask.shape[1]}x{mask.shape[0]} does not match the "
+                         f"frame/camera size {camera.width}x{camera.height}")
+    if not mask.any():
+        raise InputError("mask: the liver mask is empty")
+    return mask != 0
+
+
+def network_image(image, camera) -> np.ndarray:
+    """``(3, NET_H, NET_W)`` float32 RGB in [0, 1] from an ``(H, W[, 3])`` frame."""
+    import cv2  # noqa: PLC0415
+
+    from .data import NET_H, NET_W  # noqa: PLC0415
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, -1)
+    if img.ndim != 3 or img.shape[2] < 3:
+        raise InputError(f"image: expected (H, W) or (H, W, 3), got shape {img.shape}")
+    img = img[..., :3].astype(np.float32)
+    if img.max() > 1.5:
+        img = img / 255.0
+    small = cv2.resize(img, (NET_W, NET_H), interpolation=cv2.INTER_AREA)
+    return np.transpose(np.clip(small, 0, 1), (2, 0, 1)).copy()
+
+
+def network_mask(mask: np.ndarray) -> np.ndarray:
+    import cv2  # noqa: PLC0415
+
+    from .data import NET_H, NET_W  # noqa: PLC0415
+
+    return (cv2.resize(mask.astype(np.float32), (NET_W, NET_H),
+                       interpolation=cv2.INTER_AREA) >= 0.5).astype(np.float32)
+
+
+def predict_correspondences(net, mesh, camera, image, mask: Optional[np.ndarray],
+                            min_confidence: float = 0.1, device=None):
+    """Run the network and match. Returns ``(list of dicts, info dict)``; each dict has
+    ``pixel`` (full-frame u, v), ``vertex`` (mesh vertex id), ``class`` and
+    ``confidence``."""
+    import cv2  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from .data import CANON_SCALE_MM, CLASS_NAMES, GRID_H, GRID_W, N_MATCH, \
+        grid_centres_net, net_to_full_px, point_inputs  # noqa: PLC0415
+
+    img = network_image(image, camera) if image is not None else None
+    m_net = network_mask(mask) if mask is not None else None
+    if img is None:
+        # no frame: the mask alone (shading-free, liver-coloured) -- a weaker input
+        img = np.repeat(((m_net if m_net is not None else 0) * 0.5)[None], 3, 0).astype(np.float32)
+    pts, vid = point_inputs(mesh.vertices, mesh.faces, start=0)
+    dev = device or torch.device("cpu")
+    with torch.no_grad():
+        out = net(torch.as_tensor(img)[None].to(dev),
+                  torch.as_tensor(m_net if m_net is not None else np.zeros(img.shape[1:],
+                                                                           np.float32))[None].to(dev),
+                  torch.as_tensor(pts)[None].to(dev))
+    dp = out["desc_pix"][0].cpu()
+    dq = out["desc_pt"][0].cpu()
+    p_ov = torch.sigmoid(out["overlap_logit"][0]).cpu()
+    if m_net is not None:
+        cell = cv2.resize(m_net, (GRID_W, GRID_H), interpolation=cv2.INTER_AREA).ravel() >= 0.5
+        liver_src = "mask"
+    else:
+        cell = (torch.sigmoid(out["pix_liver"][0]).cpu().numpy() >= 0.5)
+        liver_src = "network"
+    info = {"liver_cells": int(cell.sum()), "liver_from": liver_src}
+    if cell.sum() == 0:
+        raise GeometryError("correspondences: no correspondences -- no liver is visible in the "
+                            "frame (give or paint a liver mask)")
+    P = np.nonzero(cell)[0]
+    S = dp[P] @ dq.T                                              # (P, M) cosine
+    j = S.argmax(1)
+    back = S.argmax(0)
+    mutual = back[j] == torch.arange(len(P))
+    conf = S[torch.arange(len(P)), j] * p_ov[j]
+    keep = mutual & (conf >= min_confidence)
+    pcls = out["pt_class"][0].argmax(-1).cpu()
+    xcls = out["pix_class"][0].argmax(-1).cpu()
+    uv_full = net_to_full_px(grid_centres_net()[P], camera)
+    corr = []
+    for k in np.nonzero(keep.numpy())[0]:
+        c = int(pcls[j[k]]) if int(pcls[j[k]]) != 0 else int(xcls[P[k]])
+        corr.append({"pixel": [float(uv_full[k, 0]), float(uv_full[k, 1])],
+                     "vertex": int(vid[int(j[k])]), "class": CLASS_NAMES[c],
+                     "confidence": float(conf[k])})
+    info.update(mutual=int(mutual.sum()), kept=len(corr), n_points=N_MATCH,
+                mean_overlap=float(p_ov.mean()))
+    # second set: the coordinate head's surface point (point-encoder frame: mesh axes,
+    # centred at the vertex mean, dm) -> nearest mesh vertex
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
+    xyz = out["pix_xyz"][0].cpu().numpy()[P] * CANON_SCALE_MM + mesh.vertices.mean(0)
+    dist, vtx = cKDTree(mesh.vertices).query(xyz)
+    xcls = out["pix_class"][0].argmax(-1).cpu().numpy()
+    coord = [{"pixel": [float(uv_full[k, 0]), float(uv_full[k, 1])], "vertex": int(vtx[k]),
+              "class": CLASS_NAMES[int(xcls[P[k]])],
+              "confidence": float(np.exp(-dist[k] / 10.0))} for k in range(len(P))]
+    info["coordinate_matches"] = coord
+    if not corr and not coord:
+        raise GeometryError("correspondences: no correspondences -- the network found no "
+                            "confident match between the frame and the mesh")
+    return corr, info
+
+
+def pose_from_correspondences(mesh, camera, corr: List[dict], threshold_px: Optional[float] = None):
+    """EPnP + RANSAC (always) on the correspondences: ``(model_to_camera, PnPResult)``."""
+    from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
+
+    from .data import GRID_W  # noqa: PLC0415
+
+    if len(corr) < 4:
+        raise GeometryError(f"correspondences: fewer than 4 inlier correspondences "
+                            f"({len(corr)} matches); no pose can be computed")
+    p3 = np.asarray([mesh.vertices[c["vertex"]] for c in corr], float)
+    p2 = np.asarray([c["pixel"] for c in corr], float)
+    if threshold_px is None:
+        threshold_px = 1.5 * camera.width / GRID_W               # 1.5 grid cells
+    dist = camera.dist_coeffs if camera.has_distortion else None
+    try:
+        r = epnp_ransac(p3, p2, camera.K, dist, reprojection_px=threshold_px, iterations=2000,
+                        min_inliers=4)
+    except InputError as exc:
+        raise GeometryError(f"correspondences: fewer than 4 inlier correspondences after "
+                            f"RANSAC ({exc})") from None
+    T = r.model_to_camera
+    zc = (mesh.vertices @ T[:3, :3].T + T[:3, 3])[:, 2]
+    if not np.isfinite(T).all() or np.median(zc) <= 0:
+        raise GeometryError("correspondences: the RANSAC pose puts the liver behind the camera "
+                            "(the matches are not consistent)")
+    if zc.min() <= 1.0:
+        raise GeometryError("correspondences: the RANSAC pose puts part of the liver behind the "
+                            "camera (the matches are not consistent)")
+    return T, r
+
+
+def quality_of(n_matches: int, n_inliers: int, dice: Optional[float], reproj_px: float,
+               threshold_px: float):
+    """A simple, honest, UNCALIBRATED quality: verdict from inliers and mask Dice."""
+    from SurgicalReg2D3DLib.quality import Quality  # noqa: PLC0415
+
+    ratio = n_inliers / max(1, n_matches)
+    reasons = []
+    verdict = "ok"
+    if n_inliers < 8:
+        reasons.append(f"only {n_inliers} inlier correspondences")
+        verdict = "failed"
+    if dice is not None and dice < 0.5:
+        reasons.append(f"rendered mask Dice {dice:.2f} < 0.5")
+        verdict = "failed"
+    elif dice is not None and dice < 0.85 and verdict == "ok":
+        reasons.append(f"rendered mask Dice {dice:.2f} < 0.85")
+        verdict = "doubtful"
+    if ratio < 0.3 and verdict == "ok":
+        reasons.append(f"inlier ratio {ratio:.2f} < 0.3")
+        verdict = "doubtful"
+    reasons.append("uncalibrated (learned method's own heuristic)")
+    return Quality(verdict=verdict, estimate={}, interval={}, reasons=reasons,
+                   signals={"matches": n_matches, "inliers": n_inliers, "inlier_ratio": ratio,
+                            "mask_dice": dice, "inlier_reprojection_px": reproj_px,
+                            "ransac_threshold_px": threshold_px})
+
+
+def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
+                     refine: bool = True, nonrigid: bool = False, ground_truth=None,
+                     structures=None, progress=None, cancel=None) -> LearnedResult:
+    """Learned registration (module docstring). ``model``: model file (None = bundled);
+    ``net``: an already loaded network (tests, benchmarks)."""
+    from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
+
+    from ..camera import as_camera, check_image_size  # noqa: PLC0415
+    from ..logic import _check_pose, _run_silhouette, evaluate  # noqa: PLC0415
+    from ..mesh import MeshData, validate_mesh  # noqa: PLC0415
+    from .modelfile import load_model  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    check_liver_scale(getattr(mesh, "vertices", None), "mesh")
+    mesh = validate_mesh(mesh, "mesh")
+    camera = as_camera(camera)
+    if image is not None:
+        check_image_size(np.shape(image), camera, "image")
+    if mask is not None:
+        mask = check_mask(mask, camera)
+    if image is None and mask is None:
+        raise InputError("image: the learned method needs the frame (and preferably a liver mask)")
+    if ground_truth is not None:
+        ground_truth = _check_pose(ground_truth, "ground truth pose")
+    structures = [validate_mesh(s, f"structure {k} ({s.name})")
+                  for k, s in enumerate(structures or ())]
+    info = {}
+    if net is None:
+        net, info = load_model(model)
+    report(progress, 0.0, "LiverLaparoReg: learned correspondences")
+    t1 = time.perf_counter()
+    corr, minfo = predict_correspondences(net, mesh, camera, image, mask)
+    coord = minfo.pop("coordinate_matches", [])
+    timings = {"network_s": time.perf_counter() - t1}
+    check_cancel(cancel)
+    t1 = time.perf_counter()
+    # EPnP + RANSAC on each set (descriptor mutual-NN matches, coordinate-head matches);
+    # the pose with more inliers wins
+    best, errors = None, []
+    for source, cs in (("descriptors", corr), ("coordinates", coord)):
+        if not cs:
+            continue
+        try:
+            T_s, r_s = pose_from_correspondences(mesh, camera, cs)
+        except GeometryError as exc:
+            errors.append(f"{source}: {str(exc).replace('correspondences: ', '', 1)}")
+            continue
+        minfo[f"inliers_{source}"] = len(r_s.inliers)
+        if best is None or len(r_s.inliers) > len(best[2].inliers):
+            best = (source, T_s, r_s, cs)
+    if best is None:
+        raise GeometryError("correspondences: " + ("; ".join(errors) if errors else
+                                                   "no correspondences -- no match found"))
+    source, T1, pnp, corr = best
+    minfo["source"] = source
+    timings["pnp_s"] = time.perf_counter() - t1
+    inl = set(int(i) for i in pnp.inliers)
+    for k, c in enumerate(corr):
+        c["inlier"] = k in inl
+    T, history = T1, []
+    ref_mask = mask
+    if ref_mask is None and minfo["liver_from"] == "network":
+        ref_mask = None        # no refinement without a mask (the network's coarse mask is 24x32)
+    if refine and ref_mask is not None:
+        t1 = time.perf_counter()
+        ctx = {"mesh": mesh, "camera": camera, "mask": ref_mask, "init": T1}
+        try:
+            T, t2, history = _run_silhouette(ctx, sub_progress(progress, 0.4, 0.8), cancel)
+        except (RuntimeError, InputError):
+            # the Stage I pose renders nothing near the mask (no gradient): keep it, the
+            # quality says failed
+            minfo["refinement"] = "skipped: the Stage I pose does not overlap the mask"
+        timings["silhouette_s"] = time.perf_counter() - t1
+    timings["rigid_s"] = time.perf_counter() - t0
+    res = LearnedResult(np.asarray(T, float), "learned", timings=timings, history=list(history))
+    res.stage1_model_to_camera = T1
+    res.correspondences = corr
+    if nonrigid:
+        from .stage2 import deform_stage2  # noqa: PLC0415
+
+        t1 = time.perf_counter()
+        pairs = [c for c in corr if c.get("inlier")]
+        d = deform_stage2(mesh, camera, res.model_to_camera, mask=ref_mask, pairs=pairs,
+                          progress=sub_progress(progress, 0.8, 1.0), cancel=cancel)
+        res.deformed_vertices = d.vertices
+        res.deformation = d
+        res.deformed_structures = [MeshData(d.apply(s.vertices), np.array(s.faces, copy=True),
+                                            s.name) for s in structures]
+        res.timings["nonrigid_s"] = time.perf_counter() - t1
+    res.metrics = evaluate(mesh, camera, res.model_to_camera, ref_mask, None, None,
+                           ground_truth, res.deformed_vertices)
+    if ground_truth is not None:
+        from .. import metrics as lmetrics  # noqa: PLC0415
+
+        res.metrics["stage1"] = lmetrics.pose_errors(T1, ground_truth, mesh.vertices.mean(0))
+    res.metrics["learned"] = dict(minfo, inliers=len(inl), model=info.get("path"))
+    res.quality = quality_of(len(corr), len(inl), res.metrics.get("mask_dice"),
+                             pnp.reprojection_error_px,
+                             1.5 * camera.width / 32)
+    if "refinement" in minfo:
+        res.quality.verdict = "failed"
+        res.quality.reasons.insert(0, minfo["refinement"])
+    res.timings["total_s"] = time.perf_counter() - t0
+    report(progress, 1.0, "LiverLaparoReg: done")
+    return res
