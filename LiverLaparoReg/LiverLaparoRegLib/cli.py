@@ -104,11 +104,9 @@ def run_register(args) -> int:
 
     from .camera import load_camera  # noqa: PLC0415
     from .logic import register  # noqa: PLC0415
-    from .mesh import MeshData, load_mesh, save_mesh  # noqa: PLC0415
-    from .metrics import project_contours_3d  # noqa: PLC0415
-    from .p2ilf import read_contours_2d, read_contours_3d, write_contours_2d, \
-        write_contours_3d  # noqa: PLC0415
-    from SurgicalReg2D3DLib.outputs import OutputSet, check_outputs  # noqa: PLC0415
+    from .mesh import load_mesh  # noqa: PLC0415
+    from .p2ilf import read_contours_2d, read_contours_3d  # noqa: PLC0415
+    from SurgicalReg2D3DLib.outputs import check_outputs  # noqa: PLC0415
 
     inputs = [args.mesh, args.image, args.camera, args.distortion, args.mask,
               args.contours2d, args.contours3d, args.init, args.ground_truth,
@@ -160,27 +158,7 @@ def run_register(args) -> int:
     result = register(mesh, camera, image=image, mask=mask, contours2d=c2, contours3d=c3,
                       init=init, method=args.method, nonrigid=args.nonrigid, ground_truth=gt,
                       structures=structures, quality=not args.no_quality)
-    out = Path(args.out)
-    T = result.model_to_camera
-    verts = mesh.vertices if result.deformed_vertices is None else result.deformed_vertices
-    # one consistent set: every file to a temporary name, renamed only when all are written
-    with OutputSet("--out") as outs:
-        outs.write_json(out, result.to_dict())
-        outs.write(out.with_name(out.stem + "_mesh_camera.obj"),
-                   lambda tmp: save_mesh(MeshData(verts @ T[:3, :3].T + T[:3, 3], mesh.faces),
-                                         tmp))
-        if c3:
-            outs.write(out.with_name(out.stem + "_contours3d.json"),
-                       lambda tmp: write_contours_3d(c3, tmp))
-            outs.write(out.with_name(out.stem + "_contours2d.json"),
-                       lambda tmp: write_contours_2d(project_contours_3d(c3, verts, T, camera),
-                                                     tmp))
-        if args.deformed_mesh:
-            outs.write(args.deformed_mesh,
-                       lambda tmp: save_mesh(MeshData(verts, mesh.faces), tmp))
-        for path, s in zip(args.structure or (), result.deformed_structures):
-            outs.write(out.with_name(f"{out.stem}_{Path(path).stem}_deformed.vtk"),
-                       lambda tmp, s=s: save_mesh(s, tmp))
+    _write_outputs(args, result, mesh, camera, c3)
     for note in result.metrics.get("notes", []):
         print(note, file=sys.stderr)
     summary = {"method": result.method}
@@ -203,11 +181,43 @@ def run_register(args) -> int:
     return 0
 
 
+def _write_outputs(args, result, mesh, camera, c3=None) -> None:
+    """``--out`` and its side files as one consistent set (every file to a temporary name,
+    renamed only when all are written): the result JSON, the posed mesh in the camera frame,
+    the 3D contours and their projection (with ``c3``), the deformed mesh and structures."""
+    from SurgicalReg2D3DLib.outputs import OutputSet  # noqa: PLC0415
+
+    from .mesh import MeshData, save_mesh  # noqa: PLC0415
+    from .metrics import project_contours_3d  # noqa: PLC0415
+    from .p2ilf import write_contours_2d, write_contours_3d  # noqa: PLC0415
+
+    out = Path(args.out)
+    T = result.model_to_camera
+    verts = mesh.vertices if result.deformed_vertices is None else result.deformed_vertices
+    with OutputSet("--out") as outs:
+        outs.write_json(out, result.to_dict())
+        outs.write(out.with_name(out.stem + "_mesh_camera.obj"),
+                   lambda tmp: save_mesh(MeshData(verts @ T[:3, :3].T + T[:3, 3], mesh.faces),
+                                         tmp))
+        if c3:
+            outs.write(out.with_name(out.stem + "_contours3d.json"),
+                       lambda tmp: write_contours_3d(c3, tmp))
+            outs.write(out.with_name(out.stem + "_contours2d.json"),
+                       lambda tmp: write_contours_2d(project_contours_3d(c3, verts, T, camera),
+                                                     tmp))
+        if args.deformed_mesh:
+            outs.write(args.deformed_mesh,
+                       lambda tmp: save_mesh(MeshData(verts, mesh.faces), tmp))
+        for path, s in zip(args.structure or (), result.deformed_structures):
+            outs.write(out.with_name(f"{out.stem}_{Path(path).stem}_deformed.vtk"),
+                       lambda tmp, s=s: save_mesh(s, tmp))
+
+
 def run_register_learned(args) -> int:
     """``register --method learned``: no --init, no contours (see ``learned/infer.py``)."""
     from .camera import load_camera, without_distortion  # noqa: PLC0415
     from .learned.infer import check_liver_scale, register_learned  # noqa: PLC0415
-    from .mesh import MeshData, load_mesh, save_mesh  # noqa: PLC0415
+    from .mesh import load_mesh  # noqa: PLC0415
 
     if args.init or args.contours2d or args.contours3d:
         raise InputError("method: --method learned takes no --init and no contours")
@@ -223,22 +233,7 @@ def run_register_learned(args) -> int:
     gt = read_pose_json(args.ground_truth, "ground truth pose") if args.ground_truth else None
     result = register_learned(mesh, camera, image=image, mask=mask, model=args.model,
                               nonrigid=args.nonrigid, ground_truth=gt, structures=structures)
-    from SurgicalReg2D3DLib.outputs import OutputSet  # noqa: PLC0415
-
-    out = Path(args.out)
-    T = result.model_to_camera
-    verts = mesh.vertices if result.deformed_vertices is None else result.deformed_vertices
-    with OutputSet("--out") as outs:   # all files or none (checked before any work)
-        outs.write_json(out, result.to_dict())
-        outs.write(out.with_name(out.stem + "_mesh_camera.obj"),
-                   lambda tmp: save_mesh(MeshData(verts @ T[:3, :3].T + T[:3, 3], mesh.faces),
-                                         tmp))
-        if args.deformed_mesh:
-            outs.write(args.deformed_mesh,
-                       lambda tmp: save_mesh(MeshData(verts, mesh.faces), tmp))
-        for path, s in zip(args.structure or (), result.deformed_structures):
-            outs.write(out.with_name(f"{out.stem}_{Path(path).stem}_deformed.vtk"),
-                       lambda tmp, s=s: save_mesh(s, tmp))
+    _write_outputs(args, result, mesh, camera)
     from SurgicalReg2D3DLib.quality import warning_line  # noqa: PLC0415
 
     line = warning_line("learned registration", result.quality)

@@ -87,26 +87,32 @@ def pinhole_pixel_to_camera(fx: float, fy: float, cx: float, cy: float,
                      [0.0, 0.0, 0.0, 1.0]])
 
 
+def lines_polydata(points, pairs):
+    """A ``vtkPolyData`` of line segments between ``points`` (N, 3) given as index pairs."""
+    import vtk  # noqa: PLC0415
+
+    vpoints = vtk.vtkPoints()
+    for p in np.asarray(points, dtype=np.float64):
+        vpoints.InsertNextPoint(*map(float, p))
+    lines = vtk.vtkCellArray()
+    for a, b in pairs:
+        line = vtk.vtkLine()
+        line.GetPointIds().SetId(0, int(a))
+        line.GetPointIds().SetId(1, int(b))
+        lines.InsertNextCell(line)
+    poly = vtk.vtkPolyData()
+    poly.SetPoints(vpoints)
+    poly.SetLines(lines)
+    return poly
+
+
 def frustum_polydata(points_camera: np.ndarray, camera_to_world):
     """A ``vtkPolyData`` of lines: source to each corner, and the image rectangle, in the
     world frame (``camera_to_world @ p``)."""
-    import vtk  # noqa: PLC0415
-
     M = _matrix4(camera_to_world, "camera_to_world")
     pts_w = np.c_[points_camera, np.ones(len(points_camera))] @ M.T
-    points = vtk.vtkPoints()
-    for p in pts_w[:, :3]:
-        points.InsertNextPoint(*map(float, p))
-    lines = vtk.vtkCellArray()
-    for a, b in ((0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (2, 3), (3, 4), (4, 1)):
-        line = vtk.vtkLine()
-        line.GetPointIds().SetId(0, a)
-        line.GetPointIds().SetId(1, b)
-        lines.InsertNextCell(line)
-    poly = vtk.vtkPolyData()
-    poly.SetPoints(points)
-    poly.SetLines(lines)
-    return poly
+    return lines_polydata(pts_w[:, :3], ((0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (2, 3),
+                                         (3, 4), (4, 1)))
 
 
 # ------------------------------------------------------------------------ laparoscope

@@ -40,25 +40,13 @@ def drive_slice_views(slice_nodes: Sequence, image_to_ras, frame_shape) -> np.nd
 
 
 def _outline(volume_shape, ijk_to_ras):
-    import vtk  # noqa: PLC0415
-
+    """The volume's bounding box (12 edges) in RAS."""
     k, j, i = volume_shape
     corners = np.array([[a, b, c, 1.0] for c in (0, k - 1) for b in (0, j - 1)
                         for a in (0, i - 1)]) @ np.asarray(ijk_to_ras, float).T
-    pts = vtk.vtkPoints()
-    for p in corners[:, :3]:
-        pts.InsertNextPoint(*map(float, p))
-    lines = vtk.vtkCellArray()
-    for a, b in ((0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7),
-                 (0, 4), (1, 5), (2, 6), (3, 7)):
-        line = vtk.vtkLine()
-        line.GetPointIds().SetId(0, a)
-        line.GetPointIds().SetId(1, b)
-        lines.InsertNextCell(line)
-    poly = vtk.vtkPolyData()
-    poly.SetPoints(pts)
-    poly.SetLines(lines)
-    return poly
+    return views3d.lines_polydata(corners[:, :3], (
+        (0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7),
+        (0, 4), (1, 5), (2, 6), (3, 7)))
 
 
 def scene_items(volume: np.ndarray, ijk_to_ras, frame: np.ndarray, image_to_ras,
