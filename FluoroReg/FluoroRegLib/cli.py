@@ -59,6 +59,21 @@ def _method_options(args) -> dict:
     return opts
 
 
+def load_xrays(args: argparse.Namespace, xrays, geometries):
+    """``(images, cameras)`` of the ``--xray`` files with their ``--geometry`` files (or
+    their DICOM tags), named "X-ray image k" in errors."""
+    from .xray_io import load_xray  # noqa: PLC0415
+
+    images, cameras = [], []
+    for k, path in enumerate(xrays):
+        name = "X-ray image" if len(xrays) == 1 else f"X-ray image {k + 1}"
+        img, cam = load_xray(path, geometries[k] if geometries else None,
+                             negative_log_raw=args.negative_log, name=name)
+        images.append(img)
+        cameras.append(cam)
+    return images, cameras
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     if getattr(args, "model", None):  # learned: regressor start + refinement
         from .learned.cli import cmd_register_model  # noqa: PLC0415
@@ -67,7 +82,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     args.method = args.method or "ncc"
     from .logic import available_methods, register_arrays  # noqa: PLC0415
     from .simulate import read_ct  # noqa: PLC0415
-    from .xray_io import load_xray, read_pose_json, write_pose_json  # noqa: PLC0415
+    from .xray_io import read_pose_json, write_pose_json  # noqa: PLC0415
 
     from SurgicalReg2D3DLib.device import parse_device  # noqa: PLC0415
     from SurgicalReg2D3DLib.outputs import check_output  # noqa: PLC0415
@@ -84,13 +99,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.method not in available_methods():
         raise InputError(f"method: expected one of {available_methods()}, got {args.method!r}")
     hu, ijk_to_ras = read_ct(args.ct, allow_uneven_slices=args.allow_uneven_slices)
-    images, cameras = [], []
-    for k, path in enumerate(xrays):
-        name = "X-ray image" if len(xrays) == 1 else f"X-ray image {k + 1}"
-        img, cam = load_xray(path, geometries[k] if geometries else None,
-                             negative_log_raw=args.negative_log, name=name)
-        images.append(img)
-        cameras.append(cam)
+    images, cameras = load_xrays(args, xrays, geometries)
     init = read_pose_json(args.init) if args.init else None
     if init is not None and len(init) != len(xrays):
         raise InputError(f"initial pose: {len(xrays)} X-ray images but {len(init)} initial "

@@ -131,7 +131,7 @@ def add_register_options(reg) -> None:
 def cmd_register_model(args: argparse.Namespace) -> int:
     """``surgreg fluoro register --model M`` (called by ``cli.cmd_register``)."""
     from ..simulate import read_ct  # noqa: PLC0415
-    from ..xray_io import load_xray, read_pose_json, write_pose_json  # noqa: PLC0415
+    from ..xray_io import read_pose_json, write_pose_json  # noqa: PLC0415
     from .model_file import load_model_file  # noqa: PLC0415
     from .register import register_with_model  # noqa: PLC0415
 
@@ -152,13 +152,9 @@ def cmd_register_model(args: argparse.Namespace) -> int:
     method = args.method or DEFAULT_REFINEMENT
     data = load_model_file(args.model)
     hu, m = read_ct(args.ct, allow_uneven_slices=getattr(args, "allow_uneven_slices", False))
-    images, cameras = [], []
-    for k, path in enumerate(xrays):
-        name = "X-ray image" if len(xrays) == 1 else f"X-ray image {k + 1}"
-        img, cam = load_xray(path, geometries[k] if geometries else None,
-                             negative_log_raw=args.negative_log, name=name)
-        images.append(img)
-        cameras.append(cam)
+    from ..cli import load_xrays  # noqa: PLC0415
+
+    images, cameras = load_xrays(args, xrays, geometries)
     init = read_pose_json(args.init) if args.init else None
     nominal = read_pose_json(args.nominal, "nominal pose") if args.nominal else None
     from ..cli import _method_options  # noqa: PLC0415
