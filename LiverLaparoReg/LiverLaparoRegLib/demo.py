@@ -1,8 +1,9 @@
 """``surgreg demo`` part of LiverLaparoReg: register the shipped liver data, draw overlays.
 
-1. SciKit-Surgery liver (SYNTHETIC observations of a real mesh): ``liver_sub.ply`` at its
-   shipped ``model_to_camera`` pose with the shipped left-camera intrinsics (1920 x 540
-   frames, see ``camera.py``; rendered at 1/4 size, 480 x 135). The mask is our rendering
+1. SciKit-Surgery liver (SYNTHETIC observations of a real mesh): ``liver_sub.ply`` seen by
+   a 640 x 480 laparoscope at its shipped ``model_to_camera`` pose pulled back 150 mm (the
+   shipped 1920 x 540 intrinsics frame only a close-up part of the liver, where the landmark
+   curves leave the frame); rendered at 1/2 size (1/4 in quick mode). The mask is our rendering
    and three landmark curves are synthetic mesh paths with 1 px noise. Registration:
    ``pnp`` (contours) + silhouette refinement (mask). Errors against the known pose,
    mask Dice; the overlay draws the liver outline, vessels and tumours
@@ -39,7 +40,6 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
 
     from . import synthetic  # noqa: PLC0415
     from .bench import real_p2ilf_case, sample_data_dir  # noqa: PLC0415
-    from .camera import SKSURGERY_SIZE, load_camera  # noqa: PLC0415
     from .logic import evaluate, register  # noqa: PLC0415
     from .mesh import load_mesh  # noqa: PLC0415
     from .metrics import project_contours_3d  # noqa: PLC0415
@@ -50,10 +50,16 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     d = sample_data_dir() / "liver_sksurgery"
-    cam_full = load_camera(d / "liver" / "calib.left.intrinsics.txt", *SKSURGERY_SIZE)
-    cam = cam_full.scaled(8.0 if quick else 4.0)
+    # a 640 x 480 laparoscope, the liver at its shipped pose pulled back 150 mm so that the
+    # whole liver (and every landmark curve) is in the frame; the shipped 1920 x 540
+    # intrinsics show only a close-up part of it, where the curves leave the frame
+    from SurgicalReg2D3DLib.cameras import PinholeCamera  # noqa: PLC0415
+
+    cam_full = PinholeCamera(500.0, 500.0, 319.5, 239.5, 640, 480)
+    cam = cam_full.scaled(4.0 if quick else 2.0)
     mesh = load_mesh(d / "liver" / "liver_sub.ply")
     T_true = read_matrix_txt(d / "liver" / "model_to_camera.txt")
+    T_true[2, 3] += 150.0
     # contours at full resolution (no rendering needed), the mask rendered at small size
     case = synthetic.make_case(mesh, cam_full, T_true, noise_px=1.0, render=False)
     case.mask = render_mask(mesh.vertices, mesh.faces, T_true, cam)[0].numpy()
@@ -67,7 +73,7 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
                                                             if k != "reprojection"},
                                    "reprojection_hausdorff_px":
                                        res.metrics["reprojection"]["all"]["hausdorff_px"],
-                                   "contour_image_size": list(SKSURGERY_SIZE),
+                                   "contour_image_size": [cam_full.width, cam_full.height],
                                    "seconds": res.timings["total_s"]}}
     fig, ax = plt.subplots(figsize=(9, 3.2))
     ax.imshow(case.mask, cmap="gray", vmin=0, vmax=2.5)

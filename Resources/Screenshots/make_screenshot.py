@@ -1,7 +1,8 @@
-"""Compose the extension-index screenshot from the pictures ``surgreg demo`` writes.
+"""Compose the extension-index screenshot from the 3D scene pictures ``surgreg demo`` writes.
 
-The picture is labelled for what it is: the modules' result pictures from the demo (not a
-capture of the Slicer application window, which cannot be run where it was made).
+The picture is labelled for what it is: off-screen VTK renderings of each module's 3D scene,
+built by the same Qt-free code the modules use in Slicer (not a capture of the Slicer
+application window, which cannot be run where it was made).
 
 Usage::
 
@@ -15,18 +16,18 @@ import sys
 from pathlib import Path
 
 PANELS = (
-    ("fluoro/fluoro_overlay.png",
-     "FluoroReg: CT to X-ray. The X-ray is simulated from the bundled real CT (synthetic); "
-     "DRR overlays at the start and after registration"),
-    ("laparo/laparo_p2ilf_overlay.png",
-     "LiverLaparoReg: liver model to laparoscopic frame, real P2ILF annotations "
-     "(projected 3D contours over the 2D ones)"),
-    ("us/us_overlays.png",
-     "USSliceReg: 2D ultrasound frame to 3D volume, real PLUS spine phantom sweep "
-     "(held-out frame, volume slice before and after)"),
+    ("fluoro/fluoro_3d.png",
+     "FluoroReg: the bundled real CT (bone surface), the X-ray (simulated from it, synthetic) "
+     "on its detector plane and the source frustum at the registered pose"),
+    ("laparo/laparo_3d.png",
+     "LiverLaparoReg: AR view through the laparoscope (synthetic frame of the real "
+     "SciKit-Surgery liver) and the camera frustum beside the model"),
+    ("us/us_3d.png",
+     "USSliceReg: a held-out frame of the real PLUS spine sweep at its registered pose in the "
+     "volume, and the slice view resliced along it"),
 )
-FOOTER = ("SlicerSurgicalReg2D3D: result pictures written by `surgreg demo --quick` "
-          "(composed; not a screen capture of the Slicer application)")
+FOOTER = ("SlicerSurgicalReg2D3D: renderings of the modules' 3D scenes written by "
+          "`surgreg demo --quick` (off-screen VTK; not a screen capture of Slicer)")
 
 
 def compose(demo_dir: Path, out: Path) -> Path:

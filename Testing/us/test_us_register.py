@@ -367,7 +367,9 @@ def test_every_method_accepts_tracking(synthetic):
     centre = np.array([W / 2, H / 2, 0, 1.0])
     start = perturb_about_point(truths[0], [0.01, -0.01, 0.0, 0.5, -0.4, 0.3], centre)
     assert set(METHODS) >= {"lncc", "sitk"}
-    for name in METHODS:
+    # the learned methods need a model trained for this volume; their tracking path is
+    # tested in test_us_deep.py
+    for name in [m for m in METHODS if not m.startswith("deep")]:
         fn = make_method(name, vol, ijk, (H, W), np.ones((H, W), bool), config=SYN_CONFIG)
         full = fn(frames[:1], start[None], tracking=False)[0]
         short = fn(frames[:1], start[None], tracking=True)[0]
