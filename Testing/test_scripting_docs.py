@@ -72,10 +72,21 @@ def console():
     from SurgicalReg2D3DLib.console import bind_console_names
     from SurgicalReg2D3DLib.scene import SceneContext
 
+    from FluoroRegLib.logic import METHODS as FLUORO_METHODS
+    from LiverLaparoRegLib.logic import METHODS as LAPARO_METHODS
+    from USSliceRegLib.methods import METHODS as US_METHODS
+
+    # the page adds a method to a registry: restore the registries for the other tests
+    registries = [(r, dict(r)) for r in (FLUORO_METHODS, LAPARO_METHODS, US_METHODS)]
     ctx = SceneContext()
-    with bind_console_names(ctx):
-        yield {"namespace": {"__name__": "__console__"}, "done": set(), "ctx": ctx}
-    ctx.close()
+    try:
+        with bind_console_names(ctx):
+            yield {"namespace": {"__name__": "__console__"}, "done": set(), "ctx": ctx}
+    finally:
+        ctx.close()
+        for registry, saved in registries:
+            registry.clear()
+            registry.update(saved)
 
 
 def _run_upto(console, index: int) -> None:
