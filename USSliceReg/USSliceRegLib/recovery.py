@@ -26,6 +26,7 @@ from SurgicalReg2D3DLib.quality import Quality, skipped
 from .quality import (Calibration, QualityConfig, _normal, _shifted, assess,
                       calibration_for, hessian_signals, reference_of, rejudge)
 from .register import FrameResult
+from .temporal import check_live_frame
 
 def _attempt_summary(result: FrameResult, q: Quality, how: str) -> dict:
     return {"start": how, "verdict": q.verdict, "lncc": float(result.lncc),
@@ -217,14 +218,7 @@ class CheckedLive:
 
     def update(self, frame, tracked_image_to_reference) -> Tuple[Optional[FrameResult],
                                                                   Quality]:
-        frame = np.asarray(frame)
-        if frame.ndim == 3 and frame.shape[0] == 1:
-            frame = frame[0]
-        if frame.ndim != 2:
-            raise InputError(f"US frame: expected a 2D image (H, W), got shape {frame.shape}")
-        pose = np.asarray(tracked_image_to_reference, dtype=float)
-        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
-            raise InputError("tracked image_to_reference: expected a finite 4x4 matrix")
+        frame, pose = check_live_frame(frame, tracked_image_to_reference)
         calib = calibration_for(self.method, pose[None], self.config)
         has_good = self.good_index is not None
         ref = reference_of(self.ok_lncc[-20:], self.config)

@@ -45,6 +45,19 @@ def frame_quality(result: FrameResult):
     return getattr(result, "quality", None)
 
 
+def check_live_frame(frame, tracked_image_to_reference):
+    """``(frame (H, W), pose (4, 4))`` of one live frame, checked (InputError naming it)."""
+    frame = np.asarray(frame)
+    if frame.ndim == 3 and frame.shape[0] == 1:
+        frame = frame[0]
+    if frame.ndim != 2:
+        raise InputError(f"US frame: expected a 2D image (H, W), got shape {frame.shape}")
+    pose = np.asarray(tracked_image_to_reference, dtype=float)
+    if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+        raise InputError("tracked image_to_reference: expected a finite 4x4 matrix")
+    return frame, pose
+
+
 def register_sequence(method, frames, starts, temporal: bool = True, batch_size: int = 8,
                       indices: Optional[Sequence[int]] = None, progress=None,
                       cancel=None) -> List[FrameResult]:
@@ -104,14 +117,7 @@ class LiveRegistration:
     def update(self, frame, tracked_image_to_reference) -> FrameResult:
         """Register one frame ``(H, W)`` whose tracked pose is a 4x4; returns its result
         (``result.correction`` is the new ``tracked_reference_to_reference``)."""
-        frame = np.asarray(frame)
-        if frame.ndim == 3 and frame.shape[0] == 1:
-            frame = frame[0]
-        if frame.ndim != 2:
-            raise InputError(f"US frame: expected a 2D image (H, W), got shape {frame.shape}")
-        pose = np.asarray(tracked_image_to_reference, dtype=float)
-        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
-            raise InputError("tracked image_to_reference: expected a finite 4x4 matrix")
+        frame, pose = check_live_frame(frame, tracked_image_to_reference)
         res = self.method(frame[None], pose[None], init_corrections=self.correction[None],
                           indices=[self.count], tracking=self.count > 0)[0]
         if not frame_failed(res):  # keep the last good correction
