@@ -238,28 +238,25 @@ def _check_nrrd(path: Path, what: str) -> None:
         raise _truncated(what, path, have, need)
 
 
-def _check_png(path: Path, what: str) -> None:
+def _check_end_marker(path: Path, what: str, magic: bytes, marker: bytes, tail_bytes: int,
+                      description: str) -> None:
+    """A file that starts with ``magic`` must hold ``marker`` in its last ``tail_bytes``."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+        if fh.read(len(magic)) != magic:
             return
-        fh.seek(max(0, size - 64))
+        fh.seek(max(0, size - tail_bytes))
         tail = fh.read()
-    if b"IEND" not in tail:
-        raise FileReadError(f"{what}: file is truncated (cut short): the PNG has no end "
-                            f"chunk: {path}")
+    if marker not in tail:
+        raise FileReadError(f"{what}: file is truncated (cut short): {description}: {path}")
+
+
+def _check_png(path: Path, what: str) -> None:
+    _check_end_marker(path, what, b"\x89PNG\r\n\x1a\n", b"IEND", 64, "the PNG has no end chunk")
 
 
 def _check_jpeg(path: Path, what: str) -> None:
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        if fh.read(2) != b"\xff\xd8":
-            return
-        fh.seek(max(0, size - 4096))
-        tail = fh.read()
-    if b"\xff\xd9" not in tail:
-        raise FileReadError(f"{what}: file is truncated (cut short): the JPEG has no end "
-                            f"marker: {path}")
+    _check_end_marker(path, what, b"\xff\xd8", b"\xff\xd9", 4096, "the JPEG has no end marker")
 
 
 _PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2,

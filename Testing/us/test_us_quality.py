@@ -1,7 +1,6 @@
 """USSliceReg trust value (USSliceRegLib.quality): verdicts, skips, retries, live mode.
 
-Synthetic ground truth (a smooth random volume, frames sampled from it by scipy at known
-poses, as in test_us_register.py) and the shipped spine sweep for the issue's
+Synthetic ground truth (the smooth random volume and frames of test_us_register.py) and the shipped spine sweep for the issue's
 identity-correction frame.
 """
 
@@ -12,43 +11,20 @@ import math
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter, map_coordinates
+from test_us_register import SYN_CONFIG, H, W, _frame, _pose, _synthetic_volume
 
 from USSliceRegLib.methods import make_method
 from USSliceRegLib.quality import QualityConfig, assess, calibrate, judge
 from USSliceRegLib.recovery import CheckedLive, register_checked, register_one_checked
-from USSliceRegLib.register import (FrameResult, Level, RegistrationConfig,
-                                    perturb_about_point, pose_errors)
+from USSliceRegLib.register import FrameResult, perturb_about_point, pose_errors
 
-SYN_CONFIG = RegistrationConfig(levels=(Level(4, 0, 15, 1.0), Level(2, 5, 15, 0.0)))
 QCFG = QualityConfig(calibration_runs=16)
-H, W = 48, 64
 CENTRE = np.array([W / 2, H / 2, 0, 1.0])
-
-
-def _pose(angles_deg, centre):
-    from scipy.spatial.transform import Rotation
-
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix() * 0.5
-    T[:3, 3] = np.asarray(centre) - T[:3, :3] @ np.array([W / 2, H / 2, 0.0])
-    return T
-
-
-def _frame(vol, ijk_to_ref, image_to_ref):
-    rr, cc = np.mgrid[0:H, 0:W]
-    pix = np.stack([cc.ravel(), rr.ravel(), 0 * cc.ravel(), 1 + 0 * cc.ravel()]).astype(float)
-    ijk = np.linalg.inv(ijk_to_ref) @ image_to_ref @ pix
-    return map_coordinates(vol.astype(float), ijk[[2, 1, 0]], order=1).reshape(H, W)
 
 
 @pytest.fixture(scope="module")
 def syn():
-    rng = np.random.default_rng(0)
-    vol = gaussian_filter(rng.random((40, 40, 40)), 1.5)
-    vol = ((vol - vol.min()) / (vol.max() - vol.min()) * 200 + 20).astype(np.float32)
-    ijk = np.eye(4)
-    ijk[:3, 3] = -20.0
+    vol, ijk = _synthetic_volume()
     truths = [_pose([90 + 5 * k, 10 * k, 0], [0, 2 * k - 3, 1.0]) for k in range(4)]
     frames = np.stack([_frame(vol, ijk, t) for t in truths])
     fn = make_method("lncc", vol, ijk, (H, W), np.ones((H, W), bool), config=SYN_CONFIG)
