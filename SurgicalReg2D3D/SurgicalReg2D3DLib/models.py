@@ -345,6 +345,48 @@ def write_manifest(weights_path: PathLike, *, name: str, module: str, task: str,
     return manifest_path
 
 
+def save_torch_file(data: dict, path: PathLike) -> Path:
+    """``torch.save`` a model or checkpoint dict atomically (temporary file in the same
+    folder, then rename), so an interrupted write never leaves half a file. The learned
+    methods of every module write their model files with it."""
+    import torch  # noqa: PLC0415
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_torch_file(path: PathLike, where: str, error=FileReadError, map_location="cpu",
+                    safe_types: Sequence[type] = ()):
+    """``torch.load(path, weights_only=True)`` (tensors and plain values, never code) with
+    named errors: ``"<where>: does not exist"`` and ``"<where>: corrupt or not a torch file
+    (...)"``, raised as ``error`` (a :class:`FileReadError` subclass). ``safe_types``: extra
+    classes allowed in the file (``torch.serialization.safe_globals`` where torch has it).
+    The learned methods' model-file readers check the format of what this returns."""
+    import torch  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{where}: does not exist")
+    try:
+        safe = getattr(torch.serialization, "safe_globals", None)
+        if safe is not None and safe_types:
+            with safe(list(safe_types)):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (pickle, zip and torch errors alike)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise error(f"{where}: corrupt or not a torch file ({type(exc).__name__}: "
+                    f"{first[:120]})") from None
+
+
 def models_table(models: Sequence[ModelInfo]) -> List[List[str]]:
     """Rows ``[name, module, task, size, sha256 prefix, training data]`` for a GUI table."""
     rows = []

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -60,31 +59,19 @@ def ct_fingerprint(hu: np.ndarray, ijk_to_ras: np.ndarray) -> dict:
 
 
 def save_model(data: dict, path) -> Path:
-    """Write a model/checkpoint dict atomically (temporary file, then rename)."""
-    import torch  # noqa: PLC0415
+    """Write a model/checkpoint dict atomically (``models.save_torch_file``)."""
+    from SurgicalReg2D3DLib.models import save_torch_file  # noqa: PLC0415
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_torch_file(data, path)
 
 
 def load_model_file(path, map_location="cpu") -> dict:
     """Read and validate a model file; :class:`ModelFileError` naming what is wrong."""
-    import torch  # noqa: PLC0415
+    from SurgicalReg2D3DLib.models import load_torch_file  # noqa: PLC0415
 
     path = Path(path)
     where = f"model file {path}"
-    if not path.is_file():
-        raise ModelFileError(f"{where}: does not exist")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 (torch raises many kinds on a corrupt file)
-        msg = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelFileError(f"{where}: corrupt or not a torch file ({type(exc).__name__}: "
-                             f"{msg[:120]})") from None
+    data = load_torch_file(path, where, ModelFileError, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelFileError(f"{where}: not a FluoroReg learned model (no format "
                              f"'{FORMAT}')")

@@ -29,33 +29,21 @@ BUNDLED_STAGE1 = "laparo_learned_stage1_v1"
 
 def save_model(path, model, kind: str, training: dict) -> Path:
     """Write ``model`` (a :class:`.net.StageOne`) with its record to ``path``."""
-    import torch  # noqa: PLC0415
+    from SurgicalReg2D3DLib.models import save_torch_file  # noqa: PLC0415
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     net = getattr(model, "module", model)          # unwrap DDP
     data = {"format": FORMAT, "version": VERSION, "kind": kind, "config": dict(net.config),
             "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
             "training": dict(training)}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
-    return path
+    return save_torch_file(data, path)
 
 
 def read_model_file(path, kind: str = "stage1") -> dict:
     """The checked content of a model file (see the module docstring)."""
-    import torch  # noqa: PLC0415
+    from SurgicalReg2D3DLib.models import load_torch_file  # noqa: PLC0415
 
     path = Path(path)
-    if not path.is_file():
-        raise FileReadError(f"model: file not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (torch raises many kinds for broken files)
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise FileReadError(f"model: {path} is not a readable model file (corrupt or not a "
-                            f"torch file: {type(exc).__name__} {first[:120]})") from None
+    data = load_torch_file(path, f"model: {path}")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FileReadError(f"model: {path} is not a LiverLaparoReg learned model "
                             f"(format {data.get('format') if isinstance(data, dict) else None!r}, "

@@ -37,16 +37,11 @@ REQUIRED = ("format", "format_version", "state_dict", "network", "grid",
 
 def save_model(path, payload: dict) -> Path:
     """Write ``payload`` (the keys above) atomically (temporary file, then rename)."""
-    import torch  # noqa: PLC0415
+    from SurgicalReg2D3DLib.models import save_torch_file  # noqa: PLC0415
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = dict(payload)
     data["format"], data["format_version"] = FORMAT, FORMAT_VERSION
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
-    return path
+    return save_torch_file(data, path)
 
 
 def load_model(path, map_location="cpu") -> dict:
@@ -54,23 +49,14 @@ def load_model(path, map_location="cpu") -> dict:
     when it is missing, corrupt, not a DeepRS2V model or of a newer format."""
     import torch  # noqa: PLC0415
 
+    from SurgicalReg2D3DLib.models import load_torch_file  # noqa: PLC0415
+
     path = Path(path)
     where = f"model file {path}"
-    if not path.is_file():
-        raise FileReadError(f"{where}: does not exist")
-    try:
-        # torch's version string type (a str subclass) is allowed too: early files of
-        # this format recorded it as such.
-        safe = getattr(torch.serialization, "safe_globals", None)
-        if safe is not None:
-            with safe([torch.torch_version.TorchVersion]):
-                data = torch.load(path, map_location=map_location, weights_only=True)
-        else:
-            data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (pickle, zip and torch errors alike)
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise FileReadError(f"{where}: corrupt or not a torch file ({type(exc).__name__}: "
-                            f"{first[:120]})") from None
+    # torch's version string type (a str subclass) is allowed too: early files of this
+    # format recorded it as such.
+    data = load_torch_file(path, where, FileReadError, map_location,
+                           safe_types=(torch.torch_version.TorchVersion,))
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FileReadError(f"{where}: not a DeepRS2V model (format "
                             f"{data.get('format') if isinstance(data, dict) else type(data).__name__!r})")
