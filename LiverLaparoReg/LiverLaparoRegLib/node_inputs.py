@@ -60,6 +60,15 @@ def _world_points(node) -> np.ndarray:
     return pts
 
 
+def _labelled_points(node, what: str):
+    """``(landmark class, control points (N, 3) in world RAS)`` of a curve, N >= 2."""
+    label = _label(node)
+    p = _world_points(node)
+    if len(p) < 2:
+        raise InputError(f"{what} '{node.GetName()}': needs at least 2 points, got {len(p)}")
+    return label, p
+
+
 def contours2d_from_markups(curve_nodes: Sequence, frame_node) -> List[Contour2D]:
     """2D contours (pixels) from curves drawn on ``frame_node`` (a single-slice volume)."""
     from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
@@ -71,11 +80,7 @@ def contours2d_from_markups(curve_nodes: Sequence, frame_node) -> List[Contour2D
     ras_to_ijk = np.linalg.inv(world)
     out = []
     for node in curve_nodes:
-        label = _label(node)
-        p = _world_points(node)
-        if len(p) < 2:
-            raise InputError(f"2D contour '{node.GetName()}': needs at least 2 points, got "
-                             f"{len(p)}")
+        label, p = _labelled_points(node, "2D contour")
         ijk = np.c_[p, np.ones(len(p))] @ ras_to_ijk.T
         if np.abs(ijk[:, 2]).max() > 0.5:
             raise GeometryError(f"2D contour '{node.GetName()}': its points are not on the "
@@ -99,11 +104,7 @@ def contours3d_from_markups(curve_nodes: Sequence, vertices_model: np.ndarray,
     tree = cKDTree(v * RAS_TO_LPS)  # vertices in RAS
     out = []
     for node in curve_nodes:
-        label = _label(node)
-        p = _world_points(node)
-        if len(p) < 2:
-            raise InputError(f"3D contour '{node.GetName()}': needs at least 2 points, got "
-                             f"{len(p)}")
+        label, p = _labelled_points(node, "3D contour")
         dist, idx = tree.query(p)
         if dist.max() > max_distance_mm:
             raise GeometryError(f"3D contour '{node.GetName()}': a point is "
