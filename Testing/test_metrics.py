@@ -202,3 +202,17 @@ def test_metrics_do_not_modify_their_inputs():
     for x, c in zip(inputs, copies):
         np.testing.assert_array_equal(x, c)
     assert torch.equal(T_est, tensor_copy)
+
+
+def test_smsr_interval_is_the_wilson_score_interval():
+    from scipy.stats import binomtest
+
+    from SurgicalReg2D3DLib.metrics import smsr_interval
+
+    for k, n in ((17, 20), (3, 11), (40, 40), (0, 20)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        lo, hi = smsr_interval(k, n)
+        assert lo == pytest.approx(100 * ci.low, abs=0.02)
+        assert hi == pytest.approx(100 * ci.high, abs=0.02)
+    assert smsr_interval(40, 40)[0] == pytest.approx(100 * 40 / (40 + 1.96 ** 2))
+    assert all(math.isnan(v) for v in smsr_interval(0, 0))

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import pickle
 import sys
@@ -50,17 +49,6 @@ FIELDS = ["method", "views", "case", "seed", "size", "initial_mtre_mm", "mtre_mm
           "mpe_mm", "mrpd_mm", "dgeo_rot_mm", "dgeo_trans_mm", "dgeo_mm", "rot_deg",
           "trans_mm", "time_s", "load1", "threads", "error", "view_disagreement_before_mm",
           "view_disagreement_after_mm"]
-
-
-def wilson(k: int, n: int, z: float = 1.96):
-    """95% Wilson score interval (in %) of a proportion k / n."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return 100 * max(0.0, mid - half), 100 * min(1.0, mid + half)
 
 
 def make_cases(args, out: Path):
@@ -197,6 +185,8 @@ def _f(x):
 
 def summarise(rows, success_mm: float):
     """Per (method, views): the table rows (dicts)."""
+    from SurgicalReg2D3DLib.metrics import smsr_interval  # noqa: PLC0415
+
     groups = {}
     for r in rows:
         groups.setdefault((r["method"], int(r["views"])), []).append(r)
@@ -205,7 +195,7 @@ def summarise(rows, success_mm: float):
         mtre = np.array([_f(r["mtre_mm"]) for r in sel])
         mtre_fail = np.where(np.isfinite(mtre), mtre, np.inf)  # errors count as failures
         k, n = int((mtre_fail < success_mm).sum()), len(sel)
-        lo, hi = wilson(k, n)
+        lo, hi = smsr_interval(k, n)
 
         def med(key):
             v = np.array([_f(r.get(key)) for r in sel])

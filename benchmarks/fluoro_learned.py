@@ -28,18 +28,9 @@ for sub in ("SurgicalReg2D3D", "FluoroReg"):
     sys.path.insert(0, str(REPO / sub))
 
 
-def wilson(k: int, n: int, z: float = 1.96):
-    """95% Wilson score interval (in %) of a proportion k / n."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return 100 * max(0.0, mid - half), 100 * min(1.0, mid + half)
-
-
 def write_markdown(summary: dict, path: Path, args, wall_s: float, extra_notes=()) -> None:
+    from SurgicalReg2D3DLib.metrics import smsr_interval  # noqa: PLC0415
+
     tr = summary["training"]
     rng = summary["range"]
     lines = [
@@ -89,7 +80,7 @@ def write_markdown(summary: dict, path: Path, args, wall_s: float, extra_notes=(
     for s in summary["results"]:
         n = int(s["n"])
         k = int(round(s["smsr"] * n / 100))
-        lo, hi = wilson(k, n)
+        lo, hi = smsr_interval(k, n)
         failed = s.get("failed", [])
         lines.append(f"| {s['method']} | {s['views']} | {n} | {s['smsr']:.0f} | {lo:.0f}-{hi:.0f} | "
                      f"{s['median']:.3f} | {s['p75']:.3f} | {s['p95']:.3f} | {s['mpe_mm_median']:.3f} | "

@@ -234,6 +234,20 @@ def smsr(errors, threshold: float = 1.0) -> float:
         return float(100.0 * np.mean(np.where(np.isfinite(e), e < threshold, False)))
 
 
+def smsr_interval(successes: int, n: int, z: float = 1.96):
+    """Wilson score interval (in %, default 95 %) of a success rate ``successes / n``;
+    ``(nan, nan)`` when ``n == 0``."""
+    import math  # noqa: PLC0415
+
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return 100 * max(0.0, mid - half), 100 * min(1.0, mid + half)
+
+
 def percentiles(errors, q: Sequence[float] = (50, 75, 95)) -> Dict[str, float]:
     """Percentiles of the finite errors (linear interpolation), keys ``"p50"``, ``"p75"``...
 
