@@ -25,8 +25,8 @@ About the shipped SciKit-Surgery intrinsics (``liver_sksurgery/liver/calib.left.
 ``fx = 1892``, ``fy = 945`` (about ``fx / 2``) and ``cy = 327``: the calibration was made
 on 1920 x 540 half-height (one field of an interlaced) frames, while the shipped
 ``images/image0232.jpg`` is 1920 x 1080. :data:`SKSURGERY_SIZE` is therefore
-``(1920, 540)``; to use the 1080-row frame, scale ``fy`` and ``cy`` by 2 (our demo renders
-its synthetic case at 1920 x 540 and never overlays that pose on image0232.jpg, which has
+``(1920, 540)``; to use the 1080-row frame, scale ``fy`` and ``cy`` by 2 (the demo uses a
+640 x 480 camera for its synthetic case and never overlays a pose on image0232.jpg, which has
 no pose).
 """
 
@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from SurgicalReg2D3DLib.cameras import PinholeCamera, distortion_fold_check
 from SurgicalReg2D3DLib.errors import FileReadError, GeometryError, InputError
@@ -136,6 +138,20 @@ def check_image_size(shape: Sequence[int], camera: PinholeCamera, name: str) -> 
     if (h, w) != (camera.height, camera.width):
         raise InputError(f"{name}: image size {w}x{h} does not match the camera size "
                          f"{camera.width}x{camera.height}")
+
+
+def check_mask(mask, camera: PinholeCamera, name: str = "mask") -> np.ndarray:
+    """The liver mask ``(H, W)`` as bool (non-zero = liver), checked against the camera:
+    2D, the camera's size, not empty (``InputError`` naming ``name``)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise InputError(f"{name}: expected a 2D (H, W) mask, got shape {mask.shape}")
+    if mask.shape != (camera.height, camera.width):
+        raise InputError(f"{name}: size {mask.shape[1]}x{mask.shape[0]} does not match the "
+                         f"camera size {camera.width}x{camera.height}")
+    if not mask.any():
+        raise InputError(f"{name}: the liver mask is empty")
+    return mask != 0
 
 
 def without_distortion(camera: PinholeCamera) -> PinholeCamera:

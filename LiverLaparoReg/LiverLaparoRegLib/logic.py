@@ -29,7 +29,7 @@ from SurgicalReg2D3DLib.errors import GeometryError, InputError
 from SurgicalReg2D3DLib.progress import report, sub_progress
 
 from . import metrics as lmetrics
-from .camera import as_camera, check_image_size
+from .camera import as_camera, check_image_size, check_mask
 from .mesh import MeshData, decimate, validate_mesh
 from .p2ilf import Contour2D, Contour3D, validate_contours_2d, validate_contours_3d
 
@@ -248,15 +248,7 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
     if image is not None:
         check_image_size(np.shape(image), camera, "image")
     if mask is not None:
-        mask = np.asarray(mask)
-        if mask.ndim != 2:
-            raise InputError(f"mask: expected a 2D (H, W) mask, got shape {mask.shape}")
-        if mask.shape != (camera.height, camera.width):
-            raise InputError(f"mask: size {mask.shape[1]}x{mask.shape[0]} does not match the "
-                             f"camera size {camera.width}x{camera.height}")
-        if not mask.any():
-            raise InputError("mask: the liver mask is empty")
-        mask = mask != 0
+        mask = check_mask(mask, camera, "mask")
     if (contours2d is None) != (contours3d is None) or (contours2d is not None and (
             len(contours2d) == 0 or len(contours3d) == 0)):
         raise InputError("contours: both 2D and 3D contours are needed (non-empty)")

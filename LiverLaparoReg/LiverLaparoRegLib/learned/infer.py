@@ -76,17 +76,13 @@ def check_liver_scale(vertices, name: str = "mesh") -> None:
 
 
 def check_mask(mask, camera) -> np.ndarray:
+    """``camera.check_mask`` after reducing an RGB mask to one channel."""
+    from ..camera import check_mask as check_camera_mask  # noqa: PLC0415
+
     mask = np.asarray(mask)
     if mask.ndim == 3:
         mask = mask.max(axis=2)
-    if mask.ndim != 2:
-        raise InputError(f"mask: expected a 2D (H, W) mask, got shape {mask.shape}")
-    if mask.shape != (camera.height, camera.width):
-        raise InputError(f"mask: size {mask.shape[1]}x{mask.shape[0]} does not match the "
-                         f"frame/camera size {camera.width}x{camera.height}")
-    if not mask.any():
-        raise InputError("mask: the liver mask is empty")
-    return mask != 0
+    return check_camera_mask(mask, camera, "mask")
 
 
 def network_image(image, camera) -> np.ndarray:
