@@ -216,3 +216,17 @@ def test_smsr_interval_is_the_wilson_score_interval():
         assert hi == pytest.approx(100 * ci.high, abs=0.02)
     assert smsr_interval(40, 40)[0] == pytest.approx(100 * 40 / (40 + 1.96 ** 2))
     assert all(math.isnan(v) for v in smsr_interval(0, 0))
+
+
+def test_roc_auc_is_the_normalised_mann_whitney_u():
+    from scipy.stats import mannwhitneyu
+
+    from SurgicalReg2D3DLib.metrics import roc_auc
+
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.normal(size=40), 1)          # ties included
+    labels = rng.random(40) < 0.4
+    u = mannwhitneyu(scores[labels], scores[~labels]).statistic
+    assert roc_auc(scores, labels) == pytest.approx(u / (labels.sum() * (~labels).sum()))
+    assert roc_auc([1.0, 2.0, float("nan")], [False, False, True]) == 1.0   # NaN = suspect
+    assert math.isnan(roc_auc([1.0, 2.0], [True, True]))

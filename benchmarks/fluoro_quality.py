@@ -34,6 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "FluoroReg"), str(ROOT / "SurgicalReg2D3D")]
+from SurgicalReg2D3DLib.metrics import roc_auc  # noqa: E402 (after the path set-up)
 CT = ROOT / "Resources" / "SampleData" / "ct" / "thorax_aorta_ct_cropped.nii.gz"
 
 
@@ -156,17 +157,6 @@ def cmd_calibrate(args) -> None:
     print(json.dumps(d, indent=2))
 
 
-def auc(scores, labels) -> float:
-    """ROC AUC (probability that a random positive scores above a random negative)."""
-    s = np.asarray(scores, float)
-    y = np.asarray(labels, bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    gt = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(gt / (len(pos) * len(neg)))
-
-
 def load_rows(out: Path):
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line]
     return rows
@@ -180,7 +170,7 @@ def cmd_signals(args) -> None:
     for name in ("cost_ratio", "cost", "similarity", "sigma_mm", "sigma_weak_mm", "probe_gain",
                  "moved_mm", "iterations_capped", "noise_floor"):
         vals = [float(r["signals"].get(name, np.nan) or 0) for r in rows]
-        print(f"{name:20s} AUC {auc(vals, y):.3f}")
+        print(f"{name:20s} AUC {roc_auc(vals, y):.3f}")
     for r in sorted(rows, key=lambda r: r["mtre_mm"]):
         s = r["signals"]
         print(f"{r['mtre_mm']:7.2f} rot {r['rot_deg']:5.2f} cr {s['cost_ratio']:6.3f} sig "
@@ -194,7 +184,7 @@ def _group_stats(rows, est, verdicts, threshold=1.0):
     f = np.array([v == "failed" for v in verdicts])
     flagged = np.array([v != "ok" for v in verdicts])
     tp = int((f & y).sum())
-    return {"n": len(rows), "failures": int(y.sum()), "auc": auc(est, y),
+    return {"n": len(rows), "failures": int(y.sum()), "auc": roc_auc(est, y),
             "precision": tp / max(int(f.sum()), 1), "recall": tp / max(int(y.sum()), 1),
             "false_flags": int((f & ~y).sum()), "successes": int((~y).sum()),
             "false_flag_rate": float((f & ~y).sum() / max(int((~y).sum()), 1)),

@@ -34,6 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "LiverLaparoReg"), str(ROOT / "SurgicalReg2D3D")]
+from SurgicalReg2D3DLib.metrics import roc_auc  # noqa: E402 (after the path set-up)
 SAMPLE = ROOT / "Resources" / "SampleData"
 MESHES = [SAMPLE / "liver_sksurgery" / "models" / "liver.vtk",
           SAMPLE / "p2ilf" / "evaluation_GT" / "3d-liver-model.obj",
@@ -156,22 +157,12 @@ def main(argv=None) -> None:
         cmd_report(args)
 
 
-def auc(scores, labels) -> float:
-    s = np.asarray(scores, float)
-    y = np.asarray(labels, bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    gt = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(gt / (len(pos) * len(neg)))
-
-
 def _stats(items):
     """items: (true failure, verdict, score)."""
     y = np.array([i[0] for i in items], bool)
     f = np.array([i[1] == "failed" for i in items], bool)
     tp = int((f & y).sum())
-    return {"n": len(items), "fail": int(y.sum()), "auc": auc([i[2] for i in items], y),
+    return {"n": len(items), "fail": int(y.sum()), "auc": roc_auc([i[2] for i in items], y),
             "precision": tp / max(int(f.sum()), 1), "recall": tp / max(int(y.sum()), 1),
             "ff": int((f & ~y).sum()), "succ": int((~y).sum()),
             "flagged": float(f.mean()) if len(f) else float("nan"),

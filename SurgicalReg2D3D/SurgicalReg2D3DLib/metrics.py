@@ -248,6 +248,23 @@ def smsr_interval(successes: int, n: int, z: float = 1.96):
     return 100 * max(0.0, mid - half), 100 * min(1.0, mid + half)
 
 
+def roc_auc(scores, positive) -> float:
+    """ROC AUC of ``scores`` against the boolean ``positive`` labels: the probability that a
+    positive scores above a negative, ties counted half (the Mann-Whitney U over
+    ``n_pos * n_neg``). A NaN score counts as the highest (a result whose error estimate
+    could not be computed is suspect). NaN when one class is empty. The modules' trust
+    benchmarks use it to say how well an error estimate separates failures."""
+    s = np.asarray(scores, dtype=float)
+    s = np.where(np.isnan(s), np.inf, s)
+    y = np.asarray(positive, dtype=bool)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    gt = (pos[:, None] > neg[None, :]).mean()
+    eq = (pos[:, None] == neg[None, :]).mean()
+    return float(gt + 0.5 * eq)
+
+
 def percentiles(errors, q: Sequence[float] = (50, 75, 95)) -> Dict[str, float]:
     """Percentiles of the finite errors (linear interpolation), keys ``"p50"``, ``"p75"``...
 

@@ -28,6 +28,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from SurgicalReg2D3DLib.metrics import roc_auc
+
 from .bench import MIN_TRUTH_COVERAGE, _Sweep, default_paths
 from .methods import make_method
 from .plus_io import read_reference_volume
@@ -150,19 +152,6 @@ def run_detection(volume: str = "plus", seeds: Sequence[int] = (0, 1, 2),
                       f" -> {f_mm:5.2f} mm {f_deg:5.2f} deg {q1.verdict:8s} | after retry "
                       f"{e_mm:5.2f} mm {e_deg:5.2f} deg {q2.verdict}", flush=True)
     return {"rows": rows, "calibration": calib.to_dict()}
-
-
-def roc_auc(score: Sequence[float], positive: Sequence[bool]) -> float:
-    """Probability that a positive scores above a negative (ties count half)."""
-    s = np.asarray(score, dtype=float)
-    s = np.where(np.isnan(s), np.inf, s)
-    y = np.asarray(positive, dtype=bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    gt = (pos[:, None] > neg[None, :]).mean()
-    eq = (pos[:, None] == neg[None, :]).mean()
-    return float(gt + 0.5 * eq)
 
 
 def detection_summary(rows: List[dict], stage: str = "first") -> dict:
