@@ -231,3 +231,28 @@ def test_bench_method_names_choose_a_backend():
     assert make_bench_method("lncc:numba", vol, ijk, (H, W), None).registrar._compiled
     with pytest.raises(InputError, match=r"method: 'sitk:torch': only lncc has backends"):
         make_bench_method("sitk:torch", vol, ijk, (H, W), None)
+
+
+def test_score_is_what_register_reports_on_both_backends(pair):
+    """``SliceRegistrar.score`` (used by the ``deep`` method) gives the LNCC that
+    ``register`` reports at the start and at its result, on both backends, and the fan
+    fraction in the volume's data (the left eighth of this volume has none: a pose
+    shifted towards it loses overlap)."""
+    regs, truths, frames, _ = pair
+    centre = regs["torch"].fan_centre_px
+    starts = np.stack([perturb_about_point(t, [0.03, -0.02, 0.02, 1.0, -1.0, 0.5], centre)
+                       for t in truths])
+    for name, reg in regs.items():
+        res = reg.register(frames, starts)
+        l0, ov0 = reg.score(frames, starts)
+        l1, _ = reg.score(frames, np.stack([r.image_to_reference for r in res]))
+        for k, r in enumerate(res):
+            assert l0[k] == pytest.approx(r.lncc_start, abs=1e-4), (name, k)
+            assert l1[k] == pytest.approx(r.lncc, abs=1e-4), (name, k)
+        assert np.all((ov0 > 0.3) & (ov0 <= 1.0))
+    shifted = truths.copy()
+    shifted[:, 0, 3] -= 8.0  # towards the voxels without data (x < -9.6 mm)
+    ov_t = regs["torch"].score(frames, truths)[1]
+    ov_s = regs["torch"].score(frames, shifted)[1]
+    assert np.all(ov_s < ov_t - 0.05)
+    assert regs["numba"].score(frames, shifted)[1] == pytest.approx(ov_s, abs=1e-6)

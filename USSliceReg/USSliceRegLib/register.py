@@ -493,13 +493,40 @@ class SliceRegistrar:
                            max(0, window)).cpu().numpy()
 
     # ------------------------------------------------------------------ registration
-    def validate_starts(self, starts: torch.Tensor, indices: Sequence[int]) -> np.ndarray:
+    def validate_starts(self, starts: torch.Tensor, indices: Sequence[int],
+                        overlaps: Optional[np.ndarray] = None) -> np.ndarray:
         """Raise :class:`GeometryError` for a field of view far larger than the volume or a
-        start whose fan barely overlaps the volume's data; returns the overlaps ``(B,)``."""
+        start whose fan barely overlaps the volume's data; returns the overlaps ``(B,)``
+        (``overlaps``: already measured, e.g. by :meth:`score`, not measured again)."""
         self._check_fov_of(starts)
-        ov = self._overlap_c(self._to_cropped(starts.to(self.device)), 8)
+        ov = self._overlap_c(self._to_cropped(starts.to(self.device)), 8) \
+            if overlaps is None else np.asarray(overlaps, dtype=np.float64)
         self._check_overlap(ov, indices)
         return ov
+
+    @torch.inference_mode()
+    def score(self, frames, image_to_reference) -> Tuple[np.ndarray, np.ndarray]:
+        """The finest level's masked LNCC ``(B,)`` (the ``lncc_start`` / ``lncc`` that
+        :meth:`register` reports) of frames ``(B, H, W)`` at full-frame poses ``(B, 4, 4)``,
+        and the fraction ``(B,)`` of the fan inside the volume's data; one pass (the
+        compiled kernel on the CPU when available). For methods that place a frame
+        without this registrar's search (``deep``) and must report the same numbers."""
+        f = _frames_tensor(frames, self.frame_shape, self._crop).to(self.device)
+        B = f.shape[0]
+        poses = _poses_tensor(image_to_reference, "image_to_reference", B).to(self.device)
+        poses_c = self._to_cropped(poses).cpu().numpy()
+        last = self.config.levels[-1]
+        fd = _pyramid(f, [last.step])[last.step]
+        if self._compiled:
+            g = self._kernel_geometry(last.step, True)
+            fd_np = fd.reshape(B, -1).double().cpu().numpy()
+            out = [kernels.slice_similarity(
+                self._kernel_volume_given, self._ref_to_ijk @ poses_c[b], g.cols, g.rows,
+                g.fan, fd_np[b], *g.grid_shape, max(0, last.window)) for b in range(B)]
+            return (np.array([o[0] for o in out], dtype=np.float64),
+                    np.array([o[1] for o in out], dtype=np.float64))
+        sl, overlap = self._slice_c(poses_c, last.step)
+        return self._similarity_c(fd, sl, last.step, last.window), overlap
 
     def _check_fov_of(self, starts: torch.Tensor) -> None:
         ext = self.frame_extent_mm(starts[0].cpu().numpy())

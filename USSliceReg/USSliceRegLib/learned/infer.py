@@ -7,9 +7,10 @@ poses: ``image_to_reference = correction @ start`` with the left correction
 
 Methods (the factory signature of :mod:`..methods`, plus ``model=`` and ``force=``):
 
-``deep``       the network alone; the LNCC (7 px window at 1/8 resolution, as the other
-               methods report) is measured at the start and at the result only to report
-               similarity and quality.
+``deep``       the network alone; the registrar's LNCC (finest level, as ``lncc``
+               reports it) and fan overlap are measured at the start and at the result
+               (:meth:`..register.SliceRegistrar.score`) only to report similarity and
+               quality.
 ``deep+lncc``  the network's pose (unless its fan leaves the volume's data) starts the
                LNCC + Levenberg-Marquardt refinement (:class:`..register.SliceRegistrar`,
                full pyramid); where the start's LNCC is higher than the network pose's,
@@ -190,18 +191,24 @@ def make_deep(volume, ijk_to_reference, frame_shape, fan, volume_mask=None,
     def method(frames, starts, init_corrections=None, indices=None, cancel=None,
                tracking=False) -> List[FrameResult]:
         t0 = time.perf_counter()
-        S, corr0, start0, indices, overlap = _prepare_call(registrar, frames, starts,
-                                                           init_corrections, indices)
-        corr = deep.predict(frames, start0) @ corr0
-        final = corr @ S
         f = np.asarray(frames)
         f = f[None] if f.ndim == 2 else f
-        both = registrar.similarity(np.concatenate([f, f]), np.concatenate([start0, final]))
-        l0, l1 = both[:len(S)], both[len(S):]
-        ov1 = registrar.overlap(final)
-        sec = (time.perf_counter() - t0) / len(S)
+        S = np.asarray(starts, dtype=np.float64).reshape(-1, 4, 4)
+        B = S.shape[0]
+        corr0 = np.tile(np.eye(4), (B, 1, 1)) if init_corrections is None else \
+            np.asarray(init_corrections, dtype=np.float64).reshape(B, 4, 4)
+        indices = list(range(B)) if indices is None else list(indices)
+        start0 = corr0 @ S
+        # The registrar's own LNCC and overlap (as lncc reports them), at the start and at
+        # the result: one compiled pass each.
+        l0, ov0 = registrar.score(f, start0)
+        overlap = registrar.validate_starts(torch.as_tensor(start0), indices, overlaps=ov0)
+        corr = deep.predict(f, start0) @ corr0
+        final = corr @ S
+        l1, ov1 = registrar.score(f, final)
+        sec = (time.perf_counter() - t0) / B
         out = []
-        for b in range(len(S)):
+        for b in range(B):
             r = FrameResult(start_image_to_reference=S[b], image_to_reference=final[b],
                             correction=corr[b], lncc_start=float(l0[b]), lncc=float(l1[b]),
                             overlap=float(overlap[b]), iterations=1, seconds=sec)
