@@ -103,8 +103,155 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.show3dCheckBox.connect("toggled(bool)", lambda on: self._updateViews())
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.defaultPoseButton.connect("clicked(bool)", self.onDefaultPoseButton)
+        self._setupLearnedSection()
 
         self.initializeParameterNode()
+
+    def _setupLearnedSection(self) -> None:
+        """"Learned: train for this patient": the training range about the nominal view
+        (the initial transform), time budget, seed, resume; a model picker; "Register
+        from nominal view". Progress (with the time left) and Cancel are the module's."""
+        import ctk
+        import qt
+
+        box = ctk.ctkCollapsibleButton()
+        box.text = _("Learned: train for this patient")
+        box.collapsed = True
+        form = qt.QFormLayout(box)
+        self.modelPathEdit = ctk.ctkPathLineEdit()
+        self.modelPathEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Writable  # novermin (Qt flags, not a type union)
+        self.modelPathEdit.nameFilters = ["FluoroReg model (*.pt)"]
+        self.modelPathEdit.toolTip = _("Pose regressor model file: read by \"Register from "
+                                       "nominal view\", written by training")
+        form.addRow(_("Model file:"), self.modelPathEdit)
+
+        def triple(default, maximum, suffix, tip):
+            row = qt.QHBoxLayout()
+            boxes = []
+            for axis in ("x", "y", "z"):
+                sb = qt.QDoubleSpinBox()
+                sb.setRange(0.0, maximum)
+                sb.value = default
+                sb.suffix = suffix
+                sb.toolTip = tip.format(axis=axis)
+                row.addWidget(sb)
+                boxes.append(sb)
+            return row, boxes
+
+        row, self.rotationRangeBoxes = triple(
+            25.0, 179.0, " deg", _("Training rotations: +- this many degrees about the "
+                                   "camera's {axis} axis, about the CT centre"))
+        form.addRow(_("Rotation range:"), row)
+        row, self.translationRangeBoxes = triple(
+            50.0, 500.0, " mm", _("Training translations: +- this many mm along the "
+                                  "camera's {axis} axis"))
+        form.addRow(_("Translation range:"), row)
+        self.trainMinutesSpinBox = qt.QDoubleSpinBox()
+        self.trainMinutesSpinBox.setRange(0.5, 600.0)
+        self.trainMinutesSpinBox.value = 30.0
+        self.trainMinutesSpinBox.suffix = " min"
+        form.addRow(_("Time budget:"), self.trainMinutesSpinBox)
+        self.trainSeedSpinBox = qt.QSpinBox()
+        self.trainSeedSpinBox.setRange(0, 1000000)
+        form.addRow(_("Seed:"), self.trainSeedSpinBox)
+        self.trainResumeCheckBox = qt.QCheckBox(_("resume from the model's checkpoint"))
+        form.addRow("", self.trainResumeCheckBox)
+        self.trainButton = qt.QPushButton(_("Train for this patient"))
+        self.trainButton.toolTip = _("Train a pose regressor on DRRs of the selected CT, for "
+                                     "the X-ray geometry and poses about the nominal view "
+                                     "(the initial transform)")
+        form.addRow(self.trainButton)
+        self.nominalRegisterButton = qt.QPushButton(_("Register from nominal view"))
+        self.nominalRegisterButton.toolTip = _("The model gives the start pose (no initial "
+                                               "pose needed); the selected method refines it")
+        form.addRow(self.nominalRegisterButton)
+        self.layout.addWidget(box)
+        self.trainButton.connect("clicked(bool)", self.onTrain)
+        self.nominalRegisterButton.connect("clicked(bool)", self.onRegisterFromNominal)
+
+    def _modelPath(self) -> str:
+        return self.modelPathEdit.currentPath if hasattr(self, "modelPathEdit") else ""
+
+    def _busy(self, busy: bool) -> None:
+        from SurgicalReg2D3DLib.progress import CancelToken
+
+        self._cancelToken = CancelToken() if busy else None
+        self.ui.cancelButton.enabled = busy
+        if hasattr(self, "trainButton"):
+            self.trainButton.enabled = not busy
+            self.nominalRegisterButton.enabled = not busy
+        self._checkCanApply()
+
+    def onTrain(self) -> None:
+        import os
+
+        import SurgicalReg2D3D
+
+        with slicer.util.tryWithErrorDisplay(_("The dependencies could not be installed."),
+                                             waitCursor=True):
+            if not SurgicalReg2D3D.ensureDependencies(["FluoroReg"]):
+                self.ui.statusLabel.text = _("FluoroReg needs PyTorch; not installed.")
+                return
+        from SurgicalReg2D3DLib.errors import CancelledError
+
+        p = self._parameterNode
+        out = self._modelPath() or os.path.join(slicer.app.temporaryPath, "FluoroReg_regressor.pt")
+        resume = out + ".ckpt.pt" if self.trainResumeCheckBox.checked else None
+        self._busy(True)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Training failed."), waitCursor=True):
+                try:
+                    payload = self.logic.trainForPatient(
+                        p.ctVolume, p.xrayVolume, self.ui.geometryPathLineEdit.currentPath,
+                        p.initialTransform, out,
+                        [b.value for b in self.rotationRangeBoxes],
+                        [b.value for b in self.translationRangeBoxes],
+                        self.trainMinutesSpinBox.value, seed=self.trainSeedSpinBox.value,
+                        resume=resume, progress=self._progress, cancel=self._cancelToken)
+                except CancelledError:
+                    self.ui.statusLabel.text = _("Training cancelled; the last checkpoint is "
+                                                 "kept ({path}); tick resume to continue.").format(
+                        path=out + ".ckpt.pt")
+                    return
+                self.modelPathEdit.currentPath = out
+                tr = payload.get("training", {})
+                self.ui.statusLabel.text = _("Trained {n} steps ({why}); saved {path}").format(
+                    n=tr.get("steps", "?"), why=tr.get("stopped", ""), path=out)
+        finally:
+            self._busy(False)
+
+    def onRegisterFromNominal(self) -> None:
+        import SurgicalReg2D3D
+
+        with slicer.util.tryWithErrorDisplay(_("The dependencies could not be installed."),
+                                             waitCursor=True):
+            if not SurgicalReg2D3D.ensureDependencies(["FluoroReg"]):
+                self.ui.statusLabel.text = _("FluoroReg needs PyTorch; not installed.")
+                return
+        from SurgicalReg2D3DLib.errors import CancelledError
+
+        p = self._parameterNode
+        self._busy(True)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
+                try:
+                    result = self.logic.processFromModel(
+                        p.ctVolume, [p.xrayVolume] + ([p.xrayVolume2] if p.xrayVolume2 else []),
+                        [self.ui.geometryPathLineEdit.currentPath]
+                        + ([self.ui.geometry2PathLineEdit.currentPath] if p.xrayVolume2 else []),
+                        self._modelPath(),
+                        nominalTransforms=([p.initialTransform, p.initialTransform2]
+                                           if p.xrayVolume2 else None),
+                        method=p.method, negativeLog=p.negativeLog, iterations=p.iterations,
+                        outputTransform=p.outputTransform, drrVolume=p.drrVolume,
+                        fiducials=p.fiducials, trueTransform=p.trueTransform,
+                        progress=self._progress, cancel=self._cancelToken, applyFailed=False)
+                except CancelledError:
+                    self.ui.statusLabel.text = _("Registration cancelled; inputs unchanged.")
+                    return
+                self._showResult(result)
+        finally:
+            self._busy(False)
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -305,6 +452,50 @@ class FluoroRegLogic(ScriptedLoadableModuleLogic):
             true_transform_node=trueTransform, negative_log=negativeLog,
             iterations=iterations, device=choose_device(), progress=progress, cancel=cancel,
             apply_failed=applyFailed)
+
+    def trainForPatient(self, ctVolume, xrayVolume, geometryPath, nominalTransform, out,
+                        rotationDeg, translationMm, maxMinutes, seed=0, resume=None,
+                        progress=None, cancel=None):
+        """Train a pose regressor for this CT and X-ray geometry about the nominal view
+        (``FluoroRegLib.learned.nodes_logic.train_for_nodes``, what ``surgreg fluoro
+        train`` runs); returns the model payload."""
+        from FluoroRegLib import logic
+        from FluoroRegLib.learned.nodes_logic import train_for_nodes
+        from FluoroRegLib.learned.train import TrainConfig
+        from SurgicalReg2D3DLib.device import choose_device
+        from SurgicalReg2D3DLib.errors import InputError
+
+        if xrayVolume is None:
+            raise InputError("X-ray image: select one (its geometry is the detector to train for)")
+        if nominalTransform is None:
+            raise InputError("nominal transform: set the initial transform to the C-arm's "
+                             "nominal view (e.g. \"Default pose\")")
+        camera = logic.camera_for_xray_node(xrayVolume, geometryPath)
+        config = TrainConfig(rotation_deg=tuple(rotationDeg), translation_mm=tuple(translationMm),
+                             max_minutes=float(maxMinutes), seed=int(seed), device=choose_device(),
+                             command="FluoroReg module: Train for this patient")
+        return train_for_nodes(ctVolume, camera, nominalTransform, out, config=config,
+                               resume=resume, progress=progress, cancel=cancel)
+
+    def processFromModel(self, ctVolume, xrayVolumes, geometryPaths, model,
+                         nominalTransforms=None, method="ncc", **kwargs):
+        """"Register from nominal view": the model's start poses
+        (``nodes_logic.starts_for_nodes``, as ``surgreg fluoro register --model``), then
+        :meth:`process` from them."""
+        from FluoroRegLib import logic
+        from FluoroRegLib.learned.nodes_logic import starts_for_nodes
+        from SurgicalReg2D3DLib.errors import InputError
+
+        if not model:
+            raise InputError("model file: choose a trained model (or train one first)")
+        names = (["X-ray image"] if len(xrayVolumes) == 1 else
+                 [f"X-ray image {k + 1}" for k in range(len(xrayVolumes))])
+        cameras = [logic.camera_for_xray_node(node, path, name)
+                   for node, path, name in zip(xrayVolumes, geometryPaths, names)]
+        starts = starts_for_nodes(ctVolume, xrayVolumes, cameras, model,
+                                  nominal_views=nominalTransforms)
+        return self.process(ctVolume, xrayVolumes, geometryPaths, starts, method=method,
+                            **kwargs)
 
     def showScene(self, ctVolume, xrayVolumes, geometryPaths, result):
         """The 3D scene of the result (``FluoroRegLib.scene3d.build_scene``): bone surface,

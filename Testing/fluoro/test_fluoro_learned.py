@@ -366,3 +366,14 @@ def test_node_logic_trains_and_registers_without_touching_inputs(ctx, trained, t
     np.testing.assert_array_equal(nodes.volume_from_node(ct_node).array, hu)
     with pytest.raises(InputError, match="CT volume: no volume selected"):
         register_nodes_from_model(ctx, None, [xray_node], [CAMERA], str(out))
+    # "Register from nominal view" in the module: the same regressor start, handed to
+    # the classic node registration as its initial pose.
+    from FluoroRegLib.learned.nodes_logic import starts_for_nodes
+
+    starts = starts_for_nodes(ct_node, [xray_node], [CAMERA], str(out))
+    assert len(starts) == 1
+    np.testing.assert_allclose(starts[0], result.ct_to_camera, atol=1e-9)
+    with pytest.raises(InputError, match="X-ray image: no image selected"):
+        starts_for_nodes(ct_node, [None], [CAMERA], str(out))
+    with pytest.raises(InputError, match="nominal poses: 2 X-ray images need one nominal"):
+        starts_for_nodes(ct_node, [xray_node, xray_node], [CAMERA, CAMERA], str(out))

@@ -6,7 +6,11 @@ functions the command line uses (:func:`~.train.train_model`,
   (``progress``/``cancel`` for the GUI's progress bar, time estimate and Cancel button;
   ``resume`` for the Resume button);
 - :func:`register_nodes_from_model`: CT node + X-ray node(s) + model file -> output
-  transform node (``ct_to_camera`` of view 0), "Register from nominal view".
+  transform node (``ct_to_camera`` of view 0);
+- :func:`starts_for_nodes`: the regressor's start ``ct_to_camera`` per view, which the
+  module's "Register from nominal view" hands to the classic node registration
+  (``logic.register_nodes``: DRR node, quality, "apply a failed result?" question), as
+  ``surgreg fluoro register --model`` does with ``register_arrays``.
 
 Input nodes are never modified.
 """
@@ -53,6 +57,37 @@ def train_for_nodes(ct_node, camera, nominal, out_path, config=None, resume=None
                        resume=resume, progress=progress, cancel=cancel, log=log)
 
 
+def _images(xray_nodes):
+    from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
+
+    if not xray_nodes:
+        raise InputError("X-ray images: no X-ray image selected")
+    images = []
+    for k, node in enumerate(xray_nodes):
+        name = "X-ray image" if len(xray_nodes) == 1 else f"X-ray image {k + 1}"
+        if node is None:
+            raise InputError(f"{name}: no image selected")
+        img, _ = nodes.image2d_from_node(node, name=name)
+        images.append(np.asarray(img, np.float32))
+    return images
+
+
+def starts_for_nodes(ct_node, xray_nodes: Sequence, cameras: Sequence, model,
+                     nominal_views=None, force: bool = False) -> list:
+    """The regressor's start ``ct_to_camera`` (4x4 arrays) of every X-ray node
+    (:func:`~.register.regressor_starts`; ``nominal_views``: transform nodes or 4x4s, one
+    per view, needed with two views)."""
+    from .register import regressor_starts  # noqa: PLC0415
+
+    hu, m = _ct(ct_node)
+    images = _images(xray_nodes)
+    if len(cameras) != len(images):
+        raise InputError(f"X-ray geometry: {len(images)} X-ray images but {len(cameras)} "
+                         "geometries")
+    noms = None if nominal_views is None else [_pose(n, "nominal transform") for n in nominal_views]
+    return regressor_starts(hu, m, images, list(cameras), model, noms, force=force)
+
+
 def register_nodes_from_model(ctx, ct_node, xray_nodes: Sequence, cameras: Sequence, model,
                               method: Optional[str] = None, nominal_views=None,
                               output_transform_node=None, force: bool = False,
@@ -64,15 +99,7 @@ def register_nodes_from_model(ctx, ct_node, xray_nodes: Sequence, cameras: Seque
     from .register import DEFAULT_REFINEMENT, register_with_model  # noqa: PLC0415
 
     hu, m = _ct(ct_node)
-    if not xray_nodes:
-        raise InputError("X-ray images: no X-ray image selected")
-    images = []
-    for k, node in enumerate(xray_nodes):
-        name = "X-ray image" if len(xray_nodes) == 1 else f"X-ray image {k + 1}"
-        if node is None:
-            raise InputError(f"{name}: no image selected")
-        img, _ = nodes.image2d_from_node(node, name=name)
-        images.append(np.asarray(img, np.float32))
+    images = _images(xray_nodes)
     noms = None if nominal_views is None else [_pose(n, "nominal transform") for n in nominal_views]
     result = register_with_model(hu, m, images, list(cameras), model,
                                  method=method or DEFAULT_REFINEMENT, nominal_views=noms,

@@ -19,7 +19,7 @@ With ``init_poses`` the regressor is skipped (the classic registration from that
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -58,6 +58,29 @@ def quality_of(result, start_pose: np.ndarray, volume_center_ras: np.ndarray):
                             "calibrated": False})
 
 
+def regressor_starts(hu, ijk_to_ras, images: Sequence, cameras: Sequence, model,
+                     nominal_views: Optional[Sequence[np.ndarray]] = None,
+                     force: bool = False) -> List[np.ndarray]:
+    """The regressor's start ``ct_to_camera`` of every view: predicted from view 0, carried
+    to the other views by the nominal C-arm motion (``nominal_k @ inv(nominal_0)``). The
+    model is checked against ``hu`` / ``ijk_to_ras`` and camera 0 (``force``: accept
+    another CT or detector)."""
+    from ..refine import check_pose  # noqa: PLC0415
+    from .regressor import predict_pose  # noqa: PLC0415
+
+    if len(images) > 1 and (nominal_views is None or len(nominal_views) != len(images)):
+        raise InputError(f"nominal poses: {len(images)} X-ray images need one nominal "
+                         "ct_to_camera per view (they give the C-arm motion between views)")
+    data, net = load_regressor(model, hu, ijk_to_ras, cameras[0], force=force)
+    start = predict_pose(data, net, images[0], cameras[0])
+    if len(images) == 1:
+        return [start]
+    noms = [check_pose(p, f"nominal ct_to_camera of view {k + 1}")
+            for k, p in enumerate(nominal_views)]
+    inv0 = np.linalg.inv(noms[0])
+    return [n @ inv0 @ start for n in noms]
+
+
 def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, model,
                         method: str = DEFAULT_REFINEMENT,
                         nominal_views: Optional[Sequence[np.ndarray]] = None,
@@ -74,7 +97,6 @@ def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, mod
     """
     from ..logic import available_methods, register_arrays  # noqa: PLC0415
     from ..refine import RegistrationResult, check_pose, pose_errors  # noqa: PLC0415
-    from .regressor import predict_pose  # noqa: PLC0415
 
     if len(images) == 0:
         raise InputError("X-ray images: at least one image is needed")
@@ -90,21 +112,10 @@ def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, mod
         return register_arrays(rh, rm, images, cameras, init_poses, method=method,
                                landmarks_ras=landmarks_ras, true_ct_to_camera=true_ct_to_camera,
                                device=device, progress=progress, cancel=cancel, **options)
-    if len(images) > 1:
-        if nominal_views is None or len(nominal_views) != len(images):
-            raise InputError(f"nominal poses: {len(images)} X-ray images need one nominal "
-                             "ct_to_camera per view (they give the C-arm motion between views)")
     t0 = time.perf_counter()
-    data, net = load_regressor(model, hu, ijk_to_ras, cameras[0], force=force)
-    start = predict_pose(data, net, images[0], cameras[0])
+    starts = regressor_starts(hu, ijk_to_ras, images, cameras, model, nominal_views, force)
+    start = starts[0]
     t_reg = time.perf_counter() - t0
-    if len(images) > 1:
-        noms = [check_pose(p, f"nominal ct_to_camera of view {k + 1}")
-                for k, p in enumerate(nominal_views)]
-        inv0 = np.linalg.inv(noms[0])
-        starts = [n @ inv0 @ start for n in noms]
-    else:
-        starts = [start]
     k, j, i = np.asarray(hu).shape
     center = (np.asarray(ijk_to_ras, float) @ np.array([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0]))[:3]
     if method == "regressor":
