@@ -38,13 +38,26 @@ def add_train_parser(sub) -> None:
     tr.add_argument("--translation-range-mm", dest="translation_range_mm", type=float, nargs=3,
                     required=True, metavar=("TX", "TY", "TZ"),
                     help="half-widths of the translation range (camera axes, mm)")
-    tr.add_argument("--kind", default="regressor", help="regressor (similarity, ppc, all: not yet)")
+    tr.add_argument("--kind", default="regressor",
+                    help="regressor (pose regressor) or similarity (spherical deep similarity "
+                         "for the LM refinement); ppc, all: not yet")
+    tr.add_argument("--distance", default=None, choices=["se3", "so4"],
+                    help="similarity: geodesic distance whose gradient it learns (default se3)")
+    tr.add_argument("--euclidean", action="store_true",
+                    help="similarity: Euclidean features instead of the hypersphere (ablation)")
+    tr.add_argument("--lm-steps", dest="lm_steps", type=int, default=None,
+                    help="similarity: LM steps at registration (default 6)")
+    tr.add_argument("--refine-range", dest="refine_range", type=float, nargs=2, default=None,
+                    metavar=("DEG", "MM"),
+                    help="similarity: errors it learns to correct, +-DEG about each camera "
+                         "axis and +-MM along each (default 6 15)")
     tr.add_argument("--max-minutes", dest="max_minutes", type=float, default=30.0)
     tr.add_argument("--max-steps", dest="max_steps", type=int, default=None)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default=None, help="cpu, cuda, cuda:N (a missing GPU: CPU + warning)")
     tr.add_argument("--resume", default=None, help="checkpoint to continue from (<out>.ckpt.pt)")
-    tr.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    tr.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                    help="default 32 (regressor), 8 (similarity: 7 DRRs per sample)")
     tr.add_argument("--image-size", dest="image_size", type=int, default=64)
     tr.add_argument("--width", type=int, default=16, help="channels of the first conv stage")
     tr.add_argument("--lr", type=float, default=1e-3)
@@ -69,12 +82,35 @@ def train_command(args: argparse.Namespace) -> str:
                       ("--resume", "resume"), ("--batch-size", "batch_size"),
                       ("--image-size", "image_size"), ("--width", "width"), ("--lr", "lr"),
                       ("--ct-downsample", "ct_downsample"), ("--n-samples", "n_samples"),
-                      ("--threads", "threads")):
+                      ("--threads", "threads"), ("--distance", "distance"),
+                      ("--lm-steps", "lm_steps")):
         value = getattr(args, key, None)
         if value is not None:
             parts += [flag, str(value)]
+    if getattr(args, "euclidean", False):
+        parts.append("--euclidean")
+    if getattr(args, "refine_range", None):
+        parts += ["--refine-range", *[f"{v:g}" for v in args.refine_range]]
     parts += ["--out", args.out]
     return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def _similarity_extra(args: argparse.Namespace) -> dict:
+    extra = {}
+    if args.distance:
+        extra["distance"] = args.distance
+    if args.euclidean:
+        extra["spherical"] = False
+    if args.lm_steps is not None:
+        if args.lm_steps < 1:
+            raise InputError(f"lm-steps: must be >= 1, got {args.lm_steps}")
+        extra["lm_steps"] = int(args.lm_steps)
+    if args.refine_range:
+        extra["refine_rotation_deg"], extra["refine_translation_mm"] = map(float, args.refine_range)
+    if extra and args.kind != "similarity":
+        raise InputError("--distance / --euclidean / --lm-steps / --refine-range: only with "
+                         "--kind similarity")
+    return extra
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -99,9 +135,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError(f"nominal pose: expected one ct_to_camera in {args.center}, got {len(nominal)}")
     hu, m = read_ct(args.ct)
     command = train_command(args)
+    extra = _similarity_extra(args)
+    batch = args.batch_size or (8 if args.kind == "similarity" else 32)
     cfg = TrainConfig(rotation_deg=args.rotation_range_deg, translation_mm=args.translation_range_mm,
                       kind=args.kind, max_minutes=args.max_minutes, max_steps=args.max_steps,
-                      seed=args.seed, device=args.device, batch_size=args.batch_size,
+                      seed=args.seed, device=args.device, batch_size=batch, extra=extra,
                       image_size=args.image_size, width=args.width, lr=args.lr,
                       ct_downsample=args.ct_downsample, n_samples=args.n_samples,
                       checkpoint_every_s=args.checkpoint_every_s, command=command,
@@ -109,6 +147,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     res = train_model(hu, m, camera, nominal[0], cfg, args.out, resume=args.resume,
                       log=lambda s: print(s, flush=True))
     va = res["training"]["val_after"]
+    if res["kind"] == "similarity":
+        print(f"[fluoro train] similarity model -> {args.out}: held-out corner error median "
+              f"{va['start_corner_mm_median']:.1f} mm at the starts -> "
+              f"{va['corner_mm_median']:.1f} mm after LM ({res['training']['steps']} steps, "
+              f"{res['training']['elapsed_s'] / 60:.1f} min)")
+        return 0
     print(f"[fluoro train] model -> {args.out}: held-out corner error median "
           f"{va['corner_mm_median']:.1f} mm, rotation median {va['rotation_deg_median']:.1f} deg "
           f"({res['training']['steps']} steps, {res['training']['elapsed_s'] / 60:.1f} min)")

@@ -45,7 +45,7 @@ from .sampling import (PoseRange, TrainingRenderer, check_range, ct_factor_for,
 _log = logging.getLogger(__name__)
 
 KINDS = ("regressor", "similarity", "ppc", "all")
-IMPLEMENTED = ("regressor",)
+IMPLEMENTED = ("regressor", "similarity")
 
 
 @dataclass
@@ -246,6 +246,15 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
                       "n_samples": renderer.n_samples, "train_camera": train_cam.to_dict(),
                       "standardise": "zero mean, unit std per image", "rotation_length_mm": rot_len}}
 
+    if cfg.kind == "similarity":  # same data and checks, its own loop
+        from .similarity_train import train_similarity  # noqa: PLC0415
+
+        return train_similarity({"renderer": renderer, "meta": meta, "device": device,
+                                 "rot_len": rot_len, "checkpoint": ckpt}, cfg, out_path,
+                                resume=resume, progress=progress, cancel=cancel, log=log)
+    if ckpt is not None and ckpt.get("kind", "regressor") != "regressor":
+        raise InputError(f"resume: checkpoint {Path(resume).name} is a {ckpt.get('kind')!r} "
+                         "model, not a regressor")
     net = PoseRegressor(int(cfg.image_size), int(cfg.width), norm=cfg.norm,
                         coords=cfg.coords).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=float(cfg.lr))
