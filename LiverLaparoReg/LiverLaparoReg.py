@@ -112,7 +112,71 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.arOpacitySlider.connect("valueChanged(double)", lambda v: self._updateViews())
         self.ui.compareComboBox.addItems([_("overlay"), _("blend"), _("checkerboard")])
         self.ui.compareComboBox.connect("currentIndexChanged(int)", lambda i: self._updateViews())
+        self._setupCorrespondenceSection()
         self.initializeParameterNode()
+
+    def _setupCorrespondenceSection(self) -> None:
+        """"Learned correspondences": predict them on the frame (no contours, no start
+        pose), edit the point list in the slice view (delete, drag), register from what is
+        left. The liver mask is the module's (mask volume or Segment Editor segmentation)."""
+        import ctk
+        import qt
+
+        box = ctk.ctkCollapsibleButton()
+        box.text = _("Learned correspondences (check before the pose)")
+        box.collapsed = True
+        form = qt.QFormLayout(box)
+        self.predictButton = qt.QPushButton(_("Predict correspondences"))
+        self.predictButton.toolTip = _("The learned model matches mesh vertices to frame "
+                                       "pixels; they appear as a point list on the frame, "
+                                       "labelled v<vertex> <class> <confidence>")
+        form.addRow(self.predictButton)
+        self.fromMarkupsButton = qt.QPushButton(_("Register from the edited correspondences"))
+        self.fromMarkupsButton.toolTip = _("Delete wrong points or drag them to the right pixel "
+                                           "first; EPnP + RANSAC on what is left, then the "
+                                           "silhouette refinement with the mask")
+        self.fromMarkupsButton.enabled = False
+        form.addRow(self.fromMarkupsButton)
+        self.layout.addWidget(box)
+        self._correspondenceNode = None
+        self.predictButton.connect("clicked(bool)", self.onPredictCorrespondences)
+        self.fromMarkupsButton.connect("clicked(bool)", self.onRegisterFromCorrespondences)
+
+    def _inputs(self):
+        p = self._parameterNode
+        return dict(modelNode=p.modelNode, frameVolume=p.frameVolume,
+                    cameraPath=self.ui.cameraPathLineEdit.currentPath or None,
+                    distortionPath=self.ui.distortionPathLineEdit.currentPath or None,
+                    maskVolume=p.maskVolume, maskSegmentation=p.maskSegmentation)
+
+    def onPredictCorrespondences(self) -> None:
+        import SurgicalReg2D3D
+
+        with slicer.util.tryWithErrorDisplay(_("The dependencies could not be installed."),
+                                             waitCursor=True):
+            if not SurgicalReg2D3D.ensureDependencies(["LiverLaparoReg"]):
+                self.ui.statusLabel.text = _("LiverLaparoReg needs PyTorch and OpenCV; not installed.")
+                return
+        with slicer.util.tryWithErrorDisplay(_("No correspondences."), waitCursor=True):
+            node, result = self.logic.predictCorrespondences(
+                markupsNode=self._correspondenceNode, progress=self._progress, **self._inputs())
+            self._correspondenceNode = node
+            self.fromMarkupsButton.enabled = True
+            q = getattr(result, "quality", None)
+            self.ui.statusLabel.text = _("{n} correspondences shown ({name}); the learned pose "
+                                         "was judged {verdict}. Edit them, then register.").format(
+                n=node.GetNumberOfControlPoints(), name=node.GetName(),
+                verdict=q.verdict if q is not None else "-")
+
+    def onRegisterFromCorrespondences(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
+            p = self._parameterNode
+            transform, r = self.logic.processFromCorrespondences(
+                self._correspondenceNode, outputTransform=p.outputTransform, **self._inputs())
+            p.outputTransform = transform
+            self.ui.statusLabel.text = _("Pose from {k} of {n} correspondences (RANSAC "
+                                         "inliers).").format(
+                k=len(r.inliers), n=self._correspondenceNode.GetNumberOfControlPoints())
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -419,6 +483,55 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
             model = outputModel or slicer.mrmlScene.GetFirstNodeByName("deformed liver")
         return result, {"transform": transform, "model": model, "overlay": overlay,
                         "structures": list(result.structure_nodes), "camera": camera}
+
+    def _cameraAndMask(self, modelNode, frameVolume, cameraPath, distortionPath, maskVolume,
+                       maskSegmentation):
+        from LiverLaparoRegLib import logic
+        from LiverLaparoRegLib.node_inputs import resolve_inputs
+        from SurgicalReg2D3DLib import nodes
+        from SurgicalReg2D3DLib.errors import InputError
+
+        if frameVolume is None:
+            raise InputError("image: select a frame")
+        if modelNode is None:
+            raise InputError("mesh: select the liver model")
+        vertices, _faces = logic.model_mesh_arrays(modelNode)
+        camera, _c2, _c3, mask = resolve_inputs(
+            self._context(), frameVolume, vertices, camera_path=cameraPath,
+            distortion_path=distortionPath, mask_node=maskSegmentation)
+        if mask is None and maskVolume is not None:
+            mask, _m = nodes.image2d_from_node(maskVolume, "mask")
+            if mask.ndim == 3:
+                mask = mask.max(axis=2)
+        return camera, mask
+
+    def predictCorrespondences(self, modelNode, frameVolume, cameraPath, distortionPath=None,
+                               maskVolume=None, maskSegmentation=None, markupsNode=None,
+                               progress=None, cancel=None):
+        """The learned correspondences as a point list on the frame
+        (``LiverLaparoRegLib.learned.nodes.predict_correspondence_nodes``); returns
+        ``(markups node, result)``."""
+        from LiverLaparoRegLib.learned.nodes import predict_correspondence_nodes
+
+        camera, mask = self._cameraAndMask(modelNode, frameVolume, cameraPath, distortionPath,
+                                           maskVolume, maskSegmentation)
+        return predict_correspondence_nodes(self._context(), modelNode, frameVolume, camera,
+                                            mask=mask, markups_node=markupsNode,
+                                            progress=progress, cancel=cancel)
+
+    def processFromCorrespondences(self, markupsNode, modelNode, frameVolume, cameraPath,
+                                   distortionPath=None, maskVolume=None, maskSegmentation=None,
+                                   outputTransform=None):
+        """The pose from the (edited) point list (``learned.nodes.register_nodes_from_markups``);
+        returns ``(transform node, PnPResult)``."""
+        from LiverLaparoRegLib.learned.nodes import register_nodes_from_markups
+
+        camera, mask = self._cameraAndMask(modelNode, frameVolume, cameraPath, distortionPath,
+                                           maskVolume, maskSegmentation)
+        _T, r, node = register_nodes_from_markups(self._context(), modelNode, frameVolume, camera,
+                                                  markupsNode, mask=mask,
+                                                  output_transform_node=outputTransform)
+        return node, r
 
     def showViews(self, result, camera, frameVolume, modelNodes, arView=True, opacity=0.5,
                   frustum=True, compare="overlay", overlayVolume=None):

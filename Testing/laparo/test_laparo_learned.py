@@ -410,3 +410,50 @@ def test_bundled_model_is_listed_and_loads():
     net, rec = modelfile.load_model()
     assert rec["seed"] == info.seed
     assert "SYNTHETIC" in rec["data"] and "p2ilf" in rec["meshes"]
+
+
+def test_node_buttons_predict_edit_register(ctx, box, tiny_net, monkeypatch):
+    """The module's two buttons on real MRML nodes: "Predict correspondences" shows the
+    learned matches as a point list on the frame; "Register from the edited
+    correspondences" writes the pose of what the user left. The network is replaced by
+    exact matches of a known pose (the learned part has its own tests); a frame where the
+    network finds nothing raises its error and creates no point list."""
+    from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
+    from LiverLaparoRegLib.learned import nodes as lnodes  # noqa: PLC0415
+
+    cam = _camera()
+    T = data.look_at(np.array([30.0, -20.0, -250.0]), np.array([-0.1, 0.08, 1.0]), 0.3)
+    model_node = nodes.model_to_node(ctx, box.vertices, box.faces, "liver", frame="LPS")
+    frame = nodes.image2d_to_node(ctx, np.zeros((cam.height, cam.width), np.uint8), "frame")
+    ids = np.random.default_rng(5).choice(len(box.vertices), 12, replace=False)
+    uv = cam.project(box.vertices[ids] @ T[:3, :3].T + T[:3, 3]).numpy()
+    corr = [{"pixel": uv[k].tolist(), "vertex": int(ids[k]), "class": "ridge",
+             "confidence": 0.8} for k in range(12)]
+    corr[0]["pixel"] = [3.0, 3.0]  # one wrong match, for the user to delete
+
+    def fake(mesh, camera, image=None, mask=None, model=None, progress=None, cancel=None):
+        assert np.allclose(mesh.vertices, box.vertices)  # the node's mesh, model frame
+        return infer.LearnedResult(model_to_camera=T, method="learned", correspondences=corr)
+
+    def n_lists():
+        return ctx.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode")
+
+    monkeypatch.setattr(infer, "register_learned", fake)
+    node, res = lnodes.predict_correspondence_nodes(ctx, model_node, frame, cam)
+    assert node.GetNumberOfControlPoints() == 12 and res.correspondences is corr
+    assert n_lists() == 1
+    node.RemoveNthControlPoint(0)
+    T_est, r, out = lnodes.register_nodes_from_markups(ctx, model_node, frame, cam, node)
+    assert len(r.inliers) == 11
+    np.testing.assert_allclose(nodes.matrix_from_transform_node(out), T_est, atol=1e-9)
+    assert np.abs(T_est[:3, :3] - T[:3, :3]).max() < 1e-4
+    with pytest.raises(InputError, match="correspondences: predict them first"):
+        lnodes.register_nodes_from_markups(ctx, model_node, frame, cam, None)
+
+    def refuse(*a, **k):
+        raise InputError("correspondences: no liver found in the frame")
+
+    monkeypatch.setattr(infer, "register_learned", refuse)
+    with pytest.raises(InputError, match="no liver found"):
+        lnodes.predict_correspondence_nodes(ctx, model_node, frame, cam)
+    assert n_lists() == 1

@@ -7,6 +7,11 @@ the user delete or drag points, then compute the pose from what is left
 liver mask can come from a segmentation painted in the Segment Editor on the frame
 (:func:`mask_from_segmentation`).
 
+Node-level entry points the module's buttons call: :func:`predict_correspondence_nodes`
+("Predict correspondences": the learned registration on the frame, its correspondences as
+the point list) and :func:`register_nodes_from_markups` ("Register from the edited
+correspondences": the pose into a transform node). Input nodes are never modified.
+
 Pixel ``(u, v)`` of the frame <-> RAS: ``frame_ijk_to_ras @ (u, v, 0, 1)`` (the frame is
 a single-slice volume node).
 """
@@ -103,3 +108,51 @@ def register_from_markups(mesh, camera, markups_node, frame_ijk_to_ras=None, mas
         mask = check_mask(mask, camera)
         T, _, _ = _run_silhouette({"mesh": mesh, "camera": camera, "mask": mask, "init": T})
     return T, r
+
+
+def _mesh_of(model_node):
+    from ..logic import model_mesh_arrays  # noqa: PLC0415
+    from ..mesh import MeshData  # noqa: PLC0415
+
+    if model_node is None:
+        raise InputError("mesh: select the liver model")
+    v, f = model_mesh_arrays(model_node)
+    return MeshData(v, f, "mesh")
+
+
+def predict_correspondence_nodes(ctx, model_node, frame_node, camera, mask=None, model=None,
+                                 markups_node=None, progress=None, cancel=None):
+    """Run the learned registration on the frame (the bundled model unless ``model``) and
+    show its correspondences as a point list on the frame (``markups_node``, created when
+    None). Returns ``(markups node, LearnedResult)``. A frame where the model finds no
+    usable correspondences raises its :class:`InputError` and creates no node."""
+    from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
+
+    from .infer import register_learned  # noqa: PLC0415
+
+    if frame_node is None:
+        raise InputError("image: select a frame")
+    mesh = _mesh_of(model_node)
+    image, ijk = nodes.image2d_from_node(frame_node, "image")
+    result = register_learned(mesh, camera, image=image, mask=mask, model=model,
+                              progress=progress, cancel=cancel)
+    node = correspondences_to_markups(ctx, result.correspondences, ijk,
+                                      "LiverLaparoReg learned correspondences", node=markups_node)
+    return node, result
+
+
+def register_nodes_from_markups(ctx, model_node, frame_node, camera, markups_node, mask=None,
+                                output_transform_node=None, refine: bool = True):
+    """The pose from the (edited) point list into ``output_transform_node`` (created when
+    None) as ``model_to_camera``; returns ``(model_to_camera, PnPResult, transform node)``."""
+    from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
+
+    if frame_node is None:
+        raise InputError("image: select a frame")
+    if markups_node is None:
+        raise InputError("correspondences: predict them first (no point list)")
+    mesh = _mesh_of(model_node)
+    _image, ijk = nodes.image2d_from_node(frame_node, "image")
+    T, r = register_from_markups(mesh, camera, markups_node, ijk, mask=mask, refine=refine)
+    out = nodes.matrix_to_transform_node(ctx, T, "model_to_camera", node=output_transform_node)
+    return T, r, out
