@@ -169,6 +169,17 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.trainButton.connect("clicked(bool)", self.onTrain)
         self.nominalRegisterButton.connect("clicked(bool)", self.onRegisterFromNominal)
 
+    def _ensureTorch(self) -> bool:
+        """Offer to install the module's dependencies (PyTorch); False when missing."""
+        import SurgicalReg2D3D
+
+        with slicer.util.tryWithErrorDisplay(_("The dependencies could not be installed."),
+                                             waitCursor=True):
+            if SurgicalReg2D3D.ensureDependencies(["FluoroReg"]):
+                return True
+        self.ui.statusLabel.text = _("FluoroReg needs PyTorch; not installed.")
+        return False
+
     def _modelPath(self) -> str:
         return self.modelPathEdit.currentPath if hasattr(self, "modelPathEdit") else ""
 
@@ -185,13 +196,8 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTrain(self) -> None:
         import os
 
-        import SurgicalReg2D3D
-
-        with slicer.util.tryWithErrorDisplay(_("The dependencies could not be installed."),
-                                             waitCursor=True):
-            if not SurgicalReg2D3D.ensureDependencies(["FluoroReg"]):
-                self.ui.statusLabel.text = _("FluoroReg needs PyTorch; not installed.")
-                return
+        if not self._ensureTorch():
+            return
         from SurgicalReg2D3DLib.errors import CancelledError
 
         p = self._parameterNode
@@ -221,13 +227,8 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._busy(False)
 
     def onRegisterFromNominal(self) -> None:
-        import SurgicalReg2D3D
-
-        with slicer.util.tryWithErrorDisplay(_("The dependencies could not be installed."),
-                                             waitCursor=True):
-            if not SurgicalReg2D3D.ensureDependencies(["FluoroReg"]):
-                self.ui.statusLabel.text = _("FluoroReg needs PyTorch; not installed.")
-                return
+        if not self._ensureTorch():
+            return
         from SurgicalReg2D3DLib.errors import CancelledError
 
         p = self._parameterNode
@@ -332,13 +333,8 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.showComparison(p.xrayVolume, p.drrVolume, mode)
 
     def onApplyButton(self) -> None:
-        import SurgicalReg2D3D
-
-        with slicer.util.tryWithErrorDisplay(_("The dependencies could not be installed."),
-                                             waitCursor=True):
-            if not SurgicalReg2D3D.ensureDependencies(["FluoroReg"]):
-                self.ui.statusLabel.text = _("FluoroReg needs PyTorch; not installed.")
-                return
+        if not self._ensureTorch():
+            return
         from SurgicalReg2D3DLib.errors import CancelledError
         from SurgicalReg2D3DLib.progress import CancelToken
 

@@ -168,13 +168,18 @@ def _resolve(model, force, volume, ijk, frame_shape, fan, volume_mask, device):
                          device=device, force=force)
 
 
-def _prepare_call(registrar: SliceRegistrar, frames, starts, init_corrections, indices):
+def _call_inputs(starts, init_corrections, indices):
+    """``(S, corr0, start0 = corr0 @ S, indices)`` of a method call."""
     S = np.asarray(starts, dtype=np.float64).reshape(-1, 4, 4)
     B = S.shape[0]
     corr0 = np.tile(np.eye(4), (B, 1, 1)) if init_corrections is None else \
         np.asarray(init_corrections, dtype=np.float64).reshape(B, 4, 4)
     indices = list(range(B)) if indices is None else list(indices)
-    start0 = corr0 @ S
+    return S, corr0, corr0 @ S, indices
+
+
+def _prepare_call(registrar: SliceRegistrar, frames, starts, init_corrections, indices):
+    S, corr0, start0, indices = _call_inputs(starts, init_corrections, indices)
     overlap = registrar.validate_starts(torch.as_tensor(start0), indices)
     return S, corr0, start0, indices, overlap
 
@@ -193,12 +198,8 @@ def make_deep(volume, ijk_to_reference, frame_shape, fan, volume_mask=None,
         t0 = time.perf_counter()
         f = np.asarray(frames)
         f = f[None] if f.ndim == 2 else f
-        S = np.asarray(starts, dtype=np.float64).reshape(-1, 4, 4)
+        S, corr0, start0, indices = _call_inputs(starts, init_corrections, indices)
         B = S.shape[0]
-        corr0 = np.tile(np.eye(4), (B, 1, 1)) if init_corrections is None else \
-            np.asarray(init_corrections, dtype=np.float64).reshape(B, 4, 4)
-        indices = list(range(B)) if indices is None else list(indices)
-        start0 = corr0 @ S
         # The registrar's own LNCC and overlap (as lncc reports them), at the start and at
         # the result: one compiled pass each.
         l0, ov0 = registrar.score(f, start0)
