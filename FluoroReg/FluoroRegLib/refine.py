@@ -236,7 +236,19 @@ class _Problem:
     def jacobian(self, xi: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """Forward-difference Jacobian (B, R, 6); all perturbed poses in one batch. The
         residuals at ``xi`` itself are reused when they were just evaluated (the
-        optimiser always has them), which saves one render in seven."""
+        optimiser always has them), which saves one render in seven. A second call at
+        the same ``xi`` and ``steps`` (Levenberg-Marquardt after a rejected step: the
+        point did not move) returns the same Jacobian without rendering: the renders
+        are deterministic, so the result is identical."""
+        key = getattr(self, "_last_jac", None)
+        if key is not None and key[0].shape == xi.shape and torch.equal(key[0], xi.detach()) \
+                and torch.equal(key[1], steps):
+            return key[2].clone()
+        jac = self._jacobian(xi, steps)
+        self._last_jac = (xi.detach().clone(), steps.detach().clone(), jac.detach().clone())
+        return jac
+
+    def _jacobian(self, xi: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         b = xi.shape[0]
         pert = xi[:, None, :] + torch.diag(steps)[None]  # (B, 6, 6)
         recent = getattr(self, "_recent", ())
