@@ -321,7 +321,8 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
                        adam_lr: float = 0.02, landmarks_ras: Optional[np.ndarray] = None,
                        true_ct_to_camera=None, progress=None, cancel=None,
                        ct_resolution: Optional[float] = 1.0,
-                       sample_density: float = 1.0) -> RegistrationResult:
+                       sample_density: float = 1.0,
+                       stop_px: Optional[float] = None) -> RegistrationResult:
     """Register the CT to one or more X-ray views by maximising NCC or gradient NCC.
 
     ``volume``: :class:`DRRVolume`; ``views``: :class:`XRayView` list; ``init_ct_to_camera``:
@@ -333,7 +334,11 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
     voxels per detector pixel at the CT (:func:`level_volume`; ``None``: full CT at every
     level); the final similarity uses the full CT. ``sample_density``: DRR samples per
     ray per voxel of the level CT's largest dimension when ``n_samples`` is not given (the
-    renderer's own default is 1.5).
+    renderer's own default is 1.5). ``stop_px`` (LM): end a pyramid level once the step
+    LM proposes (accepted or not) would move the CT by less than this many pixels of
+    the level at the CT (rotation over a 100 mm lever plus translation); after a rejected
+    step LM only retries shorter steps, so nothing that moves the pose more can follow.
+    ``None``: LM's own tolerances and ``iterations`` only.
     """
     if similarity not in SIMILARITIES:
         raise InputError(f"similarity: expected one of {SIMILARITIES}, got {similarity!r}")
@@ -364,13 +369,22 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
         px_mm = pixel_mm_at(cams[0], center_cam)
         x0 = torch.zeros(1, 6, dtype=torch.float64, device=volume.device)
         if optimizer == "lm":
-            def callback(it, x, cost, _li=li):
+            last_x = [x0.clone()]
+
+            def callback(it, x, cost, _li=li, _prob=prob, _px=px_mm):
                 history.append({"level": _li, "factor": factor, "iteration": it,
                                 "loss": float(cost[0])})
                 report(sub, it / iterations, f"level {_li + 1}/{len(levels)} iteration {it}: "
                        f"1 - similarity = {float(cost[0]):.4f}")
                 check_cancel(cancel, "FluoroReg registration")
-                return False
+                if stop_px is None:
+                    return False
+                tried = getattr(_prob, "_recent", ())
+                proposed = tried[-1][0] if tried else x  # LM's last trial point
+                step = (proposed - last_x[0])[0]
+                last_x[0] = x.clone()
+                moved_mm = float(step[:3].norm()) * 100.0 + float(step[3:].norm())
+                return moved_mm < float(stop_px) * _px
 
             res = levenberg_marquardt(prob.residuals, x0, max_iter=int(iterations),
                                       jacobian=lambda x: prob.jacobian(x, steps),
