@@ -14,13 +14,24 @@ Configurations:
   per voxel of the largest dimension, 30 LM iterations per level);
 - ``N1_new_it30``: CT block-averaged per level (``ct_resolution=1``), 1.0 samples per
   voxel, 30 iterations;
-- ``N2_new_it10``: the same with 10 iterations per level (the new defaults).
+- ``N2_new_it10``: the same with 10 iterations per level (the defaults until the stopping
+  rule below);
+- ``N4_l421_stop`` / ``N6_l421_stop01``: N2 plus the stopping rule ``stop_px`` 0.02 / 0.01
+  (end a pyramid level once LM's proposed step moves the CT by less than that many
+  pixels of the level); **N6 is the command's default now**;
+- ``N5_l42_stop``: no full-resolution level (``levels=(4, 2)``), ``stop_px`` 0.02.
+
+``--source accuracy`` runs the configurations on the cases of
+``benchmarks/fluoro_accuracy.py`` instead (seed 0, 20 cases, 96 px, 3.125 mm pixels, CT
+block-averaged x2, X-rays rendered by Siddon from the full CT), through its own generator.
 
 Run::
 
     source /work/wtenv.sh
-    python benchmarks/fluoro_defaults_sweep.py --cases 4 --configs A_old_defaults N2_new_it10
-    # ~1 min per case and configuration on a quiet 2-core CPU (A: ~3x longer)
+    python benchmarks/fluoro_defaults_sweep.py --cases 8 --configs N2_new_it10 N6_l421_stop01
+    python benchmarks/fluoro_defaults_sweep.py --source accuracy --cases 20 \
+        --configs N2_new_it10 N6_l421_stop01 --out /tmp/fluoro-defaults.jsonl
+    # a few CPU seconds per case and configuration (A_old_defaults: ~5x more)
 
 Rows are appended to ``--out`` (JSON lines); ``--report`` prints the markdown table.
 """
@@ -42,11 +53,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 CT = ROOT / "Resources" / "SampleData" / "ct" / "thorax_aorta_ct_cropped.nii.gz"
 CONFIGS = {
-    "A_old_defaults": dict(levels=(4, 2, 1), iterations=30, ct_resolution=None, sample_density=1.5),
-    "N1_new_it30": dict(levels=(4, 2, 1), iterations=30, ct_resolution=1.0, sample_density=1.0),
-    "N2_new_it10": dict(levels=(4, 2, 1), iterations=10, ct_resolution=1.0, sample_density=1.0),
+    "A_old_defaults": dict(levels=(4, 2, 1), iterations=30, ct_resolution=None, sample_density=1.5,
+                    stop_px=None),
+    "N1_new_it30": dict(levels=(4, 2, 1), iterations=30, ct_resolution=1.0, sample_density=1.0,
+                    stop_px=None),
+    "N2_new_it10": dict(levels=(4, 2, 1), iterations=10, ct_resolution=1.0, sample_density=1.0,
+                    stop_px=None),
     "N4_l421_stop": dict(levels=(4, 2, 1), iterations=10, ct_resolution=1.0, sample_density=1.0,
                          stop_px=0.02),
+    "N6_l421_stop01": dict(levels=(4, 2, 1), iterations=10, ct_resolution=1.0,
+                           sample_density=1.0, stop_px=0.01),
     "N5_l42_stop": dict(levels=(4, 2), iterations=10, ct_resolution=1.0, sample_density=1.0,
                         stop_px=0.02),
 }
