@@ -174,8 +174,9 @@ def measure_e2e(args, tmp: Path) -> list:
     """``--e2e``: ``surgreg fluoro register`` with its defaults, whole command, as users
     run it: a new process per run (Python start, imports, reading the CT and the X-rays,
     the method, the quality verdict, writing OUT.json). Single view (AP) and two views
-    (AP + LAT) of one synthetic case of the shipped CT (``fluoro simulate --seed 0``, 128
-    px), at each thread count of ``--e2e-threads`` (``default``: no OMP_NUM_THREADS, what a
+    (AP + LAT; also with ``--no-quality``, to show the quality verdict's share) of one
+    synthetic case of the shipped CT (``fluoro simulate --seed 0``, 128 px), at each
+    thread count of ``--e2e-threads`` (``default``: no OMP_NUM_THREADS, what a
     user's shell gives torch and numba). Run 1 is reported apart (first use); then the
     median and min-max of ``--repeats`` runs, with wall and CPU time, the load average
     before each run and the command's own timing breakdown (OUT.json ``timing_s``)."""
@@ -196,9 +197,9 @@ def measure_e2e(args, tmp: Path) -> list:
         rows.append({"measure": f"fluoro_e2e_import_t{threads}", "value": statistics.median(imports),
                      "unit": "s", "spread": [min(imports), max(imports)],
                      "note": "python start + imports of the register command's modules"})
-        for n_views in (1, 2):
+        for n_views, extra in ((1, []), (2, []), (2, ["--no-quality"])):
             out_json = tmp / f"e2e_{n_views}.json"
-            cmd = _register_cmd(case, n_views, out_json)
+            cmd = _register_cmd(case, n_views, out_json) + extra
             runs = []
             for r in range(args.repeats + 1):
                 load = os.getloadavg()[0]
@@ -208,7 +209,7 @@ def measure_e2e(args, tmp: Path) -> list:
                              "timing": res.get("timing_s", {}),
                              "verdict": (res.get("quality") or {}).get("verdict")})
             first, steady = runs[0], runs[1:]
-            label = f"fluoro_e2e_{n_views}view_t{threads}"
+            label = f"fluoro_e2e_{n_views}view{'_noquality' if extra else ''}_t{threads}"
             med = {k: statistics.median([x[k] for x in steady]) for k in ("wall", "cpu", "load", "method")}
             parts = {k: statistics.median([x["timing"].get(k, float("nan")) for x in steady])
                      for k in ("imports", "read_inputs", "method", "checks_and_quality")}
@@ -220,7 +221,8 @@ def measure_e2e(args, tmp: Path) -> list:
                                  f"checks+quality {parts['checks_and_quality']:.2f} s; load "
                                  f"{med['load']:.2f}; verdict {steady[-1]['verdict']}; "
                                  f"median of runs 2-{args.repeats + 1}"})
-            table.append({"threads": threads, "views": n_views, "first": first, "runs": steady,
+            table.append({"threads": threads, "views": f"{n_views}{' (--no-quality)' if extra else ''}",
+                          "first": first, "runs": steady,
                           "median": med, "parts": parts})
     _write_e2e(table, rows, Path(args.results) / "fluoro_e2e.md")
     return rows
