@@ -58,3 +58,20 @@ def test_bad_arguments_exit_with_usage_error(argv):
     with pytest.raises(SystemExit) as excinfo:
         cli.main(argv)
     assert excinfo.value.code == 2
+
+
+def test_a_module_command_builds_only_that_modules_parser():
+    parser = cli.build_parser("fluoro")
+    subcommands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse internals
+    assert "fluoro" in subcommands and "us" not in subcommands and "laparo" not in subcommands
+    full = cli.build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert {"fluoro", "us", "laparo"} <= set(full)
+    # a fluoro command in a new process does not import the other modules' packages
+    code = ("import sys\nfrom SurgicalReg2D3DLib.cli import main\n"
+            "try:\n    main(['fluoro', 'register', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('USSliceRegLib', 'LiverLaparoRegLib', 'FluoroRegLib') and m.count('.') == 0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['FluoroRegLib']"

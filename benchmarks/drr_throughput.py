@@ -211,25 +211,30 @@ def run(args) -> dict:
                 benches["ours"].render(moved[None])[0].detach().numpy(), ref)
         for mode in args.modes:
             times = {n: [] for n in names}
+            cpu = {n: [] for n in names}
             for n in names:  # warm-up
                 getattr(benches[n], mode)()
             for r in range(args.repeats):
                 order = names[r % len(names):] + names[:r % len(names)]
                 for n in order:
                     fn = getattr(benches[n], mode)
-                    start = time.perf_counter()
+                    start, c0 = time.perf_counter(), time.process_time()
                     fn()
                     times[n].append(time.perf_counter() - start)
+                    cpu[n].append(time.process_time() - c0)
             row = {"size": size, "batch": b, "mode": mode, "ct_factor": ct_factor,
                    "ct_shape": [k, j, i], "n_samples": n_samples, "renderers": {}}
             for n in names:
                 t = times[n]
                 rec = {"times_s": t, "median_s": statistics.median(t), "min_s": min(t),
-                       "max_s": max(t), "drr_per_s": b / statistics.median(t)}
+                       "max_s": max(t), "drr_per_s": b / statistics.median(t),
+                       "cpu_times_s": cpu[n], "cpu_median_s": statistics.median(cpu[n])}
                 if "ours" in times and n != "ours":
                     ratios = [a / o for a, o in zip(t, times["ours"])]
                     rec["ratio_to_ours"] = {"median": statistics.median(ratios),
                                             "min": min(ratios), "max": max(ratios)}
+                    rec["cpu_ratio_to_ours"] = (statistics.median(cpu[n])
+                                                / max(statistics.median(cpu["ours"]), 1e-9))
                 rec["agreement_vs_ours_torch"] = agree.get(n)
                 rec["agreement_vs_ours_torch_air_padded"] = agree.get(n + "@air_padded")
                 row["renderers"][n] = rec
@@ -241,6 +246,10 @@ def run(args) -> dict:
                    if "ratio_to_ours" in row["renderers"][n] else "") for n in names), flush=True)
     out["load_end"] = [round(x, 2) for x in os.getloadavg()]
     return out
+
+
+def _num(value, fmt: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, fmt) + suffix
 
 
 def write_markdown(res: dict, path: Path) -> None:
@@ -265,8 +274,8 @@ def write_markdown(res: dict, path: Path) -> None:
         "around it (`as shipped / air-padded`; the shipped CT is cut through the body, where "
         "the peers fade to zero over half a voxel and ours clamps to the border voxel).",
         "",
-        "| size | B | CT (x factor) | samples | mode | renderer | DRRs/s (median) | spread (min-max s) | peer time / ours, same round (median, range) | max diff vs ours-torch (rel., as shipped / air-padded) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| size | B | CT (x factor) | samples | mode | renderer | DRRs/s (median) | spread (min-max s) | CPU s per call (median) | peer time / ours, same round (median, range) | peer CPU / ours CPU | max diff vs ours-torch (rel., as shipped / air-padded) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["cases"]:
         for n, rec in row["renderers"].items():
@@ -279,7 +288,9 @@ def write_markdown(res: dict, path: Path) -> None:
             lines.append(
                 f"| {row['size']} | {row['batch']} | {'x'.join(map(str, row['ct_shape']))} "
                 f"(x{row['ct_factor']}) | {row['n_samples']} | {row['mode'].replace('_', '+')} | {n} | "
-                f"{rec['drr_per_s']:.1f} | {rec['min_s']:.3f}-{rec['max_s']:.3f} | {rtxt} | {atxt} |")
+                f"{rec['drr_per_s']:.3g} | {rec['min_s']:.3f}-{rec['max_s']:.3f} | "
+                f"{_num(rec.get('cpu_median_s'), '.3f')} | {rtxt} | "
+                f"{_num(rec.get('cpu_ratio_to_ours'), '.2f', 'x') if ratio else '1'} | {atxt} |")
     moved = [r["ours_moved_vs_ours_torch"] for r in res["cases"] if r.get("ours_moved_vs_ours_torch")]
     if moved:
         lines += ["", "Sanity check of the agreement measure: ours at a pose moved by 2 mm / 1 degree "

@@ -80,6 +80,9 @@ def cmd_register(args: argparse.Namespace) -> int:
 
         return cmd_register_model(args)
     args.method = args.method or "ncc"
+    import time  # noqa: PLC0415
+
+    t_start = time.perf_counter()
     from .logic import available_methods, register_arrays  # noqa: PLC0415
     from .simulate import read_ct  # noqa: PLC0415
     from .xray_io import read_pose_json, write_pose_json  # noqa: PLC0415
@@ -98,6 +101,7 @@ def cmd_register(args: argparse.Namespace) -> int:
                          "geometries; give one --geometry per --xray")
     if args.method not in available_methods():
         raise InputError(f"method: expected one of {available_methods()}, got {args.method!r}")
+    t_read = time.perf_counter()
     hu, ijk_to_ras = read_ct(args.ct, allow_uneven_slices=args.allow_uneven_slices)
     images, cameras = load_xrays(args, xrays, geometries)
     init = read_pose_json(args.init) if args.init else None
@@ -106,6 +110,7 @@ def cmd_register(args: argparse.Namespace) -> int:
                          "ct_to_camera matrices in " + Path(args.init).name)
     opts = _method_options(args)
     model = _quality_model(args, hu, ijk_to_ras, cameras, init, opts)
+    t_register = time.perf_counter()
     result = register_arrays(hu, ijk_to_ras, images, cameras, init, method=args.method,
                              device=device, quality=not args.no_quality,
                              quality_model=model, **opts)
@@ -119,6 +124,13 @@ def cmd_register(args: argparse.Namespace) -> int:
     from .quality import result_quality_dict  # noqa: PLC0415
 
     extra.update(result_quality_dict(result))
+    t_end = time.perf_counter()
+    # where the command's time went (seconds, this process after its imports of the
+    # hub; benchmarks/speed_suite.py --e2e adds the Python start and the first imports)
+    extra["timing_s"] = {"imports": round(t_read - t_start, 3),
+                         "read_inputs": round(t_register - t_read, 3),
+                         "method": round(result.time_s, 3),
+                         "checks_and_quality": round(t_end - t_register - result.time_s, 3)}
     write_pose_json(out, result.views_ct_to_camera, extra)
     _print_quality_warnings(result)
     quality = getattr(result, "quality", None)

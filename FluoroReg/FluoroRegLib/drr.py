@@ -314,6 +314,48 @@ def _siddon_chunk(mu5: torch.Tensor, source: torch.Tensor, direction: torch.Tens
     return (values * seg).sum(-1) * length_mm.unsqueeze(0)
 
 
+#: the last few single-pose forward renders per volume tensor (compiled kernel path):
+#: a registration renders its result pose several times (final similarity, the end-of-run
+#: check, the quality signals, each view's quality); the same inputs give the same image.
+_RECENT: dict = {}  # id(mu) -> (weakref to mu, {key: (1, H, W) image})
+_RECENT_SIZE = 8
+
+
+def _recent_key(volume: DRRVolume, camera, pose: torch.Tensor, n_samples: int):
+    """Cache key of a single-pose render without gradients (else None)."""
+    if pose.shape[0] != 1 or pose.requires_grad or volume.mu.requires_grad:
+        return None
+    to_dict = getattr(camera, "to_dict", None)
+    if to_dict is None:
+        return None
+    import json  # noqa: PLC0415
+
+    cam = json.dumps(to_dict(), sort_keys=True, default=str)
+    return (volume.mu._version, cam, pose.detach().cpu().numpy().tobytes(), int(n_samples))
+
+
+def _recall(mu: torch.Tensor, key):
+    entry = _RECENT.get(id(mu))
+    if entry is None or entry[0]() is not mu:  # another tensor now has that id
+        return None
+    return entry[1].get(key)
+
+
+def _remember(mu: torch.Tensor, key, image: torch.Tensor) -> None:
+    import weakref  # noqa: PLC0415
+
+    entry = _RECENT.get(id(mu))
+    if entry is None or entry[0]() is not mu:
+        for k in [k for k, (ref, _) in _RECENT.items() if ref() is None]:
+            del _RECENT[k]  # volumes that are gone
+        entry = (weakref.ref(mu), {})
+        _RECENT[id(mu)] = entry
+    entries = entry[1]
+    entries[key] = image.detach().clone()
+    while len(entries) > _RECENT_SIZE:
+        entries.pop(next(iter(entries)))
+
+
 def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear",
                n_samples: Optional[int] = None, max_elements: int = 1 << 22,
                checkpoint_chunks: Optional[bool] = None,
@@ -360,8 +402,16 @@ def render_drr(volume: DRRVolume, camera, ct_to_camera, method: str = "trilinear
                 and not volume.mu.requires_grad:
             # Compiled CPU kernel: the same integral (see drr_kernels), no work tensors;
             # gradients w.r.t. the pose only (a volume that needs gradients uses torch).
+            key = _recent_key(volume, camera, pose, n_samples)
+            if key is not None:
+                hit = _recall(volume.mu, key)
+                if hit is not None:
+                    return hit.clone()
             out = drr_kernels.trilinear_drr(volume.mu, source, direction, length_mm, n_samples)
-            return out.reshape(b, p.height, p.width)
+            out = out.reshape(b, p.height, p.width)
+            if key is not None:
+                _remember(volume.mu, key, out)
+            return out
     n_rays = direction.shape[1]
     chunk = max(1, int(max_elements // max(1, per_ray * b)))
     need_grad = torch.is_grad_enabled() and pose.requires_grad

@@ -167,9 +167,13 @@ def _sample_range(s0, s1, s2, d0, d1, d2, t_in, span, n, box):
     return m0, max(m0, m1)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def forward(mu, source, direction, length_mm, n_samples, box, out):
-    """Fill ``out`` (B, P) float32 with the line integrals (see the module docstring)."""
+    """Fill ``out`` (B, P) float32 with the line integrals (see the module docstring).
+
+    ``fastmath``: the inputs are finite (checked by the callers), so LLVM may drop the
+    NaN/inf cases of ``min``/``max``/``floor``; 1.2-1.3x faster on the CPU here, the same
+    images (``benchmarks/results/fluoro_speed_defaults.md``)."""
     nK, nJ, nI = mu.shape[0], mu.shape[1], mu.shape[2]
     B = direction.shape[0]
     P = direction.shape[1]

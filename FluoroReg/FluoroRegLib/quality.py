@@ -150,15 +150,15 @@ def measure_signals(volume, views, ct_to_camera, init_ct_to_camera=None, history
         r0 = prob.residuals(x0)[0].double()
         jac = prob.jacobian(x0, steps)[0].double()  # (R, 6)
         cost0 = float(0.5 * (r0 ** 2).sum())
-        # per-view similarity (same residual definition: 0.5|r_k|^2 = 1 - sim_k)
+        # per-view similarity (same residual definition: 0.5|r_k|^2 = 1 - sim_k), from
+        # r0's block of view k (r0 holds r_k / sqrt(n_views)), not rendered again
         per_view = []
-        for rel, cam, target in zip(prob.rel, prob.cameras, prob.targets):
-            from .drr import render_drr  # noqa: PLC0415
-            from .refine import similarity_residuals  # noqa: PLC0415
-
-            drr = render_drr(volume, cam, (rel @ prob.pose(x0)).to(torch.float32),
-                             method=drr_method, n_samples=n_samples)
-            rk = similarity_residuals(drr, target, similarity)[0].double()
+        n_v = len(prob.targets)
+        start_k = 0
+        for target in prob.targets:
+            size_k = target[0].numel()
+            rk = r0[start_k:start_k + size_k] * math.sqrt(n_v)
+            start_k += size_k
             per_view.append(1.0 - float(0.5 * (rk ** 2).sum()))
         sig["similarity"] = float(np.mean(per_view))
         sig["similarity_views"] = per_view

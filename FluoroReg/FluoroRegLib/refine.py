@@ -236,7 +236,19 @@ class _Problem:
     def jacobian(self, xi: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """Forward-difference Jacobian (B, R, 6); all perturbed poses in one batch. The
         residuals at ``xi`` itself are reused when they were just evaluated (the
-        optimiser always has them), which saves one render in seven."""
+        optimiser always has them), which saves one render in seven. A second call at
+        the same ``xi`` and ``steps`` (Levenberg-Marquardt after a rejected step: the
+        point did not move) returns the same Jacobian without rendering: the renders
+        are deterministic, so the result is identical."""
+        key = getattr(self, "_last_jac", None)
+        if key is not None and key[0].shape == xi.shape and torch.equal(key[0], xi.detach()) \
+                and torch.equal(key[1], steps):
+            return key[2].clone()
+        jac = self._jacobian(xi, steps)
+        self._last_jac = (xi.detach().clone(), steps.detach().clone(), jac.detach().clone())
+        return jac
+
+    def _jacobian(self, xi: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         b = xi.shape[0]
         pert = xi[:, None, :] + torch.diag(steps)[None]  # (B, 6, 6)
         recent = getattr(self, "_recent", ())
@@ -309,7 +321,8 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
                        adam_lr: float = 0.02, landmarks_ras: Optional[np.ndarray] = None,
                        true_ct_to_camera=None, progress=None, cancel=None,
                        ct_resolution: Optional[float] = 1.0,
-                       sample_density: float = 1.0) -> RegistrationResult:
+                       sample_density: float = 1.0,
+                       stop_px: Optional[float] = 0.01) -> RegistrationResult:
     """Register the CT to one or more X-ray views by maximising NCC or gradient NCC.
 
     ``volume``: :class:`DRRVolume`; ``views``: :class:`XRayView` list; ``init_ct_to_camera``:
@@ -321,7 +334,15 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
     voxels per detector pixel at the CT (:func:`level_volume`; ``None``: full CT at every
     level); the final similarity uses the full CT. ``sample_density``: DRR samples per
     ray per voxel of the level CT's largest dimension when ``n_samples`` is not given (the
-    renderer's own default is 1.5).
+    renderer's own default is 1.5). ``stop_px`` (LM): end a pyramid level once the step
+    LM proposes (accepted or not) would move the CT by less than this many pixels of
+    the level at the CT (rotation over a 100 mm lever plus translation); after a rejected
+    step LM only retries shorter steps, so nothing that moves the pose more can follow.
+    ``None``: LM's own tolerances and ``iterations`` only. The default 0.01 px was chosen
+    on the cases of ``benchmarks/fluoro_accuracy.py`` and the command's simulated cases
+    (``benchmarks/fluoro_defaults_sweep.py``, results in
+    ``benchmarks/results/fluoro_speed_defaults.md``): the same mTRE per case to < 0.01
+    mm, about half the CPU time.
     """
     if similarity not in SIMILARITIES:
         raise InputError(f"similarity: expected one of {SIMILARITIES}, got {similarity!r}")
@@ -352,13 +373,22 @@ def register_intensity(volume: DRRVolume, views: Sequence[XRayView], init_ct_to_
         px_mm = pixel_mm_at(cams[0], center_cam)
         x0 = torch.zeros(1, 6, dtype=torch.float64, device=volume.device)
         if optimizer == "lm":
-            def callback(it, x, cost, _li=li):
+            last_x = [x0.clone()]
+
+            def callback(it, x, cost, _li=li, _prob=prob, _px=px_mm):
                 history.append({"level": _li, "factor": factor, "iteration": it,
                                 "loss": float(cost[0])})
                 report(sub, it / iterations, f"level {_li + 1}/{len(levels)} iteration {it}: "
                        f"1 - similarity = {float(cost[0]):.4f}")
                 check_cancel(cancel, "FluoroReg registration")
-                return False
+                if stop_px is None:
+                    return False
+                tried = getattr(_prob, "_recent", ())
+                proposed = tried[-1][0] if tried else x  # LM's last trial point
+                step = (proposed - last_x[0])[0]
+                last_x[0] = x.clone()
+                moved_mm = float(step[:3].norm()) * 100.0 + float(step[3:].norm())
+                return moved_mm < float(stop_px) * _px
 
             res = levenberg_marquardt(prob.residuals, x0, max_iter=int(iterations),
                                       jacobian=lambda x: prob.jacobian(x, steps),

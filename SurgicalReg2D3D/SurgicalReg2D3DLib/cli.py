@@ -167,7 +167,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``surgreg`` parser. ``only``: the command-line name of one module (``fluoro``,
+    ``laparo``, ``us``): add only that module's sub-commands, so that a command of one
+    module does not import the others (their imports cost seconds at start-up)."""
     parser = argparse.ArgumentParser(
         prog="surgreg",
         description="Intraoperative 2D/3D registration (SlicerSurgicalReg2D3D) outside Slicer.")
@@ -186,13 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     for _module_name, (_cli_name, package) in MODULES.items():
+        if only is not None and _cli_name != only:
+            continue
         if _has_submodule(package, "cli"):
             importlib.import_module(f"{package}.cli").register_cli(subparsers)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    modules = [c for c, _ in MODULES.values()]
+    # "surgreg fluoro ...": only the fluoro parser (help and errors still list its commands)
+    parser = build_parser(words[0] if words and words[0] in modules else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

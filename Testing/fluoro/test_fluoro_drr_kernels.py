@@ -122,3 +122,34 @@ def test_volume_gradient_still_flows_through_the_torch_path():
     img = render_drr(DRRVolume(mu, vol.ijk_to_ras), cam, _poses(1), n_samples=32)
     img.sum().backward()
     assert mu.grad is not None and float(mu.grad.abs().sum()) > 0
+
+
+def test_a_repeated_single_pose_render_is_reused_and_stays_correct(monkeypatch):
+    """The result pose is rendered several times per registration: the second render of
+    the same volume, camera, pose and samples is not recomputed, and equals a fresh one;
+    another pose, camera, sample count or an in-place change of the volume renders."""
+    vol = _volume(True)
+    cam = make_camera(800.0, (1.6, 1.4), (36, 30))
+    pose = _poses(2)
+    calls = []
+    real = drr_kernels.trilinear_drr
+    monkeypatch.setattr(drr_kernels, "trilinear_drr",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        a = render_drr(vol, cam, pose[0], n_samples=40)
+        b = render_drr(vol, cam, torch.as_tensor(pose[0]), n_samples=40)
+        assert len(calls) == 1 and torch.equal(a, b)
+        b[0, 0, 0] = 123.0  # the caller's copy: the remembered image is not changed
+        assert torch.equal(render_drr(vol, cam, pose[0], n_samples=40), a)
+        assert len(calls) == 1
+        render_drr(vol, cam, pose[1], n_samples=40)
+        render_drr(vol, cam, pose[0], n_samples=41)
+        render_drr(vol, cam.scaled(2.0), pose[0], n_samples=40)
+        assert len(calls) == 4
+        vol.mu.mul_(2.0)  # in place: the version changes, so the image is rendered again
+        c = render_drr(vol, cam, pose[0], n_samples=40)
+        assert len(calls) == 5
+        torch.testing.assert_close(c, 2.0 * a, rtol=1e-5, atol=1e-7)
+    pose_t = torch.as_tensor(pose[0], dtype=torch.float32).requires_grad_(True)
+    render_drr(vol, cam, pose_t, n_samples=40).sum().backward()  # gradients: always rendered
+    assert len(calls) == 6 and pose_t.grad is not None

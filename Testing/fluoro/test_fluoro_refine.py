@@ -106,6 +106,40 @@ def test_two_view_lm_is_accurate_and_keeps_relative_geometry(ct3mm):
     np.testing.assert_allclose(res.views_ct_to_camera[1], rel_true @ res.ct_to_camera, atol=1e-9)
 
 
+def test_jacobian_at_an_unchanged_point_is_reused_not_rerendered(ct3mm, monkeypatch):
+    """After a rejected LM step the point has not moved: the Jacobian is returned from
+    the last evaluation (no render), equal to a fresh one; a moved point renders."""
+    import torch
+
+    from FluoroRegLib import refine
+
+    _, _, vol, lm = ct3mm
+    cam = make_camera(1000.0, (5.0, 5.0), (32, 32))
+    case = simulate_case(vol, cam, np.random.default_rng(2), lm, mtre_range_mm=(5, 10),
+                         rotation_range_deg=(5, 10))
+    views = refine.prepare_views(_views(case, 1))
+    init = case.init_ct_to_camera[0]
+    center = (init @ np.r_[vol.center_ras(), 1.0])[:3]
+    prob = refine._Problem(vol, views, [cam], init, center, "ncc", "trilinear", 32)
+    steps = refine.fd_steps(cam, center, vol.device)
+    renders = []
+    real = refine.render_drr
+    monkeypatch.setattr(refine, "render_drr",
+                        lambda *a, **k: renders.append(1) or real(*a, **k))
+    x = torch.zeros(1, 6, dtype=torch.float64)
+    j1 = prob.jacobian(x, steps)
+    n1 = len(renders)
+    assert n1 >= 1
+    j2 = prob.jacobian(x.clone(), steps)
+    assert len(renders) == n1  # same point: nothing rendered
+    assert torch.equal(j1, j2)
+    fresh = refine._Problem(vol, views, [cam], init, center, "ncc", "trilinear", 32)
+    assert torch.equal(fresh.jacobian(x, steps), j1)  # what a fresh evaluation gives
+    x2 = x + 1e-3
+    j3 = prob.jacobian(x2, steps)
+    assert len(renders) > n1 + 1 and not torch.equal(j3, j1)
+
+
 def test_adam_baseline_reduces_error(ct3mm):
     _, _, vol, lm = ct3mm
     cam = make_camera(1000.0, (5.0, 5.0), (48, 48))
