@@ -86,6 +86,12 @@ def cmd_collect(args) -> None:
             done.add((r["seed"], r["case"], r["views"], r["method"], r["ct_variant"]))
     variant = "crop2mm" if args.crop else "shipped"
     options = {"levels": (4, 2, 1), "iterations": args.iterations}
+    reuse = {}
+    if args.reuse:  # first-stage results of an earlier run of the same protocol
+        for line in Path(args.reuse).read_text().splitlines():
+            r = json.loads(line)
+            if r.get("mtre_range", [10.0, 45.0]) == list(args.mtre_range):
+                reuse[(r["seed"], r["case"], r["views"], r["method"], r["ct_variant"])] = r
     for ci in range(args.cases):
         key = (args.seed, ci, args.views, args.method, variant)
         if key in done:
@@ -97,20 +103,48 @@ def cmd_collect(args) -> None:
                               effects={"photons": 2e4})[0]
         views, init = make_views(case.images, case.cameras, case.init_ct_to_camera)
         t0 = time.perf_counter()
-        res = METHODS[args.method](reg_vol, views, init, **options)
-        t_reg = time.perf_counter() - t0
+        old = reuse.get(key)
+        if old is not None:
+            from FluoroRegLib.refine import RegistrationResult
+            pose = np.array(old["result"])
+            res = RegistrationResult(pose, [pose], float("nan"), args.method, [], 0.0)
+            t_reg = old["time_reg_s"]
+            it_sig = {k: old["signals"][k] for k in ("iterations_last_level",
+                                                     "iterations_capped")
+                      if k in old["signals"]}
+        else:
+            res = METHODS[args.method](reg_vol, views, init, **options)
+            t_reg = time.perf_counter() - t0
+            it_sig = {}
         truth = case.true_ct_to_camera[0]
         err = pose_errors(res.ct_to_camera, truth, landmarks, camera)
         t0 = time.perf_counter()
         sig = fq.measure_signals(reg_vol, views, res.ct_to_camera, init, res.history,
                                  args.iterations, metrics=res.metrics)
         t_sig = time.perf_counter() - t0
-        row = {"seed": args.seed, "case": ci, "views": args.views, "method": args.method,
+        sig.update(it_sig)
+        row = {"mtre_range": list(args.mtre_range), "rot_range": list(args.rot_range),
+               "reused_first_stage": old is not None, "seed": args.seed, "case": ci, "views": args.views, "method": args.method,
                "ct_variant": variant, "initial_mtre_mm": case.initial_mtre_mm,
                "mtre_mm": err["mtre_mm"], "rot_deg": err["rot_deg"],
                "trans_mm": err["trans_mm"], "time_reg_s": t_reg, "time_signals_s": t_sig,
                "load1": os.getloadavg()[0], "signals": sig,
                "truth": truth.tolist(), "result": res.ct_to_camera.tolist()}
+        if args.polish:  # detector-model polish (FluoroRegLib.recovery.polish)
+            from FluoroRegLib.recovery import polished_result
+            t0 = time.perf_counter()
+            res_p, det = polished_result(reg_vol, views, res)
+            t_pol = time.perf_counter() - t0
+            sig_p = fq.measure_signals(reg_vol, views, res_p.ct_to_camera, init, res.history,
+                                       args.iterations, metrics=res.metrics, detector=det)
+            sig_p.update(it_sig)
+            err_p = pose_errors(res_p.ct_to_camera, truth, landmarks, camera)
+            row["polish"] = {"applied": det is not None, "time_s": t_pol,
+                             "mtre_mm": err_p["mtre_mm"], "rot_deg": err_p["rot_deg"],
+                             "trans_mm": err_p["trans_mm"], "signals": sig_p,
+                             "metrics": {k: v for k, v in res_p.metrics.items()
+                                         if k in ("polish_shift_mm", "detector_sigma_px")},
+                             "result": np.asarray(res_p.ct_to_camera).tolist()}
         if args.retry:
             t0 = time.perf_counter()
             q, res2, info = fq.assess_and_retry(reg_vol, views, res, init, method=args.method,
@@ -121,6 +155,8 @@ def cmd_collect(args) -> None:
                                                    camera)["mtre_mm"]}
         with open(rows_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        if args.polish:
+            print(f"  polished -> {row['polish']['mtre_mm']:.2f} mm ({row['polish']['time_s']:.1f} s)")
         print(f"seed {args.seed} case {ci}: {case.initial_mtre_mm:.1f} -> {err['mtre_mm']:.2f} mm"
               f" cost_ratio {sig['cost_ratio']:.2f} sigma {sig['sigma_mm']:.2f} probe "
               f"{sig['probe_gain']:.3g} ({t_reg:.1f}+{t_sig:.1f} s)", flush=True)
@@ -333,6 +369,11 @@ def main(argv=None) -> None:
     c.add_argument("--ct", default=str(CT))
     c.add_argument("--crop", action="store_true")
     c.add_argument("--retry", action="store_true")
+    c.add_argument("--polish", action="store_true",
+                   help="also polish each result with the detector model and record it")
+    c.add_argument("--reuse", default=None,
+                   help="rows.jsonl of an earlier run: take the first-stage registration "
+                        "results from it (same protocol) instead of registering again")
     c.add_argument("--out", default="/tmp/fluoro-quality")
     s = sub.add_parser("signals")
     s.add_argument("--out", default="/tmp/fluoro-quality")

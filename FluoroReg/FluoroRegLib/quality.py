@@ -130,9 +130,13 @@ def _noise_floor(image, similarity: str) -> float:
 def measure_signals(volume, views, ct_to_camera, init_ct_to_camera=None, history=None,
                     iterations: Optional[int] = None, similarity: str = "ncc",
                     metrics: Optional[dict] = None, drr_method: str = "trilinear",
-                    n_samples: Optional[int] = None) -> Dict[str, object]:
+                    n_samples: Optional[int] = None,
+                    detector: Optional[dict] = None) -> Dict[str, object]:
     """The raw signals of one result (see the module doc); never raises on odd numbers
-    (a signal that cannot be computed is NaN and handled by :func:`assess`)."""
+    (a signal that cannot be computed is NaN and handled by :func:`assess`).
+    ``detector``: ``{"slope": [k per view], "sigma_px": s}`` of
+    :func:`FluoroRegLib.recovery.polish`: the DRRs are then those of the detector model
+    (intensity-domain blur), as the polish optimised them."""
     import torch  # noqa: PLC0415
 
     from .refine import _Problem, check_pose, fd_steps, prepare_views  # noqa: PLC0415
@@ -145,6 +149,10 @@ def measure_signals(volume, views, ct_to_camera, init_ct_to_camera=None, history
     with torch.no_grad():
         prob = _Problem(volume, views, cams, pose, center_cam, similarity, drr_method,
                         n_samples)
+        if detector:
+            from .recovery import modelled_problem  # noqa: PLC0415
+
+            prob = modelled_problem(prob, detector)
         steps = fd_steps(cams[0], center_cam, volume.device)
         x0 = torch.zeros(1, 6, dtype=torch.float64, device=volume.device)
         r0 = prob.residuals(x0)[0].double()
@@ -158,6 +166,11 @@ def measure_signals(volume, views, ct_to_camera, init_ct_to_camera=None, history
 
             drr = render_drr(volume, cam, (rel @ prob.pose(x0)).to(torch.float32),
                              method=drr_method, n_samples=n_samples)
+            if detector:
+                from .recovery import detector_drr  # noqa: PLC0415
+
+                drr = detector_drr(drr, float(detector["slope"][len(per_view)]),
+                                   float(detector["sigma_px"]))
             rk = similarity_residuals(drr, target, similarity)[0].double()
             per_view.append(1.0 - float(0.5 * (rk ** 2).sum()))
         sig["similarity"] = float(np.mean(per_view))
@@ -227,6 +240,9 @@ def measure_signals(volume, views, ct_to_camera, init_ct_to_camera=None, history
         sig["view_disagreement_mm"] = float(metrics["view_disagreement_mm"])
     sig["n_views"] = len(views)
     sig["similarity_measure"] = similarity
+    if detector:
+        sig["detector_sigma_px"] = float(detector["sigma_px"])
+        sig["detector_slope"] = [float(k) for k in detector["slope"]]
     return sig
 
 
@@ -328,7 +344,7 @@ def assess(volume, views, ct_to_camera, init_ct_to_camera=None, history=None,
            iterations: Optional[int] = None, metrics: Optional[dict] = None,
            model: Optional[QualityModel] = None, threshold_mm: float = 1.0,
            similarity: str = "ncc", drr_method: str = "trilinear",
-           n_samples: Optional[int] = None) -> Quality:
+           n_samples: Optional[int] = None, detector: Optional[dict] = None) -> Quality:
     """The :class:`Quality` of one FluoroReg pose (module doc); any method's result.
 
     ``volume``: :class:`~FluoroRegLib.drr.DRRVolume`; ``views``: the
@@ -342,7 +358,7 @@ def assess(volume, views, ct_to_camera, init_ct_to_camera=None, history=None,
         if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
             return Quality("failed", reasons=["the pose is not a finite 4x4 matrix"])
         sig = measure_signals(volume, views, pose, init_ct_to_camera, history, iterations,
-                              similarity, metrics, drr_method, n_samples)
+                              similarity, metrics, drr_method, n_samples, detector)
     except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
         return Quality("doubtful", reasons=[f"quality could not be computed: {exc}"])
     return quality_from_signals(sig, model, threshold_mm)
@@ -516,22 +532,42 @@ def calibrate(volume, camera, ct_to_camera, method: str = "ncc", options: Option
 
 def assess_result(volume, views, init_ct_to_camera, result, method: str,
                   options: Optional[dict] = None, model: Optional[QualityModel] = None,
-                  retry: bool = True, cancel=None):
+                  retry: bool = True, cancel=None, polish: str = "flagged"):
     """The hook :func:`FluoroRegLib.logic.register_arrays` calls: judges ``result`` (per
-    case and, with several views, per view), retries a ``failed`` case
-    (:func:`assess_and_retry`) and returns the kept result with ``.quality`` (case),
-    ``.view_qualities`` (list, one per view) and ``.retry`` (the attempts, or None)."""
+    case and, with several views, per view) and returns the kept result with ``.quality``
+    (case), ``.view_qualities`` (list, one per view) and ``.retry`` (the attempts, or None).
+
+    ``polish``: ``"all"`` polishes every result with the detector model
+    (:func:`FluoroRegLib.recovery.polish`, about as long as one pyramid level),
+    ``"flagged"`` only a result judged ``doubtful`` or ``failed`` without it, ``"off"``
+    never. ``retry``: a result still ``failed`` (or ``doubtful``) after that is registered
+    again from other starts (:func:`FluoroRegLib.recovery.recover`); the better verdict
+    wins and every attempt is reported.
+    """
+    from .recovery import polished_result, recover  # noqa: PLC0415
     from .refine import prepare_views  # noqa: PLC0415
 
+    if polish not in ("all", "flagged", "off"):
+        from SurgicalReg2D3DLib.errors import InputError  # noqa: PLC0415
+
+        raise InputError(f"polish: expected 'all', 'flagged' or 'off', got {polish!r}")
     views = prepare_views(views)
-    if retry:
-        q, kept, info = assess_and_retry(volume, views, result, init_ct_to_camera, method,
-                                         options, model, cancel=cancel)
-        retry_info = info if len(info["attempts"]) > 1 else None
-    else:
+    its = (options or {}).get("iterations", 30)
+    kept, det = result, None
+    q = None
+    if polish == "flagged":
         q = assess(volume, views, result.ct_to_camera, init_ct_to_camera, result.history,
-                   (options or {}).get("iterations", 30), result.metrics, model)
-        kept, retry_info = result, None
+                   its, result.metrics, model)
+    if polish == "all" or (q is not None and q.verdict != "ok"):
+        kept, det = polished_result(volume, views, result, cancel=cancel)
+        q = None
+    if q is None:
+        q = assess(volume, views, kept.ct_to_camera, init_ct_to_camera, kept.history, its,
+                   kept.metrics, model, detector=det)
+    retry_info = None
+    if retry and q.verdict != "ok":
+        q, kept, retry_info = recover(volume, views, kept, q, init_ct_to_camera, method,
+                                      options, model, polish=polish != "off", cancel=cancel)
     kept.method = result.method
     for k, v in result.metrics.items():  # keep metrics the method reported
         kept.metrics.setdefault(k, v)
