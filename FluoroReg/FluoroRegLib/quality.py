@@ -89,6 +89,22 @@ DEFAULT_MODEL = QualityModel(coef=[0.70, 1.52, 0.02, 0.30], intercept=11.27,
                              source="default (simulations of the shipped CT)")
 
 
+#: the same for results polished with the detector model (signals measured with it:
+#: ``detector_sigma_px`` present); fitted by ``benchmarks/fluoro_quality.py`` on the
+#: polished shipped-CT rows (see benchmarks/results/fluoro_quality.md).
+DEFAULT_POLISHED_MODEL = QualityModel(coef=[0.70, 1.52, 0.02, 0.30], intercept=11.27,
+                                      resid_q=[-0.62, 0.58], fail_mm=0.65, doubt_mm=0.46,
+                                      source="default polished (simulations of the shipped CT)")
+
+
+def default_model(sig: Optional[Dict[str, object]] = None) -> QualityModel:
+    """:data:`DEFAULT_POLISHED_MODEL` for signals measured with the detector model
+    (a polished result), else :data:`DEFAULT_MODEL`."""
+    if sig and sig.get("detector_sigma_px") is not None:
+        return DEFAULT_POLISHED_MODEL
+    return DEFAULT_MODEL
+
+
 # -- signals -------------------------------------------------------------------------------
 def _skew(v: np.ndarray) -> np.ndarray:
     return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]], float)
@@ -266,8 +282,8 @@ def features(sig: Dict[str, object]) -> np.ndarray:
 def quality_from_signals(sig: Dict[str, object], model: Optional[QualityModel] = None,
                          threshold_mm: float = 1.0) -> Quality:
     """The :class:`Quality` of a signals dict under ``model`` (default: the calibration
-    given, else :data:`DEFAULT_MODEL`)."""
-    model = model or DEFAULT_MODEL
+    given, else :func:`default_model` of the signals)."""
+    model = model or default_model(sig)
     reasons: List[str] = []
     feats = features(sig)
     bad = [n for n, v in zip(FEATURES, feats) if not math.isfinite(float(v))]
@@ -474,7 +490,7 @@ def cache_dir() -> Path:
 def calibrate(volume, camera, ct_to_camera, method: str = "ncc", options: Optional[dict] = None,
               n_cases: int = 12, seed: int = 0, mtre_range_mm=(5.0, 40.0),
               photons: float = 2e4, use_cache: bool = True, progress=None,
-              cancel=None) -> QualityModel:
+              cancel=None, polish: bool = True) -> QualityModel:
     """A :class:`QualityModel` for THIS CT and X-ray geometry from simulated perturbations.
 
     ``n_cases`` X-rays are simulated from ``volume`` (SYNTHETIC: DRR + Poisson noise and
@@ -495,7 +511,8 @@ def calibrate(volume, camera, ct_to_camera, method: str = "ncc", options: Option
     from .simulate import mtre_np, perturb_pose, random_initial_pose, xray_effects  # noqa: PLC0415
 
     options = dict(options or {})
-    key = f"{fingerprint(volume, [camera], method, options)}-n{n_cases}-s{seed}"
+    key = f"{fingerprint(volume, [camera], method, options)}-n{n_cases}-s{seed}" + \
+        ("-p" if polish else "")
     path = cache_dir() / f"{key}.json"
     if use_cache and path.is_file():
         try:
@@ -515,13 +532,19 @@ def calibrate(volume, camera, ct_to_camera, method: str = "ncc", options: Option
         init = random_initial_pose(truth, center, pts, rng, mtre_range_mm, (3.0, 15.0))
         view = [XRayView(img, camera)]
         res = METHODS[method](volume, view, init, **options)
+        det = None
+        if polish:  # judge what the pipeline returns: the polished result
+            from .recovery import polished_result  # noqa: PLC0415
+
+            res, det = polished_result(volume, view, res, cancel=cancel)
         sig = measure_signals(volume, view, res.ct_to_camera, init, res.history,
-                              options.get("iterations", 30), metrics=res.metrics)
+                              options.get("iterations", 30), metrics=res.metrics,
+                              detector=det)
         feats.append(features(sig))
         errs.append(mtre_np(res.ct_to_camera, truth, pts))
         report(progress, (i + 1) / n_cases, f"quality calibration: case {i + 1}/{n_cases}")
     model = fit_model(feats, errs, source=f"calibrated on {n_cases} simulated X-rays of this CT",
-                      ridge=0.5)
+                      ridge=0.5, prior=DEFAULT_POLISHED_MODEL if polish else DEFAULT_MODEL)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(model.to_dict(), indent=2))
@@ -539,7 +562,8 @@ def assess_result(volume, views, init_ct_to_camera, result, method: str,
 
     ``polish``: ``"all"`` polishes every result with the detector model
     (:func:`FluoroRegLib.recovery.polish`, about as long as one pyramid level),
-    ``"flagged"`` only a result judged ``doubtful`` or ``failed`` without it, ``"off"``
+    ``"flagged"`` only a result judged ``doubtful`` or ``failed`` without it (with a
+    per-CT ``model``: every result, as the calibration judged polished results), ``"off"``
     never. ``retry``: a result still ``failed`` (or ``doubtful``) after that is registered
     again from other starts (:func:`FluoroRegLib.recovery.recover`); the better verdict
     wins and every attempt is reported.
@@ -552,6 +576,8 @@ def assess_result(volume, views, init_ct_to_camera, result, method: str,
 
         raise InputError(f"polish: expected 'all', 'flagged' or 'off', got {polish!r}")
     views = prepare_views(views)
+    if model is not None and polish == "flagged":
+        polish = "all"  # a per-CT calibration (:func:`calibrate`) judges polished results
     its = (options or {}).get("iterations", 30)
     kept, det = result, None
     q = None

@@ -17,10 +17,11 @@ pose (Levenberg-Marquardt over 7 unknowns at the finest level, forward differenc
 only explain the image at least as well. It is skipped (``None``) when the X-ray does not
 look like ``-log`` intensities (slope not positive).
 
-:func:`recover` is what runs for a case judged ``failed`` (or ``doubtful``): the polish,
-then restarts of the method from other starts (+- along the weakest direction of
-``J^T J`` at two step sizes, the start pose rotated about the central ray), each
-polished and judged; the best verdict wins and every attempt is reported.
+:func:`recover` is what runs for a case still judged ``failed`` or ``doubtful`` after the
+polish: restarts of the method from other starts (+- along the weakest direction of
+``J^T J`` at two step sizes, the result rolled about the central ray); the two ends with
+the best similarity are polished and judged; the best verdict wins and every attempt is
+reported.
 
 Frames: ``ct_to_camera`` maps CT RAS mm to the camera of view 0 (source at the origin,
 +z towards the detector); twists rotate about the CT centre (as in :mod:`.refine`).
@@ -171,6 +172,8 @@ def polish(volume, views, ct_to_camera, similarity: str = "ncc", iterations: int
     t0 = time.perf_counter()
     views = prepare_views(views)
     pose = check_pose(ct_to_camera, "ct_to_camera")
+    if n_samples is None:  # as the registration's finest level (sample_density 1)
+        n_samples = max(16, int(max(volume.shape)))
     slopes = []
     rels = [np.asarray(v.camera0_to_view, float) for v in views]
     from .drr import render_drr  # noqa: PLC0415
@@ -198,7 +201,7 @@ def polish(volume, views, ct_to_camera, similarity: str = "ncc", iterations: int
         r_start = prob.residuals(x0)
         res = levenberg_marquardt(prob.residuals, x0, max_iter=int(iterations),
                                   jacobian=lambda x: prob.jacobian(x, steps),
-                                  tol_step=1e-6, tol_cost=1e-6, callback=callback)
+                                  tol_step=1e-6, tol_cost=1e-5, callback=callback)
         x = res.x
         r_end = prob.residuals(x)
         new_pose = prob.pose(x[:, :6])[0].cpu().numpy()
@@ -306,14 +309,15 @@ def restart_starts(volume, pose, signals: dict, init=None, steps_mm=(5.0, 15.0),
 
 def recover(volume, views, result, quality, init_ct_to_camera, method: str,
             options: Optional[dict] = None, model=None, polish: bool = True,
-            starts: Optional[List[tuple]] = None, stop_at_ok: bool = True, cancel=None):
+            starts: Optional[List[tuple]] = None, n_judge: int = 2, cancel=None):
     """Restarts for a result judged ``doubtful`` or ``failed`` (``quality``): the method
     (its finest two pyramid levels for the intensity methods) from each of
-    :func:`restart_starts`, each polished (``polish``) and judged; the best verdict, then
-    the smallest estimate, wins (``stop_at_ok``: stop at the first ``ok``). The spread of
-    the restarts' end poses that are not ``failed`` (``restart_spread_mm``, RMS over the CT
-    box corners) is a multi-start disagreement signal: when two such ends disagree by more
-    than 1 mm the kept verdict is at best ``doubtful``.
+    :func:`restart_starts`; the ``n_judge`` ends with the best similarity are polished
+    (``polish``) and judged (the others are reported with their similarity only). The
+    best verdict, then the smallest estimate, wins. The spread of the judged ends that are
+    not ``failed`` and of the original when it is not ``failed`` (``restart_spread_mm``,
+    RMS over the CT box corners) is a multi-start disagreement signal: above 1 mm the kept
+    verdict is at best ``doubtful``.
 
     Returns ``(quality, result, info)``; ``info["attempts"]`` lists every attempt (the
     original first: start, verdict, estimate, similarity, time), ``info["chosen"]`` the
@@ -334,34 +338,39 @@ def recover(volume, views, result, quality, init_ct_to_camera, method: str,
     levels = list(retry_opts.get("levels", (4, 2, 1)))
     if method in ("ncc", "gradncc", "ncc-adam", "gradncc-adam") and len(levels) > 2:
         retry_opts["levels"] = tuple(levels[-2:])
-    best_q, best_r = quality, result
-    ends = []
+    runs = []
     for name, start in starts:
         t0 = time.perf_counter()
         try:
             r2 = METHODS[method](volume, views, start, cancel=cancel, **retry_opts)
-            det = None
-            if polish:
-                r2, det = polished_result(volume, views, r2, cancel=cancel)
-            q2 = assess(volume, views, r2.ct_to_camera, start, r2.history, its, r2.metrics,
-                        model, detector=det)
         except (ValueError, RuntimeError) as exc:  # a restart that cannot run is reported
             info["attempts"].append({"start": name, "verdict": "skipped", "error": str(exc)})
             continue
-        info["attempts"].append({"start": name, "verdict": q2.verdict,
-                                 "estimate": dict(q2.estimate),
+        info["attempts"].append({"start": name, "verdict": "not judged",
                                  "similarity": float(r2.similarity),
                                  "ct_to_camera": np.asarray(r2.ct_to_camera).tolist(),
                                  "time_s": time.perf_counter() - t0})
+        runs.append((len(info["attempts"]) - 1, r2, start))
+    best_q, best_r = quality, result
+    ends = [pose] if quality.verdict != "failed" else []
+    runs.sort(key=lambda t: -t[1].similarity if np.isfinite(t[1].similarity) else np.inf)
+    for idx, r2, start in runs[:max(int(n_judge), 0)]:
+        t0 = time.perf_counter()
+        det = None
+        if polish:
+            r2, det = polished_result(volume, views, r2, cancel=cancel)
+        q2 = assess(volume, views, r2.ct_to_camera, start, r2.history, its, r2.metrics,
+                    model, detector=det)
+        a = info["attempts"][idx]
+        a.update({"verdict": q2.verdict, "estimate": dict(q2.estimate),
+                  "similarity": float(r2.similarity),
+                  "ct_to_camera": np.asarray(r2.ct_to_camera).tolist(),
+                  "time_s": a["time_s"] + time.perf_counter() - t0})
         if q2.verdict != "failed":
             ends.append(np.asarray(r2.ct_to_camera, float))
         if _rank(q2) < _rank(best_q):
             best_q, best_r = q2, r2
-            info["chosen"] = len(info["attempts"]) - 1
-        if stop_at_ok and q2.verdict == "ok":
-            break
-    if quality.verdict != "failed":
-        ends.append(pose)
+            info["chosen"] = idx
     spread = 0.0
     if len(ends) > 1:
         corners = volume.corners_ras()
