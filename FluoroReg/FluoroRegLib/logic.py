@@ -128,6 +128,7 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
                     true_ct_to_camera: Optional[np.ndarray] = None, device=None,
                     progress=None, cancel=None, quality: bool = False,
                     quality_model=None, quality_retry: bool = True,
+                    quality_polish: str = "flagged",
                     **options) -> RegistrationResult:
     """Register a CT (HU array (K, J, I), ``ijk_to_ras``) to X-ray images (H, W).
 
@@ -138,6 +139,8 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
     ``quality``: also judge the result (``result.quality``, ``result.view_qualities``,
     :mod:`.quality`; ``quality_model`` from ``quality.calibrate``), retrying a ``failed``
     case along its weak direction when ``quality_retry`` (``result.retry`` lists both).
+    ``quality_polish``: ``"flagged"`` (polish with the detector model only a result not
+    judged ``ok``), ``"all"`` or ``"off"`` (:func:`.quality.assess_result`).
     """
     from .drr import DRRVolume  # noqa: PLC0415
 
@@ -180,7 +183,8 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
         from .quality import assess_result  # noqa: PLC0415
 
         result = assess_result(volume, views, init, result, method, options,
-                               model=quality_model, retry=quality_retry, cancel=cancel)
+                               model=quality_model, retry=quality_retry, cancel=cancel,
+                               polish=quality_polish)
     if failed is not None and getattr(result, "quality", None) is not None \
             and result.quality is not failed:
         if result.quality.verdict != "failed":

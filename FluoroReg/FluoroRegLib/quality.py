@@ -89,6 +89,24 @@ DEFAULT_MODEL = QualityModel(coef=[0.70, 1.52, 0.02, 0.30], intercept=11.27,
                              source="default (simulations of the shipped CT)")
 
 
+#: the same for results polished with the detector model (signals measured with it:
+#: ``detector_sigma_px`` present); fitted by ``benchmarks/fluoro_quality.py fit`` on the
+#: 50 polished single-view rows of the shipped CT, seeds 0-1 (seeds 2-3 and the crop2mm
+#: CT are held out; see benchmarks/results/fluoro_quality.md). The view-disagreement
+#: coefficient (0.3) is a prior, not fitted (no multi-view rows).
+DEFAULT_POLISHED_MODEL = QualityModel(coef=[1.04, 0.57, 0.626, 0.3], intercept=3.466,
+                                      resid_q=[-0.74, 0.50], fail_mm=0.50, doubt_mm=0.35,
+                                      source="default polished (simulations of the shipped CT)")
+
+
+def default_model(sig: Optional[Dict[str, object]] = None) -> QualityModel:
+    """:data:`DEFAULT_POLISHED_MODEL` for signals measured with the detector model
+    (a polished result), else :data:`DEFAULT_MODEL`."""
+    if sig and sig.get("detector_sigma_px") is not None:
+        return DEFAULT_POLISHED_MODEL
+    return DEFAULT_MODEL
+
+
 # -- signals -------------------------------------------------------------------------------
 def _skew(v: np.ndarray) -> np.ndarray:
     return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]], float)
@@ -130,9 +148,13 @@ def _noise_floor(image, similarity: str) -> float:
 def measure_signals(volume, views, ct_to_camera, init_ct_to_camera=None, history=None,
                     iterations: Optional[int] = None, similarity: str = "ncc",
                     metrics: Optional[dict] = None, drr_method: str = "trilinear",
-                    n_samples: Optional[int] = None) -> Dict[str, object]:
+                    n_samples: Optional[int] = None,
+                    detector: Optional[dict] = None) -> Dict[str, object]:
     """The raw signals of one result (see the module doc); never raises on odd numbers
-    (a signal that cannot be computed is NaN and handled by :func:`assess`)."""
+    (a signal that cannot be computed is NaN and handled by :func:`assess`).
+    ``detector``: ``{"slope": [k per view], "sigma_px": s}`` of
+    :func:`FluoroRegLib.recovery.polish`: the DRRs are then those of the detector model
+    (intensity-domain blur), as the polish optimised them."""
     import torch  # noqa: PLC0415
 
     from .refine import _Problem, check_pose, fd_steps, prepare_views  # noqa: PLC0415
@@ -145,6 +167,10 @@ def measure_signals(volume, views, ct_to_camera, init_ct_to_camera=None, history
     with torch.no_grad():
         prob = _Problem(volume, views, cams, pose, center_cam, similarity, drr_method,
                         n_samples)
+        if detector:
+            from .recovery import modelled_problem  # noqa: PLC0415
+
+            prob = modelled_problem(prob, detector)
         steps = fd_steps(cams[0], center_cam, volume.device)
         x0 = torch.zeros(1, 6, dtype=torch.float64, device=volume.device)
         r0 = prob.residuals(x0)[0].double()
@@ -227,6 +253,9 @@ def measure_signals(volume, views, ct_to_camera, init_ct_to_camera=None, history
         sig["view_disagreement_mm"] = float(metrics["view_disagreement_mm"])
     sig["n_views"] = len(views)
     sig["similarity_measure"] = similarity
+    if detector:
+        sig["detector_sigma_px"] = float(detector["sigma_px"])
+        sig["detector_slope"] = [float(k) for k in detector["slope"]]
     return sig
 
 
@@ -250,8 +279,8 @@ def features(sig: Dict[str, object]) -> np.ndarray:
 def quality_from_signals(sig: Dict[str, object], model: Optional[QualityModel] = None,
                          threshold_mm: float = 1.0) -> Quality:
     """The :class:`Quality` of a signals dict under ``model`` (default: the calibration
-    given, else :data:`DEFAULT_MODEL`)."""
-    model = model or DEFAULT_MODEL
+    given, else :func:`default_model` of the signals)."""
+    model = model or default_model(sig)
     reasons: List[str] = []
     feats = features(sig)
     bad = [n for n, v in zip(FEATURES, feats) if not math.isfinite(float(v))]
@@ -328,7 +357,7 @@ def assess(volume, views, ct_to_camera, init_ct_to_camera=None, history=None,
            iterations: Optional[int] = None, metrics: Optional[dict] = None,
            model: Optional[QualityModel] = None, threshold_mm: float = 1.0,
            similarity: str = "ncc", drr_method: str = "trilinear",
-           n_samples: Optional[int] = None) -> Quality:
+           n_samples: Optional[int] = None, detector: Optional[dict] = None) -> Quality:
     """The :class:`Quality` of one FluoroReg pose (module doc); any method's result.
 
     ``volume``: :class:`~FluoroRegLib.drr.DRRVolume`; ``views``: the
@@ -342,7 +371,7 @@ def assess(volume, views, ct_to_camera, init_ct_to_camera=None, history=None,
         if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
             return Quality("failed", reasons=["the pose is not a finite 4x4 matrix"])
         sig = measure_signals(volume, views, pose, init_ct_to_camera, history, iterations,
-                              similarity, metrics, drr_method, n_samples)
+                              similarity, metrics, drr_method, n_samples, detector)
     except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
         return Quality("doubtful", reasons=[f"quality could not be computed: {exc}"])
     return quality_from_signals(sig, model, threshold_mm)
@@ -458,7 +487,7 @@ def cache_dir() -> Path:
 def calibrate(volume, camera, ct_to_camera, method: str = "ncc", options: Optional[dict] = None,
               n_cases: int = 12, seed: int = 0, mtre_range_mm=(5.0, 40.0),
               photons: float = 2e4, use_cache: bool = True, progress=None,
-              cancel=None) -> QualityModel:
+              cancel=None, polish: bool = True) -> QualityModel:
     """A :class:`QualityModel` for THIS CT and X-ray geometry from simulated perturbations.
 
     ``n_cases`` X-rays are simulated from ``volume`` (SYNTHETIC: DRR + Poisson noise and
@@ -479,7 +508,8 @@ def calibrate(volume, camera, ct_to_camera, method: str = "ncc", options: Option
     from .simulate import mtre_np, perturb_pose, random_initial_pose, xray_effects  # noqa: PLC0415
 
     options = dict(options or {})
-    key = f"{fingerprint(volume, [camera], method, options)}-n{n_cases}-s{seed}"
+    key = f"{fingerprint(volume, [camera], method, options)}-n{n_cases}-s{seed}" + \
+        ("-p" if polish else "")
     path = cache_dir() / f"{key}.json"
     if use_cache and path.is_file():
         try:
@@ -499,13 +529,19 @@ def calibrate(volume, camera, ct_to_camera, method: str = "ncc", options: Option
         init = random_initial_pose(truth, center, pts, rng, mtre_range_mm, (3.0, 15.0))
         view = [XRayView(img, camera)]
         res = METHODS[method](volume, view, init, **options)
+        det = None
+        if polish:  # judge what the pipeline returns: the polished result
+            from .recovery import polished_result  # noqa: PLC0415
+
+            res, det = polished_result(volume, view, res, cancel=cancel)
         sig = measure_signals(volume, view, res.ct_to_camera, init, res.history,
-                              options.get("iterations", 30), metrics=res.metrics)
+                              options.get("iterations", 30), metrics=res.metrics,
+                              detector=det)
         feats.append(features(sig))
         errs.append(mtre_np(res.ct_to_camera, truth, pts))
         report(progress, (i + 1) / n_cases, f"quality calibration: case {i + 1}/{n_cases}")
     model = fit_model(feats, errs, source=f"calibrated on {n_cases} simulated X-rays of this CT",
-                      ridge=0.5)
+                      ridge=0.5, prior=DEFAULT_POLISHED_MODEL if polish else DEFAULT_MODEL)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(model.to_dict(), indent=2))
@@ -516,22 +552,45 @@ def calibrate(volume, camera, ct_to_camera, method: str = "ncc", options: Option
 
 def assess_result(volume, views, init_ct_to_camera, result, method: str,
                   options: Optional[dict] = None, model: Optional[QualityModel] = None,
-                  retry: bool = True, cancel=None):
+                  retry: bool = True, cancel=None, polish: str = "flagged"):
     """The hook :func:`FluoroRegLib.logic.register_arrays` calls: judges ``result`` (per
-    case and, with several views, per view), retries a ``failed`` case
-    (:func:`assess_and_retry`) and returns the kept result with ``.quality`` (case),
-    ``.view_qualities`` (list, one per view) and ``.retry`` (the attempts, or None)."""
+    case and, with several views, per view) and returns the kept result with ``.quality``
+    (case), ``.view_qualities`` (list, one per view) and ``.retry`` (the attempts, or None).
+
+    ``polish``: ``"all"`` polishes every result with the detector model
+    (:func:`FluoroRegLib.recovery.polish`, about as long as one pyramid level),
+    ``"flagged"`` only a result judged ``doubtful`` or ``failed`` without it (with a
+    per-CT ``model``: every result, as the calibration judged polished results), ``"off"``
+    never. ``retry``: a result still ``failed`` (or ``doubtful``) after that is registered
+    again from other starts (:func:`FluoroRegLib.recovery.recover`); the better verdict
+    wins and every attempt is reported.
+    """
+    from .recovery import polished_result, recover  # noqa: PLC0415
     from .refine import prepare_views  # noqa: PLC0415
 
+    if polish not in ("all", "flagged", "off"):
+        from SurgicalReg2D3DLib.errors import InputError  # noqa: PLC0415
+
+        raise InputError(f"polish: expected 'all', 'flagged' or 'off', got {polish!r}")
     views = prepare_views(views)
-    if retry:
-        q, kept, info = assess_and_retry(volume, views, result, init_ct_to_camera, method,
-                                         options, model, cancel=cancel)
-        retry_info = info if len(info["attempts"]) > 1 else None
-    else:
+    if model is not None and polish == "flagged":
+        polish = "all"  # a per-CT calibration (:func:`calibrate`) judges polished results
+    its = (options or {}).get("iterations", 30)
+    kept, det = result, None
+    q = None
+    if polish == "flagged":
         q = assess(volume, views, result.ct_to_camera, init_ct_to_camera, result.history,
-                   (options or {}).get("iterations", 30), result.metrics, model)
-        kept, retry_info = result, None
+                   its, result.metrics, model)
+    if polish == "all" or (q is not None and q.verdict != "ok"):
+        kept, det = polished_result(volume, views, result, cancel=cancel)
+        q = None
+    if q is None:
+        q = assess(volume, views, kept.ct_to_camera, init_ct_to_camera, kept.history, its,
+                   kept.metrics, model, detector=det)
+    retry_info = None
+    if retry and q.verdict != "ok":
+        q, kept, retry_info = recover(volume, views, kept, q, init_ct_to_camera, method,
+                                      options, model, polish=polish != "off", cancel=cancel)
     kept.method = result.method
     for k, v in result.metrics.items():  # keep metrics the method reported
         kept.metrics.setdefault(k, v)
