@@ -5,7 +5,7 @@ it holds tensors and numbers, never code)::
 
     format            "FluoroRegLearnedModel"
     format_version    FORMAT_VERSION (an int)
-    kind              "regressor" (the pose regressor; more kinds may follow)
+    kind              "regressor" (the pose regressor) or "ppc" (the learned PPC update)
     arch              the network's constructor arguments
     state_dict        the weights
     ct                the CT fingerprint: {"voxels_sha256", "shape", "ijk_to_ras"}
@@ -35,7 +35,7 @@ from SurgicalReg2D3DLib.errors import FileReadError, InputError
 
 FORMAT = "FluoroRegLearnedModel"
 FORMAT_VERSION = 1
-KINDS = ("regressor",)
+KINDS = ("regressor", "ppc")
 REQUIRED = ("format", "format_version", "kind", "arch", "state_dict", "ct", "geometry",
             "nominal_ct_to_camera", "range", "input", "training")
 
