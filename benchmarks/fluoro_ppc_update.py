@@ -45,7 +45,6 @@ for sub in ("SurgicalReg2D3D", "FluoroReg"):
     sys.path.insert(0, str(REPO / sub))
 
 BINS = [(5.0 * b, 5.0 * (b + 1)) for b in range(9)]
-METHODS = ("learned", "classic", "classic-free")
 
 
 def make_update_cases(hu, m, camera, nominal, pose_range, seed: int, n_cases: int,
@@ -110,7 +109,13 @@ def run(args) -> dict:
     landmarks = sample_landmarks(hu, m, 20, seed=0)
     hu2, m2 = downsample_ct(hu, m, 2)
     vol2 = DRRVolume.from_hu(hu2, m2)
-    updater = LearnedPPCUpdater(data, hu, m)
+    updaters = {"learned": LearnedPPCUpdater(data, hu, m)}
+    for spec in args.ablation or []:
+        name, path = spec.split("=", 1)
+        extra = load_model_file(path)
+        check_ppc_model(extra, hu, m, camera, force=args.force)
+        updaters[name] = LearnedPPCUpdater(extra, hu, m)
+    methods = list(updaters) + ["classic", "classic-free"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -120,12 +125,13 @@ def run(args) -> dict:
         cases = make_update_cases(hu, m, camera, nominal, pose_range, seed, n_cases, landmarks)
         for case in cases:
             before = mtre_np(case["start"], case["truth"], landmarks)
-            for method in METHODS:
+            for method in methods:
                 t1 = time.perf_counter()
                 try:
-                    if method == "learned":
-                        prepared = updater.prepare([case["image"]], [camera])
-                        new, _ = updater.update(prepared, [np.eye(4)], case["start"])
+                    if method in updaters:
+                        upd = updaters[method]
+                        prepared = upd.prepare([case["image"]], [camera])
+                        new, _ = upd.update(prepared, [np.eye(4)], case["start"])
                         est = case["start"] if new is None else new
                     else:
                         views = [XRayView(torch.as_tensor(case["image"]), camera)]
@@ -138,11 +144,11 @@ def run(args) -> dict:
                 rows.append({"seed": seed, "case": case["index"], "method": method,
                              "before_mm": before, "after_mm": after, "ratio": after / before,
                              "time_s": time.perf_counter() - t1, "load": os.getloadavg()[0]})
-            r = {x["method"]: x["ratio"] for x in rows[-len(METHODS):]}
+            r = {x["method"]: x["ratio"] for x in rows[-len(methods):]}
             print(f"[ppc update] seed {seed} case {case['index']}: {before:5.1f} mm -> "
                   + ", ".join(f"{k} x{v:.2f}" for k, v in r.items()), flush=True)
         (out / "ppc_update_rows.json").write_text(json.dumps(rows, indent=1))
-    summary = summarise(rows, args)
+    summary = summarise(rows, args, methods)
     summary.update(wall_s=time.perf_counter() - t_all, model=str(args.model), ct=str(args.ct),
                    other_ct=bool(problems), problems=problems,
                    training={k: data["training"].get(k) for k in ("command", "seed", "steps",
@@ -151,11 +157,100 @@ def run(args) -> dict:
     return summary
 
 
-def summarise(rows, args) -> dict:
-    res = {"bins": [], "seeds": list(args.seeds), "per_bin_per_seed": int(args.per_bin)}
+PIPELINES = ("regressor+ppc", "regressor+learned-ppc+ppc", "nominal+ppc",
+             "nominal+learned-ppc+ppc")
+
+
+def run_pipeline(args) -> dict:
+    """Whole registrations from the nominal view (``learned.bench.make_cases``, the cases
+    of ``benchmarks/fluoro_learned.py``): the regressor start or the nominal view, with or
+    without ``--ppc-updates`` learned updates before the classic ``ppc``."""
+    import torch  # noqa: PLC0415
+
+    from SurgicalReg2D3DLib.metrics import summarize  # noqa: PLC0415
+    from FluoroRegLib.learned.bench import make_cases  # noqa: PLC0415
+    from FluoroRegLib.learned.model_file import load_model_file  # noqa: PLC0415
+    from FluoroRegLib.learned.register import register_with_model  # noqa: PLC0415
+    from FluoroRegLib.logic import register_arrays  # noqa: PLC0415
+    from FluoroRegLib.simulate import downsample_ct, read_ct  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    ppc_data = load_model_file(args.model)
+    reg = load_model_file(args.regressor)
+    hu, m = read_ct(args.ct)
+    hu2, m2 = downsample_ct(hu, m, 2)
+    cases = make_cases(hu, m, reg, args.pipeline, args.pipeline_seed)
+    rows = []
+    for case in cases:
+        for nv in args.views:
+            imgs, cams = case["images"][:nv], [case["camera"]] * nv
+            truth, noms, lm = case["truth"][0], case["nominal"][:nv], case["landmarks"]
+            for method in PIPELINES:
+                t1 = time.perf_counter()
+                common = dict(refine_hu=hu2, refine_ijk_to_ras=m2, landmarks_ras=lm,
+                              true_ct_to_camera=truth, nominal_views=noms)
+                if method == "nominal+ppc":
+                    res = register_arrays(hu2, m2, imgs, cams, noms, method="ppc",
+                                          landmarks_ras=lm, true_ct_to_camera=truth)
+                elif method == "regressor+ppc":
+                    res = register_with_model(hu, m, imgs, cams, reg, method="ppc", **common)
+                else:
+                    res = register_with_model(hu, m, imgs, cams,
+                                              reg if method.startswith("regressor") else None,
+                                              method="ppc", ppc_model=ppc_data,
+                                              ppc_updates=args.ppc_updates, **common)
+                row = {"method": method, "views": nv, "case": case["index"],
+                       "mtre_mm": float(res.metrics["mtre_mm"]),
+                       "learned_mtre_mm": float(res.metrics.get("learned_ppc_mtre_mm", float("nan"))),
+                       "start_mtre_mm": float(res.metrics.get("start_mtre_mm", float("nan"))),
+                       "time_s": time.perf_counter() - t1, "load": os.getloadavg()[0]}
+                rows.append(row)
+                print(f"[pipeline] {method} {nv}-view case {case['index']}: {row['mtre_mm']:.2f} mm "
+                      f"(after learned {row['learned_mtre_mm']:.2f}, {row['time_s']:.1f} s)", flush=True)
+    out = {"n_cases": len(cases), "seed": args.pipeline_seed, "ppc_updates": args.ppc_updates,
+           "results": []}
+    for nv in args.views:
+        for method in PIPELINES:
+            sel = [r for r in rows if r["method"] == method and r["views"] == nv]
+            sm = summarize([r["mtre_mm"] for r in sel], threshold=1.0)
+            la = [r["learned_mtre_mm"] for r in sel if np.isfinite(r["learned_mtre_mm"])]
+            out["results"].append({"method": method, "views": nv, "n": len(sel),
+                                   "smsr": float(sm["smsr"]), "median": float(sm["median"]),
+                                   "p95": float(sm["p95"]),
+                                   "learned_median": float(np.median(la)) if la else None,
+                                   "time_s": float(np.mean([r["time_s"] for r in sel])),
+                                   "load": float(np.mean([r["load"] for r in sel]))})
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "pipeline_rows.json").write_text(json.dumps(rows, indent=1))
+    return out
+
+
+def pipeline_markdown(res: dict, label: str) -> str:
+    lines = [f"<!-- ppc-update:{label} -->",
+             f"## Learned PPC updates in the whole registration ({label}; SYNTHETIC X-rays)", "",
+             f"`benchmarks/fluoro_ppc_update.py --pipeline {res['n_cases']}`: the cases of the "
+             f"nominal-view benchmark above (seed {res['seed']}, true poses in the +-15 deg / "
+             "+-30 mm range, all started at the nominal view), each registered four ways: "
+             "the regressor's start or the nominal view, with or without "
+             f"{res['ppc_updates']} learned PPC updates before the classic `ppc` refinement "
+             "(CT block-averaged x2 for the refinement).", "",
+             "| method | views | n | SMSR % (< 1 mm) | median mTRE | p95 mTRE | mTRE after the "
+             "learned updates (median) | s/case | load |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["results"]:
+        la = "-" if r["learned_median"] is None else f"{r['learned_median']:.2f}"
+        lines.append(f"| {r['method']} | {r['views']} | {r['n']} | {r['smsr']:.0f} | "
+                     f"{r['median']:.3f} | {r['p95']:.3f} | {la} | {r['time_s']:.1f} | "
+                     f"{r['load']:.1f} |")
+    lines += ["", f"<!-- /ppc-update:{label} -->"]
+    return "\n".join(lines) + "\n"
+
+
+def summarise(rows, args, methods) -> dict:
+    res = {"bins": [], "seeds": list(args.seeds), "per_bin_per_seed": int(args.per_bin),
+           "methods": list(methods), "ablations": list(args.ablation or [])}
     for lo, hi in BINS + [(0.0, 45.0)]:
         entry = {"bin": [lo, hi]}
-        for method in METHODS:
+        for method in methods:
             sel = [r for r in rows if r["method"] == method and lo <= r["before_mm"] < hi + 1e-6]
             if not sel:
                 continue
@@ -194,28 +289,31 @@ def markdown(summary: dict, label: str) -> str:
              f"{(tr.get('elapsed_s') or 0) / 60:.1f} min; held-out (training-time, randomised "
              f"DRRs) one-update mTRE median {va.get('mtre_before_median', float('nan')):.1f} -> "
              f"{va.get('mtre_after_median', float('nan')):.2f} mm.",
-             "- `learned`: one learned update (flow network + attention + weighted PPC solve, "
-             "64 px); `classic`: one iteration of `ppc.register_ppc` as shipped (level 2, search "
+             "- `learned`: one learned update (profile/correlation flow network + attention + "
+             "weighted PPC solve with Huber re-weighting, 64 px, no trust region); `classic`: one iteration of `ppc.register_ppc` as shipped (level 2, search "
              "6 px, Huber IRLS, trust region 5 mm); `classic-free`: the same without the trust "
-             "region.",
-             "",
-             "| initial mTRE (mm) | n | learned median | learned mean | classic median | "
-             "classic mean | classic-free median | classic-free mean | worse than start "
-             "(learned / classic / free) | per-seed medians learned | per-seed medians classic |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "region."]
+    for spec in summary.get("ablations", []):
+        lines.append(f"- `{spec.split('=', 1)[0]}`: the model `{spec.split('=', 1)[1]}` "
+                     "(ablation).")
+    lines += [""]
+    methods = summary["methods"]
+    lines += ["| initial mTRE (mm) | n | " + " | ".join(f"{mm} median / mean" for mm in methods)
+              + " | worse than start (" + " / ".join(methods) + ") | per-seed medians learned | "
+              "per-seed medians classic |",
+              "|---|---|" + "---|" * (len(methods) + 3)]
     for e in summary["bins"]:
         if "learned" not in e:
             continue
         lo, hi = e["bin"]
-        L, C, Fr = e["learned"], e.get("classic", {}), e.get("classic-free", {})
         name = f"**all {lo:g}-{hi:g}**" if (lo, hi) == (0.0, 45.0) else f"{lo:g}-{hi:g}"
-        lines.append(
-            f"| {name} | {L['n']} | {L['median']:.3f} | {L['mean']:.3f} | "
-            f"{C.get('median', float('nan')):.3f} | {C.get('mean', float('nan')):.3f} | "
-            f"{Fr.get('median', float('nan')):.3f} | {Fr.get('mean', float('nan')):.3f} | "
-            f"{L['worse']} / {C.get('worse', 0)} / {Fr.get('worse', 0)} | "
-            f"{', '.join(f'{v:.2f}' for v in L['seed_medians'])} | "
-            f"{', '.join(f'{v:.2f}' for v in C.get('seed_medians', []))} |")
+        cells = [f"{e[mm]['median']:.3f} / {e[mm]['mean']:.3f}" if mm in e else "-"
+                 for mm in methods]
+        worse = " / ".join(str(e[mm]["worse"]) if mm in e else "-" for mm in methods)
+        lines.append(f"| {name} | {e['learned']['n']} | " + " | ".join(cells) + f" | {worse} | "
+                     + ", ".join(f"{v:.2f}" for v in e["learned"]["seed_medians"]) + " | "
+                     + ", ".join(f"{v:.2f}" for v in e.get("classic", {}).get("seed_medians", []))
+                     + " |")
     allb = summary["bins"][-1]
     lines += ["",
               f"Time per update (mean, s): learned {allb['learned']['time_s']:.2f}, classic "
@@ -248,7 +346,23 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/fluoro-ppc-update")
     ap.add_argument("--results", default=None, help="markdown page to add the section to")
     ap.add_argument("--label", default="shipped CT")
+    ap.add_argument("--ablation", action="append", default=None, metavar="NAME=MODEL.pt",
+                    help="another ppc model to run as method NAME (e.g. untrained=...)")
+    ap.add_argument("--pipeline", type=int, default=0, metavar="N",
+                    help="instead: N whole registrations per pipeline (needs --regressor)")
+    ap.add_argument("--pipeline-seed", dest="pipeline_seed", type=int, default=1)
+    ap.add_argument("--regressor", default=str(REPO / "FluoroReg/FluoroRegLib/weights/"
+                                                      "fluoro_pose_regressor_v1.pt"))
+    ap.add_argument("--ppc-updates", dest="ppc_updates", type=int, default=3)
+    ap.add_argument("--views", type=int, nargs="+", default=[1])
     args = ap.parse_args(argv)
+    if args.pipeline:
+        res = run_pipeline(args)
+        text = pipeline_markdown(res, args.label)
+        print(text)
+        if args.results:
+            write_section(Path(args.results), text, args.label)
+        return 0
     summary = run(args)
     text = markdown(summary, args.label)
     print(text)

@@ -136,10 +136,15 @@ def write_model_manifest(model_path, name: str, metrics: dict, description: str 
     data = load_model_file(model_path)
     tr = data["training"]
     rng = data["range"]
+    task = (f"pose regressor: X-ray of the shipped CT -> ct_to_camera near the nominal AP view "
+            f"(+-{rng['rotation_deg']} deg, +-{rng['translation_mm']} mm)")
+    if data["kind"] == "ppc":
+        task = ("learned PPC update: X-ray + DRR at the current pose -> flow and weights at the "
+                "projected contour points -> weighted point-to-plane pose update (shipped CT, "
+                f"poses in +-{rng['rotation_deg']} deg, +-{rng['translation_mm']} mm of the "
+                "nominal AP view, starts 0-45 mm mTRE)")
     return write_manifest(
-        model_path, name=name, module="FluoroReg",
-        task=(f"pose regressor: X-ray of the shipped CT -> ct_to_camera near the nominal AP view "
-              f"(+-{rng['rotation_deg']} deg, +-{rng['translation_mm']} mm)"),
+        model_path, name=name, module="FluoroReg", task=task,
         created_by_command=str(tr.get("command", "")), seed=tr.get("seed"),
         training_data=("synthetic: DRRs of Resources/SampleData/ct/thorax_aorta_ct_cropped.nii.gz "
                        f"(CT sha256 {data['ct']['voxels_sha256'][:12]}) rendered on the fly with "

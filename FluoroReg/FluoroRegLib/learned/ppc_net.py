@@ -7,10 +7,12 @@ One update from a pose ``T`` (``ct_to_camera`` of view 0), per view:
    CT (``ppc.edge_points_3d``, the classic detector) whose surface is tangent to the
    viewing ray at ``T`` (``|n . ray| < cos_tangent``), projected to pixels ``uv`` with
    their 2D contour normal ``n2`` (same geometry as the classic ``ppc._match_view``).
-2. **Flow** (:class:`FlowNet`): a small encoder-decoder (plain torch) reads the fixed
-   X-ray and the DRR at ``T`` (both standardised, at the model's training resolution)
-   and predicts a dense 2D displacement field (pixels) and a feature map; both are read
-   at ``uv`` (bilinear). The matched point is ``q = uv + flow``.
+2. **Flow**: the fixed X-ray and the DRR at ``T`` (both standardised, at the model's
+   training resolution) give a 2D displacement (pixels) and a feature vector per point;
+   the matched point is ``q = uv + flow``. Two networks (plain torch): the default
+   :class:`ProfileFlow` (profiles of both images along each point's normal, a correlation
+   layer, a 1D CNN and a soft-argmax over the shifts) and :class:`FlowNet` (a dense
+   encoder-decoder flow field read at ``uv``; ``flow="dense"``).
 3. **Attention** (:class:`PointAttention`, optional, PointNet-style): a shared MLP on
    each point's (features, flow, normal, position), a max-pool over the view's points
    for the global context, and a second MLP gives a weight in (0, 1) per point.
@@ -237,6 +239,105 @@ def sample_at(fmap: torch.Tensor, uv: torch.Tensor, size_wh) -> torch.Tensor:
     return out[..., 0].transpose(1, 2)  # (B, K, C)
 
 
+class ProfileFlow(nn.Module):
+    """Flow at contour points from image profiles along each point's 2D normal.
+
+    For every point: the fixed X-ray and the DRR are read (bilinear) on 3 lines along the
+    normal, ``L = 2 (search_px + half_window) + 1`` samples 1 px apart; their mean and its
+    derivative along the normal are the profiles. A correlation layer gives the normalised
+    cross-correlation of the DRR's derivative template (``2 half_window + 1`` samples at the
+    point) with the X-ray's at every shift in ``[-search_px, search_px]`` (the classic
+    matching score, as in ``ppc._match_view``). A 1D CNN on [profiles, correlation] gives a
+    logit per shift, added to ``corr_scale`` (learned, initially 30) x the correlation; the soft-argmax is the
+    displacement along the normal (differentiable, sub-pixel); the flow is that times the
+    normal (the tangential part is not observable on a contour and not used by PPC). The
+    features (peak probability, entropy, spread, the correlation at the match and a pooled
+    CNN feature) feed the attention, and ``prior_scale * (correlation at the match - 0.5)`` (learned, initially 10)
+    is added to the attention's logit (the classic rule keeps matches above 0.5). With the
+    CNN's last layer at zero it starts as a soft classic matcher with classic-like weights;
+    training teaches it what the classic rule misses.
+    """
+
+    def __init__(self, search_px: int = 16, half_window: int = 4, hidden: int = 32,
+                 features: int = 16, corr_scale: float = 30.0):
+        super().__init__()
+        self.search_px, self.half_window = int(search_px), int(half_window)
+        self.hidden, self.n_features, self.corr_scale0 = int(hidden), int(features), float(corr_scale)
+        h = self.hidden
+        self.cnn = nn.Sequential(nn.Conv1d(5, h, 5, padding=2), nn.SiLU(),
+                                 nn.Conv1d(h, h, 5, padding=4, dilation=2), nn.SiLU(),
+                                 nn.Conv1d(h, h, 5, padding=2), nn.SiLU())
+        self.logit = nn.Conv1d(h, 1, 1)
+        nn.init.zeros_(self.logit.weight)
+        nn.init.zeros_(self.logit.bias)
+        # log-parametrised scales (Adam moves them by a relative amount per step)
+        self.log_corr_scale = nn.Parameter(torch.tensor(float(np.log(corr_scale))))
+        self.log_prior_scale = nn.Parameter(torch.tensor(float(np.log(10.0))))
+        self.feat = nn.Linear(h + 4, self.n_features)
+
+    def arch(self) -> dict:
+        return {"search_px": self.search_px, "half_window": self.half_window,
+                "hidden": self.hidden, "features": self.n_features,
+                "corr_scale": self.corr_scale0}
+
+    def profiles(self, img: torch.Tensor, uv: torch.Tensor, n2: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) image, (B, K, 2) points and normals -> (B, K, L) mean profiles."""
+        R = self.search_px + self.half_window
+        offs = torch.arange(-R, R + 1, dtype=uv.dtype, device=uv.device)
+        across = torch.tensor([-1.0, 0.0, 1.0], dtype=uv.dtype, device=uv.device)
+        t2 = torch.stack([-n2[..., 1], n2[..., 0]], -1)
+        pts = (uv[:, :, None, None] + offs[None, None, :, None, None] * n2[:, :, None, None]
+               + across[None, None, None, :, None] * t2[:, :, None, None])  # (B, K, L, 3, 2)
+        b, k, L = pts.shape[:3]
+        h, w = img.shape[-2:]
+        vals = sample_at(img[:, None], pts.reshape(b, k * L * 3, 2), (w, h))[..., 0]
+        return vals.reshape(b, k, L, 3).mean(-1)
+
+    @staticmethod
+    def smooth(img: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+        """Gaussian smoothing (sigma 1 px, 7 taps, separable) of (B, H, W) images, as the
+        classic matcher smooths before its gradients."""
+        x = torch.arange(7, dtype=img.dtype, device=img.device) - 3
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        k = k / k.sum()
+        y = F.pad(img[:, None], (3, 3, 3, 3), mode="replicate")
+        y = F.conv2d(y, k.view(1, 1, 1, 7))
+        return F.conv2d(y, k.view(1, 1, 7, 1))[:, 0]
+
+    def forward(self, fixed, moving, uv, n2):
+        R, hw = self.search_px, self.half_window
+        pf = self.profiles(self.smooth(fixed), uv, n2)
+        pm = self.profiles(self.smooth(moving), uv, n2)
+
+        def deriv(p):
+            d = 0.5 * (p[..., 2:] - p[..., :-2])
+            return F.pad(d, (1, 1))
+
+        df, dm = deriv(pf), deriv(pm)
+        c = R + hw
+        tmpl = dm[..., c - hw: c + hw + 1]
+        tmpl = tmpl - tmpl.mean(-1, keepdim=True)
+        tn = tmpl.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        win = df.unfold(-1, 2 * hw + 1, 1)  # (B, K, 2R + 1, 2hw + 1)
+        win = win - win.mean(-1, keepdim=True)
+        corr = (win * tmpl[..., None, :]).sum(-1) / (win.norm(dim=-1) * tn).clamp_min(1e-6)
+        b, k, L = pf.shape
+        x = torch.stack([pf, df, pm, dm, F.pad(corr, (hw, hw))], 2).reshape(b * k, 5, L)
+        hid = self.cnn(x)[..., hw: L - hw]  # (B K, h, 2R + 1)
+        logits = self.logit(hid)[:, 0].reshape(b, k, -1) + self.log_corr_scale.exp() * corr
+        prob = torch.softmax(logits, -1)
+        shifts = torch.arange(-R, R + 1, dtype=prob.dtype, device=prob.device)
+        shift = (prob * shifts).sum(-1)
+        spread = ((prob * (shifts - shift[..., None]) ** 2).sum(-1) + 1e-6).sqrt() / R
+        entropy = -(prob * prob.clamp_min(1e-12).log()).sum(-1) / np.log(2 * R + 1)
+        pooled = (hid.reshape(b, k, self.hidden, -1) * prob[:, :, None]).sum(-1)
+        peak = (prob * corr).sum(-1)  # the correlation at the (soft) match
+        feats = self.feat(torch.cat([pooled, prob.max(-1).values[..., None], entropy[..., None],
+                                     spread[..., None], peak[..., None]], -1))
+        prior = self.log_prior_scale.exp() * (peak - 0.5)  # the classic rule: correlation above 0.5
+        return shift[..., None] * n2.to(shift.dtype), feats, prior
+
+
 class PointAttention(nn.Module):
     """PointNet-style weights: shared MLP per point, max-pool over the valid points of the
     view (global context), MLP on [point, global] -> weight in (0, 1)."""
@@ -248,14 +349,19 @@ class PointAttention(nn.Module):
                                    nn.Linear(hidden, hidden), nn.SiLU())
         self.out = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.out[-1].weight)
-        nn.init.constant_(self.out[-1].bias, 2.0)  # starts near 0.88 everywhere
+        nn.init.zeros_(self.out[-1].bias)  # starts at 0.5 everywhere (or at the prior)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor,
+                prior: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Weights (B, K); ``prior`` (B, K): a logit added before the sigmoid."""
         loc = self.local(x)
         masked = torch.where(valid[..., None], loc, torch.full_like(loc, -1e4))
         glob = masked.max(dim=1, keepdim=True).values.expand_as(loc)
         glob = torch.where(valid.any(1)[:, None, None], glob, torch.zeros_like(glob))
-        return torch.sigmoid(self.out(torch.cat([loc, glob], -1))[..., 0]) * valid
+        logit = self.out(torch.cat([loc, glob], -1))[..., 0]
+        if prior is not None:
+            logit = logit + prior.to(logit.dtype)
+        return torch.sigmoid(logit) * valid
 
 
 class LearnedPPC(nn.Module):
@@ -263,29 +369,46 @@ class LearnedPPC(nn.Module):
     pixels, weights (B, K))."""
 
     def __init__(self, width: int = 16, features: int = 16, flow_scale_px: float = 4.0,
-                 attention: bool = True, hidden: int = 64):
+                 attention: bool = True, hidden: int = 64, flow: str = "profile",
+                 search_px: int = 16):
         super().__init__()
-        self.flow = FlowNet(width, features, flow_scale_px)
+        if flow not in ("profile", "dense"):
+            raise ValueError(f"flow: expected 'profile' or 'dense', got {flow!r}")
+        self.kind = flow
+        self.width, self.n_features = int(width), int(features)
+        self.flow_scale_px, self.search_px = float(flow_scale_px), int(search_px)
+        if flow == "dense":
+            self.flow = FlowNet(width, features, flow_scale_px)
+        else:
+            self.flow = ProfileFlow(search_px, 4, 2 * int(width), features)
         self.use_attention = bool(attention)
         self.hidden = int(hidden)
         self.attention = PointAttention(features + 6, hidden) if self.use_attention else None
 
     def arch(self) -> dict:
-        return dict(self.flow.arch(), attention=self.use_attention, hidden=self.hidden)
+        return {"width": self.width, "features": self.n_features,
+                "flow_scale_px": self.flow_scale_px, "attention": self.use_attention,
+                "hidden": self.hidden, "flow": self.kind, "search_px": self.search_px}
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, uv: torch.Tensor,
                 n2: torch.Tensor, valid: torch.Tensor):
         """``fixed``/``moving`` (B, H, W) standardised; ``uv``/``n2`` (B, K, 2); ``valid``
         (B, K). Returns ``(flow (B, K, 2), weights (B, K))``."""
         h, w = fixed.shape[-2:]
-        fl, feat = self.flow(torch.stack([fixed, moving], 1))
-        flow_k = sample_at(fl, uv, (w, h))
+        if self.kind == "dense":
+            fl, feat = self.flow(torch.stack([fixed, moving], 1))
+            flow_k = sample_at(fl, uv, (w, h))
+            feat_k = sample_at(feat, uv, (w, h))
+            prior = None
+        else:
+            flow_k, feat_k, prior = self.flow(fixed, moving, uv, n2)
         if self.attention is None:
+            if prior is not None:  # no attention network: the classic-like rule alone
+                return flow_k, torch.sigmoid(prior) * valid
             return flow_k, valid.to(flow_k.dtype)
-        feat_k = sample_at(feat, uv, (w, h))
         pos = torch.stack([uv[..., 0] / w * 2 - 1, uv[..., 1] / h * 2 - 1], -1).to(feat_k.dtype)
-        x = torch.cat([feat_k, flow_k / self.flow.flow_scale_px, n2.to(feat_k.dtype), pos], -1)
-        return flow_k, self.attention(x, valid)
+        x = torch.cat([feat_k, flow_k / self.flow_scale_px, n2.to(feat_k.dtype), pos], -1)
+        return flow_k, self.attention(x, valid, prior)
 
 
 def build_ppc_from_model(data: dict) -> LearnedPPC:

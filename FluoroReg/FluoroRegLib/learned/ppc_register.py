@@ -7,7 +7,7 @@ view ``k`` (pose ``camera0_to_view[k] @ T``): the X-ray is area-resampled to the
 image size and standardised, the DRR at the current pose is rendered at that size, the
 contour points are projected, the network gives flow and weights, and the planes of all
 views (moved into camera 0) are solved together (:func:`.ppc_net.ppc_solve`, the damping
-of the model, no trust region). :func:`register_learned_ppc` runs ``n_updates`` of them
+and Huber re-weighting of the model, no trust region). :func:`register_learned_ppc` runs ``n_updates`` of them
 and then, optionally, a classic refinement (``logic.METHODS``, default ``ppc``).
 
 :func:`classic_one_update`: exactly one iteration of the classic ``ppc.register_ppc``
@@ -56,6 +56,7 @@ class LearnedPPCUpdater:
         self.cos_tangent = float(inp["cos_tangent"])
         self.damping = float(inp["damping"])
         self.n_samples = int(inp["n_samples"])
+        self.huber_iterations = int(inp.get("huber_iterations", 0))
 
     def prepare(self, images: Sequence, cameras: Sequence) -> list:
         """Per view: ``(small camera, camera tensor, standardised X-ray (h, w))``."""
@@ -107,7 +108,7 @@ class LearnedPPCUpdater:
             if not Ps:
                 return None, {"correspondences": 0}
             x = ppc_solve(torch.cat(Ps, 1), torch.cat(ms, 1), torch.cat(ds, 1), torch.cat(ws, 1),
-                          c0, damping=self.damping)
+                          c0, damping=self.damping, huber_iterations=self.huber_iterations)
             new = apply_update(T0, x, c0)[0].numpy()
         w_all = torch.cat(ws, 1)
         return new, {"correspondences": n_pts, "mean_weight": float(w_all.sum() / max(n_pts, 1)),
@@ -186,7 +187,8 @@ def register_learned_ppc(hu, ijk_to_ras, images: Sequence, cameras: Sequence,
     else:
         volume = DRRVolume.from_hu(rh, rm)
         with torch.no_grad():
-            sims = [float(image_similarity(render_drr(volume, cam, p), img, "ncc")[0])
+            sims = [float(image_similarity(render_drr(volume, cam, p),
+                                           torch.as_tensor(np.asarray(img, np.float32)), "ncc")[0])
                     for cam, p, img in zip(cameras, views, images)]
         result = RegistrationResult(pose, views, float(np.mean(sims)), "learned-ppc", history,
                                     t_learned)

@@ -17,8 +17,11 @@ Samples (:class:`PPCSampler`, SYNTHETIC, rendered on the fly in batches):
   pose minus its projection at the start (training-camera pixels).
 
 Loss per batch: ``mean(min(mTRE after one update, 100 mm)) / 10 mm + epe_weight *
-mean end-point error (px)`` over the valid points; the update is the differentiable
-weighted PPC solve (:func:`.ppc_net.ppc_solve`, no trust region, no Huber), so the
+mean end-point error (px)`` over the valid points (the error along the contour normal:
+the tangential part of the true flow is not observable on a contour and PPC does not use
+it); the update is the differentiable
+weighted PPC solve (:func:`.ppc_net.ppc_solve`, no trust region, Huber re-weighting
+as the classic), so the
 mTRE term trains the flow and the attention weights through the solve.
 
 The loop (time budget ``max_minutes`` or ``max_steps``, cosine learning rate, checkpoints
@@ -48,9 +51,10 @@ from .ppc_net import (LearnedPPC, apply_update, camera_tensor, contour_points, e
 from .sampling import (PoseRange, check_range, ct_factor_for, delta_to_pose, nominal_center_cam,
                        randomise, sample_deltas, standardise, training_factor)
 
-DEFAULTS = {"points": 192, "cos_tangent": 0.25, "damping": 0.05, "edge_max_points": 2000,
+DEFAULTS = {"points": 128, "cos_tangent": 0.25, "damping": 0.05, "edge_max_points": 2000,
             "max_start_mtre_mm": 45.0, "epe_weight": 0.1, "attention": True, "features": 16,
-            "flow_scale_px": 4.0, "min_points": 8}
+            "flow_scale_px": 4.0, "min_points": 8, "flow": "profile", "search_px": 16,
+            "huber_iterations": 3}
 
 
 def _opt(cfg, key):
@@ -141,14 +145,17 @@ def _delta_about(R: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Ten
     return d
 
 
-def one_update(net, fixed, batch: dict, cam, damping: float):
-    """The learned update of a batch: ``(poses after (B, 4, 4), flow (B, K, 2), weights)``."""
+def one_update(net, fixed, batch: dict, cam, damping: float, huber_iterations: int = 3):
+    """The learned update of a batch: ``(poses after (B, 4, 4), flow (B, K, 2), weights)``;
+    the solve re-weights with Huber (2 mm) like the classic (``huber_iterations`` solves;
+    the re-weighting itself is not differentiated, the last solve is)."""
     dev = next(net.parameters()).device
     flow, w = net(fixed.to(dev), batch["moving"].to(dev), batch["uv"].float().to(dev),
                   batch["n2"].float().to(dev), batch["valid"].to(dev))
     flow, w = flow.double().cpu(), w.double().cpu()
     m0, P0, d = ppc_rows(batch["P"], batch["uv"] + flow, batch["n2"], cam)
-    x = ppc_solve(P0, m0, d, w * batch["valid"], batch["c0"], damping=damping)
+    x = ppc_solve(P0, m0, d, w * batch["valid"], batch["c0"], damping=damping,
+                  huber_iterations=huber_iterations)
     return apply_update(batch["start"], x, batch["c0"]), flow, w
 
 
@@ -160,9 +167,14 @@ def batch_loss(net, fixed, batch: dict, cam, targets, damping: float, epe_weight
     mtre = mtre_batch(after, batch["truth"], targets)
     enough = (valid.sum(1) >= min_points).double()
     l_mtre = (mtre.clamp(max=100.0) * enough).sum() / enough.sum().clamp_min(1.0) / 10.0
-    err = (flow - batch["flow_true"]).norm(dim=-1)
-    epe = (err * valid).sum() / valid.sum().clamp_min(1)
+    epe = (flow_error(flow, batch) * valid).sum() / valid.sum().clamp_min(1)
     return l_mtre + epe_weight * epe, mtre.detach(), epe.detach()
+
+
+def flow_error(flow: torch.Tensor, batch: dict) -> torch.Tensor:
+    """End-point error (px) per point, along the contour normal: the tangential part of
+    the true flow is not observable on a contour and not used by the PPC solve."""
+    return ((flow - batch["flow_true"]) * batch["n2"]).sum(-1).abs()
 
 
 def evaluate_ppc(net, val: dict, cam, targets, damping: float, epe_weight: float = 0.1,
@@ -179,7 +191,7 @@ def evaluate_ppc(net, val: dict, cam, targets, damping: float, epe_weight: float
     before = val["mtre_before"]
     mt = mtre_batch(after, val["truth"], targets)
     ratio = mt / before.clamp_min(1e-6)
-    err = (flow - val["flow_true"]).norm(dim=-1)
+    err = flow_error(flow, val)
     v = val["valid"]
     return {"loss": loss, "mtre_before_median": float(before.median()), "mtre_after_median": float(mt.median()),
             "mtre_after_mean": float(mt.mean()), "ratio_median": float(ratio.median()),
@@ -259,9 +271,11 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
                       "n_samples": n_samples, "train_camera": train_cam.to_dict(),
                       "standardise": "zero mean, unit std per image",
                       **{key: opts[key] for key in ("points", "cos_tangent", "damping",
-                                                    "edge_max_points", "max_start_mtre_mm")}}}
+                                                    "edge_max_points", "max_start_mtre_mm",
+                                                    "huber_iterations")}}}
     net = LearnedPPC(int(cfg.width), int(opts["features"]), float(opts["flow_scale_px"]),
-                     bool(opts["attention"])).to(device)
+                     bool(opts["attention"]), flow=str(opts["flow"]),
+                     search_px=int(opts["search_px"])).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=float(cfg.lr))
     gen = torch.Generator().manual_seed(int(cfg.seed) * 1000)
     step, elapsed_prev, samples_seen, history = 0, 0.0, 0, []
