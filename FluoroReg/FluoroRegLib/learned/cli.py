@@ -39,8 +39,9 @@ def add_train_parser(sub) -> None:
                     required=True, metavar=("TX", "TY", "TZ"),
                     help="half-widths of the translation range (camera axes, mm)")
     tr.add_argument("--kind", default="regressor",
-                    help="regressor (pose regressor) or similarity (spherical deep similarity "
-                         "for the LM refinement); ppc, all: not yet")
+                    help="regressor, ppc (the learned PPC update), all (both: the regressor "
+                         "to --out, the PPC update to <out stem>.ppc.pt, half the time each), "
+                         "or similarity (spherical deep similarity for the LM refinement)")
     tr.add_argument("--distance", default=None, choices=["se3", "so4"],
                     help="similarity: geodesic distance whose gradient it learns (default se3)")
     tr.add_argument("--euclidean", action="store_true",
@@ -144,6 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       ct_downsample=args.ct_downsample, n_samples=args.n_samples,
                       checkpoint_every_s=args.checkpoint_every_s, command=command,
                       save_replicas=args.save_replicas)
+    if args.kind in ("ppc", "all"):
+        return _train_ppc_kinds(args, cfg, hu, m, camera, nominal[0])
     res = train_model(hu, m, camera, nominal[0], cfg, args.out, resume=args.resume,
                       log=lambda s: print(s, flush=True))
     va = res["training"]["val_after"]
@@ -159,11 +162,58 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def ppc_out_path(out) -> Path:
+    """Where ``--kind all --out M.pt`` writes the learned PPC update: ``M.ppc.pt``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".ppc" + (out.suffix or ".pt"))
+
+
+def _train_ppc_kinds(args, cfg, hu, m, camera, nominal) -> int:
+    """``--kind ppc`` (the learned PPC update to ``--out``) and ``--kind all`` (the
+    regressor to ``--out`` and the PPC update to :func:`ppc_out_path`, each with half of
+    ``--max-minutes`` / ``--max-steps``)."""
+    import dataclasses  # noqa: PLC0415
+
+    from .ppc_train import train_ppc  # noqa: PLC0415
+    from .train import train_model  # noqa: PLC0415
+
+    def say(s):
+        print(s, flush=True)
+
+    if args.kind == "all":
+        if args.resume:
+            raise InputError("resume: --kind all trains two models; resume each with its own "
+                             "--kind (regressor or ppc) and checkpoint")
+        half = dataclasses.replace(cfg, max_minutes=cfg.max_minutes / 2.0,
+                                   max_steps=None if cfg.max_steps is None
+                                   else max(1, cfg.max_steps // 2))
+        res = train_model(hu, m, camera, nominal, dataclasses.replace(half, kind="regressor"),
+                          args.out, log=say)
+        va = res["training"]["val_after"]
+        print(f"[fluoro train] regressor -> {args.out}: held-out corner error median "
+              f"{va['corner_mm_median']:.1f} mm")
+        cfg, out = dataclasses.replace(half, kind="ppc"), ppc_out_path(args.out)
+    else:
+        out = Path(args.out)
+    res = train_ppc(hu, m, camera, nominal, cfg, out, resume=args.resume, log=say)
+    va = res["training"]["val_after"]
+    print(f"[fluoro train] learned PPC update -> {out}: held-out one-update mTRE median "
+          f"{va['mtre_before_median']:.1f} -> {va['mtre_after_median']:.2f} mm (reduction factor "
+          f"median {va['ratio_median']:.3f}; {res['training']['steps']} steps, "
+          f"{res['training']['elapsed_s'] / 60:.1f} min)")
+    return 0
+
+
 def add_register_options(reg) -> None:
     """Add ``--model``, ``--nominal`` and ``--force`` to ``surgreg fluoro register``."""
-    reg.add_argument("--model", default=None,
+    reg.add_argument("--model", default=None, action="append",
                      help="learned model (surgreg fluoro train); without --init the regressor "
-                          "gives the start, --method refines (default ppc; 'regressor' = none)")
+                          "gives the start, --method refines (default ppc; 'regressor' = none). "
+                          "Give it twice (a regressor and a ppc model) for regressor start -> "
+                          "learned PPC updates -> --method; a ppc model alone starts at --init "
+                          "or at its nominal view; --method learned-ppc: no classic refinement")
+    reg.add_argument("--ppc-updates", dest="ppc_updates", type=int, default=None,
+                     help="number of learned PPC updates with a ppc model (default 3)")
     reg.add_argument("--nominal", default=None,
                      help='with --model and several --xray: {"views": [{"ct_to_camera": ...}]} '
                           "nominal poses (the C-arm motion between views)")
@@ -184,8 +234,9 @@ def cmd_register_model(args: argparse.Namespace) -> int:
 
     xrays = args.xray
     geometries = args.geometry or []
+    model_paths = args.model if isinstance(args.model, list) else [args.model]
     # before any work: the output must not overwrite an input; the device must exist
-    check_output(args.out, [args.ct, *xrays, *geometries, args.init, args.model,
+    check_output(args.out, [args.ct, *xrays, *geometries, args.init, *model_paths,
                             args.nominal], "--out", create_folder=True)
     device = parse_device(args.device, "--device")
     if geometries and len(geometries) != len(xrays):
@@ -194,7 +245,17 @@ def cmd_register_model(args: argparse.Namespace) -> int:
     from .register import DEFAULT_REFINEMENT  # noqa: PLC0415
 
     method = args.method or DEFAULT_REFINEMENT
-    data = load_model_file(args.model)
+    data, ppc_data = None, None
+    for path in model_paths:
+        loaded = load_model_file(path)
+        if loaded["kind"] == "ppc":
+            if ppc_data is not None:
+                raise InputError("model: two learned PPC models given; give at most one")
+            ppc_data = loaded
+        elif data is not None:
+            raise InputError("model: two pose regressors given; give at most one")
+        else:
+            data = loaded
     hu, m = read_ct(args.ct, allow_uneven_slices=getattr(args, "allow_uneven_slices", False))
     from ..cli import load_xrays  # noqa: PLC0415
 
@@ -205,7 +266,9 @@ def cmd_register_model(args: argparse.Namespace) -> int:
 
     result = register_with_model(hu, m, images, cameras, data, method=method,
                                  nominal_views=nominal, init_poses=init, force=args.force,
-                                 device=device, **_method_options(args))
+                                 device=device, ppc_model=ppc_data,
+                                 ppc_updates=getattr(args, "ppc_updates", None),
+                                 **_method_options(args))
     extra = {"similarity": result.similarity, "method": result.method,
              "time_s": round(result.time_s, 3), "iterations": len(result.history),
              "convergence": [h["loss"] for h in result.history],

@@ -5,8 +5,9 @@ it holds tensors and numbers, never code)::
 
     format            "FluoroRegLearnedModel"
     format_version    FORMAT_VERSION (an int)
-    kind              "regressor" (the pose regressor) or "similarity" (the spherical
-                      deep similarity; it adds ``similarity``: its settings)
+    kind              "regressor" (the pose regressor), "ppc" (the learned PPC update) or
+                      "similarity" (the spherical deep similarity; it adds
+                      ``similarity``: its settings)
     arch              the network's constructor arguments
     state_dict        the weights
     ct                the CT fingerprint: {"voxels_sha256", "shape", "ijk_to_ras"}
@@ -36,7 +37,7 @@ from SurgicalReg2D3DLib.errors import FileReadError, InputError
 
 FORMAT = "FluoroRegLearnedModel"
 FORMAT_VERSION = 1
-KINDS = ("regressor", "similarity")
+KINDS = ("regressor", "ppc", "similarity")
 REQUIRED = ("format", "format_version", "kind", "arch", "state_dict", "ct", "geometry",
             "nominal_ct_to_camera", "range", "input", "training")
 
@@ -137,10 +138,15 @@ def write_model_manifest(model_path, name: str, metrics: dict, description: str 
     data = load_model_file(model_path)
     tr = data["training"]
     rng = data["range"]
+    task = (f"pose regressor: X-ray of the shipped CT -> ct_to_camera near the nominal AP view "
+            f"(+-{rng['rotation_deg']} deg, +-{rng['translation_mm']} mm)")
+    if data["kind"] == "ppc":
+        task = ("learned PPC update: X-ray + DRR at the current pose -> flow and weights at the "
+                "projected contour points -> weighted point-to-plane pose update (shipped CT, "
+                f"poses in +-{rng['rotation_deg']} deg, +-{rng['translation_mm']} mm of the "
+                "nominal AP view, starts 0-45 mm mTRE)")
     return write_manifest(
-        model_path, name=name, module="FluoroReg",
-        task=(f"pose regressor: X-ray of the shipped CT -> ct_to_camera near the nominal AP view "
-              f"(+-{rng['rotation_deg']} deg, +-{rng['translation_mm']} mm)"),
+        model_path, name=name, module="FluoroReg", task=task,
         created_by_command=str(tr.get("command", "")), seed=tr.get("seed"),
         training_data=("synthetic: DRRs of Resources/SampleData/ct/thorax_aorta_ct_cropped.nii.gz "
                        f"(CT sha256 {data['ct']['voxels_sha256'][:12]}) rendered on the fly with "

@@ -14,6 +14,12 @@ refinement method polishes it (``surgreg fluoro register --model M`` without ``-
    or ``method="regressor"`` returns the regressor's pose as it is.
 
 With ``init_poses`` the regressor is skipped (the classic registration from that start).
+
+With a learned PPC update (``ppc_model``, a ``ppc`` model file, :mod:`.ppc_register`) the
+chain is: start (``init_poses``, else the regressor's pose when ``model`` is given, else
+the nominal view recorded in the PPC model) -> ``ppc_updates`` learned PPC updates ->
+``method`` (default ``ppc``; ``method="learned-ppc"``: no classic refinement after the
+learned updates). ``metrics["learned_ppc_time_s"]`` gives the time of the learned part.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 from SurgicalReg2D3DLib.errors import InputError
 
 DEFAULT_REFINEMENT = "ppc"
+LEARNED_PPC = "learned-ppc"  # method name: learned PPC updates only (needs a ppc model)
 
 
 def load_regressor(model, hu=None, ijk_to_ras=None, camera=None, force: bool = False):
@@ -87,6 +94,7 @@ def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, mod
                         init_poses: Optional[Sequence[np.ndarray]] = None,
                         force: bool = False, refine_hu=None, refine_ijk_to_ras=None,
                         landmarks_ras=None, true_ct_to_camera=None, device=None,
+                        ppc_model=None, ppc_updates: Optional[int] = None,
                         progress=None, cancel=None, **options):
     """Register from the nominal view (see the module docstring); returns the
     ``RegistrationResult`` with ``metrics["regressor_time_s"]`` and, with landmarks and
@@ -98,6 +106,15 @@ def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, mod
     from ..logic import available_methods, register_arrays  # noqa: PLC0415
     from ..refine import RegistrationResult, check_pose, pose_errors  # noqa: PLC0415
 
+    if ppc_model is not None or method == LEARNED_PPC:
+        from .ppc_register import register_with_ppc_model  # noqa: PLC0415
+
+        return register_with_ppc_model(
+            hu, ijk_to_ras, images, cameras, model, ppc_model, method=method,
+            nominal_views=nominal_views, init_poses=init_poses, force=force,
+            refine_hu=refine_hu, refine_ijk_to_ras=refine_ijk_to_ras,
+            landmarks_ras=landmarks_ras, true_ct_to_camera=true_ct_to_camera, device=device,
+            ppc_updates=ppc_updates, progress=progress, cancel=cancel, **options)
     if len(images) == 0:
         raise InputError("X-ray images: at least one image is needed")
     if len(cameras) != len(images):
