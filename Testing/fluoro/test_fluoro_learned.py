@@ -242,8 +242,8 @@ def test_bad_ct_and_budget(tmp_path):
     for bad in (0, -1):
         with pytest.raises(InputError, match="max-minutes"):
             train_model(hu, m, CAMERA, nominal, small_config(max_minutes=bad), tmp_path / "x.pt")
-    with pytest.raises(InputError, match="not implemented"):
-        train_model(hu, m, CAMERA, nominal, small_config(kind="similarity"), tmp_path / "x.pt")
+    with pytest.raises(InputError, match="kind: expected one of"):
+        train_model(hu, m, CAMERA, nominal, small_config(kind="pose"), tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
 
 

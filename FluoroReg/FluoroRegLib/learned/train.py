@@ -188,6 +188,11 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
     m = np.asarray(ijk_to_ras, float)
     if cfg.kind not in KINDS:
         raise InputError(f"kind: expected one of {KINDS}, got {cfg.kind!r}")
+    if cfg.kind == "ppc":  # the learned PPC update has its own data and loop
+        from .ppc_train import train_ppc  # noqa: PLC0415
+
+        return train_ppc(hu, ijk_to_ras, camera, nominal, cfg, out_path, resume=resume,
+                         progress=progress, cancel=cancel, log=log)
     if cfg.kind not in IMPLEMENTED and cfg.kind != "all":
         raise InputError(f"kind: {cfg.kind!r} is not implemented yet (available: {IMPLEMENTED})")
     try:
