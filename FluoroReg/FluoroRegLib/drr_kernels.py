@@ -167,14 +167,50 @@ def _sample_range(s0, s1, s2, d0, d1, d2, t_in, span, n, box):
     return m0, max(m0, m1)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _inside(x, y, z, nI, nJ, nK):
+    """Whether a sample point needs no clamping: ``0 <= x < nI - 1`` on every axis (then
+    ``floor`` is ``int`` and the upper corner ``x0 + 1`` lies in the grid)."""
+    return (x >= 0.0 and x < nI - 1.0 and y >= 0.0 and y < nJ - 1.0 and z >= 0.0
+            and z < nK - 1.0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sample_inside(mu, x, y, z, sJ, sK):
+    """:func:`_sample` for a point where :func:`_inside` holds, on the flattened volume
+    (``sJ``, ``sK``: strides of j and k): the same arithmetic without the clamps."""
+    x0 = int(x)
+    y0 = int(y)
+    z0 = int(z)
+    fx = x - x0
+    fy = y - y0
+    fz = z - z0
+    i = z0 * sK + y0 * sJ + x0
+    c00 = mu[i] * (1.0 - fx) + mu[i + 1] * fx
+    c01 = mu[i + sJ] * (1.0 - fx) + mu[i + sJ + 1] * fx
+    i += sK
+    c10 = mu[i] * (1.0 - fx) + mu[i + 1] * fx
+    c11 = mu[i + sJ] * (1.0 - fx) + mu[i + sJ + 1] * fx
+    c0 = c00 * (1.0 - fy) + c01 * fy
+    c1 = c10 * (1.0 - fy) + c11 * fy
+    return c0 * (1.0 - fz) + c1 * fz
+
+
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def forward(mu, source, direction, length_mm, n_samples, box, out):
     """Fill ``out`` (B, P) float32 with the line integrals (see the module docstring).
 
-    ``fastmath``: the inputs are finite (checked by the callers), so LLVM may drop the
-    NaN/inf cases of ``min``/``max``/``floor``; 1.2-1.3x faster on the CPU here, the same
-    images (``benchmarks/results/fluoro_speed_defaults.md``)."""
+    Per ray, the samples before the first and after the last one inside the grid (no
+    clamping needed, :func:`_inside`) take the clamped :func:`_sample`; the grid is a box
+    and the samples lie on a line, so every sample between those two is inside and takes
+    :func:`_sample_inside` (the same values, fewer instructions). ``fastmath``: the
+    inputs are finite (checked by the callers). Together about 1.7x faster than the
+    plain loop here, the same images to float32 rounding
+    (``benchmarks/results/fluoro_speed_defaults.md``)."""
     nK, nJ, nI = mu.shape[0], mu.shape[1], mu.shape[2]
+    flat = mu.reshape(nK * nJ * nI)
+    sJ = nI
+    sK = nI * nJ
     B = direction.shape[0]
     P = direction.shape[1]
     n = n_samples
@@ -192,9 +228,29 @@ def forward(mu, source, direction, length_mm, n_samples, box, out):
         m0, m1 = _sample_range(s0, s1, s2, d0, d1, d2, t_in, span, n, box)
         acc = 0.0
         dt = span / n
-        for m in range(m0, m1):
+        ma = m0  # leading samples that need clamping
+        while ma < m1:
+            t = t_in + (ma + 0.5) * dt
+            x = s0 + t * d0
+            y = s1 + t * d1
+            z = s2 + t * d2
+            if _inside(x, y, z, nI, nJ, nK):
+                break
+            acc += _sample(mu, x, y, z, nI, nJ, nK)
+            ma += 1
+        mb = m1  # trailing samples that need clamping
+        while mb > ma:
+            t = t_in + (mb - 0.5) * dt
+            x = s0 + t * d0
+            y = s1 + t * d1
+            z = s2 + t * d2
+            if _inside(x, y, z, nI, nJ, nK):
+                break
+            acc += _sample(mu, x, y, z, nI, nJ, nK)
+            mb -= 1
+        for m in range(ma, mb):  # both ends inside the grid, so all between are
             t = t_in + (m + 0.5) * dt
-            acc += _sample(mu, s0 + t * d0, s1 + t * d1, s2 + t * d2, nI, nJ, nK)
+            acc += _sample_inside(flat, s0 + t * d0, s1 + t * d1, s2 + t * d2, sJ, sK)
         out[b, p] = acc * span * np.float64(length_mm[p]) / n
 
 
@@ -379,23 +435,24 @@ def set_threads(n: int) -> None:
 
 
 # ---------------------------------------------------------------------------- torch glue
-_BOXES = None  # weakref.WeakKeyDictionary: mu tensor -> (tensor version, box)
+_BOXES: dict = {}  # id(mu tensor) -> (weakref to it, tensor version, box)
 
 
 def volume_box(mu_tensor) -> np.ndarray:
-    """:func:`nonzero_box` of a (K, J, I) CPU tensor, cached per tensor (and its version,
-    so an in-place change of the volume is seen)."""
-    global _BOXES
+    """:func:`nonzero_box` of a (K, J, I) CPU tensor, cached per tensor object (and its
+    version, so an in-place change of the volume is seen). Keyed by ``id`` with a weak
+    reference to check the object (a ``WeakKeyDictionary`` would compare two tensors
+    with ``==`` on a hit, which raises for tensors of more than one element)."""
     import weakref  # noqa: PLC0415
 
-    if _BOXES is None:
-        _BOXES = weakref.WeakKeyDictionary()
     version = mu_tensor._version
-    hit = _BOXES.get(mu_tensor)
-    if hit is not None and hit[0] == version:
-        return hit[1]
+    hit = _BOXES.get(id(mu_tensor))
+    if hit is not None and hit[0]() is mu_tensor and hit[1] == version:
+        return hit[2]
     box = nonzero_box(mu_tensor.detach().numpy())
-    _BOXES[mu_tensor] = (version, box)
+    for key in [k for k, v in _BOXES.items() if v[0]() is None]:
+        del _BOXES[key]  # tensors that are gone
+    _BOXES[id(mu_tensor)] = (weakref.ref(mu_tensor), version, box)
     return box
 
 
@@ -467,10 +524,11 @@ def trilinear_drr(mu, source, direction, length_mm, n_samples: int):
     global _FN
     if _FN is None:
         _FN = _make_function()
+    box = volume_box(mu)  # the caller's tensor object: the cache hits on the next render
     mu = mu.detach()
     if not mu.is_contiguous():
         mu = mu.contiguous()
-    return _FN.apply(mu, source, direction, length_mm, int(n_samples), volume_box(mu))
+    return _FN.apply(mu, source, direction, length_mm, int(n_samples), box)
 
 
 _WARM = {"seconds": None}

@@ -90,6 +90,12 @@ def test_nonzero_box_is_where_samples_can_be_nonzero():
     # (i, j, k) ranges of non-zero voxels: i 4..4, j 3..5, k 2..3, widened by one voxel.
     np.testing.assert_array_equal(box, [3, 2, 1, 5, 6, 4])
     assert drr_kernels.nonzero_box(np.zeros((3, 3, 3), np.float32))[0] > 0  # empty: lo > hi
+    # cached per tensor object, renewed by an in-place change
+    t = torch.from_numpy(mu.copy())
+    np.testing.assert_array_equal(drr_kernels.volume_box(t), box)
+    np.testing.assert_array_equal(drr_kernels.volume_box(t), box)  # hit: same object
+    t[0, 0, 0] = 1.0
+    np.testing.assert_array_equal(drr_kernels.volume_box(t), [-1, -1, -1, 5, 6, 4])
 
 
 def test_level_volume_block_averages_with_consistent_geometry():

@@ -173,6 +173,9 @@ def test_cli_simulate_and_register_two_views(cli_case, capsys, tmp_path):
     assert rc == 0, stderr
     result = json.loads(out.read_text())
     assert {"ct_to_camera", "views", "similarity", "time_s", "method"} <= set(result)
+    timing = result["timing_s"]  # where the command's time went
+    assert set(timing) == {"imports", "read_inputs", "method", "checks_and_quality"}
+    assert timing["method"] == result["time_s"] and min(timing.values()) >= 0.0
     est = np.array(result["ct_to_camera"])
     truth = np.array(json.loads((c / "truth.json").read_text())["ct_to_camera"])
     init = np.array(json.loads((c / "init.json").read_text())["ct_to_camera"])
@@ -289,3 +292,4 @@ def test_quick_demo_writes_pictures_and_improves_mtre(tmp_path):
     assert (tmp_path / "fluoro_overlay.png").stat().st_size > 1000
     assert (tmp_path / "fluoro_convergence.png").stat().st_size > 1000
     assert metrics["1view"]["mtre_mm"] < 0.3 * metrics["initial_mtre_mm"]
+    assert metrics["kernel_warmup_s"] >= 0.0  # first use of the kernels reported apart
