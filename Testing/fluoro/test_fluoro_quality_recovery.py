@@ -93,7 +93,7 @@ def test_assess_result_recovers_a_failed_case(blurred_case):
     assert mtre_np(bad, truth, lm) > 2.0
     res = RegistrationResult(bad, [bad], 0.0, "ncc", [], 0.0)
     kept = fq.assess_result(vol, views, bad, res, "ncc",
-                            {"levels": (2, 1), "iterations": 10}, polish="flagged")
+                            {"levels": (2,), "iterations": 8}, polish="flagged")
     att = kept.retry["attempts"]
     assert att[0]["start"] == "original" and att[0]["verdict"] == "failed"
     assert len(att) >= 2 and kept.retry["chosen"] > 0
