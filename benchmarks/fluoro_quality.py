@@ -410,10 +410,16 @@ def cmd_report(args) -> None:
              "the two ends of best NCC polished and judged, the best verdict wins); `flagged+recovery` = polish only "
              "the results the plain signals do not judge `ok` (what `register` does by "
              "default, `polish=\"flagged\"`).",
-             "- Models: `default` = fitted on all shipped-CT rows (in-sample for those rows); "
+             "- Models: `default` = `DEFAULT_MODEL` (plain; fitted on the previous run's "
+             "shipped-CT rows of seeds 0-1) and `DEFAULT_POLISHED_MODEL` (fitted with "
+             "`benchmarks/fluoro_quality.py fit` on the 50 polished shipped-CT rows of seeds "
+             "0-1): in-sample for seeds 0-1, held out for seeds 2 (10-45 mm) and 3 (18-37 mm) "
+             "and for the `crop2mm` CT (transfer to a CT geometry it was not fitted on); "
              "`leave-one-seed-out` = the polished model refitted on the other seeds' "
-             "shipped-CT rows, judged on the held-out seed; on `crop2mm` the default models "
-             "are used unchanged (transfer to a CT geometry they were not fitted on).",
+             "shipped-CT rows, judged on the held-out seed; `per-CT calibration` = "
+             "`quality.calibrate` on simulated X-rays of that CT (polished). Recovery ran for "
+             "the cases the default polished model did not judge `ok`; its attempts were "
+             "chosen with that model.",
              "- `flagged` = verdict `failed`; `flagged (f+d)` = `failed` or `doubtful`; "
              "`% < 1 mm unflagged` = over the cases not `failed`.",
              f"- Rows whose first-stage registration was reused from the previous run of the "
