@@ -100,4 +100,7 @@ def test_assess_result_recovers_a_failed_case(blurred_case):
     assert kept.quality.verdict != "failed"
     assert mtre_np(kept.ct_to_camera, truth, lm) < 1.0
     assert kept.quality.signals["attempts"] == att
+    # the kept result was polished and judged by the polished model, with its blur width
+    assert kept.quality.signals["model"].startswith("default polished")
+    assert 0.6 < kept.quality.signals["detector_sigma_px"] < 1.4
     assert "restart_spread_mm" in kept.quality.signals
