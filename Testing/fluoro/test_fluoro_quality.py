@@ -146,6 +146,16 @@ def test_cli_register_reports_quality_and_warns(ct3mm, case96, tmp_path, capsys)
     warnings = [ln for ln in captured.err.splitlines() if ln.startswith("warning: fluoro case")]
     assert len(warnings) == 1 and "failed" in warnings[0]
     assert "retry" in res and res["retry"]["attempts"][0]["start"] == "original"
+    # --quality-polish off: no polish, the restarts still run and are reported
+    rc = surgreg_main(["fluoro", "register", "--ct", str(ct_path), "--xray", str(tmp_path / "x.nrrd"),
+                       "--geometry", str(tmp_path / "g.json"), "--init", str(tmp_path / "init.json"),
+                       "--levels", "2", "--iterations", "1", "--quality-polish", "off",
+                       "--out", str(out)])
+    capsys.readouterr()
+    res = json.loads(out.read_text())
+    assert rc == 1 and "polish_shift_mm" not in res.get("metrics", {})
+    assert "detector_sigma_px" not in res["quality"]["signals"]
+    assert res["retry"]["attempts"][0]["start"] == "original"
 
 
 def test_calibrate_per_ct_is_cached(ct3mm, tmp_path, monkeypatch):
