@@ -297,7 +297,7 @@ def _group_stats(rows, est, verdicts, threshold=1.0):
     tp = int((f & y).sum())
     return {"n": len(rows), "failures": int(y.sum()), "auc": roc_auc(est, y),
             "precision": tp / max(int(f.sum()), 1), "recall": tp / max(int(y.sum()), 1),
-            "false_flags": int((f & ~y).sum()), "successes": int((~y).sum()),
+            "false_flags": int((f & ~y).sum()), "n_failed": int(f.sum()), "successes": int((~y).sum()),
             "false_flag_rate": float((f & ~y).sum() / max(int((~y).sum()), 1)),
             "flagged_failed_share": float(f.mean()),
             "flagged_any_share": float(flagged.mean()),
@@ -305,6 +305,15 @@ def _group_stats(rows, est, verdicts, threshold=1.0):
             "success_all": float((~y).mean()),
             "recall_2mm": float((f & (err >= 2)).sum() / max(int((err >= 2).sum()), 1)),
             "n_2mm": int((err >= 2).sum())}
+
+
+def _fmt_auc(v):
+    return "n/a" if not np.isfinite(v) else f"{v:.3f}"
+
+
+def _pct(v, denominator):
+    """A share in %, or n/a when nothing was counted (no flagged case, no failure)."""
+    return "n/a" if not denominator else f"{100 * v:.0f} %"
 
 
 def _judge(sig, model):
@@ -401,10 +410,16 @@ def cmd_report(args) -> None:
              "the two ends of best NCC polished and judged, the best verdict wins); `flagged+recovery` = polish only "
              "the results the plain signals do not judge `ok` (what `register` does by "
              "default, `polish=\"flagged\"`).",
-             "- Models: `default` = fitted on all shipped-CT rows (in-sample for those rows); "
+             "- Models: `default` = `DEFAULT_MODEL` (plain; fitted on the previous run's "
+             "shipped-CT rows of seeds 0-1) and `DEFAULT_POLISHED_MODEL` (fitted with "
+             "`benchmarks/fluoro_quality.py fit` on the 50 polished shipped-CT rows of seeds "
+             "0-1): in-sample for seeds 0-1, held out for seeds 2 (10-45 mm) and 3 (18-37 mm) "
+             "and for the `crop2mm` CT (transfer to a CT geometry it was not fitted on); "
              "`leave-one-seed-out` = the polished model refitted on the other seeds' "
-             "shipped-CT rows, judged on the held-out seed; on `crop2mm` the default models "
-             "are used unchanged (transfer to a CT geometry they were not fitted on).",
+             "shipped-CT rows, judged on the held-out seed; `per-CT calibration` = "
+             "`quality.calibrate` on simulated X-rays of that CT (polished). Recovery ran for "
+             "the cases the default polished model did not judge `ok`; its attempts were "
+             "chosen with that model.",
              "- `flagged` = verdict `failed`; `flagged (f+d)` = `failed` or `doubtful`; "
              "`% < 1 mm unflagged` = over the cases not `failed`.",
              f"- Rows whose first-stage registration was reused from the previous run of the "
@@ -456,8 +471,8 @@ def cmd_report(args) -> None:
             fd = np.mean([q.verdict != "ok" for q in qs])
             lines.append(f"| {variant}{' (2 views)' if views > 1 else ''} | "
                          f"{rng_[0]:g}-{rng_[1]:g} | {policy} | {name} | {seed} | {st['n']} | "
-                         f"{st['failures']} | {st['auc']:.3f} | {100 * st['precision']:.0f} % | "
-                         f"{100 * st['recall']:.0f} % | {st['false_flags']}/{st['successes']} "
+                         f"{st['failures']} | {_fmt_auc(st['auc'])} | {_pct(st['precision'], st['n_failed'])} | "
+                         f"{_pct(st['recall'], st['failures'])} | {st['false_flags']}/{st['successes']} "
                          f"({100 * st['false_flag_rate']:.0f} %) | "
                          f"{100 * st['flagged_failed_share']:.0f} % | {100 * fd:.0f} % | "
                          f"{100 * st['success_unflagged']:.0f} % | "

@@ -182,9 +182,18 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
     if quality:  # trust value (FluoroRegLib.quality): per case, per view, retry when failed
         from .quality import assess_result  # noqa: PLC0415
 
+        first_pose = np.array(result.ct_to_camera, float)
+        # a result that ended worse than it started is not polished (the restarts still run)
         result = assess_result(volume, views, init, result, method, options,
                                model=quality_model, retry=quality_retry, cancel=cancel,
-                               polish=quality_polish)
+                               polish=quality_polish if failed is None else "off")
+        if failed is not None and not np.allclose(result.ct_to_camera, first_pose):
+            # the polish / a restart moved the result: judge the rule on what is kept
+            _, s1 = preflight.start_and_end_similarity(
+                volume, views, init, result.ct_to_camera, measure,
+                drr_method=options.get("drr_method") or "trilinear",
+                n_samples=options.get("n_samples"))
+            failed = no_progress_quality(s0, s1, f"{measure} similarity")
     if failed is not None and getattr(result, "quality", None) is not None \
             and result.quality is not failed:
         if result.quality.verdict != "failed":

@@ -27,7 +27,11 @@ geometry (:func:`calibrate`: X-rays simulated from the CT around the result pose
 registrations from starts at and beyond the capture range, least squares of log true
 mTRE on the signals, thresholds chosen on the same simulations); without a calibration
 a conservative default model (:data:`DEFAULT_MODEL`, fitted on the benchmark protocol
-of ``benchmarks/fluoro_quality.py``) is used and the verdict says so.
+of ``benchmarks/fluoro_quality.py``) is used and the verdict says so. A result polished
+with the detector model (:mod:`.recovery`) is measured with that model's DRRs
+(``detector=``) and judged by :data:`DEFAULT_POLISHED_MODEL`; :func:`assess_result`
+(what ``register`` calls) polishes results that are not ``ok`` and runs the restarts of
+:func:`FluoroRegLib.recovery.recover` for what is still not ``ok``.
 
 Frames: ``ct_to_camera`` maps CT RAS mm to the camera of view 0 (source at the origin,
 +z towards the detector).
@@ -395,70 +399,12 @@ def _rank(q: Quality) -> tuple:
     return (order[q.verdict], q.estimate.get("mtre_mm", 1e9))
 
 
-def assess_and_retry(volume, views, result, init_ct_to_camera, method: str = "ncc",
-                     options: Optional[dict] = None, model: Optional[QualityModel] = None,
-                     step_mm: float = 5.0, progress=None, cancel=None):
-    """Assess a :class:`~FluoroRegLib.refine.RegistrationResult`; when it is ``failed``,
-    retry the registration (``method`` from :data:`FluoroRegLib.logic.METHODS`, its
-    finest two pyramid levels) from the result moved by +-``step_mm`` along the weakest
-    direction of ``J^T J`` (single view: mostly the central ray), and from the initial
-    pose moved the same way. The best verdict (then the smallest estimate) wins.
+def assess_and_retry(*args, **kwargs):
+    """The older retry (+-5 mm along the weak direction, no polish); it lives in
+    :func:`FluoroRegLib.recovery.assess_and_retry` now, kept here for its callers."""
+    from .recovery import assess_and_retry as retry  # noqa: PLC0415
 
-    Returns ``(quality, result, info)``; ``info["attempts"]`` holds each attempt's start,
-    verdict, estimate and similarity (the original first), ``info["chosen"]`` the index
-    of the kept one. The kept quality's ``signals["attempts"]`` repeats them.
-    """
-    from .logic import METHODS  # noqa: PLC0415
-    from .refine import check_pose  # noqa: PLC0415
-
-    options = dict(options or {})
-    its = options.get("iterations", 30)
-    q = assess(volume, views, result.ct_to_camera, init_ct_to_camera, result.history, its,
-               result.metrics, model)
-    info = {"attempts": [{"start": "original", "verdict": q.verdict,
-                          "estimate": dict(q.estimate), "similarity": result.similarity}],
-            "chosen": 0}
-    if q.verdict != "failed" or "weak_direction" not in q.signals:
-        return q, result, info
-    twist = np.asarray(q.signals["weak_direction"], float)
-    pose = check_pose(result.ct_to_camera, "result ct_to_camera")
-    from SurgicalReg2D3DLib.poses import se3_exp  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-
-    def moved(base, a):
-        c = np.eye(4)
-        c[:3, 3] = (base @ np.r_[volume.center_ras(), 1.0])[:3]
-        d = se3_exp(torch.as_tensor(a * twist, dtype=torch.float64)).numpy()
-        return c @ d @ np.linalg.inv(c) @ base
-
-    retry_opts = dict(options)
-    levels = list(retry_opts.get("levels", (4, 2, 1)))
-    if method in ("ncc", "gradncc", "ncc-adam", "gradncc-adam") and len(levels) > 2:
-        retry_opts["levels"] = tuple(levels[-2:])
-    starts = [("result + weak", moved(pose, step_mm)), ("result - weak", moved(pose, -step_mm))]
-    best_q, best_r = q, result
-    for name, start in starts:
-        try:
-            r2 = METHODS[method](volume, views, start, cancel=cancel, **retry_opts)
-        except (ValueError, RuntimeError) as exc:  # a retry that cannot run is reported
-            info["attempts"].append({"start": name, "verdict": "skipped", "error": str(exc)})
-            continue
-        q2 = assess(volume, views, r2.ct_to_camera, start, r2.history, its, r2.metrics, model)
-        info["attempts"].append({"start": name, "verdict": q2.verdict,
-                                 "estimate": dict(q2.estimate), "similarity": r2.similarity})
-        if _rank(q2) < _rank(best_q):
-            best_q, best_r = q2, r2
-            info["chosen"] = len(info["attempts"]) - 1
-    best_q.signals["retried"] = True
-    best_q.signals["attempts"] = info["attempts"]
-    if info["chosen"]:
-        best_q.reasons.append(f"retried from {info['attempts'][info['chosen']]['start']}: "
-                              f"better than the original ({q.verdict}, "
-                              f"{q.estimate.get('mtre_mm', float('nan')):.2f} mm)")
-    else:
-        best_q.reasons.append("retried from +-%g mm along the weak direction: no better "
-                              "result" % step_mm)
-    return best_q, best_r, info
+    return retry(*args, **kwargs)
 
 
 # -- per-CT calibration from simulated X-rays ----------------------------------------------

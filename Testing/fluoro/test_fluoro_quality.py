@@ -146,6 +146,18 @@ def test_cli_register_reports_quality_and_warns(ct3mm, case96, tmp_path, capsys)
     warnings = [ln for ln in captured.err.splitlines() if ln.startswith("warning: fluoro case")]
     assert len(warnings) == 1 and "failed" in warnings[0]
     assert "retry" in res and res["retry"]["attempts"][0]["start"] == "original"
+    # --quality-polish all from the true pose: the result is polished (and judged with
+    # the detector model) even though it is fine; a success exits 0
+    write_pose_json(tmp_path / "true.json", [case.true_ct_to_camera[0]])
+    rc = surgreg_main(["fluoro", "register", "--ct", str(ct_path), "--xray", str(tmp_path / "x.nrrd"),
+                       "--geometry", str(tmp_path / "g.json"), "--init", str(tmp_path / "true.json"),
+                       "--levels", "1", "--iterations", "3", "--quality-polish", "all",
+                       "--out", str(out)])
+    captured = capsys.readouterr()
+    res = json.loads(out.read_text())
+    assert rc == 0, captured.err
+    assert "polish_shift_mm" in res["metrics"] and 0.2 < res["metrics"]["detector_sigma_px"] < 1.5
+    assert "detector_sigma_px" in res["quality"]["signals"]
 
 
 def test_calibrate_per_ct_is_cached(ct3mm, tmp_path, monkeypatch):

@@ -93,11 +93,14 @@ def test_assess_result_recovers_a_failed_case(blurred_case):
     assert mtre_np(bad, truth, lm) > 2.0
     res = RegistrationResult(bad, [bad], 0.0, "ncc", [], 0.0)
     kept = fq.assess_result(vol, views, bad, res, "ncc",
-                            {"levels": (2, 1), "iterations": 10}, polish="flagged")
+                            {"levels": (2,), "iterations": 8}, polish="flagged")
     att = kept.retry["attempts"]
     assert att[0]["start"] == "original" and att[0]["verdict"] == "failed"
     assert len(att) >= 2 and kept.retry["chosen"] > 0
     assert kept.quality.verdict != "failed"
     assert mtre_np(kept.ct_to_camera, truth, lm) < 1.0
     assert kept.quality.signals["attempts"] == att
+    # the kept result was polished and judged by the polished model, with its blur width
+    assert kept.quality.signals["model"].startswith("default polished")
+    assert 0.6 < kept.quality.signals["detector_sigma_px"] < 1.4
     assert "restart_spread_mm" in kept.quality.signals
