@@ -112,7 +112,7 @@ class LearnedPPCUpdater:
             new = apply_update(T0, x, c0)[0].numpy()
         w_all = torch.cat(ws, 1)
         return new, {"correspondences": n_pts, "mean_weight": float(w_all.sum() / max(n_pts, 1)),
-                     "step_rotation_deg": float(np.rad2deg(x[0, :3].norm())),
+                     "step_rotation_deg": float(x[0, :3].norm()) * 180.0 / np.pi,
                      "step_translation_mm": float(x[0, 3:].norm())}
 
     def run(self, images: Sequence, cameras: Sequence, camera0_to_views: Sequence[np.ndarray],

@@ -216,6 +216,11 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
 
     cfg = config
     say = log or (lambda msg: None)
+    import os  # noqa: PLC0415
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("kind: 'ppc' trains in one process only (no torchrun / "
+                         "DistributedDataParallel yet); run it without torchrun")
     arr = _check_ct(hu)
     m = np.asarray(ijk_to_ras, float)
     try:
