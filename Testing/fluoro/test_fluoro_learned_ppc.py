@@ -17,7 +17,7 @@ from FluoroRegLib.drr import DRRVolume, render_drr
 from FluoroRegLib.geometry import look_at_pose, make_camera
 from FluoroRegLib.learned.model_file import ModelFileError, ModelMismatchError, save_model
 from FluoroRegLib.learned.ppc_net import (LearnedPPC, apply_update, camera_tensor,
-                                          contour_points, edge_set, ppc_rows, ppc_solve)
+                                          edge_set, ppc_rows, ppc_solve)
 from FluoroRegLib.learned.ppc_register import (LearnedPPCUpdater, check_ppc_model,
                                                classic_one_update, register_learned_ppc)
 from FluoroRegLib.learned.register import register_with_model

@@ -76,8 +76,6 @@ class PPCSampler:
     def __init__(self, volume, camera, nominal: np.ndarray, pose_range: PoseRange,
                  n_samples: int, edges, points: int, cos_tangent: float,
                  max_start_mtre_mm: float, target_seed: int = 0):
-        from ..drr import render_drr  # noqa: F401, PLC0415
-
         self.volume, self.camera, self.range = volume, camera, pose_range
         self.cam = camera_tensor(camera)
         self.nominal = torch.as_tensor(np.asarray(nominal, float))
