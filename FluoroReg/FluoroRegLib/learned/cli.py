@@ -27,6 +27,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from SurgicalReg2D3DLib.errors import InputError
 
 
@@ -238,6 +240,8 @@ def cmd_register_model(args: argparse.Namespace) -> int:
              "metrics": {k: float(v) for k, v in result.metrics.items()}}
     if getattr(result, "start_ct_to_camera", None) is not None:
         extra["regressor_ct_to_camera"] = result.start_ct_to_camera.tolist()
+    if getattr(result, "learned_ct_to_camera", None) is not None:  # after the learned PPC
+        extra["learned_ppc_ct_to_camera"] = np.asarray(result.learned_ct_to_camera).tolist()
     q = getattr(result, "quality", None)
     if q is not None:
         extra["quality"] = q.to_dict()
