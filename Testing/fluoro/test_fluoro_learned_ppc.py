@@ -17,7 +17,7 @@ from FluoroRegLib.drr import DRRVolume, render_drr
 from FluoroRegLib.geometry import look_at_pose, make_camera
 from FluoroRegLib.learned.model_file import ModelFileError, ModelMismatchError, save_model
 from FluoroRegLib.learned.ppc_net import (LearnedPPC, apply_update, camera_tensor,
-                                          contour_points, edge_set, ppc_rows, ppc_solve)
+                                          edge_set, ppc_rows, ppc_solve)
 from FluoroRegLib.learned.ppc_register import (LearnedPPCUpdater, check_ppc_model,
                                                classic_one_update, register_learned_ppc)
 from FluoroRegLib.learned.register import register_with_model
@@ -343,7 +343,8 @@ def test_cli_train_ppc_all_and_register(tmp_path, capsys):
     out = json.loads((tmp_path / "o.json").read_text())
     assert np.asarray(out["ct_to_camera"]).shape == (4, 4)
     assert out["method"] == "regressor+learned-ppc" and "quality" in out
-    assert "regressor_ct_to_camera" in out
+    assert "regressor_ct_to_camera" in out and "learned_ppc_ct_to_camera" in out
+    np.testing.assert_allclose(out["learned_ppc_ct_to_camera"], out["ct_to_camera"])  # no polish
     # bad input: one line, exit code 2
     capsys.readouterr()
     (tmp_path / "bad.pt").write_bytes(b"not a model")
@@ -359,3 +360,22 @@ def test_cli_train_ppc_all_and_register(tmp_path, capsys):
     assert surgreg_main(base + ["--kind", "all", "--resume", str(tmp_path / "p.pt.ckpt.pt"),
                                 "--out", str(tmp_path / "z.pt")]) == 2
     assert "resume" in capsys.readouterr().err
+
+
+def test_cancel_keeps_checkpoint_and_multiprocess_is_refused(tmp_path, monkeypatch):
+    from FluoroRegLib.learned.ppc_train import train_ppc
+    from SurgicalReg2D3DLib.errors import CancelledError
+    from SurgicalReg2D3DLib.progress import CancelToken
+
+    hu, m = phantom()
+    nominal, _ = nominal_of(hu, m)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(CancelledError, match="checkpoint kept"):
+        train_ppc(hu, m, CAMERA, nominal, tiny_config(n_val=4), tmp_path / "c.pt", cancel=token)
+    ckpt = load(tmp_path / "c.pt.ckpt.pt")
+    assert ckpt["kind"] == "ppc" and "optimizer" in ckpt and ckpt["step"] == 0
+    assert not (tmp_path / "c.pt").exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="one process"):
+        train_ppc(hu, m, CAMERA, nominal, tiny_config(), tmp_path / "d.pt")

@@ -6,7 +6,9 @@
 - :mod:`.train`: ``surgreg fluoro train`` (time budget, checkpoints, resume, DDP);
 - :mod:`.model_file`: model files, CT/detector fingerprints, refusal of foreign models;
 - :mod:`.register`: registration from the nominal view (regressor start + refinement);
-- :mod:`.bench`: the benchmark from the nominal view; :mod:`.cli`: command-line hooks.
+- :mod:`.bench`: the benchmark from the nominal view; :mod:`.cli`: command-line hooks;
+- :mod:`.ppc_net`, :mod:`.ppc_train`, :mod:`.ppc_register`: the learned PPC update (flow
+  network + attention + differentiable weighted PPC solve; ``train --kind ppc``).
 
 Importing this package is cheap (torch is imported by the submodules only).
 """

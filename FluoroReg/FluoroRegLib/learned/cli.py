@@ -1,15 +1,20 @@
 """Command-line parts of the learned FluoroReg methods (hooked into ``surgreg fluoro``).
 
 ``surgreg fluoro train --ct CT --geometry G.json --center NOMINAL.json
---rotation-range-deg RX RY RZ --translation-range-mm TX TY TZ [--kind regressor]
+--rotation-range-deg RX RY RZ --translation-range-mm TX TY TZ [--kind regressor|ppc|all]
 [--max-minutes M] [--max-steps N] [--seed S] [--device D] [--resume CKPT] --out MODEL.pt``
-    Trains a model for this CT and detector (see :mod:`.train`). ``NOMINAL.json`` is
-    ``{"ct_to_camera": 4x4}``, the pose of the nominal view. Works under ``torchrun``.
+    Trains a model for this CT and detector (see :mod:`.train`; ``--kind ppc``: the
+    learned PPC update, :mod:`.ppc_train`; ``--kind all``: both, the PPC update to
+    ``<out stem>.ppc.pt``). ``NOMINAL.json`` is ``{"ct_to_camera": 4x4}``, the pose of
+    the nominal view. The regressor's training works under ``torchrun``.
 
-``surgreg fluoro register ... --model MODEL.pt [--nominal NOMINAL.json] [--force]``
+``surgreg fluoro register ... --model MODEL.pt [--model PPC.pt] [--ppc-updates N]
+[--nominal NOMINAL.json] [--force]``
     Without ``--init``: the regressor gives the start, ``--method`` refines (default
     ``ppc``; ``regressor`` = no refinement). ``--nominal`` (``{"views": [...]}``) gives
     the C-arm motion between views for multi-view. ``--init`` skips the regressor.
+    With a ``ppc`` model: start (``--init`` > regressor > the model's nominal view) ->
+    N learned PPC updates -> ``--method`` (``learned-ppc``: none).
 
 ``surgreg fluoro bench --model MODEL.pt --ct CT [--n-cases N] [--views 1|2]``
     The learned benchmark from the nominal view (:mod:`.bench`).
@@ -21,6 +26,8 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from SurgicalReg2D3DLib.errors import InputError
 
@@ -275,6 +282,8 @@ def cmd_register_model(args: argparse.Namespace) -> int:
              "metrics": {k: float(v) for k, v in result.metrics.items()}}
     if getattr(result, "start_ct_to_camera", None) is not None:
         extra["regressor_ct_to_camera"] = result.start_ct_to_camera.tolist()
+    if getattr(result, "learned_ct_to_camera", None) is not None:  # after the learned PPC
+        extra["learned_ppc_ct_to_camera"] = np.asarray(result.learned_ct_to_camera).tolist()
     q = getattr(result, "quality", None)
     if q is not None:
         extra["quality"] = q.to_dict()

@@ -242,20 +242,22 @@ def sample_at(fmap: torch.Tensor, uv: torch.Tensor, size_wh) -> torch.Tensor:
 class ProfileFlow(nn.Module):
     """Flow at contour points from image profiles along each point's 2D normal.
 
-    For every point: the fixed X-ray and the DRR are read (bilinear) on 3 lines along the
-    normal, ``L = 2 (search_px + half_window) + 1`` samples 1 px apart; their mean and its
-    derivative along the normal are the profiles. A correlation layer gives the normalised
-    cross-correlation of the DRR's derivative template (``2 half_window + 1`` samples at the
-    point) with the X-ray's at every shift in ``[-search_px, search_px]`` (the classic
-    matching score, as in ``ppc._match_view``). A 1D CNN on [profiles, correlation] gives a
-    logit per shift, added to ``corr_scale`` (learned, initially 30) x the correlation; the soft-argmax is the
-    displacement along the normal (differentiable, sub-pixel); the flow is that times the
-    normal (the tangential part is not observable on a contour and not used by PPC). The
-    features (peak probability, entropy, spread, the correlation at the match and a pooled
-    CNN feature) feed the attention, and ``prior_scale * (correlation at the match - 0.5)`` (learned, initially 10)
-    is added to the attention's logit (the classic rule keeps matches above 0.5). With the
-    CNN's last layer at zero it starts as a soft classic matcher with classic-like weights;
-    training teaches it what the classic rule misses.
+    For every point: the fixed X-ray and the DRR are smoothed (sigma 1 px) and read
+    (bilinear) on 3 lines along the normal, ``L = 2 (search_px + half_window) + 1`` samples
+    1 px apart; their mean and its derivative along the normal are the profiles. A
+    correlation layer gives the normalised cross-correlation of the DRR's derivative
+    template (``2 half_window + 1`` samples at the point) with the X-ray's at every shift
+    in ``[-search_px, search_px]`` (the classic matching score, as in
+    ``ppc._match_view``). A 1D CNN on [profiles, correlation] gives a logit per shift,
+    added to ``corr_scale`` (learned, initially 30) x the correlation; the soft-argmax is
+    the displacement along the normal (differentiable, sub-pixel); the flow is that times
+    the normal (the tangential part is not observable on a contour and not used by PPC).
+    The features (peak probability, entropy, spread, the correlation at the match and a
+    pooled CNN feature) feed the attention, and ``prior_scale * (correlation at the match
+    - 0.5)`` (learned, initially 10) is added to the attention's logit (the classic rule
+    keeps matches above 0.5). With the CNN's last layer at zero it starts as a soft
+    classic matcher with classic-like weights; training teaches it what the classic rule
+    misses.
     """
 
     def __init__(self, search_px: int = 16, half_window: int = 4, hidden: int = 32,

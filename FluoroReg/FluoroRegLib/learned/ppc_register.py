@@ -112,7 +112,7 @@ class LearnedPPCUpdater:
             new = apply_update(T0, x, c0)[0].numpy()
         w_all = torch.cat(ws, 1)
         return new, {"correspondences": n_pts, "mean_weight": float(w_all.sum() / max(n_pts, 1)),
-                     "step_rotation_deg": float(np.rad2deg(x[0, :3].norm())),
+                     "step_rotation_deg": float(x[0, :3].norm()) * 180.0 / np.pi,
                      "step_translation_mm": float(x[0, 3:].norm())}
 
     def run(self, images: Sequence, cameras: Sequence, camera0_to_views: Sequence[np.ndarray],
@@ -297,7 +297,8 @@ def register_with_ppc_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence,
                                                             lm, cameras[0])["mtre_mm"]
     k, j, i = np.asarray(hu).shape
     center = (np.asarray(ijk_to_ras, float) @ np.array([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0]))[:3]
-    result.start_ct_to_camera = starts[0]
+    # the regressor's pose in the output JSON only when it gave the start
+    result.start_ct_to_camera = starts[0] if start_kind == "regressor" else None
     if getattr(result, "quality", None) is None:  # learned-ppc only: the uncalibrated value
         result.quality = quality_of(result, starts[0], center)
     # else: the classic refinement's own trust value (FluoroRegLib.quality) is kept

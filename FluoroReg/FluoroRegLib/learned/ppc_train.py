@@ -76,8 +76,6 @@ class PPCSampler:
     def __init__(self, volume, camera, nominal: np.ndarray, pose_range: PoseRange,
                  n_samples: int, edges, points: int, cos_tangent: float,
                  max_start_mtre_mm: float, target_seed: int = 0):
-        from ..drr import render_drr  # noqa: F401, PLC0415
-
         self.volume, self.camera, self.range = volume, camera, pose_range
         self.cam = camera_tensor(camera)
         self.nominal = torch.as_tensor(np.asarray(nominal, float))
@@ -216,6 +214,11 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
 
     cfg = config
     say = log or (lambda msg: None)
+    import os  # noqa: PLC0415
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("kind: 'ppc' trains in one process only (no torchrun / "
+                         "DistributedDataParallel yet); run it without torchrun")
     arr = _check_ct(hu)
     m = np.asarray(ijk_to_ras, float)
     try:
