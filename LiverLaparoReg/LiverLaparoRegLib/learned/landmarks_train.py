@@ -200,7 +200,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         frac = min(1.0, max((step - start_step) / max(1, steps - start_step),
                             (now - t_start) / max(1.0, deadline - t_start)))
         for g in opt.param_groups:
-            g["lr"] = lr * (0.05 + 0.475 * (1 + np.cos(np.pi * frac)))
+            g["lr"] = float(lr * (0.05 + 0.475 * (1 + np.cos(np.pi * frac))))
         n = len(arrs["image"])
         idx = rng.choice(n, size=batch, replace=n < batch)
         img, mask, tgt, valid = (x.to(dev) for x in _batch(arrs, idx, rng))
