@@ -99,6 +99,24 @@ def markdown(summ, s2, meta, notes=""):
     return "\n".join(L) + "\n" + notes
 
 
+def map_f1(pred, true, mask_net, tol_px: int = 1):
+    """Per landmark (ridge, silhouette) F1 of the predicted maps (p >= 0.5) against the
+    true maps at the network grid, a pixel counting as matched within ``tol_px``."""
+    import cv2
+
+    out = {}
+    k = np.ones((2 * tol_px + 1, 2 * tol_px + 1), np.uint8)
+    for c, name in ((0, "ridge"), (2, "silhouette")):
+        p = (pred[c] >= 0.5) & (mask_net > 0 if c == 0 else True)
+        t = true[c] > 0.5
+        if not t.any() and not p.any():
+            continue
+        prec = (p & cv2.dilate(t.astype(np.uint8), k).astype(bool)).sum() / max(1, p.sum())
+        rec = (t & cv2.dilate(p.astype(np.uint8), k).astype(bool)).sum() / max(1, t.sum())
+        out[name] = _r(2 * prec * rec / max(1e-9, prec + rec), 3)
+    return out
+
+
 def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True,
                   baselines=True, log=print, out_rows=None):
     """The landmark-model protocol (see the module docstring): per SYNTHETIC frame of the
@@ -158,10 +176,13 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
                 rows.append(row)
                 log(_json.dumps(row))
 
+            true = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge)
+            pred = li.predict_maps(net, img, mask, cam)
+            base["map_f1"] = map_f1(pred, true, mask_net=li.observations(true, mask, cam)[
+                "mask_net"])
             variants = [("learned landmarks", {"net": net})]
             if oracle:
-                variants.append(("landmarks with TRUE 2D maps", {"maps": li.true_maps(
-                    mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge)}))
+                variants.append(("landmarks with TRUE 2D maps", {"maps": true}))
             for name, kw in variants:
                 t0 = time.perf_counter()
                 try:
@@ -227,6 +248,8 @@ def markdown_landmarks(summ, meta, notes=""):
          f"{[round(x, 1) for x in meta['load_average_end']]}).", "",
          f"Frames: {meta['frames']} per seed, seeds {meta['seeds']}. Landmark model: "
          f"`{meta['model']}`; training: {meta['model_training']}", "",
+         "Network maps on the held-out frames (F1 against the true maps at the 128 x 96 grid, "
+         f"1 px tolerance), median: {meta.get('median_map_f1_held_out')}", "",
          "| method | frames | failed | wrong (>20 deg or failed) | median rot deg | median "
          "centroid mm | median origin transl. mm | median Dice | median reproj. px | "
          "< 10 deg | < 5 deg & < 5 mm | median s/frame |",
@@ -281,6 +304,10 @@ def main():
                 "frames": a.frames, "seeds": a.seeds, "wall_s": round(time.time() - t0, 1),
                 "load_average_end": list(os.getloadavg()),
                 "cpu": platform.processor() or platform.machine(), "torch_threads": 1}
+        f1 = [r["map_f1"] for r in rows if r["method"] == "learned landmarks"]
+        meta["median_map_f1_held_out"] = {
+            c: _r(np.median([x[c] for x in f1 if c in x]), 3)
+            for c in ("ridge", "silhouette") if any(c in x for x in f1)}
         (out / "laparo_learned.json").write_text(json.dumps({"meta": meta, "summary": summ,
                                                              "rows": rows}, indent=1))
         notes_file = out / "laparo_learned_notes.md"
