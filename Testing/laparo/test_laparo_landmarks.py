@@ -156,3 +156,19 @@ def test_fewer_than_four_pairs_is_refused(frame):
            "silhouette": np.zeros((0, 2)), "silhouette_conf": np.zeros(0)}
     _, pairs = li.icp(T, li.MeshLandmarks(mesh), cam, obs)
     assert li.correspondences_of(pairs, cam) == []
+
+
+def test_cli_train_kind_landmarks(tmp_path, capsys):
+    """`surgreg laparo train --stage 1 --kind landmarks` writes a landmarks model file
+    whose record holds the command and the seed."""
+    from SurgicalReg2D3DLib.cli import main  # noqa: PLC0415
+
+    out = tmp_path / "cli_lm.pt"
+    rc = main(["laparo", "train", "--stage", "1", "--kind", "landmarks", "--samples", "8",
+               "--steps", "20", "--batch", "4", "--base", "4", "--max-minutes", "2",
+               "--seed", "3", "--device", "cpu", "--data-cache", str(tmp_path / "c"),
+               "--out", str(out)])
+    assert rc == 0
+    d = modelfile.read_model_file(out, "landmarks")
+    assert d["training"]["seed"] == 3 and d["training"]["steps"] == 20
+    assert "--kind landmarks" in d["training"]["command"]

@@ -300,6 +300,26 @@ def run_train(args) -> int:
     return 0
 
 
+def _landmarks_command(args) -> str:
+    """The effective ``train --kind landmarks`` command (from the parsed arguments, so it
+    is right however the CLI was called)."""
+    parts = ["surgreg laparo train --stage 1 --kind landmarks",
+             f"--samples {args.samples}", f"--max-minutes {args.max_minutes:g}",
+             f"--steps {args.steps}", f"--seed {args.seed}", f"--batch {args.batch}",
+             f"--base {args.base}", f"--threads {args.threads}", f"--device {args.device}",
+             f"--checkpoint-minutes {args.checkpoint_minutes:g}"]
+    if args.lr is not None:
+        parts.append(f"--lr {args.lr:g}")
+    if args.meshes:
+        parts.append("--meshes " + " ".join(str(m) for m in args.meshes))
+    if args.data_cache:
+        parts.append(f"--data-cache {args.data_cache}")
+    if args.resume:
+        parts.append(f"--resume {args.resume}")
+    parts.append(f"--out {args.out}")
+    return " ".join(parts)
+
+
 def _run_train_landmarks(args) -> int:
     """``train --stage 1 --kind landmarks`` (see :mod:`.landmarks_train`)."""
     from .landmarks_train import train_landmarks  # noqa: PLC0415
@@ -320,7 +340,7 @@ def _run_train_landmarks(args) -> int:
                           samples=args.samples, meshes=args.meshes, data_cache=args.data_cache,
                           resume=args.resume, device=args.device, base=args.base,
                           checkpoint_minutes=args.checkpoint_minutes,
-                          command="surgreg laparo train " + " ".join(sys.argv[3:]), log=log)
+                          command=_landmarks_command(args), log=log)
     h = rec["loss_history"]
     print(json.dumps({"out": str(args.out), "kind": "landmarks", "steps": rec["steps"],
                       "wall_s": round(rec["wall_s"], 1),
