@@ -2,9 +2,17 @@
 
 Run::
 
-    nice -n 10 python benchmarks/laparo_learned.py [--model M.pt] [--frames 10] [--quick]
+    nice -n 10 python benchmarks/laparo_learned.py [--model M.pt] [--frames 10] [--seeds 0 1]
+    nice -n 10 python benchmarks/laparo_learned.py --stage1-matcher [--frames 6]   # older
 
-Writes ``benchmarks/results/laparo_learned.{md,json}`` (``--out DIR`` elsewhere).
+Default (landmark protocol, :func:`run_landmarks`): the landmark model (kind
+``landmarks``: 2D landmark maps learned, 3D side geometric, global search, image ICP,
+refinement), the same pipeline fed the TRUE 2D landmark maps (an oracle that isolates the
+network from the geometric steps), the old Stage I matcher, contour-PnP and the
+silhouette method, on the frames described below (``--seeds``: frame sets; frame ``k``
+of seed ``S`` from ``numpy.random.default_rng([S, 1000 + k])``). Writes
+``benchmarks/results/laparo_learned.{md,json}`` (+ ``.rows.jsonl`` while it runs); the
+``--stage1-matcher`` protocol (below, with Stage II) writes ``laparo_learned_stage1.*``.
 
 Cases: SYNTHETIC frames (``learned/data.py``: the appearance model, instruments, blur,
 noise) of the SciKit-Surgery liver (``liver_sksurgery/models/liver.vtk``), which is NOT
@@ -91,18 +99,222 @@ def markdown(summ, s2, meta, notes=""):
     return "\n".join(L) + "\n" + notes
 
 
+def map_f1(pred, true, mask_net, tol_px: int = 1):
+    """Per landmark (ridge, silhouette) F1 of the predicted maps (p >= 0.5) against the
+    true maps at the network grid, a pixel counting as matched within ``tol_px``."""
+    import cv2
+
+    out = {}
+    k = np.ones((2 * tol_px + 1, 2 * tol_px + 1), np.uint8)
+    for c, name in ((0, "ridge"), (2, "silhouette")):
+        p = (pred[c] >= 0.5) & (mask_net > 0 if c == 0 else True)
+        t = true[c] > 0.5
+        if not t.any() and not p.any():
+            continue
+        prec = (p & cv2.dilate(t.astype(np.uint8), k).astype(bool)).sum() / max(1, p.sum())
+        rec = (t & cv2.dilate(p.astype(np.uint8), k).astype(bool)).sum() / max(1, t.sum())
+        out[name] = _r(2 * prec * rec / max(1e-9, prec + rec), 3)
+    return out
+
+
+def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True,
+                  baselines=True, log=print, out_rows=None):
+    """The landmark-model protocol (see the module docstring): per SYNTHETIC frame of the
+    held-out liver, the landmark model (Stage I = search + ICP, then the refinement), the
+    same pipeline with the TRUE 2D landmark maps (oracle: isolates the network), the old
+    Stage I matcher, contour-PnP and the silhouette method from a 10 deg / 20 mm start."""
+    import json as _json
+
+    from LiverLaparoRegLib import synthetic
+    from LiverLaparoRegLib.bench import perturb, sample_data_dir
+    from LiverLaparoRegLib.camera import load_camera
+    from LiverLaparoRegLib.learned import landmarks_infer as li
+    from LiverLaparoRegLib.learned.evaluation import (clip_contours, full_frame,
+                                                      held_out_train_mesh, reprojection_px,
+                                                      visible_vertices)
+    from LiverLaparoRegLib.learned.infer import register_learned
+    from LiverLaparoRegLib.learned.modelfile import load_model
+    from LiverLaparoRegLib.logic import evaluate, register
+
+    net, rec = load_model(model, kind="landmarks")
+    old = None
+    if old_model:
+        try:
+            old = load_model(None)[0]
+        except Exception:  # noqa: BLE001
+            old = None
+    mesh, tm, cam_sks = held_out_train_mesh()
+    cam_p2 = load_camera(sample_data_dir() / "p2ilf" / "cameraparams" /
+                         "acquisition-camera-metadata.json")
+    rows = [] if out_rows is None else out_rows
+    for seed in seeds:
+        for k in range(frames):
+            rng = np.random.default_rng([seed, 1000 + k])
+            cam = cam_p2 if k % 2 == 0 else cam_sks
+            s, img, mask = full_frame(tm, cam, rng)
+            T = s.model_to_camera
+            vis = visible_vertices(mesh.vertices, mesh.faces, T, cam)
+            base = {"seed": seed, "frame": k,
+                    "camera": "P2ILF 1920x1080" if k % 2 == 0 else "SciKit-Surgery 1920x540",
+                    "liver_in_mask_fraction": _r(mask.mean(), 3),
+                    "distance_mm": _r(np.median((mesh.vertices[vis] @ T[:3, :3].T
+                                                 + T[:3, 3])[:, 2]) if vis.any() else None, 1)}
+
+            def score(method, T_est, seconds, extra=None):
+                row = dict(base, method=method, seconds=_r(seconds))
+                if T_est is None:
+                    row.update(failed=True)
+                else:
+                    ev = evaluate(mesh, cam, T_est, mask=mask, ground_truth=T)
+                    row.update(failed=False, rotation_deg=_r(ev["rotation_deg"]),
+                               translation_mm=_r(ev["translation_mm"]),
+                               centroid_error_mm=_r(ev["centroid_error_mm"]),
+                               dice=_r(ev["mask_dice"], 4),
+                               reprojection_px=_r(reprojection_px(T_est, T, mesh.vertices, vis,
+                                                                  cam), 1))
+                row.update(extra or {})
+                rows.append(row)
+                log(_json.dumps(row))
+
+            true = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge)
+            pred = li.predict_maps(net, img, mask, cam)
+            base["map_f1"] = map_f1(pred, true, mask_net=li.observations(true, mask, cam)[
+                "mask_net"])
+            variants = [("learned landmarks", {"net": net})]
+            if oracle:
+                variants.append(("landmarks with TRUE 2D maps", {"maps": true}))
+            for name, kw in variants:
+                t0 = time.perf_counter()
+                try:
+                    r = li.register_landmarks(mesh, cam, img, mask, ground_truth=T, **kw)
+                    dt = time.perf_counter() - t0
+                    st1 = sum(r.timings.get(x, 0) for x in ("network_s", "search_s", "icp_s"))
+                    lr = r.metrics["learned"]
+                    extra = {"correspondences": len(r.correspondences),
+                             "inliers": lr["inliers"], "quality": r.quality.verdict,
+                             "search_margin": lr.get("search_margin"),
+                             "best_candidate_rot_deg": min(
+                                 (c.get("icp_rot_err_deg", 999) for c in lr["candidates"]),
+                                 default=None)}
+                    score(name + " stage I", r.stage1_model_to_camera, st1, extra)
+                    score(name, r.model_to_camera, dt, extra)
+                except Exception as exc:  # noqa: BLE001  (a failure is a result here)
+                    dt = time.perf_counter() - t0
+                    score(name + " stage I", None, dt, {"error": str(exc)[:160]})
+                    score(name, None, dt, {"error": str(exc)[:160]})
+            if old is not None:
+                t0 = time.perf_counter()
+                try:
+                    r = register_learned(mesh, cam, img, mask, net=old, ground_truth=T)
+                    score("old stage1 matcher", r.model_to_camera, time.perf_counter() - t0,
+                          {"quality": r.quality.verdict})
+                except Exception as exc:  # noqa: BLE001
+                    score("old stage1 matcher", None, time.perf_counter() - t0,
+                          {"error": str(exc)[:160]})
+            if not baselines:
+                continue
+            case = synthetic.make_case(mesh, cam, T, noise_px=1.0, render=False, seed=k)
+            c2, c3, kept = clip_contours(case, mask)
+            t0 = time.perf_counter()
+            try:
+                if not c2:
+                    raise ValueError("no contour visible")
+                rp = register(mesh, cam, contours2d=c2, contours3d=c3, method="pnp")
+                score("contour-pnp", rp.model_to_camera, time.perf_counter() - t0,
+                      {"contour_visible_fraction": [_r(x, 2) for x in kept]})
+            except Exception as exc:  # noqa: BLE001
+                score("contour-pnp", None, time.perf_counter() - t0,
+                      {"error": str(exc)[:160],
+                       "contour_visible_fraction": [_r(x, 2) for x in kept]})
+            T0 = perturb(T, mesh.vertices, 10.0, 20.0, rng)
+            t0 = time.perf_counter()
+            try:
+                rs = register(mesh, cam, mask=mask, init=T0, method="silhouette")
+                score("silhouette (init 10 deg / 20 mm)", rs.model_to_camera,
+                      time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001
+                score("silhouette (init 10 deg / 20 mm)", None, time.perf_counter() - t0,
+                      {"error": str(exc)[:160]})
+    return rows, rec
+
+
+def markdown_landmarks(summ, meta, notes=""):
+    L = ["# LiverLaparoReg learned registration: benchmark (SYNTHETIC frames, held-out mesh)", "",
+         "Produced by `benchmarks/laparo_learned.py` (landmark protocol; see its docstring). "
+         "All frames are SYNTHETIC renders of the SciKit-Surgery liver, which no model saw in "
+         "training. No method gets an initial pose except the silhouette baseline; contour-PnP "
+         "gets synthetic landmark curves (1 px noise) clipped to the visible part. Timings on a "
+         "CPU shared with other jobs (1 torch thread; load average at the end "
+         f"{[round(x, 1) for x in meta['load_average_end']]}).", "",
+         f"Frames: {meta['frames']} per seed, seeds {meta['seeds']}. Landmark model: "
+         f"`{meta['model']}`; training: {meta['model_training']}", "",
+         "Network maps on the held-out frames (F1 against the true maps at the 128 x 96 grid, "
+         f"1 px tolerance), median: {meta.get('median_map_f1_held_out')}", "",
+         "| method | frames | failed | wrong (>20 deg or failed) | median rot deg | median "
+         "centroid mm | median origin transl. mm | median Dice | median reproj. px | "
+         "< 10 deg | < 5 deg & < 5 mm | median s/frame |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m, v in summ.items():
+        L.append(f"| {m} | {v['frames']} | {v['failed']} | {v['wrong_gt20deg_or_failed']} "
+                 f"({v['fraction_wrong']}) | {v['median_rotation_deg']} | "
+                 f"{v['median_centroid_error_mm']} | {v['median_translation_mm']} | "
+                 f"{v['median_dice']} | {v['median_reprojection_px']} | "
+                 f"{v['frames_under_10deg']} | {v['frames_under_5deg_5mm']} | "
+                 f"{v['median_seconds']} |")
+    L += ["", "Medians are over the frames where the method returned a pose; 'wrong' counts "
+          "failures too. 'stage I' rows: the pose before the refinement (their time: network "
+          "+ search + ICP).", ""]
+    return "\n".join(L) + "\n" + notes
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
     ap.add_argument("--frames", type=int, default=10)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--stage1-matcher", action="store_true",
+                    help="the older protocol of the Stage I matcher (kind stage1) + Stage II")
     ap.add_argument("--stage2-frames", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-oracle", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
     import torch
     torch.set_num_threads(1)
     t0 = time.time()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not a.stage1_matcher:
+        rows = []
+        partial = out / "laparo_learned.rows.jsonl"
+        partial.write_text("")
+
+        def log(line):
+            print(line, flush=True)
+            with open(partial, "a") as fh:
+                fh.write(line + "\n")
+
+        rows, rec = run_landmarks(a.model, a.frames, a.seeds, oracle=not a.no_oracle,
+                                  baselines=not a.quick, log=log, out_rows=rows)
+        summ = summarise(rows)
+        meta = {"model": rec.get("path"), "model_training": {
+                    k: rec.get(k) for k in ("data", "command", "seed", "steps", "wall_s",
+                                            "load_average")},
+                "frames": a.frames, "seeds": a.seeds, "wall_s": round(time.time() - t0, 1),
+                "load_average_end": list(os.getloadavg()),
+                "cpu": platform.processor() or platform.machine(), "torch_threads": 1}
+        f1 = [r["map_f1"] for r in rows if r["method"] == "learned landmarks"]
+        meta["median_map_f1_held_out"] = {
+            c: _r(np.median([x[c] for x in f1 if c in x]), 3)
+            for c in ("ridge", "silhouette") if any(c in x for x in f1)}
+        (out / "laparo_learned.json").write_text(json.dumps({"meta": meta, "summary": summ,
+                                                             "rows": rows}, indent=1))
+        notes_file = out / "laparo_learned_notes.md"
+        notes = notes_file.read_text() if notes_file.is_file() else ""
+        (out / "laparo_learned.md").write_text(markdown_landmarks(summ, meta, notes))
+        print(json.dumps({"summary": summ, "meta": meta}, indent=1))
+        return
     rows, s2, rec = run(a.model, a.frames, a.seed, a.stage2_frames, a.quick)
     summ = summarise(rows)
     meta = {"model": rec.get("path"), "model_training": {k: rec.get(k) for k in
@@ -111,13 +323,10 @@ def main():
             "frames": a.frames, "seed": a.seed, "wall_s": round(time.time() - t0, 1),
             "load_average_end": list(os.getloadavg()), "cpu": platform.processor() or
             platform.machine(), "torch_threads": 1}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "laparo_learned.json").write_text(json.dumps({"meta": meta, "summary": summ,
-                                                         "rows": rows, "stage2": s2}, indent=1))
-    notes_file = out / "laparo_learned_notes.md"
-    notes = notes_file.read_text() if notes_file.is_file() else ""
-    (out / "laparo_learned.md").write_text(markdown(summ, s2, meta, notes))
+    (out / "laparo_learned_stage1.json").write_text(json.dumps({"meta": meta, "summary": summ,
+                                                                "rows": rows, "stage2": s2},
+                                                               indent=1))
+    (out / "laparo_learned_stage1.md").write_text(markdown(summ, s2, meta))
     print(json.dumps({"summary": summ, "meta": meta}, indent=1))
 
 

@@ -16,4 +16,13 @@ Files, along the data flow:
 - :mod:`.train`    the training loop (checkpoints, resume, DDP under ``torchrun``);
 - :mod:`.infer`    inference: correspondences, pose, quality, ``register_learned``;
 - :mod:`.stage2`   the Stage II run-time deformation.
+
+Landmark model (kind ``"landmarks"``, the default of ``--method learned``): the 2D
+landmarks are learned per pixel, the 3D side stays geometric:
+
+- :mod:`.landmarks_data`  SYNTHETIC frames with per-pixel ridge / ligament / silhouette maps;
+- :mod:`.landmarks_net`   the compact U-Net and its loss;
+- :mod:`.landmarks_train` training (``train --stage 1 --kind landmarks``);
+- :mod:`.landmarks_infer` registration: maps -> global search -> image ICP
+  correspondences -> EPnP + RANSAC check -> refinement.
 """

@@ -241,6 +241,20 @@ def quality_of(n_matches: int, n_inliers: int, dice: Optional[float], reproj_px:
                             "ransac_threshold_px": threshold_px})
 
 
+def _model_kind(model) -> str:
+    """Kind of the model file ``model``; ``None``: the bundled landmarks model when it is
+    registered (the default of ``--method learned``), else the bundled Stage I model."""
+    from .modelfile import BUNDLED_LANDMARKS, bundled_model_path, model_kind  # noqa: PLC0415
+
+    if model is not None:
+        return model_kind(model)
+    try:
+        bundled_model_path(BUNDLED_LANDMARKS)
+    except Exception:  # noqa: BLE001  (not bundled: the Stage I model)
+        return "stage1"
+    return "landmarks"
+
+
 def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
                      refine: bool = True, nonrigid: bool = False, ground_truth=None,
                      structures=None, progress=None, cancel=None) -> LearnedResult:
@@ -269,7 +283,22 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
                   for k, s in enumerate(structures or ())]
     info = {}
     if net is None:
+        kind = _model_kind(model)
+        if kind == "landmarks":
+            # the landmark segmentation model: 2D landmarks learned, 3D side geometric
+            from .landmarks_infer import register_landmarks  # noqa: PLC0415
+
+            return register_landmarks(mesh, camera, image=image, mask=mask, model=model,
+                                      refine=refine, nonrigid=nonrigid,
+                                      ground_truth=ground_truth, structures=structures,
+                                      progress=progress, cancel=cancel)
         net, info = load_model(model)
+    elif getattr(net, "config", {}).get("levels") is not None:       # a LandmarkNet
+        from .landmarks_infer import register_landmarks  # noqa: PLC0415
+
+        return register_landmarks(mesh, camera, image=image, mask=mask, net=net, refine=refine,
+                                  nonrigid=nonrigid, ground_truth=ground_truth,
+                                  structures=structures, progress=progress, cancel=cancel)
     report(progress, 0.0, "LiverLaparoReg: learned correspondences")
     t1 = time.perf_counter()
     corr, minfo = predict_correspondences(net, mesh, camera, image, mask)

@@ -23,8 +23,10 @@ from SurgicalReg2D3DLib.errors import FileReadError
 
 FORMAT = "surgreg-laparo-learned"
 VERSION = 1
-KINDS = ("stage1",)
+KINDS = ("stage1", "landmarks")
 BUNDLED_STAGE1 = "laparo_learned_stage1_v1"
+#: the bundled landmark segmentation model (kind "landmarks"), used by --method learned
+BUNDLED_LANDMARKS = "laparo_learned_landmarks_v1"
 
 
 def save_model(path, model, kind: str, training: dict) -> Path:
@@ -60,15 +62,30 @@ def read_model_file(path, kind: str = "stage1") -> dict:
     return data
 
 
+def model_kind(path) -> str:
+    """The kind recorded in a model file (``"stage1"`` or ``"landmarks"``); the same
+    checks as :func:`read_model_file` except the kind."""
+    from SurgicalReg2D3DLib.models import load_torch_file  # noqa: PLC0415
+
+    data = load_torch_file(Path(path), f"model: {path}")
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in KINDS:
+        # let read_model_file name the problem (format, version or kind)
+        read_model_file(path, "stage1")
+    return str(kind)
+
+
 def load_model(path=None, kind: str = "stage1", device=None) -> Tuple[object, dict]:
-    """``(network in eval mode, training record)``; ``path=None`` -> the bundled model."""
+    """``(network in eval mode, training record)``; ``path=None`` -> the bundled model
+    of that kind."""
+    from .landmarks_net import LandmarkNet  # noqa: PLC0415
     from .net import StageOne  # noqa: PLC0415
 
     if path is None:
-        path = bundled_model_path()
+        path = bundled_model_path(BUNDLED_LANDMARKS if kind == "landmarks" else None)
     data = read_model_file(path, kind)
     try:
-        net = StageOne(**data["config"])
+        net = (LandmarkNet if kind == "landmarks" else StageOne)(**data["config"])
         net.load_state_dict(data["state_dict"])
     except (TypeError, RuntimeError, KeyError) as exc:
         raise FileReadError(f"model: {path} does not fit this network "
@@ -86,7 +103,8 @@ def bundled_model_path(name: Optional[str] = None) -> Path:
     return verify(get_model(name or BUNDLED_STAGE1))
 
 
-def bundle_model(src, metrics: dict, name: str = BUNDLED_STAGE1, dest_dir=None) -> Path:
+def bundle_model(src, metrics: dict, name: str = BUNDLED_STAGE1, dest_dir=None,
+                 kind: str = "stage1") -> Path:
     """Copy a trained model file into ``LiverLaparoRegLib/weights/`` as ``<name>.pt`` and
     write its hub manifest (command, seed and training data from the file's record).
     Returns the manifest path."""
@@ -94,7 +112,7 @@ def bundle_model(src, metrics: dict, name: str = BUNDLED_STAGE1, dest_dir=None) 
 
     from SurgicalReg2D3DLib.models import write_manifest  # noqa: PLC0415
 
-    data = read_model_file(src)
+    data = read_model_file(src, kind)
     rec = data["training"]
     dest_dir = Path(dest_dir) if dest_dir else Path(__file__).resolve().parents[1] / "weights"
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -102,11 +120,17 @@ def bundle_model(src, metrics: dict, name: str = BUNDLED_STAGE1, dest_dir=None) 
     shutil.copyfile(src, dst)
     return write_manifest(
         dst, name=name, module="LiverLaparoReg",
-        task="Stage I 2D-3D correspondences (pixel/point descriptors, overlap and landmark "
-             "classes) between a laparoscopic frame + liver mask and a liver mesh",
+        task=("Stage I 2D-3D correspondences (pixel/point descriptors, overlap and landmark "
+              "classes) between a laparoscopic frame + liver mask and a liver mesh"
+              if kind == "stage1" else
+              "Stage I landmark segmentation (per-pixel ridge / falciform ligament / "
+              "silhouette probabilities) of a laparoscopic frame + liver mask; the 3D side "
+              "(mesh ridges, occluding contour) is geometric"),
         created_by_command=str(rec.get("command", "")), seed=rec.get("seed"),
         training_data=str(rec.get("data", "")), metrics=dict(metrics),
-        description=(f"LiverLaparoRegLib.learned.net.StageOne {data['config']}; "
+        description=(f"LiverLaparoRegLib.learned."
+                     f"{'net.StageOne' if kind == 'stage1' else 'landmarks_net.LandmarkNet'} "
+                     f"{data['config']}; "
                      f"{rec.get('steps')} steps, batch {rec.get('batch')}, "
                      f"{rec.get('wall_s', 0) / 60:.1f} min wall on a shared CPU "
                      f"(load average {rec.get('load_average')}); file format "

@@ -268,6 +268,8 @@ def run_train(args) -> int:
         raise InputError("stage: only --stage 1 is trained; Stage II is optimised at run time "
                          "per frame (register --nonrigid) and has no trained weights")
     torch.set_num_threads(max(1, int(args.threads)))
+    if getattr(args, "kind", "stage1") == "landmarks":
+        return _run_train_landmarks(args)
     log_path = Path(str(args.out) + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -286,13 +288,62 @@ def run_train(args) -> int:
                           "wall_s": round(time.time() - t0, 1)}))
         return 0
     rec = train_stage1(args.out, steps=args.steps, max_minutes=args.max_minutes, seed=args.seed,
-                       batch=args.batch, lr=args.lr, samples=args.samples, meshes=args.meshes,
+                       batch=args.batch, lr=args.lr if args.lr is not None else 1e-3,
+                       samples=args.samples, meshes=args.meshes,
                        data_cache=args.data_cache, resume=args.resume, device=args.device,
                        align=not args.no_align, uncertainty=not args.no_uncertainty,
                        checkpoint_minutes=args.checkpoint_minutes,
                        command="surgreg laparo train " + " ".join(sys.argv[3:]), log=log)
     h = rec["loss_history"]
     print(json.dumps({"out": str(args.out), "steps": rec["steps"], "wall_s": round(rec["wall_s"], 1),
+                      "first_loss": h[0][1] if h else None, "last_loss": h[-1][1] if h else None}))
+    return 0
+
+
+def _landmarks_command(args) -> str:
+    """The effective ``train --kind landmarks`` command (from the parsed arguments, so it
+    is right however the CLI was called)."""
+    parts = ["surgreg laparo train --stage 1 --kind landmarks",
+             f"--samples {args.samples}", f"--max-minutes {args.max_minutes:g}",
+             f"--steps {args.steps}", f"--seed {args.seed}", f"--batch {args.batch}",
+             f"--base {args.base}", f"--threads {args.threads}", f"--device {args.device}",
+             f"--checkpoint-minutes {args.checkpoint_minutes:g}"]
+    if args.lr is not None:
+        parts.append(f"--lr {args.lr:g}")
+    if args.meshes:
+        parts.append("--meshes " + " ".join(str(m) for m in args.meshes))
+    if args.data_cache:
+        parts.append(f"--data-cache {args.data_cache}")
+    if args.resume:
+        parts.append(f"--resume {args.resume}")
+    parts.append(f"--out {args.out}")
+    return " ".join(parts)
+
+
+def _run_train_landmarks(args) -> int:
+    """``train --stage 1 --kind landmarks`` (see :mod:`.landmarks_train`)."""
+    from .landmarks_train import train_landmarks  # noqa: PLC0415
+
+    log_path = Path(str(args.out) + ".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(msg):
+        print(msg, flush=True)
+        with open(log_path, "a") as fh:
+            fh.write(msg + "\n")
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("kind: --kind landmarks trains in one process (no torchrun yet)")
+    rec = train_landmarks(args.out, steps=args.steps, max_minutes=args.max_minutes,
+                          seed=args.seed, batch=args.batch,
+                          lr=args.lr if args.lr is not None else 2e-3,
+                          samples=args.samples, meshes=args.meshes, data_cache=args.data_cache,
+                          resume=args.resume, device=args.device, base=args.base,
+                          checkpoint_minutes=args.checkpoint_minutes,
+                          command=_landmarks_command(args), log=log)
+    h = rec["loss_history"]
+    print(json.dumps({"out": str(args.out), "kind": "landmarks", "steps": rec["steps"],
+                      "wall_s": round(rec["wall_s"], 1),
                       "first_loss": h[0][1] if h else None, "last_loss": h[-1][1] if h else None}))
     return 0
 
@@ -307,7 +358,12 @@ def add_train_parser(sub) -> None:
     t.add_argument("--steps", type=int, default=100000)
     t.add_argument("--samples", type=int, default=2048, help="synthetic frames to render")
     t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 1e-3 for stage1, 2e-3 for landmarks)")
+    t.add_argument("--kind", default="stage1", choices=("stage1", "landmarks"),
+                   help="stage1: the image-to-mesh point matcher; landmarks: per-pixel "
+                        "ridge / ligament / silhouette segmentation (3D side geometric)")
+    t.add_argument("--base", type=int, default=12, help="landmarks U-Net base width")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -1,0 +1,104 @@
+"""Landmark segmentation network (Stage I, kind ``"landmarks"``): a compact U-Net in
+plain torch that reads a laparoscopic frame (RGB) and the liver mask at the network
+resolution (:data:`.data.NET_H` x :data:`.data.NET_W`) and predicts, per pixel, three
+independent landmark probabilities: anterior **ridge** (sharp edge of the liver, from
+mesh curvature in training), falciform **ligament**, and **silhouette** (occluding
+contour of the liver, not the frame border or an instrument's edge). Background is the
+absence of all three.
+
+Unlike the 256-way matcher of :mod:`.net`, this network knows nothing about a particular
+mesh: it labels image structure, and the 3D side (ridges from curvature, occluding
+contour at a pose hypothesis) stays geometric (:mod:`.landmarks_infer`).
+
+Loss (:func:`landmark_losses`): per class a binary cross-entropy with a positive weight
+(the landmark pixels are rare) plus a soft Dice term.
+"""
+
+from __future__ import annotations
+
+#: landmark channels of the network output (``CLASS_NAMES`` of :mod:`.data` minus "none")
+LANDMARKS = ("ridge", "ligament", "silhouette")
+#: BCE positive weights per channel (landmark pixels are 2-10 % of the frame)
+POS_WEIGHT = (4.0, 8.0, 6.0)
+
+
+def _block(cin, cout):
+    import torch.nn as nn  # noqa: PLC0415
+
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4):
+    """The U-Net (a factory so that torch is imported lazily). ``config`` holds the
+    constructor arguments (written to the model file)."""
+    import torch  # noqa: PLC0415
+    import torch.nn as nn  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    class _Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = {"base": int(base), "in_channels": int(in_channels),
+                           "levels": int(levels)}
+            ch = [base * 2 ** k for k in range(levels)]
+            self.enc = nn.ModuleList()
+            c = in_channels + 2                      # + CoordConv x, y
+            for k in range(levels):
+                self.enc.append(_block(c, ch[k]))
+                c = ch[k]
+            self.dec = nn.ModuleList()
+            for k in range(levels - 2, -1, -1):
+                self.dec.append(_block(ch[k + 1] + ch[k], ch[k]))
+                # output channels of each decoder stage = ch[k]
+            self.head = nn.Conv2d(ch[0], len(LANDMARKS), 1)
+
+        def forward(self, image, mask):
+            """``image (B, 3, H, W)`` in [0, 1], ``mask (B, H, W)`` -> logits
+            ``(B, 3, H, W)``."""
+            B, _, H, W = image.shape
+            yy = torch.linspace(-1, 1, H, device=image.device).view(1, 1, H, 1).expand(B, 1, H, W)
+            xx = torch.linspace(-1, 1, W, device=image.device).view(1, 1, 1, W).expand(B, 1, H, W)
+            x = torch.cat([image - 0.5, mask[:, None] - 0.5, xx, yy], 1)
+            skips = []
+            for k, blk in enumerate(self.enc):
+                if k:
+                    x = F.max_pool2d(x, 2)
+                x = blk(x)
+                skips.append(x)
+            for j, blk in enumerate(self.dec):
+                s = skips[-2 - j]
+                x = F.interpolate(x, size=s.shape[-2:], mode="bilinear", align_corners=False)
+                x = blk(torch.cat([x, s], 1))
+            return self.head(x)
+
+    return _Net()
+
+
+def landmark_losses(logits, target, valid=None):
+    """``logits (B, 3, H, W)``, ``target (B, 3, H, W)`` in {0, 1}; ``valid (B, 3)``: 0
+    where a sample has no ground truth for a channel (e.g. no ligament on the mesh).
+    Returns a dict with ``total``, per-channel ``bce`` and ``dice`` and ``f1`` (hard,
+    threshold 0.5) for logging."""
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    pw = torch.tensor(POS_WEIGHT, device=logits.device).view(1, -1, 1, 1)
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw, reduction="none")
+    bce = bce.mean((2, 3))                                     # (B, 3)
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum((2, 3))
+    dice = 1 - (2 * inter + 1.0) / (p.sum((2, 3)) + target.sum((2, 3)) + 1.0)
+    if valid is None:
+        valid = torch.ones_like(bce)
+    w = valid / valid.sum(0).clamp(min=1)
+    bce_c = (bce * w).sum(0)
+    dice_c = (dice * w).sum(0)
+    with torch.no_grad():
+        hard = (p > 0.5).float()
+        tp = (hard * target).sum((0, 2, 3))
+        f1 = 2 * tp / (hard.sum((0, 2, 3)) + target.sum((0, 2, 3))).clamp(min=1)
+    return {"total": bce_c.sum() + 0.5 * dice_c.sum(), "bce": bce_c.detach(),
+            "dice": dice_c.detach(), "f1": f1}

@@ -1,0 +1,223 @@
+"""Training of the landmark segmentation network
+(``surgreg laparo train --stage 1 --kind landmarks``).
+
+Data: SYNTHETIC frames of :mod:`.landmarks_data` (P2ILF mesh by default, deformed, cut,
+bent; the SciKit-Surgery liver is HELD OUT), sample ``i`` of seed ``S`` drawn from
+``numpy.random.default_rng([S, 50000 + i])``, stored in a cache folder in chunks of
+:data:`CHUNK` (reused by later runs and by ``--resume``). Rendering is interleaved with
+training: the pool of frames grows while the network trains on it (rendering takes at
+most :data:`RENDER_SHARE` of the wall time until ``--samples`` frames exist), so a short
+run still trains most of the time.
+
+Loop: Adam, batch ``--batch``, cosine learning-rate decay over ``--max-minutes`` /
+``--steps``; augmentation: horizontal flips, gain / gamma / colour jitter, the mask
+channel dropped for 10 % of the samples; a checkpoint (the model file + ``<out>.ckpt``
+optimiser state) every ``--checkpoint-minutes`` and at the end; ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from SurgicalReg2D3DLib.errors import InputError
+
+CHUNK = 32
+RENDER_SHARE = 0.4
+SEED_OFFSET = 50000
+
+
+def _chunk_file(cache: Path, seed: int, k: int) -> Path:
+    return cache / f"lm_s{seed}_c{k:05d}.npz"
+
+
+class _Pool:
+    """The growing set of rendered frames (cache chunks on disk + the current chunk)."""
+
+    def __init__(self, cache: Path, seed: int, meshes, target: int):
+        self.cache, self.seed, self.meshes, self.target = cache, seed, meshes, target
+        cache.mkdir(parents=True, exist_ok=True)
+        self.arrs: Dict[str, List[np.ndarray]] = {}
+        self.pending: List[dict] = []
+        self.n = 0
+        self._cat = None
+        k = 0
+        while self.n < target and _chunk_file(cache, seed, k).is_file():
+            try:
+                z = dict(np.load(_chunk_file(cache, seed, k)))
+            except Exception:  # noqa: BLE001  (a broken chunk is rendered again)
+                break
+            self._add(z)
+            k += 1
+        self.next_chunk = k
+
+    def _add(self, z):
+        for key, val in z.items():
+            self.arrs.setdefault(key, []).append(val)
+        self.n += len(z["image"])
+        self._cat = None
+
+    def full(self) -> bool:
+        return self.n + len(self.pending) >= self.target
+
+    def render_one(self) -> None:
+        from . import landmarks_data  # noqa: PLC0415
+
+        i = self.next_chunk * CHUNK + len(self.pending)
+        rng = np.random.default_rng([self.seed, SEED_OFFSET + i])
+        s = landmarks_data.landmark_sample(self.meshes[i % len(self.meshes)], rng)
+        self.pending.append(landmarks_data.pack(s))
+        if len(self.pending) == CHUNK:
+            z = {key: np.stack([p[key] for p in self.pending]) for key in self.pending[0]}
+            f = _chunk_file(self.cache, self.seed, self.next_chunk)
+            tmp = f.with_name(f.stem + ".tmp.npz")
+            np.savez_compressed(tmp, **z)
+            tmp.replace(f)
+            self.pending = []
+            self.next_chunk += 1
+            self._add(z)
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        if self._cat is None:
+            self._cat = {k: np.concatenate(v) for k, v in self.arrs.items()}
+        out = dict(self._cat)
+        if self.pending:
+            for key in self.pending[0]:
+                new = np.stack([p[key] for p in self.pending])
+                out[key] = np.concatenate([out[key], new]) if key in out else new
+        return out
+
+    def size(self) -> int:
+        return self.n + len(self.pending)
+
+
+def _batch(arrs, idx, rng, drop_mask: float = 0.1):
+    import torch  # noqa: PLC0415
+
+    img = arrs["image"][idx].astype(np.float32) / 255.0
+    mask = arrs["mask"][idx].astype(np.float32)
+    tgt = arrs["target"][idx].astype(np.float32)
+    flip = rng.uniform(size=len(idx)) < 0.5
+    img[flip] = img[flip][..., ::-1]
+    mask[flip] = mask[flip][..., ::-1]
+    tgt[flip] = tgt[flip][..., ::-1]
+    gain = rng.uniform(0.7, 1.3, (len(idx), 1, 1, 1)) * rng.uniform(0.9, 1.1, (len(idx), 3, 1, 1))
+    gamma = rng.uniform(0.7, 1.4, (len(idx), 1, 1, 1))
+    img = np.clip(np.clip(img, 0, 1) ** gamma * gain, 0, 1).astype(np.float32)
+    mask[rng.uniform(size=len(idx)) < drop_mask] = 0.0
+    return (torch.as_tensor(np.ascontiguousarray(img)), torch.as_tensor(np.ascontiguousarray(mask)),
+            torch.as_tensor(np.ascontiguousarray(tgt)),
+            torch.as_tensor(arrs["valid"][idx].astype(np.float32)))
+
+
+def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: int = 0,
+                    batch: int = 8, lr: float = 2e-3, samples: int = 1500,
+                    meshes: Optional[Sequence[str]] = None, data_cache=None, resume=None,
+                    device: str = "auto", base: int = 12, checkpoint_minutes: float = 5.0,
+                    command: str = "", log=print) -> dict:
+    """Train a landmark model and write it to ``out`` (see the module docstring).
+    Returns the training record (loss history included)."""
+    import torch  # noqa: PLC0415
+
+    from .landmarks_net import LandmarkNet, landmark_losses  # noqa: PLC0415
+    from .modelfile import read_model_file, save_model  # noqa: PLC0415
+    from .train import resolve_device, training_meshes  # noqa: PLC0415
+
+    if steps < 1 or batch < 1 or samples < 1:
+        raise InputError("steps: --steps, --batch and --samples must be positive")
+    if not max_minutes > 0:
+        raise InputError(f"max minutes: must be positive, got {max_minutes}")
+    t_start = time.time()
+    deadline = t_start + 60.0 * max_minutes
+    dev = resolve_device(device, log)
+    torch.manual_seed(seed)
+    out = Path(out)
+    cache = Path(data_cache) if data_cache else out.with_name(out.name + ".data")
+    tms = training_meshes(meshes)
+    mesh_desc = ", ".join(t.name for t in tms)
+    model = LandmarkNet(base=base).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    step, history, wall_before = 0, [], 0.0
+    if resume:
+        data = read_model_file(resume, "landmarks")
+        model = LandmarkNet(**data["config"]).to(dev)
+        model.load_state_dict(data["state_dict"])
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        ck = Path(str(resume) + ".ckpt")
+        if ck.is_file():
+            st = torch.load(ck, map_location="cpu", weights_only=True)
+            opt.load_state_dict(st["optimizer"])
+        tr = data["training"]
+        step, history = int(tr.get("steps", 0)), list(tr.get("loss_history", []))
+        wall_before = float(tr.get("wall_s", 0.0))
+        log(f"resume: from {resume} at step {step}")
+    pool = _Pool(cache, seed, tms, samples)
+    render_s = 0.0
+    while pool.size() < min(batch * 4, samples) and time.time() < deadline:
+        t0 = time.time()
+        pool.render_one()
+        render_s += time.time() - t0
+    if pool.size() == 0:
+        raise InputError("data cache: no training frame was rendered before the deadline")
+    log(f"pool: {pool.size()} frames ready ({render_s:.0f} s rendering)")
+    rng = np.random.default_rng([seed, 7919, step])
+    last_ck = time.time()
+    record = {}
+    start_step = step
+
+    def write(final: bool):
+        nonlocal record
+        record = {"data": f"SYNTHETIC: {pool.size()} frames rendered by LiverLaparoRegLib."
+                          f"learned.landmarks_data from the mesh(es) [{mesh_desc}] (deformed, "
+                          f"cut, bent, random laparoscope poses and appearance, instruments); "
+                          f"per-pixel ridge / ligament / silhouette maps; no real frame used; "
+                          f"SciKit-Surgery liver held out unless given",
+                  "command": command, "seed": seed, "steps": step, "batch": batch, "lr": lr,
+                  "samples": pool.size(), "meshes": mesh_desc, "device": str(dev),
+                  "loss_history": history, "wall_s": wall_before + time.time() - t_start,
+                  "render_s": render_s, "finished": final,
+                  "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+        save_model(out, model, "landmarks", record)
+        torch.save({"optimizer": opt.state_dict()}, str(out) + ".ckpt")
+
+    model.train()
+    run = []
+    arrs = pool.arrays()
+    while step < steps:
+        now = time.time()
+        if now >= deadline:
+            break
+        if not pool.full() and render_s < RENDER_SHARE * (now - t_start):
+            t0 = time.time()
+            pool.render_one()
+            render_s += time.time() - t0
+            if pool.size() % 8 == 0:
+                arrs = pool.arrays()
+        frac = min(1.0, max((step - start_step) / max(1, steps - start_step),
+                            (now - t_start) / max(1.0, deadline - t_start)))
+        for g in opt.param_groups:
+            g["lr"] = float(lr * (0.05 + 0.475 * (1 + np.cos(np.pi * frac))))
+        n = len(arrs["image"])
+        idx = rng.choice(n, size=batch, replace=n < batch)
+        img, mask, tgt, valid = (x.to(dev) for x in _batch(arrs, idx, rng))
+        L = landmark_losses(model(img, mask), tgt, valid)
+        opt.zero_grad()
+        L["total"].backward()
+        opt.step()
+        step += 1
+        run.append([L["total"].item()] + L["f1"].tolist())
+        if step % 20 == 0:
+            m = np.mean(run, 0).tolist()
+            history.append([step] + [round(x, 5) for x in m])
+            run = []
+            log(f"step {step}: loss {m[0]:.4f} F1 ridge {m[1]:.3f} ligament {m[2]:.3f} "
+                f"silhouette {m[3]:.3f} (frames {pool.size()}, {time.time() - t_start:.0f} s)")
+        if time.time() - last_ck > 60.0 * checkpoint_minutes:
+            write(False)
+            last_ck = time.time()
+    write(True)
+    return record

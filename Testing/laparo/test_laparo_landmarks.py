@@ -1,0 +1,174 @@
+"""LiverLaparoReg learned registration, landmark model kind: per-pixel 2D landmarks learned,
+3D side geometric. SYNTHETIC data only (rendered here); tiny models train in seconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from SurgicalReg2D3DLib.errors import FileReadError, GeometryError, InputError  # noqa: E402
+
+from LiverLaparoRegLib import metrics as lmetrics  # noqa: E402
+from LiverLaparoRegLib.learned import data, infer, landmarks_infer as li, modelfile  # noqa: E402
+from LiverLaparoRegLib.learned.landmarks_net import LandmarkNet, landmark_losses  # noqa: E402
+from LiverLaparoRegLib.learned.landmarks_train import train_landmarks  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    from LiverLaparoRegLib.learned.evaluation import held_out_train_mesh  # noqa: PLC0415
+
+    return held_out_train_mesh()
+
+
+@pytest.fixture(scope="module")
+def frame(held_out):
+    """A SYNTHETIC frame of the held-out SciKit-Surgery liver (P2ILF camera, no bend)."""
+    from LiverLaparoRegLib.bench import sample_data_dir  # noqa: PLC0415
+    from LiverLaparoRegLib.camera import load_camera  # noqa: PLC0415
+    from LiverLaparoRegLib.learned.evaluation import full_frame  # noqa: PLC0415
+
+    mesh, tm, _ = held_out
+    cam = load_camera(sample_data_dir() / "p2ilf" / "cameraparams" /
+                      "acquisition-camera-metadata.json")
+    s, img, mask = full_frame(tm, cam, np.random.default_rng([0, 1000]))
+    return mesh, tm, cam, s.model_to_camera, img, mask
+
+
+def test_training_samples_have_landmark_maps():
+    """Ridge / silhouette labels exist and lie on the liver (ridge) or its outline."""
+    from LiverLaparoRegLib.learned.landmarks_data import landmark_sample  # noqa: PLC0415
+
+    tm = data.p2ilf_train_mesh()
+    s = landmark_sample(tm, np.random.default_rng([0, 3]))
+    assert s["image"].shape == (3, data.NET_H, data.NET_W)
+    assert s["target"].shape == (3, data.NET_H, data.NET_W)
+    assert s["target"][2].any() and s["valid"].tolist() == [1, 1, 1]
+    ridge = s["target"][0].astype(bool)
+    assert np.all(s["mask"][ridge])                       # ridge pixels are visible liver
+
+
+def test_tiny_model_trains_and_resumes(tmp_path):
+    """A tiny U-Net on 16 SYNTHETIC frames: the loss drops; the model file records kind,
+    version, data, command and seed; --resume continues from the step count."""
+    out = tmp_path / "lm.pt"
+    rec = train_landmarks(out, steps=60, max_minutes=3, seed=1, batch=4, samples=16, base=4,
+                          data_cache=tmp_path / "cache", device="cpu", command="test cmd",
+                          log=lambda m: None)
+    h = np.array(rec["loss_history"])
+    assert len(h) == 3 and h[-1, 1] < h[0, 1]
+    d = modelfile.read_model_file(out, "landmarks")
+    assert d["kind"] == "landmarks" and d["version"] == modelfile.VERSION
+    assert d["training"]["seed"] == 1 and d["training"]["command"] == "test cmd"
+    assert "SYNTHETIC" in d["training"]["data"]
+    assert modelfile.model_kind(out) == "landmarks"
+    net, _ = modelfile.load_model(out, kind="landmarks")
+    with pytest.raises(FileReadError, match="^model: .*'landmarks' model, expected 'stage1'"):
+        modelfile.load_model(out)
+    rec2 = train_landmarks(out, steps=80, max_minutes=3, seed=1, batch=4, samples=16, base=4,
+                           data_cache=tmp_path / "cache", device="cpu", resume=out,
+                           log=lambda m: None)
+    assert rec2["steps"] == 80
+
+
+def test_loss_prefers_the_true_map():
+    t = torch.zeros(1, 3, 8, 8)
+    t[0, 0, 2:4] = 1
+    good = landmark_losses(torch.where(t > 0, 5.0, -5.0), t)["total"]
+    bad = landmark_losses(torch.where(t > 0, -5.0, 5.0), t)["total"]
+    assert float(good) < float(bad)
+
+
+def test_true_curves_to_correspondences_to_pose(frame):
+    """The 2D-curve -> correspondence -> pose step with the TRUE 2D landmark maps (the
+    labels the network is trained on): from a start 10 deg / 10 mm off, the image ICP on
+    ridge + silhouette pairs comes back to the true pose (independent reference), and
+    EPnP + RANSAC on its correspondences agrees."""
+    from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
+
+    from LiverLaparoRegLib.bench import perturb  # noqa: PLC0415
+
+    mesh, tm, cam, T, img, mask = frame
+    maps = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge)
+    obs = li.observations(maps, mask, cam)
+    lm = li.MeshLandmarks(mesh)
+    T0 = perturb(T, mesh.vertices, 10.0, 10.0, np.random.default_rng(5))
+    e0 = lmetrics.pose_errors(T0, T, lm.c)
+    T1, pairs = li.icp(T0, lm, cam, obs)
+    e1 = lmetrics.pose_errors(T1, T, lm.c)
+    assert e0["rotation_deg"] > 9.0
+    assert e1["rotation_deg"] < 2.5 and e1["centroid_error_mm"] < 3.0
+    corr = li.correspondences_of(pairs, cam)
+    assert {c["class"] for c in corr} == {"ridge", "silhouette"}
+    assert all(0 <= c["vertex"] < len(mesh.vertices) for c in corr)
+    p3 = np.concatenate([p[3] for p in pairs])
+    p2 = np.concatenate([p[1] for p in pairs])
+    r = epnp_ransac(p3, p2, cam.K, None, reprojection_px=0.02 * np.hypot(cam.width, cam.height))
+    assert lmetrics.pose_errors(r.model_to_camera, T, lm.c)["rotation_deg"] < 5.0
+    # the search score prefers the true pose to the perturbed start
+    rm = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
+    assert li.score_pose(T, lm, cam, obs["mask_net"], rm) > \
+        li.score_pose(T0, lm, cam, obs["mask_net"], rm)
+
+
+def _tiny_model(tmp_path):
+    torch.manual_seed(0)
+    net = LandmarkNet(base=4).eval()
+    return modelfile.save_model(tmp_path / "tiny_lm.pt", net, "landmarks",
+                                {"data": "synthetic", "command": "test", "seed": 0})
+
+
+def test_bad_inputs(tmp_path, frame):
+    mesh, tm, cam, T, img, mask = frame
+    model = _tiny_model(tmp_path)
+    with pytest.raises(InputError, match="^mask: size"):
+        infer.register_learned(mesh, cam, img, mask[:-1], model=str(model))
+    with pytest.raises(InputError, match="^mask: the liver mask is empty"):
+        infer.register_learned(mesh, cam, img, np.zeros_like(mask), model=str(model))
+    with pytest.raises(InputError, match="^mask: the learned landmark method needs"):
+        li.register_landmarks(mesh, cam, img, None, model=str(model))
+    tiny = np.zeros_like(mask)
+    tiny[100:102, 100:102] = True                          # a speck: no liver visible
+    with pytest.raises(GeometryError, match="^correspondences: no correspondences"):
+        infer.register_learned(mesh, cam, img, tiny, model=str(model))
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(FileReadError, match="^model: .*corrupt"):
+        infer.register_learned(mesh, cam, img, mask, model=str(bad))
+    d = torch.load(model, weights_only=True)
+    d["version"] = 99
+    torch.save(d, tmp_path / "v99.pt")
+    with pytest.raises(FileReadError, match="^model: .*version 99"):
+        infer.register_learned(mesh, cam, img, mask, model=str(tmp_path / "v99.pt"))
+    with pytest.raises(GeometryError, match="^mesh: .*metres"):
+        from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
+        infer.register_learned(MeshData(mesh.vertices / 1000.0, mesh.faces), cam, img, mask,
+                               model=str(model))
+
+
+def test_fewer_than_four_pairs_is_refused(frame):
+    """Observations with (almost) nothing: the ICP yields < 4 pairs -> a clear error,
+    never a pose."""
+    mesh, tm, cam, T, img, mask = frame
+    obs = {"ridge": np.zeros((0, 2)), "ridge_conf": np.zeros(0),
+           "silhouette": np.zeros((0, 2)), "silhouette_conf": np.zeros(0)}
+    _, pairs = li.icp(T, li.MeshLandmarks(mesh), cam, obs)
+    assert li.correspondences_of(pairs, cam) == []
+
+
+def test_cli_train_kind_landmarks(tmp_path, capsys):
+    """`surgreg laparo train --stage 1 --kind landmarks` writes a landmarks model file
+    whose record holds the command and the seed."""
+    from SurgicalReg2D3DLib.cli import main  # noqa: PLC0415
+
+    out = tmp_path / "cli_lm.pt"
+    rc = main(["laparo", "train", "--stage", "1", "--kind", "landmarks", "--samples", "8",
+               "--steps", "20", "--batch", "4", "--base", "4", "--max-minutes", "2",
+               "--seed", "3", "--device", "cpu", "--data-cache", str(tmp_path / "c"),
+               "--out", str(out)])
+    assert rc == 0
+    d = modelfile.read_model_file(out, "landmarks")
+    assert d["training"]["seed"] == 3 and d["training"]["steps"] == 20
+    assert "--kind landmarks" in d["training"]["command"]
