@@ -107,6 +107,27 @@ def test_training_lowers_pose_error_on_held_out_perturbations(sweep, tiny_model)
     assert after[:, 0].mean() < before[:, 0].mean() + 0.5
 
 
+def test_traced_network_equals_the_eager_one_for_any_batch(sweep, tiny_model):
+    """The inference copy (traced and frozen once, with a batch of 2) gives the eager
+    network's output for other batch sizes too, and the same corrections."""
+    from USSliceRegLib.learned.infer import DeepRegistrar
+
+    vol, ijk, poses, frames, fan = sweep
+    deep = DeepRegistrar(tiny_model, vol, ijk, (H, W), fan)
+    assert deep._raw is not None
+    n2, n3 = deep.net.n2, deep.net.n3
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for b in (1, 3):
+            x2 = torch.randn(b, 2, n2, n2, generator=gen)
+            x3 = torch.randn(b, 2, n3, n3, n3, generator=gen)
+            torch.testing.assert_close(deep._raw(x2, x3), deep.net.raw(x2, x3),
+                                       rtol=1e-4, atol=1e-5)
+    traced = deep.predict(frames[:3], poses[:3])
+    deep._raw = None  # the eager path
+    np.testing.assert_allclose(deep.predict(frames[:3], poses[:3]), traced, atol=1e-4)
+
+
 def test_model_file_records_provenance_and_is_refused_for_another_volume(sweep, tiny_model):
     from USSliceRegLib.learned.geometry import volume_fingerprint
     from USSliceRegLib.learned.infer import DeepRegistrar

@@ -121,6 +121,11 @@ class DeepRegistrar:
         self.grid = GridSpec.from_dict(data["grid"])
         self.range = dict(data["range"])
         self.net = build_network(data, self.device)
+        # Traced + frozen copy of the network's layers for inference (first-use cost at
+        # preparation, reported with it); the eager network where tracing fails.
+        from .network import frozen_raw  # noqa: PLC0415
+
+        self._raw = frozen_raw(self.net, self.device)
         self.sampler = VolumeSampler(vol, ijk_to_reference, volume_mask, device=self.device)
         self.cube = cube_points(self.grid, self.device)
         rows, cols = np.nonzero(fan)
@@ -158,7 +163,8 @@ class DeepRegistrar:
         cv, cd = self.sampler.sample(Fs_t, self.cube)
         dm = (cd > 0.5).float()
         cn = normalise_masked(cv * dm, dm, (1, 2, 3))
-        D = self.net(torch.stack([fn, mask], 1), torch.stack([cn, dm], 1))
+        x2, x3 = torch.stack([fn, mask], 1), torch.stack([cn, dm], 1)
+        D = self.net.to_pose(self._raw(x2, x3)) if self._raw is not None else self.net(x2, x3)
         D = D.double().cpu().numpy()
         return Fs @ D @ invert_rigid(Fs)
 

@@ -77,15 +77,50 @@ class DeepRS2VNet(nn.Module):
         return {"n2": self.n2, "n3": self.n3, "width": self.width,
                 "translation_scale_mm": self.translation_scale_mm}
 
-    def forward(self, frame: torch.Tensor, cube: torch.Tensor) -> torch.Tensor:
-        """``D`` ``(B, 4, 4)`` (see the module docstring)."""
+    def raw(self, frame: torch.Tensor, cube: torch.Tensor) -> torch.Tensor:
+        """The head's 9 numbers ``(B, 9)`` (layers 1-5; no Python-level shape logic, so it
+        can be traced once for any batch size)."""
         f2 = self.frame_encoder(frame)  # (B, C, s, s)  rows y, columns x
         f3 = self.volume_encoder(cube)  # (B, C, s, s, s)  (z, y, x)
         f2b = f2[:, :, None].expand_as(f3)
         fused = torch.cat([f3 * f2b, f3, f2b], dim=1)
         d = self.decoder(fused)
         pooled = torch.cat([d.mean(dim=(2, 3, 4)), d.flatten(1)], dim=1)
-        out = self.head(pooled)
+        return self.head(pooled)
+
+    def to_pose(self, out: torch.Tensor) -> torch.Tensor:
+        """``D`` ``(B, 4, 4)`` from :meth:`raw`'s output."""
         rot6 = out[:, :6] + self.identity6d
         t = out[:, 6:] * self.translation_scale_mm
         return rigid_from_6d(rot6, t)
+
+    def forward(self, frame: torch.Tensor, cube: torch.Tensor) -> torch.Tensor:
+        """``D`` ``(B, 4, 4)`` (see the module docstring)."""
+        return self.to_pose(self.raw(frame, cube))
+
+
+class _Raw(nn.Module):
+    def __init__(self, net: DeepRS2VNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, frame, cube):
+        return self.net.raw(frame, cube)
+
+
+def frozen_raw(net: DeepRS2VNet, device=None):
+    """:meth:`DeepRS2VNet.raw` traced and frozen for inference (TorchScript: fused
+    convolution + norm where the backend can, no Python per layer; ~25 % faster on the
+    CPU). Returns ``None`` where tracing fails (the caller keeps the eager network)."""
+    import warnings  # noqa: PLC0415
+
+    net = net.eval()
+    dev = torch.device(device or "cpu")
+    frame = torch.zeros(2, 2, net.n2, net.n2, device=dev)
+    cube = torch.zeros(2, 2, net.n3, net.n3, net.n3, device=dev)
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.freeze(torch.jit.trace(_Raw(net).eval(), (frame, cube)))
+    except Exception:  # noqa: BLE001  (an optimisation only)
+        return None
