@@ -114,7 +114,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     result = register_arrays(hu, ijk_to_ras, images, cameras, init, method=args.method,
                              device=device, quality=not args.no_quality,
                              quality_model=model,
-                             quality_polish=getattr(args, "quality_polish", "flagged"), **opts)
+                             quality_polish=getattr(args, "quality_polish", None) or "flagged",
+                             **opts)
     extra = {"similarity": result.similarity, "method": args.method,
              "time_s": round(result.time_s, 3), "iterations": len(result.history),
              "convergence": [h["loss"] for h in result.history]}
@@ -392,12 +393,12 @@ def register_cli(subparsers) -> None:
     reg.add_argument("--calibrate-quality", dest="calibrate_quality", type=int, default=0,
                      metavar="N", help="calibrate the quality estimate on N simulated X-rays "
                      "of this CT first (cached per CT and geometry; e.g. 12)")
-    reg.add_argument("--quality-polish", dest="quality_polish", default="flagged",
+    reg.add_argument("--quality-polish", dest="quality_polish", default=None,
                      choices=("flagged", "all", "off"),
                      help="detector-model polish (intensity-domain blur) of results the quality "
-                          "does not judge 'ok' (flagged, default), of every result (all), or "
-                          "none (off: for X-rays that are not a linear function of -log "
-                          "intensity, e.g. gamma-corrected)")
+                          "does not judge 'ok' (flagged, the default), of every result (all, "
+                          "the default with --model), or none (off: for X-rays that are not a "
+                          "linear function of -log intensity, e.g. gamma-corrected)")
     _add_method_options(reg)
     reg.set_defaults(func=cmd_register)
 

@@ -291,6 +291,12 @@ def test_cli_train_and_register_from_nominal(tmp_path, capsys):
     out = json.loads((tmp_path / "o.json").read_text())
     assert np.asarray(out["ct_to_camera"]).shape == (4, 4)
     assert out["method"] == "regressor" and "quality" in out
+    # with a refinement the command runs the classic quality step (polish of every result
+    # by default with --model) and reports its calibrated estimate
+    rc = surgreg_main(reg[:-4] + ["--method", "ncc", "--out", str(tmp_path / "o2.json")])
+    out2 = json.loads((tmp_path / "o2.json").read_text())
+    assert rc == (1 if out2["quality"]["verdict"] == "failed" else 0)
+    assert out2["method"] == "regressor+ncc" and out2["quality"]["estimate"]["mtre_mm"] >= 0
     # the learned benchmark from the nominal view (surgreg fluoro bench --model)
     bench = ["fluoro", "bench", "--model", str(tmp_path / "model.pt"), "--ct",
              str(tmp_path / "ct.nii.gz"), "--n-cases", "2", "--views", "1", "--methods",

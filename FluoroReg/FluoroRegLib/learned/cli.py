@@ -275,6 +275,8 @@ def cmd_register_model(args: argparse.Namespace) -> int:
                                  nominal_views=nominal, init_poses=init, force=args.force,
                                  device=device, ppc_model=ppc_data,
                                  ppc_updates=getattr(args, "ppc_updates", None),
+                                 quality=not getattr(args, "no_quality", False),
+                                 quality_polish=getattr(args, "quality_polish", None) or "all",
                                  **_method_options(args))
     extra = {"similarity": result.similarity, "method": result.method,
              "time_s": round(result.time_s, 3), "iterations": len(result.history),
