@@ -7,6 +7,8 @@ three bone spheres placed asymmetrically), so each training run takes seconds.
 """
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,30 +29,10 @@ from FluoroRegLib.simulate import mtre_np, perturb_pose
 from SurgicalReg2D3DLib.cli import main as surgreg_main
 from SurgicalReg2D3DLib.errors import FileReadError, InputError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_fluoro_learned import CAMERA, nominal_of, phantom  # noqa: E402  (the shared phantom)
+
 torch.set_num_threads(1)
-
-
-def phantom(shift=(0.0, 0.0, 0.0)):
-    """(hu (K, J, I), ijk_to_ras): 24 x 22 x 20 voxels of 5 mm, SYNTHETIC."""
-    k, j, i = 24, 22, 20
-    kk, jj, ii = np.meshgrid(np.arange(k), np.arange(j), np.arange(i), indexing="ij")
-    hu = np.full((k, j, i), -1000.0, np.float32)
-    body = ((ii - 9.5) / 8.5) ** 2 + ((jj - 10.5) / 8.0) ** 2 + ((kk - 11.5) / 11.0) ** 2 < 1
-    hu[body] = 0.0
-    for (a, b, c, r) in ((6, 7, 5, 3.0), (14, 12, 16, 2.5), (8, 15, 11, 2.0)):
-        hu[(ii - a - shift[0]) ** 2 + (jj - b - shift[1]) ** 2 + (kk - c - shift[2]) ** 2 < r * r] = 1000.0
-    m = np.diag([5.0, 5.0, 5.0, 1.0])
-    m[:3, 3] = [-50.0, -55.0, -60.0]
-    return hu, m
-
-
-CAMERA = make_camera(1000.0, (6.0, 6.0), (32, 32))
-
-
-def nominal_of(hu, m):
-    k, j, i = hu.shape
-    c = (m @ [(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0])[:3]
-    return look_at_pose(c, "AP", 600.0), c
 
 
 def tiny_config(**kw):
