@@ -210,7 +210,8 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
     from ..geometry import camera_parameters  # noqa: PLC0415
     from ..refine import check_pose  # noqa: PLC0415
     from ..simulate import downsample_ct  # noqa: PLC0415
-    from .train import _cfg_dict, _check_ct, pick_device  # noqa: PLC0415
+    from .train import (_cfg_dict, _check_ct, budget_fraction, budget_stop_reason,  # noqa: PLC0415
+                        pick_device, set_cosine_lr)
 
     cfg = config
     say = log or (lambda msg: None)
@@ -335,16 +336,13 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
     try:
         while True:
             elapsed = elapsed_prev + time.perf_counter() - t0
-            frac = elapsed / max_s
-            if cfg.max_steps:
-                frac = max(frac, step / int(cfg.max_steps))
+            frac = budget_fraction(elapsed, cfg, step)
             if frac >= 1.0:
-                stop_reason = "steps" if cfg.max_steps and step >= int(cfg.max_steps) else "time"
+                stop_reason = budget_stop_reason(cfg, step)
                 break
             if is_cancelled(cancel):
                 raise CancelledError("training: cancelled")
-            for g in opt.param_groups:
-                g["lr"] = float(cfg.lr) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            set_cosine_lr(opt, cfg.lr, frac)
             if batch is None or step % max(1, int(cfg.reuse)) == 0:
                 batch = sampler.sample(gen, int(cfg.batch_size))
             fixed = randomise(batch["fixed_raw"], gen, cfg.randomisation)

@@ -34,7 +34,6 @@ One process only (``torchrun`` runs the regressor's training; see :mod:`.train`)
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -203,7 +202,8 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
     ``out_path`` (and ``<out>.ckpt.pt`` as it goes); returns the model dict."""
     from .model_file import FORMAT, FORMAT_VERSION, save_model  # noqa: PLC0415
     from .sampling import randomise  # noqa: PLC0415
-    from .train import _cfg_dict  # noqa: PLC0415
+    from .train import (_cfg_dict, budget_fraction, budget_stop_reason,  # noqa: PLC0415
+                        set_cosine_lr)
 
     say = log or (lambda msg: None)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -266,16 +266,13 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
     try:
         while True:
             elapsed = elapsed_prev + time.perf_counter() - t0
-            frac = elapsed / max_s
-            if cfg.max_steps:
-                frac = max(frac, step / int(cfg.max_steps))
+            frac = budget_fraction(elapsed, cfg, step)
             if frac >= 1.0:
-                stop_reason = "steps" if cfg.max_steps and step >= int(cfg.max_steps) else "time"
+                stop_reason = budget_stop_reason(cfg, step)
                 break
             if is_cancelled(cancel):
                 raise CancelledError("training: cancelled")
-            for g in opt.param_groups:
-                g["lr"] = float(cfg.lr) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            set_cosine_lr(opt, cfg.lr, frac)
             drr, _, _, truths = renderer.sample(gen, int(cfg.batch_size))
             fixed = randomise(drr, gen, cfg.randomisation)
             moving = _perturb(gen, truths, renderer.center_ras, s)

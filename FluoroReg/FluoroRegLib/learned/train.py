@@ -76,6 +76,28 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
+def budget_fraction(elapsed_s: float, cfg, step: int) -> float:
+    """The fraction of the training budget used: the larger of the time fraction
+    (``cfg.max_minutes``) and the step fraction (``cfg.max_steps``, when set). Shared by the
+    regressor, ppc and similarity training loops."""
+    frac = elapsed_s / (float(cfg.max_minutes) * 60.0)
+    if cfg.max_steps:
+        frac = max(frac, step / int(cfg.max_steps))
+    return frac
+
+
+def budget_stop_reason(cfg, step: int) -> str:
+    """Why a loop that used its whole budget stopped: ``"steps"`` or ``"time"``."""
+    return "steps" if cfg.max_steps and step >= int(cfg.max_steps) else "time"
+
+
+def set_cosine_lr(opt, base_lr: float, frac: float) -> None:
+    """Cosine learning rate from ``base_lr`` to ``base_lr / 100`` over the budget."""
+    lr = float(base_lr) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
 def _check_ct(hu) -> np.ndarray:
     arr = np.asarray(hu)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
@@ -316,9 +338,7 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
     try:
         while True:
             elapsed = elapsed_prev + time.perf_counter() - t0
-            frac = elapsed / max_s
-            if cfg.max_steps:
-                frac = max(frac, step / int(cfg.max_steps))
+            frac = budget_fraction(elapsed, cfg, step)
             stop = frac >= 1.0
             if world > 1:
                 import torch.distributed as dist  # noqa: PLC0415
@@ -327,12 +347,11 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 stop = bool(flag.item() > 0)
             if stop:
-                stop_reason = "steps" if cfg.max_steps and step >= int(cfg.max_steps) else "time"
+                stop_reason = budget_stop_reason(cfg, step)
                 break
             if is_cancelled(cancel):
                 raise CancelledError("training: cancelled")
-            for g in opt.param_groups:
-                g["lr"] = float(cfg.lr) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            set_cosine_lr(opt, cfg.lr, frac)
             if batch is None or step % max(1, int(cfg.reuse)) == 0:
                 batch = renderer.sample(gen, int(cfg.batch_size))
             drr, r, t, _ = batch
