@@ -255,6 +255,47 @@ def _model_kind(model) -> str:
     return "landmarks"
 
 
+def assemble_result(mesh, camera, T, T1, corr, inl, mask, timings, history, minfo, info,
+                    reproj_px: float, threshold_px: float, nonrigid: bool = False,
+                    structures=(), ground_truth=None, progress=None,
+                    cancel=None) -> LearnedResult:
+    """The :class:`LearnedResult` of a learned registration (both model kinds): pose ``T``
+    (Stage I pose ``T1``), correspondences ``corr`` (``inl`` the inliers), the Stage II
+    deformation with ``nonrigid``, the metrics (``evaluate``; Stage I errors with
+    ``ground_truth``; ``minfo`` / the model ``info`` under ``"learned"``) and the
+    uncalibrated :func:`quality_of`. The caller adds what is specific to its kind."""
+    from SurgicalReg2D3DLib.progress import sub_progress  # noqa: PLC0415
+
+    from ..logic import evaluate  # noqa: PLC0415
+    from ..mesh import MeshData  # noqa: PLC0415
+
+    res = LearnedResult(np.asarray(T, float), "learned", timings=timings, history=list(history))
+    res.stage1_model_to_camera = T1
+    res.correspondences = corr
+    if nonrigid:
+        from .stage2 import deform_stage2  # noqa: PLC0415
+
+        t1 = time.perf_counter()
+        d = deform_stage2(mesh, camera, res.model_to_camera, mask=mask,
+                          pairs=[c for c in corr if c.get("inlier")],
+                          progress=sub_progress(progress, 0.8, 1.0), cancel=cancel)
+        res.deformed_vertices = d.vertices
+        res.deformation = d
+        res.deformed_structures = [MeshData(d.apply(s.vertices), np.array(s.faces, copy=True),
+                                            s.name) for s in structures or ()]
+        res.timings["nonrigid_s"] = time.perf_counter() - t1
+    res.metrics = evaluate(mesh, camera, res.model_to_camera, mask, None, None, ground_truth,
+                           res.deformed_vertices)
+    if ground_truth is not None:
+        from .. import metrics as lmetrics  # noqa: PLC0415
+
+        res.metrics["stage1"] = lmetrics.pose_errors(T1, ground_truth, mesh.vertices.mean(0))
+    res.metrics["learned"] = dict(minfo, inliers=len(inl), model=info.get("path"))
+    res.quality = quality_of(len(corr), len(inl), res.metrics.get("mask_dice"), reproj_px,
+                             threshold_px)
+    return res
+
+
 def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
                      refine: bool = True, nonrigid: bool = False, ground_truth=None,
                      structures=None, progress=None, cancel=None) -> LearnedResult:
@@ -263,8 +304,8 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
     from ..camera import as_camera, check_image_size  # noqa: PLC0415
-    from ..logic import _check_pose, _run_silhouette, evaluate  # noqa: PLC0415
-    from ..mesh import MeshData, validate_mesh  # noqa: PLC0415
+    from ..logic import _check_pose, _run_silhouette  # noqa: PLC0415
+    from ..mesh import validate_mesh  # noqa: PLC0415
     from .modelfile import load_model  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -344,31 +385,10 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
             minfo["refinement"] = "skipped: the Stage I pose does not overlap the mask"
         timings["silhouette_s"] = time.perf_counter() - t1
     timings["rigid_s"] = time.perf_counter() - t0
-    res = LearnedResult(np.asarray(T, float), "learned", timings=timings, history=list(history))
-    res.stage1_model_to_camera = T1
-    res.correspondences = corr
-    if nonrigid:
-        from .stage2 import deform_stage2  # noqa: PLC0415
-
-        t1 = time.perf_counter()
-        pairs = [c for c in corr if c.get("inlier")]
-        d = deform_stage2(mesh, camera, res.model_to_camera, mask=ref_mask, pairs=pairs,
-                          progress=sub_progress(progress, 0.8, 1.0), cancel=cancel)
-        res.deformed_vertices = d.vertices
-        res.deformation = d
-        res.deformed_structures = [MeshData(d.apply(s.vertices), np.array(s.faces, copy=True),
-                                            s.name) for s in structures]
-        res.timings["nonrigid_s"] = time.perf_counter() - t1
-    res.metrics = evaluate(mesh, camera, res.model_to_camera, ref_mask, None, None,
-                           ground_truth, res.deformed_vertices)
-    if ground_truth is not None:
-        from .. import metrics as lmetrics  # noqa: PLC0415
-
-        res.metrics["stage1"] = lmetrics.pose_errors(T1, ground_truth, mesh.vertices.mean(0))
-    res.metrics["learned"] = dict(minfo, inliers=len(inl), model=info.get("path"))
-    res.quality = quality_of(len(corr), len(inl), res.metrics.get("mask_dice"),
-                             pnp.reprojection_error_px,
-                             1.5 * camera.width / 32)
+    res = assemble_result(mesh, camera, T, T1, corr, inl, ref_mask, timings, history, minfo,
+                          info, pnp.reprojection_error_px, 1.5 * camera.width / 32,
+                          nonrigid=nonrigid, structures=structures,
+                          ground_truth=ground_truth, progress=progress, cancel=cancel)
     if "refinement" in minfo:
         res.quality.verdict = "failed"
         res.quality.reasons.insert(0, minfo["refinement"])

@@ -545,11 +545,11 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
     from ..camera import as_camera, check_image_size  # noqa: PLC0415
-    from ..logic import SILHOUETTE_FACES, SILHOUETTE_FINE_WIDTH, _check_pose, decimated, \
-        evaluate  # noqa: PLC0415
-    from ..mesh import MeshData, validate_mesh  # noqa: PLC0415
+    from ..logic import SILHOUETTE_FACES, SILHOUETTE_FINE_WIDTH, _check_pose, \
+        decimated  # noqa: PLC0415
+    from ..mesh import validate_mesh  # noqa: PLC0415
     from ..silhouette import refine_silhouette  # noqa: PLC0415
-    from .infer import LearnedResult, check_liver_scale, check_mask, quality_of  # noqa: PLC0415
+    from .infer import assemble_result, check_liver_scale, check_mask  # noqa: PLC0415
     from .modelfile import load_model  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -663,28 +663,10 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
             minfo["refinement"] = "skipped: the Stage I pose does not overlap the mask"
         timings["refine_s"] = time.perf_counter() - t1
     timings["rigid_s"] = time.perf_counter() - t0
-    res = LearnedResult(np.asarray(T, float), "learned", timings=timings, history=list(history))
-    res.stage1_model_to_camera = T1
-    res.correspondences = corr
-    if nonrigid:
-        from .stage2 import deform_stage2  # noqa: PLC0415
-
-        t1 = time.perf_counter()
-        d = deform_stage2(mesh, camera, res.model_to_camera, mask=mask,
-                          pairs=[c for c in corr if c.get("inlier")],
-                          progress=sub_progress(progress, 0.8, 1.0), cancel=cancel)
-        res.deformed_vertices = d.vertices
-        res.deformation = d
-        res.deformed_structures = [MeshData(d.apply(s.vertices), np.array(s.faces, copy=True),
-                                            s.name) for s in structures]
-        res.timings["nonrigid_s"] = time.perf_counter() - t1
-    res.metrics = evaluate(mesh, camera, res.model_to_camera, mask, None, None, ground_truth,
-                           res.deformed_vertices)
-    if ground_truth is not None:
-        res.metrics["stage1"] = lmetrics.pose_errors(T1, ground_truth, mesh.vertices.mean(0))
-    res.metrics["learned"] = dict(minfo, inliers=len(inl), model=info.get("path"))
-    res.quality = quality_of(len(corr), len(inl), res.metrics.get("mask_dice"),
-                             rr.reprojection_error_px, thr)
+    res = assemble_result(mesh, camera, T, T1, corr, inl, mask, timings, history, minfo, info,
+                          rr.reprojection_error_px, thr, nonrigid=nonrigid,
+                          structures=structures, ground_truth=ground_truth,
+                          progress=progress, cancel=cancel)
     # ambiguity: the best other candidate (rotation > 15 deg away) after its ICP
     others = [c["score"] for c, (Tc, _) in zip(tried, cands) if c["score"] is not None
               and _rot_deg(Tc, T1) > 15.0 and c["score"] != round(s1, 4)]
