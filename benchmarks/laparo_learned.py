@@ -125,16 +125,15 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
     Stage I matcher, contour-PnP and the silhouette method from a 10 deg / 20 mm start."""
     import json as _json
 
-    from LiverLaparoRegLib import synthetic
-    from LiverLaparoRegLib.bench import perturb, sample_data_dir
+    from LiverLaparoRegLib.bench import sample_data_dir
     from LiverLaparoRegLib.camera import load_camera
     from LiverLaparoRegLib.learned import landmarks_infer as li
-    from LiverLaparoRegLib.learned.evaluation import (clip_contours, full_frame,
-                                                      held_out_train_mesh, reprojection_px,
+    from LiverLaparoRegLib.learned.evaluation import (full_frame, held_out_train_mesh,
+                                                      reprojection_px, run_baselines,
                                                       visible_vertices)
     from LiverLaparoRegLib.learned.infer import register_learned
     from LiverLaparoRegLib.learned.modelfile import load_model
-    from LiverLaparoRegLib.logic import evaluate, register
+    from LiverLaparoRegLib.logic import evaluate
 
     net, rec = load_model(model, kind="landmarks")
     old = None
@@ -213,28 +212,7 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
                           {"error": str(exc)[:160]})
             if not baselines:
                 continue
-            case = synthetic.make_case(mesh, cam, T, noise_px=1.0, render=False, seed=k)
-            c2, c3, kept = clip_contours(case, mask)
-            t0 = time.perf_counter()
-            try:
-                if not c2:
-                    raise ValueError("no contour visible")
-                rp = register(mesh, cam, contours2d=c2, contours3d=c3, method="pnp")
-                score("contour-pnp", rp.model_to_camera, time.perf_counter() - t0,
-                      {"contour_visible_fraction": [_r(x, 2) for x in kept]})
-            except Exception as exc:  # noqa: BLE001
-                score("contour-pnp", None, time.perf_counter() - t0,
-                      {"error": str(exc)[:160],
-                       "contour_visible_fraction": [_r(x, 2) for x in kept]})
-            T0 = perturb(T, mesh.vertices, 10.0, 20.0, rng)
-            t0 = time.perf_counter()
-            try:
-                rs = register(mesh, cam, mask=mask, init=T0, method="silhouette")
-                score("silhouette (init 10 deg / 20 mm)", rs.model_to_camera,
-                      time.perf_counter() - t0)
-            except Exception as exc:  # noqa: BLE001
-                score("silhouette (init 10 deg / 20 mm)", None, time.perf_counter() - t0,
-                      {"error": str(exc)[:160]})
+            run_baselines(mesh, cam, T, mask, k, rng, score)
     return rows, rec
 
 

@@ -8,6 +8,8 @@ liver mask is rendered at 480 px wide, upscaled, minus the instruments.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 
@@ -151,16 +153,47 @@ def clip_contours(case, mask):
     return c2, c3, kept
 
 
+def run_baselines(mesh, cam, T, mask, seed: int, rng, score, silhouette: bool = True) -> None:
+    """The classic baselines on one synthetic frame at the true pose ``T``, reported with
+    ``score(name, model_to_camera or None, seconds, extra=None)``: contour-PnP on the
+    synthetic landmark curves (1 px noise) clipped to the visible part, and (``silhouette``)
+    the silhouette refinement from a start 10 deg / 20 mm off (drawn from ``rng``). A
+    failure is a result (``None`` pose, the error in ``extra``)."""
+    from .. import synthetic  # noqa: PLC0415
+    from ..bench import perturb  # noqa: PLC0415
+    from ..logic import register  # noqa: PLC0415
+
+    case = synthetic.make_case(mesh, cam, T, noise_px=1.0, render=False, seed=seed)
+    c2, c3, kept = clip_contours(case, mask)
+    visible = {"contour_visible_fraction": [_r(x, 2) for x in kept]}
+    t0 = time.perf_counter()
+    try:
+        if not c2:
+            raise ValueError("no contour visible")
+        rp = register(mesh, cam, contours2d=c2, contours3d=c3, method="pnp")
+        score("contour-pnp", rp.model_to_camera, time.perf_counter() - t0, visible)
+    except Exception as exc:  # noqa: BLE001  (a failure is a result here)
+        score("contour-pnp", None, time.perf_counter() - t0, dict(visible, error=str(exc)[:160]))
+    if not silhouette:
+        return
+    T0 = perturb(T, mesh.vertices, 10.0, 20.0, rng)
+    t0 = time.perf_counter()
+    try:
+        rs = register(mesh, cam, mask=mask, init=T0, method="silhouette")
+        score("silhouette (init 10 deg / 20 mm)", rs.model_to_camera, time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001
+        score("silhouette (init 10 deg / 20 mm)", None, time.perf_counter() - t0,
+              {"error": str(exc)[:160]})
+
+
 def run_bench(model=None, frames=10, seed=0, stage2_frames=4, quick=False, log=print):
     """The benchmark protocol of ``benchmarks/laparo_learned.py`` (see its docstring):
     ``(rows, stage2 rows, model record)``."""
     import json  # noqa: PLC0415
-    import time  # noqa: PLC0415
 
-    from .. import synthetic  # noqa: PLC0415
-    from ..bench import perturb, sample_data_dir  # noqa: PLC0415
+    from ..bench import sample_data_dir  # noqa: PLC0415
     from ..camera import load_camera  # noqa: PLC0415
-    from ..logic import evaluate, register  # noqa: PLC0415
+    from ..logic import evaluate  # noqa: PLC0415
     from .infer import register_learned  # noqa: PLC0415
     from .modelfile import load_model  # noqa: PLC0415
     from .stage2 import deform_stage2  # noqa: PLC0415
@@ -210,28 +243,7 @@ def run_bench(model=None, frames=10, seed=0, stage2_frames=4, quick=False, log=p
             dt = time.perf_counter() - t0
             score("learned stage I", None, dt, {"error": str(exc)[:160]})
             score("learned", None, dt, {"error": str(exc)[:160]})
-        case = synthetic.make_case(mesh, cam, T, noise_px=1.0, render=False, seed=k)
-        c2, c3, kept = clip_contours(case, mask)
-        t0 = time.perf_counter()
-        try:
-            if not c2:
-                raise ValueError("no contour visible")
-            rp = register(mesh, cam, contours2d=c2, contours3d=c3, method="pnp")
-            score("contour-pnp", rp.model_to_camera, time.perf_counter() - t0,
-                  {"contour_visible_fraction": [_r(x, 2) for x in kept]})
-        except Exception as exc:  # noqa: BLE001
-            score("contour-pnp", None, time.perf_counter() - t0,
-                  {"error": str(exc)[:160], "contour_visible_fraction": [_r(x, 2) for x in kept]})
-        if not quick:
-            T0 = perturb(T, mesh.vertices, 10.0, 20.0, rng)
-            t0 = time.perf_counter()
-            try:
-                rs = register(mesh, cam, mask=mask, init=T0, method="silhouette")
-                score("silhouette (init 10 deg / 20 mm)", rs.model_to_camera,
-                      time.perf_counter() - t0)
-            except Exception as exc:  # noqa: BLE001
-                score("silhouette (init 10 deg / 20 mm)", None, time.perf_counter() - t0,
-                      {"error": str(exc)[:160]})
+        run_baselines(mesh, cam, T, mask, k, rng, score, silhouette=not quick)
     # ---- Stage II on bent frames (oracle rigid pose, Stage I pairs)
     s2rows = []
     for k in range(stage2_frames):
