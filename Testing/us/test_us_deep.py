@@ -375,3 +375,46 @@ def test_bundled_model_is_listed_and_fits_the_even_frame_volume():
     fp = volume_fingerprint(rec.array, rec.ijk_to_reference)
     assert model["volume_fingerprint"] == fp == info.metrics["volume_fingerprint"]
     assert find_bundled_model(fp) == path
+
+
+def test_compiled_volume_sampling_equals_grid_sample():
+    """The network's volume input (``VolumeSampler.sample``) taken by the compiled kernel at
+    inference gives grid_sample's values (trilinear, zeros outside) at points inside, on
+    the border and outside the volume, for several poses; with gradients wanted it stays on
+    grid_sample (differentiable)."""
+    from USSliceRegLib import kernels
+    from USSliceRegLib.learned.geometry import VolumeSampler
+
+    if not kernels.AVAILABLE:
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(3)
+    vol = rng.random((23, 17, 11)).astype(np.float32)
+    vol[vol < 0.3] = 0.0
+    ijk_to_ref = np.array([[0.0, 0.7, 0.1, -4.0], [0.9, 0.0, 0.0, 2.0],
+                           [0.0, -0.1, 1.2, -6.0], [0, 0, 0, 1.0]])
+    s = VolumeSampler(vol, ijk_to_ref)
+    lo, hi = np.array([-7.0, -1.0, -11.0]), np.array([13.0, 14.0, 24.0])  # box +- ~3 mm
+    pts = torch.as_tensor(np.c_[rng.uniform(lo, hi, (3000, 3)), np.ones(3000)],
+                          dtype=torch.float32).reshape(10, 300, 4)
+    F = torch.eye(4).repeat(3, 1, 1)
+    F[1, :3, 3] = torch.tensor([1.5, -2.0, 3.0])
+    F[2, :3, :3] = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    with torch.no_grad():
+        assert s._compiled(F, pts)
+        fast = s.sample(F, pts)
+    # reference: grid_sample itself, on the normalised grid coordinates
+    G = s.reference_to_grid @ F
+    g = torch.einsum("bij,nj->bni", G, pts.reshape(-1, 4))
+    ref = torch.nn.functional.grid_sample(s.data.contiguous(), g.reshape(1, 3, -1, 1, 3),
+                                          mode="bilinear", padding_mode="zeros",
+                                          align_corners=True)[0, :, :, :, 0]
+    inside = ((g.abs() <= 1.0).all(-1)).float().mean()
+    assert 0.2 < float(inside) < 0.9  # the points cover inside and outside
+    for k in range(2):
+        assert fast[k].shape == (3, 10, 300)
+        torch.testing.assert_close(fast[k].reshape(3, -1), ref[k], atol=5e-5, rtol=1e-5)
+    Fg = F.clone().requires_grad_(True)
+    assert not s._compiled(Fg, pts)
+    vals, _ = s.sample(Fg, pts)
+    vals.sum().backward()
+    assert Fg.grad is not None and torch.isfinite(Fg.grad).all()

@@ -140,14 +140,37 @@ class VolumeSampler:
         to_grid[:, 3] -= 1.0
         self.reference_to_grid = torch.as_tensor(to_grid, dtype=torch.float32,
                                                  device=self.device)
+        self.reference_to_ijk = np.linalg.inv(m)[:3, :]
         self.shape = vol.shape
+
+    def _compiled(self, fan_to_ref: torch.Tensor, points: torch.Tensor) -> bool:
+        """Whether :meth:`sample` can use the compiled CPU kernel (inference on the CPU:
+        no gradient wanted; ``grid_sample``'s 3D CPU kernel costs ~60 ns per point)."""
+        from .. import kernels  # noqa: PLC0415
+
+        return (kernels.AVAILABLE and self.device.type == "cpu"
+                and not (torch.is_grad_enabled() and (fan_to_ref.requires_grad
+                                                      or points.requires_grad)))
 
     def sample(self, fan_to_ref: torch.Tensor, points: torch.Tensor):
         B = fan_to_ref.shape[0]
+        if self._compiled(fan_to_ref, points):
+            from .. import kernels  # noqa: PLC0415
+
+            # data (1, 2, K, J, I) is stored channels-last: a (K, J, I, 2) view
+            vol = np.ascontiguousarray(self.data[0].permute(1, 2, 3, 0).numpy())
+            pts = points.reshape(-1, 4)[:, :3].detach().cpu().numpy().astype(np.float64)
+            F_np = fan_to_ref.detach().cpu().numpy().astype(np.float64).reshape(B, 4, 4)
+            vals = [kernels.sample_xyz(vol, self.reference_to_ijk @ F_np[b], pts, 2)
+                    for b in range(B)]
+            out = torch.from_numpy(np.stack(vals, axis=1).T.copy())  # (N, B, 2) -> (2, B, N)
+            out = out.reshape(2, B, *points.shape[:-1])
+            return out[0], out[1]
         G = self.reference_to_grid @ fan_to_ref.to(self.device, torch.float32)  # (B, 3, 4)
         shp = points.shape[:-1]
         p = points.reshape(-1, 4).to(self.device, torch.float32)
-        g = torch.matmul(p, G.transpose(1, 2))  # (B, N, 3); a matmul, faster than einsum
+        # (B, N, 3); matmuls, faster than einsum; one pose: a plain 2D product (~0.4 ms less)
+        g = (p @ G[0].T)[None] if B == 1 else torch.matmul(p, G.transpose(1, 2))
         out = F.grid_sample(self.data, g.reshape(1, B, -1, 1, 3), mode="bilinear",
                             padding_mode="zeros", align_corners=True)  # (1, 2, B, N, 1)
         out = out[0, :, :, :, 0].reshape(2, B, *shp)
