@@ -177,3 +177,46 @@ def test_calibrate_per_ct_is_cached(ct3mm, tmp_path, monkeypatch):
     q = fq.assess(vol, [XRayView(np.ones((32, 32), np.float32) + np.eye(32, dtype=np.float32), cam)],
                   pose, model=m1)
     assert q.signals["model"] == m1.source and _finite_everywhere(q.to_dict())
+
+
+def test_two_view_quality_per_view_from_the_joint_renders(ct3mm):
+    """Per view of a two-view result: each view's similarity equals a DRR of that view
+    rendered apart; its sigma agrees with the view measured alone; at the true pose both
+    views fit. When the patient moved between the exposures (the second X-ray of the CT
+    moved by 3 mm / 2 deg), the second view is judged ``failed`` as not fitting the pose,
+    the first is not."""
+    from FluoroRegLib.drr import render_drr
+    from FluoroRegLib.logic import make_views
+    from FluoroRegLib.refine import image_similarity
+    from FluoroRegLib.simulate import xray_effects
+
+    hu, m, vol, lm = ct3mm
+    cam = make_camera(1000.0, (300 / 96, 300 / 96), (96, 96))
+    case = simulate_case(vol, cam, np.random.default_rng(5), lm, views=("AP", "LAT"),
+                         effects={"photons": 2e4})
+    views, truth = make_views(case.images, case.cameras, case.true_ct_to_camera)
+    q = fq.assess(vol, views, truth)
+    per = fq.view_qualities(q, 2)
+    assert len(per) == 2 and q.signals["views"]
+    for k, (v, vq) in enumerate(zip(views, per)):
+        with torch.no_grad():
+            drr = render_drr(vol, cam, torch.as_tensor(v.camera0_to_view @ truth,
+                                                       dtype=torch.float32))
+            sim = float(image_similarity(drr, torch.as_tensor(v.image), "ncc")[0])
+        assert vq.signals["similarity"] == pytest.approx(sim, abs=2e-4)
+        alone = fq.measure_signals(vol, [XRayView(v.image, cam)], v.camera0_to_view @ truth)
+        assert vq.signals["sigma_mm"] == pytest.approx(alone["sigma_mm"], rel=0.25)
+        assert vq.signals["cost_ratio"] < fq.VIEW_FIT_FAIL_RATIO
+        assert vq.estimate == q.estimate and vq.signals["view"] == k + 1
+    # the patient moved between the exposures: view 2 is of the moved CT
+    c = vol.center_ras()
+    motion = perturb_pose(np.eye(4), c, (0.0, 0.0, 2.0), (3.0, 0.0, 0.0))
+    with torch.no_grad():
+        line = render_drr(vol, cam, case.true_ct_to_camera[1] @ motion, method="siddon")[0]
+    moved = [case.images[0], xray_effects(line.numpy(), np.random.default_rng(1), photons=2e4)]
+    views, truth = make_views(moved, case.cameras, case.true_ct_to_camera)
+    per = fq.view_qualities(fq.assess(vol, views, truth), 2)
+    assert per[1].verdict == "failed", per[1].summary()
+    assert any("does not fit the pose" in r for r in per[1].reasons)
+    assert per[0].signals["cost_ratio"] < fq.VIEW_FIT_FAIL_RATIO
+    assert not any("does not fit" in r for r in per[0].reasons)
