@@ -86,65 +86,84 @@ def _trilinear(vol, x, y, z, nch, out):
 
 
 @njit(cache=True, nogil=True)
-def _sample_at(vol, flat, x, y, z, nch, vals, p, buf):
-    """Channels of ``vol`` at voxel coordinates ``(x, y, z)`` into ``vals[p, :nch]``;
-    returns whether the point is inside. Points whose eight corners all lie on the grid
-    (nearly all) take a flat-index path; the others :func:`_trilinear`."""
-    K, J, I, C = vol.shape
-    if (x >= 0.0) & (x < I - 1.0) & (y >= 0.0) & (y < J - 1.0) & (z >= 0.0) & (z < K - 1.0):
-        si, sj, sk = C, I * C, J * I * C
-        i0, j0, k0 = int(x), int(y), int(z)
-        fx, fy, fz = x - i0, y - j0, z - k0
-        gx = 1.0 - fx
-        w00, w01 = (1.0 - fz) * (1.0 - fy), (1.0 - fz) * fy
-        w10, w11 = fz * (1.0 - fy), fz * fy
-        b = k0 * sk + j0 * sj + i0 * si
-        for ch in range(nch):
-            o = b + ch
-            vals[p, ch] = (w00 * (gx * flat[o] + fx * flat[o + si])
-                           + w01 * (gx * flat[o + sj] + fx * flat[o + sj + si])
-                           + w10 * (gx * flat[o + sk] + fx * flat[o + sk + si])
-                           + w11 * (gx * flat[o + sk + sj] + fx * flat[o + sk + sj + si]))
-        return True
-    inside = _trilinear(vol, x, y, z, nch, buf)
-    for ch in range(nch):
-        vals[p, ch] = buf[ch]
-    return inside
-
-
-@njit(cache=True, nogil=True)
 def sample_points(vol, A, cols, rows, nch):
-    """Channels ``(N, nch)`` and inside flags ``(N,)`` of ``vol`` at the level points."""
+    """Channels ``(N, nch)`` and inside flags ``(N,)`` of ``vol`` at the level points.
+    Points whose eight corners all lie on the grid (nearly all) take a flat-index path;
+    the others :func:`_trilinear`."""
+    K, J, I, C = vol.shape
     flat = vol.reshape(-1)
     n = cols.shape[0]
     vals = np.zeros((n, nch))
     inside = np.zeros(n, dtype=np.bool_)
     buf = np.zeros(nch)
+    si, sj, sk = C, I * C, J * I * C
+    xm, ym, zm = I - 1.0, J - 1.0, K - 1.0
     for p in range(n):
         c, r = cols[p], rows[p]
         x = A[0, 0] * c + A[0, 1] * r + A[0, 3]
         y = A[1, 0] * c + A[1, 1] * r + A[1, 3]
         z = A[2, 0] * c + A[2, 1] * r + A[2, 3]
-        inside[p] = _sample_at(vol, flat, x, y, z, nch, vals, p, buf)
+        if (x >= 0.0) & (x < xm) & (y >= 0.0) & (y < ym) & (z >= 0.0) & (z < zm):
+            inside[p] = True
+            i0, j0, k0 = int(x), int(y), int(z)
+            fx, fy, fz = x - i0, y - j0, z - k0
+            gx = 1.0 - fx
+            w00, w01 = (1.0 - fz) * (1.0 - fy), (1.0 - fz) * fy
+            w10, w11 = fz * (1.0 - fy), fz * fy
+            b = k0 * sk + j0 * sj + i0 * si
+            for ch in range(nch):
+                o = b + ch
+                vals[p, ch] = (w00 * (gx * flat[o] + fx * flat[o + si])
+                               + w01 * (gx * flat[o + sj] + fx * flat[o + sj + si])
+                               + w10 * (gx * flat[o + sk] + fx * flat[o + sk + si])
+                               + w11 * (gx * flat[o + sk + sj] + fx * flat[o + sk + sj + si]))
+        else:
+            inside[p] = _trilinear(vol, x, y, z, nch, buf)
+            for ch in range(nch):
+                vals[p, ch] = buf[ch]
     return vals, inside
 
 
-@njit(cache=True, nogil=True)
-def sample_xyz(vol, A, pts, nch):
-    """Channels ``(N, nch)`` (float32) of ``vol`` at 3D points ``pts`` ``(N, 3)`` mapped to
-    voxel indices ``(i, j, k)`` by ``A`` ``(3, 4)``; mirrors ``grid_sample(align_corners=
-    True, padding_mode="zeros")`` (the DeepRS2V network's cube, :class:`~.learned.geometry.
-    VolumeSampler`)."""
+@njit(cache=True, nogil=True, fastmath=True)
+def sample_xyz2(vol, A, pts):
+    """The two channels ``(2, N)`` (float32) of ``vol`` ``(K, J, I, 2)`` at 3D points
+    ``pts`` ``(N, 3)`` mapped to voxel indices ``(i, j, k)`` by ``A`` ``(3, 4)``; mirrors
+    ``grid_sample(align_corners=True, padding_mode="zeros")``. The DeepRS2V network's
+    volume cube at inference (:class:`~.learned.geometry.VolumeSampler`); written for two
+    channels (3x faster than :func:`sample_points`' general loop here, 0.6 ms for 32^3
+    points)."""
+    K, J, I = vol.shape[0], vol.shape[1], vol.shape[2]
     flat = vol.reshape(-1)
     n = pts.shape[0]
-    vals = np.zeros((n, nch), dtype=np.float32)
-    buf = np.zeros(nch)
+    vals = np.zeros((2, n), dtype=np.float32)
+    buf = np.zeros(2)
+    si, sj, sk = 2, I * 2, J * I * 2
+    xm, ym, zm = I - 1.0, J - 1.0, K - 1.0
     for p in range(n):
         a, b, c = pts[p, 0], pts[p, 1], pts[p, 2]
         x = A[0, 0] * a + A[0, 1] * b + A[0, 2] * c + A[0, 3]
         y = A[1, 0] * a + A[1, 1] * b + A[1, 2] * c + A[1, 3]
         z = A[2, 0] * a + A[2, 1] * b + A[2, 2] * c + A[2, 3]
-        _sample_at(vol, flat, x, y, z, nch, vals, p, buf)
+        if (x >= 0.0) & (x < xm) & (y >= 0.0) & (y < ym) & (z >= 0.0) & (z < zm):
+            i0, j0, k0 = int(x), int(y), int(z)
+            fx, fy, fz = x - i0, y - j0, z - k0
+            gx = 1.0 - fx
+            w00, w01 = (1.0 - fz) * (1.0 - fy), (1.0 - fz) * fy
+            w10, w11 = fz * (1.0 - fy), fz * fy
+            o = k0 * sk + j0 * sj + i0 * si
+            vals[0, p] = (w00 * (gx * flat[o] + fx * flat[o + si])
+                          + w01 * (gx * flat[o + sj] + fx * flat[o + sj + si])
+                          + w10 * (gx * flat[o + sk] + fx * flat[o + sk + si])
+                          + w11 * (gx * flat[o + sk + sj] + fx * flat[o + sk + sj + si]))
+            o += 1
+            vals[1, p] = (w00 * (gx * flat[o] + fx * flat[o + si])
+                          + w01 * (gx * flat[o + sj] + fx * flat[o + sj + si])
+                          + w10 * (gx * flat[o + sk] + fx * flat[o + sk + si])
+                          + w11 * (gx * flat[o + sk + sj] + fx * flat[o + sk + sj + si]))
+        elif (-1.0 < x < I) & (-1.0 < y < J) & (-1.0 < z < K):  # on the border
+            _trilinear(vol, x, y, z, 2, buf)
+            vals[0, p] = buf[0]
+            vals[1, p] = buf[1]
     return vals
 
 

@@ -161,10 +161,9 @@ class VolumeSampler:
             vol = np.ascontiguousarray(self.data[0].permute(1, 2, 3, 0).numpy())
             pts = points.reshape(-1, 4)[:, :3].detach().cpu().numpy().astype(np.float64)
             F_np = fan_to_ref.detach().cpu().numpy().astype(np.float64).reshape(B, 4, 4)
-            vals = [kernels.sample_xyz(vol, self.reference_to_ijk @ F_np[b], pts, 2)
-                    for b in range(B)]
-            out = torch.from_numpy(np.stack(vals, axis=1).T.copy())  # (N, B, 2) -> (2, B, N)
-            out = out.reshape(2, B, *points.shape[:-1])
+            vals = [kernels.sample_xyz2(vol, self.reference_to_ijk @ F_np[b], pts)
+                    for b in range(B)]  # each (2, N)
+            out = torch.from_numpy(np.stack(vals, axis=1)).reshape(2, B, *points.shape[:-1])
             return out[0], out[1]
         G = self.reference_to_grid @ fan_to_ref.to(self.device, torch.float32)  # (B, 3, 4)
         shp = points.shape[:-1]
