@@ -15,7 +15,7 @@ from test_us_register import SYN_CONFIG, H, W, _frame, _pose, _synthetic_volume
 
 from USSliceRegLib.config import FrameResult
 from USSliceRegLib.methods import make_method
-from USSliceRegLib.poses import perturb_about_point, pose_errors
+from USSliceRegLib.pose_utils import perturb_about_point, pose_errors
 from USSliceRegLib.quality import QualityConfig, assess, calibrate, judge
 from USSliceRegLib.recovery import CheckedLive, register_checked, register_one_checked
 

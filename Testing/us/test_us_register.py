@@ -19,7 +19,7 @@ from SurgicalReg2D3DLib.progress import CancelToken
 from USSliceRegLib.methods import make_method
 from USSliceRegLib.reconstruct import reconstruct_volume
 from USSliceRegLib.config import Level, RegistrationConfig
-from USSliceRegLib.poses import perturb_about_point, pose_errors, random_perturbations
+from USSliceRegLib.pose_utils import perturb_about_point, pose_errors, random_perturbations
 from USSliceRegLib.register import SliceRegistrar
 from USSliceRegLib.temporal import LiveRegistration, register_sequence
 

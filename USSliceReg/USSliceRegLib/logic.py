@@ -29,7 +29,7 @@ from .methods import METHODS, make_method
 from .plus_io import (ReferenceChain, ReferenceVolume, TrackedSequence,
                       image_to_reference_chain, read_calibration, read_reference_volume,
                       read_sequence)
-from .poses import pose_errors
+from .pose_utils import pose_errors
 from .slicing import fan_mask
 from .temporal import LiveRegistration, register_sequence
 

@@ -34,9 +34,9 @@ from .bench import MIN_TRUTH_COVERAGE, _Sweep, default_paths
 from .config import RegistrationConfig
 from .methods import make_method
 from .plus_io import read_reference_volume
+from .pose_utils import perturb_about_point, pose_errors
 from .quality import (FAIL_DEG, FAIL_MM, QualityConfig, assess, calibration_for,
                       reference_of, rejudge)
-from .poses import perturb_about_point, pose_errors
 from .recovery import register_checked
 from .reconstruct import reconstruct_volume
 

@@ -69,7 +69,7 @@ or :mod:`.lm_compiled` (the same on the compiled CPU kernels of :mod:`.kernels`)
 module (:class:`SliceRegistrar`: set-up, checks, ``register``, ``score``, ``local_fit``;
 it inherits the stages' methods from the mixins ``_LevelSampling``, ``_TorchLevels`` and
 ``_CompiledLevels``, so its API and private names are unchanged).
-:mod:`.poses` holds the evaluation helpers (pose errors, perturbations).
+:mod:`.pose_utils` holds the evaluation helpers (pose errors, perturbations).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ from .lm_compiled import _CompiledLevels, _KernelGeometry
 from .lm_torch import _TorchLevels
 from .lncc import _EPS, masked_lncc
 # Re-exported: ``from USSliceRegLib.register import pose_errors`` (scripting API, docs).
-from .poses import perturb_about_point, pose_errors, random_perturbations
+from .pose_utils import perturb_about_point, pose_errors, random_perturbations
 from .slicing import PreparedVolume, downsample_frame, prepare_volume, slice_volume
 
 __all__ = ["FrameResult", "Level", "RegistrationConfig", "SliceRegistrar",
