@@ -47,7 +47,6 @@ class _LevelGeometry:
     dense: bool
 
 
-
 def _pyramid(frames: torch.Tensor, steps: Sequence[int]) -> Dict[int, torch.Tensor]:
     """Block means ``{step: (B, H // step, W // step)}`` of ``frames`` ``(B, H, W)``; a
     step that is a multiple of a smaller one is pooled from it (same block means)."""
@@ -57,7 +56,6 @@ def _pyramid(frames: torch.Tensor, steps: Sequence[int]) -> Dict[int, torch.Tens
         out[step] = downsample_frame(frames, step) if base is None else \
             downsample_frame(out[base], step // base)
     return out
-
 
 
 class _LevelSampling:

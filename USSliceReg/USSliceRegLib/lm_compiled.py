@@ -42,7 +42,6 @@ class _KernelGeometry:
     grid_shape: Tuple[int, int]
 
 
-
 class _CompiledLevels:
     """Backend choice and the levels on the compiled kernels (mixin of
     :class:`~.register.SliceRegistrar`)."""

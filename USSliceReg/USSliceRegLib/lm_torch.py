@@ -310,7 +310,6 @@ class _TorchLevels:
         return corr, cost, np.stack(history), it
 
 
-
 @dataclass
 class _Frame:
     """The frame's side of a level's cost. Dense (LNCC) levels: ``nf`` ``(B, N)`` the
@@ -396,7 +395,6 @@ def _global_ncc_normal_equations(G: np.ndarray, terms, T: np.ndarray):
     s_vd = dvar * (c * (0.5 - a * var_s))[:, None]
     Jtr = -(w2 * inv_sd)[:, None] * (s_vnf - inv_sd[:, None] * s_vd)
     return JtJ, Jtr
-
 
 
 # [w]_x (the cross-product matrix) of w = (w0, w1, w2), flattened row-major:

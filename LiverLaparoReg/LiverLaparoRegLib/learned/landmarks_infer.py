@@ -124,7 +124,6 @@ def observations(maps: np.ndarray, mask: np.ndarray, camera, threshold: float = 
     return out
 
 
-
 def _rot_deg(A, B) -> float:
     R = np.asarray(A)[:3, :3] @ np.asarray(B)[:3, :3].T
     return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
