@@ -586,7 +586,7 @@ class USSliceRegTest(ScriptedLoadableModuleTest):
         self.assertEqual(corrections.GetNumberOfDataNodes(), 21)
         # The tracked poses are the ones PLUS reconstructed the volume with: the correction
         # must stay small and the similarity must not drop.
-        from USSliceRegLib.register import pose_errors
+        from USSliceRegLib.pose_utils import pose_errors
 
         moved = [pose_errors(r.image_to_reference, r.start_image_to_reference,
                              reg.fan_centre_px) for r in reg.results]

@@ -18,7 +18,7 @@ import argparse
 from dataclasses import replace
 
 from USSliceRegLib.bench import run_bench
-from USSliceRegLib.register import RegistrationConfig
+from USSliceRegLib.config import RegistrationConfig
 
 
 def variants() -> dict:

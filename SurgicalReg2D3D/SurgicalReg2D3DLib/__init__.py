@@ -15,6 +15,9 @@ Every registration module (FluoroReg, LiverLaparoReg, USSliceReg) builds on thes
 - ``metrics``    mTRE, SMSR, rotation/translation errors, reprojection errors, Dice
 - ``device``     CPU/GPU choice and seeding; ``models``: the registry of bundled weights
 
+``poses``, ``cameras`` and ``nodes`` are the public paths; their code lives in
+``poses_*``, ``cameras_*`` and ``nodes_*`` (split along the data flow), re-exported.
+
 Heavy dependencies (torch, cv2, vtk/slicer) are imported by the submodules that need them,
 so ``import SurgicalReg2D3DLib`` itself is cheap.
 """

@@ -38,8 +38,9 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .errors import FileReadError, InputError
-from .nodes import (LPS_TO_RAS, _check_node, _ensure_volume_display, _node_label,
-                    _polydata_triangles, check_mesh, volume_to_node)
+from .nodes_base import LPS_TO_RAS, _check_node, _node_label
+from .nodes_models import _polydata_triangles, check_mesh
+from .nodes_volumes import _ensure_volume_display, volume_to_node
 
 _MODEL_EXTENSIONS = (".vtk", ".vtp", ".stl", ".obj", ".ply")
 _IMAGE2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

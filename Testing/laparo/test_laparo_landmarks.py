@@ -12,6 +12,8 @@ from SurgicalReg2D3DLib.errors import FileReadError, GeometryError, InputError  
 
 from LiverLaparoRegLib import metrics as lmetrics  # noqa: E402
 from LiverLaparoRegLib.learned import data, infer, landmarks_infer as li, modelfile  # noqa: E402
+from LiverLaparoRegLib.learned import landmarks_icp as licp  # noqa: E402
+from LiverLaparoRegLib.learned import landmarks_search as lsearch  # noqa: E402
 from LiverLaparoRegLib.learned.landmarks_net import LandmarkNet, landmark_losses  # noqa: E402
 from LiverLaparoRegLib.learned.landmarks_train import train_landmarks  # noqa: E402
 
@@ -93,14 +95,14 @@ def test_true_curves_to_correspondences_to_pose(frame):
     mesh, tm, cam, T, img, mask = frame
     maps = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge)
     obs = li.observations(maps, mask, cam)
-    lm = li.MeshLandmarks(mesh)
+    lm = lsearch.MeshLandmarks(mesh)
     T0 = perturb(T, mesh.vertices, 10.0, 10.0, np.random.default_rng(5))
     e0 = lmetrics.pose_errors(T0, T, lm.c)
-    T1, pairs = li.icp(T0, lm, cam, obs)
+    T1, pairs = licp.icp(T0, lm, cam, obs)
     e1 = lmetrics.pose_errors(T1, T, lm.c)
     assert e0["rotation_deg"] > 9.0
     assert e1["rotation_deg"] < 2.5 and e1["centroid_error_mm"] < 3.0
-    corr = li.correspondences_of(pairs, cam)
+    corr = licp.correspondences_of(pairs, cam)
     assert {c["class"] for c in corr} == {"ridge", "silhouette"}
     assert all(0 <= c["vertex"] < len(mesh.vertices) for c in corr)
     p3 = np.concatenate([p[3] for p in pairs])
@@ -109,8 +111,8 @@ def test_true_curves_to_correspondences_to_pose(frame):
     assert lmetrics.pose_errors(r.model_to_camera, T, lm.c)["rotation_deg"] < 5.0
     # the search score prefers the true pose to the perturbed start
     rm = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
-    assert li.score_pose(T, lm, cam, obs["mask_net"], rm) > \
-        li.score_pose(T0, lm, cam, obs["mask_net"], rm)
+    assert lsearch.score_pose(T, lm, cam, obs["mask_net"], rm) > \
+        lsearch.score_pose(T0, lm, cam, obs["mask_net"], rm)
 
 
 def _tiny_model(tmp_path):
@@ -154,8 +156,8 @@ def test_fewer_than_four_pairs_is_refused(frame):
     mesh, tm, cam, T, img, mask = frame
     obs = {"ridge": np.zeros((0, 2)), "ridge_conf": np.zeros(0),
            "silhouette": np.zeros((0, 2)), "silhouette_conf": np.zeros(0)}
-    _, pairs = li.icp(T, li.MeshLandmarks(mesh), cam, obs)
-    assert li.correspondences_of(pairs, cam) == []
+    _, pairs = licp.icp(T, lsearch.MeshLandmarks(mesh), cam, obs)
+    assert licp.correspondences_of(pairs, cam) == []
 
 
 def test_cli_train_kind_landmarks(tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SurgicalReg2D3DLib import nodes
+from SurgicalReg2D3DLib import nodes, nodes_volumes
 from SurgicalReg2D3DLib.errors import FileReadError, InputError
 
 
@@ -78,7 +78,7 @@ def test_video_registered_frame_by_frame_into_a_synchronised_transform_sequence(
     for t in range(4):
         node = slicer.vtkMRMLScalarVolumeNode()
         node.SetIJKToRASMatrix(nodes.numpy_to_vtk_matrix(np.diag([-1.0, -1, 1, 1])))
-        node.SetAndObserveImageData(nodes._vtk_image_from_array(
+        node.SetAndObserveImageData(nodes_volumes._vtk_image_from_array(
             masks[t][None].astype(np.uint8) if t != 2 else np.zeros((1,) + masks[t].shape,
                                                                     np.uint8), 1))
         mask_seq.SetDataNodeAtValue(node, image_seq.GetNthIndexValue(t))

@@ -148,7 +148,7 @@ def _fake_factory(log, worse_frames):
     """SYNTHETIC method: frames in ``worse_frames`` end with a lower LNCC than at their
     start (and a 5 mm correction); others improve (1 mm). ``log`` records the start
     corrections each call received."""
-    from USSliceRegLib.register import FrameResult
+    from USSliceRegLib.config import FrameResult
 
     def factory(volume, ijk, frame_shape, fan, volume_mask=None, config=None, device=None):
         def method(frames, starts, init_corrections=None, indices=None, cancel=None,

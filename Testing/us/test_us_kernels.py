@@ -18,8 +18,9 @@ from scipy.ndimage import gaussian_filter
 from SurgicalReg2D3DLib.errors import InputError
 from USSliceRegLib import kernels
 from USSliceRegLib.lncc import _box, local_normalise, masked_lncc
-from USSliceRegLib.register import (Level, RegistrationConfig, SliceRegistrar,
-                                    perturb_about_point, pose_errors)
+from USSliceRegLib.config import Level, RegistrationConfig
+from USSliceRegLib.pose_utils import perturb_about_point, pose_errors
+from USSliceRegLib.register import SliceRegistrar
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
 

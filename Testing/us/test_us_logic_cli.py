@@ -121,7 +121,7 @@ def _us(sample_data):
 def test_cli_register_contract(tmp_path, sample_data, capsys):
     from SurgicalReg2D3DLib.cli import main
     from USSliceRegLib.plus_io import image_to_reference_chain, read_calibration, read_sequence
-    from USSliceRegLib.register import pose_errors
+    from USSliceRegLib.pose_utils import pose_errors
 
     vol, seq, xml = _us(sample_data)
     chain = image_to_reference_chain(read_sequence(seq), read_calibration(xml))
@@ -231,7 +231,7 @@ def test_throughput_bench_protocol():
     from USSliceRegLib.bench import default_paths, run_throughput_bench
     from USSliceRegLib.plus_io import image_to_reference_chain, read_calibration, \
         read_sequence
-    from USSliceRegLib.register import perturb_about_point
+    from USSliceRegLib.pose_utils import perturb_about_point
 
     seq_path, cal_path, _ = default_paths()
     chain = image_to_reference_chain(read_sequence(seq_path), read_calibration(cal_path))

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from test_us_register import SYN_CONFIG, H, W, _frame, _pose, _synthetic_volume
 
+from USSliceRegLib.config import FrameResult
 from USSliceRegLib.methods import make_method
+from USSliceRegLib.pose_utils import perturb_about_point, pose_errors
 from USSliceRegLib.quality import QualityConfig, assess, calibrate, judge
 from USSliceRegLib.recovery import CheckedLive, register_checked, register_one_checked
-from USSliceRegLib.register import FrameResult, perturb_about_point, pose_errors
 
 QCFG = QualityConfig(calibration_runs=16)
 CENTRE = np.array([W / 2, H / 2, 0, 1.0])

@@ -186,7 +186,7 @@ def test_local_normalise_with_large_offset_matches_float64_reference():
 
 def test_pyramid_is_block_means():
     """Chained pooling (16 from 8, 32 from 16) equals direct block means (numpy)."""
-    from USSliceRegLib.register import _pyramid
+    from USSliceRegLib.levels import _pyramid
 
     rng = np.random.default_rng(2)
     f = rng.random((2, 131, 97)).astype(np.float32) * 255

@@ -28,7 +28,7 @@ Protocol (``surgreg us bench``, ``benchmarks/us_bench.py``, the demo):
    wall time of that call, not counting volume preparation (reported apart). With
    ``repeats > 1`` the call is repeated and the frame's median (and minimum) is kept: on a
    shared machine the median and minimum are steadier than one run.
-5. Errors (:func:`register.pose_errors`): rotation angle of ``estimate @ inv(truth)`` and
+5. Errors (:func:`pose_utils.pose_errors`): rotation angle of ``estimate @ inv(truth)`` and
    displacement of the fan centre, in mm.
 
 :func:`run_stream_bench` measures the live (temporal) case: a volume from the even frames,
@@ -56,13 +56,13 @@ import numpy as np
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 from SurgicalReg2D3DLib.progress import check_cancel, report
 
+from .config import RegistrationConfig
 from .methods import make_method
 from .warmup import warm_up_kernels
 from .plus_io import image_to_reference_chain, read_calibration, read_reference_volume, \
     read_sequence
 from .reconstruct import reconstruct_volume
-from .register import RegistrationConfig, perturb_about_point, pose_errors, \
-    random_perturbations
+from .pose_utils import perturb_about_point, pose_errors, random_perturbations
 from .slicing import fan_mask
 
 #: Fraction of a test frame's fan, at its true pose, that must lie in the volume's data

@@ -20,7 +20,7 @@ from .bench import default_paths, run_bench
 from .methods import make_method
 from .plus_io import image_to_reference_chain, read_calibration, read_sequence
 from .reconstruct import reconstruct_volume
-from .register import perturb_about_point, random_perturbations
+from .pose_utils import perturb_about_point, random_perturbations
 from .slicing import fan_mask
 
 

@@ -306,7 +306,7 @@ def step_basis(pose_c, centre_c, centre):
 
 @njit(cache=True, nogil=True)
 def step_matrix(x, centre):
-    """``register._step_matrix_np`` for one step ``x`` ``(6,)``: ``(4, 4)``."""
+    """``lm_torch._step_matrix_np`` for one step ``x`` ``(6,)``: ``(4, 4)``."""
     t = math.sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2])
     if t < 1e-12:
         a, b = 1.0, 0.5
@@ -364,7 +364,7 @@ def _solve6(A, b):
 # ---------------------------------------------------------------------- level evaluation
 @njit(cache=True, nogil=True)
 def _evaluate_global(vol, A, cols, rows, feat, f, nf_sq, w2):
-    """Global-NCC level (``SliceRegistrar._evaluate``, sparse points, ``register.
+    """Global-NCC level (``SliceRegistrar._evaluate``, sparse points, ``lm_torch.
     _global_ncc``): cost and the Gram matrix ``(12, 12)`` of ``z = [feat (x) g, s, 1, f]``
     on the overlap."""
     vals, inside = sample_points(vol, A, cols, rows, 5)
@@ -397,7 +397,7 @@ def _evaluate_global(vol, A, cols, rows, feat, f, nf_sq, w2):
 
 @njit(cache=True, nogil=True)
 def _normal_equations_global(G, T, w2):
-    """``register._global_ncc_normal_equations`` for one item (``nf`` normalised on the
+    """``lm_torch._global_ncc_normal_equations`` for one item (``nf`` normalised on the
     fan): ``J^T J`` ``(6, 6)``, ``J^T r`` ``(6,)``."""
     c = max(G[10, 10], 1.0)
     mean_s = G[9, 10] / c
@@ -431,7 +431,7 @@ def _normal_equations_global(G, T, w2):
 def _evaluate_lncc(vol, A, cols, rows, fan, nf, weight, h, w, window, lost_weight=1.0):
     """Masked-LNCC level (``SliceRegistrar._evaluate``, dense grid): cost and the local
     statistics the Jacobian needs. A fan pixel off the volume's data keeps the residual
-    ``lost_weight * nf`` (see :attr:`register.RegistrationConfig.lost_overlap_weight`)."""
+    ``lost_weight * nf`` (see :attr:`config.RegistrationConfig.lost_overlap_weight`)."""
     n = cols.shape[0]
     vals, inside = sample_points(vol, A, cols, rows, 5)
     m = np.zeros(n)

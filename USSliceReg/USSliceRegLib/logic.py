@@ -24,11 +24,12 @@ from SurgicalReg2D3DLib.errors import FileReadError, InputError
 from SurgicalReg2D3DLib.progress import report, sub_progress
 from SurgicalReg2D3DLib.quality import Quality, warning_line
 
+from .config import FrameResult, RegistrationConfig
 from .methods import METHODS, make_method
 from .plus_io import (ReferenceChain, ReferenceVolume, TrackedSequence,
                       image_to_reference_chain, read_calibration, read_reference_volume,
                       read_sequence)
-from .register import FrameResult, RegistrationConfig, pose_errors
+from .pose_utils import pose_errors
 from .slicing import fan_mask
 from .temporal import LiveRegistration, register_sequence
 

@@ -58,7 +58,8 @@ from SurgicalReg2D3DLib.errors import GeometryError, InputError
 from SurgicalReg2D3DLib.progress import check_cancel
 from SurgicalReg2D3DLib.quality import Quality
 
-from .register import FrameResult, pose_errors
+from .config import FrameResult
+from .pose_utils import pose_errors
 
 #: An error above this (mm and deg) counts as a failure (issue #12's US threshold).
 FAIL_MM = 2.0
@@ -419,7 +420,7 @@ def calibrate(method, poses, config: Optional[QualityConfig] = None, cancel=None
     the fan on the data, frames simulated there, registered from starts 0-20 mm /
     0-20 deg away by the LNCC registration of ``method.registrar`` (the registrar every
     method of :mod:`methods` exposes; the LNCC method itself, the checker of the others)."""
-    from .register import perturb_about_point, random_perturbations  # noqa: PLC0415
+    from .pose_utils import perturb_about_point, random_perturbations  # noqa: PLC0415
 
     cfg = config or QualityConfig()
     t0 = time.perf_counter()

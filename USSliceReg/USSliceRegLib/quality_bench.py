@@ -31,13 +31,14 @@ import numpy as np
 from SurgicalReg2D3DLib.metrics import roc_auc
 
 from .bench import MIN_TRUTH_COVERAGE, _Sweep, default_paths
+from .config import RegistrationConfig
 from .methods import make_method
 from .plus_io import read_reference_volume
+from .pose_utils import perturb_about_point, pose_errors
 from .quality import (FAIL_DEG, FAIL_MM, QualityConfig, assess, calibration_for,
                       reference_of, rejudge)
 from .recovery import register_checked
 from .reconstruct import reconstruct_volume
-from .register import RegistrationConfig, perturb_about_point, pose_errors
 
 
 def ranged_perturbations(n: int, min_mm: float, max_mm: float, min_deg: float,

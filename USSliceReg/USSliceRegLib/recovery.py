@@ -25,7 +25,7 @@ from SurgicalReg2D3DLib.quality import Quality, skipped
 
 from .quality import (Calibration, QualityConfig, _normal, _shifted, assess,
                       calibration_for, hessian_signals, reference_of, rejudge)
-from .register import FrameResult
+from .config import FrameResult
 from .temporal import check_live_frame
 
 def _attempt_summary(result: FrameResult, q: Quality, how: str) -> dict:

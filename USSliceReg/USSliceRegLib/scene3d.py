@@ -92,7 +92,7 @@ def demo_picture_from_sweep(path, seq, chain, frame_index: int, fan, rec, seed: 
     reconstruction without it) and draw :func:`demo_picture` at the result. All in the
     sweep's reference frame. Returns the frame's LNCC before/after."""
     from .methods import make_method  # noqa: PLC0415
-    from .register import perturb_about_point, random_perturbations  # noqa: PLC0415
+    from .pose_utils import perturb_about_point, random_perturbations  # noqa: PLC0415
 
     fn = make_method("lncc", rec.array, rec.ijk_to_reference, seq.frame_shape, fan,
                      volume_mask=rec.filled)

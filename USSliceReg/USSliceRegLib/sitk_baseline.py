@@ -23,7 +23,7 @@ import numpy as np
 from SurgicalReg2D3DLib.errors import InputError
 from SurgicalReg2D3DLib.progress import check_cancel, report
 
-from .register import FrameResult
+from .config import FrameResult
 
 
 def _nearest_rotation(m: np.ndarray) -> np.ndarray:
@@ -75,7 +75,7 @@ def register_sitk(array, ijk_to_reference, frames, starts, fan, steps: Sequence[
                   moving=None) -> List[FrameResult]:
     """Register frames ``(N, H, W)`` from ``starts`` ``(N, 4, 4)`` with SimpleITK.
 
-    Returns :class:`~.register.FrameResult` per frame (``lncc`` fields hold SimpleITK's
+    Returns :class:`~.config.FrameResult` per frame (``lncc`` fields hold SimpleITK's
     final correlation, sign flipped to be positive when similar).
     """
     import SimpleITK as sitk  # noqa: PLC0415

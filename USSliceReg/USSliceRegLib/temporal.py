@@ -21,7 +21,7 @@ import numpy as np
 from SurgicalReg2D3DLib.errors import InputError
 from SurgicalReg2D3DLib.progress import check_cancel, report
 
-from .register import FrameResult
+from .config import FrameResult
 
 
 def frame_failed(result: FrameResult) -> bool:

@@ -29,7 +29,7 @@ def warm_up_kernels(config=None, progress=None) -> dict:
     """Compile / load the numba kernels once per process.
 
     Args:
-        config: the :class:`~.register.RegistrationConfig` the caller will use (default:
+        config: the :class:`~.config.RegistrationConfig` the caller will use (default:
             the default config).
         progress: ``progress(fraction, message)`` callback (``progress.py``).
 
@@ -43,7 +43,8 @@ def warm_up_kernels(config=None, progress=None) -> dict:
     if _DONE["warm"]:
         return {"available": True, "seconds": 0.0, "first_use": False,
                 "note": f"kernels already compiled in this process ({_DONE['seconds']:.1f} s)"}
-    from .register import RegistrationConfig, SliceRegistrar  # noqa: PLC0415
+    from .config import RegistrationConfig  # noqa: PLC0415
+    from .register import SliceRegistrar  # noqa: PLC0415
 
     report(progress, 0.0, "Compiling the LNCC kernels (first use only)...")
     start = time.perf_counter()

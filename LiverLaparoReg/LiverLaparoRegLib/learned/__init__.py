@@ -23,6 +23,7 @@ landmarks are learned per pixel, the 3D side stays geometric:
 - :mod:`.landmarks_data`  SYNTHETIC frames with per-pixel ridge / ligament / silhouette maps;
 - :mod:`.landmarks_net`   the compact U-Net and its loss;
 - :mod:`.landmarks_train` training (``train --stage 1 --kind landmarks``);
-- :mod:`.landmarks_infer` registration: maps -> global search -> image ICP
-  correspondences -> EPnP + RANSAC check -> refinement.
+- :mod:`.landmarks_infer` registration: maps -> global search (:mod:`.landmarks_search`)
+  -> image ICP correspondences (:mod:`.landmarks_icp`) -> EPnP + RANSAC check ->
+  refinement.
 """
