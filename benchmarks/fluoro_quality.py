@@ -78,12 +78,9 @@ def cmd_collect(args) -> None:
     landmarks = sample_landmarks(hu, m, 20, seed=args.seed)
     spacing = args.fov_mm / args.size
     camera = make_camera(1000.0, (spacing, spacing), (args.size, args.size))
-    rows_path = out / "rows.jsonl"
-    done = set()
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["seed"], r["case"], r["views"], r["method"], r["ct_variant"]))
+    from rows_file import rows_path_and_done
+
+    rows_path, done = rows_path_and_done(out, ("seed", "case", "views", "method", "ct_variant"))
     variant = "crop2mm" if args.crop else "shipped"
     options = {"levels": (4, 2, 1), "iterations": args.iterations}
     reuse = {}

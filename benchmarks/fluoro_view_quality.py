@@ -60,14 +60,9 @@ def cmd_collect(args) -> None:
                                        simulate_case, xray_effects)
 
     torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / "rows.jsonl"
-    done = set()
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["ct"], r["seed"], r["case"], r["kind"]))
+    from rows_file import append_row, rows_path_and_done
+
+    rows_path, done = rows_path_and_done(args.out, ("ct", "seed", "case", "kind"))
     camera = make_camera(1000.0, (2.0, 2.0), (128, 128))
     for ct_name in args.cts.split(","):
         hu, m = read_ct(CT)
@@ -110,8 +105,7 @@ def cmd_collect(args) -> None:
                                           "sigma_mm": v.signals.get("sigma_mm")}
                                          for v in res.view_qualities],
                            "views_verdict": [v.verdict for v in res.view_qualities]}
-                    with rows_path.open("a") as fh:
-                        fh.write(json.dumps(row, default=float) + "\n")
+                    append_row(rows_path, row)
                     print(f"{ct_name} seed {seed} case {c} {kind}: mTRE {err:.2f} mm, case "
                           f"{q.verdict}, views {row['views_verdict']}, cost ratios "
                           f"{[round(v['cost_ratio'], 2) for v in (row['views_new'] or [])]}"

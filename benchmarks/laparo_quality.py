@@ -62,14 +62,9 @@ def cmd_collect(args) -> None:
     from LiverLaparoRegLib.metrics import pose_errors
     from SurgicalReg2D3DLib.cameras import PinholeCamera
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / "rows.jsonl"
-    done = set()
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["seed"], r["mesh"], r["pose"], r["method"]))
+    from rows_file import rows_path_and_done
+
+    rows_path, done = rows_path_and_done(args.out, ("seed", "mesh", "pose", "method"))
     cam = PinholeCamera(fx=500.0, fy=500.0, cx=319.5, cy=239.5, width=640, height=480,
                         dist=(-0.2, 0.1, 0.0, 0.0, 0.0))
     for mi, path in enumerate(MESHES[: args.meshes]):
