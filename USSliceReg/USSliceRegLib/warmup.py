@@ -69,6 +69,9 @@ def warm_up_kernels(config=None, progress=None) -> dict:
     moved[2, 3] += 1.0
     registrar.register(frame[None].astype(np.float32), moved[None])
     registrar.register(frame[None].astype(np.float32), moved[None], tracking=True)
+    # the DeepRS2V network's volume sampling (learned/geometry.py VolumeSampler)
+    kernels.sample_xyz2(np.zeros((4, 4, 4, 2), np.float32), np.eye(3, 4),
+                        np.ones((8, 3)))
     seconds = time.perf_counter() - start
     _DONE.update(warm=True, seconds=seconds)
     report(progress, 1.0, f"LNCC kernels ready ({seconds:.1f} s, first use only)")
