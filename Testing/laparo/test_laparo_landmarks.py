@@ -174,3 +174,54 @@ def test_cli_train_kind_landmarks(tmp_path, capsys):
     d = modelfile.read_model_file(out, "landmarks")
     assert d["training"]["seed"] == 3 and d["training"]["steps"] == 20
     assert "--kind landmarks" in d["training"]["command"]
+
+
+_DDP_WORKER = r"""
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+from LiverLaparoRegLib.learned.landmarks_train import train_landmarks
+rec = train_landmarks(sys.argv[1], steps=3, max_minutes=5, seed=2, batch=2, samples=4, base=4,
+                      data_cache=sys.argv[2], device="cpu", log=lambda m: None)
+with open(sys.argv[1] + f".rank{os.environ['RANK']}.json", "w") as fh:
+    json.dump({"checksum": rec["param_checksum"], "world": rec["world_size"],
+               "steps": rec["steps"]}, fh)
+"""
+
+
+def test_landmarks_ddp_two_process_gloo_replicas_equal(tmp_path):
+    """``train --kind landmarks`` under torchrun (2 CPU processes, gloo): the replicas end
+    equal and trained, each on frames of its own (different rendered frames per rank)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(_DDP_WORKER)
+    out, cache = tmp_path / "lm.pt", tmp_path / "cache"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=29533", str(worker), str(out), str(cache)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r0, r1 = (json.loads(Path(f"{out}.rank{k}.json").read_text()) for k in (0, 1))
+    assert r0["world"] == r1["world"] == 2 and r0["steps"] == r1["steps"] == 3
+    assert r0["checksum"] == r1["checksum"]
+    torch.manual_seed(2)
+    fresh = float(sum(q.detach().double().abs().sum() for q in LandmarkNet(base=4).parameters()))
+    assert r0["checksum"] != fresh
+    d = modelfile.read_model_file(out, "landmarks")
+    assert d["training"]["world_size"] == 2
+    # each rank renders frames of its own: the rank is part of the random stream
+    from LiverLaparoRegLib.learned.landmarks_train import _Pool
+    from LiverLaparoRegLib.learned.train import training_meshes
+
+    tms = training_meshes(None)
+    imgs = []
+    for rank in (0, 1):
+        pool = _Pool(tmp_path / f"p{rank}", 2, tms, 1, stream=rank)
+        pool.render_one()
+        imgs.append(pool.arrays()["image"][0])
+    assert not np.array_equal(imgs[0], imgs[1])

@@ -13,6 +13,12 @@ Loop: Adam, batch ``--batch``, cosine learning-rate decay over ``--max-minutes``
 ``--steps``; augmentation: horizontal flips, gain / gamma / colour jitter, the mask
 channel dropped for 10 % of the samples; a checkpoint (the model file + ``<out>.ckpt``
 optimiser state) every ``--checkpoint-minutes`` and at the end; ``--resume`` continues.
+
+Scale out: under ``torchrun`` (``WORLD_SIZE > 1``) each process trains a
+``DistributedDataParallel`` replica (backend ``nccl`` on GPUs, ``gloo`` on the CPU) on
+frames of its own: process ``r`` renders ``ceil(samples / world)`` frames from the random
+stream ``[seed, 50000 + i, r]`` into ``<cache>/rank<r>``; rank 0 decides the learning rate
+and the stop for all (broadcast each step) and writes the model and checkpoints.
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ def _chunk_file(cache: Path, seed: int, k: int) -> Path:
 class _Pool:
     """The growing set of rendered frames (cache chunks on disk + the current chunk)."""
 
-    def __init__(self, cache: Path, seed: int, meshes, target: int):
+    def __init__(self, cache: Path, seed: int, meshes, target: int, stream=None):
         self.cache, self.seed, self.meshes, self.target = cache, seed, meshes, target
+        self.stream = [] if stream is None else [int(stream)]  # torchrun: the rank
         cache.mkdir(parents=True, exist_ok=True)
         self.arrs: Dict[str, List[np.ndarray]] = {}
         self.pending: List[dict] = []
@@ -68,7 +75,7 @@ class _Pool:
         from . import landmarks_data  # noqa: PLC0415
 
         i = self.next_chunk * CHUNK + len(self.pending)
-        rng = np.random.default_rng([self.seed, SEED_OFFSET + i])
+        rng = np.random.default_rng([self.seed, SEED_OFFSET + i] + self.stream)
         s = landmarks_data.landmark_sample(self.meshes[i % len(self.meshes)], rng)
         self.pending.append(landmarks_data.pack(s))
         if len(self.pending) == CHUNK:
@@ -134,6 +141,15 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     t_start = time.time()
     deadline = t_start + 60.0 * max_minutes
     dev = resolve_device(device, log)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     torch.manual_seed(seed)
     out = Path(out)
     cache = Path(data_cache) if data_cache else out.with_name(out.name + ".data")
@@ -155,7 +171,10 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         step, history = int(tr.get("steps", 0)), list(tr.get("loss_history", []))
         wall_before = float(tr.get("wall_s", 0.0))
         log(f"resume: from {resume} at step {step}")
-    pool = _Pool(cache, seed, tms, samples)
+    if world > 1:  # each replica renders and trains on frames of its own
+        pool = _Pool(cache / f"rank{rank}", seed, tms, -(-samples // world), stream=rank)
+    else:
+        pool = _Pool(cache, seed, tms, samples)
     render_s = 0.0
     while pool.size() < min(batch * 4, samples) and time.time() < deadline:
         t0 = time.time()
@@ -164,7 +183,12 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     if pool.size() == 0:
         raise InputError("data cache: no training frame was rendered before the deadline")
     log(f"pool: {pool.size()} frames ready ({render_s:.0f} s rendering)")
-    rng = np.random.default_rng([seed, 7919, step])
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
+
+        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    rng = np.random.default_rng([seed, 7919, step] + ([rank] if world > 1 else []))
     last_ck = time.time()
     record = {}
     start_step = step
@@ -176,20 +200,32 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                           f"cut, bent, random laparoscope poses and appearance, instruments); "
                           f"per-pixel ridge / ligament / silhouette maps; no real frame used; "
                           f"SciKit-Surgery liver held out unless given",
-                  "command": command, "seed": seed, "steps": step, "batch": batch, "lr": lr,
-                  "samples": pool.size(), "meshes": mesh_desc, "device": str(dev),
+                  "command": command, "seed": seed, "steps": step, "batch": batch * world,
+                  "lr": lr, "samples": pool.size() * world, "meshes": mesh_desc,
+                  "device": str(dev), "world_size": world,
                   "loss_history": history, "wall_s": wall_before + time.time() - t_start,
                   "render_s": render_s, "finished": final,
-                  "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-        save_model(out, model, "landmarks", record)
-        torch.save({"optimizer": opt.state_dict()}, str(out) + ".ckpt")
+                  "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                  "param_checksum": float(sum(p.detach().double().abs().sum()
+                                              for p in model.parameters()))}
+        if rank == 0:
+            save_model(out, model, "landmarks", record)
+            torch.save({"optimizer": opt.state_dict()}, str(out) + ".ckpt")
 
     model.train()
     run = []
     arrs = pool.arrays()
     while step < steps:
         now = time.time()
-        if now >= deadline:
+        frac = min(1.0, max((step - start_step) / max(1, steps - start_step),
+                            (now - t_start) / max(1.0, deadline - t_start)))
+        stop = float(now >= deadline)
+        if world > 1:  # rank 0's clock decides for all replicas (same lr, same last step)
+            sync = torch.tensor([frac, stop], dtype=torch.float64,
+                                device=dev if dev.type == "cuda" else "cpu")
+            torch.distributed.broadcast(sync, 0)
+            frac, stop = float(sync[0]), float(sync[1])
+        if stop:
             break
         if not pool.full() and render_s < RENDER_SHARE * (now - t_start):
             t0 = time.time()
@@ -197,14 +233,12 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
             render_s += time.time() - t0
             if pool.size() % 8 == 0:
                 arrs = pool.arrays()
-        frac = min(1.0, max((step - start_step) / max(1, steps - start_step),
-                            (now - t_start) / max(1.0, deadline - t_start)))
         for g in opt.param_groups:
             g["lr"] = float(lr * (0.05 + 0.475 * (1 + np.cos(np.pi * frac))))
         n = len(arrs["image"])
         idx = rng.choice(n, size=batch, replace=n < batch)
         img, mask, tgt, valid = (x.to(dev) for x in _batch(arrs, idx, rng))
-        L = landmark_losses(model(img, mask), tgt, valid)
+        L = landmark_losses(net(img, mask), tgt, valid)
         opt.zero_grad()
         L["total"].backward()
         opt.step()

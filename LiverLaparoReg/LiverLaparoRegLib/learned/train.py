@@ -332,8 +332,6 @@ def _run_train_landmarks(args) -> int:
         with open(log_path, "a") as fh:
             fh.write(msg + "\n")
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError("kind: --kind landmarks trains in one process (no torchrun yet)")
     rec = train_landmarks(args.out, steps=args.steps, max_minutes=args.max_minutes,
                           seed=args.seed, batch=args.batch,
                           lr=args.lr if args.lr is not None else 2e-3,
