@@ -218,7 +218,9 @@ def add_register_options(reg) -> None:
                           "gives the start, --method refines (default ppc; 'regressor' = none). "
                           "Give it twice (a regressor and a ppc model) for regressor start -> "
                           "learned PPC updates -> --method; a ppc model alone starts at --init "
-                          "or at its nominal view; --method learned-ppc: no classic refinement")
+                          "or at its nominal view; --method learned-ppc: no classic refinement. "
+                          "A similarity model (--kind similarity) instead of the ppc model: "
+                          "LM on the learned features from the start, then --method")
     reg.add_argument("--ppc-updates", dest="ppc_updates", type=int, default=None,
                      help="number of learned PPC updates with a ppc model (default 3)")
     reg.add_argument("--nominal", default=None,
@@ -252,13 +254,17 @@ def cmd_register_model(args: argparse.Namespace) -> int:
     from .register import DEFAULT_REFINEMENT  # noqa: PLC0415
 
     method = args.method or DEFAULT_REFINEMENT
-    data, ppc_data = None, None
+    data, ppc_data, sim_data = None, None, None
     for path in model_paths:
         loaded = load_model_file(path)
         if loaded["kind"] == "ppc":
             if ppc_data is not None:
                 raise InputError("model: two learned PPC models given; give at most one")
             ppc_data = loaded
+        elif loaded["kind"] == "similarity":
+            if sim_data is not None:
+                raise InputError("model: two similarity models given; give at most one")
+            sim_data = loaded
         elif data is not None:
             raise InputError("model: two pose regressors given; give at most one")
         else:
@@ -275,6 +281,7 @@ def cmd_register_model(args: argparse.Namespace) -> int:
                                  nominal_views=nominal, init_poses=init, force=args.force,
                                  device=device, ppc_model=ppc_data,
                                  ppc_updates=getattr(args, "ppc_updates", None),
+                                 similarity_model=sim_data,
                                  quality=not getattr(args, "no_quality", False),
                                  quality_polish=getattr(args, "quality_polish", None) or "all",
                                  **_method_options(args))
@@ -286,6 +293,8 @@ def cmd_register_model(args: argparse.Namespace) -> int:
         extra["regressor_ct_to_camera"] = result.start_ct_to_camera.tolist()
     if getattr(result, "learned_ct_to_camera", None) is not None:  # after the learned PPC
         extra["learned_ppc_ct_to_camera"] = np.asarray(result.learned_ct_to_camera).tolist()
+    if getattr(result, "similarity_ct_to_camera", None) is not None:  # after the LM on
+        extra["similarity_ct_to_camera"] = np.asarray(result.similarity_ct_to_camera).tolist()
     q = getattr(result, "quality", None)
     if q is not None:
         extra["quality"] = q.to_dict()
