@@ -6,12 +6,13 @@
     Trains a model for this CT and detector (see :mod:`.train`; ``--kind ppc``: the
     learned PPC update, :mod:`.ppc_train`; ``--kind all``: both, the PPC update to
     ``<out stem>.ppc.pt``). ``NOMINAL.json`` is ``{"ct_to_camera": 4x4}``, the pose of
-    the nominal view. The regressor's training works under ``torchrun``.
+    the nominal view. Every kind trains under ``torchrun`` (DistributedDataParallel).
 
-``surgreg fluoro register ... --model MODEL.pt [--model PPC.pt] [--ppc-updates N]
-[--nominal NOMINAL.json] [--force]``
+``surgreg fluoro register ... --model MODEL.pt [--model PPC.pt | --model SIM.pt]
+[--ppc-updates N] [--nominal NOMINAL.json] [--force]``
     Without ``--init``: the regressor gives the start, ``--method`` refines (default
-    ``ppc``; ``regressor`` = no refinement). ``--nominal`` (``{"views": [...]}``) gives
+    ``ppc``; ``regressor`` = no refinement); with a similarity model (``--kind
+    similarity``) LM steps on the learned features come first (:mod:`.sim_register`). ``--nominal`` (``{"views": [...]}``) gives
     the C-arm motion between views for multi-view. ``--init`` skips the regressor.
     With a ``ppc`` model: start (``--init`` > regressor > the model's nominal view) ->
     N learned PPC updates -> ``--method`` (``learned-ppc``: none).
