@@ -5,7 +5,7 @@ one and two views, several case seeds.
 
     python benchmarks/fluoro_learned_similarity.py [--seeds 1,2] [--cases 20] \
         [--sim se3=FluoroReg/FluoroRegLib/weights/fluoro_similarity_v1.pt --sim so4=/tmp/so4.pt] \
-        [--out FILE.jsonl]
+        [--no-baseline] [--out FILE.jsonl]
 
 Protocol of ``benchmarks/fluoro_learned_polish.py``: cases from
 ``FluoroRegLib.learned.bench.make_cases`` (SYNTHETIC X-rays of the shipped CT, true poses
@@ -48,11 +48,13 @@ def main() -> None:
     ap.add_argument("--sim", action="append", default=None,
                     help="LABEL=PATH of a similarity model (repeatable)")
     ap.add_argument("--views", default="1,2")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="skip regressor+ppc (e.g. one more similarity model on the same cases)")
     ap.add_argument("--out", default="fluoro_learned_similarity.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(1)
     sims = args.sim or [f"se3={os.path.join(weights, 'fluoro_similarity_v1.pt')}"]
-    pipelines = [("regressor+ppc", None)] + [
+    pipelines = [("regressor+ppc", None)] * bool(args.baseline) + [
         (f"regressor+sim[{s.split('=', 1)[0]}]+ppc", load_model_file(s.split("=", 1)[1]))
         for s in sims]
     hu, m = read_ct(str(sample_data_path("ct/thorax_aorta_ct_cropped.nii.gz")))
