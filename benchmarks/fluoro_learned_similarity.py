@@ -5,7 +5,7 @@ one and two views, several case seeds.
 
     python benchmarks/fluoro_learned_similarity.py [--seeds 1,2] [--cases 20] \
         [--sim se3=FluoroReg/FluoroRegLib/weights/fluoro_similarity_v1.pt --sim so4=/tmp/so4.pt] \
-        [--no-baseline] [--out FILE.jsonl]
+        [--method ppc|regressor] [--no-baseline] [--out FILE.jsonl]
 
 Protocol of ``benchmarks/fluoro_learned_polish.py``: cases from
 ``FluoroRegLib.learned.bench.make_cases`` (SYNTHETIC X-rays of the shipped CT, true poses
@@ -48,14 +48,18 @@ def main() -> None:
     ap.add_argument("--sim", action="append", default=None,
                     help="LABEL=PATH of a similarity model (repeatable)")
     ap.add_argument("--views", default="1,2")
+    ap.add_argument("--method", default="ppc",
+                    help="refinement after the start / similarity ('regressor': none, e.g. to "
+                         "measure the similarity LM alone)")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false",
                     help="skip regressor+ppc (e.g. one more similarity model on the same cases)")
     ap.add_argument("--out", default="fluoro_learned_similarity.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(1)
     sims = args.sim or [f"se3={os.path.join(weights, 'fluoro_similarity_v1.pt')}"]
-    pipelines = [("regressor+ppc", None)] * bool(args.baseline) + [
-        (f"regressor+sim[{s.split('=', 1)[0]}]+ppc", load_model_file(s.split("=", 1)[1]))
+    tail = "" if args.method == "regressor" else "+" + args.method
+    pipelines = [("regressor" + tail, None)] * bool(args.baseline) + [
+        (f"regressor+sim[{s.split('=', 1)[0]}]{tail}", load_model_file(s.split("=", 1)[1]))
         for s in sims]
     hu, m = read_ct(str(sample_data_path("ct/thorax_aorta_ct_cropped.nii.gz")))
     data = load_model_file(args.model)
@@ -68,7 +72,8 @@ def main() -> None:
                     for name, sim in pipelines:
                         t = time.perf_counter()
                         r = register_with_model(
-                            hu, m, c["images"][:nv], [c["camera"]] * nv, data, method="ppc",
+                            hu, m, c["images"][:nv], [c["camera"]] * nv, data,
+                            method=args.method,
                             nominal_views=c["nominal"][:nv], refine_hu=hu2, refine_ijk_to_ras=m2,
                             landmarks_ras=c["landmarks"], true_ct_to_camera=c["truth"][0],
                             similarity_model=sim, quality=True, quality_polish="all")
@@ -78,6 +83,7 @@ def main() -> None:
                                "sim_mtre": float(r.metrics.get("similarity_mtre_mm", float("nan"))),
                                "sim_t": float(r.metrics.get("similarity_time_s", float("nan"))),
                                "t": time.perf_counter() - t, "verdict": r.quality.verdict,
+                               "method": r.method,
                                "load": os.getloadavg()[0]}
                         rows.append(row)
                         out.write(json.dumps(row) + "\n")
