@@ -128,7 +128,7 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
                     true_ct_to_camera: Optional[np.ndarray] = None, device=None,
                     progress=None, cancel=None, quality: bool = False,
                     quality_model=None, quality_retry: bool = True,
-                    quality_polish: str = "flagged",
+                    quality_polish: str = "flagged", progress_start=None,
                     **options) -> RegistrationResult:
     """Register a CT (HU array (K, J, I), ``ijk_to_ras``) to X-ray images (H, W).
 
@@ -141,6 +141,9 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
     case along its weak direction when ``quality_retry`` (``result.retry`` lists both).
     ``quality_polish``: ``"flagged"`` (polish with the detector model only a result not
     judged ``ok``), ``"all"`` or ``"off"`` (:func:`.quality.assess_result`).
+    ``progress_start``: the ``ct_to_camera`` of view 0 that the "ended worse than it
+    started" rule compares with (default: ``init_poses[0]``; a chain of methods passes the
+    chain's start, e.g. the regressor's pose before the learned similarity).
     """
     from .drr import DRRVolume  # noqa: PLC0415
 
@@ -170,8 +173,9 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
     result.method = method
     # the plain rule: a result that ended worse than it started is not a registration
     measure = preflight.similarity_measure(method)
+    rule_init = init if progress_start is None else check_pose(progress_start, "progress start")
     s0, s1 = preflight.start_and_end_similarity(
-        volume, views, init, result.ct_to_camera, measure,
+        volume, views, rule_init, result.ct_to_camera, measure,
         drr_method=options.get("drr_method") or "trilinear", n_samples=options.get("n_samples"))
     result.similarity_start = s0
     from SurgicalReg2D3DLib.checks import no_progress_quality  # noqa: PLC0415
@@ -190,7 +194,7 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
         if failed is not None and not np.allclose(result.ct_to_camera, first_pose):
             # the polish / a restart moved the result: judge the rule on what is kept
             _, s1 = preflight.start_and_end_similarity(
-                volume, views, init, result.ct_to_camera, measure,
+                volume, views, rule_init, result.ct_to_camera, measure,
                 drr_method=options.get("drr_method") or "trilinear",
                 n_samples=options.get("n_samples"))
             failed = no_progress_quality(s0, s1, f"{measure} similarity")

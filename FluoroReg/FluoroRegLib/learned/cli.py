@@ -6,12 +6,13 @@
     Trains a model for this CT and detector (see :mod:`.train`; ``--kind ppc``: the
     learned PPC update, :mod:`.ppc_train`; ``--kind all``: both, the PPC update to
     ``<out stem>.ppc.pt``). ``NOMINAL.json`` is ``{"ct_to_camera": 4x4}``, the pose of
-    the nominal view. The regressor's training works under ``torchrun``.
+    the nominal view. Every kind trains under ``torchrun`` (DistributedDataParallel).
 
-``surgreg fluoro register ... --model MODEL.pt [--model PPC.pt] [--ppc-updates N]
-[--nominal NOMINAL.json] [--force]``
+``surgreg fluoro register ... --model MODEL.pt [--model PPC.pt | --model SIM.pt]
+[--ppc-updates N] [--nominal NOMINAL.json] [--force]``
     Without ``--init``: the regressor gives the start, ``--method`` refines (default
-    ``ppc``; ``regressor`` = no refinement). ``--nominal`` (``{"views": [...]}``) gives
+    ``ppc``; ``regressor`` = no refinement); with a similarity model (``--kind
+    similarity``) LM steps on the learned features come first (:mod:`.sim_register`). ``--nominal`` (``{"views": [...]}``) gives
     the C-arm motion between views for multi-view. ``--init`` skips the regressor.
     With a ``ppc`` model: start (``--init`` > regressor > the model's nominal view) ->
     N learned PPC updates -> ``--method`` (``learned-ppc``: none).
@@ -218,7 +219,9 @@ def add_register_options(reg) -> None:
                           "gives the start, --method refines (default ppc; 'regressor' = none). "
                           "Give it twice (a regressor and a ppc model) for regressor start -> "
                           "learned PPC updates -> --method; a ppc model alone starts at --init "
-                          "or at its nominal view; --method learned-ppc: no classic refinement")
+                          "or at its nominal view; --method learned-ppc: no classic refinement. "
+                          "A similarity model (--kind similarity) instead of the ppc model: "
+                          "LM on the learned features from the start, then --method")
     reg.add_argument("--ppc-updates", dest="ppc_updates", type=int, default=None,
                      help="number of learned PPC updates with a ppc model (default 3)")
     reg.add_argument("--nominal", default=None,
@@ -252,13 +255,17 @@ def cmd_register_model(args: argparse.Namespace) -> int:
     from .register import DEFAULT_REFINEMENT  # noqa: PLC0415
 
     method = args.method or DEFAULT_REFINEMENT
-    data, ppc_data = None, None
+    data, ppc_data, sim_data = None, None, None
     for path in model_paths:
         loaded = load_model_file(path)
         if loaded["kind"] == "ppc":
             if ppc_data is not None:
                 raise InputError("model: two learned PPC models given; give at most one")
             ppc_data = loaded
+        elif loaded["kind"] == "similarity":
+            if sim_data is not None:
+                raise InputError("model: two similarity models given; give at most one")
+            sim_data = loaded
         elif data is not None:
             raise InputError("model: two pose regressors given; give at most one")
         else:
@@ -275,6 +282,7 @@ def cmd_register_model(args: argparse.Namespace) -> int:
                                  nominal_views=nominal, init_poses=init, force=args.force,
                                  device=device, ppc_model=ppc_data,
                                  ppc_updates=getattr(args, "ppc_updates", None),
+                                 similarity_model=sim_data,
                                  quality=not getattr(args, "no_quality", False),
                                  quality_polish=getattr(args, "quality_polish", None) or "all",
                                  **_method_options(args))
@@ -286,6 +294,8 @@ def cmd_register_model(args: argparse.Namespace) -> int:
         extra["regressor_ct_to_camera"] = result.start_ct_to_camera.tolist()
     if getattr(result, "learned_ct_to_camera", None) is not None:  # after the learned PPC
         extra["learned_ppc_ct_to_camera"] = np.asarray(result.learned_ct_to_camera).tolist()
+    if getattr(result, "similarity_ct_to_camera", None) is not None:  # after the LM on
+        extra["similarity_ct_to_camera"] = np.asarray(result.similarity_ct_to_camera).tolist()
     q = getattr(result, "quality", None)
     if q is not None:
         extra["quality"] = q.to_dict()

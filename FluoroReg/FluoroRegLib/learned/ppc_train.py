@@ -29,6 +29,10 @@ The loop (time budget ``max_minutes`` or ``max_steps``, cosine learning rate, ch
 follows :func:`.train.train_model`. Held-out: ``n_val`` samples from a generator that
 training never uses, rendered once; reported as the one-update mTRE before / after and its
 ratio (the reduction factor), before and after training.
+
+Several processes (``torchrun``): DistributedDataParallel as the regressor's training
+(:mod:`.distributed`): each rank draws its own samples (generator seed ``seed * 1000 +
+rank``), the stop decision is shared, rank 0 writes checkpoints and the model.
 """
 
 from __future__ import annotations
@@ -210,16 +214,12 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
     from ..geometry import camera_parameters  # noqa: PLC0415
     from ..refine import check_pose  # noqa: PLC0415
     from ..simulate import downsample_ct  # noqa: PLC0415
+    from . import distributed  # noqa: PLC0415
     from .train import (_cfg_dict, _check_ct, budget_fraction, budget_stop_reason,  # noqa: PLC0415
                         pick_device, set_cosine_lr)
 
     cfg = config
     say = log or (lambda msg: None)
-    import os  # noqa: PLC0415
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError("kind: 'ppc' trains in one process only (no torchrun / "
-                         "DistributedDataParallel yet); run it without torchrun")
     arr = _check_ct(hu)
     m = np.asarray(ijk_to_ras, float)
     try:
@@ -252,6 +252,7 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
             raise InputError(f"resume: checkpoint {Path(resume).name} was trained for the range "
                              f"{ckpt['range']}, not {pose_range.to_dict()}")
     device = pick_device(cfg.device)
+    world, rank, device = distributed.setup(device)
     torch.manual_seed(int(cfg.seed))
 
     factor = training_factor(camera, cfg.image_size)
@@ -281,7 +282,7 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
                      bool(opts["attention"]), flow=str(opts["flow"]),
                      search_px=int(opts["search_px"])).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=float(cfg.lr))
-    gen = torch.Generator().manual_seed(int(cfg.seed) * 1000)
+    gen = torch.Generator().manual_seed(int(cfg.seed) * 1000 + rank)
     step, elapsed_prev, samples_seen, history = 0, 0.0, 0, []
     if ckpt is not None:
         net.load_state_dict(ckpt["state_dict"])
@@ -290,9 +291,10 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
         elapsed_prev = float(ckpt["training"].get("elapsed_s", 0.0))
         samples_seen = int(ckpt["training"].get("images", 0))
         history = list(ckpt["training"].get("history", []))
-        if "rng_state" in ckpt:
+        if "rng_state" in ckpt and rank == 0:
             gen.set_state(ckpt["rng_state"])
         say(f"[train ppc] resumed from {resume} at step {step} ({elapsed_prev / 60:.1f} min)")
+    model = distributed.wrap(net, device, world)
 
     val_gen = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)
     val = sampler.sample(val_gen, int(cfg.n_val))
@@ -308,7 +310,7 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
         f"{val_before.get('mtre_after_median', float('nan')):.1f} mm (untrained)")
     max_s = max_minutes * 60.0
     train_state = {"command": cfg.command, "seed": int(cfg.seed), "config": _cfg_dict(cfg),
-                   "options": opts, "device": str(device), "world_size": 1}
+                   "options": opts, "device": str(device), "world_size": world}
 
     def state_now(elapsed, val_after=None):
         st = dict(train_state, steps=step, images=samples_seen, elapsed_s=elapsed,
@@ -324,6 +326,8 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
                 "training": state_now(elapsed, val_after)}
 
     def write_checkpoint(elapsed):
+        if rank != 0:
+            return
         d = model_dict(elapsed)
         d.update(optimizer=opt.state_dict(), step=step, rng_state=gen.get_state())
         save_model(d, ckpt_path)
@@ -337,7 +341,7 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
         while True:
             elapsed = elapsed_prev + time.perf_counter() - t0
             frac = budget_fraction(elapsed, cfg, step)
-            if frac >= 1.0:
+            if distributed.shared_stop(frac >= 1.0, device, world):
                 stop_reason = budget_stop_reason(cfg, step)
                 break
             if is_cancelled(cancel):
@@ -346,14 +350,14 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
             if batch is None or step % max(1, int(cfg.reuse)) == 0:
                 batch = sampler.sample(gen, int(cfg.batch_size))
             fixed = randomise(batch["fixed_raw"], gen, cfg.randomisation)
-            loss, mt, epe = batch_loss(net, fixed, batch, cam, sampler.targets, damping,
+            loss, mt, epe = batch_loss(model, fixed, batch, cam, sampler.targets, damping,
                                        float(opts["epe_weight"]), int(opts["min_points"]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
             opt.step()
             step += 1
-            samples_seen += int(cfg.batch_size)
+            samples_seen += int(cfg.batch_size) * world
             running.append((float(loss.detach()), float(mt.median()), float(epe)))
             if step % 25 == 0:
                 r = np.mean(running, axis=0)
@@ -383,6 +387,10 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
         f"{val_before.get('ratio_median', float('nan')):.3f})")
     result = model_dict(elapsed, val_after)
     result["training"]["stop_reason"] = stop_reason
-    write_checkpoint(elapsed)
-    save_model(result, out_path)
+    if rank == 0:
+        write_checkpoint(elapsed)
+        save_model(result, out_path)
+    if getattr(cfg, "save_replicas", False):
+        save_model(result, out_path.with_name(f"{out_path.name}.rank{rank}.pt"))
+    distributed.finish(world)
     return result

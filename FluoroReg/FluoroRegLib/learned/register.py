@@ -20,6 +20,12 @@ chain is: start (``init_poses``, else the regressor's pose when ``model`` is giv
 the nominal view recorded in the PPC model) -> ``ppc_updates`` learned PPC updates ->
 ``method`` (default ``ppc``; ``method="learned-ppc"``: no classic refinement after the
 learned updates). ``metrics["learned_ppc_time_s"]`` gives the time of the learned part.
+
+With a learned similarity (``similarity_model``, a ``similarity`` model file,
+:mod:`.sim_register`) the chain is: start (``init_poses``, else the regressor's pose when
+``model`` is given, else the similarity model's nominal view) -> LM on the learned features
+(all views together) -> ``method`` (``"regressor"``: none); ``metrics["similarity_time_s"]``
+and the ``similarity_ct_to_camera`` attribute (the pose after the LM).
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, mod
                         force: bool = False, refine_hu=None, refine_ijk_to_ras=None,
                         landmarks_ras=None, true_ct_to_camera=None, device=None,
                         ppc_model=None, ppc_updates: Optional[int] = None,
+                        similarity_model=None, similarity_steps: Optional[int] = None,
                         progress=None, cancel=None, **options):
     """Register from the nominal view (see the module docstring); returns the
     ``RegistrationResult`` with ``metrics["regressor_time_s"]`` and, with landmarks and
@@ -112,6 +119,9 @@ def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, mod
     from ..logic import available_methods, register_arrays  # noqa: PLC0415
     from ..refine import RegistrationResult, check_pose, pose_errors  # noqa: PLC0415
 
+    if similarity_model is not None and (ppc_model is not None or method == LEARNED_PPC):
+        raise InputError("model: a similarity model and a learned PPC update cannot be "
+                         "combined; give one of them")
     if ppc_model is not None or method == LEARNED_PPC:
         from .ppc_register import register_with_ppc_model  # noqa: PLC0415
 
@@ -131,6 +141,11 @@ def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, mod
                          f"got {method!r}")
     rh = hu if refine_hu is None else refine_hu
     rm = ijk_to_ras if refine_ijk_to_ras is None else refine_ijk_to_ras
+    if similarity_model is not None:
+        return _register_with_similarity(
+            hu, ijk_to_ras, images, cameras, model, similarity_model, method, nominal_views,
+            init_poses, force, rh, rm, landmarks_ras, true_ct_to_camera, device,
+            similarity_steps, progress, cancel, **options)
     if init_poses is not None:  # --init: the classic registration, no regressor
         return register_arrays(rh, rm, images, cameras, init_poses, method=method,
                                landmarks_ras=landmarks_ras, true_ct_to_camera=true_ct_to_camera,
@@ -158,4 +173,78 @@ def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, mod
     if getattr(result, "quality", None) is None:  # no classic quality step (regressor alone,
         result.quality = quality_of(result, start, center)  # or quality=False)
     # else: the refinement's own calibrated trust value (FluoroRegLib.quality) is kept
+    return result
+
+
+def _register_with_similarity(hu, ijk_to_ras, images, cameras, model, similarity_model, method,
+                              nominal_views, init_poses, force, rh, rm, landmarks_ras,
+                              true_ct_to_camera, device, similarity_steps, progress, cancel,
+                              **options):
+    """:func:`register_with_model` with a learned similarity (see the module docstring)."""
+    from SurgicalReg2D3DLib.progress import sub_progress  # noqa: PLC0415
+
+    from ..logic import register_arrays  # noqa: PLC0415
+    from ..refine import RegistrationResult, check_pose, pose_errors  # noqa: PLC0415
+    from .model_file import load_model_file  # noqa: PLC0415
+    from .sim_register import check_similarity_model, refine_starts  # noqa: PLC0415
+
+    sdata = similarity_model if isinstance(similarity_model, dict) else \
+        load_model_file(similarity_model)
+    check_similarity_model(sdata, hu, ijk_to_ras, cameras[0], force=force)
+    t0 = time.perf_counter()
+    if init_poses is not None:
+        if len(init_poses) != len(images):
+            raise InputError(f"initial pose: {len(images)} X-ray images but {len(init_poses)} "
+                             "initial poses")
+        starts = [check_pose(p, f"initial ct_to_camera of view {k + 1}")
+                  for k, p in enumerate(init_poses)]
+        start_kind = "init"
+    elif model is not None:
+        starts = regressor_starts(hu, ijk_to_ras, images, cameras, model, nominal_views, force)
+        start_kind = "regressor"
+    else:
+        start0 = np.asarray(sdata["nominal_ct_to_camera"], float)
+        if len(images) > 1:
+            if nominal_views is None or len(nominal_views) != len(images):
+                raise InputError(f"nominal poses: {len(images)} X-ray images need one nominal "
+                                 "ct_to_camera per view (they give the C-arm motion between "
+                                 "views)")
+            noms = [check_pose(p, f"nominal ct_to_camera of view {k + 1}")
+                    for k, p in enumerate(nominal_views)]
+            inv0 = np.linalg.inv(noms[0])
+            starts = [n @ inv0 @ start0 for n in noms]
+        else:
+            starts = [start0]
+        start_kind = "nominal"
+    t_start = time.perf_counter() - t0
+    views, info = refine_starts(sdata, hu, ijk_to_ras, images, cameras, starts, force=True,
+                                device=device, steps=similarity_steps, cancel=cancel)
+    prefix = {"regressor": "regressor+", "nominal": "nominal+", "init": ""}[start_kind]
+    if method == "regressor":
+        result = RegistrationResult(views[0], views, float("nan"), prefix + "similarity", [],
+                                    t_start + info["similarity_time_s"])
+    else:
+        # the "ended worse than it started" rule compares with the chain's start
+        result = register_arrays(rh, rm, images, cameras, views, method=method, device=device,
+                                 progress=sub_progress(progress, 0.1, 1.0), cancel=cancel,
+                                 progress_start=starts[0], **options)
+        result.method = f"{prefix}similarity+{method}"
+        result.time_s += t_start + info["similarity_time_s"]
+    result.metrics.update(info)
+    if start_kind == "regressor":
+        result.metrics["regressor_time_s"] = t_start
+    if landmarks_ras is not None and true_ct_to_camera is not None:
+        truth = check_pose(true_ct_to_camera, "true ct_to_camera")
+        lm = np.asarray(landmarks_ras, float)
+        result.metrics.update(pose_errors(result.ct_to_camera, truth, lm, cameras[0]))
+        result.metrics["start_mtre_mm"] = pose_errors(starts[0], truth, lm, cameras[0])["mtre_mm"]
+        result.metrics["similarity_mtre_mm"] = pose_errors(views[0], truth, lm,
+                                                           cameras[0])["mtre_mm"]
+    result.start_ct_to_camera = starts[0] if start_kind == "regressor" else None
+    result.similarity_ct_to_camera = views[0]
+    if getattr(result, "quality", None) is None:  # no classic quality step
+        k, j, i = np.asarray(hu).shape
+        center = (np.asarray(ijk_to_ras, float)
+                  @ np.array([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0]))[:3]
+        result.quality = quality_of(result, starts[0], center)
     return result

@@ -29,12 +29,14 @@ Refinement (:func:`refine_pose`): the X-ray is resampled to the training camera
 (:func:`~.sampling.prepare_xray`), DRRs of the block-averaged CT, ``lm_steps`` LM steps on
 ``eps``. ``spherical=False`` and ``distance="so4"`` give the ablations of the paper.
 
-One process only (``torchrun`` runs the regressor's training; see :mod:`.train`).
+Several processes (``torchrun``): DistributedDataParallel as the regressor's training
+(:mod:`.distributed`): each rank draws its own samples (generator seed ``seed * 1000 + 7 +
+rank``), the stop decision is shared, rank 0 writes checkpoints and the model; the
+held-out check runs on every rank (the same cases).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,17 +202,16 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
     after its input checks (``renderer``, ``meta``, ``device``, ``rot_len``,
     ``checkpoint``: the loaded ``resume`` file or None). Writes
     ``out_path`` (and ``<out>.ckpt.pt`` as it goes); returns the model dict."""
+    from . import distributed  # noqa: PLC0415
     from .model_file import FORMAT, FORMAT_VERSION, save_model  # noqa: PLC0415
     from .sampling import randomise  # noqa: PLC0415
     from .train import (_cfg_dict, budget_fraction, budget_stop_reason,  # noqa: PLC0415
                         set_cosine_lr)
 
     say = log or (lambda msg: None)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError("kind: 'similarity' trains in one process; torchrun (several "
-                         "processes) is for --kind regressor")
     s = SimilaritySettings.from_extra(cfg.extra)
     renderer, meta, device, rot_len = ctx["renderer"], ctx["meta"], ctx["device"], ctx["rot_len"]
+    world, rank, device = distributed.setup(device)
     ckpt = ctx.get("checkpoint")
     if ckpt is not None and ckpt.get("kind") != "similarity":
         raise InputError(f"resume: checkpoint {resume} is a {ckpt.get('kind')!r} model, not "
@@ -218,7 +219,7 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
     torch.manual_seed(int(cfg.seed))
     net = sph.SphericalFeatureNet(s.channels, s.width, s.spherical).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=float(cfg.lr))
-    gen = torch.Generator().manual_seed(int(cfg.seed) * 1000 + 7)
+    gen = torch.Generator().manual_seed(int(cfg.seed) * 1000 + 7 + rank)
     step, elapsed_prev, history = 0, 0.0, []
     if ckpt is not None:
         net.load_state_dict(ckpt["state_dict"])
@@ -226,9 +227,10 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
         step = int(ckpt["step"])
         elapsed_prev = float(ckpt["training"].get("elapsed_s", 0.0))
         history = list(ckpt["training"].get("history", []))
-        if "rng_state" in ckpt:
+        if "rng_state" in ckpt and rank == 0:
             gen.set_state(ckpt["rng_state"])
         say(f"[train] resumed from {resume} at step {step} ({elapsed_prev / 60:.1f} min)")
+    model = distributed.wrap(net, device, world)
     val_gen = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)
     vdrr, _, _, vposes = renderer.sample(val_gen, min(int(cfg.n_val), VAL_CASES))
     vfixed = sph._standardise(randomise(vdrr, val_gen, 0.5))
@@ -241,7 +243,7 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
         f"{s.lm_steps} LM steps (untrained)")
     arch = net.arch()
     train_state = {"command": cfg.command, "seed": int(cfg.seed), "config": _cfg_dict(cfg),
-                   "similarity": s.to_dict(), "world_size": 1, "device": str(device)}
+                   "similarity": s.to_dict(), "world_size": world, "device": str(device)}
 
     def model_dict(elapsed, val_after=None):
         st = dict(train_state, steps=step, elapsed_s=elapsed, history=history[-200:],
@@ -256,6 +258,8 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
     ckpt_path = out_path.with_name(out_path.name + ".ckpt.pt")
 
     def write_checkpoint(elapsed):
+        if rank != 0:
+            return
         d = model_dict(elapsed)
         d.update(optimizer=opt.state_dict(), step=step, rng_state=gen.get_state())
         save_model(d, ckpt_path)
@@ -267,7 +271,7 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
         while True:
             elapsed = elapsed_prev + time.perf_counter() - t0
             frac = budget_fraction(elapsed, cfg, step)
-            if frac >= 1.0:
+            if distributed.shared_stop(frac >= 1.0, device, world):
                 stop_reason = budget_stop_reason(cfg, step)
                 break
             if is_cancelled(cancel):
@@ -277,11 +281,11 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
             fixed = randomise(drr, gen, cfg.randomisation)
             moving = _perturb(gen, truths, renderer.center_ras, s)
             c_true = truths[:, :3, :3] @ renderer.center_ras + truths[:, :3, 3]
-            loss = fd_gradient_matching_loss(net, renderer.volume, renderer.camera, moving,
+            loss = fd_gradient_matching_loss(model, renderer.volume, renderer.camera, moving,
                                              truths, fixed.to(device), renderer.c, rot_len,
                                              s, renderer.n_samples)
             if s.lm_train_steps and s.lm_every and step % s.lm_every == 0:
-                fn = _residual_fn(net, renderer.volume, renderer.camera, fixed[0].to(device),
+                fn = _residual_fn(model, renderer.volume, renderer.camera, fixed[0].to(device),
                                   renderer.n_samples)
                 T, _ = sph.differentiable_lm(fn, moving[0], c_true[0], steps=s.lm_train_steps,
                                              lambda0=s.lambda0, decay=s.decay,
@@ -316,8 +320,12 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
         f"{val_after['start_corner_mm_mean']:.1f} mm)")
     result = model_dict(elapsed, val_after)
     result["training"]["stop_reason"] = stop_reason
-    write_checkpoint(elapsed)
-    save_model(result, out_path)
+    if rank == 0:
+        write_checkpoint(elapsed)
+        save_model(result, out_path)
+    if getattr(cfg, "save_replicas", False):
+        save_model(result, out_path.with_name(f"{out_path.name}.rank{rank}.pt"))
+    distributed.finish(world)
     return result
 
 

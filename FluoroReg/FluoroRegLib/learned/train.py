@@ -12,7 +12,8 @@ Several processes (``torchrun --nproc_per_node N``): when ``WORLD_SIZE > 1`` the
 is wrapped in ``DistributedDataParallel`` (gloo on the CPU, nccl on GPUs), each rank
 draws its own poses (seed + rank), the stop decision is shared (all-reduce), and rank 0
 writes checkpoints and the model. ``save_replicas`` makes every rank write its final
-weights to ``<out>.rank<k>.pt`` (the test checks that they are equal).
+weights to ``<out>.rank<k>.pt`` (the test checks that they are equal). The helpers are
+in :mod:`.distributed` (shared with the ``ppc`` and ``similarity`` loops).
 
 Held-out validation: ``n_val`` poses from a generator that training never uses
 (``seed + 1_000_003``), rendered once; reported as the mean 3D error of the CT box
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -122,13 +122,6 @@ def pick_device(name: Optional[str]) -> torch.device:
         warnings.warn(f"{exc}; training on the CPU instead", RuntimeWarning, stacklevel=2)
         _log.warning("%s; training on the CPU instead", exc)
         return torch.device("cpu")
-
-
-def _dist_info():
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return world, rank, local
 
 
 def _corner_points(volume) -> torch.Tensor:
@@ -244,16 +237,9 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
             raise InputError(f"resume: checkpoint {Path(resume).name} was trained for the range "
                              f"{ckpt['range']}, not {pose_range.to_dict()}")
 
-    world, rank, local = _dist_info()
-    device = pick_device(cfg.device)
-    if world > 1:
-        import torch.distributed as dist  # noqa: PLC0415
+    from . import distributed  # noqa: PLC0415
 
-        if device.type == "cuda":
-            device = torch.device("cuda", local)
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    world, rank, device = distributed.setup(pick_device(cfg.device))
     torch.manual_seed(int(cfg.seed))
 
     # ---- data ----
@@ -297,11 +283,7 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
         if "rng_state" in ckpt and rank == 0:
             gen.set_state(ckpt["rng_state"])
         say(f"[train] resumed from {resume} at step {step} ({elapsed_prev / 60:.1f} min)")
-    model = net
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
-
-        model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    model = distributed.wrap(net, device, world)
 
     val_gen = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)
     vdrr, vr, vt, vposes = renderer.sample(val_gen, int(cfg.n_val))
@@ -339,14 +321,7 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
         while True:
             elapsed = elapsed_prev + time.perf_counter() - t0
             frac = budget_fraction(elapsed, cfg, step)
-            stop = frac >= 1.0
-            if world > 1:
-                import torch.distributed as dist  # noqa: PLC0415
-
-                flag = torch.tensor([1.0 if stop else 0.0], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop = bool(flag.item() > 0)
-            if stop:
+            if distributed.shared_stop(frac >= 1.0, device, world):
                 stop_reason = budget_stop_reason(cfg, step)
                 break
             if is_cancelled(cancel):
@@ -384,13 +359,9 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
         raise CancelledError(f"training: cancelled at step {step}; checkpoint kept in "
                              f"{ckpt_path}") from None
     elapsed = elapsed_prev + time.perf_counter() - t0
-    if world > 1:
-        # DDP keeps the parameters equal; the BatchNorm running statistics are per rank:
-        # every rank takes rank 0's (the model that is written).
-        import torch.distributed as dist  # noqa: PLC0415
-
-        for buf in net.buffers():
-            dist.broadcast(buf.data, 0)
+    # DDP keeps the parameters equal; the BatchNorm running statistics are per rank:
+    # every rank takes rank 0's (the model that is written).
+    distributed.broadcast_buffers(net, world)
     val_after = evaluate(net, renderer, val, rot_len)
     say(f"[train] done ({stop_reason}): {step} steps, {images_seen} images, {elapsed / 60:.1f} "
         f"min; held-out corner error {val_before.get('corner_mm_mean', float('nan')):.1f} -> "
@@ -402,10 +373,7 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
         save_model(result, out_path)
     if cfg.save_replicas:
         save_model(result, out_path.with_name(f"{out_path.name}.rank{rank}.pt"))
-    if world > 1:
-        import torch.distributed as dist  # noqa: PLC0415
-
-        dist.barrier()
+    distributed.finish(world)
     return result
 
 
