@@ -37,6 +37,8 @@ def main() -> None:
         os.path.dirname(__file__), "..", "FluoroReg", "FluoroRegLib", "weights",
         "fluoro_pose_regressor_v1.pt"))
     ap.add_argument("--out", default="fluoro_learned_polish.jsonl")
+    ap.add_argument("--polish", nargs="+", default=["none", "flagged", "all"],
+                    choices=["none", "flagged", "all"], help="quality steps to run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     hu, m = read_ct(str(sample_data_path("ct/thorax_aorta_ct_cropped.nii.gz")))
@@ -47,7 +49,7 @@ def main() -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for c in make_cases(hu, m, data, args.cases, seed=seed):
                 for nv in (1, 2):
-                    for pol in ("none", "flagged", "all"):
+                    for pol in args.polish:
                         kw = {"quality": False} if pol == "none" else \
                             {"quality": True, "quality_polish": pol}
                         t = time.perf_counter()
