@@ -132,6 +132,14 @@ def check_pose(pose, name: str) -> np.ndarray:
     return check_rigid(arr, name).numpy().copy()
 
 
+
+def check_poses(poses, n_images: int) -> list:
+    """One checked ``ct_to_camera`` (:func:`check_pose`) per X-ray image."""
+    if len(poses) != n_images:
+        raise InputError(f"initial pose: {n_images} X-ray images but {len(poses)} "
+                         "initial poses")
+    return [check_pose(p, f"initial ct_to_camera of view {k + 1}") for k, p in enumerate(poses)]
+
 def prepare_views(views: Sequence[XRayView]) -> List[XRayView]:
     """Checked copies of the views (images as tensors, geometry matching each image)."""
     if len(views) == 0:

@@ -75,6 +75,23 @@ def broadcast_buffers(net: torch.nn.Module, world: int) -> None:
         dist.broadcast(buf.data, 0)
 
 
+def write_final(result: dict, out_path, rank: int, world: int, write_checkpoint, elapsed: float,
+                save_replicas: bool = False) -> dict:
+    """The end of every training kind: rank 0 writes the last checkpoint
+    (``write_checkpoint(elapsed)``) and the model file; with ``save_replicas`` every rank
+    also writes its own copy (``<out>.rank<r>.pt``, for the tests that compare replicas);
+    then all ranks wait for each other. Returns ``result``."""
+    from .model_file import save_model  # noqa: PLC0415
+
+    if rank == 0:
+        write_checkpoint(elapsed)
+        save_model(result, out_path)
+    if save_replicas:
+        save_model(result, out_path.with_name(f"{out_path.name}.rank{rank}.pt"))
+    finish(world)
+    return result
+
+
 def finish(world: int) -> None:
     """Wait for every rank (after rank 0 has written the files)."""
     if world > 1:

@@ -220,7 +220,7 @@ def register_with_ppc_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence,
     (``init_poses`` > the regressor ``model`` > the PPC model's nominal view) ->
     ``ppc_updates`` learned updates -> ``method`` (``"learned-ppc"``: none)."""
     from ..logic import available_methods  # noqa: PLC0415
-    from ..refine import check_pose, pose_errors  # noqa: PLC0415
+    from ..refine import check_pose, check_poses, pose_errors  # noqa: PLC0415
     from .model_file import load_model_file  # noqa: PLC0415
     from .register import DEFAULT_REFINEMENT, LEARNED_PPC, load_regressor, quality_of  # noqa: PLC0415
     from .regressor import predict_pose  # noqa: PLC0415
@@ -256,11 +256,7 @@ def register_with_ppc_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence,
     t0 = time.perf_counter()
     start_kind = "init"
     if init_poses is not None:
-        if len(init_poses) != len(images):
-            raise InputError(f"initial pose: {len(images)} X-ray images but {len(init_poses)} "
-                             "initial poses")
-        starts = [check_pose(p, f"initial ct_to_camera of view {k + 1}")
-                  for k, p in enumerate(init_poses)]
+        starts = check_poses(init_poses, len(images))
     else:
         if model is not None:
             data, net = load_regressor(model, hu, ijk_to_ras, cameras[0], force=force)

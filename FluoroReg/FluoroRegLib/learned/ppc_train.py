@@ -387,10 +387,5 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
         f"{val_before.get('ratio_median', float('nan')):.3f})")
     result = model_dict(elapsed, val_after)
     result["training"]["stop_reason"] = stop_reason
-    if rank == 0:
-        write_checkpoint(elapsed)
-        save_model(result, out_path)
-    if getattr(cfg, "save_replicas", False):
-        save_model(result, out_path.with_name(f"{out_path.name}.rank{rank}.pt"))
-    distributed.finish(world)
-    return result
+    return distributed.write_final(result, out_path, rank, world, write_checkpoint, elapsed,
+                                   getattr(cfg, "save_replicas", False))

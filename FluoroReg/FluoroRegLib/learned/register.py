@@ -184,7 +184,7 @@ def _register_with_similarity(hu, ijk_to_ras, images, cameras, model, similarity
     from SurgicalReg2D3DLib.progress import sub_progress  # noqa: PLC0415
 
     from ..logic import register_arrays  # noqa: PLC0415
-    from ..refine import RegistrationResult, check_pose, pose_errors  # noqa: PLC0415
+    from ..refine import RegistrationResult, check_pose, check_poses, pose_errors  # noqa: PLC0415
     from .model_file import load_model_file  # noqa: PLC0415
     from .sim_register import check_similarity_model, refine_starts  # noqa: PLC0415
 
@@ -193,11 +193,7 @@ def _register_with_similarity(hu, ijk_to_ras, images, cameras, model, similarity
     check_similarity_model(sdata, hu, ijk_to_ras, cameras[0], force=force)
     t0 = time.perf_counter()
     if init_poses is not None:
-        if len(init_poses) != len(images):
-            raise InputError(f"initial pose: {len(images)} X-ray images but {len(init_poses)} "
-                             "initial poses")
-        starts = [check_pose(p, f"initial ct_to_camera of view {k + 1}")
-                  for k, p in enumerate(init_poses)]
+        starts = check_poses(init_poses, len(images))
         start_kind = "init"
     elif model is not None:
         starts = regressor_starts(hu, ijk_to_ras, images, cameras, model, nominal_views, force)

@@ -320,13 +320,8 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
         f"{val_after['start_corner_mm_mean']:.1f} mm)")
     result = model_dict(elapsed, val_after)
     result["training"]["stop_reason"] = stop_reason
-    if rank == 0:
-        write_checkpoint(elapsed)
-        save_model(result, out_path)
-    if getattr(cfg, "save_replicas", False):
-        save_model(result, out_path.with_name(f"{out_path.name}.rank{rank}.pt"))
-    distributed.finish(world)
-    return result
+    return distributed.write_final(result, out_path, rank, world, write_checkpoint, elapsed,
+                                   getattr(cfg, "save_replicas", False))
 
 
 def load_similarity(model, hu=None, ijk_to_ras=None, camera=None, force: bool = False):

@@ -368,13 +368,8 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
         f"{val_after['corner_mm_mean']:.1f} mm (median {val_after['corner_mm_median']:.1f})")
     result = _model_dict(model, cfg, meta, state_now(elapsed, val_after))
     result["training"]["stop_reason"] = stop_reason
-    if rank == 0:
-        write_checkpoint(elapsed)
-        save_model(result, out_path)
-    if cfg.save_replicas:
-        save_model(result, out_path.with_name(f"{out_path.name}.rank{rank}.pt"))
-    distributed.finish(world)
-    return result
+    return distributed.write_final(result, out_path, rank, world, write_checkpoint, elapsed,
+                                   cfg.save_replicas)
 
 
 def _cfg_dict(cfg: TrainConfig) -> dict:
