@@ -222,7 +222,8 @@ def register_with_ppc_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence,
     from ..logic import available_methods  # noqa: PLC0415
     from ..refine import check_pose, check_poses, pose_errors  # noqa: PLC0415
     from .model_file import load_model_file  # noqa: PLC0415
-    from .register import DEFAULT_REFINEMENT, LEARNED_PPC, load_regressor, quality_of  # noqa: PLC0415
+    from .register import (DEFAULT_REFINEMENT, LEARNED_PPC, carry_to_views,  # noqa: PLC0415
+                           load_regressor, quality_of)
     from .regressor import predict_pose  # noqa: PLC0415
 
     method = method or DEFAULT_REFINEMENT
@@ -265,13 +266,7 @@ def register_with_ppc_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence,
         else:
             start0 = np.asarray(pdata["nominal_ct_to_camera"], float)
             start_kind = "nominal"
-        if len(images) > 1:
-            noms = [check_pose(p, f"nominal ct_to_camera of view {k + 1}")
-                    for k, p in enumerate(nominal_views)]
-            inv0 = np.linalg.inv(noms[0])
-            starts = [n @ inv0 @ start0 for n in noms]
-        else:
-            starts = [start0]
+        starts = carry_to_views(start0, nominal_views, len(images))
     t_start = time.perf_counter() - t0
     result = register_learned_ppc(hu, ijk_to_ras, images, cameras, starts, pdata,
                                   n_updates=n_updates,

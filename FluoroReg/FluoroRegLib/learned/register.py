@@ -71,14 +71,31 @@ def quality_of(result, start_pose: np.ndarray, volume_center_ras: np.ndarray):
                             "calibrated": False})
 
 
+def carry_to_views(start0, nominal_views: Optional[Sequence[np.ndarray]],
+                   n_views: int) -> List[np.ndarray]:
+    """View 0's ``ct_to_camera`` ``start0`` carried to every view by the nominal C-arm
+    motion (``nominal_k @ inv(nominal_0)``); one view: ``[start0]``."""
+    from ..refine import check_pose  # noqa: PLC0415
+
+    start0 = np.asarray(start0, float)
+    if n_views == 1:
+        return [start0]
+    if nominal_views is None or len(nominal_views) != n_views:
+        raise InputError(f"nominal poses: {n_views} X-ray images need one nominal "
+                         "ct_to_camera per view (they give the C-arm motion between views)")
+    noms = [check_pose(p, f"nominal ct_to_camera of view {k + 1}")
+            for k, p in enumerate(nominal_views)]
+    inv0 = np.linalg.inv(noms[0])
+    return [n @ inv0 @ start0 for n in noms]
+
+
 def regressor_starts(hu, ijk_to_ras, images: Sequence, cameras: Sequence, model,
                      nominal_views: Optional[Sequence[np.ndarray]] = None,
                      force: bool = False) -> List[np.ndarray]:
     """The regressor's start ``ct_to_camera`` of every view: predicted from view 0, carried
-    to the other views by the nominal C-arm motion (``nominal_k @ inv(nominal_0)``). The
-    model is checked against ``hu`` / ``ijk_to_ras`` and camera 0 (``force``: accept
-    another CT or detector)."""
-    from ..refine import check_pose  # noqa: PLC0415
+    to the other views by the nominal C-arm motion (:func:`carry_to_views`). The model is
+    checked against ``hu`` / ``ijk_to_ras`` and camera 0 (``force``: accept another CT or
+    detector)."""
     from .regressor import predict_pose  # noqa: PLC0415
 
     if len(images) > 1 and (nominal_views is None or len(nominal_views) != len(images)):
@@ -86,12 +103,7 @@ def regressor_starts(hu, ijk_to_ras, images: Sequence, cameras: Sequence, model,
                          "ct_to_camera per view (they give the C-arm motion between views)")
     data, net = load_regressor(model, hu, ijk_to_ras, cameras[0], force=force)
     start = predict_pose(data, net, images[0], cameras[0])
-    if len(images) == 1:
-        return [start]
-    noms = [check_pose(p, f"nominal ct_to_camera of view {k + 1}")
-            for k, p in enumerate(nominal_views)]
-    inv0 = np.linalg.inv(noms[0])
-    return [n @ inv0 @ start for n in noms]
+    return carry_to_views(start, nominal_views, len(images))
 
 
 def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, model,
@@ -199,18 +211,7 @@ def _register_with_similarity(hu, ijk_to_ras, images, cameras, model, similarity
         starts = regressor_starts(hu, ijk_to_ras, images, cameras, model, nominal_views, force)
         start_kind = "regressor"
     else:
-        start0 = np.asarray(sdata["nominal_ct_to_camera"], float)
-        if len(images) > 1:
-            if nominal_views is None or len(nominal_views) != len(images):
-                raise InputError(f"nominal poses: {len(images)} X-ray images need one nominal "
-                                 "ct_to_camera per view (they give the C-arm motion between "
-                                 "views)")
-            noms = [check_pose(p, f"nominal ct_to_camera of view {k + 1}")
-                    for k, p in enumerate(nominal_views)]
-            inv0 = np.linalg.inv(noms[0])
-            starts = [n @ inv0 @ start0 for n in noms]
-        else:
-            starts = [start0]
+        starts = carry_to_views(sdata["nominal_ct_to_camera"], nominal_views, len(images))
         start_kind = "nominal"
     t_start = time.perf_counter() - t0
     views, info = refine_starts(sdata, hu, ijk_to_ras, images, cameras, starts, force=True,
