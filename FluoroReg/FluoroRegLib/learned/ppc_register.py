@@ -222,8 +222,8 @@ def register_with_ppc_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence,
     from ..logic import available_methods  # noqa: PLC0415
     from ..refine import check_pose, check_poses, pose_errors  # noqa: PLC0415
     from .model_file import load_model_file  # noqa: PLC0415
-    from .register import (DEFAULT_REFINEMENT, LEARNED_PPC, carry_to_views,  # noqa: PLC0415
-                           load_regressor, quality_of)
+    from .starts import (DEFAULT_REFINEMENT, LEARNED_PPC, carry_to_views,  # noqa: PLC0415
+                         load_regressor, quality_of)
     from .regressor import predict_pose  # noqa: PLC0415
 
     method = method or DEFAULT_REFINEMENT
