@@ -115,9 +115,6 @@ def cmd_run(args) -> None:
 
     torch.set_num_threads(args.threads)
     from FluoroRegLib.logic import register_arrays
-    from FluoroRegLib.ppc import register_hybrid_methods
-
-    register_hybrid_methods()
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,18 @@ def _ppc(volume, views, init, progress=None, cancel=None, **options):
     return register_ppc(volume, views, init, progress=progress, cancel=cancel, **options)
 
 
+def _ppc_then(similarity: str) -> MethodFn:
+    def run(volume, views, init, progress=None, cancel=None, **options):
+        from .ppc import register_ppc_intensity  # noqa: PLC0415
+
+        options.pop("similarity", None)
+        return register_ppc_intensity(volume, views, init, similarity=similarity,
+                                      progress=progress, cancel=cancel, **options)
+
+    run.__doc__ = f"PPC followed by {similarity} Levenberg-Marquardt refinement."
+    return run
+
+
 def _multiview(similarity: str) -> MethodFn:
     def run(volume, views, init, progress=None, cancel=None, **options):
         from .multiview import register_multiview  # noqa: PLC0415
@@ -61,7 +73,9 @@ def _multiview(similarity: str) -> MethodFn:
 #: method name -> function. "ncc"/"gradncc" use Levenberg-Marquardt; "*-adam" are the
 #: first-order baselines; "ppc" is point-to-plane correspondence; "*-multiview" solve
 #: per-view estimates with a cross-view pose-consistency term, then the joint one-pose
-#: refinement (:mod:`.multiview`).
+#: refinement (:mod:`.multiview`); "ppc+*" run PPC, then the intensity refinement
+#: (:func:`.ppc.register_ppc_intensity`). The method modules are imported when a method
+#: runs, so none of them imports this module back.
 METHODS: Dict[str, MethodFn] = {
     "ncc": _intensity("ncc", "lm"),
     "gradncc": _intensity("gradncc", "lm"),
@@ -70,6 +84,8 @@ METHODS: Dict[str, MethodFn] = {
     "ppc": _ppc,
     "ncc-multiview": _multiview("ncc"),
     "gradncc-multiview": _multiview("gradncc"),
+    "ppc+gradncc": _ppc_then("gradncc"),
+    "ppc+ncc": _ppc_then("ncc"),
 }
 
 
@@ -78,12 +94,6 @@ def register_method(name: str, fn: MethodFn) -> None:
     if not name or not callable(fn):
         raise InputError(f"method: need a name and a callable, got {name!r}, {fn!r}")
     METHODS[name] = fn
-
-
-# The hybrid "ppc+gradncc" / "ppc+ncc" (PPC, then intensity refinement) lives in ppc.py.
-from .ppc import register_hybrid_methods  # noqa: E402
-
-register_hybrid_methods()
 
 
 def available_methods() -> List[str]:

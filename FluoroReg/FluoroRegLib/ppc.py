@@ -293,17 +293,3 @@ def register_ppc_intensity(volume, views: Sequence[XRayView], init_ct_to_camera,
     return RegistrationResult(second.ct_to_camera, second.views_ct_to_camera,
                               second.similarity, f"ppc+{similarity}", history,
                               time.perf_counter() - start)
-
-
-def register_hybrid_methods() -> None:
-    """Add ``"ppc+gradncc"`` and ``"ppc+ncc"`` to ``logic.METHODS`` (idempotent)."""
-    from .logic import register_method  # noqa: PLC0415
-
-    for sim in ("gradncc", "ncc"):
-        def run(volume, views, init, progress=None, cancel=None, _sim=sim, **options):
-            options.pop("similarity", None)
-            return register_ppc_intensity(volume, views, init, similarity=_sim,
-                                          progress=progress, cancel=cancel, **options)
-
-        run.__doc__ = f"PPC followed by {sim} Levenberg-Marquardt refinement."
-        register_method(f"ppc+{sim}", run)

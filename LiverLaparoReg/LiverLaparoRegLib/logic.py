@@ -30,7 +30,7 @@ from SurgicalReg2D3DLib.progress import report, sub_progress
 
 from . import metrics as lmetrics
 from .camera import as_camera, check_image_size, check_mask
-from .mesh import MeshData, decimate, validate_mesh
+from .mesh import MeshData, decimated, validate_mesh
 from .p2ilf import Contour2D, Contour3D, validate_contours_2d, validate_contours_3d
 
 
@@ -156,23 +156,6 @@ SILHOUETTE_FINE_WIDTH = 128
 SILHOUETTE_ITERATIONS = (60, 20)
 JOINT_ITERATIONS = 12
 SILHOUETTE_FACES = 600
-
-_DECIMATED: Dict[tuple, MeshData] = {}
-
-
-def decimated(mesh: MeshData, target_faces: int) -> MeshData:
-    """:func:`.mesh.decimate` with a small cache keyed by the mesh content, so that a
-    video (same mesh, frame after frame) pays the decimation once."""
-    import hashlib  # noqa: PLC0415
-
-    key = (hashlib.sha1(np.ascontiguousarray(mesh.vertices).tobytes()
-                        + np.ascontiguousarray(mesh.faces).tobytes()).hexdigest(), target_faces)
-    if key not in _DECIMATED:
-        if len(_DECIMATED) > 8:
-            _DECIMATED.clear()
-        _DECIMATED[key] = decimate(mesh, target_faces)
-    return _DECIMATED[key]
-
 
 def _run_silhouette(ctx: dict, progress=None, cancel=None, contours=None):
     from .silhouette import refine_silhouette  # noqa: PLC0415

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Dict, Union
 
 import numpy as np
 
@@ -83,6 +83,23 @@ def decimate(mesh: MeshData, target_faces: int = 1000) -> MeshData:
     v = vtk_to_numpy(out.GetPoints().GetData()).astype(np.float64)
     f = vtk_to_numpy(out.GetPolys().GetConnectivityArray()).astype(np.int64).reshape(-1, 3)
     return MeshData(v, f, mesh.name)
+
+
+_DECIMATED: Dict[tuple, MeshData] = {}
+
+
+def decimated(mesh: MeshData, target_faces: int) -> MeshData:
+    """:func:`decimate` with a small cache keyed by the mesh content, so that a video
+    (same mesh, frame after frame) pays the decimation once."""
+    import hashlib  # noqa: PLC0415
+
+    key = (hashlib.sha1(np.ascontiguousarray(mesh.vertices).tobytes()
+                        + np.ascontiguousarray(mesh.faces).tobytes()).hexdigest(), target_faces)
+    if key not in _DECIMATED:
+        if len(_DECIMATED) > 8:
+            _DECIMATED.clear()
+        _DECIMATED[key] = decimate(mesh, target_faces)
+    return _DECIMATED[key]
 
 
 def load_mesh(path: PathLike, name: str = "mesh", validate: bool = True) -> MeshData:

@@ -151,7 +151,7 @@ def deform(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None,
         raise InputError("nonrigid: a non-rigid registration needs a rigid pose first")
     if mask is None and not contours2d:
         raise InputError("nonrigid: needs a liver mask or 2D/3D contours")
-    from .logic import decimated  # noqa: PLC0415
+    from .mesh import decimated  # noqa: PLC0415
 
     v_full = torch.as_tensor(mesh.vertices, dtype=torch.float64)
     coarse = decimated(mesh, 800)

@@ -101,9 +101,7 @@ def test_multiview_method_reports_view_consistency(ct3mm):
 
 def test_hybrid_ppc_then_gradncc_is_registered_and_accurate(ct3mm):
     from FluoroRegLib.logic import METHODS
-    from FluoroRegLib.ppc import register_hybrid_methods
 
-    register_hybrid_methods()
     assert {"ppc+gradncc", "ppc+ncc"} <= set(METHODS)
     hu, m, vol, lm = ct3mm
     cam = make_camera(1000.0, (3.75, 3.75), (64, 64))
