@@ -16,7 +16,7 @@ input's name.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -236,4 +236,24 @@ def ended_worse(start: float, end: float, tolerance: float = WORSE_TOLERANCE) ->
 __all__ = ["MAX_SPACING_MM", "MAX_ORIGIN_MM", "check_geometry", "check_index_matrix",
            "check_sitk_geometry", "check_not_constant", "check_principal_point",
            "check_points_on_image", "check_file_complete", "check_slice_positions",
-           "check_sitk_series", "no_progress_quality", "ended_worse"]
+           "check_sitk_series", "no_progress_quality", "ended_worse", "int_list"]
+
+
+def int_list(text: Optional[str], option: str) -> Optional[List[int]]:
+    """A command-line option's ``"1,2,3"`` -> ``[1, 2, 3]`` (``None`` stays ``None``), with a clear error; an empty
+    list and a number listed twice are errors (they would mean "all" and give two
+    results for one item)."""
+    if text is None:
+        return None
+    if not text.strip():
+        raise InputError(f"{option}: empty list; give comma-separated integers or leave "
+                         "the option out")
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise InputError(f"{option}: expected comma-separated integers, got {text!r}") \
+            from None
+    dup = sorted({v for v in values if values.count(v) > 1})
+    if dup:
+        raise InputError(f"{option}: {dup[0]} is listed more than once")
+    return values

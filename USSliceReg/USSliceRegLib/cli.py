@@ -26,31 +26,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
 
+from SurgicalReg2D3DLib.checks import int_list as _int_list
 from SurgicalReg2D3DLib.errors import InputError
 
 from .methods import METHODS
-
-
-def _int_list(text: Optional[str], option: str) -> Optional[List[int]]:
-    """``"1,2,3"`` -> ``[1, 2, 3]`` (``None`` stays ``None``), with a clear error; an empty
-    list and a number listed twice are errors (they would mean "all" and give two
-    results for one item)."""
-    if text is None:
-        return None
-    if not text.strip():
-        raise InputError(f"{option}: empty list; give comma-separated integers or leave "
-                         "the option out")
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise InputError(f"{option}: expected comma-separated integers, got {text!r}") \
-            from None
-    dup = sorted({v for v in values if values.count(v) > 1})
-    if dup:
-        raise InputError(f"{option}: {dup[0]} is listed more than once")
-    return values
 
 
 def cmd_register(args: argparse.Namespace) -> int:

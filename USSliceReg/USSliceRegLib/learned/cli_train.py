@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from SurgicalReg2D3DLib.device import choose_device  # noqa: PLC0415
 
-    from ..cli import _int_list  # noqa: PLC0415
+    from SurgicalReg2D3DLib.checks import int_list as _int_list  # noqa: PLC0415
     from .train import init_distributed_from_env, train_model  # noqa: PLC0415
 
     if args.threads:
