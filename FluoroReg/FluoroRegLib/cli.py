@@ -37,43 +37,6 @@ def _floats(text: str) -> List[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _method_options(args) -> dict:
-    from .preflight import MAX_ITERATIONS, MAX_N_SAMPLES  # noqa: PLC0415
-
-    opts = {}
-    if getattr(args, "levels", None) is not None:
-        if not args.levels:
-            raise InputError("--levels: expected downsampling factors such as 4,2,1, got "
-                             "an empty list")
-        opts["levels"] = args.levels
-    for key, option, top in (("iterations", "--iterations", MAX_ITERATIONS),
-                             ("n_samples", "--n-samples", MAX_N_SAMPLES)):
-        value = getattr(args, key, None)
-        if value is None:
-            continue
-        if not 1 <= value <= top:  # 0 is not "default": leave the option out for that
-            raise InputError(f"{option}: must be from 1 to {top}, got {value}")
-        opts[key] = value
-    if getattr(args, "drr_method", None):
-        opts["drr_method"] = args.drr_method
-    return opts
-
-
-def load_xrays(args: argparse.Namespace, xrays, geometries):
-    """``(images, cameras)`` of the ``--xray`` files with their ``--geometry`` files (or
-    their DICOM tags), named "X-ray image k" in errors."""
-    from .xray_io import load_xray  # noqa: PLC0415
-
-    images, cameras = [], []
-    for k, path in enumerate(xrays):
-        name = "X-ray image" if len(xrays) == 1 else f"X-ray image {k + 1}"
-        img, cam = load_xray(path, geometries[k] if geometries else None,
-                             negative_log_raw=args.negative_log, name=name)
-        images.append(img)
-        cameras.append(cam)
-    return images, cameras
-
-
 def cmd_register(args: argparse.Namespace) -> int:
     if getattr(args, "model", None):  # learned: regressor start + refinement
         from .learned.cli import cmd_register_model  # noqa: PLC0415
@@ -103,12 +66,16 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise InputError(f"method: expected one of {available_methods()}, got {args.method!r}")
     t_read = time.perf_counter()
     hu, ijk_to_ras = read_ct(args.ct, allow_uneven_slices=args.allow_uneven_slices)
-    images, cameras = load_xrays(args, xrays, geometries)
+    from .xray_io import load_xrays  # noqa: PLC0415
+
+    images, cameras = load_xrays(xrays, geometries, negative_log_raw=args.negative_log)
     init = read_pose_json(args.init) if args.init else None
     if init is not None and len(init) != len(xrays):
         raise InputError(f"initial pose: {len(xrays)} X-ray images but {len(init)} initial "
                          "ct_to_camera matrices in " + Path(args.init).name)
-    opts = _method_options(args)
+    from .preflight import method_options  # noqa: PLC0415
+
+    opts = method_options(args)
     model = _quality_model(args, hu, ijk_to_ras, cameras, init, opts)
     t_register = time.perf_counter()
     result = register_arrays(hu, ijk_to_ras, images, cameras, init, method=args.method,
@@ -342,11 +309,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     args.methods = args.methods or "ncc,gradncc"
     from SurgicalReg2D3DLib.outputs import check_output_dir  # noqa: PLC0415
 
+    from .preflight import method_options  # noqa: PLC0415
+
     check_output_dir(args.out, [args.cases], "--out")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     summary = run_bench(Path(args.cases), methods, Path(args.out), n_views=args.views,
                         threshold_mm=args.success_mm, max_cases=args.max_cases,
-                        options=_method_options(args))
+                        options=method_options(args))
     print(f"\nSMSR = share of cases with 3D mTRE < {args.success_mm} mm (synthetic cases)")
     print(f"{'method':16s} {'n':>4s} {'SMSR%':>7s} {'median':>8s} {'p75':>8s} {'p95':>8s} "
           f"{'mPE mm':>8s} {'mRPD mm':>8s} {'dgeo mm':>8s} {'s/case':>7s}")

@@ -145,3 +145,26 @@ def start_and_end_similarity(volume, views, init: np.ndarray, final: np.ndarray,
                 sims.append(float(image_similarity(drr, img.to(drr.device), measure)[0]))
             out.append(float(np.mean(sims)))
     return out[0], out[1]
+
+
+def method_options(args) -> dict:
+    """The method options of a parsed command line (``--levels``, ``--iterations``,
+    ``--n-samples``, ``--drr-method``), checked: an empty level list or a count outside
+    ``1..MAX`` is a named error."""
+    opts = {}
+    if getattr(args, "levels", None) is not None:
+        if not args.levels:
+            raise InputError("--levels: expected downsampling factors such as 4,2,1, got "
+                             "an empty list")
+        opts["levels"] = args.levels
+    for key, option, top in (("iterations", "--iterations", MAX_ITERATIONS),
+                             ("n_samples", "--n-samples", MAX_N_SAMPLES)):
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if not 1 <= value <= top:  # 0 is not "default": leave the option out for that
+            raise InputError(f"{option}: must be from 1 to {top}, got {value}")
+        opts[key] = value
+    if getattr(args, "drr_method", None):
+        opts["drr_method"] = args.drr_method
+    return opts

@@ -193,3 +193,16 @@ def write_pose_json(path: Union[str, Path], poses, extra: Optional[dict] = None)
     from SurgicalReg2D3DLib.outputs import write_text_atomic  # noqa: PLC0415
 
     write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n", "pose file")
+
+
+def load_xrays(xrays, geometries=None, negative_log_raw: bool = False):
+    """``(images, cameras)`` of several X-ray files with their geometry files (or their
+    DICOM tags), named "X-ray image k" in errors (:func:`load_xray`)."""
+    images, cameras = [], []
+    for k, path in enumerate(xrays):
+        name = "X-ray image" if len(xrays) == 1 else f"X-ray image {k + 1}"
+        img, cam = load_xray(path, geometries[k] if geometries else None,
+                             negative_log_raw=negative_log_raw, name=name)
+        images.append(img)
+        cameras.append(cam)
+    return images, cameras

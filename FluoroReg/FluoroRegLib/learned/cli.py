@@ -271,12 +271,12 @@ def cmd_register_model(args: argparse.Namespace) -> int:
         else:
             data = loaded
     hu, m = read_ct(args.ct, allow_uneven_slices=getattr(args, "allow_uneven_slices", False))
-    from ..cli import load_xrays  # noqa: PLC0415
+    from ..xray_io import load_xrays  # noqa: PLC0415
 
-    images, cameras = load_xrays(args, xrays, geometries)
+    images, cameras = load_xrays(xrays, geometries, negative_log_raw=args.negative_log)
     init = read_pose_json(args.init) if args.init else None
     nominal = read_pose_json(args.nominal, "nominal pose") if args.nominal else None
-    from ..cli import _method_options  # noqa: PLC0415
+    from ..preflight import method_options  # noqa: PLC0415
 
     result = register_with_model(hu, m, images, cameras, data, method=method,
                                  nominal_views=nominal, init_poses=init, force=args.force,
@@ -285,7 +285,7 @@ def cmd_register_model(args: argparse.Namespace) -> int:
                                  similarity_model=sim_data,
                                  quality=not getattr(args, "no_quality", False),
                                  quality_polish=getattr(args, "quality_polish", None) or "all",
-                                 **_method_options(args))
+                                 **method_options(args))
     extra = {"similarity": result.similarity, "method": result.method,
              "time_s": round(result.time_s, 3), "iterations": len(result.history),
              "convergence": [h["loss"] for h in result.history],
