@@ -38,15 +38,13 @@ rank``), the stop decision is shared, rank 0 writes checkpoints and the model.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from SurgicalReg2D3DLib.errors import CancelledError, InputError
-from SurgicalReg2D3DLib.progress import is_cancelled, report
+from SurgicalReg2D3DLib.errors import InputError
 
 from .model_file import (FORMAT, FORMAT_VERSION, ModelFileError, check_model_matches,
                          ct_fingerprint, load_model_file, save_model)
@@ -215,8 +213,7 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
     from ..refine import check_pose  # noqa: PLC0415
     from ..simulate import downsample_ct  # noqa: PLC0415
     from . import distributed  # noqa: PLC0415
-    from .train import (_cfg_dict, _check_ct, budget_fraction, budget_stop_reason,  # noqa: PLC0415
-                        pick_device, set_cosine_lr)
+    from .train import _cfg_dict, _check_ct, pick_device, run_budget_loop  # noqa: PLC0415
 
     cfg = config
     say = log or (lambda msg: None)
@@ -308,7 +305,6 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
         f"{pose_range.to_dict()}; held-out one-update mTRE median "
         f"{val_before.get('mtre_before_median', float('nan')):.1f} -> "
         f"{val_before.get('mtre_after_median', float('nan')):.1f} mm (untrained)")
-    max_s = max_minutes * 60.0
     train_state = {"command": cfg.command, "seed": int(cfg.seed), "config": _cfg_dict(cfg),
                    "options": opts, "device": str(device), "world_size": world}
 
@@ -332,52 +328,36 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
         d.update(optimizer=opt.state_dict(), step=step, rng_state=gen.get_state())
         save_model(d, ckpt_path)
 
-    t0 = time.perf_counter()
-    last_ckpt = t0
     batch = None
     running = []
-    stop_reason = "time"
-    try:
-        while True:
-            elapsed = elapsed_prev + time.perf_counter() - t0
-            frac = budget_fraction(elapsed, cfg, step)
-            if distributed.shared_stop(frac >= 1.0, device, world):
-                stop_reason = budget_stop_reason(cfg, step)
-                break
-            if is_cancelled(cancel):
-                raise CancelledError("training: cancelled")
-            set_cosine_lr(opt, cfg.lr, frac)
-            if batch is None or step % max(1, int(cfg.reuse)) == 0:
-                batch = sampler.sample(gen, int(cfg.batch_size))
-            fixed = randomise(batch["fixed_raw"], gen, cfg.randomisation)
-            loss, mt, epe = batch_loss(model, fixed, batch, cam, sampler.targets, damping,
-                                       float(opts["epe_weight"]), int(opts["min_points"]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-            opt.step()
-            step += 1
-            samples_seen += int(cfg.batch_size) * world
-            running.append((float(loss.detach()), float(mt.median()), float(epe)))
-            if step % 25 == 0:
-                r = np.mean(running, axis=0)
-                history.append({"step": step, "elapsed_s": round(elapsed, 1), "loss": float(r[0]),
-                                "mtre_after_median": float(r[1]), "epe_px": float(r[2])})
-                say(f"[train ppc] step {step} {elapsed / 60:.1f} min loss {r[0]:.4f} "
-                    f"(one-update mTRE median {r[1]:.2f} mm, EPE {r[2]:.2f} px) "
-                    f"lr {opt.param_groups[0]['lr']:.2e}")
-                running = []
-            report(progress, min(frac, 1.0), f"step {step}, loss {float(loss.detach()):.3f}, "
-                   f"{max(0.0, max_s - elapsed) / 60:.1f} min left")
-            if time.perf_counter() - last_ckpt > float(cfg.checkpoint_every_s):
-                write_checkpoint(elapsed_prev + time.perf_counter() - t0)
-                last_ckpt = time.perf_counter()
-    except (CancelledError, KeyboardInterrupt):
-        write_checkpoint(elapsed_prev + time.perf_counter() - t0)
-        say(f"[train ppc] cancelled at step {step}; checkpoint kept: {ckpt_path}")
-        raise CancelledError(f"training: cancelled at step {step}; checkpoint kept in "
-                             f"{ckpt_path}") from None
-    elapsed = elapsed_prev + time.perf_counter() - t0
+
+    def one_step(frac, elapsed):
+        nonlocal batch, step, samples_seen, running
+        if batch is None or step % max(1, int(cfg.reuse)) == 0:
+            batch = sampler.sample(gen, int(cfg.batch_size))
+        fixed = randomise(batch["fixed_raw"], gen, cfg.randomisation)
+        loss, mt, epe = batch_loss(model, fixed, batch, cam, sampler.targets, damping,
+                                   float(opts["epe_weight"]), int(opts["min_points"]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+        opt.step()
+        step += 1
+        samples_seen += int(cfg.batch_size) * world
+        running.append((float(loss.detach()), float(mt.median()), float(epe)))
+        if step % 25 == 0:
+            r = np.mean(running, axis=0)
+            history.append({"step": step, "elapsed_s": round(elapsed, 1), "loss": float(r[0]),
+                            "mtre_after_median": float(r[1]), "epe_px": float(r[2])})
+            say(f"[train ppc] step {step} {elapsed / 60:.1f} min loss {r[0]:.4f} "
+                f"(one-update mTRE median {r[1]:.2f} mm, EPE {r[2]:.2f} px) "
+                f"lr {opt.param_groups[0]['lr']:.2e}")
+            running = []
+        return float(loss.detach())
+
+    stop_reason, elapsed = run_budget_loop(cfg, device, world, opt, one_step, lambda: step,
+                                           write_checkpoint, ckpt_path, elapsed_prev, cancel,
+                                           progress, say, "[train ppc]")
     val_after = evaluate_ppc(net, val, cam, sampler.targets, damping,
                            float(opts["epe_weight"]), int(opts["min_points"]))
     say(f"[train ppc] done ({stop_reason}): {step} steps, {samples_seen} samples, "

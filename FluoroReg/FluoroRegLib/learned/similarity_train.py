@@ -37,7 +37,6 @@ held-out check runs on every rank (the same cases).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -45,8 +44,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from SurgicalReg2D3DLib.errors import CancelledError, InputError
-from SurgicalReg2D3DLib.progress import is_cancelled, report
+from SurgicalReg2D3DLib.errors import InputError
 
 from . import spherical as sph
 
@@ -205,8 +203,7 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
     from . import distributed  # noqa: PLC0415
     from .model_file import FORMAT, FORMAT_VERSION, save_model  # noqa: PLC0415
     from .sampling import randomise  # noqa: PLC0415
-    from .train import (_cfg_dict, budget_fraction, budget_stop_reason,  # noqa: PLC0415
-                        set_cosine_lr)
+    from .train import _cfg_dict, run_budget_loop  # noqa: PLC0415
 
     say = log or (lambda msg: None)
     s = SimilaritySettings.from_extra(cfg.extra)
@@ -264,55 +261,40 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
         d.update(optimizer=opt.state_dict(), step=step, rng_state=gen.get_state())
         save_model(d, ckpt_path)
 
-    max_s = float(cfg.max_minutes) * 60.0
-    t0 = last_ckpt = time.perf_counter()
-    running, stop_reason = [], "time"
-    try:
-        while True:
-            elapsed = elapsed_prev + time.perf_counter() - t0
-            frac = budget_fraction(elapsed, cfg, step)
-            if distributed.shared_stop(frac >= 1.0, device, world):
-                stop_reason = budget_stop_reason(cfg, step)
-                break
-            if is_cancelled(cancel):
-                raise CancelledError("training: cancelled")
-            set_cosine_lr(opt, cfg.lr, frac)
-            drr, _, _, truths = renderer.sample(gen, int(cfg.batch_size))
-            fixed = randomise(drr, gen, cfg.randomisation)
-            moving = _perturb(gen, truths, renderer.center_ras, s)
-            c_true = truths[:, :3, :3] @ renderer.center_ras + truths[:, :3, 3]
-            loss = fd_gradient_matching_loss(model, renderer.volume, renderer.camera, moving,
-                                             truths, fixed.to(device), renderer.c, rot_len,
-                                             s, renderer.n_samples)
-            if s.lm_train_steps and s.lm_every and step % s.lm_every == 0:
-                fn = _residual_fn(model, renderer.volume, renderer.camera, fixed[0].to(device),
-                                  renderer.n_samples)
-                T, _ = sph.differentiable_lm(fn, moving[0], c_true[0], steps=s.lm_train_steps,
-                                             lambda0=s.lambda0, decay=s.decay,
-                                             fd_step=(s.fd_rotation_rad, s.fd_translation_mm))
-                loss = loss + s.lm_weight * sph.geodesic(T[None], truths[:1], "se3",
-                                                         rot_len).mean() / 10.0
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            running.append(float(loss.detach()))
-            if step % 10 == 0:
-                history.append({"step": step, "elapsed_s": round(elapsed, 1),
-                                "loss": float(np.mean(running))})
-                say(f"[train] step {step} {elapsed / 60:.1f} min loss {np.mean(running):.4f}")
-                running = []
-            report(progress, min(frac, 1.0), f"step {step}, loss {float(loss.detach()):.3f}, "
-                   f"{max(0.0, max_s - elapsed) / 60:.1f} min left")
-            if time.perf_counter() - last_ckpt > float(cfg.checkpoint_every_s):
-                write_checkpoint(elapsed_prev + time.perf_counter() - t0)
-                last_ckpt = time.perf_counter()
-    except (CancelledError, KeyboardInterrupt):
-        write_checkpoint(elapsed_prev + time.perf_counter() - t0)
-        say(f"[train] cancelled at step {step}; checkpoint kept: {ckpt_path}")
-        raise CancelledError(f"training: cancelled at step {step}; checkpoint kept in "
-                             f"{ckpt_path}") from None
-    elapsed = elapsed_prev + time.perf_counter() - t0
+    running = []
+
+    def one_step(frac, elapsed):
+        nonlocal step, running
+        drr, _, _, truths = renderer.sample(gen, int(cfg.batch_size))
+        fixed = randomise(drr, gen, cfg.randomisation)
+        moving = _perturb(gen, truths, renderer.center_ras, s)
+        c_true = truths[:, :3, :3] @ renderer.center_ras + truths[:, :3, 3]
+        loss = fd_gradient_matching_loss(model, renderer.volume, renderer.camera, moving,
+                                         truths, fixed.to(device), renderer.c, rot_len,
+                                         s, renderer.n_samples)
+        if s.lm_train_steps and s.lm_every and step % s.lm_every == 0:
+            fn = _residual_fn(model, renderer.volume, renderer.camera, fixed[0].to(device),
+                              renderer.n_samples)
+            T, _ = sph.differentiable_lm(fn, moving[0], c_true[0], steps=s.lm_train_steps,
+                                         lambda0=s.lambda0, decay=s.decay,
+                                         fd_step=(s.fd_rotation_rad, s.fd_translation_mm))
+            loss = loss + s.lm_weight * sph.geodesic(T[None], truths[:1], "se3",
+                                                     rot_len).mean() / 10.0
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        running.append(float(loss.detach()))
+        if step % 10 == 0:
+            history.append({"step": step, "elapsed_s": round(elapsed, 1),
+                            "loss": float(np.mean(running))})
+            say(f"[train] step {step} {elapsed / 60:.1f} min loss {np.mean(running):.4f}")
+            running = []
+        return float(loss.detach())
+
+    stop_reason, elapsed = run_budget_loop(cfg, device, world, opt, one_step, lambda: step,
+                                           write_checkpoint, ckpt_path, elapsed_prev, cancel,
+                                           progress, say, "[train]")
     val_after = evaluate_refinement(net, renderer, val, s)
     say(f"[train] done ({stop_reason}): {step} steps, {elapsed / 60:.1f} min; held-out corner "
         f"error after {s.lm_steps} LM steps {val_before.get('corner_mm_mean', float('nan')):.1f}"

@@ -98,6 +98,45 @@ def set_cosine_lr(opt, base_lr: float, frac: float) -> None:
         g["lr"] = lr
 
 
+def run_budget_loop(cfg, device, world: int, opt, one_step: Callable[[float, float], float],
+                    step_count: Callable[[], int], write_checkpoint: Callable[[float], None],
+                    ckpt_path, elapsed_prev: float = 0.0, cancel=None, progress=None,
+                    say=print, tag: str = "[train]"):
+    """The loop every FluoroReg training kind runs around its own step.
+
+    Until the budget is used (:func:`budget_fraction`; under DDP rank 0 decides for all,
+    :func:`.distributed.shared_stop`): check ``cancel``, set the cosine learning rate
+    (:func:`set_cosine_lr`), call ``one_step(frac, elapsed_s)`` (one optimiser step; it
+    counts the step and returns the loss), report progress with the time left and write a
+    checkpoint every ``cfg.checkpoint_every_s``. Cancel or Ctrl-C writes a checkpoint and
+    raises :class:`CancelledError` naming it. ``step_count()`` gives the caller's step.
+    Returns ``(stop_reason, elapsed_s)``."""
+    from . import distributed  # noqa: PLC0415
+
+    max_s = float(cfg.max_minutes) * 60.0
+    t0 = last_ckpt = time.perf_counter()
+    try:
+        while True:
+            elapsed = elapsed_prev + time.perf_counter() - t0
+            frac = budget_fraction(elapsed, cfg, step_count())
+            if distributed.shared_stop(frac >= 1.0, device, world):
+                return budget_stop_reason(cfg, step_count()), elapsed
+            if is_cancelled(cancel):
+                raise CancelledError("training: cancelled")
+            set_cosine_lr(opt, cfg.lr, frac)
+            loss = one_step(frac, elapsed)
+            report(progress, min(frac, 1.0), f"step {step_count()}, loss {loss:.3f}, "
+                   f"{max(0.0, max_s - elapsed) / 60:.1f} min left")
+            if time.perf_counter() - last_ckpt > float(cfg.checkpoint_every_s):
+                write_checkpoint(elapsed_prev + time.perf_counter() - t0)
+                last_ckpt = time.perf_counter()
+    except (CancelledError, KeyboardInterrupt):
+        write_checkpoint(elapsed_prev + time.perf_counter() - t0)
+        say(f"{tag} cancelled at step {step_count()}; checkpoint kept: {ckpt_path}")
+        raise CancelledError(f"training: cancelled at step {step_count()}; checkpoint kept in "
+                             f"{ckpt_path}") from None
+
+
 def _check_ct(hu) -> np.ndarray:
     arr = np.asarray(hu)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
@@ -294,7 +333,6 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
         f"{tuple(hu_t.shape)} (x{ct_factor}), images {train_cam.size_px}, range "
         f"{pose_range.to_dict()}, held-out corner error {val_before.get('corner_mm_mean', float('nan')):.1f} mm")
 
-    max_s = max_minutes * 60.0
     train_state = {"command": cfg.command, "seed": int(cfg.seed), "config": _cfg_dict(cfg),
                    "world_size": world, "device": str(device)}
 
@@ -312,53 +350,37 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
         d.update(optimizer=opt.state_dict(), step=step, rng_state=gen.get_state())
         save_model(d, ckpt_path)
 
-    t0 = time.perf_counter()
-    last_ckpt = t0
     batch = None
     running = []
-    stop_reason = "time"
-    try:
-        while True:
-            elapsed = elapsed_prev + time.perf_counter() - t0
-            frac = budget_fraction(elapsed, cfg, step)
-            if distributed.shared_stop(frac >= 1.0, device, world):
-                stop_reason = budget_stop_reason(cfg, step)
-                break
-            if is_cancelled(cancel):
-                raise CancelledError("training: cancelled")
-            set_cosine_lr(opt, cfg.lr, frac)
-            if batch is None or step % max(1, int(cfg.reuse)) == 0:
-                batch = renderer.sample(gen, int(cfg.batch_size))
-            drr, r, t, _ = batch
-            x = randomise(drr, gen, cfg.randomisation).unsqueeze(1).to(device)
-            d6, ts = model(x)
-            R, tp = outputs_to_delta(d6, ts, translation_half(pose_range).to(device))
-            loss = geodesic_loss(R.double(), tp.double(), so3_exp(r).to(device), t.to(device), rot_len)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-            opt.step()
-            step += 1
-            images_seen += int(cfg.batch_size) * world
-            last_loss = float(loss.detach())
-            running.append(last_loss)
-            if step % 25 == 0:
-                history.append({"step": step, "elapsed_s": round(elapsed, 1),
-                                "loss": float(np.mean(running))})
-                say(f"[train] step {step} {elapsed / 60:.1f} min loss {np.mean(running):.4f} "
-                    f"lr {opt.param_groups[0]['lr']:.2e}")
-                running = []
-            report(progress, min(frac, 1.0), f"step {step}, loss {last_loss:.3f}, "
-                   f"{max(0.0, max_s - elapsed) / 60:.1f} min left")
-            if time.perf_counter() - last_ckpt > float(cfg.checkpoint_every_s):
-                write_checkpoint(elapsed_prev + time.perf_counter() - t0)
-                last_ckpt = time.perf_counter()
-    except (CancelledError, KeyboardInterrupt):
-        write_checkpoint(elapsed_prev + time.perf_counter() - t0)
-        say(f"[train] cancelled at step {step}; checkpoint kept: {ckpt_path}")
-        raise CancelledError(f"training: cancelled at step {step}; checkpoint kept in "
-                             f"{ckpt_path}") from None
-    elapsed = elapsed_prev + time.perf_counter() - t0
+
+    def one_step(frac, elapsed):
+        nonlocal batch, step, images_seen, running
+        if batch is None or step % max(1, int(cfg.reuse)) == 0:
+            batch = renderer.sample(gen, int(cfg.batch_size))
+        drr, r, t, _ = batch
+        x = randomise(drr, gen, cfg.randomisation).unsqueeze(1).to(device)
+        d6, ts = model(x)
+        R, tp = outputs_to_delta(d6, ts, translation_half(pose_range).to(device))
+        loss = geodesic_loss(R.double(), tp.double(), so3_exp(r).to(device), t.to(device), rot_len)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+        opt.step()
+        step += 1
+        images_seen += int(cfg.batch_size) * world
+        last = float(loss.detach())
+        running.append(last)
+        if step % 25 == 0:
+            history.append({"step": step, "elapsed_s": round(elapsed, 1),
+                            "loss": float(np.mean(running))})
+            say(f"[train] step {step} {elapsed / 60:.1f} min loss {np.mean(running):.4f} "
+                f"lr {opt.param_groups[0]['lr']:.2e}")
+            running = []
+        return last
+
+    stop_reason, elapsed = run_budget_loop(cfg, device, world, opt, one_step, lambda: step,
+                                           write_checkpoint, ckpt_path, elapsed_prev, cancel,
+                                           progress, say, "[train]")
     # DDP keeps the parameters equal; the BatchNorm running statistics are per rank:
     # every rank takes rank 0's (the model that is written).
     distributed.broadcast_buffers(net, world)
