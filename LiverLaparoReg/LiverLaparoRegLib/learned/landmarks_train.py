@@ -132,7 +132,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
 
     from .landmarks_net import LandmarkNet, landmark_losses  # noqa: PLC0415
     from .modelfile import read_model_file, save_model  # noqa: PLC0415
-    from .train import resolve_device, training_meshes  # noqa: PLC0415
+    from .train import ddp_setup, rank0_decides, training_meshes  # noqa: PLC0415
 
     if steps < 1 or batch < 1 or samples < 1:
         raise InputError("steps: --steps, --batch and --samples must be positive")
@@ -140,16 +140,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         raise InputError(f"max minutes: must be positive, got {max_minutes}")
     t_start = time.time()
     deadline = t_start + 60.0 * max_minutes
-    dev = resolve_device(device, log)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        import torch.distributed as dist  # noqa: PLC0415
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        if dev.type == "cuda":
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    world, rank, dev = ddp_setup(device, log)
     torch.manual_seed(seed)
     out = Path(out)
     cache = Path(data_cache) if data_cache else out.with_name(out.name + ".data")
@@ -219,12 +210,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         now = time.time()
         frac = min(1.0, max((step - start_step) / max(1, steps - start_step),
                             (now - t_start) / max(1.0, deadline - t_start)))
-        stop = float(now >= deadline)
-        if world > 1:  # rank 0's clock decides for all replicas (same lr, same last step)
-            sync = torch.tensor([frac, stop], dtype=torch.float64,
-                                device=dev if dev.type == "cuda" else "cpu")
-            torch.distributed.broadcast(sync, 0)
-            frac, stop = float(sync[0]), float(sync[1])
+        frac, stop = rank0_decides(frac, now >= deadline, dev, world)
         if stop:
             break
         if not pool.full() and render_s < RENDER_SHARE * (now - t_start):

@@ -132,6 +132,36 @@ def resolve_device(name: str = "auto", log=print):
         raise InputError(f"device: unknown device {name!r} (cpu, cuda, cuda:N, auto)") from None
 
 
+def ddp_setup(device: str, log=print):
+    """``(world, rank, device)``: under ``torchrun`` (``WORLD_SIZE > 1``) the process group
+    is started (``nccl`` on GPUs, ``gloo`` on the CPU) and a GPU is this rank's own."""
+    import torch  # noqa: PLC0415
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    dev = resolve_device(device, log)
+    if world > 1:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return world, rank, dev
+
+
+def rank0_decides(frac: float, stop: bool, dev, world: int):
+    """``(frac, stop)`` of rank 0 for every replica (same learning rate, same last step)."""
+    if world <= 1:
+        return frac, stop
+    import torch  # noqa: PLC0415
+
+    sync = torch.tensor([frac, float(stop)], dtype=torch.float64,
+                        device=dev if dev.type == "cuda" else "cpu")
+    torch.distributed.broadcast(sync, 0)
+    return float(sync[0]), bool(sync[1])
+
+
 def train_stage1(out, steps: int = 2000, max_minutes: float = 60.0, seed: int = 0,
                  batch: int = 8, lr: float = 1e-3, samples: int = 2048,
                  meshes: Optional[Sequence[str]] = None, data_cache=None, resume=None,
@@ -151,16 +181,7 @@ def train_stage1(out, steps: int = 2000, max_minutes: float = 60.0, seed: int = 
         raise InputError(f"max minutes: must be positive, got {max_minutes}")
     t_start = time.time()
     deadline = t_start + 60.0 * max_minutes
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    dev = resolve_device(device, log)
-    if world > 1:
-        import torch.distributed as dist  # noqa: PLC0415
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        if dev.type == "cuda":
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    world, rank, dev = ddp_setup(device, log)
     torch.manual_seed(seed)
     out = Path(out)
     cache = Path(data_cache) if data_cache else out.with_name(out.name + ".data")
@@ -224,12 +245,7 @@ def train_stage1(out, steps: int = 2000, max_minutes: float = 60.0, seed: int = 
         # cosine decay over the run (steps or time, whichever ends first), floor 0.1 lr;
         # under DDP rank 0's clock decides for all replicas (same lr, same last step)
         frac = min(1.0, max(step / steps, (time.time() - t_start) / max(1.0, deadline - t_start)))
-        stop = float(time.time() >= deadline)
-        if world > 1:
-            sync = torch.tensor([frac, stop], dtype=torch.float64,
-                                device=dev if dev.type == "cuda" else "cpu")
-            torch.distributed.broadcast(sync, 0)
-            frac, stop = float(sync[0]), float(sync[1])
+        frac, stop = rank0_decides(frac, time.time() >= deadline, dev, world)
         if stop:
             break
         idx = rng.choice(share, size=batch, replace=len(share) < batch)
