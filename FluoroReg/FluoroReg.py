@@ -229,30 +229,12 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRegisterFromNominal(self) -> None:
         if not self._ensureTorch():
             return
-        from SurgicalReg2D3DLib.errors import CancelledError
-
         p = self._parameterNode
-        self._busy(True)
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-                try:
-                    result = self.logic.processFromModel(
-                        p.ctVolume, [p.xrayVolume] + ([p.xrayVolume2] if p.xrayVolume2 else []),
-                        [self.ui.geometryPathLineEdit.currentPath]
-                        + ([self.ui.geometry2PathLineEdit.currentPath] if p.xrayVolume2 else []),
-                        self._modelPath(),
-                        nominalTransforms=([p.initialTransform, p.initialTransform2]
-                                           if p.xrayVolume2 else None),
-                        method=p.method, negativeLog=p.negativeLog, iterations=p.iterations,
-                        outputTransform=p.outputTransform, drrVolume=p.drrVolume,
-                        fiducials=p.fiducials, trueTransform=p.trueTransform,
-                        progress=self._progress, cancel=self._cancelToken, applyFailed=False)
-                except CancelledError:
-                    self.ui.statusLabel.text = _("Registration cancelled; inputs unchanged.")
-                    return
-                self._showResult(result)
-        finally:
-            self._busy(False)
+        xrays, paths = self._xraysAndGeometries()
+        self._register(lambda **common: self.logic.processFromModel(
+            p.ctVolume, xrays, paths, self._modelPath(),
+            nominalTransforms=[p.initialTransform, p.initialTransform2] if p.xrayVolume2
+            else None, **common))
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -335,35 +317,42 @@ class FluoroRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         if not self._ensureTorch():
             return
+        p = self._parameterNode
+        xrays, paths = self._xraysAndGeometries()
+        inits = ([p.initialTransform, p.initialTransform2] if p.xrayVolume2 else
+                 ([p.initialTransform] if p.initialTransform else None))
+        self._register(lambda **common: self.logic.process(p.ctVolume, xrays, paths, inits,
+                                                           **common))
+
+    def _xraysAndGeometries(self):
+        """The selected X-ray volumes and their geometry file paths (one or two views)."""
+        p = self._parameterNode
+        xrays = [p.xrayVolume] + ([p.xrayVolume2] if p.xrayVolume2 else [])
+        paths = [self.ui.geometryPathLineEdit.currentPath] + (
+            [self.ui.geometry2PathLineEdit.currentPath] if p.xrayVolume2 else [])
+        return xrays, paths
+
+    def _register(self, run) -> None:
+        """Run one registration ``run(**common)`` (the panel's method, options and outputs,
+        progress and Cancel), then show its result; Cancel leaves the inputs unchanged."""
         from SurgicalReg2D3DLib.errors import CancelledError
-        from SurgicalReg2D3DLib.progress import CancelToken
 
         p = self._parameterNode
-        self._cancelToken = CancelToken()
-        self.ui.cancelButton.enabled = True
-        self._checkCanApply()
+        self._busy(True)
         try:
             with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
                 try:
-                    result = self.logic.process(
-                        p.ctVolume,
-                        [p.xrayVolume] + ([p.xrayVolume2] if p.xrayVolume2 else []),
-                        [self.ui.geometryPathLineEdit.currentPath]
-                        + ([self.ui.geometry2PathLineEdit.currentPath] if p.xrayVolume2 else []),
-                        [p.initialTransform, p.initialTransform2] if p.xrayVolume2 else
-                        ([p.initialTransform] if p.initialTransform else None),
-                        method=p.method, negativeLog=p.negativeLog, iterations=p.iterations,
-                        outputTransform=p.outputTransform, drrVolume=p.drrVolume,
-                        fiducials=p.fiducials, trueTransform=p.trueTransform,
-                        progress=self._progress, cancel=self._cancelToken, applyFailed=False)
+                    result = run(method=p.method, negativeLog=p.negativeLog,
+                                 iterations=p.iterations, outputTransform=p.outputTransform,
+                                 drrVolume=p.drrVolume, fiducials=p.fiducials,
+                                 trueTransform=p.trueTransform, progress=self._progress,
+                                 cancel=self._cancelToken, applyFailed=False)
                 except CancelledError:
                     self.ui.statusLabel.text = _("Registration cancelled; inputs unchanged.")
                     return
                 self._showResult(result)
         finally:
-            self._cancelToken = None
-            self.ui.cancelButton.enabled = False
-            self._checkCanApply()
+            self._busy(False)
 
     def _showResult(self, result) -> None:
         p = self._parameterNode
