@@ -67,14 +67,9 @@ def _r(x, n=3):
 from LiverLaparoRegLib.learned.evaluation import run_bench as run, summarise  # noqa: E402
 
 
-def markdown(summ, s2, meta, notes=""):
-    L = ["# LiverLaparoReg learned registration: benchmark (SYNTHETIC frames, held-out mesh)", "",
-         "Produced by `benchmarks/laparo_learned.py` (see its docstring for the protocol). "
-         "All frames are SYNTHETIC renders of the SciKit-Surgery liver, which the model "
-         "never saw in training. Timings on a CPU shared with other jobs (1 torch thread; "
-         f"load average at the end {[round(x, 1) for x in meta['load_average_end']]}).", "",
-         f"Model: `{meta['model']}`; training: {meta['model_training']}", "",
-         "| method | frames | failed | wrong (>20 deg or failed) | median rot deg | median "
+def method_table(summ) -> list:
+    """The markdown table (lines) of :func:`summarise`'s per-method summary."""
+    L = ["| method | frames | failed | wrong (>20 deg or failed) | median rot deg | median "
          "centroid mm | median origin transl. mm | median Dice | median reproj. px | "
          "< 10 deg | < 5 deg & < 5 mm | median s/frame |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -85,6 +80,17 @@ def markdown(summ, s2, meta, notes=""):
                  f"{v['median_dice']} | {v['median_reprojection_px']} | "
                  f"{v['frames_under_10deg']} | {v['frames_under_5deg_5mm']} | "
                  f"{v['median_seconds']} |")
+    return L
+
+
+def markdown(summ, s2, meta, notes=""):
+    L = ["# LiverLaparoReg learned registration: benchmark (SYNTHETIC frames, held-out mesh)", "",
+         "Produced by `benchmarks/laparo_learned.py` (see its docstring for the protocol). "
+         "All frames are SYNTHETIC renders of the SciKit-Surgery liver, which the model "
+         "never saw in training. Timings on a CPU shared with other jobs (1 torch thread; "
+         f"load average at the end {[round(x, 1) for x in meta['load_average_end']]}).", "",
+         f"Model: `{meta['model']}`; training: {meta['model_training']}", ""]
+    L += method_table(summ)
     L += ["", "Medians are over the frames where the method returned a pose; 'wrong' counts "
           "failures too.", "", "## Stage II (bent frames, oracle rigid pose, Stage I pairs)", "",
           "| frame | pairs | bend mean disp. mm | before all / visible mm | full | no "
@@ -123,17 +129,14 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
     held-out liver, the landmark model (Stage I = search + ICP, then the refinement), the
     same pipeline with the TRUE 2D landmark maps (oracle: isolates the network), the old
     Stage I matcher, contour-PnP and the silhouette method from a 10 deg / 20 mm start."""
-    import json as _json
 
     from LiverLaparoRegLib.bench import sample_data_dir
     from LiverLaparoRegLib.camera import load_camera
     from LiverLaparoRegLib.learned import landmarks_infer as li
-    from LiverLaparoRegLib.learned.evaluation import (full_frame, held_out_train_mesh,
-                                                      reprojection_px, run_baselines,
-                                                      visible_vertices)
+    from LiverLaparoRegLib.learned.evaluation import (frame_scorer, full_frame,
+                                                      held_out_train_mesh, run_baselines)
     from LiverLaparoRegLib.learned.infer import register_learned
     from LiverLaparoRegLib.learned.modelfile import load_model
-    from LiverLaparoRegLib.logic import evaluate
 
     net, rec = load_model(model, kind="landmarks")
     old = None
@@ -152,28 +155,7 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
             cam = cam_p2 if k % 2 == 0 else cam_sks
             s, img, mask = full_frame(tm, cam, rng)
             T = s.model_to_camera
-            vis = visible_vertices(mesh.vertices, mesh.faces, T, cam)
-            base = {"seed": seed, "frame": k,
-                    "camera": "P2ILF 1920x1080" if k % 2 == 0 else "SciKit-Surgery 1920x540",
-                    "liver_in_mask_fraction": _r(mask.mean(), 3),
-                    "distance_mm": _r(np.median((mesh.vertices[vis] @ T[:3, :3].T
-                                                 + T[:3, 3])[:, 2]) if vis.any() else None, 1)}
-
-            def score(method, T_est, seconds, extra=None):
-                row = dict(base, method=method, seconds=_r(seconds))
-                if T_est is None:
-                    row.update(failed=True)
-                else:
-                    ev = evaluate(mesh, cam, T_est, mask=mask, ground_truth=T)
-                    row.update(failed=False, rotation_deg=_r(ev["rotation_deg"]),
-                               translation_mm=_r(ev["translation_mm"]),
-                               centroid_error_mm=_r(ev["centroid_error_mm"]),
-                               dice=_r(ev["mask_dice"], 4),
-                               reprojection_px=_r(reprojection_px(T_est, T, mesh.vertices, vis,
-                                                                  cam), 1))
-                row.update(extra or {})
-                rows.append(row)
-                log(_json.dumps(row))
+            base, score = frame_scorer(mesh, cam, T, mask, k, rows, log, seed=seed)
 
             true = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge)
             pred = li.predict_maps(net, img, mask, cam)
@@ -227,18 +209,8 @@ def markdown_landmarks(summ, meta, notes=""):
          f"Frames: {meta['frames']} per seed, seeds {meta['seeds']}. Landmark model: "
          f"`{meta['model']}`; training: {meta['model_training']}", "",
          "Network maps on the held-out frames (F1 against the true maps at the 128 x 96 grid, "
-         f"1 px tolerance), median: {meta.get('median_map_f1_held_out')}", "",
-         "| method | frames | failed | wrong (>20 deg or failed) | median rot deg | median "
-         "centroid mm | median origin transl. mm | median Dice | median reproj. px | "
-         "< 10 deg | < 5 deg & < 5 mm | median s/frame |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for m, v in summ.items():
-        L.append(f"| {m} | {v['frames']} | {v['failed']} | {v['wrong_gt20deg_or_failed']} "
-                 f"({v['fraction_wrong']}) | {v['median_rotation_deg']} | "
-                 f"{v['median_centroid_error_mm']} | {v['median_translation_mm']} | "
-                 f"{v['median_dice']} | {v['median_reprojection_px']} | "
-                 f"{v['frames_under_10deg']} | {v['frames_under_5deg_5mm']} | "
-                 f"{v['median_seconds']} |")
+         f"1 px tolerance), median: {meta.get('median_map_f1_held_out')}", ""]
+    L += method_table(summ)
     L += ["", "Medians are over the frames where the method returned a pose; 'wrong' counts "
           "failures too. 'stage I' rows: the pose before the refinement (their time: network "
           "+ search + ICP).", ""]

@@ -153,6 +153,42 @@ def clip_contours(case, mask):
     return c2, c3, kept
 
 
+def frame_scorer(mesh, cam, T, mask, k: int, rows: list, log=None, **fields):
+    """``(base, score)`` of one benchmark frame: ``base`` holds the frame's fields (index,
+    camera, liver fraction in the mask, median depth, plus ``fields``; add to it and later
+    rows carry it), ``score(method, T_est, seconds, extra=None)`` appends one row to
+    ``rows`` with the errors of ``T_est`` against the true ``T`` (rotation, translation,
+    centroid, mask Dice, reprojection px) or ``failed`` when ``T_est`` is None."""
+    import json  # noqa: PLC0415
+
+    from ..logic import evaluate  # noqa: PLC0415
+
+    vis = visible_vertices(mesh.vertices, mesh.faces, T, cam)
+    base = dict(fields, frame=k,
+                camera="P2ILF 1920x1080" if k % 2 == 0 else "SciKit-Surgery 1920x540",
+                liver_in_mask_fraction=_r(mask.mean(), 3),
+                distance_mm=_r(np.median((mesh.vertices[vis] @ T[:3, :3].T + T[:3, 3])[:, 2])
+                               if vis.any() else None, 1))
+
+    def score(method, T_est, seconds, extra=None):
+        row = dict(base, method=method, seconds=_r(seconds))
+        if T_est is None:
+            row.update(failed=True)
+        else:
+            ev = evaluate(mesh, cam, T_est, mask=mask, ground_truth=T)
+            row.update(failed=False, rotation_deg=_r(ev["rotation_deg"]),
+                       translation_mm=_r(ev["translation_mm"]),
+                       centroid_error_mm=_r(ev["centroid_error_mm"]),
+                       dice=_r(ev["mask_dice"], 4),
+                       reprojection_px=_r(reprojection_px(T_est, T, mesh.vertices, vis, cam), 1))
+        row.update(extra or {})
+        rows.append(row)
+        if log is not None:
+            log(json.dumps(row))
+
+    return base, score
+
+
 def run_baselines(mesh, cam, T, mask, seed: int, rng, score, silhouette: bool = True) -> None:
     """The classic baselines on one synthetic frame at the true pose ``T``, reported with
     ``score(name, model_to_camera or None, seconds, extra=None)``: contour-PnP on the
@@ -193,7 +229,6 @@ def run_bench(model=None, frames=10, seed=0, stage2_frames=4, quick=False, log=p
 
     from ..bench import sample_data_dir  # noqa: PLC0415
     from ..camera import load_camera  # noqa: PLC0415
-    from ..logic import evaluate  # noqa: PLC0415
     from .infer import register_learned  # noqa: PLC0415
     from .modelfile import load_model  # noqa: PLC0415
     from .stage2 import deform_stage2  # noqa: PLC0415
@@ -208,26 +243,7 @@ def run_bench(model=None, frames=10, seed=0, stage2_frames=4, quick=False, log=p
         cam = cam_p2 if k % 2 == 0 else cam_sks
         s, img, mask = full_frame(tm, cam, rng)
         T = s.model_to_camera
-        vis = visible_vertices(mesh.vertices, mesh.faces, T, cam)
-        base = {"frame": k, "camera": "P2ILF 1920x1080" if k % 2 == 0 else "SciKit-Surgery 1920x540",
-                "liver_in_mask_fraction": _r(mask.mean(), 3),
-                "distance_mm": _r(np.median((mesh.vertices[vis] @ T[:3, :3].T + T[:3, 3])[:, 2])
-                                  if vis.any() else None, 1)}
-
-        def score(method, T_est, seconds, extra=None):
-            row = dict(base, method=method, seconds=_r(seconds))
-            if T_est is None:
-                row.update(failed=True)
-            else:
-                ev = evaluate(mesh, cam, T_est, mask=mask, ground_truth=T)
-                row.update(failed=False, rotation_deg=_r(ev["rotation_deg"]),
-                           translation_mm=_r(ev["translation_mm"]),
-                           centroid_error_mm=_r(ev["centroid_error_mm"]),
-                           dice=_r(ev["mask_dice"], 4),
-                           reprojection_px=_r(reprojection_px(T_est, T, mesh.vertices, vis, cam), 1))
-            row.update(extra or {})
-            rows.append(row)
-            log(json.dumps(row))
+        base, score = frame_scorer(mesh, cam, T, mask, k, rows, log)
 
         t0 = time.perf_counter()
         try:
