@@ -50,24 +50,18 @@ BINS = [(5.0 * b, 5.0 * (b + 1)) for b in range(9)]
 def make_update_cases(hu, m, camera, nominal, pose_range, seed: int, n_cases: int,
                       landmarks, photons: float = 2e4):
     import torch  # noqa: PLC0415
-    from scipy.spatial.transform import Rotation  # noqa: PLC0415
 
     from FluoroRegLib.drr import DRRVolume, render_drr  # noqa: PLC0415
+    from FluoroRegLib.learned.bench import draw_true_pose  # noqa: PLC0415
     from FluoroRegLib.simulate import (case_generators, random_initial_pose,  # noqa: PLC0415
                                        xray_effects)
 
     volume = DRRVolume.from_hu(hu, m)
     center = volume.center_ras()
-    c = (nominal @ np.r_[center, 1.0])[:3]
-    half = np.r_[np.deg2rad(pose_range.rotation_deg), pose_range.translation_mm]
     cases = []
     for i in range(int(n_cases)):
         pose_rng, noise_rng = case_generators(seed, i)
-        x = pose_rng.uniform(-1, 1, 6) * half
-        delta = np.eye(4)
-        delta[:3, :3] = Rotation.from_rotvec(x[:3]).as_matrix()
-        delta[:3, 3] = c - delta[:3, :3] @ c + x[3:]
-        truth = delta @ nominal
+        truth, _ = draw_true_pose(pose_rng, pose_range, nominal, center)
         lo, hi = BINS[i % len(BINS)]
         start = random_initial_pose(truth, center, landmarks, pose_rng, mtre_range_mm=(lo, hi),
                                     rotation_range_deg=(0.0, 15.0))

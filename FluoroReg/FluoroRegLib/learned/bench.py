@@ -43,10 +43,25 @@ def lateral_motion(center_ras, nominal: np.ndarray) -> np.ndarray:
     return lat @ np.linalg.inv(ap)
 
 
+def draw_true_pose(pose_rng, pose_range, nominal: np.ndarray, center_ras):
+    """``(truth, x)``: a true ``ct_to_camera`` ``Delta @ nominal`` drawn from ``pose_rng``
+    (numpy) in ``pose_range`` (the training convention of :mod:`.sampling`: rotation vector
+    and translation uniform per camera-frame component, rotation about the CT centre), and
+    ``x`` = that rotation vector (rad) and translation (mm), (6,)."""
+    from scipy.spatial.transform import Rotation  # noqa: PLC0415
+
+    c = (nominal @ np.r_[center_ras, 1.0])[:3]
+    half = np.r_[np.deg2rad(pose_range.rotation_deg), pose_range.translation_mm]
+    x = pose_rng.uniform(-1, 1, 6) * half
+    delta = np.eye(4)
+    delta[:3, :3] = Rotation.from_rotvec(x[:3]).as_matrix()
+    delta[:3, 3] = c - delta[:3, :3] @ c + x[3:]
+    return delta @ nominal, x
+
+
 def make_cases(hu, m, data: dict, n_cases: int, seed: int = 1, photons: float = 2e4):
     """Synthetic cases in the model's range (see the module docstring)."""
     import torch  # noqa: PLC0415
-    from scipy.spatial.transform import Rotation  # noqa: PLC0415
 
     from SurgicalReg2D3DLib.cameras import XRayCamera  # noqa: PLC0415
 
@@ -59,18 +74,12 @@ def make_cases(hu, m, data: dict, n_cases: int, seed: int = 1, photons: float = 
     rng_range = PoseRange.from_dict(data["range"])
     volume = DRRVolume.from_hu(hu, m)
     center = volume.center_ras()
-    c = (nominal @ np.r_[center, 1.0])[:3]
     rel = lateral_motion(center, nominal)
     landmarks = sample_landmarks(hu, m, 20, seed=seed)
-    half = np.r_[np.deg2rad(rng_range.rotation_deg), rng_range.translation_mm]
     cases = []
     for i in range(int(n_cases)):
         pose_rng, noise_rng = case_generators(seed, i)
-        x = pose_rng.uniform(-1, 1, 6) * half
-        delta = np.eye(4)
-        delta[:3, :3] = Rotation.from_rotvec(x[:3]).as_matrix()
-        delta[:3, 3] = c - delta[:3, :3] @ c + x[3:]
-        truth = delta @ nominal
+        truth, x = draw_true_pose(pose_rng, rng_range, nominal, center)
         images = []
         with torch.no_grad():
             for pose in (truth, rel @ truth):
