@@ -296,19 +296,13 @@ def assemble_result(mesh, camera, T, T1, corr, inl, mask, timings, history, minf
     return res
 
 
-def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
-                     refine: bool = True, nonrigid: bool = False, ground_truth=None,
-                     structures=None, progress=None, cancel=None) -> LearnedResult:
-    """Learned registration (module docstring). ``model``: model file (None = bundled);
-    ``net``: an already loaded network (tests, benchmarks)."""
-    from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
-
+def check_frame_inputs(mesh, camera, image=None, mask=None):
+    """``(mesh, camera, mask)`` of a learned registration, checked before any work: the
+    mesh's scale (a liver in mm) and validity, the camera, the image's size against the
+    camera, the mask (when given) against the frame."""
     from ..camera import as_camera, check_image_size  # noqa: PLC0415
-    from ..logic import _check_pose, _run_silhouette  # noqa: PLC0415
     from ..mesh import validate_mesh  # noqa: PLC0415
-    from .modelfile import load_model  # noqa: PLC0415
 
-    t0 = time.perf_counter()
     check_liver_scale(getattr(mesh, "vertices", None), "mesh")
     mesh = validate_mesh(mesh, "mesh")
     camera = as_camera(camera)
@@ -316,6 +310,22 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
         check_image_size(np.shape(image), camera, "image")
     if mask is not None:
         mask = check_mask(mask, camera)
+    return mesh, camera, mask
+
+
+def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
+                     refine: bool = True, nonrigid: bool = False, ground_truth=None,
+                     structures=None, progress=None, cancel=None) -> LearnedResult:
+    """Learned registration (module docstring). ``model``: model file (None = bundled);
+    ``net``: an already loaded network (tests, benchmarks)."""
+    from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
+
+    from ..logic import _check_pose, _run_silhouette  # noqa: PLC0415
+    from ..mesh import validate_mesh  # noqa: PLC0415
+    from .modelfile import load_model  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    mesh, camera, mask = check_frame_inputs(mesh, camera, image, mask)
     if image is None and mask is None:
         raise InputError("image: the learned method needs the frame (and preferably a liver mask)")
     if ground_truth is not None:

@@ -146,24 +146,18 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
-    from ..camera import as_camera, check_image_size  # noqa: PLC0415
     from ..logic import SILHOUETTE_FACES, SILHOUETTE_FINE_WIDTH, _check_pose, \
         decimated  # noqa: PLC0415
     from ..mesh import validate_mesh  # noqa: PLC0415
     from ..silhouette import refine_silhouette  # noqa: PLC0415
-    from .infer import assemble_result, check_liver_scale, check_mask  # noqa: PLC0415
+    from .infer import assemble_result, check_frame_inputs  # noqa: PLC0415
     from .modelfile import load_model  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    check_liver_scale(getattr(mesh, "vertices", None), "mesh")
-    mesh = validate_mesh(mesh, "mesh")
-    camera = as_camera(camera)
-    if image is not None:
-        check_image_size(np.shape(image), camera, "image")
+    mesh, camera, mask = check_frame_inputs(mesh, camera, image, mask)
     if mask is None:
         raise InputError("mask: the learned landmark method needs a liver mask (paint or "
                          "import one); without it there is no liver to register")
-    mask = check_mask(mask, camera)
     if image is None and maps is None:
         raise InputError("image: the learned method needs the frame")
     if maps is not None:
