@@ -51,7 +51,7 @@ re-oriented first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -418,14 +418,14 @@ def point_inputs(vertices: np.ndarray, faces: np.ndarray, start: int = 0,
     return np.concatenate([pts, nrm], 1).astype(np.float32), idx
 
 
-def make_sample(tm: TrainMesh, rng, camera=None, model_to_camera=None, preop: bool = True,
-                bend_curvature: float = 1 / 160.0, instruments: bool = True,
-                keep_meshes: bool = False, max_tries: int = 20) -> Sample:
-    """One SYNTHETIC frame of ``tm`` (see the module docstring). ``camera`` /
-    ``model_to_camera`` fix the camera and pose (test frames); ``preop=False`` keeps the
-    base shape as the preoperative model (no warp / scaling / cut)."""
-    from scipy.spatial import cKDTree  # noqa: PLC0415
-
+def render_frame(tm: TrainMesh, rng, camera=None, model_to_camera=None, preop: bool = True,
+                 bend_curvature: float = 1 / 160.0, instruments: bool = True,
+                 max_tries: int = 20) -> dict:
+    """The frame every SYNTHETIC training sample starts from (shared by :func:`make_sample`
+    and the landmark samples of :mod:`.landmarks_data`): the preoperative shape (warped,
+    scaled, maybe cut) bent into the intraoperative one, a laparoscope pose and camera,
+    the rendered ids (``depth``, ``face``, ``bary``, ``uv``, ``z``), the liver mask with
+    instruments removed and the shaded image. Returns the local variables by name."""
     v0, f0 = tm.vertices, tm.faces
     ids0 = np.arange(len(v0))
     if preop:
@@ -461,6 +461,25 @@ def make_sample(tm: TrainMesh, rng, camera=None, model_to_camera=None, preop: bo
     for o in occ:
         mask &= ~o
     img = shade(face, bary, vc, ni @ T[:3, :3].T, fs, rng, occ)
+    return dict(v0=v0, vs=vs, ids0=ids0, ridge=ridge, lig=lig, vi=vi, fs=fs, ni=ni, cam=cam,
+                ncam=ncam, T=T,
+                vc=vc, depth=depth, face=face, bary=bary, uv=uv, z=z, liver=liver, occ=occ,
+                mask=mask, img=img)
+
+
+def make_sample(tm: TrainMesh, rng, camera=None, model_to_camera=None, preop: bool = True,
+                bend_curvature: float = 1 / 160.0, instruments: bool = True,
+                keep_meshes: bool = False, max_tries: int = 20) -> Sample:
+    """One SYNTHETIC frame of ``tm`` (see the module docstring). ``camera`` /
+    ``model_to_camera`` fix the camera and pose (test frames); ``preop=False`` keeps the
+    base shape as the preoperative model (no warp / scaling / cut)."""
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
+    fr = render_frame(tm, rng, camera, model_to_camera, preop, bend_curvature, instruments,
+                      max_tries)
+    v0, vs, ids0, ridge, lig, vi, fs, ni, cam, T, vc, depth, face, bary, uv, z, occ, mask, \
+        img = (fr[k] for k in ("v0", "vs", "ids0", "ridge", "lig", "vi", "fs", "ni", "cam", "T",
+                               "vc", "depth", "face", "bary", "uv", "z", "occ", "mask", "img"))
     # --- per-vertex ground truth
     vis = vertex_visibility(uv, z, depth, mask)
     view = vc / np.linalg.norm(vc, axis=1, keepdims=True)

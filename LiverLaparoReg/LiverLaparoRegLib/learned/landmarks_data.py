@@ -56,42 +56,12 @@ def landmark_sample(tm: "data.TrainMesh", rng, camera=None, model_to_camera=None
     ligament, silhouette), ``valid (3,)`` uint8, ``model_to_camera (4, 4)`` (base mesh
     -> camera, rigid part; the frame shows the bent copy) and ``vertices`` (the shape
     seen in the frame, same vertex ids as the base mesh unless cut)."""
-    v0, f0 = tm.vertices, tm.faces
-    ids0 = np.arange(len(v0))
-    if preop:
-        vs = data.rbf_warp(v0, rng, rng.uniform(0, 8.0))
-        vs = (vs - vs.mean(0)) * rng.uniform(0.85, 1.15, 3) + vs.mean(0)
-        fs = f0
-        if rng.uniform() < 0.3:
-            vs, fs, ids0 = data.cut(vs, f0, rng)
-    else:
-        vs, fs = v0.copy(), f0
-    ridge, lig = tm.ridge[ids0], tm.ligament[ids0]
-    vi = data.bend(vs, rng, bend_curvature) if bend_curvature > 0 else vs.copy()
-    if preop:
-        vi = data.rbf_warp(vi, rng, rng.uniform(0, 4.0))
-    ni = data.vertex_normals(vi, fs)
-    for _ in range(max_tries):
-        cam = camera if camera is not None else data.training_camera(rng)
-        ncam = data.net_camera(cam)
-        T = (np.asarray(model_to_camera, float) if model_to_camera is not None
-             else data.sample_pose(vi, ni, rng, tm.view_axis))
-        vc = vi @ T[:3, :3].T + T[:3, 3]
-        if model_to_camera is None and vc[:, 2].min() < 5.0:
-            continue
-        depth, face, bary, uv, z = data.render_ids(vi, fs, T, ncam)
-        liver = face >= 0
-        if model_to_camera is None and liver.mean() < 0.04:
-            continue
-        break
-    occ = []
-    if instruments:
-        occ = [data._instrument(rng, data.NET_H, data.NET_W)
-               for _ in range(rng.choice(3, p=[0.4, 0.4, 0.2]))]
-    mask = liver.copy()
-    for o in occ:
-        mask &= ~o
-    img = data.shade(face, bary, vc, ni @ T[:3, :3].T, fs, rng, occ)
+    fr = data.render_frame(tm, rng, camera, model_to_camera, preop, bend_curvature,
+                           instruments, max_tries)
+    ids0, ridge, lig, fs, cam, T, vi = (fr[k] for k in ("ids0", "ridge", "lig", "fs", "cam",
+                                                        "T", "vi"))
+    depth, face, bary, mask, img = (fr[k] for k in ("depth", "face", "bary", "mask", "img"))
+    liver = fr["liver"]
     near = np.full(face.shape, -1, np.int64)
     near[liver] = fs[face[liver], bary[liver].argmax(1)]
     tgt = np.zeros((3,) + face.shape, np.uint8)
