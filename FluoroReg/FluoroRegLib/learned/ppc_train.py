@@ -213,7 +213,8 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
     from ..refine import check_pose  # noqa: PLC0415
     from ..simulate import downsample_ct  # noqa: PLC0415
     from . import distributed  # noqa: PLC0415
-    from .train import _cfg_dict, _check_ct, pick_device, run_budget_loop  # noqa: PLC0415
+    from .train import (_cfg_dict, _check_ct, pick_device, restore_checkpoint,  # noqa: PLC0415
+                        run_budget_loop)
 
     cfg = config
     say = log or (lambda msg: None)
@@ -280,17 +281,8 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
                      search_px=int(opts["search_px"])).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=float(cfg.lr))
     gen = torch.Generator().manual_seed(int(cfg.seed) * 1000 + rank)
-    step, elapsed_prev, samples_seen, history = 0, 0.0, 0, []
-    if ckpt is not None:
-        net.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
-        elapsed_prev = float(ckpt["training"].get("elapsed_s", 0.0))
-        samples_seen = int(ckpt["training"].get("images", 0))
-        history = list(ckpt["training"].get("history", []))
-        if "rng_state" in ckpt and rank == 0:
-            gen.set_state(ckpt["rng_state"])
-        say(f"[train ppc] resumed from {resume} at step {step} ({elapsed_prev / 60:.1f} min)")
+    step, elapsed_prev, samples_seen, history = restore_checkpoint(
+        ckpt, net, opt, gen, rank, resume, say, "[train ppc]")
     model = distributed.wrap(net, device, world)
 
     val_gen = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)

@@ -203,7 +203,7 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
     from . import distributed  # noqa: PLC0415
     from .model_file import FORMAT, FORMAT_VERSION, save_model  # noqa: PLC0415
     from .sampling import randomise  # noqa: PLC0415
-    from .train import _cfg_dict, run_budget_loop  # noqa: PLC0415
+    from .train import _cfg_dict, restore_checkpoint, run_budget_loop  # noqa: PLC0415
 
     say = log or (lambda msg: None)
     s = SimilaritySettings.from_extra(cfg.extra)
@@ -217,16 +217,7 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
     net = sph.SphericalFeatureNet(s.channels, s.width, s.spherical).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=float(cfg.lr))
     gen = torch.Generator().manual_seed(int(cfg.seed) * 1000 + 7 + rank)
-    step, elapsed_prev, history = 0, 0.0, []
-    if ckpt is not None:
-        net.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
-        elapsed_prev = float(ckpt["training"].get("elapsed_s", 0.0))
-        history = list(ckpt["training"].get("history", []))
-        if "rng_state" in ckpt and rank == 0:
-            gen.set_state(ckpt["rng_state"])
-        say(f"[train] resumed from {resume} at step {step} ({elapsed_prev / 60:.1f} min)")
+    step, elapsed_prev, _, history = restore_checkpoint(ckpt, net, opt, gen, rank, resume, say)
     model = distributed.wrap(net, device, world)
     val_gen = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)
     vdrr, _, _, vposes = renderer.sample(val_gen, min(int(cfg.n_val), VAL_CASES))

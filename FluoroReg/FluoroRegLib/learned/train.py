@@ -98,6 +98,23 @@ def set_cosine_lr(opt, base_lr: float, frac: float) -> None:
         g["lr"] = lr
 
 
+def restore_checkpoint(ckpt, net, opt, gen, rank: int, resume, say=print,
+                       tag: str = "[train]"):
+    """``(step, elapsed_s, images, history)`` to continue from: zeros for a new run; from a
+    checkpoint (``ckpt``, or None) the network and optimiser states are loaded, and rank 0
+    takes back its random stream. Shared by every FluoroReg training kind."""
+    if ckpt is None:
+        return 0, 0.0, 0, []
+    net.load_state_dict(ckpt["state_dict"])
+    opt.load_state_dict(ckpt["optimizer"])
+    tr = ckpt["training"]
+    step, elapsed = int(ckpt["step"]), float(tr.get("elapsed_s", 0.0))
+    if "rng_state" in ckpt and rank == 0:
+        gen.set_state(ckpt["rng_state"])
+    say(f"{tag} resumed from {resume} at step {step} ({elapsed / 60:.1f} min)")
+    return step, elapsed, int(tr.get("images", 0)), list(tr.get("history", []))
+
+
 def run_budget_loop(cfg, device, world: int, opt, one_step: Callable[[float, float], float],
                     step_count: Callable[[], int], write_checkpoint: Callable[[float], None],
                     ckpt_path, elapsed_prev: float = 0.0, cancel=None, progress=None,
@@ -311,17 +328,8 @@ def train_model(hu, ijk_to_ras, camera, nominal, config: TrainConfig, out_path,
                         coords=cfg.coords).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=float(cfg.lr))
     gen = torch.Generator().manual_seed(int(cfg.seed) * 1000 + rank)
-    step, elapsed_prev, images_seen, history = 0, 0.0, 0, []
-    if ckpt is not None:
-        net.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
-        elapsed_prev = float(ckpt["training"].get("elapsed_s", 0.0))
-        images_seen = int(ckpt["training"].get("images", 0))
-        history = list(ckpt["training"].get("history", []))
-        if "rng_state" in ckpt and rank == 0:
-            gen.set_state(ckpt["rng_state"])
-        say(f"[train] resumed from {resume} at step {step} ({elapsed_prev / 60:.1f} min)")
+    step, elapsed_prev, images_seen, history = restore_checkpoint(ckpt, net, opt, gen, rank,
+                                                                   resume, say)
     model = distributed.wrap(net, device, world)
 
     val_gen = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)
