@@ -116,7 +116,7 @@ def auto_colour_mask(rgb: np.ndarray, max_b: float = 150.0, min_l: float = 30.0)
     filled."""
     import cv2
 
-    from LiverLaparoRegLib.learned.p2ilf_metric import _fill_small_holes
+    from LiverLaparoRegLib.learned.p2ilf_metric import fill_small_holes
 
     sm = cv2.medianBlur(np.ascontiguousarray(rgb[..., ::-1]), 31)
     lab = cv2.cvtColor(sm, cv2.COLOR_BGR2LAB).astype(np.float32)
@@ -127,7 +127,7 @@ def auto_colour_mask(rgb: np.ndarray, max_b: float = 150.0, min_l: float = 30.0)
     if n <= 1:
         return np.zeros(m.shape, bool)
     big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return _fill_small_holes(lab_ == big, m.size // 20)
+    return fill_small_holes(lab_ == big, m.size // 20)
 
 
 def mask_outline(mask: np.ndarray, border: int = 3) -> np.ndarray:
@@ -163,6 +163,31 @@ def network_curves(net, rgb, mask, camera, threshold: float = 0.5, fractions=Non
         else:
             on = full >= np.quantile(full, 1.0 - fractions[c])
         out[c] = (full, thin(on))
+    return out
+
+
+def observation_curves(net, rgb, mask, camera):
+    """What the registration (``register_landmarks``) takes from the network: ridge /
+    ligament = network cells >= 0.5 inside the mask (``landmarks_infer.observations``),
+    silhouette = the mask outline where the network sees a silhouette; rasterised at full
+    resolution (a cell as its rectangle, an outline sample as a 7 px square) and thinned."""
+    import cv2
+
+    from LiverLaparoRegLib.learned.landmarks_infer import observations, predict_maps
+    from LiverLaparoRegLib.learned.p2ilf_metric import thin
+
+    maps = predict_maps(net, rgb, mask, camera)
+    obs = observations(maps, mask, camera)
+    H, W = rgb.shape[:2]
+    out = {}
+    for k, c in ((0, "ridge"), (1, "ligament")):
+        on = ((maps[k] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
+        out[c] = thin(cv2.resize(on, (W, H), interpolation=cv2.INTER_NEAREST) > 0)
+    pts = np.zeros((H, W), np.uint8)
+    uv = np.round(obs["silhouette"]).astype(int)
+    ok = (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+    pts[uv[ok, 1], uv[ok, 0]] = 1
+    out["silhouette"] = thin(cv2.dilate(pts, np.ones((7, 7), np.uint8)) > 0)
     return out
 
 
@@ -270,6 +295,9 @@ def main(argv=None):
         r["positive_fraction"] = frac
         rows.append(r)
         if mask.any():
+            rows.append(_row("network as the registration reads it", mname,
+                             score_all(observation_curves(net, rgb, mask.astype(np.float32),
+                                                          camera), labels, gt_curves)))
             edge = mask_outline(mask)
             rows.append(_row("mask outline (baseline)", mname,
                              score_all({c: edge for c in CLASSES}, labels, gt_curves)))
@@ -296,6 +324,8 @@ def main(argv=None):
         "load_average_start": load0, "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "torch_threads": 1, "wall_s": round(time.time() - t0, 1),
     }
+    for r in rows:
+        r["leaderboard"] = leaderboard(r["scores"])
     out = {"info": info, "rows": rows}
     Path(a.out).write_text(json.dumps(out, indent=1, default=float))
     if not a.no_figure:
@@ -304,16 +334,65 @@ def main(argv=None):
     return 0
 
 
+def _nan0(x):
+    return 0.0 if x != x else x
+
+
+def leaderboard(scores) -> dict:
+    """The challenge leaderboard's two 2D numbers: mean over the classes of the band
+    precision (an empty prediction counts 0, as in the challenge's ``precision``) and of
+    the François symmetric distance score."""
+    return {"av_precision": float(np.mean([_nan0(scores[c]["band"]["precision"])
+                                           for c in CLASSES])),
+            "sym_dist_mean": float(np.mean([scores[c]["sym_dist"] for c in CLASSES]))}
+
+
+def _groups(rows):
+    """Rows grouped by (mask, method), the untrained seeds together."""
+    out = {}
+    for r in rows:
+        name = r["method"].split(" seed ")[0] + (" (baseline)" if " seed " in r["method"] else "")
+        out.setdefault((r["mask"], name), []).append(r["scores"])
+    return out
+
+
+def _fmt(vals, nd):
+    vals = [v for v in vals]
+    if len(vals) == 1:
+        v = vals[0]
+        return "n/a" if v != v else f"{v:.{nd}f}"
+    ok = [v for v in vals if v == v]
+    if not ok:
+        return "n/a"
+    return f"{np.median(ok):.{nd}f} ({min(ok):.{nd}f}-{max(ok):.{nd}f})"
+
+
 def print_table(out):
-    print("method | mask | class | band P/R/DSC | thin P | symDist | symDiff | F1@15 | F1@45")
-    for r in out["rows"]:
+    """Markdown tables (untrained seeds: median (min-max))."""
+    g = _groups(out["rows"])
+    print("| mask | method | ridge P / R / DSC | ligament P / R / DSC | silhouette P / R / DSC"
+          " | symDist r / l / s | av. precision | mean symDist |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (mask, name), sc in g.items():
+        cells = []
         for c in CLASSES:
-            s = r["scores"][c]
-            b = s["band"]
-            print(f"{r['method']} | {r['mask']} | {c} | {b['precision']:.3f}/{b['recall']:.3f}/"
-                  f"{b['dice']:.3f} | {s['thin']['precision']:.3f} | {s['sym_dist']:.2f} | "
-                  f"{s['sym_diff']:.3f} | {s['tolerance'][15.0]['f1']:.3f} | "
-                  f"{s['tolerance'][45.0]['f1']:.3f}")
+            cells.append(" / ".join(_fmt([s[c]["band"][k] for s in sc], 3)
+                                    for k in ("precision", "recall", "dice")))
+        sd = " / ".join(_fmt([s[c]["sym_dist"] for s in sc], 2) for c in CLASSES)
+        lb = [leaderboard(s) for s in sc]
+        print(f"| {mask} | {name} | " + " | ".join(cells) + f" | {sd} | "
+              f"{_fmt([x['av_precision'] for x in lb], 3)} | "
+              f"{_fmt([x['sym_dist_mean'] for x in lb], 2)} |")
+    print()
+    print("| mask | method | thin P r / l / s | symDiff r / l / s | F1 @15 px r / l / s"
+          " | F1 @45 px r / l / s |")
+    print("|---|---|---|---|---|---|")
+    for (mask, name), sc in g.items():
+        tp = " / ".join(_fmt([s[c]["thin"]["precision"] for s in sc], 3) for c in CLASSES)
+        sdf = " / ".join(_fmt([s[c]["sym_diff"] for s in sc], 2) for c in CLASSES)
+        f15 = " / ".join(_fmt([s[c]["tolerance"][15.0]["f1"] for s in sc], 2) for c in CLASSES)
+        f45 = " / ".join(_fmt([s[c]["tolerance"][45.0]["f1"] for s in sc], 2) for c in CLASSES)
+        print(f"| {mask} | {name} | {tp} | {sdf} | {f15} | {f45} |")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ def _drop_small(mask: np.ndarray, min_px: int) -> np.ndarray:
     return keep[lab]
 
 
-def _fill_small_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
+def fill_small_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
+    """A copy of ``mask`` in which every 4-connected background part smaller than
+    ``max_px`` pixels is set (also one touching the frame border)."""
     import cv2  # noqa: PLC0415
 
     m = np.asarray(mask, bool)
@@ -114,7 +116,7 @@ def thin(mask: np.ndarray, clean: bool = True) -> np.ndarray:
     does before its skeletonisation."""
     m = np.asarray(mask, bool)
     if clean:
-        m = _drop_small(_fill_small_holes(m, MIN_PART_PX), MIN_PART_PX)
+        m = _drop_small(fill_small_holes(m, MIN_PART_PX), MIN_PART_PX)
     if not m.any():
         return np.zeros_like(m)
     rows, cols = np.nonzero(m)
@@ -218,8 +220,10 @@ def curve_tolerance_scores(pred_curve: np.ndarray, gt_curve: np.ndarray,
     prec = float(np.mean(distance_to(g)[p] <= tol)) if p.any() else float("nan")
     rec = float(np.mean(distance_to(p)[g] <= tol)) if g.any() and p.any() else (
         0.0 if g.any() else float("nan"))
-    f1 = (2 * prec * rec / (prec + rec)) if (prec == prec and rec == rec and prec + rec > 0) \
-        else (0.0 if prec == prec and rec == rec else float("nan"))
+    if prec == prec and rec == rec:
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
+    else:  # an empty prediction of an annotated class scores 0
+        f1 = 0.0 if g.any() else float("nan")
     return {"precision": prec, "recall": rec, "f1": f1}
 
 
