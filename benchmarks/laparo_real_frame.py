@@ -24,7 +24,9 @@ here (no file written) and each is labelled:
 - ``none``: the mask channel set to 0 (the network saw this for 10 % of its training
   samples).
 
-Baselines for reading the numbers: the mask outline (frame border removed) as the
+Also scored: the network's output as the registration reads it
+(``landmarks_infer.observations``: ridge cells inside the mask, the mask outline where the
+network sees a silhouette). Baselines for reading the numbers: the mask outline (frame border removed) as the
 prediction of every class, the untrained network (random initial weights, seeds 0-2,
 same pipeline), and the chance precision of a band (GT band area / frame area).
 
