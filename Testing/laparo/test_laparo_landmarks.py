@@ -12,6 +12,7 @@ from SurgicalReg2D3DLib.errors import FileReadError, GeometryError, InputError  
 
 from LiverLaparoRegLib import metrics as lmetrics  # noqa: E402
 from LiverLaparoRegLib.learned import data, infer, landmarks_infer as li, modelfile  # noqa: E402
+from LiverLaparoRegLib.learned import landmarks_align as lalign  # noqa: E402
 from LiverLaparoRegLib.learned import landmarks_icp as licp  # noqa: E402
 from LiverLaparoRegLib.learned import landmarks_search as lsearch  # noqa: E402
 from LiverLaparoRegLib.learned.landmarks_net import LandmarkNet, landmark_losses  # noqa: E402
@@ -109,10 +110,48 @@ def test_true_curves_to_correspondences_to_pose(frame):
     p2 = np.concatenate([p[1] for p in pairs])
     r = epnp_ransac(p3, p2, cam.K, None, reprojection_px=0.02 * np.hypot(cam.width, cam.height))
     assert lmetrics.pose_errors(r.model_to_camera, T, lm.c)["rotation_deg"] < 5.0
-    # the search score prefers the true pose to the perturbed start
+    # the search cost prefers the true pose to the perturbed start
     rm = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
-    assert lsearch.score_pose(T, lm, cam, obs["mask_net"], rm) > \
-        lsearch.score_pose(T0, lm, cam, obs["mask_net"], rm)
+    o2 = li.observed_2d(obs, rm, cam)
+    assert lalign.pose_cost(T, lm, o2) < lalign.pose_cost(T0, lm, o2) - 0.3
+
+
+def test_outside_distance_frees_instrument_edges():
+    """Beyond the liver's own outline a point costs its distance to the mask; beyond an
+    edge that is not on the outline (an instrument's, the frame's) it costs nothing."""
+    m = np.zeros((20, 30), bool)
+    m[5:15, 5:20] = True
+    outline = np.array([[5.0, y] for y in range(5, 15)])          # the left edge only
+    d = lalign._outside_distance(m, outline)
+    assert np.allclose(d[10, 0:5], [5, 4, 3, 2, 1], atol=0.05)      # left of the outline
+    assert np.all(d[10, 20:] == 0) and np.all(d[0:5, 10] == 0)     # instrument / border
+    assert np.all(d[m] == 0)
+
+
+def test_search_from_no_pose_with_true_maps():
+    """The global search (no initial pose) with the TRUE 2D maps of a SYNTHETIC frame of
+    the P2ILF mesh: its best hypothesis is within 10 deg / 10 mm of the true pose, which
+    it fits better than the best hypothesis far from it (margin > 0.3 px)."""
+    from LiverLaparoRegLib.bench import sample_data_dir  # noqa: PLC0415
+    from LiverLaparoRegLib.camera import load_camera  # noqa: PLC0415
+    from LiverLaparoRegLib.learned.evaluation import full_frame  # noqa: PLC0415
+    from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
+
+    tm = data.p2ilf_train_mesh()
+    cam = load_camera(sample_data_dir() / "p2ilf" / "cameraparams" /
+                      "acquisition-camera-metadata.json")
+    s, img, mask = full_frame(tm, cam, np.random.default_rng([6, 1002]))
+    T = s.model_to_camera
+    mesh = MeshData(tm.vertices, tm.faces)
+    maps = li.true_maps(tm.vertices, tm.faces, T, cam, ridge=tm.ridge)
+    obs = li.observations(maps, mask, cam)
+    rm = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
+    lm = lsearch.MeshLandmarks(mesh)
+    cands = lalign.align_search(lm, cam, li.observed_2d(obs, rm, cam))
+    e = lmetrics.pose_errors(cands[0][0], T, lm.c)
+    assert e["rotation_deg"] < 10.0 and e["centroid_error_mm"] < 10.0
+    far = [c for Tc, c in cands if lmetrics.pose_errors(Tc, T, lm.c)["rotation_deg"] > 30]
+    assert far and min(far) > cands[0][1] + 0.3
 
 
 def _tiny_model(tmp_path):

@@ -312,4 +312,10 @@ def summarise(rows):
                   "frames_under_10deg": int((rot < 10).sum()),
                   "frames_under_5deg_5mm": int(sum(1 for r in ok if r["rotation_deg"] < 5
                                                    and r["centroid_error_mm"] < 5))}
+        if any("quality" in r for r in ok):     # the verdict against the truth
+            right = [r.get("quality") for r in ok if r["rotation_deg"] < 10]
+            bad = [r.get("quality") for r in ok if r["rotation_deg"] > 20]
+            out[m]["verdicts"] = {
+                "right_lt10deg": {v: right.count(v) for v in ("ok", "doubtful", "failed")},
+                "wrong_gt20deg": {v: bad.count(v) for v in ("ok", "doubtful", "failed")}}
     return out

@@ -1,0 +1,355 @@
+"""Global pose search of the learned landmark registration by 2D-3D chamfer alignment.
+
+Where it sits in the flow (:mod:`.landmarks_infer`, step 4): the 2D side is the liver
+mask, its outline (frame border and instrument edges removed: :func:`.landmarks_infer.
+observations`) and the predicted ridge pixels, all on the network grid; the 3D side is
+the mesh's surface points and curvature-ridge vertices (:class:`.landmarks_search.
+MeshLandmarks`). A hypothesis ``(R, t)`` (rotation about the liver centre, camera-frame
+position of the centre) is scored by :func:`chamfer_cost`, in network pixels, lower is
+better:
+
+- **containment**: surface points that project inside the frame must fall inside the mask
+  (distance to the mask, capped at ``CAP_IN``). Only where the mask's nearest edge is the
+  liver's own outline: beyond the frame border or an instrument's edge the liver may go
+  on hidden, so a point there costs nothing (:func:`_outside_distance`);
+- **coverage**: every outline pixel must have a projected surface point near it (one-sided
+  chamfer, capped), less half the projected point spacing, so that a liver near the
+  camera (sparse projection) is not disfavoured against a far one;
+- **ridge** (weight ``w_ridge``): the ridge vertices that are visible (front-facing, not
+  behind the surface in a coarse z-buffer, inside the mask) near predicted ridge pixels
+  and predicted ridge pixels near visible ridge vertices (both directions, capped).
+
+:func:`align_search` (no initial pose):
+
+1. every rotation of the grid (:func:`.landmarks_search.rotation_grid`) starts from the
+   mask-moment translation and has its translation optimised (Adam on the image position
+   of the centre and the log depth) on a coarse point set;
+2. the best distinct rotations have rotation and translation optimised together on denser
+   point sets;
+3. the best distinct hypotheses are returned with their costs (the winner's margin over
+   the best pose > 15 deg away is the ambiguity signal of the quality).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, MeshLandmarks, \
+    distinct_hypotheses, moment_translations, rodrigues, rotation_grid
+
+#: caps (network px) of the per-point distances: beyond them a point is an outlier
+CAP_IN, CAP_COVER, CAP_RIDGE = 4.0, 12.0, 8.0
+#: weight of the ridge terms (the silhouette terms have weight 1 each)
+W_RIDGE = 0.5
+#: search sizes: grid directions x rolls, coarse points / outline samples, candidates
+#: optimised in 6 DOF, candidates returned
+GRID_DIRECTIONS, GRID_ROLLS = 480, 24
+COARSE_POINTS, COARSE_OUTLINE, FINE_POINTS, FINE_OUTLINE = 192, 64, 640, 160
+#: ridge samples: 3D ridge vertices, 2D ridge pixels (coarse, fine)
+RIDGE_POINTS, COARSE_RIDGE, FINE_RIDGE = 160, 64, 160
+FINE_CANDIDATES, RETURNED = 32, 8
+#: visibility of the ridge points: z-buffer cell (network px) and depth tolerance (mm)
+OCCLUSION_CELL, OCCLUSION_TOL_MM = 4, 10.0
+#: optimiser steps between two nearest-point pairings
+PAIR_EVERY = 5
+
+
+class Observed2D:
+    """The 2D side on the network grid (``H x W``): mask distance map, outline samples,
+    ridge distance map and samples; ``K`` the network camera's ``3 x 3`` (pinhole)."""
+
+    def __init__(self, mask_net, outline_net, ridge_map, K):
+        import cv2  # noqa: PLC0415
+        import torch  # noqa: PLC0415
+
+        self.mask = np.asarray(mask_net) > 0
+        self.H, self.W = self.mask.shape
+        self.K = torch.as_tensor(np.asarray(K, np.float64), dtype=torch.float32)
+        outline_net = np.asarray(outline_net, np.float64).reshape(-1, 2)
+        self.dt_out = torch.as_tensor(np.minimum(_outside_distance(self.mask, outline_net),
+                                                 CAP_IN), dtype=torch.float32)
+        self.outline = torch.as_tensor(outline_net, dtype=torch.float32)
+        self.ridge = None
+        if ridge_map is not None and int((np.asarray(ridge_map) > 0).sum()) >= 3:
+            rm = np.asarray(ridge_map) > 0
+            dt_r = cv2.distanceTransform((~rm).astype(np.uint8), cv2.DIST_L2, 5)
+            self.dt_ridge = torch.as_tensor(np.minimum(dt_r, CAP_RIDGE), dtype=torch.float32)
+            r, c = np.nonzero(rm)
+            self.ridge = torch.as_tensor(np.stack([c, r], 1), dtype=torch.float32)
+
+
+    def outline_sample(self, n: int):
+        return _subsample(self.outline, n)
+
+    def ridge_sample(self, n: int):
+        return None if self.ridge is None else _subsample(self.ridge, n)
+
+
+def _outside_distance(mask, outline_net) -> np.ndarray:
+    """Per pixel, the distance (px) to the mask where the nearest mask pixel lies on the
+    liver's own outline (``outline_net``: silhouette pixels, within 1.5 px), else 0: beyond
+    an instrument's edge the liver may go on hidden, so a point there costs nothing."""
+    import cv2  # noqa: PLC0415
+
+    dt, lab = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5,
+                                              labelType=cv2.DIST_LABEL_PIXEL)
+    H, W = mask.shape
+    sil = np.zeros((H, W), np.uint8)
+    if len(outline_net):
+        uv = np.round(outline_net).astype(np.int64)
+        ok = (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+        sil[uv[ok, 1], uv[ok, 0]] = 1
+    sil = cv2.dilate(sil, np.ones((3, 3), np.uint8)).astype(bool) & mask
+    own = np.zeros(int(lab.max()) + 1, bool)          # label of a mask pixel -> on outline
+    own[lab[sil]] = True
+    return np.where(mask | ~own[lab], 0.0, dt).astype(np.float32)
+
+
+def _subsample(P, n):
+    if len(P) <= n:
+        return P
+    return P[np.linspace(0, len(P) - 1, n).round().astype(np.int64)]
+
+
+def _sample_map(m, u, v):
+    """Bilinear lookup of map ``m (H, W)`` at ``(u, v) (B, N)`` pixel coordinates
+    (clamped to the border)."""
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    H, W = m.shape
+    g = torch.stack([(u + 0.5) / W * 2 - 1, (v + 0.5) / H * 2 - 1], -1)
+    return F.grid_sample(m[None, None].expand(u.shape[0], 1, H, W), g[:, None],
+                         mode="bilinear", padding_mode="border", align_corners=False)[:, 0, 0]
+
+
+def _project(Y, K):
+    """Camera-frame points ``(B, N, 3)`` -> pixels ``u, v`` and depth ``z`` (pinhole)."""
+    z = Y[..., 2]
+    zc = z.clamp(min=1.0)
+    u = K[0, 0] * Y[..., 0] / zc + K[0, 1] * Y[..., 1] / zc + K[0, 2]
+    v = K[1, 1] * Y[..., 1] / zc + K[1, 2]
+    return u, v, z
+
+
+def _nearest(P, uv, valid=None, cache=None, key=""):
+    """Distance ``(B, M)`` from each 2D point ``P (M, 2)`` to the nearest of ``uv (B, N,
+    2)`` (only ``valid (B, N)`` ones; none valid -> 1e4). The nearest point is found
+    without gradient, the distance to it carries it (cheap backward). With a ``cache``
+    dict, the pairing stored under ``key`` is reused unless ``cache["refresh"]`` (the
+    pairs change slowly between optimiser steps, as in ICP)."""
+    import torch  # noqa: PLC0415
+
+    if cache is not None and not cache.get("refresh", True) and key in cache:
+        j, far = cache[key]
+    else:
+        with torch.no_grad():
+            D = torch.cdist(P[None].expand(len(uv), -1, -1), uv)
+            if valid is not None:
+                D = D + (1 - valid)[:, None, :] * 1e4
+            j = D.argmin(2)
+            far = D.gather(2, j[..., None])[..., 0] >= 1e4
+        if cache is not None:
+            cache[key] = (j, far)
+    q = uv.gather(1, j[..., None].expand(-1, -1, 2))
+    d = ((q - P[None]) ** 2).sum(-1).add(1e-6).sqrt()
+    return torch.where(far, torch.full_like(d, 1e4), d), j
+
+
+def _beyond_spacing(d, j, z, h, f):
+    """``d`` less half the projected spacing (``h`` mm at depth ``z`` of the paired point,
+    focal ``f`` px): a sparse point set is not penalised for its gaps, so a liver near
+    the camera (sparse projection) is not disfavoured against a far one."""
+    if h <= 0:
+        return d
+    return (d - 0.5 * h * f / z.gather(1, j).clamp(min=1.0)).clamp(min=0.0)
+
+
+class ModelPoints(NamedTuple):
+    """The 3D side of the cost: centred surface points ``Q (N, 3)`` with their spacing
+    ``h`` (mm), ridge points ``Qr`` with normals ``Nr`` and spacing ``hr``."""
+
+    Q: object
+    h: float
+    Qr: object
+    Nr: object
+    hr: float
+
+
+def model_points(lm: MeshLandmarks, n: int) -> ModelPoints:
+    """``n`` spread surface points and up to ``RIDGE_POINTS`` spread ridge points."""
+    import torch  # noqa: PLC0415
+
+    def f32(a):
+        return torch.as_tensor(a, dtype=torch.float32)
+
+    rid = lm.spread(RIDGE_POINTS, ridge=True)
+    return ModelPoints(f32(lm.v[lm.spread(n)] - lm.c), lm.spacing(n), f32(lm.v[rid] - lm.c),
+                       f32(lm.n[rid]), lm.spacing(RIDGE_POINTS, ridge=True))
+
+
+def _unoccluded(u, v, z, ur, vr, zr, H, W, cell: int = OCCLUSION_CELL,
+                tol_mm: float = OCCLUSION_TOL_MM):
+    """``(B, M)`` True where a ridge point ``(ur, vr, zr)`` is not behind the surface
+    points ``(u, v, z)`` (both ``(B, ...)``): a coarse z-buffer of the surface points
+    (``cell`` px cells, nearest depth, 3 x 3 minimum to close the gaps between points)."""
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    gh, gw = -(-H // cell), -(-W // cell)
+    B = u.shape[0]
+    iu, iv = torch.floor((u + 0.5) / cell).long(), torch.floor((v + 0.5) / cell).long()
+    ok = (iu >= 0) & (iu < gw) & (iv >= 0) & (iv < gh) & (z > 1.0)
+    idx = torch.where(ok, iv * gw + iu, torch.full_like(iu, gh * gw))
+    buf = torch.full((B, gh * gw + 1), float("inf"), dtype=z.dtype)
+    buf.scatter_reduce_(1, idx, z, reduce="amin")
+    buf = buf[:, :-1].view(B, 1, gh, gw).nan_to_num(posinf=1e9)
+    buf = -F.max_pool2d(-buf, 3, 1, 1).view(B, -1)
+    ju = torch.floor((ur + 0.5) / cell).long().clamp(0, gw - 1)
+    jv = torch.floor((vr + 0.5) / cell).long().clamp(0, gh - 1)
+    return zr <= buf.gather(1, jv * gw + ju) + tol_mm
+
+
+def chamfer_cost(R, t, mp: ModelPoints, obs: Observed2D, outline, ridge=None,
+                 w_ridge: float = None, cache=None):
+    """Cost ``(B,)`` (network px) of hypotheses ``R (B, 3, 3)``, ``t (B, 3)`` (centred
+    model points -> camera ``R Q + t``); see the module docstring. ``outline``,
+    ``ridge``: the 2D samples used (network px)."""
+    import torch  # noqa: PLC0415
+
+    Q, h, Qr, Nr, hr = mp
+    w_ridge = W_RIDGE if w_ridge is None else w_ridge
+    Y = torch.einsum("bij,nj->bni", R, Q) + t[:, None]
+    u, v, z = _project(Y, obs.K)
+    inside = (u >= -0.5) & (u <= obs.W - 0.5) & (v >= -0.5) & (v <= obs.H - 0.5) & (z > 1.0)
+    d_in = _sample_map(obs.dt_out, u, v)
+    behind = (z <= 1.0).to(Y.dtype)
+    contain = (d_in * inside.to(Y.dtype) + CAP_IN * behind).mean(1)
+    uv = torch.stack([u, v], -1)
+    f = float(np.sqrt(float(obs.K[0, 0]) * float(obs.K[1, 1])))
+    if len(outline):
+        d, j = _nearest(outline, uv, cache=cache, key="cover")
+        cover = _beyond_spacing(d, j, z, h, f).clamp(max=CAP_COVER).mean(1)
+    else:
+        cover = torch.zeros_like(contain)
+    cost = contain + cover
+    if ridge is None or len(Qr) < 3 or w_ridge <= 0:
+        return cost
+    Yr = torch.einsum("bij,nj->bni", R, Qr) + t[:, None]
+    front = ((torch.einsum("bij,nj->bni", R, Nr) * Yr).sum(-1) < 0)
+    ur, vr, zr = _project(Yr, obs.K)
+    seen = front & (ur >= -0.5) & (ur <= obs.W - 0.5) & (vr >= -0.5) & (vr <= obs.H - 0.5) \
+        & (zr > 1.0) & (_sample_map(obs.dt_out, ur, vr) < 1.0) \
+        & _unoccluded(u.detach(), v.detach(), z.detach(), ur.detach(), vr.detach(),
+                      zr.detach(), obs.H, obs.W)
+    sf = seen.to(Y.dtype)
+    n_seen = sf.sum(1)
+    fwd = torch.where(n_seen > 0, (_sample_map(obs.dt_ridge, ur, vr) * sf).sum(1)
+                      / n_seen.clamp(min=1), torch.full_like(cost, CAP_RIDGE))
+    uvr = torch.stack([ur, vr], -1)
+    d, j = _nearest(ridge, uvr, sf, cache, "ridge")
+    back = _beyond_spacing(d, j, zr, hr, f).clamp(max=CAP_RIDGE).mean(1)
+    return cost + w_ridge * 0.5 * (fwd + back)
+
+
+def _optimise(R0, t0, mp, obs, outline, ridge, steps: int, rotate: bool,
+              lr_pos: float, lr_depth: float, lr_rot: float, pair_every: int = PAIR_EVERY,
+              w_ridge=None, cancel=None):
+    """Adam on each hypothesis: image position of the centre ``(a, b)`` (``t = z (a, b,
+    1)``), log depth and, with ``rotate``, a rotation about the centre. Returns the best
+    ``(R, t, cost)`` seen per hypothesis."""
+    import torch  # noqa: PLC0415
+
+    from SurgicalReg2D3DLib.progress import check_cancel  # noqa: PLC0415
+
+    z0 = t0[:, 2].clamp(min=5.0)
+    ab = (t0[:, :2] / z0[:, None]).clone().requires_grad_(True)
+    s = torch.log(z0).clone().requires_grad_(True)
+    w = torch.zeros(len(R0), 3, requires_grad=True)
+    groups = [{"params": [ab], "lr": lr_pos}, {"params": [s], "lr": lr_depth}]
+    if rotate:
+        groups.append({"params": [w], "lr": lr_rot})
+    opt = torch.optim.Adam(groups)
+    best_c = torch.full((len(R0),), float("inf"))
+    best_R, best_t = R0.clone(), t0.clone()
+    cache = {}
+    for k in range(steps + 1):
+        if k % 10 == 0:
+            check_cancel(cancel, "learned pose search")
+        cache["refresh"] = k % pair_every == 0 or k == steps
+        z = torch.exp(s)
+        t = torch.cat([ab * z[:, None], z[:, None]], 1)
+        R = (rodrigues(w) @ R0) if rotate else R0
+        c = chamfer_cost(R, t, mp, obs, outline, ridge, w_ridge=w_ridge, cache=cache)
+        with torch.no_grad():
+            better = c < best_c
+            best_c = torch.where(better, c, best_c)
+            best_t = torch.where(better[:, None], t, best_t)
+            best_R = torch.where(better[:, None, None], R, best_R)
+        if k == steps:
+            break
+        opt.zero_grad()
+        c.sum().backward()
+        opt.step()
+    return best_R.detach(), best_t.detach(), best_c.detach()
+
+
+def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS,
+                 cone_deg: float = VIEW_CONE_DEG, n_dirs: int = GRID_DIRECTIONS,
+                 n_rolls: int = GRID_ROLLS, k: int = RETURNED, chunk: int = 1024,
+                 w_ridge=None, cancel=None):
+    """The ``k`` best distinct ``model_to_camera`` hypotheses (> 15 deg apart) with their
+    costs (network px, lower is better), best first (module docstring)."""
+    import torch  # noqa: PLC0415
+
+    Rs = torch.as_tensor(rotation_grid(n_dirs, n_rolls, view_axis, cone_deg),
+                         dtype=torch.float32)
+    mc = model_points(lm, COARSE_POINTS)
+    oc, rc = obs.outline_sample(COARSE_OUTLINE), obs.ridge_sample(COARSE_RIDGE)
+    Qm = torch.as_tensor(lm.v[lm.moment] - lm.c, dtype=torch.float32)
+    # stage 1: every rotation, translation only
+    Rb, tb, cb = [], [], []
+    for s0 in range(0, len(Rs), chunk):
+        R = Rs[s0:s0 + chunk]
+        with torch.no_grad():
+            t = moment_translations(torch.einsum("bij,nj->bni", R, Qm), obs.K, obs.mask)
+        r = _optimise(R, t, mc, obs, oc, rc, steps=30, rotate=False, lr_pos=0.01,
+                      lr_depth=0.04, lr_rot=0.0, w_ridge=w_ridge, cancel=cancel)
+        Rb.append(r[0])
+        tb.append(r[1])
+        cb.append(r[2])
+    Rb, tb, cb = torch.cat(Rb), torch.cat(tb), torch.cat(cb)
+    seeds = distinct_hypotheses(Rb.numpy().astype(np.float64),
+                                tb.numpy().astype(np.float64), -cb.numpy(), FINE_CANDIDATES,
+                                10.0)
+    # stage 2: the best distinct rotations, rotation and translation, denser sets
+    R0 = torch.as_tensor(np.stack([r for r, _, _ in seeds]), dtype=torch.float32)
+    t0 = torch.as_tensor(np.stack([t for _, t, _ in seeds]), dtype=torch.float32)
+    mf = model_points(lm, FINE_POINTS)
+    of, rf = obs.outline_sample(FINE_OUTLINE), obs.ridge_sample(FINE_RIDGE)
+    R1, t1, c1 = _optimise(R0, t0, mf, obs, of, rf, steps=60, rotate=True,
+                           lr_pos=0.004, lr_depth=0.015, lr_rot=0.01, pair_every=1,
+                           w_ridge=w_ridge, cancel=cancel)
+    picked = distinct_hypotheses(R1.numpy().astype(np.float64),
+                                 t1.numpy().astype(np.float64), -c1.numpy(), k, 15.0)
+    out = []
+    for R, t, negc in picked:
+        T = np.eye(4)
+        T[:3, :3] = R
+        T[:3, 3] = t - R @ lm.c
+        out.append((T, -negc))
+    return out
+
+
+def pose_cost(T, lm: MeshLandmarks, obs: Observed2D, w_ridge=None) -> float:
+    """:func:`chamfer_cost` of one ``model_to_camera`` on the fine point sets."""
+    import torch  # noqa: PLC0415
+
+    R = torch.as_tensor(T[:3, :3], dtype=torch.float32)[None]
+    t = torch.as_tensor(T[:3, :3] @ lm.c + T[:3, 3], dtype=torch.float32)[None]
+    with torch.no_grad():
+        return float(chamfer_cost(R, t, model_points(lm, FINE_POINTS), obs,
+                                  obs.outline_sample(FINE_OUTLINE),
+                                  obs.ridge_sample(FINE_RIDGE), w_ridge=w_ridge)[0])
