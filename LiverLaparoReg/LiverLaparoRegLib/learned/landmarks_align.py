@@ -26,8 +26,9 @@ better:
    of the centre and the log depth) on a coarse point set;
 2. the best distinct rotations have rotation and translation optimised together on denser
    point sets;
-3. the best distinct hypotheses are returned with their costs (the winner's margin over
-   the best pose > 15 deg away is the ambiguity signal of the quality).
+3. the best distinct hypotheses (> 15 deg apart) are returned with their costs (the
+   winner's margin over the best pose far from it is the ambiguity signal of the
+   quality, :mod:`.landmarks_infer`).
 """
 
 from __future__ import annotations
@@ -79,11 +80,12 @@ class Observed2D:
             r, c = np.nonzero(rm)
             self.ridge = torch.as_tensor(np.stack([c, r], 1), dtype=torch.float32)
 
-
     def outline_sample(self, n: int):
+        """At most ``n`` outline pixels, evenly picked along the list."""
         return _subsample(self.outline, n)
 
     def ridge_sample(self, n: int):
+        """At most ``n`` ridge pixels (None without a ridge map)."""
         return None if self.ridge is None else _subsample(self.ridge, n)
 
 
