@@ -130,6 +130,11 @@ def observations(maps: np.ndarray, mask: np.ndarray, camera, threshold: float = 
     return out
 
 
+def _in_front(T, lm: MeshLandmarks) -> bool:
+    """Every vertex at least 1 mm in front of the camera at ``model_to_camera`` ``T``."""
+    return bool(np.isfinite(T).all() and (lm.v @ T[2, :3] + T[2, 3]).min() > 1.0)
+
+
 def _rot_deg(A, B) -> float:
     R = np.asarray(A)[:3, :3] @ np.asarray(B)[:3, :3].T
     return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
@@ -234,17 +239,21 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         if ground_truth is not None:      # diagnostics only (benchmarks): not used
             from .. import metrics as _m  # noqa: PLC0415
             entry["search_rot_err_deg"] = round(_m.pose_errors(T0, ground_truth)["rotation_deg"], 1)
-        if c0 > cands[0][1] + ICP_WITHIN_PX or i >= ICP_CANDIDATES:
+        if best is not None and (c0 > cands[0][1] + ICP_WITHIN_PX or i >= ICP_CANDIDATES):
+            continue
+        if not _in_front(T0, lm):
+            entry["skipped"] = "the liver is not wholly in front of the camera"
             continue
         # the image ICP in the full frame (distortion, full resolution); kept only when
         # it does not raise the search cost (ridge over-detection can pull it away)
         T_i, pairs = icp(T0, lm, camera, obs)
-        zc = lm.v @ T_i[2, :3] + T_i[2, 3]
-        c_i = (pose_cost(T_i, lm, obs2, w_ridge) if np.isfinite(T_i).all() and zc.min() > 1.0
-               else np.inf)
+        c_i = pose_cost(T_i, lm, obs2, w_ridge) if _in_front(T_i, lm) else np.inf
         if not c_i <= c0 + 0.05:
             T_i, c_i = T0, c0
             _, pairs = icp(T0, lm, camera, obs, iterations=1)   # the pairs at T0
+        if sum(len(p[2]) for p in pairs) < 4:
+            entry["skipped"] = "fewer than 4 correspondences"
+            continue
         entry["cost_px"] = round(float(c_i), 4)
         if ground_truth is not None:
             entry["icp_rot_err_deg"] = round(_m.pose_errors(T_i, ground_truth)["rotation_deg"], 1)
@@ -252,8 +261,9 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
             best = (float(c_i), T_i, pairs)
     timings["icp_s"] = time.perf_counter() - t1
     if best is None:
-        raise GeometryError("correspondences: no pose hypothesis keeps the liver in front of "
-                            "the camera (no consistent correspondences)")
+        raise GeometryError("correspondences: fewer than 4 correspondences at every pose "
+                            "hypothesis (or none keeps the liver in front of the camera); no "
+                            "pose can be computed")
     s1, T1, pairs = best
     corr = correspondences_of(pairs, camera)
     if len(corr) < 4:
