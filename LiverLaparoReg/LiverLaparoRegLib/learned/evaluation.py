@@ -71,7 +71,8 @@ def reprojection_px(T_est, T_true, vertices, visible, cam):
 
 
 def demo_case(out_dir, seed: int = 3) -> dict:
-    """The demo's learned case: the bundled model on one SYNTHETIC frame of the held-out
+    """The demo's learned case: the default learned method (the bundled landmark model,
+    :func:`.landmarks_infer.register_landmarks`) on one SYNTHETIC frame of the held-out
     SciKit-Surgery liver (P2ILF camera); writes ``laparo_learned_overlay.png`` (frame,
     true outline, estimated outline, correspondences: inliers green, outliers red)."""
     from pathlib import Path  # noqa: PLC0415
@@ -83,11 +84,11 @@ def demo_case(out_dir, seed: int = 3) -> dict:
     from ..bench import sample_data_dir  # noqa: PLC0415
     from ..camera import load_camera  # noqa: PLC0415
     from ..raster import mesh_outline_uv  # noqa: PLC0415
-    from .infer import register_learned  # noqa: PLC0415
+    from .landmarks_infer import register_landmarks  # noqa: PLC0415
     from .modelfile import load_model  # noqa: PLC0415
 
     try:
-        net, rec = load_model(None)
+        net, rec = load_model(None, kind="landmarks")
     except Exception as exc:  # noqa: BLE001  (no bundled model: say so, do not fail)
         return {"skipped": f"no bundled learned model ({exc})"}
     mesh, tm, _ = held_out_train_mesh()
@@ -98,7 +99,7 @@ def demo_case(out_dir, seed: int = 3) -> dict:
     out = {"case": "SYNTHETIC frame of the held-out SciKit-Surgery liver, P2ILF camera",
            "model": rec.get("path")}
     try:
-        r = register_learned(mesh, cam, img, mask, net=net, ground_truth=T)
+        r = register_landmarks(mesh, cam, img, mask, net=net, ground_truth=T)
     except Exception as exc:  # noqa: BLE001
         out["error"] = str(exc)
         return out
@@ -124,7 +125,7 @@ def demo_case(out_dir, seed: int = 3) -> dict:
     ax.legend(loc="lower right", fontsize=6)
     ax.set_title(f"SYNTHETIC frame, held-out liver: learned (no init, no contours) rot "
                  f"{out['rotation_deg']:.1f} deg, centroid {out['centroid_error_mm']:.1f} mm, "
-                 f"Dice {out['mask_dice']:.3f}", fontsize=8)
+                 f"Dice {out['mask_dice']:.3f}; its verdict: {out['quality']}", fontsize=8)
     fig.savefig(Path(out_dir) / "laparo_learned_overlay.png", dpi=100)
     plt.close(fig)
     out["picture"] = "laparo_learned_overlay.png"
@@ -247,7 +248,7 @@ def run_bench(model=None, frames=10, seed=0, stage2_frames=4, quick=False, log=p
 
         t0 = time.perf_counter()
         try:
-            r = register_learned(mesh, cam, img, mask, net=net, ground_truth=T)
+            r = register_landmarks(mesh, cam, img, mask, net=net, ground_truth=T)
             dt = time.perf_counter() - t0
             st1 = r.timings.get("network_s", 0) + r.timings.get("pnp_s", 0)
             extra = {"correspondences": len(r.correspondences),
