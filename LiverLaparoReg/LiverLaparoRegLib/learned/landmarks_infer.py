@@ -135,6 +135,20 @@ def _in_front(T, lm: MeshLandmarks) -> bool:
     return bool(np.isfinite(T).all() and (lm.v @ T[2, :3] + T[2, 3]).min() > 1.0)
 
 
+def _pushed_in_front(T, lm: MeshLandmarks, min_z: float = 5.0):
+    """``T`` with the liver moved away from the camera along its centre's viewing ray
+    until every vertex is at least ``min_z`` mm in front (the search works on a point
+    subset, so its pose can put a few vertices behind the camera of a close-up)."""
+    T = np.array(T, float)
+    cc = T[:3, :3] @ lm.c + T[:3, 3]
+    dz = (lm.v - lm.c) @ T[2, :3]
+    if cc[2] <= 0:
+        return T
+    k = max(1.0, (min_z - dz.min()) / cc[2])
+    T[:3, 3] += (k - 1.0) * cc
+    return T
+
+
 def _rot_deg(A, B) -> float:
     R = np.asarray(A)[:3, :3] @ np.asarray(B)[:3, :3].T
     return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
@@ -149,8 +163,12 @@ AMBIGUOUS_MARGIN, AMBIGUOUS_DEG = (0.15, 0.5), 30.0
 #: candidates of the search that get the image ICP: at most this many, within this cost
 #: (network px) of the best
 ICP_CANDIDATES, ICP_WITHIN_PX = 4, 0.6
-#: ridge weight of the search with the network's maps (see ``register_landmarks``)
-W_RIDGE_LEARNED = W_RIDGE
+#: ridge weight of the search with the network's maps (see ``register_landmarks``): 0,
+#: the silhouette alone. On development runs (12 SYNTHETIC frames of the training P2ILF
+#: mesh) the bundled networks' ridge maps made the search worse, not better: within 10
+#: deg 5 of 12 without them, 1 (v1) and 3 (v2) of 12 with weight 0.5; with the TRUE ridge
+#: maps the weight 0.5 helps (8 of 12 against 5). Given maps (``maps=``) use W_RIDGE.
+W_RIDGE_LEARNED = 0.0
 
 
 def observed_2d(obs: Dict, ridge_map, camera) -> Observed2D:
@@ -241,9 +259,10 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
             entry["search_rot_err_deg"] = round(_m.pose_errors(T0, ground_truth)["rotation_deg"], 1)
         if best is not None and (c0 > cands[0][1] + ICP_WITHIN_PX or i >= ICP_CANDIDATES):
             continue
-        if not _in_front(T0, lm):
-            entry["skipped"] = "the liver is not wholly in front of the camera"
-            continue
+        if not _in_front(T0, lm):        # a close-up: move it back along its centre's ray
+            T0 = _pushed_in_front(T0, lm)
+            c0 = pose_cost(T0, lm, obs2, w_ridge)
+            entry["pushed_back_cost_px"] = round(c0, 4)
         # the image ICP in the full frame (distortion, full resolution); kept only when
         # it does not raise the search cost (ridge over-detection can pull it away)
         T_i, pairs = icp(T0, lm, camera, obs)
