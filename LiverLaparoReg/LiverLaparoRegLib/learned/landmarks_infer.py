@@ -263,6 +263,9 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
             T0 = _pushed_in_front(T0, lm)
             c0 = pose_cost(T0, lm, obs2, w_ridge)
             entry["pushed_back_cost_px"] = round(c0, 4)
+            if not _in_front(T0, lm):    # the liver's centre is behind the camera
+                entry["skipped"] = "the liver is behind the camera"
+                continue
         # the image ICP in the full frame (distortion, full resolution); kept only when
         # it does not raise the search cost (ridge over-detection can pull it away)
         T_i, pairs = icp(T0, lm, camera, obs)
