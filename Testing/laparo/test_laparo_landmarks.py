@@ -264,3 +264,21 @@ def test_landmarks_ddp_two_process_gloo_replicas_equal(tmp_path):
         pool.render_one()
         imgs.append(pool.arrays()["image"][0])
     assert not np.array_equal(imgs[0], imgs[1])
+
+
+def test_close_up_candidate_is_pushed_in_front(frame):
+    """A hypothesis with vertices behind the camera (a close-up the search's point subset
+    allowed) is moved back along its centre's ray until every vertex is >= 5 mm in front;
+    the rotation and the centre's image position are kept."""
+    mesh, tm, cam, T, img, mask = frame
+    lm = lsearch.MeshLandmarks(mesh)
+    T0 = np.array(T, float)
+    cc = T0[:3, :3] @ lm.c + T0[:3, 3]
+    T0[:3, 3] -= 0.9 * cc                                # centre at 10 % of its depth
+    assert not li._in_front(T0, lm)
+    T1 = li._pushed_in_front(T0, lm)
+    z = lm.v @ T1[2, :3] + T1[2, 3]
+    assert li._in_front(T1, lm) and abs(z.min() - 5.0) < 1e-6
+    assert np.allclose(T1[:3, :3], T0[:3, :3])
+    c0, c1 = T0[:3, :3] @ lm.c + T0[:3, 3], T1[:3, :3] @ lm.c + T1[:3, 3]
+    assert np.allclose(c0[:2] / c0[2], c1[:2] / c1[2])
