@@ -299,6 +299,14 @@ def net_to_full_px(uv_net: np.ndarray, cam) -> np.ndarray:
                      (uv[:, 1] + 0.5) * cam.height / NET_H - 0.5], 1)
 
 
+def full_to_net_px(uv_full: np.ndarray, cam) -> np.ndarray:
+    """Pixels of the full frame of ``cam`` -> network-image pixel coordinates (the inverse
+    of :func:`net_to_full_px`)."""
+    uv = np.asarray(uv_full, float).reshape(-1, 2)
+    return np.stack([(uv[:, 0] + 0.5) * NET_W / cam.width - 0.5,
+                     (uv[:, 1] + 0.5) * NET_H / cam.height - 0.5], 1)
+
+
 def grid_centres_net() -> np.ndarray:
     """``(GRID_H * GRID_W, 2)`` network-pixel ``(u, v)`` of the feature-grid cell centres
     (row-major)."""

@@ -248,7 +248,7 @@ def run_bench(model=None, frames=10, seed=0, stage2_frames=4, quick=False, log=p
 
         t0 = time.perf_counter()
         try:
-            r = register_landmarks(mesh, cam, img, mask, net=net, ground_truth=T)
+            r = register_learned(mesh, cam, img, mask, net=net, ground_truth=T)
             dt = time.perf_counter() - t0
             st1 = r.timings.get("network_s", 0) + r.timings.get("pnp_s", 0)
             extra = {"correspondences": len(r.correspondences),

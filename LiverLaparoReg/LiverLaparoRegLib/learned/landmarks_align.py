@@ -38,7 +38,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, MeshLandmarks, \
-    distinct_hypotheses, moment_translations, rodrigues, rotation_grid
+    distinct_hypotheses, moment_translations, project_pinhole, rotation_grid
 
 #: caps (network px) of the per-point distances: beyond them a point is an outlier
 CAP_IN, CAP_COVER, CAP_RIDGE = 4.0, 12.0, 8.0
@@ -125,15 +125,6 @@ def _sample_map(m, u, v):
     g = torch.stack([(u + 0.5) / W * 2 - 1, (v + 0.5) / H * 2 - 1], -1)
     return F.grid_sample(m[None, None].expand(u.shape[0], 1, H, W), g[:, None],
                          mode="bilinear", padding_mode="border", align_corners=False)[:, 0, 0]
-
-
-def _project(Y, K):
-    """Camera-frame points ``(B, N, 3)`` -> pixels ``u, v`` and depth ``z`` (pinhole)."""
-    z = Y[..., 2]
-    zc = z.clamp(min=1.0)
-    u = K[0, 0] * Y[..., 0] / zc + K[0, 1] * Y[..., 1] / zc + K[0, 2]
-    v = K[1, 1] * Y[..., 1] / zc + K[1, 2]
-    return u, v, z
 
 
 def _nearest(P, uv, valid=None, cache=None, key=""):
@@ -224,7 +215,7 @@ def chamfer_cost(R, t, mp: ModelPoints, obs: Observed2D, outline, ridge=None,
     Q, h, Qr, Nr, hr = mp
     w_ridge = W_RIDGE if w_ridge is None else w_ridge
     Y = torch.einsum("bij,nj->bni", R, Q) + t[:, None]
-    u, v, z = _project(Y, obs.K)
+    u, v, z = project_pinhole(Y, obs.K)
     inside = (u >= -0.5) & (u <= obs.W - 0.5) & (v >= -0.5) & (v <= obs.H - 0.5) & (z > 1.0)
     d_in = _sample_map(obs.dt_out, u, v)
     behind = (z <= 1.0).to(Y.dtype)
@@ -241,7 +232,7 @@ def chamfer_cost(R, t, mp: ModelPoints, obs: Observed2D, outline, ridge=None,
         return cost
     Yr = torch.einsum("bij,nj->bni", R, Qr) + t[:, None]
     front = ((torch.einsum("bij,nj->bni", R, Nr) * Yr).sum(-1) < 0)
-    ur, vr, zr = _project(Yr, obs.K)
+    ur, vr, zr = project_pinhole(Yr, obs.K)
     seen = front & (ur >= -0.5) & (ur <= obs.W - 0.5) & (vr >= -0.5) & (vr <= obs.H - 0.5) \
         & (zr > 1.0) & (_sample_map(obs.dt_out, ur, vr) < 1.0) \
         & _unoccluded(u.detach(), v.detach(), z.detach(), ur.detach(), vr.detach(),
@@ -264,6 +255,7 @@ def _optimise(R0, t0, mp, obs, outline, ridge, steps: int, rotate: bool,
     ``(R, t, cost)`` seen per hypothesis."""
     import torch  # noqa: PLC0415
 
+    from SurgicalReg2D3DLib.poses import so3_exp  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel  # noqa: PLC0415
 
     z0 = t0[:, 2].clamp(min=5.0)
@@ -283,7 +275,7 @@ def _optimise(R0, t0, mp, obs, outline, ridge, steps: int, rotate: bool,
         cache["refresh"] = k % pair_every == 0 or k == steps
         z = torch.exp(s)
         t = torch.cat([ab * z[:, None], z[:, None]], 1)
-        R = (rodrigues(w) @ R0) if rotate else R0
+        R = (so3_exp(w) @ R0) if rotate else R0
         c = chamfer_cost(R, t, mp, obs, outline, ridge, w_ridge=w_ridge, cache=cache)
         with torch.no_grad():
             better = c < best_c

@@ -119,9 +119,8 @@ def observations(maps: np.ndarray, mask: np.ndarray, camera, threshold: float = 
     r, c = np.nonzero(edge)
     uv = np.stack([(c + 0.5) * camera.width / W - 0.5, (r + 0.5) * camera.height / H - 0.5], 1)
     sil = cv2.dilate(maps[2], np.ones((3, 3), np.uint8))
-    un = np.clip(np.round((uv[:, 0] + 0.5) * data.NET_W / camera.width - 0.5), 0, data.NET_W - 1)
-    vn = np.clip(np.round((uv[:, 1] + 0.5) * data.NET_H / camera.height - 0.5), 0, data.NET_H - 1)
-    p = sil[vn.astype(int), un.astype(int)]
+    uvn = np.round(data.full_to_net_px(uv, camera)).astype(int)
+    p = sil[np.clip(uvn[:, 1], 0, data.NET_H - 1), np.clip(uvn[:, 0], 0, data.NET_W - 1)]
     keep = p >= 0.3
     if keep.sum() < max(8, len(p) / 3):
         keep = np.ones(len(p), bool)
@@ -176,10 +175,8 @@ def observed_2d(obs: Dict, ridge_map, camera) -> Observed2D:
     ridge map on the network grid."""
     from . import data  # noqa: PLC0415
 
-    sil = np.asarray(obs["silhouette"], float).reshape(-1, 2)
-    sil_net = np.stack([(sil[:, 0] + 0.5) * data.NET_W / camera.width - 0.5,
-                        (sil[:, 1] + 0.5) * data.NET_H / camera.height - 0.5], 1)
-    return Observed2D(obs["mask_net"], sil_net, ridge_map, data.net_camera(camera).K)
+    return Observed2D(obs["mask_net"], data.full_to_net_px(obs["silhouette"], camera),
+                      ridge_map, data.net_camera(camera).K)
 
 
 # ----------------------------------------------------------------------------- register

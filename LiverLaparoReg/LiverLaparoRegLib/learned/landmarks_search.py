@@ -85,14 +85,14 @@ class MeshLandmarks:
 
 
 # ----------------------------------------------------------------------------- search
-def _project(Y, t, K):
-    """``Y (B, N, 3)`` centred camera-frame points + ``t (B, 3)`` -> pixels ``(B, N, 2)``,
-    depth ``(B, N)`` (pinhole, no distortion: the search is coarse)."""
-    P = Y + t[:, None]
-    z = P[..., 2]
-    zc = z.clamp(min=1e-3)
-    u = K[0, 0] * P[..., 0] / zc + K[0, 1] * P[..., 1] / zc + K[0, 2]
-    v = K[1, 1] * P[..., 1] / zc + K[1, 2]
+def project_pinhole(Y, K):
+    """Camera-frame points ``Y (B, N, 3)`` -> pixels ``u, v`` and depth ``z`` ``(B, N)``
+    (pinhole with skew, no distortion: the search is coarse; depths below 1 mm are
+    clamped for the division, callers treat such points as behind the camera)."""
+    z = Y[..., 2]
+    zc = z.clamp(min=1.0)
+    u = K[0, 0] * Y[..., 0] / zc + K[0, 1] * Y[..., 1] / zc + K[0, 2]
+    v = K[1, 1] * Y[..., 1] / zc + K[1, 2]
     return u, v, z
 
 
@@ -114,7 +114,7 @@ def moment_translations(Ym, K, mask_net, iterations: int = 3):
     y = (mu[1] - float(K[1, 2])) / fy * tz
     t = torch.stack([x, y, tz], 1)
     for _ in range(iterations):
-        u, v, z = _project(Ym, t, K)
+        u, v, z = project_pinhole(Ym + t[:, None], K)
         ins = ((u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1) & (z > 1.0)).to(Ym.dtype)
         n = ins.sum(1).clamp(min=1)
         cu, cv = (u * ins).sum(1) / n, (v * ins).sum(1) / n
@@ -129,18 +129,6 @@ def moment_translations(Ym, K, mask_net, iterations: int = 3):
         t = torch.stack([t[:, 0] * scale + (mu[0] - cu) / fx * tz_new,
                          t[:, 1] * scale + (mu[1] - cv) / fy * tz_new, tz_new], 1)
     return t
-
-
-def rodrigues(w):
-    import torch  # noqa: PLC0415
-
-    th = w.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    k = w / th
-    Kx = torch.zeros(len(w), 3, 3, dtype=w.dtype)
-    Kx[:, 0, 1], Kx[:, 0, 2], Kx[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
-    Kx = Kx - Kx.transpose(1, 2)
-    s, c = torch.sin(th)[..., None], torch.cos(th)[..., None]
-    return torch.eye(3, dtype=w.dtype) + s * Kx + (1 - c) * Kx @ Kx
 
 
 def distinct_hypotheses(Rs, ts, scores, k, min_deg):
