@@ -23,12 +23,9 @@ import torch
 
 
 def main() -> None:
-    from FluoroRegLib.learned.bench import make_cases
-    from FluoroRegLib.learned.model_file import load_model_file
+    from FluoroRegLib.learned.bench import bench_inputs, make_cases
     from FluoroRegLib.learned.register import register_with_model
     from FluoroRegLib.refine import pose_errors
-    from FluoroRegLib.simulate import downsample_ct, read_ct
-    from SurgicalReg2D3DLib.paths import sample_data_path
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="1,2,3")
@@ -41,9 +38,7 @@ def main() -> None:
                     choices=["none", "flagged", "all"], help="quality steps to run")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    hu, m = read_ct(str(sample_data_path("ct/thorax_aorta_ct_cropped.nii.gz")))
-    data = load_model_file(args.model)
-    hu2, m2 = downsample_ct(hu, m, 2)
+    hu, m, data, hu2, m2 = bench_inputs(args.model)
     rows = []
     with open(args.out, "w") as out:
         for seed in [int(s) for s in args.seeds.split(",")]:

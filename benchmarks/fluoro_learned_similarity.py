@@ -34,11 +34,9 @@ def _pct(v, q):
 
 
 def main() -> None:
-    from FluoroRegLib.learned.bench import make_cases
+    from FluoroRegLib.learned.bench import bench_inputs, make_cases
     from FluoroRegLib.learned.model_file import load_model_file
     from FluoroRegLib.learned.register import register_with_model
-    from FluoroRegLib.simulate import downsample_ct, read_ct
-    from SurgicalReg2D3DLib.paths import sample_data_path
 
     weights = os.path.join(os.path.dirname(__file__), "..", "FluoroReg", "FluoroRegLib", "weights")
     ap = argparse.ArgumentParser()
@@ -61,9 +59,7 @@ def main() -> None:
     pipelines = [("regressor" + tail, None)] * bool(args.baseline) + [
         (f"regressor+sim[{s.split('=', 1)[0]}]{tail}", load_model_file(s.split("=", 1)[1]))
         for s in sims]
-    hu, m = read_ct(str(sample_data_path("ct/thorax_aorta_ct_cropped.nii.gz")))
-    data = load_model_file(args.model)
-    hu2, m2 = downsample_ct(hu, m, 2)
+    hu, m, data, hu2, m2 = bench_inputs(args.model)
     rows = []
     with open(args.out, "w") as out:
         for seed in [int(s) for s in args.seeds.split(",")]:

@@ -92,6 +92,20 @@ def make_cases(hu, m, data: dict, n_cases: int, seed: int = 1, photons: float = 
     return cases
 
 
+def bench_inputs(model_path, ct_path=None):
+    """What the learned benchmark scripts start from: ``(hu, mask, model data, hu at half
+    resolution, mask at half resolution)`` for the shipped cropped thorax CT (or
+    ``ct_path``) and the model file ``model_path``."""
+    from SurgicalReg2D3DLib.paths import sample_data_path  # noqa: PLC0415
+
+    from ..simulate import downsample_ct, read_ct  # noqa: PLC0415
+    from .model_file import load_model_file  # noqa: PLC0415
+
+    hu, m = read_ct(str(ct_path or sample_data_path("ct/thorax_aorta_ct_cropped.nii.gz")))
+    hu2, m2 = downsample_ct(hu, m, 2)
+    return hu, m, load_model_file(model_path), hu2, m2
+
+
 def run_learned_bench(ct_path, model_path, out_dir: Path, n_cases: int = 20, seed: int = 1,
                       views: Sequence[int] = (1, 2), methods: Optional[Sequence[str]] = None,
                       threshold_mm: float = 1.0, print_rows: bool = True,

@@ -23,7 +23,6 @@ and the stop for all (broadcast each step) and writes the model and checkpoints.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -131,8 +130,9 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     import torch  # noqa: PLC0415
 
     from .landmarks_net import LandmarkNet, landmark_losses  # noqa: PLC0415
-    from .modelfile import read_model_file, save_model  # noqa: PLC0415
-    from .train import ddp_setup, rank0_decides, training_meshes  # noqa: PLC0415
+    from .modelfile import read_model_file  # noqa: PLC0415
+    from .train import ddp_setup, rank0_decides, training_meshes, \
+        write_training_files  # noqa: PLC0415
 
     if steps < 1 or batch < 1 or samples < 1:
         raise InputError("steps: --steps, --batch and --samples must be positive")
@@ -195,13 +195,8 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                   "lr": lr, "samples": pool.size() * world, "meshes": mesh_desc,
                   "device": str(dev), "world_size": world,
                   "loss_history": history, "wall_s": wall_before + time.time() - t_start,
-                  "render_s": render_s, "finished": final,
-                  "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                  "param_checksum": float(sum(p.detach().double().abs().sum()
-                                              for p in model.parameters()))}
-        if rank == 0:
-            save_model(out, model, "landmarks", record)
-            torch.save({"optimizer": opt.state_dict()}, str(out) + ".ckpt")
+                  "render_s": render_s, "finished": final}
+        record = write_training_files(out, model, opt, "landmarks", record, rank)
 
     model.train()
     run = []

@@ -162,6 +162,24 @@ def rank0_decides(frac: float, stop: bool, dev, world: int):
     return float(sync[0]), bool(sync[1])
 
 
+def write_training_files(out, model, opt, kind: str, record: dict, rank: int) -> dict:
+    """Complete ``record`` with the fields every training kind records (load average,
+    parameter checksum) and, on rank 0, write the model file and the optimiser state
+    (``<out>.ckpt``). Returns the completed record."""
+    import torch  # noqa: PLC0415
+
+    from .modelfile import save_model  # noqa: PLC0415
+
+    record = dict(record,
+                  load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                  param_checksum=float(sum(p.detach().double().abs().sum()
+                                           for p in model.parameters())))
+    if rank == 0:
+        save_model(out, model, kind, record)
+        torch.save({"optimizer": opt.state_dict()}, str(out) + ".ckpt")
+    return record
+
+
 def train_stage1(out, steps: int = 2000, max_minutes: float = 60.0, seed: int = 0,
                  batch: int = 8, lr: float = 1e-3, samples: int = 2048,
                  meshes: Optional[Sequence[str]] = None, data_cache=None, resume=None,
@@ -172,7 +190,7 @@ def train_stage1(out, steps: int = 2000, max_minutes: float = 60.0, seed: int = 
     Returns the training record (loss history included)."""
     import torch  # noqa: PLC0415
 
-    from .modelfile import read_model_file, save_model  # noqa: PLC0415
+    from .modelfile import read_model_file  # noqa: PLC0415
     from .net import StageOne, losses  # noqa: PLC0415
 
     if steps < 1 or batch < 1 or samples < 1:
@@ -231,13 +249,8 @@ def train_stage1(out, steps: int = 2000, max_minutes: float = 60.0, seed: int = 
                   "command": command, "seed": seed, "steps": step, "batch": batch * world,
                   "lr": lr, "samples": n, "meshes": mesh_desc, "world_size": world,
                   "device": str(dev), "loss_history": history,
-                  "wall_s": wall_before + time.time() - t_start, "finished": final,
-                  "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                  "param_checksum": float(sum(p.detach().double().abs().sum()
-                                              for p in model.parameters()))}
-        if rank == 0:
-            save_model(out, model, "stage1", record)
-            torch.save({"optimizer": opt.state_dict()}, str(out) + ".ckpt")
+                  "wall_s": wall_before + time.time() - t_start, "finished": final}
+        record = write_training_files(out, model, opt, "stage1", record, rank)
 
     model.train()
     run = []
