@@ -59,21 +59,59 @@ def visible_landmarks(lm: MeshLandmarks, T, camera, width: int = 320):
     return (rid, lm.v[rid]), (sid, sp)
 
 
-def icp(T, lm: MeshLandmarks, camera, obs, iterations: int = 12, per_term: int = 200):
-    """Image ICP on ridge + silhouette pairs from ``T`` (module docstring, step 5).
-    Returns ``(T, pairs)``; ``pairs``: list of ``(class, 2D px (N, 2), 3D vertex ids (N,),
-    3D points (N, 3), confidence (N,))`` of the last iteration."""
-    import cv2  # noqa: PLC0415
+def _terms(obs):
+    """The 2D terms of ``obs`` with >= 3 pixels: ``(class, pixels, confidences, kd-tree)``."""
     from scipy.spatial import cKDTree  # noqa: PLC0415
 
-    K = camera.K
-    dist = camera.dist_coeffs if camera.has_distortion else np.zeros(5)
-    rng = np.random.default_rng(0)
     terms = []
     for name in ("ridge", "silhouette"):
         p2 = np.asarray(obs.get(name, np.zeros((0, 2))), float)
         if len(p2) >= 3:
             terms.append((name, p2, np.asarray(obs[name + "_conf"], float), cKDTree(p2)))
+    return terms
+
+
+def pairs_at(T, lm: MeshLandmarks, camera, obs, per_term: int = 200, terms=None, rng=None,
+             rtvec=None):
+    """The 2D-3D pairs at pose ``T``: list of ``(class, 2D px (N, 2), 3D vertex ids (N,),
+    3D points (N, 3), confidence (N,), pair distance px (N,))`` (see :func:`icp`);
+    ``rtvec``: ``T`` as OpenCV's ``(rvec, tvec)`` when the caller has it."""
+    import cv2  # noqa: PLC0415
+
+    terms = _terms(obs) if terms is None else terms
+    rng = np.random.default_rng(0) if rng is None else rng
+    dist = camera.dist_coeffs if camera.has_distortion else np.zeros(5)
+    rvec, tvec = rtvec if rtvec is not None else (cv2.Rodrigues(np.asarray(T)[:3, :3])[0],
+                                                  np.asarray(T)[:3, 3].reshape(3, 1))
+    (rid, rp), (sid, sp) = visible_landmarks(lm, T, camera)
+    pairs = []
+    for name, p2, conf, tree in terms:
+        ids, P = (rid, rp) if name == "ridge" else (sid, sp)
+        if len(P) < 3:
+            continue
+        uv = cv2.projectPoints(P, rvec, tvec, camera.K, dist)[0].reshape(-1, 2)
+        ins = ((uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0)
+               & (uv[:, 1] < camera.height))
+        P, ids, uv = P[ins], ids[ins], uv[ins]
+        if len(P) < 3:
+            continue
+        pr, d = _pairs(uv, p2, tree)
+        if len(pr) > per_term:
+            pick = rng.choice(len(pr), per_term, replace=False)
+            pr, d = pr[pick], d[pick]
+        pairs.append((name, p2[pr[:, 1]], ids[pr[:, 0]], P[pr[:, 0]], conf[pr[:, 1]], d))
+    return pairs
+
+
+def icp(T, lm: MeshLandmarks, camera, obs, iterations: int = 12, per_term: int = 200):
+    """Image ICP on ridge + silhouette pairs from ``T`` (module docstring, step 5).
+    Returns ``(T, pairs)``; ``pairs``: :func:`pairs_at` of the last iteration."""
+    import cv2  # noqa: PLC0415
+
+    K = camera.K
+    dist = camera.dist_coeffs if camera.has_distortion else np.zeros(5)
+    rng = np.random.default_rng(0)
+    terms = _terms(obs)
     rvec = cv2.Rodrigues(T[:3, :3])[0]
     tvec = T[:3, 3].reshape(3, 1).copy()
     pairs = []
@@ -81,29 +119,12 @@ def icp(T, lm: MeshLandmarks, camera, obs, iterations: int = 12, per_term: int =
         Tc = np.eye(4)
         Tc[:3, :3] = cv2.Rodrigues(rvec)[0]
         Tc[:3, 3] = np.ravel(tvec)
-        src, dst, pairs = [], [], []
-        (rid, rp), (sid, sp) = visible_landmarks(lm, Tc, camera)
-        for name, p2, conf, tree in terms:
-            ids, P = (rid, rp) if name == "ridge" else (sid, sp)
-            if len(P) < 3:
-                continue
-            uv = cv2.projectPoints(P, rvec, tvec, K, dist)[0].reshape(-1, 2)
-            ins = ((uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0)
-                   & (uv[:, 1] < camera.height))
-            P, ids, uv = P[ins], ids[ins], uv[ins]
-            if len(P) < 3:
-                continue
-            pr, d = _pairs(uv, p2, tree)
-            if len(pr) > per_term:
-                pick = rng.choice(len(pr), per_term, replace=False)
-                pr, d = pr[pick], d[pick]
-            src.append(P[pr[:, 0]])
-            dst.append(p2[pr[:, 1]])
-            pairs.append((name, p2[pr[:, 1]], ids[pr[:, 0]], P[pr[:, 0]], conf[pr[:, 1]], d))
-        if not src or sum(len(s) for s in src) < 6:
+        pairs = pairs_at(Tc, lm, camera, obs, per_term, terms, rng, (rvec, tvec))
+        if sum(len(p[1]) for p in pairs) < 6:
             break
         prev = np.r_[np.ravel(rvec), np.ravel(tvec)]
-        rvec, tvec = cv2.solvePnPRefineLM(np.concatenate(src), np.concatenate(dst), K, dist,
+        rvec, tvec = cv2.solvePnPRefineLM(np.concatenate([p[3] for p in pairs]),
+                                          np.concatenate([p[1] for p in pairs]), K, dist,
                                           rvec, tvec, (3, 10, 1e-10))
         ch = np.abs(np.r_[np.ravel(rvec), np.ravel(tvec)] - prev)
         if ch[:3].max() < 1e-5 and ch[3:].max() < 1e-3:

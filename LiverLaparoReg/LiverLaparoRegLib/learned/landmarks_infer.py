@@ -50,7 +50,7 @@ import numpy as np
 
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 
-from .landmarks_icp import correspondences_of, icp, visible_landmarks
+from .landmarks_icp import correspondences_of, icp, pairs_at, visible_landmarks
 from .landmarks_align import W_RIDGE, Observed2D, align_search, pose_cost
 from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, MeshLandmarks
 
@@ -269,7 +269,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         c_i = pose_cost(T_i, lm, obs2, w_ridge) if _in_front(T_i, lm) else np.inf
         if not c_i <= c0 + 0.05:
             T_i, c_i = T0, c0
-            _, pairs = icp(T0, lm, camera, obs, iterations=1)   # the pairs at T0
+            pairs = pairs_at(T0, lm, camera, obs)
         if sum(len(p[2]) for p in pairs) < 4:
             entry["skipped"] = "fewer than 4 correspondences"
             continue
