@@ -6,9 +6,10 @@ Run::
     nice -n 10 python benchmarks/laparo_learned.py --stage1-matcher [--frames 6]   # older
 
 Default (landmark protocol, :func:`run_landmarks`): the landmark model (kind
-``landmarks``: 2D landmark maps learned, 3D side geometric, global search, image ICP,
-refinement), the same pipeline fed the TRUE 2D landmark maps (an oracle that isolates the
-network from the geometric steps), the old Stage I matcher, contour-PnP and the
+``landmarks``: 2D landmark maps and camera-frame normal map learned, 3D side geometric,
+global search, image ICP, refinement), its ablations (no normal map; ridge weight 0.5),
+the same pipeline fed the TRUE 2D landmark maps with and without the TRUE normal map
+(oracles that isolate the network from the geometric steps), the old Stage I matcher, contour-PnP and the
 silhouette method, on the frames described below (``--seeds``: frame sets; frame ``k``
 of seed ``S`` from ``numpy.random.default_rng([S, 1000 + k])``). Writes
 ``benchmarks/results/laparo_learned.{md,json}`` (+ ``.rows.jsonl`` while it runs); the
@@ -127,6 +128,17 @@ def map_f1(pred, true, mask_net, tol_px: int = 1):
     return out
 
 
+def normal_error_deg(pred, true, mask_net):
+    """Median angle (deg) between predicted and true camera-frame normals ``(3, H, W)``
+    over the mask's pixels where the true map has a normal."""
+    on = (mask_net > 0) & (np.linalg.norm(true, axis=0) > 0.5)
+    if not on.any():
+        return None
+    p = pred[:, on] / np.maximum(np.linalg.norm(pred[:, on], axis=0), 1e-9)
+    t = true[:, on] / np.linalg.norm(true[:, on], axis=0)
+    return _r(np.degrees(np.median(np.arccos(np.clip((p * t).sum(0), -1, 1)))), 1)
+
+
 def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True,
                   baselines=True, log=print, out_rows=None):
     """The landmark-model protocol (see the module docstring): per SYNTHETIC frame of the
@@ -167,9 +179,14 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
             view = T[:3, :3].T @ np.array([0.0, 0.0, 1.0])      # viewing direction, model
             base["view_deg_from_search_axis"] = round(float(np.degrees(np.arccos(np.clip(
                 view @ np.asarray(VIEW_AXIS) / np.linalg.norm(VIEW_AXIS), -1, 1)))), 1)
-            base["map_f1"] = map_f1(pred, true, mask_net=li.observations(true, mask, cam)[
-                "mask_net"])
+            mask_net = li.observations(true, mask, cam)["mask_net"]
+            base["map_f1"] = map_f1(pred, true, mask_net=mask_net)
+            true_n = np.concatenate([true, li.true_normals(mesh.vertices, mesh.faces, T, cam)])
             variants = [("learned landmarks", {"net": net})]
+            if len(pred) == 6:                    # the normal map: its error and ablation
+                base["normal_error_deg_median"] = normal_error_deg(pred[3:], true_n[3:],
+                                                                   mask_net)
+                variants.append(("learned landmarks, no normals", {"net": net, "w_normal": 0.0}))
             if li.W_RIDGE_LEARNED > 0:           # the other choice of the ridge weight
                 variants.append(("learned landmarks, silhouette only", {"net": net,
                                                                         "w_ridge": 0.0}))
@@ -177,7 +194,8 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
                 variants.append((f"learned landmarks, ridge weight {li.W_RIDGE}",
                                  {"net": net, "w_ridge": li.W_RIDGE}))
             if oracle:
-                variants.append(("landmarks with TRUE 2D maps", {"maps": true}))
+                variants.append(("landmarks with TRUE 2D maps and normals", {"maps": true_n}))
+                variants.append(("landmarks with TRUE 2D maps, no normals", {"maps": true}))
             for name, kw in variants:
                 t0 = time.perf_counter()
                 try:
@@ -224,7 +242,9 @@ def markdown_landmarks(summ, meta, notes=""):
          f"Frames: {meta['frames']} per seed, seeds {meta['seeds']}. Landmark model: "
          f"`{meta['model']}`; training: {meta['model_training']}", "",
          "Network maps on the held-out frames (F1 against the true maps at the 128 x 96 grid, "
-         f"1 px tolerance), median: {meta.get('median_map_f1_held_out')}", ""]
+         f"1 px tolerance), median: {meta.get('median_map_f1_held_out')}; normal map, "
+         f"angle to the true normal over the mask (per-frame medians): "
+         f"{meta.get('normal_error_deg_held_out')}", ""]
     L += method_table(summ)
     L += ["", "Medians are over the frames where the method returned a pose; 'wrong' counts "
           "failures too. 'stage I' rows: the pose before the refinement (their time: network "
@@ -279,6 +299,11 @@ def main():
                 "load_average_end": list(os.getloadavg()),
                 "cpu": platform.processor() or platform.machine(), "torch_threads": 1}
         f1 = [r["map_f1"] for r in rows if r["method"] == "learned landmarks"]
+        ne = [r["normal_error_deg_median"] for r in rows if r["method"] == "learned landmarks"
+              and r.get("normal_error_deg_median") is not None]
+        if ne:
+            meta["normal_error_deg_held_out"] = {"median_of_frame_medians": _r(np.median(ne), 1),
+                                                 "max_of_frame_medians": _r(np.max(ne), 1)}
         meta["median_map_f1_held_out"] = {
             c: _r(np.median([x[c] for x in f1 if c in x]), 3)
             for c in ("ridge", "silhouette") if any(c in x for x in f1)}

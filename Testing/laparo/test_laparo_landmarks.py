@@ -282,3 +282,142 @@ def test_close_up_candidate_is_pushed_in_front(frame):
     assert np.allclose(T1[:3, :3], T0[:3, :3])
     c0, c1 = T0[:3, :3] @ lm.c + T0[:3, 3], T1[:3, :3] @ lm.c + T1[:3, 3]
     assert np.allclose(c0[:2] / c0[2], c1[:2] / c1[2])
+
+
+# ----------------------------------------------------------------------------- normal map
+def _sphere(radius=50.0, res=60):
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    src = vtk.vtkSphereSource()
+    src.SetRadius(radius)
+    src.SetThetaResolution(res)
+    src.SetPhiResolution(res)
+    src.Update()
+    pd = src.GetOutput()
+    return (vtk_to_numpy(pd.GetPoints().GetData()).astype(float),
+            vtk_to_numpy(pd.GetPolys().GetConnectivityArray()).reshape(-1, 3).astype(np.int64))
+
+
+def test_true_normal_map_of_a_sphere_is_radial():
+    """The camera-frame normal map of a sphere, against the analytic normal at the surface
+    point of each pixel (the pixel's ray cut with the sphere): within 3 deg, and every
+    normal faces the camera. A 30 deg turn of the sphere leaves the map the same (a sphere
+    has no orientation), a shift moves it."""
+    from LiverLaparoRegLib.camera import PinholeCamera  # noqa: PLC0415
+
+    v, f = _sphere()
+    cam = PinholeCamera(fx=900.0, fy=900.0, cx=640.0, cy=480.0, width=1280, height=960)
+    T = np.eye(4)
+    T[:3, 3] = [10.0, -5.0, 200.0]
+    nm = li.true_normals(v, f, T, cam)
+    K = data.net_camera(cam).K
+    on = np.linalg.norm(nm, axis=0) > 0.5
+    assert 200 < on.sum() < data.NET_H * data.NET_W
+    r, c = np.nonzero(on)
+    ray = np.linalg.solve(K, np.stack([c, r, np.ones_like(c)]).astype(float))
+    ray /= np.linalg.norm(ray, axis=0)
+    ctr = T[:3, 3][:, None]
+    b = (ray * ctr).sum(0)                        # |s ray - ctr| = R: nearer root
+    s = b - np.sqrt(np.maximum(b ** 2 - (ctr ** 2).sum() + 50.0 ** 2, 0))
+    n_ref = (s * ray - ctr) / 50.0
+    ang = np.degrees(np.arccos(np.clip((nm[:, on] * n_ref).sum(0), -1, 1)))
+    inner = np.linalg.norm(n_ref[:2], axis=0) < 0.9     # not the grazing rim pixels
+    assert np.median(ang) < 1.5 and ang[inner].max() < 3.0
+    assert np.all((nm[:, on] * ray).sum(0) < 0.05)
+    Rz = np.eye(4)
+    Rz[:3, :3] = np.array([[np.cos(0.5), -np.sin(0.5), 0], [np.sin(0.5), np.cos(0.5), 0],
+                           [0, 0, 1]])
+    assert np.median(np.abs(li.true_normals(v, f, T @ Rz, cam) - nm)[:, on]) < 0.02
+
+
+def test_normal_loss_and_flip_augmentation():
+    """The normal term is 0 for the true normals and large for opposite ones; a
+    horizontally flipped training sample gets its normal map mirrored with x negated (the
+    camera's x is mirrored), the other components mirrored only."""
+    from LiverLaparoRegLib.learned import landmarks_data as ld  # noqa: PLC0415
+    from LiverLaparoRegLib.learned.landmarks_train import _batch  # noqa: PLC0415
+
+    s = ld.landmark_sample(data.p2ilf_train_mesh(), np.random.default_rng([0, 3]))
+    m = torch.as_tensor(s["mask"][None].astype(np.float32))
+    n = torch.as_tensor(s["normals"][None])
+    t = torch.as_tensor(s["target"][None].astype(np.float32))
+    logits = torch.cat([torch.where(t > 0, 5.0, -5.0), 3.0 * n], 1)
+    good = landmark_losses(logits, t, None, n, m)
+    bad = landmark_losses(torch.cat([logits[:, :3], -3.0 * n], 1), t, None, n, m)
+    assert float(good["normal_deg"]) < 1.0 and float(bad["normal_deg"]) > 179.0
+    assert float(bad["total"]) - float(good["total"]) > 3.0
+    with pytest.raises(ValueError, match="^normals: "):
+        landmark_losses(logits, t)
+    arrs = {k: v[None] for k, v in ld.pack(s).items()}
+    true_n = ld.unpack_normals(arrs["normals"][0])
+    seen = set()
+    for k in range(12):
+        img, _, _, _, nrm, mask = _batch(arrs, np.array([0]), np.random.default_rng(k))
+        flipped = not np.allclose(mask[0].numpy(), s["mask"])
+        expect = true_n[:, :, ::-1] * np.array([-1.0, 1.0, 1.0])[:, None, None] if flipped \
+            else true_n
+        np.testing.assert_allclose(nrm[0].numpy(), expect, atol=1e-6)
+        seen.add(flipped)
+    assert seen == {True, False}
+
+
+def test_search_with_true_normals_from_no_pose():
+    """The global search (no initial pose, silhouette + TRUE normal map, no ridge) on a
+    SYNTHETIC frame of the P2ILF mesh: the best hypothesis is within 5 deg / 10 mm of the
+    true pose, with a clear margin over the best pose far from it; the normal term is near
+    0 at the true pose and grows with a rotation about the viewing axis."""
+    from LiverLaparoRegLib.bench import sample_data_dir  # noqa: PLC0415
+    from LiverLaparoRegLib.camera import load_camera  # noqa: PLC0415
+    from LiverLaparoRegLib.learned.evaluation import full_frame  # noqa: PLC0415
+    from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
+
+    tm = data.p2ilf_train_mesh()
+    cam = load_camera(sample_data_dir() / "p2ilf" / "cameraparams" /
+                      "acquisition-camera-metadata.json")
+    s, img, mask = full_frame(tm, cam, np.random.default_rng([5, 1000]))
+    T = s.model_to_camera
+    mesh = MeshData(tm.vertices, tm.faces)
+    maps = li.true_maps(tm.vertices, tm.faces, T, cam, ridge=tm.ridge)
+    nm = li.true_normals(tm.vertices, tm.faces, T, cam)
+    obs = li.observations(maps, mask, cam)
+    lm = lsearch.MeshLandmarks(mesh)
+    o2 = li.observed_2d(obs, None, cam, nm)
+    mp = lalign.model_points(lm, lalign.FINE_POINTS)
+
+    def normal_term(Tx):
+        R = torch.as_tensor(Tx[:3, :3], dtype=torch.float32)[None]
+        t = torch.as_tensor(Tx[:3, :3] @ lm.c + Tx[:3, 3], dtype=torch.float32)[None]
+        Y = torch.einsum("bij,nj->bni", R, mp.Q) + t[:, None]
+        u, v, z = lalign.project_pinhole(Y, o2.K)
+        return float(lalign._normal_term(R, Y, u, v, z, mp.N, o2)[0])
+
+    turned = []
+    for deg in (10.0, 25.0):
+        a = np.radians(deg)
+        Rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
+        Tx = T.copy()
+        Tx[:3, :3] = Rz @ T[:3, :3]
+        Tx[:3, 3] = Rz @ (T[:3, :3] @ lm.c + T[:3, 3]) - Tx[:3, :3] @ lm.c
+        turned.append(normal_term(Tx))
+    assert normal_term(T) < 0.01 < turned[0] < turned[1]
+    cands = lalign.align_search(lm, cam, o2, w_ridge=0.0)
+    e = lmetrics.pose_errors(cands[0][0], T, lm.c)
+    assert e["rotation_deg"] < 5.0 and e["centroid_error_mm"] < 10.0
+    far = [c for Tc, c in cands if lmetrics.pose_errors(Tc, T, lm.c)["rotation_deg"] > 30]
+    assert far and min(far) > cands[0][1] + 0.3
+
+
+def test_network_with_normals_gives_unit_normals_and_maps_are_checked(tmp_path, frame):
+    """A (tiny, untrained) network with normal channels: ``predict_maps`` returns 3
+    probabilities in [0, 1] and a unit normal per pixel; ``register_landmarks`` refuses
+    given maps of another shape, naming them."""
+    mesh, tm, cam, T, img, mask = frame
+    torch.manual_seed(0)
+    net = LandmarkNet(base=4, normals=True).eval()
+    maps = li.predict_maps(net, img, mask, cam)
+    assert maps.shape == (6, data.NET_H, data.NET_W)
+    assert maps[:3].min() >= 0 and maps[:3].max() <= 1
+    np.testing.assert_allclose(np.linalg.norm(maps[3:], axis=0), 1.0, atol=1e-4)
+    with pytest.raises(InputError, match=r"^maps: expected shape \(3, 96, 128\) or \(6"):
+        li.register_landmarks(mesh, cam, img, mask, maps=maps[:5])

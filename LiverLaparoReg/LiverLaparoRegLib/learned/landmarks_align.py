@@ -17,7 +17,11 @@ better:
   camera (sparse projection) is not disfavoured against a far one;
 - **ridge** (weight ``w_ridge``): the ridge vertices that are visible (front-facing, not
   behind the surface in a coarse z-buffer, inside the mask) near predicted ridge pixels
-  and predicted ridge pixels near visible ridge vertices (both directions, capped).
+  and predicted ridge pixels near visible ridge vertices (both directions, capped);
+- **normals** (weight ``w_normal``, only with a predicted normal map): at the visible
+  surface points inside the mask, ``1 - cos`` between the mesh's normal turned by ``R``
+  and the predicted camera-frame normal at the point's pixel. Unlike the outline, it
+  depends on the rotation directly, so it separates poses whose silhouettes agree.
 
 :func:`align_search` (no initial pose):
 
@@ -44,24 +48,34 @@ from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, MeshLandmarks, \
 CAP_IN, CAP_COVER, CAP_RIDGE = 4.0, 12.0, 8.0
 #: weight of the ridge terms (the silhouette terms have weight 1 each)
 W_RIDGE = 0.5
+#: weight (network px per unit of mean ``1 - cos``) of the normal term, and the cap of a
+#: point's ``1 - cos`` (60 deg: a point behind a fold that the coarse z-buffer misses is
+#: an outlier, not a vote against the pose)
+W_NORMAL, CAP_NORMAL = 4.0, 0.5
 #: search sizes: grid directions x rolls, coarse points / outline samples, candidates
-#: optimised in 6 DOF, candidates returned
+#: optimised in 6 DOF, candidates returned. The fine stage's 2,000 points (640 before
+#: 2026-12-06): in a close-up the 640 points (10 mm apart) left parts of the outline
+#: uncovered at the true pose (0.5 px of coverage cost against 0.0 with 2,000 points,
+#: on a development frame of the training mesh)
 GRID_DIRECTIONS, GRID_ROLLS = 480, 24
-COARSE_POINTS, COARSE_OUTLINE, FINE_POINTS, FINE_OUTLINE = 192, 64, 640, 160
+COARSE_POINTS, COARSE_OUTLINE, FINE_POINTS, FINE_OUTLINE = 192, 64, 2000, 160
 #: ridge samples: 3D ridge vertices, 2D ridge pixels (coarse, fine)
 RIDGE_POINTS, COARSE_RIDGE, FINE_RIDGE = 160, 64, 160
 FINE_CANDIDATES, RETURNED = 32, 8
 #: visibility of the ridge points: z-buffer cell (network px) and depth tolerance (mm)
 OCCLUSION_CELL, OCCLUSION_TOL_MM = 4, 10.0
+#: rotation step (rad) of the first stage (0: translation only)
+STAGE1_LR_ROT = 0.0
 #: optimiser steps between two nearest-point pairings
 PAIR_EVERY = 5
 
 
 class Observed2D:
     """The 2D side on the network grid (``H x W``): mask distance map, outline samples,
-    ridge distance map and samples; ``K`` the network camera's ``3 x 3`` (pinhole)."""
+    ridge distance map and samples, optional camera-frame normal map ``(3, H, W)``; ``K``
+    the network camera's ``3 x 3`` (pinhole)."""
 
-    def __init__(self, mask_net, outline_net, ridge_map, K):
+    def __init__(self, mask_net, outline_net, ridge_map, K, normal_map=None):
         import cv2  # noqa: PLC0415
         import torch  # noqa: PLC0415
 
@@ -72,6 +86,11 @@ class Observed2D:
         self.dt_out = torch.as_tensor(np.minimum(_outside_distance(self.mask, outline_net),
                                                  CAP_IN), dtype=torch.float32)
         self.outline = torch.as_tensor(outline_net, dtype=torch.float32)
+        self.mask_t = torch.as_tensor(self.mask, dtype=torch.float32)
+        self.normals = None
+        if normal_map is not None:
+            nm = torch.as_tensor(np.asarray(normal_map, np.float32))
+            self.normals = nm / nm.norm(dim=0, keepdim=True).clamp(min=1e-6)
         self.ridge = None
         if ridge_map is not None and int((np.asarray(ridge_map) > 0).sum()) >= 3:
             rm = np.asarray(ridge_map) > 0
@@ -162,13 +181,15 @@ def _beyond_spacing(d, j, z, h, f):
 
 class ModelPoints(NamedTuple):
     """The 3D side of the cost: centred surface points ``Q (N, 3)`` with their spacing
-    ``h`` (mm), ridge points ``Qr`` with normals ``Nr`` and spacing ``hr``."""
+    ``h`` (mm), ridge points ``Qr`` with normals ``Nr`` and spacing ``hr``, the surface
+    points' normals ``N``."""
 
     Q: object
     h: float
     Qr: object
     Nr: object
     hr: float
+    N: object
 
 
 def model_points(lm: MeshLandmarks, n: int) -> ModelPoints:
@@ -179,8 +200,9 @@ def model_points(lm: MeshLandmarks, n: int) -> ModelPoints:
         return torch.as_tensor(a, dtype=torch.float32)
 
     rid = lm.spread(RIDGE_POINTS, ridge=True)
-    return ModelPoints(f32(lm.v[lm.spread(n)] - lm.c), lm.spacing(n), f32(lm.v[rid] - lm.c),
-                       f32(lm.n[rid]), lm.spacing(RIDGE_POINTS, ridge=True))
+    ids = lm.spread(n)
+    return ModelPoints(f32(lm.v[ids] - lm.c), lm.spacing(n), f32(lm.v[rid] - lm.c),
+                       f32(lm.n[rid]), lm.spacing(RIDGE_POINTS, ridge=True), f32(lm.n[ids]))
 
 
 def _unoccluded(u, v, z, ur, vr, zr, H, W, cell: int = OCCLUSION_CELL,
@@ -205,15 +227,36 @@ def _unoccluded(u, v, z, ur, vr, zr, H, W, cell: int = OCCLUSION_CELL,
     return zr <= buf.gather(1, jv * gw + ju) + tol_mm
 
 
+def _normal_term(R, Y, u, v, z, N, obs: Observed2D):
+    """Mean ``1 - cos`` ``(B,)`` (each point's capped at ``CAP_NORMAL``) between the turned
+    mesh normals and the predicted normal map at the visible surface points inside the
+    mask (``CAP_NORMAL`` where none is visible)."""
+    import torch  # noqa: PLC0415
+
+    Nc = torch.einsum("bij,nj->bni", R, N)
+    with torch.no_grad():
+        seen = ((Nc * Y).sum(-1) < 0) & (z > 1.0) \
+            & (_sample_map(obs.mask_t, u, v) > 0.5) \
+            & (u >= -0.5) & (u <= obs.W - 0.5) & (v >= -0.5) & (v <= obs.H - 0.5) \
+            & _unoccluded(u, v, z, u, v, z, obs.H, obs.W)
+    pred = torch.stack([_sample_map(obs.normals[c], u, v) for c in range(3)], -1)
+    pred = pred / pred.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    sf = seen.to(Y.dtype)
+    n_seen = sf.sum(1)
+    err = ((1 - (Nc * pred).sum(-1)).clamp(max=CAP_NORMAL) * sf).sum(1) / n_seen.clamp(min=1)
+    return torch.where(n_seen > 0, err, torch.full_like(err, CAP_NORMAL))
+
+
 def chamfer_cost(R, t, mp: ModelPoints, obs: Observed2D, outline, ridge=None,
-                 w_ridge: float = None, cache=None):
+                 w_ridge: float = None, cache=None, w_normal: float = None):
     """Cost ``(B,)`` (network px) of hypotheses ``R (B, 3, 3)``, ``t (B, 3)`` (centred
     model points -> camera ``R Q + t``); see the module docstring. ``outline``,
     ``ridge``: the 2D samples used (network px)."""
     import torch  # noqa: PLC0415
 
-    Q, h, Qr, Nr, hr = mp
+    Q, h, Qr, Nr, hr, N = mp
     w_ridge = W_RIDGE if w_ridge is None else w_ridge
+    w_normal = W_NORMAL if w_normal is None else w_normal
     Y = torch.einsum("bij,nj->bni", R, Q) + t[:, None]
     u, v, z = project_pinhole(Y, obs.K)
     inside = (u >= -0.5) & (u <= obs.W - 0.5) & (v >= -0.5) & (v <= obs.H - 0.5) & (z > 1.0)
@@ -228,6 +271,8 @@ def chamfer_cost(R, t, mp: ModelPoints, obs: Observed2D, outline, ridge=None,
     else:
         cover = torch.zeros_like(contain)
     cost = contain + cover
+    if obs.normals is not None and w_normal > 0:
+        cost = cost + w_normal * _normal_term(R, Y, u, v, z, N, obs)
     if ridge is None or len(Qr) < 3 or w_ridge <= 0:
         return cost
     Yr = torch.einsum("bij,nj->bni", R, Qr) + t[:, None]
@@ -249,7 +294,7 @@ def chamfer_cost(R, t, mp: ModelPoints, obs: Observed2D, outline, ridge=None,
 
 def _optimise(R0, t0, mp, obs, outline, ridge, steps: int, rotate: bool,
               lr_pos: float, lr_depth: float, lr_rot: float, pair_every: int = PAIR_EVERY,
-              w_ridge=None, cancel=None):
+              w_ridge=None, w_normal=None, cancel=None):
     """Adam on each hypothesis: image position of the centre ``(a, b)`` (``t = z (a, b,
     1)``), log depth and, with ``rotate``, a rotation about the centre. Returns the best
     ``(R, t, cost)`` seen per hypothesis."""
@@ -276,7 +321,8 @@ def _optimise(R0, t0, mp, obs, outline, ridge, steps: int, rotate: bool,
         z = torch.exp(s)
         t = torch.cat([ab * z[:, None], z[:, None]], 1)
         R = (so3_exp(w) @ R0) if rotate else R0
-        c = chamfer_cost(R, t, mp, obs, outline, ridge, w_ridge=w_ridge, cache=cache)
+        c = chamfer_cost(R, t, mp, obs, outline, ridge, w_ridge=w_ridge, cache=cache,
+                         w_normal=w_normal)
         with torch.no_grad():
             better = c < best_c
             best_c = torch.where(better, c, best_c)
@@ -293,7 +339,7 @@ def _optimise(R0, t0, mp, obs, outline, ridge, steps: int, rotate: bool,
 def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS,
                  cone_deg: float = VIEW_CONE_DEG, n_dirs: int = GRID_DIRECTIONS,
                  n_rolls: int = GRID_ROLLS, k: int = RETURNED, chunk: int = 1024,
-                 w_ridge=None, cancel=None):
+                 w_ridge=None, w_normal=None, cancel=None):
     """The ``k`` best distinct ``model_to_camera`` hypotheses (> 15 deg apart) with their
     costs (network px, lower is better), best first (module docstring)."""
     import torch  # noqa: PLC0415
@@ -309,8 +355,9 @@ def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS
         R = Rs[s0:s0 + chunk]
         with torch.no_grad():
             t = moment_translations(torch.einsum("bij,nj->bni", R, Qm), obs.K, obs.mask)
-        r = _optimise(R, t, mc, obs, oc, rc, steps=30, rotate=False, lr_pos=0.01,
-                      lr_depth=0.04, lr_rot=0.0, w_ridge=w_ridge, cancel=cancel)
+        r = _optimise(R, t, mc, obs, oc, rc, steps=30, rotate=STAGE1_LR_ROT > 0, lr_pos=0.01,
+                      lr_depth=0.04, lr_rot=STAGE1_LR_ROT, w_ridge=w_ridge,
+                      w_normal=w_normal, cancel=cancel)
         Rb.append(r[0])
         tb.append(r[1])
         cb.append(r[2])
@@ -325,7 +372,7 @@ def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS
     of, rf = obs.outline_sample(FINE_OUTLINE), obs.ridge_sample(FINE_RIDGE)
     R1, t1, c1 = _optimise(R0, t0, mf, obs, of, rf, steps=60, rotate=True,
                            lr_pos=0.004, lr_depth=0.015, lr_rot=0.01, pair_every=1,
-                           w_ridge=w_ridge, cancel=cancel)
+                           w_ridge=w_ridge, w_normal=w_normal, cancel=cancel)
     picked = distinct_hypotheses(R1.numpy().astype(np.float64),
                                  t1.numpy().astype(np.float64), -c1.numpy(), k, 15.0)
     out = []
@@ -337,7 +384,7 @@ def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS
     return out
 
 
-def pose_cost(T, lm: MeshLandmarks, obs: Observed2D, w_ridge=None) -> float:
+def pose_cost(T, lm: MeshLandmarks, obs: Observed2D, w_ridge=None, w_normal=None) -> float:
     """:func:`chamfer_cost` of one ``model_to_camera`` on the fine point sets."""
     import torch  # noqa: PLC0415
 
@@ -346,4 +393,5 @@ def pose_cost(T, lm: MeshLandmarks, obs: Observed2D, w_ridge=None) -> float:
     with torch.no_grad():
         return float(chamfer_cost(R, t, model_points(lm, FINE_POINTS), obs,
                                   obs.outline_sample(FINE_OUTLINE),
-                                  obs.ridge_sample(FINE_RIDGE), w_ridge=w_ridge)[0])
+                                  obs.ridge_sample(FINE_RIDGE), w_ridge=w_ridge,
+                                  w_normal=w_normal)[0])

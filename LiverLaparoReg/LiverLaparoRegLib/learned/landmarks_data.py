@@ -11,7 +11,13 @@ per pixel of the ``NET_H x NET_W`` network image, three binary maps:
   base mesh has them; otherwise the channel is marked *not valid* for the loss);
 - **silhouette**: the occluding contour of the liver: visible liver pixels next to the
   background or to a surface at least 4 % / 3 mm deeper (a fold), dilated to 2 px; pixels
-  at the frame border and edges made by instruments are not silhouette.
+  at the frame border and edges made by instruments are not silhouette;
+
+and one dense map, **normals** ``(3, H, W)``: the unit surface normal of the visible liver
+in the camera frame (x right, y down, z along the view; interpolated vertex normals of
+the shape in the frame, turned to face the camera), zero where the mask is 0. The shading
+of a laparoscope (light at the camera) carries the surface orientation; the pose search
+compares this map with the mesh's normals (:mod:`.landmarks_align`).
 
 Nothing here is a real image.
 """
@@ -48,12 +54,31 @@ def silhouette_map(face: np.ndarray, depth: np.ndarray, visible: np.ndarray) -> 
     return cv2.dilate(sil.astype(np.uint8), k).astype(bool)
 
 
+def normal_map(face: np.ndarray, bary: np.ndarray, vertices_cam: np.ndarray,
+               normals_cam: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Camera-frame unit normals ``(3, H, W)`` float32 of the rendered surface (``face``
+    >= 0), turned to face the camera, zero elsewhere."""
+    H, W = face.shape
+    out = np.zeros((3, H, W), np.float32)
+    fg = face >= 0
+    if fg.any():
+        fi = faces[face[fg]]
+        b = bary[fg][..., None]
+        n = (normals_cam[fi] * b).sum(1)
+        p = (vertices_cam[fi] * b).sum(1)
+        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+        n = np.where((n * p).sum(1, keepdims=True) > 0, -n, n)
+        out[:, fg] = n.T
+    return out
+
+
 def landmark_sample(tm: "data.TrainMesh", rng, camera=None, model_to_camera=None,
                     preop: bool = True, bend_curvature: float = 1 / 160.0,
                     instruments: bool = True, max_tries: int = 20) -> Dict[str, np.ndarray]:
     """One SYNTHETIC frame with its landmark maps: a dict with ``image (3, H, W)`` float32,
     ``mask (H, W)`` uint8 (instruments removed), ``target (3, H, W)`` uint8 (ridge,
-    ligament, silhouette), ``valid (3,)`` uint8, ``model_to_camera (4, 4)`` (base mesh
+    ligament, silhouette), ``valid (3,)`` uint8, ``normals (3, H, W)`` float32 (zero
+    outside the mask), ``model_to_camera (4, 4)`` (base mesh
     -> camera, rigid part; the frame shows the bent copy) and ``vertices`` (the shape
     seen in the frame, same vertex ids as the base mesh unless cut)."""
     fr = data.render_frame(tm, rng, camera, model_to_camera, preop, bend_curvature,
@@ -69,12 +94,20 @@ def landmark_sample(tm: "data.TrainMesh", rng, camera=None, model_to_camera=None
     tgt[1] = mask & (near >= 0) & lig[np.maximum(near, 0)]
     tgt[2] = silhouette_map(face, depth, mask)
     valid = np.array([1, int(bool(tm.ligament.any())), 1], np.uint8)
+    normals = normal_map(face, bary, fr["vc"], fr["ni"] @ T[:3, :3].T, fs) * mask
     return {"image": np.transpose(img, (2, 0, 1)).copy(), "mask": mask.astype(np.uint8),
-            "target": tgt, "valid": valid, "model_to_camera": T, "camera": cam,
+            "target": tgt, "valid": valid, "normals": normals.astype(np.float32), "model_to_camera": T, "camera": cam,
             "vertices": vi, "faces": fs, "kept": ids0}
 
 
 def pack(s: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """The arrays of a sample as stored in the training cache (uint8)."""
+    """The arrays of a sample as stored in the training cache (uint8; the normals as
+    ``round((n + 1) * 127.5)``, :func:`unpack_normals`)."""
     return {"image": np.round(s["image"] * 255).astype(np.uint8), "mask": s["mask"],
-            "target": s["target"], "valid": s["valid"]}
+            "target": s["target"], "valid": s["valid"],
+            "normals": np.round((s["normals"] + 1.0) * 127.5).astype(np.uint8)}
+
+
+def unpack_normals(packed: np.ndarray) -> np.ndarray:
+    """The float normals of :func:`pack`'s uint8 (unit length to about 1 %)."""
+    return packed.astype(np.float32) / 127.5 - 1.0

@@ -6,10 +6,11 @@ contours):
 
 1. inputs checked first (liver-sized mesh, mask size / emptiness, image size);
 2. **2D landmarks** (:func:`predict_maps`): the U-Net of :mod:`.landmarks_net` gives per
-   network pixel the ridge / ligament / silhouette probabilities; the 2D observations
-   (:func:`observations`) are the ridge pixels (p >= 0.5) and the outline of the given
-   mask (frame border removed) where the network sees an occluding contour (an
-   instrument's edge is not one);
+   network pixel the ridge / ligament / silhouette probabilities and (a model with normal
+   channels) the camera-frame surface normal; the 2D observations (:func:`observations`)
+   are the ridge pixels (p >= 0.5) and the outline of the given mask (frame border
+   removed) where the network sees an occluding contour (an instrument's edge is not
+   one);
 3. **3D landmarks**: the mesh's curvature ridges (:func:`.data.ridge_vertices`, the same
    definition as the training labels) and, per pose, its occluding contour
    (:func:`..pnp.occluding_contour_points`). The ligament is predicted and reported but
@@ -18,9 +19,10 @@ contours):
    on a grid of viewing directions x camera rolls; per rotation the translation is
    optimised (from the mask's moments) on a 2D-3D chamfer cost on the network grid
    (projected surface points inside the mask where the mask's edge is the liver's own
-   outline, the outline covered by projected points, and, weighted, the visible ridge
-   points against the ridge pixels both ways); the best distinct rotations are optimised
-   in 6 DOF on denser point sets;
+   outline, the outline covered by projected points, weighted, the visible ridge points
+   against the ridge pixels both ways and, with a normal map, the visible surface
+   points' turned normals against the predicted normals); the best distinct rotations
+   are optimised in 6 DOF on denser point sets;
 5. **correspondences** (:func:`icp`): from the best candidates (at most
    ``ICP_CANDIDATES``, within ``ICP_WITHIN_PX`` of the best cost), iterated closest points
    in the full frame: visible 3D ridge vertices <-> 2D ridge pixels and the rendered
@@ -51,13 +53,15 @@ import numpy as np
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 
 from .landmarks_icp import correspondences_of, icp, pairs_at, visible_landmarks
-from .landmarks_align import W_RIDGE, Observed2D, align_search, pose_cost
+from .landmarks_align import W_NORMAL, W_RIDGE, Observed2D, align_search, pose_cost
 from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, MeshLandmarks
 
 
 # ----------------------------------------------------------------------------- 2D side
 def predict_maps(net, image, mask, camera, device=None) -> np.ndarray:
-    """``(3, NET_H, NET_W)`` float32 probabilities (ridge, ligament, silhouette)."""
+    """``(3, NET_H, NET_W)`` float32 probabilities (ridge, ligament, silhouette); a network
+    with normal channels adds three: the unit camera-frame normal per pixel (``(6, NET_H,
+    NET_W)``)."""
     import torch  # noqa: PLC0415
 
     from .infer import network_image, network_mask  # noqa: PLC0415
@@ -67,7 +71,10 @@ def predict_maps(net, image, mask, camera, device=None) -> np.ndarray:
     dev = device or torch.device("cpu")
     with torch.no_grad():
         lg = net(torch.as_tensor(img)[None].to(dev), torch.as_tensor(m)[None].to(dev))
-    return torch.sigmoid(lg[0]).cpu().numpy().astype(np.float32)
+    out = torch.sigmoid(lg[0, :3])
+    if lg.shape[1] > 3:
+        out = torch.cat([out, torch.nn.functional.normalize(lg[0, 3:6], dim=0, eps=1e-6)])
+    return out.cpu().numpy().astype(np.float32)
 
 
 def true_maps(vertices, faces, model_to_camera, camera, ridge=None, ligament=None) -> np.ndarray:
@@ -88,6 +95,19 @@ def true_maps(vertices, faces, model_to_camera, camera, ridge=None, ligament=Non
     out[1] = liver & ligament[np.maximum(near, 0)]
     out[2] = silhouette_map(face, depth, liver)
     return out
+
+
+def true_normals(vertices, faces, model_to_camera, camera) -> np.ndarray:
+    """The ground-truth camera-frame normal map ``(3, NET_H, NET_W)`` of a mesh at a pose
+    (:func:`.landmarks_data.normal_map`; zero off the liver)."""
+    from . import data  # noqa: PLC0415
+    from .landmarks_data import normal_map  # noqa: PLC0415
+
+    v, f = np.asarray(vertices, float), np.asarray(faces, np.int64)
+    T = np.asarray(model_to_camera, float)
+    _, face, bary, _, _ = data.render_ids(v, f, T, data.net_camera(camera))
+    return normal_map(face, bary, v @ T[:3, :3].T + T[:3, 3],
+                      data.vertex_normals(v, f) @ T[:3, :3].T, f)
 
 
 def observations(maps: np.ndarray, mask: np.ndarray, camera, threshold: float = 0.5) -> Dict:
@@ -170,13 +190,13 @@ ICP_CANDIDATES, ICP_WITHIN_PX = 4, 0.6
 W_RIDGE_LEARNED = 0.0
 
 
-def observed_2d(obs: Dict, ridge_map, camera) -> Observed2D:
-    """The search's 2D side from :func:`observations`: mask, outline (network px) and
-    ridge map on the network grid."""
+def observed_2d(obs: Dict, ridge_map, camera, normal_map=None) -> Observed2D:
+    """The search's 2D side from :func:`observations`: mask, outline (network px), ridge
+    map and (optional) normal map on the network grid."""
     from . import data  # noqa: PLC0415
 
     return Observed2D(obs["mask_net"], data.full_to_net_px(obs["silhouette"], camera),
-                      ridge_map, data.net_camera(camera).K)
+                      ridge_map, data.net_camera(camera).K, normal_map=normal_map)
 
 
 # ----------------------------------------------------------------------------- register
@@ -184,13 +204,16 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                        maps: Optional[np.ndarray] = None, refine: bool = True,
                        nonrigid: bool = False, ground_truth=None, structures=None,
                        view_axis=VIEW_AXIS, cone_deg: float = VIEW_CONE_DEG,
-                       w_ridge: Optional[float] = None, progress=None, cancel=None):
+                       w_ridge: Optional[float] = None, w_normal: Optional[float] = None,
+                       progress=None, cancel=None):
     """Learned registration with the landmark model (module docstring). ``model``: model
     file (None = bundled landmarks model); ``net``: a loaded network; ``maps``: given
     ``(3, NET_H, NET_W)`` landmark probabilities instead of the network (tests);
     ``w_ridge``: weight of the ridge in the search (None: ``W_RIDGE_LEARNED`` with the
     network's maps, :data:`.landmarks_align.W_RIDGE` with given maps); 0 uses the
-    silhouette alone (search, ICP and refinement)."""
+    silhouette alone (search, ICP and refinement); ``w_normal``: weight of the normal map
+    in the search (None: :data:`.landmarks_align.W_NORMAL`; used only when the network or
+    the given ``maps`` have the normal channels; 0 leaves it out)."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -211,9 +234,9 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     if maps is not None:
         from . import data  # noqa: PLC0415
         maps = np.asarray(maps, np.float32)
-        if maps.shape != (3, data.NET_H, data.NET_W):
-            raise InputError(f"maps: expected shape (3, {data.NET_H}, {data.NET_W}), got "
-                             f"{maps.shape}")
+        if maps.shape not in ((3, data.NET_H, data.NET_W), (6, data.NET_H, data.NET_W)):
+            raise InputError(f"maps: expected shape (3, {data.NET_H}, {data.NET_W}) or (6, "
+                             f"{data.NET_H}, {data.NET_W}) (with normals), got {maps.shape}")
     given_maps = maps
     if ground_truth is not None:
         ground_truth = _check_pose(ground_truth, "ground truth pose")
@@ -235,13 +258,15 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     t1 = time.perf_counter()
     lm = MeshLandmarks(mesh)
     ridge_map = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
-    obs2 = observed_2d(obs, ridge_map, camera)
+    w_normal = W_NORMAL if w_normal is None else float(w_normal)
+    normal_map = maps[3:6] if len(maps) == 6 and w_normal > 0 else None
+    obs2 = observed_2d(obs, ridge_map, camera, normal_map)
     if w_ridge is None:
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
     if w_ridge <= 0:                 # silhouette alone: no ridge in the ICP either
         obs = dict(obs, ridge=np.zeros((0, 2)), ridge_conf=np.zeros(0))
     cands = align_search(lm, camera, obs2, view_axis=view_axis, cone_deg=cone_deg,
-                         w_ridge=w_ridge, cancel=cancel)
+                         w_ridge=w_ridge, w_normal=w_normal, cancel=cancel)
     timings["search_s"] = time.perf_counter() - t1
     report(progress, 0.3, "LiverLaparoReg: correspondences (image ICP)")
     t1 = time.perf_counter()
@@ -258,7 +283,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
             continue
         if not _in_front(T0, lm):        # a close-up: move it back along its centre's ray
             T0 = _pushed_in_front(T0, lm)
-            c0 = pose_cost(T0, lm, obs2, w_ridge)
+            c0 = pose_cost(T0, lm, obs2, w_ridge, w_normal)
             entry["pushed_back_cost_px"] = round(c0, 4)
             if not _in_front(T0, lm):    # the liver's centre is behind the camera
                 entry["skipped"] = "the liver is behind the camera"
@@ -266,7 +291,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         # the image ICP in the full frame (distortion, full resolution); kept only when
         # it does not raise the search cost (ridge over-detection can pull it away)
         T_i, pairs = icp(T0, lm, camera, obs)
-        c_i = pose_cost(T_i, lm, obs2, w_ridge) if _in_front(T_i, lm) else np.inf
+        c_i = pose_cost(T_i, lm, obs2, w_ridge, w_normal) if _in_front(T_i, lm) else np.inf
         if not c_i <= c0 + 0.05:
             T_i, c_i = T0, c0
             pairs = pairs_at(T0, lm, camera, obs)
@@ -312,7 +337,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "silhouette_net_agreement": round(obs["silhouette_net_agreement"], 3),
              "ransac_vs_icp_deg": round(float(ransac_vs_icp["rotation_deg"]), 3),
              "ligament": "predicted, not used for the pose (no 3D ligament on the mesh)",
-             "ridge_weight": float(w_ridge)}
+             "ridge_weight": float(w_ridge),
+             "normal_weight": w_normal if normal_map is not None else 0.0}
     if refine:
         t1 = time.perf_counter()
         (rid, rp), _ = visible_landmarks(lm, T1, camera)     # ridge visible at T1

@@ -10,8 +10,14 @@ Unlike the 256-way matcher of :mod:`.net`, this network knows nothing about a pa
 mesh: it labels image structure, and the 3D side (ridges from curvature, occluding
 contour at a pose hypothesis) stays geometric (:mod:`.landmarks_infer`).
 
+With ``normals=True`` (the bundled model from v3 on) three
+more output channels give the camera-frame surface normal of the visible liver per
+pixel (:func:`.landmarks_data.normal_map`), normalised at use: a dense cue of the surface
+orientation from the shading, which the pose search compares with the mesh's normals.
+
 Loss (:func:`landmark_losses`): per class a binary cross-entropy with a positive weight
-(the landmark pixels are rare) plus a soft Dice term.
+(the landmark pixels are rare) plus a soft Dice term; with normals, plus ``W_NORMAL``
+times the mean ``1 - cos`` between predicted and true normals over the mask.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 LANDMARKS = ("ridge", "ligament", "silhouette")
 #: BCE positive weights per channel (landmark pixels are 2-10 % of the frame)
 POS_WEIGHT = (4.0, 8.0, 6.0)
+#: weight of the normal term (mean 1 - cos over the liver pixels) in the total loss
+W_NORMAL = 2.0
 
 
 def _block(cin, cout):
@@ -31,9 +39,10 @@ def _block(cin, cout):
                          nn.ReLU(inplace=True))
 
 
-def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4):
+def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: bool = False):
     """The U-Net (a factory so that torch is imported lazily). ``config`` holds the
-    constructor arguments (written to the model file)."""
+    constructor arguments (written to the model file); ``normals`` adds the three
+    normal channels."""
     import torch  # noqa: PLC0415
     import torch.nn as nn  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
@@ -42,7 +51,7 @@ def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4):
         def __init__(self):
             super().__init__()
             self.config = {"base": int(base), "in_channels": int(in_channels),
-                           "levels": int(levels)}
+                           "levels": int(levels), "normals": bool(normals)}
             ch = [base * 2 ** k for k in range(levels)]
             self.enc = nn.ModuleList()
             c = in_channels + 2                      # + CoordConv x, y
@@ -53,11 +62,12 @@ def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4):
             for k in range(levels - 2, -1, -1):
                 self.dec.append(_block(ch[k + 1] + ch[k], ch[k]))
                 # output channels of each decoder stage = ch[k]
-            self.head = nn.Conv2d(ch[0], len(LANDMARKS), 1)
+            self.head = nn.Conv2d(ch[0], len(LANDMARKS) + (3 if normals else 0), 1)
 
         def forward(self, image, mask):
             """``image (B, 3, H, W)`` in [0, 1], ``mask (B, H, W)`` -> logits
-            ``(B, 3, H, W)``."""
+            ``(B, 3, H, W)`` (with ``normals``: ``(B, 6, H, W)``, channels 3-5 the
+            unnormalised normal)."""
             B, _, H, W = image.shape
             yy = torch.linspace(-1, 1, H, device=image.device).view(1, 1, H, 1).expand(B, 1, H, W)
             xx = torch.linspace(-1, 1, W, device=image.device).view(1, 1, 1, W).expand(B, 1, H, W)
@@ -77,13 +87,30 @@ def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4):
     return _Net()
 
 
-def landmark_losses(logits, target, valid=None):
+def landmark_losses(logits, target, valid=None, normals=None, mask=None):
     """``logits (B, 3, H, W)``, ``target (B, 3, H, W)`` in {0, 1}; ``valid (B, 3)``: 0
     where a sample has no ground truth for a channel (e.g. no ligament on the mesh).
-    Returns a dict with ``total``, per-channel ``bce`` and ``dice`` and ``f1`` (hard,
-    threshold 0.5) for logging."""
+    With 6 logit channels, ``normals (B, 3, H, W)`` (true unit normals) and ``mask (B, H,
+    W)`` (where they count) add the normal term. Returns a dict with ``total``,
+    per-channel ``bce`` and ``dice`` and ``f1`` (hard, threshold 0.5) and, with normals,
+    ``normal_deg`` (median angular error over the mask) for logging."""
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
+
+    extra = {}
+    n_term = 0.0
+    if logits.shape[1] > len(LANDMARKS):
+        if normals is None or mask is None:
+            raise ValueError("normals: a network with normal channels needs the true "
+                             "normals and the mask for its loss")
+        cos = (F.normalize(logits[:, len(LANDMARKS):], dim=1, eps=1e-6) * normals).sum(1)
+        m = mask.to(cos.dtype)
+        n_term = ((1 - cos) * m).sum() / m.sum().clamp(min=1)
+        with torch.no_grad():
+            sel = cos[m > 0]
+            extra["normal_deg"] = (torch.rad2deg(torch.acos(sel.clamp(-1, 1))).median()
+                                   if len(sel) else torch.tensor(float("nan")))
+        logits = logits[:, :len(LANDMARKS)]
 
     pw = torch.tensor(POS_WEIGHT, device=logits.device).view(1, -1, 1, 1)
     bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw, reduction="none")
@@ -100,5 +127,5 @@ def landmark_losses(logits, target, valid=None):
         hard = (p > 0.5).float()
         tp = (hard * target).sum((0, 2, 3))
         f1 = 2 * tp / (hard.sum((0, 2, 3)) + target.sum((0, 2, 3))).clamp(min=1)
-    return {"total": bce_c.sum() + 0.5 * dice_c.sum(), "bce": bce_c.detach(),
-            "dice": dice_c.detach(), "f1": f1}
+    return {"total": bce_c.sum() + 0.5 * dice_c.sum() + W_NORMAL * n_term,
+            "bce": bce_c.detach(), "dice": dice_c.detach(), "f1": f1, **extra}

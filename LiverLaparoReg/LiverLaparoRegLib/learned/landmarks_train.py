@@ -37,7 +37,8 @@ SEED_OFFSET = 50000
 
 
 def _chunk_file(cache: Path, seed: int, k: int) -> Path:
-    return cache / f"lm_s{seed}_c{k:05d}.npz"
+    # "lmn": chunks with the normal maps (the older "lm" chunks have none)
+    return cache / f"lmn_s{seed}_c{k:05d}.npz"
 
 
 class _Pool:
@@ -102,7 +103,11 @@ class _Pool:
 
 
 def _batch(arrs, idx, rng, drop_mask: float = 0.1):
+    """Augmented batch: image, mask channel (dropped for ``drop_mask`` of the samples),
+    targets, valid flags, normals, the mask where the normals count."""
     import torch  # noqa: PLC0415
+
+    from .landmarks_data import unpack_normals  # noqa: PLC0415
 
     img = arrs["image"][idx].astype(np.float32) / 255.0
     mask = arrs["mask"][idx].astype(np.float32)
@@ -111,13 +116,19 @@ def _batch(arrs, idx, rng, drop_mask: float = 0.1):
     img[flip] = img[flip][..., ::-1]
     mask[flip] = mask[flip][..., ::-1]
     tgt[flip] = tgt[flip][..., ::-1]
+    nrm = unpack_normals(arrs["normals"][idx])
+    nrm[flip] = nrm[flip][..., ::-1]
+    nrm[flip, 0] *= -1.0                       # a mirrored image: camera x is mirrored
+    true_mask = mask.copy()
     gain = rng.uniform(0.7, 1.3, (len(idx), 1, 1, 1)) * rng.uniform(0.9, 1.1, (len(idx), 3, 1, 1))
     gamma = rng.uniform(0.7, 1.4, (len(idx), 1, 1, 1))
     img = np.clip(np.clip(img, 0, 1) ** gamma * gain, 0, 1).astype(np.float32)
     mask[rng.uniform(size=len(idx)) < drop_mask] = 0.0
-    return (torch.as_tensor(np.ascontiguousarray(img)), torch.as_tensor(np.ascontiguousarray(mask)),
-            torch.as_tensor(np.ascontiguousarray(tgt)),
-            torch.as_tensor(arrs["valid"][idx].astype(np.float32)))
+    def t(a):
+        return torch.as_tensor(np.ascontiguousarray(a))
+
+    return (t(img), t(mask), t(tgt), torch.as_tensor(arrs["valid"][idx].astype(np.float32)),
+            t(nrm), t(true_mask))
 
 
 def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: int = 0,
@@ -146,7 +157,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     cache = Path(data_cache) if data_cache else out.with_name(out.name + ".data")
     tms = training_meshes(meshes)
     mesh_desc = ", ".join(t.name for t in tms)
-    model = LandmarkNet(base=base).to(dev)
+    model = LandmarkNet(base=base, normals=True).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, history, wall_before = 0, [], 0.0
     if resume:
@@ -189,7 +200,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         record = {"data": f"SYNTHETIC: {pool.size()} frames rendered by LiverLaparoRegLib."
                           f"learned.landmarks_data from the mesh(es) [{mesh_desc}] (deformed, "
                           f"cut, bent, random laparoscope poses and appearance, instruments); "
-                          f"per-pixel ridge / ligament / silhouette maps; no real frame used; "
+                          f"per-pixel ridge / ligament / silhouette maps and camera-frame normals; no real frame used; "
                           f"SciKit-Surgery liver held out unless given",
                   "command": command, "seed": seed, "steps": step, "batch": batch * world,
                   "lr": lr, "samples": pool.size() * world, "meshes": mesh_desc,
@@ -218,19 +229,20 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
             g["lr"] = float(lr * (0.05 + 0.475 * (1 + np.cos(np.pi * frac))))
         n = len(arrs["image"])
         idx = rng.choice(n, size=batch, replace=n < batch)
-        img, mask, tgt, valid = (x.to(dev) for x in _batch(arrs, idx, rng))
-        L = landmark_losses(net(img, mask), tgt, valid)
+        img, mask, tgt, valid, nrm, m_true = (x.to(dev) for x in _batch(arrs, idx, rng))
+        L = landmark_losses(net(img, mask), tgt, valid, nrm, m_true)
         opt.zero_grad()
         L["total"].backward()
         opt.step()
         step += 1
-        run.append([L["total"].item()] + L["f1"].tolist())
+        run.append([L["total"].item()] + L["f1"].tolist() + [float(L.get("normal_deg", float("nan")))])
         if step % 20 == 0:
             m = np.mean(run, 0).tolist()
             history.append([step] + [round(x, 5) for x in m])
             run = []
             log(f"step {step}: loss {m[0]:.4f} F1 ridge {m[1]:.3f} ligament {m[2]:.3f} "
-                f"silhouette {m[3]:.3f} (frames {pool.size()}, {time.time() - t_start:.0f} s)")
+                f"silhouette {m[3]:.3f} normal {m[4]:.1f} deg (frames {pool.size()}, "
+                f"{time.time() - t_start:.0f} s)")
         if time.time() - last_ck > 60.0 * checkpoint_minutes:
             write(False)
             last_ck = time.time()
