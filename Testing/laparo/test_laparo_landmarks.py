@@ -128,10 +128,10 @@ def test_outside_distance_frees_instrument_edges():
     assert np.all(d[m] == 0)
 
 
-def test_search_from_no_pose_with_true_maps():
-    """The global search (no initial pose) with the TRUE 2D maps of a SYNTHETIC frame of
-    the P2ILF mesh: its best hypothesis is within 10 deg / 10 mm of the true pose, which
-    it fits better than the best hypothesis far from it (margin > 0.3 px)."""
+def _training_mesh_frame(seed):
+    """A SYNTHETIC frame of the P2ILF (training) mesh with the P2ILF camera, its TRUE 2D
+    maps and observations: ``(train mesh, camera, true pose, maps, observations,
+    MeshLandmarks)``."""
     from LiverLaparoRegLib.bench import sample_data_dir  # noqa: PLC0415
     from LiverLaparoRegLib.camera import load_camera  # noqa: PLC0415
     from LiverLaparoRegLib.learned.evaluation import full_frame  # noqa: PLC0415
@@ -140,13 +140,19 @@ def test_search_from_no_pose_with_true_maps():
     tm = data.p2ilf_train_mesh()
     cam = load_camera(sample_data_dir() / "p2ilf" / "cameraparams" /
                       "acquisition-camera-metadata.json")
-    s, img, mask = full_frame(tm, cam, np.random.default_rng([6, 1002]))
+    s, img, mask = full_frame(tm, cam, np.random.default_rng(seed))
     T = s.model_to_camera
-    mesh = MeshData(tm.vertices, tm.faces)
     maps = li.true_maps(tm.vertices, tm.faces, T, cam, ridge=tm.ridge)
-    obs = li.observations(maps, mask, cam)
+    return (tm, cam, T, maps, li.observations(maps, mask, cam),
+            lsearch.MeshLandmarks(MeshData(tm.vertices, tm.faces)))
+
+
+def test_search_from_no_pose_with_true_maps():
+    """The global search (no initial pose) with the TRUE 2D maps of a SYNTHETIC frame of
+    the P2ILF mesh: its best hypothesis is within 10 deg / 10 mm of the true pose, which
+    it fits better than the best hypothesis far from it (margin > 0.3 px)."""
+    tm, cam, T, maps, obs, lm = _training_mesh_frame([6, 1002])
     rm = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
-    lm = lsearch.MeshLandmarks(mesh)
     cands = lalign.align_search(lm, cam, li.observed_2d(obs, rm, cam))
     e = lmetrics.pose_errors(cands[0][0], T, lm.c)
     assert e["rotation_deg"] < 10.0 and e["centroid_error_mm"] < 10.0
@@ -367,21 +373,8 @@ def test_search_with_true_normals_from_no_pose():
     SYNTHETIC frame of the P2ILF mesh: the best hypothesis is within 5 deg / 10 mm of the
     true pose, with a clear margin over the best pose far from it; the normal term is near
     0 at the true pose and grows with a rotation about the viewing axis."""
-    from LiverLaparoRegLib.bench import sample_data_dir  # noqa: PLC0415
-    from LiverLaparoRegLib.camera import load_camera  # noqa: PLC0415
-    from LiverLaparoRegLib.learned.evaluation import full_frame  # noqa: PLC0415
-    from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
-
-    tm = data.p2ilf_train_mesh()
-    cam = load_camera(sample_data_dir() / "p2ilf" / "cameraparams" /
-                      "acquisition-camera-metadata.json")
-    s, img, mask = full_frame(tm, cam, np.random.default_rng([5, 1000]))
-    T = s.model_to_camera
-    mesh = MeshData(tm.vertices, tm.faces)
-    maps = li.true_maps(tm.vertices, tm.faces, T, cam, ridge=tm.ridge)
+    tm, cam, T, maps, obs, lm = _training_mesh_frame([5, 1000])
     nm = li.true_normals(tm.vertices, tm.faces, T, cam)
-    obs = li.observations(maps, mask, cam)
-    lm = lsearch.MeshLandmarks(mesh)
     o2 = li.observed_2d(obs, None, cam, nm)
     mp = lalign.model_points(lm, lalign.FINE_POINTS)
 
