@@ -186,7 +186,8 @@ ICP_CANDIDATES, ICP_WITHIN_PX = 4, 0.6
 #: the silhouette alone. On development runs (12 SYNTHETIC frames of the training P2ILF
 #: mesh) the bundled networks' ridge maps made the search worse, not better: within 10
 #: deg 5 of 12 without them, 1 (v1) and 3 (v2) of 12 with weight 0.5; with the TRUE ridge
-#: maps the weight 0.5 helps (8 of 12 against 5). Given maps (``maps=``) use W_RIDGE.
+#: maps the weight 0.5 helps (8 of 12 against 5). With v3 and its normal map: 7 of 12
+#: without the ridge, 6 with. Given maps (``maps=``) use W_RIDGE.
 W_RIDGE_LEARNED = 0.0
 
 
