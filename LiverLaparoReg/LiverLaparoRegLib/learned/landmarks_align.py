@@ -67,8 +67,6 @@ RIDGE_POINTS, COARSE_RIDGE, FINE_RIDGE = 160, 64, 160
 FINE_CANDIDATES, RETURNED = 32, 8
 #: visibility of the ridge points: z-buffer cell (network px) and depth tolerance (mm)
 OCCLUSION_CELL, OCCLUSION_TOL_MM = 4, 10.0
-#: rotation step (rad) of the first stage (0: translation only)
-STAGE1_LR_ROT = 0.0
 #: optimiser steps between two nearest-point pairings
 PAIR_EVERY = 5
 
@@ -358,9 +356,9 @@ def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS
         R = Rs[s0:s0 + chunk]
         with torch.no_grad():
             t = moment_translations(torch.einsum("bij,nj->bni", R, Qm), obs.K, obs.mask)
-        r = _optimise(R, t, mc, obs, oc, rc, steps=30, rotate=STAGE1_LR_ROT > 0, lr_pos=0.01,
-                      lr_depth=0.04, lr_rot=STAGE1_LR_ROT, w_ridge=w_ridge,
-                      w_normal=w_normal, cancel=cancel)
+        r = _optimise(R, t, mc, obs, oc, rc, steps=30, rotate=False, lr_pos=0.01,
+                      lr_depth=0.04, lr_rot=0.0, w_ridge=w_ridge, w_normal=w_normal,
+                      cancel=cancel)
         Rb.append(r[0])
         tb.append(r[1])
         cb.append(r[2])
