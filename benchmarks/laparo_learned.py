@@ -174,14 +174,15 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
             T = s.model_to_camera
             base, score = frame_scorer(mesh, cam, T, mask, k, rows, log, seed=seed)
 
-            true = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge)
+            true_n = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge,
+                                  normals=True)
+            true = true_n[:3]
             pred = li.predict_maps(net, img, mask, cam)
             view = T[:3, :3].T @ np.array([0.0, 0.0, 1.0])      # viewing direction, model
             base["view_deg_from_search_axis"] = round(float(np.degrees(np.arccos(np.clip(
                 view @ np.asarray(VIEW_AXIS) / np.linalg.norm(VIEW_AXIS), -1, 1)))), 1)
             mask_net = li.observations(true, mask, cam)["mask_net"]
             base["map_f1"] = map_f1(pred, true, mask_net=mask_net)
-            true_n = np.concatenate([true, li.true_normals(mesh.vertices, mesh.faces, T, cam)])
             variants = [("learned landmarks", {"net": net})]
             if len(pred) == 6:                    # the normal map: its error and ablation
                 base["normal_error_deg_median"] = normal_error_deg(pred[3:], true_n[3:],

@@ -316,7 +316,7 @@ def test_true_normal_map_of_a_sphere_is_radial():
     cam = PinholeCamera(fx=900.0, fy=900.0, cx=640.0, cy=480.0, width=1280, height=960)
     T = np.eye(4)
     T[:3, 3] = [10.0, -5.0, 200.0]
-    nm = li.true_normals(v, f, T, cam)
+    nm = li.true_maps(v, f, T, cam, normals=True)[3:]
     K = data.net_camera(cam).K
     on = np.linalg.norm(nm, axis=0) > 0.5
     assert 200 < on.sum() < data.NET_H * data.NET_W
@@ -334,7 +334,7 @@ def test_true_normal_map_of_a_sphere_is_radial():
     Rz = np.eye(4)
     Rz[:3, :3] = np.array([[np.cos(0.5), -np.sin(0.5), 0], [np.sin(0.5), np.cos(0.5), 0],
                            [0, 0, 1]])
-    assert np.median(np.abs(li.true_normals(v, f, T @ Rz, cam) - nm)[:, on]) < 0.02
+    assert np.median(np.abs(li.true_maps(v, f, T @ Rz, cam, normals=True)[3:] - nm)[:, on]) < 0.02
 
 
 def test_normal_loss_and_flip_augmentation():
@@ -374,7 +374,7 @@ def test_search_with_true_normals_from_no_pose():
     true pose, with a clear margin over the best pose far from it; the normal term is near
     0 at the true pose and grows with a rotation about the viewing axis."""
     tm, cam, T, maps, obs, lm = _training_mesh_frame([5, 1000])
-    nm = li.true_normals(tm.vertices, tm.faces, T, cam)
+    nm = li.true_maps(tm.vertices, tm.faces, T, cam, ridge=tm.ridge, normals=True)[3:]
     o2 = li.observed_2d(obs, None, cam, nm)
     mp = lalign.model_points(lm, lalign.FINE_POINTS)
 

@@ -88,10 +88,8 @@ class Observed2D:
                                                  CAP_IN), dtype=torch.float32)
         self.outline = torch.as_tensor(outline_net, dtype=torch.float32)
         self.mask_t = torch.as_tensor(self.mask, dtype=torch.float32)
-        self.normals = None
-        if normal_map is not None:
-            nm = torch.as_tensor(np.asarray(normal_map, np.float32))
-            self.normals = nm / nm.norm(dim=0, keepdim=True).clamp(min=1e-6)
+        self.normals = (None if normal_map is None    # normalised where sampled
+                        else torch.as_tensor(np.asarray(normal_map, np.float32)))
         self.ridge = None
         if ridge_map is not None and int((np.asarray(ridge_map) > 0).sum()) >= 3:
             rm = np.asarray(ridge_map) > 0

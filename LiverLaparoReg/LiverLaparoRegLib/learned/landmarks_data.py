@@ -15,7 +15,8 @@ per pixel of the ``NET_H x NET_W`` network image, three binary maps:
 
 and one dense map, **normals** ``(3, H, W)``: the unit surface normal of the visible liver
 in the camera frame (x right, y down, z along the view; interpolated vertex normals of
-the shape in the frame, turned to face the camera), zero where the mask is 0. The shading
+the shape in the frame, turned to face the camera: :func:`.render.normal_map`), zero
+where the mask is 0. The shading
 of a laparoscope (light at the camera) carries the surface orientation; the pose search
 compares this map with the mesh's normals (:mod:`.landmarks_align`).
 
@@ -28,7 +29,7 @@ from typing import Dict
 
 import numpy as np
 
-from . import data
+from . import data, render
 
 
 def silhouette_map(face: np.ndarray, depth: np.ndarray, visible: np.ndarray) -> np.ndarray:
@@ -54,24 +55,6 @@ def silhouette_map(face: np.ndarray, depth: np.ndarray, visible: np.ndarray) -> 
     return cv2.dilate(sil.astype(np.uint8), k).astype(bool)
 
 
-def normal_map(face: np.ndarray, bary: np.ndarray, vertices_cam: np.ndarray,
-               normals_cam: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Camera-frame unit normals ``(3, H, W)`` float32 of the rendered surface (``face``
-    >= 0), turned to face the camera, zero elsewhere."""
-    H, W = face.shape
-    out = np.zeros((3, H, W), np.float32)
-    fg = face >= 0
-    if fg.any():
-        fi = faces[face[fg]]
-        b = bary[fg][..., None]
-        n = (normals_cam[fi] * b).sum(1)
-        p = (vertices_cam[fi] * b).sum(1)
-        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
-        n = np.where((n * p).sum(1, keepdims=True) > 0, -n, n)
-        out[:, fg] = n.T
-    return out
-
-
 def landmark_sample(tm: "data.TrainMesh", rng, camera=None, model_to_camera=None,
                     preop: bool = True, bend_curvature: float = 1 / 160.0,
                     instruments: bool = True, max_tries: int = 20) -> Dict[str, np.ndarray]:
@@ -94,7 +77,7 @@ def landmark_sample(tm: "data.TrainMesh", rng, camera=None, model_to_camera=None
     tgt[1] = mask & (near >= 0) & lig[np.maximum(near, 0)]
     tgt[2] = silhouette_map(face, depth, mask)
     valid = np.array([1, int(bool(tm.ligament.any())), 1], np.uint8)
-    normals = normal_map(face, bary, fr["vc"], fr["ni"] @ T[:3, :3].T, fs) * mask
+    normals = render.normal_map(face, bary, fr["vc"], fr["ni"] @ T[:3, :3].T, fs) * mask
     return {"image": np.transpose(img, (2, 0, 1)).copy(), "mask": mask.astype(np.uint8),
             "target": tgt, "valid": valid, "normals": normals.astype(np.float32), "model_to_camera": T, "camera": cam,
             "vertices": vi, "faces": fs, "kept": ids0}

@@ -77,16 +77,22 @@ def predict_maps(net, image, mask, camera, device=None) -> np.ndarray:
     return out.cpu().numpy().astype(np.float32)
 
 
-def true_maps(vertices, faces, model_to_camera, camera, ridge=None, ligament=None) -> np.ndarray:
+def true_maps(vertices, faces, model_to_camera, camera, ridge=None, ligament=None,
+              normals: bool = False) -> np.ndarray:
     """The ground-truth maps of a mesh at a pose (the labels the network is trained on,
-    no instruments): for tests of the geometric steps with the true 2D curves."""
+    no instruments): for tests of the geometric steps with the true 2D curves. ``(3,
+    NET_H, NET_W)`` (ridge, ligament, silhouette); with ``normals`` ``(6, NET_H, NET_W)``,
+    the camera-frame normal map (:func:`.render.normal_map`) appended, as the network
+    with normal channels gives them."""
     from . import data  # noqa: PLC0415
     from .landmarks_data import silhouette_map  # noqa: PLC0415
+    from .render import normal_map  # noqa: PLC0415
 
     v, f = np.asarray(vertices, float), np.asarray(faces, np.int64)
+    T = np.asarray(model_to_camera, float)
     ridge = data.ridge_vertices(v, f) if ridge is None else ridge
     ligament = np.zeros(len(v), bool) if ligament is None else ligament
-    depth, face, bary, _, _ = data.render_ids(v, f, model_to_camera, data.net_camera(camera))
+    depth, face, bary, _, _ = data.render_ids(v, f, T, data.net_camera(camera))
     liver = face >= 0
     near = np.full(face.shape, -1, np.int64)
     near[liver] = f[face[liver], bary[liver].argmax(1)]
@@ -94,20 +100,10 @@ def true_maps(vertices, faces, model_to_camera, camera, ridge=None, ligament=Non
     out[0] = liver & ridge[np.maximum(near, 0)]
     out[1] = liver & ligament[np.maximum(near, 0)]
     out[2] = silhouette_map(face, depth, liver)
+    if normals:
+        out = np.concatenate([out, normal_map(face, bary, v @ T[:3, :3].T + T[:3, 3],
+                                              data.vertex_normals(v, f) @ T[:3, :3].T, f)])
     return out
-
-
-def true_normals(vertices, faces, model_to_camera, camera) -> np.ndarray:
-    """The ground-truth camera-frame normal map ``(3, NET_H, NET_W)`` of a mesh at a pose
-    (:func:`.landmarks_data.normal_map`; zero off the liver)."""
-    from . import data  # noqa: PLC0415
-    from .landmarks_data import normal_map  # noqa: PLC0415
-
-    v, f = np.asarray(vertices, float), np.asarray(faces, np.int64)
-    T = np.asarray(model_to_camera, float)
-    _, face, bary, _, _ = data.render_ids(v, f, T, data.net_camera(camera))
-    return normal_map(face, bary, v @ T[:3, :3].T + T[:3, 3],
-                      data.vertex_normals(v, f) @ T[:3, :3].T, f)
 
 
 def observations(maps: np.ndarray, mask: np.ndarray, camera, threshold: float = 0.5) -> Dict:

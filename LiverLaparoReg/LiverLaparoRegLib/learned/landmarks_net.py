@@ -12,7 +12,7 @@ contour at a pose hypothesis) stays geometric (:mod:`.landmarks_infer`).
 
 With ``normals=True`` (the bundled model from v3 on) three
 more output channels give the camera-frame surface normal of the visible liver per
-pixel (:func:`.landmarks_data.normal_map`), normalised at use: a dense cue of the surface
+pixel (:func:`.render.normal_map`), normalised at use: a dense cue of the surface
 orientation from the shading, which the pose search compares with the mesh's normals.
 
 Loss (:func:`landmark_losses`): per class a binary cross-entropy with a positive weight

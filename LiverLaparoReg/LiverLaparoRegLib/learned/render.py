@@ -89,27 +89,45 @@ def _instrument(rng, h: int, w: int) -> np.ndarray:
     return m.astype(bool)
 
 
+def surface_at_pixels(face: np.ndarray, bary: np.ndarray, vertices_cam: np.ndarray,
+                      normals_cam: np.ndarray, faces: np.ndarray):
+    """The rendered surface per pixel: ``fg (H, W)`` (``face >= 0``) and, for its ``P``
+    pixels, the camera-frame point ``p (P, 3)`` and unit normal ``n (P, 3)`` (interpolated
+    vertex normals, turned to face the camera)."""
+    fg = face >= 0
+    fi = faces[face[fg]]                                     # (P, 3)
+    b = bary[fg][..., None]
+    p = (vertices_cam[fi] * b).sum(1)
+    n = (normals_cam[fi] * b).sum(1)
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+    return fg, p, np.where((n * p).sum(1, keepdims=True) > 0, -n, n)
+
+
+def normal_map(face: np.ndarray, bary: np.ndarray, vertices_cam: np.ndarray,
+               normals_cam: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Camera-frame unit normals ``(3, H, W)`` float32 of the rendered surface
+    (:func:`surface_at_pixels`), zero where nothing is rendered."""
+    out = np.zeros((3,) + face.shape, np.float32)
+    fg, _, n = surface_at_pixels(face, bary, vertices_cam, normals_cam, faces)
+    out[:, fg] = n.T
+    return out
+
+
 def shade(face: np.ndarray, bary: np.ndarray, vertices_cam: np.ndarray, normals_cam: np.ndarray,
           faces: np.ndarray, rng, occluders: Sequence[np.ndarray] = ()) -> np.ndarray:
     """RGB float image ``(H, W, 3)`` in [0, 1] (see the module docstring, step 4)."""
     import cv2  # noqa: PLC0415
 
     H, W = face.shape
-    fg = face >= 0
+    fg, p, n = surface_at_pixels(face, bary, vertices_cam, normals_cam, faces)
     bg_col = np.array([rng.uniform(0.35, 0.7), rng.uniform(0.1, 0.3), rng.uniform(0.1, 0.25)])
     img = bg_col * (0.6 + 0.25 * _smooth_noise(rng, H, W, 6))[..., None]
     img *= (1 + 0.15 * _smooth_noise(rng, H, W, 24))[..., None]
     if fg.any():
-        fi = faces[face[fg]]                                     # (P, 3)
-        b = bary[fg]
-        p = (vertices_cam[fi] * b[..., None]).sum(1)
-        n = (normals_cam[fi] * b[..., None]).sum(1)
-        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
         light = np.array([rng.normal(0, 15), rng.normal(0, 15), 0.0])
         l_dir = light - p
         l_dir /= np.linalg.norm(l_dir, axis=1, keepdims=True)
         view = -p / np.linalg.norm(p, axis=1, keepdims=True)
-        n = np.where((n * view).sum(1, keepdims=True) < 0, -n, n)
         diff = np.clip((n * l_dir).sum(1), 0, 1)
         h = l_dir + view
         h /= np.linalg.norm(h, axis=1, keepdims=True)
