@@ -124,8 +124,12 @@ def bundle_model(src, metrics: dict, name: str = BUNDLED_STAGE1, dest_dir=None,
               "classes) between a laparoscopic frame + liver mask and a liver mesh"
               if kind == "stage1" else
               "Stage I landmark segmentation (per-pixel ridge / falciform ligament / "
-              "silhouette probabilities) of a laparoscopic frame + liver mask; the 3D side "
-              "(mesh ridges, occluding contour) is geometric"),
+              "silhouette probabilities"
+              + (") and camera-frame surface normal map" if data["config"].get("normals")
+                 else ")")
+              + " of a laparoscopic frame + liver mask; the 3D side (mesh ridges, occluding "
+              "contour" + (", mesh normals" if data["config"].get("normals") else "")
+              + ") is geometric"),
         created_by_command=str(rec.get("command", "")), seed=rec.get("seed"),
         training_data=str(rec.get("data", "")), metrics=dict(metrics),
         description=(f"LiverLaparoRegLib.learned."
