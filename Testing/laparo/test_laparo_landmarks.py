@@ -54,14 +54,16 @@ def test_training_samples_have_landmark_maps():
 
 
 def test_tiny_model_trains_and_resumes(tmp_path):
-    """A tiny U-Net on 16 SYNTHETIC frames: the loss drops; the model file records kind,
-    version, data, command and seed; --resume continues from the step count."""
+    """A tiny U-Net on 16 SYNTHETIC frames: the loss and the normal error drop; the model
+    file records kind, version, data, command and seed; --resume continues from the step
+    count."""
     out = tmp_path / "lm.pt"
     rec = train_landmarks(out, steps=60, max_minutes=3, seed=1, batch=4, samples=16, base=4,
                           data_cache=tmp_path / "cache", device="cpu", command="test cmd",
                           log=lambda m: None)
     h = np.array(rec["loss_history"])
     assert len(h) == 3 and h[-1, 1] < h[0, 1]
+    assert h[-1, 5] < h[0, 5]                     # the normal map's angular error drops
     d = modelfile.read_model_file(out, "landmarks")
     assert d["kind"] == "landmarks" and d["version"] == modelfile.VERSION
     assert d["training"]["seed"] == 1 and d["training"]["command"] == "test cmd"
