@@ -79,7 +79,8 @@ def landmark_sample(tm: "data.TrainMesh", rng, camera=None, model_to_camera=None
     valid = np.array([1, int(bool(tm.ligament.any())), 1], np.uint8)
     normals = render.normal_map(face, bary, fr["vc"], fr["ni"] @ T[:3, :3].T, fs) * mask
     return {"image": np.transpose(img, (2, 0, 1)).copy(), "mask": mask.astype(np.uint8),
-            "target": tgt, "valid": valid, "normals": normals.astype(np.float32), "model_to_camera": T, "camera": cam,
+            "target": tgt, "valid": valid, "normals": normals.astype(np.float32),
+            "model_to_camera": T, "camera": cam,
             "vertices": vi, "faces": fs, "kept": ids0}
 
 

@@ -200,7 +200,8 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         record = {"data": f"SYNTHETIC: {pool.size()} frames rendered by LiverLaparoRegLib."
                           f"learned.landmarks_data from the mesh(es) [{mesh_desc}] (deformed, "
                           f"cut, bent, random laparoscope poses and appearance, instruments); "
-                          f"per-pixel ridge / ligament / silhouette maps and camera-frame normals; no real frame used; "
+                          f"per-pixel ridge / ligament / silhouette maps and camera-frame "
+                          f"normals; no real frame used; "
                           f"SciKit-Surgery liver held out unless given",
                   "command": command, "seed": seed, "steps": step, "batch": batch * world,
                   "lr": lr, "samples": pool.size() * world, "meshes": mesh_desc,
@@ -235,7 +236,8 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         L["total"].backward()
         opt.step()
         step += 1
-        run.append([L["total"].item()] + L["f1"].tolist() + [float(L.get("normal_deg", float("nan")))])
+        run.append([L["total"].item()] + L["f1"].tolist()
+                   + [float(L.get("normal_deg", float("nan")))])
         if step % 20 == 0:
             m = np.mean(run, 0).tolist()
             history.append([step] + [round(x, 5) for x in m])
