@@ -213,6 +213,22 @@ def _write_outputs(args, result, mesh, camera, c3=None) -> None:
                        lambda tmp, s=s: save_mesh(s, tmp))
 
 
+def _view_prior(args):
+    """``(view_axis, how)`` of ``--view-axis``: "auto" takes the prior's axis from the
+    coordinate system the mesh file declares (Slicer's ``SPACE=`` header comment; LPS when
+    it says nothing, as in Slicer)."""
+    from .learned.landmarks_search import AXIS_BY_SPACE, mesh_file_space, \
+        parse_view_axis  # noqa: PLC0415
+
+    text = args.view_axis or "auto"
+    if text.strip().lower() == "auto":
+        space = mesh_file_space(args.mesh)
+        how = (f"auto: the mesh file declares SPACE={space}" if space
+               else "auto: the mesh file declares no SPACE, LPS assumed (as Slicer does)")
+        return AXIS_BY_SPACE[space or "LPS"], how
+    return parse_view_axis(text, "--view-axis"), f"--view-axis {text}"
+
+
 def run_register_learned(args) -> int:
     """``register --method learned``: no --init, no contours (see ``learned/infer.py``)."""
     from .camera import load_camera, without_distortion  # noqa: PLC0415
@@ -231,8 +247,12 @@ def run_register_learned(args) -> int:
         camera = without_distortion(camera)
     mask = mask_from_image(read_image(args.mask, "mask"), "mask") if args.mask else None
     gt = read_pose_json(args.ground_truth, "ground truth pose") if args.ground_truth else None
+    view_axis, prior = _view_prior(args)
     result = register_learned(mesh, camera, image=image, mask=mask, model=args.model,
-                              nonrigid=args.nonrigid, ground_truth=gt, structures=structures)
+                              nonrigid=args.nonrigid, ground_truth=gt, structures=structures,
+                              view_axis=view_axis, cone_deg=args.view_cone)
+    if "learned" in result.metrics:
+        result.metrics["learned"]["view_prior"] = prior
     _write_outputs(args, result, mesh, camera)
     from SurgicalReg2D3DLib.quality import warning_line  # noqa: PLC0415
 
@@ -306,6 +326,15 @@ def register_cli(subparsers) -> None:
     r.set_defaults(func=run_register)
     r.add_argument("--model", default=None,
                    help="learned model file (--method learned; default: the bundled model)")
+    r.add_argument("--view-axis", default="auto",
+                   help="--method learned: the direction the laparoscope looks along, in the "
+                        "mesh file's frame (a prior of the search): auto (from the file's "
+                        "SPACE= header: +y for LPS, the default, -y for RAS, i.e. looking at "
+                        "the anterior surface), +x, -x, +y, -y, +z, -z, 'x,y,z', or any "
+                        "(the whole sphere, slower and less sure)")
+    r.add_argument("--view-cone", type=float, default=None,
+                   help="--method learned: half-angle (deg) of the searched viewing "
+                        "directions around --view-axis (default 80)")
     from .learned.train import add_train_parser  # noqa: PLC0415
 
     add_train_parser(sub)

@@ -416,3 +416,58 @@ def test_network_with_normals_gives_unit_normals_and_maps_are_checked(tmp_path, 
     np.testing.assert_allclose(np.linalg.norm(maps[3:], axis=0), 1.0, atol=1e-4)
     with pytest.raises(InputError, match=r"^maps: expected shape \(3, 96, 128\) or \(6"):
         li.register_landmarks(mesh, cam, img, mask, maps=maps[:5])
+
+
+def test_view_prior_from_text_and_from_the_mesh_file(tmp_path):
+    """``--view-axis``: named axes, a direction, 'any'; bad text names the input. 'auto'
+    reads the ``SPACE=`` comment Slicer writes into mesh files: +y for LPS or no comment
+    (Slicer's assumption), -y for RAS."""
+    import argparse  # noqa: PLC0415
+
+    from LiverLaparoRegLib.cli import _view_prior  # noqa: PLC0415
+
+    assert lsearch.parse_view_axis("+y") == (0.0, 1.0, 0.0)
+    assert lsearch.parse_view_axis(" -Z ") == (0.0, 0.0, -1.0)
+    assert lsearch.parse_view_axis("any") is None
+    np.testing.assert_allclose(lsearch.parse_view_axis("3,0,4"), (0.6, 0.0, 0.8))
+    for bad in ("up", "0,0,0", "1,2", "1,nan,0"):
+        with pytest.raises(InputError, match="^view axis: "):
+            lsearch.parse_view_axis(bad)
+    tri = "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n"
+    files = {"ras.obj": "# SPACE=RAS\n" + tri, "lps.obj": "# 3D Slicer output. SPACE=LPS\n" + tri,
+             "none.obj": tri, "both.obj": "# SPACE=RAS SPACE=LPS\n" + tri}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert [lsearch.mesh_file_space(tmp_path / n) for n in files] == ["RAS", "LPS", "", ""]
+    assert lsearch.mesh_file_space(tmp_path / "missing.obj") == ""
+    for name, axis in (("ras.obj", (0.0, -1.0, 0.0)), ("lps.obj", (0.0, 1.0, 0.0)),
+                       ("none.obj", (0.0, 1.0, 0.0))):
+        got, how = _view_prior(argparse.Namespace(view_axis="auto", mesh=tmp_path / name))
+        assert got == axis and how.startswith("auto: ")
+    got, how = _view_prior(argparse.Namespace(view_axis="any", mesh=tmp_path / "ras.obj"))
+    assert got is None and how == "--view-axis any"
+    with pytest.raises(InputError, match="^--view-axis: "):
+        _view_prior(argparse.Namespace(view_axis="sideways", mesh=tmp_path / "ras.obj"))
+
+
+def test_search_of_a_mesh_in_ras_coordinates_needs_the_ras_axis():
+    """The same SYNTHETIC frame with the mesh's coordinates in RAS (x, y negated): its
+    true viewing direction is > 80 deg from the default +y axis (the default prior cannot
+    reach it) and the search with the -y axis (what ``--view-axis auto`` gives a file
+    that declares SPACE=RAS) finds the pose within 5 deg / 10 mm."""
+    from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
+
+    tm, cam, T, maps, obs, lm = _training_mesh_frame([5, 1000])
+    nm = li.true_maps(tm.vertices, tm.faces, T, cam, ridge=tm.ridge, normals=True)[3:]
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])                  # RAS <-> LPS
+    v_ras = tm.vertices * np.array([-1.0, -1.0, 1.0])
+    T_ras = T @ flip                                         # model (RAS) -> camera
+    np.testing.assert_allclose((v_ras @ T_ras[:3, :3].T + T_ras[:3, 3])[:50],
+                               (tm.vertices @ T[:3, :3].T + T[:3, 3])[:50], atol=1e-9)
+    look = T_ras[:3, :3].T @ np.array([0.0, 0.0, 1.0])      # viewing direction, mesh frame
+    assert np.degrees(np.arccos(look @ np.array(lsearch.VIEW_AXIS))) > 80.0
+    lm_ras = lsearch.MeshLandmarks(MeshData(v_ras, tm.faces))
+    cands = lalign.align_search(lm_ras, cam, li.observed_2d(obs, None, cam, nm),
+                                view_axis=lsearch.AXIS_BY_SPACE["RAS"], w_ridge=0.0)
+    e = lmetrics.pose_errors(cands[0][0], T_ras, lm_ras.c)
+    assert e["rotation_deg"] < 5.0 and e["centroid_error_mm"] < 10.0

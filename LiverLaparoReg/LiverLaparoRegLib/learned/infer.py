@@ -313,11 +313,18 @@ def check_frame_inputs(mesh, camera, image=None, mask=None):
     return mesh, camera, mask
 
 
+_DEFAULT_AXIS = object()     # register_learned's view_axis when the caller gives none
+
+
 def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
                      refine: bool = True, nonrigid: bool = False, ground_truth=None,
-                     structures=None, progress=None, cancel=None) -> LearnedResult:
+                     structures=None, view_axis=_DEFAULT_AXIS, cone_deg: Optional[float] = None,
+                     progress=None, cancel=None) -> LearnedResult:
     """Learned registration (module docstring). ``model``: model file (None = bundled);
-    ``net``: an already loaded network (tests, benchmarks)."""
+    ``net``: an already loaded network (tests, benchmarks). ``view_axis`` / ``cone_deg``:
+    the landmark model's search prior on the laparoscope's viewing direction in the mesh
+    frame (default :data:`.landmarks_search.VIEW_AXIS`, 80 deg; ``view_axis=None``: any
+    direction)."""
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
     from ..logic import _check_pose, _run_silhouette  # noqa: PLC0415
@@ -333,6 +340,9 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
     structures = [validate_mesh(s, f"structure {k} ({s.name})")
                   for k, s in enumerate(structures or ())]
     info = {}
+    prior = {} if view_axis is _DEFAULT_AXIS else {"view_axis": view_axis}
+    if cone_deg is not None:
+        prior["cone_deg"] = float(cone_deg)
     if net is None:
         kind = _model_kind(model)
         if kind == "landmarks":
@@ -342,14 +352,15 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
             return register_landmarks(mesh, camera, image=image, mask=mask, model=model,
                                       refine=refine, nonrigid=nonrigid,
                                       ground_truth=ground_truth, structures=structures,
-                                      progress=progress, cancel=cancel)
+                                      progress=progress, cancel=cancel, **prior)
         net, info = load_model(model)
     elif getattr(net, "config", {}).get("levels") is not None:       # a LandmarkNet
         from .landmarks_infer import register_landmarks  # noqa: PLC0415
 
         return register_landmarks(mesh, camera, image=image, mask=mask, net=net, refine=refine,
                                   nonrigid=nonrigid, ground_truth=ground_truth,
-                                  structures=structures, progress=progress, cancel=cancel)
+                                  structures=structures, progress=progress, cancel=cancel,
+                                  **prior)
     report(progress, 0.0, "LiverLaparoReg: learned correspondences")
     t1 = time.perf_counter()
     corr, minfo = predict_correspondences(net, mesh, camera, image, mask)

@@ -210,7 +210,10 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     network's maps, :data:`.landmarks_align.W_RIDGE` with given maps); 0 uses the
     silhouette alone (search, ICP and refinement); ``w_normal``: weight of the normal map
     in the search (None: :data:`.landmarks_align.W_NORMAL`; used only when the network or
-    the given ``maps`` have the normal channels; 0 leaves it out)."""
+    the given ``maps`` have the normal channels; 0 leaves it out); ``view_axis`` /
+    ``cone_deg``: the searched viewing directions (the laparoscope's, in the mesh frame)
+    lie within ``cone_deg`` of ``view_axis`` (None: the whole sphere), recorded in the
+    result's ``metrics["learned"]``."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -235,6 +238,14 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
             raise InputError(f"maps: expected shape (3, {data.NET_H}, {data.NET_W}) or (6, "
                              f"{data.NET_H}, {data.NET_W}) (with normals), got {maps.shape}")
     given_maps = maps
+    if view_axis is not None:
+        view_axis = np.asarray(view_axis, float).reshape(-1)
+        if view_axis.shape != (3,) or not np.isfinite(view_axis).all() \
+                or np.linalg.norm(view_axis) < 1e-9:
+            raise InputError(f"view axis: expected a nonzero 3-vector or None (any direction), "
+                             f"got {view_axis.tolist()}")
+    if not 0.0 < float(cone_deg) <= 180.0:
+        raise InputError(f"view cone: expected an angle in (0, 180] deg, got {cone_deg}")
     if ground_truth is not None:
         ground_truth = _check_pose(ground_truth, "ground truth pose")
     structures = [validate_mesh(s, f"structure {k} ({s.name})")
@@ -335,7 +346,10 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "ransac_vs_icp_deg": round(float(ransac_vs_icp["rotation_deg"]), 3),
              "ligament": "predicted, not used for the pose (no 3D ligament on the mesh)",
              "ridge_weight": float(w_ridge),
-             "normal_weight": w_normal if normal_map is not None else 0.0}
+             "normal_weight": w_normal if normal_map is not None else 0.0,
+             "view_axis": ("any" if view_axis is None
+                           else [round(float(x), 4) for x in view_axis / np.linalg.norm(view_axis)]),
+             "view_cone_deg": None if view_axis is None else float(cone_deg)}
     if refine:
         t1 = time.perf_counter()
         (rid, rp), _ = visible_landmarks(lm, T1, camera)     # ridge visible at T1

@@ -16,8 +16,11 @@ pixel (:func:`.render.normal_map`), normalised at use: a dense cue of the surfac
 orientation from the shading, which the pose search compares with the mesh's normals.
 
 Loss (:func:`landmark_losses`): per class a binary cross-entropy with a positive weight
-(the landmark pixels are rare) plus a soft Dice term; with normals, plus ``W_NORMAL``
-times the mean ``1 - cos`` between predicted and true normals over the mask.
+(the landmark pixels are rare) plus a soft Dice term; with normals, plus a weight
+(``W_NORMAL`` by default) times the mean normal error over the mask: ``1 - cos`` between
+predicted and true normals (``normal_loss="cos"``) or the angle between them in radians
+(``"angle"``: its gradient does not fade as the error gets small, as ``1 - cos ~
+angle^2 / 2`` does).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from __future__ import annotations
 LANDMARKS = ("ridge", "ligament", "silhouette")
 #: BCE positive weights per channel (landmark pixels are 2-10 % of the frame)
 POS_WEIGHT = (4.0, 8.0, 6.0)
-#: weight of the normal term (mean 1 - cos over the liver pixels) in the total loss
+#: default weight of the normal term (mean error over the liver pixels) in the total loss
 W_NORMAL = 2.0
+#: normal error measures of :func:`landmark_losses`
+NORMAL_LOSSES = ("cos", "angle")
 
 
 def _block(cin, cout):
@@ -87,11 +92,13 @@ def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: 
     return _Net()
 
 
-def landmark_losses(logits, target, valid=None, normals=None, mask=None):
+def landmark_losses(logits, target, valid=None, normals=None, mask=None,
+                    normal_loss: str = "cos", normal_weight: float = W_NORMAL):
     """``logits (B, 3, H, W)``, ``target (B, 3, H, W)`` in {0, 1}; ``valid (B, 3)``: 0
     where a sample has no ground truth for a channel (e.g. no ligament on the mesh).
     With 6 logit channels, ``normals (B, 3, H, W)`` (true unit normals) and ``mask (B, H,
-    W)`` (where they count) add the normal term. Returns a dict with ``total``,
+    W)`` (where they count) add ``normal_weight`` times the normal term (``normal_loss``:
+    "cos" or "angle", module docstring). Returns a dict with ``total``,
     per-channel ``bce`` and ``dice`` and ``f1`` (hard, threshold 0.5) and, with normals,
     ``normal_deg`` (median angular error over the mask) for logging."""
     import torch  # noqa: PLC0415
@@ -103,9 +110,13 @@ def landmark_losses(logits, target, valid=None, normals=None, mask=None):
         if normals is None or mask is None:
             raise ValueError("normals: a network with normal channels needs the true "
                              "normals and the mask for its loss")
+        if normal_loss not in NORMAL_LOSSES:
+            raise ValueError(f"normal loss: one of {NORMAL_LOSSES}, got {normal_loss!r}")
         cos = (F.normalize(logits[:, len(LANDMARKS):], dim=1, eps=1e-6) * normals).sum(1)
         m = mask.to(cos.dtype)
-        n_term = ((1 - cos) * m).sum() / m.sum().clamp(min=1)
+        err = (1 - cos if normal_loss == "cos"
+               else torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)))
+        n_term = (err * m).sum() / m.sum().clamp(min=1)
         with torch.no_grad():
             sel = cos[m > 0]
             extra["normal_deg"] = (torch.rad2deg(torch.acos(sel.clamp(-1, 1))).median()
@@ -127,5 +138,5 @@ def landmark_losses(logits, target, valid=None, normals=None, mask=None):
         hard = (p > 0.5).float()
         tp = (hard * target).sum((0, 2, 3))
         f1 = 2 * tp / (hard.sum((0, 2, 3)) + target.sum((0, 2, 3))).clamp(min=1)
-    return {"total": bce_c.sum() + 0.5 * dice_c.sum() + W_NORMAL * n_term,
+    return {"total": bce_c.sum() + 0.5 * dice_c.sum() + normal_weight * n_term,
             "bce": bce_c.detach(), "dice": dice_c.detach(), "f1": f1, **extra}

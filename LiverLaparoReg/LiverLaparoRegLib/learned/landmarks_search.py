@@ -16,6 +16,48 @@ import numpy as np
 #: along about +y (both shipped livers: 15 and 27 deg from +y); directions beyond
 #: VIEW_CONE_DEG are not searched. ``view_axis=None`` searches the whole sphere.
 VIEW_AXIS, VIEW_CONE_DEG = (0.0, 1.0, 0.0), 80.0
+#: the prior's axis by the mesh file's coordinate system: the laparoscope looks from
+#: anterior toward posterior, +y in LPS (Slicer's default for mesh files, and the frame
+#: the module gives the search for a model node) and -y in RAS
+AXIS_BY_SPACE = {"LPS": (0.0, 1.0, 0.0), "RAS": (0.0, -1.0, 0.0)}
+_NAMED_AXES = {"+x": (1.0, 0.0, 0.0), "-x": (-1.0, 0.0, 0.0), "+y": (0.0, 1.0, 0.0),
+               "-y": (0.0, -1.0, 0.0), "+z": (0.0, 0.0, 1.0), "-z": (0.0, 0.0, -1.0)}
+
+
+def parse_view_axis(text, what: str = "view axis"):
+    """The search's prior axis from text: ``+y`` (and the other signed axes), ``x,y,z``
+    (a direction in the mesh frame) or ``any`` (None: the whole sphere is searched)."""
+    from SurgicalReg2D3DLib.errors import InputError  # noqa: PLC0415
+
+    t = str(text).strip().lower()
+    if t == "any":
+        return None
+    if t in _NAMED_AXES:
+        return _NAMED_AXES[t]
+    try:
+        a = np.array([float(x) for x in t.split(",")], float)
+    except ValueError:
+        a = np.zeros(0)
+    if a.shape != (3,) or not np.isfinite(a).all() or np.linalg.norm(a) < 1e-9:
+        raise InputError(f"{what}: expected +x, -x, +y, -y, +z, -z, 'any' or three numbers "
+                         f"'x,y,z' (not all zero), got {text!r}")
+    return tuple(float(x) for x in a / np.linalg.norm(a))
+
+
+def mesh_file_space(path) -> str:
+    """The coordinate system a mesh file declares (``SPACE=LPS`` / ``SPACE=RAS``, the
+    comment Slicer writes into the headers of the mesh files it saves): "LPS", "RAS", or
+    "" when the file does not say (Slicer then assumes LPS)."""
+    import re  # noqa: PLC0415
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096).decode("latin-1")
+    except OSError:
+        return ""
+    found = set(re.findall(r"SPACE\s*=\s*(LPS|RAS)\b", head, re.IGNORECASE))
+    found = {f.upper() for f in found}
+    return found.pop() if len(found) == 1 else ""
 
 
 # ----------------------------------------------------------------------------- 3D side

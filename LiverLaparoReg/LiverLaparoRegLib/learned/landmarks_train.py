@@ -9,6 +9,10 @@ training: the pool of frames grows while the network trains on it (rendering tak
 most :data:`RENDER_SHARE` of the wall time until ``--samples`` frames exist), so a short
 run still trains most of the time.
 
+Loss: :func:`.landmarks_net.landmark_losses`, the normal term measured by
+``--normal-loss`` (``cos``: ``1 - cos``; ``angle``: the angle in radians) times
+``--normal-weight``.
+
 Loop: Adam, batch ``--batch``, cosine learning-rate decay over ``--max-minutes`` /
 ``--steps``; augmentation: horizontal flips, gain / gamma / colour jitter, the mask
 channel dropped for 10 % of the samples; a checkpoint (the model file + ``<out>.ckpt``
@@ -135,12 +139,14 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                     batch: int = 8, lr: float = 2e-3, samples: int = 1500,
                     meshes: Optional[Sequence[str]] = None, data_cache=None, resume=None,
                     device: str = "auto", base: int = 12, checkpoint_minutes: float = 5.0,
+                    normal_loss: str = "cos", normal_weight: Optional[float] = None,
                     command: str = "", log=print) -> dict:
     """Train a landmark model and write it to ``out`` (see the module docstring).
     Returns the training record (loss history included)."""
     import torch  # noqa: PLC0415
 
-    from .landmarks_net import LandmarkNet, landmark_losses  # noqa: PLC0415
+    from .landmarks_net import NORMAL_LOSSES, W_NORMAL, LandmarkNet, \
+        landmark_losses  # noqa: PLC0415
     from .modelfile import read_model_file  # noqa: PLC0415
     from .train import ddp_setup, rank0_decides, training_meshes, \
         write_training_files  # noqa: PLC0415
@@ -149,6 +155,11 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         raise InputError("steps: --steps, --batch and --samples must be positive")
     if not max_minutes > 0:
         raise InputError(f"max minutes: must be positive, got {max_minutes}")
+    if normal_loss not in NORMAL_LOSSES:
+        raise InputError(f"normal loss: one of {', '.join(NORMAL_LOSSES)}, got {normal_loss!r}")
+    normal_weight = W_NORMAL if normal_weight is None else float(normal_weight)
+    if not normal_weight >= 0:
+        raise InputError(f"normal weight: must be >= 0, got {normal_weight}")
     t_start = time.time()
     deadline = t_start + 60.0 * max_minutes
     world, rank, dev = ddp_setup(device, log)
@@ -205,6 +216,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                           f"SciKit-Surgery liver held out unless given",
                   "command": command, "seed": seed, "steps": step, "batch": batch * world,
                   "lr": lr, "samples": pool.size() * world, "meshes": mesh_desc,
+                  "normal_loss": normal_loss, "normal_weight": normal_weight,
                   "device": str(dev), "world_size": world,
                   "loss_history": history, "wall_s": wall_before + time.time() - t_start,
                   "render_s": render_s, "finished": final}
@@ -231,7 +243,8 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         n = len(arrs["image"])
         idx = rng.choice(n, size=batch, replace=n < batch)
         img, mask, tgt, valid, nrm, m_true = (x.to(dev) for x in _batch(arrs, idx, rng))
-        L = landmark_losses(net(img, mask), tgt, valid, nrm, m_true)
+        L = landmark_losses(net(img, mask), tgt, valid, nrm, m_true, normal_loss=normal_loss,
+                            normal_weight=normal_weight)
         opt.zero_grad()
         L["total"].backward()
         opt.step()

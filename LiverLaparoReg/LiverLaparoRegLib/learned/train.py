@@ -336,7 +336,10 @@ def _landmarks_command(args) -> str:
              f"--samples {args.samples}", f"--max-minutes {args.max_minutes:g}",
              f"--steps {args.steps}", f"--seed {args.seed}", f"--batch {args.batch}",
              f"--base {args.base}", f"--threads {args.threads}", f"--device {args.device}",
-             f"--checkpoint-minutes {args.checkpoint_minutes:g}"]
+             f"--checkpoint-minutes {args.checkpoint_minutes:g}",
+             f"--normal-loss {args.normal_loss}"]
+    if args.normal_weight is not None:
+        parts.append(f"--normal-weight {args.normal_weight:g}")
     if args.lr is not None:
         parts.append(f"--lr {args.lr:g}")
     if args.meshes:
@@ -367,6 +370,7 @@ def _run_train_landmarks(args) -> int:
                           samples=args.samples, meshes=args.meshes, data_cache=args.data_cache,
                           resume=args.resume, device=args.device, base=args.base,
                           checkpoint_minutes=args.checkpoint_minutes,
+                          normal_loss=args.normal_loss, normal_weight=args.normal_weight,
                           command=_landmarks_command(args), log=log)
     h = rec["loss_history"]
     print(json.dumps({"out": str(args.out), "kind": "landmarks", "steps": rec["steps"],
@@ -391,6 +395,11 @@ def add_train_parser(sub) -> None:
                    help="stage1: the image-to-mesh point matcher; landmarks: per-pixel "
                         "ridge / ligament / silhouette segmentation (3D side geometric)")
     t.add_argument("--base", type=int, default=12, help="landmarks U-Net base width")
+    t.add_argument("--normal-loss", default="cos", choices=("cos", "angle"),
+                   help="landmarks: the normal map's error in the loss, 1 - cos or the angle "
+                        "(radians)")
+    t.add_argument("--normal-weight", type=float, default=None,
+                   help="landmarks: weight of the normal term (default 2)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
