@@ -131,6 +131,13 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                        "pixels; they appear as a point list on the frame, "
                                        "labelled v<vertex> <class> <confidence>")
         form.addRow(self.predictButton)
+        self.anyViewCheckBox = qt.QCheckBox(_("Search every viewing direction"))
+        self.anyViewCheckBox.toolTip = _(
+            "The learned method searches laparoscope views that look at the model's anterior "
+            "surface (a model in its CT's patient frame). Check this for a model in another "
+            "frame: the whole sphere is searched (about 2.5 times slower, less sure). Applies "
+            "to 'Predict correspondences' and to the 'learned' method.")
+        form.addRow(self.anyViewCheckBox)
         self.fromMarkupsButton = qt.QPushButton(_("Register from the edited correspondences"))
         self.fromMarkupsButton.toolTip = _("Delete wrong points or drag them to the right pixel "
                                            "first; EPnP + RANSAC on what is left, then the "
@@ -159,7 +166,8 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
         with slicer.util.tryWithErrorDisplay(_("No correspondences."), waitCursor=True):
             node, result = self.logic.predictCorrespondences(
-                markupsNode=self._correspondenceNode, progress=self._progress, **self._inputs())
+                markupsNode=self._correspondenceNode, progress=self._progress,
+                anyViewDirection=self.anyViewCheckBox.checked, **self._inputs())
             self._correspondenceNode = node
             self.fromMarkupsButton.enabled = True
             q = getattr(result, "quality", None)
@@ -258,7 +266,7 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         initialTransform=p.initialTransform, method=p.method,
                         nonrigid=p.nonrigid, outputTransform=p.outputTransform,
                         structureNodes=list(self.ui.structuresSelector.checkedNodes()),
-                        applyFailed=False,
+                        applyFailed=False, anyViewDirection=self.anyViewCheckBox.checked,
                         outputModel=p.outputModel, overlayVolume=p.overlayVolume,
                         curves2d=list(self.ui.curves2dSelector.checkedNodes()),
                         curves3d=list(self.ui.curves3dSelector.checkedNodes()),
@@ -429,7 +437,7 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
                 contours2dPath=None, contours3dPath=None, initialTransform=None, method="auto",
                 nonrigid=False, outputTransform=None, outputModel=None, overlayVolume=None,
                 structureNodes=None, curves2d=None, curves3d=None, maskSegmentation=None,
-                progress=None, cancel=None, applyFailed=True):
+                progress=None, cancel=None, applyFailed=True, anyViewDirection=False):
         """Run the registration; returns ``(LaparoResult, {"transform", "model", "overlay",
         "structures", "camera"})``. ``applyFailed=False``: a pose judged failed is not
         written (the widget asks first).
@@ -439,7 +447,9 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
         liver painted in ``maskSegmentation`` (used instead of ``maskVolume``).
         ``structureNodes``: optional vessel / tumour model nodes (liver model frame); with
         ``nonrigid`` a deformed copy of each is created (inputs unchanged); all are drawn
-        on the overlay (deformed when available)."""
+        on the overlay (deformed when available). ``anyViewDirection``: the learned method
+        searches every viewing direction, not only views of the anterior surface (a model
+        that is not in its CT's patient frame)."""
         from LiverLaparoRegLib import logic
         from LiverLaparoRegLib.node_inputs import resolve_inputs
         from LiverLaparoRegLib.overlay import overlay_image
@@ -467,7 +477,8 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
             method=None if method == "auto" else method, nonrigid=nonrigid,
             output_transform_node=transform, output_model_node=outputModel,
             structure_nodes=structureNodes or None, progress=progress, cancel=cancel,
-            apply_failed=applyFailed)
+            apply_failed=applyFailed,
+            learned_options={"view_axis": None} if anyViewDirection else None)
         verts = vertices if result.deformed_vertices is None else result.deformed_vertices
         shown = {}
         if result.deformed_structures:
@@ -507,17 +518,19 @@ class LiverLaparoRegLogic(ScriptedLoadableModuleLogic):
 
     def predictCorrespondences(self, modelNode, frameVolume, cameraPath, distortionPath=None,
                                maskVolume=None, maskSegmentation=None, markupsNode=None,
-                               progress=None, cancel=None):
+                               progress=None, cancel=None, anyViewDirection=False):
         """The learned correspondences as a point list on the frame
         (``LiverLaparoRegLib.learned.nodes.predict_correspondence_nodes``); returns
-        ``(markups node, result)``."""
+        ``(markups node, result)``. ``anyViewDirection``: see :meth:`process`."""
         from LiverLaparoRegLib.learned.nodes import predict_correspondence_nodes
 
         camera, mask = self._cameraAndMask(modelNode, frameVolume, cameraPath, distortionPath,
                                            maskVolume, maskSegmentation)
         return predict_correspondence_nodes(self._context(), modelNode, frameVolume, camera,
                                             mask=mask, markups_node=markupsNode,
-                                            progress=progress, cancel=cancel)
+                                            progress=progress, cancel=cancel,
+                                            learned_options={"view_axis": None}
+                                            if anyViewDirection else None)
 
     def processFromCorrespondences(self, markupsNode, modelNode, frameVolume, cameraPath,
                                    distortionPath=None, maskVolume=None, maskSegmentation=None,

@@ -186,7 +186,7 @@ def _run_learned(ctx: dict, progress=None, cancel=None):
     from .learned.infer import register_learned  # noqa: PLC0415
 
     r = register_learned(ctx["mesh"], ctx["camera"], image=ctx.get("image"), mask=ctx["mask"],
-                         progress=progress, cancel=cancel)
+                         progress=progress, cancel=cancel, **ctx.get("learned_options", {}))
     return r.model_to_camera, dict(r.timings), r.history
 
 
@@ -206,8 +206,12 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
              init: Optional[np.ndarray] = None, method: Optional[str] = None,
              nonrigid: bool = False, ground_truth: Optional[np.ndarray] = None,
              structures: Optional[Sequence[MeshData]] = None,
-             progress=None, cancel=None, quality: bool = False) -> LaparoResult:
+             progress=None, cancel=None, quality: bool = False,
+             learned_options: Optional[dict] = None) -> LaparoResult:
     """Register ``mesh`` (model frame, mm) to a laparoscopic frame.
+
+    ``learned_options``: keyword arguments of the learned method (``method="learned"``)
+    for ``learned.infer.register_learned`` (``view_axis``, ``cone_deg``).
 
     ``structures``: optional extra meshes in the same model frame (vessels, tumours).
     The rigid pose applies to them as to the liver; with ``nonrigid`` the liver's
@@ -260,7 +264,8 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
         raise InputError("nonrigid: a non-rigid registration needs a rigid pose first "
                          "(give an initial pose or contours)")
     ctx = {"mesh": mesh, "camera": camera, "mask": mask, "contours2d": contours2d,
-           "contours3d": contours3d, "init": init, "image": image}
+           "contours3d": contours3d, "init": init, "image": image,
+           "learned_options": dict(learned_options or {})}
     report(progress, 0.0, f"LiverLaparoReg: {method}")
     T, timings, history = METHODS[method](ctx, sub_progress(progress, 0.0, 0.9), cancel)
     timings["rigid_s"] = time.perf_counter() - t0
@@ -357,8 +362,10 @@ def register_nodes(ctx, model_node, camera, frame_node=None, mask_node=None,
                    output_transform_node=None, output_model_node=None,
                    structure_nodes=None, output_structure_nodes=None,
                    progress=None, cancel=None, quality: bool = True,
-                   apply_failed: bool = True) -> LaparoResult:
-    """Node-level entry point (Slicer logic and tests).
+                   apply_failed: bool = True, learned_options: Optional[dict] = None
+                   ) -> LaparoResult:
+    """Node-level entry point (Slicer logic and tests). ``learned_options``: see
+    :func:`register`.
 
     ``structure_nodes``: optional model nodes of vessels / tumours (same convention as
     ``model_node``). With ``nonrigid``, a deformed copy of each is written to the
@@ -398,7 +405,7 @@ def register_nodes(ctx, model_node, camera, frame_node=None, mask_node=None,
     result = register(mesh, camera, image=image, mask=mask, contours2d=contours2d,
                       contours3d=contours3d, init=init, method=method, nonrigid=nonrigid,
                       structures=structures, progress=progress, cancel=cancel,
-                      quality=quality)
+                      quality=quality, learned_options=learned_options)
     if result.quality is not None and result.quality.verdict == "failed" and not apply_failed:
         result.metrics["not_applied"] = "failed"  # the GUI asks before writing it
     else:

@@ -431,8 +431,12 @@ def test_node_buttons_predict_edit_register(ctx, box, tiny_net, monkeypatch):
              "confidence": 0.8} for k in range(12)]
     corr[0]["pixel"] = [3.0, 3.0]  # one wrong match, for the user to delete
 
-    def fake(mesh, camera, image=None, mask=None, model=None, progress=None, cancel=None):
+    options = []
+
+    def fake(mesh, camera, image=None, mask=None, model=None, progress=None, cancel=None,
+             **kw):
         assert np.allclose(mesh.vertices, box.vertices)  # the node's mesh, model frame
+        options.append(kw)
         return infer.LearnedResult(model_to_camera=T, method="learned", correspondences=corr)
 
     def n_lists():
@@ -441,7 +445,17 @@ def test_node_buttons_predict_edit_register(ctx, box, tiny_net, monkeypatch):
     monkeypatch.setattr(infer, "register_learned", fake)
     node, res = lnodes.predict_correspondence_nodes(ctx, model_node, frame, cam)
     assert node.GetNumberOfControlPoints() == 12 and res.correspondences is corr
-    assert n_lists() == 1
+    assert n_lists() == 1 and options == [{}]
+    # "Search every viewing direction": the view prior reaches the learned method
+    lnodes.predict_correspondence_nodes(ctx, model_node, frame, cam, markups_node=node,
+                                        learned_options={"view_axis": None})
+    assert options[-1] == {"view_axis": None} and n_lists() == 1
+    from LiverLaparoRegLib import logic  # noqa: PLC0415
+    mask = np.zeros((cam.height, cam.width), bool)
+    mask[60:180, 80:240] = True
+    r = logic.register(box, cam, image=np.zeros((cam.height, cam.width), np.uint8), mask=mask,
+                       method="learned", learned_options={"view_axis": None, "cone_deg": 30})
+    assert options[-1] == {"view_axis": None, "cone_deg": 30} and r.method == "learned"
     node.RemoveNthControlPoint(0)
     T_est, r, out = lnodes.register_nodes_from_markups(ctx, model_node, frame, cam, node)
     assert len(r.inliers) == 11

@@ -121,11 +121,14 @@ def _mesh_of(model_node):
 
 
 def predict_correspondence_nodes(ctx, model_node, frame_node, camera, mask=None, model=None,
-                                 markups_node=None, progress=None, cancel=None):
+                                 markups_node=None, progress=None, cancel=None,
+                                 learned_options=None):
     """Run the learned registration on the frame (the bundled model unless ``model``) and
     show its correspondences as a point list on the frame (``markups_node``, created when
     None). Returns ``(markups node, LearnedResult)``. A frame where the model finds no
-    usable correspondences raises its :class:`InputError` and creates no node."""
+    usable correspondences raises its :class:`InputError` and creates no node.
+    ``learned_options``: more keyword arguments of ``infer.register_learned`` (the view
+    prior: ``view_axis``, ``cone_deg``)."""
     from SurgicalReg2D3DLib import nodes  # noqa: PLC0415
 
     from .infer import register_learned  # noqa: PLC0415
@@ -135,7 +138,7 @@ def predict_correspondence_nodes(ctx, model_node, frame_node, camera, mask=None,
     mesh = _mesh_of(model_node)
     image, ijk = nodes.image2d_from_node(frame_node, "image")
     result = register_learned(mesh, camera, image=image, mask=mask, model=model,
-                              progress=progress, cancel=cancel)
+                              progress=progress, cancel=cancel, **dict(learned_options or {}))
     node = correspondences_to_markups(ctx, result.correspondences, ijk,
                                       "LiverLaparoReg learned correspondences", node=markups_node)
     return node, result
