@@ -188,6 +188,9 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
                 base["normal_error_deg_median"] = normal_error_deg(pred[3:], true_n[3:],
                                                                    mask_net)
                 variants.append(("learned landmarks, no normals", {"net": net, "w_normal": 0.0}))
+            # no view prior: what a mesh in an unknown frame costs (whole sphere searched)
+            variants.append(("learned landmarks, any viewing direction",
+                             {"net": net, "view_axis": None}))
             if li.W_RIDGE_LEARNED > 0:           # the other choice of the ridge weight
                 variants.append(("learned landmarks, silhouette only", {"net": net,
                                                                         "w_ridge": 0.0}))
@@ -262,6 +265,27 @@ def markdown_landmarks(summ, meta, notes=""):
     return "\n".join(L) + "\n" + notes
 
 
+def _write_landmarks(out: Path, rows, meta) -> None:
+    """``laparo_learned.{json,md}`` of the landmark protocol from its rows (the notes file
+    ``laparo_learned_notes.md`` appended to the markdown)."""
+    summ = summarise(rows)
+    f1 = [r["map_f1"] for r in rows if r["method"] == "learned landmarks"]
+    ne = [r["normal_error_deg_median"] for r in rows if r["method"] == "learned landmarks"
+          and r.get("normal_error_deg_median") is not None]
+    if ne:
+        meta["normal_error_deg_held_out"] = {"median_of_frame_medians": _r(np.median(ne), 1),
+                                             "max_of_frame_medians": _r(np.max(ne), 1)}
+    meta["median_map_f1_held_out"] = {
+        c: _r(np.median([x[c] for x in f1 if c in x]), 3)
+        for c in ("ridge", "silhouette") if any(c in x for x in f1)}
+    (out / "laparo_learned.json").write_text(json.dumps({"meta": meta, "summary": summ,
+                                                         "rows": rows}, indent=1))
+    notes_file = out / "laparo_learned_notes.md"
+    notes = notes_file.read_text() if notes_file.is_file() else ""
+    (out / "laparo_learned.md").write_text(markdown_landmarks(summ, meta, notes))
+    print(json.dumps({"summary": summ, "meta": meta}, indent=1))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
@@ -274,12 +298,27 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-oracle", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="landmark protocol: merge the laparo_learned.json files of runs on "
+                         "other seeds (e.g. run in parallel with different --out) into "
+                         "--out's laparo_learned.{md,json}; runs nothing")
     a = ap.parse_args()
     import torch
     torch.set_num_threads(1)
     t0 = time.time()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.merge:
+        parts = [json.loads(Path(f).read_text()) for f in a.merge]
+        rows = [r for p in parts for r in p["rows"]]
+        meta = dict(parts[0]["meta"])
+        meta["seeds"] = sorted({sd for p in parts for sd in p["meta"]["seeds"]})
+        meta["wall_s"] = [p["meta"]["wall_s"] for p in parts]
+        meta["load_average_end"] = [max(p["meta"]["load_average_end"][k] for p in parts)
+                                    for k in range(3)]
+        meta["merged_from"] = [str(f) for f in a.merge]
+        _write_landmarks(out, rows, meta)
+        return
     if not a.stage1_matcher:
         rows = []
         partial = out / "laparo_learned.rows.jsonl"
@@ -292,28 +331,13 @@ def main():
 
         rows, rec = run_landmarks(a.model, a.frames, a.seeds, oracle=not a.no_oracle,
                                   baselines=not a.quick, log=log, out_rows=rows)
-        summ = summarise(rows)
         meta = {"model": rec.get("path"), "model_training": {
                     k: rec.get(k) for k in ("data", "command", "seed", "steps", "wall_s",
                                             "load_average")},
                 "frames": a.frames, "seeds": a.seeds, "wall_s": round(time.time() - t0, 1),
                 "load_average_end": list(os.getloadavg()),
                 "cpu": platform.processor() or platform.machine(), "torch_threads": 1}
-        f1 = [r["map_f1"] for r in rows if r["method"] == "learned landmarks"]
-        ne = [r["normal_error_deg_median"] for r in rows if r["method"] == "learned landmarks"
-              and r.get("normal_error_deg_median") is not None]
-        if ne:
-            meta["normal_error_deg_held_out"] = {"median_of_frame_medians": _r(np.median(ne), 1),
-                                                 "max_of_frame_medians": _r(np.max(ne), 1)}
-        meta["median_map_f1_held_out"] = {
-            c: _r(np.median([x[c] for x in f1 if c in x]), 3)
-            for c in ("ridge", "silhouette") if any(c in x for x in f1)}
-        (out / "laparo_learned.json").write_text(json.dumps({"meta": meta, "summary": summ,
-                                                             "rows": rows}, indent=1))
-        notes_file = out / "laparo_learned_notes.md"
-        notes = notes_file.read_text() if notes_file.is_file() else ""
-        (out / "laparo_learned.md").write_text(markdown_landmarks(summ, meta, notes))
-        print(json.dumps({"summary": summ, "meta": meta}, indent=1))
+        _write_landmarks(out, rows, meta)
         return
     rows, s2, rec = run(a.model, a.frames, a.seed, a.stage2_frames, a.quick)
     summ = summarise(rows)
