@@ -135,19 +135,13 @@ def _subsample(P, n):
 
 def _sample_map(m, u, v):
     """Bilinear lookup of map ``m (H, W)`` at ``(u, v) (B, N)`` pixel coordinates
-    (clamped to the border)."""
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
-
-    H, W = m.shape
-    g = torch.stack([(u + 0.5) / W * 2 - 1, (v + 0.5) / H * 2 - 1], -1)
-    return F.grid_sample(m[None, None].expand(u.shape[0], 1, H, W), g[:, None],
-                         mode="bilinear", padding_mode="border", align_corners=False)[:, 0, 0]
+    (clamped to the border): ``(B, N)``."""
+    return _sample_maps(m[None], u, v)[:, 0]
 
 
 def _sample_maps(m, u, v):
-    """Bilinear lookup of the channels of ``m (C, H, W)`` at ``(u, v) (B, N)``: ``(B, C,
-    N)`` (as :func:`_sample_map`, all channels in one pass)."""
+    """Bilinear lookup of the channels of ``m (C, H, W)`` at ``(u, v) (B, N)`` pixel
+    coordinates (clamped to the border), all channels in one pass: ``(B, C, N)``."""
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
 
