@@ -5,7 +5,8 @@ From an initial ``model_to_camera`` the pose is updated as
 t[3] mm)`` a rotation about the posed mesh centroid (camera frame, so rotation and
 translation are decoupled) followed by a translation. The loss is the soft Dice
 ``1 - 2 sum(S M) / (sum S + sum M)`` between the soft silhouette ``S`` (:mod:`.raster`,
-sigma in pixels of the current level) and the target mask ``M``, optimised with Adam on
+sigma in pixels of the current level; times the weight of the pixels that count when
+an ``ignore`` region is given) and the target mask ``M``, optimised with Adam on
 a coarse-to-fine pyramid (the mask area-averaged to ``1 / factor`` of its size, the
 camera scaled with ``PinholeCamera.scaled(factor)``). The best pose of the last level is
 kept. Everything runs on the device of ``vertices`` if it is a tensor (else CPU).
@@ -71,7 +72,7 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
                       factors: Sequence[float] = (8.0, 4.0), iterations: Sequence[int] = (60, 40),
                       sigma_px: float = 1.0, lr_rad: float = 0.01, lr_mm: float = 1.0,
                       patience: int = 8, min_delta: float = 2e-5, contours=None,
-                      contour_weight: float = 10.0,
+                      contour_weight: float = 10.0, ignore=None,
                       progress=None, cancel=None) -> SilhouetteResult:
     """Refine ``model_to_camera_init`` so the rendered silhouette matches ``mask (H, W)``.
 
@@ -79,7 +80,9 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
     the camera / mask size; ``iterations``: at most this many Adam steps per level; a
     level stops early when the loss has not improved by ``min_delta`` for ``patience``
     steps. ``contours``: optional list of ``(points3d (N, 3) model mm, points2d (M, 2)
-    px)`` curve pairs for the joint loss (see the module docstring).
+    px)`` curve pairs for the joint loss (see the module docstring). ``ignore (H, W)``:
+    optional pixels outside the mask where the liver may go on unseen (behind an
+    instrument): the rendered silhouette there is not counted against the pose.
     """
     t0 = time.perf_counter()
     device = vertices.device if isinstance(vertices, torch.Tensor) else torch.device("cpu")
@@ -94,6 +97,13 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
                          f"camera size {camera.width}x{camera.height}")
     if not bool(m_full.any()):
         raise InputError("mask: the liver mask is empty")
+    care_full = None
+    if ignore is not None:
+        ign = torch.as_tensor(np.asarray(ignore), device=device) != 0
+        if tuple(ign.shape) != tuple(m_full.shape):
+            raise InputError(f"ignore: size {ign.shape[1]}x{ign.shape[0]} does not match the "
+                             f"mask size {m_full.shape[1]}x{m_full.shape[0]}")
+        care_full = ~(ign & ~m_full)
     if len(factors) != len(iterations):
         raise InputError("silhouette levels: factors and iterations must have the same length")
     T0 = torch.as_tensor(np.asarray(model_to_camera_init, dtype=np.float64), device=device)
@@ -114,6 +124,8 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
     for level, (factor, n_it) in enumerate(zip(factors, iterations)):
         cam = camera.scaled(factor) if factor != 1 else camera
         target = downsample_mask(m_full, cam.height, cam.width)
+        care = (None if care_full is None
+                else downsample_mask(care_full, cam.height, cam.width))
         rot = params[:3].clone().requires_grad_(True)
         trans = params[3:].clone().requires_grad_(True)
         opt = torch.optim.Adam([{"params": [rot], "lr": lr_rad},
@@ -127,7 +139,7 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
             T = increment_pose(p, pivot) @ T0
             uv, z = project_vertices(v, T.float(), cam)
             s = soft_silhouette_band(uv, z, f, cam.height, cam.width, sigma=sigma_px)[0]
-            loss = soft_dice_loss(s, target)
+            loss = soft_dice_loss(s if care is None else s * care, target)
             if curves:
                 loss = loss + contour_weight * _curve_loss(curves, T, camera, tau) / diag
             if not loss.requires_grad:  # nothing of the mesh is drawn on the image
