@@ -17,10 +17,10 @@ orientation from the shading, which the pose search compares with the mesh's nor
 
 Loss (:func:`landmark_losses`): per class a binary cross-entropy with a positive weight
 (the landmark pixels are rare) plus a soft Dice term; with normals, plus a weight
-(``W_NORMAL`` by default) times the mean normal error over the mask: ``1 - cos`` between
-predicted and true normals (``normal_loss="cos"``) or the angle between them in radians
-(``"angle"``: its gradient does not fade as the error gets small, as ``1 - cos ~
-angle^2 / 2`` does).
+(``W_NORMAL`` by default) times the mean normal error over the mask: the angle between
+predicted and true normals in radians (``normal_loss="angle"``, the default since the
+bundled v4: its gradient does not fade as the error gets small, as that of ``1 - cos ~
+angle^2 / 2`` does) or ``1 - cos`` (``"cos"``, v3).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: 
 
 
 def landmark_losses(logits, target, valid=None, normals=None, mask=None,
-                    normal_loss: str = "cos", normal_weight: float = W_NORMAL):
+                    normal_loss: str = "angle", normal_weight: float = W_NORMAL):
     """``logits (B, 3, H, W)``, ``target (B, 3, H, W)`` in {0, 1}; ``valid (B, 3)``: 0
     where a sample has no ground truth for a channel (e.g. no ligament on the mesh).
     With 6 logit channels, ``normals (B, 3, H, W)`` (true unit normals) and ``mask (B, H,

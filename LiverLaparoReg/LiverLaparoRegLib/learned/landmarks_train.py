@@ -139,7 +139,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                     batch: int = 8, lr: float = 2e-3, samples: int = 1500,
                     meshes: Optional[Sequence[str]] = None, data_cache=None, resume=None,
                     device: str = "auto", base: int = 12, checkpoint_minutes: float = 5.0,
-                    normal_loss: str = "cos", normal_weight: Optional[float] = None,
+                    normal_loss: str = "angle", normal_weight: Optional[float] = None,
                     command: str = "", log=print) -> dict:
     """Train a landmark model and write it to ``out`` (see the module docstring).
     Returns the training record (loss history included)."""

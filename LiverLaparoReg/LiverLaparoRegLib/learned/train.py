@@ -395,9 +395,9 @@ def add_train_parser(sub) -> None:
                    help="stage1: the image-to-mesh point matcher; landmarks: per-pixel "
                         "ridge / ligament / silhouette segmentation (3D side geometric)")
     t.add_argument("--base", type=int, default=12, help="landmarks U-Net base width")
-    t.add_argument("--normal-loss", default="cos", choices=("cos", "angle"),
-                   help="landmarks: the normal map's error in the loss, 1 - cos or the angle "
-                        "(radians)")
+    t.add_argument("--normal-loss", default="angle", choices=("cos", "angle"),
+                   help="landmarks: the normal map's error in the loss, the angle (radians; "
+                        "the bundled v4) or 1 - cos (v3)")
     t.add_argument("--normal-weight", type=float, default=None,
                    help="landmarks: weight of the normal term (default 2)")
     t.add_argument("--seed", type=int, default=0)
