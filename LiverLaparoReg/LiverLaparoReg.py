@@ -135,7 +135,7 @@ class LiverLaparoRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.anyViewCheckBox.toolTip = _(
             "The learned method searches laparoscope views that look at the model's anterior "
             "surface (a model in its CT's patient frame). Check this for a model in another "
-            "frame: the whole sphere is searched (about 2.5 times slower, less sure). Applies "
+            "frame: the whole sphere is searched (about 1.7 times slower). Applies "
             "to 'Predict correspondences' and to the 'learned' method.")
         form.addRow(self.anyViewCheckBox)
         self.fromMarkupsButton = qt.QPushButton(_("Register from the edited correspondences"))

@@ -331,7 +331,7 @@ def register_cli(subparsers) -> None:
                         "mesh file's frame (a prior of the search): auto (from the file's "
                         "SPACE= header: +y for LPS, the default, -y for RAS, i.e. looking at "
                         "the anterior surface), +x, -x, +y, -y, +z, -z, 'x,y,z', or any "
-                        "(the whole sphere, slower and less sure)")
+                        "(the whole sphere, about 1.7 x slower)")
     r.add_argument("--view-cone", type=float, default=None,
                    help="--method learned: half-angle (deg) of the searched viewing "
                         "directions around --view-axis (default 80)")
