@@ -53,7 +53,8 @@ W_RIDGE = 0.5
 #: an outlier, not a vote against the pose). Chosen on 12 SYNTHETIC development frames of
 #: the training (P2ILF) mesh with the bundled v3 network: within 10 deg 7 of 12 at
 #: weight 4; comparing only the normals' image-plane direction 6 (weight 4) and 5 (weight
-#: 8); without normals 5; with the TRUE normal map 9 of 12 at weight 4
+#: 8); without normals 5; with the TRUE normal map 9 of 12 at weight 4. Re-checked with
+#: v4 on 24 development frames (seeds 5-8): 17 at weight 4, 17 at 6, 16 at 8
 W_NORMAL, CAP_NORMAL = 4.0, 0.5
 #: search sizes: grid directions x rolls, coarse points / outline samples, candidates
 #: optimised in 6 DOF, candidates returned. The fine stage's 2,000 points (640 before
