@@ -101,8 +101,8 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
     if ignore is not None:
         ign = torch.as_tensor(np.asarray(ignore), device=device) != 0
         if tuple(ign.shape) != tuple(m_full.shape):
-            raise InputError(f"ignore: size {ign.shape[1]}x{ign.shape[0]} does not match the "
-                             f"mask size {m_full.shape[1]}x{m_full.shape[0]}")
+            raise InputError(f"ignore: shape {tuple(ign.shape)} does not match the mask's "
+                             f"{tuple(m_full.shape)}")
         care_full = ~(ign & ~m_full)
     if len(factors) != len(iterations):
         raise InputError("silhouette levels: factors and iterations must have the same length")

@@ -182,6 +182,8 @@ def test_silhouette_refinement_ignores_the_liver_hidden_by_an_instrument(p2ilf_m
     e_ign = metrics.pose_errors(r_ign.model_to_camera, T, c)
     assert e_plain["centroid_error_mm"] > 3.0
     assert e_ign["centroid_error_mm"] < 0.3 * e_plain["centroid_error_mm"]
-    with pytest.raises(Exception, match="^ignore: size"):
-        silhouette.refine_silhouette(coarse.vertices, coarse.faces, cam, mask, T,
-                                     ignore=bar[:-1], **kw)
+    from SurgicalReg2D3DLib.errors import InputError  # noqa: PLC0415
+    for bad in (bar[:-1], bar[0]):
+        with pytest.raises(InputError, match="^ignore: shape "):
+            silhouette.refine_silhouette(coarse.vertices, coarse.faces, cam, mask, T,
+                                         ignore=bad, **kw)
