@@ -410,6 +410,7 @@ def test_vtk_model_save_round_trip(ctx, sample_data, tmp_path):
     for name, cs, sign in [("lps.vtk", "LPS", [-1, -1, 1]), ("ras.stl", "RAS", [1, 1, 1]),
                            ("lps.ply", "LPS", [-1, -1, 1])]:
         out = io.save_model(node, tmp_path / name, coordinate_system=cs)
+        assert io.mesh_file_coordinate_system(out) == cs    # the header MRML wrote
         written_v, _ = io.load_mesh_arrays(out)
         if name.endswith(".stl"):  # STL stores facets; compare as point sets
             np.testing.assert_allclose(np.sort(written_v, axis=0),

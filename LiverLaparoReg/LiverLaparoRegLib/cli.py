@@ -217,12 +217,13 @@ def _view_prior(args):
     """``(view_axis, how)`` of ``--view-axis``: "auto" takes the prior's axis from the
     coordinate system the mesh file declares (Slicer's ``SPACE=`` header comment; LPS when
     it says nothing, as in Slicer)."""
-    from .learned.landmarks_search import AXIS_BY_SPACE, mesh_file_space, \
-        parse_view_axis  # noqa: PLC0415
+    from SurgicalReg2D3DLib.io import mesh_file_coordinate_system  # noqa: PLC0415
+
+    from .learned.landmarks_search import AXIS_BY_SPACE, parse_view_axis  # noqa: PLC0415
 
     text = args.view_axis or "auto"
     if text.strip().lower() == "auto":
-        space = mesh_file_space(args.mesh)
+        space = mesh_file_coordinate_system(args.mesh)
         how = (f"auto: the mesh file declares SPACE={space}" if space
                else "auto: the mesh file declares no SPACE, LPS assumed (as Slicer does)")
         return AXIS_BY_SPACE[space or "LPS"], how

@@ -21,7 +21,8 @@ Coordinate conventions (see ``docs/architecture.md``):
   :func:`load_model` ``coordinate_system="LPS"`` (Slicer's default) the node's RAS
   vertices are the file's with x and y negated; with ``"RAS"`` they are the file's
   coordinates as they are. :func:`load_mesh_arrays` gives the file's coordinates and
-  vertex order exactly, without a node (use this for the "model" frame of a mesh).
+  vertex order exactly, without a node (use this for the "model" frame of a mesh);
+  :func:`mesh_file_coordinate_system` reads the ``SPACE=`` comment.
 - Transforms: ITK transform files (.h5/.tfm/.txt/.mat) hold LPS "from parent"
   (fixed-to-moving, resampling) transforms; MRML converts them, so
   :func:`SurgicalReg2D3DLib.nodes.matrix_from_transform_node` still returns the RAS
@@ -419,6 +420,22 @@ def _read_obj(path: Path, what: str) -> Tuple[np.ndarray, np.ndarray]:
     v = np.array(vertices, dtype=np.float64).reshape(-1, 3)
     f = np.array(faces, dtype=np.int64).reshape(-1, 3)
     return v, f
+
+
+def mesh_file_coordinate_system(path) -> str:
+    """The coordinate system a mesh file declares in its header (the ``SPACE=LPS`` /
+    ``SPACE=RAS`` comment Slicer writes into the VTK, VTP, STL, OBJ and PLY files it
+    saves): "LPS", "RAS", or "" when the file does not say or cannot be read (Slicer then
+    assumes LPS). Reads the first 4 kB only."""
+    import re  # noqa: PLC0415
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096).decode("latin-1")
+    except OSError:
+        return ""
+    found = {f.upper() for f in re.findall(r"SPACE\s*=\s*(LPS|RAS)\b", head, re.IGNORECASE)}
+    return found.pop() if len(found) == 1 else ""
 
 
 def load_mesh_arrays(path, name: str = "mesh file") -> Tuple[np.ndarray, np.ndarray]:

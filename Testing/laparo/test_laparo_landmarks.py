@@ -438,8 +438,10 @@ def test_view_prior_from_text_and_from_the_mesh_file(tmp_path):
              "none.obj": tri, "both.obj": "# SPACE=RAS SPACE=LPS\n" + tri}
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    assert [lsearch.mesh_file_space(tmp_path / n) for n in files] == ["RAS", "LPS", "", ""]
-    assert lsearch.mesh_file_space(tmp_path / "missing.obj") == ""
+    from SurgicalReg2D3DLib.io import mesh_file_coordinate_system  # noqa: PLC0415
+
+    assert [mesh_file_coordinate_system(tmp_path / n) for n in files] == ["RAS", "LPS", "", ""]
+    assert mesh_file_coordinate_system(tmp_path / "missing.obj") == ""
     for name, axis in (("ras.obj", (0.0, -1.0, 0.0)), ("lps.obj", (0.0, 1.0, 0.0)),
                        ("none.obj", (0.0, 1.0, 0.0))):
         got, how = _view_prior(argparse.Namespace(view_axis="auto", mesh=tmp_path / name))

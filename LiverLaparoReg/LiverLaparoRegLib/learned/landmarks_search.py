@@ -44,21 +44,6 @@ def parse_view_axis(text, what: str = "view axis"):
     return tuple(float(x) for x in a / np.linalg.norm(a))
 
 
-def mesh_file_space(path) -> str:
-    """The coordinate system a mesh file declares (``SPACE=LPS`` / ``SPACE=RAS``, the
-    comment Slicer writes into the headers of the mesh files it saves): "LPS", "RAS", or
-    "" when the file does not say (Slicer then assumes LPS)."""
-    import re  # noqa: PLC0415
-
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096).decode("latin-1")
-    except OSError:
-        return ""
-    found = set(re.findall(r"SPACE\s*=\s*(LPS|RAS)\b", head, re.IGNORECASE))
-    found = {f.upper() for f in found}
-    return found.pop() if len(found) == 1 else ""
-
 
 # ----------------------------------------------------------------------------- 3D side
 def fibonacci_directions(n: int) -> np.ndarray:
