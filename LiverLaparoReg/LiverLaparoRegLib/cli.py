@@ -248,10 +248,13 @@ def run_register_learned(args) -> int:
         camera = without_distortion(camera)
     mask = mask_from_image(read_image(args.mask, "mask"), "mask") if args.mask else None
     gt = read_pose_json(args.ground_truth, "ground truth pose") if args.ground_truth else None
+    from .learned.landmarks_search import VIEW_CONE_DEG  # noqa: PLC0415
+
     view_axis, prior = _view_prior(args)
     result = register_learned(mesh, camera, image=image, mask=mask, model=args.model,
                               nonrigid=args.nonrigid, ground_truth=gt, structures=structures,
-                              view_axis=view_axis, cone_deg=args.view_cone)
+                              view_axis=view_axis, cone_deg=VIEW_CONE_DEG
+                              if args.view_cone is None else args.view_cone)
     if "learned" in result.metrics:
         result.metrics["learned"]["view_prior"] = prior
     _write_outputs(args, result, mesh, camera)

@@ -37,6 +37,7 @@ import numpy as np
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 
 from ..logic import LaparoResult
+from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG
 
 #: a liver's bounding-box extent (mm); outside it the mesh units are probably wrong
 LIVER_EXTENT_MM = (60.0, 500.0)
@@ -313,12 +314,9 @@ def check_frame_inputs(mesh, camera, image=None, mask=None):
     return mesh, camera, mask
 
 
-_DEFAULT_AXIS = object()     # register_learned's view_axis when the caller gives none
-
-
 def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
                      refine: bool = True, nonrigid: bool = False, ground_truth=None,
-                     structures=None, view_axis=_DEFAULT_AXIS, cone_deg: Optional[float] = None,
+                     structures=None, view_axis=VIEW_AXIS, cone_deg: float = VIEW_CONE_DEG,
                      progress=None, cancel=None) -> LearnedResult:
     """Learned registration (module docstring). ``model``: model file (None = bundled);
     ``net``: an already loaded network (tests, benchmarks). ``view_axis`` / ``cone_deg``:
@@ -340,9 +338,7 @@ def register_learned(mesh, camera, image=None, mask=None, model=None, net=None,
     structures = [validate_mesh(s, f"structure {k} ({s.name})")
                   for k, s in enumerate(structures or ())]
     info = {}
-    prior = {} if view_axis is _DEFAULT_AXIS else {"view_axis": view_axis}
-    if cone_deg is not None:
-        prior["cone_deg"] = float(cone_deg)
+    prior = {"view_axis": view_axis, "cone_deg": cone_deg}
     if net is None:
         kind = _model_kind(model)
         if kind == "landmarks":

@@ -54,7 +54,7 @@ from SurgicalReg2D3DLib.errors import GeometryError, InputError
 
 from .landmarks_icp import correspondences_of, icp, pairs_at, visible_landmarks
 from .landmarks_align import W_NORMAL, W_RIDGE, Observed2D, align_search, pose_cost
-from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, MeshLandmarks
+from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, MeshLandmarks, check_view_axis
 
 
 # ----------------------------------------------------------------------------- 2D side
@@ -255,12 +255,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
             raise InputError(f"maps: expected shape (3, {data.NET_H}, {data.NET_W}) or (6, "
                              f"{data.NET_H}, {data.NET_W}) (with normals), got {maps.shape}")
     given_maps = maps
-    if view_axis is not None:
-        view_axis = np.asarray(view_axis, float).reshape(-1)
-        if view_axis.shape != (3,) or not np.isfinite(view_axis).all() \
-                or np.linalg.norm(view_axis) < 1e-9:
-            raise InputError(f"view axis: expected a nonzero 3-vector or None (any direction), "
-                             f"got {view_axis.tolist()}")
+    view_axis = check_view_axis(view_axis)
     if not 0.0 < float(cone_deg) <= 180.0:
         raise InputError(f"view cone: expected an angle in (0, 180] deg, got {cone_deg}")
     if ground_truth is not None:
@@ -365,7 +360,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "ridge_weight": float(w_ridge),
              "normal_weight": w_normal if normal_map is not None else 0.0,
              "view_axis": ("any" if view_axis is None
-                           else [round(float(x), 4) for x in view_axis / np.linalg.norm(view_axis)]),
+                           else [round(float(x), 4) for x in view_axis]),
              "view_cone_deg": None if view_axis is None else float(cone_deg)}
     if refine:
         t1 = time.perf_counter()

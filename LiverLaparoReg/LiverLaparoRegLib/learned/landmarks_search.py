@@ -38,10 +38,25 @@ def parse_view_axis(text, what: str = "view axis"):
         a = np.array([float(x) for x in t.split(",")], float)
     except ValueError:
         a = np.zeros(0)
-    if a.shape != (3,) or not np.isfinite(a).all() or np.linalg.norm(a) < 1e-9:
+    try:
+        return tuple(check_view_axis(a, what))
+    except InputError:
         raise InputError(f"{what}: expected +x, -x, +y, -y, +z, -z, 'any' or three numbers "
-                         f"'x,y,z' (not all zero), got {text!r}")
-    return tuple(float(x) for x in a / np.linalg.norm(a))
+                         f"'x,y,z' (not all zero), got {text!r}") from None
+
+
+def check_view_axis(axis, what: str = "view axis"):
+    """``axis`` as a unit 3-vector (``None`` stays None: any direction); a clear error for
+    anything else."""
+    from SurgicalReg2D3DLib.errors import InputError  # noqa: PLC0415
+
+    if axis is None:
+        return None
+    a = np.asarray(axis, float).reshape(-1)
+    if a.shape != (3,) or not np.isfinite(a).all() or np.linalg.norm(a) < 1e-9:
+        raise InputError(f"{what}: expected a nonzero 3-vector or None (any direction), got "
+                         f"{a.tolist()}")
+    return a / np.linalg.norm(a)
 
 
 
