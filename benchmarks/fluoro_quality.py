@@ -9,7 +9,7 @@
 noise, blur), starts with a 3D mTRE of ``--mtre-range`` (default 10-45 mm, at and beyond
 the capture range so that there are failures), registration on the CT block-averaged x2;
 for every case the signals of :func:`FluoroRegLib.quality.measure_signals`, the true mTRE,
-and (``--retry``) the result of :func:`FluoroRegLib.quality.assess_and_retry`. One JSON
+and (``--retry``) the result of :func:`FluoroRegLib.recovery.assess_and_retry`. One JSON
 line per case in ``<out>/rows.jsonl`` (a cut-off run keeps what it wrote; a re-run skips
 finished cases). ``--crop`` registers against a cropped, resampled variant of the CT (a
 second CT geometry the defaults were not fitted on).
@@ -64,6 +64,7 @@ def cmd_collect(args) -> None:
     from FluoroRegLib.drr import DRRVolume
     from FluoroRegLib.geometry import make_camera
     from FluoroRegLib.logic import make_views, METHODS
+    from FluoroRegLib.recovery import assess_and_retry
     from FluoroRegLib.refine import pose_errors
     from FluoroRegLib.simulate import downsample_ct, read_ct, sample_landmarks, simulate_cases
 
@@ -144,7 +145,7 @@ def cmd_collect(args) -> None:
                              "result": np.asarray(res_p.ct_to_camera).tolist()}
         if args.retry:
             t0 = time.perf_counter()
-            q, res2, info = fq.assess_and_retry(reg_vol, views, res, init, method=args.method,
+            q, res2, info = assess_and_retry(reg_vol, views, res, init, method=args.method,
                                                  options=options)
             row["retry"] = {"time_s": time.perf_counter() - t0, "quality": q.to_dict(),
                             "info": info,

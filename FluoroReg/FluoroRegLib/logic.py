@@ -6,10 +6,11 @@
   (``ct_to_camera``: CT RAS -> camera of view 0) and a DRR volume node that overlays the
   first X-ray node in the slice views.
 
-Methods are looked up in :data:`METHODS` (name -> function), so that other packages (the
-learned methods) can add theirs with :func:`register_method`. A method function has the
-signature ``fn(volume, views, init_ct_to_camera, progress=None, cancel=None, **options)
--> RegistrationResult`` (see :mod:`.refine`).
+Methods are looked up in :data:`.methods.METHODS` (name -> function; importable from
+here too), so that other packages (the learned methods) can add theirs with
+:func:`.methods.register_method`. A method function has the signature ``fn(volume,
+views, init_ct_to_camera, progress=None, cancel=None, **options) -> RegistrationResult``
+(see :mod:`.refine`). The quality step is :func:`.recovery.assess_result`.
 
 Multi-view: every X-ray has its own camera; the relative C-arm motion between views is
 taken from the initial poses (``camera0_to_view = init[k] @ inv(init[0])``) and held
@@ -18,92 +19,15 @@ fixed, so only the CT's pose is solved.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 
 from .geometry import camera_parameters, look_at_pose
-from .refine import RegistrationResult, XRayView, check_pose, pose_errors, register_intensity
-
-MethodFn = Callable[..., RegistrationResult]
-
-
-def _intensity(similarity: str, optimizer: str) -> MethodFn:
-    def run(volume, views, init, progress=None, cancel=None, **options):
-        return register_intensity(volume, views, init, similarity=similarity,
-                                  optimizer=optimizer, progress=progress, cancel=cancel,
-                                  **options)
-
-    run.__doc__ = f"Intensity-based registration: {similarity} with {optimizer}."
-    return run
-
-
-def _ppc(volume, views, init, progress=None, cancel=None, **options):
-    from .ppc import register_ppc  # noqa: PLC0415
-
-    return register_ppc(volume, views, init, progress=progress, cancel=cancel, **options)
-
-
-def _ppc_then(similarity: str) -> MethodFn:
-    def run(volume, views, init, progress=None, cancel=None, **options):
-        from .ppc import register_ppc_intensity  # noqa: PLC0415
-
-        options.pop("similarity", None)
-        return register_ppc_intensity(volume, views, init, similarity=similarity,
-                                      progress=progress, cancel=cancel, **options)
-
-    run.__doc__ = f"PPC followed by {similarity} Levenberg-Marquardt refinement."
-    return run
-
-
-def _multiview(similarity: str) -> MethodFn:
-    def run(volume, views, init, progress=None, cancel=None, **options):
-        from .multiview import register_multiview  # noqa: PLC0415
-
-        return register_multiview(volume, views, init, method=similarity, progress=progress,
-                                  cancel=cancel, **options)
-
-    run.__doc__ = (f"Multi-view {similarity}: per-view estimates coupled by cross-view "
-                   "pose consistency, then the joint one-pose refinement.")
-    return run
-
-
-#: method name -> function. "ncc"/"gradncc" use Levenberg-Marquardt; "*-adam" are the
-#: first-order baselines; "ppc" is point-to-plane correspondence; "*-multiview" solve
-#: per-view estimates with a cross-view pose-consistency term, then the joint one-pose
-#: refinement (:mod:`.multiview`); "ppc+*" run PPC, then the intensity refinement
-#: (:func:`.ppc.register_ppc_intensity`). The method modules are imported when a method
-#: runs, so none of them imports this module back.
-METHODS: Dict[str, MethodFn] = {
-    "ncc": _intensity("ncc", "lm"),
-    "gradncc": _intensity("gradncc", "lm"),
-    "ncc-adam": _intensity("ncc", "adam"),
-    "gradncc-adam": _intensity("gradncc", "adam"),
-    "ppc": _ppc,
-    "ncc-multiview": _multiview("ncc"),
-    "gradncc-multiview": _multiview("gradncc"),
-    "ppc+gradncc": _ppc_then("gradncc"),
-    "ppc+ncc": _ppc_then("ncc"),
-}
-
-
-def register_method(name: str, fn: MethodFn) -> None:
-    """Add (or replace) a registration method, e.g. from the learned-methods package."""
-    if not name or not callable(fn):
-        raise InputError(f"method: need a name and a callable, got {name!r}, {fn!r}")
-    METHODS[name] = fn
-
-
-def available_methods() -> List[str]:
-    """Method names in registry order (what the GUI and the CLI offer)."""
-    try:  # the learned package registers its methods on import, when present
-        from . import learned  # noqa: F401, PLC0415
-    except ImportError:
-        pass
-    return list(METHODS)
-
+from .methods import METHODS, available_methods, register_method
+from .refine import RegistrationResult, XRayView, check_pose, pose_errors
 
 def default_initial_pose(volume, camera, view: str = "AP") -> np.ndarray:
     """A start ``ct_to_camera``: the CT centre on the central ray at 60% of the
@@ -150,7 +74,7 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
     :mod:`.quality`; ``quality_model`` from ``quality.calibrate``), retrying a ``failed``
     case along its weak direction when ``quality_retry`` (``result.retry`` lists both).
     ``quality_polish``: ``"flagged"`` (polish with the detector model only a result not
-    judged ``ok``), ``"all"`` or ``"off"`` (:func:`.quality.assess_result`).
+    judged ``ok``), ``"all"`` or ``"off"`` (:func:`.recovery.assess_result`).
     ``progress_start``: the ``ct_to_camera`` of view 0 that the "ended worse than it
     started" rule compares with (default: ``init_poses[0]``; a chain of methods passes the
     chain's start, e.g. the regressor's pose before the learned similarity).
@@ -194,7 +118,7 @@ def register_arrays(hu: np.ndarray, ijk_to_ras: np.ndarray, images: Sequence, ca
     if failed is not None:
         result.quality = failed
     if quality:  # trust value (FluoroRegLib.quality): per case, per view, retry when failed
-        from .quality import assess_result  # noqa: PLC0415
+        from .recovery import assess_result  # noqa: PLC0415
 
         first_pose = np.array(result.ct_to_camera, float)
         # a result that ended worse than it started is not polished (the restarts still run)

@@ -29,10 +29,11 @@ registrations from starts at and beyond the capture range, least squares of log 
 mTRE on the signals, thresholds chosen on the same simulations); without a calibration
 a conservative default model (:data:`DEFAULT_MODEL`, fitted on the benchmark protocol
 of ``benchmarks/fluoro_quality.py``) is used and the verdict says so. A result polished
-with the detector model (:mod:`.recovery`) is measured with that model's DRRs
-(``detector=``) and judged by :data:`DEFAULT_POLISHED_MODEL`; :func:`assess_result`
-(what ``register`` calls) polishes results that are not ``ok`` and runs the restarts of
-:func:`FluoroRegLib.recovery.recover` for what is still not ``ok``.
+with the detector model (:mod:`.detector`) is measured with that model's DRRs
+(``detector=``) and judged by :data:`DEFAULT_POLISHED_MODEL`.
+:func:`FluoroRegLib.recovery.assess_result` (what ``register`` calls) polishes results
+that are not ``ok`` and runs the restarts of :func:`FluoroRegLib.recovery.recover` for
+what is still not ``ok``; this module imports neither (nor :mod:`.logic`).
 
 Frames: ``ct_to_camera`` maps CT RAS mm to the camera of view 0 (source at the origin,
 +z towards the detector).
@@ -193,7 +194,7 @@ def measure_signals(volume, views, ct_to_camera, init_ct_to_camera=None, history
     """The raw signals of one result (see the module doc); never raises on odd numbers
     (a signal that cannot be computed is NaN and handled by :func:`assess`).
     ``detector``: ``{"slope": [k per view], "sigma_px": s}`` of
-    :func:`FluoroRegLib.recovery.polish`: the DRRs are then those of the detector model
+    :func:`FluoroRegLib.detector.polish`: the DRRs are then those of the detector model
     (intensity-domain blur), as the polish optimised them."""
     import torch  # noqa: PLC0415
 
@@ -208,7 +209,7 @@ def measure_signals(volume, views, ct_to_camera, init_ct_to_camera=None, history
         prob = _Problem(volume, views, cams, pose, center_cam, similarity, drr_method,
                         n_samples)
         if detector:
-            from .recovery import modelled_problem  # noqa: PLC0415
+            from .detector import modelled_problem  # noqa: PLC0415
 
             prob = modelled_problem(prob, detector)
         steps = fd_steps(cams[0], center_cam, volume.device)
@@ -485,14 +486,6 @@ def _rank(q: Quality) -> tuple:
     return (order[q.verdict], q.estimate.get("mtre_mm", 1e9))
 
 
-def assess_and_retry(*args, **kwargs):
-    """The older retry (+-5 mm along the weak direction, no polish); it lives in
-    :func:`FluoroRegLib.recovery.assess_and_retry` now, kept here for its callers."""
-    from .recovery import assess_and_retry as retry  # noqa: PLC0415
-
-    return retry(*args, **kwargs)
-
-
 # -- per-CT calibration from simulated X-rays ----------------------------------------------
 def fingerprint(volume, cameras, method: str, options: Optional[dict] = None) -> str:
     """A short hash of the CT (attenuation values and geometry), the cameras, the method
@@ -535,7 +528,7 @@ def calibrate(volume, camera, ct_to_camera, method: str = "ncc", options: Option
     from SurgicalReg2D3DLib.progress import check_cancel, report  # noqa: PLC0415
 
     from .drr import render_drr  # noqa: PLC0415
-    from .logic import METHODS  # noqa: PLC0415
+    from .methods import METHODS  # noqa: PLC0415
     from .refine import XRayView  # noqa: PLC0415
     from .simulate import mtre_np, perturb_pose, random_initial_pose, xray_effects  # noqa: PLC0415
 
@@ -563,7 +556,7 @@ def calibrate(volume, camera, ct_to_camera, method: str = "ncc", options: Option
         res = METHODS[method](volume, view, init, **options)
         det = None
         if polish:  # judge what the pipeline returns: the polished result
-            from .recovery import polished_result  # noqa: PLC0415
+            from .detector import polished_result  # noqa: PLC0415
 
             res, det = polished_result(volume, view, res, cancel=cancel)
         sig = measure_signals(volume, view, res.ct_to_camera, init, res.history,
@@ -580,56 +573,6 @@ def calibrate(volume, camera, ct_to_camera, method: str = "ncc", options: Option
     except OSError:
         pass
     return model
-
-
-def assess_result(volume, views, init_ct_to_camera, result, method: str,
-                  options: Optional[dict] = None, model: Optional[QualityModel] = None,
-                  retry: bool = True, cancel=None, polish: str = "flagged"):
-    """The hook :func:`FluoroRegLib.logic.register_arrays` calls: judges ``result`` (per
-    case and, with several views, per view) and returns the kept result with ``.quality``
-    (case), ``.view_qualities`` (list, one per view) and ``.retry`` (the attempts, or None).
-
-    ``polish``: ``"all"`` polishes every result with the detector model
-    (:func:`FluoroRegLib.recovery.polish`, about as long as one pyramid level),
-    ``"flagged"`` only a result judged ``doubtful`` or ``failed`` without it (with a
-    per-CT ``model``: every result, as the calibration judged polished results), ``"off"``
-    never. ``retry``: a result still ``failed`` (or ``doubtful``) after that is registered
-    again from other starts (:func:`FluoroRegLib.recovery.recover`); the better verdict
-    wins and every attempt is reported.
-    """
-    from .recovery import polished_result, recover  # noqa: PLC0415
-    from .refine import prepare_views  # noqa: PLC0415
-
-    if polish not in ("all", "flagged", "off"):
-        from SurgicalReg2D3DLib.errors import InputError  # noqa: PLC0415
-
-        raise InputError(f"polish: expected 'all', 'flagged' or 'off', got {polish!r}")
-    views = prepare_views(views)
-    if model is not None and polish == "flagged":
-        polish = "all"  # a per-CT calibration (:func:`calibrate`) judges polished results
-    its = (options or {}).get("iterations", 30)
-    kept, det = result, None
-    q = None
-    if polish == "flagged":
-        q = assess(volume, views, result.ct_to_camera, init_ct_to_camera, result.history,
-                   its, result.metrics, model)
-    if polish == "all" or (q is not None and q.verdict != "ok"):
-        kept, det = polished_result(volume, views, result, cancel=cancel)
-        q = None
-    if q is None:
-        q = assess(volume, views, kept.ct_to_camera, init_ct_to_camera, kept.history, its,
-                   kept.metrics, model, detector=det)
-    retry_info = None
-    if retry and q.verdict != "ok":
-        q, kept, retry_info = recover(volume, views, kept, q, init_ct_to_camera, method,
-                                      options, model, polish=polish != "off", cancel=cancel)
-    kept.method = result.method
-    for k, v in result.metrics.items():  # keep metrics the method reported
-        kept.metrics.setdefault(k, v)
-    kept.quality = q
-    kept.view_qualities = view_qualities(q, len(views)) if len(views) > 1 else [q]
-    kept.retry = retry_info
-    return kept
 
 
 def result_quality_dict(result) -> dict:

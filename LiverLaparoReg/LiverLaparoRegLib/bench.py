@@ -36,18 +36,10 @@ import numpy as np
 
 from SurgicalReg2D3DLib.cameras import PinholeCamera
 
+from .sample_data import default_meshes, held_out_mesh, real_p2ilf_case, sample_data_dir
 
-def sample_data_dir() -> Path:
-    """``Resources/SampleData`` (core ``paths.sample_data_dir``)."""
-    from SurgicalReg2D3DLib.paths import sample_data_dir as _dir  # noqa: PLC0415
-
-    return Path(_dir())
-
-
-def default_meshes() -> List[Path]:
-    d = sample_data_dir()
-    return [d / "p2ilf" / "evaluation_GT" / "3d-liver-model.obj",
-            d / "liver_sksurgery" / "liver" / "liver_sub.ply"]
+__all__ = ["default_meshes", "held_out_mesh", "perturb", "random_pose", "real_p2ilf_case",
+           "run_bench", "sample_data_dir"]
 
 
 def random_pose(mesh_vertices: np.ndarray, rng, distance_mm: float = 450.0) -> np.ndarray:
@@ -71,23 +63,6 @@ def perturb(T: np.ndarray, mesh_vertices: np.ndarray, angle_deg: float, shift_mm
     pivot = T[:3, :3] @ mesh_vertices.mean(0) + T[:3, 3]
     P[:3, 3] = pivot - P[:3, :3] @ pivot + d
     return P @ T
-
-
-def real_p2ilf_case(distortion: str = "auto"):
-    """The shipped real P2ILF case: (mesh, camera, 2D contours, 3D contours); the camera
-    as :func:`.camera.load_camera` gives it with ``distortion`` (default ``"auto"``:
-    ``K`` only, the file's distortion folds over inside the frame)."""
-    from .camera import load_camera  # noqa: PLC0415
-    from .mesh import load_mesh  # noqa: PLC0415
-    from .p2ilf import read_contours_2d, read_contours_3d  # noqa: PLC0415
-
-    d = sample_data_dir() / "p2ilf"
-    mesh = load_mesh(d / "evaluation_GT" / "3d-liver-model.obj")
-    cam = load_camera(d / "cameraparams" / "acquisition-camera-metadata.json",
-                      distortion=distortion)
-    c2 = read_contours_2d(d / "evaluation_GT" / "patient2_1_2D-contours.json")
-    c3 = read_contours_3d(d / "evaluation_GT" / "patient2_1_3D-contours.json", len(mesh.vertices))
-    return mesh, cam, c2, c3
 
 
 def _round(x, n=3):
@@ -288,11 +263,6 @@ def real_rows(reference: bool = True) -> List[dict]:
                      "gap_px": _round(tool - best, 1), "evaluations": int(n_eval),
                      "model_to_camera": np.round(T_best, 5).tolist()})
     return rows
-
-
-def held_out_mesh() -> Path:
-    """The mesh held out from every tuning (see ``docs/laparo.md``)."""
-    return sample_data_dir() / "liver_sksurgery" / "models" / "liver.vtk"
 
 
 def run_bench(meshes: Optional[Sequence] = None, quick: bool = False, seed: int = 0,

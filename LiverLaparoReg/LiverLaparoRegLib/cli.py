@@ -339,7 +339,7 @@ def register_cli(subparsers) -> None:
     r.add_argument("--view-cone", type=float, default=None,
                    help="--method learned: half-angle (deg) of the searched viewing "
                         "directions around --view-axis (default 80)")
-    from .learned.train import add_train_parser  # noqa: PLC0415
+    from .learned.train_cli import add_train_parser  # noqa: PLC0415
 
     add_train_parser(sub)
     b = sub.add_parser("bench", help="accuracy and timing on synthetic and shipped cases")

@@ -39,7 +39,7 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     from SurgicalReg2D3DLib.io import read_matrix_txt  # noqa: PLC0415
 
     from . import synthetic  # noqa: PLC0415
-    from .bench import real_p2ilf_case, sample_data_dir  # noqa: PLC0415
+    from .sample_data import real_p2ilf_case, sample_data_dir  # noqa: PLC0415
     from .logic import evaluate, register  # noqa: PLC0415
     from .mesh import load_mesh  # noqa: PLC0415
     from .metrics import project_contours_3d  # noqa: PLC0415

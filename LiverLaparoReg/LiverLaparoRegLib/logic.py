@@ -1,81 +1,38 @@
-"""LiverLaparoReg entry points: method choice, array-level and node-level registration.
+"""LiverLaparoReg entry points: array-level (:func:`register`, :func:`evaluate`) and
+node-level (:func:`register_nodes`) registration.
 
 Frames: ``model`` = the mesh file's coordinates (mm, as in the file); ``camera`` = OpenCV
 laparoscope frame (x right, y down, z forward, mm). The result pose is
 ``model_to_camera``. Images are ``(H, W)`` or ``(H, W, 3)`` arrays, row 0 = the top of
 the file; masks ``(H, W)`` non-zero = liver.
 
-Methods (registry :data:`METHODS`, name -> function; learned methods can be added here):
-
-- ``pnp``: landmark curves -> EPnP + RANSAC + image ICP (:mod:`.pnp`); 2D ``Silhouette``
-  contours take part through the mesh's occluding contour (the mesh faces are passed);
-- ``pnp+silhouette``: ``pnp``, then the joint refinement of the curve reprojection and
-  the silhouette soft Dice against the liver mask (needs a mask);
-- ``silhouette``: mask-only refinement from an initial pose (:mod:`.silhouette`).
-
-Without ``method`` the best the inputs allow is chosen (:func:`choose_method`): contours
-+ mask -> ``pnp+silhouette``; contours -> ``pnp``; mask + initial pose -> ``silhouette``.
+The methods (``pnp``, ``pnp+silhouette``, ``silhouette``, ``learned``) are in the
+registry :data:`.methods.METHODS` (name -> function; also importable from here, with
+:func:`.methods.choose_method`, which picks the best the inputs allow when no method is
+named). The result class and the metrics are in :mod:`.result`. This module checks the
+inputs, runs the method, judges the pose (:mod:`.quality`) and runs the optional
+non-rigid step (:mod:`.nonrigid`); none of those import it back.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from SurgicalReg2D3DLib.errors import GeometryError, InputError
+from SurgicalReg2D3DLib.errors import InputError
 from SurgicalReg2D3DLib.progress import report, sub_progress
 
-from . import metrics as lmetrics
 from .camera import as_camera, check_image_size, check_mask
-from .mesh import MeshData, decimated, validate_mesh
+from .mesh import MeshData, validate_mesh
+from .methods import METHODS, choose_method
 from .p2ilf import Contour2D, Contour3D, validate_contours_2d, validate_contours_3d
+from .result import LaparoResult, check_pose, evaluate
 
-
-@dataclass
-class LaparoResult:
-    """Registration result; ``model_to_camera`` maps model mm to camera mm (OpenCV)."""
-
-    model_to_camera: np.ndarray
-    method: str
-    metrics: Dict[str, object] = field(default_factory=dict)
-    timings: Dict[str, float] = field(default_factory=dict)
-    history: List[float] = field(default_factory=list)
-    deformed_vertices: Optional[np.ndarray] = None     # (V, 3) model frame, when non-rigid
-    #: the non-rigid ``nonrigid.Deformation``; ``deformation.apply(points)`` moves vessels
-    #: and tumours (model frame) with the liver
-    deformation: Optional[object] = None
-    #: deformed copies (model frame) of the extra structures (vessels, tumours) given to
-    #: :func:`register`, in the same order, when non-rigid; inputs are not modified
-    deformed_structures: List[MeshData] = field(default_factory=list)
-    #: node level only (:func:`register_nodes`): the model nodes holding them
-    structure_nodes: list = field(default_factory=list)
-    #: trust value (``SurgicalReg2D3DLib.quality.Quality``, :mod:`.quality`) when asked for
-    quality: Optional[object] = None
-    #: the restarts :func:`.quality.assess_and_retry` ran (attempts, chosen), or None
-    retry: Optional[dict] = None
-
-    def to_dict(self) -> dict:
-        out = {"model_to_camera": np.asarray(self.model_to_camera).tolist(),
-               "method": self.method, "metrics": self.metrics, "timing": self.timings}
-        if self.quality is not None:
-            out["quality"] = self.quality.to_dict()
-        if self.retry:
-            out["retry"] = self.retry
-        return out
-
-
-def _check_pose(T, name: str) -> np.ndarray:
-    from SurgicalReg2D3DLib.poses import check_rigid  # noqa: PLC0415
-
-    try:
-        return check_rigid(np.asarray(T, dtype=np.float64), name).cpu().numpy()
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise GeometryError(f"{name}: not a 4x4 rigid matrix ({exc})") from None
+__all__ = ["METHODS", "LaparoResult", "check_mesh_in_view", "choose_method",
+           "contours_to_markups", "evaluate", "model_mesh_arrays", "register",
+           "register_nodes"]
 
 
 def check_mesh_in_view(vertices, model_to_camera, camera, name: str,
@@ -100,103 +57,6 @@ def check_mesh_in_view(vertices, model_to_camera, camera, name: str,
         raise InputError(f"{name}: the liver mesh projects outside the "
                          f"{camera.width} x {camera.height} image ({100 * share:.1f} % of its "
                          "vertices on the image); check the initial pose and the camera")
-
-
-def choose_method(has_contours: bool, has_mask: bool, has_init: bool) -> str:
-    """The best method the inputs allow (see the module docstring)."""
-    if has_contours:
-        return "pnp+silhouette" if has_mask else "pnp"
-    if has_mask and has_init:
-        return "silhouette"
-    raise InputError("inputs: registration needs 2D + 3D contours, or a liver mask and an "
-                     "initial pose")
-
-
-def _run_pnp(ctx: dict, progress=None, cancel=None, with_mask: bool = False):
-    from .pnp import register_pnp  # noqa: PLC0415
-
-    name = "pnp+silhouette" if with_mask else "pnp"
-    if not ctx["contours2d"] or not ctx["contours3d"]:
-        raise InputError(f"contours: method '{name}' needs 2D and 3D contours")
-    if with_mask and ctx["mask"] is None:
-        raise InputError("mask: method 'pnp+silhouette' needs a liver mask")
-    from .metrics import densify_polyline  # noqa: PLC0415
-
-    t0 = time.perf_counter()
-    r = register_pnp(ctx["mesh"].vertices, ctx["camera"], ctx["contours2d"], ctx["contours3d"],
-                     faces=ctx["mesh"].faces,
-                     progress=sub_progress(progress, 0.0, 0.5 if with_mask else 1.0),
-                     cancel=cancel)
-    T, timings, history = r.model_to_camera, dict(r.timings), []
-    timings["pnp_s"] = time.perf_counter() - t0
-    ctx["pairs"] = r.pairs              # the curve pairs, for the non-rigid landmark term
-    if any(c.label == "Silhouette" for c in ctx["contours2d"]):
-        ctx.setdefault("notes", []).append(
-            "2D Silhouette contours are not used by the contour PnP (they have no 3D "
-            "counterpart; pairing them with the mesh's occluding contour made the P2ILF "
-            "fit worse); give a liver mask for silhouette information (pnp+silhouette)")
-    if with_mask:
-        # joint refinement: silhouette Dice + reprojection of the matched curves
-        v = ctx["mesh"].vertices
-        step = max(0.25, float(np.ptp(v, axis=0).max()) / 400.0)
-        curves = [(densify_polyline(v[ctx["contours3d"][b].vertices], step),
-                   ctx["contours2d"][a].points) for a, b, _ in r.pairs]
-        ctx = dict(ctx, init=T)
-        T, t2, history = _run_silhouette(ctx, sub_progress(progress, 0.5, 1.0), cancel,
-                                         contours=curves)
-        timings.update(t2)
-    return T, timings, history
-
-
-#: silhouette refinement settings: finest pyramid level width (px; the coarse level is
-#: half of it), Adam steps per level (mask only, from an initial pose), steps at the
-#: finest level only for the joint refinement after PnP (already close), faces of the
-#: decimated rendering mesh
-SILHOUETTE_FINE_WIDTH = 128
-SILHOUETTE_ITERATIONS = (60, 20)
-JOINT_ITERATIONS = 12
-SILHOUETTE_FACES = 600
-
-def _run_silhouette(ctx: dict, progress=None, cancel=None, contours=None):
-    from .silhouette import refine_silhouette  # noqa: PLC0415
-
-    if ctx["mask"] is None or ctx["init"] is None:
-        raise InputError("mask: method 'silhouette' needs a liver mask and an initial pose")
-    cam = ctx["camera"]
-    # pyramid: coarse level ~64 px wide, fine level ~128 px wide; the full mesh is kept
-    # for evaluation, a decimated copy (~600 faces) is rendered. After PnP (contours
-    # given) the pose is already close: the fine level only.
-    f_fine = max(1.0, cam.width / SILHOUETTE_FINE_WIDTH)
-    coarse = decimated(ctx["mesh"], SILHOUETTE_FACES)
-    if contours:
-        factors, iterations, patience = (f_fine,), (JOINT_ITERATIONS,), 5
-    else:
-        factors, iterations, patience = (2 * f_fine, f_fine), SILHOUETTE_ITERATIONS, 8
-    r = refine_silhouette(coarse.vertices, coarse.faces, cam, ctx["mask"], ctx["init"],
-                          factors=factors, iterations=iterations,
-                          sigma_px=0.7, patience=patience, lr_rad=0.01, lr_mm=1.0,
-                          contours=contours, progress=progress, cancel=cancel)
-    return r.model_to_camera, dict(r.timings), r.history
-
-
-def _run_learned(ctx: dict, progress=None, cancel=None):
-    """Learned correspondences (bundled Stage I model) -> EPnP + RANSAC -> silhouette
-    refinement; see ``learned/infer.py`` (``register_learned`` adds the correspondences
-    and the quality to its result)."""
-    from .learned.infer import register_learned  # noqa: PLC0415
-
-    r = register_learned(ctx["mesh"], ctx["camera"], image=ctx.get("image"), mask=ctx["mask"],
-                         progress=progress, cancel=cancel, **ctx.get("learned_options", {}))
-    return r.model_to_camera, dict(r.timings), r.history
-
-
-#: method name -> function(ctx dict, progress, cancel) -> (model_to_camera, timings, history)
-METHODS: Dict[str, Callable] = {
-    "pnp": _run_pnp,
-    "pnp+silhouette": lambda ctx, progress=None, cancel=None: _run_pnp(ctx, progress, cancel,
-                                                                       with_mask=True),
-    "silhouette": _run_silhouette,
-    "learned": _run_learned}
 
 
 def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
@@ -250,9 +110,9 @@ def register(mesh: MeshData, camera, image: Optional[np.ndarray] = None,
     structures = [validate_mesh(s, f"structure {k} ({s.name})")
                   for k, s in enumerate(structures or ())]
     if init is not None:
-        init = _check_pose(init, "initial pose")
+        init = check_pose(init, "initial pose")
     if ground_truth is not None:
-        ground_truth = _check_pose(ground_truth, "ground truth pose")
+        ground_truth = check_pose(ground_truth, "ground truth pose")
     if method is None:
         method = choose_method(contours2d is not None, mask is not None, init is not None)
     if method not in METHODS:
@@ -310,11 +170,13 @@ def _camera_warning(camera) -> Optional[str]:
 def _judge(result: LaparoResult, ctx: dict, cancel=None) -> None:
     """Attach the quality (and the kept pose of the restarts) to ``result``."""
     from .quality import assess_and_retry  # noqa: PLC0415
+    from .silhouette import refine_from_mask  # noqa: PLC0415
 
     t0 = time.perf_counter()
 
     def rerun(start):
-        T2, _, _ = _run_silhouette(dict(ctx, init=start), None, cancel)
+        T2, _, _ = refine_from_mask(ctx["mesh"], ctx["camera"], ctx["mask"], start,
+                                    cancel=cancel)
         return LaparoResult(np.asarray(T2, dtype=np.float64), "silhouette")
 
     q, kept, info = assess_and_retry(ctx["mesh"], ctx["camera"], result, ctx["mask"],
@@ -324,35 +186,6 @@ def _judge(result: LaparoResult, ctx: dict, cancel=None) -> None:
     result.quality = q
     result.retry = info if len(info["attempts"]) > 1 else None
     result.timings["quality_s"] = time.perf_counter() - t0
-
-
-def evaluate(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None,
-             contours3d=None, ground_truth=None, deformed_vertices=None) -> dict:
-    """Metrics of a pose (see :func:`register`)."""
-    from .raster import render_mask  # noqa: PLC0415
-
-    verts = mesh.vertices if deformed_vertices is None else deformed_vertices
-    out: Dict[str, object] = {}
-    if contours2d and contours3d:
-        out["reprojection"] = lmetrics.reprojection_errors(contours2d, contours3d, verts,
-                                                           model_to_camera, camera)
-        # the challenge's own number (K-only projection, per pair, see metrics.challenge_rpe)
-        rpe = lmetrics.challenge_rpe(contours2d, contours3d, verts, model_to_camera, camera)
-        out["p2ilf_task2_rpe_px"] = rpe["rpe_px"]
-        out["p2ilf_task2_rpe"] = rpe
-    if mask is not None:
-        scale = max(1.0, camera.width / 480.0)      # evaluate at <= 480 px wide
-        cam = camera.scaled(scale) if scale > 1 else camera
-        rendered = render_mask(verts, mesh.faces, model_to_camera, cam)[0].numpy()
-        import torch  # noqa: PLC0415
-        from .silhouette import downsample_mask  # noqa: PLC0415
-
-        m = downsample_mask(torch.as_tensor(mask), cam.height, cam.width).numpy() >= 0.5
-        out["mask_dice"] = lmetrics.mask_dice(rendered, m)
-        out["mask_dice_size"] = [cam.width, cam.height]
-    if ground_truth is not None:
-        out.update(lmetrics.pose_errors(model_to_camera, ground_truth, mesh.vertices.mean(0)))
-    return out
 
 
 # ----------------------------------------------------------------------------- nodes

@@ -142,7 +142,7 @@ def measure_signals(mesh, camera, model_to_camera, mask=None, contours2d=None,
     if mask is not None:
         cam = _work_camera(camera)
         m = downsample_mask(torch.as_tensor(np.asarray(mask) != 0), cam.height, cam.width) >= 0.5
-        from .logic import decimated  # noqa: PLC0415
+        from .mesh import decimated  # noqa: PLC0415
 
         low = decimated(mesh, 800) if len(mesh.faces) > 1600 else mesh
         with torch.no_grad():  # one pose at a time: batched rendering is slower on CPU
@@ -294,7 +294,7 @@ def _rank(q: Quality) -> tuple:
 
 def assess_and_retry(mesh, camera, result, mask=None, contours2d=None, contours3d=None,
                      rerun=None, depth_fraction: float = 0.08, multistart: str = "auto", **kw):
-    """Assess ``result`` (a :class:`~.logic.LaparoResult`) with restarts where they help.
+    """Assess ``result`` (a :class:`~.result.LaparoResult`) with restarts where they help.
 
     ``rerun(init) -> LaparoResult`` is a mask-driven refinement from a start (the
     silhouette method). Restarts begin at the result moved along the viewing ray by

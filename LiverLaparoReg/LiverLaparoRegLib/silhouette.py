@@ -167,6 +167,40 @@ def refine_silhouette(vertices, faces, camera, mask, model_to_camera_init,
                             {"silhouette_s": time.perf_counter() - t0})
 
 
+#: settings of :func:`refine_from_mask` (the silhouette method and the refinements after
+#: PnP or a learned pose): finest pyramid level width (px; the coarse level is half of
+#: it), Adam steps per level (mask only, from an initial pose), steps at the finest level
+#: only for the joint refinement after PnP (already close), faces of the decimated
+#: rendering mesh
+SILHOUETTE_FINE_WIDTH = 128
+SILHOUETTE_ITERATIONS = (60, 20)
+JOINT_ITERATIONS = 12
+SILHOUETTE_FACES = 600
+
+
+def refine_from_mask(mesh, camera, mask, model_to_camera_init, contours=None, progress=None,
+                     cancel=None):
+    """The module's refinement with the settings above: ``mesh`` (a ``MeshData``, model
+    frame) is decimated to ~``SILHOUETTE_FACES`` faces for the rendering; without
+    ``contours`` a coarse (~64 px wide) then a fine (~128 px) level from the initial
+    pose, with ``contours`` (curve pairs, joint refinement after PnP: the pose is
+    already close) the fine level only. Returns ``(model_to_camera, timings,
+    history)``."""
+    from .mesh import decimated  # noqa: PLC0415
+
+    f_fine = max(1.0, camera.width / SILHOUETTE_FINE_WIDTH)
+    coarse = decimated(mesh, SILHOUETTE_FACES)
+    if contours:
+        factors, iterations, patience = (f_fine,), (JOINT_ITERATIONS,), 5
+    else:
+        factors, iterations, patience = (2 * f_fine, f_fine), SILHOUETTE_ITERATIONS, 8
+    r = refine_silhouette(coarse.vertices, coarse.faces, camera, mask, model_to_camera_init,
+                          factors=factors, iterations=iterations,
+                          sigma_px=0.7, patience=patience, lr_rad=0.01, lr_mm=1.0,
+                          contours=contours, progress=progress, cancel=cancel)
+    return r.model_to_camera, dict(r.timings), r.history
+
+
 def _curve_loss(curves, model_to_camera, camera, tau: float) -> torch.Tensor:
     """Mean over curve pairs of the symmetric mean nearest distance (px, each distance
     truncated at ``tau``) between projected 3D samples and 2D samples."""

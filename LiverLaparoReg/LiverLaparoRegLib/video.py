@@ -133,12 +133,12 @@ class LiveVideoRegistration:
     (``last_reason``)."""
 
     def __init__(self, mesh, camera, init, method: str = "silhouette"):
-        from .logic import _check_pose  # noqa: PLC0415
+        from .result import check_pose  # noqa: PLC0415
 
         self.mesh = mesh
         self.camera = camera
         self.method = method
-        self.pose = _check_pose(init, "initial pose")
+        self.pose = check_pose(init, "initial pose")
         self.last_reason: Optional[str] = None
 
     def update(self, mask: Optional[np.ndarray], cancel=None):

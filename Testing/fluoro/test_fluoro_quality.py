@@ -12,6 +12,7 @@ import torch
 
 from FluoroRegLib import logic
 from FluoroRegLib import quality as fq
+from FluoroRegLib import recovery
 from FluoroRegLib.geometry import make_camera
 from FluoroRegLib.refine import RegistrationResult, XRayView, register_intensity
 from FluoroRegLib.simulate import mtre_np, perturb_pose, simulate_case
@@ -88,7 +89,7 @@ def test_retry_keeps_the_better_verdict(case96):
     # finest two levels) must come back near the truth and be kept
     start = perturb_pose(truth, vol.center_ras(), (0.0, 3.0, 0.0), (0.0, 0.0, 0.0))
     bad = RegistrationResult(start, [start], 0.0, "ncc", [], 0.0)
-    q, kept, info = fq.assess_and_retry(vol, views, bad, start, method="ncc",
+    q, kept, info = recovery.assess_and_retry(vol, views, bad, start, method="ncc",
                                         options={"levels": (2, 1), "iterations": 10})
     assert info["attempts"][0]["verdict"] == "failed"
     assert len(info["attempts"]) == 3  # the original and two retries, all reported
@@ -98,7 +99,7 @@ def test_retry_keeps_the_better_verdict(case96):
     assert q.signals["attempts"] == info["attempts"]
     # a result that is already fine is not retried
     good = RegistrationResult(truth, [truth], 0.0, "ncc", [], 0.0)
-    q2, kept2, info2 = fq.assess_and_retry(vol, views, good, start, method="ncc")
+    q2, kept2, info2 = recovery.assess_and_retry(vol, views, good, start, method="ncc")
     assert len(info2["attempts"]) == 1 and kept2 is good and q2.verdict == "ok"
 
 

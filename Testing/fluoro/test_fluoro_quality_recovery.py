@@ -9,7 +9,6 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from FluoroRegLib import quality as fq
 from FluoroRegLib import recovery
 from FluoroRegLib.drr import render_drr
 from FluoroRegLib.geometry import make_camera
@@ -92,7 +91,7 @@ def test_assess_result_recovers_a_failed_case(blurred_case):
     bad = perturb_pose(truth, vol.center_ras(), (0.0, 3.0, 0.0), (0.0, 0.0, 0.0))
     assert mtre_np(bad, truth, lm) > 2.0
     res = RegistrationResult(bad, [bad], 0.0, "ncc", [], 0.0)
-    kept = fq.assess_result(vol, views, bad, res, "ncc",
+    kept = recovery.assess_result(vol, views, bad, res, "ncc",
                             {"levels": (2,), "iterations": 8}, polish="flagged")
     att = kept.retry["attempts"]
     assert att[0]["start"] == "original" and att[0]["verdict"] == "failed"

@@ -16,7 +16,8 @@ from SurgicalReg2D3DLib.errors import GeometryError, InputError
 from LiverLaparoRegLib import metrics, nonrigid, raster, synthetic
 from LiverLaparoRegLib.bench import perturb, random_pose
 from LiverLaparoRegLib.camera import frame_valid_camera, load_camera
-from LiverLaparoRegLib.logic import decimated, register
+from LiverLaparoRegLib.logic import register
+from LiverLaparoRegLib.mesh import decimated
 from LiverLaparoRegLib.mesh import MeshData, load_mesh
 from LiverLaparoRegLib.p2ilf import Contour2D, Contour3D
 from LiverLaparoRegLib.silhouette import downsample_mask, soft_dice_loss

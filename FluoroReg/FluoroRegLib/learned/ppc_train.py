@@ -213,8 +213,8 @@ def train_ppc(hu, ijk_to_ras, camera, nominal, config, out_path, resume=None,
     from ..refine import check_pose  # noqa: PLC0415
     from ..simulate import downsample_ct  # noqa: PLC0415
     from . import distributed  # noqa: PLC0415
-    from .train import (_cfg_dict, _check_ct, pick_device, restore_checkpoint,  # noqa: PLC0415
-                        run_budget_loop)
+    from .train_loop import (_cfg_dict, _check_ct, pick_device,  # noqa: PLC0415
+                             restore_checkpoint, run_budget_loop)
 
     cfg = config
     say = log or (lambda msg: None)

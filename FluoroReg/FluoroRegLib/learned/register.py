@@ -59,7 +59,7 @@ def register_with_model(hu, ijk_to_ras, images: Sequence, cameras: Sequence, mod
     refinement; the model is always checked against ``hu``.
 
     ``quality=True`` (in ``options``; what ``surgreg fluoro register --model`` passes) runs
-    the classic quality step on the refinement (:func:`..quality.assess_result`, with
+    the classic quality step on the refinement (:func:`..recovery.assess_result`, with
     ``quality_polish``: ``"all"`` there, the detector-model polish of every result, which
     lifted single-view SMSR from the nominal view from 82 % to 98 %, see
     ``benchmarks/results/fluoro_learned.md``) and keeps its calibrated verdict.

@@ -174,7 +174,7 @@ def _perturb(gen, true_poses, center_ras, s):
 
 def evaluate_refinement(net, renderer, val, s: SimilaritySettings) -> dict:
     """Corner error (mm) of the held-out starts and of their LM refinements."""
-    from .train import _corner_points, pose_errors_batch  # noqa: PLC0415
+    from .train_loop import _corner_points, pose_errors_batch  # noqa: PLC0415
 
     fixed, starts, truths = val
     corners = _corner_points(renderer.volume)
@@ -203,7 +203,7 @@ def train_similarity(ctx: dict, cfg, out_path: Path, resume=None,
     from . import distributed  # noqa: PLC0415
     from .model_file import FORMAT, FORMAT_VERSION, save_model  # noqa: PLC0415
     from .sampling import randomise  # noqa: PLC0415
-    from .train import _cfg_dict, restore_checkpoint, run_budget_loop  # noqa: PLC0415
+    from .train_loop import _cfg_dict, restore_checkpoint, run_budget_loop  # noqa: PLC0415
 
     say = log or (lambda msg: None)
     s = SimilaritySettings.from_extra(cfg.extra)

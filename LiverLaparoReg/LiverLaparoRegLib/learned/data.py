@@ -258,7 +258,7 @@ def train_mesh(mesh, contours3d=None, view_axis=None) -> TrainMesh:
 
 def p2ilf_train_mesh() -> TrainMesh:
     """The shipped real P2ILF patient mesh with its annotated ligament and view axis."""
-    from ..bench import real_p2ilf_case  # noqa: PLC0415
+    from ..sample_data import real_p2ilf_case  # noqa: PLC0415
 
     mesh, _, _, c3 = real_p2ilf_case()
     tm = train_mesh(mesh, c3)
@@ -271,7 +271,7 @@ def sksurgery_mesh_and_pose():
     laparoscope pose (``model_to_camera``) and camera."""
     from SurgicalReg2D3DLib.io import read_matrix_txt  # noqa: PLC0415
 
-    from ..bench import sample_data_dir  # noqa: PLC0415
+    from ..sample_data import sample_data_dir  # noqa: PLC0415
     from ..camera import SKSURGERY_SIZE, load_camera  # noqa: PLC0415
     from ..mesh import load_mesh  # noqa: PLC0415
 
@@ -326,7 +326,7 @@ def training_camera(rng):
     if r < 0.6:
         key = "p2ilf" if r < 0.4 else "sks"
         if key not in _CAMERAS:
-            from ..bench import sample_data_dir  # noqa: PLC0415
+            from ..sample_data import sample_data_dir  # noqa: PLC0415
             from ..camera import SKSURGERY_SIZE, load_camera  # noqa: PLC0415
 
             d = sample_data_dir()

@@ -17,7 +17,7 @@ def held_out_train_mesh():
     """The held-out SciKit-Surgery liver (``models/liver.vtk``) as a :class:`.data.TrainMesh`
     whose view axis is the viewing direction of its real shipped laparoscope pose, with
     that pose's camera: ``(mesh, train_mesh, camera)``."""
-    from ..bench import held_out_mesh  # noqa: PLC0415
+    from ..sample_data import held_out_mesh  # noqa: PLC0415
     from ..mesh import load_mesh  # noqa: PLC0415
     from . import data  # noqa: PLC0415
 
@@ -81,7 +81,7 @@ def demo_case(out_dir, seed: int = 3) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from ..bench import sample_data_dir  # noqa: PLC0415
+    from ..sample_data import sample_data_dir  # noqa: PLC0415
     from ..camera import load_camera  # noqa: PLC0415
     from ..raster import mesh_outline_uv  # noqa: PLC0415
     from .landmarks_infer import register_landmarks  # noqa: PLC0415
@@ -162,7 +162,7 @@ def frame_scorer(mesh, cam, T, mask, k: int, rows: list, log=None, **fields):
     centroid, mask Dice, reprojection px) or ``failed`` when ``T_est`` is None."""
     import json  # noqa: PLC0415
 
-    from ..logic import evaluate  # noqa: PLC0415
+    from ..result import evaluate  # noqa: PLC0415
 
     vis = visible_vertices(mesh.vertices, mesh.faces, T, cam)
     base = dict(fields, frame=k,
@@ -228,7 +228,7 @@ def run_bench(model=None, frames=10, seed=0, stage2_frames=4, quick=False, log=p
     ``(rows, stage2 rows, model record)``."""
     import json  # noqa: PLC0415
 
-    from ..bench import sample_data_dir  # noqa: PLC0415
+    from ..sample_data import sample_data_dir  # noqa: PLC0415
     from ..camera import load_camera  # noqa: PLC0415
     from .infer import register_learned  # noqa: PLC0415
     from .modelfile import load_model  # noqa: PLC0415

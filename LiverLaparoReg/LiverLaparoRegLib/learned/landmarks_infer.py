@@ -33,7 +33,7 @@ contours):
    ``GeometryError``);
 6. **refinement**: the silhouette soft Dice jointly with the ridge curve term
    (:func:`..silhouette.refine_silhouette` with ``contours``) from the Stage I pose;
-7. quality: :func:`.infer.quality_of` (uncalibrated) plus the search margin (cost of the
+7. quality: :func:`.shared.quality_of` (uncalibrated) plus the search margin (cost of the
    best candidate far from the winner minus the winner's: a small margin means another
    pose fits almost as well, ``AMBIGUOUS_MARGIN``).
 
@@ -64,7 +64,7 @@ def predict_maps(net, image, mask, camera, device=None) -> np.ndarray:
     NET_W)``)."""
     import torch  # noqa: PLC0415
 
-    from .infer import network_image, network_mask  # noqa: PLC0415
+    from .shared import network_image, network_mask  # noqa: PLC0415
 
     img = network_image(image, camera)
     m = network_mask(mask)
@@ -115,7 +115,7 @@ def observations(maps: np.ndarray, mask: np.ndarray, camera, threshold: float = 
     import cv2  # noqa: PLC0415
 
     from . import data  # noqa: PLC0415
-    from .infer import network_mask  # noqa: PLC0415
+    from .shared import network_mask  # noqa: PLC0415
 
     out = {}
     m_net = network_mask(mask)
@@ -234,11 +234,11 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
-    from ..logic import SILHOUETTE_FACES, SILHOUETTE_FINE_WIDTH, _check_pose, \
-        decimated  # noqa: PLC0415
-    from ..mesh import validate_mesh  # noqa: PLC0415
-    from ..silhouette import refine_silhouette  # noqa: PLC0415
-    from .infer import assemble_result, check_frame_inputs  # noqa: PLC0415
+    from ..mesh import decimated, validate_mesh  # noqa: PLC0415
+    from ..result import check_pose  # noqa: PLC0415
+    from ..silhouette import SILHOUETTE_FACES, SILHOUETTE_FINE_WIDTH, \
+        refine_silhouette  # noqa: PLC0415
+    from .shared import assemble_result, check_frame_inputs  # noqa: PLC0415
     from .modelfile import load_model  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -259,7 +259,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     if not 0.0 < float(cone_deg) <= 180.0:
         raise InputError(f"view cone: expected an angle in (0, 180] deg, got {cone_deg}")
     if ground_truth is not None:
-        ground_truth = _check_pose(ground_truth, "ground truth pose")
+        ground_truth = check_pose(ground_truth, "ground truth pose")
     structures = [validate_mesh(s, f"structure {k} ({s.name})")
                   for k, s in enumerate(structures or ())]
     info = {}

@@ -95,7 +95,7 @@ def register_from_markups(mesh, camera, markups_node, frame_ijk_to_ras=None, mas
                           refine: bool = True):
     """Pose from the edited correspondences: ``(model_to_camera, PnPResult)``; EPnP +
     RANSAC, then the silhouette refinement when a mask is given."""
-    from ..logic import _run_silhouette  # noqa: PLC0415
+    from ..silhouette import refine_from_mask  # noqa: PLC0415
     from .infer import check_mask, pose_from_correspondences  # noqa: PLC0415
 
     corr = correspondences_from_markups(markups_node, frame_ijk_to_ras)
@@ -106,7 +106,7 @@ def register_from_markups(mesh, camera, markups_node, frame_ijk_to_ras=None, mas
     T, r = pose_from_correspondences(mesh, camera, corr)
     if refine and mask is not None:
         mask = check_mask(mask, camera)
-        T, _, _ = _run_silhouette({"mesh": mesh, "camera": camera, "mask": mask, "init": T})
+        T, _, _ = refine_from_mask(mesh, camera, mask, T)
     return T, r
 
 

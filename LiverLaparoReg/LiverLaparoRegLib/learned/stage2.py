@@ -110,7 +110,7 @@ def deform_stage2(mesh, camera, model_to_camera, mask=None, pairs: Sequence[dict
 
     from SurgicalReg2D3DLib.progress import check_cancel, report  # noqa: PLC0415
 
-    from ..logic import decimated  # noqa: PLC0415
+    from ..mesh import decimated  # noqa: PLC0415
     from ..raster import project_vertices, soft_silhouette_band  # noqa: PLC0415
     from ..silhouette import downsample_mask, soft_dice_loss  # noqa: PLC0415
     from ..synthetic import farthest_point_indices  # noqa: PLC0415

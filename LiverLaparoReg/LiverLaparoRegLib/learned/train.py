@@ -17,13 +17,14 @@ missing GPU falls back to the CPU with a warning).
 Scale out: under ``torchrun`` (``WORLD_SIZE > 1``) each process trains a
 ``DistributedDataParallel`` replica on its own share of the samples (backend ``nccl``
 on GPUs, ``gloo`` on CPUs); rank 0 renders the cache and writes the files.
+
+The command's arguments and its dispatch by ``--kind`` are in :mod:`.train_cli`;
+:mod:`.landmarks_train` uses this module's device, DDP and file helpers.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -287,128 +288,3 @@ def train_stage1(out, steps: int = 2000, max_minutes: float = 60.0, seed: int = 
     if world > 1:
         torch.distributed.barrier()
     return record
-
-
-def run_train(args) -> int:
-    """CLI entry (``surgreg laparo train``)."""
-    import torch  # noqa: PLC0415
-
-    if args.stage != 1:
-        raise InputError("stage: only --stage 1 is trained; Stage II is optimised at run time "
-                         "per frame (register --nonrigid) and has no trained weights")
-    torch.set_num_threads(max(1, int(args.threads)))
-    if getattr(args, "kind", "stage1") == "landmarks":
-        return _run_train_landmarks(args)
-    log_path = Path(str(args.out) + ".log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(msg):
-        print(msg, flush=True)
-        if int(os.environ.get("RANK", "0")) == 0:
-            with open(log_path, "a") as fh:
-                fh.write(msg + "\n")
-
-    if args.render_only:
-        cache = Path(args.data_cache) if args.data_cache else Path(str(args.out) + ".data")
-        t0 = time.time()
-        files = render_cache(cache, args.samples, args.seed, training_meshes(args.meshes),
-                             t0 + 60.0 * args.max_minutes, log)
-        print(json.dumps({"cache": str(cache), "chunks": len(files),
-                          "wall_s": round(time.time() - t0, 1)}))
-        return 0
-    rec = train_stage1(args.out, steps=args.steps, max_minutes=args.max_minutes, seed=args.seed,
-                       batch=args.batch, lr=args.lr if args.lr is not None else 1e-3,
-                       samples=args.samples, meshes=args.meshes,
-                       data_cache=args.data_cache, resume=args.resume, device=args.device,
-                       align=not args.no_align, uncertainty=not args.no_uncertainty,
-                       checkpoint_minutes=args.checkpoint_minutes,
-                       command="surgreg laparo train " + " ".join(sys.argv[3:]), log=log)
-    h = rec["loss_history"]
-    print(json.dumps({"out": str(args.out), "steps": rec["steps"], "wall_s": round(rec["wall_s"], 1),
-                      "first_loss": h[0][1] if h else None, "last_loss": h[-1][1] if h else None}))
-    return 0
-
-
-def _landmarks_command(args) -> str:
-    """The effective ``train --kind landmarks`` command (from the parsed arguments, so it
-    is right however the CLI was called)."""
-    parts = ["surgreg laparo train --stage 1 --kind landmarks",
-             f"--samples {args.samples}", f"--max-minutes {args.max_minutes:g}",
-             f"--steps {args.steps}", f"--seed {args.seed}", f"--batch {args.batch}",
-             f"--base {args.base}", f"--threads {args.threads}", f"--device {args.device}",
-             f"--checkpoint-minutes {args.checkpoint_minutes:g}",
-             f"--normal-loss {args.normal_loss}"]
-    if args.normal_weight is not None:
-        parts.append(f"--normal-weight {args.normal_weight:g}")
-    if args.lr is not None:
-        parts.append(f"--lr {args.lr:g}")
-    if args.meshes:
-        parts.append("--meshes " + " ".join(str(m) for m in args.meshes))
-    if args.data_cache:
-        parts.append(f"--data-cache {args.data_cache}")
-    if args.resume:
-        parts.append(f"--resume {args.resume}")
-    parts.append(f"--out {args.out}")
-    return " ".join(parts)
-
-
-def _run_train_landmarks(args) -> int:
-    """``train --stage 1 --kind landmarks`` (see :mod:`.landmarks_train`)."""
-    from .landmarks_train import train_landmarks  # noqa: PLC0415
-
-    log_path = Path(str(args.out) + ".log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(msg):
-        print(msg, flush=True)
-        with open(log_path, "a") as fh:
-            fh.write(msg + "\n")
-
-    rec = train_landmarks(args.out, steps=args.steps, max_minutes=args.max_minutes,
-                          seed=args.seed, batch=args.batch,
-                          lr=args.lr if args.lr is not None else 2e-3,
-                          samples=args.samples, meshes=args.meshes, data_cache=args.data_cache,
-                          resume=args.resume, device=args.device, base=args.base,
-                          checkpoint_minutes=args.checkpoint_minutes,
-                          normal_loss=args.normal_loss, normal_weight=args.normal_weight,
-                          command=_landmarks_command(args), log=log)
-    h = rec["loss_history"]
-    print(json.dumps({"out": str(args.out), "kind": "landmarks", "steps": rec["steps"],
-                      "wall_s": round(rec["wall_s"], 1),
-                      "first_loss": h[0][1] if h else None, "last_loss": h[-1][1] if h else None}))
-    return 0
-
-
-def add_train_parser(sub) -> None:
-    """``surgreg laparo train`` arguments."""
-    t = sub.add_parser("train", help="train the learned registration (Stage I)")
-    t.add_argument("--stage", type=int, default=1, choices=(1, 2))
-    t.add_argument("--meshes", nargs="+", default=None,
-                   help="training meshes (default: the shipped P2ILF mesh)")
-    t.add_argument("--max-minutes", type=float, default=60.0)
-    t.add_argument("--steps", type=int, default=100000)
-    t.add_argument("--samples", type=int, default=2048, help="synthetic frames to render")
-    t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default 1e-3 for stage1, 2e-3 for landmarks)")
-    t.add_argument("--kind", default="stage1", choices=("stage1", "landmarks"),
-                   help="stage1: the image-to-mesh point matcher; landmarks: per-pixel "
-                        "ridge / ligament / silhouette segmentation (3D side geometric)")
-    t.add_argument("--base", type=int, default=12, help="landmarks U-Net base width")
-    t.add_argument("--normal-loss", default="angle", choices=("cos", "angle"),
-                   help="landmarks: the normal map's error in the loss, the angle (radians; "
-                        "the bundled v4) or 1 - cos (v3)")
-    t.add_argument("--normal-weight", type=float, default=None,
-                   help="landmarks: weight of the normal term (default 2)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
-    t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    t.add_argument("--resume", default=None, help="model file to continue from")
-    t.add_argument("--data-cache", default=None, help="folder of rendered samples")
-    t.add_argument("--render-only", action="store_true",
-                   help="only render the training frames into the data cache")
-    t.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    t.add_argument("--no-align", action="store_true", help="ablation: no latent alignment")
-    t.add_argument("--no-uncertainty", action="store_true", help="ablation: no uncertainty head")
-    t.add_argument("--out", required=True, help="model file to write (.pt)")
-    t.set_defaults(func=run_train)
