@@ -26,7 +26,7 @@ VERSION = 1
 KINDS = ("stage1", "landmarks")
 BUNDLED_STAGE1 = "laparo_learned_stage1_v1"
 #: the bundled landmark segmentation model (kind "landmarks"), used by --method learned
-BUNDLED_LANDMARKS = "laparo_learned_landmarks_v4"
+BUNDLED_LANDMARKS = "laparo_learned_landmarks_v5"
 
 
 def save_model(path, model, kind: str, training: dict) -> Path:

@@ -125,9 +125,9 @@ def add_train_parser(sub) -> None:
     t.add_argument("--base", type=int, default=12, help="landmarks U-Net base width")
     t.add_argument("--normal-loss", default="angle", choices=("cos", "angle"),
                    help="landmarks: the normal map's error in the loss, the angle (radians; "
-                        "the bundled v4) or 1 - cos (v3)")
+                        "v4 and the bundled v5) or 1 - cos (v3)")
     t.add_argument("--normal-weight", type=float, default=None,
-                   help="landmarks: weight of the normal term (default 2)")
+                   help="landmarks: weight of the normal term (default 2; the bundled v5: 4)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
