@@ -35,9 +35,9 @@ class LaparoResult:
     #: and tumours (model frame) with the liver
     deformation: Optional[object] = None
     #: deformed copies (model frame) of the extra structures (vessels, tumours) given to
-    #: :func:`register`, in the same order, when non-rigid; inputs are not modified
+    #: :func:`.logic.register`, in the same order, when non-rigid; inputs are not modified
     deformed_structures: List[MeshData] = field(default_factory=list)
-    #: node level only (:func:`register_nodes`): the model nodes holding them
+    #: node level only (:func:`.logic.register_nodes`): the model nodes holding them
     structure_nodes: list = field(default_factory=list)
     #: trust value (``SurgicalReg2D3DLib.quality.Quality``, :mod:`.quality`) when asked for
     quality: Optional[object] = None
@@ -69,7 +69,7 @@ def check_pose(T, name: str) -> np.ndarray:
 
 def evaluate(mesh: MeshData, camera, model_to_camera, mask=None, contours2d=None,
              contours3d=None, ground_truth=None, deformed_vertices=None) -> dict:
-    """Metrics of a pose (see :func:`register`)."""
+    """Metrics of a pose (see :func:`.logic.register`)."""
     from .raster import render_mask  # noqa: PLC0415
 
     verts = mesh.vertices if deformed_vertices is None else deformed_vertices
