@@ -128,8 +128,8 @@ def cmd_collect(args) -> None:
                "trans_mm": err["trans_mm"], "time_reg_s": t_reg, "time_signals_s": t_sig,
                "load1": os.getloadavg()[0], "signals": sig,
                "truth": truth.tolist(), "result": res.ct_to_camera.tolist()}
-        if args.polish:  # detector-model polish (FluoroRegLib.recovery.polish)
-            from FluoroRegLib.recovery import polished_result
+        if args.polish:  # detector-model polish (FluoroRegLib.detector.polish)
+            from FluoroRegLib.detector import polished_result
             t0 = time.perf_counter()
             res_p, det = polished_result(reg_vol, views, res)
             t_pol = time.perf_counter() - t0
@@ -400,7 +400,7 @@ def cmd_report(args) -> None:
              "- Truth: a failure is a final 3D mTRE >= 1 mm (20 landmarks).",
              "- Pipelines: `plain` = the registration as before (quality model "
              "`DEFAULT_MODEL`); `polish` = every result polished with the detector model "
-             "(`FluoroRegLib.recovery.polish`: DRR = -log(blur(exp(-k L))), pose and blur "
+             "(`FluoroRegLib.detector.polish`: DRR = -log(blur(exp(-k L))), pose and blur "
              "width solved jointly at full detector resolution) and judged with "
              "`DEFAULT_POLISHED_MODEL`; `+recovery` = a result still not `ok` is registered "
              "again from 6 other starts (`recovery.recover`: +-5 and +-15 mm along the "

@@ -146,7 +146,7 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
     same pipeline with the TRUE 2D landmark maps (oracle: isolates the network), the old
     Stage I matcher, contour-PnP and the silhouette method from a 10 deg / 20 mm start."""
 
-    from LiverLaparoRegLib.bench import sample_data_dir
+    from LiverLaparoRegLib.sample_data import sample_data_dir
     from LiverLaparoRegLib.camera import load_camera
     from LiverLaparoRegLib.learned import landmarks_infer as li
     from LiverLaparoRegLib.learned.evaluation import (frame_scorer, full_frame,

@@ -2,7 +2,7 @@
 
 :func:`assess_result` (what ``logic.register_arrays`` calls with ``quality=True``) judges a
 result (:func:`.quality.assess`), polishes it with the detector model
-(:func:`.detector.polish`, also importable from here) when asked or when it is not judged
+(:func:`.detector.polish`) when asked or when it is not judged
 ``ok``, and runs :func:`recover` for what is still not ``ok``.
 
 :func:`recover` is what runs for a case still judged ``failed`` or ``doubtful`` after the
@@ -23,11 +23,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .detector import detector_drr, intensity_slope, modelled_problem, polish, polished_result
-
-__all__ = ["assess_and_retry", "assess_result", "detector_drr", "intensity_slope",
-           "modelled_problem", "moved_pose", "polish", "polished_result", "recover",
-           "restart_starts"]
+from .detector import polished_result
 
 
 def moved_pose(volume, pose, twist) -> np.ndarray:

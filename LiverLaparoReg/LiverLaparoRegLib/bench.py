@@ -36,10 +36,7 @@ import numpy as np
 
 from SurgicalReg2D3DLib.cameras import PinholeCamera
 
-from .sample_data import default_meshes, held_out_mesh, real_p2ilf_case, sample_data_dir
-
-__all__ = ["default_meshes", "held_out_mesh", "perturb", "random_pose", "real_p2ilf_case",
-           "run_bench", "sample_data_dir"]
+from .sample_data import default_meshes, held_out_mesh, real_p2ilf_case
 
 
 def random_pose(mesh_vertices: np.ndarray, rng, distance_mm: float = 450.0) -> np.ndarray:

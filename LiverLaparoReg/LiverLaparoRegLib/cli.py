@@ -233,7 +233,8 @@ def _view_prior(args):
 def run_register_learned(args) -> int:
     """``register --method learned``: no --init, no contours (see ``learned/infer.py``)."""
     from .camera import load_camera, without_distortion  # noqa: PLC0415
-    from .learned.infer import check_liver_scale, register_learned  # noqa: PLC0415
+    from .learned.infer import register_learned  # noqa: PLC0415
+    from .learned.shared import check_liver_scale  # noqa: PLC0415
     from .mesh import load_mesh  # noqa: PLC0415
 
     if args.init or args.contours2d or args.contours3d:
@@ -248,13 +249,10 @@ def run_register_learned(args) -> int:
         camera = without_distortion(camera)
     mask = mask_from_image(read_image(args.mask, "mask"), "mask") if args.mask else None
     gt = read_pose_json(args.ground_truth, "ground truth pose") if args.ground_truth else None
-    from .learned.landmarks_search import VIEW_CONE_DEG  # noqa: PLC0415
-
     view_axis, prior = _view_prior(args)
     result = register_learned(mesh, camera, image=image, mask=mask, model=args.model,
                               nonrigid=args.nonrigid, ground_truth=gt, structures=structures,
-                              view_axis=view_axis, cone_deg=VIEW_CONE_DEG
-                              if args.view_cone is None else args.view_cone)
+                              view_axis=view_axis, cone_deg=args.view_cone)
     if "learned" in result.metrics:
         result.metrics["learned"]["view_prior"] = prior
     _write_outputs(args, result, mesh, camera)
@@ -336,9 +334,11 @@ def register_cli(subparsers) -> None:
                         "SPACE= header: +y for LPS, the default, -y for RAS, i.e. looking at "
                         "the anterior surface), +x, -x, +y, -y, +z, -z, 'x,y,z', or any "
                         "(the whole sphere, about 1.7 x slower)")
-    r.add_argument("--view-cone", type=float, default=None,
+    from .learned.landmarks_search import VIEW_CONE_DEG  # noqa: PLC0415
+
+    r.add_argument("--view-cone", type=float, default=VIEW_CONE_DEG,
                    help="--method learned: half-angle (deg) of the searched viewing "
-                        "directions around --view-axis (default 80)")
+                        f"directions around --view-axis (default {VIEW_CONE_DEG:g})")
     from .learned.train_cli import add_train_parser  # noqa: PLC0415
 
     add_train_parser(sub)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from FluoroRegLib import recovery
+from FluoroRegLib import detector, recovery
 from FluoroRegLib.drr import render_drr
 from FluoroRegLib.geometry import make_camera
 from FluoroRegLib.refine import RegistrationResult, XRayView, register_intensity
@@ -24,8 +24,8 @@ def test_detector_drr_matches_scipy_and_is_identity_without_blur():
     L[0, 5:15, 6:18] = 3.0
     L += rng.uniform(0, 0.2, L.shape)
     t = torch.as_tensor(L)
-    assert torch.equal(recovery.detector_drr(t, 1.3, 0.0), t)
-    out = recovery.detector_drr(t, 1.3, 1.2)[0].numpy()
+    assert torch.equal(detector.detector_drr(t, 1.3, 0.0), t)
+    out = detector.detector_drr(t, 1.3, 1.2)[0].numpy()
     # independent reference: scipy's Gaussian of the intensities ('nearest' = replicate);
     # scipy truncates at 4 sigma, the model at ceil(3 sigma): agree to ~1e-3 of the range
     ref = -np.log(gaussian_filter(np.exp(-1.3 * L[0]), 1.2, mode="nearest", truncate=3.0 / 1.2 * np.ceil(3 * 1.2) / 3.0)) / 1.3
@@ -64,7 +64,7 @@ def test_polish_removes_the_blur_depth_bias(blurred_case):
     plain = register_intensity(vol, views, truth, levels=(1,), iterations=20).ct_to_camera
     bias = _along_ray(plain, truth, vol)
     assert bias > 0.5
-    p = recovery.polish(vol, views, plain)
+    p = detector.polish(vol, views, plain)
     assert p is not None
     assert 0.6 < p["sigma_px"] < 1.4          # the blur width is recovered
     assert abs(p["slope"][0] - 1.0) < 0.1     # the image is -log intensity of the DRR
@@ -78,11 +78,11 @@ def test_polish_without_blur_stays_and_refuses_non_log_images(blurred_case):
     views = [XRayView(sharp, cam)]
     plain = register_intensity(vol, views, truth, levels=(1,), iterations=20).ct_to_camera
     assert mtre_np(plain, truth, lm) < 0.3
-    p = recovery.polish(vol, views, plain)
+    p = detector.polish(vol, views, plain)
     assert p is not None and p["sigma_px"] < 0.4
     assert mtre_np(p["ct_to_camera"], truth, lm) < 0.3
     # an inverted image (attenuation dark) is not -log intensity: no polish
-    assert recovery.polish(vol, [XRayView(-sharp, cam)], plain) is None
+    assert detector.polish(vol, [XRayView(-sharp, cam)], plain) is None
 
 
 def test_assess_result_recovers_a_failed_case(blurred_case):

@@ -29,7 +29,7 @@ def held_out():
 @pytest.fixture(scope="module")
 def frame(held_out):
     """A SYNTHETIC frame of the held-out SciKit-Surgery liver (P2ILF camera, no bend)."""
-    from LiverLaparoRegLib.bench import sample_data_dir  # noqa: PLC0415
+    from LiverLaparoRegLib.sample_data import sample_data_dir  # noqa: PLC0415
     from LiverLaparoRegLib.camera import load_camera  # noqa: PLC0415
     from LiverLaparoRegLib.learned.evaluation import full_frame  # noqa: PLC0415
 
@@ -134,7 +134,7 @@ def _training_mesh_frame(seed):
     """A SYNTHETIC frame of the P2ILF (training) mesh with the P2ILF camera, its TRUE 2D
     maps and observations: ``(train mesh, camera, true pose, maps, observations,
     MeshLandmarks)``."""
-    from LiverLaparoRegLib.bench import sample_data_dir  # noqa: PLC0415
+    from LiverLaparoRegLib.sample_data import sample_data_dir  # noqa: PLC0415
     from LiverLaparoRegLib.camera import load_camera  # noqa: PLC0415
     from LiverLaparoRegLib.learned.evaluation import full_frame  # noqa: PLC0415
     from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415

@@ -129,7 +129,7 @@ def test_shipped_label_image_decodes_to_the_annotated_curves():
     as seen on the image) decodes to bands ~12 px wide."""
     import cv2
 
-    from LiverLaparoRegLib.bench import sample_data_dir
+    from LiverLaparoRegLib.sample_data import sample_data_dir
     from LiverLaparoRegLib.learned import p2ilf_metric as pm
 
     path = (sample_data_dir() / "p2ilf" / "2D_imageLabel_metrics" / "image_labels_GT" /

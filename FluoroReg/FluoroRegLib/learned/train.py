@@ -41,8 +41,6 @@ from .sampling import (PoseRange, TrainingRenderer, check_range, ct_factor_for,
 from .train_loop import (TrainConfig, _cfg_dict, _check_ct, _corner_points, pick_device,
                          pose_errors_batch, restore_checkpoint, run_budget_loop)
 
-__all__ = ["IMPLEMENTED", "KINDS", "TrainConfig", "evaluate", "pick_device", "train_model"]
-
 KINDS = ("regressor", "similarity", "ppc", "all")
 IMPLEMENTED = ("regressor", "similarity")
 

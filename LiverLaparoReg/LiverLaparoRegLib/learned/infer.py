@@ -18,7 +18,7 @@ contours):
    more inliers is kept (``metrics["learned"]["source"]``), then the existing silhouette
    refinement (:func:`..silhouette.refine_from_mask`) with the mask;
 6. optional Stage II (:mod:`.stage2`) with the matched pairs;
-7. quality (:func:`quality_of`): a simple, *uncalibrated* verdict from the inlier count,
+7. quality (:func:`.shared.quality_of`): a simple, *uncalibrated* verdict from the inlier count,
    inlier ratio and mask Dice (the calibrated one is wired by ``LiverLaparoRegLib.quality``
    where available).
 
@@ -28,7 +28,7 @@ fewer than 4 inliers -> ``GeometryError("correspondences: fewer than 4 inlier ..
 With a model of kind ``landmarks`` (the bundled default) :func:`register_learned` hands
 over to :func:`.landmarks_infer.register_landmarks`. What both kinds use (input checks,
 the frame at the network grid, :class:`LearnedResult`, :func:`quality_of`) is in
-:mod:`.shared` and importable from here.
+:mod:`.shared`.
 """
 
 from __future__ import annotations
@@ -41,13 +41,8 @@ import numpy as np
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 
 from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG
-from .shared import LIVER_EXTENT_MM, LearnedResult, assemble_result, check_frame_inputs, \
-    check_liver_scale, check_mask, network_image, network_mask, quality_of
-
-__all__ = ["LIVER_EXTENT_MM", "LearnedResult", "assemble_result", "check_frame_inputs",
-           "check_liver_scale", "check_mask", "network_image", "network_mask",
-           "pose_from_correspondences", "predict_correspondences", "quality_of",
-           "register_learned"]
+from .shared import LearnedResult, assemble_result, check_frame_inputs, network_image, \
+    network_mask
 
 
 def predict_correspondences(net, mesh, camera, image, mask: Optional[np.ndarray],

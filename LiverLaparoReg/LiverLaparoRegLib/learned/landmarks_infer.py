@@ -178,11 +178,6 @@ AMBIGUOUS_MARGIN, AMBIGUOUS_DEG = (0.15, 0.5), 30.0
 #: candidates of the search that get the image ICP: at most this many, within this cost
 #: (network px) of the best
 ICP_CANDIDATES, ICP_WITHIN_PX = 4, 0.6
-#: the silhouette refinement ignores the rendered liver in :func:`hidden_region` (behind
-#: an instrument) instead of counting it against the pose. On 24 SYNTHETIC development
-#: frames of the training (P2ILF) mesh with the v3 network (seeds 5-8): 16 within 10 deg
-#: after the refinement against 15 (one frame 14.5 -> 4.6 deg; the others within +-1 deg)
-REFINE_IGNORES_HIDDEN = True
 #: ridge weight of the search with the network's maps (see ``register_landmarks``): 0,
 #: the silhouette alone. On development runs (12 SYNTHETIC frames of the training P2ILF
 #: mesh) the bundled networks' ridge maps made the search worse, not better: within 10
@@ -373,8 +368,10 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                                   factors=(max(1.0, camera.width / SILHOUETTE_FINE_WIDTH),),
                                   iterations=(30,), sigma_px=0.7, patience=5, lr_rad=0.005,
                                   lr_mm=0.5, contours=contours,
-                                  ignore=hidden_region(obs2, camera) if REFINE_IGNORES_HIDDEN
-                                  else None,
+                                  # the liver behind an instrument is not counted
+                                  # against the pose (24 development frames, v3: 16
+                                  # within 10 deg against 15)
+                                  ignore=hidden_region(obs2, camera),
                                   progress=sub_progress(progress, 0.5, 0.8), cancel=cancel)
             T, history = r.model_to_camera, r.history
         except (RuntimeError, InputError):

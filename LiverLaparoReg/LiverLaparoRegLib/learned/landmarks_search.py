@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from SurgicalReg2D3DLib.errors import InputError
+
 #: prior on the laparoscope's viewing direction in the mesh frame: the mesh is assumed to
 #: be in its CT's patient frame, where the laparoscope looks at the anterior surface,
 #: along about +y (both shipped livers: 15 and 27 deg from +y); directions beyond
@@ -27,8 +29,6 @@ _NAMED_AXES = {"+x": (1.0, 0.0, 0.0), "-x": (-1.0, 0.0, 0.0), "+y": (0.0, 1.0, 0
 def parse_view_axis(text, what: str = "view axis"):
     """The search's prior axis from text: ``+y`` (and the other signed axes), ``x,y,z``
     (a direction in the mesh frame) or ``any`` (None: the whole sphere is searched)."""
-    from SurgicalReg2D3DLib.errors import InputError  # noqa: PLC0415
-
     t = str(text).strip().lower()
     if t == "any":
         return None
@@ -48,8 +48,6 @@ def parse_view_axis(text, what: str = "view axis"):
 def check_view_axis(axis, what: str = "view axis"):
     """``axis`` as a unit 3-vector (``None`` stays None: any direction); a clear error for
     anything else."""
-    from SurgicalReg2D3DLib.errors import InputError  # noqa: PLC0415
-
     if axis is None:
         return None
     a = np.asarray(axis, float).reshape(-1)
