@@ -207,20 +207,35 @@ def test_fewer_than_four_pairs_is_refused(frame):
     assert licp.correspondences_of(pairs, cam) == []
 
 
-def test_cli_train_kind_landmarks(tmp_path, capsys):
+def test_cli_train_kind_landmarks(tmp_path, capsys, frame):
     """`surgreg laparo train --stage 1 --kind landmarks` writes a landmarks model file
-    whose record holds the command and the seed."""
+    whose record holds the command and the seed; ``--levels 5`` gives a five-level U-Net
+    that the inference loads and runs at the network grid; ``--levels 6`` is refused in
+    one line."""
     from SurgicalReg2D3DLib.cli import main  # noqa: PLC0415
 
+    from LiverLaparoRegLib.learned.modelfile import load_model  # noqa: PLC0415
+
     out = tmp_path / "cli_lm.pt"
-    rc = main(["laparo", "train", "--stage", "1", "--kind", "landmarks", "--samples", "8",
-               "--steps", "20", "--batch", "4", "--base", "4", "--max-minutes", "2",
-               "--seed", "3", "--device", "cpu", "--data-cache", str(tmp_path / "c"),
-               "--out", str(out)])
+    args = ["laparo", "train", "--stage", "1", "--kind", "landmarks", "--samples", "8",
+            "--steps", "20", "--batch", "4", "--base", "4", "--max-minutes", "2",
+            "--seed", "3", "--device", "cpu", "--data-cache", str(tmp_path / "c")]
+    rc = main(args + ["--levels", "5", "--out", str(out)])
     assert rc == 0
     d = modelfile.read_model_file(out, "landmarks")
     assert d["training"]["seed"] == 3 and d["training"]["steps"] == 20
     assert "--kind landmarks" in d["training"]["command"]
+    assert "--levels 5" in d["training"]["command"] and d["config"]["levels"] == 5
+    net = load_model(out, kind="landmarks")[0]
+    assert len(net.enc) == 5
+    mesh, tm, cam, T, img, mask = frame
+    maps = li.predict_maps(net, img, mask, cam)
+    assert maps.shape == (6, data.NET_H, data.NET_W) and np.isfinite(maps).all()
+    capsys.readouterr()
+    rc = main(args + ["--levels", "6", "--out", str(tmp_path / "bad.pt")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "levels" in err and "2-5" in err
+    assert not (tmp_path / "bad.pt").exists()
 
 
 _DDP_WORKER = r"""

@@ -138,7 +138,8 @@ def _batch(arrs, idx, rng, drop_mask: float = 0.1):
 def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: int = 0,
                     batch: int = 8, lr: float = 2e-3, samples: int = 1500,
                     meshes: Optional[Sequence[str]] = None, data_cache=None, resume=None,
-                    device: str = "auto", base: int = 12, checkpoint_minutes: float = 5.0,
+                    device: str = "auto", base: int = 12, levels: int = 4,
+                    checkpoint_minutes: float = 5.0,
                     normal_loss: str = "angle", normal_weight: Optional[float] = None,
                     command: str = "", log=print) -> dict:
     """Train a landmark model and write it to ``out`` (see the module docstring).
@@ -153,6 +154,9 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
 
     if steps < 1 or batch < 1 or samples < 1:
         raise InputError("steps: --steps, --batch and --samples must be positive")
+    if not 2 <= levels <= 5:
+        # 96 x 128 halves cleanly 5 times (to 6 x 8); fewer than 2 is no U-Net
+        raise InputError(f"levels: --levels must be 2-5, got {levels}")
     if not max_minutes > 0:
         raise InputError(f"max minutes: must be positive, got {max_minutes}")
     if normal_loss not in NORMAL_LOSSES:
@@ -168,7 +172,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     cache = Path(data_cache) if data_cache else out.with_name(out.name + ".data")
     tms = training_meshes(meshes)
     mesh_desc = ", ".join(t.name for t in tms)
-    model = LandmarkNet(base=base, normals=True).to(dev)
+    model = LandmarkNet(base=base, levels=levels, normals=True).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, history, wall_before = 0, [], 0.0
     if resume:

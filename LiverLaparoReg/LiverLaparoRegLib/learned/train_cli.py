@@ -63,7 +63,8 @@ def _landmarks_command(args) -> str:
     parts = ["surgreg laparo train --stage 1 --kind landmarks",
              f"--samples {args.samples}", f"--max-minutes {args.max_minutes:g}",
              f"--steps {args.steps}", f"--seed {args.seed}", f"--batch {args.batch}",
-             f"--base {args.base}", f"--threads {args.threads}", f"--device {args.device}",
+             f"--base {args.base}", f"--levels {args.levels}", f"--threads {args.threads}",
+             f"--device {args.device}",
              f"--checkpoint-minutes {args.checkpoint_minutes:g}",
              f"--normal-loss {args.normal_loss}"]
     if args.normal_weight is not None:
@@ -97,7 +98,7 @@ def _run_train_landmarks(args) -> int:
                           lr=args.lr if args.lr is not None else 2e-3,
                           samples=args.samples, meshes=args.meshes, data_cache=args.data_cache,
                           resume=args.resume, device=args.device, base=args.base,
-                          checkpoint_minutes=args.checkpoint_minutes,
+                          levels=args.levels, checkpoint_minutes=args.checkpoint_minutes,
                           normal_loss=args.normal_loss, normal_weight=args.normal_weight,
                           command=_landmarks_command(args), log=log)
     h = rec["loss_history"]
@@ -123,6 +124,8 @@ def add_train_parser(sub) -> None:
                    help="stage1: the image-to-mesh point matcher; landmarks: per-pixel "
                         "ridge / ligament / silhouette segmentation (3D side geometric)")
     t.add_argument("--base", type=int, default=12, help="landmarks U-Net base width")
+    t.add_argument("--levels", type=int, default=4,
+                   help="landmarks U-Net levels (resolutions; each halves the grid)")
     t.add_argument("--normal-loss", default="angle", choices=("cos", "angle"),
                    help="landmarks: the normal map's error in the loss, the angle (radians; "
                         "v4 and the bundled v5) or 1 - cos (v3)")
