@@ -13,6 +13,12 @@ Loss: :func:`.landmarks_net.landmark_losses`, the normal term measured by
 ``--normal-loss`` (``cos``: ``1 - cos``; ``angle``: the angle in radians) times
 ``--normal-weight``.
 
+Network: :func:`.landmarks_net.LandmarkNet` with ``--base`` channels at the first of
+``--levels`` resolutions (4 by default, as the bundled v5). A fifth level (6 x 8 cells)
+costs almost no time per step; in the same 55 min it lowered the normal error on frames
+of the training mesh, not on the held-out mesh, and registered one held-out frame fewer,
+so it was not adopted (``benchmarks/results/laparo_learned_notes.md``, "Session 12").
+
 Loop: Adam, batch ``--batch``, cosine learning-rate decay over ``--max-minutes`` /
 ``--steps``; augmentation: horizontal flips, gain / gamma / colour jitter, the mask
 channel dropped for 10 % of the samples; a checkpoint (the model file + ``<out>.ckpt``

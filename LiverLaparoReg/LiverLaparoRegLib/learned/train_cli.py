@@ -125,7 +125,8 @@ def add_train_parser(sub) -> None:
                         "ridge / ligament / silhouette segmentation (3D side geometric)")
     t.add_argument("--base", type=int, default=12, help="landmarks U-Net base width")
     t.add_argument("--levels", type=int, default=4,
-                   help="landmarks U-Net levels (resolutions; each halves the grid)")
+                   help="landmarks U-Net levels (resolutions, each halves the grid; 2-5; "
+                        "the bundled v5: 4)")
     t.add_argument("--normal-loss", default="angle", choices=("cos", "angle"),
                    help="landmarks: the normal map's error in the loss, the angle (radians; "
                         "v4 and the bundled v5) or 1 - cos (v3)")
