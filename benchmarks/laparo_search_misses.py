@@ -1,0 +1,157 @@
+"""Why does the learned landmark registration get a frame wrong? Sorts the wrong poses
+(> 20 deg) on DEVELOPMENT frames into three causes, for the bundled (or a given) landmark
+model:
+
+- **view prior**: the true viewing direction lies beyond the search cone
+  (``landmarks_search.VIEW_CONE_DEG`` around the prior axis), so no grid rotation is near it;
+- **cost**: the search's winner costs less than the true pose's basin (the fine
+  optimiser of :mod:`LiverLaparoRegLib.learned.landmarks_align` started at the true
+  pose): the network's maps favour the wrong pose, a better search would not help;
+- **search miss**: the true basin costs less than the winner, but no search candidate
+  reached it.
+
+Frames: SYNTHETIC full-size frames of the TRAINING (P2ILF) mesh, ``--seeds`` x
+``--frames`` (frame ``k`` of seed ``s`` drawn from ``numpy.random.default_rng([s, 1000 +
+k])``, even ``k`` the P2ILF camera, odd the SciKit-Surgery camera; the development set
+of the learned-method notes), never the held-out liver. The search is the one that
+``register_landmarks`` runs (same settings); the pose compared is the search's best
+candidate, before image ICP and refinement.
+
+    python benchmarks/laparo_search_misses.py [--model M.pt] [--seeds 5 6] [--frames 6]
+
+Writes ``benchmarks/results/laparo_search_misses.{md,json}`` (``--out``). One torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for sub in ("SurgicalReg2D3D", "LiverLaparoReg"):
+    sys.path.insert(0, str(ROOT / sub))
+
+
+def rot_deg(A, B) -> float:
+    return float(np.degrees(np.arccos(np.clip((np.trace(A @ B.T) - 1) / 2, -1, 1))))
+
+
+def classify(net, tm, cam, seed: int, k: int) -> dict:
+    """One development frame: the search's candidates and the true basin's cost."""
+    import torch
+
+    from LiverLaparoRegLib.learned import landmarks_align as la
+    from LiverLaparoRegLib.learned import landmarks_infer as li
+    from LiverLaparoRegLib.learned.evaluation import full_frame
+    from LiverLaparoRegLib.learned.landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, \
+        MeshLandmarks
+    from LiverLaparoRegLib.mesh import MeshData
+
+    rng = np.random.default_rng([seed, 1000 + k])
+    s, img, mask = full_frame(tm, cam, rng)
+    T = s.model_to_camera
+    mesh = MeshData(np.asarray(tm.vertices), np.asarray(tm.faces), name="development")
+    lm = MeshLandmarks(mesh)
+    view = T[:3, :3].T @ np.array([0.0, 0.0, 1.0])          # camera axis in the mesh frame
+    view_deg = float(np.degrees(np.arccos(np.clip(view @ np.asarray(VIEW_AXIS), -1, 1))))
+    maps = li.predict_maps(net, img, mask, cam)
+    obs = li.observations(maps, mask, cam)
+    ridge = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
+    o2 = li.observed_2d(obs, ridge, cam, maps[3:6] if len(maps) == 6 else None)
+    w_ridge = li.W_RIDGE_LEARNED
+    t0 = time.perf_counter()
+    cands = la.align_search(lm, cam, o2, w_ridge=w_ridge)
+    search_s = time.perf_counter() - t0
+    R0 = torch.as_tensor(T[:3, :3], dtype=torch.float32)[None]
+    c0 = torch.as_tensor(T[:3, :3] @ lm.c + T[:3, 3], dtype=torch.float32)[None]
+    mf = la.model_points(lm, la.FINE_POINTS)
+    R1, t1, cost1 = la._optimise(R0, c0, mf, o2, o2.outline_sample(la.FINE_OUTLINE),
+                                 o2.ridge_sample(la.FINE_RIDGE), steps=60, rotate=True,
+                                 lr_pos=0.004, lr_depth=0.015, lr_rot=0.01, pair_every=1,
+                                 w_ridge=w_ridge)
+    win_err = rot_deg(cands[0][0][:3, :3], T[:3, :3])
+    basin = float(cost1[0])
+    if win_err <= 20.0:
+        cause = "right"
+    elif view_deg > VIEW_CONE_DEG:
+        cause = "view prior"
+    elif cands[0][1] <= basin:
+        cause = "cost"
+    else:
+        cause = "search miss"
+    return {"seed": seed, "frame": k, "view_deg_from_prior_axis": round(view_deg, 1),
+            "winner_rot_deg": round(win_err, 1), "winner_cost_px": round(float(cands[0][1]), 4),
+            "true_basin_cost_px": round(basin, 4),
+            "true_basin_rot_deg": round(rot_deg(R1[0].numpy(), T[:3, :3]), 1),
+            "candidates_rot_deg": [round(rot_deg(Tc[:3, :3], T[:3, :3]), 1) for Tc, _ in cands],
+            "cause": cause, "search_s": round(search_s, 2)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="landmark model (default: the bundled one)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6, 7, 8, 9, 10])
+    ap.add_argument("--frames", type=int, default=6)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args()
+    import torch
+    torch.set_num_threads(1)
+
+    from LiverLaparoRegLib.camera import load_camera
+    from LiverLaparoRegLib.learned import data
+    from LiverLaparoRegLib.learned.evaluation import held_out_train_mesh
+    from LiverLaparoRegLib.learned.modelfile import BUNDLED_LANDMARKS, bundled_model_path, \
+        load_model
+    from LiverLaparoRegLib.sample_data import sample_data_dir
+
+    model = a.model or str(bundled_model_path(BUNDLED_LANDMARKS))
+    net = load_model(model, kind="landmarks")[0]
+    tm = data.p2ilf_train_mesh()
+    _, _, cam_sks = held_out_train_mesh()               # only its camera is used
+    cam_p2 = load_camera(sample_data_dir() / "p2ilf" / "cameraparams"
+                         / "acquisition-camera-metadata.json")
+    rows = []
+    t0 = time.time()
+    for seed in a.seeds:
+        for k in range(a.frames):
+            r = classify(net, tm, cam_p2 if k % 2 == 0 else cam_sks, seed, k)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    counts = {c: sum(r["cause"] == c for r in rows)
+              for c in ("right", "view prior", "cost", "search miss")}
+    meta = {"model": Path(model).name, "seeds": a.seeds, "frames_per_seed": a.frames,
+            "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "laparo_search_misses.json").write_text(json.dumps(
+        {"meta": meta, "counts": counts, "rows": rows}, indent=1))
+    lines = ["# Learned landmark registration: why the wrong poses are wrong "
+             "(SYNTHETIC development frames)", "",
+             f"`python benchmarks/laparo_search_misses.py` (see its docstring). Model "
+             f"`{meta['model']}`; frames of the TRAINING mesh, seeds {a.seeds}, {a.frames} "
+             f"per seed; the search's best candidate before ICP and refinement; wrong = "
+             f"> 20 deg. Wall {meta['wall_s']} s, load average at the end "
+             f"{[round(x, 1) for x in meta['load_average_end']]}.", "",
+             "| frames | right | wrong: view beyond the cone | wrong: cost favours it | "
+             "wrong: search miss |", "|---|---|---|---|---|",
+             f"| {len(rows)} | {counts['right']} | {counts['view prior']} | {counts['cost']} | "
+             f"{counts['search miss']} |", "",
+             "| seed/frame | view from prior axis deg | winner rot deg | winner cost px | "
+             "true basin cost px | cause |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["cause"] != "right":
+            lines.append(f"| {r['seed']}/{r['frame']} | {r['view_deg_from_prior_axis']} | "
+                         f"{r['winner_rot_deg']} | {r['winner_cost_px']} | "
+                         f"{r['true_basin_cost_px']} | {r['cause']} |")
+    (out / "laparo_search_misses.md").write_text("\n".join(lines) + "\n")
+    print(json.dumps({"counts": counts, "meta": meta}))
+
+
+if __name__ == "__main__":
+    main()
