@@ -152,7 +152,7 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
     from LiverLaparoRegLib.learned.evaluation import (frame_scorer, full_frame,
                                                       held_out_train_mesh, run_baselines)
     from LiverLaparoRegLib.learned.infer import register_learned
-    from LiverLaparoRegLib.learned.landmarks_search import VIEW_AXIS
+    from LiverLaparoRegLib.learned.landmarks_search import VIEW_AXIS, view_angle_deg
     from LiverLaparoRegLib.learned.modelfile import load_model
 
     net, rec = load_model(model, kind="landmarks")
@@ -178,9 +178,7 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
                                   normals=True)
             true = true_n[:3]
             pred = li.predict_maps(net, img, mask, cam)
-            view = T[:3, :3].T @ np.array([0.0, 0.0, 1.0])      # viewing direction, model
-            base["view_deg_from_search_axis"] = round(float(np.degrees(np.arccos(np.clip(
-                view @ np.asarray(VIEW_AXIS) / np.linalg.norm(VIEW_AXIS), -1, 1)))), 1)
+            base["view_deg_from_search_axis"] = round(view_angle_deg(T, VIEW_AXIS), 1)
             mask_net = li.observations(true, mask, cam)["mask_net"]
             base["map_f1"] = map_f1(pred, true, mask_net=mask_net)
             variants = [("learned landmarks", {"net": net})]

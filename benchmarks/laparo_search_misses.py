@@ -38,43 +38,38 @@ for sub in ("SurgicalReg2D3D", "LiverLaparoReg"):
     sys.path.insert(0, str(ROOT / sub))
 
 
-def rot_deg(A, B) -> float:
-    return float(np.degrees(np.arccos(np.clip((np.trace(A @ B.T) - 1) / 2, -1, 1))))
-
-
 def classify(net, tm, cam, seed: int, k: int) -> dict:
     """One development frame: the search's candidates and the true basin's cost."""
     import torch
 
+    from SurgicalReg2D3DLib.metrics import rotation_error_deg
+
     from LiverLaparoRegLib.learned import landmarks_align as la
     from LiverLaparoRegLib.learned import landmarks_infer as li
     from LiverLaparoRegLib.learned.evaluation import full_frame
-    from LiverLaparoRegLib.learned.landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, \
-        MeshLandmarks
+    from LiverLaparoRegLib.learned.landmarks_search import VIEW_CONE_DEG, MeshLandmarks, \
+        view_angle_deg
     from LiverLaparoRegLib.mesh import MeshData
+
+    def rot_deg(A, B) -> float:
+        return float(rotation_error_deg(A[:3, :3], B[:3, :3]))
 
     rng = np.random.default_rng([seed, 1000 + k])
     s, img, mask = full_frame(tm, cam, rng)
     T = s.model_to_camera
     mesh = MeshData(np.asarray(tm.vertices), np.asarray(tm.faces), name="development")
     lm = MeshLandmarks(mesh)
-    view = T[:3, :3].T @ np.array([0.0, 0.0, 1.0])          # camera axis in the mesh frame
-    view_deg = float(np.degrees(np.arccos(np.clip(view @ np.asarray(VIEW_AXIS), -1, 1))))
+    view_deg = view_angle_deg(T)
     maps = li.predict_maps(net, img, mask, cam)
     obs = li.observations(maps, mask, cam)
-    ridge = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
-    o2 = li.observed_2d(obs, ridge, cam, maps[3:6] if len(maps) == 6 else None)
+    o2 = li.search_observations(maps, obs, cam)
     w_ridge = li.W_RIDGE_LEARNED
     t0 = time.perf_counter()
     cands = la.align_search(lm, cam, o2, w_ridge=w_ridge)
     search_s = time.perf_counter() - t0
     R0 = torch.as_tensor(T[:3, :3], dtype=torch.float32)[None]
     c0 = torch.as_tensor(T[:3, :3] @ lm.c + T[:3, 3], dtype=torch.float32)[None]
-    mf = la.model_points(lm, la.FINE_POINTS)
-    R1, t1, cost1 = la._optimise(R0, c0, mf, o2, o2.outline_sample(la.FINE_OUTLINE),
-                                 o2.ridge_sample(la.FINE_RIDGE), steps=60, rotate=True,
-                                 lr_pos=0.004, lr_depth=0.015, lr_rot=0.01, pair_every=1,
-                                 w_ridge=w_ridge)
+    R1, t1, cost1 = la.refine_hypotheses(R0, c0, lm, o2, w_ridge=w_ridge)
     win_err = rot_deg(cands[0][0][:3, :3], T[:3, :3])
     basin = float(cost1[0])
     if win_err <= 20.0:

@@ -349,6 +349,18 @@ def _optimise(R0, t0, mp, obs, outline, ridge, steps: int, rotate: bool,
     return best_R.detach(), best_t.detach(), best_c.detach()
 
 
+def refine_hypotheses(R0, t0, lm: MeshLandmarks, obs: Observed2D, w_ridge=None,
+                      w_normal=None, cancel=None):
+    """The search's fine stage (step 2 of :func:`align_search`): rotation and translation
+    of hypotheses ``R0 (B, 3, 3)``, ``t0 (B, 3)`` (centred model -> camera) optimised
+    together on the fine point sets. Returns the best ``(R, t, cost)`` per hypothesis
+    (also used by ``benchmarks/laparo_search_misses.py`` to find the true pose's basin)."""
+    return _optimise(R0, t0, model_points(lm, FINE_POINTS), obs,
+                     obs.outline_sample(FINE_OUTLINE), obs.ridge_sample(FINE_RIDGE),
+                     steps=60, rotate=True, lr_pos=0.004, lr_depth=0.015, lr_rot=0.01,
+                     pair_every=1, w_ridge=w_ridge, w_normal=w_normal, cancel=cancel)
+
+
 def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS,
                  cone_deg: float = VIEW_CONE_DEG, n_dirs: int = GRID_DIRECTIONS,
                  n_rolls: int = GRID_ROLLS, k: int = RETURNED, chunk: int = 1024,
@@ -381,11 +393,8 @@ def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS
     # stage 2: the best distinct rotations, rotation and translation, denser sets
     R0 = torch.as_tensor(np.stack([r for r, _, _ in seeds]), dtype=torch.float32)
     t0 = torch.as_tensor(np.stack([t for _, t, _ in seeds]), dtype=torch.float32)
-    mf = model_points(lm, FINE_POINTS)
-    of, rf = obs.outline_sample(FINE_OUTLINE), obs.ridge_sample(FINE_RIDGE)
-    R1, t1, c1 = _optimise(R0, t0, mf, obs, of, rf, steps=60, rotate=True,
-                           lr_pos=0.004, lr_depth=0.015, lr_rot=0.01, pair_every=1,
-                           w_ridge=w_ridge, w_normal=w_normal, cancel=cancel)
+    R1, t1, c1 = refine_hypotheses(R0, t0, lm, obs, w_ridge=w_ridge, w_normal=w_normal,
+                                   cancel=cancel)
     picked = distinct_hypotheses(R1.numpy().astype(np.float64),
                                  t1.numpy().astype(np.float64), -c1.numpy(), k, 15.0)
     out = []

@@ -208,6 +208,16 @@ def observed_2d(obs: Dict, ridge_map, camera, normal_map=None) -> Observed2D:
                       ridge_map, data.net_camera(camera).K, normal_map=normal_map)
 
 
+def search_observations(maps: np.ndarray, obs: Dict, camera,
+                        w_normal: float = W_NORMAL) -> Observed2D:
+    """The search's 2D side from the maps (:func:`predict_maps` or :func:`true_maps`) and
+    :func:`observations`: the ridge map (probability >= 0.5 inside the mask) and, with
+    normal channels and ``w_normal > 0``, the normal map."""
+    ridge_map = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
+    normal_map = maps[3:6] if len(maps) == 6 and w_normal > 0 else None
+    return observed_2d(obs, ridge_map, camera, normal_map)
+
+
 # ----------------------------------------------------------------------------- register
 def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None,
                        maps: Optional[np.ndarray] = None, refine: bool = True,
@@ -272,10 +282,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     check_cancel(cancel)
     t1 = time.perf_counter()
     lm = MeshLandmarks(mesh)
-    ridge_map = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
     w_normal = W_NORMAL if w_normal is None else float(w_normal)
-    normal_map = maps[3:6] if len(maps) == 6 and w_normal > 0 else None
-    obs2 = observed_2d(obs, ridge_map, camera, normal_map)
+    obs2 = search_observations(maps, obs, camera, w_normal)
     if w_ridge is None:
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
     if w_ridge <= 0:                 # silhouette alone: no ridge in the ICP either
@@ -353,7 +361,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "ransac_vs_icp_deg": round(float(ransac_vs_icp["rotation_deg"]), 3),
              "ligament": "predicted, not used for the pose (no 3D ligament on the mesh)",
              "ridge_weight": float(w_ridge),
-             "normal_weight": w_normal if normal_map is not None else 0.0,
+             "normal_weight": w_normal if obs2.normals is not None else 0.0,
              "view_axis": ("any" if view_axis is None
                            else [round(float(x), 4) for x in view_axis]),
              "view_cone_deg": None if view_axis is None else float(cone_deg)}

@@ -58,6 +58,14 @@ def check_view_axis(axis, what: str = "view axis"):
 
 
 
+def view_angle_deg(model_to_camera, axis=VIEW_AXIS) -> float:
+    """Angle (deg) between a pose's viewing direction (camera +z in the model frame) and
+    ``axis`` (the search's prior): beyond the cone the search does not look."""
+    view = np.asarray(model_to_camera, float)[:3, :3].T @ np.array([0.0, 0.0, 1.0])
+    a = np.asarray(axis, float)
+    return float(np.degrees(np.arccos(np.clip(view @ a / np.linalg.norm(a), -1, 1))))
+
+
 # ----------------------------------------------------------------------------- 3D side
 def fibonacci_directions(n: int) -> np.ndarray:
     i = np.arange(n) + 0.5
