@@ -142,8 +142,12 @@ def check_image_size(shape: Sequence[int], camera: PinholeCamera, name: str) -> 
 
 def check_mask(mask, camera: PinholeCamera, name: str = "mask") -> np.ndarray:
     """The liver mask ``(H, W)`` as bool (non-zero = liver), checked against the camera:
-    2D, the camera's size, not empty (``InputError`` naming ``name``)."""
+    2D, the camera's size, not empty (``InputError`` naming ``name``). A colour image
+    ``(H, W, 3 or 4)`` (a mask painted and saved as RGB) counts where any channel is
+    non-zero."""
     mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] in (3, 4):
+        mask = mask.max(axis=2)
     if mask.ndim != 2:
         raise InputError(f"{name}: expected a 2D (H, W) mask, got shape {mask.shape}")
     if mask.shape != (camera.height, camera.width):

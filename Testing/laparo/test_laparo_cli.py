@@ -151,3 +151,24 @@ def test_cli_silhouette_nonrigid_with_init_and_mask(tmp_path, sample_data):
     structure = load_mesh(tmp_path / "out_liver_sub_deformed.vtk")
     np.testing.assert_allclose(structure.vertices, deformed.vertices, atol=1e-4)
     assert "nonrigid_s" in res["timing"]
+
+
+def test_mask_check_takes_a_colour_mask_and_refuses_other_shapes(small_case):
+    """``camera.check_mask`` (used by every method, classic and learned): a mask saved as
+    RGB(A) counts where any channel is set; a 2-channel or 3D-volume mask is refused
+    naming its shape."""
+    from LiverLaparoRegLib.camera import check_mask  # noqa: PLC0415
+
+    _, cam, _ = small_case
+    gray = np.zeros((48, 64), np.uint8)
+    gray[10:30, 20:40] = 255
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[10:30, 20:40, 1] = 255                       # painted in green only
+    rgba = np.dstack([rgb, np.full((48, 64), 0, np.uint8)])
+    np.testing.assert_array_equal(check_mask(rgb, cam), gray > 0)
+    np.testing.assert_array_equal(check_mask(rgba, cam), gray > 0)
+    with pytest.raises(InputError, match=r"^mask: expected a 2D \(H, W\) mask, got shape "
+                                         r"\(48, 64, 2\)"):
+        check_mask(np.zeros((48, 64, 2)), cam)
+    with pytest.raises(InputError, match=r"^mask: the liver mask is empty"):
+        check_mask(np.zeros((48, 64, 3), np.uint8), cam)

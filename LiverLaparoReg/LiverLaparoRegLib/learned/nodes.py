@@ -97,7 +97,7 @@ def register_from_markups(mesh, camera, markups_node, frame_ijk_to_ras=None, mas
     RANSAC, then the silhouette refinement when a mask is given."""
     from ..silhouette import refine_from_mask  # noqa: PLC0415
     from .infer import pose_from_correspondences  # noqa: PLC0415
-    from .shared import check_mask  # noqa: PLC0415
+    from ..camera import check_mask  # noqa: PLC0415
 
     corr = correspondences_from_markups(markups_node, frame_ijk_to_ras)
     for c in corr:

@@ -55,16 +55,6 @@ def check_liver_scale(vertices, name: str = "mesh") -> None:
                             f"({lo:g}-{hi:g} mm){hint}")
 
 
-def check_mask(mask, camera) -> np.ndarray:
-    """``camera.check_mask`` after reducing an RGB mask to one channel."""
-    from ..camera import check_mask as check_camera_mask  # noqa: PLC0415
-
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        mask = mask.max(axis=2)
-    return check_camera_mask(mask, camera, "mask")
-
-
 def network_image(image, camera) -> np.ndarray:
     """``(3, NET_H, NET_W)`` float32 RGB in [0, 1] from an ``(H, W[, 3])`` frame."""
     import cv2  # noqa: PLC0415
@@ -163,7 +153,7 @@ def check_frame_inputs(mesh, camera, image=None, mask=None):
     """``(mesh, camera, mask)`` of a learned registration, checked before any work: the
     mesh's scale (a liver in mm) and validity, the camera, the image's size against the
     camera, the mask (when given) against the frame."""
-    from ..camera import as_camera, check_image_size  # noqa: PLC0415
+    from ..camera import as_camera, check_image_size, check_mask  # noqa: PLC0415
     from ..mesh import validate_mesh  # noqa: PLC0415
 
     check_liver_scale(getattr(mesh, "vertices", None), "mesh")
