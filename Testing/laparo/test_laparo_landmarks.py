@@ -220,11 +220,18 @@ def test_cli_train_kind_landmarks(tmp_path, capsys, frame):
     args = ["laparo", "train", "--stage", "1", "--kind", "landmarks", "--samples", "8",
             "--steps", "20", "--batch", "4", "--base", "4", "--max-minutes", "2",
             "--seed", "3", "--device", "cpu", "--data-cache", str(tmp_path / "c")]
-    rc = main(args + ["--levels", "5", "--out", str(out)])
+    rc = main(args + ["--levels", "5", "--warp-mm", "20", "--out", str(out)])
     assert rc == 0
     d = modelfile.read_model_file(out, "landmarks")
     assert d["training"]["seed"] == 3 and d["training"]["steps"] == 20
     assert "--kind landmarks" in d["training"]["command"]
+    assert "--warp-mm 20" in d["training"]["command"] and d["training"]["warp_mm"] == 20.0
+    assert "warp <= 20 mm" in d["training"]["data"]
+    from LiverLaparoRegLib.learned.landmarks_train import _chunk_file  # noqa: PLC0415
+
+    # a cache never mixes two warps: non-default frames are named by theirs
+    assert _chunk_file(tmp_path, 3, 0, 20.0).name == "lmn_s3_w20_c00000.npz"
+    assert _chunk_file(tmp_path, 3, 0, data.PREOP_WARP_MM).name == "lmn_s3_c00000.npz"
     assert "--levels 5" in d["training"]["command"] and d["config"]["levels"] == 5
     net = load_model(out, kind="landmarks")[0]
     assert len(net.enc) == 5
@@ -236,6 +243,38 @@ def test_cli_train_kind_landmarks(tmp_path, capsys, frame):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "levels" in err and "2-5" in err
     assert not (tmp_path / "bad.pt").exists()
+    rc = main(args + ["--warp-mm", "100", "--out", str(tmp_path / "bad.pt")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "--warp-mm" in err
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_training_shape_warp_amplitude():
+    """``warp_mm`` sets the preoperative shape's random warp: at 0 the shape is the base
+    mesh scaled per axis (an exact affine map), at 24 mm it departs from every affine map
+    of the base by more than the default 8 mm allows on average, never by more than
+    24 mm at a vertex (an independent least-squares check)."""
+    tm = data.p2ilf_train_mesh()
+    v0 = np.asarray(tm.vertices, float)
+    A = np.c_[v0, np.ones(len(v0))]
+
+    def off_affine(vs):
+        X = np.linalg.lstsq(A, vs, rcond=None)[0]
+        return np.linalg.norm(A @ X - vs, axis=1)
+
+    res = {}
+    for w in (0.0, 8.0, 24.0):
+        r = []
+        for k in range(6):
+            fr = data.render_frame(tm, np.random.default_rng([11, k]), warp_mm=w,
+                                   bend_curvature=0.0, instruments=False)
+            if len(fr["vs"]) == len(v0):          # uncut: same vertex ids as the base
+                r.append(off_affine(fr["vs"]))
+        assert r
+        res[w] = r
+    assert max(x.max() for x in res[0.0]) < 1e-6
+    assert max(x.max() for x in res[24.0]) <= 24.0 * 1.5   # lstsq spreads a bump a bit
+    assert np.mean([x.max() for x in res[24.0]]) > np.mean([x.max() for x in res[8.0]])
 
 
 _DDP_WORKER = r"""

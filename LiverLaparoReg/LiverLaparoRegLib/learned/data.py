@@ -8,7 +8,7 @@ real laparoscopic image.
 One sample (:func:`make_sample`):
 
 1. **Shapes.** The *preoperative* model ``Ms`` is a variant of the base mesh: a smooth
-   random radial-basis warp (<= 8 mm), an anisotropic scaling (0.85-1.15 per axis) and,
+   random radial-basis warp (<= 8 mm, ``PREOP_WARP_MM``), an anisotropic scaling (0.85-1.15 per axis) and,
    with probability 0.3, a planar cut removing 5-20 % of the vertices (partial models).
    The *intraoperative* liver ``Mi`` is ``Ms`` bent (a near-isometric bending about a
    random plane through the centroid, up to ~35 deg over 100 mm) plus a small warp
@@ -157,6 +157,11 @@ def within_cone(axis: np.ndarray, max_deg: float, rng) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- deformations
+#: largest amplitude (mm) of the preoperative shape's random warp in the training frames
+#: (``surgreg laparo train --kind landmarks --warp-mm`` changes it for the landmark model)
+PREOP_WARP_MM = 8.0
+
+
 def rbf_warp(v: np.ndarray, rng, amplitude_mm: float, sigma_mm: float = 60.0,
              n_centres: int = 6) -> np.ndarray:
     """Smooth random displacement: Gaussian bumps at random vertices (max ``amplitude``)."""
@@ -428,16 +433,18 @@ def point_inputs(vertices: np.ndarray, faces: np.ndarray, start: int = 0,
 
 def render_frame(tm: TrainMesh, rng, camera=None, model_to_camera=None, preop: bool = True,
                  bend_curvature: float = 1 / 160.0, instruments: bool = True,
-                 max_tries: int = 20) -> dict:
+                 max_tries: int = 20, warp_mm: float = PREOP_WARP_MM) -> dict:
     """The frame every SYNTHETIC training sample starts from (shared by :func:`make_sample`
     and the landmark samples of :mod:`.landmarks_data`): the preoperative shape (warped,
     scaled, maybe cut) bent into the intraoperative one, a laparoscope pose and camera,
     the rendered ids (``depth``, ``face``, ``bary``, ``uv``, ``z``), the liver mask with
-    instruments removed and the shaded image. Returns the local variables by name."""
+    instruments removed and the shaded image; ``warp_mm``: the largest amplitude of the
+    preoperative shape's random warp (:func:`rbf_warp`). Returns the local variables by
+    name."""
     v0, f0 = tm.vertices, tm.faces
     ids0 = np.arange(len(v0))
     if preop:
-        vs = rbf_warp(v0, rng, rng.uniform(0, 8.0))
+        vs = rbf_warp(v0, rng, rng.uniform(0, warp_mm))
         vs = (vs - vs.mean(0)) * rng.uniform(0.85, 1.15, 3) + vs.mean(0)
         fs = f0
         if rng.uniform() < 0.3:

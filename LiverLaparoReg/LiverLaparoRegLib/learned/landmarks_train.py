@@ -46,16 +46,24 @@ RENDER_SHARE = 0.4
 SEED_OFFSET = 50000
 
 
-def _chunk_file(cache: Path, seed: int, k: int) -> Path:
-    # "lmn": chunks with the normal maps (the older "lm" chunks have none)
-    return cache / f"lmn_s{seed}_c{k:05d}.npz"
+def _chunk_file(cache: Path, seed: int, k: int, warp_mm: float = None) -> Path:
+    # "lmn": chunks with the normal maps (the older "lm" chunks have none); frames with a
+    # non-default shape warp are named by it, so a cache never mixes two warps
+    from .data import PREOP_WARP_MM  # noqa: PLC0415
+
+    w = "" if warp_mm is None or warp_mm == PREOP_WARP_MM else f"_w{warp_mm:g}"
+    return cache / f"lmn_s{seed}{w}_c{k:05d}.npz"
 
 
 class _Pool:
     """The growing set of rendered frames (cache chunks on disk + the current chunk)."""
 
-    def __init__(self, cache: Path, seed: int, meshes, target: int, stream=None):
+    def __init__(self, cache: Path, seed: int, meshes, target: int, stream=None,
+                 warp_mm: float = None):
+        from .data import PREOP_WARP_MM  # noqa: PLC0415
+
         self.cache, self.seed, self.meshes, self.target = cache, seed, meshes, target
+        self.warp_mm = PREOP_WARP_MM if warp_mm is None else float(warp_mm)
         self.stream = [] if stream is None else [int(stream)]  # torchrun: the rank
         cache.mkdir(parents=True, exist_ok=True)
         self.arrs: Dict[str, List[np.ndarray]] = {}
@@ -63,9 +71,9 @@ class _Pool:
         self.n = 0
         self._cat = None
         k = 0
-        while self.n < target and _chunk_file(cache, seed, k).is_file():
+        while self.n < target and _chunk_file(cache, seed, k, self.warp_mm).is_file():
             try:
-                z = dict(np.load(_chunk_file(cache, seed, k)))
+                z = dict(np.load(_chunk_file(cache, seed, k, self.warp_mm)))
             except Exception:  # noqa: BLE001  (a broken chunk is rendered again)
                 break
             self._add(z)
@@ -86,11 +94,12 @@ class _Pool:
 
         i = self.next_chunk * CHUNK + len(self.pending)
         rng = np.random.default_rng([self.seed, SEED_OFFSET + i] + self.stream)
-        s = landmarks_data.landmark_sample(self.meshes[i % len(self.meshes)], rng)
+        s = landmarks_data.landmark_sample(self.meshes[i % len(self.meshes)], rng,
+                                          warp_mm=self.warp_mm)
         self.pending.append(landmarks_data.pack(s))
         if len(self.pending) == CHUNK:
             z = {key: np.stack([p[key] for p in self.pending]) for key in self.pending[0]}
-            f = _chunk_file(self.cache, self.seed, self.next_chunk)
+            f = _chunk_file(self.cache, self.seed, self.next_chunk, self.warp_mm)
             tmp = f.with_name(f.stem + ".tmp.npz")
             np.savez_compressed(tmp, **z)
             tmp.replace(f)
@@ -147,7 +156,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                     device: str = "auto", base: int = 12, levels: int = 4,
                     checkpoint_minutes: float = 5.0,
                     normal_loss: str = "angle", normal_weight: Optional[float] = None,
-                    command: str = "", log=print) -> dict:
+                    warp_mm: Optional[float] = None, command: str = "", log=print) -> dict:
     """Train a landmark model and write it to ``out`` (see the module docstring).
     Returns the training record (loss history included)."""
     import torch  # noqa: PLC0415
@@ -170,6 +179,11 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     normal_weight = W_NORMAL if normal_weight is None else float(normal_weight)
     if not normal_weight >= 0:
         raise InputError(f"normal weight: must be >= 0, got {normal_weight}")
+    from .data import PREOP_WARP_MM  # noqa: PLC0415
+
+    warp_mm = PREOP_WARP_MM if warp_mm is None else float(warp_mm)
+    if not 0.0 <= warp_mm <= 60.0:
+        raise InputError(f"warp: --warp-mm must be 0-60 mm, got {warp_mm:g}")
     t_start = time.time()
     deadline = t_start + 60.0 * max_minutes
     world, rank, dev = ddp_setup(device, log)
@@ -195,9 +209,10 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         wall_before = float(tr.get("wall_s", 0.0))
         log(f"resume: from {resume} at step {step}")
     if world > 1:  # each replica renders and trains on frames of its own
-        pool = _Pool(cache / f"rank{rank}", seed, tms, -(-samples // world), stream=rank)
+        pool = _Pool(cache / f"rank{rank}", seed, tms, -(-samples // world), stream=rank,
+                     warp_mm=warp_mm)
     else:
-        pool = _Pool(cache, seed, tms, samples)
+        pool = _Pool(cache, seed, tms, samples, warp_mm=warp_mm)
     render_s = 0.0
     while pool.size() < min(batch * 4, samples) and time.time() < deadline:
         t0 = time.time()
@@ -219,14 +234,15 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     def write(final: bool):
         nonlocal record
         record = {"data": f"SYNTHETIC: {pool.size()} frames rendered by LiverLaparoRegLib."
-                          f"learned.landmarks_data from the mesh(es) [{mesh_desc}] (deformed, "
-                          f"cut, bent, random laparoscope poses and appearance, instruments); "
+                          f"learned.landmarks_data from the mesh(es) [{mesh_desc}] (deformed: "
+                          f"warp <= {warp_mm:g} mm, cut, bent, random laparoscope poses and appearance, instruments); "
                           f"per-pixel ridge / ligament / silhouette maps and camera-frame "
                           f"normals; no real frame used; "
                           f"SciKit-Surgery liver held out unless given",
                   "command": command, "seed": seed, "steps": step, "batch": batch * world,
                   "lr": lr, "samples": pool.size() * world, "meshes": mesh_desc,
                   "normal_loss": normal_loss, "normal_weight": normal_weight,
+                  "warp_mm": warp_mm,
                   "device": str(dev), "world_size": world,
                   "loss_history": history, "wall_s": wall_before + time.time() - t_start,
                   "render_s": render_s, "finished": final}

@@ -71,6 +71,8 @@ def _landmarks_command(args) -> str:
         parts.append(f"--normal-weight {args.normal_weight:g}")
     if args.lr is not None:
         parts.append(f"--lr {args.lr:g}")
+    if args.warp_mm is not None:
+        parts.append(f"--warp-mm {args.warp_mm:g}")
     if args.meshes:
         parts.append("--meshes " + " ".join(str(m) for m in args.meshes))
     if args.data_cache:
@@ -100,7 +102,7 @@ def _run_train_landmarks(args) -> int:
                           resume=args.resume, device=args.device, base=args.base,
                           levels=args.levels, checkpoint_minutes=args.checkpoint_minutes,
                           normal_loss=args.normal_loss, normal_weight=args.normal_weight,
-                          command=_landmarks_command(args), log=log)
+                          warp_mm=args.warp_mm, command=_landmarks_command(args), log=log)
     h = rec["loss_history"]
     print(json.dumps({"out": str(args.out), "kind": "landmarks", "steps": rec["steps"],
                       "wall_s": round(rec["wall_s"], 1),
@@ -132,6 +134,9 @@ def add_train_parser(sub) -> None:
                         "v4 and the bundled v5) or 1 - cos (v3)")
     t.add_argument("--normal-weight", type=float, default=None,
                    help="landmarks: weight of the normal term (default 2; the bundled v5: 4)")
+    t.add_argument("--warp-mm", type=float, default=None,
+                   help="landmarks: largest amplitude (mm) of the random smooth warp of the "
+                        "training shapes (default 8, the bundled v5; more = more shapes)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
