@@ -472,6 +472,45 @@ def test_network_with_normals_gives_unit_normals_and_maps_are_checked(tmp_path, 
         li.register_landmarks(mesh, cam, img, mask, maps=maps[:5])
 
 
+def test_flip_averaged_maps_turn_with_the_frame():
+    """``predict_maps(flips=k)``: with ``flips=1`` the single forward pass; the 2-view
+    (180 deg turn) and 4-view (also the mirrors) averages are equivariant: the maps of the
+    turned / mirrored frame are the turned / mirrored maps, with the normal's x and / or y
+    negated (an independent property of the average, whatever the weights); a
+    ``flips`` other than 1, 2, 4 is refused, naming it."""
+    torch.manual_seed(1)
+    net = LandmarkNet(base=4, normals=True).eval()
+    rng = np.random.default_rng(0)
+    H, W = data.NET_H, data.NET_W                 # at the network grid: no resampling
+    cam = None                                    # the network image needs no camera
+    img = (rng.uniform(size=(H, W, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((H, W), bool)
+    mask[20:80, 10:90] = True
+    with torch.no_grad():
+        lg = net(torch.as_tensor(np.transpose(img, (2, 0, 1)) / 255.0, dtype=torch.float32)[None],
+                 torch.as_tensor(mask, dtype=torch.float32)[None])[0]
+    one = li.predict_maps(net, img, mask, cam, flips=1)
+    np.testing.assert_allclose(one[:3], torch.sigmoid(lg[:3]).numpy(), atol=1e-6)
+    assert not np.allclose(li.predict_maps(net, img[::-1, ::-1], mask[::-1, ::-1], cam)[:3],
+                           one[:3, ::-1, ::-1], atol=1e-3)  # the network alone is not
+    for flips, turns in ((2, [(True, True)]), (4, [(True, True), (False, True), (True, False)])):
+        m = li.predict_maps(net, img, mask, cam, flips=flips)
+        np.testing.assert_allclose(np.linalg.norm(m[3:], axis=0), 1.0, atol=1e-4)
+        for rows, cols in turns:
+            sl = (slice(None, None, -1) if rows else slice(None),
+                  slice(None, None, -1) if cols else slice(None))
+            t = li.predict_maps(net, np.ascontiguousarray(img[sl]),
+                                np.ascontiguousarray(mask[sl]), cam, flips=flips)
+            want = m[(slice(None),) + sl].copy()
+            if cols:
+                want[3] *= -1
+            if rows:
+                want[4] *= -1
+            np.testing.assert_allclose(t, want, atol=1e-4)
+    with pytest.raises(InputError, match="^flips: expected 1, 2 or 4"):
+        li.predict_maps(net, img, mask, cam, flips=3)
+
+
 def test_view_prior_from_text_and_from_the_mesh_file(tmp_path):
     """``--view-axis``: named axes, a direction, 'any'; bad text names the input. 'auto'
     reads the ``SPACE=`` comment Slicer writes into mesh files: +y for LPS or no comment

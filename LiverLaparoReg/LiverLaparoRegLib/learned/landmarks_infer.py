@@ -58,23 +58,42 @@ from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, MeshLandmarks, check_vie
 
 
 # ----------------------------------------------------------------------------- 2D side
-def predict_maps(net, image, mask, camera, device=None) -> np.ndarray:
+def predict_maps(net, image, mask, camera, device=None, flips: int = 1) -> np.ndarray:
     """``(3, NET_H, NET_W)`` float32 probabilities (ridge, ligament, silhouette); a network
     with normal channels adds three: the unit camera-frame normal per pixel (``(6, NET_H,
-    NET_W)``)."""
+    NET_W)``). ``flips``: 1 = the frame as it is; 2 = averaged with the frame turned by
+    180 deg (a camera roll); 4 = also both mirror images (the training flips frames
+    left-right, so a mirrored liver is in its data); each view's maps are turned back
+    (normals: x and / or y negated) before the mean."""
     import torch  # noqa: PLC0415
 
     from .shared import network_image, network_mask  # noqa: PLC0415
 
-    img = network_image(image, camera)
-    m = network_mask(mask)
+    if flips not in (1, 2, 4):
+        raise InputError(f"flips: expected 1, 2 or 4, got {flips}")
+    img = torch.as_tensor(network_image(image, camera))
+    m = torch.as_tensor(network_mask(mask))
+    # (image axes flipped, normal components negated): identity, 180 deg, mirrors
+    views = [((), ()), ((1, 2), (0, 1)), ((2,), (0,)), ((1,), (1,))][:flips]
     dev = device or torch.device("cpu")
+    x = torch.stack([img.flip(a) if a else img for a, _ in views]).to(dev)
+    mx = torch.stack([m.flip([d - 1 for d in a]) if a else m for a, _ in views]).to(dev)
     with torch.no_grad():
-        lg = net(torch.as_tensor(img)[None].to(dev), torch.as_tensor(m)[None].to(dev))
-    out = torch.sigmoid(lg[0, :3])
-    if lg.shape[1] > 3:
-        out = torch.cat([out, torch.nn.functional.normalize(lg[0, 3:6], dim=0, eps=1e-6)])
-    return out.cpu().numpy().astype(np.float32)
+        lg = net(x, mx).cpu()
+    probs, normals = [], []
+    for k, (a, neg) in enumerate(views):
+        o = lg[k].flip(a) if a else lg[k]
+        probs.append(torch.sigmoid(o[:3]))
+        if o.shape[0] > 3:
+            n = torch.nn.functional.normalize(o[3:6], dim=0, eps=1e-6).clone()
+            for c in neg:
+                n[c] = -n[c]
+            normals.append(n)
+    out = torch.stack(probs).mean(0)
+    if normals:
+        out = torch.cat([out, torch.nn.functional.normalize(torch.stack(normals).mean(0),
+                                                             dim=0, eps=1e-6)])
+    return out.numpy().astype(np.float32)
 
 
 def true_maps(vertices, faces, model_to_camera, camera, ridge=None, ligament=None,
@@ -224,7 +243,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                        nonrigid: bool = False, ground_truth=None, structures=None,
                        view_axis=VIEW_AXIS, cone_deg: float = VIEW_CONE_DEG,
                        w_ridge: Optional[float] = None, w_normal: Optional[float] = None,
-                       progress=None, cancel=None):
+                       flips: int = 1, progress=None, cancel=None):
     """Learned registration with the landmark model (module docstring). ``model``: model
     file (None = bundled landmarks model); ``net``: a loaded network; ``maps``: given
     ``(3, NET_H, NET_W)`` landmark probabilities instead of the network (tests);
@@ -235,7 +254,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     the given ``maps`` have the normal channels; 0 leaves it out); ``view_axis`` /
     ``cone_deg``: the searched viewing directions (the laparoscope's, in the mesh frame)
     lie within ``cone_deg`` of ``view_axis`` (None: the whole sphere), recorded in the
-    result's ``metrics["learned"]``."""
+    result's ``metrics["learned"]``; ``flips``: the network's maps averaged over the frame
+    and its turned / mirrored copies (:func:`predict_maps`)."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -273,7 +293,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     report(progress, 0.0, "LiverLaparoReg: learned landmarks")
     t1 = time.perf_counter()
     if maps is None:
-        maps = predict_maps(net, image, mask, camera)
+        maps = predict_maps(net, image, mask, camera, flips=flips)
     obs = observations(maps, mask, camera)
     if obs["mask_net"].sum() < 4:
         raise GeometryError("correspondences: no correspondences -- the liver mask covers "
@@ -361,6 +381,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "ransac_vs_icp_deg": round(float(ransac_vs_icp["rotation_deg"]), 3),
              "ligament": "predicted, not used for the pose (no 3D ligament on the mesh)",
              "ridge_weight": float(w_ridge),
+             "network_flips": int(flips) if given_maps is None else 0,
              "normal_weight": w_normal if obs2.normals is not None else 0.0,
              "view_axis": ("any" if view_axis is None
                            else [round(float(x), 4) for x in view_axis]),

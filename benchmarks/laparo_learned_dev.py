@@ -1,0 +1,161 @@
+"""Development frames for choices about the learned landmark registration (never the
+held-out liver).
+
+Model and setting choices of the learned method are made here, then checked once on the
+held-out frames of ``benchmarks/laparo_learned.py``. Two SYNTHETIC development shapes:
+
+- ``train``: the training (P2ILF) mesh itself, as the frames of the earlier sessions'
+  choices (the network has seen this shape, so a gain here may be a gain on this shape
+  only: session 12's lesson, ``results/laparo_learned_notes.md``);
+- ``twisted``: the P2ILF mesh twisted about its longest principal axis (``TWIST_DEG``
+  from end to end, linear along the axis) and stretched / squashed along the other two
+  (``STRETCH``). Neither the training generator (smooth radial-basis bumps, per-axis
+  scaling within 0.85-1.15, a bend about one plane, planar cuts) nor the held-out liver
+  made it, so it stands in for "a shape the network has not seen" without touching the
+  held-out liver. It is a deformed copy of the training mesh, not a second patient.
+
+Frame ``k`` of seed ``S``: ``numpy.random.default_rng([S, 1000 + k])`` (as the held-out
+protocol; seeds 5 and up are the development seeds), even ``k`` the P2ILF camera, odd the
+SciKit-Surgery camera, poses around the P2ILF mesh's view axis (its annotated surface).
+Per frame: the rotation error of Stage I and of the final pose, the quality verdict, the
+network's normal error over the mask (median angle to the true normal map) and the view
+angle from the search's prior axis.
+
+    python benchmarks/laparo_learned_dev.py [--model M.pt] [--shape twisted] \\
+        [--seeds 5 6] [--frames 6] [--flips 1] [--maps-only] [--tag NAME] [--out DIR]
+
+Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
+frame. One torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for sub in ("SurgicalReg2D3D", "LiverLaparoReg"):
+    sys.path.insert(0, str(ROOT / sub))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+#: the ``twisted`` shape: twist (deg, end to end) about the longest principal axis and
+#: the scale factors along the second and third axes
+TWIST_DEG, STRETCH = 40.0, (1.15, 0.85)
+
+
+def twisted_mesh(tm):
+    """The ``twisted`` development shape of the training mesh ``tm`` (module docstring):
+    ``(MeshData, TrainMesh)``; the view axis of ``tm`` is kept (the frames look at the
+    same surface)."""
+    from LiverLaparoRegLib.learned import data
+    from LiverLaparoRegLib.mesh import MeshData
+
+    v = np.asarray(tm.vertices, float)
+    R, c = data.canonical_frame(v)
+    x = (v - c) @ R.T                                  # principal axes, longest first
+    half = np.abs(x[:, 0]).max()
+    a = np.radians(TWIST_DEG / 2.0) * x[:, 0] / half
+    y, z = x[:, 1] * STRETCH[0], x[:, 2] * STRETCH[1]
+    x2 = np.stack([x[:, 0], np.cos(a) * y - np.sin(a) * z, np.sin(a) * y + np.cos(a) * z], 1)
+    mesh = MeshData(x2 @ R + c, np.asarray(tm.faces), name="p2ilf_twisted_dev")
+    return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="landmark model (default: the bundled one)")
+    ap.add_argument("--shape", default="twisted", choices=("train", "twisted"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6])
+    ap.add_argument("--frames", type=int, default=6)
+    ap.add_argument("--flips", type=int, default=1, choices=(1, 2, 4))
+    ap.add_argument("--maps-only", action="store_true",
+                    help="only the network's normal error (no registration)")
+    ap.add_argument("--tag", default="run")
+    ap.add_argument("--out", default="/tmp/laparo_dev")
+    a = ap.parse_args()
+    import torch
+    torch.set_num_threads(1)
+
+    from laparo_learned import normal_error_deg
+
+    from SurgicalReg2D3DLib.metrics import rotation_error_deg
+    from LiverLaparoRegLib.camera import load_camera
+    from LiverLaparoRegLib.learned import data
+    from LiverLaparoRegLib.learned import landmarks_infer as li
+    from LiverLaparoRegLib.learned.evaluation import full_frame, held_out_train_mesh
+    from LiverLaparoRegLib.learned.landmarks_search import view_angle_deg
+    from LiverLaparoRegLib.learned.modelfile import load_model
+    from LiverLaparoRegLib.mesh import MeshData
+    from LiverLaparoRegLib.sample_data import sample_data_dir
+
+    net, rec = load_model(a.model, kind="landmarks")
+    tm0 = data.p2ilf_train_mesh()
+    if a.shape == "twisted":
+        mesh, tm = twisted_mesh(tm0)
+    else:
+        tm = tm0
+        mesh = MeshData(np.asarray(tm.vertices), np.asarray(tm.faces), name="development")
+    _, _, cam_sks = held_out_train_mesh()               # only its camera is used
+    cam_p2 = load_camera(sample_data_dir() / "p2ilf" / "cameraparams"
+                         / "acquisition-camera-metadata.json")
+    rows = []
+    t0 = time.time()
+    for seed in a.seeds:
+        for k in range(a.frames):
+            rng = np.random.default_rng([seed, 1000 + k])
+            cam = cam_p2 if k % 2 == 0 else cam_sks
+            s, img, mask = full_frame(tm, cam, rng)
+            T = s.model_to_camera
+            true_n = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge,
+                                  normals=True)
+            pred = li.predict_maps(net, img, mask, cam, flips=a.flips)
+            m_net = li.observations(true_n[:3], mask, cam)["mask_net"]
+            row = {"seed": seed, "frame": k, "view_deg": round(view_angle_deg(T), 1),
+                   "normal_error_deg": normal_error_deg(pred[3:], true_n[3:], m_net)}
+            t1 = time.perf_counter()
+            if a.maps_only:
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                continue
+            try:
+                r = li.register_landmarks(mesh, cam, img, mask, net=net, flips=a.flips)
+                row.update(rot_deg=round(float(rotation_error_deg(r.model_to_camera[:3, :3],
+                                                                  T[:3, :3])), 2),
+                           stage1_rot_deg=round(float(rotation_error_deg(
+                               r.stage1_model_to_camera[:3, :3], T[:3, :3])), 2),
+                           quality=r.quality.verdict)
+            except Exception as exc:  # noqa: BLE001  (a failure is a result here)
+                row.update(rot_deg=None, error=str(exc)[:160], quality="error")
+            row["seconds"] = round(time.perf_counter() - t1, 2)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    rot = [r.get("rot_deg") if r.get("rot_deg") is not None else 180.0 for r in rows]
+    ne = [r["normal_error_deg"] for r in rows if r["normal_error_deg"] is not None]
+    summary = {"frames": len(rows),
+               "normal_error_deg_mean": round(float(np.mean(ne)), 2) if ne else None}
+    if not a.maps_only:
+        summary.update({
+            "within_10_deg": int(sum(x < 10 for x in rot)),
+            "within_5_deg": int(sum(x < 5 for x in rot)),
+            "wrong_over_20_deg": int(sum(x > 20 for x in rot)),
+            "median_rot_deg": round(float(np.median(rot)), 2),
+            "wrong_called_ok": int(sum(x > 20 and r.get("quality") == "ok"
+                                       for x, r in zip(rot, rows)))})
+    meta = {"model": a.model or "bundled", "model_command": rec.get("command"),
+            "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
+            "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"laparo_dev_{a.shape}_{a.tag}.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    print(json.dumps({"summary": summary, "meta": meta}))
+
+
+if __name__ == "__main__":
+    main()
