@@ -140,11 +140,13 @@ def normal_error_deg(pred, true, mask_net):
 
 
 def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True,
-                  baselines=True, log=print, out_rows=None):
+                  baselines=True, log=print, out_rows=None, flips=1, variants_too=True):
     """The landmark-model protocol (see the module docstring): per SYNTHETIC frame of the
     held-out liver, the landmark model (Stage I = search + ICP, then the refinement), the
     same pipeline with the TRUE 2D landmark maps (oracle: isolates the network), the old
-    Stage I matcher, contour-PnP and the silhouette method from a 10 deg / 20 mm start."""
+    Stage I matcher, contour-PnP and the silhouette method from a 10 deg / 20 mm start.
+    ``flips``: the network's test-time flips (``predict_maps``); ``variants_too=False``
+    runs the learned method alone (no ablation variants)."""
 
     from LiverLaparoRegLib.sample_data import sample_data_dir
     from LiverLaparoRegLib.camera import load_camera
@@ -177,24 +179,26 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
             true_n = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge,
                                   normals=True)
             true = true_n[:3]
-            pred = li.predict_maps(net, img, mask, cam)
+            pred = li.predict_maps(net, img, mask, cam, flips=flips)
             base["view_deg_from_search_axis"] = round(view_angle_deg(T, VIEW_AXIS), 1)
             mask_net = li.observations(true, mask, cam)["mask_net"]
             base["map_f1"] = map_f1(pred, true, mask_net=mask_net)
-            variants = [("learned landmarks", {"net": net})]
+            nk = {"net": net, "flips": flips}
+            variants = [("learned landmarks", nk)]
             if len(pred) == 6:                    # the normal map: its error and ablation
                 base["normal_error_deg_median"] = normal_error_deg(pred[3:], true_n[3:],
                                                                    mask_net)
-                variants.append(("learned landmarks, no normals", {"net": net, "w_normal": 0.0}))
-            # no view prior: what a mesh in an unknown frame costs (whole sphere searched)
-            variants.append(("learned landmarks, any viewing direction",
-                             {"net": net, "view_axis": None}))
-            if li.W_RIDGE_LEARNED > 0:           # the other choice of the ridge weight
-                variants.append(("learned landmarks, silhouette only", {"net": net,
-                                                                        "w_ridge": 0.0}))
-            else:
-                variants.append((f"learned landmarks, ridge weight {li.W_RIDGE}",
-                                 {"net": net, "w_ridge": li.W_RIDGE}))
+            if len(pred) == 6 and variants_too:
+                variants.append(("learned landmarks, no normals", dict(nk, w_normal=0.0)))
+            if variants_too:
+                # no view prior: what a mesh in an unknown frame costs (whole sphere searched)
+                variants.append(("learned landmarks, any viewing direction",
+                                 dict(nk, view_axis=None)))
+                if li.W_RIDGE_LEARNED > 0:       # the other choice of the ridge weight
+                    variants.append(("learned landmarks, silhouette only", dict(nk, w_ridge=0.0)))
+                else:
+                    variants.append((f"learned landmarks, ridge weight {li.W_RIDGE}",
+                                     dict(nk, w_ridge=li.W_RIDGE)))
             if oracle:
                 variants.append(("landmarks with TRUE 2D maps and normals", {"maps": true_n}))
                 variants.append(("landmarks with TRUE 2D maps, no normals", {"maps": true}))
@@ -295,6 +299,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-oracle", action="store_true")
+    ap.add_argument("--flips", type=int, default=1, choices=(1, 2, 4),
+                    help="landmark protocol: the network's test-time flips (predict_maps)")
+    ap.add_argument("--learned-only", action="store_true",
+                    help="landmark protocol: the learned method alone (no ablation variants, "
+                         "no old matcher; with --no-oracle --quick nothing else)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="landmark protocol: merge the laparo_learned.json files of runs on "
@@ -328,11 +337,14 @@ def main():
                 fh.write(line + "\n")
 
         rows, rec = run_landmarks(a.model, a.frames, a.seeds, oracle=not a.no_oracle,
+                                  flips=a.flips, variants_too=not a.learned_only,
+                                  old_model=not a.learned_only,
                                   baselines=not a.quick, log=log, out_rows=rows)
         meta = {"model": rec.get("path"), "model_training": {
                     k: rec.get(k) for k in ("data", "command", "seed", "steps", "wall_s",
                                             "load_average")},
-                "frames": a.frames, "seeds": a.seeds, "wall_s": round(time.time() - t0, 1),
+                "frames": a.frames, "seeds": a.seeds, "flips": a.flips,
+                "wall_s": round(time.time() - t0, 1),
                 "load_average_end": list(os.getloadavg()),
                 "cpu": platform.processor() or platform.machine(), "torch_threads": 1}
         _write_landmarks(out, rows, meta)

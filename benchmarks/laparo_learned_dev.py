@@ -25,7 +25,9 @@ angle from the search's prior axis.
         [--seeds 5 6] [--frames 6] [--flips 1] [--maps-only] [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
-frame. One torch thread.
+frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
+as one markdown table, with the runs (rows included) in the ``.json`` beside it (runs
+nothing).
 """
 
 from __future__ import annotations
@@ -67,6 +69,33 @@ def twisted_mesh(tm):
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
 
+def table(runs, md: Path, title: str) -> None:
+    """One markdown table of the summaries of the run files ``runs``."""
+    lines = [f"# {title}", "",
+             "`python benchmarks/laparo_learned_dev.py` (see its docstring): SYNTHETIC "
+             "development frames, never the held-out liver. Rotation error of the final "
+             "pose; a failure (error raised) counts as 180 deg. Wall times on a shared CPU.",
+             "", "| shape | run | flips | frames | < 10 deg | < 5 deg | > 20 deg | median "
+             "rot. deg | wrong called ok | normal error deg (mean of frame medians) | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    models, all_runs = {}, []
+    for f in runs:
+        d = json.loads(Path(f).read_text())
+        all_runs.append(d)
+        m, s = d["meta"], d["summary"]
+        tag = m.get("tag") or Path(f).stem.replace(f"laparo_dev_{m['shape']}_", "")
+        models.setdefault(m["model"], (tag, m.get("model_command")))
+        lines.append(f"| {m['shape']} | {tag} | {m['flips']} | {s['frames']} | "
+                     f"{s.get('within_10_deg')} | {s.get('within_5_deg')} | "
+                     f"{s.get('wrong_over_20_deg')} | {s.get('median_rot_deg')} | "
+                     f"{s.get('wrong_called_ok')} | {s['normal_error_deg_mean']} | "
+                     f"{m['wall_s']} |")
+    lines += ["", "Models (first run named):", ""]
+    lines += [f"- `{tag}`: {model} -- `{cmd}`" for model, (tag, cmd) in models.items()]
+    md.write_text("\n".join(lines) + "\n")
+    md.with_suffix(".json").write_text(json.dumps({"runs": all_runs}, indent=1))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="landmark model (default: the bundled one)")
@@ -78,7 +107,13 @@ def main():
                     help="only the network's normal error (no registration)")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
+    ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
+    ap.add_argument("--md", default=str(ROOT / "benchmarks" / "results" / "laparo_learned_dev.md"))
+    ap.add_argument("--title", default="Learned landmark registration: development frames")
     a = ap.parse_args()
+    if a.table:
+        table(a.table, Path(a.md), a.title)
+        return
     import torch
     torch.set_num_threads(1)
 
@@ -147,7 +182,7 @@ def main():
             "median_rot_deg": round(float(np.median(rot)), 2),
             "wrong_called_ok": int(sum(x > 20 and r.get("quality") == "ok"
                                        for x, r in zip(rot, rows)))})
-    meta = {"model": a.model or "bundled", "model_command": rec.get("command"),
+    meta = {"model": a.model or "bundled", "model_command": rec.get("command"), "tag": a.tag,
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)
