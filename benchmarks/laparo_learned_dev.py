@@ -22,7 +22,7 @@ network's normal error over the mask (median angle to the true normal map) and t
 angle from the search's prior axis.
 
     python benchmarks/laparo_learned_dev.py [--model M.pt] [--shape twisted] \\
-        [--seeds 5 6] [--frames 6] [--flips 1] [--maps-only] [--tag NAME] [--out DIR]
+        [--seeds 5 6] [--frames 6] [--flips 1] [--translation-start moment] [--maps-only] [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
@@ -103,6 +103,7 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6])
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--flips", type=int, default=1, choices=(1, 2, 4))
+    ap.add_argument("--translation-start", default="moment", choices=("moment", "correlation"))
     ap.add_argument("--maps-only", action="store_true",
                     help="only the network's normal error (no registration)")
     ap.add_argument("--tag", default="run")
@@ -159,7 +160,8 @@ def main():
                 print(json.dumps(row), flush=True)
                 continue
             try:
-                r = li.register_landmarks(mesh, cam, img, mask, net=net, flips=a.flips)
+                r = li.register_landmarks(mesh, cam, img, mask, net=net, flips=a.flips,
+                                          translation_start=a.translation_start)
                 row.update(rot_deg=round(float(rotation_error_deg(r.model_to_camera[:3, :3],
                                                                   T[:3, :3])), 2),
                            stage1_rot_deg=round(float(rotation_error_deg(
@@ -184,6 +186,7 @@ def main():
                                        for x, r in zip(rot, rows)))})
     meta = {"model": a.model or "bundled", "model_command": rec.get("command"), "tag": a.tag,
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
+            "translation_start": a.translation_start,
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,15 @@ of the learned-method notes), never the held-out liver. The search is the one th
 ``register_landmarks`` runs (same settings); the pose compared is the search's best
 candidate, before image ICP and refinement.
 
-    python benchmarks/laparo_search_misses.py [--model M.pt] [--seeds 5 6] [--frames 6]
+``--shape twisted``: frames of the twisted development copy of the training mesh
+(``laparo_learned_dev.py``); ``--shape held-out``: the held-out benchmark's frames of the
+SciKit-Surgery liver (seeds 0-2 there), for DIAGNOSIS only: no setting is chosen on them.
 
-Writes ``benchmarks/results/laparo_search_misses.{md,json}`` (``--out``). One torch thread.
+    python benchmarks/laparo_search_misses.py [--model M.pt] [--shape train] [--seeds 5 6] \
+        [--frames 6]
+
+Writes ``benchmarks/results/laparo_search_misses[_twisted|_held_out].{md,json}``
+(``--out``). One torch thread.
 """
 
 from __future__ import annotations
@@ -93,6 +99,7 @@ def main():
     ap.add_argument("--model", default=None, help="landmark model (default: the bundled one)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6, 7, 8, 9, 10])
     ap.add_argument("--frames", type=int, default=6)
+    ap.add_argument("--shape", default="train", choices=("train", "twisted", "held-out"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
     import torch
@@ -107,8 +114,14 @@ def main():
 
     model = a.model or str(bundled_model_path(BUNDLED_LANDMARKS))
     net = load_model(model, kind="landmarks")[0]
+    _, tm_held_out, cam_sks = held_out_train_mesh()
     tm = data.p2ilf_train_mesh()
-    _, _, cam_sks = held_out_train_mesh()               # only its camera is used
+    if a.shape == "twisted":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from laparo_learned_dev import twisted_mesh
+        tm = twisted_mesh(tm)[1]
+    elif a.shape == "held-out":                         # diagnosis only (docstring)
+        tm = tm_held_out
     cam_p2 = load_camera(sample_data_dir() / "p2ilf" / "cameraparams"
                          / "acquisition-camera-metadata.json")
     rows = []
@@ -120,16 +133,23 @@ def main():
             print(json.dumps(r), flush=True)
     counts = {c: sum(r["cause"] == c for r in rows)
               for c in ("right", "view prior", "cost", "search miss")}
-    meta = {"model": Path(model).name, "seeds": a.seeds, "frames_per_seed": a.frames,
+    meta = {"model": Path(model).name, "shape": a.shape, "seeds": a.seeds,
+            "frames_per_seed": a.frames,
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "laparo_search_misses.json").write_text(json.dumps(
+    name = "laparo_search_misses" + {"train": "", "twisted": "_twisted",
+                                     "held-out": "_held_out"}[a.shape]
+    what = {"train": "frames of the TRAINING mesh",
+            "twisted": "frames of the twisted development copy of the training mesh",
+            "held-out": "the HELD-OUT benchmark's frames (diagnosis only: no setting is "
+                        "chosen on them)"}[a.shape]
+    (out / f"{name}.json").write_text(json.dumps(
         {"meta": meta, "counts": counts, "rows": rows}, indent=1))
     lines = ["# Learned landmark registration: why the wrong poses are wrong "
-             "(SYNTHETIC development frames)", "",
+             f"(SYNTHETIC frames, shape: {a.shape})", "",
              f"`python benchmarks/laparo_search_misses.py` (see its docstring). Model "
-             f"`{meta['model']}`; frames of the TRAINING mesh, seeds {a.seeds}, {a.frames} "
+             f"`{meta['model']}`; {what}, seeds {a.seeds}, {a.frames} "
              f"per seed; the search's best candidate before ICP and refinement; wrong = "
              f"> 20 deg. Wall {meta['wall_s']} s, load average at the end "
              f"{[round(x, 1) for x in meta['load_average_end']]}.", "",
@@ -144,7 +164,7 @@ def main():
             lines.append(f"| {r['seed']}/{r['frame']} | {r['view_deg_from_prior_axis']} | "
                          f"{r['winner_rot_deg']} | {r['winner_cost_px']} | "
                          f"{r['true_basin_cost_px']} | {r['cause']} |")
-    (out / "laparo_search_misses.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(json.dumps({"counts": counts, "meta": meta}))
 
 

@@ -149,6 +149,45 @@ def _training_mesh_frame(seed):
             lsearch.MeshLandmarks(MeshData(tm.vertices, tm.faces)))
 
 
+def test_correlation_translation_start_finds_a_liver_cut_by_the_frame():
+    """The correlation start (``landmarks_search.correlation_translations``) at the true
+    rotation of a SYNTHETIC close-up of the P2ILF mesh whose left part is outside the
+    frame: the liver centre's pixel is found within 3 network px (the mask moments miss it
+    by more: the cut mask's centroid is not the liver's) and the depth within 30 %; an
+    unknown start is refused, naming it."""
+    tm, cam, T, maps, obs, lm = _training_mesh_frame([6, 1002])
+    nc = data.net_camera(cam)
+    K = np.asarray(nc.K, float)
+    R = T[:3, :3]
+    z = (R @ lm.c + T[:3, 3])[2] * 0.5
+    u, v = K[0, 2] - 0.3 * data.NET_W, K[1, 2]                 # centre 30 % left of the axis
+    c_true = np.array([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z])
+    T2 = T.copy()
+    T2[:3, 3] = c_true - R @ lm.c
+    face = data.render_ids(tm.vertices, tm.faces, T2, nc)[1]
+    m = (face >= 0).astype(np.float32)
+    assert m[:, 0].any() and not m[:, -1].any()               # cut by the left border
+    Ym = torch.as_tensor((lm.v[lm.moment] - lm.c) @ R.T, dtype=torch.float32)[None]
+    Kt = torch.as_tensor(K, dtype=torch.float32)
+    t_mom = lsearch.moment_translations(Ym, Kt, m)
+    t_cor = lsearch.correlation_translations(Ym, t_mom, Kt, m)
+
+    def pixel(t):
+        t = t[0].numpy().astype(float)
+        return np.array([K[0, 0] * t[0] / t[2] + K[0, 2], K[1, 1] * t[1] / t[2] + K[1, 2]])
+
+    assert np.linalg.norm(pixel(t_cor) - [u, v]) < 3.0
+    assert np.linalg.norm(pixel(t_mom) - [u, v]) > 6.0
+    assert 0.7 < float(t_cor[0, 2]) / z < 1.3
+    from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
+
+    full = np.zeros((cam.height, cam.width), bool)
+    full[300:800, 500:1400] = True
+    with pytest.raises(InputError, match="^translation start: "):
+        li.register_landmarks(MeshData(tm.vertices, tm.faces), cam, None, full, maps=maps,
+                              translation_start="fft")
+
+
 def test_search_from_no_pose_with_true_maps():
     """The global search (no initial pose) with the TRUE 2D maps of a SYNTHETIC frame of
     the P2ILF mesh: its best hypothesis is within 10 deg / 10 mm of the true pose, which

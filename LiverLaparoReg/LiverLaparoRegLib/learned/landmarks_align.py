@@ -42,7 +42,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, MeshLandmarks, \
-    distinct_hypotheses, moment_translations, project_pinhole, rotation_grid
+    correlation_translations, distinct_hypotheses, moment_translations, project_pinhole, \
+    rotation_grid
 
 #: caps (network px) of the per-point distances: beyond them a point is an outlier
 CAP_IN, CAP_COVER, CAP_RIDGE = 4.0, 12.0, 8.0
@@ -364,9 +365,12 @@ def refine_hypotheses(R0, t0, lm: MeshLandmarks, obs: Observed2D, w_ridge=None,
 def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS,
                  cone_deg: float = VIEW_CONE_DEG, n_dirs: int = GRID_DIRECTIONS,
                  n_rolls: int = GRID_ROLLS, k: int = RETURNED, chunk: int = 1024,
-                 w_ridge=None, w_normal=None, cancel=None):
+                 w_ridge=None, w_normal=None, translation_start: str = "moment",
+                 cancel=None):
     """The ``k`` best distinct ``model_to_camera`` hypotheses (> 15 deg apart) with their
-    costs (network px, lower is better), best first (module docstring)."""
+    costs (network px, lower is better), best first (module docstring).
+    ``translation_start``: ``"moment"`` (the mask's moments) or ``"correlation"``
+    (:func:`.landmarks_search.correlation_translations`, about twice the time)."""
     import torch  # noqa: PLC0415
 
     Rs = torch.as_tensor(rotation_grid(n_dirs, n_rolls, view_axis, cone_deg),
@@ -379,7 +383,10 @@ def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS
     for s0 in range(0, len(Rs), chunk):
         R = Rs[s0:s0 + chunk]
         with torch.no_grad():
-            t = moment_translations(torch.einsum("bij,nj->bni", R, Qm), obs.K, obs.mask)
+            Ym = torch.einsum("bij,nj->bni", R, Qm)
+            t = moment_translations(Ym, obs.K, obs.mask)
+            if translation_start == "correlation":
+                t = correlation_translations(Ym, t, obs.K, obs.mask)
         r = _optimise(R, t, mc, obs, oc, rc, steps=30, rotate=False, lr_pos=0.01,
                       lr_depth=0.04, lr_rot=0.0, w_ridge=w_ridge, w_normal=w_normal,
                       cancel=cancel)

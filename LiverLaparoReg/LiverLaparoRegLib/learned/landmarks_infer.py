@@ -243,7 +243,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                        nonrigid: bool = False, ground_truth=None, structures=None,
                        view_axis=VIEW_AXIS, cone_deg: float = VIEW_CONE_DEG,
                        w_ridge: Optional[float] = None, w_normal: Optional[float] = None,
-                       flips: int = 1, progress=None, cancel=None):
+                       flips: int = 1, translation_start: str = "moment", progress=None,
+                       cancel=None):
     """Learned registration with the landmark model (module docstring). ``model``: model
     file (None = bundled landmarks model); ``net``: a loaded network; ``maps``: given
     ``(3, NET_H, NET_W)`` landmark probabilities instead of the network (tests);
@@ -255,7 +256,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     ``cone_deg``: the searched viewing directions (the laparoscope's, in the mesh frame)
     lie within ``cone_deg`` of ``view_axis`` (None: the whole sphere), recorded in the
     result's ``metrics["learned"]``; ``flips``: the network's maps averaged over the frame
-    and its turned / mirrored copies (:func:`predict_maps`)."""
+    and its turned / mirrored copies (:func:`predict_maps`); ``translation_start``: how the
+    search starts each rotation's translation (:func:`.landmarks_align.align_search`)."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -308,8 +310,12 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
     if w_ridge <= 0:                 # silhouette alone: no ridge in the ICP either
         obs = dict(obs, ridge=np.zeros((0, 2)), ridge_conf=np.zeros(0))
+    if translation_start not in ("moment", "correlation"):
+        raise InputError(f"translation start: 'moment' or 'correlation', got "
+                         f"{translation_start!r}")
     cands = align_search(lm, camera, obs2, view_axis=view_axis, cone_deg=cone_deg,
-                         w_ridge=w_ridge, w_normal=w_normal, cancel=cancel)
+                         w_ridge=w_ridge, w_normal=w_normal,
+                         translation_start=translation_start, cancel=cancel)
     timings["search_s"] = time.perf_counter() - t1
     report(progress, 0.3, "LiverLaparoReg: correspondences (image ICP)")
     t1 = time.perf_counter()
@@ -382,6 +388,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "ligament": "predicted, not used for the pose (no 3D ligament on the mesh)",
              "ridge_weight": float(w_ridge),
              "network_flips": int(flips) if given_maps is None else 0,
+             "translation_start": translation_start,
              "normal_weight": w_normal if obs2.normals is not None else 0.0,
              "view_axis": ("any" if view_axis is None
                            else [round(float(x), 4) for x in view_axis]),

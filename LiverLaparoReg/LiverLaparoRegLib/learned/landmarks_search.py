@@ -179,6 +179,57 @@ def moment_translations(Ym, K, mask_net, iterations: int = 3):
     return t
 
 
+#: depths (x the mask-moment depth) tried by :func:`correlation_translations`
+CORRELATION_DEPTHS = (0.45, 0.6, 0.8, 1.0, 1.3)
+
+
+def correlation_translations(Ym0, t_m, K, mask_net, depths=CORRELATION_DEPTHS):
+    """Per rotation, a translation start found by correlation, for views cut by the frame
+    (where the mask's moments mislead :func:`moment_translations`): at each depth (x the
+    moment depth ``t_m[:, 2]``) the rotated, centred points ``Ym0 (B, N, 3)`` are drawn
+    as an occupancy image at half the network grid on a canvas twice the frame, and
+    correlated (FFT) with ``2 x mask - 1 x (frame outside the mask)``, zero beyond the
+    frame (the liver may go on there unseen); the best shift over all depths gives the
+    translation ``(B, 3)``."""
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    H, W = mask_net.shape
+    h, w = H // 2, W // 2
+    Hc, Wc = 2 * h, 2 * w
+    m = F.avg_pool2d(torch.as_tensor(np.asarray(mask_net, np.float32))[None, None], 2)[0, 0]
+    score_map = torch.zeros(Hc, Wc)
+    score_map[h // 2:h // 2 + h, w // 2:w // 2 + w] = torch.where(m[:h, :w] > 0.5, 2.0, -1.0)
+    FK = torch.fft.rfft2(score_map)
+    fx, fy = float(K[0, 0]), float(K[1, 1])
+    cx, cy = float(K[0, 2]), float(K[1, 2])
+    B = len(Ym0)
+    best_s = torch.full((B,), -1e9)
+    best_t = t_m.clone()
+    for c in depths:
+        z = t_m[:, 2] * float(c)
+        Z = (Ym0[..., 2] + z[:, None]).clamp(min=1.0)
+        u, v = fx * Ym0[..., 0] / Z, fy * Ym0[..., 1] / Z        # px from the centre's ray
+        iu = torch.round(u / 2 + Wc / 2).long()
+        iv = torch.round(v / 2 + Hc / 2).long()
+        ok = (iu >= 0) & (iu < Wc) & (iv >= 0) & (iv < Hc) & (Ym0[..., 2] + z[:, None] > 1.0)
+        occ = torch.zeros(B, Hc * Wc)
+        occ.scatter_(1, torch.where(ok, iv * Wc + iu, torch.zeros_like(iu)), ok.to(occ.dtype))
+        occ = F.max_pool2d(occ.view(B, 1, Hc, Wc), 3, 1, 1)[:, 0]
+        # S[s] = sum_q occ(q) score_map(q + s): the liver's centre drawn at canvas centre + s
+        S = torch.fft.irfft2(torch.conj(torch.fft.rfft2(occ)) * FK, s=(Hc, Wc))
+        sc, arg = S.view(B, -1).max(1)
+        sy, sx = arg // Wc, arg % Wc
+        sy = torch.where(sy >= Hc // 2, sy - Hc, sy).to(occ.dtype)
+        sx = torch.where(sx >= Wc // 2, sx - Wc, sx).to(occ.dtype)
+        uc, vc = W / 2 + 2 * sx, H / 2 + 2 * sy                    # the centre's pixel
+        t = torch.stack([(uc - cx) / fx * z, (vc - cy) / fy * z, z], 1)
+        better = sc > best_s
+        best_s = torch.where(better, sc, best_s)
+        best_t = torch.where(better[:, None], t, best_t)
+    return best_t
+
+
 def distinct_hypotheses(Rs, ts, scores, k, min_deg):
     """The ``k`` best hypotheses whose rotations are more than ``min_deg`` apart."""
     picked = []
