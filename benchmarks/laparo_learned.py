@@ -140,13 +140,15 @@ def normal_error_deg(pred, true, mask_net):
 
 
 def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True,
-                  baselines=True, log=print, out_rows=None, flips=1, variants_too=True):
+                  baselines=True, log=print, out_rows=None, flips=1, variants_too=True,
+                  translation_start="moment"):
     """The landmark-model protocol (see the module docstring): per SYNTHETIC frame of the
     held-out liver, the landmark model (Stage I = search + ICP, then the refinement), the
     same pipeline with the TRUE 2D landmark maps (oracle: isolates the network), the old
     Stage I matcher, contour-PnP and the silhouette method from a 10 deg / 20 mm start.
     ``flips``: the network's test-time flips (``predict_maps``); ``variants_too=False``
-    runs the learned method alone (no ablation variants)."""
+    runs the learned method alone (no ablation variants); ``translation_start``: the
+    search's (``register_landmarks``)."""
 
     from LiverLaparoRegLib.sample_data import sample_data_dir
     from LiverLaparoRegLib.camera import load_camera
@@ -183,7 +185,7 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
             base["view_deg_from_search_axis"] = round(view_angle_deg(T, VIEW_AXIS), 1)
             mask_net = li.observations(true, mask, cam)["mask_net"]
             base["map_f1"] = map_f1(pred, true, mask_net=mask_net)
-            nk = {"net": net, "flips": flips}
+            nk = {"net": net, "flips": flips, "translation_start": translation_start}
             variants = [("learned landmarks", nk)]
             if len(pred) == 6:                    # the normal map: its error and ablation
                 base["normal_error_deg_median"] = normal_error_deg(pred[3:], true_n[3:],
@@ -301,6 +303,8 @@ def main():
     ap.add_argument("--no-oracle", action="store_true")
     ap.add_argument("--flips", type=int, default=1, choices=(1, 2, 4),
                     help="landmark protocol: the network's test-time flips (predict_maps)")
+    ap.add_argument("--translation-start", default="moment", choices=("moment", "correlation"),
+                    help="landmark protocol: the search's translation start")
     ap.add_argument("--learned-only", action="store_true",
                     help="landmark protocol: the learned method alone (no ablation variants, "
                          "no old matcher; with --no-oracle --quick nothing else)")
@@ -339,11 +343,13 @@ def main():
         rows, rec = run_landmarks(a.model, a.frames, a.seeds, oracle=not a.no_oracle,
                                   flips=a.flips, variants_too=not a.learned_only,
                                   old_model=not a.learned_only,
+                                  translation_start=a.translation_start,
                                   baselines=not a.quick, log=log, out_rows=rows)
         meta = {"model": rec.get("path"), "model_training": {
                     k: rec.get(k) for k in ("data", "command", "seed", "steps", "wall_s",
                                             "load_average")},
                 "frames": a.frames, "seeds": a.seeds, "flips": a.flips,
+                "translation_start": a.translation_start,
                 "wall_s": round(time.time() - t0, 1),
                 "load_average_end": list(os.getloadavg()),
                 "cpu": platform.processor() or platform.machine(), "torch_threads": 1}
