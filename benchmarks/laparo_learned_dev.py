@@ -75,9 +75,9 @@ def table(runs, md: Path, title: str) -> None:
              "`python benchmarks/laparo_learned_dev.py` (see its docstring): SYNTHETIC "
              "development frames, never the held-out liver. Rotation error of the final "
              "pose; a failure (error raised) counts as 180 deg. Wall times on a shared CPU.",
-             "", "| shape | run | flips | frames | < 10 deg | < 5 deg | > 20 deg | median "
+             "", "| shape | run | flips | translation start | frames | < 10 deg | < 5 deg | > 20 deg | median "
              "rot. deg | wrong called ok | normal error deg (mean of frame medians) | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     models, all_runs = {}, []
     for f in runs:
         d = json.loads(Path(f).read_text())
@@ -85,7 +85,8 @@ def table(runs, md: Path, title: str) -> None:
         m, s = d["meta"], d["summary"]
         tag = m.get("tag") or Path(f).stem.replace(f"laparo_dev_{m['shape']}_", "")
         models.setdefault(m["model"], (tag, m.get("model_command")))
-        lines.append(f"| {m['shape']} | {tag} | {m['flips']} | {s['frames']} | "
+        lines.append(f"| {m['shape']} | {tag} | {m['flips']} | "
+                     f"{m.get('translation_start', 'moment')} | {s['frames']} | "
                      f"{s.get('within_10_deg')} | {s.get('within_5_deg')} | "
                      f"{s.get('wrong_over_20_deg')} | {s.get('median_rot_deg')} | "
                      f"{s.get('wrong_called_ok')} | {s['normal_error_deg_mean']} | "
