@@ -530,6 +530,8 @@ def test_flip_averaged_maps_turn_with_the_frame():
                  torch.as_tensor(mask, dtype=torch.float32)[None])[0]
     one = li.predict_maps(net, img, mask, cam, flips=1)
     np.testing.assert_allclose(one[:3], torch.sigmoid(lg[:3]).numpy(), atol=1e-6)
+    assert np.array_equal(one[3:], torch.nn.functional.normalize(lg[3:6], dim=0,
+                                                                 eps=1e-6).numpy())
     assert not np.allclose(li.predict_maps(net, img[::-1, ::-1], mask[::-1, ::-1], cam)[:3],
                            one[:3, ::-1, ::-1], atol=1e-3)  # the network alone is not
     for flips, turns in ((2, [(True, True)]), (4, [(True, True), (False, True), (True, False)])):

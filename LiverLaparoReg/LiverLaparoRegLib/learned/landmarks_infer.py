@@ -90,7 +90,9 @@ def predict_maps(net, image, mask, camera, device=None, flips: int = 1) -> np.nd
                 n[c] = -n[c]
             normals.append(n)
     out = torch.stack(probs).mean(0)
-    if normals:
+    if len(normals) == 1:             # one view: its unit normals as they are
+        out = torch.cat([out, normals[0]])
+    elif normals:
         out = torch.cat([out, torch.nn.functional.normalize(torch.stack(normals).mean(0),
                                                              dim=0, eps=1e-6)])
     return out.numpy().astype(np.float32)
