@@ -69,6 +69,29 @@ def twisted_mesh(tm):
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
 
+def shape_and_cameras(shape: str):
+    """``(mesh, train mesh, camera_of)`` of the frames of ``shape`` (``train``, ``twisted``
+    or ``held-out``, the last for diagnosis only): ``camera_of(k)`` is the P2ILF camera
+    for even ``k``, the SciKit-Surgery camera for odd ``k`` (as the held-out protocol)."""
+    from LiverLaparoRegLib.camera import load_camera
+    from LiverLaparoRegLib.learned import data
+    from LiverLaparoRegLib.learned.evaluation import held_out_train_mesh
+    from LiverLaparoRegLib.mesh import MeshData
+    from LiverLaparoRegLib.sample_data import sample_data_dir
+
+    mesh_h, tm_h, cam_sks = held_out_train_mesh()
+    cam_p2 = load_camera(sample_data_dir() / "p2ilf" / "cameraparams"
+                         / "acquisition-camera-metadata.json")
+    if shape == "held-out":
+        mesh, tm = mesh_h, tm_h
+    elif shape == "twisted":
+        mesh, tm = twisted_mesh(data.p2ilf_train_mesh())
+    else:
+        tm = data.p2ilf_train_mesh()
+        mesh = MeshData(np.asarray(tm.vertices), np.asarray(tm.faces), name="development")
+    return mesh, tm, (lambda k: cam_p2 if k % 2 == 0 else cam_sks)
+
+
 def table(runs, md: Path, title: str) -> None:
     """One markdown table of the summaries of the run files ``runs``."""
     lines = [f"# {title}", "",
@@ -122,31 +145,19 @@ def main():
     from laparo_learned import normal_error_deg
 
     from SurgicalReg2D3DLib.metrics import rotation_error_deg
-    from LiverLaparoRegLib.camera import load_camera
-    from LiverLaparoRegLib.learned import data
     from LiverLaparoRegLib.learned import landmarks_infer as li
-    from LiverLaparoRegLib.learned.evaluation import full_frame, held_out_train_mesh
+    from LiverLaparoRegLib.learned.evaluation import full_frame
     from LiverLaparoRegLib.learned.landmarks_search import view_angle_deg
     from LiverLaparoRegLib.learned.modelfile import load_model
-    from LiverLaparoRegLib.mesh import MeshData
-    from LiverLaparoRegLib.sample_data import sample_data_dir
 
     net, rec = load_model(a.model, kind="landmarks")
-    tm0 = data.p2ilf_train_mesh()
-    if a.shape == "twisted":
-        mesh, tm = twisted_mesh(tm0)
-    else:
-        tm = tm0
-        mesh = MeshData(np.asarray(tm.vertices), np.asarray(tm.faces), name="development")
-    _, _, cam_sks = held_out_train_mesh()               # only its camera is used
-    cam_p2 = load_camera(sample_data_dir() / "p2ilf" / "cameraparams"
-                         / "acquisition-camera-metadata.json")
+    mesh, tm, camera_of = shape_and_cameras(a.shape)
     rows = []
     t0 = time.time()
     for seed in a.seeds:
         for k in range(a.frames):
             rng = np.random.default_rng([seed, 1000 + k])
-            cam = cam_p2 if k % 2 == 0 else cam_sks
+            cam = camera_of(k)
             s, img, mask = full_frame(tm, cam, rng)
             T = s.model_to_camera
             true_n = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge,

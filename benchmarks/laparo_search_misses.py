@@ -105,30 +105,19 @@ def main():
     import torch
     torch.set_num_threads(1)
 
-    from LiverLaparoRegLib.camera import load_camera
-    from LiverLaparoRegLib.learned import data
-    from LiverLaparoRegLib.learned.evaluation import held_out_train_mesh
     from LiverLaparoRegLib.learned.modelfile import BUNDLED_LANDMARKS, bundled_model_path, \
         load_model
-    from LiverLaparoRegLib.sample_data import sample_data_dir
 
     model = a.model or str(bundled_model_path(BUNDLED_LANDMARKS))
     net = load_model(model, kind="landmarks")[0]
-    _, tm_held_out, cam_sks = held_out_train_mesh()
-    tm = data.p2ilf_train_mesh()
-    if a.shape == "twisted":
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from laparo_learned_dev import twisted_mesh
-        tm = twisted_mesh(tm)[1]
-    elif a.shape == "held-out":                         # diagnosis only (docstring)
-        tm = tm_held_out
-    cam_p2 = load_camera(sample_data_dir() / "p2ilf" / "cameraparams"
-                         / "acquisition-camera-metadata.json")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from laparo_learned_dev import shape_and_cameras
+    _, tm, camera_of = shape_and_cameras(a.shape)     # held-out: diagnosis only (docstring)
     rows = []
     t0 = time.time()
     for seed in a.seeds:
         for k in range(a.frames):
-            r = classify(net, tm, cam_p2 if k % 2 == 0 else cam_sks, seed, k)
+            r = classify(net, tm, camera_of(k), seed, k)
             rows.append(r)
             print(json.dumps(r), flush=True)
     counts = {c: sum(r["cause"] == c for r in rows)
