@@ -303,7 +303,8 @@ def main():
     ap.add_argument("--no-oracle", action="store_true")
     ap.add_argument("--flips", type=int, default=1, choices=(1, 2, 4),
                     help="landmark protocol: the network's test-time flips (predict_maps)")
-    ap.add_argument("--translation-start", default="moment", choices=("moment", "correlation"),
+    ap.add_argument("--translation-start", default="moment",
+                    choices=("moment", "correlation", "both"),
                     help="landmark protocol: the search's translation start")
     ap.add_argument("--learned-only", action="store_true",
                     help="landmark protocol: the learned method alone (no ablation variants, "

@@ -98,8 +98,9 @@ def table(runs, md: Path, title: str) -> None:
              "`python benchmarks/laparo_learned_dev.py` (see its docstring): SYNTHETIC "
              "development frames, never the held-out liver. Rotation error of the final "
              "pose; a failure (error raised) counts as 180 deg. Wall times on a shared CPU.",
-             "", "| shape | run | flips | translation start | frames | < 10 deg | < 5 deg | > 20 deg | median "
-             "rot. deg | wrong called ok | normal error deg (mean of frame medians) | wall s |",
+             "", "| shape | run | flips | translation start | frames | < 10 deg | < 5 deg "
+             "| > 20 deg | median rot. deg | wrong called ok | normal error deg (mean of "
+             "frame medians) | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     models, all_runs = {}, []
     for f in runs:
@@ -127,7 +128,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6])
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--flips", type=int, default=1, choices=(1, 2, 4))
-    ap.add_argument("--translation-start", default="moment", choices=("moment", "correlation"))
+    ap.add_argument("--translation-start", default="moment",
+                    choices=("moment", "correlation", "both"))
     ap.add_argument("--maps-only", action="store_true",
                     help="only the network's normal error (no registration)")
     ap.add_argument("--tag", default="run")

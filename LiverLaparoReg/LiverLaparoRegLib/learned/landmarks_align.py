@@ -369,8 +369,9 @@ def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS
                  cancel=None):
     """The ``k`` best distinct ``model_to_camera`` hypotheses (> 15 deg apart) with their
     costs (network px, lower is better), best first (module docstring).
-    ``translation_start``: ``"moment"`` (the mask's moments) or ``"correlation"``
-    (:func:`.landmarks_search.correlation_translations`, about twice the time)."""
+    ``translation_start``: ``"moment"`` (the mask's moments), ``"correlation"``
+    (:func:`.landmarks_search.correlation_translations`, about twice the time) or
+    ``"both"`` (each rotation's translation optimised from both, the cheaper kept)."""
     import torch  # noqa: PLC0415
 
     Rs = torch.as_tensor(rotation_grid(n_dirs, n_rolls, view_axis, cone_deg),
@@ -387,9 +388,17 @@ def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS
             t = moment_translations(Ym, obs.K, obs.mask)
             if translation_start == "correlation":
                 t = correlation_translations(Ym, t, obs.K, obs.mask)
+            elif translation_start == "both":     # each rotation from both starts
+                t = torch.cat([t, correlation_translations(Ym, t, obs.K, obs.mask)])
+                R = torch.cat([R, R])
         r = _optimise(R, t, mc, obs, oc, rc, steps=30, rotate=False, lr_pos=0.01,
                       lr_depth=0.04, lr_rot=0.0, w_ridge=w_ridge, w_normal=w_normal,
                       cancel=cancel)
+        if translation_start == "both":           # the cheaper of the two per rotation
+            n = len(R) // 2
+            second = r[2][n:] < r[2][:n]
+            r = (r[0][:n], torch.where(second[:, None], r[1][n:], r[1][:n]),
+                 torch.where(second, r[2][n:], r[2][:n]))
         Rb.append(r[0])
         tb.append(r[1])
         cb.append(r[2])

@@ -312,8 +312,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
     if w_ridge <= 0:                 # silhouette alone: no ridge in the ICP either
         obs = dict(obs, ridge=np.zeros((0, 2)), ridge_conf=np.zeros(0))
-    if translation_start not in ("moment", "correlation"):
-        raise InputError(f"translation start: 'moment' or 'correlation', got "
+    if translation_start not in ("moment", "correlation", "both"):
+        raise InputError(f"translation start: 'moment', 'correlation' or 'both', got "
                          f"{translation_start!r}")
     cands = align_search(lm, camera, obs2, view_axis=view_axis, cone_deg=cone_deg,
                          w_ridge=w_ridge, w_normal=w_normal,

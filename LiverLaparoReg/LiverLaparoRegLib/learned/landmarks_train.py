@@ -235,7 +235,8 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         nonlocal record
         record = {"data": f"SYNTHETIC: {pool.size()} frames rendered by LiverLaparoRegLib."
                           f"learned.landmarks_data from the mesh(es) [{mesh_desc}] (deformed: "
-                          f"warp <= {warp_mm:g} mm, cut, bent, random laparoscope poses and appearance, instruments); "
+                          f"warp <= {warp_mm:g} mm, cut, bent, random laparoscope poses "
+                          f"and appearance, instruments); "
                           f"per-pixel ridge / ligament / silhouette maps and camera-frame "
                           f"normals; no real frame used; "
                           f"SciKit-Surgery liver held out unless given",
