@@ -22,7 +22,8 @@ network's normal error over the mask (median angle to the true normal map) and t
 angle from the search's prior axis.
 
     python benchmarks/laparo_learned_dev.py [--model M.pt] [--shape twisted] \\
-        [--seeds 5 6] [--frames 6] [--flips 1] [--translation-start moment] [--maps-only] [--tag NAME] [--out DIR]
+        [--seeds 5 6] [--frames 6] [--flips 1] [--translation-start moment] \\
+        [--maps-only] [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
