@@ -187,12 +187,12 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
             base["map_f1"] = map_f1(pred, true, mask_net=mask_net)
             nk = {"net": net, "flips": flips, "translation_start": translation_start}
             variants = [("learned landmarks", nk)]
-            if len(pred) == 6:                    # the normal map: its error and ablation
+            if len(pred) == 6:                    # the normal map: its error
                 base["normal_error_deg_median"] = normal_error_deg(pred[3:], true_n[3:],
                                                                    mask_net)
-            if len(pred) == 6 and variants_too:
-                variants.append(("learned landmarks, no normals", dict(nk, w_normal=0.0)))
             if variants_too:
+                if len(pred) == 6:                # ablation: the search without it
+                    variants.append(("learned landmarks, no normals", dict(nk, w_normal=0.0)))
                 # no view prior: what a mesh in an unknown frame costs (whole sphere searched)
                 variants.append(("learned landmarks, any viewing direction",
                                  dict(nk, view_axis=None)))
@@ -291,6 +291,9 @@ def _write_landmarks(out: Path, rows, meta) -> None:
 
 
 def main():
+    from LiverLaparoRegLib.learned.landmarks_align import TRANSLATION_STARTS
+    from LiverLaparoRegLib.learned.landmarks_infer import FLIPS
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
     ap.add_argument("--frames", type=int, default=10)
@@ -301,10 +304,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-oracle", action="store_true")
-    ap.add_argument("--flips", type=int, default=1, choices=(1, 2, 4),
+    ap.add_argument("--flips", type=int, default=1, choices=FLIPS,
                     help="landmark protocol: the network's test-time flips (predict_maps)")
     ap.add_argument("--translation-start", default="moment",
-                    choices=("moment", "correlation", "both"),
+                    choices=TRANSLATION_STARTS,
                     help="landmark protocol: the search's translation start")
     ap.add_argument("--learned-only", action="store_true",
                     help="landmark protocol: the learned method alone (no ablation variants, "

@@ -123,14 +123,17 @@ def table(runs, md: Path, title: str) -> None:
 
 
 def main():
+    from LiverLaparoRegLib.learned.landmarks_align import TRANSLATION_STARTS
+    from LiverLaparoRegLib.learned.landmarks_infer import FLIPS
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="landmark model (default: the bundled one)")
     ap.add_argument("--shape", default="twisted", choices=("train", "twisted"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6])
     ap.add_argument("--frames", type=int, default=6)
-    ap.add_argument("--flips", type=int, default=1, choices=(1, 2, 4))
+    ap.add_argument("--flips", type=int, default=1, choices=FLIPS)
     ap.add_argument("--translation-start", default="moment",
-                    choices=("moment", "correlation", "both"))
+                    choices=TRANSLATION_STARTS)
     ap.add_argument("--maps-only", action="store_true",
                     help="only the network's normal error (no registration)")
     ap.add_argument("--tag", default="run")

@@ -41,6 +41,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from SurgicalReg2D3DLib.errors import InputError
+
 from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, MeshLandmarks, \
     correlation_translations, distinct_hypotheses, moment_translations, project_pinhole, \
     rotation_grid
@@ -71,6 +73,16 @@ FINE_CANDIDATES, RETURNED = 32, 8
 OCCLUSION_CELL, OCCLUSION_TOL_MM = 4, 10.0
 #: optimiser steps between two nearest-point pairings
 PAIR_EVERY = 5
+#: how the first stage starts each grid rotation's translation (:func:`align_search`)
+TRANSLATION_STARTS = ("moment", "correlation", "both")
+
+
+def check_translation_start(name: str) -> str:
+    """``name`` if it is one of :data:`TRANSLATION_STARTS`, else a one-line error."""
+    if name not in TRANSLATION_STARTS:
+        raise InputError(f"translation start: one of {', '.join(TRANSLATION_STARTS)}, got "
+                         f"{name!r}")
+    return name
 
 
 class Observed2D:
@@ -374,6 +386,7 @@ def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS
     ``"both"`` (each rotation's translation optimised from both, the cheaper kept)."""
     import torch  # noqa: PLC0415
 
+    check_translation_start(translation_start)
     Rs = torch.as_tensor(rotation_grid(n_dirs, n_rolls, view_axis, cone_deg),
                          dtype=torch.float32)
     mc = model_points(lm, COARSE_POINTS)

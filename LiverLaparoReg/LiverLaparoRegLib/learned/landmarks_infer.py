@@ -53,11 +53,23 @@ import numpy as np
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 
 from .landmarks_icp import correspondences_of, icp, pairs_at, visible_landmarks
-from .landmarks_align import W_NORMAL, W_RIDGE, Observed2D, align_search, pose_cost
+from .landmarks_align import W_NORMAL, W_RIDGE, Observed2D, align_search, \
+    check_translation_start, pose_cost
 from .landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, MeshLandmarks, check_view_axis
 
 
 # ----------------------------------------------------------------------------- 2D side
+#: test-time views of :func:`predict_maps`: 1, 2 (with the 180 deg turn), 4 (and mirrors)
+FLIPS = (1, 2, 4)
+
+
+def check_flips(flips) -> int:
+    """``flips`` if it is one of :data:`FLIPS`, else a one-line error."""
+    if flips not in FLIPS:
+        raise InputError(f"flips: expected 1, 2 or 4, got {flips}")
+    return int(flips)
+
+
 def predict_maps(net, image, mask, camera, device=None, flips: int = 1) -> np.ndarray:
     """``(3, NET_H, NET_W)`` float32 probabilities (ridge, ligament, silhouette); a network
     with normal channels adds three: the unit camera-frame normal per pixel (``(6, NET_H,
@@ -69,8 +81,7 @@ def predict_maps(net, image, mask, camera, device=None, flips: int = 1) -> np.nd
 
     from .shared import network_image, network_mask  # noqa: PLC0415
 
-    if flips not in (1, 2, 4):
-        raise InputError(f"flips: expected 1, 2 or 4, got {flips}")
+    check_flips(flips)
     img = torch.as_tensor(network_image(image, camera))
     m = torch.as_tensor(network_mask(mask))
     # (image axes flipped, normal components negated): identity, 180 deg, mirrors
@@ -85,10 +96,9 @@ def predict_maps(net, image, mask, camera, device=None, flips: int = 1) -> np.nd
         o = lg[k].flip(a) if a else lg[k]
         probs.append(torch.sigmoid(o[:3]))
         if o.shape[0] > 3:
-            n = torch.nn.functional.normalize(o[3:6], dim=0, eps=1e-6).clone()
-            for c in neg:
-                n[c] = -n[c]
-            normals.append(n)
+            sign = torch.ones(3, 1, 1)
+            sign[list(neg)] = -1.0
+            normals.append(torch.nn.functional.normalize(o[3:6], dim=0, eps=1e-6) * sign)
     out = torch.stack(probs).mean(0)
     if len(normals) == 1:             # one view: its unit normals as they are
         out = torch.cat([out, normals[0]])
@@ -285,6 +295,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                              f"{data.NET_H}, {data.NET_W}) (with normals), got {maps.shape}")
     given_maps = maps
     view_axis = check_view_axis(view_axis)
+    check_translation_start(translation_start)
+    check_flips(flips)
     if not 0.0 < float(cone_deg) <= 180.0:
         raise InputError(f"view cone: expected an angle in (0, 180] deg, got {cone_deg}")
     if ground_truth is not None:
@@ -312,9 +324,6 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
     if w_ridge <= 0:                 # silhouette alone: no ridge in the ICP either
         obs = dict(obs, ridge=np.zeros((0, 2)), ridge_conf=np.zeros(0))
-    if translation_start not in ("moment", "correlation", "both"):
-        raise InputError(f"translation start: 'moment', 'correlation' or 'both', got "
-                         f"{translation_start!r}")
     cands = align_search(lm, camera, obs2, view_axis=view_axis, cone_deg=cone_deg,
                          w_ridge=w_ridge, w_normal=w_normal,
                          translation_start=translation_start, cancel=cancel)

@@ -46,12 +46,12 @@ RENDER_SHARE = 0.4
 SEED_OFFSET = 50000
 
 
-def _chunk_file(cache: Path, seed: int, k: int, warp_mm: float = None) -> Path:
+def _chunk_file(cache: Path, seed: int, k: int, warp_mm: float) -> Path:
     # "lmn": chunks with the normal maps (the older "lm" chunks have none); frames with a
     # non-default shape warp are named by it, so a cache never mixes two warps
     from .data import PREOP_WARP_MM  # noqa: PLC0415
 
-    w = "" if warp_mm is None or warp_mm == PREOP_WARP_MM else f"_w{warp_mm:g}"
+    w = "" if warp_mm == PREOP_WARP_MM else f"_w{warp_mm:g}"
     return cache / f"lmn_s{seed}{w}_c{k:05d}.npz"
 
 
