@@ -76,6 +76,7 @@ def classify(net, tm, cam, seed: int, k: int) -> dict:
     R0 = torch.as_tensor(T[:3, :3], dtype=torch.float32)[None]
     c0 = torch.as_tensor(T[:3, :3] @ lm.c + T[:3, 3], dtype=torch.float32)[None]
     R1, t1, cost1 = la.refine_hypotheses(R0, c0, lm, o2, w_ridge=w_ridge)
+    near = near_truth(lm, o2, T, w_ridge)
     win_err = rot_deg(cands[0][0][:3, :3], T[:3, :3])
     basin = float(cost1[0])
     if win_err <= 20.0:
@@ -91,7 +92,53 @@ def classify(net, tm, cam, seed: int, k: int) -> dict:
             "true_basin_cost_px": round(basin, 4),
             "true_basin_rot_deg": round(rot_deg(R1[0].numpy(), T[:3, :3]), 1),
             "candidates_rot_deg": [round(rot_deg(Tc[:3, :3], T[:3, :3]), 1) for Tc, _ in cands],
-            "cause": cause, "search_s": round(search_s, 2)}
+            "cause": cause, "search_s": round(search_s, 2), **near}
+
+
+def near_truth(lm, obs, T, w_ridge, near_deg: float = 15.0, ranks: int = 400) -> dict:
+    """Where the grid rotations near the truth (within ``near_deg``) stand after the
+    search's first stage: the rank of the first of them among the distinct first-stage
+    hypotheses (10 deg apart, cheapest first, as the search picks its
+    ``FINE_CANDIDATES``; None beyond ``ranks``), its coarse cost against the cheapest, and
+    what the fine stage makes of it (rotation error, fine cost)."""
+    import torch
+
+    from SurgicalReg2D3DLib.metrics import rotation_error_deg
+
+    from LiverLaparoRegLib.learned import landmarks_align as la
+    from LiverLaparoRegLib.learned.landmarks_search import VIEW_CONE_DEG, rotation_grid
+
+    Rs = torch.as_tensor(rotation_grid(la.GRID_DIRECTIONS, la.GRID_ROLLS,
+                                       cone_deg=VIEW_CONE_DEG,
+                                       view_axis=la.VIEW_AXIS), dtype=torch.float32)
+    Rb, tb, cb = la.coarse_stage(lm, obs, Rs, w_ridge=w_ridge)
+    R = Rb.numpy().astype(np.float64)
+    cos = (np.einsum("bij,ij->b", R, T[:3, :3]) - 1) / 2
+    is_near = np.degrees(np.arccos(np.clip(cos, -1, 1))) <= near_deg
+    out = {"near_grid_rotations": int(is_near.sum()), "near_rank": None,
+           "near_coarse_cost_px": None, "coarse_best_cost_px": round(float(cb.min()), 4),
+           "near_refined_rot_deg": None, "near_refined_cost_px": None}
+    if not is_near.any():
+        return out
+    picked = np.zeros((0, 3, 3))
+    for i in np.argsort(cb.numpy()):
+        if len(picked):
+            c = (np.einsum("bij,ij->b", picked, R[i]) - 1) / 2
+            if (np.degrees(np.arccos(np.clip(c, -1, 1))) < 10.0).any():
+                continue
+        picked = np.concatenate([picked, R[i][None]])
+        if is_near[i]:
+            out["near_rank"] = len(picked)
+            break
+        if len(picked) >= ranks:
+            break
+    j = int(np.nonzero(is_near)[0][np.argmin(cb.numpy()[is_near])])   # cheapest near one
+    out["near_coarse_cost_px"] = round(float(cb[j]), 4)
+    R2, _, c2 = la.refine_hypotheses(Rb[j:j + 1], tb[j:j + 1], lm, obs, w_ridge=w_ridge)
+    out["near_refined_rot_deg"] = round(float(rotation_error_deg(R2[0].numpy(),
+                                                                 T[:3, :3])), 1)
+    out["near_refined_cost_px"] = round(float(c2[0]), 4)
+    return out
 
 
 def main():
@@ -105,6 +152,7 @@ def main():
     import torch
     torch.set_num_threads(1)
 
+    from LiverLaparoRegLib.learned.landmarks_align import FINE_CANDIDATES
     from LiverLaparoRegLib.learned.modelfile import BUNDLED_LANDMARKS, bundled_model_path, \
         load_model
 
@@ -147,12 +195,20 @@ def main():
              f"| {len(rows)} | {counts['right']} | {counts['view prior']} | {counts['cost']} | "
              f"{counts['search miss']} |", "",
              "| seed/frame | view from prior axis deg | winner rot deg | winner cost px | "
-             "true basin cost px | cause |", "|---|---|---|---|---|---|"]
+             "true basin cost px | cause | near-truth rank | near coarse / best coarse px "
+             "| near refined deg / px |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["cause"] != "right":
             lines.append(f"| {r['seed']}/{r['frame']} | {r['view_deg_from_prior_axis']} | "
                          f"{r['winner_rot_deg']} | {r['winner_cost_px']} | "
-                         f"{r['true_basin_cost_px']} | {r['cause']} |")
+                         f"{r['true_basin_cost_px']} | {r['cause']} | {r['near_rank']} | "
+                         f"{r['near_coarse_cost_px']} / {r['coarse_best_cost_px']} | "
+                         f"{r['near_refined_rot_deg']} / {r['near_refined_cost_px']} |")
+    lines += ["", "Near-truth rank: the rank, among the distinct first-stage hypotheses "
+              "(10 deg apart, cheapest first), of the first grid rotation within 15 deg of "
+              "the truth (the fine stage takes the first "
+              f"{FINE_CANDIDATES}); near refined: the fine stage started from the cheapest "
+              "such rotation."]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(json.dumps({"counts": counts, "meta": meta}))
 

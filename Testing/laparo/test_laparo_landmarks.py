@@ -478,7 +478,8 @@ def test_search_with_true_normals_from_no_pose():
         t = torch.as_tensor(Tx[:3, :3] @ lm.c + Tx[:3, 3], dtype=torch.float32)[None]
         Y = torch.einsum("bij,nj->bni", R, mp.Q) + t[:, None]
         u, v, z = lalign.project_pinhole(Y, o2.K)
-        return float(lalign._normal_term(R, Y, u, v, z, mp.N, o2)[0])
+        zb = lalign._occluders(R, t, mp, Y, u, v, z, o2)
+        return float(lalign._normal_term(R, Y, u, v, z, mp.N, o2, zb)[0])
 
     turned = []
     for deg in (10.0, 25.0):
