@@ -130,6 +130,49 @@ def test_outside_distance_frees_instrument_edges():
     assert np.all(d[m] == 0)
 
 
+def test_sparse_cost_points_do_not_see_through_the_surface():
+    """Two parallel plates facing the camera, 100 and 140 mm away (the back one stands for
+    a fold behind the liver's front surface). The cost points are a sparse 3 x 3 grid of
+    the front plate plus the back plate's points; the occluders a dense grid of the front
+    plate. Every back point behind the front plate is hidden and every front point seen;
+    the cost points' own z-buffer (what the coarse stage used before) lets back points
+    through its gaps."""
+    import torch  # noqa: PLC0415
+
+    K = np.array([[60.0, 0, 32], [0, 60.0, 32], [0, 0, 1]])
+    obs = lalign.Observed2D(np.ones((64, 64), bool), np.zeros((0, 2)), None, K)
+
+    def plate(n, z, half=25.0):
+        g = np.linspace(-half, half, n)
+        x, y = np.meshgrid(g, g)
+        return np.stack([x.ravel(), y.ravel(), np.full(n * n, z)], 1)
+
+    front, back = plate(3, 100.0), plate(12, 140.0, half=20.0)
+    Q = torch.as_tensor(np.concatenate([front, back]), dtype=torch.float32)
+    N = torch.tensor([0.0, 0.0, -1.0]).expand(len(Q), 3)
+    R, t = torch.eye(3)[None], torch.zeros(1, 3)
+    Y = Q[None].clone()
+    u, v, z = lalign.project_pinhole(Y, obs.K)
+    is_back = np.arange(len(Q)) >= len(front)
+
+    def seen(Qo):
+        mp = lalign.ModelPoints(Q, 25.0, Q[:0], N[:0], 0.0, N, Qo)
+        zb = lalign._occluders(R, t, mp, Y, u, v, z, obs)
+        return lalign._unoccluded(zb, u, v, z)[0].numpy()
+
+    dense = torch.as_tensor(plate(40, 100.0), dtype=torch.float32)
+    with_dense = seen(dense)
+    assert with_dense[~is_back].all() and not with_dense[is_back].any()
+    assert seen(Q)[is_back].sum() > 10                 # the sparse set's own gaps leak
+    # model_points gives the coarse set OCCLUDER_POINTS occluders, the fine set itself
+    from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
+
+    lm = lsearch.MeshLandmarks(MeshData(*_sphere()))               # 3,482 vertices
+    coarse, fine = lalign.model_points(lm, 50), lalign.model_points(lm, lalign.FINE_POINTS)
+    assert len(coarse.Qo) == lalign.OCCLUDER_POINTS and len(coarse.Q) == 50
+    assert fine.Qo is fine.Q
+
+
 def _training_mesh_frame(seed):
     """A SYNTHETIC frame of the P2ILF (training) mesh with the P2ILF camera, its TRUE 2D
     maps and observations: ``(train mesh, camera, true pose, maps, observations,
