@@ -316,3 +316,18 @@ def test_epnp_ransac_errors():
     noise_uv = rng.uniform(0, 640, size=(10, 2))  # no consistent pose exists
     with pytest.raises(InputError, match=r"^points_2d: RANSAC found no pose with at least 10 inliers"):
         epnp_ransac(pts, noise_uv, K, reprojection_px=1.0, min_inliers=10)
+
+
+def test_epnp_ransac_refuses_inliers_on_three_model_points():
+    """128 pixels paired with only 3 model points 1 mm apart (a pose hypothesis far from
+    the image outline pairs every outline pixel with the same few vertices): OpenCV's
+    RANSAC reports success with a NaN pose or one kilometres away; epnp_ransac refuses."""
+    K = np.array([[1892.3, 0, 1105.9], [0, 944.9, 327.3], [0, 0, 1.0]])
+    P = np.array([[-22.78, -58.48, -73.74], [-22.37, -58.48, -73.41], [-21.81, -58.05, -73.05]])
+    rng = np.random.default_rng(0)
+    p3 = np.concatenate([np.repeat(P[:1], 29, 0), P[1:2], np.repeat(P[2:], 98, 0)])
+    p2 = np.concatenate([rng.normal([1837, 380], [43, 6], (29, 2)), [[1892.5, 374.5]],
+                         rng.normal([1535, 450], [127, 47], (98, 2))])
+    with pytest.raises(InputError, match=r"^points_3d: RANSAC's \d+ inliers hold [1-3] "
+                                         r"distinct 3D points; at least 4"):
+        epnp_ransac(p3, p2, K, reprojection_px=39.9, iterations=500, min_inliers=4)

@@ -548,7 +548,8 @@ def epnp_ransac(
         :class:`PnPResult`.
 
     Raises:
-        InputError: bad shapes, fewer than 4 points, NaN, or no pose with ``min_inliers``.
+        InputError: bad shapes, fewer than 4 points, NaN, no pose with ``min_inliers``, or
+            inliers too degenerate for a finite pose (too few distinct 3D points).
     """
     import cv2
 
@@ -600,8 +601,21 @@ def epnp_ransac(
             f"correspondences, the camera matrix K and reprojection_px"
         )
     inliers = np.asarray(inliers, dtype=np.int64).ravel()
+    # OpenCV reports success when the inliers pair many pixels with the same 3 or fewer
+    # model points, with a NaN pose or one kilometres away: no pose is defined by them
+    distinct = len(np.unique(p3[inliers], axis=0))
+    if distinct < 4:
+        raise InputError(
+            f"points_3d: RANSAC's {n_in} inliers hold {distinct} distinct 3D points; at "
+            f"least 4 are needed for a pose; check the correspondences"
+        )
     if refine:
         rvec, tvec = cv2.solvePnPRefineLM(p3[inliers], p2[inliers], k, d, rvec.copy(), tvec.copy())
+    if not (np.isfinite(rvec).all() and np.isfinite(tvec).all()):
+        raise InputError(
+            f"points_3d: no finite pose from RANSAC's {n_in} inliers ({distinct} distinct 3D "
+            f"points; degenerate, e.g. on one line); check the correspondences"
+        )
     R, _ = cv2.Rodrigues(rvec)
     T = np.eye(4)
     T[:3, :3] = R

@@ -355,8 +355,10 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         if not c_i <= c0 + 0.05:
             T_i, c_i = T0, c0
             pairs = pairs_at(T0, lm, camera, obs)
-        if sum(len(p[2]) for p in pairs) < 4:
-            entry["skipped"] = "fewer than 4 correspondences"
+        if len(np.unique(np.concatenate([p[2] for p in pairs] or [[]]))) < 4:
+            # counted by mesh vertex: many pixels paired with the same few vertices (a
+            # pose far from the outline) give no pose
+            entry["skipped"] = "fewer than 4 correspondences (distinct mesh vertices)"
             continue
         entry["cost_px"] = round(float(c_i), 4)
         if ground_truth is not None:
