@@ -156,7 +156,7 @@ def test_sparse_cost_points_do_not_see_through_the_surface():
     is_back = np.arange(len(Q)) >= len(front)
 
     def seen(Qo):
-        mp = lalign.ModelPoints(Q, 25.0, Q[:0], N[:0], 0.0, N, Qo)
+        mp = lalign.ModelPoints(Q, 25.0, Q[:0], N[:0], 0.0, N, Qo, N[:1].expand(len(Qo), 3))
         zb = lalign._occluders(R, t, mp, Y, u, v, z, obs)
         return lalign._unoccluded(zb, u, v, z)[0].numpy()
 

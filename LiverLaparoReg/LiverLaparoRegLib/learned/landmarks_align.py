@@ -75,6 +75,10 @@ FINE_CANDIDATES, RETURNED = 32, 8
 #: were hidden, and their normal errors tripled the term; found by the search-misses
 #: diagnosis, 2026-12-07)
 OCCLUDER_POINTS = 2000
+#: a surface point faces away from the camera when the cosine between its normal and the
+#: viewing ray exceeds this (0: exactly side-on; a margin for the grazing points of the
+#: outline)
+BACK_FACING_COS = 0.1
 #: visibility of the ridge points: z-buffer cell (network px) and depth tolerance (mm)
 OCCLUSION_CELL, OCCLUSION_TOL_MM = 4, 10.0
 #: optimiser steps between two nearest-point pairings
@@ -207,9 +211,9 @@ def _beyond_spacing(d, j, z, h, f):
 class ModelPoints(NamedTuple):
     """The 3D side of the cost: centred surface points ``Q (N, 3)`` with their spacing
     ``h`` (mm), ridge points ``Qr`` with normals ``Nr`` and spacing ``hr``, the surface
-    points' normals ``N``, and the occluders ``Qo``: the surface points whose z-buffer
-    decides what is hidden (:func:`_zbuffer`; at least ``OCCLUDER_POINTS``, so that a
-    sparse cost set does not see through the surface)."""
+    points' normals ``N``, and the occluders ``Qo`` with their normals ``No``: the
+    surface points whose z-buffer decides what is hidden (:func:`_zbuffer`; at least
+    ``OCCLUDER_POINTS``, so that a sparse cost set does not see through the surface)."""
 
     Q: object
     h: float
@@ -218,6 +222,7 @@ class ModelPoints(NamedTuple):
     hr: float
     N: object
     Qo: object
+    No: object
 
 
 def model_points(lm: MeshLandmarks, n: int) -> ModelPoints:
@@ -230,25 +235,37 @@ def model_points(lm: MeshLandmarks, n: int) -> ModelPoints:
 
     rid = lm.spread(RIDGE_POINTS, ridge=True)
     ids = lm.spread(n)
-    Q = f32(lm.v[ids] - lm.c)
-    Qo = Q if n >= OCCLUDER_POINTS else f32(lm.v[lm.spread(OCCLUDER_POINTS)] - lm.c)
+    Q, N = f32(lm.v[ids] - lm.c), f32(lm.n[ids])
+    if n >= OCCLUDER_POINTS:
+        Qo, No = Q, N
+    else:
+        oid = lm.spread(OCCLUDER_POINTS)
+        Qo, No = f32(lm.v[oid] - lm.c), f32(lm.n[oid])
     return ModelPoints(Q, lm.spacing(n), f32(lm.v[rid] - lm.c), f32(lm.n[rid]),
-                       lm.spacing(RIDGE_POINTS, ridge=True), f32(lm.n[ids]), Qo)
+                       lm.spacing(RIDGE_POINTS, ridge=True), N, Qo, No)
 
 
 class ZBuffer(NamedTuple):
-    """Nearest depth (mm) per ``cell`` px cell of the network grid, ``(B, gh * gw)``."""
+    """Nearest depth (mm) per ``cell`` px cell of the network grid, ``(B, gh * gw)``, and
+    ``back``: per hypothesis, the fraction of the mask's cells whose nearest surface
+    point faces away from the camera (``(B,)``, None when not asked for)."""
 
     buf: object
     gh: int
     gw: int
     cell: int
+    back: object = None
 
 
-def _zbuffer(u, v, z, H, W, cell: int = OCCLUSION_CELL) -> ZBuffer:
+def _zbuffer(u, v, z, H, W, cell: int = OCCLUSION_CELL, facing_away=None,
+             in_mask=None) -> ZBuffer:
     """A coarse z-buffer of projected surface points ``(u, v, z)`` (each ``(B, N)``):
     ``cell`` px cells, nearest depth, then the 3 x 3 minimum to close the gaps between
-    points."""
+    points. With ``facing_away`` and ``in_mask`` (both ``(B, N)`` bool), also the
+    fraction of mask cells whose nearest point faces away (a cell's nearest point counts
+    only if it is not a point seen through a gap: within ``OCCLUSION_TOL_MM`` of the 3 x 3
+    minimum). A closed surface seen from outside shows its outer side everywhere; a pose
+    with the camera inside the liver shows its inner side."""
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
 
@@ -257,10 +274,17 @@ def _zbuffer(u, v, z, H, W, cell: int = OCCLUSION_CELL) -> ZBuffer:
     iu, iv = torch.floor((u + 0.5) / cell).long(), torch.floor((v + 0.5) / cell).long()
     ok = (iu >= 0) & (iu < gw) & (iv >= 0) & (iv < gh) & (z > 1.0)
     idx = torch.where(ok, iv * gw + iu, torch.full_like(iu, gh * gw))
-    buf = torch.full((B, gh * gw + 1), float("inf"), dtype=z.dtype)
-    buf.scatter_reduce_(1, idx, z, reduce="amin")
-    buf = buf[:, :-1].view(B, 1, gh, gw).nan_to_num(posinf=1e9)
-    return ZBuffer(-F.max_pool2d(-buf, 3, 1, 1).view(B, -1), gh, gw, cell)
+    raw = torch.full((B, gh * gw + 1), float("inf"), dtype=z.dtype)
+    raw.scatter_reduce_(1, idx, z, reduce="amin")
+    buf = raw[:, :-1].view(B, 1, gh, gw).nan_to_num(posinf=1e9)
+    buf = -F.max_pool2d(-buf, 3, 1, 1).view(B, -1)
+    back = None
+    if facing_away is not None:
+        pooled = torch.cat([buf, torch.full((B, 1), 1e9, dtype=z.dtype)], 1)
+        nearest = ok & (z <= raw.gather(1, idx)) \
+            & (z <= pooled.gather(1, idx) + OCCLUSION_TOL_MM) & in_mask
+        back = (nearest & facing_away).sum(1) / nearest.sum(1).clamp(min=1)
+    return ZBuffer(buf, gh, gw, cell, back)
 
 
 def _unoccluded(zb: ZBuffer, ur, vr, zr, tol_mm: float = OCCLUSION_TOL_MM):
@@ -275,17 +299,23 @@ def _unoccluded(zb: ZBuffer, ur, vr, zr, tol_mm: float = OCCLUSION_TOL_MM):
 
 def _occluders(R, t, mp: ModelPoints, Y, u, v, z, obs: Observed2D, cache=None) -> ZBuffer:
     """The z-buffer of the occluders ``mp.Qo`` posed by ``R, t`` (the cost points'
-    projection ``Y, u, v, z`` when they are the occluders), without gradient; with a
-    ``cache`` (see :func:`_nearest`) made again only when the pairs are."""
+    projection ``Y, u, v, z`` when they are the occluders), with the fraction of the
+    mask's cells that show the inner side of the surface (:class:`ZBuffer`), without
+    gradient; with a ``cache`` (see :func:`_nearest`) made again only when the pairs
+    are."""
     import torch  # noqa: PLC0415
 
     if cache is not None and not cache.get("refresh", True) and "zbuf" in cache:
         return cache["zbuf"]
     with torch.no_grad():
         if mp.Qo is not mp.Q:
-            Yo = torch.einsum("bij,nj->bni", R, mp.Qo) + t[:, None]
-            u, v, z = project_pinhole(Yo, obs.K)
-        zb = _zbuffer(u.detach(), v.detach(), z.detach(), obs.H, obs.W)
+            Y = torch.einsum("bij,nj->bni", R, mp.Qo) + t[:, None]
+            u, v, z = project_pinhole(Y, obs.K)
+        Y, u, v, z = Y.detach(), u.detach(), v.detach(), z.detach()
+        Nc = torch.einsum("bij,nj->bni", R.detach(), mp.No)
+        away = (Nc * Y).sum(-1) > BACK_FACING_COS * Y.square().sum(-1).sqrt()
+        zb = _zbuffer(u, v, z, obs.H, obs.W, facing_away=away,
+                      in_mask=_sample_map(obs.mask_t, u, v) > 0.5)
     if cache is not None:
         cache["zbuf"] = zb
     return zb
@@ -295,8 +325,10 @@ def _normal_term(R, Y, u, v, z, N, obs: Observed2D, zb: ZBuffer, cache=None):
     """Mean ``1 - cos`` ``(B,)`` (each point's capped at ``CAP_NORMAL``) between the turned
     mesh normals and the predicted normal map at the visible surface points (front-facing,
     not behind the occluders' z-buffer ``zb``) inside the mask (``CAP_NORMAL`` where none
-    is visible). With a ``cache`` (see :func:`_nearest`) the visibility is found again only
-    when the pairs are."""
+    is visible), as the mask's cells that show the outer side of the surface; the cells
+    that show its inner side (``zb.back``: the camera inside the liver) count
+    ``CAP_NORMAL`` each. With a ``cache`` (see :func:`_nearest`) the visibility is found
+    again only when the pairs are."""
     import torch  # noqa: PLC0415
 
     Nc = torch.einsum("bij,nj->bni", R, N)
@@ -316,7 +348,8 @@ def _normal_term(R, Y, u, v, z, N, obs: Observed2D, zb: ZBuffer, cache=None):
     sf = seen.to(Y.dtype)
     n_seen = sf.sum(1)
     err = ((1 - cos).clamp(max=CAP_NORMAL) * sf).sum(1) / n_seen.clamp(min=1)
-    return torch.where(n_seen > 0, err, torch.full_like(err, CAP_NORMAL))
+    err = torch.where(n_seen > 0, err, torch.full_like(err, CAP_NORMAL))
+    return err if zb.back is None else (1 - zb.back) * err + zb.back * CAP_NORMAL
 
 
 def chamfer_cost(R, t, mp: ModelPoints, obs: Observed2D, outline, ridge=None,
@@ -326,7 +359,7 @@ def chamfer_cost(R, t, mp: ModelPoints, obs: Observed2D, outline, ridge=None,
     ``ridge``: the 2D samples used (network px)."""
     import torch  # noqa: PLC0415
 
-    Q, h, Qr, Nr, hr, N, _ = mp
+    Q, h, Qr, Nr, hr, N = mp[:6]
     w_ridge = W_RIDGE if w_ridge is None else w_ridge
     w_normal = W_NORMAL if w_normal is None else w_normal
     Y = torch.einsum("bij,nj->bni", R, Q) + t[:, None]
