@@ -21,7 +21,12 @@ better:
 - **normals** (weight ``w_normal``, only with a predicted normal map): at the visible
   surface points inside the mask, ``1 - cos`` between the mesh's normal turned by ``R``
   and the predicted camera-frame normal at the point's pixel. Unlike the outline, it
-  depends on the rotation directly, so it separates poses whose silhouettes agree.
+  depends on the rotation directly, so it separates poses whose silhouettes agree. The
+  part of the mask where the hypothesis shows the inner side of the surface (the camera
+  inside the liver) counts as the largest error.
+
+Visibility (normal and ridge terms) is decided by a coarse z-buffer of at least
+``OCCLUDER_POINTS`` surface points, whatever the size of the cost's point set.
 
 :func:`align_search` (no initial pose):
 
