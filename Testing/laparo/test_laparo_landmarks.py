@@ -173,6 +173,49 @@ def test_sparse_cost_points_do_not_see_through_the_surface():
     assert fine.Qo is fine.Q
 
 
+def test_inner_side_of_the_surface_counts_against_a_pose():
+    """A sphere (closed, normals outward) seen from 200 mm: the mask's cells show its outer
+    side (fraction facing away ~0) and the normal term against the TRUE normals is near 0.
+    The camera inside the sphere sees only its inner side: fraction ~1, and the normal
+    term is CAP_NORMAL, the largest error, not a mean over the few points that face the
+    camera."""
+    import torch  # noqa: PLC0415
+
+    from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
+
+    lm = lsearch.MeshLandmarks(MeshData(*_sphere(radius=50.0)))
+    K = np.array([[60.0, 0, 32], [0, 60.0, 32], [0, 0, 1]])
+    yy, xx = np.mgrid[0:64, 0:64]
+    ray = np.stack([(xx - 32) / 60.0, (yy - 32) / 60.0, np.ones((64, 64))])
+    ray /= np.linalg.norm(ray, axis=0)
+    c = np.array([0.0, 0.0, 200.0])                # the TRUE normal map at 200 mm: the
+    dc = np.einsum("ihw,i->hw", ray, c)            # ray's first cut with the sphere
+    disc = dc ** 2 - c @ c + 50.0 ** 2
+    hit = ray * (dc - np.sqrt(np.maximum(disc, 0)))[None] - c[:, None, None]
+    normals = np.where(disc[None] > 0, hit / 50.0, -ray)
+    obs = lalign.Observed2D(np.ones((64, 64), bool), np.zeros((0, 2)), None, K,
+                            normal_map=normals)
+    mp = lalign.model_points(lm, lalign.COARSE_POINTS)
+    R = torch.eye(3)[None]
+
+    def terms(depth, back=None):
+        t = torch.tensor([[0.0, 0.0, depth]])
+        Y = torch.einsum("bij,nj->bni", R, mp.Q) + t[:, None]
+        u, v, z = lalign.project_pinhole(Y, obs.K)
+        zb = lalign._occluders(R, t, mp, Y, u, v, z, obs)
+        if back is not None:                      # the blend alone, a given fraction
+            zb = zb._replace(back=torch.tensor([back]))
+        return float(zb.back[0]), float(lalign._normal_term(R, Y, u, v, z, mp.N, obs, zb)[0])
+
+    back_out, n_out = terms(200.0)
+    back_in, n_in = terms(0.0)
+    assert back_out < 0.05 and back_in > 0.95
+    assert n_out < 0.05 and n_in == pytest.approx(lalign.CAP_NORMAL, abs=0.03)
+    n_out0 = terms(200.0, back=0.0)[1]            # (1 - back) x mean + back x CAP_NORMAL
+    assert terms(200.0, back=0.6)[1] == pytest.approx(0.4 * n_out0 + 0.6 * lalign.CAP_NORMAL,
+                                                      abs=1e-5)
+
+
 def _training_mesh_frame(seed):
     """A SYNTHETIC frame of the P2ILF (training) mesh with the P2ILF camera, its TRUE 2D
     maps and observations: ``(train mesh, camera, true pose, maps, observations,
