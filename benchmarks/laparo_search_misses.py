@@ -100,17 +100,18 @@ def near_truth(lm, obs, T, w_ridge, near_deg: float = 15.0, ranks: int = 400) ->
     search's first stage: the rank of the first of them among the distinct first-stage
     hypotheses (10 deg apart, cheapest first, as the search picks its
     ``FINE_CANDIDATES``; None beyond ``ranks``), its coarse cost against the cheapest, and
-    what the fine stage makes of it (rotation error, fine cost)."""
+    what the fine stage makes of it (rotation error, fine cost). Runs the search's first
+    stage again (about twice the time of the search alone)."""
     import torch
 
     from SurgicalReg2D3DLib.metrics import rotation_error_deg
 
     from LiverLaparoRegLib.learned import landmarks_align as la
-    from LiverLaparoRegLib.learned.landmarks_search import VIEW_CONE_DEG, rotation_grid
+    from LiverLaparoRegLib.learned.landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, \
+        rotation_grid
 
-    Rs = torch.as_tensor(rotation_grid(la.GRID_DIRECTIONS, la.GRID_ROLLS,
-                                       cone_deg=VIEW_CONE_DEG,
-                                       view_axis=la.VIEW_AXIS), dtype=torch.float32)
+    Rs = torch.as_tensor(rotation_grid(la.GRID_DIRECTIONS, la.GRID_ROLLS, VIEW_AXIS,
+                                       VIEW_CONE_DEG), dtype=torch.float32)
     Rb, tb, cb = la.coarse_stage(lm, obs, Rs, w_ridge=w_ridge)
     R = Rb.numpy().astype(np.float64)
     cos = (np.einsum("bij,ij->b", R, T[:3, :3]) - 1) / 2
