@@ -215,7 +215,8 @@ def main():
             "median_rot_deg": round(float(np.median(rot)), 2),
             "wrong_called_ok": int(sum(x > 20 and r.get("quality") == "ok"
                                        for x, r in zip(rot, rows)))})
-    meta = {"model": "TRUE maps" if a.true_maps else (a.model or "bundled"), "model_command": rec.get("command"), "tag": a.tag,
+    meta = {"model": "TRUE maps" if a.true_maps else (a.model or "bundled"),
+            "model_command": rec.get("command"), "tag": a.tag,
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
             "translation_start": a.translation_start,
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}

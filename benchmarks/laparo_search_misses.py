@@ -108,31 +108,21 @@ def near_truth(lm, obs, T, w_ridge, near_deg: float = 15.0, ranks: int = 400) ->
 
     from LiverLaparoRegLib.learned import landmarks_align as la
     from LiverLaparoRegLib.learned.landmarks_search import VIEW_AXIS, VIEW_CONE_DEG, \
-        rotation_grid
+        distinct_hypotheses, rotation_grid
 
     Rs = torch.as_tensor(rotation_grid(la.GRID_DIRECTIONS, la.GRID_ROLLS, VIEW_AXIS,
                                        VIEW_CONE_DEG), dtype=torch.float32)
     Rb, tb, cb = la.coarse_stage(lm, obs, Rs, w_ridge=w_ridge)
-    R = Rb.numpy().astype(np.float64)
-    cos = (np.einsum("bij,ij->b", R, T[:3, :3]) - 1) / 2
-    is_near = np.degrees(np.arccos(np.clip(cos, -1, 1))) <= near_deg
+    is_near = rotation_error_deg(Rb, torch.as_tensor(T[:3, :3], dtype=Rb.dtype)).numpy() \
+        <= near_deg
     out = {"near_grid_rotations": int(is_near.sum()), "near_rank": None,
            "near_coarse_cost_px": None, "coarse_best_cost_px": round(float(cb.min()), 4),
            "near_refined_rot_deg": None, "near_refined_cost_px": None}
     if not is_near.any():
         return out
-    picked = np.zeros((0, 3, 3))
-    for i in np.argsort(cb.numpy()):
-        if len(picked):
-            c = (np.einsum("bij,ij->b", picked, R[i]) - 1) / 2
-            if (np.degrees(np.arccos(np.clip(c, -1, 1))) < 10.0).any():
-                continue
-        picked = np.concatenate([picked, R[i][None]])
-        if is_near[i]:
-            out["near_rank"] = len(picked)
-            break
-        if len(picked) >= ranks:
-            break
+    # the ranks as the search picks its FINE_CANDIDATES (the index rides along as "t")
+    picks = distinct_hypotheses(Rb.numpy(), np.arange(len(Rb)), -cb.numpy(), ranks, 10.0)
+    out["near_rank"] = next((r + 1 for r, (_, i, _) in enumerate(picks) if is_near[i]), None)
     j = int(np.nonzero(is_near)[0][np.argmin(cb.numpy()[is_near])])   # cheapest near one
     out["near_coarse_cost_px"] = round(float(cb[j]), 4)
     R2, _, c2 = la.refine_hypotheses(Rb[j:j + 1], tb[j:j + 1], lm, obs, w_ridge=w_ridge)

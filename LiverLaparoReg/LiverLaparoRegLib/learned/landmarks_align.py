@@ -364,7 +364,7 @@ def chamfer_cost(R, t, mp: ModelPoints, obs: Observed2D, outline, ridge=None,
     ``ridge``: the 2D samples used (network px)."""
     import torch  # noqa: PLC0415
 
-    Q, h, Qr, Nr, hr, N = mp[:6]
+    Q, h, Qr, Nr, hr, N = mp.Q, mp.h, mp.Qr, mp.Nr, mp.hr, mp.N
     w_ridge = W_RIDGE if w_ridge is None else w_ridge
     w_normal = W_NORMAL if w_normal is None else w_normal
     Y = torch.einsum("bij,nj->bni", R, Q) + t[:, None]

@@ -370,11 +370,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         raise GeometryError("correspondences: fewer than 4 correspondences at every pose "
                             "hypothesis (or none keeps the liver in front of the camera); no "
                             "pose can be computed")
-    s1, T1, pairs = best
+    s1, T1, pairs = best              # its pairs hold >= 4 distinct vertices (above)
     corr = correspondences_of(pairs, camera)
-    if len(corr) < 4:
-        raise GeometryError(f"correspondences: fewer than 4 inlier correspondences "
-                            f"({len(corr)} pairs); no pose can be computed")
     # EPnP + RANSAC on the correspondences (always): the inliers, and a check of the pose
     diag = float(np.hypot(camera.width, camera.height))
     thr = 0.02 * diag

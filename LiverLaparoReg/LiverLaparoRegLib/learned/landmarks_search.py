@@ -231,13 +231,17 @@ def correlation_translations(Ym0, t_m, K, mask_net, depths=CORRELATION_DEPTHS):
 
 
 def distinct_hypotheses(Rs, ts, scores, k, min_deg):
-    """The ``k`` best hypotheses whose rotations are more than ``min_deg`` apart."""
-    picked = []
+    """The ``k`` best hypotheses whose rotations are more than ``min_deg`` apart (greedy,
+    best score first): a list of ``(R, t, score)``."""
+    Rs = np.asarray(Rs, np.float64)
+    picked, P = [], np.empty((k, 3, 3))
     for i in np.argsort(-np.asarray(scores)):
         R = Rs[i]
-        if any(np.degrees(np.arccos(np.clip((np.trace(R @ P.T) - 1) / 2, -1, 1))) < min_deg
-               for P, _, _ in picked):
+        n = len(picked)                          # angle to every kept rotation at once
+        cos = (np.einsum("bij,ij->b", P[:n], R) - 1) / 2
+        if n and (np.degrees(np.arccos(np.clip(cos, -1, 1))) < min_deg).any():
             continue
+        P[n] = R
         picked.append((R, ts[i], float(scores[i])))
         if len(picked) >= k:
             break
