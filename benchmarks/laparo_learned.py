@@ -187,12 +187,15 @@ def run_landmarks(model=None, frames=10, seeds=(0,), oracle=True, old_model=True
             base["map_f1"] = map_f1(pred, true, mask_net=mask_net)
             nk = {"net": net, "flips": flips, "translation_start": translation_start}
             variants = [("learned landmarks", nk)]
-            if len(pred) == 6:                    # the normal map: its error
-                base["normal_error_deg_median"] = normal_error_deg(pred[3:], true_n[3:],
+            if len(pred) >= 6:                    # the normal map: its error
+                base["normal_error_deg_median"] = normal_error_deg(pred[3:6], true_n[3:],
                                                                    mask_net)
             if variants_too:
-                if len(pred) == 6:                # ablation: the search without it
+                if len(pred) >= 6:                # ablation: the search without it
                     variants.append(("learned landmarks, no normals", dict(nk, w_normal=0.0)))
+                if len(pred) == 7:                # ablation: no uncertainty weighting
+                    variants.append(("learned landmarks, no normal uncertainty",
+                                     dict(nk, normal_uncertainty=False)))
                 # no view prior: what a mesh in an unknown frame costs (whole sphere searched)
                 variants.append(("learned landmarks, any viewing direction",
                                  dict(nk, view_axis=None)))

@@ -24,7 +24,7 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
 
     python benchmarks/laparo_learned_dev.py [--model M.pt] [--shape twisted] \\
         [--seeds 5 6] [--frames 6] [--flips 1] [--translation-start moment] \\
-        [--maps-only] [--true-maps] [--tag NAME] [--out DIR]
+        [--maps-only] [--true-maps] [--ignore-normal-scale] [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
@@ -141,6 +141,9 @@ def main():
     ap.add_argument("--true-maps", action="store_true",
                     help="feed the TRUE 2D maps and normal map (the oracle of the geometric "
                          "steps) instead of the network's")
+    ap.add_argument("--ignore-normal-scale", action="store_true",
+                    help="a model with the normals' uncertainty channel: do not weight the "
+                         "normal term by it (ablation)")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -178,7 +181,7 @@ def main():
             pred = li.predict_maps(net, img, mask, cam, flips=a.flips)
             m_net = li.observations(true_n[:3], mask, cam)["mask_net"]
             row = {"seed": seed, "frame": k, "view_deg": round(view_angle_deg(T), 1),
-                   "normal_error_deg": normal_error_deg(pred[3:], true_n[3:], m_net)}
+                   "normal_error_deg": normal_error_deg(pred[3:6], true_n[3:], m_net)}
             t1 = time.perf_counter()
             if a.maps_only:
                 rows.append(row)
@@ -188,7 +191,9 @@ def main():
                      else {"net": net, "flips": a.flips})
             try:
                 r = li.register_landmarks(mesh, cam, img, mask,
-                                          translation_start=a.translation_start, **given)
+                                          translation_start=a.translation_start,
+                                          normal_uncertainty=not a.ignore_normal_scale,
+                                          **given)
                 row.update(rot_deg=round(float(rotation_error_deg(r.model_to_camera[:3, :3],
                                                                   T[:3, :3])), 2),
                            stage1_rot_deg=round(float(rotation_error_deg(
@@ -219,6 +224,7 @@ def main():
             "model_command": rec.get("command"), "tag": a.tag,
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
             "translation_start": a.translation_start,
+            "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -216,6 +216,111 @@ def test_inner_side_of_the_surface_counts_against_a_pose():
                                                       abs=1e-5)
 
 
+def test_normal_uncertainty_weights_the_normal_term():
+    """The normals' uncertainty (Laplace scale b per pixel): on the sphere at its TRUE pose
+    with a normal map whose left half is wrong (turned 60 deg), the plain normal term is
+    large; with the wrong half marked uncertain (b = 1 rad) and the right half sure (b =
+    0.05 rad) it is the weighted mean by 1 / b, computed here independently from the
+    per-point errors, and far smaller; a uniform b gives the plain term back."""
+    from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
+
+    lm = lsearch.MeshLandmarks(MeshData(*_sphere(radius=50.0)))
+    K = np.array([[60.0, 0, 32], [0, 60.0, 32], [0, 0, 1]])
+    yy, xx = np.mgrid[0:64, 0:64]
+    ray = np.stack([(xx - 32) / 60.0, (yy - 32) / 60.0, np.ones((64, 64))])
+    ray /= np.linalg.norm(ray, axis=0)
+    c = np.array([0.0, 0.0, 200.0])
+    dc = np.einsum("ihw,i->hw", ray, c)
+    disc = dc ** 2 - c @ c + 50.0 ** 2
+    hit = ray * (dc - np.sqrt(np.maximum(disc, 0)))[None] - c[:, None, None]
+    normals = np.where(disc[None] > 0, hit / 50.0, -ray)
+    a = np.radians(60.0)                           # the left half turned about y
+    Ry = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    left = xx < 32
+    normals[:, left] = np.einsum("ij,jn->in", Ry, normals[:, left])
+    b = np.where(left, 1.0, 0.05)
+    mp = lalign.model_points(lm, lalign.COARSE_POINTS)
+    R, t = torch.eye(3)[None], torch.tensor([[0.0, 0.0, 200.0]])
+    Y = torch.einsum("bij,nj->bni", R, mp.Q) + t[:, None]
+    u, v, z = lalign.project_pinhole(Y, torch.as_tensor(K, dtype=torch.float32))
+
+    def term(scale, cache=None):
+        obs = lalign.Observed2D(np.ones((64, 64), bool), np.zeros((0, 2)), None, K,
+                                normal_map=normals, normal_scale=scale)
+        zb = lalign._occluders(R, t, mp, Y, u, v, z, obs)
+        return (float(lalign._normal_term(R, Y, u, v, z, mp.N, obs, zb, cache)[0]),
+                float(zb.back[0]))
+
+    plain, back = term(None)
+    seen = {}
+    weighted, _ = term(b, seen)
+    assert back < 0.05 and plain > 0.1
+    # the reference: per point the term counts (its "seen" set: visibility is tested
+    # above), its error against the map's normal at its pixel and its weight, both
+    # interpolated by scipy (bilinear, pixel centres at integer coordinates)
+    from scipy.ndimage import map_coordinates  # noqa: PLC0415
+
+    Yn, N = Y[0].numpy(), mp.N.numpy()
+    uu, vv = u[0].numpy(), v[0].numpy()
+    vis = seen["seen"][0].numpy()
+    assert vis.sum() > 20 and ((N[vis] * Yn[vis]).sum(1) < 0).all()
+    at = np.stack([vv[vis], uu[vis]])
+    pred = np.stack([map_coordinates(normals[k], at, order=1, mode="nearest")
+                     for k in range(3)], 1)
+    pred /= np.linalg.norm(pred, axis=1, keepdims=True)
+    e = np.minimum(1 - (N[vis] * pred).sum(1), lalign.CAP_NORMAL)
+    w = map_coordinates(1.0 / np.maximum(b, lalign.NORMAL_SCALE_MIN), at, order=1,
+                        mode="nearest")
+    assert weighted == pytest.approx((e * w).sum() / w.sum(), abs=0.01)
+    assert plain == pytest.approx(e.mean(), abs=0.01)
+    assert weighted < 0.2 * plain
+    assert term(np.full((64, 64), 0.3))[0] == pytest.approx(plain, abs=1e-5)
+
+
+def test_normal_uncertainty_head_learns_without_touching_the_normals(tmp_path, frame):
+    """The uncertainty channel (``normal_scale``): the loss's gradient on the normal
+    channels is the same with and without it (it is trained on the detached error); a
+    tiny model with it trains (its Laplace NLL drops), records it in the model file, and
+    ``predict_maps`` gives a seventh channel, the scale b > 0 (radians), which the
+    search's observations turn into the weights 1 / max(b, NORMAL_SCALE_MIN)."""
+    from LiverLaparoRegLib.learned.landmarks_net import LOG_SCALE_RANGE  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    t = torch.as_tensor((rng.uniform(size=(2, 3, 8, 8)) > 0.8).astype(np.float32))
+    n = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(2, 3, 8, 8)),
+                                                      dtype=torch.float32), dim=1)
+    m = torch.ones(2, 8, 8)
+    lg = torch.as_tensor(rng.normal(size=(2, 7, 8, 8)), dtype=torch.float32)
+    grads = []
+    for ch in (6, 7):
+        x = lg[:, :ch].clone().requires_grad_(True)
+        L = landmark_losses(x, t, None, n, m)
+        L["total"].backward()
+        grads.append(x.grad[:, :6])
+        assert ("scale_nll" in L) == (ch == 7)
+    torch.testing.assert_close(grads[0], grads[1])
+    out = tmp_path / "lm7.pt"
+    rec = train_landmarks(out, steps=60, max_minutes=3, seed=1, batch=4, samples=16, base=4,
+                          data_cache=tmp_path / "cache", device="cpu", normal_scale=True,
+                          log=lambda msg: None)
+    h = np.array(rec["loss_history"])
+    assert h[-1, 6] < h[0, 6]                      # the scale's NLL drops
+    assert rec["normal_scale"] is True
+    net, _ = modelfile.load_model(out, kind="landmarks")
+    assert net.config["normal_scale"] is True
+    mesh, tm, cam, T, img, mask = frame
+    maps = li.predict_maps(net, img, mask, cam, flips=2)
+    assert maps.shape == (7, data.NET_H, data.NET_W)
+    assert np.exp(LOG_SCALE_RANGE[0]) - 1e-6 <= maps[6].min()
+    assert maps[6].max() <= np.exp(LOG_SCALE_RANGE[1]) + 1e-6
+    obs = li.observations(maps, mask, cam)
+    o7 = li.search_observations(maps, obs, cam)
+    np.testing.assert_allclose(o7.normal_w.numpy(),
+                               1.0 / np.maximum(maps[6], lalign.NORMAL_SCALE_MIN), rtol=1e-6)
+    assert li.search_observations(maps[:6], obs, cam).normal_w is None
+    assert li.search_observations(maps, obs, cam, w_normal=0.0).normal_w is None
+
+
 def _training_mesh_frame(seed):
     """A SYNTHETIC frame of the P2ILF (training) mesh with the P2ILF camera, its TRUE 2D
     maps and observations: ``(train mesh, camera, true pose, maps, observations,
@@ -594,7 +699,7 @@ def test_network_with_normals_gives_unit_normals_and_maps_are_checked(tmp_path, 
     assert maps.shape == (6, data.NET_H, data.NET_W)
     assert maps[:3].min() >= 0 and maps[:3].max() <= 1
     np.testing.assert_allclose(np.linalg.norm(maps[3:], axis=0), 1.0, atol=1e-4)
-    with pytest.raises(InputError, match=r"^maps: expected shape \(3, 96, 128\) or \(6"):
+    with pytest.raises(InputError, match=r"^maps: expected shape \(3, 96, 128\), \(6"):
         li.register_landmarks(mesh, cam, img, mask, maps=maps[:5])
 
 

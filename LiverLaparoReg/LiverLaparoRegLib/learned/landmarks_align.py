@@ -84,12 +84,25 @@ OCCLUDER_POINTS = 2000
 #: viewing ray exceeds this (0: exactly side-on; a margin for the grazing points of the
 #: outline)
 BACK_FACING_COS = 0.1
+#: with a normal map's uncertainty (Laplace scale b, radians, per pixel), each point's
+#: normal error is weighted by 1 / max(b, NORMAL_SCALE_MIN): 3 deg, below which the term
+#: (whose cap is 60 deg) cannot tell errors apart anyway
+NORMAL_SCALE_MIN = float(np.radians(3.0))
 #: visibility of the ridge points: z-buffer cell (network px) and depth tolerance (mm)
 OCCLUSION_CELL, OCCLUSION_TOL_MM = 4, 10.0
 #: optimiser steps between two nearest-point pairings
 PAIR_EVERY = 5
 #: how the first stage starts each grid rotation's translation (:func:`align_search`)
-TRANSLATION_STARTS = ("moment", "correlation", "both")
+TRANSLATION_STARTS = ("moment", "correlation", "both", "restarts")
+#: ``"restarts"``: after the moment start, the ``RESTART_ROTATIONS`` cheapest distinct
+#: rotations (``RESTART_MIN_DEG`` apart) have their translation optimised again from
+#: each of :func:`restart_translations`' starts: the image position of the centre moved
+#: by ``RESTART_SHIFT`` of the frame's width / height (3 x 3 grid) and, at the moment
+#: position, the depth times each of ``RESTART_DEPTHS``. For views cut by or filling the
+#: frame, where the moment start leaves the centre ~40 mm off in a local minimum
+#: (session-14 diagnosis, ``benchmarks/results/laparo_learned_notes.md``)
+RESTART_ROTATIONS, RESTART_MIN_DEG = 256, 10.0
+RESTART_SHIFT, RESTART_DEPTHS = 0.25, (0.7, 1.4)
 
 
 def check_translation_start(name: str) -> str:
@@ -102,10 +115,13 @@ def check_translation_start(name: str) -> str:
 
 class Observed2D:
     """The 2D side on the network grid (``H x W``): mask distance map, outline samples,
-    ridge distance map and samples, optional camera-frame normal map ``(3, H, W)``; ``K``
-    the network camera's ``3 x 3`` (pinhole)."""
+    ridge distance map and samples, optional camera-frame normal map ``(3, H, W)`` with
+    optional per-pixel uncertainty ``normal_scale (H, W)`` (Laplace scale of the angle
+    error, radians; the normal term weights each point by ``1 / max(b, NORMAL_SCALE_MIN)``);
+    ``K`` the network camera's ``3 x 3`` (pinhole)."""
 
-    def __init__(self, mask_net, outline_net, ridge_map, K, normal_map=None):
+    def __init__(self, mask_net, outline_net, ridge_map, K, normal_map=None,
+                 normal_scale=None):
         import cv2  # noqa: PLC0415
         import torch  # noqa: PLC0415
 
@@ -119,6 +135,10 @@ class Observed2D:
         self.mask_t = torch.as_tensor(self.mask, dtype=torch.float32)
         self.normals = (None if normal_map is None    # normalised where sampled
                         else torch.as_tensor(np.asarray(normal_map, np.float32)))
+        self.normal_w = None
+        if normal_scale is not None and normal_map is not None:
+            b = np.maximum(np.asarray(normal_scale, np.float32), NORMAL_SCALE_MIN)
+            self.normal_w = torch.as_tensor(1.0 / b, dtype=torch.float32)
         self.ridge = None
         if ridge_map is not None and int((np.asarray(ridge_map) > 0).sum()) >= 3:
             rm = np.asarray(ridge_map) > 0
@@ -327,7 +347,8 @@ def _occluders(R, t, mp: ModelPoints, Y, u, v, z, obs: Observed2D, cache=None) -
 
 
 def _normal_term(R, Y, u, v, z, N, obs: Observed2D, zb: ZBuffer, cache=None):
-    """Mean ``1 - cos`` ``(B,)`` (each point's capped at ``CAP_NORMAL``) between the turned
+    """Mean ``1 - cos`` ``(B,)`` (each point's capped at ``CAP_NORMAL``; weighted by the
+    network's confidence where ``obs`` has the normals' uncertainty) between the turned
     mesh normals and the predicted normal map at the visible surface points (front-facing,
     not behind the occluders' z-buffer ``zb``) inside the mask (``CAP_NORMAL`` where none
     is visible), as the mask's cells that show the outer side of the surface; the cells
@@ -352,7 +373,11 @@ def _normal_term(R, Y, u, v, z, N, obs: Observed2D, zb: ZBuffer, cache=None):
     cos = (Nc.transpose(1, 2) * pred).sum(1) / (pred * pred).sum(1).clamp(min=1e-12).sqrt()
     sf = seen.to(Y.dtype)
     n_seen = sf.sum(1)
-    err = ((1 - cos).clamp(max=CAP_NORMAL) * sf).sum(1) / n_seen.clamp(min=1)
+    if obs.normal_w is not None:    # a weighted mean, by the network's confidence
+        sw = sf * _sample_map(obs.normal_w, u, v)
+        err = ((1 - cos).clamp(max=CAP_NORMAL) * sw).sum(1) / sw.sum(1).clamp(min=1e-6)
+    else:
+        err = ((1 - cos).clamp(max=CAP_NORMAL) * sf).sum(1) / n_seen.clamp(min=1)
     err = torch.where(n_seen > 0, err, torch.full_like(err, CAP_NORMAL))
     return err if zb.back is None else (1 - zb.back) * err + zb.back * CAP_NORMAL
 
@@ -496,7 +521,61 @@ def coarse_stage(lm: MeshLandmarks, obs: Observed2D, Rs, chunk: int = 1024, w_ri
         Rb.append(r[0])
         tb.append(r[1])
         cb.append(r[2])
-    return torch.cat(Rb), torch.cat(tb), torch.cat(cb)
+    Rb, tb, cb = torch.cat(Rb), torch.cat(tb), torch.cat(cb)
+    if translation_start == "restarts":
+        tb, cb = _restart_stage(Rb, tb, cb, mc, obs, oc, rc, chunk, w_ridge, w_normal, cancel)
+    return Rb, tb, cb
+
+
+def restart_translations(t, H: int, W: int, K):
+    """The restart starts of translations ``t (B, 3)`` (camera-frame centre positions):
+    ``(B, S, 3)``, the image position shifted on a 3 x 3 grid (``RESTART_SHIFT`` of the
+    frame's width / height; the unshifted start left out) and, unshifted, the depth times
+    each of ``RESTART_DEPTHS`` (the image position kept)."""
+    import torch  # noqa: PLC0415
+
+    z = t[:, 2:3]
+    ab = t[:, :2] / z
+    d = torch.tensor([RESTART_SHIFT * W / float(K[0, 0]), RESTART_SHIFT * H / float(K[1, 1])])
+    out = []
+    for i in (-1, 0, 1):
+        for j in (-1, 0, 1):
+            if i or j:
+                out.append(torch.cat([(ab + d * torch.tensor([i, j])) * z, z], 1))
+    for s in RESTART_DEPTHS:
+        out.append(t * s)
+    return torch.stack(out, 1)
+
+
+def _restart_stage(Rb, tb, cb, mc, obs, oc, rc, chunk, w_ridge, w_normal, cancel):
+    """The ``"restarts"`` step of :func:`coarse_stage`: the cheapest distinct rotations'
+    translations optimised again from :func:`restart_translations`; each keeps the
+    cheaper of its first-stage result and its best restart. Returns ``(t, cost)``."""
+    import torch  # noqa: PLC0415
+
+    picks = distinct_hypotheses(Rb.numpy().astype(np.float64), np.arange(len(Rb)),
+                                -cb.numpy(), RESTART_ROTATIONS, RESTART_MIN_DEG)
+    idx = torch.as_tensor([int(i) for _, i, _ in picks], dtype=torch.long)
+    starts = restart_translations(tb[idx], obs.H, obs.W, obs.K)
+    S = starts.shape[1]
+    R = Rb[idx][:, None].expand(-1, S, -1, -1).reshape(-1, 3, 3)
+    starts = starts.reshape(-1, 3)
+    ts, cs = [], []
+    for s0 in range(0, len(R), chunk):
+        r = _optimise(R[s0:s0 + chunk], starts[s0:s0 + chunk], mc, obs, oc, rc, steps=30,
+                      rotate=False, lr_pos=0.01, lr_depth=0.04, lr_rot=0.0,
+                      w_ridge=w_ridge, w_normal=w_normal, cancel=cancel)
+        ts.append(r[1])
+        cs.append(r[2])
+    ts, cs = torch.cat(ts).reshape(len(idx), S, 3), torch.cat(cs).reshape(len(idx), S)
+    best = cs.argmin(1)
+    c_new = cs[torch.arange(len(idx)), best]
+    t_new = ts[torch.arange(len(idx)), best]
+    better = c_new < cb[idx]
+    tb, cb = tb.clone(), cb.clone()
+    tb[idx] = torch.where(better[:, None], t_new, tb[idx])
+    cb[idx] = torch.where(better, c_new, cb[idx])
+    return tb, cb
 
 
 def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS,
@@ -508,7 +587,9 @@ def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS
     costs (network px, lower is better), best first (module docstring).
     ``translation_start``: ``"moment"`` (the mask's moments), ``"correlation"``
     (:func:`.landmarks_search.correlation_translations`, about twice the time) or
-    ``"both"`` (each rotation's translation optimised from both, the cheaper kept)."""
+    ``"both"`` (each rotation's translation optimised from both, the cheaper kept) or
+    ``"restarts"`` (the moment start, then :data:`RESTART_ROTATIONS` cheap rotations
+    restarted from shifted translations, :func:`restart_translations`)."""
     import torch  # noqa: PLC0415
 
     check_translation_start(translation_start)

@@ -73,12 +73,15 @@ def check_flips(flips) -> int:
 def predict_maps(net, image, mask, camera, device=None, flips: int = 1) -> np.ndarray:
     """``(3, NET_H, NET_W)`` float32 probabilities (ridge, ligament, silhouette); a network
     with normal channels adds three: the unit camera-frame normal per pixel (``(6, NET_H,
-    NET_W)``). ``flips``: 1 = the frame as it is; 2 = averaged with the frame turned by
+    NET_W)``), and one with the normals' uncertainty channel a seventh, the Laplace scale
+    ``b`` (radians) of the normal's angle error (:func:`.landmarks_net.normal_scale`).
+    ``flips``: 1 = the frame as it is; 2 = averaged with the frame turned by
     180 deg (a camera roll); 4 = also both mirror images (the training flips frames
     left-right, so a mirrored liver is in its data); each view's maps are turned back
     (normals: x and / or y negated) before the mean."""
     import torch  # noqa: PLC0415
 
+    from .landmarks_net import normal_scale  # noqa: PLC0415
     from .shared import network_image, network_mask  # noqa: PLC0415
 
     check_flips(flips)
@@ -91,7 +94,7 @@ def predict_maps(net, image, mask, camera, device=None, flips: int = 1) -> np.nd
     mx = torch.stack([m.flip([d - 1 for d in a]) if a else m for a, _ in views]).to(dev)
     with torch.no_grad():
         lg = net(x, mx).cpu()
-    probs, normals = [], []
+    probs, normals, scales = [], [], []
     for k, (a, neg) in enumerate(views):
         o = lg[k].flip(a) if a else lg[k]
         probs.append(torch.sigmoid(o[:3]))
@@ -99,12 +102,16 @@ def predict_maps(net, image, mask, camera, device=None, flips: int = 1) -> np.nd
             sign = torch.ones(3, 1, 1)
             sign[list(neg)] = -1.0
             normals.append(torch.nn.functional.normalize(o[3:6], dim=0, eps=1e-6) * sign)
+        if o.shape[0] > 6:
+            scales.append(normal_scale(o[6:7]))
     out = torch.stack(probs).mean(0)
     if len(normals) == 1:             # one view: its unit normals as they are
         out = torch.cat([out, normals[0]])
     elif normals:
         out = torch.cat([out, torch.nn.functional.normalize(torch.stack(normals).mean(0),
                                                              dim=0, eps=1e-6)])
+    if scales:
+        out = torch.cat([out, torch.stack(scales).mean(0)])
     return out.numpy().astype(np.float32)
 
 
@@ -230,23 +237,27 @@ def hidden_region(obs2: Observed2D, camera) -> np.ndarray:
                       interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
-def observed_2d(obs: Dict, ridge_map, camera, normal_map=None) -> Observed2D:
+def observed_2d(obs: Dict, ridge_map, camera, normal_map=None, normal_scale=None) -> Observed2D:
     """The search's 2D side from :func:`observations`: mask, outline (network px), ridge
-    map and (optional) normal map on the network grid."""
+    map and (optional) normal map with (optional) its uncertainty on the network grid."""
     from . import data  # noqa: PLC0415
 
     return Observed2D(obs["mask_net"], data.full_to_net_px(obs["silhouette"], camera),
-                      ridge_map, data.net_camera(camera).K, normal_map=normal_map)
+                      ridge_map, data.net_camera(camera).K, normal_map=normal_map,
+                      normal_scale=normal_scale)
 
 
-def search_observations(maps: np.ndarray, obs: Dict, camera,
-                        w_normal: float = W_NORMAL) -> Observed2D:
+def search_observations(maps: np.ndarray, obs: Dict, camera, w_normal: float = W_NORMAL,
+                        normal_uncertainty: bool = True) -> Observed2D:
     """The search's 2D side from the maps (:func:`predict_maps` or :func:`true_maps`) and
     :func:`observations`: the ridge map (probability >= 0.5 inside the mask) and, with
-    normal channels and ``w_normal > 0``, the normal map."""
+    normal channels and ``w_normal > 0``, the normal map, with its uncertainty channel
+    (if the maps have one and ``normal_uncertainty``)."""
     ridge_map = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
-    normal_map = maps[3:6] if len(maps) == 6 and w_normal > 0 else None
-    return observed_2d(obs, ridge_map, camera, normal_map)
+    normal_map = maps[3:6] if len(maps) >= 6 and w_normal > 0 else None
+    scale = (maps[6] if len(maps) == 7 and normal_map is not None and normal_uncertainty
+             else None)
+    return observed_2d(obs, ridge_map, camera, normal_map, scale)
 
 
 # ----------------------------------------------------------------------------- register
@@ -255,8 +266,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                        nonrigid: bool = False, ground_truth=None, structures=None,
                        view_axis=VIEW_AXIS, cone_deg: float = VIEW_CONE_DEG,
                        w_ridge: Optional[float] = None, w_normal: Optional[float] = None,
-                       flips: int = 1, translation_start: str = "moment", progress=None,
-                       cancel=None):
+                       flips: int = 1, translation_start: str = "moment",
+                       normal_uncertainty: bool = True, progress=None, cancel=None):
     """Learned registration with the landmark model (module docstring). ``model``: model
     file (None = bundled landmarks model); ``net``: a loaded network; ``maps``: given
     ``(3, NET_H, NET_W)`` landmark probabilities instead of the network (tests);
@@ -269,7 +280,9 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     lie within ``cone_deg`` of ``view_axis`` (None: the whole sphere), recorded in the
     result's ``metrics["learned"]``; ``flips``: the network's maps averaged over the frame
     and its turned / mirrored copies (:func:`predict_maps`); ``translation_start``: how the
-    search starts each rotation's translation (:func:`.landmarks_align.align_search`)."""
+    search starts each rotation's translation (:func:`.landmarks_align.align_search`);
+    ``normal_uncertainty``: a network (or given maps) with the normals' uncertainty channel
+    weights the normal term by it (False: the plain mean, an ablation)."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -290,9 +303,10 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     if maps is not None:
         from . import data  # noqa: PLC0415
         maps = np.asarray(maps, np.float32)
-        if maps.shape not in ((3, data.NET_H, data.NET_W), (6, data.NET_H, data.NET_W)):
-            raise InputError(f"maps: expected shape (3, {data.NET_H}, {data.NET_W}) or (6, "
-                             f"{data.NET_H}, {data.NET_W}) (with normals), got {maps.shape}")
+        if maps.shape not in tuple((c, data.NET_H, data.NET_W) for c in (3, 6, 7)):
+            raise InputError(f"maps: expected shape (3, {data.NET_H}, {data.NET_W}), (6, "
+                             f"{data.NET_H}, {data.NET_W}) (with normals) or (7, ...) (and "
+                             f"their uncertainty), got {maps.shape}")
     given_maps = maps
     view_axis = check_view_axis(view_axis)
     check_translation_start(translation_start)
@@ -319,7 +333,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     t1 = time.perf_counter()
     lm = MeshLandmarks(mesh)
     w_normal = W_NORMAL if w_normal is None else float(w_normal)
-    obs2 = search_observations(maps, obs, camera, w_normal)
+    obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty)
     if w_ridge is None:
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
     if w_ridge <= 0:                 # silhouette alone: no ridge in the ICP either
@@ -400,6 +414,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "network_flips": int(flips) if given_maps is None else 0,
              "translation_start": translation_start,
              "normal_weight": w_normal if obs2.normals is not None else 0.0,
+             "normal_uncertainty": obs2.normal_w is not None,
              "view_axis": ("any" if view_axis is None
                            else [round(float(x), 4) for x in view_axis]),
              "view_cone_deg": None if view_axis is None else float(cone_deg)}

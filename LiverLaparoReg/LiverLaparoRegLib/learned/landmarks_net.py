@@ -21,6 +21,14 @@ Loss (:func:`landmark_losses`): per class a binary cross-entropy with a positive
 predicted and true normals in radians (``normal_loss="angle"``, the default since the
 bundled v4: its gradient does not fade as the error gets small, as that of ``1 - cos ~
 angle^2 / 2`` does) or ``1 - cos`` (``"cos"``, v3).
+
+With ``normal_scale=True`` a seventh channel gives, per pixel, the network's own
+uncertainty of its normal: ``s = log b``, ``b`` the scale (radians) of a Laplace
+distribution of the angle error (a Laplace negative log-likelihood: the uncertainty head
+of the Land-Reg paper's Eq. 1 with the L1 error of the angle). It is trained on the
+DETACHED error (``theta / b + log b`` with ``theta`` held fixed), so the normal channels
+get the same gradient as without it and the scale only says where they are unreliable;
+the pose search weights each point's normal error by ``1 / b`` (:mod:`.landmarks_align`).
 """
 
 from __future__ import annotations
@@ -33,6 +41,15 @@ POS_WEIGHT = (4.0, 8.0, 6.0)
 W_NORMAL = 2.0
 #: normal error measures of :func:`landmark_losses`
 NORMAL_LOSSES = ("cos", "angle")
+#: clamp of the scale channel ``s = log b`` (b in radians: 0.4 deg to 156 deg; an
+#: untrained head starts near s = 0, inside the range, so its gradient is not clamped away)
+LOG_SCALE_RANGE = (-5.0, 1.0)
+
+
+def normal_scale(s):
+    """The Laplace scale ``b`` (radians) of the network's scale channel ``s`` (clamped to
+    :data:`LOG_SCALE_RANGE`)."""
+    return s.clamp(*LOG_SCALE_RANGE).exp()
 
 
 def _block(cin, cout):
@@ -44,10 +61,13 @@ def _block(cin, cout):
                          nn.ReLU(inplace=True))
 
 
-def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: bool = False):
+def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: bool = False,
+                normal_scale: bool = False):
     """The U-Net (a factory so that torch is imported lazily). ``config`` holds the
     constructor arguments (written to the model file); ``normals`` adds the three
-    normal channels."""
+    normal channels, ``normal_scale`` (with ``normals``) their uncertainty channel."""
+    if normal_scale and not normals:
+        raise ValueError("normal scale: a network without normals has none")
     import torch  # noqa: PLC0415
     import torch.nn as nn  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
@@ -57,6 +77,8 @@ def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: 
             super().__init__()
             self.config = {"base": int(base), "in_channels": int(in_channels),
                            "levels": int(levels), "normals": bool(normals)}
+            if normal_scale:        # only when used: the bundled v5's config has no key
+                self.config["normal_scale"] = True
             ch = [base * 2 ** k for k in range(levels)]
             self.enc = nn.ModuleList()
             c = in_channels + 2                      # + CoordConv x, y
@@ -67,12 +89,14 @@ def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: 
             for k in range(levels - 2, -1, -1):
                 self.dec.append(_block(ch[k + 1] + ch[k], ch[k]))
                 # output channels of each decoder stage = ch[k]
-            self.head = nn.Conv2d(ch[0], len(LANDMARKS) + (3 if normals else 0), 1)
+            self.head = nn.Conv2d(ch[0], len(LANDMARKS) + (3 if normals else 0)
+                                  + (1 if normal_scale else 0), 1)
 
         def forward(self, image, mask):
             """``image (B, 3, H, W)`` in [0, 1], ``mask (B, H, W)`` -> logits
             ``(B, 3, H, W)`` (with ``normals``: ``(B, 6, H, W)``, channels 3-5 the
-            unnormalised normal)."""
+            unnormalised normal; with ``normal_scale``: ``(B, 7, H, W)``, channel 6 the
+            log scale ``s``)."""
             B, _, H, W = image.shape
             yy = torch.linspace(-1, 1, H, device=image.device).view(1, 1, H, 1).expand(B, 1, H, W)
             xx = torch.linspace(-1, 1, W, device=image.device).view(1, 1, 1, W).expand(B, 1, H, W)
@@ -98,7 +122,9 @@ def landmark_losses(logits, target, valid=None, normals=None, mask=None,
     where a sample has no ground truth for a channel (e.g. no ligament on the mesh).
     With 6 logit channels, ``normals (B, 3, H, W)`` (true unit normals) and ``mask (B, H,
     W)`` (where they count) add ``normal_weight`` times the normal term (``normal_loss``:
-    "cos" or "angle", module docstring). Returns a dict with ``total``,
+    "cos" or "angle", module docstring); a seventh channel (the log scale) adds, with
+    weight 1, the Laplace negative log-likelihood of the detached angle error, mean over
+    the mask (logged as ``scale_nll``). Returns a dict with ``total``,
     per-channel ``bce`` and ``dice`` and ``f1`` (hard, threshold 0.5) and, with normals,
     ``normal_deg`` (median angular error over the mask) for logging."""
     import torch  # noqa: PLC0415
@@ -112,11 +138,18 @@ def landmark_losses(logits, target, valid=None, normals=None, mask=None,
                              "normals and the mask for its loss")
         if normal_loss not in NORMAL_LOSSES:
             raise ValueError(f"normal loss: one of {NORMAL_LOSSES}, got {normal_loss!r}")
-        cos = (F.normalize(logits[:, len(LANDMARKS):], dim=1, eps=1e-6) * normals).sum(1)
+        k = len(LANDMARKS)
+        cos = (F.normalize(logits[:, k:k + 3], dim=1, eps=1e-6) * normals).sum(1)
         m = mask.to(cos.dtype)
         err = (1 - cos if normal_loss == "cos"
                else torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)))
-        n_term = (err * m).sum() / m.sum().clamp(min=1)
+        n_term = normal_weight * (err * m).sum() / m.sum().clamp(min=1)
+        if logits.shape[1] > k + 3:          # the scale: Laplace NLL of the fixed error
+            s = logits[:, k + 3].clamp(*LOG_SCALE_RANGE)
+            theta = torch.acos(cos.detach().clamp(-1 + 1e-6, 1 - 1e-6))
+            nll = ((theta * torch.exp(-s) + s) * m).sum() / m.sum().clamp(min=1)
+            n_term = n_term + nll
+            extra["scale_nll"] = nll.detach()
         with torch.no_grad():
             sel = cos[m > 0]
             extra["normal_deg"] = (torch.rad2deg(torch.acos(sel.clamp(-1, 1))).median()
@@ -138,5 +171,5 @@ def landmark_losses(logits, target, valid=None, normals=None, mask=None,
         hard = (p > 0.5).float()
         tp = (hard * target).sum((0, 2, 3))
         f1 = 2 * tp / (hard.sum((0, 2, 3)) + target.sum((0, 2, 3))).clamp(min=1)
-    return {"total": bce_c.sum() + 0.5 * dice_c.sum() + normal_weight * n_term,
+    return {"total": bce_c.sum() + 0.5 * dice_c.sum() + n_term,
             "bce": bce_c.detach(), "dice": dice_c.detach(), "f1": f1, **extra}

@@ -156,7 +156,8 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                     device: str = "auto", base: int = 12, levels: int = 4,
                     checkpoint_minutes: float = 5.0,
                     normal_loss: str = "angle", normal_weight: Optional[float] = None,
-                    warp_mm: Optional[float] = None, command: str = "", log=print) -> dict:
+                    warp_mm: Optional[float] = None, normal_scale: bool = False,
+                    command: str = "", log=print) -> dict:
     """Train a landmark model and write it to ``out`` (see the module docstring).
     Returns the training record (loss history included)."""
     import torch  # noqa: PLC0415
@@ -192,7 +193,8 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     cache = Path(data_cache) if data_cache else out.with_name(out.name + ".data")
     tms = training_meshes(meshes)
     mesh_desc = ", ".join(t.name for t in tms)
-    model = LandmarkNet(base=base, levels=levels, normals=True).to(dev)
+    model = LandmarkNet(base=base, levels=levels, normals=True,
+                        normal_scale=normal_scale).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, history, wall_before = 0, [], 0.0
     if resume:
@@ -243,7 +245,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                   "command": command, "seed": seed, "steps": step, "batch": batch * world,
                   "lr": lr, "samples": pool.size() * world, "meshes": mesh_desc,
                   "normal_loss": normal_loss, "normal_weight": normal_weight,
-                  "warp_mm": warp_mm,
+                  "warp_mm": warp_mm, "normal_scale": bool(model.config.get("normal_scale")),
                   "device": str(dev), "world_size": world,
                   "loss_history": history, "wall_s": wall_before + time.time() - t_start,
                   "render_s": render_s, "finished": final}
@@ -277,13 +279,16 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         opt.step()
         step += 1
         run.append([L["total"].item()] + L["f1"].tolist()
-                   + [float(L.get("normal_deg", float("nan")))])
+                   + [float(L.get("normal_deg", float("nan"))),
+                      float(L.get("scale_nll", float("nan")))])
         if step % 20 == 0:
             m = np.mean(run, 0).tolist()
             history.append([step] + [round(x, 5) for x in m])
             run = []
             log(f"step {step}: loss {m[0]:.4f} F1 ridge {m[1]:.3f} ligament {m[2]:.3f} "
-                f"silhouette {m[3]:.3f} normal {m[4]:.1f} deg (frames {pool.size()}, "
+                f"silhouette {m[3]:.3f} normal {m[4]:.1f} deg"
+                + ("" if np.isnan(m[5]) else f" scale NLL {m[5]:.3f}")
+                + f" (frames {pool.size()}, "
                 f"{time.time() - t_start:.0f} s)")
         if time.time() - last_ck > 60.0 * checkpoint_minutes:
             write(False)

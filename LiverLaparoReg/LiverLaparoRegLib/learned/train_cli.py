@@ -73,6 +73,8 @@ def _landmarks_command(args) -> str:
         parts.append(f"--lr {args.lr:g}")
     if args.warp_mm is not None:
         parts.append(f"--warp-mm {args.warp_mm:g}")
+    if args.normal_scale:
+        parts.append("--normal-scale")
     if args.meshes:
         parts.append("--meshes " + " ".join(str(m) for m in args.meshes))
     if args.data_cache:
@@ -102,7 +104,8 @@ def _run_train_landmarks(args) -> int:
                           resume=args.resume, device=args.device, base=args.base,
                           levels=args.levels, checkpoint_minutes=args.checkpoint_minutes,
                           normal_loss=args.normal_loss, normal_weight=args.normal_weight,
-                          warp_mm=args.warp_mm, command=_landmarks_command(args), log=log)
+                          warp_mm=args.warp_mm, normal_scale=args.normal_scale,
+                          command=_landmarks_command(args), log=log)
     h = rec["loss_history"]
     print(json.dumps({"out": str(args.out), "kind": "landmarks", "steps": rec["steps"],
                       "wall_s": round(rec["wall_s"], 1),
@@ -137,6 +140,10 @@ def add_train_parser(sub) -> None:
     t.add_argument("--warp-mm", type=float, default=None,
                    help="landmarks: largest amplitude (mm) of the random smooth warp of the "
                         "training shapes (default 8, the bundled v5; more = more shapes)")
+    t.add_argument("--normal-scale", action="store_true",
+                   help="landmarks: add the normal map's uncertainty channel (a Laplace "
+                        "scale per pixel, trained on the detached angle error; the pose "
+                        "search weights the normals by it)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
