@@ -93,16 +93,7 @@ OCCLUSION_CELL, OCCLUSION_TOL_MM = 4, 10.0
 #: optimiser steps between two nearest-point pairings
 PAIR_EVERY = 5
 #: how the first stage starts each grid rotation's translation (:func:`align_search`)
-TRANSLATION_STARTS = ("moment", "correlation", "both", "restarts")
-#: ``"restarts"``: after the moment start, the ``RESTART_ROTATIONS`` cheapest distinct
-#: rotations (``RESTART_MIN_DEG`` apart) have their translation optimised again from
-#: each of :func:`restart_translations`' starts: the image position of the centre moved
-#: by ``RESTART_SHIFT`` of the frame's width / height (3 x 3 grid) and, at the moment
-#: position, the depth times each of ``RESTART_DEPTHS``. For views cut by or filling the
-#: frame, where the moment start leaves the centre ~40 mm off in a local minimum
-#: (session-14 diagnosis, ``benchmarks/results/laparo_learned_notes.md``)
-RESTART_ROTATIONS, RESTART_MIN_DEG = 256, 10.0
-RESTART_SHIFT, RESTART_DEPTHS = 0.25, (0.7, 1.4)
+TRANSLATION_STARTS = ("moment", "correlation", "both")
 
 
 def check_translation_start(name: str) -> str:
@@ -521,61 +512,7 @@ def coarse_stage(lm: MeshLandmarks, obs: Observed2D, Rs, chunk: int = 1024, w_ri
         Rb.append(r[0])
         tb.append(r[1])
         cb.append(r[2])
-    Rb, tb, cb = torch.cat(Rb), torch.cat(tb), torch.cat(cb)
-    if translation_start == "restarts":
-        tb, cb = _restart_stage(Rb, tb, cb, mc, obs, oc, rc, chunk, w_ridge, w_normal, cancel)
-    return Rb, tb, cb
-
-
-def restart_translations(t, H: int, W: int, K):
-    """The restart starts of translations ``t (B, 3)`` (camera-frame centre positions):
-    ``(B, S, 3)``, the image position shifted on a 3 x 3 grid (``RESTART_SHIFT`` of the
-    frame's width / height; the unshifted start left out) and, unshifted, the depth times
-    each of ``RESTART_DEPTHS`` (the image position kept)."""
-    import torch  # noqa: PLC0415
-
-    z = t[:, 2:3]
-    ab = t[:, :2] / z
-    d = torch.tensor([RESTART_SHIFT * W / float(K[0, 0]), RESTART_SHIFT * H / float(K[1, 1])])
-    out = []
-    for i in (-1, 0, 1):
-        for j in (-1, 0, 1):
-            if i or j:
-                out.append(torch.cat([(ab + d * torch.tensor([i, j])) * z, z], 1))
-    for s in RESTART_DEPTHS:
-        out.append(t * s)
-    return torch.stack(out, 1)
-
-
-def _restart_stage(Rb, tb, cb, mc, obs, oc, rc, chunk, w_ridge, w_normal, cancel):
-    """The ``"restarts"`` step of :func:`coarse_stage`: the cheapest distinct rotations'
-    translations optimised again from :func:`restart_translations`; each keeps the
-    cheaper of its first-stage result and its best restart. Returns ``(t, cost)``."""
-    import torch  # noqa: PLC0415
-
-    picks = distinct_hypotheses(Rb.numpy().astype(np.float64), np.arange(len(Rb)),
-                                -cb.numpy(), RESTART_ROTATIONS, RESTART_MIN_DEG)
-    idx = torch.as_tensor([int(i) for _, i, _ in picks], dtype=torch.long)
-    starts = restart_translations(tb[idx], obs.H, obs.W, obs.K)
-    S = starts.shape[1]
-    R = Rb[idx][:, None].expand(-1, S, -1, -1).reshape(-1, 3, 3)
-    starts = starts.reshape(-1, 3)
-    ts, cs = [], []
-    for s0 in range(0, len(R), chunk):
-        r = _optimise(R[s0:s0 + chunk], starts[s0:s0 + chunk], mc, obs, oc, rc, steps=30,
-                      rotate=False, lr_pos=0.01, lr_depth=0.04, lr_rot=0.0,
-                      w_ridge=w_ridge, w_normal=w_normal, cancel=cancel)
-        ts.append(r[1])
-        cs.append(r[2])
-    ts, cs = torch.cat(ts).reshape(len(idx), S, 3), torch.cat(cs).reshape(len(idx), S)
-    best = cs.argmin(1)
-    c_new = cs[torch.arange(len(idx)), best]
-    t_new = ts[torch.arange(len(idx)), best]
-    better = c_new < cb[idx]
-    tb, cb = tb.clone(), cb.clone()
-    tb[idx] = torch.where(better[:, None], t_new, tb[idx])
-    cb[idx] = torch.where(better, c_new, cb[idx])
-    return tb, cb
+    return torch.cat(Rb), torch.cat(tb), torch.cat(cb)
 
 
 def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS,
@@ -587,9 +524,7 @@ def align_search(lm: MeshLandmarks, camera, obs: Observed2D, view_axis=VIEW_AXIS
     costs (network px, lower is better), best first (module docstring).
     ``translation_start``: ``"moment"`` (the mask's moments), ``"correlation"``
     (:func:`.landmarks_search.correlation_translations`, about twice the time) or
-    ``"both"`` (each rotation's translation optimised from both, the cheaper kept) or
-    ``"restarts"`` (the moment start, then :data:`RESTART_ROTATIONS` cheap rotations
-    restarted from shifted translations, :func:`restart_translations`)."""
+    ``"both"`` (each rotation's translation optimised from both, the cheaper kept)."""
     import torch  # noqa: PLC0415
 
     check_translation_start(translation_start)

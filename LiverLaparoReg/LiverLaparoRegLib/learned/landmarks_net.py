@@ -26,9 +26,10 @@ With ``normal_scale=True`` a seventh channel gives, per pixel, the network's own
 uncertainty of its normal: ``s = log b``, ``b`` the scale (radians) of a Laplace
 distribution of the angle error (a Laplace negative log-likelihood: the uncertainty head
 of the Land-Reg paper's Eq. 1 with the L1 error of the angle). It is trained on the
-DETACHED error (``theta / b + log b`` with ``theta`` held fixed), so the normal channels
-get the same gradient as without it and the scale only says where they are unreliable;
-the pose search weights each point's normal error by ``1 / b`` (:mod:`.landmarks_align`).
+DETACHED error (``theta / b + log b`` with ``theta`` held fixed), so the normals are never
+made worse to fit a scale: the normal channels get the same gradient as without it (the
+shared layers also learn from the scale's loss). The pose search weights each point's
+normal error by ``1 / b`` (:mod:`.landmarks_align`).
 """
 
 from __future__ import annotations

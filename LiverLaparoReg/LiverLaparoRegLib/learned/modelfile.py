@@ -127,6 +127,8 @@ def bundle_model(src, metrics: dict, name: str = BUNDLED_STAGE1, dest_dir=None,
               "silhouette probabilities"
               + (") and camera-frame surface normal map" if data["config"].get("normals")
                  else ")")
+              + (" with its per-pixel uncertainty" if data["config"].get("normal_scale")
+                 else "")
               + " of a laparoscopic frame + liver mask; the 3D side (mesh ridges, occluding "
               "contour" + (", mesh normals" if data["config"].get("normals") else "")
               + ") is geometric"),
