@@ -27,7 +27,8 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
 
     python benchmarks/laparo_learned_dev.py [--model M.pt] [--shape twisted] \\
         [--seeds 5 6] [--frames 6] [--flips 1] [--translation-start moment] \\
-        [--maps-only] [--true-maps] [--ignore-normal-scale] [--tag NAME] [--out DIR]
+        [--maps-only] [--true-maps [--no-normals]] [--ignore-normal-scale] [--tag NAME] \\
+        [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
@@ -176,6 +177,8 @@ def main():
     ap.add_argument("--true-maps", action="store_true",
                     help="feed the TRUE 2D maps and normal map (the oracle of the geometric "
                          "steps) instead of the network's")
+    ap.add_argument("--no-normals", action="store_true",
+                    help="with --true-maps: the TRUE 2D maps without the normal map")
     ap.add_argument("--ignore-normal-scale", action="store_true",
                     help="a model with the normals' uncertainty channel: do not weight the "
                          "normal term by it (ablation)")
@@ -185,6 +188,8 @@ def main():
     ap.add_argument("--md", default=str(ROOT / "benchmarks" / "results" / "laparo_learned_dev.md"))
     ap.add_argument("--title", default="Learned landmark registration: development frames")
     a = ap.parse_args()
+    if a.no_normals and not a.true_maps:
+        ap.error("--no-normals: only with --true-maps")
     if a.table:
         table(a.table, Path(a.md), a.title)
         return
@@ -222,8 +227,8 @@ def main():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 continue
-            given = ({"maps": true_n} if a.true_maps      # the oracle: the geometric steps
-                     else {"net": net, "flips": a.flips})
+            given = ({"maps": true_n[:3] if a.no_normals else true_n} if a.true_maps
+                     else {"net": net, "flips": a.flips})   # TRUE maps: the oracle
             try:
                 r = li.register_landmarks(mesh, cam, img, mask,
                                           translation_start=a.translation_start,
@@ -255,7 +260,8 @@ def main():
             "median_rot_deg": round(float(np.median(rot)), 2),
             "wrong_called_ok": int(sum(x > 20 and r.get("quality") == "ok"
                                        for x, r in zip(rot, rows)))})
-    meta = {"model": "TRUE maps" if a.true_maps else (a.model or "bundled"),
+    meta = {"model": ("TRUE maps" + (", no normals" if a.no_normals else "")) if a.true_maps
+            else (a.model or "bundled"),
             "model_command": rec.get("command"), "tag": a.tag,
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
             "translation_start": a.translation_start,
