@@ -11,7 +11,9 @@ run still trains most of the time.
 
 Loss: :func:`.landmarks_net.landmark_losses`, the normal term measured by
 ``--normal-loss`` (``cos``: ``1 - cos``; ``angle``: the angle in radians) times
-``--normal-weight``.
+``--normal-weight``; ``--normal-scale`` adds the normal map's uncertainty channel and its
+Laplace NLL (:mod:`.landmarks_net`; measured in session 15 and not bundled: the search
+was not better with it, ``benchmarks/results/laparo_learned_notes.md``).
 
 Network: :func:`.landmarks_net.LandmarkNet` with ``--base`` channels at the first of
 ``--levels`` resolutions (4 by default, as the bundled v5). A fifth level (6 x 8 cells)
