@@ -88,14 +88,11 @@ def smooth_mesh(tm):
     import scipy.sparse as sp
 
     from LiverLaparoRegLib.learned import data
-    from LiverLaparoRegLib.mesh import MeshData
+    from LiverLaparoRegLib.mesh import MeshData, edge_graph
 
     v = np.asarray(tm.vertices, float)
     f = np.asarray(tm.faces, np.int64)
-    i = np.concatenate([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
-    j = np.concatenate([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
-    A = sp.csr_matrix((np.ones(len(i)), (i, j)), shape=(len(v), len(v)))
-    A.data[:] = 1.0
+    A = (edge_graph(v, f) > 0).astype(float)          # neighbours, uniform weights
     A = sp.diags(1.0 / np.maximum(np.asarray(A.sum(1)).ravel(), 1)) @ A
     lam, mu, n = SMOOTH
     for _ in range(n):

@@ -1,4 +1,4 @@
-"""Triangle meshes as arrays: reading, writing, validation.
+"""Triangle meshes as arrays: reading, writing, validation, the edge graph.
 
 A :class:`MeshData` holds ``vertices (V, 3)`` in the *model* frame (millimetres, the
 coordinates exactly as stored in the file, no LPS/RAS flip) and ``faces (F, 3)`` vertex
@@ -56,6 +56,22 @@ def validate_mesh(mesh: MeshData, name: str = "mesh", min_extent_mm: float = 1.0
         raise GeometryError(f"{name}: degenerate scale, bounding box extent {extent:.4g} mm is "
                             f"outside [{min_extent_mm}, {max_extent_mm}] mm")
     return mesh
+
+
+def edge_graph(vertices, faces):
+    """The mesh's edges as a symmetric sparse ``(V, V)`` matrix of edge lengths (each
+    undirected edge once, whichever number of faces share it): for shortest paths along
+    the surface and for neighbour averages (its non-zero pattern)."""
+    from scipy.sparse import coo_matrix  # noqa: PLC0415
+
+    v = np.asarray(vertices, float)
+    f = np.asarray(faces, np.int64)
+    e = np.unique(np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), 1),
+                  axis=0)
+    w = np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1)
+    n = len(v)
+    return coo_matrix((np.r_[w, w], (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])),
+                      shape=(n, n)).tocsr()
 
 
 def mesh_to_polydata(mesh: MeshData):

@@ -451,18 +451,15 @@ def geodesic_vertex_path(vertices: np.ndarray, faces: np.ndarray,
     """Vertex indices of the mesh-edge path through the ``listed`` vertices in order,
     consecutive listed vertices joined by their shortest edge path (Dijkstra on edge
     lengths). Unconnected pairs are joined directly."""
-    from scipy.sparse import coo_matrix  # noqa: PLC0415
     from scipy.sparse.csgraph import dijkstra  # noqa: PLC0415
+
+    from .mesh import edge_graph  # noqa: PLC0415
 
     listed = np.asarray(listed, dtype=np.int64)
     if len(listed) < 2:
         return listed.copy()
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    w = np.linalg.norm(vertices[e[:, 0]] - vertices[e[:, 1]], axis=1)
-    n = vertices.shape[0]
-    g = coo_matrix((np.r_[w, w], (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])),
-                   shape=(n, n)).tocsr()
-    _, pred = dijkstra(g, indices=listed[:-1], return_predecessors=True)
+    _, pred = dijkstra(edge_graph(vertices, faces), indices=listed[:-1],
+                       return_predecessors=True)
     out = [int(listed[0])]
     for k, (a, b) in enumerate(zip(listed[:-1], listed[1:])):
         seg = [int(b)]

@@ -48,15 +48,11 @@ def farthest_point_indices(points: np.ndarray, k: int, start: int = 0) -> np.nda
 
 def mesh_edge_path(vertices: np.ndarray, faces: np.ndarray, a: int, b: int) -> np.ndarray:
     """Vertex indices of the shortest path (Dijkstra on edge lengths) from ``a`` to ``b``."""
-    from scipy.sparse import coo_matrix  # noqa: PLC0415
     from scipy.sparse.csgraph import dijkstra  # noqa: PLC0415
 
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    w = np.linalg.norm(vertices[e[:, 0]] - vertices[e[:, 1]], axis=1)
-    n = vertices.shape[0]
-    g = coo_matrix((np.r_[w, w], (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])),
-                   shape=(n, n)).tocsr()
-    _, pred = dijkstra(g, indices=a, return_predecessors=True)
+    from .mesh import edge_graph  # noqa: PLC0415
+
+    _, pred = dijkstra(edge_graph(vertices, faces), indices=a, return_predecessors=True)
     path = [b]
     while path[-1] != a:
         prev = pred[path[-1]]

@@ -42,6 +42,18 @@ def test_geodesic_vertex_path_follows_mesh_edges_with_shortest_length(p2ilf_mesh
     assert length == pytest.approx(expected, rel=1e-9)
 
 
+def test_edge_graph_holds_each_edge_once_with_its_length():
+    """Two triangles sharing an edge (an open mesh): 5 undirected edges, symmetric, each
+    valued by its own length; the shared edge is not counted twice."""
+    from LiverLaparoRegLib.mesh import edge_graph  # noqa: PLC0415
+
+    v = np.array([[0.0, 0, 0], [3, 0, 0], [0, 4, 0], [3, 4, 0]])
+    g = edge_graph(v, np.array([[0, 1, 2], [1, 3, 2]])).toarray()
+    assert np.count_nonzero(g) == 10 and np.array_equal(g, g.T)
+    assert g[1, 2] == pytest.approx(5.0) and g[0, 1] == pytest.approx(3.0)
+    assert g[0, 3] == 0.0
+
+
 def test_subcurve_search_recovers_pose_from_partial_2d_curves(p2ilf_mesh):
     cam = PinholeCamera(fx=800.0, fy=800.0, cx=319.5, cy=239.5, width=640, height=480)
     T = np.eye(4)

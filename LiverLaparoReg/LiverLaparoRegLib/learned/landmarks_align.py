@@ -364,11 +364,8 @@ def _normal_term(R, Y, u, v, z, N, obs: Observed2D, zb: ZBuffer, cache=None):
     cos = (Nc.transpose(1, 2) * pred).sum(1) / (pred * pred).sum(1).clamp(min=1e-12).sqrt()
     sf = seen.to(Y.dtype)
     n_seen = sf.sum(1)
-    if obs.normal_w is not None:    # a weighted mean, by the network's confidence
-        sw = sf * _sample_map(obs.normal_w, u, v)
-        err = ((1 - cos).clamp(max=CAP_NORMAL) * sw).sum(1) / sw.sum(1).clamp(min=1e-6)
-    else:
-        err = ((1 - cos).clamp(max=CAP_NORMAL) * sf).sum(1) / n_seen.clamp(min=1)
+    w = sf if obs.normal_w is None else sf * _sample_map(obs.normal_w, u, v)  # confidence
+    err = ((1 - cos).clamp(max=CAP_NORMAL) * w).sum(1) / w.sum(1).clamp(min=1e-6)
     err = torch.where(n_seen > 0, err, torch.full_like(err, CAP_NORMAL))
     return err if zb.back is None else (1 - zb.back) * err + zb.back * CAP_NORMAL
 

@@ -255,8 +255,7 @@ def search_observations(maps: np.ndarray, obs: Dict, camera, w_normal: float = W
     (if the maps have one and ``normal_uncertainty``)."""
     ridge_map = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
     normal_map = maps[3:6] if len(maps) >= 6 and w_normal > 0 else None
-    scale = (maps[6] if len(maps) == 7 and normal_map is not None and normal_uncertainty
-             else None)
+    scale = maps[6] if len(maps) == 7 and normal_uncertainty else None  # used with normals
     return observed_2d(obs, ridge_map, camera, normal_map, scale)
 
 

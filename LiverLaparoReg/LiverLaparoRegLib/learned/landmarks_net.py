@@ -146,9 +146,9 @@ def landmark_losses(logits, target, valid=None, normals=None, mask=None,
                else torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)))
         n_term = normal_weight * (err * m).sum() / m.sum().clamp(min=1)
         if logits.shape[1] > k + 3:          # the scale: Laplace NLL of the fixed error
-            s = logits[:, k + 3].clamp(*LOG_SCALE_RANGE)
+            b = normal_scale(logits[:, k + 3])
             theta = torch.acos(cos.detach().clamp(-1 + 1e-6, 1 - 1e-6))
-            nll = ((theta * torch.exp(-s) + s) * m).sum() / m.sum().clamp(min=1)
+            nll = ((theta / b + torch.log(b)) * m).sum() / m.sum().clamp(min=1)
             n_term = n_term + nll
             extra["scale_nll"] = nll.detach()
         with torch.no_grad():
