@@ -102,6 +102,39 @@ def smooth_mesh(tm):
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
 
+#: the ``turned`` shape: the angle (deg) between the view axis and the longest principal
+#: axis of the shape, as it is seen in the frames (training mesh: 59 deg)
+TURN_TO_LONG_AXIS_DEG = 30.0
+
+
+def turned_mesh(tm):
+    """The ``turned`` development shape: the training mesh ``tm`` rigidly rotated about
+    its centroid so that the frames, drawn around the view axis of ``tm`` (kept), see it
+    along a direction :data:`TURN_TO_LONG_AXIS_DEG` from its longest principal axis
+    instead of 59 deg: the training mesh from a side the training frames rarely show (the
+    held-out liver's view axis is 28 deg from its own longest axis). The shape is the
+    training mesh's; only the side in view and the silhouettes differ. ``(MeshData,
+    TrainMesh)``."""
+    from LiverLaparoRegLib.learned import data
+    from LiverLaparoRegLib.mesh import MeshData
+
+    v = np.asarray(tm.vertices, float)
+    R, c = data.canonical_frame(v)
+    w0 = np.asarray(tm.view_axis, float) / np.linalg.norm(tm.view_axis)
+    e1 = R[0] if R[0] @ w0 >= 0 else -R[0]
+    u = w0 - (w0 @ e1) * e1                            # the plane of e1 and w0
+    u /= np.linalg.norm(u)
+    t = np.radians(TURN_TO_LONG_AXIS_DEG)
+    a_new = np.cos(t) * e1 + np.sin(t) * u             # the direction to be seen
+    k = np.cross(a_new, w0)                            # rotate a_new onto w0
+    ang = np.arctan2(np.linalg.norm(k), a_new @ w0)
+    k /= np.linalg.norm(k)
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    Rt = np.eye(3) + np.sin(ang) * K + (1 - np.cos(ang)) * K @ K
+    mesh = MeshData((v - c) @ Rt.T + c, np.asarray(tm.faces), name="p2ilf_turned_dev")
+    return mesh, data.train_mesh(mesh, view_axis=w0)
+
+
 def shape_and_cameras(shape: str):
     """``(mesh, train mesh, camera_of)`` of the frames of ``shape`` (``train``, ``twisted``
     or ``held-out``, the last for diagnosis only): ``camera_of(k)`` is the P2ILF camera
@@ -121,6 +154,8 @@ def shape_and_cameras(shape: str):
         mesh, tm = twisted_mesh(data.p2ilf_train_mesh())
     elif shape == "smooth":
         mesh, tm = smooth_mesh(data.p2ilf_train_mesh())
+    elif shape == "turned":
+        mesh, tm = turned_mesh(data.p2ilf_train_mesh())
     else:
         tm = data.p2ilf_train_mesh()
         mesh = MeshData(np.asarray(tm.vertices), np.asarray(tm.faces), name="development")
@@ -163,7 +198,7 @@ def main():
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="landmark model (default: the bundled one)")
-    ap.add_argument("--shape", default="twisted", choices=("train", "twisted", "smooth"))
+    ap.add_argument("--shape", default="twisted", choices=("train", "twisted", "smooth", "turned"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6])
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--flips", type=int, default=1, choices=FLIPS)
@@ -176,9 +211,19 @@ def main():
                          "steps) instead of the network's")
     ap.add_argument("--no-normals", action="store_true",
                     help="with --true-maps: the TRUE 2D maps without the normal map")
+    ap.add_argument("--true-part", default=None,
+                    help="part of an oracle: these maps TRUE, the others the network's; a "
+                         "comma list of ridge, ligament, silhouette, normals, or 2d (= the "
+                         "three 2D maps)")
+    ap.add_argument("--diagnosis-held-out", action="store_true",
+                    help="run on the HELD-OUT liver's frames (seeds 0-2 are its "
+                         "benchmark's): for diagnosis only, never for a choice")
     ap.add_argument("--ignore-normal-scale", action="store_true",
                     help="a model with the normals' uncertainty channel: do not weight the "
                          "normal term by it (ablation)")
+    ap.add_argument("--w-ridge", type=float, default=None,
+                    help="ridge weight of the search (default: the method's, 0 with the "
+                         "network's maps, 0.5 with given maps)")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -187,6 +232,17 @@ def main():
     a = ap.parse_args()
     if a.no_normals and not a.true_maps:
         ap.error("--no-normals: only with --true-maps")
+    if a.true_part and a.true_maps:
+        ap.error("--true-part: instead of --true-maps, not with it")
+    parts = {"ridge": [0], "ligament": [1], "silhouette": [2], "normals": [3, 4, 5],
+             "2d": [0, 1, 2]}
+    true_channels = []
+    for w in (a.true_part.split(",") if a.true_part else []):
+        if w not in parts:
+            ap.error(f"--true-part: unknown part {w!r} (expected {', '.join(parts)})")
+        true_channels += parts[w]
+    if a.diagnosis_held_out:
+        a.shape = "held-out"
     if a.table:
         table(a.table, Path(a.md), a.title)
         return
@@ -204,6 +260,10 @@ def main():
 
     net, rec = load_model(a.model, kind="landmarks")
     mesh, tm, camera_of = shape_and_cameras(a.shape)
+    from LiverLaparoRegLib.learned import data
+    ridge_def = net.config.get("ridge_definition", "ring")     # the network's labels
+    ridge3d = (tm.ridge if ridge_def == "ring" else
+               data.ridge_vertices(mesh.vertices, mesh.faces, definition=ridge_def))
     centre = np.asarray(mesh.vertices, float).mean(0)
     rows = []
     t0 = time.time()
@@ -213,7 +273,7 @@ def main():
             cam = camera_of(k)
             s, img, mask = full_frame(tm, cam, rng)
             T = s.model_to_camera
-            true_n = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge,
+            true_n = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=ridge3d,
                                   normals=True)
             pred = li.predict_maps(net, img, mask, cam, flips=a.flips)
             m_net = li.observations(true_n[:3], mask, cam)["mask_net"]
@@ -226,10 +286,16 @@ def main():
                 continue
             given = ({"maps": true_n[:3] if a.no_normals else true_n} if a.true_maps
                      else {"net": net, "flips": a.flips})   # TRUE maps: the oracle
+            if a.true_part:                                  # part of an oracle
+                mixed = np.array(pred[:6], np.float32)
+                for c in true_channels:
+                    mixed[c] = true_n[c]
+                given = {"maps": mixed}
             try:
                 r = li.register_landmarks(mesh, cam, img, mask,
                                           translation_start=a.translation_start,
                                           normal_uncertainty=not a.ignore_normal_scale,
+                                          ridge_definition=ridge_def, w_ridge=a.w_ridge,
                                           **given)
                 row.update(rot_deg=round(float(rotation_error_deg(r.model_to_camera[:3, :3],
                                                                   T[:3, :3])), 2),
@@ -258,10 +324,11 @@ def main():
             "wrong_called_ok": int(sum(x > 20 and r.get("quality") == "ok"
                                        for x, r in zip(rot, rows)))})
     meta = {"model": ("TRUE maps" + (", no normals" if a.no_normals else "")) if a.true_maps
-            else (a.model or "bundled"),
+            else (a.model or "bundled") + (f", TRUE {a.true_part}" if a.true_part else ""),
             "model_command": rec.get("command"), "tag": a.tag,
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
-            "translation_start": a.translation_start,
+            "translation_start": a.translation_start, "w_ridge": a.w_ridge,
+            "ridge_definition": ridge_def,
             "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)

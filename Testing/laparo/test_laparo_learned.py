@@ -92,6 +92,105 @@ def test_ridge_vertices_are_box_edges(box):
     assert d_edge[ridge].max() <= 20.0 + 1e-6
 
 
+def _box_at(subdivisions: int, half=(80.0, 60.0, 40.0)):
+    """The box of :func:`_box_mesh` at another resolution: ``(vertices, faces, distance of
+    each vertex to the nearest box edge, mm)``."""
+    import vtk  # noqa: PLC0415
+    from vtk.util.numpy_support import vtk_to_numpy  # noqa: PLC0415
+
+    src = vtk.vtkCubeSource()
+    src.SetXLength(2 * half[0])
+    src.SetYLength(2 * half[1])
+    src.SetZLength(2 * half[2])
+    tri = vtk.vtkTriangleFilter()
+    tri.SetInputConnection(src.GetOutputPort())
+    clean = vtk.vtkCleanPolyData()
+    clean.SetInputConnection(tri.GetOutputPort())
+    sub = vtk.vtkLinearSubdivisionFilter()
+    sub.SetInputConnection(clean.GetOutputPort())
+    sub.SetNumberOfSubdivisions(subdivisions)
+    sub.Update()
+    out = sub.GetOutput()
+    v = vtk_to_numpy(out.GetPoints().GetData()).astype(np.float64)
+    f = vtk_to_numpy(out.GetPolys().GetConnectivityArray()).astype(np.int64).reshape(-1, 3)
+    d_edge = np.sort(np.asarray(half) - np.abs(v), axis=1)[:, 1]   # 2nd smallest gap
+    return v, f, d_edge
+
+
+def test_scale_ridges_are_the_same_band_at_any_resolution():
+    """``definition="scale"``: on a box (90 deg edges) meshed 2.5-5 mm and 1.25-2.5 mm
+    apart, the ridge is the band of the surface within about RIDGE_RADIUS_MM of an edge
+    (distances to the analytic edges), the same in mm at both resolutions; the one-ring
+    definition's band is one ring wide, so it halves when the spacing does."""
+    r = data.RIDGE_RADIUS_MM
+    widths = {}
+    for sub in (5, 6):
+        v, f, d = _box_at(sub)
+        ridge = data.ridge_vertices(v, f, definition="scale")
+        assert ridge[d <= r - 2.5].all()           # near an edge: ridge
+        assert not ridge[d >= r].any()             # beyond the radius: not
+        widths[sub, "scale"] = d[ridge].max()
+        widths[sub, "ring"] = d[data.ridge_vertices(v, f, definition="ring")].max()
+    assert abs(widths[5, "scale"] - widths[6, "scale"]) <= 2.5
+    assert widths[5, "ring"] >= 1.8 * widths[6, "ring"]      # one ring: halves with it
+
+
+def test_scale_ridges_are_a_local_property():
+    """A sphere (50 mm radius) has no ``scale`` ridge (its normal turns 7 deg over the
+    radius, far below RIDGE_SHARPNESS's 28 deg), while the one-ring definition, a share
+    of the vertices, marks 8 % of it; the threshold is the P2ILF training mesh's
+    sharpest 8 % of surface area (how RIDGE_SHARPNESS was set); a bad name is refused."""
+    import vtk  # noqa: PLC0415
+    from vtk.util.numpy_support import vtk_to_numpy  # noqa: PLC0415
+
+    src = vtk.vtkSphereSource()
+    src.SetRadius(50.0)
+    src.SetThetaResolution(60)
+    src.SetPhiResolution(60)
+    src.Update()
+    pd = src.GetOutput()
+    v = vtk_to_numpy(pd.GetPoints().GetData()).astype(float)
+    f = vtk_to_numpy(pd.GetPolys().GetConnectivityArray()).reshape(-1, 3).astype(np.int64)
+    assert not data.ridge_vertices(v, f, definition="scale").any()
+    assert data.ridge_vertices(v, f, definition="ring").mean() >= 0.07
+    tm = data.p2ilf_train_mesh()
+    sharp, area = data.ridge_sharpness(tm.vertices, tm.faces)
+    share = area[sharp >= data.RIDGE_SHARPNESS].sum() / area.sum()
+    assert abs(share - 0.08) < 0.005
+    with pytest.raises(InputError, match="ridge definition"):
+        data.ridge_vertices(v, f, definition="sharpest")
+
+
+def test_scale_labels_follow_the_frame_shape():
+    """With ``ridge_definition="scale"`` a training frame's ridge labels are those of its
+    own preoperative shape: a sphere's frames carry no ridge pixel, while the one-ring
+    labels (carried from the base mesh) mark some."""
+    from LiverLaparoRegLib.learned import landmarks_data  # noqa: PLC0415
+    import vtk  # noqa: PLC0415
+    from vtk.util.numpy_support import vtk_to_numpy  # noqa: PLC0415
+
+    src = vtk.vtkSphereSource()
+    src.SetRadius(70.0)
+    src.SetThetaResolution(48)
+    src.SetPhiResolution(48)
+    src.Update()
+    pd = src.GetOutput()
+    v = vtk_to_numpy(pd.GetPoints().GetData()).astype(float)
+    f = vtk_to_numpy(pd.GetPolys().GetConnectivityArray()).reshape(-1, 3).astype(np.int64)
+    tm = data.train_mesh(MeshData(v, f, "sphere"), view_axis=np.array([0.0, 1.0, 0.0]))
+    ring = scale = 0
+    for k in range(3):
+        ring += landmark_sample_ridge(landmarks_data, tm, k, "ring")
+        scale += landmark_sample_ridge(landmarks_data, tm, k, "scale")
+    assert scale == 0 and ring > 0
+
+
+def landmark_sample_ridge(landmarks_data, tm, k, definition):
+    s = landmarks_data.landmark_sample(tm, np.random.default_rng([3, k]), instruments=False,
+                                       warp_mm=0.0, ridge_definition=definition)
+    return int(s["target"][0].sum())
+
+
 def test_bend_is_near_isometric(box):
     rng = np.random.default_rng(0)
     vb = data.bend(box.vertices, rng, max_curvature=1 / 150.0)

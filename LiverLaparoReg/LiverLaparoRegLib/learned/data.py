@@ -55,6 +55,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from SurgicalReg2D3DLib.errors import InputError
+
 #: network image size (rows, columns) and the feature grid stride
 NET_H, NET_W, STRIDE = 96, 128, 4
 GRID_H, GRID_W = NET_H // STRIDE, NET_W // STRIDE
@@ -98,10 +100,60 @@ def vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
-def ridge_vertices(v: np.ndarray, f: np.ndarray, fraction: float = 0.08) -> np.ndarray:
-    """Boolean ``(V,)``: the sharpest ``fraction`` of vertices, sharpness = 1 - the
-    smallest cosine between the vertex normal and its incident face normals (a discrete
-    curvature of the surface), smoothed once over the one-ring."""
+#: how :func:`ridge_vertices` defines a ridge: ``ring`` the sharpest 8 % of the vertices
+#: by a one-ring curvature (the bundled v5's labels; its band width follows the mesh's
+#: resolution), ``scale`` a curvature at the physical scale ``RIDGE_RADIUS_MM`` above the
+#: fixed sharpness ``RIDGE_SHARPNESS`` (a smooth liver has fewer ridges, a mesh of any
+#: resolution the same ones)
+RIDGE_DEFINITIONS = ("ring", "scale")
+#: ``scale`` ridges: the radius (mm; the P2ILF training mesh's mean edge length) and the
+#: sharpness threshold (the P2ILF mesh's sharpest 8 % of surface area at that radius)
+RIDGE_RADIUS_MM, RIDGE_SHARPNESS = 6.4, 0.1194
+
+
+def ridge_sharpness(v: np.ndarray, f: np.ndarray, radius_mm: float = RIDGE_RADIUS_MM):
+    """``(sharpness (V,), vertex area (V,))``: per vertex, 1 - the smallest cosine between
+    the area-weighted mean normal of the faces whose centroids lie within ``radius_mm``
+    (and the vertex's own faces) and each of those faces' normals; the area is a third of
+    the incident faces'. The same surface gives the same values at any resolution finer
+    than the radius."""
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
+    v = np.asarray(v, np.float64)
+    f = np.asarray(f, np.int64)
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    area = 0.5 * np.linalg.norm(fn, axis=1)
+    fn = fn / np.maximum(2.0 * area[:, None], 1e-12)
+    varea = np.zeros(len(v))
+    for k in range(3):
+        np.add.at(varea, f[:, k], area / 3.0)
+    near = cKDTree(v[f].mean(1)).query_ball_point(v, r=float(radius_mm))
+    vi = np.repeat(np.arange(len(v)), [len(n) for n in near])
+    fi = np.fromiter((j for n in near for j in n), np.int64, count=len(vi))
+    F = len(f)
+    pair = np.unique(np.concatenate([vi * F + fi] + [f[:, k] * F + np.arange(F)
+                                                      for k in range(3)]))
+    vi, fi = pair // F, pair % F
+    mean_n = np.zeros((len(v), 3))
+    np.add.at(mean_n, vi, fn[fi] * area[fi, None])
+    mean_n /= np.maximum(np.linalg.norm(mean_n, axis=1, keepdims=True), 1e-12)
+    sharp = np.zeros(len(v))
+    np.maximum.at(sharp, vi, 1.0 - (mean_n[vi] * fn[fi]).sum(1))
+    return sharp, varea
+
+
+def ridge_vertices(v: np.ndarray, f: np.ndarray, fraction: float = 0.08,
+                   definition: str = "ring") -> np.ndarray:
+    """Boolean ``(V,)``: the mesh's curvature ridges (:data:`RIDGE_DEFINITIONS`).
+    ``ring``: the sharpest ``fraction`` of vertices, sharpness = 1 - the smallest cosine
+    between the vertex normal and its incident face normals (a discrete curvature of the
+    surface), smoothed once over the one-ring. ``scale``: :func:`ridge_sharpness` at
+    least :data:`RIDGE_SHARPNESS` (``fraction`` unused)."""
+    if definition == "scale":
+        return ridge_sharpness(v, f)[0] >= RIDGE_SHARPNESS
+    if definition != "ring":
+        raise InputError(f"ridge definition: one of {', '.join(RIDGE_DEFINITIONS)}, got "
+                         f"{definition!r}")
     fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
     fn /= np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
     vn = vertex_normals(v, f)
@@ -433,25 +485,32 @@ def point_inputs(vertices: np.ndarray, faces: np.ndarray, start: int = 0,
 
 def render_frame(tm: TrainMesh, rng, camera=None, model_to_camera=None, preop: bool = True,
                  bend_curvature: float = 1 / 160.0, instruments: bool = True,
-                 max_tries: int = 20, warp_mm: float = PREOP_WARP_MM) -> dict:
+                 max_tries: int = 20, warp_mm: float = PREOP_WARP_MM,
+                 ridge_definition: str = "ring") -> dict:
     """The frame every SYNTHETIC training sample starts from (shared by :func:`make_sample`
     and the landmark samples of :mod:`.landmarks_data`): the preoperative shape (warped,
     scaled, maybe cut) bent into the intraoperative one, a laparoscope pose and camera,
     the rendered ids (``depth``, ``face``, ``bary``, ``uv``, ``z``), the liver mask with
     instruments removed and the shaded image; ``warp_mm``: the largest amplitude of the
-    preoperative shape's random warp (:func:`rbf_warp`). Returns the local variables by
-    name."""
+    preoperative shape's random warp (:func:`rbf_warp`); ``ridge_definition``: ``ring``
+    carries the base mesh's ridge labels (``tm.ridge``) by vertex id, another definition
+    (:func:`ridge_vertices`) labels the warped, scaled preoperative shape itself.
+    Returns the local variables by name."""
     v0, f0 = tm.vertices, tm.faces
     ids0 = np.arange(len(v0))
     if preop:
         vs = rbf_warp(v0, rng, rng.uniform(0, warp_mm))
         vs = (vs - vs.mean(0)) * rng.uniform(0.85, 1.15, 3) + vs.mean(0)
         fs = f0
+        ridge0 = (tm.ridge if ridge_definition == "ring"
+                  else ridge_vertices(vs, f0, definition=ridge_definition))
         if rng.uniform() < 0.3:
             vs, fs, ids0 = cut(vs, f0, rng)
     else:
         vs, fs = v0.copy(), f0
-    ridge, lig = tm.ridge[ids0], tm.ligament[ids0]
+        ridge0 = (tm.ridge if ridge_definition == "ring"
+                  else ridge_vertices(vs, f0, definition=ridge_definition))
+    ridge, lig = ridge0[ids0], tm.ligament[ids0]
     vi = bend(vs, rng, bend_curvature) if bend_curvature > 0 else vs.copy()
     if preop:
         vi = rbf_warp(vi, rng, rng.uniform(0, 4.0))

@@ -58,16 +58,17 @@ def silhouette_map(face: np.ndarray, depth: np.ndarray, visible: np.ndarray) -> 
 def landmark_sample(tm: "data.TrainMesh", rng, camera=None, model_to_camera=None,
                     preop: bool = True, bend_curvature: float = 1 / 160.0,
                     instruments: bool = True, max_tries: int = 20,
-                    warp_mm: float = data.PREOP_WARP_MM) -> Dict[str, np.ndarray]:
+                    warp_mm: float = data.PREOP_WARP_MM,
+                    ridge_definition: str = "ring") -> Dict[str, np.ndarray]:
     """One SYNTHETIC frame with its landmark maps: a dict with ``image (3, H, W)`` float32,
     ``mask (H, W)`` uint8 (instruments removed), ``target (3, H, W)`` uint8 (ridge,
     ligament, silhouette), ``valid (3,)`` uint8, ``normals (3, H, W)`` float32 (zero
     outside the mask), ``model_to_camera (4, 4)`` (base mesh
     -> camera, rigid part; the frame shows the bent copy) and ``vertices`` (the shape
     seen in the frame, same vertex ids as the base mesh unless cut); ``warp_mm``: see
-    :func:`.data.render_frame`."""
+    :func:`.data.render_frame`, as ``ridge_definition``."""
     fr = data.render_frame(tm, rng, camera, model_to_camera, preop, bend_curvature,
-                           instruments, max_tries, warp_mm)
+                           instruments, max_tries, warp_mm, ridge_definition)
     ids0, ridge, lig, fs, cam, T, vi = (fr[k] for k in ("ids0", "ridge", "lig", "fs", "cam",
                                                         "T", "vi"))
     depth, face, bary, mask, img = (fr[k] for k in ("depth", "face", "bary", "mask", "img"))

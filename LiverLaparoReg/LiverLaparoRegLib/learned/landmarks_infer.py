@@ -266,7 +266,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                        view_axis=VIEW_AXIS, cone_deg: float = VIEW_CONE_DEG,
                        w_ridge: Optional[float] = None, w_normal: Optional[float] = None,
                        flips: int = 1, translation_start: str = "moment",
-                       normal_uncertainty: bool = True, progress=None, cancel=None):
+                       normal_uncertainty: bool = True, ridge_definition: Optional[str] = None,
+                       progress=None, cancel=None):
     """Learned registration with the landmark model (module docstring). ``model``: model
     file (None = bundled landmarks model); ``net``: a loaded network; ``maps``: given
     ``(3, NET_H, NET_W)`` landmark probabilities instead of the network (tests);
@@ -281,7 +282,9 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     and its turned / mirrored copies (:func:`predict_maps`); ``translation_start``: how the
     search starts each rotation's translation (:func:`.landmarks_align.align_search`);
     ``normal_uncertainty``: a network (or given maps) with the normals' uncertainty channel
-    weights the normal term by it (False: the plain mean, an ablation)."""
+    weights the normal term by it (False: the plain mean, an ablation);
+    ``ridge_definition``: how the mesh's 3D ridges are found (:func:`.data.ridge_vertices`;
+    None: the one the network's ridge labels had, ``ring`` for given maps)."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -330,7 +333,10 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     timings = {"network_s": time.perf_counter() - t1}
     check_cancel(cancel)
     t1 = time.perf_counter()
-    lm = MeshLandmarks(mesh)
+    if ridge_definition is None:
+        ridge_definition = (net.config.get("ridge_definition", "ring") if net is not None
+                            else "ring")
+    lm = MeshLandmarks(mesh, ridge_definition=ridge_definition)
     w_normal = W_NORMAL if w_normal is None else float(w_normal)
     obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty)
     if w_ridge is None:
@@ -409,7 +415,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "silhouette_net_agreement": round(obs["silhouette_net_agreement"], 3),
              "ransac_vs_icp_deg": round(float(ransac_vs_icp["rotation_deg"]), 3),
              "ligament": "predicted, not used for the pose (no 3D ligament on the mesh)",
-             "ridge_weight": float(w_ridge),
+             "ridge_weight": float(w_ridge), "ridge_definition": ridge_definition,
              "network_flips": int(flips) if given_maps is None else 0,
              "translation_start": translation_start,
              "normal_weight": w_normal if obs2.normals is not None else 0.0,

@@ -63,10 +63,12 @@ def _block(cin, cout):
 
 
 def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: bool = False,
-                normal_scale: bool = False):
+                normal_scale: bool = False, ridge_definition: str = "ring"):
     """The U-Net (a factory so that torch is imported lazily). ``config`` holds the
     constructor arguments (written to the model file); ``normals`` adds the three
-    normal channels, ``normal_scale`` (with ``normals``) their uncertainty channel."""
+    normal channels, ``normal_scale`` (with ``normals``) their uncertainty channel;
+    ``ridge_definition`` (:data:`.data.RIDGE_DEFINITIONS`) is the ridge label the network
+    was trained on, which the registration then uses for the mesh's 3D ridges."""
     if normal_scale and not normals:
         raise ValueError("normal scale: a network without normals has none")
     import torch  # noqa: PLC0415
@@ -80,6 +82,8 @@ def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: 
                            "levels": int(levels), "normals": bool(normals)}
             if normal_scale:        # only when used: the bundled v5's config has no key
                 self.config["normal_scale"] = True
+            if ridge_definition != "ring":                  # likewise
+                self.config["ridge_definition"] = str(ridge_definition)
             ch = [base * 2 ** k for k in range(levels)]
             self.enc = nn.ModuleList()
             c = in_channels + 2                      # + CoordConv x, y

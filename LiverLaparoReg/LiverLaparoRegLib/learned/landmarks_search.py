@@ -97,16 +97,18 @@ def rotation_grid(n_dirs: int = 480, n_rolls: int = 24,
 
 class MeshLandmarks:
     """The geometric 3D side of a mesh: vertices ``v``, faces ``f``, normals ``n``, ridge
-    vertex ids ``ridge``, centre ``c``; evenly spread vertex subsets by farthest-point
-    sampling (:meth:`spread`, cached)."""
+    vertex ids ``ridge`` (by ``ridge_definition``, the one the network's labels had:
+    :func:`.data.ridge_vertices`), centre ``c``; evenly spread vertex subsets by
+    farthest-point sampling (:meth:`spread`, cached)."""
 
-    def __init__(self, mesh, n_moment: int = 800):
+    def __init__(self, mesh, n_moment: int = 800, ridge_definition: str = "ring"):
         from . import data  # noqa: PLC0415
 
         self.v = np.asarray(mesh.vertices, np.float64)
         self.f = np.asarray(mesh.faces, np.int64)
         self.n = data.vertex_normals(self.v, self.f)
-        self.ridge = np.nonzero(data.ridge_vertices(self.v, self.f))[0]
+        self.ridge = np.nonzero(data.ridge_vertices(self.v, self.f,
+                                                    definition=ridge_definition))[0]
         self.c = self.v.mean(0)
         self._spread = {}
         self.moment = self.spread(n_moment)

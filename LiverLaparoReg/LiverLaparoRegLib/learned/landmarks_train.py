@@ -48,24 +48,27 @@ RENDER_SHARE = 0.4
 SEED_OFFSET = 50000
 
 
-def _chunk_file(cache: Path, seed: int, k: int, warp_mm: float) -> Path:
+def _chunk_file(cache: Path, seed: int, k: int, warp_mm: float,
+                ridge_definition: str = "ring") -> Path:
     # "lmn": chunks with the normal maps (the older "lm" chunks have none); frames with a
-    # non-default shape warp are named by it, so a cache never mixes two warps
+    # non-default shape warp or ridge label are named by it, so a cache never mixes two
     from .data import PREOP_WARP_MM  # noqa: PLC0415
 
     w = "" if warp_mm == PREOP_WARP_MM else f"_w{warp_mm:g}"
-    return cache / f"lmn_s{seed}{w}_c{k:05d}.npz"
+    r = "" if ridge_definition == "ring" else f"_r{ridge_definition}"
+    return cache / f"lmn_s{seed}{w}{r}_c{k:05d}.npz"
 
 
 class _Pool:
     """The growing set of rendered frames (cache chunks on disk + the current chunk)."""
 
     def __init__(self, cache: Path, seed: int, meshes, target: int, stream=None,
-                 warp_mm: float = None):
+                 warp_mm: float = None, ridge_definition: str = "ring"):
         from .data import PREOP_WARP_MM  # noqa: PLC0415
 
         self.cache, self.seed, self.meshes, self.target = cache, seed, meshes, target
         self.warp_mm = PREOP_WARP_MM if warp_mm is None else float(warp_mm)
+        self.ridge_definition = ridge_definition
         self.stream = [] if stream is None else [int(stream)]  # torchrun: the rank
         cache.mkdir(parents=True, exist_ok=True)
         self.arrs: Dict[str, List[np.ndarray]] = {}
@@ -73,14 +76,17 @@ class _Pool:
         self.n = 0
         self._cat = None
         k = 0
-        while self.n < target and _chunk_file(cache, seed, k, self.warp_mm).is_file():
+        while self.n < target and self._file(k).is_file():
             try:
-                z = dict(np.load(_chunk_file(cache, seed, k, self.warp_mm)))
+                z = dict(np.load(self._file(k)))
             except Exception:  # noqa: BLE001  (a broken chunk is rendered again)
                 break
             self._add(z)
             k += 1
         self.next_chunk = k
+
+    def _file(self, k: int) -> Path:
+        return _chunk_file(self.cache, self.seed, k, self.warp_mm, self.ridge_definition)
 
     def _add(self, z):
         for key, val in z.items():
@@ -97,11 +103,12 @@ class _Pool:
         i = self.next_chunk * CHUNK + len(self.pending)
         rng = np.random.default_rng([self.seed, SEED_OFFSET + i] + self.stream)
         s = landmarks_data.landmark_sample(self.meshes[i % len(self.meshes)], rng,
-                                          warp_mm=self.warp_mm)
+                                          warp_mm=self.warp_mm,
+                                          ridge_definition=self.ridge_definition)
         self.pending.append(landmarks_data.pack(s))
         if len(self.pending) == CHUNK:
             z = {key: np.stack([p[key] for p in self.pending]) for key in self.pending[0]}
-            f = _chunk_file(self.cache, self.seed, self.next_chunk, self.warp_mm)
+            f = self._file(self.next_chunk)
             tmp = f.with_name(f.stem + ".tmp.npz")
             np.savez_compressed(tmp, **z)
             tmp.replace(f)
@@ -159,7 +166,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                     checkpoint_minutes: float = 5.0,
                     normal_loss: str = "angle", normal_weight: Optional[float] = None,
                     warp_mm: Optional[float] = None, normal_scale: bool = False,
-                    command: str = "", log=print) -> dict:
+                    ridge_definition: str = "ring", command: str = "", log=print) -> dict:
     """Train a landmark model and write it to ``out`` (see the module docstring).
     Returns the training record (loss history included)."""
     import torch  # noqa: PLC0415
@@ -187,6 +194,11 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     warp_mm = PREOP_WARP_MM if warp_mm is None else float(warp_mm)
     if not 0.0 <= warp_mm <= 60.0:
         raise InputError(f"warp: --warp-mm must be 0-60 mm, got {warp_mm:g}")
+    from .data import RIDGE_DEFINITIONS  # noqa: PLC0415
+
+    if ridge_definition not in RIDGE_DEFINITIONS:
+        raise InputError(f"ridge definition: --ridge-definition must be one of "
+                         f"{', '.join(RIDGE_DEFINITIONS)}, got {ridge_definition!r}")
     t_start = time.time()
     deadline = t_start + 60.0 * max_minutes
     world, rank, dev = ddp_setup(device, log)
@@ -196,12 +208,13 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     tms = training_meshes(meshes)
     mesh_desc = ", ".join(t.name for t in tms)
     model = LandmarkNet(base=base, levels=levels, normals=True,
-                        normal_scale=normal_scale).to(dev)
+                        normal_scale=normal_scale, ridge_definition=ridge_definition).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, history, wall_before = 0, [], 0.0
     if resume:
         data = read_model_file(resume, "landmarks")
         model = LandmarkNet(**data["config"]).to(dev)
+        ridge_definition = model.config.get("ridge_definition", "ring")
         model.load_state_dict(data["state_dict"])
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         ck = Path(str(resume) + ".ckpt")
@@ -214,9 +227,10 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         log(f"resume: from {resume} at step {step}")
     if world > 1:  # each replica renders and trains on frames of its own
         pool = _Pool(cache / f"rank{rank}", seed, tms, -(-samples // world), stream=rank,
-                     warp_mm=warp_mm)
+                     warp_mm=warp_mm, ridge_definition=ridge_definition)
     else:
-        pool = _Pool(cache, seed, tms, samples, warp_mm=warp_mm)
+        pool = _Pool(cache, seed, tms, samples, warp_mm=warp_mm,
+                     ridge_definition=ridge_definition)
     render_s = 0.0
     while pool.size() < min(batch * 4, samples) and time.time() < deadline:
         t0 = time.time()
@@ -241,13 +255,15 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                           f"learned.landmarks_data from the mesh(es) [{mesh_desc}] (deformed: "
                           f"warp <= {warp_mm:g} mm, cut, bent, random laparoscope poses "
                           f"and appearance, instruments); "
-                          f"per-pixel ridge / ligament / silhouette maps and camera-frame "
+                          f"per-pixel ridge ({ridge_definition} definition) / ligament / "
+                          f"silhouette maps and camera-frame "
                           f"normals; no real frame used; "
                           f"SciKit-Surgery liver held out unless given",
                   "command": command, "seed": seed, "steps": step, "batch": batch * world,
                   "lr": lr, "samples": pool.size() * world, "meshes": mesh_desc,
                   "normal_loss": normal_loss, "normal_weight": normal_weight,
                   "warp_mm": warp_mm, "normal_scale": bool(model.config.get("normal_scale")),
+                  "ridge_definition": ridge_definition,
                   "device": str(dev), "world_size": world,
                   "loss_history": history, "wall_s": wall_before + time.time() - t_start,
                   "render_s": render_s, "finished": final}

@@ -75,6 +75,8 @@ def _landmarks_command(args) -> str:
         parts.append(f"--warp-mm {args.warp_mm:g}")
     if args.normal_scale:
         parts.append("--normal-scale")
+    if args.ridge_definition != "ring":
+        parts.append(f"--ridge-definition {args.ridge_definition}")
     if args.meshes:
         parts.append("--meshes " + " ".join(str(m) for m in args.meshes))
     if args.data_cache:
@@ -105,6 +107,7 @@ def _run_train_landmarks(args) -> int:
                           levels=args.levels, checkpoint_minutes=args.checkpoint_minutes,
                           normal_loss=args.normal_loss, normal_weight=args.normal_weight,
                           warp_mm=args.warp_mm, normal_scale=args.normal_scale,
+                          ridge_definition=args.ridge_definition,
                           command=_landmarks_command(args), log=log)
     h = rec["loss_history"]
     print(json.dumps({"out": str(args.out), "kind": "landmarks", "steps": rec["steps"],
@@ -144,6 +147,10 @@ def add_train_parser(sub) -> None:
                    help="landmarks: add the normal map's uncertainty channel (a Laplace "
                         "scale per pixel, trained on the detached angle error; the pose "
                         "search weights the normals by it)")
+    t.add_argument("--ridge-definition", default="ring", choices=("ring", "scale"),
+                   help="landmarks: the ridge label (ring: the sharpest 8 %% of vertices by "
+                        "a one-ring curvature, the bundled v5; scale: curvature at a fixed "
+                        "physical scale above a fixed sharpness, any mesh resolution)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
