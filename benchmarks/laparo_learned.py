@@ -95,6 +95,11 @@ def markdown(summ, s2, meta, notes=""):
          "never saw in training. Timings on a CPU shared with other jobs (1 torch thread; "
          f"load average at the end {[round(x, 1) for x in meta['load_average_end']]}).", "",
          f"Model: `{meta['model']}`; training: {meta['model_training']}", ""]
+    kept = meta.get("rows_kept_from")
+    if kept:
+        L += [f"Rows of {', '.join(kept['methods'])}: from the earlier run(s) "
+              f"{', '.join(kept['files'])} on the same frames (`--keep-rows-from`; their code "
+              f"did not change, only the learned method's did).", ""]
     L += method_table(summ)
     L += ["", "Medians are over the frames where the method returned a pose; 'wrong' counts "
           "failures too.", "", "## Stage II (bent frames, oracle rigid pose, Stage I pairs)", "",
@@ -256,6 +261,11 @@ def markdown_landmarks(summ, meta, notes=""):
          f"1 px tolerance), median: {meta.get('median_map_f1_held_out')}; normal map, "
          f"angle to the true normal over the mask (per-frame medians): "
          f"{meta.get('normal_error_deg_held_out')}", ""]
+    kept = meta.get("rows_kept_from")
+    if kept:
+        L += [f"Rows of {', '.join(kept['methods'])}: from the earlier run(s) "
+              f"{', '.join(kept['files'])} on the same frames (`--keep-rows-from`; their code "
+              f"did not change, only the learned method's did).", ""]
     L += method_table(summ)
     L += ["", "Medians are over the frames where the method returned a pose; 'wrong' counts "
           "failures too. 'stage I' rows: the pose before the refinement (their time: network "
@@ -315,6 +325,11 @@ def main():
     ap.add_argument("--learned-only", action="store_true",
                     help="landmark protocol: the learned method alone (no ablation variants, "
                          "no old matcher; with --no-oracle --quick nothing else)")
+    ap.add_argument("--keep-rows-from", nargs="+", default=None, metavar="JSON",
+                    help="landmark protocol: add the rows of earlier runs' "
+                         "laparo_learned.json files for this run's seeds and frames whose "
+                         "methods this run did not run (e.g. the oracle and the baselines, "
+                         "when only the learned method changed); recorded in the meta")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="landmark protocol: merge the laparo_learned.json files of runs on "
@@ -335,6 +350,10 @@ def main():
         meta["load_average_end"] = [max(p["meta"]["load_average_end"][k] for p in parts)
                                     for k in range(3)]
         meta["merged_from"] = [str(f) for f in a.merge]
+        kept = [p["meta"]["rows_kept_from"] for p in parts if p["meta"].get("rows_kept_from")]
+        if kept:
+            meta["rows_kept_from"] = {"files": [f for k in kept for f in k["files"]],
+                                      "methods": sorted({m for k in kept for m in k["methods"]})}
         _write_landmarks(out, rows, meta)
         return
     if not a.stage1_matcher:
@@ -360,6 +379,15 @@ def main():
                 "wall_s": round(time.time() - t0, 1),
                 "load_average_end": list(os.getloadavg()),
                 "cpu": platform.processor() or platform.machine(), "torch_threads": 1}
+        if a.keep_rows_from:
+            ran = {r["method"] for r in rows}
+            frames_run = {(r["seed"], r["frame"]) for r in rows}
+            kept = [r for f in a.keep_rows_from
+                    for r in json.loads(Path(f).read_text())["rows"]
+                    if r["method"] not in ran and (r["seed"], r["frame"]) in frames_run]
+            rows += kept
+            meta["rows_kept_from"] = {"files": [str(f) for f in a.keep_rows_from],
+                                      "methods": sorted({r["method"] for r in kept})}
         _write_landmarks(out, rows, meta)
         return
     rows, s2, rec = run(a.model, a.frames, a.seed, a.stage2_frames, a.quick)

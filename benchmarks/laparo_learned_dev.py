@@ -224,6 +224,12 @@ def main():
     ap.add_argument("--w-ridge", type=float, default=None,
                     help="ridge weight of the search (default: the method's, 0 with the "
                          "network's maps, 0.5 with given maps)")
+    ap.add_argument("--ridge-definition", default=None, choices=("ring", "scale"),
+                    help="the mesh's 3D ridges (and the TRUE ridge map) by this definition "
+                         "instead of the network's")
+    ap.add_argument("--ridge-search-only", action="store_true",
+                    help="the ridge only in the search, not in the image ICP and the "
+                         "refinement (register_landmarks(ridge_in_refinement=False))")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -261,7 +267,7 @@ def main():
     net, rec = load_model(a.model, kind="landmarks")
     mesh, tm, camera_of = shape_and_cameras(a.shape)
     from LiverLaparoRegLib.learned import data
-    ridge_def = net.config.get("ridge_definition", "ring")     # the network's labels
+    ridge_def = a.ridge_definition or net.config.get("ridge_definition", "ring")
     ridge3d = (tm.ridge if ridge_def == "ring" else
                data.ridge_vertices(mesh.vertices, mesh.faces, definition=ridge_def))
     centre = np.asarray(mesh.vertices, float).mean(0)
@@ -296,6 +302,7 @@ def main():
                                           translation_start=a.translation_start,
                                           normal_uncertainty=not a.ignore_normal_scale,
                                           ridge_definition=ridge_def, w_ridge=a.w_ridge,
+                                          ridge_in_refinement=not a.ridge_search_only,
                                           **given)
                 row.update(rot_deg=round(float(rotation_error_deg(r.model_to_camera[:3, :3],
                                                                   T[:3, :3])), 2),
@@ -328,7 +335,7 @@ def main():
             "model_command": rec.get("command"), "tag": a.tag,
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
             "translation_start": a.translation_start, "w_ridge": a.w_ridge,
-            "ridge_definition": ridge_def,
+            "ridge_definition": ridge_def, "ridge_search_only": a.ridge_search_only,
             "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)

@@ -421,6 +421,12 @@ def test_bad_inputs(tmp_path, frame):
     torch.save(d, tmp_path / "v99.pt")
     with pytest.raises(FileReadError, match="^model: .*version 99"):
         infer.register_learned(mesh, cam, img, mask, model=str(tmp_path / "v99.pt"))
+    # the mesh's 3D ridges follow the model's ridge label: an unknown one is named
+    d = torch.load(model, weights_only=True)
+    d["config"]["ridge_definition"] = "sharpest"
+    torch.save(d, tmp_path / "ridge.pt")
+    with pytest.raises(InputError, match="^ridge definition: .*'sharpest'"):
+        li.register_landmarks(mesh, cam, img, mask, model=str(tmp_path / "ridge.pt"))
     with pytest.raises(GeometryError, match="^mesh: .*metres"):
         from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
         infer.register_learned(MeshData(mesh.vertices / 1000.0, mesh.faces), cam, img, mask,

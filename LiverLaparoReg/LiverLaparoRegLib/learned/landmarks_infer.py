@@ -267,7 +267,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                        w_ridge: Optional[float] = None, w_normal: Optional[float] = None,
                        flips: int = 1, translation_start: str = "moment",
                        normal_uncertainty: bool = True, ridge_definition: Optional[str] = None,
-                       progress=None, cancel=None):
+                       ridge_in_refinement: bool = True, progress=None, cancel=None):
     """Learned registration with the landmark model (module docstring). ``model``: model
     file (None = bundled landmarks model); ``net``: a loaded network; ``maps``: given
     ``(3, NET_H, NET_W)`` landmark probabilities instead of the network (tests);
@@ -284,7 +284,9 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     ``normal_uncertainty``: a network (or given maps) with the normals' uncertainty channel
     weights the normal term by it (False: the plain mean, an ablation);
     ``ridge_definition``: how the mesh's 3D ridges are found (:func:`.data.ridge_vertices`;
-    None: the one the network's ridge labels had, ``ring`` for given maps)."""
+    None: the one the network's ridge labels had, ``ring`` for given maps);
+    ``ridge_in_refinement=False``: the ridge (when its weight is > 0) only chooses among
+    the search's poses; the image ICP and the refinement use the silhouette alone."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -341,7 +343,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty)
     if w_ridge is None:
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
-    if w_ridge <= 0:                 # silhouette alone: no ridge in the ICP either
+    if w_ridge <= 0 or not ridge_in_refinement:  # no ridge in the ICP and refinement
         obs = dict(obs, ridge=np.zeros((0, 2)), ridge_conf=np.zeros(0))
     cands = align_search(lm, camera, obs2, view_axis=view_axis, cone_deg=cone_deg,
                          w_ridge=w_ridge, w_normal=w_normal,
@@ -416,6 +418,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "ransac_vs_icp_deg": round(float(ransac_vs_icp["rotation_deg"]), 3),
              "ligament": "predicted, not used for the pose (no 3D ligament on the mesh)",
              "ridge_weight": float(w_ridge), "ridge_definition": ridge_definition,
+             "ridge_in_refinement": bool(ridge_in_refinement and w_ridge > 0),
              "network_flips": int(flips) if given_maps is None else 0,
              "translation_start": translation_start,
              "normal_weight": w_normal if obs2.normals is not None else 0.0,
