@@ -14,6 +14,10 @@ silhouette method, on the frames described below (``--seeds``: frame sets; frame
 of seed ``S`` from ``numpy.random.default_rng([S, 1000 + k])``). Writes
 ``benchmarks/results/laparo_learned.{md,json}`` (+ ``.rows.jsonl`` while it runs); the
 ``--stage1-matcher`` protocol (below, with Stage II) writes ``laparo_learned_stage1.*``.
+A run per seed in parallel (``--out`` each) is merged by ``--merge``; ``--learned-only
+--keep-rows-from OLD.json`` re-runs the learned method alone and keeps the other
+methods' rows of an earlier run on the same frames (for a change that touches only the
+learned method; the markdown says which rows are kept).
 
 Cases: SYNTHETIC frames (``learned/data.py``: the appearance model, instruments, blur,
 noise) of the SciKit-Surgery liver (``liver_sksurgery/models/liver.vtk``), which is NOT
@@ -384,7 +388,9 @@ def main():
             frames_run = {(r["seed"], r["frame"]) for r in rows}
             kept = [r for f in a.keep_rows_from
                     for r in json.loads(Path(f).read_text())["rows"]
-                    if r["method"] not in ran and (r["seed"], r["frame"]) in frames_run]
+                    if r["method"] not in ran and (r["seed"], r["frame"]) in frames_run
+                    and not r["method"].startswith("learned landmarks")]  # never the
+            # learned method's own variants: they belong to the earlier model
             rows += kept
             meta["rows_kept_from"] = {"files": [str(f) for f in a.keep_rows_from],
                                       "methods": sorted({r["method"] for r in kept})}

@@ -15,7 +15,15 @@ held-out frames of ``benchmarks/laparo_learned.py``. SYNTHETIC development shape
   held-out liver. It is a deformed copy of the training mesh, not a second patient;
 - ``smooth``: the training mesh Taubin-smoothed (``SMOOTH``): a probe (session 15) of
   whether a less distinctive shape shows the network-vs-oracle gap of the held-out liver
-  (it did not: v5 10 of 12 within 10 deg, the oracle 11).
+  (it did not: v5 10 of 12 within 10 deg, the oracle 11);
+- ``turned``: the training mesh turned so that the frames see it from the side the
+  held-out protocol sees its liver from (``TURN_TO_LONG_AXIS_DEG``; session 16: no gap
+  either, v5 8 of 12, the oracle 10).
+
+``--diagnosis-held-out`` runs the held-out liver's frames (seeds 0-2 are its benchmark's)
+for diagnosis only, never for a choice; ``--true-part`` feeds some of the TRUE maps
+(ridge, ligament, silhouette, normals, 2d) and the network's for the rest (half
+oracles: which map the network gets wrong).
 
 Frame ``k`` of seed ``S``: ``numpy.random.default_rng([S, 1000 + k])`` (as the held-out
 protocol; seeds 5 and up are the development seeds), even ``k`` the P2ILF camera, odd the
@@ -27,8 +35,9 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
 
     python benchmarks/laparo_learned_dev.py [--model M.pt] [--shape twisted] \\
         [--seeds 5 6] [--frames 6] [--flips 1] [--translation-start moment] \\
-        [--maps-only] [--true-maps [--no-normals]] [--ignore-normal-scale] [--tag NAME] \\
-        [--out DIR]
+        [--maps-only] [--true-maps [--no-normals]] [--true-part PARTS] \\
+        [--diagnosis-held-out] [--ignore-normal-scale] [--w-ridge W] \\
+        [--ridge-definition ring|scale] [--ridge-search-only] [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries

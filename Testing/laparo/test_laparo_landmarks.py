@@ -584,17 +584,9 @@ def test_close_up_candidate_is_pushed_in_front(frame):
 
 # ----------------------------------------------------------------------------- normal map
 def _sphere(radius=50.0, res=60):
-    import vtk
-    from vtk.util.numpy_support import vtk_to_numpy
+    from mesh_helpers import vtk_sphere  # noqa: PLC0415
 
-    src = vtk.vtkSphereSource()
-    src.SetRadius(radius)
-    src.SetThetaResolution(res)
-    src.SetPhiResolution(res)
-    src.Update()
-    pd = src.GetOutput()
-    return (vtk_to_numpy(pd.GetPoints().GetData()).astype(float),
-            vtk_to_numpy(pd.GetPolys().GetConnectivityArray()).reshape(-1, 3).astype(np.int64))
+    return vtk_sphere(radius, res)
 
 
 def test_true_normal_map_of_a_sphere_is_radial():

@@ -24,26 +24,9 @@ from LiverLaparoRegLib.learned import data, infer, modelfile, net as lnet, train
 from LiverLaparoRegLib.mesh import MeshData  # noqa: E402
 
 
-def _box_mesh(size=(160.0, 120.0, 80.0), n=6):
-    """A closed box surface made of subdivided faces (mm), centred at 0."""
-    import vtk  # noqa: PLC0415
-    from vtk.util.numpy_support import vtk_to_numpy  # noqa: PLC0415
-
-    src = vtk.vtkCubeSource()
-    src.SetXLength(size[0])
-    src.SetYLength(size[1])
-    src.SetZLength(size[2])
-    tri = vtk.vtkTriangleFilter()
-    tri.SetInputConnection(src.GetOutputPort())
-    clean = vtk.vtkCleanPolyData()
-    clean.SetInputConnection(tri.GetOutputPort())
-    sub = vtk.vtkLinearSubdivisionFilter()
-    sub.SetInputConnection(clean.GetOutputPort())
-    sub.SetNumberOfSubdivisions(3)
-    sub.Update()
-    out = sub.GetOutput()
-    v = vtk_to_numpy(out.GetPoints().GetData()).astype(np.float64)
-    f = vtk_to_numpy(out.GetPolys().GetConnectivityArray()).astype(np.int64).reshape(-1, 3)
+def _box_mesh():
+    """A closed box surface (160 x 120 x 80 mm) made of subdivided faces, centred at 0."""
+    v, f, _ = _box_at(3)
     return MeshData(v, f, "box")
 
 
@@ -140,17 +123,9 @@ def test_scale_ridges_are_a_local_property():
     radius, far below RIDGE_SHARPNESS's 28 deg), while the one-ring definition, a share
     of the vertices, marks 8 % of it; the threshold is the P2ILF training mesh's
     sharpest 8 % of surface area (how RIDGE_SHARPNESS was set); a bad name is refused."""
-    import vtk  # noqa: PLC0415
-    from vtk.util.numpy_support import vtk_to_numpy  # noqa: PLC0415
+    from mesh_helpers import vtk_sphere  # noqa: PLC0415
 
-    src = vtk.vtkSphereSource()
-    src.SetRadius(50.0)
-    src.SetThetaResolution(60)
-    src.SetPhiResolution(60)
-    src.Update()
-    pd = src.GetOutput()
-    v = vtk_to_numpy(pd.GetPoints().GetData()).astype(float)
-    f = vtk_to_numpy(pd.GetPolys().GetConnectivityArray()).reshape(-1, 3).astype(np.int64)
+    v, f = vtk_sphere(50.0, 60)
     assert not data.ridge_vertices(v, f, definition="scale").any()
     assert data.ridge_vertices(v, f, definition="ring").mean() >= 0.07
     tm = data.p2ilf_train_mesh()
@@ -166,17 +141,9 @@ def test_scale_labels_follow_the_frame_shape():
     own preoperative shape: a sphere's frames carry no ridge pixel, while the one-ring
     labels (carried from the base mesh) mark some."""
     from LiverLaparoRegLib.learned import landmarks_data  # noqa: PLC0415
-    import vtk  # noqa: PLC0415
-    from vtk.util.numpy_support import vtk_to_numpy  # noqa: PLC0415
+    from mesh_helpers import vtk_sphere  # noqa: PLC0415
 
-    src = vtk.vtkSphereSource()
-    src.SetRadius(70.0)
-    src.SetThetaResolution(48)
-    src.SetPhiResolution(48)
-    src.Update()
-    pd = src.GetOutput()
-    v = vtk_to_numpy(pd.GetPoints().GetData()).astype(float)
-    f = vtk_to_numpy(pd.GetPolys().GetConnectivityArray()).reshape(-1, 3).astype(np.int64)
+    v, f = vtk_sphere(70.0, 48)
     tm = data.train_mesh(MeshData(v, f, "sphere"), view_axis=np.array([0.0, 1.0, 0.0]))
     ring = scale = 0
     for k in range(3):

@@ -111,17 +111,9 @@ def test_band_silhouette_matches_full_soft_silhouette_outside_and_has_no_seams(p
 
 
 def test_occluding_contour_of_a_sphere_is_the_analytic_circle():
-    import vtk
-    from vtk.util.numpy_support import vtk_to_numpy
+    from mesh_helpers import vtk_sphere
 
-    src = vtk.vtkSphereSource()
-    src.SetRadius(50.0)
-    src.SetThetaResolution(120)
-    src.SetPhiResolution(120)
-    src.Update()
-    pd = src.GetOutput()
-    v = vtk_to_numpy(pd.GetPoints().GetData()).astype(float)
-    f = vtk_to_numpy(pd.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    v, f = vtk_sphere(50.0, 120)
     T = np.eye(4)
     T[:3, 3] = [0.0, 0.0, 300.0]
     occ = pnp.occluding_contour_points(v, f, T)
