@@ -144,6 +144,38 @@ def turned_mesh(tm):
     return mesh, data.train_mesh(mesh, view_axis=w0)
 
 
+#: the ``blob`` shape: Laplacian smoothing (lambda, iterations) of the training mesh, then
+#: each principal axis stretched back to its original extent
+BLOB = (0.5, 150)
+
+
+def blob_mesh(tm):
+    """The ``blob`` development shape: the training mesh Laplacian-smoothed until its
+    notches and folds are gone (:data:`BLOB`; it shrinks), then stretched back to the
+    training mesh's extents along each principal axis: a rounded liver-sized shape whose
+    outline fits many poses alike; a probe (session 16) for development frames where the
+    outline does not fix the pose. ``(MeshData, TrainMesh)``, the view axis of ``tm``
+    kept."""
+    import scipy.sparse as sp
+
+    from LiverLaparoRegLib.learned import data
+    from LiverLaparoRegLib.mesh import MeshData, edge_graph
+
+    v0 = np.asarray(tm.vertices, float)
+    f = np.asarray(tm.faces, np.int64)
+    A = (edge_graph(v0, f) > 0).astype(float)
+    A = sp.diags(1.0 / np.maximum(np.asarray(A.sum(1)).ravel(), 1)) @ A
+    lam, n = BLOB
+    v = v0.copy()
+    for _ in range(n):
+        v = v + lam * (A @ v - v)
+    R, c = data.canonical_frame(v0)
+    x0, x = (v0 - c) @ R.T, (v - v.mean(0)) @ R.T
+    x = x * (np.ptp(x0, 0) / np.maximum(np.ptp(x, 0), 1e-9))
+    mesh = MeshData(x @ R + c, f, name="p2ilf_blob_dev")
+    return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
+
+
 def shape_and_cameras(shape: str):
     """``(mesh, train mesh, camera_of)`` of the frames of ``shape`` (``train``, ``twisted``
     or ``held-out``, the last for diagnosis only): ``camera_of(k)`` is the P2ILF camera
@@ -165,6 +197,8 @@ def shape_and_cameras(shape: str):
         mesh, tm = smooth_mesh(data.p2ilf_train_mesh())
     elif shape == "turned":
         mesh, tm = turned_mesh(data.p2ilf_train_mesh())
+    elif shape == "blob":
+        mesh, tm = blob_mesh(data.p2ilf_train_mesh())
     else:
         tm = data.p2ilf_train_mesh()
         mesh = MeshData(np.asarray(tm.vertices), np.asarray(tm.faces), name="development")
@@ -207,7 +241,8 @@ def main():
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="landmark model (default: the bundled one)")
-    ap.add_argument("--shape", default="twisted", choices=("train", "twisted", "smooth", "turned"))
+    ap.add_argument("--shape", default="twisted", choices=("train", "twisted", "smooth", "turned",
+                                                     "blob"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6])
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--flips", type=int, default=1, choices=FLIPS)
