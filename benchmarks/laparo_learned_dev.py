@@ -18,7 +18,11 @@ held-out frames of ``benchmarks/laparo_learned.py``. SYNTHETIC development shape
   (it did not: v5 10 of 12 within 10 deg, the oracle 11);
 - ``turned``: the training mesh turned so that the frames see it from the side the
   held-out protocol sees its liver from (``TURN_TO_LONG_AXIS_DEG``; session 16: no gap
-  either, v5 8 of 12, the oracle 10).
+  either, v5 8 of 12, the oracle 10);
+- ``blob``: the training mesh rounded by Laplacian smoothing and stretched back to its
+  extents (``BLOB``): an outline that fits many poses. Session 16: v5 4 of 12, the
+  oracle 9, the oracle without normals 7, the held-out liver's pattern (what v5 lacks
+  is mostly the ridge).
 
 ``--diagnosis-held-out`` runs the held-out liver's frames (seeds 0-2 are its benchmark's)
 for diagnosis only, never for a choice; ``--true-part`` feeds some of the TRUE maps
