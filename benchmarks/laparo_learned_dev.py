@@ -92,21 +92,29 @@ def twisted_mesh(tm):
 SMOOTH = (0.5, -0.53, 40)
 
 
+def neighbour_mean(v, f):
+    """The sparse ``(V, V)`` operator that averages each vertex's edge neighbours
+    (uniform weights), for the smoothing of the development shapes."""
+    import scipy.sparse as sp
+
+    from LiverLaparoRegLib.mesh import edge_graph
+
+    A = (edge_graph(v, f) > 0).astype(float)
+    return sp.diags(1.0 / np.maximum(np.asarray(A.sum(1)).ravel(), 1)) @ A
+
+
 def smooth_mesh(tm):
     """The ``smooth`` development shape of the training mesh ``tm``: Taubin-smoothed
     (:data:`SMOOTH`, uniform neighbour weights; the volume is kept, the ridges and folds
     are rounded), so that the shape is less distinctive: a probe of whether the
     development frames can show the gap between the network and the oracle that the
     held-out liver shows. ``(MeshData, TrainMesh)``, the view axis of ``tm`` kept."""
-    import scipy.sparse as sp
-
     from LiverLaparoRegLib.learned import data
-    from LiverLaparoRegLib.mesh import MeshData, edge_graph
+    from LiverLaparoRegLib.mesh import MeshData
 
     v = np.asarray(tm.vertices, float)
     f = np.asarray(tm.faces, np.int64)
-    A = (edge_graph(v, f) > 0).astype(float)          # neighbours, uniform weights
-    A = sp.diags(1.0 / np.maximum(np.asarray(A.sum(1)).ravel(), 1)) @ A
+    A = neighbour_mean(v, f)
     lam, mu, n = SMOOTH
     for _ in range(n):
         v = v + lam * (A @ v - v)
@@ -140,10 +148,7 @@ def turned_mesh(tm):
     t = np.radians(TURN_TO_LONG_AXIS_DEG)
     a_new = np.cos(t) * e1 + np.sin(t) * u             # the direction to be seen
     k = np.cross(a_new, w0)                            # rotate a_new onto w0
-    ang = np.arctan2(np.linalg.norm(k), a_new @ w0)
-    k /= np.linalg.norm(k)
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    Rt = np.eye(3) + np.sin(ang) * K + (1 - np.cos(ang)) * K @ K
+    Rt = data.rotation(k, np.arctan2(np.linalg.norm(k), a_new @ w0))
     mesh = MeshData((v - c) @ Rt.T + c, np.asarray(tm.faces), name="p2ilf_turned_dev")
     return mesh, data.train_mesh(mesh, view_axis=w0)
 
@@ -160,15 +165,12 @@ def blob_mesh(tm):
     outline fits many poses alike; a probe (session 16) for development frames where the
     outline does not fix the pose. ``(MeshData, TrainMesh)``, the view axis of ``tm``
     kept."""
-    import scipy.sparse as sp
-
     from LiverLaparoRegLib.learned import data
-    from LiverLaparoRegLib.mesh import MeshData, edge_graph
+    from LiverLaparoRegLib.mesh import MeshData
 
     v0 = np.asarray(tm.vertices, float)
     f = np.asarray(tm.faces, np.int64)
-    A = (edge_graph(v0, f) > 0).astype(float)
-    A = sp.diags(1.0 / np.maximum(np.asarray(A.sum(1)).ravel(), 1)) @ A
+    A = neighbour_mean(v0, f)
     lam, n = BLOB
     v = v0.copy()
     for _ in range(n):
@@ -241,6 +243,7 @@ def table(runs, md: Path, title: str) -> None:
 
 def main():
     from LiverLaparoRegLib.learned.landmarks_align import TRANSLATION_STARTS
+    from LiverLaparoRegLib.learned.data import RIDGE_DEFINITIONS
     from LiverLaparoRegLib.learned.landmarks_infer import FLIPS
 
     ap = argparse.ArgumentParser()
@@ -272,7 +275,7 @@ def main():
     ap.add_argument("--w-ridge", type=float, default=None,
                     help="ridge weight of the search (default: the method's, 0 with the "
                          "network's maps, 0.5 with given maps)")
-    ap.add_argument("--ridge-definition", default=None, choices=("ring", "scale"),
+    ap.add_argument("--ridge-definition", default=None, choices=RIDGE_DEFINITIONS,
                     help="the mesh's 3D ridges (and the TRUE ridge map) by this definition "
                          "instead of the network's")
     ap.add_argument("--ridge-search-only", action="store_true",
@@ -316,8 +319,7 @@ def main():
     mesh, tm, camera_of = shape_and_cameras(a.shape)
     from LiverLaparoRegLib.learned import data
     ridge_def = a.ridge_definition or net.config.get("ridge_definition", "ring")
-    ridge3d = (tm.ridge if ridge_def == "ring" else
-               data.ridge_vertices(mesh.vertices, mesh.faces, definition=ridge_def))
+    ridge3d = data.ridge_vertices(mesh.vertices, mesh.faces, definition=ridge_def)
     centre = np.asarray(mesh.vertices, float).mean(0)
     rows = []
     t0 = time.time()

@@ -111,6 +111,21 @@ RIDGE_DEFINITIONS = ("ring", "scale")
 RIDGE_RADIUS_MM, RIDGE_SHARPNESS = 6.4, 0.1194
 
 
+def check_ridge_definition(name: str) -> str:
+    """``name`` if it is one of :data:`RIDGE_DEFINITIONS`, else a one-line error."""
+    if name not in RIDGE_DEFINITIONS:
+        raise InputError(f"ridge definition: one of {', '.join(RIDGE_DEFINITIONS)}, got "
+                         f"{name!r}")
+    return name
+
+
+def face_normals(v: np.ndarray, f: np.ndarray):
+    """``(unit normals (F, 3), areas (F,))`` of the triangles."""
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    norm = np.linalg.norm(fn, axis=1, keepdims=True)
+    return fn / np.maximum(norm, 1e-12), 0.5 * norm[:, 0]
+
+
 def ridge_sharpness(v: np.ndarray, f: np.ndarray, radius_mm: float = RIDGE_RADIUS_MM):
     """``(sharpness (V,), vertex area (V,))``: per vertex, 1 - the smallest cosine between
     the area-weighted mean normal of the faces whose centroids lie within ``radius_mm``
@@ -121,9 +136,7 @@ def ridge_sharpness(v: np.ndarray, f: np.ndarray, radius_mm: float = RIDGE_RADIU
 
     v = np.asarray(v, np.float64)
     f = np.asarray(f, np.int64)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    area = 0.5 * np.linalg.norm(fn, axis=1)
-    fn = fn / np.maximum(2.0 * area[:, None], 1e-12)
+    fn, area = face_normals(v, f)
     varea = np.zeros(len(v))
     for k in range(3):
         np.add.at(varea, f[:, k], area / 3.0)
@@ -149,13 +162,9 @@ def ridge_vertices(v: np.ndarray, f: np.ndarray, fraction: float = 0.08,
     between the vertex normal and its incident face normals (a discrete curvature of the
     surface), smoothed once over the one-ring. ``scale``: :func:`ridge_sharpness` at
     least :data:`RIDGE_SHARPNESS` (``fraction`` unused)."""
-    if definition == "scale":
+    if check_ridge_definition(definition) == "scale":
         return ridge_sharpness(v, f)[0] >= RIDGE_SHARPNESS
-    if definition != "ring":
-        raise InputError(f"ridge definition: one of {', '.join(RIDGE_DEFINITIONS)}, got "
-                         f"{definition!r}")
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    fn /= np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
+    fn = face_normals(v, f)[0]
     vn = vertex_normals(v, f)
     sharp = np.zeros(len(v))
     for k in range(3):
@@ -501,15 +510,13 @@ def render_frame(tm: TrainMesh, rng, camera=None, model_to_camera=None, preop: b
     if preop:
         vs = rbf_warp(v0, rng, rng.uniform(0, warp_mm))
         vs = (vs - vs.mean(0)) * rng.uniform(0.85, 1.15, 3) + vs.mean(0)
-        fs = f0
-        ridge0 = (tm.ridge if ridge_definition == "ring"
-                  else ridge_vertices(vs, f0, definition=ridge_definition))
-        if rng.uniform() < 0.3:
-            vs, fs, ids0 = cut(vs, f0, rng)
     else:
-        vs, fs = v0.copy(), f0
-        ridge0 = (tm.ridge if ridge_definition == "ring"
-                  else ridge_vertices(vs, f0, definition=ridge_definition))
+        vs = v0.copy()
+    fs = f0
+    ridge0 = (tm.ridge if ridge_definition == "ring"     # labels of this frame's shape
+              else ridge_vertices(vs, f0, definition=ridge_definition))
+    if preop and rng.uniform() < 0.3:
+        vs, fs, ids0 = cut(vs, f0, rng)
     ridge, lig = ridge0[ids0], tm.ligament[ids0]
     vi = bend(vs, rng, bend_curvature) if bend_curvature > 0 else vs.copy()
     if preop:

@@ -194,11 +194,9 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     warp_mm = PREOP_WARP_MM if warp_mm is None else float(warp_mm)
     if not 0.0 <= warp_mm <= 60.0:
         raise InputError(f"warp: --warp-mm must be 0-60 mm, got {warp_mm:g}")
-    from .data import RIDGE_DEFINITIONS  # noqa: PLC0415
+    from .data import check_ridge_definition  # noqa: PLC0415
 
-    if ridge_definition not in RIDGE_DEFINITIONS:
-        raise InputError(f"ridge definition: --ridge-definition must be one of "
-                         f"{', '.join(RIDGE_DEFINITIONS)}, got {ridge_definition!r}")
+    check_ridge_definition(ridge_definition)
     t_start = time.time()
     deadline = t_start + 60.0 * max_minutes
     world, rank, dev = ddp_setup(device, log)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from SurgicalReg2D3DLib.errors import InputError
 
+from .data import RIDGE_DEFINITIONS
 from .train import render_cache, train_stage1, training_meshes
 
 
@@ -147,7 +148,7 @@ def add_train_parser(sub) -> None:
                    help="landmarks: add the normal map's uncertainty channel (a Laplace "
                         "scale per pixel, trained on the detached angle error; the pose "
                         "search weights the normals by it)")
-    t.add_argument("--ridge-definition", default="ring", choices=("ring", "scale"),
+    t.add_argument("--ridge-definition", default="ring", choices=RIDGE_DEFINITIONS,
                    help="landmarks: the ridge label (ring: the sharpest 8 %% of vertices by "
                         "a one-ring curvature, the bundled v5; scale: curvature at a fixed "
                         "physical scale above a fixed sharpness, any mesh resolution)")
