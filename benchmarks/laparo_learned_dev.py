@@ -92,17 +92,6 @@ def twisted_mesh(tm):
 SMOOTH = (0.5, -0.53, 40)
 
 
-def neighbour_mean(v, f):
-    """The sparse ``(V, V)`` operator that averages each vertex's edge neighbours
-    (uniform weights), for the smoothing of the development shapes."""
-    import scipy.sparse as sp
-
-    from LiverLaparoRegLib.mesh import edge_graph
-
-    A = (edge_graph(v, f) > 0).astype(float)
-    return sp.diags(1.0 / np.maximum(np.asarray(A.sum(1)).ravel(), 1)) @ A
-
-
 def smooth_mesh(tm):
     """The ``smooth`` development shape of the training mesh ``tm``: Taubin-smoothed
     (:data:`SMOOTH`, uniform neighbour weights; the volume is kept, the ridges and folds
@@ -114,7 +103,7 @@ def smooth_mesh(tm):
 
     v = np.asarray(tm.vertices, float)
     f = np.asarray(tm.faces, np.int64)
-    A = neighbour_mean(v, f)
+    A = data.neighbour_mean(v, f)
     lam, mu, n = SMOOTH
     for _ in range(n):
         v = v + lam * (A @ v - v)
@@ -170,15 +159,12 @@ def blob_mesh(tm):
 
     v0 = np.asarray(tm.vertices, float)
     f = np.asarray(tm.faces, np.int64)
-    A = neighbour_mean(v0, f)
+    A = data.neighbour_mean(v0, f)
     lam, n = BLOB
     v = v0.copy()
     for _ in range(n):
         v = v + lam * (A @ v - v)
-    R, c = data.canonical_frame(v0)
-    x0, x = (v0 - c) @ R.T, (v - v.mean(0)) @ R.T
-    x = x * (np.ptp(x0, 0) / np.maximum(np.ptp(x, 0), 1e-9))
-    mesh = MeshData(x @ R + c, f, name="p2ilf_blob_dev")
+    mesh = MeshData(data.stretched_to(v, v0), f, name="p2ilf_blob_dev")
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
 

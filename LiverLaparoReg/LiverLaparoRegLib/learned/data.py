@@ -233,6 +233,54 @@ def rbf_warp(v: np.ndarray, rng, amplitude_mm: float, sigma_mm: float = 60.0,
     return v + w @ d * rng.uniform(0.3, 1.0)
 
 
+def neighbour_mean(v: np.ndarray, f: np.ndarray):
+    """The sparse ``(V, V)`` operator that averages each vertex's edge neighbours
+    (uniform weights): one step of Laplacian smoothing is ``v + lam * (A @ v - v)``."""
+    import scipy.sparse as sp  # noqa: PLC0415
+
+    from ..mesh import edge_graph  # noqa: PLC0415
+
+    A = (edge_graph(v, f) > 0).astype(float)
+    return sp.diags(1.0 / np.maximum(np.asarray(A.sum(1)).ravel(), 1)) @ A
+
+
+def stretched_to(v: np.ndarray, v_ref: np.ndarray) -> np.ndarray:
+    """``v`` centred on ``v_ref``'s centroid and scaled along ``v_ref``'s principal axes
+    to its extents (undoes the shrinking of a smoothing)."""
+    R, c = canonical_frame(v_ref)
+    x0, x = (v_ref - c) @ R.T, (v - v.mean(0)) @ R.T
+    return (x * (np.ptp(x0, 0) / np.maximum(np.ptp(x, 0), 1e-9))) @ R + c
+
+
+#: relief change of the preoperative shape (``train --relief P``: with probability P per
+#: frame), half of them rounder, half sharper, then stretched back to the shape's extents
+#: (:func:`relief`). Rounder: ``v - u (v - S^k v)``, ``S`` a Laplacian step of 0.5, ``k``
+#: in ``RELIEF_ROUND_STEPS``, ``u`` in [0, 1]. Sharper: ``v + g (S^4 v - S^k v)``, ``k`` in
+#: ``RELIEF_SHARPEN_STEPS``, ``g`` in [0, ``RELIEF_SHARPEN_GAIN``] (a band of the detail:
+#: the finest, the triangulation's, would turn into noise). On the P2ILF mesh, whose
+#: ``scale`` ridge covers 8 % of its area, the extremes give about 3 % and 25 %
+#: (measured when written, 2026-12-07); the ``blob`` development shape (150 steps of
+#: rounding) lies beyond them
+RELIEF_ROUND_STEPS, RELIEF_SHARPEN_STEPS, RELIEF_SHARPEN_GAIN = (4, 30), (15, 40), 1.0
+
+
+def relief(v: np.ndarray, f: np.ndarray, rng, A=None) -> np.ndarray:
+    """A random relief change of ``v`` (:data:`RELIEF_ROUND_STEPS` ...): a rounder or a
+    sharper copy of the same extents. ``A``: :func:`neighbour_mean` of the mesh (computed
+    if None)."""
+    A = neighbour_mean(v, f) if A is None else A
+    sharper = rng.uniform() < 0.5
+    k = int(rng.integers(*(RELIEF_SHARPEN_STEPS if sharper else RELIEF_ROUND_STEPS)) + 1)
+    s, fine = v.copy(), None
+    for i in range(k):
+        s = s + 0.5 * (A @ s - s)
+        if i == 3:
+            fine = s.copy()
+    if sharper:
+        return stretched_to(v + rng.uniform(0, RELIEF_SHARPEN_GAIN) * (fine - s), v)
+    return stretched_to(v - rng.uniform(0, 1) * (v - s), v)
+
+
 def bend(v: np.ndarray, rng, max_curvature: float = 1 / 160.0) -> np.ndarray:
     """Near-isometric bending: points are rolled around a cylinder of radius
     ``1 / kappa`` whose axis is parallel to a random plane through the centroid (the
@@ -495,7 +543,7 @@ def point_inputs(vertices: np.ndarray, faces: np.ndarray, start: int = 0,
 def render_frame(tm: TrainMesh, rng, camera=None, model_to_camera=None, preop: bool = True,
                  bend_curvature: float = 1 / 160.0, instruments: bool = True,
                  max_tries: int = 20, warp_mm: float = PREOP_WARP_MM,
-                 ridge_definition: str = "ring") -> dict:
+                 ridge_definition: str = "ring", relief_prob: float = 0.0) -> dict:
     """The frame every SYNTHETIC training sample starts from (shared by :func:`make_sample`
     and the landmark samples of :mod:`.landmarks_data`): the preoperative shape (warped,
     scaled, maybe cut) bent into the intraoperative one, a laparoscope pose and camera,
@@ -503,13 +551,17 @@ def render_frame(tm: TrainMesh, rng, camera=None, model_to_camera=None, preop: b
     instruments removed and the shaded image; ``warp_mm``: the largest amplitude of the
     preoperative shape's random warp (:func:`rbf_warp`); ``ridge_definition``: ``ring``
     carries the base mesh's ridge labels (``tm.ridge``) by vertex id, another definition
-    (:func:`ridge_vertices`) labels the warped, scaled preoperative shape itself.
-    Returns the local variables by name."""
+    (:func:`ridge_vertices`) labels the warped, scaled preoperative shape itself;
+    ``relief_prob``: the probability of a :func:`relief` change of the preoperative shape
+    (with the ``ring`` definition the base mesh's labels would no longer fit it, so it
+    needs another definition). Returns the local variables by name."""
     v0, f0 = tm.vertices, tm.faces
     ids0 = np.arange(len(v0))
     if preop:
         vs = rbf_warp(v0, rng, rng.uniform(0, warp_mm))
         vs = (vs - vs.mean(0)) * rng.uniform(0.85, 1.15, 3) + vs.mean(0)
+        if relief_prob > 0 and rng.uniform() < relief_prob:
+            vs = relief(vs, f0, rng)
     else:
         vs = v0.copy()
     fs = f0

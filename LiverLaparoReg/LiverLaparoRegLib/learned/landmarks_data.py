@@ -59,16 +59,17 @@ def landmark_sample(tm: "data.TrainMesh", rng, camera=None, model_to_camera=None
                     preop: bool = True, bend_curvature: float = 1 / 160.0,
                     instruments: bool = True, max_tries: int = 20,
                     warp_mm: float = data.PREOP_WARP_MM,
-                    ridge_definition: str = "ring") -> Dict[str, np.ndarray]:
+                    ridge_definition: str = "ring",
+                    relief_prob: float = 0.0) -> Dict[str, np.ndarray]:
     """One SYNTHETIC frame with its landmark maps: a dict with ``image (3, H, W)`` float32,
     ``mask (H, W)`` uint8 (instruments removed), ``target (3, H, W)`` uint8 (ridge,
     ligament, silhouette), ``valid (3,)`` uint8, ``normals (3, H, W)`` float32 (zero
     outside the mask), ``model_to_camera (4, 4)`` (base mesh
     -> camera, rigid part; the frame shows the bent copy) and ``vertices`` (the shape
     seen in the frame, same vertex ids as the base mesh unless cut); ``warp_mm``: see
-    :func:`.data.render_frame`, as ``ridge_definition``."""
+    :func:`.data.render_frame`, as ``ridge_definition`` and ``relief_prob``."""
     fr = data.render_frame(tm, rng, camera, model_to_camera, preop, bend_curvature,
-                           instruments, max_tries, warp_mm, ridge_definition)
+                           instruments, max_tries, warp_mm, ridge_definition, relief_prob)
     ids0, ridge, lig, fs, cam, T, vi = (fr[k] for k in ("ids0", "ridge", "lig", "fs", "cam",
                                                         "T", "vi"))
     depth, face, bary, mask, img = (fr[k] for k in ("depth", "face", "bary", "mask", "img"))

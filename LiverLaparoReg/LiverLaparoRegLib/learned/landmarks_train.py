@@ -49,13 +49,14 @@ SEED_OFFSET = 50000
 
 
 def _chunk_file(cache: Path, seed: int, k: int, warp_mm: float,
-                ridge_definition: str = "ring") -> Path:
+                ridge_definition: str = "ring", relief_prob: float = 0.0) -> Path:
     # "lmn": chunks with the normal maps (the older "lm" chunks have none); frames with a
     # non-default shape warp or ridge label are named by it, so a cache never mixes two
     from .data import PREOP_WARP_MM  # noqa: PLC0415
 
     w = "" if warp_mm == PREOP_WARP_MM else f"_w{warp_mm:g}"
     r = "" if ridge_definition == "ring" else f"_r{ridge_definition}"
+    r += "" if relief_prob == 0 else f"_relief{relief_prob:g}"
     return cache / f"lmn_s{seed}{w}{r}_c{k:05d}.npz"
 
 
@@ -63,12 +64,13 @@ class _Pool:
     """The growing set of rendered frames (cache chunks on disk + the current chunk)."""
 
     def __init__(self, cache: Path, seed: int, meshes, target: int, stream=None,
-                 warp_mm: float = None, ridge_definition: str = "ring"):
+                 warp_mm: float = None, ridge_definition: str = "ring",
+                 relief_prob: float = 0.0):
         from .data import PREOP_WARP_MM  # noqa: PLC0415
 
         self.cache, self.seed, self.meshes, self.target = cache, seed, meshes, target
         self.warp_mm = PREOP_WARP_MM if warp_mm is None else float(warp_mm)
-        self.ridge_definition = ridge_definition
+        self.ridge_definition, self.relief_prob = ridge_definition, float(relief_prob)
         self.stream = [] if stream is None else [int(stream)]  # torchrun: the rank
         cache.mkdir(parents=True, exist_ok=True)
         self.arrs: Dict[str, List[np.ndarray]] = {}
@@ -86,7 +88,8 @@ class _Pool:
         self.next_chunk = k
 
     def _file(self, k: int) -> Path:
-        return _chunk_file(self.cache, self.seed, k, self.warp_mm, self.ridge_definition)
+        return _chunk_file(self.cache, self.seed, k, self.warp_mm, self.ridge_definition,
+                           self.relief_prob)
 
     def _add(self, z):
         for key, val in z.items():
@@ -104,7 +107,8 @@ class _Pool:
         rng = np.random.default_rng([self.seed, SEED_OFFSET + i] + self.stream)
         s = landmarks_data.landmark_sample(self.meshes[i % len(self.meshes)], rng,
                                           warp_mm=self.warp_mm,
-                                          ridge_definition=self.ridge_definition)
+                                          ridge_definition=self.ridge_definition,
+                                          relief_prob=self.relief_prob)
         self.pending.append(landmarks_data.pack(s))
         if len(self.pending) == CHUNK:
             z = {key: np.stack([p[key] for p in self.pending]) for key in self.pending[0]}
@@ -166,7 +170,8 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                     checkpoint_minutes: float = 5.0,
                     normal_loss: str = "angle", normal_weight: Optional[float] = None,
                     warp_mm: Optional[float] = None, normal_scale: bool = False,
-                    ridge_definition: str = "ring", command: str = "", log=print) -> dict:
+                    ridge_definition: str = "ring", relief_prob: float = 0.0,
+                    command: str = "", log=print) -> dict:
     """Train a landmark model and write it to ``out`` (see the module docstring).
     Returns the training record (loss history included)."""
     import torch  # noqa: PLC0415
@@ -197,6 +202,12 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     from .data import check_ridge_definition  # noqa: PLC0415
 
     check_ridge_definition(ridge_definition)
+    relief_prob = float(relief_prob)
+    if not 0.0 <= relief_prob <= 1.0:
+        raise InputError(f"relief: --relief must be a probability in [0, 1], got {relief_prob:g}")
+    if relief_prob > 0 and ridge_definition == "ring":
+        raise InputError("relief: --relief changes the shape, and the ring ridge labels are "
+                         "the base mesh's; use it with --ridge-definition scale")
     t_start = time.time()
     deadline = t_start + 60.0 * max_minutes
     world, rank, dev = ddp_setup(device, log)
@@ -225,10 +236,11 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         log(f"resume: from {resume} at step {step}")
     if world > 1:  # each replica renders and trains on frames of its own
         pool = _Pool(cache / f"rank{rank}", seed, tms, -(-samples // world), stream=rank,
-                     warp_mm=warp_mm, ridge_definition=ridge_definition)
+                     warp_mm=warp_mm, ridge_definition=ridge_definition,
+                     relief_prob=relief_prob)
     else:
         pool = _Pool(cache, seed, tms, samples, warp_mm=warp_mm,
-                     ridge_definition=ridge_definition)
+                     ridge_definition=ridge_definition, relief_prob=relief_prob)
     render_s = 0.0
     while pool.size() < min(batch * 4, samples) and time.time() < deadline:
         t0 = time.time()
@@ -251,7 +263,10 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         nonlocal record
         record = {"data": f"SYNTHETIC: {pool.size()} frames rendered by LiverLaparoRegLib."
                           f"learned.landmarks_data from the mesh(es) [{mesh_desc}] (deformed: "
-                          f"warp <= {warp_mm:g} mm, cut, bent, random laparoscope poses "
+                          f"warp <= {warp_mm:g} mm, "
+                          + (f"rounder or sharper with probability {relief_prob:g}, "
+                             if relief_prob else "")
+                          + f"cut, bent, random laparoscope poses "
                           f"and appearance, instruments); "
                           f"per-pixel ridge ({ridge_definition} definition) / ligament / "
                           f"silhouette maps and camera-frame "
@@ -261,7 +276,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                   "lr": lr, "samples": pool.size() * world, "meshes": mesh_desc,
                   "normal_loss": normal_loss, "normal_weight": normal_weight,
                   "warp_mm": warp_mm, "normal_scale": bool(model.config.get("normal_scale")),
-                  "ridge_definition": ridge_definition,
+                  "ridge_definition": ridge_definition, "relief_prob": relief_prob,
                   "device": str(dev), "world_size": world,
                   "loss_history": history, "wall_s": wall_before + time.time() - t_start,
                   "render_s": render_s, "finished": final}

@@ -78,6 +78,8 @@ def _landmarks_command(args) -> str:
         parts.append("--normal-scale")
     if args.ridge_definition != "ring":
         parts.append(f"--ridge-definition {args.ridge_definition}")
+    if args.relief:
+        parts.append(f"--relief {args.relief:g}")
     if args.meshes:
         parts.append("--meshes " + " ".join(str(m) for m in args.meshes))
     if args.data_cache:
@@ -108,7 +110,7 @@ def _run_train_landmarks(args) -> int:
                           levels=args.levels, checkpoint_minutes=args.checkpoint_minutes,
                           normal_loss=args.normal_loss, normal_weight=args.normal_weight,
                           warp_mm=args.warp_mm, normal_scale=args.normal_scale,
-                          ridge_definition=args.ridge_definition,
+                          ridge_definition=args.ridge_definition, relief_prob=args.relief,
                           command=_landmarks_command(args), log=log)
     h = rec["loss_history"]
     print(json.dumps({"out": str(args.out), "kind": "landmarks", "steps": rec["steps"],
@@ -152,6 +154,10 @@ def add_train_parser(sub) -> None:
                    help="landmarks: the ridge label (ring: the sharpest 8 %% of vertices by "
                         "a one-ring curvature, the bundled v5; scale: curvature at a fixed "
                         "physical scale above a fixed sharpness, any mesh resolution)")
+    t.add_argument("--relief", type=float, default=0.0,
+                   help="landmarks: the probability that a training shape is made rounder "
+                        "or sharper (a Laplacian band of its detail scaled; needs "
+                        "--ridge-definition scale; default 0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
