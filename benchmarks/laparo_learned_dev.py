@@ -41,7 +41,8 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
         [--seeds 5 6] [--frames 6] [--flips 1] [--translation-start moment] \\
         [--maps-only] [--true-maps [--no-normals]] [--true-part PARTS] \\
         [--diagnosis-held-out] [--ignore-normal-scale] [--w-ridge W] \\
-        [--ridge-definition ring|scale] [--ridge-search-only] [--tag NAME] [--out DIR]
+        [--ridge-definition ring|scale] [--ridge-search-only] [--ridge-tiebreak] \\
+        [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
@@ -168,6 +169,31 @@ def blob_mesh(tm):
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
 
+def ridge_agreement(pred_ridge, true_ridge, mask_net) -> dict:
+    """The network's ridge pixels (probability >= 0.5 inside the mask, network grid)
+    against the TRUE ridge map of the same definition, each side dilated by one pixel
+    (a one-pixel tolerance): pixel counts for a pooled precision and recall."""
+    import cv2
+
+    m = np.asarray(mask_net) > 0
+    t, p = (np.asarray(true_ridge) >= 0.5) & m, (np.asarray(pred_ridge) >= 0.5) & m
+    k3 = np.ones((3, 3), np.uint8)
+    td = cv2.dilate(t.astype(np.uint8), k3).astype(bool)
+    pdil = cv2.dilate(p.astype(np.uint8), k3).astype(bool)
+    return {"ridge_true_px": int(t.sum()), "ridge_pred_px": int(p.sum()),
+            "ridge_pred_on_true_px": int((p & td).sum()),
+            "ridge_true_found_px": int((t & pdil).sum())}
+
+
+def pooled_ridge_agreement(rows) -> dict:
+    """Pooled ridge precision / recall of :func:`ridge_agreement` rows."""
+    n = {k: sum(r.get(k, 0) for r in rows) for k in ("ridge_true_px", "ridge_pred_px",
+                                                      "ridge_pred_on_true_px",
+                                                      "ridge_true_found_px")}
+    return {"ridge_precision": round(n["ridge_pred_on_true_px"] / max(n["ridge_pred_px"], 1), 3),
+            "ridge_recall": round(n["ridge_true_found_px"] / max(n["ridge_true_px"], 1), 3)}
+
+
 def shape_and_cameras(shape: str):
     """``(mesh, train mesh, camera_of)`` of the frames of ``shape`` (``train``, ``twisted``
     or ``held-out``, the last for diagnosis only): ``camera_of(k)`` is the P2ILF camera
@@ -267,6 +293,9 @@ def main():
     ap.add_argument("--ridge-search-only", action="store_true",
                     help="the ridge only in the search, not in the image ICP and the "
                          "refinement (register_landmarks(ridge_in_refinement=False))")
+    ap.add_argument("--ridge-tiebreak", action="store_true",
+                    help="the ridge (weight --w-ridge) only re-ranks the search's near-equal "
+                         "poses (register_landmarks(ridge_tiebreak=True))")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -320,7 +349,8 @@ def main():
             pred = li.predict_maps(net, img, mask, cam, flips=a.flips)
             m_net = li.observations(true_n[:3], mask, cam)["mask_net"]
             row = {"seed": seed, "frame": k, "view_deg": round(view_angle_deg(T), 1),
-                   "normal_error_deg": normal_error_deg(pred[3:6], true_n[3:], m_net)}
+                   "normal_error_deg": normal_error_deg(pred[3:6], true_n[3:], m_net),
+                   **ridge_agreement(pred[0], true_n[0], m_net)}
             t1 = time.perf_counter()
             if a.maps_only:
                 rows.append(row)
@@ -339,6 +369,7 @@ def main():
                                           normal_uncertainty=not a.ignore_normal_scale,
                                           ridge_definition=ridge_def, w_ridge=a.w_ridge,
                                           ridge_in_refinement=not a.ridge_search_only,
+                                          ridge_tiebreak=a.ridge_tiebreak,
                                           **given)
                 row.update(rot_deg=round(float(rotation_error_deg(r.model_to_camera[:3, :3],
                                                                   T[:3, :3])), 2),
@@ -355,7 +386,8 @@ def main():
     rot = [r.get("rot_deg") if r.get("rot_deg") is not None else 180.0 for r in rows]
     ne = [r["normal_error_deg"] for r in rows if r["normal_error_deg"] is not None]
     summary = {"frames": len(rows),
-               "normal_error_deg_mean": round(float(np.mean(ne)), 2) if ne else None}
+               "normal_error_deg_mean": round(float(np.mean(ne)), 2) if ne else None,
+               **pooled_ridge_agreement(rows)}
     if not a.maps_only:
         summary.update({
             "within_10_deg": int(sum(x < 10 for x in rot)),
@@ -372,6 +404,7 @@ def main():
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
             "translation_start": a.translation_start, "w_ridge": a.w_ridge,
             "ridge_definition": ridge_def, "ridge_search_only": a.ridge_search_only,
+            "ridge_tiebreak": a.ridge_tiebreak,
             "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)

@@ -392,6 +392,53 @@ def test_search_from_no_pose_with_true_maps():
     assert far and min(far) > cands[0][1] + 0.3
 
 
+def test_ridge_tiebreak_reranks_only_near_equal_poses(monkeypatch):
+    """``tiebreak_by_ridge`` on a SYNTHETIC frame of the P2ILF mesh: the TRUE mask, and a
+    ridge map drawn at a pose turned 20 deg about the view axis, so that the cost with the
+    ridge prefers that wrong pose. It fits the outline much worse (> TIE_PX), so it stays
+    behind the true one; once the tie band is widened to include it, the ridge puts it
+    first. The costs returned include the ridge (independent check:
+    ``pose_cost`` with and without the ridge)."""
+    tm, cam, T, maps, obs, lm = _training_mesh_frame([6, 1002])
+    Rz = np.eye(4)
+    Rz[:3, :3] = data.rotation(np.array([0.0, 0.0, 1.0]), np.radians(20.0))
+    centre = T[:3, :3] @ lm.c + T[:3, 3]
+    T_far = Rz @ T
+    T_far[:3, 3] += centre - Rz[:3, :3] @ centre          # turned about the liver centre
+    far_maps = li.true_maps(tm.vertices, tm.faces, T_far, cam, ridge=tm.ridge)
+    assert (far_maps[0] >= 0.5).sum() > 20
+    obs2 = li.observed_2d(obs, (far_maps[0] >= 0.5).astype(np.uint8), cam)
+    free = [lalign.pose_cost(X, lm, obs2, 0.0, 0.0) for X in (T, T_far)]
+    total = [lalign.pose_cost(X, lm, obs2, 0.5, 0.0) for X in (T, T_far)]
+    assert free[1] > free[0] + li.TIE_PX and total[1] < total[0]
+    cands = [(T_far, 0.0), (T, 0.0)]
+    out, n_tied, (T_free, c_free) = li.tiebreak_by_ridge(cands, lm, obs2, 0.5, 0.0)
+    assert n_tied == 1 and out[0][0] is T and out[1][0] is T_far
+    assert np.allclose([c for _, c in out], total, atol=1e-5)
+    assert T_free is T and abs(c_free - free[0]) < 1e-5
+    monkeypatch.setattr(li, "TIE_PX", free[1] - free[0] + 1.0)
+    out, n_tied, _ = li.tiebreak_by_ridge(cands, lm, obs2, 0.5, 0.0)
+    assert n_tied == 2 and out[0][0] is T_far and out[1][0] is T
+
+
+def test_registration_with_the_ridge_as_tiebreaker():
+    """``register_landmarks(ridge_tiebreak=True)`` with the TRUE 2D maps of a SYNTHETIC
+    frame of the P2ILF mesh (no start pose): within 5 deg of the true pose; the result
+    records the tie-break (the ridge kept out of the ICP and refinement)."""
+    from LiverLaparoRegLib.learned.evaluation import full_frame  # noqa: PLC0415
+    from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
+
+    tm, cam, T, maps, obs, lm = _training_mesh_frame([6, 1002])
+    mask = full_frame(tm, cam, np.random.default_rng([6, 1002]))[2]
+    mesh = MeshData(tm.vertices, tm.faces)
+    r = li.register_landmarks(mesh, cam, None, mask, maps=maps, ridge_tiebreak=True,
+                              w_ridge=0.5, refine=False)
+    info = r.metrics["learned"]
+    assert lmetrics.pose_errors(r.model_to_camera, T, lm.c)["rotation_deg"] < 5.0
+    assert info["ridge_tiebreak"]["tied_candidates"] >= 1
+    assert info["ridge_in_refinement"] is False and info["ridge_weight"] == 0.5
+
+
 def _tiny_model(tmp_path):
     torch.manual_seed(0)
     net = LandmarkNet(base=4).eval()

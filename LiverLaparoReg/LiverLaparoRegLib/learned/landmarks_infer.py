@@ -225,6 +225,28 @@ ICP_CANDIDATES, ICP_WITHIN_PX = 4, 0.6
 W_RIDGE_LEARNED = 0.0
 
 
+#: ridge tie-break (``register_landmarks(ridge_tiebreak=True)``): the search's poses whose
+#: ridge-free cost is within this (network px) of the best are re-ranked with the ridge:
+#: the verdict's own "another pose fits nearly as well" margin, not a tuned value
+TIE_PX = AMBIGUOUS_MARGIN[1]
+
+
+def tiebreak_by_ridge(cands, lm, obs2: Observed2D, w_ridge: float, w_normal: float):
+    """The search's ``[(model_to_camera, cost)]`` (found without the ridge) re-ranked:
+    those within :data:`TIE_PX` of the best ridge-free cost first, by their cost with the
+    ridge term (weight ``w_ridge``), then the rest in their order; every cost returned
+    includes the ridge. Returns ``(candidates, number tied, (T, cost) of the ridge-free
+    best)``."""
+    free = [pose_cost(T, lm, obs2, 0.0, w_normal) for T, _ in cands]
+    total = [pose_cost(T, lm, obs2, w_ridge, w_normal) for T, _ in cands]
+    k0 = int(np.argmin(free))
+    tied = [k for k in range(len(cands)) if free[k] <= free[k0] + TIE_PX]
+    order = sorted(tied, key=lambda k: total[k]) + [k for k in range(len(cands))
+                                                   if k not in tied]
+    return ([(cands[k][0], total[k]) for k in order], len(tied),
+            (cands[k0][0], free[k0]))
+
+
 def hidden_region(obs2: Observed2D, camera) -> np.ndarray:
     """``(H, W)`` bool, full frame: the pixels outside the mask whose nearest mask pixel is
     not on the liver's own outline (an instrument's edge, the frame border), where the
@@ -267,7 +289,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                        w_ridge: Optional[float] = None, w_normal: Optional[float] = None,
                        flips: int = 1, translation_start: str = "moment",
                        normal_uncertainty: bool = True, ridge_definition: Optional[str] = None,
-                       ridge_in_refinement: bool = True, progress=None, cancel=None):
+                       ridge_in_refinement: bool = True, ridge_tiebreak: bool = False,
+                       progress=None, cancel=None):
     """Learned registration with the landmark model (module docstring). ``model``: model
     file (None = bundled landmarks model); ``net``: a loaded network; ``maps``: given
     ``(3, NET_H, NET_W)`` landmark probabilities instead of the network (tests);
@@ -286,7 +309,11 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     ``ridge_definition``: how the mesh's 3D ridges are found (:func:`.data.ridge_vertices`;
     None: the one the network's ridge labels had, ``ring`` for given maps);
     ``ridge_in_refinement=False``: the ridge (when its weight is > 0) only chooses among
-    the search's poses; the image ICP and the refinement use the silhouette alone."""
+    the search's poses; the image ICP and the refinement use the silhouette alone;
+    ``ridge_tiebreak=True``: the ridge (weight ``w_ridge``, > 0) only re-ranks the search's
+    poses whose ridge-free cost is within ``TIE_PX`` of the best (:func:`tiebreak_by_ridge`)
+    and the ICP goes to those alone; a pose it chose over a far one that fits the other
+    terms better is at best "doubtful"."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -343,11 +370,15 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty)
     if w_ridge is None:
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
-    if w_ridge <= 0 or not ridge_in_refinement:  # no ridge in the ICP and refinement
+    tiebreak = bool(ridge_tiebreak) and w_ridge > 0
+    if w_ridge <= 0 or not ridge_in_refinement or tiebreak:  # no ridge in ICP, refinement
         obs = dict(obs, ridge=np.zeros((0, 2)), ridge_conf=np.zeros(0))
     cands = align_search(lm, camera, obs2, view_axis=view_axis, cone_deg=cone_deg,
-                         w_ridge=w_ridge, w_normal=w_normal,
+                         w_ridge=0.0 if tiebreak else w_ridge, w_normal=w_normal,
                          translation_start=translation_start, cancel=cancel)
+    n_tied, free_best = len(cands), None
+    if tiebreak:
+        cands, n_tied, free_best = tiebreak_by_ridge(cands, lm, obs2, w_ridge, w_normal)
     timings["search_s"] = time.perf_counter() - t1
     report(progress, 0.3, "LiverLaparoReg: correspondences (image ICP)")
     t1 = time.perf_counter()
@@ -360,7 +391,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         if ground_truth is not None:      # diagnostics only (benchmarks): not used
             from .. import metrics as _m  # noqa: PLC0415
             entry["search_rot_err_deg"] = round(_m.pose_errors(T0, ground_truth)["rotation_deg"], 1)
-        if best is not None and (c0 > cands[0][1] + ICP_WITHIN_PX or i >= ICP_CANDIDATES):
+        if best is not None and (c0 > cands[0][1] + ICP_WITHIN_PX or i >= ICP_CANDIDATES
+                                 or i >= n_tied):
             continue
         if not _in_front(T0, lm):        # a close-up: move it back along its centre's ray
             T0 = _pushed_in_front(T0, lm)
@@ -418,7 +450,9 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "ransac_vs_icp_deg": round(float(ransac_vs_icp["rotation_deg"]), 3),
              "ligament": "predicted, not used for the pose (no 3D ligament on the mesh)",
              "ridge_weight": float(w_ridge), "ridge_definition": ridge_definition,
-             "ridge_in_refinement": bool(ridge_in_refinement and w_ridge > 0),
+             "ridge_in_refinement": bool(ridge_in_refinement and w_ridge > 0
+                                         and not tiebreak),
+             "ridge_tiebreak": ({"tied_candidates": n_tied} if tiebreak else False),
              "network_flips": int(flips) if given_maps is None else 0,
              "translation_start": translation_start,
              "normal_weight": w_normal if obs2.normals is not None else 0.0,
@@ -467,6 +501,13 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         res.quality.verdict = "doubtful"
         res.quality.reasons.insert(0, f"another pose far away fits nearly as well (cost "
                                       f"margin {margin:.3f} px < {AMBIGUOUS_MARGIN[1]})")
+    if free_best is not None and _rot_deg(free_best[0], T1) > AMBIGUOUS_DEG \
+            and free_best[1] < pose_cost(T1, lm, obs2, 0.0, w_normal):
+        minfo["ridge_tiebreak"]["chose_over_deg"] = round(_rot_deg(free_best[0], T1), 1)
+        if res.quality.verdict == "ok":
+            res.quality.verdict = "doubtful"
+        res.quality.reasons.insert(0, "chosen by the ridge map among poses whose outlines "
+                                      "fit alike (a far pose fits the outline better)")
     if "refinement" in minfo:
         res.quality.verdict = "failed"
         res.quality.reasons.insert(0, minfo["refinement"])
