@@ -412,10 +412,10 @@ def test_ridge_tiebreak_reranks_only_near_equal_poses(monkeypatch):
     total = [lalign.pose_cost(X, lm, obs2, 0.5, 0.0) for X in (T, T_far)]
     assert free[1] > free[0] + li.TIE_PX and total[1] < total[0]
     cands = [(T_far, 0.0), (T, 0.0)]
-    out, n_tied, (T_free, c_free) = li.tiebreak_by_ridge(cands, lm, obs2, 0.5, 0.0)
+    out, n_tied, out_free = li.tiebreak_by_ridge(cands, lm, obs2, 0.5, 0.0)
     assert n_tied == 1 and out[0][0] is T and out[1][0] is T_far
     assert np.allclose([c for _, c in out], total, atol=1e-5)
-    assert T_free is T and abs(c_free - free[0]) < 1e-5
+    assert np.allclose(out_free, free, atol=1e-5)
     monkeypatch.setattr(li, "TIE_PX", free[1] - free[0] + 1.0)
     out, n_tied, _ = li.tiebreak_by_ridge(cands, lm, obs2, 0.5, 0.0)
     assert n_tied == 2 and out[0][0] is T_far and out[1][0] is T
@@ -436,6 +436,7 @@ def test_registration_with_the_ridge_as_tiebreaker():
     info = r.metrics["learned"]
     assert lmetrics.pose_errors(r.model_to_camera, T, lm.c)["rotation_deg"] < 5.0
     assert info["ridge_tiebreak"]["tied_candidates"] >= 1
+    assert info["ridge_tiebreak"]["ridge_free_margin_px"] == info["search_margin_px"] >= 0.0
     assert info["ridge_in_refinement"] is False and info["ridge_weight"] == 0.5
 
 

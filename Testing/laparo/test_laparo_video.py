@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from SurgicalReg2D3DLib import nodes, nodes_volumes
-from SurgicalReg2D3DLib.errors import FileReadError, InputError
+from SurgicalReg2D3DLib.errors import FileReadError
 
 
 def test_read_video_from_folder_and_file(tmp_path):

@@ -235,16 +235,14 @@ def tiebreak_by_ridge(cands, lm, obs2: Observed2D, w_ridge: float, w_normal: flo
     """The search's ``[(model_to_camera, cost)]`` (found without the ridge) re-ranked:
     those within :data:`TIE_PX` of the best ridge-free cost first, by their cost with the
     ridge term (weight ``w_ridge``), then the rest in their order; every cost returned
-    includes the ridge. Returns ``(candidates, number tied, (T, cost) of the ridge-free
-    best)``."""
+    includes the ridge. Returns ``(candidates, number tied, their ridge-free costs)``."""
     free = [pose_cost(T, lm, obs2, 0.0, w_normal) for T, _ in cands]
     total = [pose_cost(T, lm, obs2, w_ridge, w_normal) for T, _ in cands]
     k0 = int(np.argmin(free))
     tied = [k for k in range(len(cands)) if free[k] <= free[k0] + TIE_PX]
     order = sorted(tied, key=lambda k: total[k]) + [k for k in range(len(cands))
                                                    if k not in tied]
-    return ([(cands[k][0], total[k]) for k in order], len(tied),
-            (cands[k0][0], free[k0]))
+    return ([(cands[k][0], total[k]) for k in order], len(tied), [free[k] for k in order])
 
 
 def hidden_region(obs2: Observed2D, camera) -> np.ndarray:
@@ -312,8 +310,9 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     the search's poses; the image ICP and the refinement use the silhouette alone;
     ``ridge_tiebreak=True``: the ridge (weight ``w_ridge``, > 0) only re-ranks the search's
     poses whose ridge-free cost is within ``TIE_PX`` of the best (:func:`tiebreak_by_ridge`)
-    and the ICP goes to those alone; a pose it chose over a far one that fits the other
-    terms better is at best "doubtful"."""
+    and the ICP goes to those alone; the verdict's margin is the ridge-free one, and a
+    pose the ridge chose over a far one that fits the ridge-free cost better is at best
+    "doubtful"."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -376,9 +375,9 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     cands = align_search(lm, camera, obs2, view_axis=view_axis, cone_deg=cone_deg,
                          w_ridge=0.0 if tiebreak else w_ridge, w_normal=w_normal,
                          translation_start=translation_start, cancel=cancel)
-    n_tied, free_best = len(cands), None
+    n_tied, free = len(cands), None
     if tiebreak:
-        cands, n_tied, free_best = tiebreak_by_ridge(cands, lm, obs2, w_ridge, w_normal)
+        cands, n_tied, free = tiebreak_by_ridge(cands, lm, obs2, w_ridge, w_normal)
     timings["search_s"] = time.perf_counter() - t1
     report(progress, 0.3, "LiverLaparoReg: correspondences (image ICP)")
     t1 = time.perf_counter()
@@ -490,6 +489,16 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     others = [e.get("cost_px", c) for (Tc, c), e in zip(cands, tried)
               if _rot_deg(Tc, T1) > AMBIGUOUS_DEG]
     margin = min(others) - s1 if others else 10.0
+    if free is not None:
+        # the ridge broke ties: the margin is the ridge-free one (the cost the thresholds
+        # were set on), unless a far pose fits that cost better, i.e. the ridge alone
+        # chose: then the margin with the ridge, and at best "doubtful" (below)
+        far_free = [fk for (Tc, _), fk in zip(cands, free) if _rot_deg(Tc, T1) > AMBIGUOUS_DEG]
+        margin_free = (min(far_free) - pose_cost(T1, lm, obs2, 0.0, w_normal) if far_free
+                       else 10.0)
+        minfo["ridge_tiebreak"]["ridge_free_margin_px"] = round(float(margin_free), 4)
+        if margin_free >= 0:
+            margin = margin_free
     res.quality.signals["search_margin_px"] = round(float(margin), 4)
     minfo["search_margin_px"] = round(float(margin), 4)
     res.metrics["learned"]["search_margin_px"] = minfo["search_margin_px"]
@@ -501,9 +510,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         res.quality.verdict = "doubtful"
         res.quality.reasons.insert(0, f"another pose far away fits nearly as well (cost "
                                       f"margin {margin:.3f} px < {AMBIGUOUS_MARGIN[1]})")
-    if free_best is not None and _rot_deg(free_best[0], T1) > AMBIGUOUS_DEG \
-            and free_best[1] < pose_cost(T1, lm, obs2, 0.0, w_normal):
-        minfo["ridge_tiebreak"]["chose_over_deg"] = round(_rot_deg(free_best[0], T1), 1)
+    if free is not None and minfo["ridge_tiebreak"]["ridge_free_margin_px"] < 0:
         if res.quality.verdict == "ok":
             res.quality.verdict = "doubtful"
         res.quality.reasons.insert(0, "chosen by the ridge map among poses whose outlines "
