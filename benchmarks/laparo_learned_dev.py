@@ -170,8 +170,9 @@ def blob_mesh(tm):
 
 
 def ridge_agreement(pred_ridge, true_ridge, mask_net) -> dict:
-    """The network's ridge pixels (probability >= 0.5 inside the mask, network grid)
-    against the TRUE ridge map of the same definition, each side dilated by one pixel
+    """The network's ridge pixels (probability >= 0.5 inside the mask, network grid; the
+    network loaded, also in oracle runs; ``--ridge-model``'s where given) against the
+    TRUE ridge map of the run's definition, each side dilated by one pixel
     (a one-pixel tolerance): pixel counts for a pooled precision and recall."""
     import cv2
 
@@ -231,8 +232,8 @@ def table(runs, md: Path, title: str) -> None:
              "pose; a failure (error raised) counts as 180 deg. Wall times on a shared CPU.",
              "", "| shape | run | flips | translation start | frames | < 10 deg | < 5 deg "
              "| < 5 deg & 5 mm | > 20 deg | median rot. deg | wrong called ok | normal error "
-             "deg (mean of frame medians) | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "deg (mean of frame medians) | ridge precision / recall | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     models, all_runs = {}, []
     for f in runs:
         d = json.loads(Path(f).read_text())
@@ -246,6 +247,7 @@ def table(runs, md: Path, title: str) -> None:
                      f"{s.get('within_5_deg_5_mm', '-')} | "
                      f"{s.get('wrong_over_20_deg')} | {s.get('median_rot_deg')} | "
                      f"{s.get('wrong_called_ok')} | {s['normal_error_deg_mean']} | "
+                     f"{s.get('ridge_precision', '-')} / {s.get('ridge_recall', '-')} | "
                      f"{m['wall_s']} |")
     lines += ["", "Models (first run named):", ""]
     lines += [f"- `{tag}`: {model} -- `{cmd}`" for model, (tag, cmd) in models.items()]
@@ -296,6 +298,9 @@ def main():
     ap.add_argument("--ridge-tiebreak", action="store_true",
                     help="the ridge (weight --w-ridge) only re-ranks the search's near-equal "
                          "poses (register_landmarks(ridge_tiebreak=True))")
+    ap.add_argument("--ridge-model", default=None,
+                    help="the ridge map from this landmark model, the other maps from "
+                         "--model's (given maps; the mesh's ridges by its definition)")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -331,9 +336,10 @@ def main():
     from LiverLaparoRegLib.learned.modelfile import load_model
 
     net, rec = load_model(a.model, kind="landmarks")
+    ridge_net = load_model(a.ridge_model, kind="landmarks")[0] if a.ridge_model else None
     mesh, tm, camera_of = shape_and_cameras(a.shape)
     from LiverLaparoRegLib.learned import data
-    ridge_def = a.ridge_definition or net.config.get("ridge_definition", "ring")
+    ridge_def = a.ridge_definition or (ridge_net or net).config.get("ridge_definition", "ring")
     ridge3d = data.ridge_vertices(mesh.vertices, mesh.faces, definition=ridge_def)
     centre = np.asarray(mesh.vertices, float).mean(0)
     rows = []
@@ -347,10 +353,12 @@ def main():
             true_n = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=ridge3d,
                                   normals=True)
             pred = li.predict_maps(net, img, mask, cam, flips=a.flips)
+            ridge_pred = (pred[0] if ridge_net is None
+                          else li.predict_maps(ridge_net, img, mask, cam, flips=a.flips)[0])
             m_net = li.observations(true_n[:3], mask, cam)["mask_net"]
             row = {"seed": seed, "frame": k, "view_deg": round(view_angle_deg(T), 1),
                    "normal_error_deg": normal_error_deg(pred[3:6], true_n[3:], m_net),
-                   **ridge_agreement(pred[0], true_n[0], m_net)}
+                   **ridge_agreement(ridge_pred, true_n[0], m_net)}
             t1 = time.perf_counter()
             if a.maps_only:
                 rows.append(row)
@@ -358,6 +366,10 @@ def main():
                 continue
             given = ({"maps": true_n[:3] if a.no_normals else true_n} if a.true_maps
                      else {"net": net, "flips": a.flips})   # TRUE maps: the oracle
+            if ridge_net is not None:                        # ridge from another model
+                mixed = np.array(pred[:6], np.float32)
+                mixed[0] = ridge_pred
+                given = {"maps": mixed}
             if a.true_part:                                  # part of an oracle
                 mixed = np.array(pred[:6], np.float32)
                 for c in true_channels:
@@ -399,7 +411,8 @@ def main():
             "wrong_called_ok": int(sum(x > 20 and r.get("quality") == "ok"
                                        for x, r in zip(rot, rows)))})
     meta = {"model": ("TRUE maps" + (", no normals" if a.no_normals else "")) if a.true_maps
-            else (a.model or "bundled") + (f", TRUE {a.true_part}" if a.true_part else ""),
+            else (a.model or "bundled") + (f", TRUE {a.true_part}" if a.true_part else "")
+            + (f", ridge from {a.ridge_model}" if a.ridge_model else ""),
             "model_command": rec.get("command"), "tag": a.tag,
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
             "translation_start": a.translation_start, "w_ridge": a.w_ridge,
