@@ -99,12 +99,12 @@ def smooth_mesh(tm):
     are rounded), so that the shape is less distinctive: a probe of whether the
     development frames can show the gap between the network and the oracle that the
     held-out liver shows. ``(MeshData, TrainMesh)``, the view axis of ``tm`` kept."""
-    from LiverLaparoRegLib.learned import data
+    from LiverLaparoRegLib.learned import data, shapes
     from LiverLaparoRegLib.mesh import MeshData
 
     v = np.asarray(tm.vertices, float)
     f = np.asarray(tm.faces, np.int64)
-    A = data.neighbour_mean(v, f)
+    A = shapes.neighbour_mean(v, f)
     lam, mu, n = SMOOTH
     for _ in range(n):
         v = v + lam * (A @ v - v)
@@ -155,17 +155,17 @@ def blob_mesh(tm):
     outline fits many poses alike; a probe (session 16) for development frames where the
     outline does not fix the pose. ``(MeshData, TrainMesh)``, the view axis of ``tm``
     kept."""
-    from LiverLaparoRegLib.learned import data
+    from LiverLaparoRegLib.learned import data, shapes
     from LiverLaparoRegLib.mesh import MeshData
 
     v0 = np.asarray(tm.vertices, float)
     f = np.asarray(tm.faces, np.int64)
-    A = data.neighbour_mean(v0, f)
+    A = shapes.neighbour_mean(v0, f)
     lam, n = BLOB
     v = v0.copy()
     for _ in range(n):
         v = v + lam * (A @ v - v)
-    mesh = MeshData(data.stretched_to(v, v0), f, name="p2ilf_blob_dev")
+    mesh = MeshData(shapes.stretched_to(v, v0), f, name="p2ilf_blob_dev")
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
 

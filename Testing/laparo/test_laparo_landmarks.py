@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from SurgicalReg2D3DLib.errors import FileReadError, GeometryError, InputError  # noqa: E402
 
 from LiverLaparoRegLib import metrics as lmetrics  # noqa: E402
-from LiverLaparoRegLib.learned import data, infer, landmarks_infer as li, modelfile  # noqa: E402
+from LiverLaparoRegLib.learned import data, infer, landmarks_infer as li, modelfile, shapes  # noqa: E402
 from LiverLaparoRegLib.learned import landmarks_align as lalign  # noqa: E402
 from LiverLaparoRegLib.learned import landmarks_icp as licp  # noqa: E402
 from LiverLaparoRegLib.learned import landmarks_search as lsearch  # noqa: E402
@@ -515,7 +515,7 @@ def test_cli_train_kind_landmarks(tmp_path, capsys, frame):
 
     # a cache never mixes two warps: non-default frames are named by theirs
     assert _chunk_file(tmp_path, 3, 0, 20.0).name == "lmn_s3_w20_c00000.npz"
-    assert _chunk_file(tmp_path, 3, 0, data.PREOP_WARP_MM).name == "lmn_s3_c00000.npz"
+    assert _chunk_file(tmp_path, 3, 0, shapes.PREOP_WARP_MM).name == "lmn_s3_c00000.npz"
     assert "--levels 5" in d["training"]["command"] and d["config"]["levels"] == 5
     net = load_model(out, kind="landmarks")[0]
     assert len(net.enc) == 5

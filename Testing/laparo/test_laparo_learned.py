@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 from SurgicalReg2D3DLib.cameras import PinholeCamera  # noqa: E402
 from SurgicalReg2D3DLib.errors import FileReadError, GeometryError, InputError  # noqa: E402
 
-from LiverLaparoRegLib.learned import data, infer, modelfile, net as lnet, train  # noqa: E402
+from LiverLaparoRegLib.learned import data, infer, modelfile, net as lnet, shapes, train  # noqa: E402
 from LiverLaparoRegLib.mesh import MeshData  # noqa: E402
 
 
@@ -153,7 +153,7 @@ def test_scale_labels_follow_the_frame_shape():
 
 
 def test_relief_makes_shapes_rounder_and_sharper_of_the_same_extents():
-    """``data.relief`` on the P2ILF training mesh: every draw keeps the faces, the centroid
+    """``shapes.relief`` on the P2ILF training mesh: every draw keeps the faces, the centroid
     and the extents along the mesh's principal axes (independent check: the bounding
     extents in the canonical frame); draws come out both rounder (less ``scale`` ridge
     area than the mesh's 8 %) and sharper (more), spanning at least 4-15 %; a relief
@@ -172,10 +172,10 @@ def test_relief_makes_shapes_rounder_and_sharper_of_the_same_extents():
 
     base = ridge_share(v)
     rng = np.random.default_rng(4)
-    A = data.neighbour_mean(v, f)
+    A = shapes.neighbour_mean(v, f)
     shares = []
     for _ in range(12):
-        x = data.relief(v, f, rng, A)
+        x = shapes.relief(v, f, rng, A)
         assert x.shape == v.shape
         assert np.allclose(x.mean(0), v.mean(0), atol=1e-6)
         assert np.allclose(np.ptp((x - c) @ R.T, 0), ext0, rtol=0.03)
@@ -195,7 +195,7 @@ def landmark_sample_ridge(landmarks_data, tm, k, definition):
 
 def test_bend_is_near_isometric(box):
     rng = np.random.default_rng(0)
-    vb = data.bend(box.vertices, rng, max_curvature=1 / 150.0)
+    vb = shapes.bend(box.vertices, rng, max_curvature=1 / 150.0)
     e = np.concatenate([box.faces[:, [0, 1]], box.faces[:, [1, 2]]])
     l0 = np.linalg.norm(box.vertices[e[:, 0]] - box.vertices[e[:, 1]], axis=1)
     l1 = np.linalg.norm(vb[e[:, 0]] - vb[e[:, 1]], axis=1)
@@ -437,7 +437,7 @@ def test_stage2_reduces_the_error_to_a_bent_shape(box):
     cam = _camera(640, 480)
     T = data.look_at(np.array([0.0, -40.0, -320.0]), np.array([0.0, 0.12, 1.0]), 0.0)
     rng = np.random.default_rng(5)
-    vb = data.bend(box.vertices, rng, max_curvature=1 / 150.0)
+    vb = shapes.bend(box.vertices, rng, max_curvature=1 / 150.0)
     pc = vb @ T[:3, :3].T + T[:3, 3]
     uv = cam.project(pc).numpy()
     front = np.nonzero(pc[:, 2] < np.median(pc[:, 2]))[0]

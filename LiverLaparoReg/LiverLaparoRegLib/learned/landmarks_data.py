@@ -29,7 +29,7 @@ from typing import Dict
 
 import numpy as np
 
-from . import data, render
+from . import data, render, shapes
 
 
 def silhouette_map(face: np.ndarray, depth: np.ndarray, visible: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ def silhouette_map(face: np.ndarray, depth: np.ndarray, visible: np.ndarray) -> 
 def landmark_sample(tm: "data.TrainMesh", rng, camera=None, model_to_camera=None,
                     preop: bool = True, bend_curvature: float = 1 / 160.0,
                     instruments: bool = True, max_tries: int = 20,
-                    warp_mm: float = data.PREOP_WARP_MM,
+                    warp_mm: float = shapes.PREOP_WARP_MM,
                     ridge_definition: str = "ring",
                     relief_prob: float = 0.0) -> Dict[str, np.ndarray]:
     """One SYNTHETIC frame with its landmark maps: a dict with ``image (3, H, W)`` float32,

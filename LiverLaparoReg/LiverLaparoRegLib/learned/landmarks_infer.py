@@ -22,7 +22,9 @@ contours):
    outline, the outline covered by projected points, weighted, the visible ridge points
    against the ridge pixels both ways and, with a normal map, the visible surface
    points' turned normals against the predicted normals); the best distinct rotations
-   are optimised in 6 DOF on denser point sets;
+   are optimised in 6 DOF on denser point sets. Option ``ridge_tiebreak``: the search
+   runs without the ridge and the ridge only re-ranks its near-equal poses
+   (:func:`tiebreak_by_ridge`, within ``TIE_PX``);
 5. **correspondences** (:func:`icp`): from the best candidates (at most
    ``ICP_CANDIDATES``, within ``ICP_WITHIN_PX`` of the best cost), iterated closest points
    in the full frame: visible 3D ridge vertices <-> 2D ridge pixels and the rendered

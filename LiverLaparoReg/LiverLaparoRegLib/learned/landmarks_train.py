@@ -52,7 +52,7 @@ def _chunk_file(cache: Path, seed: int, k: int, warp_mm: float,
                 ridge_definition: str = "ring", relief_prob: float = 0.0) -> Path:
     # "lmn": chunks with the normal maps (the older "lm" chunks have none); frames with a
     # non-default shape warp or ridge label are named by it, so a cache never mixes two
-    from .data import PREOP_WARP_MM  # noqa: PLC0415
+    from .shapes import PREOP_WARP_MM  # noqa: PLC0415
 
     w = "" if warp_mm == PREOP_WARP_MM else f"_w{warp_mm:g}"
     r = "" if ridge_definition == "ring" else f"_r{ridge_definition}"
@@ -66,7 +66,7 @@ class _Pool:
     def __init__(self, cache: Path, seed: int, meshes, target: int, stream=None,
                  warp_mm: float = None, ridge_definition: str = "ring",
                  relief_prob: float = 0.0):
-        from .data import PREOP_WARP_MM  # noqa: PLC0415
+        from .shapes import PREOP_WARP_MM  # noqa: PLC0415
 
         self.cache, self.seed, self.meshes, self.target = cache, seed, meshes, target
         self.warp_mm = PREOP_WARP_MM if warp_mm is None else float(warp_mm)
@@ -194,7 +194,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     normal_weight = W_NORMAL if normal_weight is None else float(normal_weight)
     if not normal_weight >= 0:
         raise InputError(f"normal weight: must be >= 0, got {normal_weight}")
-    from .data import PREOP_WARP_MM  # noqa: PLC0415
+    from .shapes import PREOP_WARP_MM  # noqa: PLC0415
 
     warp_mm = PREOP_WARP_MM if warp_mm is None else float(warp_mm)
     if not 0.0 <= warp_mm <= 60.0:
