@@ -229,7 +229,10 @@ def table(runs, md: Path, title: str) -> None:
     lines = [f"# {title}", "",
              "`python benchmarks/laparo_learned_dev.py` (see its docstring): SYNTHETIC "
              "development frames, never the held-out liver. Rotation error of the final "
-             "pose; a failure (error raised) counts as 180 deg. Wall times on a shared CPU.",
+             "pose; a failure (error raised) counts as 180 deg. Wall times on a shared CPU. "
+             "Ridge precision / recall (session 17 on): the ridge pixels of the network "
+             "loaded (also in TRUE-map runs; --ridge-model's where given) against the TRUE "
+             "ridge map of the run's definition, 1-pixel tolerance.",
              "", "| shape | run | flips | translation start | frames | < 10 deg | < 5 deg "
              "| < 5 deg & 5 mm | > 20 deg | median rot. deg | wrong called ok | normal error "
              "deg (mean of frame medians) | ridge precision / recall | wall s |",
