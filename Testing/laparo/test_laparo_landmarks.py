@@ -440,6 +440,32 @@ def test_registration_with_the_ridge_as_tiebreaker():
     assert info["ridge_in_refinement"] is False and info["ridge_weight"] == 0.5
 
 
+def test_pose_chosen_by_the_ridge_alone_is_never_ok(monkeypatch):
+    """The tie-break's verdict: with every search pose tied (``TIE_PX`` widened) and a
+    heavy ridge term whose ridge map was drawn at a pose turned 40 deg from the true one,
+    the ridge picks a pose far from the one the outline prefers; such a pose is at best
+    "doubtful", with the reason given, and its ridge-free margin is negative."""
+    from LiverLaparoRegLib.learned.evaluation import full_frame  # noqa: PLC0415
+    from LiverLaparoRegLib.mesh import MeshData  # noqa: PLC0415
+
+    tm, cam, T, maps, obs, lm = _training_mesh_frame([6, 1002])
+    mask = full_frame(tm, cam, np.random.default_rng([6, 1002]))[2]
+    Rz = np.eye(4)
+    Rz[:3, :3] = data.rotation(np.array([0.0, 0.0, 1.0]), np.radians(40.0))
+    centre = T[:3, :3] @ lm.c + T[:3, 3]
+    T_far = Rz @ T
+    T_far[:3, 3] += centre - Rz[:3, :3] @ centre
+    wrong = np.array(maps, np.float32)
+    wrong[0] = li.true_maps(tm.vertices, tm.faces, T_far, cam, ridge=tm.ridge)[0]
+    monkeypatch.setattr(li, "TIE_PX", 100.0)
+    r = li.register_landmarks(MeshData(tm.vertices, tm.faces), cam, None, mask, maps=wrong,
+                              ridge_tiebreak=True, w_ridge=50.0, refine=False)
+    tb = r.metrics["learned"]["ridge_tiebreak"]
+    assert tb["ridge_free_margin_px"] < 0
+    assert r.quality.verdict in ("doubtful", "failed")
+    assert any(x.startswith("chosen by the ridge map") for x in r.quality.reasons)
+
+
 def _tiny_model(tmp_path):
     torch.manual_seed(0)
     net = LandmarkNet(base=4).eval()
