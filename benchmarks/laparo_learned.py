@@ -119,20 +119,30 @@ def markdown(summ, s2, meta, notes=""):
     return "\n".join(L) + "\n" + notes
 
 
+def matched_pixels(p, t, tol_px: int = 1) -> dict:
+    """Pixel counts of a predicted ``p`` against a true ``t`` boolean map, a pixel
+    counting as matched within ``tol_px``: ``pred_px``, ``pred_on_true_px`` (precision's
+    numerator), ``true_px``, ``true_found_px`` (recall's); counts, so runs can be pooled."""
+    import cv2
+
+    k = np.ones((2 * tol_px + 1, 2 * tol_px + 1), np.uint8)
+    return {"pred_px": int(p.sum()), "true_px": int(t.sum()),
+            "pred_on_true_px": int((p & cv2.dilate(t.astype(np.uint8), k).astype(bool)).sum()),
+            "true_found_px": int((t & cv2.dilate(p.astype(np.uint8), k).astype(bool)).sum())}
+
+
 def map_f1(pred, true, mask_net, tol_px: int = 1):
     """Per landmark (ridge, silhouette) F1 of the predicted maps (p >= 0.5) against the
     true maps at the network grid, a pixel counting as matched within ``tol_px``."""
-    import cv2
-
     out = {}
-    k = np.ones((2 * tol_px + 1, 2 * tol_px + 1), np.uint8)
     for c, name in ((0, "ridge"), (2, "silhouette")):
         p = (pred[c] >= 0.5) & (mask_net > 0 if c == 0 else True)
         t = true[c] > 0.5
         if not t.any() and not p.any():
             continue
-        prec = (p & cv2.dilate(t.astype(np.uint8), k).astype(bool)).sum() / max(1, p.sum())
-        rec = (t & cv2.dilate(p.astype(np.uint8), k).astype(bool)).sum() / max(1, t.sum())
+        n = matched_pixels(p, t, tol_px)
+        prec = n["pred_on_true_px"] / max(1, n["pred_px"])
+        rec = n["true_found_px"] / max(1, n["true_px"])
         out[name] = _r(2 * prec * rec / max(1e-9, prec + rec), 3)
     return out
 

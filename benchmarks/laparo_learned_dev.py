@@ -160,11 +160,8 @@ def blob_mesh(tm):
 
     v0 = np.asarray(tm.vertices, float)
     f = np.asarray(tm.faces, np.int64)
-    A = shapes.neighbour_mean(v0, f)
     lam, n = BLOB
-    v = v0.copy()
-    for _ in range(n):
-        v = v + lam * (A @ v - v)
+    v = shapes.laplacian_smooth(v0, shapes.neighbour_mean(v0, f), n, lam)
     mesh = MeshData(shapes.stretched_to(v, v0), f, name="p2ilf_blob_dev")
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
@@ -172,18 +169,13 @@ def blob_mesh(tm):
 def ridge_agreement(pred_ridge, true_ridge, mask_net) -> dict:
     """The network's ridge pixels (probability >= 0.5 inside the mask, network grid; the
     network loaded, also in oracle runs; ``--ridge-model``'s where given) against the
-    TRUE ridge map of the run's definition, each side dilated by one pixel
-    (a one-pixel tolerance): pixel counts for a pooled precision and recall."""
-    import cv2
+    TRUE ridge map of the run's definition, one-pixel tolerance (``laparo_learned.
+    matched_pixels``): pixel counts for a pooled precision and recall."""
+    from laparo_learned import matched_pixels
 
     m = np.asarray(mask_net) > 0
-    t, p = (np.asarray(true_ridge) >= 0.5) & m, (np.asarray(pred_ridge) >= 0.5) & m
-    k3 = np.ones((3, 3), np.uint8)
-    td = cv2.dilate(t.astype(np.uint8), k3).astype(bool)
-    pdil = cv2.dilate(p.astype(np.uint8), k3).astype(bool)
-    return {"ridge_true_px": int(t.sum()), "ridge_pred_px": int(p.sum()),
-            "ridge_pred_on_true_px": int((p & td).sum()),
-            "ridge_true_found_px": int((t & pdil).sum())}
+    n = matched_pixels((np.asarray(pred_ridge) >= 0.5) & m, (np.asarray(true_ridge) >= 0.5) & m)
+    return {f"ridge_{k}": v for k, v in n.items()}
 
 
 def pooled_ridge_agreement(rows) -> dict:

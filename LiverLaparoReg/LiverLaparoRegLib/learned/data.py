@@ -58,7 +58,7 @@ import numpy as np
 
 from SurgicalReg2D3DLib.errors import InputError
 
-from .shapes import PREOP_WARP_MM, bend, cut, random_unit, rbf_warp, relief
+from .shapes import PREOP_WARP_MM, bend, cut, principal_axes, random_unit, rbf_warp, relief
 
 #: network image size (rows, columns) and the feature grid stride
 NET_H, NET_W, STRIDE = 96, 128, 4
@@ -185,10 +185,8 @@ def canonical_frame(v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """``(R, c)``: principal axes of the vertices (rows of ``R``, largest first), each
     axis' sign chosen so that the third moment along it is positive, right-handed.
     ``canon = (p - c) @ R.T / CANON_SCALE_MM`` (metric scale is kept)."""
-    c = v.mean(0)
+    R, c = principal_axes(v)
     x = v - c
-    w, vec = np.linalg.eigh(x.T @ x / len(x))
-    R = vec[:, ::-1].T.copy()
     for i in range(2):
         if np.mean((x @ R[i]) ** 3) < 0:
             R[i] = -R[i]

@@ -227,6 +227,14 @@ ICP_CANDIDATES, ICP_WITHIN_PX = 4, 0.6
 W_RIDGE_LEARNED = 0.0
 
 
+def _far_margin(cands, costs, T, cost_T: float) -> float:
+    """The lowest of ``costs`` (one per search candidate) among the candidates more than
+    ``AMBIGUOUS_DEG`` from ``T``, minus ``cost_T`` (10 px when there is none): how much
+    worse the best far pose fits."""
+    far = [c for (Tc, _), c in zip(cands, costs) if _rot_deg(Tc, T) > AMBIGUOUS_DEG]
+    return min(far) - cost_T if far else 10.0
+
+
 #: ridge tie-break (``register_landmarks(ridge_tiebreak=True)``): the search's poses whose
 #: ridge-free cost is within this (network px) of the best are re-ranked with the ridge:
 #: the verdict's own "another pose fits nearly as well" margin, not a tuned value
@@ -488,16 +496,13 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                           progress=progress, cancel=cancel)
     # ambiguity: the best other candidate (rotation > AMBIGUOUS_DEG away), by its cost
     # (after its ICP where it had one)
-    others = [e.get("cost_px", c) for (Tc, c), e in zip(cands, tried)
-              if _rot_deg(Tc, T1) > AMBIGUOUS_DEG]
-    margin = min(others) - s1 if others else 10.0
+    margin = _far_margin(cands, [e.get("cost_px", c) for (_, c), e in zip(cands, tried)],
+                         T1, s1)
     if free is not None:
         # the ridge broke ties: the margin is the ridge-free one (the cost the thresholds
         # were set on), unless a far pose fits that cost better, i.e. the ridge alone
         # chose: then the margin with the ridge, and at best "doubtful" (below)
-        far_free = [fk for (Tc, _), fk in zip(cands, free) if _rot_deg(Tc, T1) > AMBIGUOUS_DEG]
-        margin_free = (min(far_free) - pose_cost(T1, lm, obs2, 0.0, w_normal) if far_free
-                       else 10.0)
+        margin_free = _far_margin(cands, free, T1, pose_cost(T1, lm, obs2, 0.0, w_normal))
         minfo["ridge_tiebreak"]["ridge_free_margin_px"] = round(float(margin_free), 4)
         if margin_free >= 0:
             margin = margin_free

@@ -205,9 +205,6 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     relief_prob = float(relief_prob)
     if not 0.0 <= relief_prob <= 1.0:
         raise InputError(f"relief: --relief must be a probability in [0, 1], got {relief_prob:g}")
-    if relief_prob > 0 and ridge_definition == "ring":
-        raise InputError("relief: --relief changes the shape, and the ring ridge labels are "
-                         "the base mesh's; use it with --ridge-definition scale")
     t_start = time.time()
     deadline = t_start + 60.0 * max_minutes
     world, rank, dev = ddp_setup(device, log)
@@ -234,6 +231,9 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
         step, history = int(tr.get("steps", 0)), list(tr.get("loss_history", []))
         wall_before = float(tr.get("wall_s", 0.0))
         log(f"resume: from {resume} at step {step}")
+    if relief_prob > 0 and ridge_definition == "ring":   # the effective (a resumed model's)
+        raise InputError("relief: --relief changes the shape, and the ring ridge labels are "
+                         "the base mesh's; use it with --ridge-definition scale")
     if world > 1:  # each replica renders and trains on frames of its own
         pool = _Pool(cache / f"rank{rank}", seed, tms, -(-samples // world), stream=rank,
                      warp_mm=warp_mm, ridge_definition=ridge_definition,

@@ -42,11 +42,26 @@ def neighbour_mean(v: np.ndarray, f: np.ndarray):
     return sp.diags(1.0 / np.maximum(np.asarray(A.sum(1)).ravel(), 1)) @ A
 
 
+def laplacian_smooth(v: np.ndarray, A, steps: int, lam: float = 0.5) -> np.ndarray:
+    """``steps`` Laplacian steps ``v + lam (A v - v)`` with ``A`` = :func:`neighbour_mean`
+    (a new array; the shape shrinks as it rounds)."""
+    for _ in range(int(steps)):
+        v = v + lam * (A @ v - v)
+    return v
+
+
+def principal_axes(v: np.ndarray):
+    """``(R, c)``: the centroid ``c`` and the principal axes of the points about it (rows
+    of ``R``, largest variance first; signs as the eigen-solver gives them)."""
+    c = v.mean(0)
+    x = v - c
+    return np.linalg.eigh(x.T @ x / len(x))[1][:, ::-1].T.copy(), c
+
+
 def stretched_to(v: np.ndarray, v_ref: np.ndarray) -> np.ndarray:
     """``v`` centred on ``v_ref``'s centroid and scaled along ``v_ref``'s principal axes
     to its extents (undoes the shrinking of a smoothing)."""
-    c = v_ref.mean(0)
-    R = np.linalg.eigh((v_ref - c).T @ (v_ref - c))[1].T      # principal axes (rows)
+    R, c = principal_axes(v_ref)
     x0, x = (v_ref - c) @ R.T, (v - v.mean(0)) @ R.T
     return (x * (np.ptp(x0, 0) / np.maximum(np.ptp(x, 0), 1e-9))) @ R + c
 
@@ -70,13 +85,11 @@ def relief(v: np.ndarray, f: np.ndarray, rng, A=None) -> np.ndarray:
     A = neighbour_mean(v, f) if A is None else A
     sharper = rng.uniform() < 0.5
     k = int(rng.integers(*(RELIEF_SHARPEN_STEPS if sharper else RELIEF_ROUND_STEPS)) + 1)
-    s, fine = v.copy(), None
-    for i in range(k):
-        s = s + 0.5 * (A @ s - s)
-        if i == 3:
-            fine = s.copy()
     if sharper:
+        fine = laplacian_smooth(v, A, 4)
+        s = laplacian_smooth(fine, A, k - 4)
         return stretched_to(v + rng.uniform(0, RELIEF_SHARPEN_GAIN) * (fine - s), v)
+    s = laplacian_smooth(v, A, k)
     return stretched_to(v - rng.uniform(0, 1) * (v - s), v)
 
 
