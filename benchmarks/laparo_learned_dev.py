@@ -42,7 +42,7 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
         [--maps-only] [--true-maps [--no-normals]] [--true-part PARTS] \\
         [--diagnosis-held-out] [--ignore-normal-scale] [--w-ridge W] \\
         [--ridge-definition ring|scale] [--ridge-search-only] [--ridge-tiebreak] \\
-        [--tag NAME] [--out DIR]
+        [--normal-ridge FRACTION] [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
@@ -296,6 +296,9 @@ def main():
     ap.add_argument("--ridge-model", default=None,
                     help="the ridge map from this landmark model, the other maps from "
                          "--model's (given maps; the mesh's ridges by its definition)")
+    ap.add_argument("--normal-ridge", type=float, default=None, metavar="FRACTION",
+                    help="the ridge map or'ed with the normal map's sharpest FRACTION of "
+                         "the mask (register_landmarks(normal_ridge=...))")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -351,6 +354,9 @@ def main():
             ridge_pred = (pred[0] if ridge_net is None
                           else li.predict_maps(ridge_net, img, mask, cam, flips=a.flips)[0])
             m_net = li.observations(true_n[:3], mask, cam)["mask_net"]
+            if a.normal_ridge:        # the ridge map the registration will use
+                ridge_pred = li.with_normal_ridge(np.concatenate([[ridge_pred], pred[1:6]]),
+                                                  m_net, cam, a.normal_ridge)[0]
             row = {"seed": seed, "frame": k, "view_deg": round(view_angle_deg(T), 1),
                    "normal_error_deg": normal_error_deg(pred[3:6], true_n[3:], m_net),
                    **ridge_agreement(ridge_pred, true_n[0], m_net)}
@@ -377,7 +383,7 @@ def main():
                                           ridge_definition=ridge_def, w_ridge=a.w_ridge,
                                           ridge_in_refinement=not a.ridge_search_only,
                                           ridge_tiebreak=a.ridge_tiebreak,
-                                          **given)
+                                          normal_ridge=a.normal_ridge, **given)
                 row.update(rot_deg=round(float(rotation_error_deg(r.model_to_camera[:3, :3],
                                                                   T[:3, :3])), 2),
                            stage1_rot_deg=round(float(rotation_error_deg(
@@ -412,7 +418,7 @@ def main():
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
             "translation_start": a.translation_start, "w_ridge": a.w_ridge,
             "ridge_definition": ridge_def, "ridge_search_only": a.ridge_search_only,
-            "ridge_tiebreak": a.ridge_tiebreak,
+            "ridge_tiebreak": a.ridge_tiebreak, "normal_ridge": a.normal_ridge,
             "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)

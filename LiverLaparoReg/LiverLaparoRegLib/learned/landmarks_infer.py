@@ -146,6 +146,22 @@ def true_maps(vertices, faces, model_to_camera, camera, ridge=None, ligament=Non
     return out
 
 
+def with_normal_ridge(maps: np.ndarray, mask_net: np.ndarray, camera,
+                      fraction: float) -> np.ndarray:
+    """A copy of ``maps`` whose ridge channel is 1 also at the normal map's sharpest
+    ``fraction`` of the mask's pixels (:func:`.landmarks_curvature.normal_ridge`)."""
+    from . import data  # noqa: PLC0415
+    from .landmarks_curvature import normal_ridge  # noqa: PLC0415
+
+    if len(maps) < 6:
+        raise InputError("normal ridge: the maps have no normal channels (a model without "
+                         "a normal map)")
+    out = np.array(maps, np.float32)
+    ridge = normal_ridge(out[3:6], mask_net, data.net_camera(camera).K, fraction)
+    out[0] = np.maximum(out[0], ridge.astype(np.float32))
+    return out
+
+
 def observations(maps: np.ndarray, mask: np.ndarray, camera, threshold: float = 0.5) -> Dict:
     """2D observations in full-frame pixels: ``ridge``/``ligament`` ``(N, 2)`` points with
     ``*_conf``; ``silhouette`` = the mask outline (at most ~320 px wide sampling), frame
@@ -298,7 +314,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                        flips: int = 1, translation_start: str = "moment",
                        normal_uncertainty: bool = True, ridge_definition: Optional[str] = None,
                        ridge_in_refinement: bool = True, ridge_tiebreak: bool = False,
-                       progress=None, cancel=None):
+                       normal_ridge: Optional[float] = None, progress=None, cancel=None):
     """Learned registration with the landmark model (module docstring). ``model``: model
     file (None = bundled landmarks model); ``net``: a loaded network; ``maps``: given
     ``(3, NET_H, NET_W)`` landmark probabilities instead of the network (tests);
@@ -322,7 +338,9 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     poses whose ridge-free cost is within ``TIE_PX`` of the best (:func:`tiebreak_by_ridge`)
     and the ICP goes to those alone; the verdict's margin is the ridge-free one, and a
     pose the ridge chose over a far one that fits the ridge-free cost better is at best
-    "doubtful"."""
+    "doubtful"; ``normal_ridge``: a fraction (e.g. 0.05): the ridge map is the ridge
+    channel or'ed with the sharpest that fraction of the mask's pixels by the normal map's
+    curvature (:func:`.landmarks_curvature.normal_ridge`; maps with normal channels only)."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -332,6 +350,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         refine_silhouette  # noqa: PLC0415
     from .shared import assemble_result, check_frame_inputs  # noqa: PLC0415
     from .modelfile import load_model  # noqa: PLC0415
+    from .shared import network_mask  # noqa: PLC0415
 
     t0 = time.perf_counter()
     mesh, camera, mask = check_frame_inputs(mesh, camera, image, mask)
@@ -364,6 +383,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     t1 = time.perf_counter()
     if maps is None:
         maps = predict_maps(net, image, mask, camera, flips=flips)
+    if normal_ridge:
+        maps = with_normal_ridge(maps, network_mask(mask), camera, normal_ridge)
     obs = observations(maps, mask, camera)
     if obs["mask_net"].sum() < 4:
         raise GeometryError("correspondences: no correspondences -- the liver mask covers "
@@ -380,6 +401,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     if w_ridge is None:
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
     tiebreak = bool(ridge_tiebreak) and w_ridge > 0
+    n_ridge = len(obs["ridge"])       # found (used by the search only when weighted)
     if w_ridge <= 0 or not ridge_in_refinement or tiebreak:  # no ridge in ICP, refinement
         obs = dict(obs, ridge=np.zeros((0, 2)), ridge_conf=np.zeros(0))
     cands = align_search(lm, camera, obs2, view_axis=view_axis, cone_deg=cone_deg,
@@ -453,7 +475,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     ransac_vs_icp = lmetrics.pose_errors(rr.model_to_camera, T1, lm.c)
     T, history = T1, []
     minfo = {"kind": "landmarks", "candidates": tried, "stage1_cost_px": round(s1, 4),
-             "ridge_pixels": int(len(obs["ridge"])), "silhouette_pixels": int(len(obs["silhouette"])),
+             "ridge_pixels": int(n_ridge), "silhouette_pixels": int(len(obs["silhouette"])),
              "ligament_pixels": int(len(obs["ligament"])),
              "silhouette_net_agreement": round(obs["silhouette_net_agreement"], 3),
              "ransac_vs_icp_deg": round(float(ransac_vs_icp["rotation_deg"]), 3),
@@ -462,6 +484,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "ridge_in_refinement": bool(ridge_in_refinement and w_ridge > 0
                                          and not tiebreak),
              "ridge_tiebreak": ({"tied_candidates": n_tied} if tiebreak else False),
+             "normal_ridge_fraction": float(normal_ridge or 0.0),
              "network_flips": int(flips) if given_maps is None else 0,
              "translation_start": translation_start,
              "normal_weight": w_normal if obs2.normals is not None else 0.0,
