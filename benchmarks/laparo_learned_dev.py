@@ -42,7 +42,7 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
         [--maps-only] [--true-maps [--no-normals]] [--true-part PARTS] \\
         [--diagnosis-held-out] [--ignore-normal-scale] [--w-ridge W] \\
         [--ridge-definition ring|scale] [--ridge-search-only] [--ridge-tiebreak] \\
-        [--normal-ridge FRACTION] [--tag NAME] [--out DIR]
+        [--normal-ridge PER_MM] [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
@@ -296,9 +296,10 @@ def main():
     ap.add_argument("--ridge-model", default=None,
                     help="the ridge map from this landmark model, the other maps from "
                          "--model's (given maps; the mesh's ridges by its definition)")
-    ap.add_argument("--normal-ridge", type=float, default=None, metavar="FRACTION",
-                    help="the ridge map or'ed with the normal map's sharpest FRACTION of "
-                         "the mask (register_landmarks(normal_ridge=...))")
+    ap.add_argument("--normal-ridge", type=float, default=None, metavar="PER_MM",
+                    help="the tie-break's ridge map or'ed with the normal map's curvature "
+                         ">= PER_MM (register_landmarks(normal_ridge=...)); its ridge "
+                         "precision / recall are those at the TRUE depth")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -354,9 +355,10 @@ def main():
             ridge_pred = (pred[0] if ridge_net is None
                           else li.predict_maps(ridge_net, img, mask, cam, flips=a.flips)[0])
             m_net = li.observations(true_n[:3], mask, cam)["mask_net"]
-            if a.normal_ridge:        # the ridge map the registration will use
-                ridge_pred = li.with_normal_ridge(np.concatenate([[ridge_pred], pred[1:6]]),
-                                                  m_net, cam, a.normal_ridge)[0]
+            if a.normal_ridge:        # the tie-break's ridge map, at the TRUE depth here
+                ridge_pred = li.with_normal_ridge(
+                    np.concatenate([[ridge_pred], pred[1:6]]), m_net, cam,
+                    float(T[2, :3] @ centre + T[2, 3]), a.normal_ridge)[0]
             row = {"seed": seed, "frame": k, "view_deg": round(view_angle_deg(T), 1),
                    "normal_error_deg": normal_error_deg(pred[3:6], true_n[3:], m_net),
                    **ridge_agreement(ridge_pred, true_n[0], m_net)}

@@ -55,10 +55,11 @@ def test_curvature_of_a_sphere_is_depth_over_radius():
 
 def test_normal_ridge_of_a_roof_is_its_crease():
     """Two planes meeting at a vertical crease (normals turned +-30 deg about the image's
-    vertical axis), seen frontally: the normal ridge (2 % of the pixels asked, no blur) is
-    the two columns beside the crease, whole, and nothing else (the only pixels that
-    turn, fewer than 2 %: no flat pixel is added to fill the fraction); a flat plane has a zero
-    curvature map; a blur widens the crease, never moves it."""
+    vertical axis), seen frontally at 100 mm: the normal ridge (no blur) is the two
+    columns beside the crease, whole, and nothing else; the threshold is a curvature, so
+    the same map seen 100 times farther (each pixel spans 100 times more surface) turns
+    too slowly per mm and is not marked; a flat plane has a zero curvature map; a blur
+    widens the crease, never moves it."""
     a = np.radians(30.0)
     n = np.zeros((3, H, W))
     left = np.arange(W) < W // 2
@@ -66,33 +67,41 @@ def test_normal_ridge_of_a_roof_is_its_crease():
     n[2] = -np.cos(a)
     mask = np.ones((H, W), bool)
     mask[:, :3] = mask[:, -3:] = False
-    ridge = lc.normal_ridge(n, mask, K, fraction=0.02, blur_px=0.0)
+    ridge = lc.normal_ridge(n, mask, K, 100.0, blur_px=0.0)
     cols = np.unique(np.nonzero(ridge)[1])
-    assert set(cols) == {W // 2 - 1, W // 2} and ridge.sum() == 2 * H < 0.02 * mask.sum()
+    assert set(cols) == {W // 2 - 1, W // 2} and ridge.sum() == 2 * H
+    # at the crease: 60 deg over two pixel steps of surface (depth 1)
+    k = lc.normal_curvature(n, mask, K, blur_px=0.0)[H // 2, W // 2]
+    step = 2.0 / K[0, 0] / np.cos(a)
+    assert k == pytest.approx(np.radians(60.0) / step, rel=0.05)
+    assert not lc.normal_ridge(n, mask, K, 1.1 * k / lc.NORMAL_RIDGE_PER_MM, blur_px=0.0).any()
+    assert lc.normal_ridge(n, mask, K, 0.9 * k / lc.NORMAL_RIDGE_PER_MM, blur_px=0.0).any()
     flat = np.zeros((3, H, W))
     flat[2] = -1.0
     assert np.all(lc.normal_curvature(flat, mask, K, blur_px=0.0) == 0.0)
-    assert not lc.normal_ridge(flat, mask, K, 0.05).any()
-    blurred = np.nonzero(lc.normal_ridge(n, mask, K, fraction=0.05, blur_px=1.0))[1]
+    assert not lc.normal_ridge(flat, mask, K, 100.0).any()
+    blurred = np.nonzero(lc.normal_ridge(n, mask, K, 100.0, blur_px=1.0))[1]
     assert abs(np.median(blurred) - (W // 2 - 0.5)) <= 1.0
 
 
 def test_normal_ridge_bad_input():
     n = np.zeros((3, H, W))
-    with pytest.raises(InputError, match="normal ridge"):
-        lc.normal_ridge(n, np.ones((H, W), bool), K, fraction=1.5)
+    with pytest.raises(InputError, match="curvature threshold"):
+        lc.normal_ridge(n, np.ones((H, W), bool), K, 100.0, per_mm=0.0)
+    with pytest.raises(InputError, match="depth"):
+        lc.normal_ridge(n, np.ones((H, W), bool), K, -5.0)
     with pytest.raises(InputError, match="normal map"):
         lc.normal_curvature(n[:, :10], np.ones((H, W), bool), K)
     with pytest.raises(InputError, match="no normal channels"):
-        li.with_normal_ridge(np.zeros((3, H, W), np.float32), np.ones((H, W)), None, 0.05)
-    assert not lc.normal_ridge(n, np.zeros((H, W), bool), K).any()
+        li.with_normal_ridge(np.zeros((3, H, W), np.float32), np.ones((H, W)), None, 100.0, 0.04)
+    assert not lc.normal_ridge(n, np.zeros((H, W), bool), K, 100.0).any()
 
 
 def test_registration_with_the_normal_ridge_records_it():
-    """``register_landmarks(normal_ridge=0.05)`` with the TRUE maps of a SYNTHETIC frame of
-    the P2ILF mesh (ridge as tie-breaker, no start pose): within 5 deg; the ridge map used
-    holds the normal ridge's pixels (more ridge pixels than the TRUE ridge alone) and the
-    fraction is recorded."""
+    """``register_landmarks(normal_ridge=0.04)`` with the TRUE maps of a SYNTHETIC frame of
+    the P2ILF mesh (ridge as tie-breaker, no start pose): within 5 deg; the depth that set
+    the curvature scale (the best ridge-free pose's) within 5 % of the TRUE depth of the
+    liver's centre; recorded. Without the tie-breaker the option is refused."""
     from LiverLaparoRegLib import metrics as lmetrics  # noqa: PLC0415
     from LiverLaparoRegLib.camera import load_camera  # noqa: PLC0415
     from LiverLaparoRegLib.learned import data  # noqa: PLC0415
@@ -107,11 +116,13 @@ def test_registration_with_the_normal_ridge_records_it():
     T = s.model_to_camera
     maps = li.true_maps(tm.vertices, tm.faces, T, cam, ridge=tm.ridge, normals=True)
     mesh = MeshData(tm.vertices, tm.faces)
-    kw = dict(maps=maps, ridge_tiebreak=True, w_ridge=0.5, refine=False)
-    plain = li.register_landmarks(mesh, cam, None, mask, **kw)
-    r = li.register_landmarks(mesh, cam, None, mask, normal_ridge=0.05, **kw)
-    info = r.metrics["learned"]
-    assert lmetrics.pose_errors(r.model_to_camera, T, np.mean(tm.vertices, 0))["rotation_deg"] < 5.0
-    assert info["normal_ridge_fraction"] == 0.05
-    assert plain.metrics["learned"]["normal_ridge_fraction"] == 0.0
-    assert info["ridge_pixels"] > plain.metrics["learned"]["ridge_pixels"]
+    r = li.register_landmarks(mesh, cam, None, mask, maps=maps, ridge_tiebreak=True,
+                              w_ridge=0.5, refine=False, normal_ridge=0.04)
+    c = np.mean(tm.vertices, 0)
+    nr = r.metrics["learned"]["normal_ridge"]
+    assert lmetrics.pose_errors(r.model_to_camera, T, c)["rotation_deg"] < 5.0
+    assert nr["per_mm"] == 0.04 and nr["added_pixels"] >= 0
+    assert nr["depth_mm"] == pytest.approx(T[2, :3] @ c + T[2, 3], rel=0.05)
+    with pytest.raises(InputError, match="tie-breaker"):
+        li.register_landmarks(mesh, cam, None, mask, maps=maps, w_ridge=0.5, refine=False,
+                              normal_ridge=0.04)

@@ -9,9 +9,11 @@ the search (:mod:`.landmarks_infer`, option ``normal_ridge``) can use both.
 :func:`normal_curvature`: per pixel, for each of 4 pixel directions (horizontal,
 vertical, both diagonals), the angle between the normals of the two neighbours on either
 side, divided by the surface length between them: the pixel step back-projected onto the
-tangent plane of the pixel's normal, in units of the unknown depth (``z = 1``). The depth
-is one unknown factor for the whole liver, so only the ranking within a frame counts;
-:func:`normal_ridge` keeps the sharpest fraction of the mask's pixels.
+tangent plane of the pixel's normal, in units of the depth (``z = 1``). Divided by the
+depth it is the surface's curvature (1/mm; a sphere of radius R gives ``z / R``, the
+test). :func:`normal_ridge` keeps the pixels whose curvature, at a depth the caller
+gives (the registration: the liver's centre at its best ridge-free pose), is at least
+:data:`NORMAL_RIDGE_PER_MM`: where nothing turns, nothing is marked.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import numpy as np
 
 from SurgicalReg2D3DLib.errors import InputError
 
-#: the normal ridge's defaults: fraction of the mask's pixels kept, and the Gaussian blur
-#: (network pixels) of the normals before the operator (session 18 probe: F1 within 0.02
-#: of the best over 2-10 % and 0-2 px on three development shapes)
-NORMAL_RIDGE_FRACTION, NORMAL_RIDGE_BLUR_PX = 0.05, 1.0
+#: the normal ridge's defaults: the curvature (1/mm; a radius of 25 mm after the blur)
+#: and the Gaussian blur (network pixels) of the normals before the operator (session 18
+#: probe, maps of three development shapes: 0.04 the best F1 of 0.03-0.1 on each)
+NORMAL_RIDGE_PER_MM, NORMAL_RIDGE_BLUR_PX = 0.04, 1.0
 #: the smallest |normal . ray| used for the tangent-plane step: a grazing normal would make
 #: the step (and the division) unbounded
 MIN_COS_VIEW = 0.15
@@ -66,16 +68,16 @@ def normal_curvature(normals: np.ndarray, mask: np.ndarray, K: np.ndarray,
     return out
 
 
-def normal_ridge(normals: np.ndarray, mask: np.ndarray, K: np.ndarray,
-                 fraction: float = NORMAL_RIDGE_FRACTION,
+def normal_ridge(normals: np.ndarray, mask: np.ndarray, K: np.ndarray, depth_mm: float,
+                 per_mm: float = NORMAL_RIDGE_PER_MM,
                  blur_px: float = NORMAL_RIDGE_BLUR_PX) -> np.ndarray:
-    """Boolean ``(H, W)``: the sharpest ``fraction`` of the mask's pixels by
-    :func:`normal_curvature` (none where the mask is empty)."""
-    if not 0.0 < float(fraction) < 1.0:
-        raise InputError(f"normal ridge: the fraction of the mask's pixels must lie in "
-                         f"(0, 1), got {fraction}")
+    """Boolean ``(H, W)``: the mask's pixels whose :func:`normal_curvature` divided by
+    ``depth_mm`` (the surface's depth) is at least ``per_mm``."""
+    if not float(per_mm) > 0.0:
+        raise InputError(f"normal ridge: the curvature threshold must be > 0 per mm, got "
+                         f"{per_mm}")
+    if not float(depth_mm) > 0.0:
+        raise InputError(f"normal ridge: the depth must be > 0 mm, got {depth_mm}")
     m = np.asarray(mask) > 0
-    if not m.any():
-        return np.zeros(m.shape, bool)
     k = normal_curvature(normals, m, K, blur_px)
-    return (k >= np.quantile(k[m], 1.0 - float(fraction))) & m & (k > 0)
+    return m & (k / float(depth_mm) >= float(per_mm))

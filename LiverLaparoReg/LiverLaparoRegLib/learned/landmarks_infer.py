@@ -146,10 +146,10 @@ def true_maps(vertices, faces, model_to_camera, camera, ridge=None, ligament=Non
     return out
 
 
-def with_normal_ridge(maps: np.ndarray, mask_net: np.ndarray, camera,
-                      fraction: float) -> np.ndarray:
-    """A copy of ``maps`` whose ridge channel is 1 also at the normal map's sharpest
-    ``fraction`` of the mask's pixels (:func:`.landmarks_curvature.normal_ridge`)."""
+def with_normal_ridge(maps: np.ndarray, mask_net: np.ndarray, camera, depth_mm: float,
+                      per_mm: float) -> np.ndarray:
+    """A copy of ``maps`` whose ridge channel is 1 also where the normal map's curvature at
+    ``depth_mm`` is at least ``per_mm`` (:func:`.landmarks_curvature.normal_ridge`)."""
     from . import data  # noqa: PLC0415
     from .landmarks_curvature import normal_ridge  # noqa: PLC0415
 
@@ -157,7 +157,7 @@ def with_normal_ridge(maps: np.ndarray, mask_net: np.ndarray, camera,
         raise InputError("normal ridge: the maps have no normal channels (a model without "
                          "a normal map)")
     out = np.array(maps, np.float32)
-    ridge = normal_ridge(out[3:6], mask_net, data.net_camera(camera).K, fraction)
+    ridge = normal_ridge(out[3:6], mask_net, data.net_camera(camera).K, depth_mm, per_mm)
     out[0] = np.maximum(out[0], ridge.astype(np.float32))
     return out
 
@@ -338,9 +338,11 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     poses whose ridge-free cost is within ``TIE_PX`` of the best (:func:`tiebreak_by_ridge`)
     and the ICP goes to those alone; the verdict's margin is the ridge-free one, and a
     pose the ridge chose over a far one that fits the ridge-free cost better is at best
-    "doubtful"; ``normal_ridge``: a fraction (e.g. 0.05): the ridge map is the ridge
-    channel or'ed with the sharpest that fraction of the mask's pixels by the normal map's
-    curvature (:func:`.landmarks_curvature.normal_ridge`; maps with normal channels only)."""
+    "doubtful"; ``normal_ridge``: a curvature (1/mm, e.g. ``NORMAL_RIDGE_PER_MM``; only
+    with ``ridge_tiebreak`` and maps with normal channels): the tie-break's ridge map is
+    the ridge channel or'ed with the pixels whose normal-map curvature is at least that,
+    at the depth of the liver's centre at the best ridge-free pose
+    (:func:`.landmarks_curvature.normal_ridge`)."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -350,7 +352,6 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         refine_silhouette  # noqa: PLC0415
     from .shared import assemble_result, check_frame_inputs  # noqa: PLC0415
     from .modelfile import load_model  # noqa: PLC0415
-    from .shared import network_mask  # noqa: PLC0415
 
     t0 = time.perf_counter()
     mesh, camera, mask = check_frame_inputs(mesh, camera, image, mask)
@@ -383,8 +384,6 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     t1 = time.perf_counter()
     if maps is None:
         maps = predict_maps(net, image, mask, camera, flips=flips)
-    if normal_ridge:
-        maps = with_normal_ridge(maps, network_mask(mask), camera, normal_ridge)
     obs = observations(maps, mask, camera)
     if obs["mask_net"].sum() < 4:
         raise GeometryError("correspondences: no correspondences -- the liver mask covers "
@@ -401,13 +400,25 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     if w_ridge is None:
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
     tiebreak = bool(ridge_tiebreak) and w_ridge > 0
+    if normal_ridge and not tiebreak:
+        raise InputError("normal ridge: only with the ridge as a tie-breaker (ridge_tiebreak "
+                         "and a ridge weight > 0): its depth comes from the best ridge-free "
+                         "pose")
     n_ridge = len(obs["ridge"])       # found (used by the search only when weighted)
     if w_ridge <= 0 or not ridge_in_refinement or tiebreak:  # no ridge in ICP, refinement
         obs = dict(obs, ridge=np.zeros((0, 2)), ridge_conf=np.zeros(0))
     cands = align_search(lm, camera, obs2, view_axis=view_axis, cone_deg=cone_deg,
                          w_ridge=0.0 if tiebreak else w_ridge, w_normal=w_normal,
                          translation_start=translation_start, cancel=cancel)
-    n_tied, free = len(cands), None
+    n_tied, free, nr = len(cands), None, None
+    if normal_ridge:      # the scale: the liver's depth at the best ridge-free pose
+        T_best = min(cands, key=lambda tc: tc[1])[0]
+        depth = float(T_best[2, :3] @ lm.c + T_best[2, 3])
+        n_before = int(((maps[0] >= 0.5) & (obs["mask_net"] > 0)).sum())
+        maps = with_normal_ridge(maps, obs["mask_net"], camera, depth, normal_ridge)
+        obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty)
+        nr = {"per_mm": float(normal_ridge), "depth_mm": round(depth, 1),
+              "added_pixels": int(((maps[0] >= 0.5) & (obs["mask_net"] > 0)).sum()) - n_before}
     if tiebreak:
         cands, n_tied, free = tiebreak_by_ridge(cands, lm, obs2, w_ridge, w_normal)
     timings["search_s"] = time.perf_counter() - t1
@@ -484,7 +495,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "ridge_in_refinement": bool(ridge_in_refinement and w_ridge > 0
                                          and not tiebreak),
              "ridge_tiebreak": ({"tied_candidates": n_tied} if tiebreak else False),
-             "normal_ridge_fraction": float(normal_ridge or 0.0),
+             "normal_ridge": nr or False,
              "network_flips": int(flips) if given_maps is None else 0,
              "translation_start": translation_start,
              "normal_weight": w_normal if obs2.normals is not None else 0.0,
