@@ -42,7 +42,7 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
         [--maps-only] [--true-maps [--no-normals]] [--true-part PARTS] \\
         [--diagnosis-held-out] [--ignore-normal-scale] [--w-ridge W] \\
         [--ridge-definition ring|scale] [--ridge-search-only] [--ridge-tiebreak] \\
-        [--normal-ridge PER_MM] [--tag NAME] [--out DIR]
+        [--normal-ridge PER_MM] [--curvature-tiebreak] [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
@@ -300,6 +300,10 @@ def main():
                     help="the tie-break's ridge map or'ed with the normal map's curvature "
                          ">= PER_MM (register_landmarks(normal_ridge=...)); its ridge "
                          "precision / recall are those at the TRUE depth")
+    ap.add_argument("--curvature-tiebreak", action="store_true",
+                    help="near-equal poses re-ranked by the curvature agreement of the "
+                         "rendered and the predicted normal maps (register_landmarks("
+                         "curvature_tiebreak=True))")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -385,7 +389,8 @@ def main():
                                           ridge_definition=ridge_def, w_ridge=a.w_ridge,
                                           ridge_in_refinement=not a.ridge_search_only,
                                           ridge_tiebreak=a.ridge_tiebreak,
-                                          normal_ridge=a.normal_ridge, **given)
+                                          normal_ridge=a.normal_ridge,
+                                          curvature_tiebreak=a.curvature_tiebreak, **given)
                 row.update(rot_deg=round(float(rotation_error_deg(r.model_to_camera[:3, :3],
                                                                   T[:3, :3])), 2),
                            stage1_rot_deg=round(float(rotation_error_deg(
@@ -421,6 +426,7 @@ def main():
             "translation_start": a.translation_start, "w_ridge": a.w_ridge,
             "ridge_definition": ridge_def, "ridge_search_only": a.ridge_search_only,
             "ridge_tiebreak": a.ridge_tiebreak, "normal_ridge": a.normal_ridge,
+            "curvature_tiebreak": a.curvature_tiebreak,
             "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)
