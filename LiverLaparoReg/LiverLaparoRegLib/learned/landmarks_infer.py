@@ -464,8 +464,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         cands, n_tied, free = tiebreak_by_ridge(cands, lm, obs2, w_ridge, w_normal)
     agreement = None
     if curvature_tiebreak:
-        def agreement(T):
-            return curvature_score(maps, obs["mask_net"], mesh, T, camera)
+        agreement = (lambda T: curvature_score(maps, obs["mask_net"], mesh, T, camera))  # noqa: E731
         cands, n_tied, free, scores = tiebreak_by_curvature(cands, agreement)
     timings["search_s"] = time.perf_counter() - t1
     report(progress, 0.3, "LiverLaparoReg: correspondences (image ICP)")
