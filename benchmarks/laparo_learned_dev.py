@@ -42,7 +42,8 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
         [--maps-only] [--true-maps [--no-normals]] [--true-part PARTS] \\
         [--diagnosis-held-out] [--ignore-normal-scale] [--w-ridge W] \\
         [--ridge-definition ring|scale] [--ridge-search-only] [--ridge-tiebreak] \\
-        [--normal-ridge PER_MM] [--curvature-tiebreak] [--tag NAME] [--out DIR]
+        [--normal-ridge PER_MM] [--curvature-tiebreak] [--no-ridge-channel] \\
+        [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
@@ -304,6 +305,9 @@ def main():
                     help="near-equal poses re-ranked by the curvature agreement of the "
                          "rendered and the predicted normal maps (register_landmarks("
                          "curvature_tiebreak=True))")
+    ap.add_argument("--no-ridge-channel", action="store_true",
+                    help="the network's ridge channel zeroed (given maps): with "
+                         "--normal-ridge, the normal ridge alone")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -361,7 +365,8 @@ def main():
             m_net = li.observations(true_n[:3], mask, cam)["mask_net"]
             if a.normal_ridge:        # the tie-break's ridge map, at the TRUE depth here
                 ridge_pred = li.with_normal_ridge(
-                    np.concatenate([[ridge_pred], pred[1:6]]), m_net, cam,
+                    np.concatenate([[0 * ridge_pred if a.no_ridge_channel else ridge_pred],
+                                    pred[1:6]]), m_net, cam,
                     float(T[2, :3] @ centre + T[2, 3]), a.normal_ridge)[0]
             row = {"seed": seed, "frame": k, "view_deg": round(view_angle_deg(T), 1),
                    "normal_error_deg": normal_error_deg(pred[3:6], true_n[3:], m_net),
@@ -376,6 +381,10 @@ def main():
             if ridge_net is not None:                        # ridge from another model
                 mixed = np.array(pred[:6], np.float32)
                 mixed[0] = ridge_pred
+                given = {"maps": mixed}
+            if a.no_ridge_channel:                           # normal ridge alone
+                mixed = np.array(pred[:6], np.float32)
+                mixed[0] = 0.0
                 given = {"maps": mixed}
             if a.true_part:                                  # part of an oracle
                 mixed = np.array(pred[:6], np.float32)
@@ -427,6 +436,7 @@ def main():
             "ridge_definition": ridge_def, "ridge_search_only": a.ridge_search_only,
             "ridge_tiebreak": a.ridge_tiebreak, "normal_ridge": a.normal_ridge,
             "curvature_tiebreak": a.curvature_tiebreak,
+            "no_ridge_channel": a.no_ridge_channel,
             "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)
