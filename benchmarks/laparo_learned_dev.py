@@ -42,7 +42,7 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
         [--maps-only] [--true-maps [--no-normals]] [--true-part PARTS] \\
         [--diagnosis-held-out] [--ignore-normal-scale] [--w-ridge W] \\
         [--ridge-definition ring|scale] [--ridge-search-only] [--ridge-tiebreak] \\
-        [--normal-ridge PER_MM] [--curvature-tiebreak] [--no-ridge-channel] \\
+        [--normal-ridge PER_MM] [--no-ridge-channel] \\
         [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
@@ -301,10 +301,6 @@ def main():
                     help="the tie-break's ridge map or'ed with the normal map's curvature "
                          ">= PER_MM (register_landmarks(normal_ridge=...)); its ridge "
                          "precision / recall are those at the TRUE depth")
-    ap.add_argument("--curvature-tiebreak", action="store_true",
-                    help="near-equal poses re-ranked by the curvature agreement of the "
-                         "rendered and the predicted normal maps (register_landmarks("
-                         "curvature_tiebreak=True))")
     ap.add_argument("--no-ridge-channel", action="store_true",
                     help="the network's ridge channel zeroed (given maps): with "
                          "--normal-ridge, the normal ridge alone")
@@ -339,6 +335,7 @@ def main():
     from LiverLaparoRegLib.metrics import pose_errors
     from LiverLaparoRegLib.learned import landmarks_infer as li
     from LiverLaparoRegLib.learned.evaluation import full_frame
+    from LiverLaparoRegLib.learned.landmarks_curvature import with_normal_ridge
     from LiverLaparoRegLib.learned.landmarks_search import view_angle_deg
     from LiverLaparoRegLib.learned.modelfile import load_model
 
@@ -364,9 +361,9 @@ def main():
                           else li.predict_maps(ridge_net, img, mask, cam, flips=a.flips)[0])
             m_net = li.observations(true_n[:3], mask, cam)["mask_net"]
             if a.normal_ridge:        # the tie-break's ridge map, at the TRUE depth here
-                ridge_pred = li.with_normal_ridge(
+                ridge_pred = with_normal_ridge(
                     np.concatenate([[0 * ridge_pred if a.no_ridge_channel else ridge_pred],
-                                    pred[1:6]]), m_net, cam,
+                                    pred[1:6]]), m_net, data.net_camera(cam).K,
                     float(T[2, :3] @ centre + T[2, 3]), a.normal_ridge)[0]
             row = {"seed": seed, "frame": k, "view_deg": round(view_angle_deg(T), 1),
                    "normal_error_deg": normal_error_deg(pred[3:6], true_n[3:], m_net),
@@ -398,8 +395,7 @@ def main():
                                           ridge_definition=ridge_def, w_ridge=a.w_ridge,
                                           ridge_in_refinement=not a.ridge_search_only,
                                           ridge_tiebreak=a.ridge_tiebreak,
-                                          normal_ridge=a.normal_ridge,
-                                          curvature_tiebreak=a.curvature_tiebreak, **given)
+                                          normal_ridge=a.normal_ridge, **given)
                 row.update(rot_deg=round(float(rotation_error_deg(r.model_to_camera[:3, :3],
                                                                   T[:3, :3])), 2),
                            stage1_rot_deg=round(float(rotation_error_deg(
@@ -435,7 +431,6 @@ def main():
             "translation_start": a.translation_start, "w_ridge": a.w_ridge,
             "ridge_definition": ridge_def, "ridge_search_only": a.ridge_search_only,
             "ridge_tiebreak": a.ridge_tiebreak, "normal_ridge": a.normal_ridge,
-            "curvature_tiebreak": a.curvature_tiebreak,
             "no_ridge_channel": a.no_ridge_channel,
             "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}

@@ -93,7 +93,7 @@ def test_normal_ridge_bad_input():
     with pytest.raises(InputError, match="normal map"):
         lc.normal_curvature(n[:, :10], np.ones((H, W), bool), K)
     with pytest.raises(InputError, match="no normal channels"):
-        li.with_normal_ridge(np.zeros((3, H, W), np.float32), np.ones((H, W)), None, 100.0, 0.04)
+        lc.with_normal_ridge(np.zeros((3, H, W), np.float32), np.ones((H, W)), K, 100.0)
     assert not lc.normal_ridge(n, np.zeros((H, W), bool), K, 100.0).any()
 
 
@@ -126,31 +126,3 @@ def test_registration_with_the_normal_ridge_records_it():
     with pytest.raises(InputError, match="tie-breaker"):
         li.register_landmarks(mesh, cam, None, mask, maps=maps, w_ridge=0.5, refine=False,
                               normal_ridge=0.04)
-
-
-def test_curvature_agreement_prefers_the_same_surface():
-    """A sphere's normal map agrees with itself (rank correlation 1) and with the same
-    sphere seen 20 % farther (curvature scales, ranks do not); a shifted sphere agrees
-    less, and less again the more it is shifted; too small an overlap gives -1."""
-    n, _, hit = _sphere_normals([8.0, -4.0, 150.0], 40.0)
-    assert lc.curvature_agreement(n, hit, n, K) == pytest.approx(1.0)
-    far, _, _ = _sphere_normals([8.0 * 1.2, -4.0 * 1.2, 180.0], 40.0 * 1.2)
-    assert lc.curvature_agreement(n, hit, far, K) > 0.95
-    near_shift = lc.curvature_agreement(n, hit, _sphere_normals([14.0, -4.0, 150.0], 40.0)[0], K)
-    far_shift = lc.curvature_agreement(n, hit, _sphere_normals([24.0, -4.0, 150.0], 40.0)[0], K)
-    assert far_shift < near_shift < 0.95
-    tiny = np.zeros((H, W), bool)
-    tiny[40:45, 60:65] = True
-    assert lc.curvature_agreement(n, tiny, n, K) == -1.0
-
-
-def test_curvature_tiebreak_reranks_only_near_equal_poses():
-    """``tiebreak_by_curvature``: the poses within ``TIE_PX`` of the best cost go first,
-    by decreasing agreement; the rest keep their order after them; costs unchanged."""
-    T = [np.eye(4) * (k + 1) for k in range(4)]
-    cands = [(T[0], 1.0), (T[1], 1.2), (T[2], 1.0 + li.TIE_PX + 0.1), (T[3], 1.3)]
-    score = {1: 0.1, 2: 0.9, 3: 0.99, 4: 0.5}
-    out, n_tied, costs, scores = li.tiebreak_by_curvature(cands, lambda X: score[int(X[0, 0])])
-    assert n_tied == 3
-    assert [int(X[0, 0]) for X, _ in out] == [2, 4, 1, 3]      # 3 is outside the tie band
-    assert costs == [1.2, 1.3, 1.0, 1.0 + li.TIE_PX + 0.1] and scores == [0.9, 0.5, 0.1]

@@ -83,31 +83,15 @@ def normal_ridge(normals: np.ndarray, mask: np.ndarray, K: np.ndarray, depth_mm:
     return m & (k / float(depth_mm) >= float(per_mm))
 
 
-#: the fewest pixels on which :func:`curvature_agreement` correlates two maps
-MIN_AGREEMENT_PX = 50
 
-
-def curvature_agreement(normals: np.ndarray, mask: np.ndarray, normals_at_pose: np.ndarray,
-                        K: np.ndarray, blur_px: float = NORMAL_RIDGE_BLUR_PX) -> float:
-    """How alike two normal maps turn: the rank (Spearman) correlation of their
-    :func:`normal_curvature` maps over the pixels inside both ``mask`` and the rendered
-    surface of ``normals_at_pose`` (zero where nothing is rendered), one pixel in from
-    their edges; ``-1`` when fewer than :data:`MIN_AGREEMENT_PX` pixels remain. Used to
-    choose among poses whose outlines fit alike: the mesh's normal map rendered at each
-    pose against the network's (the same operator on both sides, so no ridge label and no
-    threshold)."""
-    import cv2  # noqa: PLC0415
-
-    rendered = np.linalg.norm(np.asarray(normals_at_pose, np.float64), axis=0) > 0.5
-    both = (np.asarray(mask) > 0) & rendered
-    inner = cv2.erode(both.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    if inner.sum() < MIN_AGREEMENT_PX:
-        return -1.0
-    a = normal_curvature(normals, both, K, blur_px)[inner]
-    b = normal_curvature(normals_at_pose, both, K, blur_px)[inner]
-    ra = np.argsort(np.argsort(a)).astype(np.float64)
-    rb = np.argsort(np.argsort(b)).astype(np.float64)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / den) if den > 0 else -1.0
+def with_normal_ridge(maps: np.ndarray, mask_net: np.ndarray, K: np.ndarray, depth_mm: float,
+                      per_mm: float = NORMAL_RIDGE_PER_MM) -> np.ndarray:
+    """A copy of the network's ``maps`` (ridge, ligament, silhouette, normals, ...) whose
+    ridge channel is 1 also at the :func:`normal_ridge` of its normal map."""
+    if len(maps) < 6:
+        raise InputError("normal ridge: the maps have no normal channels (a model without "
+                         "a normal map)")
+    out = np.array(maps, np.float32)
+    out[0] = np.maximum(out[0], normal_ridge(out[3:6], mask_net, K, depth_mm,
+                                             per_mm).astype(np.float32))
+    return out

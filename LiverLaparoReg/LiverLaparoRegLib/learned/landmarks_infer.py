@@ -54,6 +54,7 @@ import numpy as np
 
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 
+from .landmarks_curvature import with_normal_ridge
 from .landmarks_icp import correspondences_of, icp, pairs_at, visible_landmarks
 from .landmarks_align import W_NORMAL, W_RIDGE, Observed2D, align_search, \
     check_translation_start, pose_cost
@@ -143,22 +144,6 @@ def true_maps(vertices, faces, model_to_camera, camera, ridge=None, ligament=Non
     if normals:
         out = np.concatenate([out, normal_map(face, bary, v @ T[:3, :3].T + T[:3, 3],
                                               data.vertex_normals(v, f) @ T[:3, :3].T, f)])
-    return out
-
-
-def with_normal_ridge(maps: np.ndarray, mask_net: np.ndarray, camera, depth_mm: float,
-                      per_mm: float) -> np.ndarray:
-    """A copy of ``maps`` whose ridge channel is 1 also where the normal map's curvature at
-    ``depth_mm`` is at least ``per_mm`` (:func:`.landmarks_curvature.normal_ridge`)."""
-    from . import data  # noqa: PLC0415
-    from .landmarks_curvature import normal_ridge  # noqa: PLC0415
-
-    if len(maps) < 6:
-        raise InputError("normal ridge: the maps have no normal channels (a model without "
-                         "a normal map)")
-    out = np.array(maps, np.float32)
-    ridge = normal_ridge(out[3:6], mask_net, data.net_camera(camera).K, depth_mm, per_mm)
-    out[0] = np.maximum(out[0], ridge.astype(np.float32))
     return out
 
 
@@ -271,33 +256,6 @@ def tiebreak_by_ridge(cands, lm, obs2: Observed2D, w_ridge: float, w_normal: flo
     return ([(cands[k][0], total[k]) for k in order], len(tied), [free[k] for k in order])
 
 
-def curvature_score(maps, mask_net, mesh, T, camera) -> float:
-    """:func:`.landmarks_curvature.curvature_agreement` of the maps' normal map with the
-    mesh's rendered at ``model_to_camera`` ``T`` (network grid)."""
-    from . import data  # noqa: PLC0415
-    from .landmarks_curvature import curvature_agreement  # noqa: PLC0415
-
-    at_pose = true_maps(mesh.vertices, mesh.faces, T, camera, ridge=np.zeros(len(mesh.vertices),
-                                                                             bool),
-                        normals=True)[3:6]
-    return curvature_agreement(maps[3:6], mask_net, at_pose, data.net_camera(camera).K)
-
-
-def tiebreak_by_curvature(cands, agreement):
-    """The search's ``[(model_to_camera, cost)]`` re-ranked: those within :data:`TIE_PX`
-    of the best cost first, by decreasing ``agreement(T)`` (:func:`curvature_score`), then
-    the rest in their order; costs unchanged. Returns ``(candidates, number tied, their
-    costs, the tied ones' agreements)``."""
-    cost = [c for _, c in cands]
-    k0 = int(np.argmin(cost))
-    tied = [k for k in range(len(cands)) if cost[k] <= cost[k0] + TIE_PX]
-    score = {k: agreement(cands[k][0]) for k in tied}
-    order = sorted(tied, key=lambda k: -score[k]) + [k for k in range(len(cands))
-                                                    if k not in tied]
-    return ([cands[k] for k in order], len(tied), [cost[k] for k in order],
-            [score[k] for k in order[:len(tied)]])
-
-
 def hidden_region(obs2: Observed2D, camera) -> np.ndarray:
     """``(H, W)`` bool, full frame: the pixels outside the mask whose nearest mask pixel is
     not on the liver's own outline (an instrument's edge, the frame border), where the
@@ -341,8 +299,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                        flips: int = 1, translation_start: str = "moment",
                        normal_uncertainty: bool = True, ridge_definition: Optional[str] = None,
                        ridge_in_refinement: bool = True, ridge_tiebreak: bool = False,
-                       normal_ridge: Optional[float] = None, curvature_tiebreak: bool = False,
-                       progress=None, cancel=None):
+                       normal_ridge: Optional[float] = None, progress=None, cancel=None):
     """Learned registration with the landmark model (module docstring). ``model``: model
     file (None = bundled landmarks model); ``net``: a loaded network; ``maps``: given
     ``(3, NET_H, NET_W)`` landmark probabilities instead of the network (tests);
@@ -370,12 +327,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     with ``ridge_tiebreak`` and maps with normal channels): the tie-break's ridge map is
     the ridge channel or'ed with the pixels whose normal-map curvature is at least that,
     at the depth of the liver's centre at the best ridge-free pose
-    (:func:`.landmarks_curvature.normal_ridge`); ``curvature_tiebreak=True`` (maps with
-    normal channels; no ridge term): the poses whose cost is within ``TIE_PX`` of the best
-    are re-ranked by how alike the mesh's normal map rendered at each turns to the
-    network's (:func:`tiebreak_by_curvature`), the ICP goes to those alone and the best
-    agreement after it wins; a pose so chosen over a far one that fits the cost better is
-    at best "doubtful"."""
+    (:func:`.landmarks_curvature.normal_ridge`)."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -432,14 +384,6 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty)
     if w_ridge is None:
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
-    if curvature_tiebreak:
-        if ridge_tiebreak or normal_ridge:
-            raise InputError("curvature tie-break: instead of the ridge tie-break / normal "
-                             "ridge, not with them")
-        if len(maps) < 6:
-            raise InputError("curvature tie-break: the maps have no normal channels (a model "
-                             "without a normal map)")
-        w_ridge = 0.0
     tiebreak = bool(ridge_tiebreak) and w_ridge > 0
     if normal_ridge and not tiebreak:
         raise InputError("normal ridge: only with the ridge as a tie-breaker (ridge_tiebreak "
@@ -453,23 +397,21 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                          translation_start=translation_start, cancel=cancel)
     n_tied, free, nr = len(cands), None, None
     if normal_ridge:      # the scale: the liver's depth at the best ridge-free pose
+        from .data import net_camera  # noqa: PLC0415
         T_best = min(cands, key=lambda tc: tc[1])[0]
         depth = float(T_best[2, :3] @ lm.c + T_best[2, 3])
         n_before = int(((maps[0] >= 0.5) & (obs["mask_net"] > 0)).sum())
-        maps = with_normal_ridge(maps, obs["mask_net"], camera, depth, normal_ridge)
+        maps = with_normal_ridge(maps, obs["mask_net"], net_camera(camera).K, depth,
+                                 normal_ridge)
         obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty)
         nr = {"per_mm": float(normal_ridge), "depth_mm": round(depth, 1),
               "added_pixels": int(((maps[0] >= 0.5) & (obs["mask_net"] > 0)).sum()) - n_before}
     if tiebreak:
         cands, n_tied, free = tiebreak_by_ridge(cands, lm, obs2, w_ridge, w_normal)
-    agreement = None
-    if curvature_tiebreak:
-        agreement = (lambda T: curvature_score(maps, obs["mask_net"], mesh, T, camera))  # noqa: E731
-        cands, n_tied, free, scores = tiebreak_by_curvature(cands, agreement)
     timings["search_s"] = time.perf_counter() - t1
     report(progress, 0.3, "LiverLaparoReg: correspondences (image ICP)")
     t1 = time.perf_counter()
-    best, best_key = None, None
+    best = None
     tried = []
     for i, (T0, c0) in enumerate(cands):
         check_cancel(cancel)
@@ -503,11 +445,8 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         entry["cost_px"] = round(float(c_i), 4)
         if ground_truth is not None:
             entry["icp_rot_err_deg"] = round(_m.pose_errors(T_i, ground_truth)["rotation_deg"], 1)
-        key = c_i if agreement is None else -agreement(T_i)   # the curvature decides
-        if agreement is not None:
-            entry["curvature_agreement"] = round(-key, 4)
-        if best is None or key < best_key:
-            best, best_key = (float(c_i), T_i, pairs), key
+        if best is None or c_i < best[0]:
+            best = (float(c_i), T_i, pairs)
     timings["icp_s"] = time.perf_counter() - t1
     if best is None:
         raise GeometryError("correspondences: fewer than 4 correspondences at every pose "
@@ -544,9 +483,6 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                                          and not tiebreak),
              "ridge_tiebreak": ({"tied_candidates": n_tied} if tiebreak else False),
              "normal_ridge": nr or False,
-             "curvature_tiebreak": ({"tied_candidates": n_tied,
-                                     "agreements": [round(x, 4) for x in scores]}
-                                    if curvature_tiebreak else False),
              "network_flips": int(flips) if given_maps is None else 0,
              "translation_start": translation_start,
              "normal_weight": w_normal if obs2.normals is not None else 0.0,
@@ -583,21 +519,14 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     # (after its ICP where it had one)
     margin = _far_margin(cands, [e.get("cost_px", c) for (_, c), e in zip(cands, tried)],
                          T1, s1)
-    chose = None          # the tie-breaker alone chose (a far pose fits the cost better)
     if free is not None:
         # the ridge broke ties: the margin is the ridge-free one (the cost the thresholds
         # were set on), unless a far pose fits that cost better, i.e. the ridge alone
-        # chose: then the margin with the ridge, and at best "doubtful" (below). The
-        # curvature has no cost of its own: its choice is at best "doubtful"
+        # chose: then the margin with the ridge, and at best "doubtful" (below)
         margin_free = _far_margin(cands, free, T1, pose_cost(T1, lm, obs2, 0.0, w_normal))
-        minfo["ridge_tiebreak" if tiebreak else "curvature_tiebreak"][
-            "ridge_free_margin_px"] = round(float(margin_free), 4)
+        minfo["ridge_tiebreak"]["ridge_free_margin_px"] = round(float(margin_free), 4)
         if margin_free >= 0:
             margin = margin_free
-        else:
-            chose = "the ridge map" if tiebreak else "the normal map's curvature"
-            if not tiebreak:
-                margin = AMBIGUOUS_MARGIN[0]      # not "failed" for a cost it did not use
     res.quality.signals["search_margin_px"] = round(float(margin), 4)
     minfo["search_margin_px"] = round(float(margin), 4)
     res.metrics["learned"]["search_margin_px"] = minfo["search_margin_px"]
@@ -609,11 +538,11 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         res.quality.verdict = "doubtful"
         res.quality.reasons.insert(0, f"another pose far away fits nearly as well (cost "
                                       f"margin {margin:.3f} px < {AMBIGUOUS_MARGIN[1]})")
-    if chose is not None:
+    if free is not None and minfo["ridge_tiebreak"]["ridge_free_margin_px"] < 0:
         if res.quality.verdict == "ok":
             res.quality.verdict = "doubtful"
-        res.quality.reasons.insert(0, f"chosen by {chose} among poses whose outlines fit "
-                                      f"alike (a far pose fits the outline better)")
+        res.quality.reasons.insert(0, "chosen by the ridge map among poses whose outlines "
+                                      "fit alike (a far pose fits the outline better)")
     if "refinement" in minfo:
         res.quality.verdict = "failed"
         res.quality.reasons.insert(0, minfo["refinement"])
