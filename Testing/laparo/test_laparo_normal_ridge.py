@@ -56,10 +56,11 @@ def test_curvature_of_a_sphere_is_depth_over_radius():
 def test_normal_ridge_of_a_roof_is_its_crease():
     """Two planes meeting at a vertical crease (normals turned +-30 deg about the image's
     vertical axis), seen frontally at 100 mm: the normal ridge (no blur) is the two
-    columns beside the crease, whole, and nothing else; the threshold is a curvature, so
-    the same map seen 100 times farther (each pixel spans 100 times more surface) turns
-    too slowly per mm and is not marked; a flat plane has a zero curvature map; a blur
-    widens the crease, never moves it."""
+    columns beside the crease, whole, and nothing else; the crease's value is the analytic
+    turn over the surface length; the threshold is a curvature, so the same map seen from
+    10 % farther than that value allows (each pixel spans more surface) is not marked,
+    from 10 % nearer it is; a flat plane has a zero curvature map; a blur widens the
+    crease, never moves it."""
     a = np.radians(30.0)
     n = np.zeros((3, H, W))
     left = np.arange(W) < W // 2
@@ -101,7 +102,8 @@ def test_registration_with_the_normal_ridge_records_it():
     """``register_landmarks(normal_ridge=0.04)`` with the TRUE maps of a SYNTHETIC frame of
     the P2ILF mesh (ridge as tie-breaker, no start pose): within 5 deg; the depth that set
     the curvature scale (the best ridge-free pose's) within 5 % of the TRUE depth of the
-    liver's centre; recorded. Without the tie-breaker the option is refused."""
+    liver's centre; recorded. Without the tie-breaker, with a curvature <= 0 or with maps
+    without normals the option is refused."""
     from LiverLaparoRegLib import metrics as lmetrics  # noqa: PLC0415
     from LiverLaparoRegLib.camera import load_camera  # noqa: PLC0415
     from LiverLaparoRegLib.learned import data  # noqa: PLC0415
@@ -126,3 +128,7 @@ def test_registration_with_the_normal_ridge_records_it():
     with pytest.raises(InputError, match="tie-breaker"):
         li.register_landmarks(mesh, cam, None, mask, maps=maps, w_ridge=0.5, refine=False,
                               normal_ridge=0.04)
+    for bad, m in ((-0.04, maps), (0.04, maps[:3])):       # refused before the search
+        with pytest.raises(InputError, match="normal ridge: needs"):
+            li.register_landmarks(mesh, cam, None, mask, maps=m, ridge_tiebreak=True,
+                                  w_ridge=0.5, refine=False, normal_ridge=bad)

@@ -83,7 +83,6 @@ def normal_ridge(normals: np.ndarray, mask: np.ndarray, K: np.ndarray, depth_mm:
     return m & (k / float(depth_mm) >= float(per_mm))
 
 
-
 def with_normal_ridge(maps: np.ndarray, mask_net: np.ndarray, K: np.ndarray, depth_mm: float,
                       per_mm: float = NORMAL_RIDGE_PER_MM) -> np.ndarray:
     """A copy of the network's ``maps`` (ridge, ligament, silhouette, normals, ...) whose

@@ -385,10 +385,14 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     if w_ridge is None:
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
     tiebreak = bool(ridge_tiebreak) and w_ridge > 0
-    if normal_ridge and not tiebreak:
-        raise InputError("normal ridge: only with the ridge as a tie-breaker (ridge_tiebreak "
-                         "and a ridge weight > 0): its depth comes from the best ridge-free "
-                         "pose")
+    if normal_ridge is not None:      # checked before the search, not after it
+        if not tiebreak:
+            raise InputError("normal ridge: only with the ridge as a tie-breaker "
+                             "(ridge_tiebreak and a ridge weight > 0): its depth comes from "
+                             "the best ridge-free pose")
+        if not float(normal_ridge) > 0.0 or len(maps) < 6:
+            raise InputError(f"normal ridge: needs a curvature > 0 per mm and maps with "
+                             f"normal channels, got {normal_ridge} and {len(maps)} channels")
     n_ridge = len(obs["ridge"])       # found (used by the search only when weighted)
     if w_ridge <= 0 or not ridge_in_refinement or tiebreak:  # no ridge in ICP, refinement
         obs = dict(obs, ridge=np.zeros((0, 2)), ridge_conf=np.zeros(0))
@@ -396,7 +400,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                          w_ridge=0.0 if tiebreak else w_ridge, w_normal=w_normal,
                          translation_start=translation_start, cancel=cancel)
     n_tied, free, nr = len(cands), None, None
-    if normal_ridge:      # the scale: the liver's depth at the best ridge-free pose
+    if normal_ridge is not None:      # the scale: the liver's depth at the best ridge-free pose
         from .data import net_camera  # noqa: PLC0415
         T_best = min(cands, key=lambda tc: tc[1])[0]
         depth = float(T_best[2, :3] @ lm.c + T_best[2, 3])
