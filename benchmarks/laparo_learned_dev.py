@@ -22,7 +22,9 @@ held-out frames of ``benchmarks/laparo_learned.py``. SYNTHETIC development shape
 - ``blob``: the training mesh rounded by Laplacian smoothing and stretched back to its
   extents (``BLOB``): an outline that fits many poses. Session 16: v5 4 of 12, the
   oracle 9, the oracle without normals 7, the held-out liver's pattern (what v5 lacks
-  is mostly the ridge).
+  is mostly the ridge);
+- ``sharp``: the training mesh's detail amplified and stretched back to its extents
+  (``SHARP``): `scale` ridges on 20 % of its area, as the held-out liver (session 18).
 
 ``--diagnosis-held-out`` runs the held-out liver's frames (seeds 0-2 are its benchmark's)
 for diagnosis only, never for a choice; ``--true-part`` feeds some of the TRUE maps
@@ -167,6 +169,31 @@ def blob_mesh(tm):
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
 
+#: the ``sharp`` shape: the training mesh's detail band (Laplacian steps 4 to k) added
+#: with gain g, then stretched back to its extents
+SHARP = (20, 1.0)
+
+
+def sharp_mesh(tm):
+    """The ``sharp`` development shape: the training mesh ``tm`` with its detail between
+    4 and ``SHARP[0]`` Laplacian steps amplified (gain ``SHARP[1]``, as the sharper half of
+    ``train --relief`` draws it) and stretched back to its extents: `scale` ridges on 20 %
+    of its area (training mesh 8 %, the held-out liver 20 %), a probe (session 18) of
+    whether a sharper unseen shape shows the held-out liver's gap. ``(MeshData,
+    TrainMesh)``, the view axis of ``tm`` kept."""
+    from LiverLaparoRegLib.learned import data, shapes
+    from LiverLaparoRegLib.mesh import MeshData
+
+    v0 = np.asarray(tm.vertices, float)
+    f = np.asarray(tm.faces, np.int64)
+    A = shapes.neighbour_mean(v0, f)
+    k, g = SHARP
+    fine = shapes.laplacian_smooth(v0, A, 4)
+    v = v0 + g * (fine - shapes.laplacian_smooth(fine, A, k - 4))
+    mesh = MeshData(shapes.stretched_to(v, v0), f, name="p2ilf_sharp_dev")
+    return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
+
+
 def ridge_agreement(pred_ridge, true_ridge, mask_net) -> dict:
     """The network's ridge pixels (probability >= 0.5 inside the mask, network grid; the
     network loaded, also in oracle runs; ``--ridge-model``'s where given) against the
@@ -211,6 +238,8 @@ def shape_and_cameras(shape: str):
         mesh, tm = turned_mesh(data.p2ilf_train_mesh())
     elif shape == "blob":
         mesh, tm = blob_mesh(data.p2ilf_train_mesh())
+    elif shape == "sharp":
+        mesh, tm = sharp_mesh(data.p2ilf_train_mesh())
     else:
         tm = data.p2ilf_train_mesh()
         mesh = MeshData(np.asarray(tm.vertices), np.asarray(tm.faces), name="development")
@@ -259,7 +288,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="landmark model (default: the bundled one)")
     ap.add_argument("--shape", default="twisted", choices=("train", "twisted", "smooth", "turned",
-                                                     "blob"))
+                                                     "blob", "sharp"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6])
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--flips", type=int, default=1, choices=FLIPS)
