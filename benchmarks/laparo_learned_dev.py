@@ -44,7 +44,7 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
         [--maps-only] [--true-maps [--no-normals]] [--true-part PARTS] \\
         [--diagnosis-held-out] [--ignore-normal-scale] [--w-ridge W] \\
         [--ridge-definition ring|scale] [--ridge-search-only] [--ridge-tiebreak] \\
-        [--normal-ridge PER_MM] [--no-ridge-channel] \\
+        [--normal-ridge PER_MM] [--no-ridge-channel] [--ridge-oracle and|or] \\
         [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
@@ -333,6 +333,10 @@ def main():
     ap.add_argument("--no-ridge-channel", action="store_true",
                     help="the network's ridge channel zeroed (given maps): with "
                          "--normal-ridge, the normal ridge alone")
+    ap.add_argument("--ridge-oracle", default=None, choices=("and", "or"),
+                    help="diagnosis: the ridge map (with --normal-ridge: the union at the "
+                         "TRUE depth) and'ed (its false pixels removed) or or'ed (its misses "
+                         "filled) with the TRUE ridge map, as given maps")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -412,6 +416,11 @@ def main():
                 mixed = np.array(pred[:6], np.float32)
                 mixed[0] = 0.0
                 given = {"maps": mixed}
+            if a.ridge_oracle:      # the ridge map used (union at the TRUE depth) and/or TRUE
+                both = np.logical_and if a.ridge_oracle == "and" else np.logical_or
+                mixed = np.array(pred[:6], np.float32)
+                mixed[0] = both(ridge_pred >= 0.5, true_n[0] >= 0.5)
+                given = {"maps": mixed}
             if a.true_part:                                  # part of an oracle
                 mixed = np.array(pred[:6], np.float32)
                 for c in true_channels:
@@ -424,7 +433,8 @@ def main():
                                           ridge_definition=ridge_def, w_ridge=a.w_ridge,
                                           ridge_in_refinement=not a.ridge_search_only,
                                           ridge_tiebreak=a.ridge_tiebreak,
-                                          normal_ridge=a.normal_ridge, **given)
+                                          normal_ridge=None if a.ridge_oracle else a.normal_ridge,
+                                          **given)
                 row.update(rot_deg=round(float(rotation_error_deg(r.model_to_camera[:3, :3],
                                                                   T[:3, :3])), 2),
                            stage1_rot_deg=round(float(rotation_error_deg(
@@ -460,7 +470,7 @@ def main():
             "translation_start": a.translation_start, "w_ridge": a.w_ridge,
             "ridge_definition": ridge_def, "ridge_search_only": a.ridge_search_only,
             "ridge_tiebreak": a.ridge_tiebreak, "normal_ridge": a.normal_ridge,
-            "no_ridge_channel": a.no_ridge_channel,
+            "no_ridge_channel": a.no_ridge_channel, "ridge_oracle": a.ridge_oracle,
             "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)
