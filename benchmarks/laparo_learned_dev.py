@@ -20,7 +20,7 @@ held-out frames of ``benchmarks/laparo_learned.py``. SYNTHETIC development shape
   held-out protocol sees its liver from (``TURN_TO_LONG_AXIS_DEG``; session 16: no gap
   either, v5 8 of 12, the oracle 10);
 - ``blob``: the training mesh rounded by Laplacian smoothing and stretched back to its
-  extents (``BLOB``): an outline that fits many poses. Session 16: v5 4 of 12, the
+  extents (``BLOB_STEPS``): an outline that fits many poses. Session 16: v5 4 of 12, the
   oracle 9, the oracle without normals 7, the held-out liver's pattern (what v5 lacks
   is mostly the ridge);
 - ``sharp``: the training mesh's detail amplified and stretched back to its extents
@@ -148,14 +148,14 @@ def turned_mesh(tm):
     return mesh, data.train_mesh(mesh, view_axis=w0)
 
 
-#: the ``blob`` shape: Laplacian smoothing (lambda, iterations) of the training mesh, then
-#: each principal axis stretched back to its original extent
-BLOB = (0.5, 150)
+#: the ``blob`` shape: Laplacian steps (of 0.5) of the training mesh, then each principal
+#: axis stretched back to its original extent
+BLOB_STEPS = 150
 
 
 def blob_mesh(tm):
     """The ``blob`` development shape: the training mesh Laplacian-smoothed until its
-    notches and folds are gone (:data:`BLOB`; it shrinks), then stretched back to the
+    notches and folds are gone (:data:`BLOB_STEPS`; it shrinks), then stretched back to the
     training mesh's extents along each principal axis: a rounded liver-sized shape whose
     outline fits many poses alike; a probe (session 16) for development frames where the
     outline does not fix the pose. ``(MeshData, TrainMesh)``, the view axis of ``tm``
@@ -165,14 +165,15 @@ def blob_mesh(tm):
 
     v0 = np.asarray(tm.vertices, float)
     f = np.asarray(tm.faces, np.int64)
-    lam, n = BLOB
-    v = shapes.laplacian_smooth(v0, shapes.neighbour_mean(v0, f), n, lam)
+    # S^k v itself, not shapes.rounded's v - (v - S^k v): the two differ by 1e-14 mm, and
+    # the development frames' registrations recorded since session 16 are of this one
+    v = shapes.laplacian_smooth(v0, shapes.neighbour_mean(v0, f), BLOB_STEPS)
     mesh = MeshData(shapes.stretched_to(v, v0), f, name="p2ilf_blob_dev")
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
 
 #: the ``sharp`` shape: the training mesh's detail band (Laplacian steps 4 to k) added
-#: with gain g, then stretched back to its extents
+#: with gain g, then stretched back to its extents (``shapes.sharpened``)
 SHARP = (20, 1.0)
 
 
@@ -188,11 +189,8 @@ def sharp_mesh(tm):
 
     v0 = np.asarray(tm.vertices, float)
     f = np.asarray(tm.faces, np.int64)
-    A = shapes.neighbour_mean(v0, f)
-    k, g = SHARP
-    fine = shapes.laplacian_smooth(v0, A, 4)
-    v = v0 + g * (fine - shapes.laplacian_smooth(fine, A, k - 4))
-    mesh = MeshData(shapes.stretched_to(v, v0), f, name="p2ilf_sharp_dev")
+    mesh = MeshData(shapes.sharpened(v0, shapes.neighbour_mean(v0, f), *SHARP), f,
+                    name="p2ilf_sharp_dev")
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
 
@@ -417,17 +415,19 @@ def main():
             true_n = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=ridge3d,
                                   normals=True)
             pred = li.predict_maps(net, img, mask, cam, flips=a.flips)
-            ridge_pred = (pred[0] if ridge_net is None
-                          else li.predict_maps(ridge_net, img, mask, cam, flips=a.flips)[0])
+            ridge_channel = (pred[0] if ridge_net is None    # --ridge-model's if given
+                             else li.predict_maps(ridge_net, img, mask, cam, flips=a.flips)[0])
+            if a.no_ridge_channel:
+                ridge_channel = np.zeros_like(ridge_channel)
             m_net = li.observations(true_n[:3], mask, cam)["mask_net"]
+            ridge_used = ridge_channel
             if a.normal_ridge:        # the tie-break's ridge map, at the TRUE depth here
-                ridge_pred = with_normal_ridge(
-                    np.concatenate([[0 * ridge_pred if a.no_ridge_channel else ridge_pred],
-                                    pred[1:6]]), m_net, data.net_camera(cam).K,
+                ridge_used = with_normal_ridge(
+                    np.concatenate([[ridge_channel], pred[1:6]]), m_net, data.net_camera(cam).K,
                     float(T[2, :3] @ centre + T[2, 3]), a.normal_ridge)[0]
             row = {"seed": seed, "frame": k, "view_deg": round(view_angle_deg(T), 1),
                    "normal_error_deg": normal_error_deg(pred[3:6], true_n[3:], m_net),
-                   **ridge_agreement(ridge_pred, true_n[0], m_net)}
+                   **ridge_agreement(ridge_used, true_n[0], m_net)}
             t1 = time.perf_counter()
             if a.maps_only:
                 rows.append(row)
@@ -435,23 +435,15 @@ def main():
                 continue
             given = ({"maps": true_n[:3] if a.no_normals else true_n} if a.true_maps
                      else {"net": net, "flips": a.flips})   # TRUE maps: the oracle
-            if ridge_net is not None:                        # ridge from another model
-                mixed = np.array(pred[:6], np.float32)
-                mixed[0] = ridge_pred
-                given = {"maps": mixed}
-            if a.no_ridge_channel:                           # normal ridge alone
-                mixed = np.array(pred[:6], np.float32)
-                mixed[0] = 0.0
-                given = {"maps": mixed}
+            # the network's maps changed by the options, given as maps (each composes)
+            mixed = np.array(pred[:6], np.float32)
+            mixed[0] = ridge_channel                         # --ridge-model, --no-ridge-channel
             if a.ridge_oracle:      # the ridge map used (union at the TRUE depth) and/or TRUE
                 both = np.logical_and if a.ridge_oracle == "and" else np.logical_or
-                mixed = np.array(pred[:6], np.float32)
-                mixed[0] = both(ridge_pred >= 0.5, true_n[0] >= 0.5)
-                given = {"maps": mixed}
-            if a.true_part:                                  # part of an oracle
-                mixed = np.array(pred[:6], np.float32)
-                for c in true_channels:
-                    mixed[c] = true_n[c]
+                mixed[0] = both(ridge_used >= 0.5, true_n[0] >= 0.5)
+            for c in true_channels:                          # part of an oracle
+                mixed[c] = true_n[c]
+            if ridge_net is not None or a.no_ridge_channel or a.ridge_oracle or true_channels:
                 given = {"maps": mixed}
             try:
                 r = li.register_landmarks(mesh, cam, img, mask,

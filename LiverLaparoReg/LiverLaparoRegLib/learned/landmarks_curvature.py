@@ -83,13 +83,23 @@ def normal_ridge(normals: np.ndarray, mask: np.ndarray, K: np.ndarray, depth_mm:
     return m & (k / float(depth_mm) >= float(per_mm))
 
 
+def check_normal_ridge(per_mm, n_channels: int) -> float:
+    """``per_mm`` as a float if it is a curvature > 0 and the maps (``n_channels``) have
+    the normal channels; else a one-line error."""
+    if not float(per_mm) > 0.0:
+        raise InputError(f"normal ridge: needs a curvature threshold > 0 per mm, got {per_mm}")
+    if n_channels < 6:
+        raise InputError(f"normal ridge: needs maps with normal channels; these have no "
+                         f"normal channels ({n_channels} channels: a model without a normal "
+                         f"map)")
+    return float(per_mm)
+
+
 def with_normal_ridge(maps: np.ndarray, mask_net: np.ndarray, K: np.ndarray, depth_mm: float,
                       per_mm: float = NORMAL_RIDGE_PER_MM) -> np.ndarray:
     """A copy of the network's ``maps`` (ridge, ligament, silhouette, normals, ...) whose
     ridge channel is 1 also at the :func:`normal_ridge` of its normal map."""
-    if len(maps) < 6:
-        raise InputError("normal ridge: the maps have no normal channels (a model without "
-                         "a normal map)")
+    per_mm = check_normal_ridge(per_mm, len(maps))
     out = np.array(maps, np.float32)
     out[0] = np.maximum(out[0], normal_ridge(out[3:6], mask_net, K, depth_mm,
                                              per_mm).astype(np.float32))

@@ -54,7 +54,7 @@ import numpy as np
 
 from SurgicalReg2D3DLib.errors import GeometryError, InputError
 
-from .landmarks_curvature import with_normal_ridge
+from .landmarks_curvature import check_normal_ridge, with_normal_ridge
 from .landmarks_icp import correspondences_of, icp, pairs_at, visible_landmarks
 from .landmarks_align import W_NORMAL, W_RIDGE, Observed2D, align_search, \
     check_translation_start, pose_cost
@@ -390,9 +390,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
             raise InputError("normal ridge: only with the ridge as a tie-breaker "
                              "(ridge_tiebreak and a ridge weight > 0): its depth comes from "
                              "the best ridge-free pose")
-        if not float(normal_ridge) > 0.0 or len(maps) < 6:
-            raise InputError(f"normal ridge: needs a curvature > 0 per mm and maps with "
-                             f"normal channels, got {normal_ridge} and {len(maps)} channels")
+        check_normal_ridge(normal_ridge, len(maps))
     n_ridge = len(obs["ridge"])       # found (used by the search only when weighted)
     if w_ridge <= 0 or not ridge_in_refinement or tiebreak:  # no ridge in ICP, refinement
         obs = dict(obs, ridge=np.zeros((0, 2)), ridge_conf=np.zeros(0))
@@ -404,12 +402,12 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         from .data import net_camera  # noqa: PLC0415
         T_best = min(cands, key=lambda tc: tc[1])[0]
         depth = float(T_best[2, :3] @ lm.c + T_best[2, 3])
-        n_before = int(((maps[0] >= 0.5) & (obs["mask_net"] > 0)).sum())
+        before = maps[0] >= 0.5
         maps = with_normal_ridge(maps, obs["mask_net"], net_camera(camera).K, depth,
                                  normal_ridge)
         obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty)
         nr = {"per_mm": float(normal_ridge), "depth_mm": round(depth, 1),
-              "added_pixels": int(((maps[0] >= 0.5) & (obs["mask_net"] > 0)).sum()) - n_before}
+              "added_pixels": int(((maps[0] >= 0.5) & ~before & (obs["mask_net"] > 0)).sum())}
     if tiebreak:
         cands, n_tied, free = tiebreak_by_ridge(cands, lm, obs2, w_ridge, w_normal)
     timings["search_s"] = time.perf_counter() - t1

@@ -78,6 +78,20 @@ def stretched_to(v: np.ndarray, v_ref: np.ndarray) -> np.ndarray:
 RELIEF_ROUND_STEPS, RELIEF_SHARPEN_STEPS, RELIEF_SHARPEN_GAIN = (4, 30), (15, 40), 1.0
 
 
+def rounded(v: np.ndarray, A, steps: int, amount: float = 1.0) -> np.ndarray:
+    """``v - amount (v - S^steps v)`` (``S`` a Laplacian step of 0.5, ``A`` =
+    :func:`neighbour_mean`) stretched back to ``v``'s extents: a rounder copy."""
+    return stretched_to(v - amount * (v - laplacian_smooth(v, A, steps)), v)
+
+
+def sharpened(v: np.ndarray, A, steps: int, gain: float) -> np.ndarray:
+    """``v + gain (S^4 v - S^steps v)`` stretched back to ``v``'s extents: a sharper
+    copy (the detail between 4 and ``steps`` Laplacian steps amplified; the finest, the
+    triangulation's, left out)."""
+    fine = laplacian_smooth(v, A, 4)
+    return stretched_to(v + gain * (fine - laplacian_smooth(fine, A, steps - 4)), v)
+
+
 def relief(v: np.ndarray, f: np.ndarray, rng, A=None) -> np.ndarray:
     """A random relief change of ``v`` (:data:`RELIEF_ROUND_STEPS` ...): a rounder or a
     sharper copy of the same extents. ``A``: :func:`neighbour_mean` of the mesh (computed
@@ -86,11 +100,8 @@ def relief(v: np.ndarray, f: np.ndarray, rng, A=None) -> np.ndarray:
     sharper = rng.uniform() < 0.5
     k = int(rng.integers(*(RELIEF_SHARPEN_STEPS if sharper else RELIEF_ROUND_STEPS)) + 1)
     if sharper:
-        fine = laplacian_smooth(v, A, 4)
-        s = laplacian_smooth(fine, A, k - 4)
-        return stretched_to(v + rng.uniform(0, RELIEF_SHARPEN_GAIN) * (fine - s), v)
-    s = laplacian_smooth(v, A, k)
-    return stretched_to(v - rng.uniform(0, 1) * (v - s), v)
+        return sharpened(v, A, k, rng.uniform(0, RELIEF_SHARPEN_GAIN))
+    return rounded(v, A, k, rng.uniform(0, 1))
 
 
 def bend(v: np.ndarray, rng, max_curvature: float = 1 / 160.0) -> np.ndarray:
