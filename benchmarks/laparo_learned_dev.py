@@ -27,6 +27,10 @@ held-out frames of ``benchmarks/laparo_learned.py``. SYNTHETIC development shape
   (``SHARP``): `scale` ridges on 20 % of its area, as the held-out liver (session 18);
 - ``fine``: the training mesh with each triangle split in four (the same surface at the
   held-out liver's finer resolution; session 18).
+- ``other``: a second REAL liver mesh (the P2ILF repository's ``originalMesh/meshGT.obj``,
+  not the training liver; session 19), put in the patient frame by its shape alignment
+  to the held-out liver and seen around the held-out liver's real view axis
+  (:func:`other_liver_mesh`). Its frames are SYNTHETIC renders like all the others.
 
 ``--diagnosis-held-out`` runs the held-out liver's frames (seeds 0-2 are its benchmark's)
 for diagnosis only, never for a choice; ``--true-part`` feeds some of the TRUE maps
@@ -217,6 +221,101 @@ def fine_mesh(tm):
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
 
+def oriented_faces(v, f):
+    """``f`` with every face ordered as its neighbours (a breadth-first walk over shared
+    edges), then all turned if the enclosed volume is negative: outward normals for a
+    closed mesh whose file mixes the two orders (``other``'s does)."""
+    from collections import deque
+
+    f = np.array(f, np.int64)
+    faces_of = {}
+    for i, t in enumerate(f):
+        for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0])):
+            faces_of.setdefault((min(a, b), max(a, b)), []).append(i)
+    seen = np.zeros(len(f), bool)
+    for start in range(len(f)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        todo = deque([start])
+        while todo:
+            t = f[todo.popleft()]
+            for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0])):
+                for j in faces_of[(min(a, b), max(a, b))]:
+                    if not seen[j]:
+                        u = f[j]      # a neighbour in the same order walks a -> b as well
+                        if (a, b) in ((u[0], u[1]), (u[1], u[2]), (u[2], u[0])):
+                            f[j] = u[::-1]
+                        seen[j] = True
+                        todo.append(j)
+    volume = np.einsum("ij,ij->i", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]])).sum() / 6
+    return f if volume > 0 else f[:, ::-1].copy()
+
+
+def rigid_shape_alignment(a, b, iterations: int = 60):
+    """The rotation ``R`` (3x3) that best turns the point set ``a`` onto ``b`` as shapes:
+    both centred and scaled to unit RMS radius, point-to-point ICP from each of the 24
+    proper rotations that map ``a``'s principal axes onto ``b``'s, the start with the
+    lowest symmetric mean closest-point distance kept. ``(R, [score of each start,
+    best first])``."""
+    import itertools
+
+    from scipy.spatial import cKDTree
+
+    def unit(x):
+        x = np.asarray(x, float) - np.mean(x, 0)
+        return x / np.sqrt((x ** 2).sum(1).mean())
+
+    a, b = unit(a), unit(b)
+    tree = cKDTree(b)
+    va, vb = np.linalg.svd(a, full_matrices=False)[2], np.linalg.svd(b, full_matrices=False)[2]
+    results = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            M = np.zeros((3, 3))
+            M[list(perm), [0, 1, 2]] = signs
+            R = vb.T @ M @ va
+            if np.linalg.det(R) < 0:
+                continue
+            t = np.zeros(3)
+            for _ in range(iterations):
+                x = a @ R.T + t
+                y = b[tree.query(x)[1]]
+                mx, my = x.mean(0), y.mean(0)
+                U, _, Wt = np.linalg.svd((x - mx).T @ (y - my))
+                dR = Wt.T @ np.diag([1.0, 1.0, np.linalg.det(Wt.T @ U.T)]) @ U.T
+                R, t = dR @ R, dR @ (t - mx) + my
+            x = a @ R.T + t
+            score = 0.5 * (tree.query(x)[0].mean() + cKDTree(x).query(b)[0].mean())
+            results.append((score, R))
+    results.sort(key=lambda r: r[0])
+    return results[0][1], [r[0] for r in results]
+
+
+def other_liver_mesh():
+    """The ``other`` development shape: a second real liver (the P2ILF repository's
+    ``originalMesh/meshGT.obj``, shipped in ``Resources/SampleData/p2ilf``), never in
+    training. Its file mixes face orders and is not in the patient frame, so: faces
+    oriented (:func:`oriented_faces`), then the mesh turned about its centroid by its
+    shape alignment to the held-out liver (:func:`rigid_shape_alignment`; only the
+    held-out MESH is used, no frame of it), which puts it in a patient (LPS) frame as the
+    module expects of a mesh, and its frames are drawn around the held-out liver's view
+    axis (the real SciKit-Surgery laparoscope's direction in that frame).
+    ``(MeshData, TrainMesh)``."""
+    from LiverLaparoRegLib.learned import data
+    from LiverLaparoRegLib.learned.evaluation import held_out_train_mesh
+    from LiverLaparoRegLib.mesh import MeshData, load_mesh
+    from LiverLaparoRegLib.sample_data import sample_data_dir
+
+    raw = load_mesh(sample_data_dir() / "p2ilf" / "originalMesh" / "meshGT.obj")
+    v = np.asarray(raw.vertices, float)
+    _, tm_h, _ = held_out_train_mesh()
+    R, _ = rigid_shape_alignment(v, tm_h.vertices)
+    c = v.mean(0)
+    mesh = MeshData((v - c) @ R.T + c, oriented_faces(v, raw.faces), name="p2ilf_other_dev")
+    return mesh, data.train_mesh(mesh, view_axis=tm_h.view_axis)
+
+
 def ridge_agreement(pred_ridge, true_ridge, mask_net) -> dict:
     """The network's ridge pixels (probability >= 0.5 inside the mask, network grid; the
     network loaded, also in oracle runs; ``--ridge-model``'s where given) against the
@@ -265,6 +364,8 @@ def shape_and_cameras(shape: str):
         mesh, tm = sharp_mesh(data.p2ilf_train_mesh())
     elif shape == "fine":
         mesh, tm = fine_mesh(data.p2ilf_train_mesh())
+    elif shape == "other":
+        mesh, tm = other_liver_mesh()
     else:
         tm = data.p2ilf_train_mesh()
         mesh = MeshData(np.asarray(tm.vertices), np.asarray(tm.faces), name="development")
@@ -313,7 +414,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="landmark model (default: the bundled one)")
     ap.add_argument("--shape", default="twisted", choices=("train", "twisted", "smooth", "turned",
-                                                     "blob", "sharp", "fine"))
+                                                     "blob", "sharp", "fine", "other"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6])
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--flips", type=int, default=1, choices=FLIPS)
