@@ -18,8 +18,9 @@ of the learned-method notes), never the held-out liver. The search is the one th
 candidate, before image ICP and refinement.
 
 ``--shape twisted``: frames of the twisted development copy of the training mesh
-(``laparo_learned_dev.py``); ``--shape held-out``: the held-out benchmark's frames of the
-SciKit-Surgery liver (seeds 0-2 there), for DIAGNOSIS only: no setting is chosen on them.
+(``laparo_learned_dev.py``); ``--shape other``: its second real liver; ``--shape
+held-out``: the held-out benchmark's frames of the SciKit-Surgery liver (seeds 0-2
+there), for DIAGNOSIS only: no setting is chosen on them.
 
     python benchmarks/laparo_search_misses.py [--model M.pt] [--shape train] [--seeds 5 6] \
         [--frames 6]
@@ -137,7 +138,7 @@ def main():
     ap.add_argument("--model", default=None, help="landmark model (default: the bundled one)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6, 7, 8, 9, 10])
     ap.add_argument("--frames", type=int, default=6)
-    ap.add_argument("--shape", default="train", choices=("train", "twisted", "held-out"))
+    ap.add_argument("--shape", default="train", choices=("train", "twisted", "other", "held-out"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
     import torch
@@ -166,10 +167,12 @@ def main():
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "laparo_search_misses" + {"train": "", "twisted": "_twisted",
+    name = "laparo_search_misses" + {"train": "", "twisted": "_twisted", "other": "_other",
                                      "held-out": "_held_out"}[a.shape]
     what = {"train": "frames of the TRAINING mesh",
             "twisted": "frames of the twisted development copy of the training mesh",
+            "other": "frames of the `other` development liver (a second real liver mesh, "
+                     "never in training)",
             "held-out": "the HELD-OUT benchmark's frames (diagnosis only: no setting is "
                         "chosen on them)"}[a.shape]
     (out / f"{name}.json").write_text(json.dumps(
