@@ -463,6 +463,10 @@ def main():
                     help="diagnosis: the ridge map (with --normal-ridge: the union at the "
                          "TRUE depth) and'ed (its false pixels removed) or or'ed (its misses "
                          "filled) with the TRUE ridge map, as given maps")
+    ap.add_argument("--true-normal-blend", type=float, default=None, metavar="ALPHA",
+                    help="diagnosis: the network's normal map moved a fraction ALPHA toward "
+                         "the TRUE one (per pixel, (1 - ALPHA) n_net + ALPHA n_true, unit "
+                         "length again; given maps): how good a normal map must be")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -544,7 +548,15 @@ def main():
                 mixed[0] = both(ridge_used >= 0.5, true_n[0] >= 0.5)
             for c in true_channels:                          # part of an oracle
                 mixed[c] = true_n[c]
-            if ridge_net is not None or a.no_ridge_channel or a.ridge_oracle or true_channels:
+            if a.true_normal_blend is not None:              # a normal map between the two
+                n_true = true_n[3:6]
+                n = (1 - a.true_normal_blend) * mixed[3:6] + a.true_normal_blend * n_true
+                n /= np.maximum(np.linalg.norm(n, axis=0, keepdims=True), 1e-6)
+                has_true = np.linalg.norm(n_true, axis=0) > 0.5
+                mixed[3:6] = np.where(has_true[None], n, mixed[3:6])
+                row["blend_normal_error_deg"] = normal_error_deg(mixed[3:6], true_n[3:], m_net)
+            if (ridge_net is not None or a.no_ridge_channel or a.ridge_oracle or true_channels
+                    or a.true_normal_blend is not None):
                 given = {"maps": mixed}
             try:
                 r = li.register_landmarks(mesh, cam, img, mask,
@@ -584,13 +596,16 @@ def main():
                                        for x, r in zip(rot, rows)))})
     meta = {"model": ("TRUE maps" + (", no normals" if a.no_normals else "")) if a.true_maps
             else (a.model or "bundled") + (f", TRUE {a.true_part}" if a.true_part else "")
-            + (f", ridge from {a.ridge_model}" if a.ridge_model else ""),
+            + (f", ridge from {a.ridge_model}" if a.ridge_model else "")
+            + (f", normals {a.true_normal_blend} of the way to TRUE"
+               if a.true_normal_blend is not None else ""),
             "model_command": rec.get("command"), "tag": a.tag,
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
             "translation_start": a.translation_start, "w_ridge": a.w_ridge,
             "ridge_definition": ridge_def, "ridge_search_only": a.ridge_search_only,
             "ridge_tiebreak": a.ridge_tiebreak, "normal_ridge": a.normal_ridge,
             "no_ridge_channel": a.no_ridge_channel, "ridge_oracle": a.ridge_oracle,
+            "true_normal_blend": a.true_normal_blend,
             "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)
