@@ -440,6 +440,8 @@ def main():
     ap.add_argument("--w-ridge", type=float, default=None,
                     help="ridge weight of the search (default: the method's, 0 with the "
                          "network's maps, 0.5 with given maps)")
+    ap.add_argument("--w-normal", type=float, default=None,
+                    help="normal weight of the search (default: the method's, W_NORMAL)")
     ap.add_argument("--ridge-definition", default=None, choices=RIDGE_DEFINITIONS,
                     help="the mesh's 3D ridges (and the TRUE ridge map) by this definition "
                          "instead of the network's")
@@ -563,6 +565,7 @@ def main():
                                           translation_start=a.translation_start,
                                           normal_uncertainty=not a.ignore_normal_scale,
                                           ridge_definition=ridge_def, w_ridge=a.w_ridge,
+                                          w_normal=a.w_normal,
                                           ridge_in_refinement=not a.ridge_search_only,
                                           ridge_tiebreak=a.ridge_tiebreak,
                                           normal_ridge=None if a.ridge_oracle else a.normal_ridge,
@@ -602,6 +605,7 @@ def main():
             "model_command": rec.get("command"), "tag": a.tag,
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
             "translation_start": a.translation_start, "w_ridge": a.w_ridge,
+            "w_normal": a.w_normal,
             "ridge_definition": ridge_def, "ridge_search_only": a.ridge_search_only,
             "ridge_tiebreak": a.ridge_tiebreak, "normal_ridge": a.normal_ridge,
             "no_ridge_channel": a.no_ridge_channel, "ridge_oracle": a.ridge_oracle,
