@@ -35,7 +35,11 @@ held-out frames of ``benchmarks/laparo_learned.py``. SYNTHETIC development shape
 ``--diagnosis-held-out`` runs the held-out liver's frames (seeds 0-2 are its benchmark's)
 for diagnosis only, never for a choice; ``--true-part`` feeds some of the TRUE maps
 (ridge, ligament, silhouette, normals, 2d) and the network's for the rest (half
-oracles: which map the network gets wrong).
+oracles: which map the network gets wrong; with given maps the ridge is searched at
+weight 0.5 unless ``--w-ridge 0``, so a half oracle that keeps the network's ridge map
+should say ``--w-ridge 0`` to differ from the network in one map only: session 19).
+``--true-normal-blend ALPHA`` moves the network's normal map part of the way to the TRUE
+one (how good a normal map must be).
 
 Frame ``k`` of seed ``S``: ``numpy.random.default_rng([S, 1000 + k])`` (as the held-out
 protocol; seeds 5 and up are the development seeds), even ``k`` the P2ILF camera, odd the
@@ -51,7 +55,7 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
         [--diagnosis-held-out] [--ignore-normal-scale] [--w-ridge W] \\
         [--ridge-definition ring|scale] [--ridge-search-only] [--ridge-tiebreak] \\
         [--normal-ridge PER_MM] [--no-ridge-channel] [--ridge-oracle and|or] \\
-        [--tag NAME] [--out DIR]
+        [--w-normal W] [--true-normal-blend ALPHA] [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
