@@ -225,37 +225,6 @@ def fine_mesh(tm):
     return mesh, data.train_mesh(mesh, view_axis=tm.view_axis)
 
 
-def oriented_faces(v, f):
-    """``f`` with every face ordered as its neighbours (a breadth-first walk over shared
-    edges), then all turned if the enclosed volume is negative: outward normals for a
-    closed mesh whose file mixes the two orders (``other``'s does)."""
-    from collections import deque
-
-    f = np.array(f, np.int64)
-    faces_of = {}
-    for i, t in enumerate(f):
-        for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0])):
-            faces_of.setdefault((min(a, b), max(a, b)), []).append(i)
-    seen = np.zeros(len(f), bool)
-    for start in range(len(f)):
-        if seen[start]:
-            continue
-        seen[start] = True
-        todo = deque([start])
-        while todo:
-            t = f[todo.popleft()]
-            for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0])):
-                for j in faces_of[(min(a, b), max(a, b))]:
-                    if not seen[j]:
-                        u = f[j]      # a neighbour in the same order walks a -> b as well
-                        if (a, b) in ((u[0], u[1]), (u[1], u[2]), (u[2], u[0])):
-                            f[j] = u[::-1]
-                        seen[j] = True
-                        todo.append(j)
-    volume = np.einsum("ij,ij->i", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]])).sum() / 6
-    return f if volume > 0 else f[:, ::-1].copy()
-
-
 def rigid_shape_alignment(a, b, iterations: int = 60):
     """The rotation ``R`` (3x3) that best turns the point set ``a`` onto ``b`` as shapes:
     both centred and scaled to unit RMS radius, point-to-point ICP from each of the 24
@@ -299,8 +268,8 @@ def rigid_shape_alignment(a, b, iterations: int = 60):
 def other_liver_mesh():
     """The ``other`` development shape: a second real liver (the P2ILF repository's
     ``originalMesh/meshGT.obj``, shipped in ``Resources/SampleData/p2ilf``), never in
-    training. Its file mixes face orders and is not in the patient frame, so: faces
-    oriented (:func:`oriented_faces`), then the mesh turned about its centroid by its
+    training. Its file mixes face orders (``load_mesh`` puts them in one outward order:
+    ``mesh.outward_faces``) and is not in the patient frame, so the mesh is turned about its centroid by its
     shape alignment to the held-out liver (:func:`rigid_shape_alignment`; only the
     held-out MESH is used, no frame of it), which puts it in a patient (LPS) frame as the
     module expects of a mesh, and its frames are drawn around the held-out liver's view
@@ -316,7 +285,7 @@ def other_liver_mesh():
     _, tm_h, _ = held_out_train_mesh()
     R, _ = rigid_shape_alignment(v, tm_h.vertices)
     c = v.mean(0)
-    mesh = MeshData((v - c) @ R.T + c, oriented_faces(v, raw.faces), name="p2ilf_other_dev")
+    mesh = MeshData((v - c) @ R.T + c, raw.faces, name="p2ilf_other_dev")
     return mesh, data.train_mesh(mesh, view_axis=tm_h.view_axis)
 
 

@@ -25,7 +25,7 @@ from SurgicalReg2D3DLib.errors import InputError
 from SurgicalReg2D3DLib.progress import report, sub_progress
 
 from .camera import as_camera, check_image_size, check_mask
-from .mesh import MeshData, validate_mesh
+from .mesh import MeshData, outward_faces, validate_mesh
 from .methods import METHODS, choose_method
 from .p2ilf import Contour2D, Contour3D, validate_contours_2d, validate_contours_3d
 from .result import LaparoResult, check_pose, evaluate
@@ -258,7 +258,8 @@ def register_nodes(ctx, model_node, camera, frame_node=None, mask_node=None,
 
 def model_mesh_arrays(model_node):
     """``(vertices (V, 3), faces (F, 3))`` of a model node in the model frame (file
-    coordinates; see :func:`register_nodes` about OBJ files)."""
+    coordinates; see :func:`register_nodes` about OBJ files), faces in one outward order
+    (:func:`.mesh.outward_faces`)."""
     from SurgicalReg2D3DLib import io, nodes  # noqa: PLC0415
 
     v, f = nodes.model_from_node(model_node, "mesh", frame="LPS")
@@ -270,8 +271,8 @@ def model_mesh_arrays(model_node):
         if os.path.isfile(path):
             fv, ff = io.load_mesh_arrays(path, "mesh")
             if fv.shape[0] != v.shape[0]:
-                return fv, ff
-    return v, f
+                v, f = fv, ff
+    return v, outward_faces(v, f)
 
 
 def contours_to_markups(ctx, contours2d=None, contours3d=None, vertices=None,

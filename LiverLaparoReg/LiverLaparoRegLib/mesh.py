@@ -3,7 +3,8 @@
 A :class:`MeshData` holds ``vertices (V, 3)`` in the *model* frame (millimetres, the
 coordinates exactly as stored in the file, no LPS/RAS flip) and ``faces (F, 3)`` vertex
 indices. Reading goes through the core ``SurgicalReg2D3DLib.io.load_mesh_arrays``; this module
-adds the scale check (degenerate meshes) and writing in the model frame.
+adds the scale check (degenerate meshes), one outward face order (:func:`outward_faces`)
+and writing in the model frame.
 """
 
 from __future__ import annotations
@@ -56,6 +57,57 @@ def validate_mesh(mesh: MeshData, name: str = "mesh", min_extent_mm: float = 1.0
         raise GeometryError(f"{name}: degenerate scale, bounding box extent {extent:.4g} mm is "
                             f"outside [{min_extent_mm}, {max_extent_mm}] mm")
     return mesh
+
+
+def outward_faces(vertices, faces) -> np.ndarray:
+    """``faces (F, 3)`` with every triangle ordered as its neighbours, outward on a closed
+    surface: the surface normals that the learned method compares with the network's
+    normal map follow this order, and mesh files do not always keep it (the P2ILF
+    repository's ``originalMesh/meshGT.obj`` mixes the two orders). A breadth-first walk
+    over shared edges turns each neighbour to its predecessor's order; then, if the
+    surface is closed and encloses a negative volume, every face is turned; an open
+    surface keeps the order most of the file's faces had. Faces already in order are
+    returned as they are (a copy); vertices are never touched."""
+    from collections import deque  # noqa: PLC0415
+
+    v = np.asarray(vertices, float)
+    f = np.array(faces, np.int64)
+    if f.ndim != 2 or f.shape[1:] != (3,) or not len(f) or f.min() < 0 or f.max() >= len(v):
+        return f                          # not a triangle mesh: validate_mesh says why
+    directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    undirected, counts = np.unique(np.sort(directed, 1), axis=0, return_counts=True)
+    closed = bool((counts == 2).all())
+
+    def volume(g):
+        return np.einsum("ij,ij->i", v[g[:, 0]], np.cross(v[g[:, 1]], v[g[:, 2]])).sum() / 6
+
+    if len(np.unique(directed, axis=0)) == len(directed) and (not closed or volume(f) > 0):
+        return f                          # each edge walked once each way: already in order
+    original = f.copy()
+    faces_of = {}
+    for i, t in enumerate(f):
+        for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0])):
+            faces_of.setdefault((min(a, b), max(a, b)), []).append(i)
+    seen = np.zeros(len(f), bool)
+    for start in range(len(f)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        todo = deque([start])
+        while todo:
+            t = f[todo.popleft()]
+            for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0])):
+                for j in faces_of[(min(a, b), max(a, b))]:
+                    if not seen[j]:
+                        u = f[j]      # a neighbour in the same order walks a -> b as well
+                        if (a, b) in ((u[0], u[1]), (u[1], u[2]), (u[2], u[0])):
+                            f[j] = u[::-1]
+                        seen[j] = True
+                        todo.append(j)
+    if closed:
+        return f if volume(f) > 0 else f[:, ::-1].copy()
+    kept = (f == original).all(1).mean()      # an open surface: the file's majority order
+    return f if kept >= 0.5 else f[:, ::-1].copy()
 
 
 def edge_graph(vertices, faces):
@@ -120,12 +172,16 @@ def decimated(mesh: MeshData, target_faces: int) -> MeshData:
 
 def load_mesh(path: PathLike, name: str = "mesh", validate: bool = True) -> MeshData:
     """Read a mesh file (core ``io.load_mesh_arrays``): vertex coordinates exactly as in
-    the file (model frame, mm, no LPS/RAS flip), OBJ vertex order kept."""
+    the file (model frame, mm, no LPS/RAS flip), OBJ vertex order kept; with ``validate``
+    checked and its faces in one (outward) order (:func:`outward_faces`)."""
     from SurgicalReg2D3DLib.io import load_mesh_arrays  # noqa: PLC0415
 
     v, f = load_mesh_arrays(path, name=name)
     mesh = MeshData(v, f, name)
-    return validate_mesh(mesh, name) if validate else mesh
+    if not validate:
+        return mesh
+    validate_mesh(mesh, name)
+    return MeshData(v, outward_faces(v, f), name)
 
 
 def save_mesh(mesh: MeshData, path: PathLike) -> Path:

@@ -1,11 +1,14 @@
-"""The development script's mesh helpers (``benchmarks/laparo_learned_dev.py``) against
-analytic references: face orientation of a closed mesh, and the shape alignment that puts
-the ``other`` liver in a patient frame."""
+"""Mesh face order (``LiverLaparoRegLib.mesh.outward_faces``, applied by ``load_mesh``)
+and the development script's shape alignment (``benchmarks/laparo_learned_dev.py``)
+against analytic references: the ``other`` liver's file mixes face orders and is not in a
+patient frame."""
 
 import importlib.util
 from pathlib import Path
 
 import numpy as np
+
+from LiverLaparoRegLib.mesh import MeshData, load_mesh, outward_faces, save_mesh
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,14 +33,13 @@ def _signed_volume(v, f):
     return np.einsum("ij,ij->i", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]])).sum() / 6
 
 
-def test_oriented_faces_makes_a_mixed_box_consistent_and_outward():
-    dev = _dev()
+def test_outward_faces_makes_a_mixed_box_consistent_and_outward():
     v, f = _box()
     assert np.isclose(_signed_volume(v, f), 40 * 20 * 10)        # the reference is outward
     mixed = f.copy()
     mixed[[1, 4, 5, 9]] = mixed[[1, 4, 5, 9], ::-1]               # some faces turned
     for start in (mixed, mixed[:, ::-1]):                         # mostly right, mostly wrong
-        g = dev.oriented_faces(v, start)
+        g = outward_faces(v, start)
         directed = np.concatenate([g[:, [0, 1]], g[:, [1, 2]], g[:, [2, 0]]])
         assert len(np.unique(directed, axis=0)) == len(directed)  # each edge walked once
         assert np.isclose(_signed_volume(v, g), 40 * 20 * 10)
@@ -60,3 +62,16 @@ def test_rigid_shape_alignment_recovers_a_rotation_whatever_the_scale():
     err = np.degrees(np.arccos(np.clip((np.trace(R @ R_true.T) - 1) / 2, -1, 1)))
     assert err < 0.5, err
     assert scores[0] < 1e-6                                       # an exact fit
+
+
+def test_load_mesh_puts_a_mixed_file_in_outward_order(tmp_path):
+    """A box written with some faces turned and all of them inside-out reads back
+    outward (the analytic volume), its vertices exactly as written."""
+    v, f = _box()
+    bad = f[:, ::-1].copy()
+    bad[[0, 7]] = f[[0, 7]]
+    path = save_mesh(MeshData(v, bad), tmp_path / "mixed_box.ply")
+    m = load_mesh(path)
+    assert np.array_equal(m.vertices, v)
+    assert np.isclose(_signed_volume(m.vertices, m.faces), 40 * 20 * 10)
+    assert np.array_equal(load_mesh(path, validate=False).faces, bad)   # raw file order
