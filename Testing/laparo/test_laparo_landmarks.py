@@ -78,6 +78,21 @@ def test_tiny_model_trains_and_resumes(tmp_path):
     assert rec2["steps"] == 80
 
 
+def test_tiny_ray_normal_model_trains_on_the_same_cache(tmp_path):
+    """``ray_normals``: a tiny ray-normal U-Net trains on cached frames (which keep their
+    network camera) and its normal error drops; the option is recorded and kept by the
+    model file, so the loaded network asks for rays."""
+    out = tmp_path / "lm.pt"
+    rec = train_landmarks(out, steps=60, max_minutes=3, seed=1, batch=4, samples=16, base=4,
+                          data_cache=tmp_path / "cache", device="cpu", ray_normals=True,
+                          log=lambda m: None)
+    h = np.array(rec["loss_history"])
+    assert h[-1, 1] < h[0, 1] and h[-1, 5] < h[0, 5]
+    assert rec["ray_normals"] is True
+    net, _ = modelfile.load_model(out, kind="landmarks")
+    assert net.config["ray_normals"] is True
+
+
 def test_loss_prefers_the_true_map():
     t = torch.zeros(1, 3, 8, 8)
     t[0, 0, 2:4] = 1
@@ -716,12 +731,32 @@ def test_normal_loss_and_flip_augmentation():
     arrs = {k: v[None] for k, v in ld.pack(s).items()}
     true_n = ld.unpack_normals(arrs["normals"][0])
     seen = set()
+    sil = s["target"][2] > 0
     for k in range(12):
-        img, _, _, _, nrm, mask = _batch(arrs, np.array([0]), np.random.default_rng(k))
+        img, _, tgt, _, nrm, mask, rays = _batch(arrs, np.array([0]), np.random.default_rng(k))
         flipped = not np.allclose(mask[0].numpy(), s["mask"])
         expect = true_n[:, :, ::-1] * np.array([-1.0, 1.0, 1.0])[:, None, None] if flipped \
             else true_n
         np.testing.assert_allclose(nrm[0].numpy(), expect, atol=1e-6)
+        # the rays go with the (mirrored) frame: the occluding contour's normals are
+        # about perpendicular to their viewing rays (the label is 2 px wide, the normals
+        # interpolated: |cos| 0.25, not 0), more so than to parallel rays or to rays with
+        # the wrong x sign; the surface's normals face their rays
+        on = tgt[0, 2].numpy() > 0
+        inside = mask[0].numpy() > 0
+        assert on.sum() == sil.sum() > 50
+
+        def abs_cos(r):
+            d = np.concatenate([r, np.ones((1,) + sil.shape, np.float32)])
+            return np.abs((nrm[0].numpy() * d / np.linalg.norm(d, axis=0)).sum(0))
+
+        r = rays[0].numpy()
+        at_contour = np.median(abs_cos(r)[on])
+        assert at_contour < 0.3 < np.median(abs_cos(r)[inside])
+        assert at_contour < np.median(abs_cos(0 * r)[on]) - 0.08
+        assert at_contour < np.median(abs_cos(r * np.array([-1.0, 1.0])[:, None, None])[on]) - 0.08
+        d = np.concatenate([r, np.ones((1,) + sil.shape, np.float32)])
+        assert np.all((nrm[0].numpy() * d).sum(0)[inside] < 0.05)
         seen.add(flipped)
     assert seen == {True, False}
 
@@ -814,6 +849,63 @@ def test_flip_averaged_maps_turn_with_the_frame():
             np.testing.assert_allclose(t, want, atol=1e-4)
     with pytest.raises(InputError, match="^flips: expected 1, 2 or 4"):
         li.predict_maps(net, img, mask, cam, flips=3)
+
+
+def test_ray_frame_rotation_turns_z_onto_the_ray():
+    """``ray_rotation``: a rotation per pixel (orthonormal, det 1) whose third column is
+    the unit viewing ray; it keeps the vector perpendicular to both the camera's z axis
+    and the ray (the smallest rotation turns about that axis); ``ray_map`` of a camera
+    gives the ray through each pixel centre (an analytic pinhole reference)."""
+    from LiverLaparoRegLib.learned.landmarks_net import ray_map, ray_rotation, \
+        ray_to_camera  # noqa: PLC0415
+
+    r = ray_map(70.0, 50.0, 60.5, 40.0, 96, 128)
+    assert r.shape == (2, 96, 128)
+    assert r[0, 7, 100] == pytest.approx((100 - 60.5) / 70.0)
+    assert r[1, 7, 100] == pytest.approx((7 - 40.0) / 50.0)
+    rt = torch.as_tensor(r)[None]
+    R = ray_rotation(rt)[0].permute(2, 3, 0, 1).double()          # (H, W, 3, 3)
+    np.testing.assert_allclose((R @ R.transpose(-1, -2)).numpy(),
+                               np.broadcast_to(np.eye(3), R.shape), atol=1e-5)
+    np.testing.assert_allclose(torch.linalg.det(R).numpy(), 1.0, atol=1e-5)
+    d = np.concatenate([r, np.ones((1, 96, 128), np.float32)])
+    d /= np.linalg.norm(d, axis=0)
+    np.testing.assert_allclose(R[..., 2].permute(2, 0, 1).numpy(), d, atol=1e-6)
+    axis = np.stack([-d[1], d[0], np.zeros_like(d[0])])              # z x d
+    axis /= np.maximum(np.linalg.norm(axis, axis=0), 1e-12)
+    turned = ray_to_camera(torch.as_tensor(axis[None], dtype=torch.float32), rt)[0].numpy()
+    off = np.linalg.norm(r, axis=0) > 0.05
+    np.testing.assert_allclose(turned[:, off], axis[:, off], atol=1e-5)
+
+
+def test_ray_normal_network_turns_its_ray_frame_into_the_camera_frame(frame):
+    """A ray-normal network whose normal head says "along the ray" (zero weights, bias
+    (0, 0, 1) in the ray frame) gives each pixel's camera-frame viewing ray, with every
+    ``flips`` (the flipped views get flipped rays, so their average is the same map);
+    such a network called without rays is refused, naming them; its model file keeps
+    ``ray_normals`` in its config."""
+    mesh, tm, cam, T, img, mask = frame
+    from LiverLaparoRegLib.learned.landmarks_net import ray_map  # noqa: PLC0415
+
+    torch.manual_seed(2)
+    net = LandmarkNet(base=4, normals=True, ray_normals=True).eval()
+    assert net.config["ray_normals"] is True and "ray_normals" not in LandmarkNet(
+        base=4, normals=True).config
+    with torch.no_grad():
+        net.head.weight[3:6] = 0.0
+        net.head.bias[3:6] = torch.tensor([0.0, 0.0, 1.0])
+    nc = data.net_camera(cam)
+    r = ray_map(nc.fx, nc.fy, nc.cx, nc.cy, data.NET_H, data.NET_W)
+    d = np.concatenate([r, np.ones((1,) + r.shape[1:], np.float32)])
+    d /= np.linalg.norm(d, axis=0)
+    assert np.degrees(np.arccos(d[2].min())) > 20.0        # the rays differ across the frame
+    for flips in (1, 2, 4):
+        m = li.predict_maps(net, img, mask, cam, flips=flips)
+        np.testing.assert_allclose(m[3:6], d, atol=1e-5)
+    with pytest.raises(ValueError, match="^rays: "):
+        net(torch.zeros(1, 3, data.NET_H, data.NET_W), torch.zeros(1, data.NET_H, data.NET_W))
+    with pytest.raises(ValueError, match="^ray normals: "):
+        LandmarkNet(base=4, ray_normals=True)
 
 
 def test_view_prior_from_text_and_from_the_mesh_file(tmp_path):

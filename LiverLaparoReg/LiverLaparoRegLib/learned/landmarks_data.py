@@ -90,10 +90,13 @@ def landmark_sample(tm: "data.TrainMesh", rng, camera=None, model_to_camera=None
 
 def pack(s: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """The arrays of a sample as stored in the training cache (uint8; the normals as
-    ``round((n + 1) * 127.5)``, :func:`unpack_normals`)."""
+    ``round((n + 1) * 127.5)``, :func:`unpack_normals`; ``K``: the network camera's
+    ``fx, fy, cx, cy`` as float32, for the viewing rays of a ray-normal network)."""
+    nc = data.net_camera(s["camera"])
     return {"image": np.round(s["image"] * 255).astype(np.uint8), "mask": s["mask"],
             "target": s["target"], "valid": s["valid"],
-            "normals": np.round((s["normals"] + 1.0) * 127.5).astype(np.uint8)}
+            "normals": np.round((s["normals"] + 1.0) * 127.5).astype(np.uint8),
+            "K": np.array([nc.fx, nc.fy, nc.cx, nc.cy], np.float32)}
 
 
 def unpack_normals(packed: np.ndarray) -> np.ndarray:

@@ -95,8 +95,20 @@ def predict_maps(net, image, mask, camera, device=None, flips: int = 1) -> np.nd
     dev = device or torch.device("cpu")
     x = torch.stack([img.flip(a) if a else img for a, _ in views]).to(dev)
     mx = torch.stack([m.flip([d - 1 for d in a]) if a else m for a, _ in views]).to(dev)
+    rx = None
+    if getattr(net, "config", {}).get("ray_normals"):   # the viewing rays, flipped alike
+        from .data import NET_H, NET_W, net_camera  # noqa: PLC0415
+        from .landmarks_net import ray_map  # noqa: PLC0415
+
+        nc = net_camera(camera)
+        r = torch.as_tensor(ray_map(nc.fx, nc.fy, nc.cx, nc.cy, NET_H, NET_W))
+        sign = [torch.ones(2, 1, 1) for _ in views]
+        for k, (_, neg) in enumerate(views):
+            sign[k][list(neg)] = -1.0     # a flipped image axis is a negated ray component
+        rx = torch.stack([(r.flip(a) if a else r) * sg
+                          for (a, _), sg in zip(views, sign)]).to(dev)
     with torch.no_grad():
-        lg = net(x, mx).cpu()
+        lg = net(x, mx, rx).cpu() if rx is not None else net(x, mx).cpu()
     probs, normals, scales = [], [], []
     for k, (a, neg) in enumerate(views):
         o = lg[k].flip(a) if a else lg[k]

@@ -30,6 +30,18 @@ DETACHED error (``theta / b + log b`` with ``theta`` held fixed), so the normals
 made worse to fit a scale: the normal channels get the same gradient as without it (the
 shared layers also learn from the scale's loss). The pose search weights each point's
 normal error by ``1 / b`` (:mod:`.landmarks_align`).
+
+With ``ray_normals=True`` the network is told the camera: two more input channels carry
+each pixel's viewing ray ``((u - cx) / fx, (v - cy) / fy)`` of the network image
+(:func:`ray_map`), and its three normal channels are the normal in the pixel's RAY frame
+(z along the ray, :func:`ray_rotation`), turned into the camera frame inside
+:meth:`forward`, so that the output is the camera-frame normal as without the option. A
+convolution sees the same shading (the light sits at the laparoscope: brightness follows
+the angle to the ray) and the same occluding contour (its normal is perpendicular to
+the ray) wherever they are in the image and whatever the field of view; in the camera
+frame the same image patch means a different normal at another place or with another
+lens (the training cameras span 55-95 deg), which the image coordinates alone cannot
+tell.
 """
 
 from __future__ import annotations
@@ -53,6 +65,36 @@ def normal_scale(s):
     return s.clamp(*LOG_SCALE_RANGE).exp()
 
 
+def ray_map(fx: float, fy: float, cx: float, cy: float, H: int, W: int):
+    """``(2, H, W)`` float32 numpy array: the viewing ray ``((u - cx) / fx, (v - cy) / fy)``
+    of each pixel centre ``(u, v)`` of an ``H x W`` image (the ray is ``(x, y, 1)``)."""
+    import numpy as np  # noqa: PLC0415
+
+    u = (np.arange(W, dtype=np.float64) - cx) / fx
+    v = (np.arange(H, dtype=np.float64) - cy) / fy
+    return np.stack([np.broadcast_to(u[None, :], (H, W)),
+                     np.broadcast_to(v[:, None], (H, W))]).astype(np.float32)
+
+
+def ray_rotation(rays):
+    """``(B, 3, 3, H, W)``: per pixel the smallest rotation that turns the camera's z axis
+    onto the unit ray ``d = normalise(x, y, 1)`` of ``rays (B, 2, H, W)``; it maps a vector
+    given in the pixel's ray frame to the camera frame (its third column is ``d``)."""
+    import torch  # noqa: PLC0415
+
+    d = torch.cat([rays, torch.ones_like(rays[:, :1])], 1)
+    d = d / d.norm(dim=1, keepdim=True)
+    a, b, c = d[:, 0], d[:, 1], d[:, 2]
+    k = 1.0 / (1.0 + c)                          # c > 0: the ray is in front of the camera
+    rows = [[1 - a * a * k, -a * b * k, a], [-a * b * k, 1 - b * b * k, b], [-a, -b, c]]
+    return torch.stack([torch.stack(r, 1) for r in rows], 1)
+
+
+def ray_to_camera(n, rays):
+    """Vectors ``n (B, 3, H, W)`` given in each pixel's ray frame, in the camera frame."""
+    return (ray_rotation(rays) * n[:, None]).sum(2)
+
+
 def _block(cin, cout):
     import torch.nn as nn  # noqa: PLC0415
 
@@ -63,14 +105,19 @@ def _block(cin, cout):
 
 
 def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: bool = False,
-                normal_scale: bool = False, ridge_definition: str = "ring"):
+                normal_scale: bool = False, ridge_definition: str = "ring",
+                ray_normals: bool = False):
     """The U-Net (a factory so that torch is imported lazily). ``config`` holds the
     constructor arguments (written to the model file); ``normals`` adds the three
     normal channels, ``normal_scale`` (with ``normals``) their uncertainty channel;
     ``ridge_definition`` (:data:`.data.RIDGE_DEFINITIONS`) is the ridge label the network
-    was trained on, which the registration then uses for the mesh's 3D ridges."""
+    was trained on, which the registration then uses for the mesh's 3D ridges;
+    ``ray_normals`` (with ``normals``): the viewing rays as input and the normals predicted
+    in the ray frame (module docstring)."""
     if normal_scale and not normals:
         raise ValueError("normal scale: a network without normals has none")
+    if ray_normals and not normals:
+        raise ValueError("ray normals: a network without normals has none")
     import torch  # noqa: PLC0415
     import torch.nn as nn  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
@@ -84,9 +131,11 @@ def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: 
                 self.config["normal_scale"] = True
             if ridge_definition != "ring":                  # likewise
                 self.config["ridge_definition"] = str(ridge_definition)
+            if ray_normals:                                 # likewise
+                self.config["ray_normals"] = True
             ch = [base * 2 ** k for k in range(levels)]
             self.enc = nn.ModuleList()
-            c = in_channels + 2                      # + CoordConv x, y
+            c = in_channels + 2 + (2 if ray_normals else 0)  # + CoordConv x, y (+ rays)
             for k in range(levels):
                 self.enc.append(_block(c, ch[k]))
                 c = ch[k]
@@ -97,15 +146,23 @@ def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: 
             self.head = nn.Conv2d(ch[0], len(LANDMARKS) + (3 if normals else 0)
                                   + (1 if normal_scale else 0), 1)
 
-        def forward(self, image, mask):
+        def forward(self, image, mask, rays=None):
             """``image (B, 3, H, W)`` in [0, 1], ``mask (B, H, W)`` -> logits
             ``(B, 3, H, W)`` (with ``normals``: ``(B, 6, H, W)``, channels 3-5 the
-            unnormalised normal; with ``normal_scale``: ``(B, 7, H, W)``, channel 6 the
-            log scale ``s``)."""
+            unnormalised camera-frame normal; with ``normal_scale``: ``(B, 7, H, W)``,
+            channel 6 the log scale ``s``). ``rays (B, 2, H, W)`` (:func:`ray_map` of each
+            sample's network camera): needed with ``ray_normals``, ignored without."""
             B, _, H, W = image.shape
             yy = torch.linspace(-1, 1, H, device=image.device).view(1, 1, H, 1).expand(B, 1, H, W)
             xx = torch.linspace(-1, 1, W, device=image.device).view(1, 1, 1, W).expand(B, 1, H, W)
-            x = torch.cat([image - 0.5, mask[:, None] - 0.5, xx, yy], 1)
+            parts = [image - 0.5, mask[:, None] - 0.5, xx, yy]
+            if ray_normals:
+                if rays is None or tuple(rays.shape) != (B, 2, H, W):
+                    raise ValueError("rays: a network with ray normals needs the viewing rays "
+                                     f"(B, 2, H, W) = {(B, 2, H, W)}, got "
+                                     f"{None if rays is None else tuple(rays.shape)}")
+                parts.append(rays.to(image.dtype))
+            x = torch.cat(parts, 1)
             skips = []
             for k, blk in enumerate(self.enc):
                 if k:
@@ -116,7 +173,12 @@ def LandmarkNet(base: int = 12, in_channels: int = 4, levels: int = 4, normals: 
                 s = skips[-2 - j]
                 x = F.interpolate(x, size=s.shape[-2:], mode="bilinear", align_corners=False)
                 x = blk(torch.cat([x, s], 1))
-            return self.head(x)
+            out = self.head(x)
+            if ray_normals:                        # ray frame -> camera frame
+                k = len(LANDMARKS)
+                n = ray_to_camera(out[:, k:k + 3], rays.to(out.dtype))
+                out = torch.cat([out[:, :k], n, out[:, k + 3:]], 1)
+            return out
 
     return _Net()
 

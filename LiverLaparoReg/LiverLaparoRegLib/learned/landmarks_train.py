@@ -15,6 +15,10 @@ Loss: :func:`.landmarks_net.landmark_losses`, the normal term measured by
 Laplace NLL (:mod:`.landmarks_net`; measured in session 15 and not bundled: the search
 was not better with it, ``benchmarks/results/laparo_learned_notes.md``).
 
+``--ray-normals``: the network is given each pixel's viewing ray and predicts the normal
+in the ray frame (:mod:`.landmarks_net`); the rays come from the network camera stored
+with each cached frame.
+
 Network: :func:`.landmarks_net.LandmarkNet` with ``--base`` channels at the first of
 ``--levels`` resolutions (4 by default, as the bundled v5). A fifth level (6 x 8 cells)
 costs almost no time per step; in the same 55 min it lowered the normal error on frames
@@ -50,14 +54,15 @@ SEED_OFFSET = 50000
 
 def _chunk_file(cache: Path, seed: int, k: int, warp_mm: float,
                 ridge_definition: str = "ring", relief_prob: float = 0.0) -> Path:
-    # "lmn": chunks with the normal maps (the older "lm" chunks have none); frames with a
-    # non-default shape warp or ridge label are named by it, so a cache never mixes two
+    # "lmk": chunks with the normal maps and the network camera (the older "lm" chunks
+    # have neither, "lmn" no camera); frames with a non-default shape warp or ridge label
+    # are named by it, so a cache never mixes two
     from .shapes import PREOP_WARP_MM  # noqa: PLC0415
 
     w = "" if warp_mm == PREOP_WARP_MM else f"_w{warp_mm:g}"
     r = "" if ridge_definition == "ring" else f"_r{ridge_definition}"
     r += "" if relief_prob == 0 else f"_relief{relief_prob:g}"
-    return cache / f"lmn_s{seed}{w}{r}_c{k:05d}.npz"
+    return cache / f"lmk_s{seed}{w}{r}_c{k:05d}.npz"
 
 
 class _Pool:
@@ -136,10 +141,12 @@ class _Pool:
 
 def _batch(arrs, idx, rng, drop_mask: float = 0.1):
     """Augmented batch: image, mask channel (dropped for ``drop_mask`` of the samples),
-    targets, valid flags, normals, the mask where the normals count."""
+    targets, valid flags, normals, the mask where the normals count, the viewing rays
+    (:func:`.landmarks_net.ray_map` of each sample's network camera, mirrored with it)."""
     import torch  # noqa: PLC0415
 
     from .landmarks_data import unpack_normals  # noqa: PLC0415
+    from .landmarks_net import ray_map  # noqa: PLC0415
 
     img = arrs["image"][idx].astype(np.float32) / 255.0
     mask = arrs["mask"][idx].astype(np.float32)
@@ -151,6 +158,10 @@ def _batch(arrs, idx, rng, drop_mask: float = 0.1):
     nrm = unpack_normals(arrs["normals"][idx])
     nrm[flip] = nrm[flip][..., ::-1]
     nrm[flip, 0] *= -1.0                       # a mirrored image: camera x is mirrored
+    H, W = mask.shape[1:]
+    K = arrs["K"][idx].astype(np.float64)
+    K[flip, 2] = (W - 1) - K[flip, 2]          # ... and so is its principal point
+    rays = np.stack([ray_map(fx, fy, cx, cy, H, W) for fx, fy, cx, cy in K])
     true_mask = mask.copy()
     gain = rng.uniform(0.7, 1.3, (len(idx), 1, 1, 1)) * rng.uniform(0.9, 1.1, (len(idx), 3, 1, 1))
     gamma = rng.uniform(0.7, 1.4, (len(idx), 1, 1, 1))
@@ -160,7 +171,7 @@ def _batch(arrs, idx, rng, drop_mask: float = 0.1):
         return torch.as_tensor(np.ascontiguousarray(a))
 
     return (t(img), t(mask), t(tgt), torch.as_tensor(arrs["valid"][idx].astype(np.float32)),
-            t(nrm), t(true_mask))
+            t(nrm), t(true_mask), t(rays))
 
 
 def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: int = 0,
@@ -171,7 +182,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                     normal_loss: str = "angle", normal_weight: Optional[float] = None,
                     warp_mm: Optional[float] = None, normal_scale: bool = False,
                     ridge_definition: str = "ring", relief_prob: float = 0.0,
-                    command: str = "", log=print) -> dict:
+                    ray_normals: bool = False, command: str = "", log=print) -> dict:
     """Train a landmark model and write it to ``out`` (see the module docstring).
     Returns the training record (loss history included)."""
     import torch  # noqa: PLC0415
@@ -213,8 +224,8 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     cache = Path(data_cache) if data_cache else out.with_name(out.name + ".data")
     tms = training_meshes(meshes)
     mesh_desc = ", ".join(t.name for t in tms)
-    model = LandmarkNet(base=base, levels=levels, normals=True,
-                        normal_scale=normal_scale, ridge_definition=ridge_definition).to(dev)
+    model = LandmarkNet(base=base, levels=levels, normals=True, normal_scale=normal_scale,
+                        ridge_definition=ridge_definition, ray_normals=ray_normals).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, history, wall_before = 0, [], 0.0
     if resume:
@@ -277,6 +288,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                   "normal_loss": normal_loss, "normal_weight": normal_weight,
                   "warp_mm": warp_mm, "normal_scale": bool(model.config.get("normal_scale")),
                   "ridge_definition": ridge_definition, "relief_prob": relief_prob,
+                  "ray_normals": bool(model.config.get("ray_normals")),
                   "device": str(dev), "world_size": world,
                   "loss_history": history, "wall_s": wall_before + time.time() - t_start,
                   "render_s": render_s, "finished": final}
@@ -302,9 +314,9 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
             g["lr"] = float(lr * (0.05 + 0.475 * (1 + np.cos(np.pi * frac))))
         n = len(arrs["image"])
         idx = rng.choice(n, size=batch, replace=n < batch)
-        img, mask, tgt, valid, nrm, m_true = (x.to(dev) for x in _batch(arrs, idx, rng))
-        L = landmark_losses(net(img, mask), tgt, valid, nrm, m_true, normal_loss=normal_loss,
-                            normal_weight=normal_weight)
+        img, mask, tgt, valid, nrm, m_true, rays = (x.to(dev) for x in _batch(arrs, idx, rng))
+        L = landmark_losses(net(img, mask, rays), tgt, valid, nrm, m_true,
+                            normal_loss=normal_loss, normal_weight=normal_weight)
         opt.zero_grad()
         L["total"].backward()
         opt.step()

@@ -80,6 +80,8 @@ def _landmarks_command(args) -> str:
         parts.append(f"--ridge-definition {args.ridge_definition}")
     if args.relief:
         parts.append(f"--relief {args.relief:g}")
+    if args.ray_normals:
+        parts.append("--ray-normals")
     if args.meshes:
         parts.append("--meshes " + " ".join(str(m) for m in args.meshes))
     if args.data_cache:
@@ -111,6 +113,7 @@ def _run_train_landmarks(args) -> int:
                           normal_loss=args.normal_loss, normal_weight=args.normal_weight,
                           warp_mm=args.warp_mm, normal_scale=args.normal_scale,
                           ridge_definition=args.ridge_definition, relief_prob=args.relief,
+                          ray_normals=args.ray_normals,
                           command=_landmarks_command(args), log=log)
     h = rec["loss_history"]
     print(json.dumps({"out": str(args.out), "kind": "landmarks", "steps": rec["steps"],
@@ -158,6 +161,10 @@ def add_train_parser(sub) -> None:
                    help="landmarks: the probability that a training shape is made rounder "
                         "or sharper (a Laplacian band of its detail scaled; needs "
                         "--ridge-definition scale; default 0)")
+    t.add_argument("--ray-normals", action="store_true",
+                   help="landmarks: give the network each pixel's viewing ray and let it "
+                        "predict the normal in the ray frame (the same shading or contour "
+                        "means the same normal anywhere in the image, with any lens)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
