@@ -301,6 +301,40 @@ def ridge_agreement(pred_ridge, true_ridge, mask_net) -> dict:
     return {f"ridge_{k}": v for k, v in n.items()}
 
 
+#: slant above which a normal's tilt (its direction about the ray) is scored
+TILT_MIN_SLANT_DEG = 15.0
+
+
+def normal_error_parts(pred, true, mask_net, camera) -> dict:
+    """The normal map's error split along the viewing ray (session 20), medians over the
+    mask's pixels with a true normal: ``slant`` (the normal's angle to the ray, which the
+    shading of a light at the laparoscope carries), its absolute error and its signed
+    bias (predicted minus true), and ``tilt`` (the normal's direction about the ray),
+    scored where the true slant is above :data:`TILT_MIN_SLANT_DEG`."""
+    from LiverLaparoRegLib.learned import data
+    from LiverLaparoRegLib.learned.landmarks_net import ray_map
+
+    on = (np.asarray(mask_net) > 0) & (np.linalg.norm(true, axis=0) > 0.5)
+    if not on.any():
+        return {}
+    nc = data.net_camera(camera)
+    d = np.concatenate([ray_map(nc.fx, nc.fy, nc.cx, nc.cy, *on.shape),
+                        np.ones((1,) + on.shape, np.float32)])[:, on]
+    d /= np.linalg.norm(d, axis=0)
+    p, t = (x[:, on] / np.maximum(np.linalg.norm(x[:, on], axis=0), 1e-9) for x in (pred, true))
+    slant_p, slant_t = (np.degrees(np.arccos(np.clip(-(x * d).sum(0), -1, 1))) for x in (p, t))
+
+    def about_ray(x):
+        q = x - (x * d).sum(0) * d
+        return q / np.maximum(np.linalg.norm(q, axis=0), 1e-9)
+
+    tilt = np.degrees(np.arccos(np.clip((about_ray(p) * about_ray(t)).sum(0), -1, 1)))
+    w = slant_t > TILT_MIN_SLANT_DEG
+    return {"slant_error_deg": round(float(np.median(np.abs(slant_p - slant_t))), 2),
+            "slant_bias_deg": round(float(np.median(slant_p - slant_t)), 2),
+            "tilt_error_deg": round(float(np.median(tilt[w])), 2) if w.any() else None}
+
+
 def pooled_ridge_agreement(rows) -> dict:
     """Pooled ridge precision / recall of :func:`ridge_agreement` rows."""
     n = {k: sum(r.get(k, 0) for r in rows) for k in ("ridge_true_px", "ridge_pred_px",
@@ -507,6 +541,7 @@ def main():
                     float(T[2, :3] @ centre + T[2, 3]), a.normal_ridge)[0]
             row = {"seed": seed, "frame": k, "view_deg": round(view_angle_deg(T), 1),
                    "normal_error_deg": normal_error_deg(pred[3:6], true_n[3:], m_net),
+                   **normal_error_parts(pred[3:6], true_n[3:], m_net, cam),
                    **ridge_agreement(ridge_used, true_n[0], m_net)}
             t1 = time.perf_counter()
             if a.maps_only:
@@ -559,6 +594,9 @@ def main():
     ne = [r["normal_error_deg"] for r in rows if r["normal_error_deg"] is not None]
     summary = {"frames": len(rows),
                "normal_error_deg_mean": round(float(np.mean(ne)), 2) if ne else None,
+               **{f"{k}_mean": round(float(np.mean(x)), 2) for k, x in (
+                   (k, [r[k] for r in rows if r.get(k) is not None])
+                   for k in ("slant_error_deg", "slant_bias_deg", "tilt_error_deg")) if x},
                **pooled_ridge_agreement(rows)}
     if not a.maps_only:
         summary.update({
