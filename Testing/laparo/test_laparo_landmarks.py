@@ -535,8 +535,9 @@ def test_fewer_than_four_pairs_is_refused(frame):
 def test_cli_train_kind_landmarks(tmp_path, capsys, frame):
     """`surgreg laparo train --stage 1 --kind landmarks` writes a landmarks model file
     whose record holds the command and the seed; ``--levels 5`` gives a five-level U-Net
-    that the inference loads and runs at the network grid; ``--levels 6`` is refused in
-    one line."""
+    that the inference loads and runs at the network grid (with ``--ray-normals``: the
+    option recorded in the command and the config, the rays given at inference);
+    ``--levels 6`` is refused in one line."""
     from SurgicalReg2D3DLib.cli import main  # noqa: PLC0415
 
     from LiverLaparoRegLib.learned.modelfile import load_model  # noqa: PLC0415
@@ -545,7 +546,7 @@ def test_cli_train_kind_landmarks(tmp_path, capsys, frame):
     args = ["laparo", "train", "--stage", "1", "--kind", "landmarks", "--samples", "8",
             "--steps", "20", "--batch", "4", "--base", "4", "--max-minutes", "2",
             "--seed", "3", "--device", "cpu", "--data-cache", str(tmp_path / "c")]
-    rc = main(args + ["--levels", "5", "--warp-mm", "20", "--out", str(out)])
+    rc = main(args + ["--levels", "5", "--warp-mm", "20", "--ray-normals", "--out", str(out)])
     assert rc == 0
     d = modelfile.read_model_file(out, "landmarks")
     assert d["training"]["seed"] == 3 and d["training"]["steps"] == 20
@@ -555,9 +556,11 @@ def test_cli_train_kind_landmarks(tmp_path, capsys, frame):
     from LiverLaparoRegLib.learned.landmarks_train import _chunk_file  # noqa: PLC0415
 
     # a cache never mixes two warps: non-default frames are named by theirs
-    assert _chunk_file(tmp_path, 3, 0, 20.0).name == "lmn_s3_w20_c00000.npz"
-    assert _chunk_file(tmp_path, 3, 0, shapes.PREOP_WARP_MM).name == "lmn_s3_c00000.npz"
+    # (chunks "lmk": with the network camera, session 20)
+    assert _chunk_file(tmp_path, 3, 0, 20.0).name == "lmk_s3_w20_c00000.npz"
+    assert _chunk_file(tmp_path, 3, 0, shapes.PREOP_WARP_MM).name == "lmk_s3_c00000.npz"
     assert "--levels 5" in d["training"]["command"] and d["config"]["levels"] == 5
+    assert "--ray-normals" in d["training"]["command"] and d["config"]["ray_normals"] is True
     net = load_model(out, kind="landmarks")[0]
     assert len(net.enc) == 5
     mesh, tm, cam, T, img, mask = frame
