@@ -39,7 +39,9 @@ oracles: which map the network gets wrong; with given maps the ridge is searched
 weight 0.5 unless ``--w-ridge 0``, so a half oracle that keeps the network's ridge map
 should say ``--w-ridge 0`` to differ from the network in one map only: session 19).
 ``--true-normal-blend ALPHA`` moves the network's normal map part of the way to the TRUE
-one (how good a normal map must be).
+one (how good a normal map must be); ``--true-normal-part slant|tilt`` gives the normal
+map the TRUE slant (angle to the viewing ray) or the TRUE tilt (direction about it) with
+the network's other part.
 
 Frame ``k`` of seed ``S``: ``numpy.random.default_rng([S, 1000 + k])`` (as the held-out
 protocol; seeds 5 and up are the development seeds), even ``k`` the P2ILF camera, odd the
@@ -55,7 +57,8 @@ feeds the pipeline the TRUE 2D maps and normal map (an oracle of the geometric s
         [--diagnosis-held-out] [--ignore-normal-scale] [--w-ridge W] \\
         [--ridge-definition ring|scale] [--ridge-search-only] [--ridge-tiebreak] \\
         [--normal-ridge PER_MM] [--no-ridge-channel] [--ridge-oracle and|or] \\
-        [--w-normal W] [--true-normal-blend ALPHA] [--tag NAME] [--out DIR]
+        [--w-normal W] [--true-normal-blend ALPHA] [--true-normal-part slant|tilt] \\
+        [--tag NAME] [--out DIR]
 
 Writes ``<out>/laparo_dev_<shape>_<tag>.json`` (rows + summary) and prints one line per
 frame. One torch thread. ``--table RUN.json ... --md OUT.md`` writes the runs' summaries
@@ -335,6 +338,33 @@ def normal_error_parts(pred, true, mask_net, camera) -> dict:
             "tilt_error_deg": round(float(np.median(tilt[w])), 2) if w.any() else None}
 
 
+def mixed_slant_tilt(pred, true, camera, true_part: str) -> np.ndarray:
+    """A normal map ``(3, H, W)`` with the TRUE ``slant`` (angle to the viewing ray) and
+    the network's tilt (direction about the ray), or the TRUE ``tilt`` and the network's
+    slant (a half oracle of the normal map, session 20); the network's normal where the
+    true map has none."""
+    from LiverLaparoRegLib.learned import data
+    from LiverLaparoRegLib.learned.landmarks_net import ray_map
+
+    nc = data.net_camera(camera)
+    H, W = pred.shape[1:]
+    d = np.concatenate([ray_map(nc.fx, nc.fy, nc.cx, nc.cy, H, W), np.ones((1, H, W), np.float32)])
+    d /= np.linalg.norm(d, axis=0)
+    p = pred / np.maximum(np.linalg.norm(pred, axis=0), 1e-9)
+    has = np.linalg.norm(true, axis=0) > 0.5
+    t = true / np.maximum(np.linalg.norm(true, axis=0), 1e-9)
+
+    def parts(x):
+        c = -(x * d).sum(0)
+        q = x + c * d
+        return np.arccos(np.clip(c, -1, 1)), q / np.maximum(np.linalg.norm(q, axis=0), 1e-9)
+
+    (sp, qp), (st, qt) = parts(p), parts(t)
+    slant, q = (st, qp) if true_part == "slant" else (sp, qt)
+    n = -np.cos(slant) * d + np.sin(slant) * q
+    return np.where(has[None], n, pred).astype(np.float32)
+
+
 def pooled_ridge_agreement(rows) -> dict:
     """Pooled ridge precision / recall of :func:`ridge_agreement` rows."""
     n = {k: sum(r.get(k, 0) for r in rows) for k in ("ridge_true_px", "ridge_pred_px",
@@ -476,6 +506,9 @@ def main():
                     help="diagnosis: the network's normal map moved a fraction ALPHA toward "
                          "the TRUE one (per pixel, (1 - ALPHA) n_net + ALPHA n_true, unit "
                          "length again; given maps): how good a normal map must be")
+    ap.add_argument("--true-normal-part", default=None, choices=("slant", "tilt"),
+                    help="diagnosis: the TRUE slant (angle to the ray) with the network's "
+                         "tilt, or the TRUE tilt with the network's slant")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -565,8 +598,11 @@ def main():
                 has_true = np.linalg.norm(n_true, axis=0) > 0.5
                 mixed[3:6] = np.where(has_true[None], n, mixed[3:6])
                 row["blend_normal_error_deg"] = normal_error_deg(mixed[3:6], true_n[3:], m_net)
+            if a.true_normal_part:                           # slant or tilt TRUE
+                mixed[3:6] = mixed_slant_tilt(mixed[3:6], true_n[3:6], cam, a.true_normal_part)
+                row["mixed_normal_error_deg"] = normal_error_deg(mixed[3:6], true_n[3:], m_net)
             if (ridge_net is not None or a.no_ridge_channel or a.ridge_oracle or true_channels
-                    or a.true_normal_blend is not None):
+                    or a.true_normal_blend is not None or a.true_normal_part):
                 given = {"maps": mixed}
             try:
                 r = li.register_landmarks(mesh, cam, img, mask,
@@ -612,7 +648,8 @@ def main():
             else (a.model or "bundled") + (f", TRUE {a.true_part}" if a.true_part else "")
             + (f", ridge from {a.ridge_model}" if a.ridge_model else "")
             + (f", normals {a.true_normal_blend} of the way to TRUE"
-               if a.true_normal_blend is not None else ""),
+               if a.true_normal_blend is not None else "")
+            + (f", TRUE normal {a.true_normal_part}" if a.true_normal_part else ""),
             "model_command": rec.get("command"), "tag": a.tag,
             "shape": a.shape, "seeds": a.seeds, "frames": a.frames, "flips": a.flips,
             "translation_start": a.translation_start, "w_ridge": a.w_ridge,
@@ -620,7 +657,7 @@ def main():
             "ridge_definition": ridge_def, "ridge_search_only": a.ridge_search_only,
             "ridge_tiebreak": a.ridge_tiebreak, "normal_ridge": a.normal_ridge,
             "no_ridge_channel": a.no_ridge_channel, "ridge_oracle": a.ridge_oracle,
-            "true_normal_blend": a.true_normal_blend,
+            "true_normal_blend": a.true_normal_blend, "true_normal_part": a.true_normal_part,
             "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)
