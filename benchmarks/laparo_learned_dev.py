@@ -308,30 +308,38 @@ def ridge_agreement(pred_ridge, true_ridge, mask_net) -> dict:
 TILT_MIN_SLANT_DEG = 15.0
 
 
+def unit_rays(camera) -> np.ndarray:
+    """``(3, NET_H, NET_W)``: the unit viewing ray of each network pixel of ``camera``."""
+    from LiverLaparoRegLib.learned.landmarks_net import network_ray_map
+
+    r = network_ray_map(camera)
+    d = np.concatenate([r, np.ones((1,) + r.shape[1:], np.float32)])
+    return d / np.linalg.norm(d, axis=0)
+
+
+def slant_and_tilt(n, d):
+    """Normals ``n (3, ...)`` split along the unit rays ``d (3, ...)``: the slant (radians,
+    the angle between the normal and the reversed ray, which the shading of a light at
+    the laparoscope carries) and the unit tilt vector (the normal's direction about the
+    ray)."""
+    n = n / np.maximum(np.linalg.norm(n, axis=0), 1e-9)
+    c = -(n * d).sum(0)
+    q = n + c * d
+    return np.arccos(np.clip(c, -1, 1)), q / np.maximum(np.linalg.norm(q, axis=0), 1e-9)
+
+
 def normal_error_parts(pred, true, mask_net, camera) -> dict:
     """The normal map's error split along the viewing ray (session 20), medians over the
-    mask's pixels with a true normal: ``slant`` (the normal's angle to the ray, which the
-    shading of a light at the laparoscope carries), its absolute error and its signed
-    bias (predicted minus true), and ``tilt`` (the normal's direction about the ray),
-    scored where the true slant is above :data:`TILT_MIN_SLANT_DEG`."""
-    from LiverLaparoRegLib.learned import data
-    from LiverLaparoRegLib.learned.landmarks_net import ray_map
-
+    mask's pixels with a true normal: the slant's absolute error and its signed bias
+    (predicted minus true), and the tilt's error, scored where the true slant is above
+    :data:`TILT_MIN_SLANT_DEG` (:func:`slant_and_tilt`)."""
     on = (np.asarray(mask_net) > 0) & (np.linalg.norm(true, axis=0) > 0.5)
     if not on.any():
         return {}
-    nc = data.net_camera(camera)
-    d = np.concatenate([ray_map(nc.fx, nc.fy, nc.cx, nc.cy, *on.shape),
-                        np.ones((1,) + on.shape, np.float32)])[:, on]
-    d /= np.linalg.norm(d, axis=0)
-    p, t = (x[:, on] / np.maximum(np.linalg.norm(x[:, on], axis=0), 1e-9) for x in (pred, true))
-    slant_p, slant_t = (np.degrees(np.arccos(np.clip(-(x * d).sum(0), -1, 1))) for x in (p, t))
-
-    def about_ray(x):
-        q = x - (x * d).sum(0) * d
-        return q / np.maximum(np.linalg.norm(q, axis=0), 1e-9)
-
-    tilt = np.degrees(np.arccos(np.clip((about_ray(p) * about_ray(t)).sum(0), -1, 1)))
+    d = unit_rays(camera)[:, on]
+    (sp, qp), (st, qt) = slant_and_tilt(pred[:, on], d), slant_and_tilt(true[:, on], d)
+    slant_p, slant_t = np.degrees(sp), np.degrees(st)
+    tilt = np.degrees(np.arccos(np.clip((qp * qt).sum(0), -1, 1)))
     w = slant_t > TILT_MIN_SLANT_DEG
     return {"slant_error_deg": round(float(np.median(np.abs(slant_p - slant_t))), 2),
             "slant_bias_deg": round(float(np.median(slant_p - slant_t)), 2),
@@ -339,30 +347,14 @@ def normal_error_parts(pred, true, mask_net, camera) -> dict:
 
 
 def mixed_slant_tilt(pred, true, camera, true_part: str) -> np.ndarray:
-    """A normal map ``(3, H, W)`` with the TRUE ``slant`` (angle to the viewing ray) and
-    the network's tilt (direction about the ray), or the TRUE ``tilt`` and the network's
-    slant (a half oracle of the normal map, session 20); the network's normal where the
-    true map has none."""
-    from LiverLaparoRegLib.learned import data
-    from LiverLaparoRegLib.learned.landmarks_net import ray_map
-
-    nc = data.net_camera(camera)
-    H, W = pred.shape[1:]
-    d = np.concatenate([ray_map(nc.fx, nc.fy, nc.cx, nc.cy, H, W), np.ones((1, H, W), np.float32)])
-    d /= np.linalg.norm(d, axis=0)
-    p = pred / np.maximum(np.linalg.norm(pred, axis=0), 1e-9)
-    has = np.linalg.norm(true, axis=0) > 0.5
-    t = true / np.maximum(np.linalg.norm(true, axis=0), 1e-9)
-
-    def parts(x):
-        c = -(x * d).sum(0)
-        q = x + c * d
-        return np.arccos(np.clip(c, -1, 1)), q / np.maximum(np.linalg.norm(q, axis=0), 1e-9)
-
-    (sp, qp), (st, qt) = parts(p), parts(t)
+    """A normal map ``(3, H, W)`` with the TRUE ``slant`` and the network's tilt, or the
+    TRUE ``tilt`` and the network's slant (:func:`slant_and_tilt`; a half oracle of the
+    normal map, session 20); the network's normal where the true map has none."""
+    d = unit_rays(camera)
+    (sp, qp), (st, qt) = slant_and_tilt(pred, d), slant_and_tilt(true, d)
     slant, q = (st, qp) if true_part == "slant" else (sp, qt)
     n = -np.cos(slant) * d + np.sin(slant) * q
-    return np.where(has[None], n, pred).astype(np.float32)
+    return np.where((np.linalg.norm(true, axis=0) > 0.5)[None], n, pred).astype(np.float32)
 
 
 def pooled_ridge_agreement(rows) -> dict:

@@ -95,18 +95,18 @@ def predict_maps(net, image, mask, camera, device=None, flips: int = 1) -> np.nd
     dev = device or torch.device("cpu")
     x = torch.stack([img.flip(a) if a else img for a, _ in views]).to(dev)
     mx = torch.stack([m.flip([d - 1 for d in a]) if a else m for a, _ in views]).to(dev)
+
+    def sign(neg, n):     # a flipped image axis negates that component of a ray or normal
+        sg = torch.ones(n, 1, 1)
+        sg[list(neg)] = -1.0
+        return sg
+
     rx = None
     if getattr(net, "config", {}).get("ray_normals"):   # the viewing rays, flipped alike
-        from .data import NET_H, NET_W, net_camera  # noqa: PLC0415
-        from .landmarks_net import ray_map  # noqa: PLC0415
+        from .landmarks_net import network_ray_map  # noqa: PLC0415
 
-        nc = net_camera(camera)
-        r = torch.as_tensor(ray_map(nc.fx, nc.fy, nc.cx, nc.cy, NET_H, NET_W))
-        sign = [torch.ones(2, 1, 1) for _ in views]
-        for k, (_, neg) in enumerate(views):
-            sign[k][list(neg)] = -1.0     # a flipped image axis is a negated ray component
-        rx = torch.stack([(r.flip(a) if a else r) * sg
-                          for (a, _), sg in zip(views, sign)]).to(dev)
+        r = torch.as_tensor(network_ray_map(camera))
+        rx = torch.stack([(r.flip(a) if a else r) * sign(neg, 2) for a, neg in views]).to(dev)
     with torch.no_grad():
         lg = net(x, mx, rx).cpu() if rx is not None else net(x, mx).cpu()
     probs, normals, scales = [], [], []
@@ -114,9 +114,8 @@ def predict_maps(net, image, mask, camera, device=None, flips: int = 1) -> np.nd
         o = lg[k].flip(a) if a else lg[k]
         probs.append(torch.sigmoid(o[:3]))
         if o.shape[0] > 3:
-            sign = torch.ones(3, 1, 1)
-            sign[list(neg)] = -1.0
-            normals.append(torch.nn.functional.normalize(o[3:6], dim=0, eps=1e-6) * sign)
+            normals.append(torch.nn.functional.normalize(o[3:6], dim=0, eps=1e-6)
+                           * sign(neg, 3))
         if o.shape[0] > 6:
             scales.append(normal_scale(o[6:7]))
     out = torch.stack(probs).mean(0)

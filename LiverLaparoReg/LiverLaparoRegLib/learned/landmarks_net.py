@@ -76,6 +76,15 @@ def ray_map(fx: float, fy: float, cx: float, cy: float, H: int, W: int):
                      np.broadcast_to(v[:, None], (H, W))]).astype(np.float32)
 
 
+def network_ray_map(camera):
+    """:func:`ray_map` of the network image of a frame seen by ``camera``
+    (:func:`.data.net_camera`, ``NET_H x NET_W``)."""
+    from .data import NET_H, NET_W, net_camera  # noqa: PLC0415
+
+    nc = net_camera(camera)
+    return ray_map(nc.fx, nc.fy, nc.cx, nc.cy, NET_H, NET_W)
+
+
 def ray_rotation(rays):
     """``(B, 3, 3, H, W)``: per pixel the smallest rotation that turns the camera's z axis
     onto the unit ray ``d = normalise(x, y, 1)`` of ``rays (B, 2, H, W)``; it maps a vector
