@@ -435,6 +435,53 @@ def table(runs, md: Path, title: str) -> None:
     md.with_suffix(".json").write_text(json.dumps({"runs": all_runs}, indent=1))
 
 
+def summarise(rows, maps_only: bool = False) -> dict:
+    """The run's summary of its per-frame ``rows`` (a registration that raised counts as
+    180 deg)."""
+    rot = [r.get("rot_deg") if r.get("rot_deg") is not None else 180.0 for r in rows]
+    ne = [r["normal_error_deg"] for r in rows if r["normal_error_deg"] is not None]
+    summary = {"frames": len(rows),
+               "normal_error_deg_mean": round(float(np.mean(ne)), 2) if ne else None,
+               **{f"{k}_mean": round(float(np.mean(x)), 2) for k, x in (
+                   (k, [r[k] for r in rows if r.get(k) is not None])
+                   for k in ("slant_error_deg", "slant_bias_deg", "tilt_error_deg")) if x},
+               **pooled_ridge_agreement(rows)}
+    if not maps_only:
+        summary.update({
+            "within_10_deg": int(sum(x < 10 for x in rot)),
+            "within_5_deg": int(sum(x < 5 for x in rot)),
+            "within_5_deg_5_mm": int(sum(r.get("rot_deg") is not None and r["rot_deg"] < 5
+                                         and r["centroid_mm"] < 5 for r in rows)),
+            "wrong_over_20_deg": int(sum(x > 20 for x in rot)),
+            "median_rot_deg": round(float(np.median(rot)), 2),
+            "wrong_called_ok": int(sum(x > 20 and r.get("quality") == "ok"
+                                       for x, r in zip(rot, rows)))})
+    return summary
+
+
+def merge(files, tag: str, out: Path) -> Path:
+    """One run from the runs in ``files`` (the same model and options on other seeds, run
+    in parallel): rows concatenated, summary made again, meta of the first with the
+    seeds, wall times and load averages of all."""
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    meta = dict(parts[0]["meta"])
+    for k in ("shape", "model"):
+        if any(p["meta"].get(k) != meta.get(k) for p in parts):
+            raise SystemExit(f"--merge: the runs differ in {k}")
+    rows = [r for p in parts for r in p["rows"]]
+    meta.update(tag=tag, seeds=[sd for p in parts for sd in p["meta"]["seeds"]],
+                wall_s=[p["meta"]["wall_s"] for p in parts],
+                load_average_end=[max(p["meta"]["load_average_end"][k] for p in parts)
+                                  for k in range(3)],
+                merged_from=[str(f) for f in files])
+    maps_only = all("rot_deg" not in r for r in rows)
+    path = out / f"laparo_dev_{meta['shape']}_{tag}.json"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "summary": summarise(rows, maps_only),
+                                "rows": rows}, indent=1))
+    return path
+
+
 def main():
     from LiverLaparoRegLib.learned.landmarks_align import TRANSLATION_STARTS
     from LiverLaparoRegLib.learned.data import RIDGE_DEFINITIONS
@@ -504,6 +551,9 @@ def main():
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="RUN_JSON",
+                    help="merge runs of the same model and options on other seeds into one "
+                         "run <out>/laparo_dev_<shape>_<tag>.json (runs nothing)")
     ap.add_argument("--md", default=str(ROOT / "benchmarks" / "results" / "laparo_learned_dev.md"))
     ap.add_argument("--title", default="Learned landmark registration: development frames")
     a = ap.parse_args()
@@ -522,6 +572,9 @@ def main():
         a.shape = "held-out"
     if a.table:
         table(a.table, Path(a.md), a.title)
+        return
+    if a.merge:
+        print(merge(a.merge, a.tag, Path(a.out)))
         return
     import torch
     torch.set_num_threads(1)
@@ -618,24 +671,7 @@ def main():
             row["seconds"] = round(time.perf_counter() - t1, 2)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    rot = [r.get("rot_deg") if r.get("rot_deg") is not None else 180.0 for r in rows]
-    ne = [r["normal_error_deg"] for r in rows if r["normal_error_deg"] is not None]
-    summary = {"frames": len(rows),
-               "normal_error_deg_mean": round(float(np.mean(ne)), 2) if ne else None,
-               **{f"{k}_mean": round(float(np.mean(x)), 2) for k, x in (
-                   (k, [r[k] for r in rows if r.get(k) is not None])
-                   for k in ("slant_error_deg", "slant_bias_deg", "tilt_error_deg")) if x},
-               **pooled_ridge_agreement(rows)}
-    if not a.maps_only:
-        summary.update({
-            "within_10_deg": int(sum(x < 10 for x in rot)),
-            "within_5_deg": int(sum(x < 5 for x in rot)),
-            "within_5_deg_5_mm": int(sum(r.get("rot_deg") is not None and r["rot_deg"] < 5
-                                         and r["centroid_mm"] < 5 for r in rows)),
-            "wrong_over_20_deg": int(sum(x > 20 for x in rot)),
-            "median_rot_deg": round(float(np.median(rot)), 2),
-            "wrong_called_ok": int(sum(x > 20 and r.get("quality") == "ok"
-                                       for x, r in zip(rot, rows)))})
+    summary = summarise(rows, a.maps_only)
     meta = {"model": ("TRUE maps" + (", no normals" if a.no_normals else "")) if a.true_maps
             else (a.model or "bundled") + (f", TRUE {a.true_part}" if a.true_part else "")
             + (f", ridge from {a.ridge_model}" if a.ridge_model else "")

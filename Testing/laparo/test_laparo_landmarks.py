@@ -577,6 +577,72 @@ def test_cli_train_kind_landmarks(tmp_path, capsys, frame):
     assert not (tmp_path / "bad.pt").exists()
 
 
+def test_train_patient_mesh_view_axis_and_fine_tune(tmp_path, capsys):
+    """A per-patient fine-tune: ``--meshes PATIENT --view-axis +y`` draws the frames of the
+    given mesh around +y (the viewing directions within 65 deg of it: 50 deg of the cone +
+    15 deg of aim, against the 29 % of the sphere that any direction gives), ``--resume``
+    continues a model on that mesh, and the record names the mesh, the axis and the
+    command; ``--view-axis`` without ``--meshes``, with ``--kind stage1`` or as a zero
+    vector is refused in one line."""
+    from SurgicalReg2D3DLib.cli import main  # noqa: PLC0415
+
+    from LiverLaparoRegLib.learned.train import training_meshes  # noqa: PLC0415
+    from LiverLaparoRegLib.sample_data import sample_data_dir  # noqa: PLC0415
+
+    patient = sample_data_dir() / "liver_sksurgery" / "liver" / "liver_sub.ply"
+    near = {}
+    for axis in ((0.0, 1.0, 0.0), None):
+        tm = training_meshes([str(patient)], axis)[0]
+        assert (tm.view_axis is None) == (axis is None)
+        rng = np.random.default_rng(4)
+        looks = np.array([data.sample_pose(tm.vertices, data.vertex_normals(
+            tm.vertices, tm.faces), rng, tm.view_axis)[2, :3] for _ in range(400)])
+        near[axis is None] = float(np.mean(looks[:, 1] > np.cos(np.radians(65.0))))
+    assert near[False] > 0.7 and near[True] < 0.4, near
+    base = ["laparo", "train", "--stage", "1", "--kind", "landmarks", "--samples", "8",
+            "--batch", "4", "--base", "4", "--max-minutes", "2", "--seed", "3",
+            "--device", "cpu"]
+    first = tmp_path / "base.pt"
+    assert main(base + ["--steps", "10", "--data-cache", str(tmp_path / "c0"),
+                        "--out", str(first)]) == 0
+    out = tmp_path / "patient.pt"
+    assert main(base + ["--steps", "20", "--resume", str(first), "--meshes", str(patient),
+                        "--view-axis", "+y", "--lr", "5e-4",
+                        "--data-cache", str(tmp_path / "c1"), "--out", str(out)]) == 0
+    d = modelfile.read_model_file(out, "landmarks")
+    tr = d["training"]
+    assert tr["steps"] == 20 and tr["view_axis"] == [0.0, 1.0, 0.0]
+    assert tr["meshes"] == "liver_sub" and "[liver_sub]" in tr["data"]
+    assert "--view-axis +y" in tr["command"] and f"--resume {first}" in tr["command"]
+    assert tr["resumed_from"] == "base.pt"
+    w0 = modelfile.read_model_file(first, "landmarks")["state_dict"]
+    assert any(not torch.equal(w0[k], v) for k, v in d["state_dict"].items())
+    # "--resume bundled": the bundled landmark model, two more steps on the patient mesh
+    bundled = modelfile.read_model_file(modelfile.bundled_model_path(
+        modelfile.BUNDLED_LANDMARKS), "landmarks")
+    n0 = int(bundled["training"]["steps"])
+    out2 = tmp_path / "patient_from_bundled.pt"
+    no_base = [x for i, x in enumerate(base) if "--base" not in base[max(i - 1, 0):i + 1]]
+    assert main(no_base + ["--steps", str(n0 + 2), "--resume", "bundled",
+                           "--meshes", str(patient), "--view-axis", "+y",
+                           "--data-cache", str(tmp_path / "c2"), "--out", str(out2)]) == 0
+    d2 = modelfile.read_model_file(out2, "landmarks")
+    assert d2["config"] == bundled["config"] and d2["training"]["steps"] == n0 + 2
+    assert d2["training"]["resumed_from"] == modelfile.BUNDLED_LANDMARKS + ".pt"
+    assert "--resume bundled" in d2["training"]["command"]
+    capsys.readouterr()
+    for extra, word in ((["--view-axis", "+y"], "--meshes"),
+                        (["--meshes", str(patient), "--view-axis", "0,0,0"], "--view-axis")):
+        rc = main(base + ["--steps", "2"] + extra + ["--out", str(tmp_path / "bad.pt")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.count("\n") == 0 and word in err, err
+    rc = main(["laparo", "train", "--stage", "1", "--view-axis", "+y",
+               "--out", str(tmp_path / "bad.pt")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "--kind landmarks" in err, err
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_training_shape_warp_amplitude():
     """``warp_mm`` sets the preoperative shape's random warp: at 0 the shape is the base
     mesh scaled per axis (an exact affine map), at 24 mm it departs from every affine map

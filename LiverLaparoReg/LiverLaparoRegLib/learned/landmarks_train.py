@@ -182,9 +182,12 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                     normal_loss: str = "angle", normal_weight: Optional[float] = None,
                     warp_mm: Optional[float] = None, normal_scale: bool = False,
                     ridge_definition: str = "ring", relief_prob: float = 0.0,
-                    ray_normals: bool = False, command: str = "", log=print) -> dict:
+                    ray_normals: bool = False, view_axis=None, command: str = "",
+                    log=print) -> dict:
     """Train a landmark model and write it to ``out`` (see the module docstring).
-    Returns the training record (loss history included)."""
+    ``view_axis``: the direction the frames of the given ``meshes`` are drawn around
+    (:func:`.train.training_meshes`). Returns the training record (loss history
+    included)."""
     import torch  # noqa: PLC0415
 
     from .landmarks_net import NORMAL_LOSSES, W_NORMAL, LandmarkNet, \
@@ -222,7 +225,7 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
     torch.manual_seed(seed)
     out = Path(out)
     cache = Path(data_cache) if data_cache else out.with_name(out.name + ".data")
-    tms = training_meshes(meshes)
+    tms = training_meshes(meshes, view_axis)
     mesh_desc = ", ".join(t.name for t in tms)
     model = LandmarkNet(base=base, levels=levels, normals=True, normal_scale=normal_scale,
                         ridge_definition=ridge_definition, ray_normals=ray_normals).to(dev)
@@ -289,6 +292,9 @@ def train_landmarks(out, steps: int = 100000, max_minutes: float = 60.0, seed: i
                   "warp_mm": warp_mm, "normal_scale": bool(model.config.get("normal_scale")),
                   "ridge_definition": ridge_definition, "relief_prob": relief_prob,
                   "ray_normals": bool(model.config.get("ray_normals")),
+                  "resumed_from": Path(resume).name if resume else None,
+                  "view_axis": (None if meshes is None or tms[0].view_axis is None
+                                else [round(float(x), 4) for x in tms[0].view_axis]),
                   "device": str(dev), "world_size": world,
                   "loss_history": history, "wall_s": wall_before + time.time() - t_start,
                   "render_s": render_s, "finished": final}

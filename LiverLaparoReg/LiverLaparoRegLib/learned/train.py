@@ -37,17 +37,22 @@ CHUNK = 32
 
 
 # ----------------------------------------------------------------------------- data cache
-def training_meshes(paths: Optional[Sequence[str]] = None):
-    """:class:`.data.TrainMesh` list: the P2ILF mesh by default, else the given files."""
+def training_meshes(paths: Optional[Sequence[str]] = None, view_axis=None):
+    """:class:`.data.TrainMesh` list: the P2ILF mesh by default (with its annotated view
+    axis), else the given files, whose frames are drawn around ``view_axis`` (a direction
+    in the mesh frame: 75 % of the frames within 50 deg of it, :func:`.data.sample_pose`)
+    or from any direction (None)."""
     from ..mesh import load_mesh  # noqa: PLC0415
     from . import data  # noqa: PLC0415
+    from .landmarks_search import check_view_axis  # noqa: PLC0415
 
     if not paths:
         return [data.p2ilf_train_mesh()]
+    view_axis = check_view_axis(view_axis, "training view axis")
     out = []
     for p in paths:
         m = load_mesh(p, f"mesh {Path(p).name}")
-        tm = data.train_mesh(m)
+        tm = data.train_mesh(m, view_axis=view_axis)
         tm.name = Path(p).stem
         out.append(tm)
     return out

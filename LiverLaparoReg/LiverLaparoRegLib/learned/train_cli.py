@@ -28,6 +28,8 @@ def run_train(args) -> int:
     torch.set_num_threads(max(1, int(args.threads)))
     if getattr(args, "kind", "stage1") == "landmarks":
         return _run_train_landmarks(args)
+    if getattr(args, "view_axis", None) is not None:
+        raise InputError("view axis: --view-axis is an option of --kind landmarks")
     log_path = Path(str(args.out) + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -84,6 +86,8 @@ def _landmarks_command(args) -> str:
         parts.append("--ray-normals")
     if args.meshes:
         parts.append("--meshes " + " ".join(str(m) for m in args.meshes))
+    if args.view_axis is not None:
+        parts.append(f"--view-axis {args.view_axis}")
     if args.data_cache:
         parts.append(f"--data-cache {args.data_cache}")
     if args.resume:
@@ -92,9 +96,28 @@ def _landmarks_command(args) -> str:
     return " ".join(parts)
 
 
+def _view_axis(args):
+    """``--view-axis`` as a unit vector (None: any direction); only with ``--meshes``
+    (the default P2ILF mesh has its annotated axis)."""
+    from .landmarks_search import parse_view_axis  # noqa: PLC0415
+
+    if args.view_axis is None:
+        return None
+    if not args.meshes:
+        raise InputError("view axis: --view-axis applies to the meshes given with --meshes "
+                         "(the default P2ILF mesh has its own annotated view axis)")
+    return parse_view_axis(args.view_axis, "--view-axis")
+
+
 def _run_train_landmarks(args) -> int:
-    """``train --stage 1 --kind landmarks`` (see :mod:`.landmarks_train`)."""
+    """``train --stage 1 --kind landmarks`` (see :mod:`.landmarks_train`); ``--resume
+    bundled`` continues the bundled landmark model (a per-patient fine-tune)."""
     from .landmarks_train import train_landmarks  # noqa: PLC0415
+    from .modelfile import BUNDLED_LANDMARKS, bundled_model_path  # noqa: PLC0415
+
+    resume = args.resume
+    if resume == "bundled":
+        resume = str(bundled_model_path(BUNDLED_LANDMARKS))
 
     log_path = Path(str(args.out) + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,12 +131,12 @@ def _run_train_landmarks(args) -> int:
                           seed=args.seed, batch=args.batch,
                           lr=args.lr if args.lr is not None else 2e-3,
                           samples=args.samples, meshes=args.meshes, data_cache=args.data_cache,
-                          resume=args.resume, device=args.device, base=args.base,
+                          resume=resume, device=args.device, base=args.base,
                           levels=args.levels, checkpoint_minutes=args.checkpoint_minutes,
                           normal_loss=args.normal_loss, normal_weight=args.normal_weight,
                           warp_mm=args.warp_mm, normal_scale=args.normal_scale,
                           ridge_definition=args.ridge_definition, relief_prob=args.relief,
-                          ray_normals=args.ray_normals,
+                          ray_normals=args.ray_normals, view_axis=_view_axis(args),
                           command=_landmarks_command(args), log=log)
     h = rec["loss_history"]
     print(json.dumps({"out": str(args.out), "kind": "landmarks", "steps": rec["steps"],
@@ -165,10 +188,19 @@ def add_train_parser(sub) -> None:
                    help="landmarks: give the network each pixel's viewing ray and let it "
                         "predict the normal in the ray frame (the same shading or contour "
                         "means the same normal anywhere in the image, with any lens)")
+    t.add_argument("--view-axis", default=None,
+                   help="landmarks, with --meshes: the laparoscope's usual viewing direction "
+                        "in the meshes' frame (+y: anterior to posterior in LPS, the pose "
+                        "search's prior; -y in RAS; 'x,y,z'; 'any'); 75 %% of the frames "
+                        "look within 50 deg of it (default: any direction). A per-patient "
+                        "fine-tune: --resume bundled --meshes PATIENT --view-axis +y "
+                        "(docs/laparo.md)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    t.add_argument("--resume", default=None, help="model file to continue from")
+    t.add_argument("--resume", default=None,
+                   help="model file to continue from ('bundled': the bundled landmark model, "
+                        "with --kind landmarks)")
     t.add_argument("--data-cache", default=None, help="folder of rendered samples")
     t.add_argument("--render-only", action="store_true",
                    help="only render the training frames into the data cache")
