@@ -548,9 +548,6 @@ def main():
     ap.add_argument("--true-normal-part", default=None, choices=("slant", "tilt"),
                     help="diagnosis: the TRUE slant (angle to the ray) with the network's "
                          "tilt, or the TRUE tilt with the network's slant")
-    ap.add_argument("--normal-fit-deg", type=float, default=0.0, metavar="DEG",
-                    help="the search's normal term turns the whole normal map onto each "
-                         "hypothesis's normals by at most DEG first (session 21; 0: off)")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--out", default="/tmp/laparo_dev")
     ap.add_argument("--table", nargs="+", default=None, metavar="RUN_JSON")
@@ -661,7 +658,6 @@ def main():
                                           ridge_in_refinement=not a.ridge_search_only,
                                           ridge_tiebreak=a.ridge_tiebreak,
                                           normal_ridge=None if a.ridge_oracle else a.normal_ridge,
-                                          normal_fit_deg=a.normal_fit_deg,
                                           **given)
                 row.update(rot_deg=round(float(rotation_error_deg(r.model_to_camera[:3, :3],
                                                                   T[:3, :3])), 2),
@@ -690,7 +686,6 @@ def main():
             "ridge_tiebreak": a.ridge_tiebreak, "normal_ridge": a.normal_ridge,
             "no_ridge_channel": a.no_ridge_channel, "ridge_oracle": a.ridge_oracle,
             "true_normal_blend": a.true_normal_blend, "true_normal_part": a.true_normal_part,
-            "normal_fit_deg": a.normal_fit_deg,
             "normal_uncertainty_ignored": bool(a.ignore_normal_scale),
             "wall_s": round(time.time() - t0, 1), "load_average_end": list(os.getloadavg())}
     out = Path(a.out)

@@ -779,60 +779,6 @@ def test_true_normal_map_of_a_sphere_is_radial():
     assert np.median(np.abs(li.true_maps(v, f, T @ Rz, cam, normals=True)[3:] - nm)[:, on]) < 0.02
 
 
-def test_normal_fit_takes_out_a_frame_wide_turn(frame):
-    """The normal term's global fit (``normal_fit_deg``, session 21): normals turned by a
-    known 10 deg rotation about z come back onto the reference (within 0.1 deg) with a
-    15-deg cap; with a 5-deg cap each is left 5 deg x its distance from the z axis (the
-    rest of the turn); fewer than ``NORMAL_FIT_MIN_POINTS`` weighted points are not turned. On a
-    frame, the TRUE normal map turned by 10 deg costs more at the true pose than the TRUE
-    map; with the fit it costs what the TRUE map costs (within 0.005 px), and a pose 40
-    deg off still costs clearly more (the fit does not erase the rotation cue). An angle
-    beyond [0, 90] is refused by name."""
-    from SurgicalReg2D3DLib.poses import so3_exp  # noqa: PLC0415
-
-    g = torch.Generator().manual_seed(0)
-    P = torch.randn(1, 3, 60, generator=g)
-    P = P / P.norm(dim=1, keepdim=True)
-    Rt = so3_exp(torch.tensor([[0.0, 0.0, np.radians(10.0)]], dtype=torch.float64)).float()
-    Nc = torch.einsum("bij,bjn->bni", Rt, P)
-    w = torch.ones(1, 60)
-
-    def angles(Q):
-        return np.degrees(np.arccos(np.clip((Q * Nc.transpose(1, 2)).sum(1).numpy(), -1, 1)))
-
-    assert angles(lalign._fit_normals(P, Nc, w, np.radians(15.0))).max() < 0.1
-    left = angles(lalign._fit_normals(P, Nc, w, np.radians(5.0)))
-    # a turn by 5 deg about z moves a unit normal by 5 deg x its distance from the z axis
-    expect = 5.0 * np.sqrt(1 - P[0, 2].numpy() ** 2)
-    assert np.allclose(left[0], expect, atol=0.05) and left.max() > 4.9
-    few = w.clone()
-    few[:, lalign.NORMAL_FIT_MIN_POINTS - 1:] = 0
-    assert torch.equal(lalign._fit_normals(P, Nc, few, np.radians(15.0)), P)
-
-    mesh, tm, cam, T, img, mask = frame
-    maps = li.true_maps(mesh.vertices, mesh.faces, T, cam, ridge=tm.ridge, normals=True)
-    turned = maps.copy()
-    R10 = so3_exp(torch.tensor([np.radians(10.0), 0.0, 0.0], dtype=torch.float64)).numpy()
-    turned[3:6] = np.einsum("ij,jhw->ihw", R10, maps[3:6]).astype(np.float32)
-    obs = li.observations(maps, mask, cam)
-    lm = lsearch.MeshLandmarks(mesh)
-    T40 = np.array(T, float)
-    R40 = so3_exp(torch.tensor([0.0, np.radians(40.0), 0.0], dtype=torch.float64)).numpy()
-    T40[:3, :3] = T40[:3, :3] @ R40.T                    # turned about the liver's centre
-    T40[:3, 3] = T[:3, :3] @ lm.c + T[:3, 3] - T40[:3, :3] @ lm.c
-
-    def cost(m, fit, X=T):
-        return lalign.pose_cost(X, lm, li.search_observations(m, obs, cam, normal_fit_deg=fit),
-                                0.0)
-
-    exact, plain, fitted = cost(maps, 0.0), cost(turned, 0.0), cost(turned, 15.0)
-    assert plain > exact + 0.02, (plain, exact)
-    assert abs(fitted - exact) < 0.005, (fitted, exact)
-    assert cost(turned, 15.0, T40) > fitted + 0.3
-    with pytest.raises(InputError, match="normal fit"):
-        li.register_landmarks(mesh, cam, img, mask, maps=maps, normal_fit_deg=120.0)
-
-
 def test_normal_loss_and_flip_augmentation():
     """The normal term is 0 for the true normals and large for opposite ones; a
     horizontally flipped training sample gets its normal map mirrored with x negated (the

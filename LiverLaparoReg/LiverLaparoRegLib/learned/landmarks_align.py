@@ -88,9 +88,6 @@ BACK_FACING_COS = 0.1
 #: normal error is weighted by 1 / max(b, NORMAL_SCALE_MIN): 3 deg, below which the term
 #: (whose cap is 60 deg) cannot tell errors apart anyway
 NORMAL_SCALE_MIN = float(np.radians(3.0))
-#: a normal map's global fit (``Observed2D.normal_fit_rad`` > 0): the fewest seen points
-#: for which the predicted normals are turned onto the hypothesis's (fewer: not turned)
-NORMAL_FIT_MIN_POINTS = 20
 #: visibility of the ridge points: z-buffer cell (network px) and depth tolerance (mm)
 OCCLUSION_CELL, OCCLUSION_TOL_MM = 4, 10.0
 #: optimiser steps between two nearest-point pairings
@@ -112,10 +109,7 @@ class Observed2D:
     ridge distance map and samples, optional camera-frame normal map ``(3, H, W)`` with
     optional per-pixel uncertainty ``normal_scale (H, W)`` (Laplace scale of the angle
     error, radians; the normal term weights each point by ``1 / max(b, NORMAL_SCALE_MIN)``);
-    ``K`` the network camera's ``3 x 3`` (pinhole); ``normal_fit_rad`` (> 0): the normal
-    term first turns the whole predicted normal map by the rotation, at most this angle,
-    that best fits it to each hypothesis's normals (:func:`_fit_normals`), so that a
-    network's frame-wide normal bias does not pull the rotation; 0: no fit."""
+    ``K`` the network camera's ``3 x 3`` (pinhole)."""
 
     def __init__(self, mask_net, outline_net, ridge_map, K, normal_map=None,
                  normal_scale=None):
@@ -133,7 +127,6 @@ class Observed2D:
         self.normals = (None if normal_map is None    # normalised where sampled
                         else torch.as_tensor(np.asarray(normal_map, np.float32)))
         self.normal_w = None
-        self.normal_fit_rad = 0.0
         if normal_scale is not None and normal_map is not None:
             b = np.maximum(np.asarray(normal_scale, np.float32), NORMAL_SCALE_MIN)
             self.normal_w = torch.as_tensor(1.0 / b, dtype=torch.float32)
@@ -344,31 +337,6 @@ def _occluders(R, t, mp: ModelPoints, Y, u, v, z, obs: Observed2D, cache=None) -
     return zb
 
 
-def _fit_normals(pred, Nc, w, max_rad: float):
-    """The predicted normals ``pred (B, 3, N)`` (unit) turned, per hypothesis, by the
-    rotation that best maps them onto the hypothesis's normals ``Nc (B, N, 3)`` with
-    weights ``w (B, N)`` (Wahba's problem, by SVD), its angle capped at ``max_rad``; the
-    identity where fewer than ``NORMAL_FIT_MIN_POINTS`` points weigh. The rotation is
-    found without gradient (the cost still follows the pose through ``Nc`` and the
-    sampled map)."""
-    import torch  # noqa: PLC0415
-
-    from SurgicalReg2D3DLib.poses import so3_exp, so3_log  # noqa: PLC0415
-
-    with torch.no_grad():
-        M = torch.einsum("bni,bjn,bn->bij", Nc, pred, w).double()   # sum w n p^T
-        U, _, Vh = torch.linalg.svd(M)
-        d = torch.linalg.det(U @ Vh)
-        U = torch.cat([U[..., :2], U[..., 2:] * d[:, None, None]], -1)
-        om = so3_log(U @ Vh)
-        ang = om.norm(dim=-1, keepdim=True)
-        om = om * (max_rad / ang.clamp(min=1e-12)).clamp(max=1.0)
-        Rf = so3_exp(om).to(pred.dtype)
-        few = (w > 0).sum(1) < NORMAL_FIT_MIN_POINTS
-        Rf = torch.where(few[:, None, None], torch.eye(3, dtype=pred.dtype), Rf)
-    return torch.einsum("bij,bjn->bin", Rf, pred)
-
-
 def _normal_term(R, Y, u, v, z, N, obs: Observed2D, zb: ZBuffer, cache=None):
     """Mean ``1 - cos`` ``(B,)`` (each point's capped at ``CAP_NORMAL``; weighted by the
     network's confidence where ``obs`` has the normals' uncertainty) between the turned
@@ -392,16 +360,11 @@ def _normal_term(R, Y, u, v, z, N, obs: Observed2D, zb: ZBuffer, cache=None):
         if cache is not None:
             cache["seen"] = seen
     pred = _sample_maps(obs.normals, u, v)                                  # (B, 3, N)
+    # (the sum of squares, not torch's norm over the short channel axis: 10 x faster here)
+    cos = (Nc.transpose(1, 2) * pred).sum(1) / (pred * pred).sum(1).clamp(min=1e-12).sqrt()
     sf = seen.to(Y.dtype)
     n_seen = sf.sum(1)
     w = sf if obs.normal_w is None else sf * _sample_map(obs.normal_w, u, v)  # confidence
-    # (the sum of squares, not torch's norm over the short channel axis: 10 x faster here)
-    norm = (pred * pred).sum(1).clamp(min=1e-12).sqrt()
-    if obs.normal_fit_rad > 0:            # the map's frame-wide bias taken out first
-        pred = _fit_normals(pred / norm[:, None], Nc, w, obs.normal_fit_rad)
-        cos = (Nc.transpose(1, 2) * pred).sum(1)
-    else:
-        cos = (Nc.transpose(1, 2) * pred).sum(1) / norm
     err = ((1 - cos).clamp(max=CAP_NORMAL) * w).sum(1) / w.sum(1).clamp(min=1e-6)
     err = torch.where(n_seen > 0, err, torch.full_like(err, CAP_NORMAL))
     return err if zb.back is None else (1 - zb.back) * err + zb.back * CAP_NORMAL

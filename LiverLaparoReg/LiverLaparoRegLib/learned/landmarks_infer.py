@@ -290,19 +290,15 @@ def observed_2d(obs: Dict, ridge_map, camera, normal_map=None, normal_scale=None
 
 
 def search_observations(maps: np.ndarray, obs: Dict, camera, w_normal: float = W_NORMAL,
-                        normal_uncertainty: bool = True,
-                        normal_fit_deg: float = 0.0) -> Observed2D:
+                        normal_uncertainty: bool = True) -> Observed2D:
     """The search's 2D side from the maps (:func:`predict_maps` or :func:`true_maps`) and
     :func:`observations`: the ridge map (probability >= 0.5 inside the mask) and, with
     normal channels and ``w_normal > 0``, the normal map, with its uncertainty channel
-    (if the maps have one and ``normal_uncertainty``) and its global fit of at most
-    ``normal_fit_deg`` (:attr:`.landmarks_align.Observed2D.normal_fit_rad`)."""
+    (if the maps have one and ``normal_uncertainty``)."""
     ridge_map = ((maps[0] >= 0.5) & (obs["mask_net"] > 0)).astype(np.uint8)
     normal_map = maps[3:6] if len(maps) >= 6 and w_normal > 0 else None
     scale = maps[6] if len(maps) == 7 and normal_uncertainty else None  # used with normals
-    o2 = observed_2d(obs, ridge_map, camera, normal_map, scale)
-    o2.normal_fit_rad = float(np.radians(normal_fit_deg))
-    return o2
+    return observed_2d(obs, ridge_map, camera, normal_map, scale)
 
 
 # ----------------------------------------------------------------------------- register
@@ -314,8 +310,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                        flips: int = 1, translation_start: str = "moment",
                        normal_uncertainty: bool = True, ridge_definition: Optional[str] = None,
                        ridge_in_refinement: bool = True, ridge_tiebreak: bool = False,
-                       normal_ridge: Optional[float] = None, normal_fit_deg: float = 0.0,
-                       progress=None, cancel=None):
+                       normal_ridge: Optional[float] = None, progress=None, cancel=None):
     """Learned registration with the landmark model (module docstring). ``model``: model
     file (None = bundled landmarks model); ``net``: a loaded network; ``maps``: given
     ``(3, NET_H, NET_W)`` landmark probabilities instead of the network (tests);
@@ -343,10 +338,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
     with ``ridge_tiebreak`` and maps with normal channels): the tie-break's ridge map is
     the ridge channel or'ed with the pixels whose normal-map curvature is at least that,
     at the depth of the liver's centre at the best ridge-free pose
-    (:func:`.landmarks_curvature.normal_ridge`); ``normal_fit_deg`` (> 0, session 21): the
-    search's normal term first turns the whole normal map onto each hypothesis's normals
-    by at most this angle (:func:`.landmarks_align._fit_normals`), so that a frame-wide
-    bias of the network's normals does not pull the rotation (0: off)."""
+    (:func:`.landmarks_curvature.normal_ridge`)."""
     from SurgicalReg2D3DLib.optimize import epnp_ransac  # noqa: PLC0415
     from SurgicalReg2D3DLib.progress import check_cancel, report, sub_progress  # noqa: PLC0415
 
@@ -400,11 +392,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
                             else "ring")
     lm = MeshLandmarks(mesh, ridge_definition=ridge_definition)
     w_normal = W_NORMAL if w_normal is None else float(w_normal)
-    normal_fit_deg = float(normal_fit_deg)
-    if not 0.0 <= normal_fit_deg <= 90.0:
-        raise InputError(f"normal fit: expected an angle in [0, 90] deg, got {normal_fit_deg:g}")
-    obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty,
-                               normal_fit_deg)
+    obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty)
     if w_ridge is None:
         w_ridge = W_RIDGE_LEARNED if given_maps is None else W_RIDGE
     tiebreak = bool(ridge_tiebreak) and w_ridge > 0
@@ -428,8 +416,7 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
         before = maps[0] >= 0.5
         maps = with_normal_ridge(maps, obs["mask_net"], net_camera(camera).K, depth,
                                  normal_ridge)
-        obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty,
-                                   normal_fit_deg)
+        obs2 = search_observations(maps, obs, camera, w_normal, normal_uncertainty)
         nr = {"per_mm": float(normal_ridge), "depth_mm": round(depth, 1),
               "added_pixels": int(((maps[0] >= 0.5) & ~before & (obs["mask_net"] > 0)).sum())}
     if tiebreak:
@@ -513,7 +500,6 @@ def register_landmarks(mesh, camera, image=None, mask=None, model=None, net=None
              "translation_start": translation_start,
              "normal_weight": w_normal if obs2.normals is not None else 0.0,
              "normal_uncertainty": obs2.normal_w is not None,
-             "normal_fit_deg": normal_fit_deg,
              "view_axis": ("any" if view_axis is None
                            else [round(float(x), 4) for x in view_axis]),
              "view_cone_deg": None if view_axis is None else float(cone_deg)}
