@@ -151,7 +151,7 @@ def main():
     model = a.model or str(bundled_model_path(BUNDLED_LANDMARKS))
     net = load_model(model, kind="landmarks")[0]
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from laparo_learned_dev import shape_and_cameras
+    from laparo_dev_shapes import shape_and_cameras
     _, tm, camera_of = shape_and_cameras(a.shape)     # held-out: diagnosis only (docstring)
     rows = []
     t0 = time.time()

@@ -1,5 +1,5 @@
 """Mesh face order (``LiverLaparoRegLib.mesh.outward_faces``, applied by ``load_mesh``)
-and the development script's shape alignment (``benchmarks/laparo_learned_dev.py``)
+and the development shapes' alignment (``benchmarks/laparo_dev_shapes.py``)
 against analytic references: the ``other`` liver's file mixes face orders and is not in a
 patient frame."""
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _dev():
     spec = importlib.util.spec_from_file_location(
-        "laparo_learned_dev", ROOT / "benchmarks" / "laparo_learned_dev.py")
+        "laparo_dev_shapes", ROOT / "benchmarks" / "laparo_dev_shapes.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
