@@ -235,20 +235,13 @@ def shape_and_cameras(shape: str):
     mesh_h, tm_h, cam_sks = held_out_train_mesh()
     cam_p2 = load_camera(sample_data_dir() / "p2ilf" / "cameraparams"
                          / "acquisition-camera-metadata.json")
+    from_training_mesh = {"twisted": twisted_mesh, "smooth": smooth_mesh,
+                          "turned": turned_mesh, "blob": blob_mesh, "sharp": sharp_mesh,
+                          "fine": fine_mesh}
     if shape == "held-out":
         mesh, tm = mesh_h, tm_h
-    elif shape == "twisted":
-        mesh, tm = twisted_mesh(data.p2ilf_train_mesh())
-    elif shape == "smooth":
-        mesh, tm = smooth_mesh(data.p2ilf_train_mesh())
-    elif shape == "turned":
-        mesh, tm = turned_mesh(data.p2ilf_train_mesh())
-    elif shape == "blob":
-        mesh, tm = blob_mesh(data.p2ilf_train_mesh())
-    elif shape == "sharp":
-        mesh, tm = sharp_mesh(data.p2ilf_train_mesh())
-    elif shape == "fine":
-        mesh, tm = fine_mesh(data.p2ilf_train_mesh())
+    elif shape in from_training_mesh:
+        mesh, tm = from_training_mesh[shape](data.p2ilf_train_mesh())
     elif shape == "other":
         mesh, tm = other_liver_mesh()
     else:
