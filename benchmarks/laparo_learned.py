@@ -317,6 +317,21 @@ def _write_landmarks(out: Path, rows, meta) -> None:
     print(json.dumps({"summary": summ, "meta": meta}, indent=1))
 
 
+def merged_runs(files):
+    """The run files ``files`` (JSON with ``meta`` and ``rows``; the same model and options
+    on other seeds, run in parallel) read, and one meta for them: the first's, with the
+    seeds of all, each run's wall time, the highest load averages and the files merged.
+    ``(parts, meta)``; also used by ``laparo_learned_dev.py --merge``."""
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    meta = dict(parts[0]["meta"])
+    meta["seeds"] = sorted({sd for p in parts for sd in p["meta"]["seeds"]})
+    meta["wall_s"] = [p["meta"]["wall_s"] for p in parts]
+    meta["load_average_end"] = [max(p["meta"]["load_average_end"][k] for p in parts)
+                                for k in range(3)]
+    meta["merged_from"] = [str(f) for f in files]
+    return parts, meta
+
+
 def main():
     from LiverLaparoRegLib.learned.landmarks_align import TRANSLATION_STARTS
     from LiverLaparoRegLib.learned.landmarks_infer import FLIPS
@@ -356,14 +371,8 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.merge:
-        parts = [json.loads(Path(f).read_text()) for f in a.merge]
+        parts, meta = merged_runs(a.merge)
         rows = [r for p in parts for r in p["rows"]]
-        meta = dict(parts[0]["meta"])
-        meta["seeds"] = sorted({sd for p in parts for sd in p["meta"]["seeds"]})
-        meta["wall_s"] = [p["meta"]["wall_s"] for p in parts]
-        meta["load_average_end"] = [max(p["meta"]["load_average_end"][k] for p in parts)
-                                    for k in range(3)]
-        meta["merged_from"] = [str(f) for f in a.merge]
         kept = [p["meta"]["rows_kept_from"] for p in parts if p["meta"].get("rows_kept_from")]
         if kept:
             meta["rows_kept_from"] = {"files": [f for k in kept for f in k["files"]],

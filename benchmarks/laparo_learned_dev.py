@@ -222,20 +222,16 @@ def summarise(rows, maps_only: bool = False) -> dict:
 
 
 def merge(files, tag: str, out: Path) -> Path:
-    """One run from the runs in ``files`` (the same model and options on other seeds, run
-    in parallel): rows concatenated, summary made again, meta of the first with the
-    seeds, wall times and load averages of all."""
-    parts = [json.loads(Path(f).read_text()) for f in files]
-    meta = dict(parts[0]["meta"])
+    """One run from the runs in ``files`` (the same shape, model and options on other
+    seeds; ``laparo_learned.merged_runs``): rows concatenated, summary made again."""
+    from laparo_learned import merged_runs
+
+    parts, meta = merged_runs(files)
     for k in ("shape", "model"):
         if any(p["meta"].get(k) != meta.get(k) for p in parts):
             raise SystemExit(f"--merge: the runs differ in {k}")
     rows = [r for p in parts for r in p["rows"]]
-    meta.update(tag=tag, seeds=[sd for p in parts for sd in p["meta"]["seeds"]],
-                wall_s=[p["meta"]["wall_s"] for p in parts],
-                load_average_end=[max(p["meta"]["load_average_end"][k] for p in parts)
-                                  for k in range(3)],
-                merged_from=[str(f) for f in files])
+    meta["tag"] = tag
     maps_only = all("rot_deg" not in r for r in rows)
     path = out / f"laparo_dev_{meta['shape']}_{tag}.json"
     out.mkdir(parents=True, exist_ok=True)

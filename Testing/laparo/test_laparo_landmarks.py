@@ -599,9 +599,9 @@ def test_train_patient_mesh_view_axis_and_fine_tune(tmp_path, capsys):
             tm.vertices, tm.faces), rng, tm.view_axis)[2, :3] for _ in range(400)])
         near[axis is None] = float(np.mean(looks[:, 1] > np.cos(np.radians(65.0))))
     assert near[False] > 0.7 and near[True] < 0.4, near
-    base = ["laparo", "train", "--stage", "1", "--kind", "landmarks", "--samples", "8",
-            "--batch", "4", "--base", "4", "--max-minutes", "2", "--seed", "3",
-            "--device", "cpu"]
+    common = ["laparo", "train", "--stage", "1", "--kind", "landmarks", "--samples", "8",
+              "--batch", "4", "--max-minutes", "2", "--seed", "3", "--device", "cpu"]
+    base = common + ["--base", "4"]
     first = tmp_path / "base.pt"
     assert main(base + ["--steps", "10", "--data-cache", str(tmp_path / "c0"),
                         "--out", str(first)]) == 0
@@ -622,10 +622,9 @@ def test_train_patient_mesh_view_axis_and_fine_tune(tmp_path, capsys):
         modelfile.BUNDLED_LANDMARKS), "landmarks")
     n0 = int(bundled["training"]["steps"])
     out2 = tmp_path / "patient_from_bundled.pt"
-    no_base = [x for i, x in enumerate(base) if "--base" not in base[max(i - 1, 0):i + 1]]
-    assert main(no_base + ["--steps", str(n0 + 2), "--resume", "bundled",
-                           "--meshes", str(patient), "--view-axis", "+y",
-                           "--data-cache", str(tmp_path / "c2"), "--out", str(out2)]) == 0
+    assert main(common + ["--steps", str(n0 + 2), "--resume", "bundled",
+                          "--meshes", str(patient), "--view-axis", "+y",
+                          "--data-cache", str(tmp_path / "c2"), "--out", str(out2)]) == 0
     d2 = modelfile.read_model_file(out2, "landmarks")
     assert d2["config"] == bundled["config"] and d2["training"]["steps"] == n0 + 2
     assert d2["training"]["resumed_from"] == modelfile.BUNDLED_LANDMARKS + ".pt"

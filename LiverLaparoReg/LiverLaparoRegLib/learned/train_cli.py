@@ -50,7 +50,7 @@ def run_train(args) -> int:
     rec = train_stage1(args.out, steps=args.steps, max_minutes=args.max_minutes, seed=args.seed,
                        batch=args.batch, lr=args.lr if args.lr is not None else 1e-3,
                        samples=args.samples, meshes=args.meshes,
-                       data_cache=args.data_cache, resume=args.resume, device=args.device,
+                       data_cache=args.data_cache, resume=_resume(args), device=args.device,
                        align=not args.no_align, uncertainty=not args.no_uncertainty,
                        checkpoint_minutes=args.checkpoint_minutes,
                        command="surgreg laparo train " + " ".join(sys.argv[3:]), log=log)
@@ -109,15 +109,20 @@ def _view_axis(args):
     return parse_view_axis(args.view_axis, "--view-axis")
 
 
-def _run_train_landmarks(args) -> int:
-    """``train --stage 1 --kind landmarks`` (see :mod:`.landmarks_train`); ``--resume
-    bundled`` continues the bundled landmark model (a per-patient fine-tune)."""
-    from .landmarks_train import train_landmarks  # noqa: PLC0415
-    from .modelfile import BUNDLED_LANDMARKS, bundled_model_path  # noqa: PLC0415
+def _resume(args):
+    """``--resume`` as a model file: ``bundled`` is the bundled model of the ``--kind``
+    trained (e.g. a per-patient fine-tune of the landmark model)."""
+    from .modelfile import BUNDLED_LANDMARKS, BUNDLED_STAGE1, bundled_model_path  # noqa: PLC0415
 
-    resume = args.resume
-    if resume == "bundled":
-        resume = str(bundled_model_path(BUNDLED_LANDMARKS))
+    if args.resume != "bundled":
+        return args.resume
+    landmarks = getattr(args, "kind", "stage1") == "landmarks"
+    return str(bundled_model_path(BUNDLED_LANDMARKS if landmarks else BUNDLED_STAGE1))
+
+
+def _run_train_landmarks(args) -> int:
+    """``train --stage 1 --kind landmarks`` (see :mod:`.landmarks_train`)."""
+    from .landmarks_train import train_landmarks  # noqa: PLC0415
 
     log_path = Path(str(args.out) + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +136,7 @@ def _run_train_landmarks(args) -> int:
                           seed=args.seed, batch=args.batch,
                           lr=args.lr if args.lr is not None else 2e-3,
                           samples=args.samples, meshes=args.meshes, data_cache=args.data_cache,
-                          resume=resume, device=args.device, base=args.base,
+                          resume=_resume(args), device=args.device, base=args.base,
                           levels=args.levels, checkpoint_minutes=args.checkpoint_minutes,
                           normal_loss=args.normal_loss, normal_weight=args.normal_weight,
                           warp_mm=args.warp_mm, normal_scale=args.normal_scale,
@@ -199,8 +204,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     t.add_argument("--resume", default=None,
-                   help="model file to continue from ('bundled': the bundled landmark model, "
-                        "with --kind landmarks)")
+                   help="model file to continue from ('bundled': the bundled model of the "
+                        "--kind trained)")
     t.add_argument("--data-cache", default=None, help="folder of rendered samples")
     t.add_argument("--render-only", action="store_true",
                    help="only render the training frames into the data cache")
